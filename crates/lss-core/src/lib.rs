@@ -10,6 +10,8 @@
 //! reports, and get decisions back. That keeps it deterministic, easy to test
 //! against the vectors of the protocol spec, and shareable by every binary.
 
+pub use secp256k1;
+
 pub mod identity;
 pub mod kv;
 pub mod mac;

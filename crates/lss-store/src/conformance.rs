@@ -1,0 +1,346 @@
+//! The backend-independent conformance suite: the [`Store`] contract as tests.
+//!
+//! Every backend runs every case through [`conformance_tests!`](crate::conformance_tests),
+//! which expands to one `#[tokio::test]` per case, given an expression that
+//! makes a fresh, empty store with a namespace quota:
+//! `lss_store::conformance_tests!(|quota| async move { make_store(quota).await });`
+
+use std::sync::Arc;
+
+use lss_core::secp256k1::{Secp256k1, SecretKey};
+use lss_core::{ClientId, KeyValue, Limits, PutOutcome, SortedKvs, ValidPut};
+
+use crate::{Store, StoreError};
+
+/// A quota large enough not to matter.
+pub const NO_QUOTA: u64 = u64::MAX;
+
+/// The client whose secret key is `[n; 32]` (n ≥ 1).
+pub fn client(n: u8) -> ClientId {
+    let secret = SecretKey::from_slice(&[n; 32]).expect("n >= 1 is a valid key");
+    ClientId::from(secret.public_key(&Secp256k1::signing_only()))
+}
+
+/// Shorthand for a kv.
+pub fn kv(key: &str, version: i64, value: &[u8]) -> KeyValue {
+    KeyValue::new(key, version, value)
+}
+
+/// A put as the server would build it (panics on kvs that are not sorted:
+/// conformance cases only build valid ones).
+pub fn put(client: ClientId, kvs: Vec<KeyValue>) -> ValidPut {
+    let kvs = SortedKvs::new(
+        kvs,
+        &Limits {
+            max_value_bytes: usize::MAX,
+            ..Limits::default()
+        },
+    )
+    .expect("conformance puts are sorted and unique");
+    ValidPut::new(client, kvs)
+}
+
+async fn commit<S: Store>(store: &S, client: ClientId, kvs: Vec<KeyValue>) {
+    match store.put(put(client, kvs)).await {
+        Ok(PutOutcome::Committed) => {}
+        other => panic!("expected a commit, got {other:?}"),
+    }
+}
+
+async fn conflict<S: Store>(store: &S, client: ClientId, kvs: Vec<KeyValue>) -> Vec<KeyValue> {
+    match store.put(put(client, kvs)).await {
+        Ok(PutOutcome::Conflict(conflicts)) => conflicts,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn all<S: Store>(store: &S, client: ClientId) -> Vec<KeyValue> {
+    store.get(client, String::new()).await.expect("get")
+}
+
+/// A fresh store is empty; a first write at version 0 is read back.
+pub async fn first_write_is_version_zero<S: Store>(store: S) {
+    let c = client(1);
+    assert_eq!(all(&store, c).await, vec![]);
+    commit(&store, c, vec![kv("a", 0, b"x"), kv("b", 0, b"")]).await;
+    assert_eq!(
+        all(&store, c).await,
+        vec![kv("a", 0, b"x"), kv("b", 0, b"")]
+    );
+    commit(&store, c, vec![kv("a", 1, b"y")]).await;
+    assert_eq!(
+        all(&store, c).await,
+        vec![kv("a", 1, b"y"), kv("b", 0, b"")]
+    );
+}
+
+/// Every wrong version is a conflict carrying the current state; nothing of a
+/// put with any conflict is written.
+pub async fn conflicts_report_current_state_and_write_nothing<S: Store>(store: S) {
+    let c = client(1);
+    commit(&store, c, vec![kv("k", 0, b"v0")]).await;
+    let before = all(&store, c).await;
+    assert_eq!(
+        conflict(&store, c, vec![kv("k", 0, b"again")]).await,
+        vec![kv("k", 0, b"v0")]
+    );
+    assert_eq!(
+        conflict(&store, c, vec![kv("k", 2, b"skip")]).await,
+        vec![kv("k", 0, b"v0")]
+    );
+    assert_eq!(
+        conflict(&store, c, vec![kv("k", -1, b"neg")]).await,
+        vec![kv("k", 0, b"v0")]
+    );
+    assert_eq!(
+        conflict(&store, c, vec![kv("m", 1, b"")]).await,
+        vec![kv("m", -1, b"")]
+    );
+    assert_eq!(
+        conflict(&store, c, vec![kv("m", -1, b"")]).await,
+        vec![kv("m", -1, b"")]
+    );
+    assert_eq!(
+        conflict(&store, c, vec![kv("m", i64::MIN, b"")]).await,
+        vec![kv("m", -1, b"")]
+    );
+    // Mixed: only the offending keys are listed, in request order; the good
+    // ones are not written either.
+    let got = conflict(
+        &store,
+        c,
+        vec![kv("a", 0, b"ok"), kv("k", 0, b"bad"), kv("z", 5, b"bad")],
+    )
+    .await;
+    assert_eq!(got, vec![kv("k", 0, b"v0"), kv("z", -1, b"")]);
+    assert_eq!(all(&store, c).await, before);
+}
+
+/// An empty put commits and changes nothing.
+pub async fn empty_put_commits<S: Store>(store: S) {
+    let c = client(1);
+    commit(&store, c, vec![]).await;
+    assert_eq!(all(&store, c).await, vec![]);
+}
+
+/// Empty keys and empty values are ordinary data.
+pub async fn empty_keys_and_values<S: Store>(store: S) {
+    let c = client(1);
+    commit(&store, c, vec![kv("", 0, b""), kv("a", 0, b"")]).await;
+    commit(&store, c, vec![kv("", 1, b"now")]).await;
+    assert_eq!(
+        all(&store, c).await,
+        vec![kv("", 1, b"now"), kv("a", 0, b"")]
+    );
+    assert_eq!(
+        store.get(c, "a".into()).await.expect("get"),
+        vec![kv("a", 0, b"")]
+    );
+}
+
+/// Namespaces never see each other's keys.
+pub async fn namespaces_are_isolated<S: Store>(store: S) {
+    let (a, b) = (client(1), client(2));
+    commit(&store, a, vec![kv("k", 0, b"a")]).await;
+    assert_eq!(all(&store, b).await, vec![]);
+    // The same key is independent in another namespace.
+    commit(&store, b, vec![kv("k", 0, b"b")]).await;
+    commit(&store, b, vec![kv("k", 1, b"b1")]).await;
+    assert_eq!(all(&store, a).await, vec![kv("k", 0, b"a")]);
+    assert_eq!(all(&store, b).await, vec![kv("k", 1, b"b1")]);
+}
+
+/// A prefix is literal bytes (no `%`/`_` wildcards) and results are in byte order.
+pub async fn prefix_is_literal_and_ordered<S: Store>(store: S) {
+    let c = client(1);
+    let keys = [
+        "p/%",
+        "p/%x",
+        "p/_",
+        "p/a",
+        "p/ab",
+        "p/é",
+        "p/Z",
+        "p0",
+        "q",
+        "\u{10FFFF}",
+        "p/\u{0}",
+    ];
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    commit(
+        &store,
+        c,
+        sorted.iter().map(|k| kv(k, 0, k.as_bytes())).collect(),
+    )
+    .await;
+    let keys_of = |kvs: Vec<KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    assert_eq!(keys_of(all(&store, c).await), sorted);
+    assert_eq!(
+        keys_of(store.get(c, "p/%".into()).await.expect("get")),
+        ["p/%", "p/%x"]
+    );
+    assert_eq!(
+        keys_of(store.get(c, "p/_".into()).await.expect("get")),
+        ["p/_"]
+    );
+    assert_eq!(
+        keys_of(store.get(c, "p/".into()).await.expect("get")),
+        ["p/\u{0}", "p/%", "p/%x", "p/Z", "p/_", "p/a", "p/ab", "p/é"]
+    );
+    assert_eq!(
+        keys_of(store.get(c, "p/a".into()).await.expect("get")),
+        ["p/a", "p/ab"]
+    );
+    assert_eq!(
+        keys_of(store.get(c, "nope".into()).await.expect("get")),
+        Vec::<String>::new()
+    );
+    // Values come back exactly.
+    assert_eq!(
+        store.get(c, "p/é".into()).await.expect("get"),
+        vec![kv("p/é", 0, "p/é".as_bytes())]
+    );
+}
+
+/// Many writers race on one key for each version: exactly one wins each
+/// version, the others see a conflict naming the winner's value.
+pub async fn racing_writers_one_winner_per_version<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let c = client(1);
+    for version in 0..5i64 {
+        let tasks: Vec<_> = (0..16u8)
+            .map(|writer| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let value = vec![writer];
+                    (
+                        writer,
+                        store.put(put(c, vec![kv("race", version, &value)])).await,
+                    )
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        for task in tasks {
+            match task.await.expect("task") {
+                (w, Ok(PutOutcome::Committed)) => winners.push(w),
+                (_, Ok(PutOutcome::Conflict(c))) => losers.push(c),
+                (_, Err(e)) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "version {version}: exactly one winner");
+        assert_eq!(losers.len(), 15);
+        let stored = all(&store, c).await;
+        assert_eq!(stored, vec![kv("race", version, &[winners[0]])]);
+        for lost in losers {
+            assert_eq!(lost, stored, "a loser sees the winner's write");
+        }
+    }
+}
+
+/// Many clients writing concurrently all succeed, each in its own namespace.
+pub async fn many_clients_concurrently<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (1..=32u8)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for version in 0..10 {
+                    let kvs = vec![kv("a", version, &[n]), kv("b", version, &[n, n])];
+                    assert_eq!(
+                        store.put(put(client(n), kvs)).await.expect("put"),
+                        PutOutcome::Committed
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    for n in 1..=32u8 {
+        assert_eq!(
+            all(&store, client(n)).await,
+            vec![kv("a", 9, &[n]), kv("b", 9, &[n, n])]
+        );
+    }
+}
+
+/// A namespace of thousands of keys reads back whole and in order.
+pub async fn large_namespace<S: Store>(store: S) {
+    let c = client(1);
+    let mut keys: Vec<String> = (0..3_000).map(|i| format!("channel/{i:05}")).collect();
+    keys.sort();
+    for chunk in keys.chunks(500) {
+        commit(
+            &store,
+            c,
+            chunk.iter().map(|k| kv(k, 0, &[7; 100])).collect(),
+        )
+        .await;
+    }
+    let got = all(&store, c).await;
+    assert_eq!(got.len(), 3_000);
+    assert!(got.iter().map(|kv| &kv.key).eq(keys.iter()));
+    assert_eq!(
+        store.get(c, "channel/01".into()).await.expect("get").len(),
+        1_000
+    );
+}
+
+/// Growing past the quota is refused and writes nothing; shrinking is allowed.
+pub async fn namespace_quota<S: Store>(store: S) {
+    // The store under test was made with a quota of 100 bytes.
+    let (c, other) = (client(1), client(2));
+    commit(&store, c, vec![kv("k", 0, &[1; 90])]).await; // 91 bytes
+    match store.put(put(c, vec![kv("j", 0, &[1; 9])])).await {
+        Err(StoreError::Limit(e)) => {
+            assert_eq!(e.limit, lss_core::Limit::NamespaceBytes);
+            assert_eq!((e.max, e.got), (100, 101));
+        }
+        other => panic!("expected a quota refusal, got {other:?}"),
+    }
+    assert_eq!(all(&store, c).await, vec![kv("k", 0, &[1; 90])]);
+    // Exactly at the quota is fine; so is replacing a value with a larger one that fits.
+    commit(&store, c, vec![kv("j", 0, &[1; 8])]).await; // 100 bytes
+                                                        // Shrinking (a tombstone) is allowed, and frees room.
+    commit(&store, c, vec![kv("k", 1, b"")]).await; // 10 bytes
+    commit(&store, c, vec![kv("k", 2, &[2; 89])]).await; // 99 bytes
+                                                         // Other namespaces have their own quota.
+    commit(&store, other, vec![kv("k", 0, &[1; 99])]).await;
+}
+
+/// Expands to one `#[tokio::test]` per conformance case. `$fresh` is a
+/// closure `|quota: u64| async { store }` making an empty store.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@cases $fresh;
+            first_write_is_version_zero,
+            conflicts_report_current_state_and_write_nothing,
+            empty_put_commits,
+            empty_keys_and_values,
+            namespaces_are_isolated,
+            prefix_is_literal_and_ordered,
+            racing_writers_one_winner_per_version,
+            many_clients_concurrently,
+            large_namespace,
+        );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn namespace_quota() {
+            let fresh = $fresh;
+            $crate::conformance::namespace_quota(fresh(100).await).await;
+        }
+    };
+    (@cases $fresh:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fresh = $fresh;
+                $crate::conformance::$case(fresh($crate::conformance::NO_QUOTA).await).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,82 @@
+//! The storage contract of `lssd`, and its embedded backend.
+//!
+//! [`Store`] is what every backend (embedded redb here; PostgreSQL and etcd in
+//! their own crates) promises. The protocol rules are not re-implemented per
+//! backend: a store receives only a [`ValidPut`] and decides each key with
+//! [`lss_core::accepts`], so behaviour cannot drift between backends. The
+//! [`conformance`] suite (feature `conformance`) checks the contract text below
+//! against any implementation.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lss_core::{ClientId, KeyValue, LimitExceeded, PutOutcome, ValidPut};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod redb;
+
+pub use crate::redb::{RedbConfig, RedbStore};
+
+/// Why a store operation failed. A version conflict is not an error: it is
+/// [`PutOutcome::Conflict`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend cannot serve now (I/O error, database down, writer stopped).
+    /// Nothing was written; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes do not decode. Nothing was written.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The put would grow the namespace past `max_namespace_bytes`. Nothing was written.
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+}
+
+/// A versioned key-value store partitioned by client namespace.
+///
+/// The contract every backend keeps (lss-protocol.md §3):
+/// - **Namespaces.** Keys of one [`ClientId`] are invisible to every other.
+/// - **Atomic, version-checked put.** In one transaction, each key's current
+///   version is read and checked with [`lss_core::accepts`]. If any key fails,
+///   nothing is written and the outcome is [`PutOutcome::Conflict`] listing
+///   exactly the failing keys in request order, each with its current version
+///   and value (`-1`, empty when missing). Otherwise every kv is written.
+/// - **Durable.** `Ok(PutOutcome::Committed)` is returned only after the
+///   write is durable: a crash afterwards cannot lose it.
+/// - **Quota.** A put that grows the namespace past its byte limit (keys plus
+///   values) fails with [`StoreError::Limit`]; one that does not grow it is
+///   always allowed.
+/// - **Snapshot prefix read.** `get` returns every key of the namespace that
+///   starts with `prefix` as a literal byte prefix (no wildcards; the empty
+///   prefix returns all), from one consistent snapshot, in byte order of keys.
+/// - **Errors.** [`StoreError::Unavailable`] is retryable and leaves the data
+///   unchanged; the store keeps serving later requests.
+pub trait Store: Send + Sync + 'static {
+    /// Applies a put atomically; see the trait's contract.
+    fn put(&self, put: ValidPut) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
+
+    /// Reads a prefix of one namespace from a single snapshot, in byte order.
+    fn get(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send;
+}
+
+/// A shared store is a store.
+impl<S: Store> Store for Arc<S> {
+    fn put(&self, put: ValidPut) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send {
+        (**self).put(put)
+    }
+
+    fn get(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send {
+        (**self).get(client, prefix)
+    }
+}
