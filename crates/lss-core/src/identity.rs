@@ -12,7 +12,6 @@ use subtle::ConstantTimeEq;
 
 /// Why a request's `Auth` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum AuthError {
     /// `client_id` is not a secp256k1 public key in any encoding.
     #[error("invalid client id")]

@@ -91,7 +91,6 @@ pub struct LimitExceeded {
 
 /// Why a put was refused before reaching a store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum PutRejected {
     /// A key is smaller (in byte order) than the one before it.
     #[error("keys are not sorted")]

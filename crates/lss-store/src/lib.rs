@@ -21,7 +21,6 @@ pub use crate::redb::{RedbConfig, RedbStore};
 /// Why a store operation failed. A version conflict is not an error: it is
 /// [`PutOutcome::Conflict`].
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StoreError {
     /// The backend cannot serve now (I/O error, database down, writer stopped).
     /// Nothing was written; the request may be retried.

@@ -1,0 +1,111 @@
+//! The one place where errors become gRPC statuses (lss-protocol.md §4).
+//!
+//! Matches are exhaustive on purpose: a new error variant does not compile
+//! until someone decides what clients see for it.
+
+use http::{HeaderValue, Response};
+use lss_core::{AuthError, Limit, LimitExceeded, PutRejected};
+use lss_store::StoreError;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use tonic::{Code, Status};
+
+/// `INVALID_ARGUMENT "missing auth"`, as the reference.
+pub fn missing_auth() -> Status {
+    Status::invalid_argument("missing auth")
+}
+
+/// `INVALID_ARGUMENT "invalid client HMAC"`, as the reference.
+pub fn bad_client_mac() -> Status {
+    Status::invalid_argument("invalid client HMAC")
+}
+
+/// An unparseable client id is `UNAUTHENTICATED`; a wrong token keeps the
+/// reference's `INVALID_ARGUMENT`.
+pub fn auth(e: AuthError) -> Status {
+    match e {
+        AuthError::InvalidClientId => Status::unauthenticated(e.to_string()),
+        AuthError::InvalidToken => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// A put refused before reaching the store.
+pub fn rejected(e: PutRejected) -> Status {
+    match e {
+        PutRejected::UnsortedKeys | PutRejected::DuplicateKey => {
+            Status::invalid_argument(e.to_string())
+        }
+        PutRejected::Limit(limit) => limit_exceeded(&limit),
+    }
+}
+
+/// Limits on the shape of one request are `INVALID_ARGUMENT` (the request can
+/// never succeed as sent); limits on accumulated resources are
+/// `RESOURCE_EXHAUSTED`. The message names the configuration option.
+pub fn limit_exceeded(e: &LimitExceeded) -> Status {
+    match e.limit {
+        Limit::KeyBytes | Limit::ValueBytes | Limit::KeysPerPut => {
+            Status::invalid_argument(e.to_string())
+        }
+        Limit::RequestBytes | Limit::NamespaceBytes => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+/// Store failures. The server keeps running; clients may retry `UNAVAILABLE`.
+pub fn store(e: StoreError) -> Status {
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %e, "store unavailable");
+            Status::unavailable("storage temporarily unavailable")
+        }
+        StoreError::Corrupt(_) => {
+            tracing::error!(error = %e, "stored data is corrupt");
+            Status::data_loss("stored data is corrupt")
+        }
+        StoreError::Limit(limit) => limit_exceeded(&limit),
+    }
+}
+
+/// tonic refuses an oversized request while decoding, before any handler
+/// runs, with `OUT_OF_RANGE` and a message that does not name our setting.
+/// This layer rewrites exactly that response to `RESOURCE_EXHAUSTED`
+/// "max_request_bytes exceeded: ..." so operators and clients can tell which
+/// limit to raise.
+pub type RequestLimitLayer =
+    tower::util::MapResponseLayer<fn(Response<tonic::body::Body>) -> Response<tonic::body::Body>>;
+
+/// Builds the [`RequestLimitLayer`]. The limit itself is the service's decode
+/// limit, whose value tonic reports in the message kept here.
+pub fn request_limit_layer() -> RequestLimitLayer {
+    tower::util::MapResponseLayer::new(rewrite_decode_limit as fn(_) -> _)
+}
+
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: ";
+/// gRPC percent-encodes `%` and bytes outside printable ASCII.
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+fn rewrite_decode_limit(mut response: Response<tonic::body::Body>) -> Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let is_out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == (Code::OutOfRange as i32).to_string().as_bytes());
+    if !is_out_of_range {
+        return response;
+    }
+    let Some(message) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) else {
+        return response;
+    };
+    let message = percent_decode_str(message).decode_utf8_lossy();
+    let Some(detail) = message.strip_prefix(TONIC_TOO_LARGE) else {
+        return response;
+    };
+    let rewritten = format!("{} exceeded: {detail}", Limit::RequestBytes);
+    let encoded = utf8_percent_encode(&rewritten, GRPC_MESSAGE).to_string();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(Code::ResourceExhausted as i32),
+        );
+        headers.insert("grpc-message", value);
+    }
+    response
+}
