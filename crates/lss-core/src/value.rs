@@ -30,6 +30,12 @@ pub enum ValueError {
     BadTag,
 }
 
+/// The value secret `lss-cli` and the reference derive from a client key:
+/// `SHA-256(secret key bytes)`.
+pub fn secret_for_key(key: &secp256k1::SecretKey) -> [u8; 32] {
+    Sha256::digest(key.secret_bytes()).into()
+}
+
 /// Encrypts and tags a value for storage under `key` at `version`.
 pub fn protect(secret: &[u8; 32], key: &str, version: i64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(value.len() + TAG_LEN);

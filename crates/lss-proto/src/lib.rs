@@ -1,8 +1,8 @@
 //! Generated protobuf messages and gRPC stubs for `lss.LightningStorage`.
 //!
 //! This crate is only the wire shape: it knows nothing about MACs, versions or
-//! auth. Those rules live in `lss-core`; `lssd` and `lss-client` translate between
-//! these messages and core types at their edges.
+//! auth. Those rules live in `lss-core`; the `From` impls below are the one
+//! place where wire and core entries convert.
 #![allow(missing_docs, clippy::all, clippy::unwrap_used)]
 
 tonic::include_proto!("lss");
@@ -17,4 +17,26 @@ pub mod paths {
     pub const PUT: &str = "/lss.LightningStorage/Put";
     /// `/lss.LightningStorage/Get`
     pub const GET: &str = "/lss.LightningStorage/Get";
+}
+
+/// Wire entry from a core entry (moves the buffers, no copy).
+impl From<lss_core::KeyValue> for KeyValue {
+    fn from(kv: lss_core::KeyValue) -> Self {
+        KeyValue {
+            key: kv.key,
+            version: kv.version,
+            value: kv.value,
+        }
+    }
+}
+
+/// Core entry from a wire entry (moves the buffers, no copy).
+impl From<KeyValue> for lss_core::KeyValue {
+    fn from(kv: KeyValue) -> Self {
+        lss_core::KeyValue {
+            key: kv.key,
+            version: kv.version,
+            value: kv.value,
+        }
+    }
 }

@@ -6,8 +6,8 @@
 //! limits, client id and token, client MAC, then the store.
 
 use lss_core::{
-    shared_hmac, ClientId, KeyValue, Limits, PutOutcome, ServerKey, SharedSecret, SortedKvs,
-    ValidPut, PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
+    shared_hmac, ClientId, Limits, PutOutcome, ServerKey, SharedSecret, SortedKvs, ValidPut,
+    PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
 };
 use lss_proto::lightning_storage_server::{LightningStorage, LightningStorageServer};
 use lss_proto::{
@@ -70,7 +70,7 @@ impl<S: Store> LightningStorage for LssService<S> {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
         let PutRequest { auth, kvs, hmac } = request.into_inner();
         let auth = auth.ok_or_else(status::missing_auth)?;
-        let kvs = SortedKvs::new(kvs.into_iter().map(from_proto).collect(), &self.limits)
+        let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
         let (client, shared) = self.authenticate(Some(auth))?;
         let span =
@@ -101,7 +101,7 @@ impl<S: Store> LightningStorage for LssService<S> {
                     PutReply {
                         success: false,
                         hmac: vec![],
-                        conflicts: conflicts.into_iter().map(to_proto).collect(),
+                        conflicts: conflicts.into_iter().map(Into::into).collect(),
                     }
                 }
             };
@@ -129,27 +129,11 @@ impl<S: Store> LightningStorage for LssService<S> {
             let hmac = shared_hmac(&shared, &nonce, &kvs).as_bytes().to_vec();
             debug!(keys = kvs.len(), "read");
             Ok(Response::new(GetReply {
-                kvs: kvs.into_iter().map(to_proto).collect(),
+                kvs: kvs.into_iter().map(Into::into).collect(),
                 hmac,
             }))
         }
         .instrument(span)
         .await
-    }
-}
-
-fn from_proto(kv: lss_proto::KeyValue) -> KeyValue {
-    KeyValue {
-        key: kv.key,
-        version: kv.version,
-        value: kv.value,
-    }
-}
-
-fn to_proto(kv: KeyValue) -> lss_proto::KeyValue {
-    lss_proto::KeyValue {
-        key: kv.key,
-        version: kv.version,
-        value: kv.value,
     }
 }

@@ -1,0 +1,396 @@
+//! Clients of the Lightning Storage Server protocol.
+//!
+//! - [`Client`] is unprivileged: it holds a client id and token and passes MACs
+//!   through untouched. It is what an untrusted proxy or broker uses on behalf
+//!   of a signer that keeps the shared secret to itself.
+//! - [`PrivClient`] holds the client's secret key: it pins the server key,
+//!   computes the client MAC, checks every server MAC, and protects values
+//!   (HMAC + ChaCha20) byte-compatibly with the reference `PrivClient`, so
+//!   either can read what the other wrote.
+//!
+//! All protocol rules come from `lss-core`; this crate only moves messages.
+
+use std::time::Duration;
+
+use lss_core::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use lss_core::value::{self, ValueError};
+use lss_core::{
+    shared_hmac, ClientId, KeyValue, Mac, SharedSecret, Token, PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
+};
+use lss_proto::lightning_storage_client::LightningStorageClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Largest reply the client decodes by default: well above the 4 MiB that
+/// stock tonic clients stop at, so large signer states can be restored.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 256 * 1_024 * 1_024;
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// TLS settings for `https` URLs; `None` uses the system's webpki roots.
+    pub tls: Option<TlsOptions>,
+    /// Largest reply to decode.
+    pub max_reply_bytes: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Plain defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectOptions {
+            url: url.into(),
+            tls: None,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// TLS material (PEM).
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// CA certificate(s) to trust for the server.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key, for mutual TLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify in the server's certificate, if not the URL's host.
+    pub domain: Option<String>,
+}
+
+/// A transport or server failure of one call.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Could not connect, or the URL or TLS settings are invalid.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The server answered with an error status.
+    #[error("server: {}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+impl RpcError {
+    /// Whether retrying later may succeed (`UNAVAILABLE`, transport errors).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RpcError::Transport(_) => true,
+            RpcError::Status(s) => s.code() == tonic::Code::Unavailable,
+        }
+    }
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Transport or server failure.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// `InfoReply.server_id` is not a public key.
+    #[error("server sent an invalid server id")]
+    InvalidServerId,
+    /// The server's key is not the pinned one: another server, or an attack.
+    #[error("server key mismatch: pinned {pinned}, server has {actual}")]
+    ServerKeyMismatch {
+        /// The key the client pinned.
+        pinned: PublicKey,
+        /// The key the server presented.
+        actual: PublicKey,
+    },
+}
+
+/// Why a put failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// Nothing was written: these keys have other versions on the server
+    /// (version `-1` and an empty value for a missing key). [`PrivClient`]
+    /// reports values decrypted.
+    #[error("version conflict on {} key(s)", .0.len())]
+    Conflict(Vec<KeyValue>),
+    /// The server acknowledged with a MAC that does not prove the write.
+    #[error("server put MAC does not verify")]
+    ServerMacMismatch,
+    /// A conflicting value did not decrypt (wrong secret or tampering).
+    #[error("conflict value of {key:?}: {source}")]
+    Value {
+        /// The key.
+        key: String,
+        /// What failed.
+        source: ValueError,
+    },
+    /// Transport or server failure; nothing is known to be written.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// Why a get failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    /// The reply's MAC does not match our nonce and the data: tampered, replayed or wrong server.
+    #[error("server get MAC does not verify")]
+    ServerMacMismatch,
+    /// A value did not decrypt and verify.
+    #[error("value of {key:?}: {source}")]
+    Value {
+        /// The key.
+        key: String,
+        /// What failed.
+        source: ValueError,
+    },
+    /// Transport or server failure.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// What [`Client::info`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// The server's identity key.
+    pub server_id: PublicKey,
+    /// The protocol version string the server reports.
+    pub version: String,
+}
+
+/// An unprivileged connection: client id and token, no secret.
+#[derive(Debug, Clone)]
+pub struct Client {
+    grpc: LightningStorageClient<Channel>,
+    client_id: Vec<u8>,
+    token: Token,
+}
+
+/// Opens a channel (lazily connected; it reconnects by itself).
+pub async fn connect_channel(
+    options: &ConnectOptions,
+) -> Result<LightningStorageClient<Channel>, RpcError> {
+    let mut endpoint = Endpoint::from_shared(options.url.clone())?
+        .timeout(options.timeout)
+        .tcp_nodelay(true);
+    if let Some(tls) = &options.tls {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &tls.ca_pem {
+            config = config.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &tls.identity_pem {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        endpoint = endpoint.tls_config(config)?;
+    }
+    let channel = endpoint.connect().await?;
+    Ok(LightningStorageClient::new(channel)
+        .max_decoding_message_size(options.max_reply_bytes)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// Asks a server for its identity (no auth needed).
+pub async fn info(grpc: &mut LightningStorageClient<Channel>) -> Result<ServerInfo, ConnectError> {
+    let reply = grpc
+        .info(lss_proto::InfoRequest {})
+        .await
+        .map_err(RpcError::from)?
+        .into_inner();
+    let server_id =
+        PublicKey::from_slice(&reply.server_id).map_err(|_| ConnectError::InvalidServerId)?;
+    Ok(ServerInfo {
+        server_id,
+        version: reply.version,
+    })
+}
+
+impl Client {
+    /// Connects as `client_id` with `token`.
+    pub async fn connect(
+        options: &ConnectOptions,
+        client_id: ClientId,
+        token: Token,
+    ) -> Result<Self, RpcError> {
+        Ok(Client {
+            grpc: connect_channel(options).await?,
+            client_id: client_id.as_bytes().to_vec(),
+            token,
+        })
+    }
+
+    /// The server's identity.
+    pub async fn info(&mut self) -> Result<ServerInfo, ConnectError> {
+        info(&mut self.grpc).await
+    }
+
+    /// Echo.
+    pub async fn ping(&mut self, message: &str) -> Result<String, RpcError> {
+        let reply = self
+            .grpc
+            .ping(lss_proto::PingRequest {
+                message: message.to_owned(),
+            })
+            .await?;
+        Ok(reply.into_inner().message)
+    }
+
+    /// Puts `kvs` (which must be sorted by key) with a MAC the caller made.
+    /// Returns the server's MAC, unchecked: the caller holds the secret.
+    pub async fn put(
+        &mut self,
+        kvs: Vec<KeyValue>,
+        client_mac: &[u8],
+    ) -> Result<Vec<u8>, PutError> {
+        let request = lss_proto::PutRequest {
+            auth: Some(self.auth()),
+            kvs: kvs.into_iter().map(Into::into).collect(),
+            hmac: client_mac.to_vec(),
+        };
+        let reply = self
+            .grpc
+            .put(request)
+            .await
+            .map_err(RpcError::from)?
+            .into_inner();
+        if reply.success {
+            Ok(reply.hmac)
+        } else {
+            Err(PutError::Conflict(
+                reply.conflicts.into_iter().map(Into::into).collect(),
+            ))
+        }
+    }
+
+    /// Reads a prefix with the caller's nonce; returns the kvs and the server's MAC, unchecked.
+    pub async fn get(
+        &mut self,
+        prefix: &str,
+        nonce: &[u8],
+    ) -> Result<(Vec<KeyValue>, Vec<u8>), RpcError> {
+        let request = lss_proto::GetRequest {
+            auth: Some(self.auth()),
+            key_prefix: prefix.to_owned(),
+            nonce: nonce.to_vec(),
+        };
+        let reply = self.grpc.get(request).await?.into_inner();
+        Ok((reply.kvs.into_iter().map(Into::into).collect(), reply.hmac))
+    }
+
+    fn auth(&self) -> lss_proto::Auth {
+        lss_proto::Auth {
+            client_id: self.client_id.clone(),
+            token: self.token.0.to_vec(),
+        }
+    }
+}
+
+/// A privileged connection: checks every MAC and protects values.
+pub struct PrivClient {
+    client: Client,
+    shared: SharedSecret,
+    value_secret: [u8; 32],
+    server_id: PublicKey,
+}
+
+impl PrivClient {
+    /// Connects with the client's secret key. The server's key is read with
+    /// Info and must equal `pinned` when given (pin it after the first use).
+    /// Values are protected with `value_secret` (lss-cli and the reference
+    /// use `SHA-256(secret key)`, see [`lss_core::value::secret_for_key`]).
+    pub async fn connect(
+        options: &ConnectOptions,
+        secret: &SecretKey,
+        pinned: Option<PublicKey>,
+        value_secret: [u8; 32],
+    ) -> Result<Self, ConnectError> {
+        let mut grpc = connect_channel(options).await?;
+        let server_id = info(&mut grpc).await?.server_id;
+        if let Some(pinned) = pinned {
+            if pinned != server_id {
+                return Err(ConnectError::ServerKeyMismatch {
+                    pinned,
+                    actual: server_id,
+                });
+            }
+        }
+        let shared = SharedSecret::derive(&server_id, secret);
+        let client_id = ClientId::from(secret.public_key(&Secp256k1::signing_only()));
+        let client = Client {
+            grpc,
+            client_id: client_id.as_bytes().to_vec(),
+            token: shared.token(),
+        };
+        Ok(PrivClient {
+            client,
+            shared,
+            value_secret,
+            server_id,
+        })
+    }
+
+    /// The server key this client talks to (pin it).
+    pub fn server_id(&self) -> PublicKey {
+        self.server_id
+    }
+
+    /// The unprivileged client underneath.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Writes plaintext `kvs` atomically: sorts them, protects the values,
+    /// and verifies the server's MAC, so `Ok` proves the server committed
+    /// exactly this write.
+    pub async fn put(&mut self, mut kvs: Vec<KeyValue>) -> Result<(), PutError> {
+        kvs.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+        for kv in &mut kvs {
+            kv.value = value::protect(&self.value_secret, &kv.key, kv.version, &kv.value);
+        }
+        let client_mac = shared_hmac(&self.shared, PUT_CLIENT_NONCE, &kvs);
+        let expected: Mac = shared_hmac(&self.shared, PUT_SERVER_NONCE, &kvs);
+        match self.client.put(kvs, client_mac.as_bytes()).await {
+            Ok(server_mac) if expected.verify(&server_mac) => Ok(()),
+            Ok(_) => Err(PutError::ServerMacMismatch),
+            Err(PutError::Conflict(conflicts)) => Err(PutError::Conflict(
+                conflicts
+                    .into_iter()
+                    .map(|kv| self.open_conflict(kv))
+                    .collect::<Result<_, _>>()?,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads and decrypts every key under `prefix`. `nonce` should be fresh
+    /// random bytes (32 is customary); it binds the reply to this request.
+    pub async fn get(&mut self, prefix: &str, nonce: &[u8]) -> Result<Vec<KeyValue>, GetError> {
+        let (kvs, server_mac) = self.client.get(prefix, nonce).await?;
+        if !shared_hmac(&self.shared, nonce, &kvs).verify(&server_mac) {
+            return Err(GetError::ServerMacMismatch);
+        }
+        kvs.into_iter()
+            .map(|mut kv| {
+                match value::unprotect(&self.value_secret, &kv.key, kv.version, &kv.value) {
+                    Ok(plain) => {
+                        kv.value = plain;
+                        Ok(kv)
+                    }
+                    Err(source) => Err(GetError::Value {
+                        key: kv.key,
+                        source,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// A conflict's value is protected, except for a missing key (`-1`, empty):
+    /// the reference `PrivClient` fails on that case; we report it as missing.
+    fn open_conflict(&self, mut kv: KeyValue) -> Result<KeyValue, PutError> {
+        if kv.version >= 0 {
+            kv.value = value::unprotect(&self.value_secret, &kv.key, kv.version, &kv.value)
+                .map_err(|source| PutError::Value {
+                    key: kv.key.clone(),
+                    source,
+                })?;
+        }
+        Ok(kv)
+    }
+}
