@@ -17,6 +17,8 @@ use lss_core::value::{self, ValueError};
 use lss_core::{
     shared_hmac, ClientId, KeyValue, Mac, SharedSecret, Token, PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
 };
+/// The generated wire types, for callers that need raw requests.
+pub use lss_proto as proto;
 use lss_proto::lightning_storage_client::LightningStorageClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
