@@ -92,7 +92,7 @@ pub enum OpenError {
         /// The file.
         path: PathBuf,
         /// What redb said.
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
 }
 
@@ -115,7 +115,7 @@ impl RedbStore {
         let path = dir.join(FILE_NAME);
         let storage = |source: redb::Error| OpenError::Storage {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         };
         let existed = path.exists();
         let db = Database::builder()
@@ -239,6 +239,8 @@ fn payload_len(put: &ValidPut) -> usize {
 
 type Outcome = Result<PutOutcome, StoreError>;
 
+// A large error type is fine here: these are internal, and their error path is a failed commit.
+#[allow(clippy::result_large_err)]
 /// Applies a batch in one transaction. The outer error (storage) fails the
 /// whole batch; the inner results are per put.
 fn commit_batch(
@@ -269,6 +271,7 @@ fn commit_batch(
     Ok(outcomes)
 }
 
+#[allow(clippy::result_large_err)]
 fn apply(
     kv: &mut redb::Table<&[u8], &[u8]>,
     usage: &mut redb::Table<&[u8], u64>,
