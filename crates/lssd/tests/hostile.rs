@@ -1,0 +1,154 @@
+//! Hostile bytes over HTTP/2: malformed gRPC framing and protobuf. After each,
+//! the server answers correctly and stored data is unchanged.
+
+mod common;
+
+use bytes::Bytes;
+use common::{kv, Signer, TestServer};
+use http_body_util::BodyExt;
+use lss_core::Limits;
+use prost::Message;
+use tonic::transport::Channel;
+use tower::ServiceExt;
+
+/// Sends `body` as-is to `path`; returns (grpc-status, grpc-message).
+async fn raw(channel: &Channel, path: &str, body: Vec<u8>) -> (String, String) {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://lssd{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            Bytes::from(body),
+        )))
+        .expect("request");
+    let response = channel
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("HTTP/2 exchange");
+    let (parts, body) = response.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .expect("body")
+        .trailers()
+        .cloned()
+        .unwrap_or_default();
+    let field = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().expect("ascii").to_owned())
+    };
+    (
+        field("grpc-status").expect("a grpc-status"),
+        field("grpc-message").unwrap_or_default(),
+    )
+}
+
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_and_change_nothing() {
+    let limits = Limits {
+        max_request_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let server = TestServer::start(limits).await;
+    let mut grpc = server.grpc().await;
+    let channel = server.channel().await;
+    let signer = Signer::new(1, &server.key);
+    assert!(
+        grpc.put(signer.put(&[kv("k", 0, b"v")]))
+            .await
+            .expect("put")
+            .into_inner()
+            .success
+    );
+
+    let valid = signer.put(&[kv("k", 1, b"w")]).encode_to_vec();
+    // A KeyValue whose key (field 1, a string) is not UTF-8, inside PutRequest.kvs (field 2).
+    let bad_utf8_kv = [0x0a, 0x02, 0xff, 0xfe, 0x10, 0x01];
+    let mut bad_utf8 = signer.put(&[]).encode_to_vec();
+    bad_utf8.extend_from_slice(&[0x12, bad_utf8_kv.len() as u8]);
+    bad_utf8.extend_from_slice(&bad_utf8_kv);
+    // An int64 version varint of 11 bytes (over-long).
+    let overlong_varint = [
+        0x12, 0x0d, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+    ];
+
+    let mut compressed = frame(&valid);
+    compressed[0] = 1;
+    let mut truncated = frame(&valid);
+    truncated.truncate(truncated.len() - 3);
+    let mut huge_prefix = vec![0, 0xff, 0xff, 0xff, 0xff];
+    huge_prefix.extend_from_slice(&valid);
+
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("garbage", frame(&[0xff; 40]), &["13"]),
+        ("wire type mismatch", frame(&[0x0a, 0x05, 0x01]), &["13"]),
+        ("key not UTF-8", frame(&bad_utf8), &["13"]),
+        ("over-long varint", frame(&overlong_varint), &["13"]),
+        (
+            "compressed flag without compression",
+            compressed,
+            &["12", "13"],
+        ),
+        ("truncated frame", truncated, &["13", "3", "14"]),
+        ("length prefix of 4 GiB", huge_prefix, &["8"]),
+        ("empty body", vec![], &["13", "12"]),
+    ];
+    for path in [lss_proto::paths::PUT, lss_proto::paths::GET] {
+        for (name, body, codes) in &cases {
+            let (code, message) = raw(&channel, path, body.clone()).await;
+            assert!(
+                codes.contains(&code.as_str()),
+                "{name} on {path}: status {code} {message}"
+            );
+            assert_ne!(code, "0", "{name} accepted");
+            // Still serving, nothing changed.
+            let ping = grpc
+                .ping(lss_proto::PingRequest {
+                    message: name.to_string(),
+                })
+                .await
+                .expect("ping");
+            assert_eq!(ping.into_inner().message, *name);
+            assert_eq!(
+                signer.dump(&mut grpc).await,
+                vec![kv("k", 0, b"v")],
+                "{name} changed data"
+            );
+        }
+    }
+    // The 4 GiB claim names the limit.
+    let (_, message) = raw(
+        &channel,
+        lss_proto::paths::PUT,
+        [vec![0, 0xff, 0xff, 0xff, 0xff], valid.clone()].concat(),
+    )
+    .await;
+    assert!(
+        message.starts_with("max_request_bytes exceeded"),
+        "{message}"
+    );
+    // An unknown method is UNIMPLEMENTED, and a valid raw request still works.
+    assert_eq!(
+        raw(&channel, "/lss.LightningStorage/Delete", frame(&[]))
+            .await
+            .0,
+        "12"
+    );
+    assert_eq!(
+        raw(&channel, lss_proto::paths::PUT, frame(&valid)).await.0,
+        "0"
+    );
+    assert_eq!(signer.dump(&mut grpc).await, vec![kv("k", 1, b"w")]);
+}
