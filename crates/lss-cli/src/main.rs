@@ -120,21 +120,25 @@ impl Files {
 
     fn client_key(&self) -> anyhow::Result<SecretKey> {
         let path = self.client_key_path();
-        let text = read_initialised(&path)?;
-        let bytes =
-            hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
-        SecretKey::from_slice(&bytes)
-            .with_context(|| format!("{} is not a secret key", path.display()))
+        read_hex_key(&path, |b| SecretKey::from_slice(b).ok(), "a secret key")
     }
 
     fn pinned_server(&self) -> anyhow::Result<PublicKey> {
         let path = self.server_key_path();
-        let text = read_initialised(&path)?;
-        let bytes =
-            hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
-        PublicKey::from_slice(&bytes)
-            .with_context(|| format!("{} is not a public key", path.display()))
+        read_hex_key(&path, |b| PublicKey::from_slice(b).ok(), "a public key")
     }
+}
+
+/// Reads a hex key file written by `init` and parses it with `parse`.
+fn read_hex_key<K>(
+    path: &Path,
+    parse: impl Fn(&[u8]) -> Option<K>,
+    what: &str,
+) -> anyhow::Result<K> {
+    let text = read_initialised(path)?;
+    let bytes =
+        hex::decode(text.trim()).with_context(|| format!("{} is not hex", path.display()))?;
+    parse(&bytes).with_context(|| format!("{} is not {what}", path.display()))
 }
 
 fn read_initialised(path: &Path) -> anyhow::Result<String> {

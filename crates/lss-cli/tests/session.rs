@@ -1,43 +1,18 @@
 //! The lss-protocol.md §7 session, run with the real `lss-cli` binary against lssd.
 
 use std::process::Command;
-use std::sync::Arc;
 
-use lss_core::secp256k1::SecretKey;
-use lss_core::{Limits, ServerKey};
-use lss_store::{RedbConfig, RedbStore};
+use lss_core::Limits;
 
 struct Session {
-    url: String,
+    server: lk_testkit::Lssd,
     dir: tempfile::TempDir,
-    _data: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn start(server_key: u8) -> Session {
-    let data = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(RedbStore::open(data.path(), RedbConfig::default()).expect("store"));
-    let key = ServerKey::new(SecretKey::from_slice(&[server_key; 32]).expect("key"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(lssd::serve(
-        listener,
-        store,
-        key,
-        Limits::default(),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
     Session {
-        url,
+        server: lk_testkit::Lssd::start(server_key, Limits::default()).await,
         dir: tempfile::tempdir().expect("tempdir"),
-        _data: data,
-        _stop: stop,
     }
 }
 
@@ -47,7 +22,7 @@ impl Session {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lss-cli"));
         command
             .args(args)
-            .env("LSS_CLI_SERVER", &self.url)
+            .env("LSS_CLI_SERVER", &self.server.url)
             .env("LSS_CLI_DIR", self.dir.path());
         let output = tokio::task::spawn_blocking(move || command.output().expect("run lss-cli"))
             .await
@@ -152,10 +127,10 @@ async fn errors_are_clear() {
 
     // A different server key at the same address is refused, not silently trusted.
     let other = start(0x23).await;
-    let (code, _, err) = s.cli(&["--server", &other.url, "get", ""]).await;
+    let (code, _, err) = s.cli(&["--server", &other.server.url, "get", ""]).await;
     assert_eq!(code, 1);
     assert!(err.contains("server key mismatch"), "{err}");
-    let (code, _, err) = s.cli(&["--server", &other.url, "init"]).await;
+    let (code, _, err) = s.cli(&["--server", &other.server.url, "init"]).await;
     assert_eq!(code, 1);
     assert!(
         err.contains("delete the file to trust the new key"),

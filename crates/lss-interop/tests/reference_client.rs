@@ -1,55 +1,13 @@
 //! The crates.io `lightning-storage-server` 0.5.1 `Client` and `PrivClient`
 //! against our `lssd`, asserting what that client really returns.
 
-use std::sync::Arc;
-
 use lightning_storage_server::client::{Auth, Client, ClientError, PrivAuth, PrivClient};
 use lightning_storage_server::Value;
 use lss_core::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use lss_core::{Limits, ServerKey};
-use lss_store::{RedbConfig, RedbStore};
+use lss_core::Limits;
 
-struct Server {
-    url: String,
-    server_id: PublicKey,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(RedbStore::open(dir.path(), RedbConfig::default()).expect("store"));
-    let key = ServerKey::new(SecretKey::from_slice(&[0x22; 32]).expect("key"));
-    let server_id = key.public_key();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(lssd::serve(
-        listener,
-        store,
-        key,
-        Limits::default(),
-        None,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Server {
-        url,
-        server_id,
-        stop: Some(stop),
-        _dir: dir,
-    }
+async fn start() -> lk_testkit::Lssd {
+    lk_testkit::Lssd::start(0x22, Limits::default()).await
 }
 
 fn client_key(byte: u8) -> SecretKey {
@@ -71,7 +29,7 @@ fn plain(kvs: Vec<(String, Value)>) -> Vec<(String, i64, Vec<u8>)> {
 
 const HMAC_SECRET: [u8; 32] = [0x33; 32];
 
-async fn priv_client(server: &Server, byte: u8) -> PrivClient {
+async fn priv_client(server: &lk_testkit::Lssd, byte: u8) -> PrivClient {
     let auth = PrivAuth::new_for_client(&client_key(byte), &server.server_id);
     PrivClient::new(&server.url, auth).await.expect("connect")
 }
