@@ -1,57 +1,423 @@
 //! Test support shared by Lightkeeper's test suites.
 //!
-//! [`Lssd`] runs `lssd` in-process on a random loopback port over a real redb
-//! store in a temporary directory, with a fixed server key so the spec's test
-//! vectors apply. It stops when dropped.
+//! - [`Lssd`] runs `lssd` in-process on a random loopback port, by default over
+//!   a real redb store in a temporary directory, with a fixed server key so the
+//!   spec's test vectors apply. It stops when dropped; [`Lssd::stop`] stops it
+//!   gracefully and waits.
+//! - [`Signer`] builds correctly authenticated and MAC'd raw requests, for
+//!   tests that speak gRPC directly rather than through `lss-client`.
+//!
+//! One harness for every suite, so a fix to how tests start a server lands once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lss_core::secp256k1::{PublicKey, SecretKey};
-use lss_core::{Limits, ServerKey};
-use lss_store::{RedbConfig, RedbStore};
+use lss_core::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use lss_core::{
+    shared_hmac, ClientId, KeyValue, Limits, ServerKey, SharedSecret, PUT_CLIENT_NONCE,
+};
+use lss_proto::lightning_storage_client::LightningStorageClient;
+use lss_store::{RedbConfig, RedbStore, Store};
+use tonic::transport::{Channel, ServerTlsConfig};
 
-/// A running in-process `lssd`.
-pub struct Lssd {
-    /// `http://127.0.0.1:PORT`.
-    pub url: String,
-    /// The server's public key.
-    pub server_id: PublicKey,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _data: tempfile::TempDir,
+/// The server key `[byte; 32]`; 0x22 is the spec's (lss-protocol.md §6).
+pub fn server_key(byte: u8) -> ServerKey {
+    ServerKey::new(SecretKey::from_slice(&[byte; 32]).expect("valid key byte"))
 }
 
-impl Lssd {
-    /// Starts a server whose secret key is `[key_byte; 32]` (0x22 is the spec's).
-    pub async fn start(key_byte: u8, limits: Limits) -> Self {
-        let data = tempfile::tempdir().expect("tempdir");
-        let config = RedbConfig {
-            max_namespace_bytes: limits.max_namespace_bytes,
-            ..RedbConfig::default()
-        };
-        let store = Arc::new(RedbStore::open(data.path(), config).expect("open store"));
-        let key = ServerKey::new(SecretKey::from_slice(&[key_byte; 32]).expect("valid key byte"));
-        let server_id = key.public_key();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(lssd::serve(listener, store, key, limits, None, async {
-            let _ = stopped.await;
-        }));
-        Lssd {
-            url,
-            server_id,
-            stop: Some(stop),
-            _data: data,
+/// How to start an [`Lssd`].
+#[derive(Clone)]
+pub struct Options {
+    /// The server's secret key is `[key_byte; 32]`. Default 0x22, the spec's.
+    pub key_byte: u8,
+    /// Protocol limits (and the redb namespace quota).
+    pub limits: Limits,
+    /// Serve TLS instead of plaintext.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            key_byte: 0x22,
+            limits: Limits::default(),
+            tls: None,
         }
     }
 }
 
-impl Drop for Lssd {
+/// A running in-process `lssd` over a store `S`.
+pub struct Lssd<S = Arc<RedbStore>> {
+    /// The listening address (loopback, random port).
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` under TLS).
+    pub url: String,
+    /// The server key.
+    pub key: ServerKey,
+    /// The server's public key.
+    pub server_id: PublicKey,
+    /// A handle on the store the server writes to.
+    pub store: S,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Lssd {
+    /// Starts a server over a fresh redb store with key `[key_byte; 32]`.
+    pub async fn start(key_byte: u8, limits: Limits) -> Self {
+        Self::start_with(Options {
+            key_byte,
+            limits,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// Starts a server over a fresh redb store.
+    pub async fn start_with(options: Options) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let config = RedbConfig {
+            max_namespace_bytes: options.limits.max_namespace_bytes,
+            ..RedbConfig::default()
+        };
+        let store = Arc::new(RedbStore::open(data.path(), config).expect("open store"));
+        let mut server = Self::serve(store, options).await;
+        server._data = Some(data);
+        server
+    }
+}
+
+impl<S: Store + Clone> Lssd<S> {
+    /// Starts a server over `store`.
+    pub async fn serve(store: S, options: Options) -> Self {
+        let key = server_key(options.key_byte);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let url = match options.tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(lssd::serve(
+            listener,
+            store.clone(),
+            key.clone(),
+            options.limits,
+            options.tls,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Lssd {
+            addr,
+            url,
+            server_id: key.public_key(),
+            key,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+            _data: None,
+        }
+    }
+
+    /// A plaintext channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A raw gRPC client with no message size limits of its own.
+    pub async fn grpc(&self) -> LightningStorageClient<Channel> {
+        LightningStorageClient::new(self.channel().await)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Graceful shutdown: returns once in-flight requests are done.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server");
+        }
+    }
+}
+
+impl<S> Drop for Lssd<S> {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// A signer: holds a client secret and makes valid raw requests.
+pub struct Signer {
+    /// The client's secret key, `[byte; 32]`.
+    pub secret: SecretKey,
+    /// Its public key (the client id).
+    pub public: PublicKey,
+    /// The secret shared with the server.
+    pub shared: SharedSecret,
+}
+
+impl Signer {
+    /// The client `[byte; 32]` of the server with key `server`.
+    pub fn new(byte: u8, server: &ServerKey) -> Self {
+        let secret = SecretKey::from_slice(&[byte; 32]).expect("valid key byte");
+        let public = secret.public_key(&Secp256k1::signing_only());
+        let shared = server.shared_secret(&ClientId::from(public));
+        Signer {
+            secret,
+            public,
+            shared,
+        }
+    }
+
+    /// The request's `auth` field.
+    pub fn auth(&self) -> Option<lss_proto::Auth> {
+        Some(lss_proto::Auth {
+            client_id: self.public.serialize().to_vec(),
+            token: self.shared.token().0.to_vec(),
+        })
+    }
+
+    /// A put of `kvs` with a correct client MAC.
+    pub fn put(&self, kvs: &[KeyValue]) -> lss_proto::PutRequest {
+        lss_proto::PutRequest {
+            auth: self.auth(),
+            kvs: kvs.iter().cloned().map(Into::into).collect(),
+            hmac: shared_hmac(&self.shared, PUT_CLIENT_NONCE, kvs)
+                .as_bytes()
+                .to_vec(),
+        }
+    }
+
+    /// A get of `prefix` with `nonce`.
+    pub fn get(&self, prefix: &str, nonce: &[u8]) -> lss_proto::GetRequest {
+        lss_proto::GetRequest {
+            auth: self.auth(),
+            key_prefix: prefix.into(),
+            nonce: nonce.to_vec(),
+        }
+    }
+
+    /// Everything in the namespace, MAC checked.
+    pub async fn dump(&self, grpc: &mut LightningStorageClient<Channel>) -> Vec<KeyValue> {
+        let nonce = [9u8; 32];
+        let reply = grpc
+            .get(self.get("", &nonce))
+            .await
+            .expect("get")
+            .into_inner();
+        let kvs: Vec<KeyValue> = reply.kvs.into_iter().map(Into::into).collect();
+        assert!(
+            shared_hmac(&self.shared, &nonce, &kvs).verify(&reply.hmac),
+            "get MAC"
+        );
+        kvs
+    }
+}
+
+/// Shorthand for [`KeyValue::new`].
+pub fn kv(key: &str, version: i64, value: &[u8]) -> KeyValue {
+    KeyValue::new(key, version, value)
+}
+
+/// A throwaway PKI for TLS tests: one CA, certificates it signs.
+pub mod pki {
+    use rcgen::{
+        BasicConstraints, Certificate, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+
+    /// A certificate and its private key, PEM.
+    #[derive(Clone, Debug)]
+    pub struct Pem {
+        /// The certificate.
+        pub cert: String,
+        /// Its private key (PKCS#8).
+        pub key: String,
+    }
+
+    /// A certificate authority.
+    pub struct Ca {
+        cert: Certificate,
+        key: KeyPair,
+    }
+
+    impl Ca {
+        /// A fresh self-signed CA named `name`.
+        pub fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let key = KeyPair::generate().expect("key");
+            let cert = params.self_signed(&key).expect("self-sign");
+            Ca { cert, key }
+        }
+
+        /// The CA certificate, PEM.
+        pub fn cert_pem(&self) -> String {
+            self.cert.pem()
+        }
+
+        /// A server certificate for `names` (DNS names or IP addresses).
+        pub fn server(&self, names: &[&str]) -> Pem {
+            self.issue(names, ExtendedKeyUsagePurpose::ServerAuth)
+        }
+
+        /// A client certificate named `name`.
+        pub fn client(&self, name: &str) -> Pem {
+            self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+        }
+
+        fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Pem {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).expect("params");
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign");
+            Pem {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            }
+        }
+    }
+}
+
+/// `lssd` as a real process: the binary, its flags, its log, its signals.
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    const LISTENING: &str = "lssd listening on ";
+
+    /// A running `lssd` process. Killed (SIGKILL) when dropped.
+    pub struct LssdProcess {
+        child: Child,
+        /// The address from the "lssd listening on" log line.
+        pub addr: SocketAddr,
+        /// `http://ADDR`.
+        pub url: String,
+        log: Arc<Mutex<String>>,
+    }
+
+    impl LssdProcess {
+        /// Runs `bin` with `args` (listening on `127.0.0.1:0` unless `args`
+        /// says otherwise) and waits until it logs that it listens. On exit
+        /// before that, returns everything it logged.
+        pub fn spawn(bin: &Path, args: &[&str]) -> Result<Self, String> {
+            let mut command = Command::new(bin);
+            if !args.contains(&"--listen") {
+                command.args(["--listen", "127.0.0.1:0"]);
+            }
+            let mut child = command
+                .args(args)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+            let stderr = child.stderr.take().expect("piped stderr");
+            let log = Arc::new(Mutex::new(String::new()));
+            let (found, listening) = mpsc::channel();
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split(LISTENING).nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        let _ = found.send(addr.to_owned());
+                    }
+                    let mut log = sink.lock().expect("log lock");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            match listening.recv_timeout(Duration::from_secs(30)) {
+                Ok(addr) => {
+                    let addr: SocketAddr = addr
+                        .parse()
+                        .map_err(|e| format!("bad address {addr:?} in the log: {e}"))?;
+                    Ok(LssdProcess {
+                        child,
+                        url: format!("http://{addr}"),
+                        addr,
+                        log,
+                    })
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    // Give the reader a moment to drain the pipe.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let log = log.lock().expect("log lock").clone();
+                    Err(format!("lssd did not start ({status:?}); its log:\n{log}"))
+                }
+            }
+        }
+
+        /// Everything logged so far.
+        pub fn log(&self) -> String {
+            self.log.lock().expect("log lock").clone()
+        }
+
+        /// The process id.
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Sends SIGTERM and waits for the exit; returns the status and the log.
+        pub fn terminate(mut self) -> (ExitStatus, String) {
+            let sent = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(sent.success(), "kill -TERM failed");
+            let status = self.child.wait().expect("wait for lssd");
+            std::thread::sleep(Duration::from_millis(50));
+            (status, self.log())
+        }
+
+        /// SIGKILL: no chance to clean up, as in a crash or power loss.
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for LssdProcess {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Runs `bin` with `args` to completion; returns its status and stderr.
+    pub fn run(bin: &Path, args: &[&str]) -> (ExitStatus, String) {
+        let output = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run binary");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }

@@ -31,7 +31,8 @@ pub const DEFAULT_MAX_REPLY_BYTES: usize = 256 * 1_024 * 1_024;
 pub struct ConnectOptions {
     /// `http://host:port` or `https://host:port`.
     pub url: String,
-    /// TLS settings for `https` URLs; `None` uses the system's webpki roots.
+    /// TLS settings. `None` with an `https` URL trusts the public web PKI
+    /// roots (Mozilla's, compiled in).
     pub tls: Option<TlsOptions>,
     /// Largest reply to decode.
     pub max_reply_bytes: usize,
@@ -54,7 +55,8 @@ impl ConnectOptions {
 /// TLS material (PEM).
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
-    /// CA certificate(s) to trust for the server.
+    /// CA certificate(s) to trust for the server; `None` trusts the public web
+    /// PKI roots instead.
     pub ca_pem: Option<Vec<u8>>,
     /// Client certificate and key, for mutual TLS.
     pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
@@ -169,11 +171,18 @@ pub async fn connect_channel(
     let mut endpoint = Endpoint::from_shared(options.url.clone())?
         .timeout(options.timeout)
         .tcp_nodelay(true);
-    if let Some(tls) = &options.tls {
+    let default_tls = TlsOptions::default();
+    let tls = match &options.tls {
+        Some(tls) => Some(tls),
+        None if options.url.starts_with("https:") => Some(&default_tls),
+        None => None,
+    };
+    if let Some(tls) = tls {
         let mut config = ClientTlsConfig::new();
-        if let Some(ca) = &tls.ca_pem {
-            config = config.ca_certificate(Certificate::from_pem(ca));
-        }
+        config = match &tls.ca_pem {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_webpki_roots(),
+        };
         if let Some((cert, key)) = &tls.identity_pem {
             config = config.identity(Identity::from_pem(cert, key));
         }

@@ -15,15 +15,23 @@ pub mod service;
 pub mod status;
 
 use std::future::Future;
+use std::time::Duration;
 
 use lss_core::{Limits, ServerKey};
 use lss_store::Store;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, ServerTlsConfig};
 
+/// How long a shutdown waits for clients to finish and close their
+/// connections before the server stops anyway. A put whose client is cut off
+/// this way is still committed or not at all: the store finishes every put it
+/// has started, only the reply is lost, as with any network failure.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `lss.LightningStorage` on `listener` until `shutdown` resolves, then
-/// stops accepting and waits for in-flight requests (so an acknowledged put
-/// has always been committed).
+/// stops accepting and waits, at most [`SHUTDOWN_GRACE`], for in-flight
+/// requests and open connections (so an acknowledged put has always been
+/// committed, and an idle or stalled client cannot hold the shutdown up).
 pub async fn serve<S: Store>(
     listener: TcpListener,
     store: S,
@@ -40,9 +48,26 @@ pub async fn serve<S: Store>(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
         .layer(status::request_limit_layer())
         .add_service(service::LssService::new(store, key, limits).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result,
+        () = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; closing them");
+            Ok(())
+        }
+    }
 }

@@ -1,8 +1,6 @@
 //! Every rule of lss-protocol.md §3 and §4, over gRPC against a running server.
 
-mod common;
-
-use common::{kv, Signer, TestServer};
+use lk_testkit::{kv, Lssd, Signer};
 use lss_core::{shared_hmac, KeyValue, Limits, PUT_SERVER_NONCE};
 use tonic::Code;
 
@@ -13,7 +11,7 @@ async fn status_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (Cod
 
 #[tokio::test]
 async fn ping_and_info() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let reply = grpc
         .ping(lss_proto::PingRequest {
@@ -37,7 +35,7 @@ async fn ping_and_info() {
 /// The spec's vectors, end to end: client 0x11, server 0x22.
 #[tokio::test]
 async fn put_and_get_carry_the_spec_macs() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(0x11, &server.key);
     let kvs = [kv("a", 0, b"x"), kv("b", 1, b"")];
@@ -72,7 +70,7 @@ async fn put_and_get_carry_the_spec_macs() {
 
 #[tokio::test]
 async fn empty_put_succeeds_with_the_empty_mac() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(0x11, &server.key);
     let reply = grpc.put(signer.put(&[])).await.expect("put").into_inner();
@@ -86,7 +84,7 @@ async fn empty_put_succeeds_with_the_empty_mac() {
 
 #[tokio::test]
 async fn conflicts_list_offenders_in_request_order_with_no_mac() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     assert!(
@@ -142,7 +140,7 @@ async fn conflicts_list_offenders_in_request_order_with_no_mac() {
 
 #[tokio::test]
 async fn versions_go_up_by_exactly_one() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     for version in 0..20 {
@@ -165,7 +163,7 @@ async fn versions_go_up_by_exactly_one() {
 
 #[tokio::test]
 async fn prefix_is_literal_and_results_in_byte_order() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     let mut keys = vec!["p/%", "p/_", "p/a", "p/Z", "p/é", "pa", "", "q"];
@@ -206,7 +204,7 @@ async fn prefix_is_literal_and_results_in_byte_order() {
 
 #[tokio::test]
 async fn namespaces_are_per_client_and_normalised() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let (alice, bob) = (Signer::new(1, &server.key), Signer::new(2, &server.key));
     assert!(
@@ -240,7 +238,7 @@ async fn namespaces_are_per_client_and_normalised() {
 
 #[tokio::test]
 async fn auth_and_mac_failures_have_the_reference_codes() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     let good = signer.put(&[kv("k", 0, b"v")]);
@@ -329,7 +327,7 @@ async fn auth_and_mac_failures_have_the_reference_codes() {
 /// The order check comes before auth, as in the reference.
 #[tokio::test]
 async fn unsorted_and_duplicate_keys_are_refused_before_auth() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     let mut unsorted = signer.put(&[kv("b", 0, b""), kv("a", 0, b"")]);
@@ -375,7 +373,7 @@ async fn every_limit_is_enforced_and_named() {
         max_request_bytes: 4 * 1024,
         max_namespace_bytes: 200,
     };
-    let server = TestServer::start(limits).await;
+    let server = Lssd::start(0x22, limits).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     let cases = [
@@ -444,7 +442,7 @@ async fn every_limit_is_enforced_and_named() {
 /// Requests of at least 4 MiB are accepted by default (reference clients send up to that).
 #[tokio::test]
 async fn four_mib_requests_are_accepted_by_default() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let mut grpc = server.grpc().await;
     let signer = Signer::new(1, &server.key);
     let big = vec![kv("big", 0, &vec![0xab; 4 * 1024 * 1024 - 64])];
@@ -461,7 +459,7 @@ async fn four_mib_requests_are_accepted_by_default() {
 /// A graceful stop lets in-flight puts finish: every acknowledged put is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_keeps_every_acknowledged_put() {
-    let server = TestServer::start(Limits::default()).await;
+    let server = Lssd::start(0x22, Limits::default()).await;
     let store = server.store.clone();
     let key = server.key.clone();
     let channel = server.channel().await;

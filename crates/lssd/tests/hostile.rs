@@ -1,11 +1,9 @@
 //! Hostile bytes over HTTP/2: malformed gRPC framing and protobuf. After each,
 //! the server answers correctly and stored data is unchanged.
 
-mod common;
-
 use bytes::Bytes;
-use common::{kv, Signer, TestServer};
 use http_body_util::BodyExt;
+use lk_testkit::{kv, Lssd, Signer};
 use lss_core::Limits;
 use prost::Message;
 use tonic::transport::Channel;
@@ -61,7 +59,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         max_request_bytes: 64 * 1024,
         ..Limits::default()
     };
-    let server = TestServer::start(limits).await;
+    let server = Lssd::start(0x22, limits).await;
     let mut grpc = server.grpc().await;
     let channel = server.channel().await;
     let signer = Signer::new(1, &server.key);

@@ -1,0 +1,199 @@
+//! The `lssd` binary as an operator runs it: first start creates a private
+//! data directory and server key, SIGTERM stops it cleanly, a restart keeps
+//! the key and the data, TLS material is read from files, and bad
+//! configuration fails at start-up with a message naming the problem.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use lk_testkit::pki::Ca;
+use lk_testkit::process::{run, LssdProcess};
+use lss_client::{ConnectOptions, PrivClient, TlsOptions};
+use lss_core::secp256k1::SecretKey;
+use lss_core::KeyValue;
+
+fn lssd() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lssd"))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+async fn client(options: &ConnectOptions) -> PrivClient {
+    let secret = SecretKey::from_slice(&[0x31; 32]).expect("key");
+    PrivClient::connect(options, &secret, None, [5; 32])
+        .await
+        .expect("connect")
+}
+
+// Multi-threaded: the client's connection must be served while the test
+// thread blocks waiting for the process, or the server's graceful close of it
+// cannot complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_sigterm_and_restart_keep_key_and_data() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("nested/lssd");
+    let data_arg = data.to_str().expect("utf-8 path");
+
+    let server = LssdProcess::spawn(lssd(), &["--data-dir", data_arg]).expect("start");
+    assert_eq!(mode(&data), 0o700, "data directory must be private");
+    let key_file = data.join("server_key");
+    assert_eq!(mode(&key_file), 0o600, "server key must be private");
+    assert!(data.join("lightkeeper.redb").exists());
+    assert!(
+        server.log().contains("created a new server key"),
+        "{}",
+        server.log()
+    );
+
+    let mut first = client(&ConnectOptions::new(&server.url)).await;
+    let kvs = vec![
+        KeyValue::new("channel/1", 0, b"state one"),
+        KeyValue::new("channel/2", 0, b"state two"),
+    ];
+    first.put(kvs.clone()).await.expect("put");
+    let server_id = first.server_id();
+
+    let (status, log) = server.terminate();
+    assert!(status.success(), "SIGTERM must exit 0: {status:?}\n{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    for secret in ["state one", &hex::encode(b"state one")] {
+        assert!(!log.contains(secret), "values must never be logged");
+    }
+
+    let key_before = std::fs::read(&key_file).expect("key file");
+    let server = LssdProcess::spawn(lssd(), &["--data-dir", data_arg]).expect("restart");
+    assert!(!server.log().contains("created a new server key"));
+    assert_eq!(std::fs::read(&key_file).expect("key file"), key_before);
+    let options = ConnectOptions::new(&server.url);
+    let secret = SecretKey::from_slice(&[0x31; 32]).expect("key");
+    let mut again = PrivClient::connect(&options, &secret, Some(server_id), [5; 32])
+        .await
+        .expect("the pinned server key is unchanged after a restart");
+    assert_eq!(again.get("", &[2; 32]).await.expect("get"), kvs);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_from_pem_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let server_pem = server_ca.server(&["localhost"]);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let cert = write("server.pem", &server_pem.cert);
+    let key = write("server.key", &server_pem.key);
+    let ca = write("clients-ca.pem", &client_ca.cert_pem());
+    let data = dir.path().join("data");
+    let server = LssdProcess::spawn(
+        lssd(),
+        &[
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+    )
+    .expect("start with mTLS");
+    assert!(server.log().contains("mutual_tls=true"), "{}", server.log());
+
+    let identity = client_ca.client("signer");
+    let options = ConnectOptions {
+        tls: Some(TlsOptions {
+            ca_pem: Some(server_ca.cert_pem().into_bytes()),
+            identity_pem: Some((identity.cert.into_bytes(), identity.key.into_bytes())),
+            domain: None,
+        }),
+        ..ConnectOptions::new(format!("https://localhost:{}", server.addr.port()))
+    };
+    let mut signer = client(&options).await;
+    let kvs = vec![KeyValue::new("k", 0, b"over mTLS")];
+    signer.put(kvs.clone()).await.expect("put over mTLS");
+    assert_eq!(signer.get("k", &[3; 32]).await.expect("get"), kvs);
+
+    let without_cert = ConnectOptions {
+        tls: Some(TlsOptions {
+            ca_pem: Some(server_ca.cert_pem().into_bytes()),
+            ..TlsOptions::default()
+        }),
+        ..options.clone()
+    };
+    let secret = SecretKey::from_slice(&[0x31; 32]).expect("key");
+    assert!(PrivClient::connect(&without_cert, &secret, None, [5; 32])
+        .await
+        .is_err());
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn bad_configuration_fails_at_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().expect("utf-8");
+
+    let (status, err) = run(
+        lssd(),
+        &[
+            "--data-dir",
+            data,
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        ],
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("cannot read TLS file") && err.contains("missing.pem"),
+        "{err}"
+    );
+
+    let (status, err) = run(lssd(), &["--data-dir", data, "--tls-cert", missing]);
+    assert!(!status.success());
+    assert!(err.contains("tls_key"), "{err}");
+
+    let bad_key = dir.path().join("bad_key");
+    std::fs::write(&bad_key, "not hex at all").expect("write");
+    let (status, err) = run(
+        lssd(),
+        &[
+            "--data-dir",
+            data,
+            "--server-key-file",
+            bad_key.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!status.success());
+    assert!(err.contains("bad_key"), "{err}");
+
+    let config = dir.path().join("lssd.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax_key_byte = 5\n").expect("write");
+    let (status, err) = run(lssd(), &["--config", config.to_str().expect("utf-8")]);
+    assert!(!status.success());
+    assert!(err.contains("max_key_byte"), "{err}");
+
+    let (status, err) = run(lssd(), &["--data-dir", data, "--max-key-bytes", "0"]);
+    assert!(!status.success());
+    assert!(err.contains("max-key-bytes"), "{err}");
+
+    // A second lssd on the same data directory is refused, not corrupting it.
+    let first = LssdProcess::spawn(lssd(), &["--data-dir", data]).expect("start");
+    let (status, err) = run(lssd(), &["--data-dir", data, "--listen", "127.0.0.1:0"]);
+    assert!(!status.success());
+    assert!(err.contains("already"), "{err}");
+    drop(first);
+}
