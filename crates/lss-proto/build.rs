@@ -1,9 +1,9 @@
-//! Compiles `proto/lss.proto` with protox, a pure-Rust protobuf compiler, so the
+//! Compiles `proto/lss.proto` and `proto/lightkeeper.proto` with protox, a pure-Rust protobuf compiler, so the
 //! build never needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["lss.proto"], ["proto"])?;
+    let fds = protox::compile(["lss.proto", "lightkeeper.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -19,6 +19,7 @@ use lss_core::{
 };
 /// The generated wire types, for callers that need raw requests.
 pub use lss_proto as proto;
+use lss_proto::lightkeeper::lightkeeper_storage_client::LightkeeperStorageClient;
 use lss_proto::lightning_storage_client::LightningStorageClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -34,7 +35,8 @@ pub struct ConnectOptions {
     /// TLS settings. `None` with an `https` URL trusts the public web PKI
     /// roots (Mozilla's, compiled in).
     pub tls: Option<TlsOptions>,
-    /// Largest reply to decode.
+    /// Largest reply message to decode, and the largest total a streamed
+    /// read may return.
     pub max_reply_bytes: usize,
     /// Per-request timeout.
     pub timeout: Duration,
@@ -73,6 +75,9 @@ pub enum RpcError {
     /// The server answered with an error status.
     #[error("server: {}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    /// A streamed reply grew past the client's `max_reply_bytes`.
+    #[error("reply larger than max_reply_bytes ({0} bytes)")]
+    ReplyTooLarge(usize),
 }
 
 impl RpcError {
@@ -81,6 +86,7 @@ impl RpcError {
         match self {
             RpcError::Transport(_) => true,
             RpcError::Status(s) => s.code() == tonic::Code::Unavailable,
+            RpcError::ReplyTooLarge(_) => false,
         }
     }
 }
@@ -160,14 +166,29 @@ pub struct ServerInfo {
 #[derive(Debug, Clone)]
 pub struct Client {
     grpc: LightningStorageClient<Channel>,
+    extensions: LightkeeperStorageClient<Channel>,
+    /// Whether the server serves `GetStream`: unknown until the first read.
+    streams: Option<bool>,
+    max_reply_bytes: usize,
     client_id: Vec<u8>,
     token: Token,
 }
 
-/// Opens a channel (lazily connected; it reconnects by itself).
+/// Opens a connection for the `lss.LightningStorage` stub (it reconnects by
+/// itself after a failure).
 pub async fn connect_channel(
     options: &ConnectOptions,
 ) -> Result<LightningStorageClient<Channel>, RpcError> {
+    Ok(lss_stub(connect(options).await?, options))
+}
+
+fn lss_stub(channel: Channel, options: &ConnectOptions) -> LightningStorageClient<Channel> {
+    LightningStorageClient::new(channel)
+        .max_decoding_message_size(options.max_reply_bytes)
+        .max_encoding_message_size(usize::MAX)
+}
+
+async fn connect(options: &ConnectOptions) -> Result<Channel, RpcError> {
     let mut endpoint = Endpoint::from_shared(options.url.clone())?
         .timeout(options.timeout)
         .tcp_nodelay(true);
@@ -191,10 +212,7 @@ pub async fn connect_channel(
         }
         endpoint = endpoint.tls_config(config)?;
     }
-    let channel = endpoint.connect().await?;
-    Ok(LightningStorageClient::new(channel)
-        .max_decoding_message_size(options.max_reply_bytes)
-        .max_encoding_message_size(usize::MAX))
+    Ok(endpoint.connect().await?)
 }
 
 /// Asks a server for its identity (no auth needed).
@@ -219,11 +237,24 @@ impl Client {
         client_id: ClientId,
         token: Token,
     ) -> Result<Self, RpcError> {
-        Ok(Client {
-            grpc: connect_channel(options).await?,
+        Ok(Client::over(
+            connect(options).await?,
+            options,
+            client_id,
+            token,
+        ))
+    }
+
+    fn over(channel: Channel, options: &ConnectOptions, client_id: ClientId, token: Token) -> Self {
+        Client {
+            grpc: lss_stub(channel.clone(), options),
+            extensions: LightkeeperStorageClient::new(channel)
+                .max_decoding_message_size(options.max_reply_bytes),
+            streams: None,
+            max_reply_bytes: options.max_reply_bytes,
             client_id: client_id.as_bytes().to_vec(),
             token,
-        })
+        }
     }
 
     /// The server's identity.
@@ -269,7 +300,13 @@ impl Client {
         }
     }
 
-    /// Reads a prefix with the caller's nonce; returns the kvs and the server's MAC, unchecked.
+    /// Reads a prefix with the caller's nonce; returns the kvs and the server's
+    /// MAC, unchecked.
+    ///
+    /// Uses Lightkeeper's `GetStream` where the server has it, so a result of
+    /// any size (up to `max_reply_bytes` in total) can be read; other servers
+    /// (the reference) get the plain `Get`, remembered after the first try.
+    /// Either way the MAC is the one `Get` defines.
     pub async fn get(
         &mut self,
         prefix: &str,
@@ -280,8 +317,46 @@ impl Client {
             key_prefix: prefix.to_owned(),
             nonce: nonce.to_vec(),
         };
+        if self.streams != Some(false) {
+            match self.get_stream(request.clone()).await {
+                Err(RpcError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
+                    tracing::debug!("server has no GetStream; using Get");
+                    self.streams = Some(false);
+                }
+                result => {
+                    self.streams = Some(true);
+                    return result;
+                }
+            }
+        }
         let reply = self.grpc.get(request).await?.into_inner();
         Ok((reply.kvs.into_iter().map(Into::into).collect(), reply.hmac))
+    }
+
+    async fn get_stream(
+        &mut self,
+        request: lss_proto::GetRequest,
+    ) -> Result<(Vec<KeyValue>, Vec<u8>), RpcError> {
+        let mut stream = self.extensions.get_stream(request).await?.into_inner();
+        let mut kvs = Vec::new();
+        let mut hmac = Vec::new();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.message().await? {
+            total = total.saturating_add(
+                chunk
+                    .kvs
+                    .iter()
+                    .map(|kv| kv.key.len() + kv.value.len())
+                    .sum::<usize>(),
+            );
+            if total > self.max_reply_bytes {
+                return Err(RpcError::ReplyTooLarge(self.max_reply_bytes));
+            }
+            kvs.extend(chunk.kvs.into_iter().map(KeyValue::from));
+            // Only the last chunk's MAC counts; an earlier one cannot verify.
+            hmac = chunk.hmac;
+        }
+        Ok((kvs, hmac))
     }
 
     fn auth(&self) -> lss_proto::Auth {
@@ -311,8 +386,10 @@ impl PrivClient {
         pinned: Option<PublicKey>,
         value_secret: [u8; 32],
     ) -> Result<Self, ConnectError> {
-        let mut grpc = connect_channel(options).await?;
-        let server_id = info(&mut grpc).await?.server_id;
+        let channel = connect(options).await?;
+        let server_id = info(&mut lss_stub(channel.clone(), options))
+            .await?
+            .server_id;
         if let Some(pinned) = pinned {
             if pinned != server_id {
                 return Err(ConnectError::ServerKeyMismatch {
@@ -323,11 +400,7 @@ impl PrivClient {
         }
         let shared = SharedSecret::derive(&server_id, secret);
         let client_id = ClientId::from(secret.public_key(&Secp256k1::signing_only()));
-        let client = Client {
-            grpc,
-            client_id: client_id.as_bytes().to_vec(),
-            token: shared.token(),
-        };
+        let client = Client::over(channel, options, client_id, shared.token());
         Ok(PrivClient {
             client,
             shared,

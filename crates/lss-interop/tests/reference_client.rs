@@ -254,3 +254,43 @@ async fn our_priv_client_and_theirs_share_data() {
         ]
     );
 }
+
+/// lss-protocol.md §5: a state over 4 MiB is beyond what their client can read
+/// with one `Get` (tonic's default decode limit), and it says so as an error
+/// rather than returning partial data; our client reads what they wrote
+/// through `GetStream`.
+#[tokio::test]
+async fn a_state_over_4_mib_is_readable_by_our_client_only() {
+    let server = start().await;
+    let secret = client_key(0x55);
+    let value_secret = lss_core::value::secret_for_key(&secret);
+    let mut theirs = priv_client(&server, 0x55).await;
+    let chunk = vec![0xab; 1_500_000];
+    for n in 0..3 {
+        theirs
+            .put(
+                &value_secret,
+                vec![(format!("state/{n}"), value(0, &chunk))],
+            )
+            .await
+            .expect("their put");
+    }
+    let err = theirs
+        .get(&value_secret, String::new())
+        .await
+        .expect_err("4.5 MiB in one Get reply");
+    assert!(
+        // Their tonic is 0.12, so compare the numeric code (OUT_OF_RANGE).
+        matches!(&err, ClientError::Tonic(s) if s.code() as i32 == tonic::Code::OutOfRange as i32),
+        "{err:?}"
+    );
+
+    let options = lss_client::ConnectOptions::new(server.url.clone());
+    let mut ours =
+        lss_client::PrivClient::connect(&options, &secret, Some(server.server_id), value_secret)
+            .await
+            .expect("connect");
+    let got = ours.get("", &[1; 32]).await.expect("our get");
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|kv| kv.version == 0 && kv.value == chunk));
+}

@@ -1,4 +1,5 @@
-//! Generated protobuf messages and gRPC stubs for `lss.LightningStorage`.
+//! Generated protobuf messages and gRPC stubs for `lss.LightningStorage`, and
+//! for Lightkeeper's own extensions in [`lightkeeper`] (`GetStream`).
 //!
 //! This crate is only the wire shape: it knows nothing about MACs, versions or
 //! auth. Those rules live in `lss-core`; the `From` impls below are the one
@@ -6,6 +7,16 @@
 #![allow(missing_docs, clippy::all, clippy::unwrap_used)]
 
 tonic::include_proto!("lss");
+
+/// The path by which the generated `lightkeeper` code names `lss` types.
+mod lss {
+    pub(crate) use super::{GetRequest, KeyValue};
+}
+
+/// `lightkeeper.LightkeeperStorage`: extensions served beside the LSS service.
+pub mod lightkeeper {
+    tonic::include_proto!("lightkeeper");
+}
 
 /// The gRPC method paths, for logs and raw-request tests.
 pub mod paths {
@@ -17,6 +28,8 @@ pub mod paths {
     pub const PUT: &str = "/lss.LightningStorage/Put";
     /// `/lss.LightningStorage/Get`
     pub const GET: &str = "/lss.LightningStorage/Get";
+    /// `/lightkeeper.LightkeeperStorage/GetStream`
+    pub const GET_STREAM: &str = "/lightkeeper.LightkeeperStorage/GetStream";
 }
 
 /// Wire entry from a core entry (moves the buffers, no copy).

@@ -49,9 +49,11 @@ pub async fn serve<S: Store>(
         builder = builder.tls_config(tls)?;
     }
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (lss, extensions) = service::LssService::new(store, key, limits).into_servers();
     let server = builder
         .layer(status::request_limit_layer())
-        .add_service(service::LssService::new(store, key, limits).into_server())
+        .add_service(lss)
+        .add_service(extensions)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
             let _ = stopping.send(());

@@ -1,4 +1,5 @@
-//! The `lss.LightningStorage` handlers.
+//! The `lss.LightningStorage` handlers, and Lightkeeper's `GetStream`
+//! extension (`lightkeeper.LightkeeperStorage`) over the same store and key.
 //!
 //! Each handler checks in the order of lss-protocol.md §4 (the reference's
 //! order, so clients see the same status for the same mistake): decode (by
@@ -9,6 +10,13 @@ use lss_core::{
     shared_hmac, ClientId, Limits, PutOutcome, ServerKey, SharedSecret, SortedKvs, ValidPut,
     PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
 };
+use std::pin::Pin;
+use std::sync::Arc;
+
+use lss_proto::lightkeeper::lightkeeper_storage_server::{
+    LightkeeperStorage, LightkeeperStorageServer,
+};
+use lss_proto::lightkeeper::GetChunk;
 use lss_proto::lightning_storage_server::{LightningStorage, LightningStorageServer};
 use lss_proto::{
     GetReply, GetRequest, InfoReply, InfoRequest, PingReply, PingRequest, PutReply, PutRequest,
@@ -21,6 +29,11 @@ use crate::status;
 
 /// `InfoReply.version`: the reference's value, which clients may compare.
 pub const PROTOCOL_VERSION: &str = "0.1";
+
+/// Target encoded size of one `GetStream` chunk. Far below every client's
+/// decode limit (tonic's default is 4 MiB); a single larger entry still goes
+/// alone in its own chunk.
+pub const STREAM_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The gRPC service over a store.
 pub struct LssService<S> {
@@ -35,10 +48,51 @@ impl<S: Store> LssService<S> {
         LssService { store, key, limits }
     }
 
-    /// The tonic server, with its decode limit set to `max_request_bytes`.
+    /// The tonic server of `lss.LightningStorage` alone (what the reference
+    /// serves), with its decode limit set to `max_request_bytes`.
     pub fn into_server(self) -> LightningStorageServer<Self> {
         let max = self.limits.max_request_bytes;
         LightningStorageServer::new(self).max_decoding_message_size(max)
+    }
+
+    /// Both services over one shared handler: `lss.LightningStorage` and
+    /// `lightkeeper.LightkeeperStorage`.
+    pub fn into_servers(self) -> (LightningStorageServer<Self>, LightkeeperStorageServer<Self>) {
+        let max = self.limits.max_request_bytes;
+        let shared = Arc::new(self);
+        (
+            LightningStorageServer::from_arc(shared.clone()).max_decoding_message_size(max),
+            LightkeeperStorageServer::from_arc(shared)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(usize::MAX),
+        )
+    }
+
+    /// Authenticates a Get and reads its result with the MAC over it.
+    async fn read(
+        &self,
+        request: GetRequest,
+        op: &'static str,
+    ) -> Result<(Vec<lss_core::KeyValue>, Vec<u8>), Status> {
+        let GetRequest {
+            auth,
+            key_prefix,
+            nonce,
+        } = request;
+        let (client, shared) = self.authenticate(auth)?;
+        let span = tracing::debug_span!("get", op, client = %client.short(), prefix_len = key_prefix.len());
+        async move {
+            let kvs = self
+                .store
+                .get(client, key_prefix)
+                .await
+                .map_err(status::store)?;
+            let hmac = shared_hmac(&shared, &nonce, &kvs).as_bytes().to_vec();
+            debug!(keys = kvs.len(), "read");
+            Ok((kvs, hmac))
+        }
+        .instrument(span)
+        .await
     }
 
     fn authenticate(
@@ -112,28 +166,92 @@ impl<S: Store> LightningStorage for LssService<S> {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
-        let GetRequest {
-            auth,
-            key_prefix,
-            nonce,
-        } = request.into_inner();
-        let (client, shared) = self.authenticate(auth)?;
-        let span =
-            tracing::debug_span!("get", client = %client.short(), prefix_len = key_prefix.len());
-        async move {
-            let kvs = self
-                .store
-                .get(client, key_prefix)
-                .await
-                .map_err(status::store)?;
-            let hmac = shared_hmac(&shared, &nonce, &kvs).as_bytes().to_vec();
-            debug!(keys = kvs.len(), "read");
-            Ok(Response::new(GetReply {
-                kvs: kvs.into_iter().map(Into::into).collect(),
-                hmac,
-            }))
+        let (kvs, hmac) = self.read(request.into_inner(), "get").await?;
+        Ok(Response::new(GetReply {
+            kvs: kvs.into_iter().map(Into::into).collect(),
+            hmac,
+        }))
+    }
+}
+
+/// The stream `GetStream` answers with.
+pub type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<GetChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> LightkeeperStorage for LssService<S> {
+    type GetStreamStream = ChunkStream;
+
+    async fn get_stream(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let (kvs, hmac) = self.read(request.into_inner(), "get_stream").await?;
+        let chunks = chunk(kvs, hmac, STREAM_CHUNK_BYTES);
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+}
+
+/// Splits a result into chunks of about `target` bytes, each with at least
+/// one entry, the MAC on the last.
+fn chunk(kvs: Vec<lss_core::KeyValue>, hmac: Vec<u8>, target: usize) -> Vec<GetChunk> {
+    let mut chunks = Vec::new();
+    let mut current = GetChunk::default();
+    let mut size = 0;
+    for kv in kvs {
+        // Key, value and a few bytes of framing per entry.
+        let len = kv.key.len() + kv.value.len() + 16;
+        if !current.kvs.is_empty() && size + len > target {
+            chunks.push(std::mem::take(&mut current));
+            size = 0;
         }
-        .instrument(span)
-        .await
+        size += len;
+        current.kvs.push(kv.into());
+    }
+    current.hmac = hmac;
+    chunks.push(current);
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_order_respect_the_target_and_carry_the_mac_last() {
+        let kvs: Vec<_> = (0..100)
+            .map(|i| {
+                lss_core::KeyValue::new(format!("k{i:03}"), i, vec![i as u8; 100 + i as usize * 7])
+            })
+            .collect();
+        let chunks = chunk(kvs.clone(), vec![7; 32], 2_000);
+        assert!(chunks.len() > 5);
+        for (n, c) in chunks.iter().enumerate() {
+            assert!(!c.kvs.is_empty());
+            let size: usize = c
+                .kvs
+                .iter()
+                .map(|kv| kv.key.len() + kv.value.len() + 16)
+                .sum();
+            assert!(
+                size <= 2_000 || c.kvs.len() == 1,
+                "chunk {n} is {size} bytes"
+            );
+            assert_eq!(c.hmac.is_empty(), n + 1 != chunks.len());
+        }
+        let joined: Vec<lss_core::KeyValue> = chunks
+            .into_iter()
+            .flat_map(|c| c.kvs)
+            .map(Into::into)
+            .collect();
+        assert_eq!(joined, kvs);
+        // An entry larger than the target travels alone.
+        let big = vec![lss_core::KeyValue::new("big", 0, vec![0; 5_000])];
+        assert_eq!(chunk(big, vec![1], 2_000).len(), 1);
+        // An empty result is one empty chunk with the MAC.
+        let empty = chunk(vec![], vec![1], 2_000);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].kvs.is_empty() && empty[0].hmac == [1]);
     }
 }

@@ -103,7 +103,11 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         ("length prefix of 4 GiB", huge_prefix, &["8"]),
         ("empty body", vec![], &["13", "12"]),
     ];
-    for path in [lss_proto::paths::PUT, lss_proto::paths::GET] {
+    for path in [
+        lss_proto::paths::PUT,
+        lss_proto::paths::GET,
+        lss_proto::paths::GET_STREAM,
+    ] {
         for (name, body, codes) in &cases {
             let (code, message) = raw(&channel, path, body.clone()).await;
             assert!(
