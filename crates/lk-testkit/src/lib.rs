@@ -421,3 +421,299 @@ pub mod process {
         )
     }
 }
+
+/// The real PostgreSQL the backend tests run against.
+///
+/// `LK_TEST_POSTGRES_URL` names it (default
+/// `postgres://postgres@127.0.0.1:5432/test`). If it does not answer and a
+/// Debian cluster is installed, the cluster is started; if it still does not
+/// answer, the test fails saying how to provide one. Never a silent skip.
+pub mod postgres {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// The default test database.
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// The database URL, once the server is known to answer.
+    pub async fn url() -> String {
+        let url = std::env::var("LK_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+        if connect(&url).await.is_ok() {
+            return url;
+        }
+        start_debian_cluster();
+        let mut last = String::new();
+        for _ in 0..50 {
+            match connect(&url).await {
+                Ok(_) => return url,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "PostgreSQL at {url} is not reachable ({last}). Start it \
+             (`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` on Debian) \
+             or point LK_TEST_POSTGRES_URL at a database where the user may create schemas."
+        );
+    }
+
+    async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    fn start_debian_cluster() {
+        let Ok(versions) = std::fs::read_dir("/etc/postgresql") else {
+            return;
+        };
+        for version in versions.flatten() {
+            let version = version.file_name();
+            let _ = std::process::Command::new("pg_ctlcluster")
+                .arg("--skip-systemctl-redirect")
+                .arg(&version)
+                .args(["main", "start"])
+                .status();
+        }
+    }
+
+    /// The server address of a database URL.
+    pub fn server_addr(url: &str) -> std::net::SocketAddr {
+        let config: tokio_postgres::Config = url.parse().expect("PostgreSQL URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let host = if host == "localhost" {
+            "127.0.0.1".into()
+        } else {
+            host
+        };
+        format!("{host}:{port}").parse().expect("host:port")
+    }
+
+    /// `url` with its server replaced by `addr` (e.g. a [`crate::net::FaultProxy`]).
+    pub fn via(url: &str, addr: std::net::SocketAddr) -> String {
+        let config: tokio_postgres::Config = url.parse().expect("PostgreSQL URL");
+        let mut out = format!("host={} port={}", addr.ip(), addr.port());
+        if let Some(user) = config.get_user() {
+            out.push_str(&format!(" user={user}"));
+        }
+        if let Some(password) = config.get_password() {
+            out.push_str(&format!(" password={}", String::from_utf8_lossy(password)));
+        }
+        if let Some(db) = config.get_dbname() {
+            out.push_str(&format!(" dbname={db}"));
+        }
+        out
+    }
+
+    /// A schema of its own for one test, dropped with everything in it when
+    /// the guard is dropped.
+    pub struct Schema {
+        /// The database URL.
+        pub url: String,
+        /// The schema's name.
+        pub name: String,
+    }
+
+    impl Schema {
+        /// A fresh, unused schema name (the store creates the schema).
+        pub async fn fresh() -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let name = format!(
+                "lk_test_{}_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed),
+                rand::random::<u32>()
+            );
+            Schema {
+                url: url().await,
+                name,
+            }
+        }
+
+        /// A plain client connection to the test database.
+        pub async fn client(&self) -> tokio_postgres::Client {
+            connect(&self.url).await.expect("connect to PostgreSQL")
+        }
+    }
+
+    impl Drop for Schema {
+        fn drop(&mut self) {
+            let url = self.url.clone();
+            let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name);
+            // Drop runs inside the test's runtime, which cannot be blocked on:
+            // clean up from a thread with a runtime of its own.
+            let cleanup = std::thread::spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    if let Ok(client) = connect(&url).await {
+                        let _ = client.batch_execute(&sql).await;
+                    }
+                });
+            });
+            let _ = cleanup.join();
+        }
+    }
+}
+
+/// Network faults between a client and a real server.
+pub mod net {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+
+    /// A TCP proxy to `target` that can be taken down (every connection cut,
+    /// new ones refused) and brought back, or made to cut a connection right
+    /// after it forwards a chosen byte pattern from the client (so the server
+    /// acts on a request whose answer the client never sees).
+    pub struct FaultProxy {
+        /// Where clients connect.
+        pub addr: SocketAddr,
+        down: Arc<AtomicBool>,
+        generation: watch::Sender<u64>,
+        cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        cuts: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl FaultProxy {
+        /// Starts proxying to `target`.
+        pub async fn start(target: SocketAddr) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let down = Arc::new(AtomicBool::new(false));
+            let (generation, _) = watch::channel(0u64);
+            let cut_after = Arc::new(std::sync::Mutex::new(None));
+            let cuts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let proxy = FaultProxy {
+                addr,
+                down: down.clone(),
+                generation: generation.clone(),
+                cut_after: cut_after.clone(),
+                cuts: cuts.clone(),
+            };
+            tokio::spawn(async move {
+                while let Ok((inbound, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let killed = generation.subscribe();
+                    let cut_after = cut_after.clone();
+                    let cuts = cuts.clone();
+                    tokio::spawn(async move {
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            pipe(inbound, outbound, killed, cut_after, cuts).await;
+                        }
+                    });
+                }
+            });
+            proxy
+        }
+
+        /// Cuts every connection and refuses new ones (`true`), or accepts
+        /// connections again (`false`).
+        pub fn set_down(&self, down: bool) {
+            self.down.store(down, Ordering::SeqCst);
+            if down {
+                self.generation.send_modify(|g| *g += 1);
+            }
+        }
+
+        /// Cuts every open connection once; new ones are accepted.
+        pub fn cut_all(&self) {
+            self.generation.send_modify(|g| *g += 1);
+        }
+
+        /// The next time a client sends bytes containing `pattern`, forward
+        /// them, give the server a moment to act, then cut that connection.
+        pub fn cut_after_next(&self, pattern: &[u8]) {
+            *self.cut_after.lock().expect("lock") = Some(pattern.to_vec());
+        }
+
+        /// How many connections `cut_after_next` has cut.
+        pub fn pattern_cuts(&self) -> u32 {
+            self.cuts.load(Ordering::SeqCst)
+        }
+    }
+
+    async fn pipe(
+        inbound: TcpStream,
+        outbound: TcpStream,
+        mut killed: watch::Receiver<u64>,
+        cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        cuts: Arc<std::sync::atomic::AtomicU32>,
+    ) {
+        let (mut client_read, mut client_write) = inbound.into_split();
+        let (mut server_read, mut server_write) = outbound.into_split();
+        // Set before forwarding the pattern: from then on nothing the server
+        // answers reaches the client.
+        let frozen = AtomicBool::new(false);
+        let upstream = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match client_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let cut = {
+                    let mut armed = cut_after.lock().expect("lock");
+                    let hit = armed
+                        .as_ref()
+                        .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p.as_slice()));
+                    if hit {
+                        *armed = None;
+                    }
+                    hit
+                };
+                if cut {
+                    frozen.store(true, Ordering::SeqCst);
+                }
+                if server_write.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                if cut {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    cuts.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        };
+        let downstream = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match server_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if frozen.load(Ordering::SeqCst) {
+                    return std::future::pending().await;
+                }
+                if client_write.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        };
+        // Whichever ends first (either side closes, a kill, a pattern cut)
+        // ends the connection: both halves are dropped.
+        tokio::select! {
+            () = upstream => {}
+            () = downstream => {}
+            _ = killed.changed() => {}
+        }
+    }
+}

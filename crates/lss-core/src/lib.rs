@@ -22,5 +22,6 @@ pub use identity::{AuthError, ClientId, KeyFileError, ServerKey, SharedSecret, T
 pub use kv::KeyValue;
 pub use mac::{shared_hmac, Mac, PUT_CLIENT_NONCE, PUT_SERVER_NONCE};
 pub use put::{
-    accepts, Limit, LimitExceeded, Limits, PutOutcome, PutRejected, SortedKvs, ValidPut,
+    accepts, namespace_after, Limit, LimitExceeded, Limits, PutOutcome, PutRejected, SortedKvs,
+    ValidPut,
 };

@@ -196,6 +196,23 @@ pub fn accepts(requested: i64, current: Option<i64>) -> bool {
     next == Some(requested)
 }
 
+/// The namespace quota rule: a namespace holding `used` bytes, of which a put
+/// replaces `freed` (old keys and values) with `added`, holds the returned
+/// number of bytes afterwards. A put that would grow the namespace past `max`
+/// is refused; one that does not grow it is always allowed, so a namespace
+/// over its quota (after the quota was lowered) can still be updated in place.
+pub fn namespace_after(used: u64, freed: u64, added: u64, max: u64) -> Result<u64, LimitExceeded> {
+    let after = used.saturating_sub(freed).saturating_add(added);
+    if after > used && after > max {
+        return Err(LimitExceeded {
+            limit: Limit::NamespaceBytes,
+            max,
+            got: after,
+        });
+    }
+    Ok(after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

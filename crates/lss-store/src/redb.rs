@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use lss_core::{accepts, ClientId, KeyValue, Limit, LimitExceeded, PutOutcome, ValidPut};
+use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use tokio::sync::oneshot;
 
@@ -306,15 +306,10 @@ fn apply(
         .map(|g| g.value())
         .unwrap_or(0);
     let added: u64 = put.kvs().iter().map(KeyValue::stored_len).sum();
-    let after = used.saturating_sub(freed).saturating_add(added);
-    if after > used && after > max_namespace {
-        return Ok(Err(LimitExceeded {
-            limit: Limit::NamespaceBytes,
-            max: max_namespace,
-            got: after,
-        }
-        .into()));
-    }
+    let after = match namespace_after(used, freed, added, max_namespace) {
+        Ok(after) => after,
+        Err(limit) => return Ok(Err(limit.into())),
+    };
 
     for item in put.kvs() {
         composite_key(key_buf, namespace, &item.key);

@@ -76,6 +76,62 @@ pub struct Args {
     /// Most bytes (keys plus values) one client may store [default: 1073741824 (1 GiB)].
     #[arg(long, env = "LSSD_MAX_NAMESPACE_BYTES", value_name = "BYTES")]
     pub max_namespace_bytes: Option<NonZeroU64>,
+
+    /// Storage backend [default: redb]: `redb` (embedded, in the data
+    /// directory) or `postgres` (needs --postgres-url). The server key stays
+    /// in the data directory either way.
+    #[arg(long, env = "LSSD_DATABASE", value_name = "BACKEND")]
+    pub database: Option<Database>,
+
+    /// PostgreSQL connection URL, e.g.
+    /// `postgres://lssd:PASSWORD@db.internal:5432/lss?sslmode=require`. Prefer
+    /// the environment or the config file for a URL with a password: command
+    /// lines are visible to other users.
+    #[arg(long, env = "LSSD_POSTGRES_URL", value_name = "URL")]
+    pub postgres_url: Option<String>,
+
+    /// PostgreSQL schema for Lightkeeper's tables, created if missing [default: lightkeeper].
+    #[arg(long, env = "LSSD_POSTGRES_SCHEMA", value_name = "NAME")]
+    pub postgres_schema: Option<String>,
+
+    /// Most PostgreSQL connections [default: 16].
+    #[arg(long, env = "LSSD_POSTGRES_POOL_SIZE", value_name = "N")]
+    pub postgres_pool_size: Option<NonZeroUsize>,
+
+    /// Require TLS to PostgreSQL and verify the server with this PEM CA file
+    /// (otherwise the URL's sslmode decides: `require` verifies against the
+    /// public web PKI roots).
+    #[arg(long, env = "LSSD_POSTGRES_CA", value_name = "FILE")]
+    pub postgres_ca: Option<PathBuf>,
+}
+
+/// Which storage backend serves the data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Database {
+    /// The embedded store, `<data_dir>/lightkeeper.redb`.
+    #[default]
+    Redb,
+    /// A PostgreSQL database.
+    Postgres,
+}
+
+/// The resolved backend settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded redb in the data directory.
+    Redb,
+    /// PostgreSQL.
+    Postgres {
+        /// Connection URL.
+        url: String,
+        /// Schema.
+        schema: String,
+        /// Pool size.
+        pool_size: usize,
+        /// CA file for TLS.
+        ca: Option<PathBuf>,
+    },
 }
 
 /// The config file: the same settings as [`Args`], all optional.
@@ -104,6 +160,16 @@ pub struct FileConfig {
     pub max_request_bytes: Option<NonZeroUsize>,
     /// See [`Args::max_namespace_bytes`].
     pub max_namespace_bytes: Option<NonZeroU64>,
+    /// See [`Args::database`].
+    pub database: Option<Database>,
+    /// See [`Args::postgres_url`].
+    pub postgres_url: Option<String>,
+    /// See [`Args::postgres_schema`].
+    pub postgres_schema: Option<String>,
+    /// See [`Args::postgres_pool_size`].
+    pub postgres_pool_size: Option<NonZeroUsize>,
+    /// See [`Args::postgres_ca`].
+    pub postgres_ca: Option<PathBuf>,
 }
 
 /// TLS files.
@@ -130,6 +196,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Size limits.
     pub limits: Limits,
+    /// The storage backend.
+    pub backend: Backend,
 }
 
 /// Why the configuration is unusable.
@@ -230,12 +298,44 @@ impl Config {
             Some(listen) => listen,
             None => DEFAULT_LISTEN.parse().expect("the default address parses"),
         };
+        let postgres_url = args.postgres_url.or(file.postgres_url);
+        let postgres_schema = args.postgres_schema.or(file.postgres_schema);
+        let postgres_pool_size = args.postgres_pool_size.or(file.postgres_pool_size);
+        let postgres_ca = args.postgres_ca.or(file.postgres_ca);
+        let backend = match args.database.or(file.database).unwrap_or_default() {
+            Database::Redb => {
+                let stray = [
+                    ("postgres_url", postgres_url.is_some()),
+                    ("postgres_schema", postgres_schema.is_some()),
+                    ("postgres_pool_size", postgres_pool_size.is_some()),
+                    ("postgres_ca", postgres_ca.is_some()),
+                ];
+                if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "{name} is set but database is redb: add database = \"postgres\" (--database postgres)"
+                    )));
+                }
+                Backend::Redb
+            }
+            Database::Postgres => Backend::Postgres {
+                url: postgres_url.ok_or_else(|| {
+                    ConfigError::Inconsistent(
+                        "database postgres needs postgres_url (--postgres-url or LSSD_POSTGRES_URL)"
+                            .into(),
+                    )
+                })?,
+                schema: postgres_schema.unwrap_or_else(|| "lightkeeper".into()),
+                pool_size: postgres_pool_size.map_or(16, NonZeroUsize::get),
+                ca: postgres_ca,
+            },
+        };
         Ok(Config {
             listen,
             data_dir,
             server_key_file: args.server_key_file.or(file.server_key_file),
             tls,
             limits,
+            backend,
         })
     }
 }

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use lss_store::{RedbConfig, RedbStore};
-use lssd::config::{Args, Config, TlsFiles};
+use lss_core::ServerKey;
+use lss_store::{RedbConfig, RedbStore, Store};
+use lss_store_postgres::{PostgresConfig, PostgresStore, PostgresTls};
+use lssd::config::{Args, Backend, Config, TlsFiles};
 use lssd::key_file::{self, KeyOrigin};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
@@ -42,14 +44,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
             key
         }
     };
-    let store_config = RedbConfig {
-        max_namespace_bytes: config.limits.max_namespace_bytes,
-        ..RedbConfig::default()
-    };
-    let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&data_dir, store_config))
-        .await
-        .context("store open task failed")??;
+    match &config.backend {
+        Backend::Redb => {
+            let store_config = RedbConfig {
+                max_namespace_bytes: config.limits.max_namespace_bytes,
+                ..RedbConfig::default()
+            };
+            let data_dir = config.data_dir.clone();
+            let store =
+                tokio::task::spawn_blocking(move || RedbStore::open(&data_dir, store_config))
+                    .await
+                    .context("store open task failed")??;
+            info!(path = %config.data_dir.join(lss_store::redb::FILE_NAME).display(), "storage: embedded redb");
+            serve(config, key, Arc::new(store)).await
+        }
+        Backend::Postgres {
+            url,
+            schema,
+            pool_size,
+            ca,
+        } => {
+            let store = PostgresStore::open(PostgresConfig {
+                schema: schema.clone(),
+                pool_size: *pool_size,
+                tls: ca.clone().map_or(PostgresTls::FromUrl, PostgresTls::Ca),
+                max_namespace_bytes: config.limits.max_namespace_bytes,
+                ..PostgresConfig::new(url.clone())
+            })
+            .await?;
+            info!(schema = %schema, pool_size, "storage: PostgreSQL");
+            serve(config, key, Arc::new(store)).await
+        }
+    }
+}
+
+async fn serve<S: Store>(config: Config, key: ServerKey, store: S) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -66,15 +95,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "lssd listening on {addr}"
     );
-    lssd::serve(
-        listener,
-        Arc::new(store),
-        key,
-        config.limits,
-        tls,
-        shutdown_signal(),
-    )
-    .await?;
+    lssd::serve(listener, store, key, config.limits, tls, shutdown_signal()).await?;
     info!("stopped; every acknowledged put is committed");
     Ok(())
 }

@@ -197,3 +197,87 @@ fn bad_configuration_fails_at_start_with_a_clear_message() {
     assert!(err.contains("already"), "{err}");
     drop(first);
 }
+
+/// `--database postgres`: the binary on a real PostgreSQL, data surviving a
+/// restart; the server key stays in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_from_the_command_line() {
+    let schema = lk_testkit::postgres::Schema::fresh().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let args = [
+        "--data-dir",
+        data,
+        "--database",
+        "postgres",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+        "--postgres-pool-size",
+        "4",
+    ];
+    let server = LssdProcess::spawn(lssd(), &args).expect("start on PostgreSQL");
+    assert!(
+        server.log().contains("storage: PostgreSQL"),
+        "{}",
+        server.log()
+    );
+    assert!(!Path::new(data).join("lightkeeper.redb").exists());
+    let mut signer = client(&ConnectOptions::new(&server.url)).await;
+    let kvs = vec![KeyValue::new("pg", 0, b"in postgres")];
+    signer.put(kvs.clone()).await.expect("put");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    let server = LssdProcess::spawn(lssd(), &args).expect("restart");
+    let mut signer = client(&ConnectOptions::new(&server.url)).await;
+    assert_eq!(signer.get("", &[1; 32]).await.expect("get"), kvs);
+    let rows: i64 = schema
+        .client()
+        .await
+        .query_one(&format!("SELECT count(*) FROM \"{}\".kv", schema.name), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn postgres_options_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8");
+    let (status, err) = run(lssd(), &["--data-dir", data, "--database", "postgres"]);
+    assert!(!status.success());
+    assert!(err.contains("needs postgres_url"), "{err}");
+    let (status, err) = run(
+        lssd(),
+        &["--data-dir", data, "--postgres-url", "postgres://x@y/z"],
+    );
+    assert!(!status.success());
+    assert!(err.contains("database is redb"), "{err}");
+    let (status, err) = run(lssd(), &["--data-dir", data, "--database", "mysql"]);
+    assert!(!status.success());
+    assert!(err.contains("mysql"), "{err}");
+    let (status, err) = run(
+        lssd(),
+        &[
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "postgres",
+            "--postgres-url",
+            "postgres://postgres@127.0.0.1:5432/test",
+            "--postgres-schema",
+            "Robert'); DROP TABLE students;--",
+        ],
+    );
+    assert!(!status.success());
+    assert!(err.contains("invalid schema name"), "{err}");
+}

@@ -1,0 +1,623 @@
+//! The PostgreSQL backend of the [`Store`] contract.
+//!
+//! # Schema (in its own PostgreSQL schema, `lightkeeper` by default)
+//! - `kv (client bytea, key bytea, version bigint, value bytea)`, primary key
+//!   `(client, key)`. Keys are `bytea`, not `text`, so PostgreSQL compares them
+//!   byte by byte: the protocol's order, whatever the database's collation. A
+//!   prefix read is a range scan `key >= prefix AND key < successor(prefix)`
+//!   on the primary key, never `LIKE`, so `%` and `_` are ordinary bytes.
+//! - `usage (client bytea, bytes bigint)`: the namespace's quota use, updated in
+//!   the same transaction as the data.
+//! - `migrations (version int, applied_at timestamptz)`: which [`MIGRATIONS`]
+//!   ran. They run at open, in one transaction under an advisory lock, so two
+//!   servers starting together cannot both migrate.
+//!
+//! # A put
+//! One READ COMMITTED transaction: lock the namespace's `usage` row (creating
+//! it on first use) so puts of one namespace run one at a time; read the
+//! current versions of the put's keys; decide with [`lss_core::accepts`];
+//! check the quota with [`lss_core::namespace_after`]; upsert every key with
+//! one statement; update usage; commit (durable with the server's default
+//! `synchronous_commit = on`). Different namespaces never wait for each other.
+//!
+//! # Faults
+//! Serialization failures, deadlocks, unique violations and broken
+//! connections are retried inside the store with backoff, never shown to
+//! clients. A connection lost while COMMIT was in flight leaves the outcome
+//! unknown; the retry then finds either the old state (and applies the put) or
+//! exactly the put's versions and values, which it reports as committed: the
+//! put is durable either way. When the database stays unreachable the store
+//! answers [`StoreError::Unavailable`] quickly (bounded pool timeouts) and
+//! serves again as soon as it is back, with no restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
+use lss_store::{Store, StoreError};
+use tokio_postgres::error::SqlState;
+
+/// The schema migrations, in order. Never edit one that has shipped: add the
+/// next. `{schema}` is replaced by the quoted schema name.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE {schema}.kv (
+        client bytea NOT NULL CHECK (length(client) = 33),
+        key bytea NOT NULL,
+        version bigint NOT NULL CHECK (version >= 0),
+        value bytea NOT NULL,
+        PRIMARY KEY (client, key)
+    );
+    CREATE TABLE {schema}.usage (
+        client bytea PRIMARY KEY,
+        bytes bigint NOT NULL CHECK (bytes >= 0)
+    );",
+)];
+
+/// How many times a put or get is tried before the store gives up with
+/// [`StoreError::Unavailable`].
+const ATTEMPTS: u32 = 6;
+
+/// TLS to the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PostgresTls {
+    /// As the URL's `sslmode` says: `disable` and `prefer` (the default)
+    /// connect without TLS; `require` uses TLS verified against the public web
+    /// PKI roots.
+    #[default]
+    FromUrl,
+    /// TLS required, the server verified against this PEM CA file.
+    Ca(PathBuf),
+}
+
+/// Settings of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/dbname?sslmode=...` or the
+    /// key=value form.
+    pub url: String,
+    /// PostgreSQL schema holding Lightkeeper's tables (created if missing).
+    pub schema: String,
+    /// Most connections the pool opens.
+    pub pool_size: usize,
+    /// How long a request may wait for a connection, or for one to be made,
+    /// before it fails with `UNAVAILABLE`.
+    pub connect_timeout: Duration,
+    /// TLS settings.
+    pub tls: PostgresTls,
+    /// Most bytes (keys plus values) one namespace may hold.
+    pub max_namespace_bytes: u64,
+}
+
+impl PostgresConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresConfig {
+            url: url.into(),
+            schema: "lightkeeper".into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            tls: PostgresTls::FromUrl,
+            max_namespace_bytes: lss_core::Limits::default().max_namespace_bytes,
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The URL does not parse.
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// Schema names are restricted to `[a-z_][a-z0-9_]*` (at most 63 bytes).
+    #[error("invalid schema name {0:?}: use lowercase letters, digits and _")]
+    Schema(String),
+    /// The CA file cannot be read or holds no certificate.
+    #[error("PostgreSQL CA file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database is unreachable or refused us.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(String),
+    /// The database's schema is newer than this build knows.
+    #[error("PostgreSQL schema {schema} is at migration {found}; this build knows up to {known}: upgrade lssd")]
+    TooNew {
+        /// The schema.
+        schema: String,
+        /// Its newest migration.
+        found: i32,
+        /// Ours.
+        known: i32,
+    },
+    /// A migration failed; nothing of it was applied.
+    #[error("migration failed: {0}")]
+    Migration(#[source] tokio_postgres::Error),
+}
+
+/// SQL text with the schema filled in.
+struct Sql {
+    lock_usage: String,
+    create_usage: String,
+    current: String,
+    current_values: String,
+    upsert: String,
+    set_usage: String,
+    get_from: String,
+    get_range: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        Sql {
+            lock_usage: format!("SELECT bytes FROM {schema}.usage WHERE client = $1 FOR UPDATE"),
+            create_usage: format!(
+                "INSERT INTO {schema}.usage (client, bytes) VALUES ($1, 0) ON CONFLICT DO NOTHING"
+            ),
+            current: format!(
+                "SELECT key, version, length(value)::int8 FROM {schema}.kv WHERE client = $1 AND key = ANY($2)"
+            ),
+            current_values: format!(
+                "SELECT key, version, value FROM {schema}.kv WHERE client = $1 AND key = ANY($2)"
+            ),
+            upsert: format!(
+                "INSERT INTO {schema}.kv (client, key, version, value) \
+                 SELECT $1, k, v, val FROM unnest($2::bytea[], $3::int8[], $4::bytea[]) AS t(k, v, val) \
+                 ON CONFLICT (client, key) DO UPDATE SET version = EXCLUDED.version, value = EXCLUDED.value"
+            ),
+            set_usage: format!("UPDATE {schema}.usage SET bytes = $2 WHERE client = $1"),
+            get_from: format!(
+                "SELECT key, version, value FROM {schema}.kv WHERE client = $1 AND key >= $2 ORDER BY key"
+            ),
+            get_range: format!(
+                "SELECT key, version, value FROM {schema}.kv WHERE client = $1 AND key >= $2 AND key < $3 ORDER BY key"
+            ),
+        }
+    }
+}
+
+/// The PostgreSQL store: a connection pool and prepared statements.
+pub struct PostgresStore {
+    pool: Pool,
+    sql: Sql,
+    max_namespace_bytes: u64,
+}
+
+/// What one attempt of an operation ended with.
+enum Failure {
+    /// Worth another attempt; `in_doubt` when a COMMIT may have been applied.
+    Retry { error: String, in_doubt: bool },
+    /// Final.
+    Fail(StoreError),
+}
+
+fn classify(e: tokio_postgres::Error, at_commit: bool) -> Failure {
+    let retryable_state = e.code().is_some_and(|code| {
+        *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::UNIQUE_VIOLATION
+            || *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+    });
+    // No SQLSTATE: the connection failed (closed, reset, timed out).
+    let connection = e.code().is_none();
+    if retryable_state || connection {
+        Failure::Retry {
+            error: e.to_string(),
+            in_doubt: at_commit && connection,
+        }
+    } else {
+        Failure::Fail(StoreError::Unavailable(format!("PostgreSQL: {e}")))
+    }
+}
+
+fn pool_failure(e: deadpool_postgres::PoolError) -> Failure {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => classify(e, false),
+        // Timed out waiting for or creating a connection: the database is
+        // unreachable or saturated. Retrying would only hold the client longer.
+        other => Failure::Fail(StoreError::Unavailable(format!("PostgreSQL pool: {other}"))),
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed and runs pending migrations.
+    pub async fn open(config: PostgresConfig) -> Result<Self, OpenError> {
+        let schema = quote_schema(&config.schema)?;
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(OpenError::Url)?;
+        pg.connect_timeout(config.connect_timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("lssd");
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls_connector(&config.tls, pg.get_ssl_mode())? {
+            Some(tls) => Manager::from_config(pg, tls, manager_config),
+            None => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        migrate(&pool, &config.schema, &schema).await?;
+        Ok(PostgresStore {
+            pool,
+            sql: Sql::new(&schema),
+            max_namespace_bytes: config.max_namespace_bytes,
+        })
+    }
+
+    async fn put_once(
+        &self,
+        put: &ValidPut,
+        in_doubt: bool,
+    ) -> Result<Result<PutOutcome, StoreError>, Failure> {
+        let mut client = self.pool.get().await.map_err(pool_failure)?;
+        let retry = |e| classify(e, false);
+        let tx = client.transaction().await.map_err(retry)?;
+        let namespace: &[u8] = put.client().as_bytes();
+        let lock = tx
+            .prepare_cached(&self.sql.lock_usage)
+            .await
+            .map_err(retry)?;
+        let used = match tx.query_opt(&lock, &[&namespace]).await.map_err(retry)? {
+            Some(row) => row.get::<_, i64>(0),
+            None => {
+                let create = tx
+                    .prepare_cached(&self.sql.create_usage)
+                    .await
+                    .map_err(retry)?;
+                tx.execute(&create, &[&namespace]).await.map_err(retry)?;
+                tx.query_one(&lock, &[&namespace])
+                    .await
+                    .map_err(retry)?
+                    .get::<_, i64>(0)
+            }
+        };
+        let keys: Vec<&[u8]> = put.kvs().iter().map(|kv| kv.key.as_bytes()).collect();
+        let current = tx.prepare_cached(&self.sql.current).await.map_err(retry)?;
+        let rows = tx
+            .query(&current, &[&namespace, &keys])
+            .await
+            .map_err(retry)?;
+        let mut existing: HashMap<Vec<u8>, (i64, i64)> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            existing.insert(row.get(0), (row.get(1), row.get(2)));
+        }
+        let mut conflicting = Vec::new();
+        let mut freed: u64 = 0;
+        for kv in put.kvs() {
+            let found = existing.get(kv.key.as_bytes());
+            if let Some((_, len)) = found {
+                freed += kv.key.len() as u64 + u64::try_from(*len).unwrap_or(0);
+            }
+            if !accepts(kv.version, found.map(|(v, _)| *v)) {
+                conflicting.push(kv);
+            }
+        }
+        if !conflicting.is_empty() {
+            let conflicts = self.conflicts(&tx, namespace, &conflicting).await?;
+            tx.rollback().await.map_err(retry)?;
+            if in_doubt && is_exactly(put.kvs(), &conflicts) {
+                tracing::info!("a commit in doubt had been applied; reporting it committed");
+                return Ok(Ok(PutOutcome::Committed));
+            }
+            return Ok(Ok(PutOutcome::Conflict(conflicts)));
+        }
+        let used = u64::try_from(used).unwrap_or(0);
+        let added: u64 = put.kvs().iter().map(KeyValue::stored_len).sum();
+        let after = match namespace_after(used, freed, added, self.max_namespace_bytes) {
+            Ok(after) => after,
+            Err(limit) => {
+                tx.rollback().await.map_err(retry)?;
+                return Ok(Err(limit.into()));
+            }
+        };
+        let versions: Vec<i64> = put.kvs().iter().map(|kv| kv.version).collect();
+        let values: Vec<&[u8]> = put.kvs().iter().map(|kv| kv.value.as_slice()).collect();
+        let upsert = tx.prepare_cached(&self.sql.upsert).await.map_err(retry)?;
+        tx.execute(&upsert, &[&namespace, &keys, &versions, &values])
+            .await
+            .map_err(retry)?;
+        if after != used {
+            let set_usage = tx
+                .prepare_cached(&self.sql.set_usage)
+                .await
+                .map_err(retry)?;
+            let after = i64::try_from(after).map_err(|_| {
+                Failure::Fail(StoreError::Corrupt("namespace usage overflows".into()))
+            })?;
+            tx.execute(&set_usage, &[&namespace, &after])
+                .await
+                .map_err(retry)?;
+        }
+        tx.commit().await.map_err(|e| classify(e, true))?;
+        Ok(Ok(PutOutcome::Committed))
+    }
+
+    /// The current state of the conflicting keys, in request order.
+    async fn conflicts(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        namespace: &[u8],
+        conflicting: &[&KeyValue],
+    ) -> Result<Vec<KeyValue>, Failure> {
+        let retry = |e| classify(e, false);
+        let keys: Vec<&[u8]> = conflicting.iter().map(|kv| kv.key.as_bytes()).collect();
+        let statement = tx
+            .prepare_cached(&self.sql.current_values)
+            .await
+            .map_err(retry)?;
+        let rows = tx
+            .query(&statement, &[&namespace, &keys])
+            .await
+            .map_err(retry)?;
+        let mut current: HashMap<Vec<u8>, (i64, Vec<u8>)> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            current.insert(row.get(0), (row.get(1), row.get(2)));
+        }
+        Ok(conflicting
+            .iter()
+            .map(|kv| KeyValue::conflict(kv.key.clone(), current.remove(kv.key.as_bytes())))
+            .collect())
+    }
+
+    async fn get_once(
+        &self,
+        client: &ClientId,
+        prefix: &str,
+    ) -> Result<Result<Vec<KeyValue>, StoreError>, Failure> {
+        let db = self.pool.get().await.map_err(pool_failure)?;
+        let retry = |e| classify(e, false);
+        let namespace: &[u8] = client.as_bytes();
+        let start = prefix.as_bytes();
+        let rows = match prefix_end(start) {
+            Some(end) => {
+                let statement = db
+                    .prepare_cached(&self.sql.get_range)
+                    .await
+                    .map_err(retry)?;
+                db.query(&statement, &[&namespace, &start, &end])
+                    .await
+                    .map_err(retry)?
+            }
+            None => {
+                let statement = db.prepare_cached(&self.sql.get_from).await.map_err(retry)?;
+                db.query(&statement, &[&namespace, &start])
+                    .await
+                    .map_err(retry)?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<u8> = row.get(0);
+            let Ok(key) = String::from_utf8(key) else {
+                return Ok(Err(StoreError::Corrupt("a stored key is not UTF-8".into())));
+            };
+            out.push(KeyValue {
+                key,
+                version: row.get(1),
+                value: row.get(2),
+            });
+        }
+        Ok(Ok(out))
+    }
+}
+
+impl Store for PostgresStore {
+    async fn put(&self, put: ValidPut) -> Result<PutOutcome, StoreError> {
+        let mut in_doubt = false;
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.put_once(&put, in_doubt).await {
+                Ok(outcome) => return outcome,
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry {
+                    error,
+                    in_doubt: doubt,
+                }) => {
+                    tracing::debug!(attempt, %error, doubt, "put retried");
+                    in_doubt |= doubt;
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    async fn get(&self, client: ClientId, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.get_once(&client, &prefix).await {
+                Ok(result) => return result,
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry { error, .. }) => {
+                    tracing::debug!(attempt, %error, "get retried");
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+}
+
+/// 5, 10, 20, 40, 80 ms, plus up to as much again of jitter from the clock's
+/// low bits (enough to keep racing retries apart without a random source).
+async fn backoff(attempt: u32) {
+    let base = 5u64 << attempt.min(6);
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % (base + 1))
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// Whether the conflicts show exactly the put's versions and values on every
+/// key: the state a committed put leaves.
+fn is_exactly(kvs: &[KeyValue], conflicts: &[KeyValue]) -> bool {
+    kvs.len() == conflicts.len() && kvs.iter().zip(conflicts).all(|(a, b)| a == b)
+}
+
+/// The smallest byte string greater than every string starting with
+/// `prefix`, or `None` when there is none (empty or all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn quote_schema(name: &str) -> Result<String, OpenError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if valid {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(OpenError::Schema(name.to_owned()))
+    }
+}
+
+fn tls_connector(
+    tls: &PostgresTls,
+    mode: tokio_postgres::config::SslMode,
+) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, OpenError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match tls {
+        PostgresTls::FromUrl => {
+            if mode != tokio_postgres::config::SslMode::Require {
+                return Ok(None);
+            }
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        PostgresTls::Ca(path) => {
+            let ca_error = |reason: String| OpenError::Ca {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_error("no certificate in the file".into()));
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OpenError::Connect(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+}
+
+async fn migrate(pool: &Pool, name: &str, schema: &str) -> Result<(), OpenError> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| OpenError::Connect(e.to_string()))?;
+    let tx = client.transaction().await.map_err(OpenError::Migration)?;
+    // One migrator at a time per schema, across every lssd sharing the database.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('lightkeeper migrations ' || $1))",
+        &[&name],
+    )
+    .await
+    .map_err(OpenError::Migration)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.migrations (
+             version int PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(OpenError::Migration)?;
+    let applied: i32 = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
+            &[],
+        )
+        .await
+        .map_err(OpenError::Migration)?
+        .get(0);
+    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if applied > known {
+        return Err(OpenError::TooNew {
+            schema: name.to_owned(),
+            found: applied,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        tracing::info!(schema = name, version, "applying PostgreSQL migration");
+        tx.batch_execute(&sql.replace("{schema}", schema))
+            .await
+            .map_err(OpenError::Migration)?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+            &[version],
+        )
+        .await
+        .map_err(OpenError::Migration)?;
+    }
+    tx.commit().await.map_err(OpenError::Migration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_least_upper_bound() {
+        assert_eq!(prefix_end(b""), None);
+        assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b"ab%"), Some(b"ab&".to_vec()));
+    }
+
+    #[test]
+    fn schema_names_are_restricted() {
+        assert_eq!(quote_schema("lightkeeper").expect("ok"), "\"lightkeeper\"");
+        for bad in [
+            "",
+            "Upper",
+            "a-b",
+            "1abc",
+            "x\"; DROP TABLE kv; --",
+            &"a".repeat(64),
+        ] {
+            assert!(quote_schema(bad).is_err(), "{bad:?}");
+        }
+    }
+}
