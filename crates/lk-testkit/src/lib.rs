@@ -717,3 +717,232 @@ pub mod net {
         }
     }
 }
+
+/// Real etcd clusters on private loopback ports, from Debian's `etcd-server`.
+///
+/// The `etcd` binary is found on `PATH` or in `/usr/bin`; when missing, it is
+/// installed with `apt-get install etcd-server` (once, under a file lock, as
+/// root). If that is impossible the test fails saying what to install.
+pub mod etcd {
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    /// Finds or installs the etcd binary.
+    pub fn binary() -> PathBuf {
+        if let Some(path) = find() {
+            return path;
+        }
+        let status = Command::new("flock")
+            .args(["/tmp/lightkeeper-apt.lock", "sh", "-c"])
+            .arg(
+                "command -v etcd >/dev/null || \
+                 DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/tmp/lightkeeper-etcd-install.log 2>&1 || \
+                 (apt-get update -q >>/tmp/lightkeeper-etcd-install.log 2>&1 && \
+                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >>/tmp/lightkeeper-etcd-install.log 2>&1)",
+            )
+            .status();
+        match (status, find()) {
+            (Ok(_), Some(path)) => path,
+            (status, _) => panic!(
+                "etcd is not installed and installing Debian's etcd-server failed ({status:?}; \
+                 see /tmp/lightkeeper-etcd-install.log). Install it: `apt-get install etcd-server`."
+            ),
+        }
+    }
+
+    fn find() -> Option<PathBuf> {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join("etcd"))
+            .find(|p| p.is_file())
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    struct Member {
+        name: String,
+        client_port: u16,
+        peer_port: u16,
+        child: Option<Child>,
+    }
+
+    /// A running etcd cluster. Killed when dropped.
+    pub struct EtcdCluster {
+        members: Vec<Member>,
+        dir: tempfile::TempDir,
+        token: String,
+    }
+
+    impl EtcdCluster {
+        /// Starts `size` members and waits until the cluster serves.
+        pub async fn start(size: usize) -> Self {
+            let binary = binary();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let members: Vec<Member> = (0..size)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                })
+                .collect();
+            let mut cluster = EtcdCluster {
+                members,
+                dir,
+                token: format!("lk-{}", rand::random::<u64>()),
+            };
+            for i in 0..size {
+                cluster.spawn(&binary, i, "new");
+            }
+            cluster.wait_ready().await;
+            cluster
+        }
+
+        fn initial_cluster(&self) -> String {
+            self.members
+                .iter()
+                .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+
+        fn spawn(&mut self, binary: &std::path::Path, i: usize, state: &str) {
+            let initial = self.initial_cluster();
+            let data = self.dir.path().join(&self.members[i].name);
+            let log = std::fs::File::create(
+                self.dir
+                    .path()
+                    .join(format!("{}.log", self.members[i].name)),
+            )
+            .expect("log file");
+            let m = &mut self.members[i];
+            let client = format!("http://127.0.0.1:{}", m.client_port);
+            let peer = format!("http://127.0.0.1:{}", m.peer_port);
+            let child = Command::new(binary)
+                .arg("--name")
+                .arg(&m.name)
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    state,
+                ])
+                .args(["--initial-cluster-token", &self.token])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+            m.child = Some(child);
+        }
+
+        async fn wait_ready(&self) {
+            let mut last = String::new();
+            for _ in 0..150 {
+                match etcd_client::Client::connect(self.endpoints(), None).await {
+                    Ok(client) => match client.kv_client().get("probe", None).await {
+                        Ok(_) => return,
+                        Err(e) => last = e.to_string(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let logs: Vec<String> = self
+                .members
+                .iter()
+                .map(|m| {
+                    std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name)))
+                        .unwrap_or_default()
+                })
+                .collect();
+            panic!(
+                "etcd did not become ready: {last}\n{}",
+                logs.join("\n---\n")
+            );
+        }
+
+        /// Client URLs of the running members.
+        pub fn endpoints(&self) -> Vec<String> {
+            self.members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+                .collect()
+        }
+
+        /// Client URLs of every member, running or not.
+        pub fn all_endpoints(&self) -> Vec<String> {
+            self.members
+                .iter()
+                .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+                .collect()
+        }
+
+        /// The index of the current leader.
+        pub async fn leader(&self) -> usize {
+            for _ in 0..100 {
+                for (i, endpoint) in self.all_endpoints().iter().enumerate() {
+                    let Ok(client) = etcd_client::Client::connect([endpoint], None).await else {
+                        continue;
+                    };
+                    let Ok(status) = client.maintenance_client().status().await else {
+                        continue;
+                    };
+                    let me = status.header().map(|h| h.member_id());
+                    if status.leader() != 0 && Some(status.leader()) == me {
+                        return i;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("etcd has no leader");
+        }
+
+        /// Kills member `i` with SIGKILL.
+        pub fn kill(&mut self, i: usize) {
+            if let Some(mut child) = self.members[i].child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        /// Restarts member `i` on its data directory.
+        pub fn restart(&mut self, i: usize) {
+            self.kill(i);
+            self.spawn(&binary(), i, "existing");
+        }
+    }
+
+    impl Drop for EtcdCluster {
+        fn drop(&mut self) {
+            for i in 0..self.members.len() {
+                self.kill(i);
+            }
+        }
+    }
+}

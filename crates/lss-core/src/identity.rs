@@ -26,6 +26,9 @@ pub enum AuthError {
 pub struct ClientId([u8; 33]);
 
 impl ClientId {
+    /// Bytes of a client id (a compressed public key).
+    pub const LEN: usize = 33;
+
     /// Parses a compressed (33-byte) or uncompressed (65-byte) public key and
     /// normalises it to the compressed form.
     pub fn parse(bytes: &[u8]) -> Result<Self, AuthError> {

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
-use lss_store::{Store, StoreError};
+use lss_store::{already_applied, prefix_end, Store, StoreError};
 use tokio_postgres::error::SqlState;
 
 /// The schema migrations, in order. Never edit one that has shipped: add the
@@ -309,7 +309,7 @@ impl PostgresStore {
         if !conflicting.is_empty() {
             let conflicts = self.conflicts(&tx, namespace, &conflicting).await?;
             tx.rollback().await.map_err(retry)?;
-            if in_doubt && is_exactly(put.kvs(), &conflicts) {
+            if in_doubt && already_applied(put, &conflicts) {
                 tracing::info!("a commit in doubt had been applied; reporting it committed");
                 return Ok(Ok(PutOutcome::Committed));
             }
@@ -469,25 +469,6 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
-/// Whether the conflicts show exactly the put's versions and values on every
-/// key: the state a committed put leaves.
-fn is_exactly(kvs: &[KeyValue], conflicts: &[KeyValue]) -> bool {
-    kvs.len() == conflicts.len() && kvs.iter().zip(conflicts).all(|(a, b)| a == b)
-}
-
-/// The smallest byte string greater than every string starting with
-/// `prefix`, or `None` when there is none (empty or all `0xff`).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 fn quote_schema(name: &str) -> Result<String, OpenError> {
     let valid = !name.is_empty()
         && name.len() <= 63
@@ -596,15 +577,6 @@ async fn migrate(pool: &Pool, name: &str, schema: &str) -> Result<(), OpenError>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_is_the_least_upper_bound() {
-        assert_eq!(prefix_end(b""), None);
-        assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b"ab%"), Some(b"ab&".to_vec()));
-    }
 
     #[test]
     fn schema_names_are_restricted() {

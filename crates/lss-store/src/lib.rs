@@ -65,6 +65,33 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send;
 }
 
+/// Whether a put whose commit was in doubt (the connection failed while the
+/// backend may have applied it) has in fact been applied: a retry found every
+/// key at exactly the put's version and value, which is the state a commit of
+/// that put leaves and no conflicting writer can produce without writing the
+/// same bytes. Remote backends use it to report such a put committed instead
+/// of a conflict with itself. Only for puts known to be in doubt: an ordinary
+/// duplicate put is a conflict, as the protocol says.
+pub fn already_applied(put: &ValidPut, conflicts: &[KeyValue]) -> bool {
+    !put.kvs().is_empty()
+        && put.kvs().len() == conflicts.len()
+        && put.kvs().iter().zip(conflicts).all(|(a, b)| a == b)
+}
+
+/// The smallest byte string greater than every string starting with
+/// `prefix`, or `None` when there is none (empty or all `0xff`): the exclusive
+/// end of a literal prefix scan in any byte-ordered engine.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// A shared store is a store.
 impl<S: Store> Store for Arc<S> {
     fn put(&self, put: ValidPut) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send {
@@ -77,5 +104,30 @@ impl<S: Store> Store for Arc<S> {
         prefix: String,
     ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send {
         (**self).get(client, prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_least_upper_bound() {
+        assert_eq!(prefix_end(b""), None);
+        assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b"ab%"), Some(b"ab&".to_vec()));
+    }
+
+    #[test]
+    fn already_applied_needs_every_key_exactly() {
+        use crate::conformance::{client, kv, put};
+        let p = put(client(1), vec![kv("a", 1, b"x"), kv("b", 0, b"y")]);
+        assert!(already_applied(&p, &[kv("a", 1, b"x"), kv("b", 0, b"y")]));
+        assert!(!already_applied(&p, &[kv("a", 1, b"x")]));
+        assert!(!already_applied(&p, &[kv("a", 1, b"x"), kv("b", 0, b"z")]));
+        assert!(!already_applied(&p, &[kv("a", 0, b"x"), kv("b", 0, b"y")]));
+        assert!(!already_applied(&put(client(1), vec![]), &[]));
     }
 }

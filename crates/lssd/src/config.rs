@@ -103,6 +103,48 @@ pub struct Args {
     /// public web PKI roots).
     #[arg(long, env = "LSSD_POSTGRES_CA", value_name = "FILE")]
     pub postgres_ca: Option<PathBuf>,
+
+    /// etcd client URLs, comma-separated, e.g.
+    /// `http://10.0.0.1:2379,http://10.0.0.2:2379` (`https://` with --etcd-ca).
+    #[arg(
+        long,
+        env = "LSSD_ETCD_ENDPOINTS",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub etcd_endpoints: Option<Vec<String>>,
+
+    /// Root of every etcd key lssd reads or writes [default: lightkeeper/].
+    #[arg(long, env = "LSSD_ETCD_PREFIX", value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
+
+    /// etcd user, when the cluster has auth enabled (password from
+    /// LSSD_ETCD_PASSWORD or the config file's etcd_password).
+    #[arg(long, env = "LSSD_ETCD_USER", value_name = "NAME")]
+    pub etcd_user: Option<String>,
+
+    /// etcd password. Use the environment or the config file, not the command line.
+    #[arg(
+        long,
+        env = "LSSD_ETCD_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+
+    /// PEM CA file that signs the etcd members' certificates (TLS).
+    #[arg(long, env = "LSSD_ETCD_CA", value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// The cluster's --max-txn-ops [default: 128]. A put may carry one key
+    /// fewer; the default --max-keys-per-put follows it.
+    #[arg(long, env = "LSSD_ETCD_MAX_TXN_OPS", value_name = "N")]
+    pub etcd_max_txn_ops: Option<NonZeroUsize>,
+
+    /// The cluster's --max-request-bytes [default: 1572864]. Larger puts
+    /// are refused whole with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LSSD_ETCD_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub etcd_max_request_bytes: Option<NonZeroUsize>,
 }
 
 /// Which storage backend serves the data.
@@ -114,6 +156,8 @@ pub enum Database {
     Redb,
     /// A PostgreSQL database.
     Postgres,
+    /// An etcd cluster.
+    Etcd,
 }
 
 /// The resolved backend settings.
@@ -131,6 +175,21 @@ pub enum Backend {
         pool_size: usize,
         /// CA file for TLS.
         ca: Option<PathBuf>,
+    },
+    /// etcd.
+    Etcd {
+        /// Client URLs.
+        endpoints: Vec<String>,
+        /// Key prefix.
+        prefix: String,
+        /// User and password.
+        user: Option<(String, String)>,
+        /// CA file for TLS.
+        ca: Option<PathBuf>,
+        /// The cluster's --max-txn-ops.
+        max_txn_ops: usize,
+        /// The cluster's --max-request-bytes.
+        max_request_bytes: usize,
     },
 }
 
@@ -170,6 +229,20 @@ pub struct FileConfig {
     pub postgres_pool_size: Option<NonZeroUsize>,
     /// See [`Args::postgres_ca`].
     pub postgres_ca: Option<PathBuf>,
+    /// See [`Args::etcd_endpoints`].
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// See [`Args::etcd_prefix`].
+    pub etcd_prefix: Option<String>,
+    /// See [`Args::etcd_user`].
+    pub etcd_user: Option<String>,
+    /// See [`Args::etcd_password`].
+    pub etcd_password: Option<String>,
+    /// See [`Args::etcd_ca`].
+    pub etcd_ca: Option<PathBuf>,
+    /// See [`Args::etcd_max_txn_ops`].
+    pub etcd_max_txn_ops: Option<NonZeroUsize>,
+    /// See [`Args::etcd_max_request_bytes`].
+    pub etcd_max_request_bytes: Option<NonZeroUsize>,
 }
 
 /// TLS files.
@@ -302,33 +375,106 @@ impl Config {
         let postgres_schema = args.postgres_schema.or(file.postgres_schema);
         let postgres_pool_size = args.postgres_pool_size.or(file.postgres_pool_size);
         let postgres_ca = args.postgres_ca.or(file.postgres_ca);
-        let backend = match args.database.or(file.database).unwrap_or_default() {
+        let etcd_endpoints = args.etcd_endpoints.or(file.etcd_endpoints);
+        let etcd_prefix = args.etcd_prefix.or(file.etcd_prefix);
+        let etcd_user = args.etcd_user.or(file.etcd_user);
+        let etcd_password = args.etcd_password.or(file.etcd_password);
+        let etcd_ca = args.etcd_ca.or(file.etcd_ca);
+        let etcd_max_txn_ops = args.etcd_max_txn_ops.or(file.etcd_max_txn_ops);
+        let etcd_max_request_bytes = args.etcd_max_request_bytes.or(file.etcd_max_request_bytes);
+        let database = args.database.or(file.database).unwrap_or_default();
+        let postgres_set = [
+            ("postgres_url", postgres_url.is_some()),
+            ("postgres_schema", postgres_schema.is_some()),
+            ("postgres_pool_size", postgres_pool_size.is_some()),
+            ("postgres_ca", postgres_ca.is_some()),
+        ];
+        let etcd_set = [
+            ("etcd_endpoints", etcd_endpoints.is_some()),
+            ("etcd_prefix", etcd_prefix.is_some()),
+            ("etcd_user", etcd_user.is_some()),
+            ("etcd_password", etcd_password.is_some()),
+            ("etcd_ca", etcd_ca.is_some()),
+            ("etcd_max_txn_ops", etcd_max_txn_ops.is_some()),
+            ("etcd_max_request_bytes", etcd_max_request_bytes.is_some()),
+        ];
+        let stray = |set: &[(&str, bool)], name: &str| {
+            match set.iter().find(|(_, on)| *on) {
+            Some((option, _)) => Err(ConfigError::Inconsistent(format!(
+                "{option} is set but database is {name}: choose the backend with database (--database)"
+            ))),
+            None => Ok(()),
+        }
+        };
+        let backend = match database {
             Database::Redb => {
-                let stray = [
-                    ("postgres_url", postgres_url.is_some()),
-                    ("postgres_schema", postgres_schema.is_some()),
-                    ("postgres_pool_size", postgres_pool_size.is_some()),
-                    ("postgres_ca", postgres_ca.is_some()),
-                ];
-                if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
-                    return Err(ConfigError::Inconsistent(format!(
-                        "{name} is set but database is redb: add database = \"postgres\" (--database postgres)"
-                    )));
-                }
+                stray(&postgres_set, "redb")?;
+                stray(&etcd_set, "redb")?;
                 Backend::Redb
             }
-            Database::Postgres => Backend::Postgres {
-                url: postgres_url.ok_or_else(|| {
+            Database::Postgres => {
+                stray(&etcd_set, "postgres")?;
+                Backend::Postgres {
+                    url: postgres_url.ok_or_else(|| {
+                        ConfigError::Inconsistent(
+                            "database postgres needs postgres_url (--postgres-url or LSSD_POSTGRES_URL)"
+                                .into(),
+                        )
+                    })?,
+                    schema: postgres_schema.unwrap_or_else(|| "lightkeeper".into()),
+                    pool_size: postgres_pool_size.map_or(16, NonZeroUsize::get),
+                    ca: postgres_ca,
+                }
+            }
+            Database::Etcd => {
+                stray(&postgres_set, "etcd")?;
+                let endpoints = etcd_endpoints.filter(|e| !e.is_empty()).ok_or_else(|| {
                     ConfigError::Inconsistent(
-                        "database postgres needs postgres_url (--postgres-url or LSSD_POSTGRES_URL)"
+                        "database etcd needs etcd_endpoints (--etcd-endpoints or LSSD_ETCD_ENDPOINTS)"
                             .into(),
                     )
-                })?,
-                schema: postgres_schema.unwrap_or_else(|| "lightkeeper".into()),
-                pool_size: postgres_pool_size.map_or(16, NonZeroUsize::get),
-                ca: postgres_ca,
-            },
+                })?;
+                let user = match (etcd_user, etcd_password) {
+                    (Some(user), Some(password)) => Some((user, password)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Inconsistent(
+                            "etcd_user and etcd_password go together".into(),
+                        ))
+                    }
+                };
+                let max_txn_ops = etcd_max_txn_ops.map_or(128, NonZeroUsize::get);
+                if max_txn_ops < 2 {
+                    return Err(ConfigError::Inconsistent(
+                        "etcd_max_txn_ops must be at least 2".into(),
+                    ));
+                }
+                Backend::Etcd {
+                    endpoints,
+                    prefix: etcd_prefix.unwrap_or_else(|| "lightkeeper/".into()),
+                    user,
+                    ca: etcd_ca,
+                    max_txn_ops,
+                    max_request_bytes: etcd_max_request_bytes.map_or(1_572_864, NonZeroUsize::get),
+                }
+            }
         };
+        // etcd takes one key fewer per put than its transaction limit (the
+        // usage record is the extra operation): follow it by default, and
+        // refuse a setting it could never honour.
+        let mut limits = limits;
+        if let Backend::Etcd { max_txn_ops, .. } = &backend {
+            let most = max_txn_ops - 1;
+            match args.max_keys_per_put.or(file.max_keys_per_put) {
+                None => limits.max_keys_per_put = limits.max_keys_per_put.min(most),
+                Some(n) if n.get() > most => {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "max_keys_per_put {n} is more than etcd takes in one transaction ({most} with etcd_max_txn_ops {max_txn_ops})"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -414,6 +560,103 @@ mod tests {
 
     /// Every option is a key of the example config, every key of the example
     /// is an option, and the example parses with every setting present.
+    #[test]
+    fn backend_options_must_match_the_backend() {
+        let home = Some(Path::new("/home/op"));
+        let err = Config::resolve(parse(&["--etcd-prefix", "x/"]), home).expect_err("stray");
+        assert!(
+            err.to_string()
+                .contains("etcd_prefix is set but database is redb"),
+            "{err}"
+        );
+        let err = Config::resolve(
+            parse(&[
+                "--database",
+                "etcd",
+                "--etcd-endpoints",
+                "http://a:2379",
+                "--postgres-url",
+                "postgres://x",
+            ]),
+            home,
+        )
+        .expect_err("stray");
+        assert!(
+            err.to_string()
+                .contains("postgres_url is set but database is etcd"),
+            "{err}"
+        );
+        let err = Config::resolve(parse(&["--database", "etcd"]), home).expect_err("no endpoints");
+        assert!(err.to_string().contains("needs etcd_endpoints"), "{err}");
+        let err = Config::resolve(
+            parse(&[
+                "--database",
+                "etcd",
+                "--etcd-endpoints",
+                "http://a:2379",
+                "--etcd-user",
+                "u",
+            ]),
+            home,
+        )
+        .expect_err("user without password");
+        assert!(err.to_string().contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn etcd_limits_follow_the_cluster() {
+        let home = Some(Path::new("/home/op"));
+        let config = Config::resolve(
+            parse(&[
+                "--database",
+                "etcd",
+                "--etcd-endpoints",
+                "http://a:2379,http://b:2379",
+            ]),
+            home,
+        )
+        .expect("resolve");
+        assert_eq!(config.limits.max_keys_per_put, 127);
+        match config.backend {
+            Backend::Etcd {
+                endpoints,
+                max_txn_ops,
+                max_request_bytes,
+                ..
+            } => {
+                assert_eq!(endpoints, ["http://a:2379", "http://b:2379"]);
+                assert_eq!((max_txn_ops, max_request_bytes), (128, 1_572_864));
+            }
+            other => panic!("{other:?}"),
+        }
+        let config = Config::resolve(
+            parse(&[
+                "--database",
+                "etcd",
+                "--etcd-endpoints",
+                "http://a:2379",
+                "--etcd-max-txn-ops",
+                "1001",
+            ]),
+            home,
+        )
+        .expect("resolve");
+        assert_eq!(config.limits.max_keys_per_put, 1000);
+        let err = Config::resolve(
+            parse(&[
+                "--database",
+                "etcd",
+                "--etcd-endpoints",
+                "http://a:2379",
+                "--max-keys-per-put",
+                "500",
+            ]),
+            home,
+        )
+        .expect_err("too many keys for etcd");
+        assert!(err.to_string().contains("max_keys_per_put 500"), "{err}");
+    }
+
     #[test]
     fn example_config_lists_every_option() {
         let text = include_str!("../lssd.example.toml");

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use lss_core::ServerKey;
 use lss_store::{RedbConfig, RedbStore, Store};
+use lss_store_etcd::{EtcdConfig, EtcdStore};
 use lss_store_postgres::{PostgresConfig, PostgresStore, PostgresTls};
 use lssd::config::{Args, Backend, Config, TlsFiles};
 use lssd::key_file::{self, KeyOrigin};
@@ -73,6 +74,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
             })
             .await?;
             info!(schema = %schema, pool_size, "storage: PostgreSQL");
+            serve(config, key, Arc::new(store)).await
+        }
+        Backend::Etcd {
+            endpoints,
+            prefix,
+            user,
+            ca,
+            max_txn_ops,
+            max_request_bytes,
+        } => {
+            let ca_pem = ca
+                .as_ref()
+                .map(|path| {
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read etcd CA file {}", path.display()))
+                })
+                .transpose()?;
+            let store = EtcdStore::open(EtcdConfig {
+                prefix: prefix.clone(),
+                user: user.clone(),
+                ca_pem,
+                max_txn_ops: *max_txn_ops,
+                max_request_bytes: *max_request_bytes,
+                max_namespace_bytes: config.limits.max_namespace_bytes,
+                ..EtcdConfig::new(endpoints.clone())
+            })
+            .await?;
+            info!(endpoints = %endpoints.join(","), prefix = %prefix, "storage: etcd");
             serve(config, key, Arc::new(store)).await
         }
     }

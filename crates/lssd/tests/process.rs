@@ -281,3 +281,57 @@ fn postgres_options_are_checked() {
     assert!(!status.success());
     assert!(err.contains("invalid schema name"), "{err}");
 }
+
+/// `--database etcd`: the binary on a real etcd; etcd's limits reach clients
+/// as the protocol's limit errors, and data survives a restart of lssd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_backend_from_the_command_line() {
+    let etcd = lk_testkit::etcd::EtcdCluster::start(1).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let endpoints = etcd.endpoints().join(",");
+    let args = [
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--database",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-prefix",
+        "lk-test/",
+    ];
+    let server = LssdProcess::spawn(lssd(), &args).expect("start on etcd");
+    assert!(server.log().contains("storage: etcd"), "{}", server.log());
+    let mut signer = client(&ConnectOptions::new(&server.url)).await;
+    let kvs = vec![KeyValue::new("etcd", 0, b"in etcd")];
+    signer.put(kvs.clone()).await.expect("put");
+
+    let too_many: Vec<KeyValue> = (0..128)
+        .map(|i| KeyValue::new(format!("k{i:03}"), 0, b"v"))
+        .collect();
+    match signer.put(too_many).await {
+        Err(lss_client::PutError::Rpc(lss_client::RpcError::Status(s))) => {
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            assert!(s.message().contains("max_keys_per_put"), "{}", s.message());
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    match signer
+        .put(vec![KeyValue::new("big", 0, vec![0; 2 * 1024 * 1024])])
+        .await
+    {
+        Err(lss_client::PutError::Rpc(lss_client::RpcError::Status(s))) => {
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+            assert!(s.message().contains("max_request_bytes"), "{}", s.message());
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    let server = LssdProcess::spawn(lssd(), &args).expect("restart");
+    let mut signer = client(&ConnectOptions::new(&server.url)).await;
+    assert_eq!(signer.get("", &[1; 32]).await.expect("get"), kvs);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

@@ -1,0 +1,502 @@
+//! The etcd backend of the [`Store`] contract.
+//!
+//! # Layout (under one root prefix, `lightkeeper/` by default)
+//! - `ROOT kv/ CLIENT KEY` → `version (i64 big-endian) ‖ value`, where CLIENT
+//!   is the 33-byte compressed client id. etcd orders keys by bytes, so a
+//!   namespace's keys are contiguous and in protocol order, and a literal prefix
+//!   read is one range `[start, prefix_end(start))`.
+//! - `ROOT usage/ CLIENT` → the namespace's quota use (u64 big-endian).
+//!
+//! Nothing outside the root prefix is ever read or written.
+//!
+//! # A put
+//! 1. One read-only etcd transaction gets the usage key and every key of the
+//!    put, all at one revision.
+//! 2. Versions are decided with [`lss_core::accepts`] and the quota with
+//!    [`lss_core::namespace_after`]; a conflict is answered from that snapshot.
+//! 3. One write transaction, guarded by "the usage key's `mod_revision` is
+//!    still the one read", puts every key and the usage key. Every put of a
+//!    namespace rewrites its usage key, so any concurrent put of the same
+//!    namespace makes the guard fail; the put is then re-read and re-decided
+//!    (and will usually conflict). Different namespaces never interfere.
+//!
+//! etcd acknowledges a transaction once a quorum has it in its write-ahead
+//! log (fsync'd), so an acknowledged put survives the loss of a minority.
+//!
+//! # etcd's limits
+//! etcd refuses transactions with more than `--max-txn-ops` operations
+//! (default 128) or larger than `--max-request-bytes` (default 1.5 MiB). The
+//! store knows both ([`EtcdConfig`]) and refuses a put that would exceed them
+//! before sending anything: `KeysPerPut` or `RequestBytes`, never a partial
+//! write. If etcd is configured lower than we were told, its refusal is
+//! reported the same way.
+//!
+//! # Faults
+//! Unreachable members, leader elections and timeouts are retried with
+//! backoff; a write whose answer was lost is resolved by re-reading
+//! ([`lss_store::already_applied`]).
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use lss_core::{
+    accepts, namespace_after, ClientId, KeyValue, Limit, LimitExceeded, PutOutcome, ValidPut,
+};
+use lss_store::{already_applied, prefix_end, Store, StoreError};
+
+const VERSION_LEN: usize = 8;
+/// Entries per page of a prefix read.
+const PAGE: i64 = 512;
+/// Attempts of one operation before [`StoreError::Unavailable`].
+const ATTEMPTS: u32 = 8;
+/// Bytes of protobuf framing counted per operation when estimating a
+/// transaction's size (generous: tags, lengths, the op wrapper).
+const OP_OVERHEAD: usize = 32;
+
+/// Settings of the etcd store.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members, e.g. `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Root of every key Lightkeeper writes; must be non-empty.
+    pub prefix: String,
+    /// User and password, if the cluster has auth enabled.
+    pub user: Option<(String, String)>,
+    /// TLS: the CA (PEM) that signs the members' certificates. With `Some`,
+    /// endpoints must be `https://`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The cluster's `--max-txn-ops` (etcd's default is 128).
+    pub max_txn_ops: usize,
+    /// The cluster's `--max-request-bytes` (etcd's default is 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Most bytes (keys plus values) one namespace may hold.
+    pub max_namespace_bytes: u64,
+}
+
+impl EtcdConfig {
+    /// Defaults for `endpoints`, matching a stock etcd.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            endpoints,
+            prefix: "lightkeeper/".into(),
+            user: None,
+            ca_pem: None,
+            max_txn_ops: 128,
+            max_request_bytes: 1_572_864,
+            timeout: Duration::from_secs(5),
+            max_namespace_bytes: lss_core::Limits::default().max_namespace_bytes,
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Nothing to connect to.
+    #[error("no etcd endpoints given")]
+    NoEndpoints,
+    /// The key prefix is empty: Lightkeeper must keep to a prefix of its own.
+    #[error("the etcd key prefix must not be empty")]
+    EmptyPrefix,
+    /// The cluster could not be reached or refused the credentials.
+    #[error("cannot connect to etcd at {endpoints}: {source}")]
+    Connect {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What failed.
+        source: etcd_client::Error,
+    },
+}
+
+/// The etcd store.
+pub struct EtcdStore {
+    client: Client,
+    kv_root: Vec<u8>,
+    usage_root: Vec<u8>,
+    max_txn_ops: usize,
+    max_request_bytes: usize,
+    max_namespace_bytes: u64,
+}
+
+enum Failure {
+    Retry { error: String, in_doubt: bool },
+    Fail(StoreError),
+}
+
+impl EtcdStore {
+    /// Connects and checks that the cluster answers.
+    pub async fn open(config: EtcdConfig) -> Result<Self, OpenError> {
+        if config.endpoints.is_empty() {
+            return Err(OpenError::NoEndpoints);
+        }
+        if config.prefix.is_empty() {
+            return Err(OpenError::EmptyPrefix);
+        }
+        let mut options = ConnectOptions::new()
+            .with_timeout(config.timeout)
+            .with_connect_timeout(config.timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some((user, password)) = &config.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(ca) = &config.ca_pem {
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(ca)),
+            );
+        }
+        let connect_error = |source| OpenError::Connect {
+            endpoints: config.endpoints.join(","),
+            source,
+        };
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(connect_error)?;
+        let mut probe = client.kv_client();
+        // A linearizable read of our own root: proves a quorum answers.
+        probe
+            .get(
+                config.prefix.as_bytes().to_vec(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(connect_error)?;
+        let root = config.prefix.into_bytes();
+        Ok(EtcdStore {
+            client,
+            kv_root: [root.as_slice(), b"kv/"].concat(),
+            usage_root: [root.as_slice(), b"usage/"].concat(),
+            max_txn_ops: config.max_txn_ops,
+            max_request_bytes: config.max_request_bytes,
+            max_namespace_bytes: config.max_namespace_bytes,
+        })
+    }
+
+    fn kv_key(&self, client: &ClientId, key: &str) -> Vec<u8> {
+        [self.kv_root.as_slice(), client.as_bytes(), key.as_bytes()].concat()
+    }
+
+    fn usage_key(&self, client: &ClientId) -> Vec<u8> {
+        [self.usage_root.as_slice(), client.as_bytes()].concat()
+    }
+
+    /// Refuses a put etcd would refuse, before anything is sent.
+    fn check_size(&self, put: &ValidPut) -> Result<(), StoreError> {
+        // The write transaction: one op per key plus the usage key.
+        let ops = put.kvs().len() + 1;
+        if ops > self.max_txn_ops {
+            return Err(LimitExceeded {
+                limit: Limit::KeysPerPut,
+                max: (self.max_txn_ops - 1) as u64,
+                got: put.kvs().len() as u64,
+            }
+            .into());
+        }
+        let fixed = self.kv_root.len() + ClientId::LEN + VERSION_LEN + OP_OVERHEAD;
+        let bytes: usize = put
+            .kvs()
+            .iter()
+            .map(|kv| fixed + kv.key.len() + kv.value.len())
+            .sum::<usize>()
+            + self.usage_root.len()
+            + ClientId::LEN
+            + 2 * OP_OVERHEAD;
+        if bytes > self.max_request_bytes {
+            return Err(LimitExceeded {
+                limit: Limit::RequestBytes,
+                max: self.max_request_bytes as u64,
+                got: bytes as u64,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn put_once(
+        &self,
+        put: &ValidPut,
+        in_doubt: bool,
+    ) -> Result<Result<PutOutcome, StoreError>, Failure> {
+        let client = put.client();
+        let usage_key = self.usage_key(client);
+        let keys: Vec<Vec<u8>> = put
+            .kvs()
+            .iter()
+            .map(|kv| self.kv_key(client, &kv.key))
+            .collect();
+        let mut reads = vec![TxnOp::get(usage_key.clone(), None)];
+        reads.extend(keys.iter().map(|k| TxnOp::get(k.clone(), None)));
+        let response = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then(reads))
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let mut responses = response.op_responses().into_iter();
+        let (used, usage_revision) = match responses.next() {
+            Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
+                Some(kv) => (decode_usage(kv.value())?, kv.mod_revision()),
+                None => (0, 0),
+            },
+            _ => return Err(corrupt("etcd answered a read with something else")),
+        };
+        let mut conflicts = Vec::new();
+        let mut freed: u64 = 0;
+        for kv in put.kvs() {
+            let current = match responses.next() {
+                Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
+                    Some(stored) => Some(decode(stored.value()).map_err(Failure::Fail)?),
+                    None => None,
+                },
+                _ => return Err(corrupt("etcd answered a read with something else")),
+            };
+            if let Some((_, value)) = &current {
+                freed += (kv.key.len() + value.len()) as u64;
+            }
+            if !accepts(kv.version, current.as_ref().map(|(v, _)| *v)) {
+                conflicts.push(KeyValue::conflict(kv.key.clone(), current));
+            }
+        }
+        if !conflicts.is_empty() {
+            if in_doubt && already_applied(put, &conflicts) {
+                tracing::info!("a write in doubt had been applied; reporting it committed");
+                return Ok(Ok(PutOutcome::Committed));
+            }
+            return Ok(Ok(PutOutcome::Conflict(conflicts)));
+        }
+        let added: u64 = put.kvs().iter().map(KeyValue::stored_len).sum();
+        let after = match namespace_after(used, freed, added, self.max_namespace_bytes) {
+            Ok(after) => after,
+            Err(limit) => return Ok(Err(limit.into())),
+        };
+        let mut writes: Vec<TxnOp> = put
+            .kvs()
+            .iter()
+            .zip(keys)
+            .map(|(kv, key)| TxnOp::put(key, encode(kv.version, &kv.value), None))
+            .collect();
+        writes.push(TxnOp::put(
+            usage_key.clone(),
+            after.to_be_bytes().to_vec(),
+            None,
+        ));
+        let guarded = Txn::new()
+            .when([Compare::mod_revision(
+                usage_key,
+                CompareOp::Equal,
+                usage_revision,
+            )])
+            .and_then(writes);
+        let response = self
+            .client
+            .kv_client()
+            .txn(guarded)
+            .await
+            .map_err(|e| self.classify(e, true))?;
+        if response.succeeded() {
+            Ok(Ok(PutOutcome::Committed))
+        } else {
+            Err(Failure::Retry {
+                error: "another put of this namespace committed first".into(),
+                in_doubt: false,
+            })
+        }
+    }
+
+    async fn get_once(
+        &self,
+        client: &ClientId,
+        prefix: &str,
+    ) -> Result<Result<Vec<KeyValue>, StoreError>, Failure> {
+        let start = self.kv_key(client, prefix);
+        let end = prefix_end(&start).unwrap_or_default();
+        let skip = self.kv_root.len() + ClientId::LEN;
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(usize::MAX);
+        let mut out = Vec::new();
+        let mut from = start;
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                // Later pages read the first page's revision: one snapshot.
+                options = options.with_revision(revision);
+            }
+            let mut page = kv
+                .get(from.clone(), Some(options))
+                .await
+                .map_err(|e| self.classify(e, false))?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            let more = page.more();
+            let entries = page.take_kvs();
+            let Some(last) = entries.last() else { break };
+            from = [last.key(), &[0]].concat();
+            for entry in &entries {
+                let Ok(key) = std::str::from_utf8(&entry.key()[skip..]) else {
+                    return Ok(Err(StoreError::Corrupt("a stored key is not UTF-8".into())));
+                };
+                let (version, value) = match decode(entry.value()) {
+                    Ok(decoded) => decoded,
+                    Err(e) => return Ok(Err(e)),
+                };
+                out.push(KeyValue {
+                    key: key.to_owned(),
+                    version,
+                    value,
+                });
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    fn classify(&self, e: etcd_client::Error, writing: bool) -> Failure {
+        use etcd_client::Error as E;
+        match e {
+            E::GRpcStatus(status) => {
+                let message = status.message();
+                if message.contains("too many operations in txn request") {
+                    return Failure::Fail(
+                        LimitExceeded {
+                            limit: Limit::KeysPerPut,
+                            max: self.max_txn_ops.saturating_sub(1) as u64,
+                            got: 0,
+                        }
+                        .into(),
+                    );
+                }
+                if message.contains("request is too large") {
+                    return Failure::Fail(
+                        LimitExceeded {
+                            limit: Limit::RequestBytes,
+                            max: self.max_request_bytes as u64,
+                            got: 0,
+                        }
+                        .into(),
+                    );
+                }
+                match status.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Aborted
+                    | tonic::Code::ResourceExhausted => Failure::Retry {
+                        error: format!("etcd: {}: {message}", status.code()),
+                        in_doubt: writing,
+                    },
+                    // A compacted revision in a paged read: start over.
+                    tonic::Code::OutOfRange => Failure::Retry {
+                        error: format!("etcd: {message}"),
+                        in_doubt: false,
+                    },
+                    _ => Failure::Fail(StoreError::Unavailable(format!("etcd: {message}"))),
+                }
+            }
+            E::TransportError(e) => Failure::Retry {
+                error: format!("etcd transport: {e}"),
+                in_doubt: writing,
+            },
+            E::IoError(e) => Failure::Retry {
+                error: format!("etcd I/O: {e}"),
+                in_doubt: writing,
+            },
+            other => Failure::Fail(StoreError::Unavailable(format!("etcd: {other}"))),
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    async fn put(&self, put: ValidPut) -> Result<PutOutcome, StoreError> {
+        if put.kvs().is_empty() {
+            return Ok(PutOutcome::Committed);
+        }
+        self.check_size(&put)?;
+        let mut in_doubt = false;
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.put_once(&put, in_doubt).await {
+                Ok(outcome) => return outcome,
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry {
+                    error,
+                    in_doubt: doubt,
+                }) => {
+                    tracing::debug!(attempt, %error, doubt, "etcd put retried");
+                    in_doubt |= doubt;
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "etcd: gave up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    async fn get(&self, client: ClientId, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.get_once(&client, &prefix).await {
+                Ok(result) => return result,
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry { error, .. }) => {
+                    tracing::debug!(attempt, %error, "etcd get retried");
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "etcd: gave up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+}
+
+/// 10, 20, 40, … 640 ms plus jitter: long enough in total (~2.5 s) to ride
+/// out a leader election.
+async fn backoff(attempt: u32) {
+    let base = 10u64 << attempt.min(6);
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % (base + 1))
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+fn corrupt(what: &str) -> Failure {
+    Failure::Fail(StoreError::Corrupt(what.into()))
+}
+
+fn encode(version: i64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VERSION_LEN + value.len());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+fn decode(stored: &[u8]) -> Result<(i64, Vec<u8>), StoreError> {
+    match stored.split_first_chunk::<VERSION_LEN>() {
+        Some((version, value)) => Ok((i64::from_be_bytes(*version), value.to_vec())),
+        None => Err(StoreError::Corrupt(format!(
+            "a stored value is {} bytes, shorter than its version",
+            stored.len()
+        ))),
+    }
+}
+
+fn decode_usage(stored: &[u8]) -> Result<u64, Failure> {
+    stored
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("a usage record is not 8 bytes"))
+}
