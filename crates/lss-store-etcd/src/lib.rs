@@ -42,7 +42,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, T
 use lss_core::{
     accepts, namespace_after, ClientId, KeyValue, Limit, LimitExceeded, PutOutcome, ValidPut,
 };
-use lss_store::{already_applied, prefix_end, Store, StoreError};
+use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
 
 const VERSION_LEN: usize = 8;
 /// Entries per page of a prefix read.
@@ -412,6 +412,225 @@ impl EtcdStore {
             },
             other => Failure::Fail(StoreError::Unavailable(format!("etcd: {other}"))),
         }
+    }
+}
+
+impl EtcdStore {
+    async fn scan_once(
+        &self,
+        after: &Option<(ClientId, String)>,
+        limit: usize,
+    ) -> Result<Result<Vec<Entry>, StoreError>, Failure> {
+        let from = match after {
+            Some((client, key)) => [self.kv_key(client, key).as_slice(), &[0]].concat(),
+            None => self.kv_root.clone(),
+        };
+        let end = prefix_end(&self.kv_root).unwrap_or_default();
+        let options = GetOptions::new()
+            .with_range(end)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let mut page = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(usize::MAX)
+            .get(from, Some(options))
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let mut out = Vec::new();
+        for stored in page.take_kvs() {
+            let rest = &stored.key()[self.kv_root.len()..];
+            let Some((namespace, key)) = rest.split_first_chunk::<{ ClientId::LEN }>() else {
+                return Ok(Err(StoreError::Corrupt(
+                    "a stored key has no namespace".into(),
+                )));
+            };
+            let Ok(client) = ClientId::parse(namespace) else {
+                return Ok(Err(StoreError::Corrupt(
+                    "a stored namespace is not a public key".into(),
+                )));
+            };
+            let Ok(key) = std::str::from_utf8(key) else {
+                return Ok(Err(StoreError::Corrupt("a stored key is not UTF-8".into())));
+            };
+            let (version, value) = match decode(stored.value()) {
+                Ok(decoded) => decoded,
+                Err(e) => return Ok(Err(e)),
+            };
+            out.push(Entry {
+                client,
+                kv: KeyValue {
+                    key: key.to_owned(),
+                    version,
+                    value,
+                },
+            });
+        }
+        Ok(Ok(out))
+    }
+
+    async fn load_once(&self, entries: &[Entry]) -> Result<Result<u64, LoadError>, Failure> {
+        let mut clients: Vec<ClientId> = entries.iter().map(|e| e.client).collect();
+        clients.sort();
+        clients.dedup();
+        let ops = entries.len() + clients.len();
+        if ops > self.max_txn_ops {
+            return Ok(Err(LoadError::Store(
+                LimitExceeded {
+                    limit: Limit::KeysPerPut,
+                    max: self.max_txn_ops as u64,
+                    got: ops as u64,
+                }
+                .into(),
+            )));
+        }
+        let mut reads: Vec<TxnOp> = clients
+            .iter()
+            .map(|c| TxnOp::get(self.usage_key(c), None))
+            .collect();
+        reads.extend(
+            entries
+                .iter()
+                .map(|e| TxnOp::get(self.kv_key(&e.client, &e.kv.key), None)),
+        );
+        let response = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then(reads))
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let mut responses = response.op_responses().into_iter();
+        let mut usage: Vec<(ClientId, u64, i64)> = Vec::with_capacity(clients.len());
+        for client in &clients {
+            match responses.next() {
+                Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
+                    Some(kv) => usage.push((*client, decode_usage(kv.value())?, kv.mod_revision())),
+                    None => usage.push((*client, 0, 0)),
+                },
+                _ => return Err(corrupt("etcd answered a read with something else")),
+            }
+        }
+        let mut new: Vec<&Entry> = Vec::new();
+        for entry in entries {
+            let current = match responses.next() {
+                Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
+                    Some(stored) => Some(decode(stored.value()).map_err(Failure::Fail)?),
+                    None => None,
+                },
+                _ => return Err(corrupt("etcd answered a read with something else")),
+            };
+            // Earlier entries of this batch count as stored.
+            let current = current.or_else(|| {
+                new.iter()
+                    .find(|n| n.client == entry.client && n.kv.key == entry.kv.key)
+                    .map(|n| (n.kv.version, n.kv.value.clone()))
+            });
+            match current {
+                None => new.push(entry),
+                Some((v, value)) if v == entry.kv.version && value == entry.kv.value => {}
+                Some((v, _)) => {
+                    return Ok(Err(LoadError::Mismatch {
+                        client: entry.client.short(),
+                        key: entry.kv.key.clone(),
+                        existing: v,
+                        loaded: entry.kv.version,
+                    }))
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(Ok(0));
+        }
+        let mut guards = Vec::new();
+        let mut writes = Vec::new();
+        for (client, used, revision) in &usage {
+            let added: u64 = new
+                .iter()
+                .filter(|e| e.client == *client)
+                .map(|e| e.kv.stored_len())
+                .sum();
+            if added == 0 {
+                continue;
+            }
+            let key = self.usage_key(client);
+            guards.push(Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *revision,
+            ));
+            writes.push(TxnOp::put(
+                key,
+                used.saturating_add(added).to_be_bytes().to_vec(),
+                None,
+            ));
+        }
+        for entry in &new {
+            let key = self.kv_key(&entry.client, &entry.kv.key);
+            guards.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+            writes.push(TxnOp::put(
+                key,
+                encode(entry.kv.version, &entry.kv.value),
+                None,
+            ));
+        }
+        let response = self
+            .client
+            .kv_client()
+            .txn(Txn::new().when(guards).and_then(writes))
+            .await
+            .map_err(|e| self.classify(e, true))?;
+        if response.succeeded() {
+            Ok(Ok(new.len() as u64))
+        } else {
+            Err(Failure::Retry {
+                error: "the store changed during the load".into(),
+                in_doubt: false,
+            })
+        }
+    }
+}
+
+impl Bulk for EtcdStore {
+    async fn scan(
+        &self,
+        after: Option<(ClientId, String)>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.scan_once(&after, limit).await {
+                Ok(result) => return result,
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry { error, .. }) => {
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "etcd: gave up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    async fn load(&self, entries: Vec<Entry>) -> Result<u64, LoadError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            // Retrying after a lost answer is harmless: identical entries are skipped.
+            match self.load_once(&entries).await {
+                Ok(result) => return result,
+                Err(Failure::Fail(e)) => return Err(e.into()),
+                Err(Failure::Retry { error, .. }) => {
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(
+            StoreError::Unavailable(format!("etcd: gave up after {ATTEMPTS} attempts: {last}"))
+                .into(),
+        )
     }
 }
 

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
-use lss_store::{already_applied, prefix_end, Store, StoreError};
+use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
 use tokio_postgres::error::SqlState;
 
 /// The schema migrations, in order. Never edit one that has shipped: add the
@@ -151,6 +151,11 @@ struct Sql {
     set_usage: String,
     get_from: String,
     get_range: String,
+    scan_first: String,
+    scan_after: String,
+    load_existing: String,
+    load_insert: String,
+    load_usage: String,
 }
 
 impl Sql {
@@ -178,6 +183,25 @@ impl Sql {
             get_range: format!(
                 "SELECT key, version, value FROM {schema}.kv WHERE client = $1 AND key >= $2 AND key < $3 ORDER BY key"
             ),
+            scan_first: format!(
+                "SELECT client, key, version, value FROM {schema}.kv ORDER BY client, key LIMIT $1"
+            ),
+            scan_after: format!(
+                "SELECT client, key, version, value FROM {schema}.kv WHERE (client, key) > ($1, $2) \
+                 ORDER BY client, key LIMIT $3"
+            ),
+            load_existing: format!(
+                "SELECT kv.client, kv.key, kv.version, kv.value FROM {schema}.kv \
+                 JOIN unnest($1::bytea[], $2::bytea[]) AS t(c, k) ON kv.client = t.c AND kv.key = t.k"
+            ),
+            load_insert: format!(
+                "INSERT INTO {schema}.kv (client, key, version, value) \
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::int8[], $4::bytea[])"
+            ),
+            load_usage: format!(
+                "INSERT INTO {schema}.usage (client, bytes) SELECT * FROM unnest($1::bytea[], $2::int8[]) \
+                 ON CONFLICT (client) DO UPDATE SET bytes = {schema}.usage.bytes + EXCLUDED.bytes"
+            ),
         }
     }
 }
@@ -188,6 +212,9 @@ pub struct PostgresStore {
     sql: Sql,
     max_namespace_bytes: u64,
 }
+
+/// (client, key) as stored.
+type StoredKey = (Vec<u8>, Vec<u8>);
 
 /// What one attempt of an operation ended with.
 enum Failure {
@@ -412,6 +439,198 @@ impl PostgresStore {
             });
         }
         Ok(Ok(out))
+    }
+}
+
+impl PostgresStore {
+    async fn scan_once(
+        &self,
+        after: &Option<(ClientId, String)>,
+        limit: i64,
+    ) -> Result<Result<Vec<Entry>, StoreError>, Failure> {
+        let db = self.pool.get().await.map_err(pool_failure)?;
+        let retry = |e| classify(e, false);
+        let rows = match after {
+            Some((client, key)) => {
+                let statement = db
+                    .prepare_cached(&self.sql.scan_after)
+                    .await
+                    .map_err(retry)?;
+                let (client, key): (&[u8], &[u8]) = (client.as_bytes(), key.as_bytes());
+                db.query(&statement, &[&client, &key, &limit])
+                    .await
+                    .map_err(retry)?
+            }
+            None => {
+                let statement = db
+                    .prepare_cached(&self.sql.scan_first)
+                    .await
+                    .map_err(retry)?;
+                db.query(&statement, &[&limit]).await.map_err(retry)?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let client: Vec<u8> = row.get(0);
+            let Ok(client) = ClientId::parse(&client) else {
+                return Ok(Err(StoreError::Corrupt(
+                    "a stored namespace is not a public key".into(),
+                )));
+            };
+            let Ok(key) = String::from_utf8(row.get(1)) else {
+                return Ok(Err(StoreError::Corrupt("a stored key is not UTF-8".into())));
+            };
+            out.push(Entry {
+                client,
+                kv: KeyValue {
+                    key,
+                    version: row.get(2),
+                    value: row.get(3),
+                },
+            });
+        }
+        Ok(Ok(out))
+    }
+
+    async fn load_once(&self, entries: &[Entry]) -> Result<Result<u64, LoadError>, Failure> {
+        let mut db = self.pool.get().await.map_err(pool_failure)?;
+        let retry = |e| classify(e, false);
+        let tx = db.transaction().await.map_err(retry)?;
+        let clients: Vec<&[u8]> = entries
+            .iter()
+            .map(|e| e.client.as_bytes().as_slice())
+            .collect();
+        let keys: Vec<&[u8]> = entries.iter().map(|e| e.kv.key.as_bytes()).collect();
+        let existing = tx
+            .prepare_cached(&self.sql.load_existing)
+            .await
+            .map_err(retry)?;
+        let rows = tx
+            .query(&existing, &[&clients, &keys])
+            .await
+            .map_err(retry)?;
+        let mut stored: HashMap<StoredKey, (i64, Vec<u8>)> = HashMap::new();
+        for row in rows {
+            stored.insert((row.get(0), row.get(1)), (row.get(2), row.get(3)));
+        }
+        let mut new = Vec::new();
+        for entry in entries {
+            let id = (
+                entry.client.as_bytes().to_vec(),
+                entry.kv.key.as_bytes().to_vec(),
+            );
+            match stored.get(&id) {
+                None => new.push(entry),
+                Some((v, value)) if *v == entry.kv.version && *value == entry.kv.value => {}
+                Some((v, _)) => {
+                    tx.rollback().await.map_err(retry)?;
+                    return Ok(Err(LoadError::Mismatch {
+                        client: entry.client.short(),
+                        key: entry.kv.key.clone(),
+                        existing: *v,
+                        loaded: entry.kv.version,
+                    }));
+                }
+            }
+        }
+        // A batch naming one key twice is loaded as if entry by entry: the
+        // second must equal the first.
+        let mut seen: HashMap<(ClientId, &str), &Entry> = HashMap::new();
+        let mut unique = Vec::with_capacity(new.len());
+        for entry in new {
+            match seen.get(&(entry.client, entry.kv.key.as_str())) {
+                Some(first) if first.kv == entry.kv => {}
+                Some(first) => {
+                    tx.rollback().await.map_err(retry)?;
+                    return Ok(Err(LoadError::Mismatch {
+                        client: entry.client.short(),
+                        key: entry.kv.key.clone(),
+                        existing: first.kv.version,
+                        loaded: entry.kv.version,
+                    }));
+                }
+                None => {
+                    seen.insert((entry.client, entry.kv.key.as_str()), entry);
+                    unique.push(entry);
+                }
+            }
+        }
+        let mut usage: HashMap<ClientId, i64> = HashMap::new();
+        for entry in &unique {
+            *usage.entry(entry.client).or_default() += entry.kv.stored_len() as i64;
+        }
+        let insert = tx
+            .prepare_cached(&self.sql.load_insert)
+            .await
+            .map_err(retry)?;
+        let c: Vec<&[u8]> = unique
+            .iter()
+            .map(|e| e.client.as_bytes().as_slice())
+            .collect();
+        let k: Vec<&[u8]> = unique.iter().map(|e| e.kv.key.as_bytes()).collect();
+        let v: Vec<i64> = unique.iter().map(|e| e.kv.version).collect();
+        let d: Vec<&[u8]> = unique.iter().map(|e| e.kv.value.as_slice()).collect();
+        tx.execute(&insert, &[&c, &k, &v, &d])
+            .await
+            .map_err(retry)?;
+        let set_usage = tx
+            .prepare_cached(&self.sql.load_usage)
+            .await
+            .map_err(retry)?;
+        let (uc, ub): (Vec<&[u8]>, Vec<i64>) = usage
+            .iter()
+            .map(|(client, bytes)| (client.as_bytes().as_slice(), *bytes))
+            .unzip();
+        tx.execute(&set_usage, &[&uc, &ub]).await.map_err(retry)?;
+        tx.commit().await.map_err(|e| classify(e, true))?;
+        Ok(Ok(unique.len() as u64))
+    }
+}
+
+impl Bulk for PostgresStore {
+    async fn scan(
+        &self,
+        after: Option<(ClientId, String)>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self.scan_once(&after, limit).await {
+                Ok(result) => return result,
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry { error, .. }) => {
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    async fn load(&self, entries: Vec<Entry>) -> Result<u64, LoadError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            // A load whose COMMIT was cut is simply run again: identical
+            // entries are skipped, so the retry is harmless.
+            match self.load_once(&entries).await {
+                Ok(result) => return result,
+                Err(Failure::Fail(e)) => return Err(e.into()),
+                Err(Failure::Retry { error, .. }) => {
+                    last = error;
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
+        ))
+        .into())
     }
 }
 

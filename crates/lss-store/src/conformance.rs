@@ -2,15 +2,17 @@
 //!
 //! Every backend runs every case through [`conformance_tests!`](crate::conformance_tests),
 //! which expands to one `#[tokio::test]` per case, given an expression that
-//! makes a fresh, empty store with a namespace quota:
-//! `lss_store::conformance_tests!(|quota| async move { make_store(quota).await });`
+//! makes a fresh, empty store with a namespace quota, paired with a guard
+//! that keeps whatever the store needs (a temporary directory, a database
+//! schema, an etcd process) alive until the case ends:
+//! `lss_store::conformance_tests!(|quota| async move { (make_store(quota).await, guard) });`
 
 use std::sync::Arc;
 
 use lss_core::secp256k1::{Secp256k1, SecretKey};
 use lss_core::{ClientId, KeyValue, Limits, PutOutcome, SortedKvs, ValidPut};
 
-use crate::{Store, StoreError};
+use crate::{Bulk, Entry, LoadError, Store, StoreError};
 
 /// A quota large enough not to matter.
 pub const NO_QUOTA: u64 = u64::MAX;
@@ -314,12 +316,132 @@ pub async fn namespace_quota<S: Store>(store: S) {
     commit(&store, other, vec![kv("k", 0, &[1; 99])]).await;
 }
 
+fn entry(n: u8, key: &str, version: i64, value: &[u8]) -> Entry {
+    Entry {
+        client: client(n),
+        kv: kv(key, version, value),
+    }
+}
+
+async fn scan_all<S: Bulk>(store: &S, page: usize) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
+    loop {
+        let after = out.last().map(|e| (e.client, e.kv.key.clone()));
+        let next = store.scan(after, page).await.expect("scan");
+        assert!(next.len() <= page, "scan returned more than asked");
+        if next.is_empty() {
+            return out;
+        }
+        out.extend(next);
+    }
+}
+
+/// Scan pages through every namespace in (client, key) byte order.
+pub async fn bulk_scan_is_ordered_and_complete<S: Bulk>(store: S) {
+    assert!(store.scan(None, 10).await.expect("scan").is_empty());
+    for n in [3u8, 1, 2] {
+        commit(
+            &store,
+            client(n),
+            vec![kv("", 0, b"e"), kv("a", 0, b"1"), kv("é", 0, b"2")],
+        )
+        .await;
+    }
+    commit(&store, client(1), vec![kv("a", 1, b"new")]).await;
+    let mut expected: Vec<Entry> = [1u8, 2, 3]
+        .iter()
+        .flat_map(|&n| {
+            let a = if n == 1 {
+                entry(n, "a", 1, b"new")
+            } else {
+                entry(n, "a", 0, b"1")
+            };
+            [entry(n, "", 0, b"e"), a, entry(n, "é", 0, b"2")]
+        })
+        .collect();
+    expected.sort_by(|x, y| {
+        (x.client.as_bytes(), x.kv.key.as_bytes()).cmp(&(y.client.as_bytes(), y.kv.key.as_bytes()))
+    });
+    for page in [1, 2, 4, 100] {
+        assert_eq!(scan_all(&store, page).await, expected, "page size {page}");
+    }
+}
+
+/// Load writes versions as given into missing keys, skips identical entries,
+/// and refuses to overwrite anything else, writing nothing of the batch.
+pub async fn bulk_load_never_overwrites<S: Bulk>(store: S) {
+    let c = client(1);
+    commit(&store, c, vec![kv("live", 0, b"x")]).await;
+    let batch = vec![
+        entry(1, "a", 7, b"seven"),
+        entry(1, "live", 0, b"x"),
+        entry(2, "b", 0, b""),
+    ];
+    assert_eq!(store.load(batch).await.expect("load"), 2);
+    assert_eq!(
+        all(&store, c).await,
+        vec![kv("a", 7, b"seven"), kv("live", 0, b"x")]
+    );
+    // Loaded versions continue with the +1 rule.
+    commit(&store, c, vec![kv("a", 8, b"eight")]).await;
+    assert_eq!(
+        conflict(&store, c, vec![kv("a", 0, b"")]).await,
+        vec![kv("a", 8, b"eight")]
+    );
+    // Running a load again writes only what is new (resume after interruption).
+    let again = vec![entry(2, "b", 0, b""), entry(2, "c", 3, b"c")];
+    assert_eq!(store.load(again).await.expect("reload"), 1);
+    // A different version or value of an existing key: nothing of the batch.
+    for clash in [entry(1, "live", 0, b"other"), entry(1, "live", 5, b"x")] {
+        let batch = vec![entry(2, "d", 0, b"d"), clash];
+        match store.load(batch).await {
+            Err(LoadError::Mismatch { key, .. }) => assert_eq!(key, "live"),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        assert_eq!(
+            all(&store, client(2)).await,
+            vec![kv("b", 0, b""), kv("c", 3, b"c")]
+        );
+    }
+    assert_eq!(store.load(vec![]).await.expect("empty load"), 0);
+    // One key twice in a batch: loaded as if entry by entry.
+    let twice = vec![entry(3, "x", 0, b"a"), entry(3, "x", 0, b"b")];
+    assert!(matches!(
+        store.load(twice).await,
+        Err(LoadError::Mismatch { .. })
+    ));
+    assert_eq!(all(&store, client(3)).await, vec![]);
+    let twice = vec![entry(3, "x", 0, b"a"), entry(3, "x", 0, b"a")];
+    assert_eq!(store.load(twice).await.expect("identical twice"), 1);
+}
+
+/// Loaded bytes count toward the quota, though the load itself is not held to it.
+pub async fn bulk_load_counts_toward_the_quota<S: Bulk>(store: S) {
+    // The store under test was made with a quota of 100 bytes.
+    let c = client(1);
+    store
+        .load(vec![entry(1, "big", 0, &[0; 90])])
+        .await
+        .expect("load");
+    match store.put(put(c, vec![kv("more", 0, &[0; 20])])).await {
+        Err(StoreError::Limit(_)) => {}
+        other => panic!("the loaded bytes must count: {other:?}"),
+    }
+    commit(&store, c, vec![kv("big", 1, &[0; 10])]).await;
+    commit(&store, c, vec![kv("more", 0, &[0; 20])]).await;
+    store
+        .load(vec![entry(1, "over", 0, &[0; 200])])
+        .await
+        .expect("a restore is not held to the quota");
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$fresh` is a
-/// closure `|quota: u64| async { store }` making an empty store.
+/// closure `|quota: u64| async { (store, guard) }` making an empty store that
+/// implements [`Bulk`], and a guard dropped when the case ends.
 #[macro_export]
 macro_rules! conformance_tests {
     ($fresh:expr) => {
-        $crate::conformance_tests!(@cases $fresh;
+        $crate::conformance_tests!(@cases $fresh; $crate::conformance::NO_QUOTA;
             first_write_is_version_zero,
             conflicts_report_current_state_and_write_nothing,
             empty_put_commits,
@@ -329,19 +451,22 @@ macro_rules! conformance_tests {
             racing_writers_one_winner_per_version,
             many_clients_concurrently,
             large_namespace,
+            bulk_scan_is_ordered_and_complete,
+            bulk_load_never_overwrites,
         );
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn namespace_quota() {
-            let fresh = $fresh;
-            $crate::conformance::namespace_quota(fresh(100).await).await;
-        }
+        $crate::conformance_tests!(@cases $fresh; 100;
+            namespace_quota,
+            bulk_load_counts_toward_the_quota,
+        );
     };
-    (@cases $fresh:expr; $($case:ident),* $(,)?) => {
+    (@cases $fresh:expr; $quota:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fresh = $fresh;
-                $crate::conformance::$case(fresh($crate::conformance::NO_QUOTA).await).await;
+                let (store, guard) = fresh($quota).await;
+                $crate::conformance::$case(store).await;
+                drop(guard);
             }
         )*
     };

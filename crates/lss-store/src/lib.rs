@@ -65,6 +65,74 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send;
 }
 
+/// One stored entry with its namespace: the unit of export, import and copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The namespace.
+    pub client: ClientId,
+    /// The key, its version and value.
+    pub kv: KeyValue,
+}
+
+/// Why a [`Bulk::load`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key already holds something else: loading never overwrites.
+    #[error("key {key:?} of client {client} already holds version {existing}, not the loaded version {loaded} (or a different value)")]
+    Mismatch {
+        /// The namespace (short hex).
+        client: String,
+        /// The key.
+        key: String,
+        /// Its version in the store.
+        existing: i64,
+        /// The version being loaded.
+        loaded: i64,
+    },
+}
+
+/// Whole-store access for backup, migration and verification, beside the
+/// protocol path (which never uses it).
+///
+/// The contract every backend keeps:
+/// - **Scan** returns entries in (client bytes, key bytes) order, at most
+///   `limit`, strictly after `after`; the empty result means the end. Each
+///   call reads one snapshot (a scan of a live store is consistent per page).
+/// - **Load** writes entries with their versions as given, bypassing the +1
+///   rule, into keys that do not exist; an entry identical to what is stored
+///   is skipped (so an interrupted import can simply be run again); any other
+///   existing entry fails the whole call with [`LoadError::Mismatch`] and
+///   nothing of it is written. Quota usage is kept right; the quota itself is
+///   not enforced (a backup is restored whole). Returns how many were written.
+pub trait Bulk: Store {
+    /// Reads the next page of the whole store.
+    fn scan(
+        &self,
+        after: Option<(ClientId, String)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// Writes entries into missing keys, atomically; see the trait's contract.
+    fn load(&self, entries: Vec<Entry>) -> impl Future<Output = Result<u64, LoadError>> + Send;
+}
+
+impl<S: Bulk> Bulk for Arc<S> {
+    fn scan(
+        &self,
+        after: Option<(ClientId, String)>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send {
+        (**self).scan(after, limit)
+    }
+
+    fn load(&self, entries: Vec<Entry>) -> impl Future<Output = Result<u64, LoadError>> + Send {
+        (**self).load(entries)
+    }
+}
+
 /// Whether a put whose commit was in doubt (the connection failed while the
 /// backend may have applied it) has in fact been applied: a retry found every
 /// key at exactly the put's version and value, which is the state a commit of

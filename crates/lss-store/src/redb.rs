@@ -374,3 +374,124 @@ fn read_prefix(
     }
     Ok(out)
 }
+
+impl crate::Bulk for RedbStore {
+    async fn scan(
+        &self,
+        after: Option<(ClientId, String)>,
+        limit: usize,
+    ) -> Result<Vec<crate::Entry>, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || scan(&db, after, limit))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("scan task failed: {e}")))?
+    }
+
+    async fn load(&self, entries: Vec<crate::Entry>) -> Result<u64, crate::LoadError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || load(&db, &entries))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("load task failed: {e}")))?
+    }
+}
+
+fn scan(
+    db: &Database,
+    after: Option<(ClientId, String)>,
+    limit: usize,
+) -> Result<Vec<crate::Entry>, StoreError> {
+    let unavailable = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let txn = db.begin_read().map_err(|e| unavailable(e.into()))?;
+    let table = match txn.open_table(KV) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(unavailable(e.into())),
+    };
+    let mut start = Vec::new();
+    let range = match &after {
+        Some((client, key)) => {
+            composite_key(&mut start, client.as_bytes(), key);
+            table.range::<&[u8]>((
+                std::ops::Bound::Excluded(start.as_slice()),
+                std::ops::Bound::Unbounded,
+            ))
+        }
+        None => table.range::<&[u8]>(..),
+    }
+    .map_err(|e| unavailable(e.into()))?;
+    let mut out = Vec::new();
+    for entry in range.take(limit) {
+        let (key, value) = entry.map_err(|e| unavailable(e.into()))?;
+        let key = key.value();
+        let Some((namespace, key)) = key.split_first_chunk::<NAMESPACE_LEN>() else {
+            return Err(StoreError::Corrupt("a stored key has no namespace".into()));
+        };
+        let client = ClientId::parse(namespace)
+            .map_err(|_| StoreError::Corrupt("a stored namespace is not a public key".into()))?;
+        let key = std::str::from_utf8(key)
+            .map_err(|_| StoreError::Corrupt("a stored key is not UTF-8".into()))?;
+        let (version, value) = decode(value.value())?;
+        out.push(crate::Entry {
+            client,
+            kv: KeyValue::new(key, version, value),
+        });
+    }
+    Ok(out)
+}
+
+fn load(db: &Database, entries: &[crate::Entry]) -> Result<u64, crate::LoadError> {
+    let unavailable = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let mut txn = db.begin_write().map_err(|e| unavailable(e.into()))?;
+    txn.set_durability(Durability::Immediate);
+    let mut written = 0;
+    {
+        let mut kv = txn.open_table(KV).map_err(|e| unavailable(e.into()))?;
+        let mut usage = txn.open_table(USAGE).map_err(|e| unavailable(e.into()))?;
+        let mut key_buf = Vec::new();
+        for entry in entries {
+            let namespace = entry.client.as_bytes();
+            composite_key(&mut key_buf, namespace, &entry.kv.key);
+            let existing = kv
+                .get(key_buf.as_slice())
+                .map_err(|e| unavailable(e.into()))?
+                .map(|g| decode(g.value()).map(|(v, value)| (v, value.to_vec())))
+                .transpose()?;
+            match existing {
+                Some((version, value))
+                    if version == entry.kv.version && value == entry.kv.value =>
+                {
+                    continue
+                }
+                Some((version, _)) => {
+                    // Dropping the transaction unwritten aborts it.
+                    return Err(crate::LoadError::Mismatch {
+                        client: entry.client.short(),
+                        key: entry.kv.key.clone(),
+                        existing: version,
+                        loaded: entry.kv.version,
+                    });
+                }
+                None => {}
+            }
+            let mut stored = Vec::with_capacity(VERSION_LEN + entry.kv.value.len());
+            stored.extend_from_slice(&entry.kv.version.to_be_bytes());
+            stored.extend_from_slice(&entry.kv.value);
+            kv.insert(key_buf.as_slice(), stored.as_slice())
+                .map_err(|e| unavailable(e.into()))?;
+            let used = usage
+                .get(namespace.as_slice())
+                .map_err(|e| unavailable(e.into()))?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            usage
+                .insert(
+                    namespace.as_slice(),
+                    used.saturating_add(entry.kv.stored_len()),
+                )
+                .map_err(|e| unavailable(e.into()))?;
+            written += 1;
+        }
+    }
+    txn.commit().map_err(|e| unavailable(e.into()))?;
+    Ok(written)
+}
