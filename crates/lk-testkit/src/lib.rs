@@ -340,13 +340,16 @@ pub mod process {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    {
+                        let mut log = sink.lock().expect("log lock");
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                    // Only after the line is in the log: callers read it next.
                     if let Some(rest) = line.split(LISTENING).nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or_default();
                         let _ = found.send(addr.to_owned());
                     }
-                    let mut log = sink.lock().expect("log lock");
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             });
             match listening.recv_timeout(Duration::from_secs(30)) {
@@ -944,5 +947,41 @@ pub mod etcd {
                 self.kill(i);
             }
         }
+    }
+}
+
+/// Files in the reference `lssd`'s formats, written as it writes them.
+pub mod reference {
+    use std::path::Path;
+
+    #[derive(serde::Serialize)]
+    struct Value<'a> {
+        version: i64,
+        value: &'a Vec<u8>,
+    }
+
+    /// A reference redb database (`<datadir>/redb`): table `kv`, key
+    /// `hex(client id)/key`, value CBOR `{version, value}` with the bytes as
+    /// an integer array (serde's encoding of `Vec<u8>`).
+    pub fn write_redb(path: &Path, rows: &[(String, i64, Vec<u8>)]) {
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv");
+        let db = redb::Database::create(path).expect("create");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(table).expect("table");
+            for (key, version, value) in rows {
+                let mut cbor = Vec::new();
+                ciborium::into_writer(
+                    &Value {
+                        version: *version,
+                        value,
+                    },
+                    &mut cbor,
+                )
+                .expect("cbor");
+                table.insert(key.as_str(), cbor.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
     }
 }

@@ -102,12 +102,12 @@ pub enum OpenError {
     #[error("the etcd key prefix must not be empty")]
     EmptyPrefix,
     /// The cluster could not be reached or refused the credentials.
-    #[error("cannot connect to etcd at {endpoints}: {source}")]
+    #[error("cannot connect to etcd at {endpoints}: {error}")]
     Connect {
         /// The endpoints tried.
         endpoints: String,
         /// What failed.
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
 }
 
@@ -148,9 +148,9 @@ impl EtcdStore {
                     .ca_certificate(etcd_client::Certificate::from_pem(ca)),
             );
         }
-        let connect_error = |source| OpenError::Connect {
+        let connect_error = |error| OpenError::Connect {
             endpoints: config.endpoints.join(","),
-            source,
+            error,
         };
         let client = Client::connect(&config.endpoints, Some(options))
             .await

@@ -111,7 +111,7 @@ impl PostgresConfig {
 pub enum OpenError {
     /// The URL does not parse.
     #[error("invalid PostgreSQL URL: {0}")]
-    Url(#[source] tokio_postgres::Error),
+    Url(tokio_postgres::Error),
     /// Schema names are restricted to `[a-z_][a-z0-9_]*` (at most 63 bytes).
     #[error("invalid schema name {0:?}: use lowercase letters, digits and _")]
     Schema(String),
@@ -138,7 +138,7 @@ pub enum OpenError {
     },
     /// A migration failed; nothing of it was applied.
     #[error("migration failed: {0}")]
-    Migration(#[source] tokio_postgres::Error),
+    Migration(tokio_postgres::Error),
 }
 
 /// SQL text with the schema filled in.

@@ -42,12 +42,12 @@ pub enum TransferError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// The export file is damaged or not an export file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     File {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: FormatError,
+        error: FormatError,
     },
     /// The reference database cannot be read.
     #[error(transparent)]
@@ -90,9 +90,9 @@ pub struct FileSummary {
 }
 
 fn file_error(path: &Path) -> impl Fn(FormatError) -> TransferError + '_ {
-    move |source| TransferError::File {
+    move |error| TransferError::File {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

@@ -125,7 +125,7 @@ async fn a_damaged_or_clashing_file_imports_nothing_or_stops_clearly() {
         matches!(
             err,
             TransferError::File {
-                source: FormatError::Truncated(_),
+                error: FormatError::Truncated(_),
                 ..
             }
         ),
@@ -198,37 +198,6 @@ async fn copy_between_every_backend() {
     }
 }
 
-#[derive(serde::Serialize)]
-struct ReferenceValue {
-    version: i64,
-    value: Vec<u8>,
-}
-
-/// A file in the reference lssd's format, written here with redb and CBOR as
-/// the reference writes it.
-fn reference_file(path: &std::path::Path, entries: &[(String, i64, Vec<u8>)]) {
-    let db = redb::Database::create(path).expect("create");
-    let txn = db.begin_write().expect("txn");
-    {
-        let mut table = txn
-            .open_table(lss_transfer::reference::TABLE)
-            .expect("table");
-        for (key, version, value) in entries {
-            let mut cbor = Vec::new();
-            ciborium::into_writer(
-                &ReferenceValue {
-                    version: *version,
-                    value: value.clone(),
-                },
-                &mut cbor,
-            )
-            .expect("cbor");
-            table.insert(key.as_str(), cbor.as_slice()).expect("insert");
-        }
-    }
-    txn.commit().expect("commit");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_redb_file_is_imported() {
     let dir = tempfile::tempdir().expect("dir");
@@ -257,7 +226,7 @@ async fn reference_redb_file_is_imported() {
         ),
     ];
     let path = dir.path().join("redb");
-    reference_file(&path, &rows);
+    lk_testkit::reference::write_redb(&path, &rows);
     let target_dir = tempfile::tempdir().expect("dir");
     let target = redb(&target_dir);
     let done = lss_transfer::import_reference(&target, &path, |_| {})

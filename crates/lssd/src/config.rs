@@ -22,86 +22,105 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:55551";
 #[derive(Debug, Default, Parser)]
 #[command(name = "lssd", version)]
 pub struct Args {
+    /// What to do; without a command, lssd serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML config file whose keys are these options' long names with `_`
     /// for `-` (see lssd.example.toml). Flags and environment override it.
-    #[arg(long, env = "LSSD_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Address to listen on [default: 127.0.0.1:55551]. Use a non-loopback
     /// address only with TLS: the auth token is a bearer credential.
-    #[arg(long, env = "LSSD_LISTEN", value_name = "ADDR")]
+    #[arg(long, global = true, env = "LSSD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
     /// Directory of the database and the server key [default: $HOME/.lightkeeper/lssd].
     /// Created with mode 0700 if missing.
-    #[arg(long, env = "LSSD_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "LSSD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Use this existing server key file (64 hex characters) instead of
     /// `<data-dir>/server_key`, e.g. the reference lssd's `~/.lss/server_key`,
     /// so existing clients keep working. It must exist.
-    #[arg(long, env = "LSSD_SERVER_KEY_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_SERVER_KEY_FILE", value_name = "FILE")]
     pub server_key_file: Option<PathBuf>,
 
     /// PEM certificate chain for TLS. Needs --tls-key.
-    #[arg(long, env = "LSSD_TLS_CERT", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for TLS. Needs --tls-cert.
-    #[arg(long, env = "LSSD_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificate(s): require client certificates signed by them (mutual TLS).
     /// Needs --tls-cert and --tls-key.
-    #[arg(long, env = "LSSD_TLS_CLIENT_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Longest key in bytes [default: 1024].
-    #[arg(long, env = "LSSD_MAX_KEY_BYTES", value_name = "BYTES")]
+    #[arg(long, global = true, env = "LSSD_MAX_KEY_BYTES", value_name = "BYTES")]
     pub max_key_bytes: Option<NonZeroUsize>,
 
     /// Longest value in bytes [default: 4194304 (4 MiB)].
-    #[arg(long, env = "LSSD_MAX_VALUE_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_VALUE_BYTES",
+        value_name = "BYTES"
+    )]
     pub max_value_bytes: Option<NonZeroUsize>,
 
     /// Most keys in one put [default: 10000].
-    #[arg(long, env = "LSSD_MAX_KEYS_PER_PUT", value_name = "N")]
+    #[arg(long, global = true, env = "LSSD_MAX_KEYS_PER_PUT", value_name = "N")]
     pub max_keys_per_put: Option<NonZeroUsize>,
 
     /// Largest encoded request in bytes [default: 16777216 (16 MiB)]. At
     /// least 4 MiB is needed by reference clients, which send up to that.
-    #[arg(long, env = "LSSD_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_REQUEST_BYTES",
+        value_name = "BYTES"
+    )]
     pub max_request_bytes: Option<NonZeroUsize>,
 
     /// Most bytes (keys plus values) one client may store [default: 1073741824 (1 GiB)].
-    #[arg(long, env = "LSSD_MAX_NAMESPACE_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_NAMESPACE_BYTES",
+        value_name = "BYTES"
+    )]
     pub max_namespace_bytes: Option<NonZeroU64>,
 
     /// Storage backend [default: redb]: `redb` (embedded, in the data
     /// directory) or `postgres` (needs --postgres-url). The server key stays
     /// in the data directory either way.
-    #[arg(long, env = "LSSD_DATABASE", value_name = "BACKEND")]
+    #[arg(long, global = true, env = "LSSD_DATABASE", value_name = "BACKEND")]
     pub database: Option<Database>,
 
     /// PostgreSQL connection URL, e.g.
     /// `postgres://lssd:PASSWORD@db.internal:5432/lss?sslmode=require`. Prefer
     /// the environment or the config file for a URL with a password: command
     /// lines are visible to other users.
-    #[arg(long, env = "LSSD_POSTGRES_URL", value_name = "URL")]
+    #[arg(long, global = true, env = "LSSD_POSTGRES_URL", value_name = "URL")]
     pub postgres_url: Option<String>,
 
     /// PostgreSQL schema for Lightkeeper's tables, created if missing [default: lightkeeper].
-    #[arg(long, env = "LSSD_POSTGRES_SCHEMA", value_name = "NAME")]
+    #[arg(long, global = true, env = "LSSD_POSTGRES_SCHEMA", value_name = "NAME")]
     pub postgres_schema: Option<String>,
 
     /// Most PostgreSQL connections [default: 16].
-    #[arg(long, env = "LSSD_POSTGRES_POOL_SIZE", value_name = "N")]
+    #[arg(long, global = true, env = "LSSD_POSTGRES_POOL_SIZE", value_name = "N")]
     pub postgres_pool_size: Option<NonZeroUsize>,
 
     /// Require TLS to PostgreSQL and verify the server with this PEM CA file
     /// (otherwise the URL's sslmode decides: `require` verifies against the
     /// public web PKI roots).
-    #[arg(long, env = "LSSD_POSTGRES_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_POSTGRES_CA", value_name = "FILE")]
     pub postgres_ca: Option<PathBuf>,
 
     /// etcd client URLs, comma-separated, e.g.
@@ -115,12 +134,12 @@ pub struct Args {
     pub etcd_endpoints: Option<Vec<String>>,
 
     /// Root of every etcd key lssd reads or writes [default: lightkeeper/].
-    #[arg(long, env = "LSSD_ETCD_PREFIX", value_name = "PREFIX")]
+    #[arg(long, global = true, env = "LSSD_ETCD_PREFIX", value_name = "PREFIX")]
     pub etcd_prefix: Option<String>,
 
     /// etcd user, when the cluster has auth enabled (password from
     /// LSSD_ETCD_PASSWORD or the config file's etcd_password).
-    #[arg(long, env = "LSSD_ETCD_USER", value_name = "NAME")]
+    #[arg(long, global = true, env = "LSSD_ETCD_USER", value_name = "NAME")]
     pub etcd_user: Option<String>,
 
     /// etcd password. Use the environment or the config file, not the command line.
@@ -133,18 +152,72 @@ pub struct Args {
     pub etcd_password: Option<String>,
 
     /// PEM CA file that signs the etcd members' certificates (TLS).
-    #[arg(long, env = "LSSD_ETCD_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "LSSD_ETCD_CA", value_name = "FILE")]
     pub etcd_ca: Option<PathBuf>,
 
     /// The cluster's --max-txn-ops [default: 128]. A put may carry one key
     /// fewer; the default --max-keys-per-put follows it.
-    #[arg(long, env = "LSSD_ETCD_MAX_TXN_OPS", value_name = "N")]
+    #[arg(long, global = true, env = "LSSD_ETCD_MAX_TXN_OPS", value_name = "N")]
     pub etcd_max_txn_ops: Option<NonZeroUsize>,
 
     /// The cluster's --max-request-bytes [default: 1572864]. Larger puts
     /// are refused whole with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "LSSD_ETCD_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_ETCD_MAX_REQUEST_BYTES",
+        value_name = "BYTES"
+    )]
     pub etcd_max_request_bytes: Option<NonZeroUsize>,
+}
+
+/// Data commands. They use the same options as the server to find the store
+/// (for redb, stop the server first: the database file is locked while it runs).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Serve the LSS protocol (the default).
+    Serve,
+    /// Write every entry of the store to a portable, checksummed file
+    /// (docs/export-format.md). The file appears only when complete.
+    Export {
+        /// The file to write; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Check an export file end to end without touching any store.
+    Verify {
+        /// The export file.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Verify an export file, then load it into the store. Never overwrites:
+    /// keys already holding the same entry are skipped, any other clash stops
+    /// the import with the key named. Safe to run again after an interruption.
+    Import {
+        /// The export file.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Copy every entry of this store into another one, then compare the two
+    /// entry by entry.
+    Copy {
+        /// A config file naming the target store (database, postgres_*,
+        /// etcd_*, data_dir keys; the rest is ignored).
+        #[arg(long, value_name = "FILE")]
+        to_config: PathBuf,
+    },
+    /// Load the reference lssd's database file (`<its datadir>/redb`) into
+    /// this store, and optionally adopt its server key so its clients keep
+    /// working. Stop the reference lssd first.
+    ImportReference {
+        /// The reference's redb file.
+        #[arg(long, value_name = "FILE")]
+        reference_db: PathBuf,
+        /// The reference's server key (`~/.lss/server_key`): copied to
+        /// `<data-dir>/server_key`, which must not hold a different key.
+        #[arg(long, value_name = "FILE")]
+        reference_key: Option<PathBuf>,
+    },
 }
 
 /// Which storage backend serves the data.

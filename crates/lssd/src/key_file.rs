@@ -66,11 +66,18 @@ pub fn load_or_create(path: &Path) -> Result<(ServerKey, KeyOrigin), KeyError> {
     if path.exists() {
         return load(path).map(|key| (key, KeyOrigin::Loaded));
     }
+    let key = ServerKey::new(SecretKey::new(&mut OsRng));
+    write_new(path, &key)?;
+    Ok((key, KeyOrigin::Created))
+}
+
+/// Writes `key` to a new file (mode 0600, synced with its directory entry);
+/// fails if the file exists, so a key is never replaced.
+pub fn write_new(path: &Path, key: &ServerKey) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
     };
-    let key = ServerKey::new(SecretKey::new(&mut OsRng));
     // create_new: never replace a key another process just wrote.
     let mut file = OpenOptions::new()
         .write(true)
@@ -83,7 +90,7 @@ pub fn load_or_create(path: &Path) -> Result<(ServerKey, KeyOrigin), KeyError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
-    Ok((key, KeyOrigin::Created))
+    Ok(())
 }
 
 #[cfg(test)]

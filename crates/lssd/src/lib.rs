@@ -1,14 +1,16 @@
 //! `lssd`, Lightkeeper's Lightning Storage Server.
 //!
-//! The binary (`main.rs`) reads configuration, loads the server key and opens
-//! the store; this library holds what it runs: the gRPC [`service`], the one
-//! place errors become gRPC statuses ([`status`]), the server key file
-//! ([`key_file`]) and [`config`]. Tests use [`serve`] directly to run a server
+//! The binary (`main.rs`) reads configuration, loads the server key, opens
+//! the [`backend`] and serves, or runs a data command (export, import, copy);
+//! this library holds what it runs: the gRPC [`service`], the one place errors
+//! become gRPC statuses ([`status`]), the server key file ([`key_file`]),
+//! [`config`] and the [`backend`] dispatch. Tests use [`serve`] directly to run a server
 //! on a random port in-process.
 //!
 //! Only this crate knows `tonic::Status`: `lss-core` decides, `lss-store`
 //! stores, and this crate translates both to the wire.
 
+pub mod backend;
 pub mod config;
 pub mod key_file;
 pub mod service;

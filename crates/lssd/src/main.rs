@@ -1,21 +1,21 @@
-//! The `lssd` binary: configuration, key, store, signals; then [`lssd::serve`].
+//! The `lssd` binary: configuration, key, store, signals; then [`lssd::serve`],
+//! or one of the data commands (export, verify, import, copy, import-reference).
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 use lss_core::ServerKey;
-use lss_store::{RedbConfig, RedbStore, Store};
-use lss_store_etcd::{EtcdConfig, EtcdStore};
-use lss_store_postgres::{PostgresConfig, PostgresStore, PostgresTls};
-use lssd::config::{Args, Backend, Config, TlsFiles};
+use lssd::backend::AnyStore;
+use lssd::config::{Args, Command, Config, TlsFiles};
 use lssd::key_file::{self, KeyOrigin};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -23,13 +23,35 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let command = args.command.take().unwrap_or(Command::Serve);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
     let config = Config::resolve(args, home.as_deref())?;
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(config))
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match command {
+            Command::Serve => run(config).await,
+            Command::Export { output } => export(&config, &output).await,
+            Command::Verify { input } => verify(&input).await,
+            Command::Import { input } => import(&config, &input).await,
+            Command::Copy { to_config } => copy(&config, &to_config, home.as_deref()).await,
+            Command::ImportReference {
+                reference_db,
+                reference_key,
+            } => import_reference(&config, &reference_db, reference_key.as_deref()).await,
+        }
+    })
+}
+
+async fn open(config: &Config) -> anyhow::Result<AnyStore> {
+    if matches!(config.backend, lssd::config::Backend::Redb) {
+        create_private_dir(&config.data_dir)?;
+    }
+    let store = AnyStore::open(config).await?;
+    info!("storage: {}", store.describe(config));
+    Ok(store)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -45,69 +67,140 @@ async fn run(config: Config) -> anyhow::Result<()> {
             key
         }
     };
-    match &config.backend {
-        Backend::Redb => {
-            let store_config = RedbConfig {
-                max_namespace_bytes: config.limits.max_namespace_bytes,
-                ..RedbConfig::default()
-            };
-            let data_dir = config.data_dir.clone();
-            let store =
-                tokio::task::spawn_blocking(move || RedbStore::open(&data_dir, store_config))
-                    .await
-                    .context("store open task failed")??;
-            info!(path = %config.data_dir.join(lss_store::redb::FILE_NAME).display(), "storage: embedded redb");
-            serve(config, key, Arc::new(store)).await
+    let store = open(&config).await?;
+    serve(config, key, store).await
+}
+
+/// Logs progress at most every two seconds, and once at the end.
+struct Reporter {
+    what: &'static str,
+    last: Instant,
+}
+
+impl Reporter {
+    fn new(what: &'static str) -> Self {
+        Reporter {
+            what,
+            last: Instant::now(),
         }
-        Backend::Postgres {
-            url,
-            schema,
-            pool_size,
-            ca,
-        } => {
-            let store = PostgresStore::open(PostgresConfig {
-                schema: schema.clone(),
-                pool_size: *pool_size,
-                tls: ca.clone().map_or(PostgresTls::FromUrl, PostgresTls::Ca),
-                max_namespace_bytes: config.limits.max_namespace_bytes,
-                ..PostgresConfig::new(url.clone())
-            })
-            .await?;
-            info!(schema = %schema, pool_size, "storage: PostgreSQL");
-            serve(config, key, Arc::new(store)).await
-        }
-        Backend::Etcd {
-            endpoints,
-            prefix,
-            user,
-            ca,
-            max_txn_ops,
-            max_request_bytes,
-        } => {
-            let ca_pem = ca
-                .as_ref()
-                .map(|path| {
-                    std::fs::read(path)
-                        .with_context(|| format!("cannot read etcd CA file {}", path.display()))
-                })
-                .transpose()?;
-            let store = EtcdStore::open(EtcdConfig {
-                prefix: prefix.clone(),
-                user: user.clone(),
-                ca_pem,
-                max_txn_ops: *max_txn_ops,
-                max_request_bytes: *max_request_bytes,
-                max_namespace_bytes: config.limits.max_namespace_bytes,
-                ..EtcdConfig::new(endpoints.clone())
-            })
-            .await?;
-            info!(endpoints = %endpoints.join(","), prefix = %prefix, "storage: etcd");
-            serve(config, key, Arc::new(store)).await
+    }
+
+    fn report(&mut self, p: &lss_transfer::Progress) {
+        if self.last.elapsed() >= Duration::from_secs(2) {
+            self.last = Instant::now();
+            info!(
+                entries = p.entries,
+                mib = p.bytes / (1024 * 1024),
+                written = p.written,
+                "{}…",
+                self.what
+            );
         }
     }
 }
 
-async fn serve<S: Store>(config: Config, key: ServerKey, store: S) -> anyhow::Result<()> {
+async fn export(config: &Config, output: &Path) -> anyhow::Result<()> {
+    if output.exists() {
+        bail!("{} exists; choose a new file", output.display());
+    }
+    let store = open(config).await?;
+    let mut reporter = Reporter::new("exporting");
+    let summary = lss_transfer::export(&store, output, |p| reporter.report(p)).await?;
+    info!(
+        entries = summary.entries,
+        bytes = summary.bytes,
+        sha256 = %hex::encode(summary.sha256),
+        file = %output.display(),
+        "export complete"
+    );
+    Ok(())
+}
+
+async fn verify(input: &Path) -> anyhow::Result<()> {
+    let summary = lss_transfer::verify_file(input).await?;
+    info!(
+        entries = summary.entries,
+        bytes = summary.bytes,
+        sha256 = %hex::encode(summary.sha256),
+        "{} is a complete, undamaged export",
+        input.display()
+    );
+    Ok(())
+}
+
+async fn import(config: &Config, input: &Path) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    let mut reporter = Reporter::new("importing");
+    let done = lss_transfer::import(&store, input, |p| reporter.report(p)).await?;
+    info!(
+        entries = done.entries,
+        written = done.written,
+        already_present = done.entries - done.written,
+        "import complete"
+    );
+    Ok(())
+}
+
+async fn copy(config: &Config, to_config: &Path, home: Option<&Path>) -> anyhow::Result<()> {
+    let target = Config::resolve(
+        Args {
+            config: Some(to_config.to_owned()),
+            ..Args::default()
+        },
+        home,
+    )?;
+    if target.backend == config.backend
+        && (target.backend != lssd::config::Backend::Redb || target.data_dir == config.data_dir)
+    {
+        bail!("the target is the source store itself");
+    }
+    let from = open(config).await?;
+    let to = open(&target).await?;
+    let mut reporter = Reporter::new("copying");
+    let done = lss_transfer::copy(&from, &to, |p| reporter.report(p)).await?;
+    info!(
+        entries = done.entries,
+        written = done.written,
+        "copy complete and verified: the target holds exactly the source's entries"
+    );
+    Ok(())
+}
+
+async fn import_reference(
+    config: &Config,
+    reference_db: &Path,
+    reference_key: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = reference_key {
+        create_private_dir(&config.data_dir)?;
+        let key = key_file::load(path)?;
+        let ours = config.data_dir.join("server_key");
+        if ours.exists() {
+            let existing = key_file::load(&ours)?;
+            if existing.server_id() != key.server_id() {
+                bail!(
+                    "{} holds a different server key; clients of the reference are bound to {}: move it away first",
+                    ours.display(),
+                    path.display()
+                );
+            }
+        } else {
+            key_file::write_new(&ours, &key)?;
+            info!(path = %ours.display(), "adopted the reference server key");
+        }
+    }
+    let store = open(config).await?;
+    let mut reporter = Reporter::new("importing the reference database");
+    let done = lss_transfer::import_reference(&store, reference_db, |p| reporter.report(p)).await?;
+    info!(
+        entries = done.entries,
+        written = done.written,
+        "reference import complete"
+    );
+    Ok(())
+}
+
+async fn serve(config: Config, key: ServerKey, store: AnyStore) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

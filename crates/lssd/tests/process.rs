@@ -335,3 +335,203 @@ async fn etcd_backend_from_the_command_line() {
     let (status, _) = server.terminate();
     assert!(status.success());
 }
+
+/// The data commands as an operator runs them: export a stopped server,
+/// verify, import elsewhere, copy to PostgreSQL, and serve each copy to the
+/// same client with the same server key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_verify_import_and_copy_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let (a, b) = (path("a"), path("b"));
+    let server = LssdProcess::spawn(lssd(), &["--data-dir", &a]).expect("start");
+    let mut signer = client(&ConnectOptions::new(&server.url)).await;
+    let kvs: Vec<KeyValue> = (0..200)
+        .map(|i| KeyValue::new(format!("channel/{i:03}"), 0, format!("state {i}")))
+        .collect();
+    for chunk in kvs.chunks(50) {
+        signer.put(chunk.to_vec()).await.expect("put");
+    }
+    let server_id = signer.server_id();
+
+    // redb is locked while the server runs: a clear refusal, not corruption.
+    let backup = path("backup.lkx");
+    let (status, err) = run(lssd(), &["--data-dir", &a, "export", "--output", &backup]);
+    assert!(!status.success());
+    assert!(err.contains("already open"), "{err}");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+
+    let (status, err) = run(lssd(), &["export", "--output", &backup, "--data-dir", &a]);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("export complete") && err.contains("entries=200"),
+        "{err}"
+    );
+    let (status, err) = run(lssd(), &["--data-dir", &a, "export", "--output", &backup]);
+    assert!(!status.success() && err.contains("exists"), "{err}");
+    let (status, err) = run(lssd(), &["verify", "--input", &backup]);
+    assert!(status.success() && err.contains("undamaged"), "{err}");
+
+    let (status, err) = run(lssd(), &["--data-dir", &b, "import", "--input", &backup]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("written=200"), "{err}");
+    let (status, err) = run(lssd(), &["--data-dir", &b, "import", "--input", &backup]);
+    assert!(
+        status.success() && err.contains("already_present=200"),
+        "{err}"
+    );
+
+    // The copy answers with the original's key (clients are bound to it).
+    std::fs::copy(
+        dir.path().join("a/server_key"),
+        dir.path().join("b/server_key"),
+    )
+    .expect("key");
+    let server = LssdProcess::spawn(lssd(), &["--data-dir", &b]).expect("serve the import");
+    let secret = SecretKey::from_slice(&[0x31; 32]).expect("key");
+    let mut reader = PrivClient::connect(
+        &ConnectOptions::new(&server.url),
+        &secret,
+        Some(server_id),
+        [5; 32],
+    )
+    .await
+    .expect("same server key");
+    assert_eq!(reader.get("", &[1; 32]).await.expect("get"), kvs);
+    drop(server);
+
+    // A damaged backup is refused before anything is loaded.
+    let mut bytes = std::fs::read(&backup).expect("read");
+    let n = bytes.len() / 2;
+    bytes[n] ^= 1;
+    let damaged = path("damaged.lkx");
+    std::fs::write(&damaged, bytes).expect("write");
+    let (status, err) = run(
+        lssd(),
+        &["--data-dir", &path("c"), "import", "--input", &damaged],
+    );
+    assert!(!status.success() && err.contains("checksum"), "{err}");
+
+    // Copy to PostgreSQL, verified by the command itself, then served from there.
+    let schema = lk_testkit::postgres::Schema::fresh().await;
+    let target = path("target.toml");
+    std::fs::write(
+        &target,
+        format!(
+            "database = \"postgres\"\npostgres_url = \"{}\"\npostgres_schema = \"{}\"\n",
+            schema.url, schema.name
+        ),
+    )
+    .expect("write");
+    let (status, err) = run(lssd(), &["--data-dir", &a, "copy", "--to-config", &target]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("copy complete and verified"), "{err}");
+    let server = LssdProcess::spawn(
+        lssd(),
+        &[
+            "--data-dir",
+            &a,
+            "--database",
+            "postgres",
+            "--postgres-url",
+            &schema.url,
+            "--postgres-schema",
+            &schema.name,
+        ],
+    )
+    .expect("serve from PostgreSQL");
+    let mut reader = PrivClient::connect(
+        &ConnectOptions::new(&server.url),
+        &secret,
+        Some(server_id),
+        [5; 32],
+    )
+    .await
+    .expect("connect");
+    assert_eq!(reader.get("", &[2; 32]).await.expect("get"), kvs);
+}
+
+/// Moving from the reference lssd: its database and key file become ours,
+/// and its clients' data (protected by their PrivClient) reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_reference_database_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    let server_key = lk_testkit::server_key(0x22);
+    std::fs::write(path("server_key"), server_key.to_hex()).expect("key file");
+    let secret = SecretKey::from_slice(&[0x31; 32]).expect("key");
+    let value_secret = [5; 32];
+    let public = secret.public_key(&lss_core::secp256k1::Secp256k1::signing_only());
+    let plain: Vec<KeyValue> = (0..5)
+        .map(|i| KeyValue::new(format!("k{i}"), i, format!("value {i}")))
+        .collect();
+    let rows: Vec<(String, i64, Vec<u8>)> = plain
+        .iter()
+        .map(|kv| {
+            let stored = lss_core::value::protect(&value_secret, &kv.key, kv.version, &kv.value);
+            (
+                format!("{}/{}", hex::encode(public.serialize()), kv.key),
+                kv.version,
+                stored,
+            )
+        })
+        .collect();
+    lk_testkit::reference::write_redb(Path::new(&path("redb")), &rows);
+
+    let data = path("data");
+    let (status, err) = run(
+        lssd(),
+        &[
+            "--data-dir",
+            &data,
+            "import-reference",
+            "--reference-db",
+            &path("redb"),
+            "--reference-key",
+            &path("server_key"),
+        ],
+    );
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("adopted the reference server key") && err.contains("written=5"),
+        "{err}"
+    );
+    assert_eq!(mode(&dir.path().join("data/server_key")), 0o600);
+
+    let server = LssdProcess::spawn(lssd(), &["--data-dir", &data]).expect("serve");
+    let mut reader = PrivClient::connect(
+        &ConnectOptions::new(&server.url),
+        &secret,
+        Some(server_key.public_key()),
+        value_secret,
+    )
+    .await
+    .expect("the reference's clients find the same server key");
+    assert_eq!(reader.get("", &[1; 32]).await.expect("get"), plain);
+    reader
+        .put(vec![KeyValue::new("k4", 5, b"after the move")])
+        .await
+        .expect("versions continue");
+    drop(server);
+
+    // A data dir that already has another key is not silently re-keyed.
+    let other = lk_testkit::server_key(0x23);
+    std::fs::write(path("other_key"), other.to_hex()).expect("key file");
+    let (status, err) = run(
+        lssd(),
+        &[
+            "--data-dir",
+            &data,
+            "import-reference",
+            "--reference-db",
+            &path("redb"),
+            "--reference-key",
+            &path("other_key"),
+        ],
+    );
+    assert!(
+        !status.success() && err.contains("different server key"),
+        "{err}"
+    );
+}
