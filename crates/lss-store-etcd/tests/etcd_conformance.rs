@@ -12,3 +12,14 @@ lss_store::conformance_tests!(|quota: u64| async move {
     };
     (EtcdStore::open(config).await.expect("open"), etcd)
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_rules_through_grpc() {
+    let etcd = EtcdCluster::start(1).await;
+    let store = std::sync::Arc::new(
+        EtcdStore::open(EtcdConfig::new(etcd.endpoints()))
+            .await
+            .expect("open"),
+    );
+    lk_testkit::grpc_conformance(store).await;
+}

@@ -13,3 +13,14 @@ lss_store::conformance_tests!(|quota: u64| async move {
     };
     (PostgresStore::open(config).await.expect("open"), schema)
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_rules_through_grpc() {
+    let schema = Schema::fresh().await;
+    let config = PostgresConfig {
+        schema: schema.name.clone(),
+        ..PostgresConfig::new(schema.url.clone())
+    };
+    let store = std::sync::Arc::new(PostgresStore::open(config).await.expect("open"));
+    lk_testkit::grpc_conformance(store).await;
+}
