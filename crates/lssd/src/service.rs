@@ -25,6 +25,7 @@ use lss_store::Store;
 use tonic::{Request, Response, Status};
 use tracing::{debug, Instrument};
 
+use crate::auth::Authenticator;
 use crate::status;
 
 /// `InfoReply.version`: the reference's value, which clients may compare.
@@ -38,14 +39,18 @@ pub const STREAM_CHUNK_BYTES: usize = 1024 * 1024;
 /// The gRPC service over a store.
 pub struct LssService<S> {
     store: S,
-    key: ServerKey,
+    auth: Authenticator,
     limits: Limits,
 }
 
 impl<S: Store> LssService<S> {
     /// A service answering with `key`'s identity, enforcing `limits`.
     pub fn new(store: S, key: ServerKey, limits: Limits) -> Self {
-        LssService { store, key, limits }
+        LssService {
+            store,
+            auth: Authenticator::new(key, crate::auth::DEFAULT_CACHE_ENTRIES),
+            limits,
+        }
     }
 
     /// The tonic server of `lss.LightningStorage` alone (what the reference
@@ -100,7 +105,7 @@ impl<S: Store> LssService<S> {
         auth: Option<lss_proto::Auth>,
     ) -> Result<(ClientId, SharedSecret), Status> {
         let auth = auth.ok_or_else(status::missing_auth)?;
-        self.key
+        self.auth
             .authenticate(&auth.client_id, &auth.token)
             .map_err(status::auth)
     }
@@ -117,7 +122,7 @@ impl<S: Store> LightningStorage for LssService<S> {
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoReply>, Status> {
         Ok(Response::new(InfoReply {
             version: PROTOCOL_VERSION.to_owned(),
-            server_id: self.key.server_id().to_vec(),
+            server_id: self.auth.key().server_id().to_vec(),
         }))
     }
 
