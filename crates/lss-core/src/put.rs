@@ -25,6 +25,10 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Most bytes (keys plus values) one namespace may hold (enforced by the store).
     pub max_namespace_bytes: u64,
+    /// Most requests (puts and gets) of one client being served at once
+    /// (enforced by the server). A signer has one put in flight; this stops a
+    /// client that floods from crowding out the others.
+    pub max_inflight_per_client: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_keys_per_put: 10_000,
             max_request_bytes: 16 * 1_024 * 1_024,
             max_namespace_bytes: 1_024 * 1_024 * 1_024,
+            max_inflight_per_client: 16,
         }
     }
 }
@@ -56,6 +61,8 @@ pub enum Limit {
     RequestBytes,
     /// `max_namespace_bytes`
     NamespaceBytes,
+    /// `max_inflight_per_client`
+    InflightPerClient,
 }
 
 impl Limit {
@@ -67,6 +74,7 @@ impl Limit {
             Limit::KeysPerPut => "max_keys_per_put",
             Limit::RequestBytes => "max_request_bytes",
             Limit::NamespaceBytes => "max_namespace_bytes",
+            Limit::InflightPerClient => "max_inflight_per_client",
         }
     }
 }

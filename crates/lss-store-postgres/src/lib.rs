@@ -260,7 +260,10 @@ impl PostgresStore {
         let mut pg: tokio_postgres::Config = config.url.parse().map_err(OpenError::Url)?;
         pg.connect_timeout(config.connect_timeout);
         if pg.get_application_name().is_none() {
-            pg.application_name("lssd");
+            // Names the process, so an operator (or a test) can tell which
+            // lssd's sessions are still open, e.g. after it was killed: a
+            // transaction it had sent COMMIT for may land until they end.
+            pg.application_name(format!("lssd/{}", std::process::id()));
         }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,

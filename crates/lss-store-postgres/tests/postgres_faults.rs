@@ -95,7 +95,7 @@ async fn broken_connections_are_retried_inside_the_store() {
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'lssd' AND pid <> pg_backend_pid()",
+             WHERE application_name LIKE 'lssd/%' AND pid <> pg_backend_pid()",
             &[],
         )
         .await

@@ -96,6 +96,17 @@ pub struct Args {
     )]
     pub max_namespace_bytes: Option<NonZeroU64>,
 
+    /// Most requests of one client served at once [default: 16]; more get
+    /// RESOURCE_EXHAUSTED. A signer has one put in flight at a time; the
+    /// limit keeps a client that floods from crowding out the others.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_INFLIGHT_PER_CLIENT",
+        value_name = "N"
+    )]
+    pub max_inflight_per_client: Option<NonZeroUsize>,
+
     /// Storage backend [default: redb]: `redb` (embedded, in the data
     /// directory) or `postgres` (needs --postgres-url). The server key stays
     /// in the data directory either way.
@@ -292,6 +303,8 @@ pub struct FileConfig {
     pub max_request_bytes: Option<NonZeroUsize>,
     /// See [`Args::max_namespace_bytes`].
     pub max_namespace_bytes: Option<NonZeroU64>,
+    /// See [`Args::max_inflight_per_client`].
+    pub max_inflight_per_client: Option<NonZeroUsize>,
     /// See [`Args::database`].
     pub database: Option<Database>,
     /// See [`Args::postgres_url`].
@@ -409,6 +422,10 @@ impl Config {
                 .max_namespace_bytes
                 .or(file.max_namespace_bytes)
                 .map_or(defaults.max_namespace_bytes, NonZeroU64::get),
+            max_inflight_per_client: args
+                .max_inflight_per_client
+                .or(file.max_inflight_per_client)
+                .map_or(defaults.max_inflight_per_client, NonZeroUsize::get),
         };
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(dir) => dir,

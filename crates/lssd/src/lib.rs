@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod inflight;
 pub mod key_file;
 pub mod service;
 pub mod status;

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, Instrument};
 
 use crate::auth::Authenticator;
+use crate::inflight::Inflight;
 use crate::status;
 
 /// `InfoReply.version`: the reference's value, which clients may compare.
@@ -40,6 +41,7 @@ pub const STREAM_CHUNK_BYTES: usize = 1024 * 1024;
 pub struct LssService<S> {
     store: S,
     auth: Authenticator,
+    inflight: Inflight,
     limits: Limits,
 }
 
@@ -49,6 +51,7 @@ impl<S: Store> LssService<S> {
         LssService {
             store,
             auth: Authenticator::new(key, crate::auth::DEFAULT_CACHE_ENTRIES),
+            inflight: Inflight::new(limits.max_inflight_per_client),
             limits,
         }
     }
@@ -85,6 +88,10 @@ impl<S: Store> LssService<S> {
             nonce,
         } = request;
         let (client, shared) = self.authenticate(auth)?;
+        let _slot = self
+            .inflight
+            .enter(client)
+            .map_err(|e| status::limit_exceeded(&e))?;
         let span = tracing::debug_span!("get", op, client = %client.short(), prefix_len = key_prefix.len());
         async move {
             let kvs = self
@@ -132,6 +139,10 @@ impl<S: Store> LightningStorage for LssService<S> {
         let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
         let (client, shared) = self.authenticate(Some(auth))?;
+        let _slot = self
+            .inflight
+            .enter(client)
+            .map_err(|e| status::limit_exceeded(&e))?;
         let span =
             tracing::debug_span!("put", client = %client.short(), keys = kvs.as_slice().len());
         async move {

@@ -46,7 +46,9 @@ pub fn limit_exceeded(e: &LimitExceeded) -> Status {
         Limit::KeyBytes | Limit::ValueBytes | Limit::KeysPerPut => {
             Status::invalid_argument(e.to_string())
         }
-        Limit::RequestBytes | Limit::NamespaceBytes => Status::resource_exhausted(e.to_string()),
+        Limit::RequestBytes | Limit::NamespaceBytes | Limit::InflightPerClient => {
+            Status::resource_exhausted(e.to_string())
+        }
     }
 }
 

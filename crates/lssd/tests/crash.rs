@@ -120,7 +120,30 @@ async fn verify(
     writer.acked = stored;
 }
 
-async fn crash_cycles(args: &[&str], seed: u64) {
+/// After a kill, PostgreSQL may still finish a transaction the dead server
+/// had sent COMMIT for: its outcome is settled only once the server's sessions
+/// are gone. Waits for that (the redb file is settled at once).
+async fn settled(postgres: Option<&lk_testkit::postgres::Schema>, pid: u32) {
+    let Some(schema) = postgres else { return };
+    let admin = schema.client().await;
+    for _ in 0..200 {
+        let open: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("lssd/{pid}")],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if open == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the killed lssd's PostgreSQL sessions did not end");
+}
+
+async fn crash_cycles(args: &[&str], seed: u64, postgres: Option<&lk_testkit::postgres::Schema>) {
     let bin = Path::new(env!("CARGO_BIN_EXE_lssd"));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let key = lk_testkit::server_key(0x22);
@@ -152,7 +175,9 @@ async fn crash_cycles(args: &[&str], seed: u64) {
             .map(|w| tokio::spawn(write_until_killed(w, url.clone(), cycle, rng.gen())))
             .collect();
         tokio::time::sleep(Duration::from_millis(rng.gen_range(80..400))).await;
+        let pid = server.pid();
         server.kill();
+        settled(postgres, pid).await;
         for task in tasks {
             let (writer, acked) = task.await.expect("writer");
             total += acked;
@@ -200,6 +225,7 @@ async fn sigkill_loses_no_acknowledged_put_on_redb() {
             key_file.to_str().expect("utf-8"),
         ],
         seed,
+        None,
     )
     .await;
 }
@@ -226,6 +252,7 @@ async fn sigkill_loses_no_acknowledged_put_on_postgres() {
             &schema.name,
         ],
         seed,
+        Some(&schema),
     )
     .await;
 }

@@ -372,6 +372,7 @@ async fn every_limit_is_enforced_and_named() {
         max_keys_per_put: 3,
         max_request_bytes: 4 * 1024,
         max_namespace_bytes: 200,
+        ..Limits::default()
     };
     let server = Lssd::start(0x22, limits).await;
     let mut grpc = server.grpc().await;
