@@ -783,9 +783,53 @@ pub mod etcd {
         members: Vec<Member>,
         dir: tempfile::TempDir,
         token: String,
+        /// Certificate and key files when clients must use TLS.
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     }
 
     impl EtcdCluster {
+        /// Starts one member whose client port serves TLS with a certificate
+        /// for `localhost` and 127.0.0.1 signed by `ca`.
+        pub async fn start_tls(ca: &crate::pki::Ca) -> Self {
+            let binary = binary();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pem = ca.server(&["localhost", "127.0.0.1"]);
+            let cert = dir.path().join("server.pem");
+            let key = dir.path().join("server.key");
+            std::fs::write(&cert, pem.cert).expect("cert");
+            std::fs::write(&key, pem.key).expect("key");
+            let mut cluster = EtcdCluster {
+                members: vec![Member {
+                    name: "m0".into(),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                }],
+                dir,
+                token: format!("lk-{}", rand::random::<u64>()),
+                tls: Some((cert, key)),
+            };
+            cluster.spawn(&binary, 0, "new");
+            let ca_pem = ca.cert_pem();
+            let options = || {
+                etcd_client::ConnectOptions::new().with_tls(
+                    etcd_client::TlsOptions::new()
+                        .ca_certificate(etcd_client::Certificate::from_pem(ca_pem.clone())),
+                )
+            };
+            for _ in 0..150 {
+                if let Ok(client) =
+                    etcd_client::Client::connect(cluster.endpoints(), Some(options())).await
+                {
+                    if client.kv_client().get("probe", None).await.is_ok() {
+                        return cluster;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("etcd with TLS did not become ready");
+        }
+
         /// Starts `size` members and waits until the cluster serves.
         pub async fn start(size: usize) -> Self {
             let binary = binary();
@@ -802,6 +846,7 @@ pub mod etcd {
                 members,
                 dir,
                 token: format!("lk-{}", rand::random::<u64>()),
+                tls: None,
             };
             for i in 0..size {
                 cluster.spawn(&binary, i, "new");
@@ -827,10 +872,21 @@ pub mod etcd {
                     .join(format!("{}.log", self.members[i].name)),
             )
             .expect("log file");
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let tls_args: Vec<std::ffi::OsString> = match &self.tls {
+                Some((cert, key)) => vec![
+                    "--cert-file".into(),
+                    cert.into(),
+                    "--key-file".into(),
+                    key.into(),
+                ],
+                None => vec![],
+            };
             let m = &mut self.members[i];
-            let client = format!("http://127.0.0.1:{}", m.client_port);
+            let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
             let peer = format!("http://127.0.0.1:{}", m.peer_port);
             let child = Command::new(binary)
+                .args(tls_args)
                 .arg("--name")
                 .arg(&m.name)
                 .arg("--data-dir")
@@ -891,10 +947,11 @@ pub mod etcd {
 
         /// Client URLs of the running members.
         pub fn endpoints(&self) -> Vec<String> {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
             self.members
                 .iter()
                 .filter(|m| m.child.is_some())
-                .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+                .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
                 .collect()
         }
 

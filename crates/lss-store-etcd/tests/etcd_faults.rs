@@ -261,3 +261,108 @@ async fn losing_one_of_three_members_under_load_loses_nothing() {
         "puts kept succeeding after the kill: {total_after}"
     );
 }
+
+/// etcd with auth enabled, lssd's user allowed only its own prefix: the
+/// store works with its credentials (so it never needs more than its
+/// prefix), and is refused without them or with a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_with_a_user_limited_to_the_prefix() {
+    let etcd = EtcdCluster::start(1).await;
+    let mut admin = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .expect("connect");
+    admin.role_add("root").await.expect("root role");
+    admin
+        .user_add("root", "root-pw", None)
+        .await
+        .expect("root user");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    admin.role_add("lightkeeper").await.expect("role");
+    admin
+        .role_grant_permission(
+            "lightkeeper",
+            etcd_client::Permission::read_write("lightkeeper/").with_prefix(),
+        )
+        .await
+        .expect("permission");
+    admin.user_add("lssd", "lssd-pw", None).await.expect("user");
+    admin
+        .user_grant_role("lssd", "lightkeeper")
+        .await
+        .expect("grant");
+    admin.auth_enable().await.expect("enable auth");
+
+    let config = |user: Option<(&str, &str)>| EtcdConfig {
+        user: user.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        timeout: Duration::from_secs(2),
+        ..EtcdConfig::new(etcd.endpoints())
+    };
+    let store = EtcdStore::open(config(Some(("lssd", "lssd-pw"))))
+        .await
+        .expect("open with lssd's credentials");
+    let c = client(1);
+    assert_eq!(
+        store
+            .put(put(c, vec![kv("a", 0, b"x")]))
+            .await
+            .expect("put"),
+        PutOutcome::Committed
+    );
+    assert_eq!(
+        store.get(c, String::new()).await.expect("get"),
+        vec![kv("a", 0, b"x")]
+    );
+    for (user, why) in [
+        (None, "no credentials"),
+        (Some(("lssd", "wrong")), "a wrong password"),
+    ] {
+        let err = EtcdStore::open(config(user))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("opened with {why}"));
+        assert!(
+            err.to_string().contains("cannot connect to etcd"),
+            "{why}: {err}"
+        );
+    }
+}
+
+/// TLS to etcd: with the CA that signed the member's certificate the store
+/// works; with another CA, or without TLS settings, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_etcd_is_verified() {
+    let ca = lk_testkit::pki::Ca::new("etcd CA");
+    let etcd = EtcdCluster::start_tls(&ca).await;
+    let config = |ca_pem: Option<Vec<u8>>| EtcdConfig {
+        ca_pem,
+        timeout: Duration::from_secs(2),
+        ..EtcdConfig::new(etcd.endpoints())
+    };
+    let store = EtcdStore::open(config(Some(ca.cert_pem().into_bytes())))
+        .await
+        .expect("TLS with the right CA");
+    let c = client(1);
+    assert_eq!(
+        store
+            .put(put(c, vec![kv("tls", 0, b"x")]))
+            .await
+            .expect("put"),
+        PutOutcome::Committed
+    );
+    let other = lk_testkit::pki::Ca::new("another CA")
+        .cert_pem()
+        .into_bytes();
+    for (ca_pem, why) in [(Some(other), "another CA"), (None, "no TLS settings")] {
+        let err = EtcdStore::open(config(ca_pem))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("opened with {why}"));
+        assert!(
+            err.to_string().contains("cannot connect to etcd"),
+            "{why}: {err}"
+        );
+    }
+}

@@ -13,12 +13,14 @@
 //!   servers starting together cannot both migrate.
 //!
 //! # A put
-//! One READ COMMITTED transaction: lock the namespace's `usage` row (creating
-//! it on first use) so puts of one namespace run one at a time; read the
-//! current versions of the put's keys; decide with [`lss_core::accepts`];
-//! check the quota with [`lss_core::namespace_after`]; upsert every key with
-//! one statement; update usage; commit (durable with the server's default
+//! One READ COMMITTED transaction in four round trips: `BEGIN`; the
+//! namespace's advisory lock (so puts of one namespace run one at a time),
+//! then the usage and the current versions of the put's keys, pipelined (each
+//! statement's snapshot is taken after the lock is held); decide with
+//! [`lss_core::accepts`] and [`lss_core::namespace_after`]; the upsert of every
+//! key and of the usage row, pipelined; `COMMIT` (durable with the default
 //! `synchronous_commit = on`). Different namespaces never wait for each other.
+//! An advisory lock writes nothing to the WAL, unlike a row lock.
 //!
 //! # Faults
 //! Serialization failures, deadlocks, unique violations and broken
@@ -38,6 +40,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
 use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
 /// The schema migrations, in order. Never edit one that has shipped: add the
 /// next. `{schema}` is replaced by the quoted schema name.
@@ -143,8 +146,8 @@ pub enum OpenError {
 
 /// SQL text with the schema filled in.
 struct Sql {
-    lock_usage: String,
-    create_usage: String,
+    lock_namespace: String,
+    usage: String,
     current: String,
     current_values: String,
     upsert: String,
@@ -161,10 +164,8 @@ struct Sql {
 impl Sql {
     fn new(schema: &str) -> Self {
         Sql {
-            lock_usage: format!("SELECT bytes FROM {schema}.usage WHERE client = $1 FOR UPDATE"),
-            create_usage: format!(
-                "INSERT INTO {schema}.usage (client, bytes) VALUES ($1, 0) ON CONFLICT DO NOTHING"
-            ),
+            lock_namespace: "SELECT pg_advisory_xact_lock($1)".into(),
+            usage: format!("SELECT bytes FROM {schema}.usage WHERE client = $1"),
             current: format!(
                 "SELECT key, version, length(value)::int8 FROM {schema}.kv WHERE client = $1 AND key = ANY($2)"
             ),
@@ -176,7 +177,10 @@ impl Sql {
                  SELECT $1, k, v, val FROM unnest($2::bytea[], $3::int8[], $4::bytea[]) AS t(k, v, val) \
                  ON CONFLICT (client, key) DO UPDATE SET version = EXCLUDED.version, value = EXCLUDED.value"
             ),
-            set_usage: format!("UPDATE {schema}.usage SET bytes = $2 WHERE client = $1"),
+            set_usage: format!(
+                "INSERT INTO {schema}.usage (client, bytes) VALUES ($1, $2) \
+                 ON CONFLICT (client) DO UPDATE SET bytes = EXCLUDED.bytes"
+            ),
             get_from: format!(
                 "SELECT key, version, value FROM {schema}.kv WHERE client = $1 AND key >= $2 ORDER BY key"
             ),
@@ -204,6 +208,16 @@ impl Sql {
             ),
         }
     }
+}
+
+/// The advisory lock key of a namespace: 8 bytes of the public key's x
+/// coordinate (uniformly distributed). Two namespaces sharing a key only
+/// wait for each other; correctness never depends on it being unique.
+fn namespace_lock(client: &ClientId) -> i64 {
+    let bytes = client.as_bytes();
+    i64::from_be_bytes([
+        bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8],
+    ])
 }
 
 /// The PostgreSQL store: a connection pool and prepared statements.
@@ -297,30 +311,27 @@ impl PostgresStore {
         let retry = |e| classify(e, false);
         let tx = client.transaction().await.map_err(retry)?;
         let namespace: &[u8] = put.client().as_bytes();
-        let lock = tx
-            .prepare_cached(&self.sql.lock_usage)
-            .await
-            .map_err(retry)?;
-        let used = match tx.query_opt(&lock, &[&namespace]).await.map_err(retry)? {
-            Some(row) => row.get::<_, i64>(0),
-            None => {
-                let create = tx
-                    .prepare_cached(&self.sql.create_usage)
-                    .await
-                    .map_err(retry)?;
-                tx.execute(&create, &[&namespace]).await.map_err(retry)?;
-                tx.query_one(&lock, &[&namespace])
-                    .await
-                    .map_err(retry)?
-                    .get::<_, i64>(0)
-            }
-        };
         let keys: Vec<&[u8]> = put.kvs().iter().map(|kv| kv.key.as_bytes()).collect();
-        let current = tx.prepare_cached(&self.sql.current).await.map_err(retry)?;
-        let rows = tx
-            .query(&current, &[&namespace, &keys])
-            .await
-            .map_err(retry)?;
+        let (lock, usage, current) = tokio::try_join!(
+            tx.prepare_cached(&self.sql.lock_namespace),
+            tx.prepare_cached(&self.sql.usage),
+            tx.prepare_cached(&self.sql.current),
+        )
+        .map_err(retry)?;
+        // Pipelined in one round trip. PostgreSQL runs them in order, and in
+        // READ COMMITTED each statement reads a snapshot taken when it starts:
+        // after the namespace lock is held, so it sees every earlier put.
+        let lock_key = namespace_lock(put.client());
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&lock_key];
+        let usage_params: [&(dyn ToSql + Sync); 1] = [&namespace];
+        let current_params: [&(dyn ToSql + Sync); 2] = [&namespace, &keys];
+        let (_, used, rows) = tokio::try_join!(
+            tx.execute(&lock, &lock_params),
+            tx.query_opt(&usage, &usage_params),
+            tx.query(&current, &current_params),
+        )
+        .map_err(retry)?;
+        let used = used.map_or(0, |row| row.get::<_, i64>(0));
         let mut existing: HashMap<Vec<u8>, (i64, i64)> = HashMap::with_capacity(rows.len());
         for row in rows {
             existing.insert(row.get(0), (row.get(1), row.get(2)));
@@ -356,22 +367,21 @@ impl PostgresStore {
         };
         let versions: Vec<i64> = put.kvs().iter().map(|kv| kv.version).collect();
         let values: Vec<&[u8]> = put.kvs().iter().map(|kv| kv.value.as_slice()).collect();
-        let upsert = tx.prepare_cached(&self.sql.upsert).await.map_err(retry)?;
-        tx.execute(&upsert, &[&namespace, &keys, &versions, &values])
-            .await
-            .map_err(retry)?;
-        if after != used {
-            let set_usage = tx
-                .prepare_cached(&self.sql.set_usage)
-                .await
-                .map_err(retry)?;
-            let after = i64::try_from(after).map_err(|_| {
-                Failure::Fail(StoreError::Corrupt("namespace usage overflows".into()))
-            })?;
-            tx.execute(&set_usage, &[&namespace, &after])
-                .await
-                .map_err(retry)?;
-        }
+        let after = i64::try_from(after)
+            .map_err(|_| Failure::Fail(StoreError::Corrupt("namespace usage overflows".into())))?;
+        let (upsert, set_usage) = tokio::try_join!(
+            tx.prepare_cached(&self.sql.upsert),
+            tx.prepare_cached(&self.sql.set_usage),
+        )
+        .map_err(retry)?;
+        // One round trip for both writes.
+        let upsert_params: [&(dyn ToSql + Sync); 4] = [&namespace, &keys, &versions, &values];
+        let usage_params: [&(dyn ToSql + Sync); 2] = [&namespace, &after];
+        tokio::try_join!(
+            tx.execute(&upsert, &upsert_params),
+            tx.execute(&set_usage, &usage_params),
+        )
+        .map_err(retry)?;
         tx.commit().await.map_err(|e| classify(e, true))?;
         Ok(Ok(PutOutcome::Committed))
     }
@@ -499,6 +509,17 @@ impl PostgresStore {
         let mut db = self.pool.get().await.map_err(pool_failure)?;
         let retry = |e| classify(e, false);
         let tx = db.transaction().await.map_err(retry)?;
+        // The namespaces' locks, in one order, as puts take them.
+        let mut locks: Vec<i64> = entries.iter().map(|e| namespace_lock(&e.client)).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let lock = tx
+            .prepare_cached(&self.sql.lock_namespace)
+            .await
+            .map_err(retry)?;
+        for key in &locks {
+            tx.execute(&lock, &[key]).await.map_err(retry)?;
+        }
         let clients: Vec<&[u8]> = entries
             .iter()
             .map(|e| e.client.as_bytes().as_slice())

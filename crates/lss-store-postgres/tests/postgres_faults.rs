@@ -244,3 +244,82 @@ async fn keys_sort_by_bytes_and_prefixes_are_literal() {
     assert_eq!(literal("a").await, vec!["a", "a%", "aX", "ab"]);
     assert_eq!(literal("%").await, Vec::<String>::new());
 }
+
+/// TLS to the database, against the local server's own certificate (Debian
+/// configures PostgreSQL with ssl = on and the snakeoil certificate for
+/// `localhost`): verified with that CA the store connects, and every session
+/// is encrypted; with a CA that did not sign it, or the public web roots, the
+/// store refuses to connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_is_verified() {
+    const CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let schema = Schema::fresh().await;
+    let admin = schema.client().await;
+    let ssl: String = admin
+        .query_one("SHOW ssl", &[])
+        .await
+        .expect("show ssl")
+        .get(0);
+    assert_eq!(
+        ssl, "on",
+        "this test needs PostgreSQL with ssl = on (Debian's default, certificate {CERT})"
+    );
+    assert!(
+        std::path::Path::new(CERT).exists(),
+        "{CERT} is missing: install Debian's ssl-cert package or point the test at the server's CA"
+    );
+    let name = format!("lk-tls-test-{}", std::process::id());
+    let url = format!(
+        "postgres://postgres@localhost:5432/test?sslmode=require&hostaddr=127.0.0.1&application_name={name}"
+    );
+    let config = |tls| PostgresConfig {
+        schema: schema.name.clone(),
+        connect_timeout: Duration::from_secs(2),
+        tls,
+        ..PostgresConfig::new(url.clone())
+    };
+    let store = PostgresStore::open(config(lss_store_postgres::PostgresTls::Ca(CERT.into())))
+        .await
+        .expect("TLS with the server's CA");
+    committed(&store, 0, b"over TLS").await;
+    let unencrypted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = $1 AND NOT ssl",
+            &[&name],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert_eq!(unencrypted, 0, "every lssd session is encrypted");
+    let encrypted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE application_name = $1 AND ssl",
+            &[&name],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(encrypted >= 1, "the store's sessions are there, encrypted");
+
+    let other_ca = std::env::temp_dir().join(format!("lk-other-ca-{}.pem", std::process::id()));
+    std::fs::write(
+        &other_ca,
+        lk_testkit::pki::Ca::new("not the server's CA").cert_pem(),
+    )
+    .expect("write CA");
+    let err = PostgresStore::open(config(lss_store_postgres::PostgresTls::Ca(
+        other_ca.clone(),
+    )))
+    .await
+    .err()
+    .expect("a CA that did not sign the server's certificate");
+    assert!(matches!(err, OpenError::Connect(_)), "{err}");
+    let _ = std::fs::remove_file(other_ca);
+    let err = PostgresStore::open(config(lss_store_postgres::PostgresTls::FromUrl))
+        .await
+        .err()
+        .expect("the snakeoil certificate is not in the web PKI");
+    assert!(matches!(err, OpenError::Connect(_)), "{err}");
+}
