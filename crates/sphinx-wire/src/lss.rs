@@ -1,0 +1,668 @@
+//! The LSS relay messages between broker and signer (notes §3.2), in the
+//! reference's hand-written msgpack (notes §2.4): a data variant is a 1-entry
+//! map `{Variant: {field: value, …}}` with fields in declaration order; byte
+//! arrays are msgpack `bin`; `Muts` is an array of `[key, [version, value]]`;
+//! `None` is nil. Two quirks are reproduced exactly when encoding:
+//! `Msg::PutConflict` and `Response::PutConflictConfirmed` are a 1-entry map
+//! holding only the key, with no value (not valid msgpack in general; the
+//! reference's decoder expects it). Decoding also accepts the well-formed
+//! spellings (a bare string, or the key followed by nil).
+
+use crate::WireError;
+
+/// Stored mutations: `(key, (version, value))`, as the reference's `Muts`.
+pub type Muts = Vec<(String, (u64, Vec<u8>))>;
+
+/// Broker → signer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// Init step 1: the LSS server's public key.
+    Init {
+        /// Compressed secp256k1 key.
+        server_pubkey: [u8; 33],
+    },
+    /// Init step 2: everything stored (and the server's MAC over it).
+    Created(BrokerMutations),
+    /// A put was stored; the server's MAC proves it.
+    Stored(BrokerMutations),
+    /// A put conflicted.
+    PutConflict,
+}
+
+/// What the broker hands the signer from LSS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerMutations {
+    /// The server's MAC, when there is one.
+    pub server_hmac: Option<[u8; 32]>,
+    /// The entries.
+    pub muts: Muts,
+}
+
+/// Signer → broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Init step 1: the signer's LSS credentials and a fresh nonce.
+    Init(InitResponse),
+    /// Init step 2: the signer's new mutations and their client MAC.
+    Created(SignerMutations),
+    /// A request's mutations, to be stored before the reply is released.
+    VlsMuts(SignerMutations),
+    /// The conflict is acknowledged.
+    PutConflictConfirmed,
+}
+
+/// The signer's LSS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitResponse {
+    /// Compressed public key: the LSS namespace.
+    pub client_id: [u8; 33],
+    /// `SHA-256(shared secret)`.
+    pub auth_token: [u8; 32],
+    /// Nonce for the Get of step 2 (`None` when the signer already has state).
+    pub nonce: Option<[u8; 32]>,
+}
+
+/// Mutations with the signer's MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerMutations {
+    /// `shared_hmac(shared, 0x01, muts)`.
+    pub client_hmac: [u8; 32],
+    /// The entries.
+    pub muts: Muts,
+}
+
+// ---- encoding ----
+
+fn map(out: &mut Vec<u8>, len: u32) {
+    let _ = rmp::encode::write_map_len(out, len);
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    let _ = rmp::encode::write_str(out, s);
+}
+
+fn bin(out: &mut Vec<u8>, b: &[u8]) {
+    let _ = rmp::encode::write_bin(out, b);
+}
+
+fn opt_bin(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        Some(b) => bin(out, b),
+        None => {
+            let _ = rmp::encode::write_nil(out);
+        }
+    }
+}
+
+fn muts(out: &mut Vec<u8>, muts: &Muts) {
+    let _ = rmp::encode::write_array_len(out, muts.len() as u32);
+    for (key, (version, value)) in muts {
+        let _ = rmp::encode::write_array_len(out, 2);
+        string(out, key);
+        let _ = rmp::encode::write_array_len(out, 2);
+        let _ = rmp::encode::write_uint(out, *version);
+        bin(out, value);
+    }
+}
+
+/// `{variant: <key only>}`: the reference's unit-variant quirk.
+fn quirk_unit(out: &mut Vec<u8>, variant: &str) {
+    map(out, 1);
+    string(out, variant);
+}
+
+impl Msg {
+    /// The bytes the reference broker sends.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Msg::Init { server_pubkey } => {
+                map(&mut out, 1);
+                string(&mut out, "Init");
+                map(&mut out, 1);
+                string(&mut out, "server_pubkey");
+                bin(&mut out, server_pubkey);
+            }
+            Msg::Created(m) | Msg::Stored(m) => {
+                map(&mut out, 1);
+                string(
+                    &mut out,
+                    if matches!(self, Msg::Created(_)) {
+                        "Created"
+                    } else {
+                        "Stored"
+                    },
+                );
+                map(&mut out, 2);
+                string(&mut out, "server_hmac");
+                opt_bin(&mut out, m.server_hmac.as_ref().map(|h| h.as_slice()));
+                string(&mut out, "muts");
+                muts(&mut out, &m.muts);
+            }
+            Msg::PutConflict => quirk_unit(&mut out, "PutConflict"),
+        }
+        out
+    }
+
+    /// Parses a broker message.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        let variant = r.variant()?;
+        let msg = match variant.as_str() {
+            "PutConflict" => {
+                r.unit_value()?;
+                Msg::PutConflict
+            }
+            "Init" => {
+                let mut f = r.fields(&["server_pubkey"])?;
+                Msg::Init {
+                    server_pubkey: f.fixed("server_pubkey")?,
+                }
+            }
+            "Created" | "Stored" => {
+                let mut f = r.fields(&["server_hmac", "muts"])?;
+                let m = BrokerMutations {
+                    server_hmac: f.opt_fixed("server_hmac")?,
+                    muts: f.muts("muts")?,
+                };
+                if variant == "Created" {
+                    Msg::Created(m)
+                } else {
+                    Msg::Stored(m)
+                }
+            }
+            other => return Err(malformed(format!("unknown Msg variant {other:?}"))),
+        };
+        r.end()?;
+        Ok(msg)
+    }
+}
+
+impl Response {
+    /// The bytes the reference signer sends.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Response::Init(i) => {
+                map(&mut out, 1);
+                string(&mut out, "Init");
+                map(&mut out, 3);
+                string(&mut out, "client_id");
+                bin(&mut out, &i.client_id);
+                string(&mut out, "auth_token");
+                bin(&mut out, &i.auth_token);
+                string(&mut out, "nonce");
+                opt_bin(&mut out, i.nonce.as_ref().map(|n| n.as_slice()));
+            }
+            Response::Created(m) | Response::VlsMuts(m) => {
+                map(&mut out, 1);
+                string(
+                    &mut out,
+                    if matches!(self, Response::Created(_)) {
+                        "Created"
+                    } else {
+                        "VlsMuts"
+                    },
+                );
+                map(&mut out, 2);
+                string(&mut out, "client_hmac");
+                bin(&mut out, &m.client_hmac);
+                string(&mut out, "muts");
+                muts(&mut out, &m.muts);
+            }
+            Response::PutConflictConfirmed => quirk_unit(&mut out, "PutConflictConfirmed"),
+        }
+        out
+    }
+
+    /// Parses a signer response.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        let variant = r.variant()?;
+        let response = match variant.as_str() {
+            "PutConflictConfirmed" => {
+                r.unit_value()?;
+                Response::PutConflictConfirmed
+            }
+            "Init" => {
+                let mut f = r.fields(&["client_id", "auth_token", "nonce"])?;
+                Response::Init(InitResponse {
+                    client_id: f.fixed("client_id")?,
+                    auth_token: f.fixed("auth_token")?,
+                    nonce: f.opt_fixed("nonce")?,
+                })
+            }
+            "Created" | "VlsMuts" => {
+                let mut f = r.fields(&["client_hmac", "muts"])?;
+                let m = SignerMutations {
+                    client_hmac: f.fixed("client_hmac")?,
+                    muts: f.muts("muts")?,
+                };
+                if variant == "Created" {
+                    Response::Created(m)
+                } else {
+                    Response::VlsMuts(m)
+                }
+            }
+            other => return Err(malformed(format!("unknown Response variant {other:?}"))),
+        };
+        r.end()?;
+        Ok(response)
+    }
+}
+
+// ---- decoding ----
+
+fn malformed(what: impl Into<String>) -> WireError {
+    WireError::Malformed(what.into())
+}
+
+/// A msgpack value this protocol uses.
+#[derive(Debug)]
+enum Value {
+    Nil,
+    Bin(Vec<u8>),
+    Muts(Muts),
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn marker(&mut self) -> Result<rmp::Marker, WireError> {
+        rmp::decode::read_marker(&mut self.0).map_err(|_| malformed("truncated"))
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], WireError> {
+        if len > self.0.len() {
+            return Err(WireError::Truncated {
+                needed: len - self.0.len(),
+            });
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn be(&mut self, n: usize) -> Result<u64, WireError> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn str_of(&mut self, marker: rmp::Marker) -> Result<String, WireError> {
+        let len = match marker {
+            rmp::Marker::FixStr(n) => usize::from(n),
+            rmp::Marker::Str8 => self.be(1)? as usize,
+            rmp::Marker::Str16 => self.be(2)? as usize,
+            rmp::Marker::Str32 => self.be(4)? as usize,
+            other => return Err(malformed(format!("expected a string, found {other:?}"))),
+        };
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| malformed("string is not UTF-8"))
+    }
+
+    fn string(&mut self) -> Result<String, WireError> {
+        let marker = self.marker()?;
+        self.str_of(marker)
+    }
+
+    fn map_len_of(&mut self, marker: rmp::Marker) -> Result<usize, WireError> {
+        match marker {
+            rmp::Marker::FixMap(n) => Ok(usize::from(n)),
+            rmp::Marker::Map16 => Ok(self.be(2)? as usize),
+            rmp::Marker::Map32 => Ok(self.be(4)? as usize),
+            other => Err(malformed(format!("expected a map, found {other:?}"))),
+        }
+    }
+
+    fn array_len(&mut self) -> Result<usize, WireError> {
+        match self.marker()? {
+            rmp::Marker::FixArray(n) => Ok(usize::from(n)),
+            rmp::Marker::Array16 => Ok(self.be(2)? as usize),
+            rmp::Marker::Array32 => Ok(self.be(4)? as usize),
+            other => Err(malformed(format!("expected an array, found {other:?}"))),
+        }
+    }
+
+    fn uint(&mut self) -> Result<u64, WireError> {
+        match self.marker()? {
+            rmp::Marker::FixPos(n) => Ok(u64::from(n)),
+            rmp::Marker::U8 => self.be(1),
+            rmp::Marker::U16 => self.be(2),
+            rmp::Marker::U32 => self.be(4),
+            rmp::Marker::U64 => self.be(8),
+            other => Err(malformed(format!(
+                "expected an unsigned integer, found {other:?}"
+            ))),
+        }
+    }
+
+    fn bin_of(&mut self, marker: rmp::Marker) -> Result<Vec<u8>, WireError> {
+        let len = match marker {
+            rmp::Marker::Bin8 => self.be(1)? as usize,
+            rmp::Marker::Bin16 => self.be(2)? as usize,
+            rmp::Marker::Bin32 => self.be(4)? as usize,
+            other => return Err(malformed(format!("expected bin, found {other:?}"))),
+        };
+        Ok(self.take(len)?.to_vec())
+    }
+
+    /// The outer `{Variant: …}` (or a bare variant string).
+    fn variant(&mut self) -> Result<String, WireError> {
+        let marker = self.marker()?;
+        if let rmp::Marker::FixStr(_)
+        | rmp::Marker::Str8
+        | rmp::Marker::Str16
+        | rmp::Marker::Str32 = marker
+        {
+            return self.str_of(marker);
+        }
+        if self.map_len_of(marker)? != 1 {
+            return Err(malformed("the outer map must have one entry"));
+        }
+        self.string()
+    }
+
+    /// After a unit variant's key: nothing (the quirk) or nil.
+    fn unit_value(&mut self) -> Result<(), WireError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        match self.marker()? {
+            rmp::Marker::Null => Ok(()),
+            other => Err(malformed(format!(
+                "a unit variant has no value, found {other:?}"
+            ))),
+        }
+    }
+
+    /// A struct's fields, each exactly once, none unknown.
+    fn fields(&mut self, names: &[&'static str]) -> Result<Fields, WireError> {
+        let marker = self.marker()?;
+        let len = self.map_len_of(marker)?;
+        if len != names.len() {
+            return Err(malformed(format!(
+                "expected {} fields, found {len}",
+                names.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(len);
+        for _ in 0..len {
+            let name = self.string()?;
+            let Some(&known) = names.iter().find(|n| **n == name) else {
+                return Err(malformed(format!("unknown field {name:?}")));
+            };
+            if values.iter().any(|(n, _)| *n == known) {
+                return Err(malformed(format!("field {name:?} twice")));
+            }
+            let value = if known == "muts" {
+                Value::Muts(self.muts()?)
+            } else {
+                match self.marker()? {
+                    rmp::Marker::Null => Value::Nil,
+                    marker => Value::Bin(self.bin_of(marker)?),
+                }
+            };
+            values.push((known, value));
+        }
+        Ok(Fields(values))
+    }
+
+    fn muts(&mut self) -> Result<Muts, WireError> {
+        let len = self.array_len()?;
+        // Each entry takes at least 5 bytes: never trust `len` beyond that.
+        if len > self.0.len() / 5 {
+            return Err(WireError::Truncated {
+                needed: len * 5 - self.0.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(len);
+        for _ in 0..len {
+            if self.array_len()? != 2 {
+                return Err(malformed("a mutation is [key, [version, value]]"));
+            }
+            let key = self.string()?;
+            if self.array_len()? != 2 {
+                return Err(malformed("a mutation value is [version, value]"));
+            }
+            let version = self.uint()?;
+            let marker = self.marker()?;
+            out.push((key, (version, self.bin_of(marker)?)));
+        }
+        Ok(out)
+    }
+
+    fn end(&self) -> Result<(), WireError> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Fields {
+    fn take(&mut self, name: &str) -> Result<Value, WireError> {
+        let i = self
+            .0
+            .iter()
+            .position(|(n, _)| *n == name)
+            .ok_or_else(|| malformed(format!("missing field {name:?}")))?;
+        Ok(self.0.swap_remove(i).1)
+    }
+
+    fn fixed<const N: usize>(&mut self, name: &str) -> Result<[u8; N], WireError> {
+        match self.take(name)? {
+            Value::Bin(b) => b
+                .try_into()
+                .map_err(|b: Vec<u8>| malformed(format!("{name} is {} bytes, not {N}", b.len()))),
+            _ => Err(malformed(format!("{name} must be {N} bytes"))),
+        }
+    }
+
+    fn opt_fixed<const N: usize>(&mut self, name: &str) -> Result<Option<[u8; N]>, WireError> {
+        match self.take(name)? {
+            Value::Nil => Ok(None),
+            Value::Bin(b) => b
+                .try_into()
+                .map(Some)
+                .map_err(|b: Vec<u8>| malformed(format!("{name} is {} bytes, not {N}", b.len()))),
+            Value::Muts(_) => Err(malformed(format!("{name} must be bytes or nil"))),
+        }
+    }
+
+    fn muts(&mut self, name: &str) -> Result<Muts, WireError> {
+        match self.take(name)? {
+            Value::Muts(m) => Ok(m),
+            _ => Err(malformed(format!("{name} must be an array"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex_str(s: &str) -> String {
+        hex::encode(s.as_bytes())
+    }
+
+    /// Golden vectors, written from the msgpack spec and the reference's
+    /// shapes (notes §2.4, §3.2): prefix byte by prefix byte.
+    #[test]
+    fn golden_vectors() {
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (
+                Msg::Init {
+                    server_pubkey: [2; 33],
+                }
+                .encode(),
+                format!(
+                    "81a4{}81ad{}c421{}",
+                    hex_str("Init"),
+                    hex_str("server_pubkey"),
+                    "02".repeat(33)
+                ),
+            ),
+            (
+                Msg::PutConflict.encode(),
+                format!("81ab{}", hex_str("PutConflict")),
+            ),
+            (
+                Response::PutConflictConfirmed.encode(),
+                format!("81b4{}", hex_str("PutConflictConfirmed")),
+            ),
+            (
+                Msg::Created(BrokerMutations {
+                    server_hmac: None,
+                    muts: vec![],
+                })
+                .encode(),
+                format!(
+                    "81a7{}82ab{}c0a4{}90",
+                    hex_str("Created"),
+                    hex_str("server_hmac"),
+                    hex_str("muts")
+                ),
+            ),
+            (
+                Response::VlsMuts(SignerMutations {
+                    client_hmac: [0xaa; 32],
+                    muts: vec![("k".into(), (1, vec![1])), ("n".into(), (300, vec![]))],
+                })
+                .encode(),
+                format!(
+                    "81a7{}82ab{}c420{}a4{}92 92a1{}9201c40101 92a1{}92cd012cc400",
+                    hex_str("VlsMuts"),
+                    hex_str("client_hmac"),
+                    "aa".repeat(32),
+                    hex_str("muts"),
+                    hex_str("k"),
+                    hex_str("n")
+                )
+                .replace(' ', ""),
+            ),
+            (
+                Response::Init(InitResponse {
+                    client_id: [3; 33],
+                    auth_token: [0x55; 32],
+                    nonce: None,
+                })
+                .encode(),
+                format!(
+                    "81a4{}83a9{}c421{}aa{}c420{}a5{}c0",
+                    hex_str("Init"),
+                    hex_str("client_id"),
+                    "03".repeat(33),
+                    hex_str("auth_token"),
+                    "55".repeat(32),
+                    hex_str("nonce")
+                ),
+            ),
+            (
+                Msg::Stored(BrokerMutations {
+                    server_hmac: Some([0x11; 32]),
+                    muts: vec![],
+                })
+                .encode(),
+                format!(
+                    "81a6{}82ab{}c420{}a4{}90",
+                    hex_str("Stored"),
+                    hex_str("server_hmac"),
+                    "11".repeat(32),
+                    hex_str("muts")
+                ),
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(hex::encode(&bytes), expected);
+        }
+    }
+
+    #[test]
+    fn unit_variants_decode_in_every_spelling() {
+        let quirk = Msg::PutConflict.encode();
+        assert_eq!(Msg::decode(&quirk).expect("quirk"), Msg::PutConflict);
+        let mut with_nil = quirk.clone();
+        with_nil.push(0xc0);
+        assert_eq!(Msg::decode(&with_nil).expect("nil"), Msg::PutConflict);
+        let bare = [&[0xab][..], b"PutConflict"].concat();
+        assert_eq!(Msg::decode(&bare).expect("bare"), Msg::PutConflict);
+        assert_eq!(
+            Response::decode(&Response::PutConflictConfirmed.encode()).expect("quirk"),
+            Response::PutConflictConfirmed
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        let good = Msg::Stored(BrokerMutations {
+            server_hmac: Some([1; 32]),
+            muts: vec![("a".into(), (7, vec![9; 10]))],
+        })
+        .encode();
+        for cut in 0..good.len() {
+            assert!(Msg::decode(&good[..cut]).is_err(), "cut {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(Msg::decode(&trailing), Err(WireError::Trailing(1)));
+        // A hmac of the wrong size, an unknown variant, a Response as a Msg.
+        let short = Msg::Init {
+            server_pubkey: [2; 33],
+        }
+        .encode();
+        let mut bad = short.clone();
+        bad.truncate(bad.len() - 34);
+        bad.extend_from_slice(&[0xc4, 0x20]);
+        bad.extend_from_slice(&[2; 32]);
+        assert!(Msg::decode(&bad).is_err());
+        assert!(Msg::decode(&Response::PutConflictConfirmed.encode()).is_err());
+        assert!(Response::decode(&Msg::PutConflict.encode()).is_err());
+        // An array claiming 2^32 mutations is refused without allocating.
+        let mut huge = Vec::new();
+        map(&mut huge, 1);
+        string(&mut huge, "Stored");
+        map(&mut huge, 2);
+        string(&mut huge, "server_hmac");
+        huge.push(0xc0);
+        string(&mut huge, "muts");
+        huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(Msg::decode(&huge).is_err());
+    }
+
+    fn muts_strategy() -> impl Strategy<Value = Muts> {
+        proptest::collection::vec(
+            (
+                "[a-z/é]{0,12}",
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            ),
+            0..6,
+        )
+        .prop_map(|v| v.into_iter().map(|(k, ver, val)| (k, (ver, val))).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(muts in muts_strategy(), hmac: [u8; 32], some: bool) {
+            let msgs = [
+                Msg::Created(BrokerMutations { server_hmac: some.then_some(hmac), muts: muts.clone() }),
+                Msg::Stored(BrokerMutations { server_hmac: Some(hmac), muts: muts.clone() }),
+            ];
+            for m in msgs {
+                prop_assert_eq!(Msg::decode(&m.encode()).expect("decode"), m);
+            }
+            let r = Response::VlsMuts(SignerMutations { client_hmac: hmac, muts });
+            prop_assert_eq!(Response::decode(&r.encode()).expect("decode"), r);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Msg::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+    }
+}
