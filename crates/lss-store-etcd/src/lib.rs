@@ -42,13 +42,19 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, T
 use lss_core::{
     accepts, namespace_after, ClientId, KeyValue, Limit, LimitExceeded, PutOutcome, ValidPut,
 };
+use lss_store::retry::{Failure, Retry};
 use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
 
 const VERSION_LEN: usize = 8;
 /// Entries per page of a prefix read.
 const PAGE: i64 = 512;
-/// Attempts of one operation before [`StoreError::Unavailable`].
-const ATTEMPTS: u32 = 8;
+/// How failed operations are retried: 10, 20, 40, … 640 ms plus jitter,
+/// long enough in total (~2.5 s) to ride out a leader election.
+const RETRY: Retry = Retry {
+    engine: "etcd",
+    attempts: 8,
+    base: Duration::from_millis(10),
+};
 /// Bytes of protobuf framing counted per operation when estimating a
 /// transaction's size (generous: tags, lengths, the op wrapper).
 const OP_OVERHEAD: usize = 32;
@@ -119,11 +125,6 @@ pub struct EtcdStore {
     max_txn_ops: usize,
     max_request_bytes: usize,
     max_namespace_bytes: u64,
-}
-
-enum Failure {
-    Retry { error: String, in_doubt: bool },
-    Fail(StoreError),
 }
 
 impl EtcdStore {
@@ -595,42 +596,21 @@ impl Bulk for EtcdStore {
         after: Option<(ClientId, String)>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.scan_once(&after, limit).await {
-                Ok(result) => return result,
-                Err(Failure::Fail(e)) => return Err(e),
-                Err(Failure::Retry { error, .. }) => {
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "etcd: gave up after {ATTEMPTS} attempts: {last}"
-        )))
+        RETRY
+            .run("scan", |_| self.scan_once(&after, limit))
+            .await
+            .and_then(|result| result)
     }
 
     async fn load(&self, entries: Vec<Entry>) -> Result<u64, LoadError> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            // Retrying after a lost answer is harmless: identical entries are skipped.
-            match self.load_once(&entries).await {
-                Ok(result) => return result,
-                Err(Failure::Fail(e)) => return Err(e.into()),
-                Err(Failure::Retry { error, .. }) => {
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(
-            StoreError::Unavailable(format!("etcd: gave up after {ATTEMPTS} attempts: {last}"))
-                .into(),
-        )
+        RETRY
+            .run("load", |_| self.load_once(&entries))
+            .await
+            .map_err(LoadError::from)
+            .and_then(|result| result)
     }
 }
 
@@ -640,56 +620,18 @@ impl Store for EtcdStore {
             return Ok(PutOutcome::Committed);
         }
         self.check_size(&put)?;
-        let mut in_doubt = false;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.put_once(&put, in_doubt).await {
-                Ok(outcome) => return outcome,
-                Err(Failure::Fail(e)) => return Err(e),
-                Err(Failure::Retry {
-                    error,
-                    in_doubt: doubt,
-                }) => {
-                    tracing::debug!(attempt, %error, doubt, "etcd put retried");
-                    in_doubt |= doubt;
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "etcd: gave up after {ATTEMPTS} attempts: {last}"
-        )))
+        RETRY
+            .run("put", |doubt| self.put_once(&put, doubt))
+            .await
+            .and_then(|result| result)
     }
 
     async fn get(&self, client: ClientId, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.get_once(&client, &prefix).await {
-                Ok(result) => return result,
-                Err(Failure::Fail(e)) => return Err(e),
-                Err(Failure::Retry { error, .. }) => {
-                    tracing::debug!(attempt, %error, "etcd get retried");
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "etcd: gave up after {ATTEMPTS} attempts: {last}"
-        )))
+        RETRY
+            .run("get", |_| self.get_once(&client, &prefix))
+            .await
+            .and_then(|result| result)
     }
-}
-
-/// 10, 20, 40, … 640 ms plus jitter: long enough in total (~2.5 s) to ride
-/// out a leader election.
-async fn backoff(attempt: u32) {
-    let base = 10u64 << attempt.min(6);
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()) % (base + 1))
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
 fn corrupt(what: &str) -> Failure {

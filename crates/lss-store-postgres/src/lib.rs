@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
+use lss_store::retry::{Failure, Retry};
 use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -59,9 +60,12 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
     );",
 )];
 
-/// How many times a put or get is tried before the store gives up with
-/// [`StoreError::Unavailable`].
-const ATTEMPTS: u32 = 6;
+/// How failed operations are retried.
+const RETRY: Retry = Retry {
+    engine: "PostgreSQL",
+    attempts: 6,
+    base: Duration::from_millis(5),
+};
 
 /// TLS to the database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,14 +233,6 @@ pub struct PostgresStore {
 
 /// (client, key) as stored.
 type StoredKey = (Vec<u8>, Vec<u8>);
-
-/// What one attempt of an operation ended with.
-enum Failure {
-    /// Worth another attempt; `in_doubt` when a COMMIT may have been applied.
-    Retry { error: String, in_doubt: bool },
-    /// Final.
-    Fail(StoreError),
-}
 
 fn classify(e: tokio_postgres::Error, at_commit: bool) -> Failure {
     let retryable_state = e.code().is_some_and(|code| {
@@ -618,98 +614,40 @@ impl Bulk for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.scan_once(&after, limit).await {
-                Ok(result) => return result,
-                Err(Failure::Fail(e)) => return Err(e),
-                Err(Failure::Retry { error, .. }) => {
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
-        )))
+        RETRY
+            .run("scan", |_| self.scan_once(&after, limit))
+            .await
+            .and_then(|result| result)
     }
 
     async fn load(&self, entries: Vec<Entry>) -> Result<u64, LoadError> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            // A load whose COMMIT was cut is simply run again: identical
-            // entries are skipped, so the retry is harmless.
-            match self.load_once(&entries).await {
-                Ok(result) => return result,
-                Err(Failure::Fail(e)) => return Err(e.into()),
-                Err(Failure::Retry { error, .. }) => {
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
-        ))
-        .into())
+        // A load whose COMMIT was cut is simply run again: identical entries
+        // are skipped, so the retry is harmless.
+        RETRY
+            .run("load", |_| self.load_once(&entries))
+            .await
+            .map_err(LoadError::from)
+            .and_then(|result| result)
     }
 }
 
 impl Store for PostgresStore {
     async fn put(&self, put: ValidPut) -> Result<PutOutcome, StoreError> {
-        let mut in_doubt = false;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.put_once(&put, in_doubt).await {
-                Ok(outcome) => return outcome,
-                Err(Failure::Fail(e)) => return Err(e),
-                Err(Failure::Retry {
-                    error,
-                    in_doubt: doubt,
-                }) => {
-                    tracing::debug!(attempt, %error, doubt, "put retried");
-                    in_doubt |= doubt;
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
-        )))
+        RETRY
+            .run("put", |doubt| self.put_once(&put, doubt))
+            .await
+            .and_then(|result| result)
     }
 
     async fn get(&self, client: ClientId, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            match self.get_once(&client, &prefix).await {
-                Ok(result) => return result,
-                Err(Failure::Fail(e)) => return Err(e),
-                Err(Failure::Retry { error, .. }) => {
-                    tracing::debug!(attempt, %error, "get retried");
-                    last = error;
-                    backoff(attempt).await;
-                }
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "PostgreSQL: gave up after {ATTEMPTS} attempts: {last}"
-        )))
+        RETRY
+            .run("get", |_| self.get_once(&client, &prefix))
+            .await
+            .and_then(|result| result)
     }
-}
-
-/// 5, 10, 20, 40, 80 ms, plus up to as much again of jitter from the clock's
-/// low bits (enough to keep racing retries apart without a random source).
-async fn backoff(attempt: u32) {
-    let base = 5u64 << attempt.min(6);
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()) % (base + 1))
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
 fn quote_schema(name: &str) -> Result<String, OpenError> {

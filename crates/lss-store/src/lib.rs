@@ -15,6 +15,7 @@ use lss_core::{ClientId, KeyValue, LimitExceeded, PutOutcome, ValidPut};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod redb;
+pub mod retry;
 
 pub use crate::redb::{RedbConfig, RedbStore};
 
