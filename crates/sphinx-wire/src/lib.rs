@@ -7,7 +7,8 @@
 //!   over MQTT (sequence number, client peer id and dbid);
 //! - [`topics`]: the MQTT topic names `{cid}/{suffix}`;
 //! - [`lss`]: the LSS relay messages between broker and signer, in the exact
-//!   hand-made msgpack shapes of the reference, quirks included.
+//!   hand-made msgpack shapes of the reference, quirks included;
+//! - [`login`]: the signer's MQTT login token, checked with a freshness window.
 //!
 //! Decoders take untrusted bytes: every malformed input is an error, never a
 //! panic, and no length read from the input is trusted for an allocation
@@ -15,6 +16,7 @@
 //! and the notes' §1.2, §2.1, §2.4, §3.2.
 
 pub mod hsmd;
+pub mod login;
 pub mod lss;
 pub mod serial;
 pub mod topics;
