@@ -176,6 +176,37 @@ impl EtcdStore {
         })
     }
 
+    /// Reads `keys` in one read-only transaction, so at one revision: each
+    /// key's value and `mod_revision`, or `None` where it does not exist.
+    async fn read_together(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<(Vec<u8>, i64)>>, Failure> {
+        let count = keys.len();
+        let reads: Vec<TxnOp> = keys.into_iter().map(|k| TxnOp::get(k, None)).collect();
+        let response = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then(reads))
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let out: Vec<Option<(Vec<u8>, i64)>> = response
+            .op_responses()
+            .into_iter()
+            .map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => Ok(get
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.mod_revision()))),
+                _ => Err(corrupt("etcd answered a read with something else")),
+            })
+            .collect::<Result<_, _>>()?;
+        if out.len() != count {
+            return Err(corrupt("etcd answered a different number of reads"));
+        }
+        Ok(out)
+    }
+
     fn kv_key(&self, client: &ClientId, key: &str) -> Vec<u8> {
         [self.kv_root.as_slice(), client.as_bytes(), key.as_bytes()].concat()
     }
@@ -228,31 +259,19 @@ impl EtcdStore {
             .iter()
             .map(|kv| self.kv_key(client, &kv.key))
             .collect();
-        let mut reads = vec![TxnOp::get(usage_key.clone(), None)];
-        reads.extend(keys.iter().map(|k| TxnOp::get(k.clone(), None)));
-        let response = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(reads))
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let mut responses = response.op_responses().into_iter();
-        let (used, usage_revision) = match responses.next() {
-            Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
-                Some(kv) => (decode_usage(kv.value())?, kv.mod_revision()),
-                None => (0, 0),
-            },
-            _ => return Err(corrupt("etcd answered a read with something else")),
+        let mut reads = vec![usage_key.clone()];
+        reads.extend(keys.iter().cloned());
+        let mut stored = self.read_together(reads).await?.into_iter();
+        let (used, usage_revision) = match stored.next().flatten() {
+            Some((value, revision)) => (decode_usage(&value)?, revision),
+            None => (0, 0),
         };
         let mut conflicts = Vec::new();
         let mut freed: u64 = 0;
         for kv in put.kvs() {
-            let current = match responses.next() {
-                Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
-                    Some(stored) => Some(decode(stored.value()).map_err(Failure::Fail)?),
-                    None => None,
-                },
-                _ => return Err(corrupt("etcd answered a read with something else")),
+            let current = match stored.next().flatten() {
+                Some((value, _)) => Some(decode(&value).map_err(Failure::Fail)?),
+                None => None,
             };
             if let Some((_, value)) = &current {
                 freed += (kv.key.len() + value.len()) as u64;
@@ -484,40 +503,21 @@ impl EtcdStore {
                 .into(),
             )));
         }
-        let mut reads: Vec<TxnOp> = clients
-            .iter()
-            .map(|c| TxnOp::get(self.usage_key(c), None))
-            .collect();
-        reads.extend(
-            entries
-                .iter()
-                .map(|e| TxnOp::get(self.kv_key(&e.client, &e.kv.key), None)),
-        );
-        let response = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(reads))
-            .await
-            .map_err(|e| self.classify(e, false))?;
-        let mut responses = response.op_responses().into_iter();
+        let mut reads: Vec<Vec<u8>> = clients.iter().map(|c| self.usage_key(c)).collect();
+        reads.extend(entries.iter().map(|e| self.kv_key(&e.client, &e.kv.key)));
+        let mut stored = self.read_together(reads).await?.into_iter();
         let mut usage: Vec<(ClientId, u64, i64)> = Vec::with_capacity(clients.len());
         for client in &clients {
-            match responses.next() {
-                Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
-                    Some(kv) => usage.push((*client, decode_usage(kv.value())?, kv.mod_revision())),
-                    None => usage.push((*client, 0, 0)),
-                },
-                _ => return Err(corrupt("etcd answered a read with something else")),
+            match stored.next().flatten() {
+                Some((value, revision)) => usage.push((*client, decode_usage(&value)?, revision)),
+                None => usage.push((*client, 0, 0)),
             }
         }
         let mut new: Vec<&Entry> = Vec::new();
         for entry in entries {
-            let current = match responses.next() {
-                Some(etcd_client::TxnOpResponse::Get(get)) => match get.kvs().first() {
-                    Some(stored) => Some(decode(stored.value()).map_err(Failure::Fail)?),
-                    None => None,
-                },
-                _ => return Err(corrupt("etcd answered a read with something else")),
+            let current = match stored.next().flatten() {
+                Some((value, _)) => Some(decode(&value).map_err(Failure::Fail)?),
+                None => None,
             };
             // Earlier entries of this batch count as stored.
             let current = current.or_else(|| {

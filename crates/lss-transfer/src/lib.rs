@@ -190,42 +190,22 @@ pub async fn import<S: Bulk>(
     mut progress: impl FnMut(&Progress),
 ) -> Result<Progress, TransferError> {
     verify_file(path).await?;
-    let (batches, mut received) = tokio::sync::mpsc::channel::<Vec<Entry>>(4);
     let owned = path.to_owned();
-    let reader = std::thread::spawn(move || -> Result<(), FormatError> {
-        let file = std::fs::File::open(&owned)?;
-        let mut reader = format::Reader::new(std::io::BufReader::with_capacity(1 << 20, file))?;
-        let mut batcher = Batcher::default();
-        while let Some(entry) = reader.next_entry()? {
-            if let Some(batch) = batcher.push(entry) {
-                if batches.blocking_send(batch).is_err() {
-                    return Ok(());
+    let (done, read) = load_from(
+        store,
+        move |sink| {
+            let file = std::fs::File::open(&owned)?;
+            let mut reader = format::Reader::new(std::io::BufReader::with_capacity(1 << 20, file))?;
+            while let Some(entry) = reader.next_entry()? {
+                if !sink(entry) {
+                    break;
                 }
             }
-        }
-        if let Some(batch) = batcher.finish() {
-            let _ = batches.blocking_send(batch);
-        }
-        Ok(())
-    });
-    let mut done = Progress::default();
-    let mut loaded = Ok(());
-    while let Some(batch) = received.recv().await {
-        batch.iter().for_each(|e| done.add(e));
-        match store.load(batch).await {
-            Ok(written) => done.written += written,
-            Err(e) => {
-                loaded = Err(TransferError::from(e));
-                break;
-            }
-        }
-        progress(&done);
-    }
-    drop(received);
-    let read = reader
-        .join()
-        .map_err(|_| TransferError::Internal("the import reader panicked".into()))?;
-    loaded?;
+            Ok::<_, FormatError>(())
+        },
+        &mut progress,
+    )
+    .await?;
     // The file was verified already; a failure now means it changed under us.
     read.map_err(file_error(path))?;
     Ok(done)
@@ -303,16 +283,35 @@ pub async fn import_reference<S: Bulk>(
     path: &Path,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Progress, TransferError> {
-    let (batches, mut received) = tokio::sync::mpsc::channel::<Vec<Entry>>(4);
     let owned = path.to_owned();
+    let (done, read) = load_from(
+        store,
+        move |sink| reference::read(&owned, sink),
+        &mut progress,
+    )
+    .await?;
+    read?;
+    Ok(done)
+}
+
+/// Runs `source` on a thread of its own and loads what it yields into
+/// `store` in batches. The source hands entries to its sink, which returns
+/// false once loading has stopped (after a load error). Returns what was
+/// loaded and the source's own result; a load error wins over it.
+async fn load_from<S: Bulk, E: Send + 'static>(
+    store: &S,
+    source: impl FnOnce(&mut dyn FnMut(Entry) -> bool) -> Result<(), E> + Send + 'static,
+    progress: &mut impl FnMut(&Progress),
+) -> Result<(Progress, Result<(), E>), TransferError> {
+    let (batches, mut received) = tokio::sync::mpsc::channel::<Vec<Entry>>(4);
     let reader = std::thread::spawn(move || {
         let mut batcher = Batcher::default();
-        let mut sender_gone = false;
-        let result = reference::read(&owned, |entry| {
+        let mut open = true;
+        let result = source(&mut |entry| {
             if let Some(batch) = batcher.push(entry) {
-                sender_gone |= batches.blocking_send(batch).is_err();
+                open = batches.blocking_send(batch).is_ok();
             }
-            !sender_gone
+            open
         });
         if let Some(batch) = batcher.finish() {
             let _ = batches.blocking_send(batch);
@@ -335,10 +334,9 @@ pub async fn import_reference<S: Bulk>(
     drop(received);
     let read = reader
         .join()
-        .map_err(|_| TransferError::Internal("the reference reader panicked".into()))?;
+        .map_err(|_| TransferError::Internal("a transfer reader panicked".into()))?;
     loaded?;
-    read?;
-    Ok(done)
+    Ok((done, read))
 }
 
 /// Groups entries into loads that every backend accepts.
