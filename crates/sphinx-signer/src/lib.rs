@@ -1,0 +1,20 @@
+//! A host signer for the sphinx-key architecture.
+//!
+//! It holds the node's seed, runs the Validating Lightning Signer
+//! (`vls-protocol-signer`) over a durable local store (redb), and answers the
+//! broker's requests over MQTT. Shape:
+//! - [`seed`]: the seed and signer id on disk;
+//! - [`core`]: VLS behind the serial request format, no network; never
+//!   leaves a transaction open, answers duplicates from a cache, turns bad
+//!   input and VLS panics into errors;
+//! - [`run`]: the MQTT loop (login, subscriptions, reconnect without
+//!   restarting) that feeds the core on its own thread.
+//!
+//! Protocol: `../shared/docs/sphinx-protocol.md`; the reference's weaknesses
+//! this avoids are named `W…` after the notes' §6.
+
+pub mod core;
+pub mod run;
+pub mod seed;
+
+pub use vls_protocol_signer::lightning_signer::bitcoin::Network;

@@ -1,0 +1,131 @@
+//! `sphinx-signer`: create a seed, or run the signer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sphinx_signer::{run, seed, Network};
+
+#[derive(Parser)]
+#[command(version, about = "A VLS signer for the sphinx-key broker")]
+struct Args {
+    /// Directory for the seed, the signer id and the signer's store.
+    #[arg(
+        long,
+        env = "SIGNER_DATA_DIR",
+        default_value = "./signer-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// The chain the node runs on.
+    #[arg(long, env = "SIGNER_NETWORK", value_enum, default_value_t = Net::Regtest, global = true)]
+    network: Net,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new random seed (mode 0600) in the data directory.
+    Init,
+    /// Connect to the broker and sign.
+    Run {
+        /// The broker: mqtt://host:port or mqtts://host:port.
+        #[arg(long, env = "SIGNER_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+        mqtt_url: String,
+        /// CA certificate (PEM) that signed the broker's TLS certificate.
+        #[arg(long, env = "SIGNER_MQTT_CA")]
+        mqtt_ca: Option<PathBuf>,
+        /// Static MQTT username (external brokers such as Mosquitto). Without
+        /// it, the signer logs in with its node key.
+        #[arg(long, env = "SIGNER_MQTT_USERNAME", requires = "mqtt_password_file")]
+        mqtt_username: Option<String>,
+        /// File holding the static MQTT password.
+        #[arg(long, env = "SIGNER_MQTT_PASSWORD_FILE", requires = "mqtt_username")]
+        mqtt_password_file: Option<PathBuf>,
+        /// MQTT keep-alive in seconds.
+        #[arg(long, default_value_t = 10)]
+        keep_alive_secs: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Net {
+    Bitcoin,
+    Testnet,
+    Signet,
+    Regtest,
+}
+
+impl From<Net> for Network {
+    fn from(net: Net) -> Network {
+        match net {
+            Net::Bitcoin => Network::Bitcoin,
+            Net::Testnet => Network::Testnet,
+            Net::Signet => Network::Signet,
+            Net::Regtest => Network::Regtest,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match args.command {
+        Command::Init => {
+            std::fs::create_dir_all(&args.data_dir)
+                .with_context(|| format!("creating {}", args.data_dir.display()))?;
+            let path = args.data_dir.join("seed");
+            seed::create(&path)?;
+            let seed = seed::load(&path)?;
+            let (node_id, _) = run::node_key(args.network.into(), &seed);
+            println!("created {}; node id {node_id}", path.display());
+            Ok(())
+        }
+        Command::Run {
+            mqtt_url,
+            mqtt_ca,
+            mqtt_username,
+            mqtt_password_file,
+            keep_alive_secs,
+        } => {
+            let credentials = match (mqtt_username, mqtt_password_file) {
+                (Some(user), Some(file)) => {
+                    let pass = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    Some((user, pass.trim_end().to_string()))
+                }
+                _ => None,
+            };
+            let config = run::Config {
+                url: mqtt_url,
+                ca: mqtt_ca,
+                credentials,
+                network: args.network.into(),
+                data_dir: args.data_dir,
+                keep_alive: Duration::from_secs(keep_alive_secs),
+            };
+            run::run(config, shutdown()).await?;
+            tracing::info!("signer stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

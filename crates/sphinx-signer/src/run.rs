@@ -1,0 +1,282 @@
+//! The signer's MQTT side: connect, log in, subscribe to its own topics,
+//! announce itself, and feed requests to the [`Core`] on its own thread.
+//!
+//! Reconnects never restart the process (the reference reboots, `W7`): the
+//! event loop reconnects with a fresh login token (tokens expire by design),
+//! re-subscribes and says `hello` again; the broker answers with `HsmdInit`
+//! and resends whatever it was waiting for, which the core answers from its
+//! cache if it had already signed it.
+
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use secp256k1::{PublicKey, Secp256k1, SecretKey};
+use sphinx_wire::topics::{self, Suffix};
+use vls_protocol_signer::lightning_signer::bitcoin::Network;
+use vls_protocol_signer::lightning_signer::signer::derive::{key_derive, KeyDerivationStyle};
+
+use crate::core::{Core, CoreError};
+
+/// Largest MQTT packet either way: a 128 KiB hsmd frame plus headers, with
+/// room for LSS state in part 2.
+pub const MAX_PACKET: usize = 1024 * 1024;
+
+/// How the signer reaches and logs in to the broker.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// CA certificate (PEM) for `mqtts://`.
+    pub ca: Option<PathBuf>,
+    /// Static credentials (an external broker such as Mosquitto); without
+    /// them the signer logs in with its node key (username = node id,
+    /// password = a fresh signed timestamp).
+    pub credentials: Option<(String, String)>,
+    /// The chain.
+    pub network: Network,
+    /// Where the seed, id and store live.
+    pub data_dir: PathBuf,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+}
+
+/// Why the signer cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A file problem.
+    #[error(transparent)]
+    Seed(#[from] crate::seed::SeedError),
+    /// The store or node cannot be opened.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The node key, derived from the seed as VLS does (native derivation).
+pub fn node_key(network: Network, seed: &[u8; 32]) -> (PublicKey, SecretKey) {
+    key_derive(KeyDerivationStyle::Native, network).node_keys(seed, &Secp256k1::new())
+}
+
+fn now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+fn parse_url(url: &str) -> Result<(bool, String, u16), RunError> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(RunError::Config(format!(
+            "MQTT URL {url:?} must start with mqtt:// or mqtts://"
+        )));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse()
+                .map_err(|_| RunError::Config(format!("bad port in MQTT URL {url:?}")))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(RunError::Config(format!("no host in MQTT URL {url:?}")));
+    }
+    Ok((tls, host.to_string(), port))
+}
+
+enum Job {
+    Init(Vec<u8>),
+    Request(Vec<u8>),
+    Unsupported(Suffix),
+}
+
+/// Runs the signer until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
+    let seed = crate::seed::load(&config.data_dir.join("seed"))?;
+    let id = crate::seed::signer_id(&config.data_dir.join("signer-id"))?;
+    let cid = hex::encode(id);
+    let (node_id, node_secret) = node_key(config.network, &seed);
+    let (tls, host, port) = parse_url(&config.url)?;
+    let core = Core::open(config.network, seed, &config.data_dir.join("vls"))?;
+    tracing::info!(%cid, node_id = %node_id, network = %config.network, "signer ready");
+
+    let mut options = MqttOptions::new(cid.clone(), host, port);
+    options.set_keep_alive(config.keep_alive);
+    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    options.set_clean_session(true);
+    options.set_last_will(LastWill::new(
+        topics::topic(&cid, Suffix::Bye),
+        Vec::new(),
+        QoS::AtMostOnce,
+        false,
+    ));
+    if tls {
+        let ca = match &config.ca {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| RunError::Config(format!("{}: {e}", path.display())))?,
+            None => {
+                return Err(RunError::Config(
+                    "mqtts:// needs the broker's CA certificate (--mqtt-ca)".into(),
+                ))
+            }
+        };
+        options.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    let login = |options: &mut MqttOptions| match &config.credentials {
+        Some((user, pass)) => {
+            options.set_credentials(user.clone(), pass.clone());
+        }
+        None => {
+            options.set_credentials(
+                node_id.to_string(),
+                sphinx_wire::login::password(&node_secret, now()),
+            );
+        }
+    };
+    login(&mut options);
+
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let (jobs, job_rx) = std_mpsc::channel::<Job>();
+    let worker = spawn_core(core, job_rx, client.clone(), cid.clone());
+
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            () = &mut shutdown => break,
+            event = events.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!("connected to the broker");
+                let filters = SUBSCRIPTIONS.iter().map(|s| {
+                    rumqttc::SubscribeFilter::new(topics::topic(&cid, *s), QoS::AtLeastOnce)
+                });
+                let hello = sphinx_wire::login::password(&node_secret, now());
+                if client.try_subscribe_many(filters).is_err()
+                    || client
+                        .try_publish(
+                            topics::topic(&cid, Suffix::Hello),
+                            QoS::AtLeastOnce,
+                            false,
+                            hello,
+                        )
+                        .is_err()
+                {
+                    tracing::warn!("cannot queue the subscriptions; reconnecting");
+                    let _ = client.try_disconnect();
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let job = match topics::parse(&publish.topic) {
+                    Ok((topic_cid, suffix)) if topic_cid == cid => match suffix {
+                        Suffix::Init3Msg => Job::Init(publish.payload.to_vec()),
+                        Suffix::Vls => Job::Request(publish.payload.to_vec()),
+                        other => Job::Unsupported(other),
+                    },
+                    _ => {
+                        tracing::warn!(topic = %publish.topic, "message on a foreign topic ignored");
+                        continue;
+                    }
+                };
+                if jobs.send(job).is_err() {
+                    tracing::error!("the signing thread is gone");
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // A fresh token for the next CONNECT: old ones expire.
+                login(&mut events.mqtt_options);
+            }
+        }
+    }
+    drop(jobs);
+    let _ = client.try_disconnect();
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    Ok(())
+}
+
+/// What the signer subscribes to: every topic only the broker publishes.
+const SUBSCRIPTIONS: [Suffix; 8] = [
+    Suffix::Vls,
+    Suffix::Init1Msg,
+    Suffix::Init2Msg,
+    Suffix::Init3Msg,
+    Suffix::LssMsg,
+    Suffix::LssConflict,
+    Suffix::Control,
+    Suffix::Proxy,
+];
+
+fn spawn_core(
+    mut core: Core,
+    jobs: std_mpsc::Receiver<Job>,
+    client: AsyncClient,
+    cid: String,
+) -> std::thread::JoinHandle<()> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("vls".into())
+        .spawn(move || {
+            let publish = |suffix: Suffix, payload: Vec<u8>| {
+                let topic = topics::topic(&cid, suffix);
+                if let Err(e) =
+                    runtime.block_on(client.publish(topic, QoS::AtLeastOnce, false, payload))
+                {
+                    tracing::warn!(error = %e, "cannot publish");
+                }
+            };
+            while let Ok(job) = jobs.recv() {
+                let (ok_topic, result) = match job {
+                    Job::Init(payload) => (Suffix::Init3Res, core.init(&payload)),
+                    Job::Request(payload) => (Suffix::VlsRes, core.handle(&payload)),
+                    Job::Unsupported(suffix) => (
+                        Suffix::Error,
+                        Err(CoreError::Refused {
+                            name: suffix.as_str().into(),
+                            reason: "not supported by this signer".into(),
+                        }),
+                    ),
+                };
+                match result {
+                    Ok(reply) => publish(ok_topic, reply),
+                    Err(e) => {
+                        tracing::error!(error = %e, "request failed");
+                        publish(Suffix::Error, error_payload(&e.to_string()));
+                    }
+                }
+            }
+        })
+        .expect("spawn the signing thread")
+}
+
+/// The reference's error payload: UTF-8 text followed by one code byte
+/// (1 = VLS).
+pub fn error_payload(message: &str) -> Vec<u8> {
+    let mut out = message.as_bytes().to_vec();
+    out.push(1);
+    out
+}

@@ -1,0 +1,215 @@
+//! The signing core against real VLS: init, signing checked
+//! cryptographically, duplicates, restarts, and hostile input.
+
+use secp256k1::ecdh::SharedSecret;
+use secp256k1::{Secp256k1, SecretKey};
+use sphinx_signer::core::{Core, CoreError};
+use sphinx_signer::run::node_key;
+use sphinx_signer::Network;
+use sphinx_wire::hsmd::Frame;
+use sphinx_wire::serial;
+use vls_protocol_signer::lightning_signer::bitcoin::blockdata::constants::genesis_block;
+use vls_protocol_signer::vls_protocol::model::{Bip32KeyVersion, PubKey};
+use vls_protocol_signer::vls_protocol::msgs::{self, SerBolt};
+
+const SEED: [u8; 32] = [7; 32];
+
+fn request(seq: u16, dbid: u64, message: &dyn SerBolt) -> Vec<u8> {
+    let peer_id = if dbid == 0 { [0; 33] } else { peer() };
+    serial::Request {
+        seq,
+        peer_id,
+        dbid,
+        frame: Frame::from_message(&message.as_vec()).expect("frame"),
+    }
+    .encode()
+    .expect("encode")
+}
+
+fn peer() -> [u8; 33] {
+    let key = SecretKey::from_slice(&[9; 32]).expect("key");
+    key.public_key(&Secp256k1::new()).serialize()
+}
+
+fn hsmd_init(network: Network) -> msgs::HsmdInit {
+    msgs::HsmdInit {
+        key_version: Bip32KeyVersion {
+            pubkey_version: 0x043587cf,
+            privkey_version: 0x04358394,
+        },
+        chain_params: genesis_block(network).block_hash(),
+        encryption_key: None,
+        dev_privkey: None,
+        dev_bip32_seed: None,
+        dev_channel_secrets: None,
+        dev_channel_secrets_shaseed: None,
+        hsm_wire_min_version: 2,
+        hsm_wire_max_version: 6,
+    }
+}
+
+fn reply(payload: &[u8], seq: u16) -> msgs::Message {
+    let response = serial::Response::decode(payload).expect("response");
+    assert_eq!(response.seq, seq);
+    msgs::from_vec(response.frame.message()).expect("reply parses")
+}
+
+fn started(dir: &std::path::Path) -> Core {
+    let mut core = Core::open(Network::Regtest, SEED, dir).expect("open");
+    let payload = core
+        .init(&request(0, 0, &hsmd_init(Network::Regtest)))
+        .expect("init");
+    let msgs::Message::HsmdInitReplyV4(init) = reply(&payload, 0) else {
+        panic!("not a V4 init reply");
+    };
+    let (node_id, _) = node_key(Network::Regtest, &SEED);
+    assert_eq!(init.node_id.0, node_id.serialize(), "node id from the seed");
+    assert_eq!(init.hsm_version, 6);
+    core
+}
+
+#[test]
+fn ecdh_matches_the_other_side_and_duplicates_are_not_resigned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut core = started(dir.path());
+    let other = SecretKey::from_slice(&[3; 32]).expect("key");
+    let point = other.public_key(&Secp256k1::new());
+    let req = request(
+        1,
+        0,
+        &msgs::Ecdh {
+            point: PubKey(point.serialize()),
+        },
+    );
+    let payload = core.handle(&req).expect("ecdh");
+    let msgs::Message::EcdhReply(ecdh) = reply(&payload, 1) else {
+        panic!("not an ECDH reply");
+    };
+    let (node_id, _) = node_key(Network::Regtest, &SEED);
+    assert_eq!(
+        ecdh.secret.0,
+        SharedSecret::new(&node_id, &other).secret_bytes()
+    );
+
+    // The same request again: the same bytes back, from the cache.
+    assert_eq!(core.handle(&req).expect("duplicate"), payload);
+    // The same sequence with other bytes is refused.
+    let other_req = request(
+        1,
+        0,
+        &msgs::Ecdh {
+            point: PubKey(node_id.serialize()),
+        },
+    );
+    assert!(matches!(
+        core.handle(&other_req),
+        Err(CoreError::SequenceReused(1))
+    ));
+}
+
+#[test]
+fn channels_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut core = started(dir.path());
+        let new = msgs::NewChannel {
+            peer_id: PubKey(peer()),
+            dbid: 1,
+        };
+        let payload = core.handle(&request(1, 0, &new)).expect("new channel");
+        assert!(matches!(
+            reply(&payload, 1),
+            msgs::Message::NewChannelReply(_)
+        ));
+    }
+    let mut core = started(dir.path());
+    let point = msgs::GetPerCommitmentPoint {
+        commitment_number: 0,
+    };
+    let payload = core.handle(&request(2, 1, &point)).expect("known channel");
+    assert!(matches!(
+        reply(&payload, 2),
+        msgs::Message::GetPerCommitmentPointReply(_)
+    ));
+    // A channel never created is an error, and the core carries on.
+    let err = core
+        .handle(&request(3, 7, &point))
+        .expect_err("unknown channel");
+    assert!(matches!(err, CoreError::Refused { .. }), "{err}");
+    let payload = core.handle(&request(4, 1, &point)).expect("still serving");
+    assert!(matches!(
+        reply(&payload, 4),
+        msgs::Message::GetPerCommitmentPointReply(_)
+    ));
+}
+
+#[test]
+fn hostile_input_is_an_error_and_never_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut core = Core::open(Network::Regtest, SEED, dir.path()).expect("open");
+    let ecdh = msgs::Ecdh {
+        point: PubKey(peer()),
+    };
+    assert!(matches!(
+        core.handle(&request(1, 0, &ecdh)),
+        Err(CoreError::NotInitialised)
+    ));
+    // Another chain, impossible versions, not an init at all.
+    let err = core
+        .init(&request(0, 0, &hsmd_init(Network::Bitcoin)))
+        .expect_err("mainnet node on a regtest signer");
+    assert!(err.to_string().contains("another chain"), "{err}");
+    let mut bad_versions = hsmd_init(Network::Regtest);
+    bad_versions.hsm_wire_min_version = 7;
+    bad_versions.hsm_wire_max_version = 9;
+    assert!(matches!(
+        core.init(&request(0, 0, &bad_versions)),
+        Err(CoreError::BadInit(_))
+    ));
+    assert!(matches!(
+        core.init(&request(0, 0, &ecdh)),
+        Err(CoreError::BadInit(_))
+    ));
+    for garbage in [
+        &b""[..],
+        &[0xAA, 0x55][..],
+        &[0u8; 60][..],
+        &[0xAA, 0x55, 0, 1][..],
+    ] {
+        assert!(core.init(garbage).is_err());
+        assert!(core.handle(garbage).is_err());
+    }
+    let mut core = started(dir.path());
+    // An unknown type, a truncated body, an invalid point.
+    let unknown = serial::Request {
+        seq: 5,
+        peer_id: [0; 33],
+        dbid: 0,
+        frame: Frame {
+            ty: 4242,
+            body: vec![1, 2, 3],
+        },
+    };
+    assert!(core.handle(&unknown.encode().expect("encode")).is_err());
+    let truncated = serial::Request {
+        seq: 6,
+        peer_id: [0; 33],
+        dbid: 0,
+        frame: Frame {
+            ty: 1,
+            body: vec![2; 10],
+        },
+    };
+    assert!(core.handle(&truncated.encode().expect("encode")).is_err());
+    let bad_point = msgs::Ecdh {
+        point: PubKey([5; 33]),
+    };
+    assert!(core.handle(&request(7, 0, &bad_point)).is_err());
+    // A message for a channel handler sent to the root (VLS would panic).
+    let point = msgs::GetPerCommitmentPoint {
+        commitment_number: 0,
+    };
+    assert!(core.handle(&request(8, 0, &point)).is_err());
+    // Still serving.
+    assert!(core.handle(&request(9, 0, &ecdh)).is_ok());
+}
