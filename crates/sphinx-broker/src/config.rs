@@ -1,0 +1,252 @@
+//! Broker settings: flags, then environment (`BROKER_*`), then a TOML file
+//! (`--config`, or `broker.toml` in the working directory, which is
+//! lightningd's network directory when CLN starts the broker), then
+//! defaults. Lightningd starts its hsmd with fixed arguments, so the
+//! environment and the file are the usual way to configure it; the
+//! arguments lightningd adds (`--log-io`, `--developer`, …) are accepted and
+//! ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Every setting; `None` means "not given here".
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    about = "hsmd for Core Lightning that relays to a remote VLS signer over MQTT",
+    disable_version_flag = true
+)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of these settings (default: ./broker.toml if present).
+    #[arg(long, env = "BROKER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for the broker's state (the pinned owner key).
+    #[arg(long, env = "BROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Embedded MQTT server address [default: 0.0.0.0:1883].
+    #[arg(long, env = "BROKER_MQTT_LISTEN")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// Use an external MQTT server instead (mqtt://host:port).
+    #[arg(long, env = "BROKER_MQTT_EXTERNAL")]
+    pub mqtt_external: Option<String>,
+    /// The broker's username on the external MQTT server.
+    #[arg(long, env = "BROKER_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    /// File with the broker's password on the external MQTT server.
+    #[arg(long, env = "BROKER_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// The owner's node id (hex): only this key may log in as a signer.
+    /// Without it, the first login is pinned (and written to the data dir).
+    #[arg(long, env = "BROKER_OWNER")]
+    pub owner: Option<String>,
+    /// How old a signer's login token may be, in seconds [default: 120].
+    #[arg(long, env = "BROKER_LOGIN_WINDOW_SECS")]
+    pub login_window_secs: Option<u64>,
+    /// A request without a reply after this many seconds fails, and its CLN
+    /// connection is closed [default: 60].
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Run without LSS: the signer's state lives only on the signer.
+    #[arg(long, env = "BROKER_NO_LSS")]
+    pub no_lss: Option<bool>,
+    /// Passed by lightningd; ignored.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub log_io: bool,
+    /// Passed by lightningd; ignored.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub developer: bool,
+    /// Passed by lightningd; ignored.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub dev_disconnect: Option<String>,
+}
+
+/// Where the signers connect.
+#[derive(Debug, Clone)]
+pub enum Mqtt {
+    /// The embedded server on this address.
+    Embedded(SocketAddr),
+    /// An external server.
+    External(crate::link::External),
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// MQTT.
+    pub mqtt: Mqtt,
+    /// Configured owner.
+    pub owner: Option<secp256k1::PublicKey>,
+    /// Login token window.
+    pub login_window: u64,
+    /// Request deadline.
+    pub request_timeout: Duration,
+}
+
+/// A setting is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+macro_rules! merge {
+    ($args:ident, $file:ident, $($field:ident),*) => {
+        $( if $args.$field.is_none() { $args.$field = $file.$field.take(); } )*
+    };
+}
+
+impl Settings {
+    /// Fills what flags and environment left open from the file.
+    pub fn with_file(mut self) -> Result<Settings, ConfigError> {
+        let path = match &self.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("broker.toml")).filter(|p| p.exists()),
+        };
+        if let Some(path) = path {
+            let mut file = read_file(&path)?;
+            merge!(
+                self,
+                file,
+                data_dir,
+                mqtt_listen,
+                mqtt_external,
+                mqtt_username,
+                mqtt_password_file,
+                owner,
+                login_window_secs,
+                request_timeout_secs,
+                no_lss
+            );
+        }
+        Ok(self)
+    }
+
+    /// Applies defaults and checks everything.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        if self.no_lss != Some(true) {
+            return Err(ConfigError(
+                "LSS persistence is not available in this version of the broker: start it with \
+                 --no-lss (or BROKER_NO_LSS=true, or no_lss = true in broker.toml) to run with \
+                 the signer's state kept only on the signer"
+                    .into(),
+            ));
+        }
+        let owner = match &self.owner {
+            Some(hex_key) => Some(
+                hex::decode(hex_key)
+                    .ok()
+                    .and_then(|b| secp256k1::PublicKey::from_slice(&b).ok())
+                    .ok_or_else(|| {
+                        ConfigError(format!("--owner {hex_key:?} is not a node id in hex"))
+                    })?,
+            ),
+            None => None,
+        };
+        let mqtt = match self.mqtt_external {
+            Some(url) => {
+                let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+                    ConfigError(format!("--mqtt-external {url:?} must be mqtt://host:port"))
+                })?;
+                let (host, port) = rest
+                    .trim_end_matches('/')
+                    .rsplit_once(':')
+                    .unwrap_or((rest, "1883"));
+                let port = port
+                    .parse()
+                    .map_err(|_| ConfigError(format!("--mqtt-external {url:?}: bad port")))?;
+                let (Some(username), Some(password_file)) =
+                    (self.mqtt_username, self.mqtt_password_file)
+                else {
+                    return Err(ConfigError(
+                        "--mqtt-external needs --mqtt-username and --mqtt-password-file".into(),
+                    ));
+                };
+                let password = std::fs::read_to_string(&password_file)
+                    .map_err(|e| ConfigError(format!("{}: {e}", password_file.display())))?;
+                Mqtt::External(crate::link::External {
+                    host: host.to_string(),
+                    port,
+                    username,
+                    password: password.trim_end().to_string(),
+                })
+            }
+            None => Mqtt::Embedded(
+                self.mqtt_listen
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
+            ),
+        };
+        let request_timeout = self.request_timeout_secs.unwrap_or(60);
+        if request_timeout == 0 {
+            return Err(ConfigError(
+                "--request-timeout-secs must be at least 1".into(),
+            ));
+        }
+        Ok(Config {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("sphinx-broker")),
+            mqtt,
+            owner,
+            login_window: self.login_window_secs.unwrap_or(120),
+            request_timeout: Duration::from_secs(request_timeout),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.toml");
+        std::fs::write(
+            &path,
+            "no_lss = true\nrequest_timeout_secs = 5\nlogin_window_secs = 30\n",
+        )
+        .expect("write");
+        let args = Settings::parse_from([
+            "sphinx-broker",
+            "--config",
+            path.to_str().expect("utf8"),
+            "--request-timeout-secs",
+            "9",
+            "--log-io",
+        ]);
+        let config = args.with_file().expect("file").resolve().expect("resolve");
+        assert_eq!(config.request_timeout, Duration::from_secs(9));
+        assert_eq!(config.login_window, 30);
+        std::fs::write(&path, "no_lss = true\nrequest_timeout = 5\n").expect("write");
+        let args =
+            Settings::parse_from(["sphinx-broker", "--config", path.to_str().expect("utf8")]);
+        let err = args.with_file().expect_err("unknown key");
+        assert!(err.0.contains("request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn running_without_lss_must_be_explicit() {
+        let err = Settings::parse_from(["sphinx-broker"])
+            .resolve()
+            .expect_err("no --no-lss");
+        assert!(err.0.contains("--no-lss"), "{err}");
+        let err = Settings::parse_from(["sphinx-broker", "--no-lss", "true", "--owner", "zz"])
+            .resolve()
+            .expect_err("bad owner");
+        assert!(err.0.contains("--owner"), "{err}");
+    }
+}

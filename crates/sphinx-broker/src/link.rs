@@ -1,0 +1,287 @@
+//! The broker's MQTT side, embedded or external, as one stream of
+//! [`LinkEvent`]s and one `publish`.
+//!
+//! Both modes give the scheduler the same guarantees:
+//! - a signer is announced ([`LinkEvent::Hello`]) only after its node key
+//!   proved itself with a fresh login token and matched the pinned owner;
+//! - a message is attributed to the cid it came from, and a signer can only
+//!   speak on its own topics.
+//!
+//! **Embedded** (default): [`mqtt_server`] with [`SignerPolicy`]: the token
+//! is the CONNECT password (username = node id, client id = cid, as
+//! sphinx-key devices do), and each connection may publish only on its own
+//! signer-side topics and subscribe only to its own broker-side ones.
+//!
+//! **External** (e.g. Mosquitto): the MQTT server authenticates each client
+//! with its own credentials and enforces the ACL file (docs/sphinx.md gives
+//! it); the broker additionally requires the token as the payload of
+//! `{cid}/hello`, so an MQTT account alone does not make a signer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mqtt_server::{Inbound, Policy, Refusal};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use sphinx_wire::topics::{self, Suffix};
+use tokio::sync::mpsc;
+
+use crate::owner::Owner;
+
+/// Largest MQTT packet.
+pub const MAX_PACKET: usize = 1024 * 1024;
+
+/// What the signers do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A signer (re)started its session and is authenticated.
+    Hello {
+        /// Its id.
+        cid: String,
+    },
+    /// A signer's connection ended.
+    Gone {
+        /// Its id.
+        cid: String,
+    },
+    /// A signer published.
+    Message {
+        /// Its id.
+        cid: String,
+        /// The topic suffix.
+        suffix: Suffix,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+/// Sends to signers.
+#[derive(Clone)]
+pub enum Link {
+    /// The embedded server.
+    Embedded(mqtt_server::Handle),
+    /// A connection to an external server.
+    External(AsyncClient),
+}
+
+impl Link {
+    /// Publishes `payload` on `{cid}/{suffix}`.
+    pub async fn publish(&self, cid: &str, suffix: Suffix, payload: Vec<u8>) {
+        let topic = topics::topic(cid, suffix);
+        match self {
+            Link::Embedded(handle) => {
+                if handle.publish(&topic, Bytes::from(payload)) == 0 {
+                    tracing::warn!(%topic, "no subscriber for a message to a signer");
+                }
+            }
+            Link::External(client) => {
+                if let Err(e) = client
+                    .publish(topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot publish to the MQTT server");
+                }
+            }
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Login and topic rules for the embedded server.
+pub struct SignerPolicy {
+    /// The pinned owner.
+    pub owner: Arc<Owner>,
+    /// How old (or how far ahead) a login token may be, in seconds.
+    pub window: u64,
+}
+
+impl Policy for SignerPolicy {
+    fn login(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let refuse = |bad_credentials, reason: String| Refusal {
+            bad_credentials,
+            reason,
+        };
+        // The cid names the topics; it must be one a topic can carry.
+        if topics::parse(&topics::topic(client_id, Suffix::Hello)).is_err() {
+            return Err(refuse(
+                false,
+                "client id is not a signer id (32 hex)".into(),
+            ));
+        }
+        let (Some(username), Some(password)) = (username, password) else {
+            return Err(refuse(true, "no username and token".into()));
+        };
+        let key = sphinx_wire::login::check(username, password, now(), self.window)
+            .map_err(|e| refuse(true, e.to_string()))?;
+        self.owner
+            .admit(key)
+            .map_err(|e| refuse(false, e.to_string()))
+    }
+
+    fn may_publish(&self, client_id: &str, topic: &str) -> bool {
+        matches!(topics::parse(topic), Ok((cid, suffix)) if cid == client_id && !suffix.broker_publishes())
+    }
+
+    fn may_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        matches!(topics::parse(filter), Ok((cid, suffix)) if cid == client_id && suffix.broker_publishes())
+    }
+}
+
+/// Starts the embedded MQTT server.
+pub async fn embedded(
+    listen: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    policy: SignerPolicy,
+) -> std::io::Result<(Link, mpsc::Receiver<LinkEvent>, SocketAddr)> {
+    let mut config = mqtt_server::Config::new(listen);
+    config.max_packet = MAX_PACKET;
+    config.tls = tls;
+    let mut server = mqtt_server::Server::start(config, Arc::new(policy)).await?;
+    let addr = server.local_addr;
+    let link = Link::Embedded(server.handle.clone());
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        while let Some(event) = server.events.recv().await {
+            let event = match event {
+                Inbound::Connected { .. } => continue,
+                Inbound::Disconnected { client_id } => LinkEvent::Gone { cid: client_id },
+                Inbound::Published {
+                    client_id,
+                    topic,
+                    payload,
+                } => match topics::parse(&topic) {
+                    Ok((_, Suffix::Hello)) => LinkEvent::Hello { cid: client_id },
+                    Ok((_, Suffix::Bye)) => LinkEvent::Gone { cid: client_id },
+                    Ok((_, suffix)) => LinkEvent::Message {
+                        cid: client_id,
+                        suffix,
+                        payload,
+                    },
+                    Err(_) => continue,
+                },
+            };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+        drop(server);
+    });
+    Ok((link, rx, addr))
+}
+
+/// Settings for an external MQTT server.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The broker's own MQTT account.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+/// The signer-side suffixes the broker listens to on an external server.
+const LISTEN: [Suffix; 10] = [
+    Suffix::Hello,
+    Suffix::Error,
+    Suffix::Bye,
+    Suffix::VlsRes,
+    Suffix::LssRes,
+    Suffix::LssConflictRes,
+    Suffix::Init1Res,
+    Suffix::Init2Res,
+    Suffix::Init3Res,
+    Suffix::ControlRes,
+];
+
+/// Connects to an external MQTT server.
+pub fn external(
+    config: External,
+    owner: Arc<Owner>,
+    window: u64,
+) -> (Link, mpsc::Receiver<LinkEvent>) {
+    let mut options = MqttOptions::new("lightkeeper-broker", config.host, config.port);
+    options.set_credentials(config.username, config.password);
+    options.set_keep_alive(Duration::from_secs(10));
+    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    options.set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(options, 256);
+    let (tx, rx) = mpsc::channel(1024);
+    let subscriber = client.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let event = match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!("connected to the external MQTT server");
+                    let filters = LISTEN.iter().map(|s| {
+                        rumqttc::SubscribeFilter::new(format!("+/{}", s.as_str()), QoS::AtLeastOnce)
+                    });
+                    if subscriber.try_subscribe_many(filters).is_err() {
+                        tracing::error!("cannot subscribe on the external MQTT server");
+                    }
+                    continue;
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let Ok((cid, suffix)) = topics::parse(&publish.topic) else {
+                        continue;
+                    };
+                    let cid = cid.to_string();
+                    match suffix {
+                        Suffix::Hello => {
+                            let token = String::from_utf8_lossy(&publish.payload);
+                            match hello_key(&token, window)
+                                .and_then(|key| owner.admit(key).map_err(|e| e.to_string()))
+                            {
+                                Ok(()) => LinkEvent::Hello { cid },
+                                Err(e) => {
+                                    tracing::warn!(%cid, error = %e, "hello refused");
+                                    continue;
+                                }
+                            }
+                        }
+                        Suffix::Bye => LinkEvent::Gone { cid },
+                        suffix if !suffix.broker_publishes() => LinkEvent::Message {
+                            cid,
+                            suffix,
+                            payload: publish.payload,
+                        },
+                        _ => continue,
+                    }
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "external MQTT server unreachable");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if tx.send(event).await.is_err() {
+                break;
+            }
+        }
+    });
+    (Link::External(client), rx)
+}
+
+/// The key of a `hello` token, checked for freshness.
+fn hello_key(token: &str, window: u64) -> Result<secp256k1::PublicKey, String> {
+    let (_, key) = sphinx_wire::login::recover(token).map_err(|e| e.to_string())?;
+    sphinx_wire::login::check(&key.to_string(), token, now(), window).map_err(|e| e.to_string())
+}

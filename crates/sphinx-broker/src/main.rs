@@ -1,0 +1,83 @@
+//! `sphinx-broker`: started by lightningd as its hsmd (`subdaemon=hsmd:…`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use sphinx_broker::config::{Mqtt, Settings};
+use sphinx_broker::link::{self, SignerPolicy};
+use sphinx_broker::owner::Owner;
+use sphinx_broker::scheduler::Scheduler;
+use sphinx_broker::{cln, fdio};
+
+fn main() -> ExitCode {
+    // lightningd compares each subdaemon's --version with its own.
+    if std::env::args().any(|a| a == "--version") {
+        let version = std::env::var("BROKER_CLN_VERSION")
+            .unwrap_or_else(|_| env!("CARGO_PKG_VERSION").to_string());
+        println!("{version}");
+        return ExitCode::SUCCESS;
+    }
+    // Adopt fd 3 before anything else can open a file.
+    let master = fdio::take_master_fd();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sphinx-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(master)) {
+        Ok(()) => {
+            tracing::info!("lightningd closed fd 3; broker stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("sphinx-broker: {e:#}");
+            eprintln!("sphinx-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
+    let config = Settings::parse().with_file()?.resolve()?;
+    let master = master?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let owner = Arc::new(Owner::load(&config.data_dir, config.owner)?);
+    tracing::warn!("running WITHOUT LSS (--no-lss): the signer's state is kept only on the signer");
+    let (link, events) = match config.mqtt {
+        Mqtt::Embedded(listen) => {
+            let policy = SignerPolicy {
+                owner: owner.clone(),
+                window: config.login_window,
+            };
+            let (link, events, addr) = link::embedded(listen, None, policy)
+                .await
+                .with_context(|| format!("starting the MQTT server on {listen}"))?;
+            tracing::info!(%addr, "embedded MQTT server listening");
+            (link, events)
+        }
+        Mqtt::External(external) => {
+            tracing::info!(host = %external.host, port = external.port, "using an external MQTT server");
+            link::external(external, owner.clone(), config.login_window)
+        }
+    };
+    let scheduler = Scheduler::start(link, events, config.request_timeout);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        served = cln::serve_master(master, scheduler) => served.context("serving lightningd on fd 3"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The scheduler: one task that owns every signer's state and every
+//! outstanding request, driven by events, never by polling.
+//!
+//! The reference takes a ticket and sleeps in 96 ms steps until its turn,
+//! matches replies only by signer, retries forever and lets a stuck request
+//! stall every CLN subdaemon (`W2`, `W4`, `W5`). Here:
+//! - requests wait in a FIFO queue; exactly one is in flight (a signer is
+//!   sequential anyway, and its duplicate cache relies on it); each CLN
+//!   connection is itself sequential, so its order is kept;
+//! - a reply is accepted only from the signer the request was sent to and
+//!   only with the request's sequence number; anything else is logged and
+//!   dropped (a late reply, or a forgery);
+//! - a signer that disconnects keeps its request in flight; when a signer
+//!   is ready again the request is resent with the same sequence number,
+//!   and the signer answers a duplicate from its cache;
+//! - every request has a deadline; when it passes, or the signer reports an
+//!   error, the request fails and its CLN connection is closed, loudly;
+//! - `HsmdInit` from CLN is held until a signer has answered it; later
+//!   signers get the same init pinned to the negotiated version, and must
+//!   have the same node id.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use sphinx_wire::hsmd::Frame;
+use sphinx_wire::serial;
+use sphinx_wire::topics::Suffix;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use vls_protocol::msgs::{self, Message, SerBolt};
+
+use crate::link::{Link, LinkEvent};
+
+/// Why a request got no reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    /// No reply in time.
+    #[error("no reply from a signer within {0:?}")]
+    Deadline(Duration),
+    /// The signer reported an error.
+    #[error("signer {cid} refused the request: {message}")]
+    Signer {
+        /// The signer.
+        cid: String,
+        /// Its error text.
+        message: String,
+    },
+    /// The request itself is unacceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The broker is stopping.
+    #[error("the broker is stopping")]
+    Stopped,
+}
+
+type Reply = oneshot::Sender<Result<Vec<u8>, RequestError>>;
+
+enum Command {
+    Init {
+        message: Vec<u8>,
+        reply: Reply,
+    },
+    Request {
+        peer_id: [u8; 33],
+        dbid: u64,
+        message: Vec<u8>,
+        reply: Reply,
+    },
+}
+
+/// The CLN side's handle.
+#[derive(Clone)]
+pub struct Scheduler {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler over `link` and its events. `timeout` bounds
+    /// every request, from arrival to reply.
+    pub fn start(link: Link, events: mpsc::Receiver<LinkEvent>, timeout: Duration) -> Scheduler {
+        let (commands, rx) = mpsc::channel(1024);
+        let actor = Actor {
+            link,
+            timeout,
+            signers: HashMap::new(),
+            cln_init: None,
+            negotiated: None,
+            init_waiter: None,
+            queue: VecDeque::new(),
+            in_flight: None,
+            next_seq: 1,
+            hellos: 0,
+        };
+        tokio::spawn(actor.run(rx, events));
+        Scheduler { commands }
+    }
+
+    /// Hands CLN's `HsmdInit` (type and body) over; resolves with the reply
+    /// of the first signer that answers it. No deadline: CLN cannot start
+    /// without a signer, and the wait is logged.
+    pub async fn init(&self, message: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Init { message, reply }, rx).await
+    }
+
+    /// Runs one request (type and body) for the CLN client (`peer_id`,
+    /// `dbid`); resolves with the reply (type and body).
+    pub async fn request(
+        &self,
+        peer_id: [u8; 33],
+        dbid: u64,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::Request {
+                peer_id,
+                dbid,
+                message,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        command: Command,
+        rx: oneshot::Receiver<Result<Vec<u8>, RequestError>>,
+    ) -> Result<Vec<u8>, RequestError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.unwrap_or(Err(RequestError::Stopped))
+    }
+}
+
+enum SignerState {
+    /// Said hello; waiting for CLN's HsmdInit to forward.
+    Waiting,
+    /// HsmdInit sent; waiting for the reply until the deadline.
+    Initialising { deadline: Instant },
+    /// Serving; `order` says which hello is newest.
+    Ready { order: u64 },
+}
+
+struct Negotiated {
+    node_id: [u8; 33],
+    /// The init later signers get: CLN's, pinned to the negotiated version.
+    init: Vec<u8>,
+}
+
+struct Pending {
+    peer_id: [u8; 33],
+    dbid: u64,
+    message: Vec<u8>,
+    reply: Reply,
+    deadline: Instant,
+}
+
+struct InFlight {
+    seq: u16,
+    payload: Vec<u8>,
+    sent_to: Option<String>,
+    reply: Reply,
+    deadline: Instant,
+}
+
+struct Actor {
+    link: Link,
+    timeout: Duration,
+    signers: HashMap<String, SignerState>,
+    cln_init: Option<Vec<u8>>,
+    negotiated: Option<Negotiated>,
+    init_waiter: Option<Reply>,
+    queue: VecDeque<Pending>,
+    in_flight: Option<InFlight>,
+    next_seq: u16,
+    hellos: u64,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<LinkEvent>,
+    ) {
+        let mut waiting_log = Instant::now() + Duration::from_secs(10);
+        loop {
+            let wake = self.next_deadline().unwrap_or(waiting_log).min(waiting_log);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Some(event) => self.event(event).await,
+                    None => {
+                        tracing::error!("the MQTT side stopped");
+                        break;
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    self.expire();
+                    if Instant::now() >= waiting_log {
+                        waiting_log = Instant::now() + Duration::from_secs(30);
+                        if self.init_waiter.is_some() {
+                            tracing::warn!("CLN is waiting for HsmdInit: no signer has connected and answered yet");
+                        }
+                    }
+                }
+            }
+            self.pump().await;
+        }
+        self.fail_all(RequestError::Stopped);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let signer = self.signers.values().filter_map(|s| match s {
+            SignerState::Initialising { deadline } => Some(*deadline),
+            _ => None,
+        });
+        self.in_flight
+            .iter()
+            .map(|f| f.deadline)
+            .chain(self.queue.iter().map(|p| p.deadline))
+            .chain(signer)
+            .min()
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Init { message, reply } => {
+                if self.cln_init.is_some() {
+                    let _ = reply.send(Err(RequestError::Invalid("a second HsmdInit".into())));
+                    return;
+                }
+                self.cln_init = Some(message.clone());
+                self.init_waiter = Some(reply);
+                let waiting: Vec<String> = self
+                    .signers
+                    .iter()
+                    .filter(|(_, s)| matches!(s, SignerState::Waiting))
+                    .map(|(cid, _)| cid.clone())
+                    .collect();
+                for cid in waiting {
+                    self.send_init(&cid).await;
+                }
+            }
+            Command::Request {
+                peer_id,
+                dbid,
+                message,
+                reply,
+            } => {
+                self.queue.push_back(Pending {
+                    peer_id,
+                    dbid,
+                    message,
+                    reply,
+                    deadline: Instant::now() + self.timeout,
+                });
+            }
+        }
+    }
+
+    async fn send_init(&mut self, cid: &str) {
+        let init = match (&self.negotiated, &self.cln_init) {
+            (Some(n), _) => n.init.clone(),
+            (None, Some(init)) => init.clone(),
+            (None, None) => {
+                self.signers.insert(cid.to_string(), SignerState::Waiting);
+                return;
+            }
+        };
+        let payload = Frame::from_message(&init).and_then(|frame| {
+            serial::Request {
+                seq: 0,
+                peer_id: [0; 33],
+                dbid: 0,
+                frame,
+            }
+            .encode()
+        });
+        match payload {
+            Ok(payload) => {
+                self.signers.insert(
+                    cid.to_string(),
+                    SignerState::Initialising {
+                        deadline: Instant::now() + self.timeout,
+                    },
+                );
+                self.link.publish(cid, Suffix::Init3Msg, payload).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot frame HsmdInit"),
+        }
+    }
+
+    async fn event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Hello { cid } => {
+                tracing::info!(%cid, "signer said hello");
+                if let Some(f) = &mut self.in_flight {
+                    if f.sent_to.as_deref() == Some(&cid) {
+                        f.sent_to = None; // resent once it is ready again
+                    }
+                }
+                self.send_init(&cid).await;
+            }
+            LinkEvent::Gone { cid } => {
+                if self.signers.remove(&cid).is_some() {
+                    tracing::warn!(%cid, "signer disconnected");
+                }
+                if let Some(f) = &mut self.in_flight {
+                    if f.sent_to.as_deref() == Some(&cid) {
+                        f.sent_to = None;
+                    }
+                }
+            }
+            LinkEvent::Message {
+                cid,
+                suffix,
+                payload,
+            } => match suffix {
+                Suffix::Init3Res => self.init_reply(cid, &payload),
+                Suffix::VlsRes => self.vls_reply(cid, &payload),
+                Suffix::Error => {
+                    let text = error_text(&payload);
+                    tracing::error!(%cid, error = %text, "signer reported an error");
+                    if matches!(
+                        self.signers.get(&cid),
+                        Some(SignerState::Initialising { .. })
+                    ) {
+                        self.signers.remove(&cid);
+                    }
+                    if self.in_flight.as_ref().and_then(|f| f.sent_to.as_deref()) == Some(&cid) {
+                        if let Some(f) = self.in_flight.take() {
+                            let _ = f
+                                .reply
+                                .send(Err(RequestError::Signer { cid, message: text }));
+                        }
+                    }
+                }
+                other => tracing::debug!(%cid, suffix = other.as_str(), "message not handled here"),
+            },
+        }
+    }
+
+    fn init_reply(&mut self, cid: String, payload: &[u8]) {
+        if !matches!(
+            self.signers.get(&cid),
+            Some(SignerState::Initialising { .. })
+        ) {
+            tracing::warn!(%cid, "unexpected init reply ignored");
+            return;
+        }
+        let parsed = serial::Response::decode(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                msgs::from_vec(r.frame.message())
+                    .map(|m| (r.frame.message(), m))
+                    .map_err(|e| format!("{e:?}"))
+            });
+        let (reply, version, node_id) = match parsed {
+            Ok((bytes, Message::HsmdInitReplyV4(r))) => (bytes, r.hsm_version, r.node_id.0),
+            Ok((_, other)) => {
+                return self.reject(
+                    &cid,
+                    format!("init reply is not HsmdInitReplyV4: {other:?}"),
+                );
+            }
+            Err(e) => return self.reject(&cid, format!("malformed init reply: {e}")),
+        };
+        match &self.negotiated {
+            Some(n) if n.node_id != node_id => {
+                return self.reject(
+                    &cid,
+                    format!(
+                        "node id {} differs from the node's {}",
+                        hex::encode(node_id),
+                        hex::encode(n.node_id)
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                let Some(cln_init) = &self.cln_init else {
+                    return self.reject(&cid, "no HsmdInit was sent".into());
+                };
+                let init = match msgs::from_vec(cln_init.clone()) {
+                    Ok(Message::HsmdInit(mut init)) => {
+                        init.hsm_wire_min_version = version;
+                        init.hsm_wire_max_version = version;
+                        init.as_vec()
+                    }
+                    _ => cln_init.clone(),
+                };
+                tracing::info!(%cid, version, node_id = %hex::encode(node_id), "hsmd protocol negotiated");
+                self.negotiated = Some(Negotiated { node_id, init });
+                if let Some(waiter) = self.init_waiter.take() {
+                    let _ = waiter.send(Ok(reply));
+                }
+            }
+        }
+        self.hellos += 1;
+        self.signers
+            .insert(cid.clone(), SignerState::Ready { order: self.hellos });
+        tracing::info!(%cid, "signer ready");
+    }
+
+    fn reject(&mut self, cid: &str, why: String) {
+        tracing::error!(%cid, %why, "signer not admitted");
+        self.signers.remove(cid);
+    }
+
+    fn vls_reply(&mut self, cid: String, payload: &[u8]) {
+        let response = match serial::Response::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%cid, error = %e, "malformed reply ignored");
+                return;
+            }
+        };
+        let matches = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.sent_to.as_deref() == Some(&cid) && f.seq == response.seq);
+        if !matches {
+            tracing::warn!(%cid, seq = response.seq, "reply matches no request in flight; ignored");
+            return;
+        }
+        if let Some(f) = self.in_flight.take() {
+            let _ = f.reply.send(Ok(response.frame.message()));
+        }
+    }
+
+    fn current(&self) -> Option<String> {
+        self.signers
+            .iter()
+            .filter_map(|(cid, s)| match s {
+                SignerState::Ready { order } => Some((*order, cid)),
+                _ => None,
+            })
+            .max()
+            .map(|(_, cid)| cid.clone())
+    }
+
+    async fn pump(&mut self) {
+        if self.in_flight.is_none() {
+            if let Some(p) = self.queue.pop_front() {
+                let seq = self.next_seq;
+                self.next_seq = self.next_seq.checked_add(1).unwrap_or(1);
+                let payload = Frame::from_message(&p.message).and_then(|frame| {
+                    serial::Request {
+                        seq,
+                        peer_id: p.peer_id,
+                        dbid: p.dbid,
+                        frame,
+                    }
+                    .encode()
+                });
+                match payload {
+                    Ok(payload) => {
+                        self.in_flight = Some(InFlight {
+                            seq,
+                            payload,
+                            sent_to: None,
+                            reply: p.reply,
+                            deadline: p.deadline,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = p.reply.send(Err(RequestError::Invalid(e.to_string())));
+                    }
+                }
+            }
+        }
+        let Some(cid) = self.current() else { return };
+        if let Some(f) = &mut self.in_flight {
+            if f.sent_to.is_none() {
+                f.sent_to = Some(cid.clone());
+                let payload = f.payload.clone();
+                self.link.publish(&cid, Suffix::Vls, payload).await;
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        if self.in_flight.as_ref().is_some_and(|f| f.deadline <= now) {
+            if let Some(f) = self.in_flight.take() {
+                tracing::error!(seq = f.seq, signer = ?f.sent_to, "request timed out");
+                let _ = f.reply.send(Err(RequestError::Deadline(self.timeout)));
+            }
+        }
+        while self.queue.front().is_some_and(|p| p.deadline <= now) {
+            if let Some(p) = self.queue.pop_front() {
+                let _ = p.reply.send(Err(RequestError::Deadline(self.timeout)));
+            }
+        }
+        let late: Vec<String> = self
+            .signers
+            .iter()
+            .filter(
+                |(_, s)| matches!(s, SignerState::Initialising { deadline } if *deadline <= now),
+            )
+            .map(|(cid, _)| cid.clone())
+            .collect();
+        for cid in late {
+            self.reject(&cid, "no init reply in time".into());
+        }
+    }
+
+    fn fail_all(&mut self, error: RequestError) {
+        if let Some(f) = self.in_flight.take() {
+            let _ = f.reply.send(Err(error.clone()));
+        }
+        for p in self.queue.drain(..) {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+        if let Some(w) = self.init_waiter.take() {
+            let _ = w.send(Err(error));
+        }
+    }
+}
+
+/// The reference's error payload: text followed by one code byte.
+fn error_text(payload: &[u8]) -> String {
+    let text = match payload.split_last() {
+        Some((_, text)) => text,
+        None => payload,
+    };
+    String::from_utf8_lossy(text).into_owned()
+}

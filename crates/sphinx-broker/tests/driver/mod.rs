@@ -1,0 +1,281 @@
+//! A fake lightningd: starts the broker as CLN does (a socketpair on fd 3),
+//! and a signer process, and speaks hsmd to the broker.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use sphinx_signer::Network;
+use sphinx_wire::hsmd;
+use vls_protocol::model::{Bip32KeyVersion, PubKey};
+use vls_protocol::msgs::{self, Message, SerBolt};
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The `sphinx-signer` binary, built if this test run did not build it.
+pub fn signer_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join("sphinx-signer");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "sphinx-signer", "--bin", "sphinx-signer"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building sphinx-signer failed");
+    }
+    path
+}
+
+/// A child process that is killed when dropped, with its stderr in a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// Where a signer's files live; `init` made its seed.
+pub struct SignerHome {
+    pub dir: PathBuf,
+    pub seed: [u8; 32],
+}
+
+impl SignerHome {
+    pub fn create(dir: &Path) -> SignerHome {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let out = Command::new(signer_binary())
+            .args(["--data-dir", dir.to_str().expect("utf8"), "init"])
+            .output()
+            .expect("run sphinx-signer init");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seed = sphinx_signer::seed::load(&dir.join("seed")).expect("seed");
+        SignerHome {
+            dir: dir.to_path_buf(),
+            seed,
+        }
+    }
+
+    pub fn node_id(&self) -> secp256k1::PublicKey {
+        sphinx_signer::run::node_key(Network::Regtest, &self.seed).0
+    }
+
+    pub fn node_secret(&self) -> secp256k1::SecretKey {
+        sphinx_signer::run::node_key(Network::Regtest, &self.seed).1
+    }
+
+    pub fn cid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("signer-id"))
+            .expect("signer id (the signer has run)")
+            .trim()
+            .to_string()
+    }
+
+    /// Starts the signer against `url`, with extra arguments for `run`.
+    pub fn start(&self, url: &str, extra: &[&str]) -> Proc {
+        let log = self.dir.join(format!("signer-{}.log", rand_suffix()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(signer_binary())
+            .args([
+                "--data-dir",
+                self.dir.to_str().expect("utf8"),
+                "run",
+                "--mqtt-url",
+                url,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn signer");
+        Proc { child, log }
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// The broker, started as lightningd starts its hsmd.
+pub struct Broker {
+    pub proc: Proc,
+    /// Lightningd's end of fd 3.
+    pub master: Hsmd,
+    pub mqtt_port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl Broker {
+    /// Starts the broker with `args` after the defaults (`--no-lss true`,
+    /// a data dir under `dir`, the embedded MQTT server on a free port).
+    pub fn start(dir: &Path, args: &[&str]) -> Broker {
+        let mqtt_port = free_port();
+        let data_dir = dir.join("broker");
+        let listen = format!("127.0.0.1:{mqtt_port}");
+        let mut all = vec![
+            "--no-lss",
+            "true",
+            "--data-dir",
+            data_dir.to_str().expect("utf8"),
+            "--mqtt-listen",
+            &listen,
+        ];
+        all.extend_from_slice(args);
+        Self::start_with(dir, &all, mqtt_port, data_dir.clone())
+    }
+
+    /// Starts the broker with exactly `args`.
+    pub fn start_with(dir: &Path, args: &[&str], mqtt_port: u16, data_dir: PathBuf) -> Broker {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let log = dir.join(format!("broker-{}.log", rand_suffix()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sphinx-broker"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info,sphinx_broker=debug")
+            .stdout(Stdio::null())
+            .stderr(file);
+        command
+            .fd_mappings(vec![FdMapping {
+                parent_fd: OwnedFd::from(theirs),
+                child_fd: 3,
+            }])
+            .expect("map fd 3");
+        let child = command.spawn().expect("spawn broker");
+        Broker {
+            proc: Proc { child, log },
+            master: Hsmd::new(ours),
+            mqtt_port,
+            data_dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+}
+
+/// One hsmd connection, lightningd's side.
+pub struct Hsmd {
+    pub stream: UnixStream,
+}
+
+impl Hsmd {
+    pub fn new(stream: UnixStream) -> Hsmd {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Hsmd { stream }
+    }
+
+    pub fn send(&mut self, message: &dyn SerBolt) {
+        self.send_raw(&message.as_vec());
+    }
+
+    pub fn send_raw(&mut self, message: &[u8]) {
+        let frame = hsmd::Frame::from_message(message)
+            .expect("frame")
+            .encode()
+            .expect("encode");
+        self.stream.write_all(&frame).expect("write to broker");
+    }
+
+    /// Reads one reply; `None` if the broker closed the connection.
+    pub fn recv(&mut self) -> Option<Message> {
+        let mut len = [0u8; 4];
+        if self.stream.read_exact(&mut len).is_err() {
+            return None;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).expect("reply body");
+        Some(msgs::from_vec(body).expect("reply parses"))
+    }
+
+    pub fn call(&mut self, message: &dyn SerBolt) -> Message {
+        self.send(message);
+        self.recv().expect("a reply")
+    }
+
+    /// `ClientHsmFd`, then the passed fd as a new connection.
+    pub fn client(&mut self, peer_id: [u8; 33], dbid: u64) -> Hsmd {
+        let reply = self.call(&msgs::ClientHsmFd {
+            peer_id: PubKey(peer_id),
+            dbid,
+            capabilities: 0x3f,
+        });
+        assert!(matches!(reply, Message::ClientHsmFdReply(_)), "{reply:?}");
+        let fd = sphinx_broker::fdio::recv_fd(self.stream.as_fd()).expect("fd from the broker");
+        Hsmd::new(UnixStream::from(fd))
+    }
+}
+
+/// CLN's `HsmdInit` for regtest.
+pub fn hsmd_init(network: Network) -> msgs::HsmdInit {
+    msgs::HsmdInit {
+        key_version: Bip32KeyVersion {
+            pubkey_version: 0x043587cf,
+            privkey_version: 0x04358394,
+        },
+        chain_params:
+            vls_protocol_signer::lightning_signer::bitcoin::blockdata::constants::genesis_block(
+                network,
+            )
+            .block_hash(),
+        encryption_key: None,
+        dev_privkey: None,
+        dev_bip32_seed: None,
+        dev_channel_secrets: None,
+        dev_channel_secrets_shaseed: None,
+        hsm_wire_min_version: 4,
+        hsm_wire_max_version: 6,
+    }
+}
