@@ -1,0 +1,375 @@
+//! Hostile signers, hostile MQTT clients, hostile hsmd input: refused, ignored
+//! or isolated, never a crash and never a wrong reply to CLN.
+
+mod driver;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use driver::{hsmd_init, Broker, SignerHome};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode,
+};
+use secp256k1::ecdh::SharedSecret;
+use secp256k1::{PublicKey, Secp256k1, SecretKey};
+use sphinx_signer::Network;
+use sphinx_wire::hsmd::Frame;
+use sphinx_wire::serial;
+use vls_protocol::model::{DisclosedSecret, PubKey};
+use vls_protocol::msgs::{self, Message, SerBolt};
+
+fn now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as u32
+}
+
+fn mqtt(port: u16, cid: &str, secret: &SecretKey, timestamp: u32) -> (AsyncClient, EventLoop) {
+    let mut options = MqttOptions::new(cid, "127.0.0.1", port);
+    let user = secret.public_key(&Secp256k1::new()).to_string();
+    options.set_credentials(user, sphinx_wire::login::password(secret, timestamp));
+    options.set_keep_alive(Duration::from_secs(5));
+    AsyncClient::new(options, 512)
+}
+
+async fn connack(events: &mut EventLoop) -> Result<(), String> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack)))
+                    if ack.code == ConnectReturnCode::Success =>
+                {
+                    return Ok(())
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("an answer in time")
+}
+
+async fn next_suback(events: &mut EventLoop) -> Vec<SubscribeReasonCode> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(ack))) => return ack.return_codes,
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    panic!("received {} it may not read", p.topic)
+                }
+                Ok(_) => {}
+                Err(e) => panic!("connection error: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("in time")
+}
+
+async fn closed(events: &mut EventLoop) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if events.poll().await.is_err() {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn cid(byte: u8) -> String {
+    hex::encode([byte; 16])
+}
+
+#[test]
+fn stale_foreign_and_malformed_logins_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = SignerHome::create(&dir.path().join("signer"));
+    // No --owner: the first good login is pinned, on disk.
+    let broker = Broker::start(dir.path(), &["--login-window-secs", "60"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let owner = home.node_secret();
+    let stranger = SecretKey::from_slice(&[42; 32]).expect("key");
+    let port = broker.mqtt_port;
+    rt.block_on(async {
+        // Give the broker a moment to listen.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A token an hour old: a replay.
+        let (_c, mut e) = mqtt(port, &cid(1), &owner, now() - 3600);
+        let err = connack(&mut e).await.expect_err("stale token");
+        assert!(err.contains("BadUserNamePassword"), "{err}");
+        // From the future.
+        let (_c, mut e) = mqtt(port, &cid(1), &owner, now() + 3600);
+        assert!(connack(&mut e).await.is_err(), "future token");
+        // A client id that is not a signer id.
+        let (_c, mut e) = mqtt(port, "not-a-cid", &owner, now());
+        assert!(connack(&mut e).await.is_err(), "bad client id");
+        // Username of one key, token of another.
+        let mut options = MqttOptions::new(cid(1), "127.0.0.1", port);
+        options.set_credentials(
+            home.node_id().to_string(),
+            sphinx_wire::login::password(&stranger, now()),
+        );
+        let (_c, mut e) = AsyncClient::new(options, 8);
+        assert!(connack(&mut e).await.is_err(), "mismatched key");
+        // Garbage password.
+        let mut options = MqttOptions::new(cid(1), "127.0.0.1", port);
+        options.set_credentials(home.node_id().to_string(), "AAAA");
+        let (_c, mut e) = AsyncClient::new(options, 8);
+        assert!(connack(&mut e).await.is_err(), "garbage token");
+        // The owner's fresh token: accepted, and pinned.
+        let (_c, mut e) = mqtt(port, &cid(1), &owner, now());
+        connack(&mut e).await.expect("owner logs in");
+        // Now a stranger with a perfectly fresh token is not authorised.
+        let (_c, mut e) = mqtt(port, &cid(2), &stranger, now());
+        let err = connack(&mut e).await.expect_err("not the owner");
+        assert!(err.contains("NotAuthorized"), "{err}");
+    });
+    let pinned =
+        std::fs::read_to_string(broker.data_dir.join("owner")).expect("owner pinned on disk");
+    assert_eq!(pinned.trim(), home.node_id().to_string());
+}
+
+#[test]
+fn another_client_can_neither_read_nor_forge_a_signers_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, home, _signer, _init) = driver::checks::started(dir.path());
+    let real = home.cid();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // A second client with a valid login (the owner's key, its own cid).
+    let (rogue, mut events) = rt.block_on(async {
+        let (c, mut e) = mqtt(broker.mqtt_port, &cid(7), &home.node_secret(), now());
+        connack(&mut e).await.expect("login");
+        (c, e)
+    });
+    rt.block_on(async {
+        for filter in [
+            format!("{real}/vls"),
+            "+/vls".to_string(),
+            "#".to_string(),
+            format!("{real}/#"),
+        ] {
+            rogue
+                .subscribe(filter.clone(), QoS::AtMostOnce)
+                .await
+                .expect("queue");
+            assert_eq!(
+                next_suback(&mut events).await,
+                [SubscribeReasonCode::Failure],
+                "{filter}"
+            );
+        }
+        // Forged replies on its own topic, for every likely sequence
+        // number, and garbage on every signer topic it may use.
+        for seq in 0..64u16 {
+            let forged = serial::Response {
+                seq,
+                frame: Frame::from_message(
+                    &msgs::EcdhReply {
+                        secret: vls_protocol::model::Secret([0xee; 32]),
+                    }
+                    .as_vec(),
+                )
+                .expect("frame"),
+            };
+            rogue
+                .publish(
+                    format!("{}/vls-res", cid(7)),
+                    QoS::AtMostOnce,
+                    false,
+                    forged.encode().expect("encode"),
+                )
+                .await
+                .expect("queue");
+        }
+        for suffix in [
+            "vls-res",
+            "init-3-res",
+            "error",
+            "lss-res",
+            "control-res",
+            "init-1-res",
+        ] {
+            for garbage in [vec![], vec![0x5a, 0xa5], vec![0xff; 300]] {
+                rogue
+                    .publish(
+                        format!("{}/{suffix}", cid(7)),
+                        QoS::AtMostOnce,
+                        false,
+                        garbage,
+                    )
+                    .await
+                    .expect("queue");
+            }
+        }
+        tokio::time::timeout(Duration::from_millis(500), async {
+            while events.poll().await.is_ok() {}
+        })
+        .await
+        .ok();
+    });
+    // CLN still gets the real signer's answers, not the forgeries.
+    for i in 0..5u8 {
+        let other = SecretKey::from_slice(&[50 + i; 32]).expect("key");
+        let Message::EcdhReply(r) = broker.master.call(&msgs::Ecdh {
+            point: PubKey(other.public_key(&Secp256k1::new()).serialize()),
+        }) else {
+            panic!("not ECDH");
+        };
+        assert_eq!(
+            r.secret.0,
+            SharedSecret::new(&home.node_id(), &other).secret_bytes()
+        );
+    }
+    // Publishing on the real signer's topic gets the rogue disconnected.
+    rt.block_on(async {
+        rogue
+            .publish(
+                format!("{real}/vls-res"),
+                QoS::AtMostOnce,
+                false,
+                vec![0x5a, 0xa5, 0, 1],
+            )
+            .await
+            .expect("queue");
+        assert!(
+            closed(&mut events).await,
+            "disconnected for publishing on another signer's topic"
+        );
+    });
+    assert!(
+        broker.proc.child.try_wait().expect("status").is_none(),
+        "broker still running"
+    );
+}
+
+#[test]
+fn malformed_hsmd_input_closes_only_its_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, home, _signer, _init) = driver::checks::started(dir.path());
+    let peer = SecretKey::from_slice(&[9; 32])
+        .expect("key")
+        .public_key(&Secp256k1::new())
+        .serialize();
+    let cases: Vec<Vec<u8>> = vec![
+        0u32.to_be_bytes().to_vec(),                             // length 0
+        1u32.to_be_bytes().to_vec(),                             // length 1
+        (1u32 << 20).to_be_bytes().to_vec(),                     // 1 MiB, over the limit
+        [&6u32.to_be_bytes()[..], &[0, 1, 2]].concat(),          // truncated, then closed
+        [&4u32.to_be_bytes()[..], &[0x10, 0x92, 1, 2]].concat(), // unknown type 4242
+        [&4u32.to_be_bytes()[..], &[0, 1, 2, 3]].concat(),       // Ecdh with a short body
+        [&2u32.to_be_bytes()[..], &[0, 11]].concat(),            // HsmdInit on a client fd
+        [&2u32.to_be_bytes()[..], &[0, 9]].concat(),             // ClientHsmFd on a client fd
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let mut client = broker.master.client(peer, 0);
+        std::io::Write::write_all(&mut client.stream, case).expect("write");
+        if i == 3 {
+            client
+                .stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+        }
+        assert!(
+            client.recv().is_none(),
+            "case {i}: the connection is closed"
+        );
+        // The node's own connection is unaffected.
+        let other = SecretKey::from_slice(&[60 + i as u8; 32]).expect("key");
+        let Message::EcdhReply(r) = broker.master.call(&msgs::Ecdh {
+            point: PubKey(other.public_key(&Secp256k1::new()).serialize()),
+        }) else {
+            panic!("not ECDH");
+        };
+        assert_eq!(
+            r.secret.0,
+            SharedSecret::new(&home.node_id(), &other).secret_bytes()
+        );
+    }
+    // A request the signer refuses (a channel that was never set up) ends
+    // that connection instead of hanging it.
+    let mut channel = broker.master.client(peer, 5);
+    channel.send(&msgs::CheckFutureSecret {
+        commitment_number: 1,
+        secret: DisclosedSecret([7; 32]),
+    });
+    assert!(channel.recv().is_none());
+    assert!(
+        broker.proc.log_text().contains("refused the request"),
+        "logged loudly"
+    );
+    // Garbage on fd 3 itself ends the broker, with an error.
+    std::io::Write::write_all(&mut broker.master.stream, &(1u32 << 24).to_be_bytes())
+        .expect("write");
+    let status = broker
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("broker exits");
+    assert!(!status.success());
+    assert!(
+        broker.proc.log_text().contains("bad hsmd frame"),
+        "{}",
+        broker.proc.log_text()
+    );
+}
+
+#[test]
+fn a_request_without_a_signer_fails_at_its_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let owner = home.node_id().to_string();
+    let mut broker = Broker::start(
+        dir.path(),
+        &["--owner", &owner, "--request-timeout-secs", "2"],
+    );
+    broker.master.send(&hsmd_init(Network::Regtest));
+    let mut signer = home.start(&broker.url(), &[]);
+    assert!(matches!(
+        broker.master.recv(),
+        Some(Message::HsmdInitReplyV4(_))
+    ));
+    let peer = SecretKey::from_slice(&[9; 32])
+        .expect("key")
+        .public_key(&Secp256k1::new())
+        .serialize();
+    let mut client = broker.master.client(peer, 0);
+    signer.kill();
+    let point = PubKey(
+        PublicKey::from_secret_key(
+            &Secp256k1::new(),
+            &SecretKey::from_slice(&[3; 32]).expect("key"),
+        )
+        .serialize(),
+    );
+    let started = std::time::Instant::now();
+    client.send(&msgs::Ecdh {
+        point: point.clone(),
+    });
+    assert!(client.recv().is_none(), "the client connection is closed");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // On lightningd's own connection the broker exits, saying why.
+    broker.master.send(&msgs::Ecdh { point });
+    let status = broker
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("broker exits");
+    assert!(!status.success());
+    assert!(
+        broker
+            .proc
+            .log_text()
+            .contains("no reply from a signer within"),
+        "{}",
+        broker.proc.log_text()
+    );
+}
