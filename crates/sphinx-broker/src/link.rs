@@ -214,7 +214,8 @@ pub fn external(
     owner: Arc<Owner>,
     window: u64,
 ) -> (Link, mpsc::Receiver<LinkEvent>) {
-    let mut options = MqttOptions::new("lightkeeper-broker", config.host, config.port);
+    let client_id = format!("lightkeeper-broker-{}", std::process::id());
+    let mut options = MqttOptions::new(client_id, config.host, config.port);
     options.set_credentials(config.username, config.password);
     options.set_keep_alive(Duration::from_secs(10));
     options.set_max_packet_size(MAX_PACKET, MAX_PACKET);

@@ -86,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
             seed::create(&path)?;
             let seed = seed::load(&path)?;
             let (node_id, _) = run::node_key(args.network.into(), &seed);
-            println!("created {}; node id {node_id}", path.display());
+            let cid = hex::encode(seed::signer_id(&args.data_dir.join("signer-id"))?);
+            println!("created {}", path.display());
+            println!("node id   {node_id}");
+            println!("signer id {cid} (its MQTT client id and topic prefix)");
             Ok(())
         }
         Command::Run {

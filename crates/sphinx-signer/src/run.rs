@@ -159,9 +159,40 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
+    // `hello` is repeated until the broker answers (it may subscribe after
+    // us on an external server), and after a long silence (a restarted
+    // broker behind an external server has forgotten us).
+    let mut connected = false;
+    let mut heard_since_hello = false;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut last_hello = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let hello = |client: &AsyncClient| {
+        let token = sphinx_wire::login::password(&node_secret, now());
+        client
+            .try_publish(
+                topics::topic(&cid, Suffix::Hello),
+                QoS::AtLeastOnce,
+                false,
+                token,
+            )
+            .is_ok()
+    };
     loop {
         let event = tokio::select! {
             () = &mut shutdown => break,
+            _ = tick.tick() => {
+                let quiet = last_heard.elapsed();
+                let due = (!heard_since_hello && last_hello.elapsed() >= HELLO_RETRY)
+                    || (quiet >= BROKER_SILENCE && last_hello.elapsed() >= BROKER_SILENCE);
+                if connected && due {
+                    tracing::debug!("no answer from the broker; saying hello again");
+                    hello(&client);
+                    heard_since_hello = false;
+                    last_hello = tokio::time::Instant::now();
+                }
+                continue;
+            }
             event = events.poll() => event,
         };
         match event {
@@ -171,22 +202,17 @@ pub async fn run(
                 let filters = SUBSCRIPTIONS.iter().map(|s| {
                     rumqttc::SubscribeFilter::new(topics::topic(&cid, *s), QoS::AtLeastOnce)
                 });
-                let hello = sphinx_wire::login::password(&node_secret, now());
-                if client.try_subscribe_many(filters).is_err()
-                    || client
-                        .try_publish(
-                            topics::topic(&cid, Suffix::Hello),
-                            QoS::AtLeastOnce,
-                            false,
-                            hello,
-                        )
-                        .is_err()
-                {
+                if client.try_subscribe_many(filters).is_err() || !hello(&client) {
                     tracing::warn!("cannot queue the subscriptions; reconnecting");
                     let _ = client.try_disconnect();
                 }
+                connected = true;
+                heard_since_hello = false;
+                last_hello = tokio::time::Instant::now();
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                heard_since_hello = true;
+                last_heard = tokio::time::Instant::now();
                 let job = match topics::parse(&publish.topic) {
                     Ok((topic_cid, suffix)) if topic_cid == cid => match suffix {
                         Suffix::Init3Msg => Job::Init(publish.payload.to_vec()),
@@ -205,6 +231,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                connected = false;
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -218,6 +245,11 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     Ok(())
 }
+
+/// How long to wait for the broker's answer to `hello` before repeating it.
+const HELLO_RETRY: Duration = Duration::from_secs(2);
+/// How long a silent broker may stay silent before `hello` is repeated.
+const BROKER_SILENCE: Duration = Duration::from_secs(60);
 
 /// What the signer subscribes to: every topic only the broker publishes.
 const SUBSCRIPTIONS: [Suffix; 8] = [

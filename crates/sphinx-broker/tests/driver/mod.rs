@@ -281,3 +281,103 @@ pub fn hsmd_init(network: Network) -> msgs::HsmdInit {
         hsm_wire_max_version: 6,
     }
 }
+
+/// Mosquitto, as the external MQTT server.
+pub mod mosquitto {
+    use super::{free_port, rand_suffix, Proc};
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn reachable(port: u16) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    fn wait_for(port: u16) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if reachable(port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The machine's Mosquitto on 127.0.0.1:1883, started if it is not up.
+    pub fn system() -> u16 {
+        if !reachable(1883) {
+            let _ = Command::new("mosquitto")
+                .args(["-d", "-c", "/etc/mosquitto/mosquitto.conf"])
+                .status();
+            assert!(
+                wait_for(1883),
+                "no Mosquitto on 127.0.0.1:1883 and `mosquitto -d -c /etc/mosquitto/mosquitto.conf` \
+                 did not start one; install it (apt-get install mosquitto)"
+            );
+        }
+        1883
+    }
+
+    /// A private Mosquitto with the documented security settings: accounts,
+    /// `use_username_as_clientid`, and the ACL file from `mosquitto/acl`.
+    pub struct Private {
+        pub proc: Proc,
+        pub port: u16,
+    }
+
+    impl Private {
+        pub fn start(dir: &Path, accounts: &[(&str, &str)]) -> Private {
+            let dir = dir.join(format!("mosquitto-{}", rand_suffix()));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let passwd = dir.join("passwd");
+            for (i, (user, pass)) in accounts.iter().enumerate() {
+                let mut command = Command::new("mosquitto_passwd");
+                if i == 0 {
+                    command.arg("-c");
+                }
+                let out = command
+                    .arg("-b")
+                    .arg(&passwd)
+                    .args([user, pass])
+                    .output()
+                    .expect("mosquitto_passwd");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let acl = dir.join("acl");
+            std::fs::write(&acl, include_str!("../../mosquitto/acl")).expect("acl");
+            let port = free_port();
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "user root\nper_listener_settings false\nallow_anonymous false\npassword_file {}\n\
+                     acl_file {}\npersistence false\nlog_dest stderr\nlog_type all\n\
+                     listener {port} 127.0.0.1\nuse_username_as_clientid true\n",
+                    passwd.display(),
+                    acl.display()
+                ),
+            )
+            .expect("conf");
+            let log = dir.join("mosquitto.log");
+            let child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .expect("spawn mosquitto (apt-get install mosquitto)");
+            let proc = Proc { child, log };
+            assert!(
+                wait_for(port),
+                "mosquitto did not listen: {}",
+                proc.log_text()
+            );
+            Private { proc, port }
+        }
+    }
+}
