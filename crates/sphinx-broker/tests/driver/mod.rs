@@ -33,10 +33,12 @@ pub fn signer_binary() -> PathBuf {
     let path = dir.join("sphinx-signer");
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sphinx-signer", "--bin", "sphinx-signer"])
-            .status()
-            .expect("cargo build");
+        let mut command = Command::new(cargo);
+        command.args(["build", "-p", "sphinx-signer", "--bin", "sphinx-signer"]);
+        if dir.ends_with("release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("cargo build");
         assert!(status.success(), "building sphinx-signer failed");
     }
     path

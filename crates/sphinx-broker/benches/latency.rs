@@ -1,0 +1,104 @@
+//! Added latency of the remote-signer path: fake lightningd → broker (fd 3)
+//! → embedded MQTT → signer (VLS) → back, on loopback.
+//!
+//! `cargo bench -p sphinx-broker --bench latency` (results in
+//! docs/benchmarks.md). Sequential Ecdh and SignInvoice, then Ecdh from 8
+//! client connections at once.
+
+#[path = "../tests/driver/mod.rs"]
+mod driver;
+
+use std::time::{Duration, Instant};
+
+use driver::checks::{key, started};
+use driver::Hsmd;
+use secp256k1::Secp256k1;
+use vls_protocol::model::PubKey;
+use vls_protocol::msgs::{self, Message};
+use vls_protocol_signer::lightning_signer::bitcoin::hashes::{sha256, Hash};
+use vls_protocol_signer::lightning_signer::lightning_invoice::{
+    Currency, InvoiceBuilder, PaymentSecret,
+};
+
+fn report(name: &str, mut samples: Vec<Duration>, wall: Duration) {
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<32} n={:<5} p50={:>7.3} ms  p90={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms  {:>8.0} req/s",
+        samples.len(),
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(samples[samples.len() - 1]),
+        samples.len() as f64 / wall.as_secs_f64()
+    );
+}
+
+fn ecdh(hsmd: &mut Hsmd, i: u32) -> Duration {
+    let byte = (i % 200) as u8 + 1;
+    let point = PubKey(key(byte).public_key(&Secp256k1::new()).serialize());
+    let start = Instant::now();
+    let reply = hsmd.call(&msgs::Ecdh { point });
+    let took = start.elapsed();
+    assert!(matches!(reply, Message::EcdhReply(_)));
+    took
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, _home, _signer, _init) = started(dir.path());
+    // Warm up.
+    for i in 0..50 {
+        ecdh(&mut broker.master, i);
+    }
+    let start = Instant::now();
+    let samples: Vec<_> = (0..1000).map(|i| ecdh(&mut broker.master, i)).collect();
+    report("Ecdh, sequential", samples, start.elapsed());
+
+    let start = Instant::now();
+    let samples: Vec<_> = (0..300u32)
+        .map(|i| {
+            let raw = InvoiceBuilder::new(Currency::Regtest)
+                .description(format!("bench {i}"))
+                .payment_hash(sha256::Hash::hash(&i.to_be_bytes()))
+                .payment_secret(PaymentSecret([5; 32]))
+                .current_timestamp()
+                .min_final_cltv_expiry_delta(144)
+                .amount_milli_satoshis(1000 + u64::from(i))
+                .build_raw()
+                .expect("invoice");
+            let (hrp, data) = raw.to_raw();
+            let request = msgs::SignInvoice {
+                u5bytes: data.iter().map(|fe| fe.to_u8()).collect::<Vec<_>>().into(),
+                hrp: hrp.into_bytes().into(),
+            };
+            let t = Instant::now();
+            let reply = broker.master.call(&request);
+            let took = t.elapsed();
+            assert!(matches!(reply, Message::SignInvoiceReply(_)));
+            took
+        })
+        .collect();
+    report("SignInvoice, sequential", samples, start.elapsed());
+
+    let clients: Vec<Hsmd> = (0..8u8)
+        .map(|i| {
+            broker
+                .master
+                .client(key(30 + i).public_key(&Secp256k1::new()).serialize(), 0)
+        })
+        .collect();
+    let start = Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut hsmd| {
+            std::thread::spawn(move || (0..250).map(|i| ecdh(&mut hsmd, i)).collect::<Vec<_>>())
+        })
+        .collect();
+    let samples: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    report("Ecdh, 8 client fds in parallel", samples, start.elapsed());
+}
