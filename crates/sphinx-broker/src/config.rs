@@ -28,9 +28,15 @@ pub struct Settings {
     /// Directory for the broker's state (the pinned owner key).
     #[arg(long, env = "BROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Embedded MQTT server address [default: 0.0.0.0:1883].
+    /// Embedded MQTT server address [default: 0.0.0.0:1883, or 0.0.0.0:8883 with TLS].
     #[arg(long, env = "BROKER_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) for the embedded MQTT server.
+    #[arg(long, env = "BROKER_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "BROKER_MQTT_TLS_KEY", requires = "mqtt_tls_cert")]
+    pub mqtt_tls_key: Option<PathBuf>,
     /// Use an external MQTT server instead (mqtt://host:port).
     #[arg(long, env = "BROKER_MQTT_EXTERNAL")]
     pub mqtt_external: Option<String>,
@@ -71,8 +77,9 @@ pub struct Settings {
 /// Where the signers connect.
 #[derive(Debug, Clone)]
 pub enum Mqtt {
-    /// The embedded server on this address.
-    Embedded(SocketAddr),
+    /// The embedded server on this address, with TLS (certificate chain and
+    /// key files) or without.
+    Embedded(SocketAddr, Option<(PathBuf, PathBuf)>),
     /// An external server.
     External(crate::link::External),
 }
@@ -178,10 +185,23 @@ impl Settings {
                     password: password.trim_end().to_string(),
                 })
             }
-            None => Mqtt::Embedded(
-                self.mqtt_listen
-                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
-            ),
+            None => {
+                let tls = match (self.mqtt_tls_cert, self.mqtt_tls_key) {
+                    (Some(cert), Some(key)) => Some((cert, key)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError(
+                            "--mqtt-tls-cert and --mqtt-tls-key go together".into(),
+                        ))
+                    }
+                };
+                let default_port = if tls.is_some() { 8883 } else { 1883 };
+                Mqtt::Embedded(
+                    self.mqtt_listen
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port))),
+                    tls,
+                )
+            }
         };
         let request_timeout = self.request_timeout_secs.unwrap_or(60);
         if request_timeout == 0 {

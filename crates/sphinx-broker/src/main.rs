@@ -55,12 +55,18 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
     let owner = Arc::new(Owner::load(&config.data_dir, config.owner)?);
     tracing::warn!("running WITHOUT LSS (--no-lss): the signer's state is kept only on the signer");
     let (link, events) = match config.mqtt {
-        Mqtt::Embedded(listen) => {
+        Mqtt::Embedded(listen, tls) => {
+            let tls = match tls {
+                Some((cert, key)) => {
+                    Some(link::tls_acceptor(&cert, &key).map_err(anyhow::Error::msg)?)
+                }
+                None => None,
+            };
             let policy = SignerPolicy {
                 owner: owner.clone(),
                 window: config.login_window,
             };
-            let (link, events, addr) = link::embedded(listen, None, policy)
+            let (link, events, addr) = link::embedded(listen, tls, policy)
                 .await
                 .with_context(|| format!("starting the MQTT server on {listen}"))?;
             tracing::info!(%addr, "embedded MQTT server listening");

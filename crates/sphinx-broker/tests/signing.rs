@@ -98,3 +98,56 @@ fn the_signer_restarts_and_reconnects_without_losing_a_request() {
         Message::GetPerCommitmentPointReply(_)
     ));
 }
+
+#[test]
+fn signing_over_tls_to_the_embedded_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = lk_testkit::pki::Ca::new("mqtt test CA");
+    let server = ca.server(&["127.0.0.1", "localhost"]);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf8").to_string()
+    };
+    let (cert, tls_key, ca_pem) = (
+        write("cert.pem", &server.cert),
+        write("key.pem", &server.key),
+        write("ca.pem", &ca.cert_pem()),
+    );
+    let other_ca = write(
+        "other-ca.pem",
+        &lk_testkit::pki::Ca::new("another CA").cert_pem(),
+    );
+    let home = driver::SignerHome::create(&dir.path().join("signer"));
+    let owner = home.node_id().to_string();
+    let mut broker = driver::Broker::start(
+        dir.path(),
+        &[
+            "--owner",
+            &owner,
+            "--mqtt-tls-cert",
+            &cert,
+            "--mqtt-tls-key",
+            &tls_key,
+        ],
+    );
+    broker.master.send(&driver::hsmd_init(Network::Regtest));
+    let url = format!("mqtts://127.0.0.1:{}", broker.mqtt_port);
+    // A signer that does not trust the broker's CA, and one speaking
+    // plaintext to the TLS port, never get to answer.
+    let untrusting = home.start(&url, &["--mqtt-ca", &other_ca]);
+    let plaintext = home.start(&broker.url(), &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    drop((untrusting, plaintext));
+    assert!(
+        !broker.proc.log_text().contains("signer ready"),
+        "{}",
+        broker.proc.log_text()
+    );
+    let _signer = home.start(&url, &["--mqtt-ca", &ca_pem]);
+    let Some(Message::HsmdInitReplyV4(init)) = broker.master.recv() else {
+        panic!("no init reply over TLS");
+    };
+    assert_eq!(init.node_id.0, home.node_id().serialize());
+    exercise(&mut broker.master, &home, &init);
+}

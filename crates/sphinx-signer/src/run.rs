@@ -106,6 +106,8 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // rustls with ring, whatever else the build enabled (TLS to the broker).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let seed = crate::seed::load(&config.data_dir.join("seed"))?;
     let id = crate::seed::signer_id(&config.data_dir.join("signer-id"))?;
     let cid = hex::encode(id);
