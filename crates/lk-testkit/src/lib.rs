@@ -590,6 +590,7 @@ pub mod net {
         down: Arc<AtomicBool>,
         generation: watch::Sender<u64>,
         cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        drop_next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
         cuts: Arc<std::sync::atomic::AtomicU32>,
     }
 
@@ -601,12 +602,14 @@ pub mod net {
             let down = Arc::new(AtomicBool::new(false));
             let (generation, _) = watch::channel(0u64);
             let cut_after = Arc::new(std::sync::Mutex::new(None));
+            let drop_next = Arc::new(std::sync::Mutex::new(None));
             let cuts = Arc::new(std::sync::atomic::AtomicU32::new(0));
             let proxy = FaultProxy {
                 addr,
                 down: down.clone(),
                 generation: generation.clone(),
                 cut_after: cut_after.clone(),
+                drop_next: drop_next.clone(),
                 cuts: cuts.clone(),
             };
             tokio::spawn(async move {
@@ -616,11 +619,14 @@ pub mod net {
                         continue;
                     }
                     let killed = generation.subscribe();
-                    let cut_after = cut_after.clone();
-                    let cuts = cuts.clone();
+                    let patterns = Patterns {
+                        cut_after: cut_after.clone(),
+                        drop_next: drop_next.clone(),
+                        cuts: cuts.clone(),
+                    };
                     tokio::spawn(async move {
                         if let Ok(outbound) = TcpStream::connect(target).await {
-                            pipe(inbound, outbound, killed, cut_after, cuts).await;
+                            pipe(inbound, outbound, killed, patterns).await;
                         }
                     });
                 }
@@ -648,19 +654,47 @@ pub mod net {
             *self.cut_after.lock().expect("lock") = Some(pattern.to_vec());
         }
 
-        /// How many connections `cut_after_next` has cut.
+        /// The next time a client sends bytes containing `pattern`, drop them
+        /// (the server never sees them) and cut that connection.
+        pub fn drop_next(&self, pattern: &[u8]) {
+            *self.drop_next.lock().expect("lock") = Some(pattern.to_vec());
+        }
+
+        /// How many connections `cut_after_next` and `drop_next` have cut.
         pub fn pattern_cuts(&self) -> u32 {
             self.cuts.load(Ordering::SeqCst)
         }
+    }
+
+    struct Patterns {
+        cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        drop_next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        cuts: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    /// Whether `bytes` hold the armed pattern; disarms it if so.
+    fn take_hit(armed: &std::sync::Mutex<Option<Vec<u8>>>, bytes: &[u8]) -> bool {
+        let mut armed = armed.lock().expect("lock");
+        let hit = armed
+            .as_ref()
+            .is_some_and(|p| bytes.windows(p.len()).any(|w| w == p.as_slice()));
+        if hit {
+            *armed = None;
+        }
+        hit
     }
 
     async fn pipe(
         inbound: TcpStream,
         outbound: TcpStream,
         mut killed: watch::Receiver<u64>,
-        cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-        cuts: Arc<std::sync::atomic::AtomicU32>,
+        patterns: Patterns,
     ) {
+        let Patterns {
+            cut_after,
+            drop_next,
+            cuts,
+        } = patterns;
         let (mut client_read, mut client_write) = inbound.into_split();
         let (mut server_read, mut server_write) = outbound.into_split();
         // Set before forwarding the pattern: from then on nothing the server
@@ -673,16 +707,11 @@ pub mod net {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                let cut = {
-                    let mut armed = cut_after.lock().expect("lock");
-                    let hit = armed
-                        .as_ref()
-                        .is_some_and(|p| buf[..n].windows(p.len()).any(|w| w == p.as_slice()));
-                    if hit {
-                        *armed = None;
-                    }
-                    hit
-                };
+                if take_hit(&drop_next, &buf[..n]) {
+                    cuts.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                let cut = take_hit(&cut_after, &buf[..n]);
                 if cut {
                     frozen.store(true, Ordering::SeqCst);
                 }

@@ -151,3 +151,52 @@ fn signing_over_tls_to_the_embedded_broker() {
     assert_eq!(init.node_id.0, home.node_id().serialize());
     exercise(&mut broker.master, &home, &init);
 }
+
+#[test]
+fn a_reply_lost_with_the_connection_is_answered_from_the_signers_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let home = driver::SignerHome::create(&dir.path().join("signer"));
+    let owner = home.node_id().to_string();
+    let mut broker = driver::Broker::start(dir.path(), &["--owner", &owner]);
+    let target = format!("127.0.0.1:{}", broker.mqtt_port)
+        .parse()
+        .expect("addr");
+    let proxy = rt.block_on(lk_testkit::net::FaultProxy::start(target));
+    broker.master.send(&driver::hsmd_init(Network::Regtest));
+    let mut signer = home.start(&format!("mqtt://{}", proxy.addr), &[]);
+    assert!(matches!(
+        broker.master.recv(),
+        Some(Message::HsmdInitReplyV4(_))
+    ));
+
+    // The signer signs, but its reply dies with its MQTT connection.
+    proxy.drop_next(format!("{}/vls-res", home.cid()).as_bytes());
+    let other = key(3);
+    let point = PubKey(other.public_key(&Secp256k1::new()).serialize());
+    let Message::EcdhReply(r) = broker.master.call(&msgs::Ecdh { point }) else {
+        panic!("no ECDH reply after the reconnect");
+    };
+    assert_eq!(
+        r.secret.0,
+        SharedSecret::new(&home.node_id(), &other).secret_bytes()
+    );
+    assert_eq!(
+        proxy.pattern_cuts(),
+        1,
+        "the reply was dropped and the connection cut"
+    );
+    // Same process (reconnected, not restarted), and the resent request was
+    // answered from its cache rather than signed again.
+    assert!(
+        signer.child.try_wait().expect("status").is_none(),
+        "signer still running"
+    );
+    let log = signer.log_text();
+    assert!(
+        log.contains("duplicate request answered from the cache"),
+        "{log}"
+    );
+    assert!(log.matches("connected to the broker").count() >= 2, "{log}");
+    signer.kill();
+}
