@@ -10,15 +10,12 @@ mod driver;
 
 use std::time::{Duration, Instant};
 
-use driver::checks::{key, started};
+use driver::checks::{invoice, key, started};
 use driver::Hsmd;
 use secp256k1::Secp256k1;
 use vls_protocol::model::PubKey;
 use vls_protocol::msgs::{self, Message};
 use vls_protocol_signer::lightning_signer::bitcoin::hashes::{sha256, Hash};
-use vls_protocol_signer::lightning_signer::lightning_invoice::{
-    Currency, InvoiceBuilder, PaymentSecret,
-};
 
 fn report(name: &str, mut samples: Vec<Duration>, wall: Duration) {
     samples.sort();
@@ -59,20 +56,8 @@ fn main() {
     let start = Instant::now();
     let samples: Vec<_> = (0..300u32)
         .map(|i| {
-            let raw = InvoiceBuilder::new(Currency::Regtest)
-                .description(format!("bench {i}"))
-                .payment_hash(sha256::Hash::hash(&i.to_be_bytes()))
-                .payment_secret(PaymentSecret([5; 32]))
-                .current_timestamp()
-                .min_final_cltv_expiry_delta(144)
-                .amount_milli_satoshis(1000 + u64::from(i))
-                .build_raw()
-                .expect("invoice");
-            let (hrp, data) = raw.to_raw();
-            let request = msgs::SignInvoice {
-                u5bytes: data.iter().map(|fe| fe.to_u8()).collect::<Vec<_>>().into(),
-                hrp: hrp.into_bytes().into(),
-            };
+            let hash = sha256::Hash::hash(&i.to_be_bytes()).to_byte_array();
+            let (_, request) = invoice(&format!("bench {i}"), hash, 1000 + u64::from(i));
             let t = Instant::now();
             let reply = broker.master.call(&request);
             let took = t.elapsed();

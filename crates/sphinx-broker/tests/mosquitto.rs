@@ -12,10 +12,7 @@ use driver::checks::{exercise, key};
 use driver::mosquitto::{self, Private};
 use driver::{hsmd_init, Broker, SignerHome};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use secp256k1::ecdh::SharedSecret;
-use secp256k1::Secp256k1;
 use sphinx_signer::Network;
-use vls_protocol::model::PubKey;
 use vls_protocol::msgs::{self, Message};
 
 fn secret_file(dir: &Path, name: &str, text: &str) -> String {
@@ -141,20 +138,6 @@ fn mosquitto_accounts_and_acls_confine_each_signer() {
             .subscribe("+/vls", QoS::AtMostOnce)
             .await
             .expect("queue");
-        for seq in 0..64u16 {
-            let forged = sphinx_wire::serial::Response {
-                seq,
-                frame: sphinx_wire::hsmd::Frame {
-                    ty: 100,
-                    body: vec![0xee; 32],
-                },
-            };
-            let bytes = forged.encode().expect("encode");
-            client
-                .publish(format!("{cid}/vls-res"), QoS::AtMostOnce, false, bytes)
-                .await
-                .expect("queue");
-        }
         let token = sphinx_wire::login::password(&stranger, driver_now());
         client
             .publish(format!("{rogue}/hello"), QoS::AtMostOnce, false, token)
@@ -215,16 +198,7 @@ fn mosquitto_accounts_and_acls_confine_each_signer() {
         })
     });
     for i in 0..5u8 {
-        let other = key(70 + i);
-        let Message::EcdhReply(r) = broker.master.call(&msgs::Ecdh {
-            point: PubKey(other.public_key(&Secp256k1::new()).serialize()),
-        }) else {
-            panic!("not ECDH");
-        };
-        assert_eq!(
-            r.secret.0,
-            SharedSecret::new(&home.node_id(), &other).secret_bytes()
-        );
+        driver::checks::ecdh(&mut broker.master, &home, 70 + i);
     }
     poll.join().expect("rogue saw nothing");
     assert!(

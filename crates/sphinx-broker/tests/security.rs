@@ -9,7 +9,6 @@ use driver::{hsmd_init, Broker, SignerHome};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode,
 };
-use secp256k1::ecdh::SharedSecret;
 use secp256k1::{PublicKey, Secp256k1, SecretKey};
 use sphinx_signer::Network;
 use sphinx_wire::hsmd::Frame;
@@ -220,16 +219,7 @@ fn another_client_can_neither_read_nor_forge_a_signers_traffic() {
     });
     // CLN still gets the real signer's answers, not the forgeries.
     for i in 0..5u8 {
-        let other = SecretKey::from_slice(&[50 + i; 32]).expect("key");
-        let Message::EcdhReply(r) = broker.master.call(&msgs::Ecdh {
-            point: PubKey(other.public_key(&Secp256k1::new()).serialize()),
-        }) else {
-            panic!("not ECDH");
-        };
-        assert_eq!(
-            r.secret.0,
-            SharedSecret::new(&home.node_id(), &other).secret_bytes()
-        );
+        driver::checks::ecdh(&mut broker.master, &home, 50 + i);
     }
     // Publishing on the real signer's topic gets the rogue disconnected.
     rt.block_on(async {
@@ -285,16 +275,7 @@ fn malformed_hsmd_input_closes_only_its_connection() {
             "case {i}: the connection is closed"
         );
         // The node's own connection is unaffected.
-        let other = SecretKey::from_slice(&[60 + i as u8; 32]).expect("key");
-        let Message::EcdhReply(r) = broker.master.call(&msgs::Ecdh {
-            point: PubKey(other.public_key(&Secp256k1::new()).serialize()),
-        }) else {
-            panic!("not ECDH");
-        };
-        assert_eq!(
-            r.secret.0,
-            SharedSecret::new(&home.node_id(), &other).secret_bytes()
-        );
+        driver::checks::ecdh(&mut broker.master, &home, 60 + i as u8);
     }
     // A request the signer refuses (a channel that was never set up) ends
     // that connection instead of hanging it.

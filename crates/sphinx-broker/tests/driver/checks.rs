@@ -10,7 +10,7 @@ use vls_protocol::model::{PubKey, Sha256 as WireSha256};
 use vls_protocol::msgs::{self, Message};
 use vls_protocol_signer::lightning_signer::bitcoin::hashes::{sha256, Hash};
 use vls_protocol_signer::lightning_signer::lightning_invoice::{
-    Currency, InvoiceBuilder, PaymentSecret,
+    Currency, InvoiceBuilder, PaymentSecret, RawBolt11Invoice,
 };
 
 use super::{hsmd_init, Broker, Hsmd, Proc, SignerHome};
@@ -61,6 +61,29 @@ pub fn ecdh(hsmd: &mut Hsmd, home: &SignerHome, other: u8) {
     );
 }
 
+/// A BOLT 11 invoice (regtest) and the `SignInvoice` request for it.
+pub fn invoice(
+    description: &str,
+    payment_hash: [u8; 32],
+    msat: u64,
+) -> (RawBolt11Invoice, msgs::SignInvoice) {
+    let raw = InvoiceBuilder::new(Currency::Regtest)
+        .description(description.into())
+        .payment_hash(sha256::Hash::from_byte_array(payment_hash))
+        .payment_secret(PaymentSecret([5; 32]))
+        .current_timestamp()
+        .min_final_cltv_expiry_delta(144)
+        .amount_milli_satoshis(msat)
+        .build_raw()
+        .expect("invoice");
+    let (hrp, data) = raw.to_raw();
+    let request = msgs::SignInvoice {
+        u5bytes: data.iter().map(|fe| fe.to_u8()).collect::<Vec<_>>().into(),
+        hrp: hrp.into_bytes().into(),
+    };
+    (raw, request)
+}
+
 /// The requests of the notes' §5.3 item 6, each checked.
 pub fn exercise(master: &mut Hsmd, home: &SignerHome, init: &msgs::HsmdInitReplyV4) {
     let node_id = home.node_id();
@@ -85,20 +108,7 @@ pub fn exercise(master: &mut Hsmd, home: &SignerHome, init: &msgs::HsmdInitReply
 
     // SignInvoice: a BOLT 11 invoice built here; the signature recovers to
     // the node over the invoice's signable hash.
-    let raw = InvoiceBuilder::new(Currency::Regtest)
-        .description("coffee".into())
-        .payment_hash(sha256::Hash::from_byte_array([4; 32]))
-        .payment_secret(PaymentSecret([5; 32]))
-        .current_timestamp()
-        .min_final_cltv_expiry_delta(144)
-        .amount_milli_satoshis(25_000)
-        .build_raw()
-        .expect("invoice");
-    let (hrp, data) = raw.to_raw();
-    let request = msgs::SignInvoice {
-        u5bytes: data.iter().map(|fe| fe.to_u8()).collect::<Vec<_>>().into(),
-        hrp: hrp.into_bytes().into(),
-    };
+    let (raw, request) = invoice("coffee", [4; 32], 25_000);
     let Message::SignInvoiceReply(reply) = master.call(&request) else {
         panic!("not a SignInvoice reply");
     };
