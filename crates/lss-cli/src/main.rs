@@ -76,6 +76,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // TLS on ring, even if another dependency enables a second rustls
+    // provider (then rustls could not choose one by itself).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

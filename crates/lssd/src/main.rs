@@ -15,6 +15,9 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 fn main() -> anyhow::Result<()> {
+    // TLS on ring, even if another dependency enables a second rustls
+    // provider (then rustls could not choose one by itself).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
