@@ -591,6 +591,7 @@ pub mod net {
         generation: watch::Sender<u64>,
         cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
         drop_next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        tamper_next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
         cuts: Arc<std::sync::atomic::AtomicU32>,
     }
 
@@ -603,6 +604,7 @@ pub mod net {
             let (generation, _) = watch::channel(0u64);
             let cut_after = Arc::new(std::sync::Mutex::new(None));
             let drop_next = Arc::new(std::sync::Mutex::new(None));
+            let tamper_next = Arc::new(std::sync::Mutex::new(None));
             let cuts = Arc::new(std::sync::atomic::AtomicU32::new(0));
             let proxy = FaultProxy {
                 addr,
@@ -610,6 +612,7 @@ pub mod net {
                 generation: generation.clone(),
                 cut_after: cut_after.clone(),
                 drop_next: drop_next.clone(),
+                tamper_next: tamper_next.clone(),
                 cuts: cuts.clone(),
             };
             tokio::spawn(async move {
@@ -622,6 +625,7 @@ pub mod net {
                     let patterns = Patterns {
                         cut_after: cut_after.clone(),
                         drop_next: drop_next.clone(),
+                        tamper_next: tamper_next.clone(),
                         cuts: cuts.clone(),
                     };
                     tokio::spawn(async move {
@@ -660,6 +664,13 @@ pub mod net {
             *self.drop_next.lock().expect("lock") = Some(pattern.to_vec());
         }
 
+        /// The next time the server sends bytes containing `pattern`, flip
+        /// the lowest bit of the byte right after it (an altered reply that
+        /// still parses).
+        pub fn tamper_next(&self, pattern: &[u8]) {
+            *self.tamper_next.lock().expect("lock") = Some(pattern.to_vec());
+        }
+
         /// How many connections `cut_after_next` and `drop_next` have cut.
         pub fn pattern_cuts(&self) -> u32 {
             self.cuts.load(Ordering::SeqCst)
@@ -669,6 +680,7 @@ pub mod net {
     struct Patterns {
         cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
         drop_next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+        tamper_next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
         cuts: Arc<std::sync::atomic::AtomicU32>,
     }
 
@@ -693,6 +705,7 @@ pub mod net {
         let Patterns {
             cut_after,
             drop_next,
+            tamper_next,
             cuts,
         } = patterns;
         let (mut client_read, mut client_write) = inbound.into_split();
@@ -734,6 +747,16 @@ pub mod net {
                 };
                 if frozen.load(Ordering::SeqCst) {
                     return std::future::pending().await;
+                }
+                let armed = tamper_next.lock().expect("lock").clone();
+                if let Some(pattern) = armed {
+                    if let Some(at) = buf[..n].windows(pattern.len()).position(|w| w == pattern) {
+                        let target = at + pattern.len();
+                        if target < n {
+                            buf[target] ^= 1;
+                            *tamper_next.lock().expect("lock") = None;
+                        }
+                    }
                 }
                 if client_write.write_all(&buf[..n]).await.is_err() {
                     return;

@@ -57,6 +57,12 @@ pub struct Settings {
     /// connection is closed [default: 60].
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// The LSS server that stores the signer's state (http:// or https://).
+    #[arg(long, env = "BROKER_LSS_URL")]
+    pub lss_url: Option<String>,
+    /// CA certificate (PEM) for an https:// LSS server with a private CA.
+    #[arg(long, env = "BROKER_LSS_CA")]
+    pub lss_ca: Option<PathBuf>,
     /// Run without LSS: the signer's state lives only on the signer.
     #[arg(long, env = "BROKER_NO_LSS")]
     pub no_lss: Option<bool>,
@@ -97,6 +103,8 @@ pub struct Config {
     pub login_window: u64,
     /// Request deadline.
     pub request_timeout: Duration,
+    /// Where signer state is stored; `None` only with `--no-lss`.
+    pub lss: Option<lss_client::ConnectOptions>,
 }
 
 /// A setting is wrong.
@@ -138,14 +146,37 @@ impl Settings {
 
     /// Applies defaults and checks everything.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        if self.no_lss != Some(true) {
-            return Err(ConfigError(
-                "LSS persistence is not available in this version of the broker: start it with \
-                 --no-lss (or BROKER_NO_LSS=true, or no_lss = true in broker.toml) to run with \
-                 the signer's state kept only on the signer"
-                    .into(),
-            ));
-        }
+        let lss =
+            match (&self.lss_url, self.no_lss) {
+                (Some(_), Some(true)) => {
+                    return Err(ConfigError(
+                        "--lss-url and --no-lss contradict each other".into(),
+                    ))
+                }
+                (Some(url), _) => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(ConfigError(format!(
+                            "--lss-url {url:?} must be http:// or https://"
+                        )));
+                    }
+                    let mut options = lss_client::ConnectOptions::new(url.clone());
+                    if let Some(ca) = &self.lss_ca {
+                        let pem = std::fs::read(ca)
+                            .map_err(|e| ConfigError(format!("--lss-ca {}: {e}", ca.display())))?;
+                        options.tls = Some(lss_client::TlsOptions {
+                            ca_pem: Some(pem),
+                            ..Default::default()
+                        });
+                    }
+                    Some(options)
+                }
+                (None, Some(true)) => None,
+                (None, _) => return Err(ConfigError(
+                    "no LSS server: give --lss-url (BROKER_LSS_URL, lss_url in broker.toml), or \
+                     --no-lss true to run with the signer's state kept only on the signer"
+                        .into(),
+                )),
+            };
         let owner = match &self.owner {
             Some(hex_key) => Some(
                 hex::decode(hex_key)
@@ -217,6 +248,7 @@ impl Settings {
             owner,
             login_window: self.login_window_secs.unwrap_or(120),
             request_timeout: Duration::from_secs(request_timeout),
+            lss,
         })
     }
 }

@@ -22,5 +22,6 @@ pub mod cln;
 pub mod config;
 pub mod fdio;
 pub mod link;
+pub mod lss;
 pub mod owner;
 pub mod scheduler;

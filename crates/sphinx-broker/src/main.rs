@@ -53,7 +53,14 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let owner = Arc::new(Owner::load(&config.data_dir, config.owner)?);
-    tracing::warn!("running WITHOUT LSS (--no-lss): the signer's state is kept only on the signer");
+    match &config.lss {
+        Some(lss) => {
+            tracing::info!(url = %lss.url, "signer state is stored in LSS before every reply")
+        }
+        None => tracing::warn!(
+            "running WITHOUT LSS (--no-lss): the signer's state is kept only on the signer"
+        ),
+    }
     let (link, events) = match config.mqtt {
         Mqtt::Embedded(listen, tls) => {
             let tls = match tls {
@@ -77,7 +84,8 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
             link::external(external, owner.clone(), config.login_window)
         }
     };
-    let scheduler = Scheduler::start(link, events, config.request_timeout);
+    let lss = config.lss.clone().map(sphinx_broker::lss::Relay::new);
+    let scheduler = Scheduler::start(link, events, config.request_timeout, lss);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         served = cln::serve_master(master, scheduler) => served.context("serving lightningd on fd 3"),

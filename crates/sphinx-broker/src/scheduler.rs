@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use vls_protocol::msgs::{self, Message, SerBolt};
 
 use crate::link::{Link, LinkEvent};
+use crate::lss::{Account, Relay, RelayError};
+use sphinx_wire::lss::{BrokerMutations, Msg, Response};
 
 /// Why a request got no reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -48,6 +50,9 @@ pub enum RequestError {
     /// The request itself is unacceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The signer's changes could not be stored in LSS in time.
+    #[error("storing the signer's changes in LSS failed: {0}")]
+    Lss(String),
     /// The broker is stopping.
     #[error("the broker is stopping")]
     Stopped,
@@ -76,12 +81,23 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the scheduler over `link` and its events. `timeout` bounds
-    /// every request, from arrival to reply.
-    pub fn start(link: Link, events: mpsc::Receiver<LinkEvent>, timeout: Duration) -> Scheduler {
+    /// every request, from arrival to reply. With `lss`, every signer runs
+    /// the LSS init dance, and every change it reports is stored before its
+    /// reply is released; without, the signer's state is its own.
+    pub fn start(
+        link: Link,
+        events: mpsc::Receiver<LinkEvent>,
+        timeout: Duration,
+        lss: Option<Relay>,
+    ) -> Scheduler {
         let (commands, rx) = mpsc::channel(1024);
+        let (internal_tx, internal) = mpsc::channel(1024);
         let actor = Actor {
             link,
             timeout,
+            lss,
+            internal_tx,
+            accounts: HashMap::new(),
             signers: HashMap::new(),
             cln_init: None,
             negotiated: None,
@@ -91,7 +107,7 @@ impl Scheduler {
             next_seq: 1,
             hellos: 0,
         };
-        tokio::spawn(actor.run(rx, events));
+        tokio::spawn(actor.run(rx, events, internal));
         Scheduler { commands }
     }
 
@@ -138,7 +154,13 @@ impl Scheduler {
 }
 
 enum SignerState {
-    /// Said hello; waiting for CLN's HsmdInit to forward.
+    /// LSS step 1: fetching the server key, then waiting for credentials.
+    LssCredentials { deadline: Instant },
+    /// LSS step 2: reading the signer's state, then waiting for its changes.
+    LssState { deadline: Instant },
+    /// LSS step 2: storing the changes the signer made while restoring.
+    LssStoring { deadline: Instant },
+    /// Said hello (and synced with LSS); waiting for CLN's HsmdInit.
     Waiting,
     /// HsmdInit sent; waiting for the reply until the deadline.
     Initialising { deadline: Instant },
@@ -168,9 +190,33 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// Results of LSS calls, which run as their own tasks.
+enum Internal {
+    ServerKey {
+        cid: String,
+        result: Result<[u8; 33], RelayError>,
+    },
+    State {
+        cid: String,
+        result: Result<(sphinx_wire::lss::Muts, [u8; 32]), RelayError>,
+    },
+    InitStored {
+        cid: String,
+        result: Result<[u8; 32], RelayError>,
+    },
+    RequestStored {
+        cid: String,
+        seq: u16,
+        result: Result<[u8; 32], RelayError>,
+    },
+}
+
 struct Actor {
     link: Link,
     timeout: Duration,
+    lss: Option<Relay>,
+    internal_tx: mpsc::Sender<Internal>,
+    accounts: HashMap<String, Account>,
     signers: HashMap<String, SignerState>,
     cln_init: Option<Vec<u8>>,
     negotiated: Option<Negotiated>,
@@ -186,6 +232,7 @@ impl Actor {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut events: mpsc::Receiver<LinkEvent>,
+        mut internal: mpsc::Receiver<Internal>,
     ) {
         let mut waiting_log = Instant::now() + Duration::from_secs(10);
         loop {
@@ -195,6 +242,7 @@ impl Actor {
                     Some(command) => self.command(command).await,
                     None => break,
                 },
+                Some(done) = internal.recv() => self.internal(done).await,
                 event = events.recv() => match event {
                     Some(event) => self.event(event).await,
                     None => {
@@ -219,7 +267,10 @@ impl Actor {
 
     fn next_deadline(&self) -> Option<Instant> {
         let signer = self.signers.values().filter_map(|s| match s {
-            SignerState::Initialising { deadline } => Some(*deadline),
+            SignerState::Initialising { deadline }
+            | SignerState::LssCredentials { deadline }
+            | SignerState::LssState { deadline }
+            | SignerState::LssStoring { deadline } => Some(*deadline),
             _ => None,
         });
         self.in_flight
@@ -307,7 +358,21 @@ impl Actor {
                         f.sent_to = None; // resent once it is ready again
                     }
                 }
-                self.send_init(&cid).await;
+                match self.lss.clone() {
+                    Some(relay) => {
+                        // LSS step 1: the server key, for the signer to
+                        // derive its credentials.
+                        let deadline = Instant::now() + self.timeout;
+                        self.signers
+                            .insert(cid.clone(), SignerState::LssCredentials { deadline });
+                        let done = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            let result = relay.server_key(deadline).await;
+                            let _ = done.send(Internal::ServerKey { cid, result }).await;
+                        });
+                    }
+                    None => self.send_init(&cid).await,
+                }
             }
             LinkEvent::Gone { cid } => {
                 if self.signers.remove(&cid).is_some() {
@@ -325,6 +390,12 @@ impl Actor {
                 payload,
             } => match suffix {
                 Suffix::Init3Res => self.init_reply(cid, &payload),
+                Suffix::Init1Res => self.credentials(cid, &payload),
+                Suffix::Init2Res => self.restored(cid, &payload).await,
+                Suffix::LssRes => self.request_changes(cid, &payload),
+                Suffix::LssConflictRes => {
+                    tracing::info!(%cid, "signer dropped its conflicting changes")
+                }
                 Suffix::VlsRes => self.vls_reply(cid, &payload),
                 Suffix::Error => {
                     let text = error_text(&payload);
@@ -346,6 +417,199 @@ impl Actor {
                 other => tracing::debug!(%cid, suffix = other.as_str(), "message not handled here"),
             },
         }
+    }
+
+    /// Results of the LSS tasks.
+    async fn internal(&mut self, done: Internal) {
+        match done {
+            Internal::ServerKey { cid, result } => {
+                if !matches!(
+                    self.signers.get(&cid),
+                    Some(SignerState::LssCredentials { .. })
+                ) {
+                    return;
+                }
+                match result {
+                    Ok(server_pubkey) => {
+                        self.link
+                            .publish(&cid, Suffix::Init1Msg, Msg::Init { server_pubkey }.encode())
+                            .await;
+                    }
+                    Err(e) => self.reject(&cid, format!("LSS server key: {e}")),
+                }
+            }
+            Internal::State { cid, result } => {
+                if !matches!(self.signers.get(&cid), Some(SignerState::LssState { .. })) {
+                    return;
+                }
+                match result {
+                    Ok((muts, mac)) => {
+                        let msg = Msg::Created(BrokerMutations {
+                            server_hmac: Some(mac),
+                            muts,
+                        });
+                        self.link
+                            .publish(&cid, Suffix::Init2Msg, msg.encode())
+                            .await;
+                    }
+                    Err(e) => self.reject(&cid, format!("reading the signer's LSS state: {e}")),
+                }
+            }
+            Internal::InitStored { cid, result } => {
+                if !matches!(self.signers.get(&cid), Some(SignerState::LssStoring { .. })) {
+                    return;
+                }
+                match result {
+                    Ok(mac) => {
+                        let msg = Msg::Stored(BrokerMutations {
+                            server_hmac: Some(mac),
+                            muts: Vec::new(),
+                        });
+                        self.link.publish(&cid, Suffix::LssMsg, msg.encode()).await;
+                        self.send_init(&cid).await;
+                    }
+                    Err(RelayError::Conflict(n)) => {
+                        tracing::error!(%cid, keys = n, "LSS conflict on the signer's init changes: another signer wrote; it resyncs");
+                        self.signers.remove(&cid);
+                        self.link
+                            .publish(&cid, Suffix::LssConflict, Msg::PutConflict.encode())
+                            .await;
+                    }
+                    Err(e) => self.reject(&cid, format!("storing the signer's init changes: {e}")),
+                }
+            }
+            Internal::RequestStored { cid, seq, result } => {
+                let current = self
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.sent_to.as_deref() == Some(&cid) && f.seq == seq);
+                if !current {
+                    tracing::info!(%cid, seq, "LSS result for a request no longer in flight; the signer resyncs from LSS");
+                    return;
+                }
+                match result {
+                    Ok(mac) => {
+                        let msg = Msg::Stored(BrokerMutations {
+                            server_hmac: Some(mac),
+                            muts: Vec::new(),
+                        });
+                        self.link.publish(&cid, Suffix::LssMsg, msg.encode()).await;
+                    }
+                    Err(RelayError::Conflict(n)) => {
+                        tracing::error!(%cid, seq, keys = n, "LSS conflict: another signer wrote; this signer resyncs and the request is resent");
+                        self.link
+                            .publish(&cid, Suffix::LssConflict, Msg::PutConflict.encode())
+                            .await;
+                    }
+                    Err(e) => {
+                        if let Some(f) = self.in_flight.take() {
+                            let _ = f.reply.send(Err(RequestError::Lss(e.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// LSS step 1 answered: the signer's credentials and nonce.
+    fn credentials(&mut self, cid: String, payload: &[u8]) {
+        if !matches!(
+            self.signers.get(&cid),
+            Some(SignerState::LssCredentials { .. })
+        ) {
+            tracing::warn!(%cid, "unexpected init-1 reply ignored");
+            return;
+        }
+        let Some(relay) = self.lss.clone() else {
+            return;
+        };
+        let init = match Response::decode(payload) {
+            Ok(Response::Init(init)) => init,
+            Ok(_) => return self.reject(&cid, "init-1 reply is not Init".into()),
+            Err(e) => return self.reject(&cid, format!("malformed init-1 reply: {e}")),
+        };
+        let account = Account {
+            client_id: init.client_id,
+            token: init.auth_token,
+        };
+        self.accounts.insert(cid.clone(), account);
+        let deadline = Instant::now() + self.timeout;
+        self.signers
+            .insert(cid.clone(), SignerState::LssState { deadline });
+        // A signer that sends no nonce asks for no state; ours always does.
+        let nonce = init.nonce.unwrap_or([0; 32]);
+        let done = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = match init.nonce {
+                Some(_) => relay.get_all(account, nonce, deadline).await,
+                None => Ok((Vec::new(), [0; 32])),
+            };
+            let _ = done.send(Internal::State { cid, result }).await;
+        });
+    }
+
+    /// LSS step 2 answered: what the signer changed while restoring.
+    async fn restored(&mut self, cid: String, payload: &[u8]) {
+        if !matches!(self.signers.get(&cid), Some(SignerState::LssState { .. })) {
+            tracing::warn!(%cid, "unexpected init-2 reply ignored");
+            return;
+        }
+        let changes = match Response::decode(payload) {
+            Ok(Response::Created(changes)) => changes,
+            Ok(_) => return self.reject(&cid, "init-2 reply is not Created".into()),
+            Err(e) => return self.reject(&cid, format!("malformed init-2 reply: {e}")),
+        };
+        if changes.muts.is_empty() {
+            return self.send_init(&cid).await;
+        }
+        let (Some(relay), Some(account)) = (self.lss.clone(), self.accounts.get(&cid).copied())
+        else {
+            return self.reject(&cid, "no LSS account".into());
+        };
+        let deadline = Instant::now() + self.timeout;
+        self.signers
+            .insert(cid.clone(), SignerState::LssStoring { deadline });
+        let done = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = relay
+                .put(account, &changes.muts, changes.client_hmac, deadline)
+                .await;
+            let _ = done.send(Internal::InitStored { cid, result }).await;
+        });
+    }
+
+    /// A request's changes, to store before its reply is released.
+    fn request_changes(&mut self, cid: String, payload: &[u8]) {
+        let Some((seq, deadline)) = self
+            .in_flight
+            .as_ref()
+            .filter(|f| f.sent_to.as_deref() == Some(&cid))
+            .map(|f| (f.seq, f.deadline))
+        else {
+            tracing::warn!(%cid, "changes for no request in flight ignored");
+            return;
+        };
+        let changes = match Response::decode(payload) {
+            Ok(Response::VlsMuts(changes)) => changes,
+            _ => {
+                tracing::warn!(%cid, "malformed lss-res ignored");
+                return;
+            }
+        };
+        let (Some(relay), Some(account)) = (self.lss.clone(), self.accounts.get(&cid).copied())
+        else {
+            tracing::error!(%cid, "changes from a signer without an LSS account (broker runs --no-lss) ignored");
+            return;
+        };
+        let done = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = relay
+                .put(account, &changes.muts, changes.client_hmac, deadline)
+                .await;
+            let _ = done
+                .send(Internal::RequestStored { cid, seq, result })
+                .await;
+        });
     }
 
     fn init_reply(&mut self, cid: String, payload: &[u8]) {

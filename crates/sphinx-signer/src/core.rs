@@ -1,36 +1,44 @@
-//! The signing core: VLS behind the serial request/response format, with no
-//! network I/O.
+//! The signing core: VLS behind the serial request/response format and the
+//! LSS relay messages, with no network I/O.
 //!
 //! It is driven by one thread (VLS is synchronous and CPU-bound): the MQTT
-//! loop hands it the payloads of `init-3-msg` and `vls`, it answers with the
-//! payloads of `init-3-res` and `vls-res`.
+//! loop hands it each payload the broker sends, and publishes what it
+//! returns.
 //!
 //! Why it is shaped like this:
-//! - **Transactions are never left open** (the reference's `W3`): every
-//!   request runs between `enter` and `commit` of the persister; if the
-//!   handler fails or panics, the whole session (node and store) is dropped
-//!   and reopened from the durable store, which is the only rollback the VLS
-//!   store offers and the one that cannot leave memory ahead of disk.
+//! - **Persist before reply, commit after proof** (LSS mode): a request's
+//!   mutations go to the broker with the client MAC; the reply is held until
+//!   the broker returns the server MAC the signer expects for exactly those
+//!   mutations; only then is the transaction committed locally and the reply
+//!   released. The init dance is held to the same rule (the reference
+//!   commits before LSS acknowledges, `W8`).
+//! - **Transactions are never left open** (`W3`): if a handler fails or
+//!   panics, or a put is refused, the session (node and store) is dropped
+//!   and reopened from the durable store: the only rollback VLS's store has,
+//!   and one that cannot leave memory ahead of disk.
 //! - **A duplicate is answered, not re-signed** (`W5`, `W7`): the last
-//!   request and its reply are kept; the same sequence with the same bytes
-//!   gets the cached reply, so a broker that resends after a reconnect never
-//!   makes the signer sign twice, and never makes it reboot.
-//! - **Hostile input is an error, not a panic** (`W9`): the frame is checked
-//!   before VLS sees it, `HsmdInit` is validated (network, versions) before
-//!   VLS's asserts can fire, and VLS itself runs under `catch_unwind`.
+//!   request and its reply are kept; a resent request gets the cached reply.
+//!   A request whose put reached LSS but whose acknowledgement was lost is
+//!   recognised at the next resync (LSS holds exactly its mutations) and
+//!   answered from the cache too.
+//! - **Hostile input is an error, not a panic** (`W9`): frames are checked
+//!   before VLS sees them, `HsmdInit` is validated, VLS runs under
+//!   `catch_unwind`, and every LSS state and acknowledgement is MAC-checked.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sphinx_wire::hsmd::Frame;
+use sphinx_wire::lss::{InitResponse, Msg, Muts, Response, SignerMutations};
 use sphinx_wire::serial;
 use vls_persist::kvv::cloud::CloudKVVStore;
 use vls_persist::kvv::redb::RedbKVVStore;
-use vls_persist::kvv::{JsonFormat, KVVPersister};
+use vls_persist::kvv::{JsonFormat, KVVPersister, KVVStore, KVV};
 use vls_protocol_signer::handler::{Handler, HandlerBuilder, InitHandler, RootHandler};
 use vls_protocol_signer::lightning_signer::bitcoin::blockdata::constants::genesis_block;
 use vls_protocol_signer::lightning_signer::bitcoin::hashes::Hash;
+use vls_protocol_signer::lightning_signer::bitcoin::secp256k1::PublicKey;
 use vls_protocol_signer::lightning_signer::bitcoin::Network;
 use vls_protocol_signer::lightning_signer::node::NodeServices;
 use vls_protocol_signer::lightning_signer::persist::{Mutations, Persist};
@@ -39,21 +47,23 @@ use vls_protocol_signer::lightning_signer::signer::ClockStartingTimeFactory;
 use vls_protocol_signer::lightning_signer::util::clock::StandardClock;
 use vls_protocol_signer::vls_protocol::msgs::{self, Message};
 
+use crate::lss::{self, Credentials, LssError};
+
 /// The hsmd wire version this signer speaks at most.
 pub const MAX_PROTOCOL_VERSION: u32 = msgs::DEFAULT_MAX_PROTOCOL_VERSION;
 
-/// Why a request got no reply.
+/// Why a message got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    /// The payload is not a serial request.
-    #[error("malformed request: {0}")]
+    /// The payload is not a serial request or LSS message.
+    #[error("malformed message: {0}")]
     Malformed(#[from] sphinx_wire::WireError),
     /// The hsmd message does not parse.
     #[error("undecodable hsmd message (type {0}): {1}")]
     Undecodable(u16, String),
-    /// A request arrived before `HsmdInit`.
-    #[error("not initialised: HsmdInit has not been received")]
-    NotInitialised,
+    /// A request arrived before the signer was initialised.
+    #[error("not initialised: {0}")]
+    NotInitialised(&'static str),
     /// `HsmdInit` is not acceptable.
     #[error("HsmdInit refused: {0}")]
     BadInit(String),
@@ -71,15 +81,60 @@ pub enum CoreError {
     /// The durable store failed.
     #[error("signer store: {0}")]
     Store(String),
+    /// LSS state or acknowledgement not acceptable.
+    #[error(transparent)]
+    Lss(#[from] LssError),
+    /// An LSS message that does not fit the current step.
+    #[error("unexpected LSS message: {0}")]
+    LssProtocol(&'static str),
+}
+
+/// Where the signer's state is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every change is stored in LSS (through the broker) before the reply.
+    Lss,
+    /// Only the local store (the broker runs with `--no-lss`).
+    Local,
+}
+
+/// What to publish after a `vls` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// The reply, on `vls-res`.
+    Reply(Vec<u8>),
+    /// Mutations to store first, on `lss-res`; the reply is held.
+    Persist(Vec<u8>),
 }
 
 type Persister = KVVPersister<CloudKVVStore<RedbKVVStore>, JsonFormat>;
 
-/// An open node: its store and, after `HsmdInit`, its root handler.
+struct Handlers {
+    /// Never used to handle anything: cloned for each `HsmdInit`.
+    pristine: InitHandler,
+    root: Option<RootHandler>,
+}
+
+/// An open store and, once built, the node's handlers.
 struct Session {
     persister: Arc<Persister>,
-    init: InitHandler,
-    root: Option<RootHandler>,
+    handlers: Option<Handlers>,
+}
+
+/// Changes waiting for the server's acknowledgement.
+enum Pending {
+    /// The init dance's mutations (a new node, or an upgrade).
+    Init { expected: [u8; 32] },
+    /// A request's mutations; its reply is held.
+    Request {
+        seq: u16,
+        request: Vec<u8>,
+        reply: Vec<u8>,
+        muts: Muts,
+        expected: [u8; 32],
+        /// The `lss-res` payload, resent if the request is.
+        persist: Vec<u8>,
+    },
 }
 
 /// The signer's state machine.
@@ -87,72 +142,296 @@ pub struct Core {
     network: Network,
     seed: [u8; 32],
     store_dir: PathBuf,
+    mode: Mode,
     session: Option<Session>,
     /// The accepted `HsmdInit`, replayed when the session is rebuilt.
     init_msg: Option<Vec<u8>>,
     /// The last request (seq and bytes) and the reply sent for it.
     last: Option<(u16, Vec<u8>, Vec<u8>)>,
+    /// LSS credentials and the nonce of the current dance.
+    lss: Option<(Credentials, [u8; 32])>,
+    /// LSS state verified in the current dance (step 2 done).
+    synced: bool,
+    pending: Option<Pending>,
 }
 
 impl Core {
-    /// Opens (or creates) the node for `seed` with its store in `store_dir`.
-    pub fn open(network: Network, seed: [u8; 32], store_dir: &Path) -> Result<Self, CoreError> {
+    /// Opens the store in `store_dir` for `seed`. In local mode the node is
+    /// built at once; in LSS mode it is built in the init dance, after the
+    /// local store has been reconciled with LSS.
+    pub fn open(
+        network: Network,
+        seed: [u8; 32],
+        store_dir: &Path,
+        mode: Mode,
+    ) -> Result<Self, CoreError> {
         let mut core = Core {
             network,
             seed,
             store_dir: store_dir.to_path_buf(),
+            mode,
             session: None,
             init_msg: None,
             last: None,
+            lss: None,
+            synced: false,
+            pending: None,
         };
-        core.session = Some(core.open_session()?);
+        let persister = core.open_store()?;
+        let handlers = match mode {
+            Mode::Local => {
+                let (handlers, muts) = core.build(&persister)?;
+                commit_local(&persister, muts)?;
+                Some(handlers)
+            }
+            Mode::Lss => None,
+        };
+        core.session = Some(Session {
+            persister,
+            handlers,
+        });
         Ok(core)
     }
 
-    /// The node id (hex), known once the session is open.
+    /// The node id, once the node is built.
     pub fn node_id(&self) -> Option<String> {
-        self.session
-            .as_ref()
-            .map(|s| s.init.node().get_id().to_string())
+        let handlers = self.session.as_ref()?.handlers.as_ref()?;
+        Some(handlers.pristine.node().get_id().to_string())
     }
 
-    fn open_session(&self) -> Result<Session, CoreError> {
+    fn open_store(&self) -> Result<Arc<Persister>, CoreError> {
         let dir = self.store_dir.clone();
-        let network = self.network;
-        let seed = self.seed;
         guarded("open the store", move || {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| CoreError::Store(format!("cannot create {}: {e}", dir.display())))?;
             let local = RedbKVVStore::new(&dir);
-            let persister = Arc::new(KVVPersister(CloudKVVStore::new(local), JsonFormat));
-            let services = NodeServices {
-                validator_factory: Arc::new(SimpleValidatorFactory::new()),
-                starting_time_factory: ClockStartingTimeFactory::new(),
-                persister: persister.clone(),
-                clock: Arc::new(StandardClock()),
-                trusted_oracle_pubkeys: vec![],
-            };
+            Ok(Arc::new(KVVPersister(
+                CloudKVVStore::new(local),
+                JsonFormat,
+            )))
+        })
+    }
+
+    fn builder(&self, persister: &Arc<Persister>) -> HandlerBuilder {
+        let services = NodeServices {
+            validator_factory: Arc::new(SimpleValidatorFactory::new()),
+            starting_time_factory: ClockStartingTimeFactory::new(),
+            persister: persister.clone(),
+            clock: Arc::new(StandardClock()),
+            trusted_oracle_pubkeys: vec![],
+        };
+        HandlerBuilder::new(self.network, 0, services, self.seed)
+            .max_protocol_version(MAX_PROTOCOL_VERSION)
+    }
+
+    /// Builds (restores or creates) the node inside a transaction; returns
+    /// the handlers and what building changed, uncommitted.
+    fn build(&self, persister: &Arc<Persister>) -> Result<(Handlers, Mutations), CoreError> {
+        let builder = self.builder(persister);
+        guarded("build the node", || {
             persister
                 .enter()
                 .map_err(|e| CoreError::Store(format!("{e:?}")))?;
-            let built = HandlerBuilder::new(network, 0, services, seed)
-                .max_protocol_version(MAX_PROTOCOL_VERSION)
-                .build();
+            let built = builder.build();
             let muts = persister.prepare();
-            let init = match built {
-                Ok(init) => init,
-                Err(e) => {
-                    return Err(CoreError::Store(format!("cannot build the node: {e:?}")));
-                }
-            };
-            commit_local(&persister, muts)?;
-            Ok(Session {
-                persister,
-                init,
-                root: None,
-            })
+            let pristine =
+                built.map_err(|e| CoreError::Store(format!("cannot build the node: {e:?}")))?;
+            Ok((
+                Handlers {
+                    pristine,
+                    root: None,
+                },
+                muts,
+            ))
         })
     }
+
+    // ---- LSS init dance ----
+
+    /// `init-1-msg`: the server's key; answers `init-1-res` with the
+    /// signer's credentials and a fresh nonce for the full read that follows.
+    pub fn lss_init(&mut self, payload: &[u8]) -> Result<Vec<u8>, CoreError> {
+        let Msg::Init { server_pubkey } = Msg::decode(payload)? else {
+            return Err(CoreError::LssProtocol("expected Init on init-1-msg"));
+        };
+        let server = PublicKey::from_slice(&server_pubkey)
+            .map_err(|_| CoreError::LssProtocol("the server key is not a public key"))?;
+        let persister = self.store()?;
+        let (keys, _) = self.builder(&persister).build_keys_manager();
+        let creds = Credentials::new(
+            keys.get_persistence_pubkey().serialize(),
+            keys.get_persistence_shared_secret(&server),
+        );
+        let nonce: [u8; 32] = rand::random();
+        let response = Response::Init(InitResponse {
+            client_id: creds.client_id,
+            auth_token: creds.token,
+            nonce: Some(nonce),
+        });
+        self.lss = Some((creds, nonce));
+        self.synced = false;
+        Ok(response.encode())
+    }
+
+    fn store(&mut self) -> Result<Arc<Persister>, CoreError> {
+        if let Some(session) = &self.session {
+            return Ok(session.persister.clone());
+        }
+        let persister = self.open_store()?;
+        self.session = Some(Session {
+            persister: persister.clone(),
+            handlers: None,
+        });
+        Ok(persister)
+    }
+
+    /// `init-2-msg`: the whole LSS state with the server's MAC over our
+    /// nonce. Checks it, brings the local store forward (refusing one that
+    /// is ahead or forked), builds the node, and answers `init-2-res` with
+    /// whatever building changed (to be stored and acknowledged before
+    /// `HsmdInit` is answered).
+    pub fn lss_restore(&mut self, payload: &[u8]) -> Result<Vec<u8>, CoreError> {
+        let Msg::Created(state) = Msg::decode(payload)? else {
+            return Err(CoreError::LssProtocol("expected Created on init-2-msg"));
+        };
+        let (creds, nonce) = self
+            .lss
+            .clone()
+            .ok_or(CoreError::LssProtocol("init-2 before init-1"))?;
+        creds.check_read(&nonce, &state.muts, state.server_hmac.as_ref())?;
+
+        // A request whose put landed while its acknowledgement was lost:
+        // LSS proves it is stored, so its reply is the answer to a resend.
+        match self.pending.take() {
+            Some(Pending::Request {
+                seq,
+                request,
+                reply,
+                muts,
+                ..
+            }) if lss::contains(&state.muts, &muts) => {
+                tracing::info!(
+                    seq,
+                    "a held reply's mutations are in LSS; it will be answered"
+                );
+                self.last = Some((seq, request, reply));
+            }
+            Some(_) => tracing::info!("dropping changes LSS never acknowledged"),
+            None => {}
+        }
+        // Reopen: a transaction of the dropped changes may still be open.
+        self.session = None;
+        let persister = self.open_store()?;
+        let local: Muts = guarded("read the store", || {
+            persister
+                .0
+                .get_prefix("")
+                .map(|it| it.map(KVV::into_inner).collect())
+                .map_err(|e| CoreError::Store(format!("{e:?}")))
+        })?;
+        let apply = lss::plan(&local, &state.muts)?;
+        if !apply.is_empty() {
+            tracing::info!(keys = apply.len(), "local store brought forward from LSS");
+            let kvvs = apply.into_iter().map(|(k, vv)| KVV(k, vv)).collect();
+            guarded("apply LSS state", || {
+                persister
+                    .0
+                    .put_batch_unlogged(kvvs)
+                    .map_err(|e| CoreError::Store(format!("{e:?}")))
+            })?;
+        }
+        let (handlers, muts) = self.build(&persister)?;
+        let muts: Muts = muts.into_inner();
+        let response = if muts.is_empty() {
+            commit_local(&persister, Mutations::new())?;
+            SignerMutations {
+                client_hmac: [0; 32],
+                muts: Vec::new(),
+            }
+        } else {
+            let client_hmac = creds.client_mac(&muts)?;
+            let expected = creds.server_put_mac(&muts)?;
+            self.pending = Some(Pending::Init { expected });
+            SignerMutations { client_hmac, muts }
+        };
+        self.session = Some(Session {
+            persister,
+            handlers: Some(handlers),
+        });
+        self.synced = true;
+        Ok(Response::Created(response).encode())
+    }
+
+    /// `lss-msg`: the server's acknowledgement. Commits the pending changes
+    /// if (and only if) it carries the MAC the server makes for exactly
+    /// them; returns a released `vls-res` reply, if one was held.
+    pub fn lss_stored(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, CoreError> {
+        let Msg::Stored(ack) = Msg::decode(payload)? else {
+            return Err(CoreError::LssProtocol("expected Stored on lss-msg"));
+        };
+        let expected = match &self.pending {
+            Some(Pending::Init { expected, .. } | Pending::Request { expected, .. }) => *expected,
+            None => {
+                // A late acknowledgement of changes already dropped (a
+                // resync came first): LSS holds them, the next read says so.
+                tracing::warn!("an LSS acknowledgement with nothing pending ignored");
+                return Ok(None);
+            }
+        };
+        let genuine = ack
+            .server_hmac
+            .is_some_and(|mac| lss_core::Mac(expected).verify(&mac));
+        if !genuine {
+            // An attack or a broken relay: nothing is committed, nothing
+            // released, and the session must be rebuilt from a verified read.
+            self.pending = None;
+            self.session = None;
+            self.synced = false;
+            return Err(LssError::BadMac.into());
+        }
+        let persister = self
+            .session
+            .as_ref()
+            .map(|s| s.persister.clone())
+            .ok_or(CoreError::NotInitialised("no session"))?;
+        match self.pending.take() {
+            Some(Pending::Request {
+                seq,
+                request,
+                reply,
+                ..
+            }) => {
+                commit_local(&persister, Mutations::new())?;
+                self.last = Some((seq, request, reply.clone()));
+                Ok(Some(reply))
+            }
+            Some(Pending::Init { .. }) => {
+                commit_local(&persister, Mutations::new())?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// `lss-conflict`: the put was refused (another signer wrote). Drops
+    /// the pending changes and the session; answers `lss-conflict-res`. The
+    /// caller then resyncs (says `hello` again).
+    pub fn lss_conflict(&mut self, payload: &[u8]) -> Result<Vec<u8>, CoreError> {
+        let Msg::PutConflict = Msg::decode(payload)? else {
+            return Err(CoreError::LssProtocol(
+                "expected PutConflict on lss-conflict",
+            ));
+        };
+        tracing::error!(
+            "LSS refused our changes (another signer wrote); dropping them and resyncing"
+        );
+        self.pending = None;
+        self.session = None;
+        self.synced = false;
+        Ok(Response::PutConflictConfirmed.encode())
+    }
+
+    // ---- hsmd ----
 
     /// Handles `init-3-msg`: a serial-wrapped `HsmdInit`. Each (re)connection
     /// of the signer starts with it, so a signer that stays up across a
@@ -161,6 +440,11 @@ impl Core {
         let request = serial::Request::decode(payload)?;
         let message = request.frame.message();
         self.check_init(&request.frame)?;
+        if self.mode == Mode::Lss && (!self.synced || self.pending.is_some()) {
+            return Err(CoreError::NotInitialised(
+                "HsmdInit before the LSS state was synced and acknowledged",
+            ));
+        }
         let reply = self.run_init(message.clone())?;
         self.init_msg = Some(message);
         encode_reply(request.seq, reply)
@@ -197,12 +481,14 @@ impl Core {
     }
 
     fn run_init(&mut self, message: Vec<u8>) -> Result<Vec<u8>, CoreError> {
-        // A fresh session: a reconnect renegotiates from what is committed.
-        self.session = None;
-        let mut session = self.open_session()?;
+        let handlers = self
+            .session
+            .as_mut()
+            .and_then(|s| s.handlers.as_mut())
+            .ok_or(CoreError::NotInitialised("the node is not built"))?;
         let msg =
             msgs::from_vec(message).map_err(|e| CoreError::Undecodable(11, format!("{e:?}")))?;
-        let init = &mut session.init;
+        let mut init = handlers.pristine.clone();
         let handled = guarded("HsmdInit", || {
             init.handle(msg).map_err(|e| CoreError::Refused {
                 name: "HsmdInit".into(),
@@ -212,42 +498,74 @@ impl Core {
         let (true, Some(reply)) = handled else {
             return Err(CoreError::BadInit("negotiation did not complete".into()));
         };
-        session.root = Some(session.init.clone().into());
-        self.session = Some(session);
+        handlers.root = Some(init.into());
         Ok(reply.as_vec())
     }
 
-    /// Handles `vls`: a serial-wrapped hsmd request. Returns the `vls-res`
-    /// payload.
-    pub fn handle(&mut self, payload: &[u8]) -> Result<Vec<u8>, CoreError> {
+    /// Handles `vls`: a serial-wrapped hsmd request.
+    pub fn handle(&mut self, payload: &[u8]) -> Result<Outgoing, CoreError> {
         let request = serial::Request::decode(payload)?;
         if let Some((seq, bytes, reply)) = &self.last {
             if *seq == request.seq {
                 if bytes.as_slice() == payload {
                     tracing::info!(seq, "duplicate request answered from the cache");
-                    return Ok(reply.clone());
+                    return Ok(Outgoing::Reply(reply.clone()));
                 }
                 return Err(CoreError::SequenceReused(request.seq));
             }
         }
-        let reply = match self.handle_new(&request) {
-            Ok(reply) => reply,
+        match &self.pending {
+            Some(Pending::Request {
+                seq,
+                request: bytes,
+                persist,
+                ..
+            }) if *seq == request.seq => {
+                if bytes.as_slice() == payload {
+                    tracing::info!(seq, "duplicate of a request awaiting LSS; mutations resent");
+                    return Ok(Outgoing::Persist(persist.clone()));
+                }
+                return Err(CoreError::SequenceReused(request.seq));
+            }
+            Some(Pending::Init { .. }) => {
+                return Err(CoreError::NotInitialised(
+                    "the init changes are not acknowledged yet",
+                ));
+            }
+            Some(Pending::Request { .. }) => {
+                // The broker gave up on it; nothing of it was committed.
+                tracing::warn!("a new request while one awaited LSS; dropping the old changes");
+                self.pending = None;
+                self.rebuild();
+            }
+            None => {}
+        }
+        match self.handle_new(&request, payload) {
+            Ok(outgoing) => Ok(outgoing),
             Err(e) => {
                 // Whatever the handler did in memory is dropped with it.
                 self.rebuild();
-                return Err(e);
+                Err(e)
             }
-        };
-        let encoded = encode_reply(request.seq, reply)?;
-        self.last = Some((request.seq, payload.to_vec(), encoded.clone()));
-        Ok(encoded)
+        }
     }
 
-    fn handle_new(&mut self, request: &serial::Request) -> Result<Vec<u8>, CoreError> {
+    fn handle_new(
+        &mut self,
+        request: &serial::Request,
+        payload: &[u8],
+    ) -> Result<Outgoing, CoreError> {
         let msg = decode(&request.frame)?;
         let name = message_name(&request.frame);
-        let session = self.session.as_mut().ok_or(CoreError::NotInitialised)?;
-        let root = session.root.as_ref().ok_or(CoreError::NotInitialised)?;
+        let session = self
+            .session
+            .as_ref()
+            .ok_or(CoreError::NotInitialised("no session"))?;
+        let root = session
+            .handlers
+            .as_ref()
+            .and_then(|h| h.root.as_ref())
+            .ok_or(CoreError::NotInitialised("HsmdInit has not been received"))?;
         if matches!(msg, Message::HsmdInit(_) | Message::HsmdInit2(_)) {
             return Err(CoreError::BadInit("HsmdInit outside init".into()));
         }
@@ -274,9 +592,33 @@ impl Core {
             })
         });
         let muts = persister.prepare();
-        let reply = result?;
-        commit_local(&persister, muts)?;
-        Ok(reply.as_vec())
+        let reply = encode_reply(request.seq, result?.as_vec())?;
+        let muts: Muts = muts.into_inner();
+        if self.mode == Mode::Local || muts.is_empty() {
+            commit_local(&persister, Mutations::new())?;
+            self.last = Some((request.seq, payload.to_vec(), reply.clone()));
+            return Ok(Outgoing::Reply(reply));
+        }
+        let (creds, _) = self
+            .lss
+            .as_ref()
+            .ok_or(CoreError::NotInitialised("no LSS credentials"))?;
+        let client_hmac = creds.client_mac(&muts)?;
+        let expected = creds.server_put_mac(&muts)?;
+        let persist = Response::VlsMuts(SignerMutations {
+            client_hmac,
+            muts: muts.clone(),
+        })
+        .encode();
+        self.pending = Some(Pending::Request {
+            seq: request.seq,
+            request: payload.to_vec(),
+            reply,
+            muts,
+            expected,
+            persist: persist.clone(),
+        });
+        Ok(Outgoing::Persist(persist))
     }
 
     /// Drops the session and reopens it from the durable store, replaying
@@ -284,25 +626,44 @@ impl Core {
     /// says so on the next request.
     fn rebuild(&mut self) {
         self.session = None;
-        let Some(init) = self.init_msg.clone() else {
-            return;
-        };
-        if let Err(e) = self.run_init(init) {
-            tracing::error!(error = %e, "cannot reopen the signer after a failed request");
-            self.session = None;
+        let rebuilt = self.open_store().and_then(|persister| {
+            let (handlers, muts) = self.build(&persister)?;
+            if !muts.is_empty() {
+                return Err(CoreError::NotInitialised("the node needs an LSS resync"));
+            }
+            commit_local(&persister, muts)?;
+            Ok(Session {
+                persister,
+                handlers: Some(handlers),
+            })
+        });
+        match rebuilt {
+            Ok(session) => self.session = Some(session),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the signer after a failed request");
+                self.synced = false;
+                return;
+            }
+        }
+        if let Some(init) = self.init_msg.clone() {
+            if let Err(e) = self.run_init(init) {
+                tracing::error!(error = %e, "cannot renegotiate after a failed request");
+            }
         }
     }
 }
 
-/// Commits what a request changed to the local store. (Part 2 puts the
-/// mutations to LSS first.)
+/// Commits the open transaction to the local store. The mutations passed
+/// are only for the log: the store holds its own commit log.
 fn commit_local(persister: &Persister, muts: Mutations) -> Result<(), CoreError> {
     if !muts.is_empty() {
         tracing::debug!(keys = muts.inner().len(), "committing");
     }
-    persister
-        .commit()
-        .map_err(|e| CoreError::Store(format!("commit: {e:?}")))
+    guarded("commit", || {
+        persister
+            .commit()
+            .map_err(|e| CoreError::Store(format!("commit: {e:?}")))
+    })
 }
 
 fn decode(frame: &Frame) -> Result<Message, CoreError> {
@@ -337,7 +698,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, CoreError>) -> Result<T,
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
                 .unwrap_or_else(|| "panic".into());
-            tracing::error!(what, reason, "VLS panicked; the request is refused");
+            tracing::error!(what, reason, "VLS panicked; refused");
             Err(CoreError::Refused {
                 name: what.to_string(),
                 reason,

@@ -4,9 +4,11 @@
 //! (`vls-protocol-signer`) over a durable local store (redb), and answers the
 //! broker's requests over MQTT. Shape:
 //! - [`seed`]: the seed and signer id on disk;
-//! - [`core`]: VLS behind the serial request format, no network; never
-//!   leaves a transaction open, answers duplicates from a cache, turns bad
-//!   input and VLS panics into errors;
+//! - [`core`]: VLS behind the serial request format and the LSS relay
+//!   messages, no network; holds each reply until LSS has acknowledged its
+//!   changes, never leaves a transaction open, answers duplicates from a
+//!   cache, turns bad input and VLS panics into errors;
+//! - [`lss`]: credentials, MACs and the merge of LSS state, no I/O;
 //! - [`run`]: the MQTT loop (login, subscriptions, reconnect without
 //!   restarting) that feeds the core on its own thread.
 //!
@@ -14,6 +16,7 @@
 //! this avoids are named `W…` after the notes' §6.
 
 pub mod core;
+pub mod lss;
 pub mod run;
 pub mod seed;
 

@@ -47,6 +47,11 @@ enum Command {
         /// MQTT keep-alive in seconds.
         #[arg(long, default_value_t = 10)]
         keep_alive_secs: u64,
+        /// Keep state only in the local store: accept a broker that runs
+        /// without LSS. Without this flag the signer insists on the LSS dance
+        /// and on an acknowledgement of every change before it replies.
+        #[arg(long, env = "SIGNER_NO_LSS")]
+        no_lss: bool,
     },
 }
 
@@ -98,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             mqtt_username,
             mqtt_password_file,
             keep_alive_secs,
+            no_lss,
         } => {
             let credentials = match (mqtt_username, mqtt_password_file) {
                 (Some(user), Some(file)) => {
@@ -114,6 +120,11 @@ async fn main() -> anyhow::Result<()> {
                 network: args.network.into(),
                 data_dir: args.data_dir,
                 keep_alive: Duration::from_secs(keep_alive_secs),
+                mode: if no_lss {
+                    sphinx_signer::core::Mode::Local
+                } else {
+                    sphinx_signer::core::Mode::Lss
+                },
             };
             run::run(config, shutdown()).await?;
             tracing::info!("signer stopped");

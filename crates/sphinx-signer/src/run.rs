@@ -19,7 +19,7 @@ use sphinx_wire::topics::{self, Suffix};
 use vls_protocol_signer::lightning_signer::bitcoin::Network;
 use vls_protocol_signer::lightning_signer::signer::derive::{key_derive, KeyDerivationStyle};
 
-use crate::core::{Core, CoreError};
+use crate::core::{Core, CoreError, Mode, Outgoing};
 
 /// Largest MQTT packet either way: a 128 KiB hsmd frame plus headers, with
 /// room for LSS state in part 2.
@@ -42,6 +42,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// Where state is made durable: LSS (through the broker) or only here.
+    pub mode: Mode,
 }
 
 /// Why the signer cannot run.
@@ -95,10 +97,9 @@ fn parse_url(url: &str) -> Result<(bool, String, u16), RunError> {
     Ok((tls, host.to_string(), port))
 }
 
-enum Job {
-    Init(Vec<u8>),
-    Request(Vec<u8>),
-    Unsupported(Suffix),
+struct Job {
+    suffix: Suffix,
+    payload: Vec<u8>,
 }
 
 /// Runs the signer until `shutdown` resolves.
@@ -113,7 +114,12 @@ pub async fn run(
     let cid = hex::encode(id);
     let (node_id, node_secret) = node_key(config.network, &seed);
     let (tls, host, port) = parse_url(&config.url)?;
-    let core = Core::open(config.network, seed, &config.data_dir.join("vls"))?;
+    let core = Core::open(
+        config.network,
+        seed,
+        &config.data_dir.join("vls"),
+        config.mode,
+    )?;
     tracing::info!(%cid, node_id = %node_id, network = %config.network, "signer ready");
 
     let mut options = MqttOptions::new(cid.clone(), host, port);
@@ -157,7 +163,7 @@ pub async fn run(
 
     let (client, mut events) = AsyncClient::new(options, 64);
     let (jobs, job_rx) = std_mpsc::channel::<Job>();
-    let worker = spawn_core(core, job_rx, client.clone(), cid.clone());
+    let worker = spawn_core(core, job_rx, client.clone(), cid.clone(), node_secret);
 
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -216,10 +222,9 @@ pub async fn run(
                 heard_since_hello = true;
                 last_heard = tokio::time::Instant::now();
                 let job = match topics::parse(&publish.topic) {
-                    Ok((topic_cid, suffix)) if topic_cid == cid => match suffix {
-                        Suffix::Init3Msg => Job::Init(publish.payload.to_vec()),
-                        Suffix::Vls => Job::Request(publish.payload.to_vec()),
-                        other => Job::Unsupported(other),
+                    Ok((topic_cid, suffix)) if topic_cid == cid => Job {
+                        suffix,
+                        payload: publish.payload.to_vec(),
                     },
                     _ => {
                         tracing::warn!(topic = %publish.topic, "message on a foreign topic ignored");
@@ -270,6 +275,7 @@ fn spawn_core(
     jobs: std_mpsc::Receiver<Job>,
     client: AsyncClient,
     cid: String,
+    node_secret: SecretKey,
 ) -> std::thread::JoinHandle<()> {
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
@@ -283,20 +289,41 @@ fn spawn_core(
                     tracing::warn!(error = %e, "cannot publish");
                 }
             };
-            while let Ok(job) = jobs.recv() {
-                let (ok_topic, result) = match job {
-                    Job::Init(payload) => (Suffix::Init3Res, core.init(&payload)),
-                    Job::Request(payload) => (Suffix::VlsRes, core.handle(&payload)),
-                    Job::Unsupported(suffix) => (
-                        Suffix::Error,
-                        Err(CoreError::Refused {
-                            name: suffix.as_str().into(),
-                            reason: "not supported by this signer".into(),
-                        }),
-                    ),
+            while let Ok(Job { suffix, payload }) = jobs.recv() {
+                let result = match suffix {
+                    Suffix::Init1Msg => {
+                        core.lss_init(&payload).map(|r| vec![(Suffix::Init1Res, r)])
+                    }
+                    Suffix::Init2Msg => core
+                        .lss_restore(&payload)
+                        .map(|r| vec![(Suffix::Init2Res, r)]),
+                    Suffix::Init3Msg => core.init(&payload).map(|r| vec![(Suffix::Init3Res, r)]),
+                    Suffix::Vls => core.handle(&payload).map(|out| match out {
+                        Outgoing::Reply(reply) => vec![(Suffix::VlsRes, reply)],
+                        Outgoing::Persist(muts) => vec![(Suffix::LssRes, muts)],
+                    }),
+                    Suffix::LssMsg => core.lss_stored(&payload).map(|released| {
+                        released.map(|r| (Suffix::VlsRes, r)).into_iter().collect()
+                    }),
+                    // Confirm, then resync: a fresh `hello` starts the dance.
+                    Suffix::LssConflict => core.lss_conflict(&payload).map(|r| {
+                        let hello = sphinx_wire::login::password(&node_secret, now());
+                        vec![
+                            (Suffix::LssConflictRes, r),
+                            (Suffix::Hello, hello.into_bytes()),
+                        ]
+                    }),
+                    other => Err(CoreError::Refused {
+                        name: other.as_str().into(),
+                        reason: "not supported by this signer".into(),
+                    }),
                 };
                 match result {
-                    Ok(reply) => publish(ok_topic, reply),
+                    Ok(messages) => {
+                        for (suffix, payload) in messages {
+                            publish(suffix, payload);
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "request failed");
                         publish(Suffix::Error, error_payload(&e.to_string()));

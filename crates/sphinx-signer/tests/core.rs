@@ -3,7 +3,7 @@
 
 use secp256k1::ecdh::SharedSecret;
 use secp256k1::{Secp256k1, SecretKey};
-use sphinx_signer::core::{Core, CoreError};
+use sphinx_signer::core::{Core, CoreError, Mode, Outgoing};
 use sphinx_signer::run::node_key;
 use sphinx_signer::Network;
 use sphinx_wire::hsmd::Frame;
@@ -54,8 +54,16 @@ fn reply(payload: &[u8], seq: u16) -> msgs::Message {
     msgs::from_vec(response.frame.message()).expect("reply parses")
 }
 
+/// A request in local mode: always answered at once.
+fn local(core: &mut Core, request: &[u8]) -> Result<Vec<u8>, CoreError> {
+    match core.handle(request)? {
+        Outgoing::Reply(reply) => Ok(reply),
+        Outgoing::Persist(_) => panic!("local mode stores nothing in LSS"),
+    }
+}
+
 fn started(dir: &std::path::Path) -> Core {
-    let mut core = Core::open(Network::Regtest, SEED, dir).expect("open");
+    let mut core = Core::open(Network::Regtest, SEED, dir, Mode::Local).expect("open");
     let payload = core
         .init(&request(0, 0, &hsmd_init(Network::Regtest)))
         .expect("init");
@@ -81,7 +89,7 @@ fn ecdh_matches_the_other_side_and_duplicates_are_not_resigned() {
             point: PubKey(point.serialize()),
         },
     );
-    let payload = core.handle(&req).expect("ecdh");
+    let payload = local(&mut core, &req).expect("ecdh");
     let msgs::Message::EcdhReply(ecdh) = reply(&payload, 1) else {
         panic!("not an ECDH reply");
     };
@@ -92,7 +100,7 @@ fn ecdh_matches_the_other_side_and_duplicates_are_not_resigned() {
     );
 
     // The same request again: the same bytes back, from the cache.
-    assert_eq!(core.handle(&req).expect("duplicate"), payload);
+    assert_eq!(local(&mut core, &req).expect("duplicate"), payload);
     // The same sequence with other bytes is refused.
     let other_req = request(
         1,
@@ -102,7 +110,7 @@ fn ecdh_matches_the_other_side_and_duplicates_are_not_resigned() {
         },
     );
     assert!(matches!(
-        core.handle(&other_req),
+        local(&mut core, &other_req),
         Err(CoreError::SequenceReused(1))
     ));
 }
@@ -116,7 +124,7 @@ fn channels_survive_a_restart() {
             peer_id: PubKey(peer()),
             dbid: 1,
         };
-        let payload = core.handle(&request(1, 0, &new)).expect("new channel");
+        let payload = local(&mut core, &request(1, 0, &new)).expect("new channel");
         assert!(matches!(
             reply(&payload, 1),
             msgs::Message::NewChannelReply(_)
@@ -126,7 +134,7 @@ fn channels_survive_a_restart() {
     let point = msgs::GetPerCommitmentPoint {
         commitment_number: 0,
     };
-    let payload = core.handle(&request(2, 1, &point)).expect("known channel");
+    let payload = local(&mut core, &request(2, 1, &point)).expect("known channel");
     assert!(matches!(
         reply(&payload, 2),
         msgs::Message::GetPerCommitmentPointReply(_)
@@ -136,7 +144,7 @@ fn channels_survive_a_restart() {
         .handle(&request(3, 7, &point))
         .expect_err("unknown channel");
     assert!(matches!(err, CoreError::Refused { .. }), "{err}");
-    let payload = core.handle(&request(4, 1, &point)).expect("still serving");
+    let payload = local(&mut core, &request(4, 1, &point)).expect("still serving");
     assert!(matches!(
         reply(&payload, 4),
         msgs::Message::GetPerCommitmentPointReply(_)
@@ -146,13 +154,13 @@ fn channels_survive_a_restart() {
 #[test]
 fn hostile_input_is_an_error_and_never_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut core = Core::open(Network::Regtest, SEED, dir.path()).expect("open");
+    let mut core = Core::open(Network::Regtest, SEED, dir.path(), Mode::Local).expect("open");
     let ecdh = msgs::Ecdh {
         point: PubKey(peer()),
     };
     assert!(matches!(
-        core.handle(&request(1, 0, &ecdh)),
-        Err(CoreError::NotInitialised)
+        local(&mut core, &request(1, 0, &ecdh)),
+        Err(CoreError::NotInitialised(_))
     ));
     // Another chain, impossible versions, not an init at all.
     let err = core
@@ -177,8 +185,9 @@ fn hostile_input_is_an_error_and_never_a_panic() {
         &[0xAA, 0x55, 0, 1][..],
     ] {
         assert!(core.init(garbage).is_err());
-        assert!(core.handle(garbage).is_err());
+        assert!(local(&mut core, garbage).is_err());
     }
+    drop(core);
     let mut core = started(dir.path());
     // An unknown type, a truncated body, an invalid point.
     let unknown = serial::Request {
@@ -190,7 +199,7 @@ fn hostile_input_is_an_error_and_never_a_panic() {
             body: vec![1, 2, 3],
         },
     };
-    assert!(core.handle(&unknown.encode().expect("encode")).is_err());
+    assert!(local(&mut core, &unknown.encode().expect("encode")).is_err());
     let truncated = serial::Request {
         seq: 6,
         peer_id: [0; 33],
@@ -200,16 +209,16 @@ fn hostile_input_is_an_error_and_never_a_panic() {
             body: vec![2; 10],
         },
     };
-    assert!(core.handle(&truncated.encode().expect("encode")).is_err());
+    assert!(local(&mut core, &truncated.encode().expect("encode")).is_err());
     let bad_point = msgs::Ecdh {
         point: PubKey([5; 33]),
     };
-    assert!(core.handle(&request(7, 0, &bad_point)).is_err());
+    assert!(local(&mut core, &request(7, 0, &bad_point)).is_err());
     // A message for a channel handler sent to the root (VLS would panic).
     let point = msgs::GetPerCommitmentPoint {
         commitment_number: 0,
     };
-    assert!(core.handle(&request(8, 0, &point)).is_err());
+    assert!(local(&mut core, &request(8, 0, &point)).is_err());
     // Still serving.
-    assert!(core.handle(&request(9, 0, &ecdh)).is_ok());
+    assert!(local(&mut core, &request(9, 0, &ecdh)).is_ok());
 }

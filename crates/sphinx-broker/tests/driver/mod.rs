@@ -28,18 +28,29 @@ pub fn free_port() -> u16 {
 
 /// The `sphinx-signer` binary, built if this test run did not build it.
 pub fn signer_binary() -> PathBuf {
+    workspace_binary("sphinx-signer")
+}
+
+/// The `lssd` binary, built if this test run did not build it.
+pub fn lssd_binary() -> PathBuf {
+    workspace_binary("lssd")
+}
+
+/// A binary of another workspace package (`cargo test --workspace` builds
+/// them all; a narrower run builds the one needed).
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join("sphinx-signer");
+    let path = dir.join(name);
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
-        command.args(["build", "-p", "sphinx-signer", "--bin", "sphinx-signer"]);
+        command.args(["build", "-p", name, "--bin", name]);
         if dir.ends_with("release") {
             command.arg("--release");
         }
         let status = command.status().expect("cargo build");
-        assert!(status.success(), "building sphinx-signer failed");
+        assert!(status.success(), "building {name} failed");
     }
     path
 }
@@ -122,8 +133,15 @@ impl SignerHome {
             .to_string()
     }
 
-    /// Starts the signer against `url`, with extra arguments for `run`.
+    /// Starts the signer against a broker that runs without LSS.
     pub fn start(&self, url: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["--no-lss"];
+        args.extend_from_slice(extra);
+        self.start_lss(url, &args)
+    }
+
+    /// Starts the signer, insisting on LSS unless `extra` says otherwise.
+    pub fn start_lss(&self, url: &str, extra: &[&str]) -> Proc {
         let log = self.dir.join(format!("signer-{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(signer_binary())
@@ -161,12 +179,23 @@ impl Broker {
     /// Starts the broker with `args` after the defaults (`--no-lss true`,
     /// a data dir under `dir`, the embedded MQTT server on a free port).
     pub fn start(dir: &Path, args: &[&str]) -> Broker {
+        let mut all = vec!["--no-lss", "true"];
+        all.extend_from_slice(args);
+        Self::start_plain(dir, &all)
+    }
+
+    /// Starts the broker storing signer state in the LSS server at `url`.
+    pub fn start_lss(dir: &Path, url: &str, args: &[&str]) -> Broker {
+        let mut all = vec!["--lss-url", url];
+        all.extend_from_slice(args);
+        Self::start_plain(dir, &all)
+    }
+
+    fn start_plain(dir: &Path, args: &[&str]) -> Broker {
         let mqtt_port = free_port();
         let data_dir = dir.join("broker");
         let listen = format!("127.0.0.1:{mqtt_port}");
         let mut all = vec![
-            "--no-lss",
-            "true",
             "--data-dir",
             data_dir.to_str().expect("utf8"),
             "--mqtt-listen",

@@ -1,0 +1,288 @@
+//! The seed's LSS flow end to end, with real processes: fake lightningd →
+//! broker → MQTT → signer → broker → `lssd`. Every change is stored and
+//! acknowledged (server MAC checked by the signer) before the reply.
+
+mod driver;
+
+use std::path::Path;
+use std::time::Duration;
+
+use driver::checks::{ecdh, exercise, key};
+use driver::{hsmd_init, lssd_binary, Broker, Hsmd, Proc, SignerHome};
+use lk_testkit::process::LssdProcess;
+use secp256k1::Secp256k1;
+use sphinx_signer::Network;
+use vls_protocol::model::PubKey;
+use vls_protocol::msgs::{self, Message};
+
+fn lssd(dir: &Path, port: u16) -> LssdProcess {
+    let data = dir.join("lssd");
+    let listen = format!("127.0.0.1:{port}");
+    LssdProcess::spawn(
+        &lssd_binary(),
+        &[
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--listen",
+            &listen,
+        ],
+    )
+    .expect("start lssd")
+}
+
+/// Broker on LSS, CLN's init sent; the caller starts signers.
+fn broker(dir: &Path, lss_url: &str, home: &SignerHome, extra: &[&str]) -> Broker {
+    let owner = home.node_id().to_string();
+    let mut args = vec!["--owner", owner.as_str()];
+    args.extend_from_slice(extra);
+    let mut broker = Broker::start_lss(dir, lss_url, &args);
+    broker.master.send(&hsmd_init(Network::Regtest));
+    broker
+}
+
+fn init_reply(broker: &mut Broker, home: &SignerHome) -> msgs::HsmdInitReplyV4 {
+    let Some(Message::HsmdInitReplyV4(init)) = broker.master.recv() else {
+        panic!("no init reply: broker log:\n{}", broker.proc.log_text());
+    };
+    assert_eq!(init.node_id.0, home.node_id().serialize());
+    init
+}
+
+fn peer() -> [u8; 33] {
+    key(9).public_key(&Secp256k1::new()).serialize()
+}
+
+fn new_channel(hsmd: &mut Hsmd, dbid: u64) {
+    let reply = hsmd.call(&msgs::NewChannel {
+        peer_id: PubKey(peer()),
+        dbid,
+    });
+    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
+}
+
+/// The channel is known to the signer (its commitment points are served).
+fn knows_channel(master: &mut Hsmd, dbid: u64) {
+    let mut channel = master.client(peer(), dbid);
+    let reply = channel.call(&msgs::GetPerCommitmentPoint {
+        commitment_number: 0,
+    });
+    assert!(
+        matches!(reply, Message::GetPerCommitmentPointReply(_)),
+        "{reply:?}"
+    );
+}
+
+fn log_has(proc: &Proc, text: &str) -> bool {
+    proc.log_text().contains(text)
+}
+
+#[test]
+fn init_on_an_empty_lss_restart_and_restore_from_lss_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lss = lssd(dir.path(), driver::free_port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    let init = init_reply(&mut broker, &home);
+    exercise(&mut broker.master, &home, &init);
+    new_channel(&mut broker.master, 2);
+
+    // Restart with its state.
+    signer.kill();
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    knows_channel(&mut broker.master, 2);
+    ecdh(&mut broker.master, &home, 11);
+
+    // Delete the local store: everything comes back from LSS alone, under
+    // the same node id.
+    signer.kill();
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
+    let signer = home.start_lss(&broker.url(), &[]);
+    knows_channel(&mut broker.master, 2);
+    knows_channel(&mut broker.master, 1);
+    ecdh(&mut broker.master, &home, 12);
+    assert!(
+        log_has(&signer, "local store brought forward from LSS"),
+        "{}",
+        signer.log_text()
+    );
+}
+
+#[test]
+fn a_local_store_ahead_of_lss_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = SignerHome::create(&dir.path().join("signer"));
+    // State made without LSS (a --no-lss broker): the local store has
+    // changes LSS never saw.
+    {
+        std::fs::create_dir_all(dir.path().join("plain")).expect("mkdir");
+        let mut plain = Broker::start(
+            &dir.path().join("plain"),
+            &["--owner", &home.node_id().to_string()],
+        );
+        plain.master.send(&hsmd_init(Network::Regtest));
+        let _signer = home.start(&plain.url(), &[]);
+        let _ = init_reply(&mut plain, &home);
+        new_channel(&mut plain.master, 1);
+    }
+    let lss = lssd(dir.path(), driver::free_port());
+    let broker = broker(
+        dir.path(),
+        &lss.url,
+        &home,
+        &["--request-timeout-secs", "5"],
+    );
+    let signer = home.start_lss(&broker.url(), &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(log_has(&signer, "ahead of LSS"), "{}", signer.log_text());
+    assert!(
+        !log_has(&broker.proc, "signer ready"),
+        "{}",
+        broker.proc.log_text()
+    );
+}
+
+#[test]
+fn lssd_down_during_requests_holds_the_reply_until_it_is_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = driver::free_port();
+    let lss = lssd(dir.path(), port);
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let _signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    lss.kill();
+    // A change while LSS is down: the reply waits.
+    broker.master.send(&msgs::NewChannel {
+        peer_id: PubKey(peer()),
+        dbid: 3,
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let _lss = lssd(dir.path(), port);
+    let reply = broker.master.recv().expect("a reply once LSS is back");
+    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
+    assert!(
+        log_has(&broker.proc, "LSS call failed; retrying"),
+        "{}",
+        broker.proc.log_text()
+    );
+    // And it is in LSS: a signer without local state knows it.
+    drop(_signer);
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
+    let _signer = home.start_lss(&broker.url(), &[]);
+    knows_channel(&mut broker.master, 3);
+}
+
+#[test]
+fn mutations_lost_with_the_mqtt_connection_are_redone_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let lss = lssd(dir.path(), driver::free_port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let target = format!("127.0.0.1:{}", broker.mqtt_port)
+        .parse()
+        .expect("addr");
+    let proxy = rt.block_on(lk_testkit::net::FaultProxy::start(target));
+    let signer = home.start_lss(&format!("mqtt://{}", proxy.addr), &[]);
+    let _ = init_reply(&mut broker, &home);
+    // The signer's changes for a new channel die with its connection.
+    proxy.drop_next(format!("{}/lss-res", home.cid()).as_bytes());
+    new_channel(&mut broker.master, 4);
+    assert_eq!(proxy.pattern_cuts(), 1);
+    // Its reply after a stored acknowledgement dies too: answered from the
+    // cache after the resync.
+    proxy.drop_next(format!("{}/vls-res", home.cid()).as_bytes());
+    new_channel(&mut broker.master, 5);
+    assert_eq!(proxy.pattern_cuts(), 2);
+    assert!(
+        log_has(&signer, "duplicate request answered from the cache"),
+        "{}",
+        signer.log_text()
+    );
+    drop(signer);
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
+    let _signer = home.start_lss(&broker.url(), &[]);
+    knows_channel(&mut broker.master, 4);
+    knows_channel(&mut broker.master, 5);
+}
+
+#[test]
+fn two_signers_for_one_node_resolve_conflicts_through_lss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lss = lssd(dir.path(), driver::free_port());
+    let first = SignerHome::create(&dir.path().join("first"));
+    // The second signer: same seed, its own id and store.
+    let second_dir = dir.path().join("second");
+    std::fs::create_dir_all(&second_dir).expect("mkdir");
+    std::fs::copy(first.dir.join("seed"), second_dir.join("seed")).expect("copy seed");
+    let second = SignerHome {
+        dir: second_dir,
+        seed: first.seed,
+    };
+    let mut broker = broker(dir.path(), &lss.url, &first, &[]);
+    let mut a = first.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &first);
+    new_channel(&mut broker.master, 6);
+    // The second signer connects and becomes the current one; it writes.
+    let b = second.start_lss(&broker.url(), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker.proc.log_text().matches("signer ready").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            broker.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    new_channel(&mut broker.master, 7);
+    // Back to the first: its local state is stale; LSS refuses its write,
+    // it resyncs, and the request succeeds on fresh state.
+    drop(b);
+    new_channel(&mut broker.master, 8);
+    assert!(
+        log_has(&broker.proc, "LSS conflict"),
+        "{}",
+        broker.proc.log_text()
+    );
+    assert!(log_has(&a, "LSS refused our changes"), "{}", a.log_text());
+    for dbid in [6, 7, 8] {
+        knows_channel(&mut broker.master, dbid);
+    }
+    a.kill();
+}
+
+#[test]
+fn a_tampered_server_mac_is_caught_and_the_reply_withheld() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let lss = lssd(dir.path(), driver::free_port());
+    let proxy = rt.block_on(lk_testkit::net::FaultProxy::start(lss.addr));
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let url = format!("http://{}", proxy.addr);
+    let mut broker = broker(dir.path(), &url, &home, &["--request-timeout-secs", "5"]);
+    let signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    // A successful PutReply: gRPC prefix (36 bytes), success = true, then
+    // the 32-byte MAC; its first byte is flipped on the way to the broker.
+    proxy.tamper_next(&[0, 0, 0, 0, 0x24, 0x08, 0x01, 0x12, 0x20]);
+    let mut client = broker.master.client(peer(), 0);
+    client.send(&msgs::NewChannel {
+        peer_id: PubKey(peer()),
+        dbid: 9,
+    });
+    assert!(
+        client.recv().is_none(),
+        "the reply is withheld and the connection closed"
+    );
+    assert!(
+        log_has(&signer, "LSS MAC mismatch"),
+        "{}",
+        signer.log_text()
+    );
+    assert!(
+        log_has(&broker.proc, "LSS MAC mismatch"),
+        "{}",
+        broker.proc.log_text()
+    );
+}
