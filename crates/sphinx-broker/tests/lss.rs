@@ -286,3 +286,39 @@ fn a_tampered_server_mac_is_caught_and_the_reply_withheld() {
         broker.proc.log_text()
     );
 }
+
+#[test]
+fn a_broker_restart_resumes_with_the_signer_still_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lss = lssd(dir.path(), driver::free_port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let port = broker.mqtt_port;
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    new_channel(&mut broker.master, 10);
+    // CLN restarts, and with it the broker (same data dir, same port); the
+    // signer process stays up and reconnects.
+    broker.proc.kill();
+    drop(broker);
+    let owner = home.node_id().to_string();
+    let mut broker = Broker::start_on(
+        dir.path(),
+        port,
+        &["--lss-url", &lss.url, "--owner", &owner],
+    );
+    broker.master.send(&hsmd_init(Network::Regtest));
+    let _ = init_reply(&mut broker, &home);
+    knows_channel(&mut broker.master, 10);
+    new_channel(&mut broker.master, 11);
+    assert!(
+        signer.child.try_wait().expect("status").is_none(),
+        "the signer never restarted"
+    );
+    signer.kill();
+    // Both changes are in LSS.
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
+    let _signer = home.start_lss(&broker.url(), &[]);
+    knows_channel(&mut broker.master, 10);
+    knows_channel(&mut broker.master, 11);
+}

@@ -67,9 +67,6 @@ pub enum CoreError {
     /// `HsmdInit` is not acceptable.
     #[error("HsmdInit refused: {0}")]
     BadInit(String),
-    /// The same sequence number came with different bytes.
-    #[error("sequence {0} reused for a different request")]
-    SequenceReused(u16),
     /// VLS refused or failed.
     #[error("signer refused {name}: {reason}")]
     Refused {
@@ -505,13 +502,13 @@ impl Core {
     /// Handles `vls`: a serial-wrapped hsmd request.
     pub fn handle(&mut self, payload: &[u8]) -> Result<Outgoing, CoreError> {
         let request = serial::Request::decode(payload)?;
+        // A duplicate is the same sequence number with the same bytes. The
+        // same number with other bytes is a new request (a restarted broker
+        // counts from the start again).
         if let Some((seq, bytes, reply)) = &self.last {
-            if *seq == request.seq {
-                if bytes.as_slice() == payload {
-                    tracing::info!(seq, "duplicate request answered from the cache");
-                    return Ok(Outgoing::Reply(reply.clone()));
-                }
-                return Err(CoreError::SequenceReused(request.seq));
+            if *seq == request.seq && bytes.as_slice() == payload {
+                tracing::info!(seq, "duplicate request answered from the cache");
+                return Ok(Outgoing::Reply(reply.clone()));
             }
         }
         match &self.pending {
@@ -520,12 +517,9 @@ impl Core {
                 request: bytes,
                 persist,
                 ..
-            }) if *seq == request.seq => {
-                if bytes.as_slice() == payload {
-                    tracing::info!(seq, "duplicate of a request awaiting LSS; mutations resent");
-                    return Ok(Outgoing::Persist(persist.clone()));
-                }
-                return Err(CoreError::SequenceReused(request.seq));
+            }) if *seq == request.seq && bytes.as_slice() == payload => {
+                tracing::info!(seq, "duplicate of a request awaiting LSS; mutations resent");
+                return Ok(Outgoing::Persist(persist.clone()));
             }
             Some(Pending::Init { .. }) => {
                 return Err(CoreError::NotInitialised(

@@ -192,7 +192,12 @@ impl Broker {
     }
 
     fn start_plain(dir: &Path, args: &[&str]) -> Broker {
-        let mqtt_port = free_port();
+        Self::start_on(dir, free_port(), args)
+    }
+
+    /// Starts the broker with its embedded MQTT server on `mqtt_port` and
+    /// `args` after the data dir and listen address.
+    pub fn start_on(dir: &Path, mqtt_port: u16, args: &[&str]) -> Broker {
         let data_dir = dir.join("broker");
         let listen = format!("127.0.0.1:{mqtt_port}");
         let mut all = vec![
