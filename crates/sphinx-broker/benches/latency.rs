@@ -2,8 +2,10 @@
 //! → embedded MQTT → signer (VLS) → back, on loopback.
 //!
 //! `cargo bench -p sphinx-broker --bench latency` (results in
-//! docs/benchmarks.md). Sequential Ecdh and SignInvoice, then Ecdh from 8
-//! client connections at once.
+//! docs/benchmarks.md). Without LSS: sequential Ecdh, SignInvoice and
+//! NewChannel, then Ecdh from 8 client connections at once. With LSS (a
+//! real `lssd` on its embedded store): NewChannel, whose changes are stored
+//! and acknowledged before the reply, and Ecdh, which changes nothing.
 
 #[path = "../tests/driver/mod.rs"]
 mod driver;
@@ -86,4 +88,41 @@ fn main() {
         .flat_map(|t| t.join().expect("thread"))
         .collect();
     report("Ecdh, 8 client fds in parallel", samples, start.elapsed());
+    let start = Instant::now();
+    let samples: Vec<_> = (0..300).map(|i| new_channel(&mut broker.master, 1000 + i)).collect();
+    report("NewChannel, sequential, no LSS", samples, start.elapsed());
+    drop(broker);
+
+    // The same path with every change stored in LSS first.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("lssd");
+    let lssd = lk_testkit::process::LssdProcess::spawn(
+        &driver::lssd_binary(),
+        &["--data-dir", data.to_str().expect("utf8")],
+    )
+    .expect("lssd");
+    let home = driver::SignerHome::create(&dir.path().join("signer"));
+    let owner = home.node_id().to_string();
+    let mut broker = driver::Broker::start_lss(dir.path(), &lssd.url, &["--owner", &owner]);
+    broker.master.send(&driver::hsmd_init(sphinx_signer::Network::Regtest));
+    let _signer = home.start_lss(&broker.url(), &[]);
+    assert!(matches!(broker.master.recv(), Some(Message::HsmdInitReplyV4(_))));
+    for i in 0..20 {
+        new_channel(&mut broker.master, 5000 + i);
+    }
+    let start = Instant::now();
+    let samples: Vec<_> = (0..300).map(|i| new_channel(&mut broker.master, 1000 + i)).collect();
+    report("NewChannel, sequential, LSS", samples, start.elapsed());
+    let start = Instant::now();
+    let samples: Vec<_> = (0..1000).map(|i| ecdh(&mut broker.master, i)).collect();
+    report("Ecdh (no changes), sequential, LSS", samples, start.elapsed());
+}
+
+fn new_channel(hsmd: &mut Hsmd, dbid: u64) -> Duration {
+    let peer = PubKey(key(9).public_key(&Secp256k1::new()).serialize());
+    let start = Instant::now();
+    let reply = hsmd.call(&msgs::NewChannel { peer_id: peer, dbid });
+    let took = start.elapsed();
+    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
+    took
 }
