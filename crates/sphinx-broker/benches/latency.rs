@@ -89,7 +89,9 @@ fn main() {
         .collect();
     report("Ecdh, 8 client fds in parallel", samples, start.elapsed());
     let start = Instant::now();
-    let samples: Vec<_> = (0..300).map(|i| new_channel(&mut broker.master, 1000 + i)).collect();
+    let samples: Vec<_> = (0..300)
+        .map(|i| new_channel(&mut broker.master, 1000 + i))
+        .collect();
     report("NewChannel, sequential, no LSS", samples, start.elapsed());
     drop(broker);
 
@@ -104,24 +106,38 @@ fn main() {
     let home = driver::SignerHome::create(&dir.path().join("signer"));
     let owner = home.node_id().to_string();
     let mut broker = driver::Broker::start_lss(dir.path(), &lssd.url, &["--owner", &owner]);
-    broker.master.send(&driver::hsmd_init(sphinx_signer::Network::Regtest));
+    broker
+        .master
+        .send(&driver::hsmd_init(sphinx_signer::Network::Regtest));
     let _signer = home.start_lss(&broker.url(), &[]);
-    assert!(matches!(broker.master.recv(), Some(Message::HsmdInitReplyV4(_))));
+    assert!(matches!(
+        broker.master.recv(),
+        Some(Message::HsmdInitReplyV4(_))
+    ));
     for i in 0..20 {
         new_channel(&mut broker.master, 5000 + i);
     }
     let start = Instant::now();
-    let samples: Vec<_> = (0..300).map(|i| new_channel(&mut broker.master, 1000 + i)).collect();
+    let samples: Vec<_> = (0..300)
+        .map(|i| new_channel(&mut broker.master, 1000 + i))
+        .collect();
     report("NewChannel, sequential, LSS", samples, start.elapsed());
     let start = Instant::now();
     let samples: Vec<_> = (0..1000).map(|i| ecdh(&mut broker.master, i)).collect();
-    report("Ecdh (no changes), sequential, LSS", samples, start.elapsed());
+    report(
+        "Ecdh (no changes), sequential, LSS",
+        samples,
+        start.elapsed(),
+    );
 }
 
 fn new_channel(hsmd: &mut Hsmd, dbid: u64) -> Duration {
     let peer = PubKey(key(9).public_key(&Secp256k1::new()).serialize());
     let start = Instant::now();
-    let reply = hsmd.call(&msgs::NewChannel { peer_id: peer, dbid });
+    let reply = hsmd.call(&msgs::NewChannel {
+        peer_id: peer,
+        dbid,
+    });
     let took = start.elapsed();
     assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
     took

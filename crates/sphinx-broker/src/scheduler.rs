@@ -461,11 +461,7 @@ impl Actor {
                 }
                 match result {
                     Ok(mac) => {
-                        let msg = Msg::Stored(BrokerMutations {
-                            server_hmac: Some(mac),
-                            muts: Vec::new(),
-                        });
-                        self.link.publish(&cid, Suffix::LssMsg, msg.encode()).await;
+                        self.link.publish(&cid, Suffix::LssMsg, stored(mac)).await;
                         self.send_init(&cid).await;
                     }
                     Err(RelayError::Conflict(n)) => {
@@ -489,11 +485,7 @@ impl Actor {
                 }
                 match result {
                     Ok(mac) => {
-                        let msg = Msg::Stored(BrokerMutations {
-                            server_hmac: Some(mac),
-                            muts: Vec::new(),
-                        });
-                        self.link.publish(&cid, Suffix::LssMsg, msg.encode()).await;
+                        self.link.publish(&cid, Suffix::LssMsg, stored(mac)).await;
                     }
                     Err(RelayError::Conflict(n)) => {
                         tracing::error!(%cid, seq, keys = n, "LSS conflict: another signer wrote; this signer resyncs and the request is resent");
@@ -788,6 +780,15 @@ impl Actor {
             let _ = w.send(Err(error));
         }
     }
+}
+
+/// The acknowledgement of stored changes, with the server's MAC.
+fn stored(mac: [u8; 32]) -> Vec<u8> {
+    Msg::Stored(BrokerMutations {
+        server_hmac: Some(mac),
+        muts: Vec::new(),
+    })
+    .encode()
 }
 
 /// The reference's error payload: text followed by one code byte.
