@@ -375,6 +375,7 @@ impl Actor {
                 }
             }
             LinkEvent::Gone { cid } => {
+                self.accounts.remove(&cid);
                 if self.signers.remove(&cid).is_some() {
                     tracing::warn!(%cid, "signer disconnected");
                 }

@@ -322,3 +322,40 @@ fn a_broker_restart_resumes_with_the_signer_still_running() {
     knows_channel(&mut broker.master, 10);
     knows_channel(&mut broker.master, 11);
 }
+
+#[test]
+fn lss_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = lk_testkit::pki::Ca::new("lss test CA");
+    let server = ca.server(&["localhost"]);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf8").to_string()
+    };
+    let (cert, tls_key, ca_pem) = (
+        write("lss.pem", &server.cert),
+        write("lss.key", &server.key),
+        write("lss-ca.pem", &ca.cert_pem()),
+    );
+    let data = dir.path().join("lssd");
+    let lss = LssdProcess::spawn(
+        &lssd_binary(),
+        &[
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &tls_key,
+        ],
+    )
+    .expect("lssd with TLS");
+    let url = format!("https://localhost:{}", lss.addr.port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &url, &home, &["--lss-ca", &ca_pem]);
+    let _signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    new_channel(&mut broker.master, 12);
+    knows_channel(&mut broker.master, 12);
+}
