@@ -8,17 +8,21 @@
 //! - [`topics`]: the MQTT topic names `{cid}/{suffix}`;
 //! - [`lss`]: the LSS relay messages between broker and signer, in the exact
 //!   hand-made msgpack shapes of the reference, quirks included;
-//! - [`login`]: the signer's MQTT login token, checked with a freshness window.
+//! - [`login`]: the signer's MQTT login token, checked with a freshness window;
+//! - [`control`]: signed control messages with a nonce window;
+//! - [`signed`]: the "Lightning Signed Message" signatures both use.
 //!
 //! Decoders take untrusted bytes: every malformed input is an error, never a
 //! panic, and no length read from the input is trusted for an allocation
 //! beyond what the input holds. References: `../shared/docs/sphinx-protocol.md`
 //! and the notes' §1.2, §2.1, §2.4, §3.2.
 
+pub mod control;
 pub mod hsmd;
 pub mod login;
 pub mod lss;
 pub mod serial;
+pub mod signed;
 pub mod topics;
 
 /// Why bytes are not a valid message.

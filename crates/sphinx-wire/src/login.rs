@@ -12,12 +12,9 @@
 
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine;
-use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
-use secp256k1::{Message, PublicKey, Secp256k1, SecretKey};
-use sha2::{Digest, Sha256};
+use secp256k1::{PublicKey, SecretKey};
 
-const MAGIC: u8 = 31;
-const PREFIX: &[u8] = b"Lightning Signed Message:";
+use crate::signed;
 
 /// Why a login is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,22 +46,11 @@ pub enum LoginError {
     },
 }
 
-fn digest(timestamp: u32) -> Message {
-    let inner = Sha256::new()
-        .chain_update(PREFIX)
-        .chain_update(timestamp.to_be_bytes())
-        .finalize();
-    Message::from_digest(Sha256::digest(inner).into())
-}
-
 /// A password for `timestamp` (Unix seconds), signed by the node key.
 pub fn password(secret: &SecretKey, timestamp: u32) -> String {
-    let signature = Secp256k1::signing_only().sign_ecdsa_recoverable(&digest(timestamp), secret);
-    let (id, compact) = signature.serialize_compact();
-    let mut token = Vec::with_capacity(69);
+    let mut token = Vec::with_capacity(4 + signed::LEN);
     token.extend_from_slice(&timestamp.to_be_bytes());
-    token.push(MAGIC + id.to_i32() as u8);
-    token.extend_from_slice(&compact);
+    token.extend_from_slice(&signed::sign(&timestamp.to_be_bytes(), secret));
     URL_SAFE.encode(token)
 }
 
@@ -77,15 +63,10 @@ pub fn recover(password: &str) -> Result<(u32, PublicKey), LoginError> {
         .try_into()
         .map_err(|_| LoginError::Malformed("not 69 bytes"))?;
     let timestamp = u32::from_be_bytes([token[0], token[1], token[2], token[3]]);
-    let id = token[4]
-        .checked_sub(MAGIC)
-        .and_then(|id| RecoveryId::from_i32(i32::from(id)).ok())
-        .ok_or(LoginError::Malformed("bad recovery id"))?;
-    let signature = RecoverableSignature::from_compact(&token[5..], id)
-        .map_err(|_| LoginError::Malformed("bad signature"))?;
-    let key = Secp256k1::verification_only()
-        .recover_ecdsa(&digest(timestamp), &signature)
-        .map_err(|_| LoginError::Malformed("no key recovers from the signature"))?;
+    let mut signature = [0u8; signed::LEN];
+    signature.copy_from_slice(&token[4..]);
+    let key = signed::recover(&timestamp.to_be_bytes(), &signature)
+        .ok_or(LoginError::Malformed("not a signature by any key"))?;
     Ok((timestamp, key))
 }
 
@@ -136,7 +117,7 @@ mod tests {
 
     fn key(byte: u8) -> (SecretKey, String) {
         let secret = SecretKey::from_slice(&[byte; 32]).expect("key");
-        let public = secret.public_key(&Secp256k1::signing_only());
+        let public = secret.public_key(&secp256k1::Secp256k1::signing_only());
         (secret, hex::encode(public.serialize()))
     }
 

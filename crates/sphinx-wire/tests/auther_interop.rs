@@ -52,3 +52,22 @@ fn their_published_vector_recovers_the_same_key_with_both() {
         Err(login::LoginError::Expired { .. })
     ));
 }
+
+#[test]
+fn control_envelopes_interoperate_with_the_reference() {
+    use sphinx_wire::control::{self, ControlMessage};
+    let secret = sphinx_auther::secp256k1::SecretKey::from_slice(&[0x42; 32]).expect("key");
+    let public = secret.public_key(&sphinx_auther::secp256k1::Secp256k1::new());
+    let ours_secret = secp256k1::SecretKey::from_slice(&[0x42; 32]).expect("key");
+    let ours_public = secp256k1::PublicKey::from_slice(&public.serialize()).expect("key");
+    let msg = ControlMessage::QueryAllowlist;
+    // Ours, opened by theirs.
+    let bytes = control::sign(&msg, 9, &ours_secret);
+    let (body, nonce) =
+        sphinx_auther::nonce::parse_msg_no_nonce(&bytes, &public).expect("theirs verifies ours");
+    assert_eq!((body, nonce), (control::encode(&msg), 9));
+    // Theirs, opened by ours.
+    let theirs =
+        sphinx_auther::nonce::build_msg(&control::encode(&msg), &secret, 10).expect("build");
+    assert_eq!(control::open(&theirs, &ours_public), Ok((msg, 10)));
+}
