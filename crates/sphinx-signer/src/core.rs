@@ -29,9 +29,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sphinx_wire::control::{self, ControlMessage, ControlResponse, Interval, Policy};
 use sphinx_wire::hsmd::Frame;
 use sphinx_wire::lss::{InitResponse, Msg, Muts, Response, SignerMutations};
 use sphinx_wire::serial;
+use sphinx_wire::topics::Suffix;
 use vls_persist::kvv::cloud::CloudKVVStore;
 use vls_persist::kvv::redb::RedbKVVStore;
 use vls_persist::kvv::{JsonFormat, KVVPersister, KVVStore, KVV};
@@ -42,9 +44,14 @@ use vls_protocol_signer::lightning_signer::bitcoin::secp256k1::PublicKey;
 use vls_protocol_signer::lightning_signer::bitcoin::Network;
 use vls_protocol_signer::lightning_signer::node::NodeServices;
 use vls_protocol_signer::lightning_signer::persist::{Mutations, Persist};
-use vls_protocol_signer::lightning_signer::policy::simple_validator::SimpleValidatorFactory;
+use vls_protocol_signer::lightning_signer::policy::simple_validator::{
+    make_default_simple_policy, SimpleValidatorFactory,
+};
 use vls_protocol_signer::lightning_signer::signer::ClockStartingTimeFactory;
 use vls_protocol_signer::lightning_signer::util::clock::StandardClock;
+use vls_protocol_signer::lightning_signer::util::velocity::{
+    VelocityControlIntervalType, VelocityControlSpec,
+};
 use vls_protocol_signer::vls_protocol::msgs::{self, Message};
 
 use crate::lss::{self, Credentials, LssError};
@@ -120,6 +127,12 @@ struct Session {
 
 /// Changes waiting for the server's acknowledgement.
 enum Pending {
+    /// A control message's changes; its response is held.
+    Control {
+        response: Vec<u8>,
+        expected: [u8; 32],
+        policy_changed: bool,
+    },
     /// The init dance's mutations (a new node, or an upgrade).
     Init { expected: [u8; 32] },
     /// A request's mutations; its reply is held.
@@ -210,8 +223,18 @@ impl Core {
     }
 
     fn builder(&self, persister: &Arc<Persister>) -> HandlerBuilder {
+        let mut policy = make_default_simple_policy(self.network);
+        if let Some(p) = stored_policy(persister) {
+            policy.global_velocity_control = VelocityControlSpec {
+                limit_msat: p.msat_per_interval,
+                interval_type: match p.interval {
+                    Interval::Hourly => VelocityControlIntervalType::Hourly,
+                    Interval::Daily => VelocityControlIntervalType::Daily,
+                },
+            };
+        }
         let services = NodeServices {
-            validator_factory: Arc::new(SimpleValidatorFactory::new()),
+            validator_factory: Arc::new(SimpleValidatorFactory::new_with_policy(policy)),
             starting_time_factory: ClockStartingTimeFactory::new(),
             persister: persister.clone(),
             clock: Arc::new(StandardClock()),
@@ -233,6 +256,8 @@ impl Core {
             let muts = persister.prepare();
             let pristine =
                 built.map_err(|e| CoreError::Store(format!("cannot build the node: {e:?}")))?;
+            // The stored policy's velocity limit applies to a restored node too.
+            pristine.node().update_velocity_controls();
             Ok((
                 Handlers {
                     pristine,
@@ -361,13 +386,18 @@ impl Core {
 
     /// `lss-msg`: the server's acknowledgement. Commits the pending changes
     /// if (and only if) it carries the MAC the server makes for exactly
-    /// them; returns a released `vls-res` reply, if one was held.
-    pub fn lss_stored(&mut self, payload: &[u8]) -> Result<Option<Vec<u8>>, CoreError> {
+    /// them; returns the released reply (`vls-res` or `control-res`), if one
+    /// was held.
+    pub fn lss_stored(&mut self, payload: &[u8]) -> Result<Option<(Suffix, Vec<u8>)>, CoreError> {
         let Msg::Stored(ack) = Msg::decode(payload)? else {
             return Err(CoreError::LssProtocol("expected Stored on lss-msg"));
         };
         let expected = match &self.pending {
-            Some(Pending::Init { expected, .. } | Pending::Request { expected, .. }) => *expected,
+            Some(
+                Pending::Init { expected, .. }
+                | Pending::Request { expected, .. }
+                | Pending::Control { expected, .. },
+            ) => *expected,
             None => {
                 // A late acknowledgement of changes already dropped (a
                 // resync came first): LSS holds them, the next read says so.
@@ -400,7 +430,20 @@ impl Core {
             }) => {
                 commit_local(&persister, Mutations::new())?;
                 self.last = Some((seq, request, reply.clone()));
-                Ok(Some(reply))
+                Ok(Some((Suffix::VlsRes, reply)))
+            }
+            Some(Pending::Control {
+                response,
+                policy_changed,
+                ..
+            }) => {
+                commit_local(&persister, Mutations::new())?;
+                if policy_changed {
+                    // The store must be closed before it is reopened.
+                    drop(persister);
+                    self.rebuild();
+                }
+                Ok(Some((Suffix::ControlRes, response)))
             }
             Some(Pending::Init { .. }) => {
                 commit_local(&persister, Mutations::new())?;
@@ -426,6 +469,146 @@ impl Core {
         self.session = None;
         self.synced = false;
         Ok(Response::PutConflictConfirmed.encode())
+    }
+
+    // ---- control ----
+
+    /// `control`: a control message signed by the node key. Returns the
+    /// `control-res` payload (`Reply`), or, when it changes state, the
+    /// changes to store first (`Persist`; the response is released by
+    /// [`Core::lss_stored`]). Refusals are answered with
+    /// `ControlResponse::Error`. Every accepted message except `Nonce`
+    /// stores its nonce, so it cannot be replayed, even on another signer
+    /// of the same node.
+    pub fn control(&mut self, payload: &[u8]) -> Result<Outgoing, CoreError> {
+        let error = |e: String| Ok(Outgoing::Reply(control::encode(&ControlResponse::Error(e))));
+        let node_id = crate::run::node_key(self.network, &self.seed).0;
+        let (message, nonce) = match control::open(payload, &node_id) {
+            Ok(opened) => opened,
+            Err(e) => return error(e.to_string()),
+        };
+        if self.pending.is_some() {
+            return error("busy: a change awaits LSS; try again".into());
+        }
+        let session = self
+            .session
+            .as_ref()
+            .ok_or(CoreError::NotInitialised("no session"))?;
+        let handlers = session
+            .handlers
+            .as_ref()
+            .ok_or(CoreError::NotInitialised("the node is not built"))?;
+        let persister = session.persister.clone();
+        let node = handlers.pristine.node().clone();
+        let last = stored_nonce(&persister);
+        if let Err(e) = control::check_nonce(&message, nonce, last) {
+            return error(e.to_string());
+        }
+        let policy = stored_policy(&persister).unwrap_or(DEFAULT_POLICY);
+        let allowlist = || node.allowlist().map_err(|e| format!("{e:?}"));
+        let velocity = || {
+            let state = node.get_state();
+            Some((
+                state.velocity_control.start_sec,
+                state.velocity_control.buckets.clone(),
+            ))
+        };
+        // What to answer, and what to store besides the nonce.
+        let mut new_policy = None;
+        let mut new_allowlist = None;
+        let response = match message {
+            ControlMessage::Nonce => {
+                return Ok(Outgoing::Reply(control::encode(&ControlResponse::Nonce(
+                    last,
+                ))))
+            }
+            ControlMessage::QueryPolicy => ControlResponse::PolicyCurrent(policy),
+            ControlMessage::UpdatePolicy(p) => {
+                new_policy = Some(p);
+                ControlResponse::PolicyUpdated(p)
+            }
+            ControlMessage::QueryAllowlist => match allowlist() {
+                Ok(list) => ControlResponse::AllowlistCurrent(list),
+                Err(e) => ControlResponse::Error(e),
+            },
+            ControlMessage::UpdateAllowlist(list) => {
+                new_allowlist = Some(list.clone());
+                ControlResponse::AllowlistUpdated(list)
+            }
+            ControlMessage::QueryVelocity => ControlResponse::VelocityCurrent(velocity()),
+            ControlMessage::QueryAll => match allowlist() {
+                Ok(allowlist) => ControlResponse::AllCurrent {
+                    policy,
+                    allowlist,
+                    velocity: velocity(),
+                },
+                Err(e) => ControlResponse::Error(e),
+            },
+            ControlMessage::ResetWifi
+            | ControlMessage::ResetKeys
+            | ControlMessage::ResetAll
+            | ControlMessage::Ota(_) => {
+                ControlResponse::Error("not supported by a host signer".into())
+            }
+        };
+        let staged = guarded("control", || {
+            persister
+                .enter()
+                .map_err(|e| CoreError::Store(format!("{e:?}")))?;
+            let mut result = persister
+                .0
+                .put(NONCE_KEY, nonce.to_be_bytes().to_vec())
+                .map_err(|e| CoreError::Store(format!("{e:?}")));
+            if let (Ok(()), Some(p)) = (&result, new_policy) {
+                result = persister
+                    .0
+                    .put(POLICY_KEY, control::encode(&p))
+                    .map_err(|e| CoreError::Store(format!("{e:?}")));
+            }
+            if let (Ok(()), Some(list)) = (&result, &new_allowlist) {
+                result = node.set_allowlist(list).map_err(|e| CoreError::Refused {
+                    name: "UpdateAllowlist".into(),
+                    reason: format!("{e:?}"),
+                });
+            }
+            let muts = persister.prepare();
+            result.map(|()| muts)
+        });
+        // The session is reopened below in some cases; the store must be
+        // closed first, so no handle to it may outlive this point there.
+        drop(node);
+        let muts: Muts = match staged {
+            Ok(muts) => muts.into_inner(),
+            Err(e) => {
+                drop(persister);
+                self.rebuild();
+                return error(e.to_string());
+            }
+        };
+        let response = control::encode(&response);
+        if self.mode == Mode::Local {
+            commit_local(&persister, Mutations::new())?;
+            drop(persister);
+            if new_policy.is_some() {
+                self.rebuild();
+            }
+            return Ok(Outgoing::Reply(response));
+        }
+        drop(persister);
+        let Some((creds, _)) = self.lss.as_ref() else {
+            self.rebuild();
+            return Err(CoreError::NotInitialised("no LSS credentials"));
+        };
+        let client_hmac = creds.client_mac(&muts)?;
+        let expected = creds.server_put_mac(&muts)?;
+        self.pending = Some(Pending::Control {
+            response,
+            expected,
+            policy_changed: new_policy.is_some(),
+        });
+        Ok(Outgoing::Persist(
+            Response::VlsMuts(SignerMutations { client_hmac, muts }).encode(),
+        ))
     }
 
     // ---- hsmd ----
@@ -526,9 +709,9 @@ impl Core {
                     "the init changes are not acknowledged yet",
                 ));
             }
-            Some(Pending::Request { .. }) => {
+            Some(Pending::Request { .. } | Pending::Control { .. }) => {
                 // The broker gave up on it; nothing of it was committed.
-                tracing::warn!("a new request while one awaited LSS; dropping the old changes");
+                tracing::warn!("a new request while changes awaited LSS; dropping them");
                 self.pending = None;
                 self.rebuild();
             }
@@ -644,6 +827,31 @@ impl Core {
                 tracing::error!(error = %e, "cannot renegotiate after a failed request");
             }
         }
+    }
+}
+
+/// Where the last accepted control nonce is stored (in LSS like the rest).
+const NONCE_KEY: &str = "lightkeeper/control-nonce";
+/// Where the operator's policy is stored.
+const POLICY_KEY: &str = "lightkeeper/control-policy";
+/// The policy until the operator sets one: VLS's default (no velocity limit).
+const DEFAULT_POLICY: Policy = Policy {
+    msat_per_interval: 0,
+    interval: Interval::Daily,
+    htlc_limit_msat: 0,
+};
+
+fn stored_nonce(persister: &Persister) -> u64 {
+    match persister.0.get_local(NONCE_KEY) {
+        Ok(Some((_, bytes))) => bytes.try_into().map(u64::from_be_bytes).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn stored_policy(persister: &Persister) -> Option<Policy> {
+    match persister.0.get_local(POLICY_KEY) {
+        Ok(Some((_, bytes))) => control::decode(&bytes).ok(),
+        _ => None,
     }
 }
 

@@ -302,8 +302,12 @@ fn spawn_core(
                         Outgoing::Reply(reply) => vec![(Suffix::VlsRes, reply)],
                         Outgoing::Persist(muts) => vec![(Suffix::LssRes, muts)],
                     }),
-                    Suffix::LssMsg => core.lss_stored(&payload).map(|released| {
-                        released.map(|r| (Suffix::VlsRes, r)).into_iter().collect()
+                    Suffix::LssMsg => core
+                        .lss_stored(&payload)
+                        .map(|released| released.into_iter().collect()),
+                    Suffix::Control => core.control(&payload).map(|out| match out {
+                        Outgoing::Reply(response) => vec![(Suffix::ControlRes, response)],
+                        Outgoing::Persist(muts) => vec![(Suffix::LssRes, muts)],
                     }),
                     // Confirm, then resync: a fresh `hello` starts the dance.
                     Suffix::LssConflict => core.lss_conflict(&payload).map(|r| {

@@ -224,3 +224,99 @@ fn hostile_input_is_an_error_and_never_a_panic() {
     // Still serving.
     assert!(local(&mut core, &request(9, 0, &ecdh)).is_ok());
 }
+
+mod control {
+    use super::*;
+    use sphinx_wire::control::{self, ControlMessage, ControlResponse, Interval, Policy};
+
+    fn send(core: &mut Core, message: &ControlMessage, nonce: u64) -> ControlResponse {
+        let secret = node_key(Network::Regtest, &SEED).1;
+        match core
+            .control(&control::sign(message, nonce, &secret))
+            .expect("answered")
+        {
+            Outgoing::Reply(bytes) => control::decode(&bytes).expect("a response"),
+            Outgoing::Persist(_) => panic!("local mode stores nothing in LSS"),
+        }
+    }
+
+    fn payee(byte: u8) -> String {
+        let key = SecretKey::from_slice(&[byte; 32]).expect("key");
+        format!("payee:{}", key.public_key(&Secp256k1::new()))
+    }
+
+    #[test]
+    fn signed_updates_persist_and_replays_or_forgeries_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut core = started(dir.path());
+        assert_eq!(
+            send(&mut core, &ControlMessage::Nonce, 0),
+            ControlResponse::Nonce(0)
+        );
+        let list = vec![payee(1), payee(2)];
+        let update = ControlMessage::UpdateAllowlist(list.clone());
+        assert_eq!(
+            send(&mut core, &update, 1),
+            ControlResponse::AllowlistUpdated(list.clone())
+        );
+        // The same message again (a replay), one too far ahead, and one
+        // signed by another key: refused, nothing changes.
+        assert!(
+            matches!(send(&mut core, &update, 1), ControlResponse::Error(e) if e.contains("nonce"))
+        );
+        assert!(matches!(
+            send(&mut core, &ControlMessage::QueryAllowlist, 30),
+            ControlResponse::Error(_)
+        ));
+        let stranger = SecretKey::from_slice(&[77; 32]).expect("key");
+        let forged = control::sign(&ControlMessage::UpdateAllowlist(vec![]), 2, &stranger);
+        let Outgoing::Reply(bytes) = core.control(&forged).expect("answered") else {
+            panic!("a forgery stored something");
+        };
+        assert!(
+            matches!(control::decode(&bytes), Ok(ControlResponse::Error(e)) if e.contains("not signed"))
+        );
+        assert!(matches!(
+            core.control(b"garbage").expect("answered"),
+            Outgoing::Reply(_)
+        ));
+
+        let policy = Policy {
+            msat_per_interval: 5_000_000,
+            interval: Interval::Hourly,
+            htlc_limit_msat: 1_000,
+        };
+        assert_eq!(
+            send(&mut core, &ControlMessage::UpdatePolicy(policy), 2),
+            ControlResponse::PolicyUpdated(policy)
+        );
+        assert_eq!(
+            send(&mut core, &ControlMessage::Nonce, 0),
+            ControlResponse::Nonce(2)
+        );
+        assert!(matches!(
+            send(&mut core, &ControlMessage::ResetKeys, 3),
+            ControlResponse::Error(e) if e.contains("host signer")
+        ));
+
+        // After a restart: allowlist, policy and nonce are still there.
+        drop(core);
+        let mut core = started(dir.path());
+        let ControlResponse::AllCurrent {
+            policy: p,
+            allowlist,
+            ..
+        } = send(&mut core, &ControlMessage::QueryAll, 4)
+        else {
+            panic!("not AllCurrent");
+        };
+        let (mut allowlist, mut list) = (allowlist, list);
+        allowlist.sort();
+        list.sort();
+        assert_eq!((p, allowlist), (policy, list), "a set: compared sorted");
+        assert!(
+            matches!(send(&mut core, &update, 4), ControlResponse::Error(_)),
+            "nonce 4 is used"
+        );
+    }
+}
