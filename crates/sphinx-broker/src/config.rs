@@ -57,6 +57,9 @@ pub struct Settings {
     /// connection is closed [default: 60].
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// The control API's address [default: 127.0.0.1:8000].
+    #[arg(long, env = "BROKER_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// The LSS server that stores the signer's state (http:// or https://).
     #[arg(long, env = "BROKER_LSS_URL")]
     pub lss_url: Option<String>,
@@ -105,6 +108,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Where signer state is stored; `None` only with `--no-lss`.
     pub lss: Option<lss_client::ConnectOptions>,
+    /// The control API's address.
+    pub http_listen: SocketAddr,
 }
 
 /// A setting is wrong.
@@ -132,6 +137,11 @@ impl Settings {
                 file,
                 data_dir,
                 mqtt_listen,
+                mqtt_tls_cert,
+                mqtt_tls_key,
+                http_listen,
+                lss_url,
+                lss_ca,
                 mqtt_external,
                 mqtt_username,
                 mqtt_password_file,
@@ -249,6 +259,9 @@ impl Settings {
             login_window: self.login_window_secs.unwrap_or(120),
             request_timeout: Duration::from_secs(request_timeout),
             lss,
+            http_listen: self
+                .http_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
         })
     }
 }
@@ -269,7 +282,8 @@ mod tests {
         let path = dir.path().join("broker.toml");
         std::fs::write(
             &path,
-            "no_lss = true\nrequest_timeout_secs = 5\nlogin_window_secs = 30\n",
+            "lss_url = \"http://127.0.0.1:9\"\nrequest_timeout_secs = 5\nlogin_window_secs = 30\n\
+             http_listen = \"127.0.0.1:8123\"\nmqtt_listen = \"127.0.0.1:1999\"\n",
         )
         .expect("write");
         let args = Settings::parse_from([
@@ -283,6 +297,20 @@ mod tests {
         let config = args.with_file().expect("file").resolve().expect("resolve");
         assert_eq!(config.request_timeout, Duration::from_secs(9));
         assert_eq!(config.login_window, 30);
+        // Every setting can come from the file.
+        assert_eq!(
+            config.lss.map(|o| o.url).as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8123");
+        assert!(
+            matches!(config.mqtt, Mqtt::Embedded(addr, None) if addr.to_string() == "127.0.0.1:1999")
+        );
+        // The control API is on loopback unless told otherwise.
+        let defaults = Settings::parse_from(["sphinx-broker", "--no-lss", "true"])
+            .resolve()
+            .expect("defaults");
+        assert_eq!(defaults.http_listen.to_string(), "127.0.0.1:8000");
         std::fs::write(&path, "no_lss = true\nrequest_timeout = 5\n").expect("write");
         let args =
             Settings::parse_from(["sphinx-broker", "--config", path.to_str().expect("utf8")]);

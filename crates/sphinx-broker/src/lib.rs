@@ -13,11 +13,14 @@
 //!   deadlines, resend after reconnect.
 //! - [`link`]: MQTT, embedded with per-topic authorisation or external;
 //!   login by node key with a freshness window, owner pinned ([`owner`]).
+//! - [`lss`]: the relay to the LSS server.
+//! - [`api`]: the authenticated HTTP control API.
 //! - [`config`]: flags, environment and a TOML file.
 //!
 //! Protocol: `../shared/docs/sphinx-protocol.md`; the reference's weaknesses
 //! avoided here are named `W…`/`S…` after the notes' §6.
 
+pub mod api;
 pub mod cln;
 pub mod config;
 pub mod fdio;

@@ -86,12 +86,34 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
     };
     let lss = config.lss.clone().map(sphinx_broker::lss::Relay::new);
     let scheduler = Scheduler::start(link, events, config.request_timeout, lss);
+    let token_path = config.data_dir.join("api-token");
+    let token = sphinx_broker::api::token(&token_path)
+        .with_context(|| format!("the API token in {}", token_path.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("starting the control API on {}", config.http_listen))?;
+    tracing::info!(addr = %listener.local_addr()?, token = %token_path.display(), "control API listening");
+    let api = tokio::spawn(sphinx_broker::api::serve(
+        listener,
+        scheduler.clone(),
+        token,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let _api = AbortOnDrop(api);
     tokio::select! {
         served = cln::serve_master(master, scheduler) => served.context("serving lightningd on fd 3"),
         _ = term.recv() => {
             tracing::info!("SIGTERM");
             Ok(())
         }
+    }
+}
+
+/// Stops the API task when `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

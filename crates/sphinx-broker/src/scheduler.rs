@@ -65,6 +65,14 @@ enum Command {
         message: Vec<u8>,
         reply: Reply,
     },
+    Control {
+        cid: String,
+        message: Vec<u8>,
+        reply: Reply,
+    },
+    Signers {
+        reply: oneshot::Sender<Vec<SignerInfo>>,
+    },
     Request {
         peer_id: [u8; 33],
         dbid: u64,
@@ -73,10 +81,32 @@ enum Command {
     },
 }
 
-/// The CLN side's handle.
+/// A signer as the control API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignerInfo {
+    /// Its id.
+    pub cid: String,
+    /// `lss-credentials`, `lss-state`, `lss-storing`, `waiting-for-hsmd-init`,
+    /// `initialising` or `ready`.
+    pub state: &'static str,
+    /// Whether requests go to it now.
+    pub current: bool,
+}
+
+/// An error a signer reported.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignerError {
+    /// The signer.
+    pub cid: String,
+    /// Its text.
+    pub message: String,
+}
+
+/// The handle of the CLN side and of the control API.
 #[derive(Clone)]
 pub struct Scheduler {
     commands: mpsc::Sender<Command>,
+    errors: tokio::sync::broadcast::Sender<SignerError>,
 }
 
 impl Scheduler {
@@ -92,7 +122,10 @@ impl Scheduler {
     ) -> Scheduler {
         let (commands, rx) = mpsc::channel(1024);
         let (internal_tx, internal) = mpsc::channel(1024);
+        let (errors, _) = tokio::sync::broadcast::channel(256);
         let actor = Actor {
+            errors: errors.clone(),
+            controls: HashMap::new(),
             link,
             timeout,
             lss,
@@ -108,7 +141,7 @@ impl Scheduler {
             hellos: 0,
         };
         tokio::spawn(actor.run(rx, events, internal));
-        Scheduler { commands }
+        Scheduler { commands, errors }
     }
 
     /// Hands CLN's `HsmdInit` (type and body) over; resolves with the reply
@@ -138,6 +171,36 @@ impl Scheduler {
             rx,
         )
         .await
+    }
+
+    /// Sends a signed control message to signer `cid`; resolves with its
+    /// response (after any change it makes is stored in LSS).
+    pub async fn control(&self, cid: String, message: Vec<u8>) -> Result<Vec<u8>, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            Command::Control {
+                cid,
+                message,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// The signers and their state.
+    pub async fn signers(&self) -> Result<Vec<SignerInfo>, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Signers { reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
+    }
+
+    /// Every error signers report from now on.
+    pub fn errors(&self) -> tokio::sync::broadcast::Receiver<SignerError> {
+        self.errors.subscribe()
     }
 
     async fn send(
@@ -190,8 +253,18 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// A control message awaiting its response.
+struct ControlWait {
+    reply: Reply,
+    deadline: Instant,
+}
+
 /// Results of LSS calls, which run as their own tasks.
 enum Internal {
+    ControlStored {
+        cid: String,
+        result: Result<[u8; 32], RelayError>,
+    },
     ServerKey {
         cid: String,
         result: Result<[u8; 33], RelayError>,
@@ -212,6 +285,8 @@ enum Internal {
 }
 
 struct Actor {
+    errors: tokio::sync::broadcast::Sender<SignerError>,
+    controls: HashMap<String, ControlWait>,
     link: Link,
     timeout: Duration,
     lss: Option<Relay>,
@@ -277,6 +352,7 @@ impl Actor {
             .iter()
             .map(|f| f.deadline)
             .chain(self.queue.iter().map(|p| p.deadline))
+            .chain(self.controls.values().map(|c| c.deadline))
             .chain(signer)
             .min()
     }
@@ -299,6 +375,52 @@ impl Actor {
                 for cid in waiting {
                     self.send_init(&cid).await;
                 }
+            }
+            Command::Control {
+                cid,
+                message,
+                reply,
+            } => {
+                if !matches!(self.signers.get(&cid), Some(SignerState::Ready { .. })) {
+                    let _ = reply.send(Err(RequestError::Invalid(format!(
+                        "signer {cid} is not connected and ready"
+                    ))));
+                    return;
+                }
+                if self.controls.contains_key(&cid) {
+                    let _ = reply.send(Err(RequestError::Invalid(format!(
+                        "a control message to {cid} is already pending"
+                    ))));
+                    return;
+                }
+                self.controls.insert(
+                    cid.clone(),
+                    ControlWait {
+                        reply,
+                        deadline: Instant::now() + self.timeout,
+                    },
+                );
+                self.link.publish(&cid, Suffix::Control, message).await;
+            }
+            Command::Signers { reply } => {
+                let current = self.current();
+                let list = self
+                    .signers
+                    .iter()
+                    .map(|(cid, state)| SignerInfo {
+                        cid: cid.clone(),
+                        state: match state {
+                            SignerState::LssCredentials { .. } => "lss-credentials",
+                            SignerState::LssState { .. } => "lss-state",
+                            SignerState::LssStoring { .. } => "lss-storing",
+                            SignerState::Waiting => "waiting-for-hsmd-init",
+                            SignerState::Initialising { .. } => "initialising",
+                            SignerState::Ready { .. } => "ready",
+                        },
+                        current: current.as_deref() == Some(cid),
+                    })
+                    .collect();
+                let _ = reply.send(list);
             }
             Command::Request {
                 peer_id,
@@ -394,6 +516,12 @@ impl Actor {
                 Suffix::Init1Res => self.credentials(cid, &payload),
                 Suffix::Init2Res => self.restored(cid, &payload).await,
                 Suffix::LssRes => self.request_changes(cid, &payload),
+                Suffix::ControlRes => match self.controls.remove(&cid) {
+                    Some(wait) => {
+                        let _ = wait.reply.send(Ok(payload.to_vec()));
+                    }
+                    None => tracing::warn!(%cid, "control response nobody waits for ignored"),
+                },
                 Suffix::LssConflictRes => {
                     tracing::info!(%cid, "signer dropped its conflicting changes")
                 }
@@ -401,6 +529,16 @@ impl Actor {
                 Suffix::Error => {
                     let text = error_text(&payload);
                     tracing::error!(%cid, error = %text, "signer reported an error");
+                    let _ = self.errors.send(SignerError {
+                        cid: cid.clone(),
+                        message: text.clone(),
+                    });
+                    if let Some(wait) = self.controls.remove(&cid) {
+                        let _ = wait.reply.send(Err(RequestError::Signer {
+                            cid: cid.clone(),
+                            message: text.clone(),
+                        }));
+                    }
                     if matches!(
                         self.signers.get(&cid),
                         Some(SignerState::Initialising { .. })
@@ -473,6 +611,30 @@ impl Actor {
                             .await;
                     }
                     Err(e) => self.reject(&cid, format!("storing the signer's init changes: {e}")),
+                }
+            }
+            Internal::ControlStored { cid, result } => {
+                if !self.controls.contains_key(&cid) {
+                    return;
+                }
+                match result {
+                    Ok(mac) => self.link.publish(&cid, Suffix::LssMsg, stored(mac)).await,
+                    Err(RelayError::Conflict(n)) => {
+                        tracing::error!(%cid, keys = n, "LSS conflict on a control change: another signer wrote; it resyncs");
+                        self.link
+                            .publish(&cid, Suffix::LssConflict, Msg::PutConflict.encode())
+                            .await;
+                        if let Some(wait) = self.controls.remove(&cid) {
+                            let _ = wait.reply.send(Err(RequestError::Lss(format!(
+                                "conflict on {n} key(s); retry"
+                            ))));
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(wait) = self.controls.remove(&cid) {
+                            let _ = wait.reply.send(Err(RequestError::Lss(e.to_string())));
+                        }
+                    }
                 }
             }
             Internal::RequestStored { cid, seq, result } => {
@@ -573,14 +735,19 @@ impl Actor {
 
     /// A request's changes, to store before its reply is released.
     fn request_changes(&mut self, cid: String, payload: &[u8]) {
-        let Some((seq, deadline)) = self
+        let request = self
             .in_flight
             .as_ref()
             .filter(|f| f.sent_to.as_deref() == Some(&cid))
-            .map(|f| (f.seq, f.deadline))
-        else {
-            tracing::warn!(%cid, "changes for no request in flight ignored");
-            return;
+            .map(|f| (f.seq, f.deadline));
+        let control = self.controls.get(&cid).map(|c| c.deadline);
+        let (seq, deadline) = match (request, control) {
+            (Some((seq, deadline)), _) => (Some(seq), deadline),
+            (None, Some(deadline)) => (None, deadline),
+            (None, None) => {
+                tracing::warn!(%cid, "changes for no request in flight ignored");
+                return;
+            }
         };
         let changes = match Response::decode(payload) {
             Ok(Response::VlsMuts(changes)) => changes,
@@ -599,9 +766,11 @@ impl Actor {
             let result = relay
                 .put(account, &changes.muts, changes.client_hmac, deadline)
                 .await;
-            let _ = done
-                .send(Internal::RequestStored { cid, seq, result })
-                .await;
+            let finished = match seq {
+                Some(seq) => Internal::RequestStored { cid, seq, result },
+                None => Internal::ControlStored { cid, result },
+            };
+            let _ = done.send(finished).await;
         });
     }
 
@@ -746,6 +915,17 @@ impl Actor {
 
     fn expire(&mut self) {
         let now = Instant::now();
+        let late: Vec<String> = self
+            .controls
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(cid, _)| cid.clone())
+            .collect();
+        for cid in late {
+            if let Some(wait) = self.controls.remove(&cid) {
+                let _ = wait.reply.send(Err(RequestError::Deadline(self.timeout)));
+            }
+        }
         if self.in_flight.as_ref().is_some_and(|f| f.deadline <= now) {
             if let Some(f) = self.in_flight.take() {
                 tracing::error!(seq = f.seq, signer = ?f.sent_to, "request timed out");

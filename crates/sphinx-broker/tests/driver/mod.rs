@@ -172,6 +172,7 @@ pub struct Broker {
     /// Lightningd's end of fd 3.
     pub master: Hsmd,
     pub mqtt_port: u16,
+    pub http_port: u16,
     pub data_dir: PathBuf,
 }
 
@@ -212,6 +213,10 @@ impl Broker {
 
     /// Starts the broker with exactly `args`.
     pub fn start_with(dir: &Path, args: &[&str], mqtt_port: u16, data_dir: PathBuf) -> Broker {
+        let http_port = free_port();
+        let http = format!("127.0.0.1:{http_port}");
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--http-listen", &http]);
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let log = dir.join(format!("broker-{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).expect("log file");
@@ -233,12 +238,58 @@ impl Broker {
             proc: Proc { child, log },
             master: Hsmd::new(ours),
             mqtt_port,
+            http_port,
             data_dir,
         }
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// The control API's token.
+    pub fn api_token(&self) -> String {
+        let path = self.data_dir.join("api-token");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if !text.trim().is_empty() {
+                    return text.trim().to_string();
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no API token");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One HTTP/1.1 request to the control API: status and body.
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port))
+            .expect("connect to the API");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status");
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        (status, body)
     }
 }
 

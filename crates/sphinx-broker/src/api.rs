@@ -1,0 +1,151 @@
+//! The control API: HTTP, on loopback unless configured otherwise, every
+//! call authenticated with a bearer token (`api-token` in the data
+//! directory, mode 0600, made on first start). The reference serves this
+//! unauthenticated on all interfaces with permissive CORS (`S4`).
+//!
+//! - `POST /api/control/{cid}`: body = hex of a signed control message
+//!   (`sphinx_wire::control::sign`); answers `{"response": …, "hex": …}`
+//!   once the signer has answered, after any change it made is in LSS.
+//! - `GET /api/signers`: the signers, their sync state, which is current.
+//! - `GET /api/errors`: server-sent events, one per error a signer reports.
+//!
+//! The broker cannot make a control message: only the node key signs them,
+//! and the signer checks the signature and the nonce window.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sphinx_wire::control::{self, ControlResponse};
+use subtle::ConstantTimeEq;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+
+use crate::scheduler::{RequestError, Scheduler};
+
+struct Api {
+    scheduler: Scheduler,
+    token: String,
+}
+
+/// Reads the API token from `path`, or makes one (mode 0600).
+pub fn token(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(token)
+}
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    scheduler: Scheduler,
+    token: String,
+) -> std::io::Result<()> {
+    let api = Arc::new(Api { scheduler, token });
+    let app = Router::new()
+        .route("/api/control/{cid}", post(control_message))
+        .route("/api/signers", get(signers))
+        .route("/api/errors", get(errors))
+        .with_state(api);
+    axum::serve(listener, app).await
+}
+
+fn authorized(api: &Api, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(api.token.as_bytes()))
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "a valid bearer token is required\n",
+    )
+        .into_response()
+}
+
+async fn control_message(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    UrlPath(cid): UrlPath<String>,
+    body: String,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let Ok(message) = hex::decode(body.trim()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must be the hex of a signed control message\n",
+        )
+            .into_response();
+    };
+    match api.scheduler.control(cid, message).await {
+        Ok(bytes) => {
+            let response: serde_json::Value = match control::decode::<ControlResponse>(&bytes) {
+                Ok(decoded) => serde_json::to_value(decoded).unwrap_or_default(),
+                Err(e) => serde_json::Value::String(format!("undecodable: {e}")),
+            };
+            Json(serde_json::json!({ "response": response, "hex": hex::encode(&bytes) }))
+                .into_response()
+        }
+        Err(e) => {
+            let status = match e {
+                RequestError::Invalid(_) => StatusCode::CONFLICT,
+                RequestError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+                RequestError::Signer { .. } | RequestError::Lss(_) => StatusCode::BAD_GATEWAY,
+                RequestError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (status, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+async fn signers(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.scheduler.signers().await {
+        Ok(list) => Json(serde_json::json!({ "signers": list })).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn errors(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let stream = BroadcastStream::new(api.scheduler.errors()).filter_map(|item| {
+        let error = item.ok()?;
+        let data = serde_json::to_string(&error).ok()?;
+        Some(Ok::<Event, Infallible>(
+            Event::default().event("error").data(data),
+        ))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
