@@ -21,10 +21,20 @@ async fn proxied(schema: &Schema) -> (FaultProxy, PostgresStore) {
         schema: schema.name.clone(),
         connect_timeout: Duration::from_secs(1),
         pool_size: 4,
-        ..PostgresConfig::new(postgres::via(&schema.url, proxy.addr))
+        // Its own session name, so that killing its sessions touches no other
+        // test's (tests share the server and run in parallel).
+        ..PostgresConfig::new(format!(
+            "{} application_name={}",
+            postgres::via(&schema.url, proxy.addr),
+            session_name(schema)
+        ))
     };
     let store = PostgresStore::open(config).await.expect("open");
     (proxy, store)
+}
+
+fn session_name(schema: &Schema) -> String {
+    format!("lssd/test/{}", schema.name)
 }
 
 async fn committed<S: Store>(store: &S, version: i64, value: &[u8]) {
@@ -92,14 +102,18 @@ async fn broken_connections_are_retried_inside_the_store() {
     }
     // Connections killed by the server itself are handled the same way.
     let admin = schema.client().await;
-    admin
+    let killed = admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name LIKE 'lssd/%' AND pid <> pg_backend_pid()",
-            &[],
+             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            &[&session_name(&schema)],
         )
         .await
         .expect("terminate");
+    assert!(
+        killed >= 1,
+        "the store's sessions were found and terminated"
+    );
     committed(&store, 4, b"c").await;
 }
 
