@@ -4,12 +4,15 @@
 //! Every connection is its own task and is sequential, as CLN uses it (one
 //! request, then its reply). What the broker answers itself: `HsmdInit`
 //! (after a signer answered it), `ClientHsmFd` (a socketpair, one end passed
-//! back with SCM_RIGHTS) and `Memleak`. Everything else goes to the
+//! back with SCM_RIGHTS), `Memleak`, and a repeat of a preapproval granted
+//! within the last minute. Everything else goes to the
 //! [`Scheduler`]. A request that fails closes its connection, and the error
 //! is logged: CLN sees its hsmd connection end, as with a real hsmd that
 //! fails, instead of waiting forever (`W2`). On fd 3 that ends the broker.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use sphinx_wire::hsmd;
@@ -59,12 +62,49 @@ pub async fn serve_master(fd: OwnedFd, scheduler: Scheduler) -> Result<(), ClnEr
     serve(stream, client, scheduler).await
 }
 
+/// How long an approval answers a byte-identical repeat.
+const APPROVAL_TTL: Duration = Duration::from_secs(60);
+/// Approvals remembered per connection.
+const APPROVALS: usize = 6;
+
+/// CLN asks for the same preapproval again before each payment attempt; a
+/// byte-identical `PreapproveInvoice`/`PreapproveKeysend` that the signer
+/// approved within the last minute is answered here, without a round trip
+/// to the signer (as the reference does). Refusals are never cached.
+#[derive(Default)]
+struct Approvals(VecDeque<(Vec<u8>, Vec<u8>, Instant)>);
+
+impl Approvals {
+    fn get(&mut self, request: &[u8]) -> Option<Vec<u8>> {
+        self.0.retain(|(_, _, at)| at.elapsed() < APPROVAL_TTL);
+        self.0
+            .iter()
+            .find(|(r, _, _)| r.as_slice() == request)
+            .map(|(_, reply, _)| reply.clone())
+    }
+
+    fn remember(&mut self, request: Vec<u8>, reply: &[u8]) {
+        let approved = match msgs::from_vec(reply.to_vec()) {
+            Ok(Message::PreapproveInvoiceReply(r)) => r.result,
+            Ok(Message::PreapproveKeysendReply(r)) => r.result,
+            _ => false,
+        };
+        if approved {
+            if self.0.len() == APPROVALS {
+                self.0.pop_front();
+            }
+            self.0.push_back((request, reply.to_vec(), Instant::now()));
+        }
+    }
+}
+
 async fn serve(
     mut stream: UnixStream,
     client: Client,
     scheduler: Scheduler,
 ) -> Result<(), ClnError> {
     let mut buf = BytesMut::with_capacity(4096);
+    let mut approvals = Approvals::default();
     while let Some(frame) = next_frame(&mut stream, &mut buf).await? {
         let message = frame.message();
         let reply = match frame.ty {
@@ -103,6 +143,23 @@ async fn serve(
                 continue;
             }
             msgs::Memleak::TYPE => msgs::MemleakReply { result: false }.as_vec(),
+            msgs::PreapproveInvoice::TYPE | msgs::PreapproveKeysend::TYPE => {
+                match approvals.get(&message) {
+                    Some(reply) => {
+                        tracing::debug!(
+                            "repeated preapproval answered from the last minute's approval"
+                        );
+                        reply
+                    }
+                    None => {
+                        let reply = scheduler
+                            .request(client.peer_id, client.dbid, message.clone())
+                            .await?;
+                        approvals.remember(message, &reply);
+                        reply
+                    }
+                }
+            }
             _ => {
                 scheduler
                     .request(client.peer_id, client.dbid, message)

@@ -200,3 +200,76 @@ fn a_reply_lost_with_the_connection_is_answered_from_the_signers_cache() {
     assert!(log.matches("connected to the broker").count() >= 2, "{log}");
     signer.kill();
 }
+
+#[test]
+fn a_repeated_preapproval_is_answered_by_the_broker_within_a_minute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = driver::SignerHome::create(&dir.path().join("signer"));
+    let owner = home.node_id().to_string();
+    let mut broker = driver::Broker::start(
+        dir.path(),
+        &["--owner", &owner, "--request-timeout-secs", "2"],
+    );
+    broker.master.send(&driver::hsmd_init(Network::Regtest));
+    let mut signer = home.start(&broker.url(), &[]);
+    assert!(matches!(
+        broker.master.recv(),
+        Some(Message::HsmdInitReplyV4(_))
+    ));
+    let mut client = broker
+        .master
+        .client(key(9).public_key(&Secp256k1::new()).serialize(), 0);
+    let keysend = |amount_msat: u64| msgs::PreapproveKeysend {
+        destination: PubKey(key(8).public_key(&Secp256k1::new()).serialize()),
+        // One payment per amount.
+        payment_hash: vls_protocol::model::Sha256(
+            <sha2::Sha256 as sha2::Digest>::digest(amount_msat.to_be_bytes()).into(),
+        ),
+        amount_msat,
+    };
+    // Without a policy the signer approves no payment (and nothing is
+    // cached); the operator sets one through the control API.
+    let Message::PreapproveKeysendReply(refused) = client.call(&keysend(10_000)) else {
+        panic!("not a preapproval reply");
+    };
+    assert!(!refused.result, "no policy, no payments");
+    let Message::PreapproveKeysendReply(refused) = client.call(&keysend(11_000)) else {
+        panic!("not a preapproval reply");
+    };
+    assert!(!refused.result);
+    let policy = sphinx_wire::control::ControlMessage::UpdatePolicy(sphinx_wire::control::Policy {
+        msat_per_interval: 1_000_000,
+        interval: sphinx_wire::control::Interval::Daily,
+        htlc_limit_msat: 1_000_000,
+    });
+    let body = hex::encode(sphinx_wire::control::sign(&policy, 1, &home.node_secret()));
+    let (status, answer) = broker.http(
+        "POST",
+        &format!("/api/control/{}", home.cid()),
+        Some(&broker.api_token()),
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("PolicyUpdated"), "{answer}");
+    let Message::PreapproveKeysendReply(first) = client.call(&keysend(12_000)) else {
+        panic!("not a preapproval reply");
+    };
+    assert!(first.result, "within the policy's limit");
+    // Beyond the limit: refused.
+    let Message::PreapproveKeysendReply(big) = client.call(&keysend(5_000_000)) else {
+        panic!("not a preapproval reply");
+    };
+    assert!(!big.result, "beyond the policy's limit");
+    // Without a signer, the byte-identical repeat is still answered...
+    signer.kill();
+    let Message::PreapproveKeysendReply(again) = client.call(&keysend(12_000)) else {
+        panic!("not a preapproval reply");
+    };
+    assert!(again.result);
+    // ...and anything else waits for a signer, here until the deadline.
+    client.send(&keysend(20_000));
+    assert!(
+        client.recv().is_none(),
+        "no signer: the connection is closed at the deadline"
+    );
+}

@@ -37,6 +37,7 @@ use sphinx_wire::topics::Suffix;
 use vls_persist::kvv::cloud::CloudKVVStore;
 use vls_persist::kvv::redb::RedbKVVStore;
 use vls_persist::kvv::{JsonFormat, KVVPersister, KVVStore, KVV};
+use vls_protocol_signer::approver::{Approve, NegativeApprover, VelocityApprover};
 use vls_protocol_signer::handler::{Handler, HandlerBuilder, InitHandler, RootHandler};
 use vls_protocol_signer::lightning_signer::bitcoin::blockdata::constants::genesis_block;
 use vls_protocol_signer::lightning_signer::bitcoin::hashes::Hash;
@@ -50,7 +51,7 @@ use vls_protocol_signer::lightning_signer::policy::simple_validator::{
 use vls_protocol_signer::lightning_signer::signer::ClockStartingTimeFactory;
 use vls_protocol_signer::lightning_signer::util::clock::StandardClock;
 use vls_protocol_signer::lightning_signer::util::velocity::{
-    VelocityControlIntervalType, VelocityControlSpec,
+    VelocityControl, VelocityControlIntervalType, VelocityControlSpec,
 };
 use vls_protocol_signer::vls_protocol::msgs::{self, Message};
 
@@ -223,25 +224,40 @@ impl Core {
     }
 
     fn builder(&self, persister: &Arc<Persister>) -> HandlerBuilder {
+        // The operator's policy (a control message) sets VLS's global
+        // velocity limit, and payments are approved within it. Without one,
+        // VLS's default policy applies and no payment is preapproved: the
+        // operator must say how much may leave.
         let mut policy = make_default_simple_policy(self.network);
-        if let Some(p) = stored_policy(persister) {
-            policy.global_velocity_control = VelocityControlSpec {
-                limit_msat: p.msat_per_interval,
-                interval_type: match p.interval {
-                    Interval::Hourly => VelocityControlIntervalType::Hourly,
-                    Interval::Daily => VelocityControlIntervalType::Daily,
-                },
-            };
-        }
+        let clock = Arc::new(StandardClock());
+        let approver: Arc<dyn Approve> = match stored_policy(persister) {
+            Some(p) => {
+                let spec = VelocityControlSpec {
+                    limit_msat: p.msat_per_interval,
+                    interval_type: match p.interval {
+                        Interval::Hourly => VelocityControlIntervalType::Hourly,
+                        Interval::Daily => VelocityControlIntervalType::Daily,
+                    },
+                };
+                policy.global_velocity_control = spec;
+                Arc::new(VelocityApprover::new(
+                    clock.clone(),
+                    VelocityControl::new(spec),
+                    NegativeApprover(),
+                ))
+            }
+            None => Arc::new(NegativeApprover()),
+        };
         let services = NodeServices {
             validator_factory: Arc::new(SimpleValidatorFactory::new_with_policy(policy)),
             starting_time_factory: ClockStartingTimeFactory::new(),
             persister: persister.clone(),
-            clock: Arc::new(StandardClock()),
+            clock,
             trusted_oracle_pubkeys: vec![],
         };
         HandlerBuilder::new(self.network, 0, services, self.seed)
             .max_protocol_version(MAX_PROTOCOL_VERSION)
+            .approver(approver)
     }
 
     /// Builds (restores or creates) the node inside a transaction; returns
