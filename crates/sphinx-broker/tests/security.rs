@@ -292,16 +292,7 @@ fn malformed_hsmd_input_closes_only_its_connection() {
     // Garbage on fd 3 itself ends the broker, with an error.
     std::io::Write::write_all(&mut broker.master.stream, &(1u32 << 24).to_be_bytes())
         .expect("write");
-    let status = broker
-        .proc
-        .wait_exit(Duration::from_secs(10))
-        .expect("broker exits");
-    assert!(!status.success());
-    assert!(
-        broker.proc.log_text().contains("bad hsmd frame"),
-        "{}",
-        broker.proc.log_text()
-    );
+    broker.proc.fails_with("bad hsmd frame");
 }
 
 #[test]
@@ -340,17 +331,5 @@ fn a_request_without_a_signer_fails_at_its_deadline() {
     assert!(started.elapsed() >= Duration::from_secs(2));
     // On lightningd's own connection the broker exits, saying why.
     broker.master.send(&msgs::Ecdh { point });
-    let status = broker
-        .proc
-        .wait_exit(Duration::from_secs(10))
-        .expect("broker exits");
-    assert!(!status.success());
-    assert!(
-        broker
-            .proc
-            .log_text()
-            .contains("no reply from a signer within"),
-        "{}",
-        broker.proc.log_text()
-    );
+    broker.proc.fails_with("no reply from a signer within");
 }

@@ -71,6 +71,16 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits for the process to exit with a failure whose log names `why`.
+    pub fn fails_with(&mut self, why: &str) {
+        let status = self
+            .wait_exit(Duration::from_secs(10))
+            .expect("the process exits");
+        assert!(!status.success(), "{status:?}");
+        let log = self.log_text();
+        assert!(log.contains(why), "{why:?} not in:\n{log}");
+    }
+
     /// Waits for exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
