@@ -1,10 +1,11 @@
 //! Every remote-signer decoder (hsmd frames, serial headers, LSS relay
-//! messages, topics, login tokens) on arbitrary bytes: no panic, and what
-//! decodes re-encodes to something that decodes to the same value.
+//! messages, topics, login tokens, control envelopes, the SignMessage
+//! filter) on arbitrary bytes: no panic, and what decodes re-encodes to
+//! something that decodes to the same value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sphinx_wire::{hsmd, login, lss, serial, topics};
+use sphinx_wire::{control, hsmd, login, lss, serial, signed, topics};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((frame, used))) = hsmd::decode(data) {
@@ -30,7 +31,22 @@ fuzz_target!(|data: &[u8]| {
         if let Ok((cid, suffix)) = topics::parse(text) {
             assert_eq!(topics::topic(cid, suffix), text);
         }
-        let _ = login::recover(text);
-        let _ = login::check(text, text, 1_700_000_000, 60);
+        let _ = login::recover(text, "0123456789abcdef0123456789abcdef");
+        let rules = login::Rules {
+            window_secs: 60,
+            compat: true,
+        };
+        let _ = login::check(text, text, text, 1_700_000_000_000, rules);
+    }
+    // A control envelope never panics to open. And the SignMessage filter
+    // is exact: bytes it lets the signer sign never open as a control
+    // message, even in sphinx-key's signature form.
+    let secret = secp256k1::SecretKey::from_slice(&[7; 32]).expect("key");
+    let public = secret.public_key(&secp256k1::Secp256k1::signing_only());
+    let _ = control::open(data, &public, true);
+    if !signed::is_reserved_message(data) {
+        let signature = signed::sign(signed::Domain::LightningMessage, data, &secret);
+        let envelope = [data, &signature[..]].concat();
+        assert!(control::open(&envelope, &public, true).is_err());
     }
 });

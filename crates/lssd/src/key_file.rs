@@ -6,9 +6,8 @@
 //! is created with mode 0600, never overwritten, and made durable before use:
 //! losing it would orphan every client's data.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use lss_core::secp256k1::{rand::rngs::OsRng, SecretKey};
@@ -25,6 +24,9 @@ pub enum KeyError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Creating it crash-safely failed, or it exists but is empty.
+    #[error("server key file: {0}")]
+    File(#[from] durable_file::FileError),
     /// The file's text is not a key.
     #[error("server key file {path} is not a server key: {source}")]
     Invalid {
@@ -54,7 +56,11 @@ pub fn load(path: &Path) -> Result<ServerKey, KeyError> {
     if mode & 0o077 != 0 {
         tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "server key file is readable by others; run chmod 600 on it");
     }
-    let text = fs::read_to_string(path).map_err(io)?;
+    let bytes = durable_file::read(path)?.ok_or_else(|| KeyError::Io {
+        path: path.to_owned(),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
     ServerKey::from_hex(&text).map_err(|source| KeyError::Invalid {
         path: path.to_owned(),
         source,
@@ -71,31 +77,29 @@ pub fn load_or_create(path: &Path) -> Result<(ServerKey, KeyOrigin), KeyError> {
     Ok((key, KeyOrigin::Created))
 }
 
-/// Writes `key` to a new file (mode 0600, synced with its directory entry);
-/// fails if the file exists, so a key is never replaced.
+/// Writes `key` to a new file (mode 0600, written whole or not at all,
+/// synced with its directory entry); fails if the file exists, so a key is
+/// never replaced.
 pub fn write_new(path: &Path, key: &ServerKey) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    // create_new: never replace a key another process just wrote.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(key.to_hex().as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
+    durable_file::create_new(path, key.to_hex().as_bytes(), 0o600)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_key_file_is_named_not_misread() {
+        // What an interrupted in-place write used to leave behind.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("server_key");
+        fs::write(&path, "").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let err = load_or_create(&path).expect_err("empty key");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        assert_eq!(fs::read(&path).expect("read"), b"", "never replaced");
+    }
 
     #[test]
     fn created_once_with_mode_0600_then_reused() {

@@ -13,8 +13,6 @@
 //! and the signer checks the signature and the nonce window.
 
 use std::convert::Infallible;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,21 +35,12 @@ struct Api {
 }
 
 /// Reads the API token from `path`, or makes one (mode 0600).
-pub fn token(path: &Path) -> std::io::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+pub fn token(path: &Path) -> Result<String, durable_file::FileError> {
+    if let Some(bytes) = durable_file::read(path)? {
+        return Ok(String::from_utf8_lossy(&bytes).trim().to_string());
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
+    durable_file::create_new(path, format!("{token}\n").as_bytes(), 0o600)?;
     Ok(token)
 }
 

@@ -28,9 +28,18 @@ pub struct Settings {
     /// Directory for the broker's state (the pinned owner key).
     #[arg(long, env = "BROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Embedded MQTT server address [default: 0.0.0.0:1883, or 0.0.0.0:8883 with TLS].
+    /// Embedded MQTT server address [default: 127.0.0.1:1883, or 0.0.0.0:8883
+    /// with TLS]. A non-loopback address needs TLS or --mqtt-insecure-plaintext.
     #[arg(long, env = "BROKER_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
+    /// Serve plaintext MQTT on a non-loopback address: login and LSS tokens
+    /// then cross the network readable by anyone on the path.
+    #[arg(long, env = "BROKER_MQTT_INSECURE_PLAINTEXT")]
+    pub mqtt_insecure_plaintext: Option<bool>,
+    /// Also accept sphinx-key devices' login tokens, which are not bound to
+    /// a client id and which hsmd's SignMessage can be asked to make.
+    #[arg(long, env = "BROKER_SPHINX_KEY_COMPAT")]
+    pub sphinx_key_compat: Option<bool>,
     /// TLS certificate chain (PEM) for the embedded MQTT server.
     #[arg(long, env = "BROKER_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
     pub mqtt_tls_cert: Option<PathBuf>,
@@ -46,8 +55,9 @@ pub struct Settings {
     /// File with the broker's password on the external MQTT server.
     #[arg(long, env = "BROKER_MQTT_PASSWORD_FILE")]
     pub mqtt_password_file: Option<PathBuf>,
-    /// The owner's node id (hex): only this key may log in as a signer.
-    /// Without it, the first login is pinned (and written to the data dir).
+    /// The owner's node id (hex), as `sphinx-signer init` prints it: only this
+    /// key may log in as a signer. Required on the first start; it is then
+    /// pinned in the data dir.
     #[arg(long, env = "BROKER_OWNER")]
     pub owner: Option<String>,
     /// How old a signer's login token may be, in seconds [default: 120].
@@ -102,8 +112,8 @@ pub struct Config {
     pub mqtt: Mqtt,
     /// Configured owner.
     pub owner: Option<secp256k1::PublicKey>,
-    /// Login token window.
-    pub login_window: u64,
+    /// What login tokens are accepted.
+    pub login: sphinx_wire::login::Rules,
     /// Request deadline.
     pub request_timeout: Duration,
     /// Where signer state is stored; `None` only with `--no-lss`.
@@ -137,6 +147,8 @@ impl Settings {
                 file,
                 data_dir,
                 mqtt_listen,
+                mqtt_insecure_plaintext,
+                sphinx_key_compat,
                 mqtt_tls_cert,
                 mqtt_tls_key,
                 http_listen,
@@ -236,12 +248,22 @@ impl Settings {
                         ))
                     }
                 };
-                let default_port = if tls.is_some() { 8883 } else { 1883 };
-                Mqtt::Embedded(
-                    self.mqtt_listen
-                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port))),
-                    tls,
-                )
+                let listen = self.mqtt_listen.unwrap_or_else(|| match tls {
+                    Some(_) => SocketAddr::from(([0, 0, 0, 0], 8883)),
+                    None => SocketAddr::from(([127, 0, 0, 1], 1883)),
+                });
+                if tls.is_none()
+                    && !listen.ip().is_loopback()
+                    && self.mqtt_insecure_plaintext != Some(true)
+                {
+                    return Err(ConfigError(format!(
+                        "--mqtt-listen {listen} is not a loopback address and there is no TLS: \
+                         signers' login and LSS tokens would cross the network in plaintext. \
+                         Give --mqtt-tls-cert and --mqtt-tls-key, or --mqtt-insecure-plaintext \
+                         true to accept that"
+                    )));
+                }
+                Mqtt::Embedded(listen, tls)
             }
         };
         let request_timeout = self.request_timeout_secs.unwrap_or(60);
@@ -256,7 +278,10 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("sphinx-broker")),
             mqtt,
             owner,
-            login_window: self.login_window_secs.unwrap_or(120),
+            login: sphinx_wire::login::Rules {
+                window_secs: self.login_window_secs.unwrap_or(120),
+                compat: self.sphinx_key_compat.unwrap_or(false),
+            },
             request_timeout: Duration::from_secs(request_timeout),
             lss,
             http_listen: self
@@ -296,7 +321,7 @@ mod tests {
         ]);
         let config = args.with_file().expect("file").resolve().expect("resolve");
         assert_eq!(config.request_timeout, Duration::from_secs(9));
-        assert_eq!(config.login_window, 30);
+        assert_eq!(config.login.window_secs, 30);
         // Every setting can come from the file.
         assert_eq!(
             config.lss.map(|o| o.url).as_deref(),
@@ -316,6 +341,36 @@ mod tests {
             Settings::parse_from(["sphinx-broker", "--config", path.to_str().expect("utf8")]);
         let err = args.with_file().expect_err("unknown key");
         assert!(err.0.contains("request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_mqtt_stays_on_loopback_unless_explicitly_allowed() {
+        let defaults = Settings::parse_from(["sphinx-broker", "--no-lss", "true"])
+            .resolve()
+            .expect("defaults");
+        assert!(
+            matches!(defaults.mqtt, Mqtt::Embedded(addr, None) if addr.ip().is_loopback()),
+            "{:?}",
+            defaults.mqtt
+        );
+        assert!(!defaults.login.compat, "sphinx-key tokens are opt-in");
+        let public = [
+            "sphinx-broker",
+            "--no-lss",
+            "true",
+            "--mqtt-listen",
+            "0.0.0.0:1883",
+        ];
+        let err = Settings::parse_from(public)
+            .resolve()
+            .expect_err("plaintext");
+        assert!(err.0.contains("--mqtt-insecure-plaintext"), "{err}");
+        let mut allowed = public.to_vec();
+        allowed.extend(["--mqtt-insecure-plaintext", "true"]);
+        Settings::parse_from(allowed).resolve().expect("opted out");
+        let mut tls = public.to_vec();
+        tls.extend(["--mqtt-tls-cert", "c.pem", "--mqtt-tls-key", "k.pem"]);
+        Settings::parse_from(tls).resolve().expect("TLS");
     }
 
     #[test]

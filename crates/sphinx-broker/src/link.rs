@@ -18,12 +18,14 @@
 //! `{cid}/hello`, so an MQTT account alone does not make a signer.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mqtt_server::{Inbound, Policy, Refusal};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use secp256k1::PublicKey;
+use sphinx_wire::login;
 use sphinx_wire::topics::{self, Suffix};
 use tokio::sync::mpsc;
 
@@ -87,19 +89,71 @@ impl Link {
     }
 }
 
-fn now() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Who may become a signer: a fresh token, made for the connection's own
+/// client id, by the owner's node key, never seen before. Both MQTT modes
+/// admit signers through it.
+pub struct Gate {
+    /// The owner.
+    pub owner: Arc<Owner>,
+    /// Window and accepted token forms.
+    pub rules: login::Rules,
+    seen: Mutex<login::ReplayGuard>,
+}
+
+impl Gate {
+    /// A gate for `owner` under `rules`.
+    pub fn new(owner: Arc<Owner>, rules: login::Rules) -> Gate {
+        Gate {
+            owner,
+            rules,
+            seen: Mutex::new(login::ReplayGuard::default()),
+        }
+    }
+
+    /// Admits the token `password` for `client_id`; with a `username`
+    /// (an MQTT login) it must name the same key.
+    pub fn admit(
+        &self,
+        username: Option<&str>,
+        password: &str,
+        client_id: &str,
+        now_ms: u64,
+    ) -> Result<PublicKey, GateError> {
+        let login = match username {
+            Some(user) => login::check(user, password, client_id, now_ms, self.rules)?,
+            None => login::check_token(login::recover(password, client_id)?, now_ms, self.rules)?,
+        };
+        self.owner.admit(login.key)?;
+        self.seen
+            .lock()
+            .map_err(|_| GateError::Login(login::LoginError::Malformed("poisoned")))?
+            .admit(&login, now_ms, self.rules.window_secs)?;
+        Ok(login.key)
+    }
+}
+
+/// Why a signer was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The token.
+    #[error(transparent)]
+    Login(#[from] login::LoginError),
+    /// Not the owner.
+    #[error(transparent)]
+    Owner(#[from] crate::owner::OwnerError),
 }
 
 /// Login and topic rules for the embedded server.
 pub struct SignerPolicy {
-    /// The pinned owner.
-    pub owner: Arc<Owner>,
-    /// How old (or how far ahead) a login token may be, in seconds.
-    pub window: u64,
+    /// Who may log in.
+    pub gate: Arc<Gate>,
 }
 
 impl Policy for SignerPolicy {
@@ -123,11 +177,14 @@ impl Policy for SignerPolicy {
         let (Some(username), Some(password)) = (username, password) else {
             return Err(refuse(true, "no username and token".into()));
         };
-        let key = sphinx_wire::login::check(username, password, now(), self.window)
-            .map_err(|e| refuse(true, e.to_string()))?;
-        self.owner
-            .admit(key)
-            .map_err(|e| refuse(false, e.to_string()))
+        match self
+            .gate
+            .admit(Some(username), password, client_id, now_ms())
+        {
+            Ok(_) => Ok(()),
+            Err(e @ GateError::Owner(_)) => Err(refuse(false, e.to_string())),
+            Err(e) => Err(refuse(true, e.to_string())),
+        }
     }
 
     fn may_publish(&self, client_id: &str, topic: &str) -> bool {
@@ -235,11 +292,7 @@ const LISTEN: [Suffix; 10] = [
 ];
 
 /// Connects to an external MQTT server.
-pub fn external(
-    config: External,
-    owner: Arc<Owner>,
-    window: u64,
-) -> (Link, mpsc::Receiver<LinkEvent>) {
+pub fn external(config: External, gate: Arc<Gate>) -> (Link, mpsc::Receiver<LinkEvent>) {
     let client_id = format!("lightkeeper-broker-{}", std::process::id());
     let mut options = MqttOptions::new(client_id, config.host, config.port);
     options.set_credentials(config.username, config.password);
@@ -272,10 +325,8 @@ pub fn external(
                     match suffix {
                         Suffix::Hello => {
                             let token = String::from_utf8_lossy(&publish.payload);
-                            match hello_key(&token, window)
-                                .and_then(|key| owner.admit(key).map_err(|e| e.to_string()))
-                            {
-                                Ok(()) => LinkEvent::Hello { cid },
+                            match gate.admit(None, &token, &cid, now_ms()) {
+                                Ok(_) => LinkEvent::Hello { cid },
                                 Err(e) => {
                                     tracing::warn!(%cid, error = %e, "hello refused");
                                     continue;
@@ -305,10 +356,4 @@ pub fn external(
         }
     });
     (Link::External(client), rx)
-}
-
-/// The key of a `hello` token, checked for freshness.
-fn hello_key(token: &str, window: u64) -> Result<secp256k1::PublicKey, String> {
-    let (_, key) = sphinx_wire::login::recover(token).map_err(|e| e.to_string())?;
-    sphinx_wire::login::check(&key.to_string(), token, now(), window).map_err(|e| e.to_string())
 }

@@ -53,6 +53,10 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let owner = Arc::new(Owner::load(&config.data_dir, config.owner)?);
+    let gate = Arc::new(link::Gate::new(owner, config.login));
+    if config.login.compat {
+        tracing::warn!("sphinx-key compatibility: unbound login tokens are accepted; a captured one can be replayed under another client id until first used");
+    }
     match &config.lss {
         Some(lss) => {
             tracing::info!(url = %lss.url, "signer state is stored in LSS before every reply")
@@ -69,10 +73,7 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
                 }
                 None => None,
             };
-            let policy = SignerPolicy {
-                owner: owner.clone(),
-                window: config.login_window,
-            };
+            let policy = SignerPolicy { gate: gate.clone() };
             let (link, events, addr) = link::embedded(listen, tls, policy)
                 .await
                 .with_context(|| format!("starting the MQTT server on {listen}"))?;
@@ -81,7 +82,7 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
         }
         Mqtt::External(external) => {
             tracing::info!(host = %external.host, port = external.port, "using an external MQTT server");
-            link::external(external, owner.clone(), config.login_window)
+            link::external(external, gate.clone())
         }
     };
     let lss = config.lss.clone().map(sphinx_broker::lss::Relay::new);

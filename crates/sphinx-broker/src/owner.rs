@@ -1,16 +1,19 @@
-//! Who may be a signer: the owner's node key, pinned on disk.
+//! Who may be a signer: the owner's node key, configured or pinned on disk.
 //!
 //! The reference pins the first key that logs in, in memory only, so after
-//! every restart any self-signed login wins the race (`S2`). Here the key is
-//! configured, or pinned on first use and written to `owner` in the data
-//! directory before that login is accepted; it survives restarts.
+//! every restart any self-signed login wins the race (`S2`). Here there is
+//! no trust on first use at all: the operator configures the owner
+//! (`--owner`, the node id `sphinx-signer init` prints), and the broker pins
+//! it in `owner` in the data directory, so a later start without the
+//! setting, or with another key, cannot silently change who signs. A broker
+//! with neither does not start. (A pin from an older version, made by a
+//! first login, is honoured.)
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use secp256k1::PublicKey;
 
-/// Why a login is refused.
+/// Why the owner cannot be established, or a login is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
     /// A key other than the owner's.
@@ -21,7 +24,10 @@ pub enum OwnerError {
         /// The key that tried (hex).
         got: String,
     },
-    /// The pin file is unreadable or could not be written.
+    /// Neither configured nor pinned.
+    #[error("no owner: set --owner (BROKER_OWNER, or owner in broker.toml) to the node id that `sphinx-signer init` printed; the broker does not let the first signer to connect become the owner")]
+    Unset,
+    /// The pin file is unreadable, malformed or could not be written.
     #[error("owner file {path}: {why}")]
     File {
         /// The file.
@@ -31,91 +37,63 @@ pub enum OwnerError {
     },
 }
 
-/// The pinned owner key.
+/// The owner key.
+#[derive(Debug)]
 pub struct Owner {
-    path: PathBuf,
-    key: Mutex<Option<PublicKey>>,
+    key: PublicKey,
 }
 
 impl Owner {
-    /// Loads the pin from `data_dir/owner`; `configured` wins and is written
+    /// Loads the pin from `data_dir/owner`; a `configured` key is pinned
     /// there if the file is absent. A configured key that differs from the
-    /// pinned one is an error: re-pinning is a deliberate act (delete the file).
+    /// pinned one is an error: re-pinning is a deliberate act (delete the
+    /// file).
     pub fn load(data_dir: &Path, configured: Option<PublicKey>) -> Result<Owner, OwnerError> {
         let path = data_dir.join("owner");
         let file_err = |why: String| OwnerError::File {
             path: path.clone(),
             why,
         };
-        let pinned = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(
-                hex::decode(text.trim())
+        let pinned = match durable_file::read(&path).map_err(|e| file_err(e.to_string()))? {
+            Some(bytes) => Some(
+                std::str::from_utf8(&bytes)
                     .ok()
+                    .and_then(|text| hex::decode(text.trim()).ok())
                     .and_then(|b| PublicKey::from_slice(&b).ok())
                     .ok_or_else(|| file_err("not a public key in hex".into()))?,
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(file_err(e.to_string())),
-        };
-        let owner = Owner {
-            path: path.clone(),
-            key: Mutex::new(pinned),
+            None => None,
         };
         match (pinned, configured) {
-            (Some(p), Some(c)) if p != c => {
-                return Err(file_err(format!(
-                    "pins {p} but {c} is configured; delete the file to re-pin"
-                )))
+            (Some(p), Some(c)) if p != c => Err(file_err(format!(
+                "pins {p} but {c} is configured; delete the file to re-pin"
+            ))),
+            (Some(key), _) => Ok(Owner { key }),
+            (None, Some(key)) => {
+                durable_file::replace(&path, format!("{key}\n").as_bytes(), 0o644)
+                    .map_err(|e| file_err(e.to_string()))?;
+                tracing::info!(owner = %key, path = %path.display(), "owner key pinned");
+                Ok(Owner { key })
             }
-            (None, Some(c)) => owner.pin(c)?,
-            _ => {}
+            (None, None) => Err(OwnerError::Unset),
         }
-        Ok(owner)
     }
 
-    /// The owner, if pinned.
-    pub fn key(&self) -> Option<PublicKey> {
-        self.key.lock().ok().and_then(|k| *k)
+    /// The owner.
+    pub fn key(&self) -> PublicKey {
+        self.key
     }
 
-    /// Accepts `key` if it is the owner, or pins it if there is none yet.
+    /// Accepts `key` if it is the owner.
     pub fn admit(&self, key: PublicKey) -> Result<(), OwnerError> {
-        let mut pinned = self.key.lock().map_err(|_| OwnerError::File {
-            path: self.path.clone(),
-            why: "lock poisoned".into(),
-        })?;
-        match *pinned {
-            Some(owner) if owner == key => Ok(()),
-            Some(owner) => Err(OwnerError::NotOwner {
-                owner: owner.to_string(),
+        if key == self.key {
+            Ok(())
+        } else {
+            Err(OwnerError::NotOwner {
+                owner: self.key.to_string(),
                 got: key.to_string(),
-            }),
-            None => {
-                self.write(key)?;
-                tracing::warn!(owner = %key, path = %self.path.display(), "first signer login: owner key pinned");
-                *pinned = Some(key);
-                Ok(())
-            }
+            })
         }
-    }
-
-    fn pin(&self, key: PublicKey) -> Result<(), OwnerError> {
-        self.write(key)?;
-        if let Ok(mut pinned) = self.key.lock() {
-            *pinned = Some(key);
-        }
-        Ok(())
-    }
-
-    fn write(&self, key: PublicKey) -> Result<(), OwnerError> {
-        let tmp = self.path.with_extension("tmp");
-        let result = std::fs::write(&tmp, format!("{key}\n"))
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        result.map_err(|e| OwnerError::File {
-            path: self.path.clone(),
-            why: e.to_string(),
-        })
     }
 }
 
@@ -131,25 +109,27 @@ mod tests {
     }
 
     #[test]
-    fn the_first_login_is_pinned_across_restarts() {
+    fn no_owner_no_start_and_nobody_is_pinned_by_logging_in() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let owner = Owner::load(dir.path(), None).expect("load");
-        assert_eq!(owner.key(), None);
-        owner.admit(key(1)).expect("first login pins");
-        assert!(owner.admit(key(2)).is_err());
-        let again = Owner::load(dir.path(), None).expect("reload");
-        assert_eq!(again.key(), Some(key(1)));
-        assert!(again.admit(key(2)).is_err(), "pin survives a restart");
-        again.admit(key(1)).expect("owner");
+        let err = Owner::load(dir.path(), None).expect_err("no owner");
+        assert!(err.to_string().contains("--owner"), "{err}");
+        assert!(!dir.path().join("owner").exists());
     }
 
     #[test]
-    fn a_configured_owner_must_agree_with_the_pin() {
+    fn a_configured_owner_is_pinned_and_must_agree_with_the_pin() {
         let dir = tempfile::tempdir().expect("tempdir");
         let owner = Owner::load(dir.path(), Some(key(3))).expect("load");
         assert!(owner.admit(key(1)).is_err());
+        owner.admit(key(3)).expect("owner");
+        // Pinned: a start without the setting keeps it, another key is refused.
+        assert_eq!(Owner::load(dir.path(), None).expect("pinned").key(), key(3));
         assert!(Owner::load(dir.path(), Some(key(4))).is_err());
         std::fs::write(dir.path().join("owner"), "nonsense").expect("write");
         assert!(Owner::load(dir.path(), None).is_err());
+        // What an interrupted write of an older version leaves: named.
+        std::fs::write(dir.path().join("owner"), "").expect("write");
+        let err = Owner::load(dir.path(), Some(key(3))).expect_err("empty");
+        assert!(err.to_string().contains("empty"), "{err}");
     }
 }

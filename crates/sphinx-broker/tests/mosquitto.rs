@@ -138,7 +138,7 @@ fn mosquitto_accounts_and_acls_confine_each_signer() {
             .subscribe("+/vls", QoS::AtMostOnce)
             .await
             .expect("queue");
-        let token = sphinx_wire::login::password(&stranger, driver_now());
+        let token = sphinx_wire::login::password(&stranger, &rogue, driver_now());
         client
             .publish(format!("{rogue}/hello"), QoS::AtMostOnce, false, token)
             .await
@@ -212,9 +212,9 @@ fn mosquitto_accounts_and_acls_confine_each_signer() {
     );
 }
 
-fn driver_now() -> u32 {
+fn driver_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
-        .as_secs() as u32
+        .as_millis() as u64
 }

@@ -16,17 +16,25 @@ use sphinx_wire::serial;
 use vls_protocol::model::{DisclosedSecret, PubKey};
 use vls_protocol::msgs::{self, Message, SerBolt};
 
-fn now() -> u32 {
+fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
-        .as_secs() as u32
+        .as_millis() as u64
 }
 
-fn mqtt(port: u16, cid: &str, secret: &SecretKey, timestamp: u32) -> (AsyncClient, EventLoop) {
+/// An MQTT client logging in as `cid` with a token made for `cid` at
+/// `timestamp_ms`.
+fn mqtt(port: u16, cid: &str, secret: &SecretKey, timestamp_ms: u64) -> (AsyncClient, EventLoop) {
+    let token = sphinx_wire::login::password(secret, cid, timestamp_ms);
+    mqtt_with(port, cid, secret, token)
+}
+
+/// An MQTT client logging in as `cid` with exactly `token`.
+fn mqtt_with(port: u16, cid: &str, secret: &SecretKey, token: String) -> (AsyncClient, EventLoop) {
     let mut options = MqttOptions::new(cid, "127.0.0.1", port);
     let user = secret.public_key(&Secp256k1::new()).to_string();
-    options.set_credentials(user, sphinx_wire::login::password(secret, timestamp));
+    options.set_credentials(user, token);
     options.set_keep_alive(Duration::from_secs(5));
     AsyncClient::new(options, 512)
 }
@@ -83,32 +91,29 @@ fn cid(byte: u8) -> String {
 }
 
 #[test]
-fn stale_foreign_and_malformed_logins_are_refused() {
+fn a_broker_without_an_owner_does_not_start() {
+    // No trust on first use: whoever connected first used to become the
+    // node's signer.
     let dir = tempfile::tempdir().expect("tempdir");
-    let home = SignerHome::create(&dir.path().join("signer"));
-    // No --owner: the first good login is pinned, on disk.
-    let broker = Broker::start(dir.path(), &["--login-window-secs", "60"]);
+    let mut broker = Broker::start(dir.path(), &[]);
+    broker.proc.fails_with("--owner");
+    assert!(!broker.data_dir.join("owner").exists(), "nothing pinned");
+}
+
+#[test]
+fn stale_foreign_replayed_rebound_and_malformed_logins_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, home, _signer, _init) = driver::checks::started(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let owner = home.node_secret();
     let stranger = SecretKey::from_slice(&[42; 32]).expect("key");
     let port = broker.mqtt_port;
     rt.block_on(async {
-        // Give the broker a moment to listen.
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // A token an hour old: a replay.
-        let (_c, mut e) = mqtt(port, &cid(1), &owner, now() - 3600);
+        // A token an hour old, and one from the future.
+        let (_c, mut e) = mqtt(port, &cid(1), &owner, now() - 3_600_000);
         let err = connack(&mut e).await.expect_err("stale token");
         assert!(err.contains("BadUserNamePassword"), "{err}");
-        // From the future.
-        let (_c, mut e) = mqtt(port, &cid(1), &owner, now() + 3600);
+        let (_c, mut e) = mqtt(port, &cid(1), &owner, now() + 3_600_000);
         assert!(connack(&mut e).await.is_err(), "future token");
         // A client id that is not a signer id.
         let (_c, mut e) = mqtt(port, "not-a-cid", &owner, now());
@@ -117,7 +122,7 @@ fn stale_foreign_and_malformed_logins_are_refused() {
         let mut options = MqttOptions::new(cid(1), "127.0.0.1", port);
         options.set_credentials(
             home.node_id().to_string(),
-            sphinx_wire::login::password(&stranger, now()),
+            sphinx_wire::login::password(&stranger, &cid(1), now()),
         );
         let (_c, mut e) = AsyncClient::new(options, 8);
         assert!(connack(&mut e).await.is_err(), "mismatched key");
@@ -126,17 +131,83 @@ fn stale_foreign_and_malformed_logins_are_refused() {
         options.set_credentials(home.node_id().to_string(), "AAAA");
         let (_c, mut e) = AsyncClient::new(options, 8);
         assert!(connack(&mut e).await.is_err(), "garbage token");
-        // The owner's fresh token: accepted, and pinned.
-        let (_c, mut e) = mqtt(port, &cid(1), &owner, now());
-        connack(&mut e).await.expect("owner logs in");
-        // Now a stranger with a perfectly fresh token is not authorised.
+        // A stranger with a perfectly fresh token is not authorised.
         let (_c, mut e) = mqtt(port, &cid(2), &stranger, now());
         let err = connack(&mut e).await.expect_err("not the owner");
         assert!(err.contains("NotAuthorized"), "{err}");
+
+        // A token the owner's signer used (captured on the wire): replayed
+        // under another client id, and under its own, within the window.
+        let captured = sphinx_wire::login::password(&owner, &cid(3), now());
+        let (_c, mut e) = mqtt_with(port, &cid(3), &owner, captured.clone());
+        connack(&mut e).await.expect("the signer's own login");
+        let (_c, mut e) = mqtt_with(port, &cid(4), &owner, captured.clone());
+        let err = connack(&mut e)
+            .await
+            .expect_err("replayed under another cid");
+        assert!(err.contains("BadUserNamePassword"), "{err}");
+        let (_c, mut e) = mqtt_with(port, &cid(3), &owner, captured);
+        assert!(connack(&mut e).await.is_err(), "replayed under its own cid");
+        // What hsmd's SignMessage over a 4-byte timestamp would give the
+        // node host (sphinx-key's token form): refused without compat.
+        let compat = sphinx_wire::login::compat_password(&owner, (now() / 1000) as u32);
+        let (_c, mut e) = mqtt_with(port, &cid(5), &owner, compat);
+        assert!(connack(&mut e).await.is_err(), "sphinx-key token form");
     });
+    // The control API shows only the real signer, as the current one.
+    let (status, body) = broker.http("GET", "/api/signers", Some(&broker.api_token()), "");
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let list = list["signers"].as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{body}");
+    assert_eq!(list[0]["cid"], home.cid().as_str());
+    assert_eq!(list[0]["current"], true);
     let pinned =
         std::fs::read_to_string(broker.data_dir.join("owner")).expect("owner pinned on disk");
     assert_eq!(pinned.trim(), home.node_id().to_string());
+}
+
+/// Hole 1 of the remote-signer audit: the node host asks hsmd's
+/// SignMessage for the node key's signature over a control message body and
+/// posts the result to the control API as the operator's command.
+#[test]
+fn signmessage_cannot_be_turned_into_a_control_message() {
+    use sphinx_wire::control::{self, ControlMessage};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, home, _signer, _init) = driver::checks::started(dir.path());
+    let attacker = format!(
+        "payee:{}",
+        SecretKey::from_slice(&[66; 32])
+            .expect("key")
+            .public_key(&Secp256k1::new())
+    );
+    let update = ControlMessage::UpdateAllowlist(vec![attacker]);
+    // What SignMessage used to hand out, shaped as a control message (the
+    // signature bytes reordered as sphinx-key's envelope has them).
+    let forged = control::sign_compat(&update, 1, &home.node_secret());
+    let (status, body) = broker.http(
+        "POST",
+        &format!("/api/control/{}", home.cid()),
+        Some(&broker.api_token()),
+        &hex::encode(&forged),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("not signed by the node key"), "{body}");
+    assert!(!body.contains("AllowlistUpdated"), "{body}");
+    // And SignMessage no longer signs such a body: the request is refused
+    // (on fd 3 that ends the broker, as any refused master request does).
+    let mut message = control::encode(&update);
+    message.extend_from_slice(&2u64.to_be_bytes());
+    broker.master.send(&msgs::SignMessage {
+        message: message.into(),
+    });
+    assert!(
+        broker.master.recv().is_none(),
+        "no signature for a control message body"
+    );
+    broker
+        .proc
+        .fails_with("shape of a signer login token or control message");
 }
 
 #[test]

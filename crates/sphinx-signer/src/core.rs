@@ -164,6 +164,9 @@ pub struct Core {
     /// LSS state verified in the current dance (step 2 done).
     synced: bool,
     pending: Option<Pending>,
+    /// Accept control messages in sphinx-key's form (Lightning Signed
+    /// Message), which hsmd's `SignMessage` can be asked to make.
+    compat_control: bool,
 }
 
 impl Core {
@@ -187,6 +190,7 @@ impl Core {
             lss: None,
             synced: false,
             pending: None,
+            compat_control: false,
         };
         let persister = core.open_store()?;
         let handlers = match mode {
@@ -202,6 +206,17 @@ impl Core {
             handlers,
         });
         Ok(core)
+    }
+
+    /// Also accept control messages signed as sphinx-key signs them (a
+    /// Lightning Signed Message by the node key). Only for operators whose
+    /// control app cannot sign in Lightkeeper's domain: `SignMessage`
+    /// requests shaped like a control message are refused either way, but a
+    /// signature from another signer of the same seed without that rule
+    /// would pass.
+    pub fn accept_sphinx_key_control(mut self, accept: bool) -> Self {
+        self.compat_control = accept;
+        self
     }
 
     /// The node id, once the node is built.
@@ -499,7 +514,7 @@ impl Core {
     pub fn control(&mut self, payload: &[u8]) -> Result<Outgoing, CoreError> {
         let error = |e: String| Ok(Outgoing::Reply(control::encode(&ControlResponse::Error(e))));
         let node_id = crate::run::node_key(self.network, &self.seed).0;
-        let (message, nonce) = match control::open(payload, &node_id) {
+        let (message, nonce) = match control::open(payload, &node_id, self.compat_control) {
             Ok(opened) => opened,
             Err(e) => return error(e.to_string()),
         };
@@ -761,6 +776,22 @@ impl Core {
             .ok_or(CoreError::NotInitialised("HsmdInit has not been received"))?;
         if matches!(msg, Message::HsmdInit(_) | Message::HsmdInit2(_)) {
             return Err(CoreError::BadInit("HsmdInit outside init".into()));
+        }
+        // Key separation: the node host must not get the node key's
+        // signature over a login token or a control message.
+        if let Message::SignMessage(m) = &msg {
+            if sphinx_wire::signed::is_reserved_message(&m.message.0) {
+                tracing::error!(
+                    "SignMessage refused: the message has the shape of a login token or control message"
+                );
+                return Err(CoreError::Refused {
+                    name,
+                    reason:
+                        "the message has the shape of a signer login token or control message; \
+                             signing it would let the node host impersonate the operator"
+                            .into(),
+                });
+            }
         }
         let persister = session.persister.clone();
         persister

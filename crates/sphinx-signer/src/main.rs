@@ -52,6 +52,11 @@ enum Command {
         /// and on an acknowledgement of every change before it replies.
         #[arg(long, env = "SIGNER_NO_LSS")]
         no_lss: bool,
+        /// Also accept control messages signed as sphinx-key's app signs
+        /// them (a "Lightning Signed Message"). Off by default: that is the
+        /// form hsmd's SignMessage produces, which the node host can request.
+        #[arg(long, env = "SIGNER_ACCEPT_SPHINX_KEY_CONTROL")]
+        accept_sphinx_key_control: bool,
     },
 }
 
@@ -104,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             mqtt_password_file,
             keep_alive_secs,
             no_lss,
+            accept_sphinx_key_control,
         } => {
             let credentials = match (mqtt_username, mqtt_password_file) {
                 (Some(user), Some(file)) => {
@@ -125,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     sphinx_signer::core::Mode::Lss
                 },
+                sphinx_key_control: accept_sphinx_key_control,
             };
             run::run(config, shutdown()).await?;
             tracing::info!("signer stopped");

@@ -44,6 +44,8 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Where state is made durable: LSS (through the broker) or only here.
     pub mode: Mode,
+    /// Accept control messages in sphinx-key's signature form.
+    pub sphinx_key_control: bool,
 }
 
 /// Why the signer cannot run.
@@ -65,10 +67,10 @@ pub fn node_key(network: Network, seed: &[u8; 32]) -> (PublicKey, SecretKey) {
     key_derive(KeyDerivationStyle::Native, network).node_keys(seed, &Secp256k1::new())
 }
 
-fn now() -> u32 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -119,7 +121,8 @@ pub async fn run(
         seed,
         &config.data_dir.join("vls"),
         config.mode,
-    )?;
+    )?
+    .accept_sphinx_key_control(config.sphinx_key_control);
     tracing::info!(%cid, node_id = %node_id, network = %config.network, "signer ready");
 
     let mut options = MqttOptions::new(cid.clone(), host, port);
@@ -155,7 +158,7 @@ pub async fn run(
         None => {
             options.set_credentials(
                 node_id.to_string(),
-                sphinx_wire::login::password(&node_secret, now()),
+                sphinx_wire::login::password(&node_secret, &cid, now_ms()),
             );
         }
     };
@@ -176,7 +179,7 @@ pub async fn run(
     let mut last_hello = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let hello = |client: &AsyncClient| {
-        let token = sphinx_wire::login::password(&node_secret, now());
+        let token = sphinx_wire::login::password(&node_secret, &cid, now_ms());
         client
             .try_publish(
                 topics::topic(&cid, Suffix::Hello),
@@ -311,7 +314,7 @@ fn spawn_core(
                     }),
                     // Confirm, then resync: a fresh `hello` starts the dance.
                     Suffix::LssConflict => core.lss_conflict(&payload).map(|r| {
-                        let hello = sphinx_wire::login::password(&node_secret, now());
+                        let hello = sphinx_wire::login::password(&node_secret, &cid, now_ms());
                         vec![
                             (Suffix::LssConflictRes, r),
                             (Suffix::Hello, hello.into_bytes()),

@@ -5,9 +5,8 @@
 //! A seed readable by anyone but its owner is refused rather than used: a
 //! signer exists to keep the keys off a shared host.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// A seed or id file problem.
@@ -21,6 +20,9 @@ pub enum SeedError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file exists but is empty (a crash while an older version wrote it).
+    #[error(transparent)]
+    File(durable_file::FileError),
     /// `init` would overwrite an existing seed.
     #[error("{0} already exists; refusing to overwrite a seed")]
     Exists(PathBuf),
@@ -49,24 +51,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SeedError + '_ {
     }
 }
 
-/// Writes a new random seed to `path` (hex, mode 0600). Never overwrites.
+impl From<durable_file::FileError> for SeedError {
+    fn from(e: durable_file::FileError) -> Self {
+        match e {
+            durable_file::FileError::Exists(path) => SeedError::Exists(path),
+            other => SeedError::File(other),
+        }
+    }
+}
+
+/// Writes a new random seed to `path` (hex, mode 0600), whole or not at all.
+/// Never overwrites.
 pub fn create(path: &Path) -> Result<(), SeedError> {
     let seed: [u8; 32] = rand::random();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                SeedError::Exists(path.to_path_buf())
-            } else {
-                io(path)(e)
-            }
-        })?;
-    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io(path))
+    durable_file::create_new(path, format!("{}\n", hex::encode(seed)).as_bytes(), 0o600)?;
+    Ok(())
 }
 
 /// Reads the seed at `path`, refusing a file others may read.
@@ -78,28 +77,24 @@ pub fn load(path: &Path) -> Result<[u8; 32], SeedError> {
             mode: mode & 0o777,
         });
     }
-    let text = fs::read_to_string(path).map_err(io(path))?;
-    parse_hex(path, text.trim())
+    let bytes = durable_file::read(path)?.ok_or_else(|| {
+        io(path)(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no seed: run `sphinx-signer init` first",
+        ))
+    })?;
+    parse_hex(path, String::from_utf8_lossy(&bytes).trim())
 }
 
 /// Reads the signer id in `path`, creating a random one the first time.
 pub fn signer_id(path: &Path) -> Result<[u8; 16], SeedError> {
-    match fs::read_to_string(path) {
-        Ok(text) => parse_hex(path, text.trim()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match durable_file::read(path)? {
+        Some(bytes) => parse_hex(path, String::from_utf8_lossy(&bytes).trim()),
+        None => {
             let id: [u8; 16] = rand::random();
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io(path))?;
-            file.write_all(format!("{}\n", hex::encode(id)).as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io(path))?;
+            durable_file::create_new(path, format!("{}\n", hex::encode(id)).as_bytes(), 0o600)?;
             Ok(id)
         }
-        Err(e) => Err(io(path)(e)),
     }
 }
 
@@ -139,13 +134,18 @@ mod tests {
         let err = load(&path).expect_err("group-readable seed");
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
-        for bad in ["zz", "00", &"ab".repeat(33), ""] {
+        for bad in ["zz", "00", &"ab".repeat(33)] {
             fs::write(&path, bad).expect("write");
             assert!(
                 matches!(load(&path), Err(SeedError::Malformed { .. })),
                 "{bad:?}"
             );
         }
+        // What a crash during an older version's `init` left: named.
+        fs::write(&path, "").expect("write");
+        let err = load(&path).expect_err("empty seed");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        assert!(signer_id(&path).is_err(), "an empty id file too");
     }
 
     #[test]

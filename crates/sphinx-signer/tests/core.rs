@@ -225,6 +225,79 @@ fn hostile_input_is_an_error_and_never_a_panic() {
     assert!(local(&mut core, &request(9, 0, &ecdh)).is_ok());
 }
 
+/// Key separation: the node host asks hsmd's SignMessage for the node key's
+/// signature over a control message or a login timestamp, to turn it into
+/// an operator's command or a signer login.
+#[test]
+fn signmessage_refuses_what_would_be_a_control_message_or_login_token() {
+    use sphinx_wire::control::{self, ControlMessage};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut core = started(dir.path());
+    let node = node_key(Network::Regtest, &SEED).0;
+    let attacker = format!("payee:{}", node);
+    let mut body = control::encode(&ControlMessage::UpdateAllowlist(vec![attacker]));
+    body.extend_from_slice(&1u64.to_be_bytes());
+    let login = 1_800_000_000u32.to_be_bytes().to_vec();
+    for (seq, message) in [(20, body.clone()), (21, login)] {
+        let err = local(
+            &mut core,
+            &request(
+                seq,
+                0,
+                &msgs::SignMessage {
+                    message: message.into(),
+                },
+            ),
+        )
+        .expect_err("reserved shape refused");
+        assert!(err.to_string().contains("control message"), "{err}");
+    }
+    // An ordinary message is still signed, by the node key.
+    let text = b"I own this node".to_vec();
+    let signed = local(
+        &mut core,
+        &request(
+            22,
+            0,
+            &msgs::SignMessage {
+                message: text.clone().into(),
+            },
+        ),
+    )
+    .expect("ordinary message signed");
+    let msgs::Message::SignMessageReply(r) = reply(&signed, 22) else {
+        panic!("not a SignMessage reply");
+    };
+    let mut compact = [0u8; 64];
+    compact.copy_from_slice(&r.signature.0[..64]);
+    let id = secp256k1::ecdsa::RecoveryId::from_i32(i32::from(r.signature.0[64])).expect("id");
+    let sig = secp256k1::ecdsa::RecoverableSignature::from_compact(&compact, id).expect("sig");
+    let digest = sha256d(&[&b"Lightning Signed Message:"[..], &text].concat());
+    let recovered = Secp256k1::new()
+        .recover_ecdsa(&secp256k1::Message::from_digest(digest), &sig)
+        .expect("recover");
+    assert_eq!(recovered, node);
+    // Even a Lightning Signed Message over the control body (what a signer
+    // without the rule would give) is not a control message to this one.
+    let forged = control::sign_compat(
+        &ControlMessage::UpdateAllowlist(vec![]),
+        2,
+        &node_key(Network::Regtest, &SEED).1,
+    );
+    let Outgoing::Reply(bytes) = core.control(&forged).expect("answered") else {
+        panic!("a forgery stored something");
+    };
+    assert!(matches!(
+        control::decode(&bytes),
+        Ok(control::ControlResponse::Error(e)) if e.contains("not signed")
+    ));
+}
+
+fn sha256d(bytes: &[u8]) -> [u8; 32] {
+    use vls_protocol_signer::lightning_signer::bitcoin::hashes::{sha256d, Hash};
+    sha256d::Hash::hash(bytes).to_byte_array()
+}
+
 mod control {
     use super::*;
     use sphinx_wire::control::{self, ControlMessage, ControlResponse, Interval, Policy};

@@ -2,7 +2,11 @@
 //! the node key, and what the signer answers.
 //!
 //! Wire: `msgpack(ControlMessage) ‖ nonce (u64 BE) ‖ signature (65 bytes,
-//! see [`crate::signed`])` over everything before the signature. The
+//! see [`crate::signed`])` over everything before the signature. Ours are
+//! signed in the [`CONTROL_TAG`](signed::CONTROL_TAG) domain, which no hsmd
+//! request can produce a signature in; sphinx-key's (a Lightning Signed
+//! Message, which hsmd's `SignMessage` makes for anyone on the node host) are
+//! accepted only by a signer configured for sphinx-key compatibility. The
 //! msgpack is rmp_serde's "named" form of externally tagged enums (a unit
 //! variant is a string, a data variant a one-entry map), as the reference's
 //! glyph types. A signer accepts a message only if the node key signed it
@@ -13,7 +17,7 @@
 use secp256k1::{PublicKey, SecretKey};
 use serde::{Deserialize, Serialize};
 
-use crate::signed;
+use crate::signed::{self, Domain};
 
 /// How far ahead of the last accepted nonce a message may be.
 pub const NONCE_WINDOW: u64 = 20;
@@ -137,31 +141,70 @@ pub enum ControlError {
     },
 }
 
-/// Encodes and signs `message` with `nonce`.
+/// Encodes and signs `message` with `nonce` (Lightkeeper's domain).
 pub fn sign(message: &ControlMessage, nonce: u64, node_secret: &SecretKey) -> Vec<u8> {
+    sign_in(
+        Domain::Tagged(signed::CONTROL_TAG),
+        message,
+        nonce,
+        node_secret,
+    )
+}
+
+/// Encodes and signs `message` with `nonce` as sphinx-key does (a Lightning
+/// Signed Message).
+pub fn sign_compat(message: &ControlMessage, nonce: u64, node_secret: &SecretKey) -> Vec<u8> {
+    sign_in(Domain::LightningMessage, message, nonce, node_secret)
+}
+
+fn sign_in(domain: Domain, message: &ControlMessage, nonce: u64, secret: &SecretKey) -> Vec<u8> {
     let mut bytes = encode(message);
     bytes.extend_from_slice(&nonce.to_be_bytes());
-    let signature = signed::sign(&bytes, node_secret);
+    let signature = signed::sign(domain, &bytes, secret);
     bytes.extend_from_slice(&signature);
     bytes
 }
 
 /// Checks the signature against `node` and decodes; the nonce is returned
-/// for [`check_nonce`].
-pub fn open(bytes: &[u8], node: &PublicKey) -> Result<(ControlMessage, u64), ControlError> {
+/// for [`check_nonce`]. With `compat`, a sphinx-key signature (Lightning
+/// Signed Message) is accepted too.
+pub fn open(
+    bytes: &[u8],
+    node: &PublicKey,
+    compat: bool,
+) -> Result<(ControlMessage, u64), ControlError> {
     if bytes.len() < 1 + 8 + signed::LEN {
         return Err(ControlError::Short);
     }
     let (signed_part, signature) = bytes.split_at(bytes.len() - signed::LEN);
     let signature: &[u8; signed::LEN] = signature.try_into().map_err(|_| ControlError::Short)?;
-    if signed::recover(signed_part, signature).as_ref() != Some(node) {
+    let by_node = |domain| signed::recover(domain, signed_part, signature).as_ref() == Some(node);
+    if !(by_node(Domain::Tagged(signed::CONTROL_TAG))
+        || (compat && by_node(Domain::LightningMessage)))
+    {
         return Err(ControlError::Signature);
     }
     let (body, nonce) = signed_part.split_at(signed_part.len() - 8);
     let mut n = [0u8; 8];
     n.copy_from_slice(nonce);
-    let message = rmp_serde::from_slice(body).map_err(|e| ControlError::Body(e.to_string()))?;
-    Ok((message, u64::from_be_bytes(n)))
+    Ok((decode_message(body)?, u64::from_be_bytes(n)))
+}
+
+/// Decodes a control message body, all of it (no trailing bytes).
+fn decode_message(body: &[u8]) -> Result<ControlMessage, ControlError> {
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+    let message =
+        ControlMessage::deserialize(&mut de).map_err(|e| ControlError::Body(e.to_string()))?;
+    if de.position() != body.len() as u64 {
+        return Err(ControlError::Body("trailing bytes".into()));
+    }
+    Ok(message)
+}
+
+/// Whether `body` is a control message as [`open`] would accept it: what
+/// [`signed::is_reserved_message`] keeps from hsmd's `SignMessage`.
+pub(crate) fn decodes_as_message(body: &[u8]) -> bool {
+    decode_message(body).is_ok()
 }
 
 /// Whether `nonce` may follow `last` for `message`.
@@ -222,12 +265,16 @@ mod tests {
             .public_key(&Secp256k1::new());
         let msg = ControlMessage::UpdateAllowlist(vec!["02ab".into()]);
         let bytes = sign(&msg, 7, &secret);
-        assert_eq!(open(&bytes, &node), Ok((msg.clone(), 7)));
-        assert_eq!(open(&bytes, &other), Err(ControlError::Signature));
+        assert_eq!(open(&bytes, &node, false), Ok((msg.clone(), 7)));
+        assert_eq!(open(&bytes, &other, false), Err(ControlError::Signature));
         let mut flipped = bytes.clone();
         flipped[0] ^= 1;
-        assert_eq!(open(&flipped, &node), Err(ControlError::Signature));
-        assert_eq!(open(&bytes[..10], &node), Err(ControlError::Short));
+        assert_eq!(open(&flipped, &node, false), Err(ControlError::Signature));
+        assert_eq!(open(&bytes[..10], &node, false), Err(ControlError::Short));
+        // sphinx-key's form (what SignMessage makes) only with compat.
+        let compat = sign_compat(&msg, 7, &secret);
+        assert_eq!(open(&compat, &node, false), Err(ControlError::Signature));
+        assert_eq!(open(&compat, &node, true), Ok((msg.clone(), 7)));
         check_nonce(&msg, 7, 6).expect("next");
         check_nonce(&msg, 26, 6).expect("edge of the window");
         assert!(check_nonce(&msg, 6, 6).is_err(), "replay");

@@ -8,9 +8,11 @@
 //! - [`topics`]: the MQTT topic names `{cid}/{suffix}`;
 //! - [`lss`]: the LSS relay messages between broker and signer, in the exact
 //!   hand-made msgpack shapes of the reference, quirks included;
-//! - [`login`]: the signer's MQTT login token, checked with a freshness window;
+//! - [`login`]: the signer's MQTT login token, bound to its client id,
+//!   checked with a freshness window and accepted once;
 //! - [`control`]: signed control messages with a nonce window;
-//! - [`signed`]: the "Lightning Signed Message" signatures both use.
+//! - [`signed`]: the node-key signatures both use, in a domain of our own
+//!   that no hsmd request can sign in, or sphinx-key's where configured.
 //!
 //! Decoders take untrusted bytes: every malformed input is an error, never a
 //! panic, and no length read from the input is trusted for an allocation

@@ -7,6 +7,12 @@ use sphinx_auther::secp256k1 as their_secp;
 use sphinx_auther::token::Token;
 use sphinx_wire::login;
 
+const COMPAT: login::Rules = login::Rules {
+    window_secs: 60,
+    compat: true,
+};
+const CID: &str = "0123456789abcdef0123456789abcdef";
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -20,15 +26,24 @@ fn their_tokens_pass_our_check() {
     let public = their_secp::PublicKey::from_secret_key(&their_secp::Secp256k1::new(), &secret);
     let password = Token::new().sign_to_base64(&secret).expect("their token");
     let username = hex::encode(public.serialize());
-    let key = login::check(&username, &password, now(), 60).expect("accepted");
-    assert_eq!(key.serialize(), public.serialize());
+    let login = login::check(&username, &password, CID, now() * 1000, COMPAT).expect("accepted");
+    assert_eq!(login.key.serialize(), public.serialize());
+    // Only where sphinx-key compatibility is on.
+    let strict = login::Rules {
+        compat: false,
+        ..COMPAT
+    };
+    assert_eq!(
+        login::check(&username, &password, CID, now() * 1000, strict),
+        Err(login::LoginError::CompatRefused)
+    );
 }
 
 #[test]
 fn our_tokens_recover_and_verify_with_theirs() {
     let secret = secp256k1::SecretKey::from_slice(&[0x42; 32]).expect("key");
     let public = secret.public_key(&secp256k1::Secp256k1::signing_only());
-    let password = login::password(&secret, now() as u32);
+    let password = login::compat_password(&secret, now() as u32);
     let token = Token::from_base64(&password).expect("their parser");
     let recovered = token.recover().expect("their recovery");
     assert_eq!(recovered.serialize(), public.serialize());
@@ -43,12 +58,12 @@ fn their_published_vector_recovers_the_same_key_with_both() {
         .expect("parse")
         .recover()
         .expect("recover");
-    let (timestamp, ours) = login::recover(vector).expect("recover");
-    assert_eq!(ours.serialize(), theirs.serialize());
-    let username = hex::encode(ours.serialize());
-    assert!(login::check(&username, vector, u64::from(timestamp) + 30, 60).is_ok());
+    let ours = login::recover(vector, CID).expect("recover");
+    assert_eq!(ours.key.serialize(), theirs.serialize());
+    let username = hex::encode(ours.key.serialize());
+    assert!(login::check(&username, vector, CID, ours.timestamp_ms + 30_000, COMPAT).is_ok());
     assert!(matches!(
-        login::check(&username, vector, now(), 60),
+        login::check(&username, vector, CID, now() * 1000, COMPAT),
         Err(login::LoginError::Expired { .. })
     ));
 }
@@ -61,13 +76,25 @@ fn control_envelopes_interoperate_with_the_reference() {
     let ours_secret = secp256k1::SecretKey::from_slice(&[0x42; 32]).expect("key");
     let ours_public = secp256k1::PublicKey::from_slice(&public.serialize()).expect("key");
     let msg = ControlMessage::QueryAllowlist;
-    // Ours, opened by theirs.
-    let bytes = control::sign(&msg, 9, &ours_secret);
+    // Ours in sphinx-key's form, opened by theirs.
+    let bytes = control::sign_compat(&msg, 9, &ours_secret);
     let (body, nonce) =
         sphinx_auther::nonce::parse_msg_no_nonce(&bytes, &public).expect("theirs verifies ours");
     assert_eq!((body, nonce), (control::encode(&msg), 9));
     // Theirs, opened by ours.
     let theirs =
         sphinx_auther::nonce::build_msg(&control::encode(&msg), &secret, 10).expect("build");
-    assert_eq!(control::open(&theirs, &ours_public), Ok((msg, 10)));
+    assert_eq!(
+        control::open(&theirs, &ours_public, true),
+        Ok((msg.clone(), 10))
+    );
+    // A signer not configured for sphinx-key refuses theirs: hsmd's
+    // SignMessage makes the same signature for anyone on the node host.
+    assert_eq!(
+        control::open(&theirs, &ours_public, false),
+        Err(control::ControlError::Signature)
+    );
+    // And theirs does not accept our own domain's signature.
+    let tagged = control::sign(&msg, 11, &ours_secret);
+    assert!(sphinx_auther::nonce::parse_msg_no_nonce(&tagged, &public).is_err());
 }
