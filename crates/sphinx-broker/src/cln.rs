@@ -6,7 +6,9 @@
 //! (after a signer answered it), `ClientHsmFd` (a socketpair, one end passed
 //! back with SCM_RIGHTS), `Memleak`, and a repeat of a preapproval granted
 //! within the last minute. Everything else goes to the
-//! [`Scheduler`]. A request that fails closes its connection, and the error
+//! [`Scheduler`]. A client (not lightningd itself) may send only what its
+//! `ClientHsmFd` capabilities allow, as with CLN's own hsmd
+//! ([`sphinx_wire::capabilities`]). A request that fails closes its connection, and the error
 //! is logged: CLN sees its hsmd connection end, as with a real hsmd that
 //! fails, instead of waiting forever (`W2`). On fd 3 that ends the broker.
 
@@ -15,7 +17,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use sphinx_wire::hsmd;
+use sphinx_wire::{capabilities, hsmd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use vls_protocol::msgs::{self, DeBolt, Message, SerBolt};
@@ -45,6 +47,8 @@ struct Client {
     peer_id: [u8; 33],
     dbid: u64,
     master: bool,
+    /// What lightningd allowed it (`ClientHsmFd`); unused for the master.
+    capabilities: u64,
 }
 
 /// Serves lightningd on `fd` (fd 3) until it closes it: `Ok` on a clean end
@@ -58,6 +62,7 @@ pub async fn serve_master(fd: OwnedFd, scheduler: Scheduler) -> Result<(), ClnEr
         peer_id: [0; 33],
         dbid: 0,
         master: true,
+        capabilities: capabilities::MASTER,
     };
     serve(stream, client, scheduler).await
 }
@@ -107,6 +112,18 @@ async fn serve(
     let mut approvals = Approvals::default();
     while let Some(frame) = next_frame(&mut stream, &mut buf).await? {
         let message = frame.message();
+        if !client.master && !capabilities::permitted(frame.ty, client.capabilities) {
+            // As CLN's hsmd: a subdaemon asking beyond its capabilities is
+            // compromised or broken; its connection ends here, before any
+            // signer sees the request.
+            return Err(ClnError::Protocol(format!(
+                "client dbid {} (capabilities {:#x}) may not send {} (type {}); refused",
+                client.dbid,
+                client.capabilities,
+                msgs::message_name_from_vec(&message),
+                frame.ty
+            )));
+        }
         let reply = match frame.ty {
             msgs::HsmdInit::TYPE | msgs::ClientHsmFd::TYPE if !client.master => {
                 return Err(ClnError::Protocol(format!(
@@ -133,6 +150,7 @@ async fn serve(
                     peer_id: m.peer_id.0,
                     dbid: m.dbid,
                     master: false,
+                    capabilities: m.capabilities,
                 };
                 tracing::debug!(
                     dbid = m.dbid,

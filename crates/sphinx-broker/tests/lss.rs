@@ -266,7 +266,7 @@ fn a_tampered_server_mac_is_caught_and_the_reply_withheld() {
     // A successful PutReply: gRPC prefix (36 bytes), success = true, then
     // the 32-byte MAC; its first byte is flipped on the way to the broker.
     proxy.tamper_next(&[0, 0, 0, 0, 0x24, 0x08, 0x01, 0x12, 0x20]);
-    let mut client = broker.master.client(peer(), 0);
+    let mut client = broker.master.client_with(peer(), 0, driver::MASTER);
     client.send(&msgs::NewChannel {
         peer_id: PubKey(peer()),
         dbid: 9,

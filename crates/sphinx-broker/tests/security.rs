@@ -210,6 +210,54 @@ fn signmessage_cannot_be_turned_into_a_control_message() {
         .fails_with("shape of a signer login token or control message");
 }
 
+/// Hole 8: a subdaemon compromised through its peer asks for more than its
+/// `ClientHsmFd` capabilities allow. CLN's hsmd refuses; so must the broker.
+#[test]
+fn a_subdaemon_gets_only_what_its_capabilities_allow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, home, _signer, _init) = driver::checks::started(dir.path());
+    let peer = SecretKey::from_slice(&[9; 32])
+        .expect("key")
+        .public_key(&Secp256k1::new())
+        .serialize();
+    let point = || PubKey(peer);
+    let sign_message = msgs::SignMessage {
+        message: b"pay the attacker".to_vec().into(),
+    };
+    // Capabilities 0: not even ECDH.
+    let mut nothing = broker.master.client_with(peer, 0, 0);
+    nothing.send(&msgs::Ecdh { point: point() });
+    assert!(nothing.recv().is_none(), "ECDH without its bit: closed");
+    // connectd (ECDH only) asking for a node-key signature or a channel.
+    let caps = sphinx_wire::capabilities::ECDH;
+    let mut connectd = broker.master.client_with(peer, 0, caps);
+    assert!(matches!(
+        connectd.call(&msgs::Ecdh { point: point() }),
+        Message::EcdhReply(_)
+    ));
+    connectd.send(&sign_message);
+    assert!(connectd.recv().is_none(), "SignMessage refused");
+    let mut connectd = broker.master.client_with(peer, 0, caps);
+    connectd.send(&msgs::NewChannel {
+        peer_id: point(),
+        dbid: 3,
+    });
+    assert!(connectd.recv().is_none(), "NewChannel refused");
+    // channeld with every subdaemon capability, still not lightningd's.
+    let mut channeld = broker.master.client(peer, 7);
+    channeld.send(&sign_message);
+    assert!(channeld.recv().is_none(), "SignMessage needs MASTER");
+    let log = broker.proc.log_text();
+    assert!(log.contains("may not send SignMessage"), "{log}");
+    assert!(log.contains("may not send NewChannel"), "{log}");
+    // lightningd's own connection is unaffected.
+    driver::checks::ecdh(&mut broker.master, &home, 80);
+    assert!(matches!(
+        broker.master.call(&sign_message),
+        Message::SignMessageReply(_)
+    ));
+}
+
 #[test]
 fn another_client_can_neither_read_nor_forge_a_signers_traffic() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -216,9 +216,11 @@ fn a_repeated_preapproval_is_answered_by_the_broker_within_a_minute() {
         broker.master.recv(),
         Some(Message::HsmdInitReplyV4(_))
     ));
-    let mut client = broker
-        .master
-        .client(key(9).public_key(&Secp256k1::new()).serialize(), 0);
+    let mut client = broker.master.client_with(
+        key(9).public_key(&Secp256k1::new()).serialize(),
+        0,
+        driver::MASTER,
+    );
     let keysend = |amount_msat: u64| msgs::PreapproveKeysend {
         destination: PubKey(key(8).public_key(&Secp256k1::new()).serialize()),
         // One payment per amount.

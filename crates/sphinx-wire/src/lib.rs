@@ -2,6 +2,7 @@
 //!
 //! Everything a broker and a signer must agree on byte for byte, so that a
 //! sphinx-key device can talk to Lightkeeper's broker and the reverse:
+//! - [`capabilities`]: which hsmd requests a CLN client may send;
 //! - [`hsmd`]: Core Lightning's hsmd framing (`u32 BE length | u16 BE type | body`);
 //! - [`serial`]: the serial request/response headers that carry hsmd messages
 //!   over MQTT (sequence number, client peer id and dbid);
@@ -19,6 +20,7 @@
 //! beyond what the input holds. References: `../shared/docs/sphinx-protocol.md`
 //! and the notes' §1.2, §2.1, §2.4, §3.2.
 
+pub mod capabilities;
 pub mod control;
 pub mod hsmd;
 pub mod login;

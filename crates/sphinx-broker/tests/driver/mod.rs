@@ -344,18 +344,29 @@ impl Hsmd {
         self.recv().expect("a reply")
     }
 
-    /// `ClientHsmFd`, then the passed fd as a new connection.
+    /// `ClientHsmFd` with a subdaemon's capabilities (everything but
+    /// lightningd's own), then the passed fd as a new connection.
     pub fn client(&mut self, peer_id: [u8; 33], dbid: u64) -> Hsmd {
+        self.client_with(peer_id, dbid, SUBDAEMON)
+    }
+
+    /// `ClientHsmFd` with `capabilities`, then the passed fd.
+    pub fn client_with(&mut self, peer_id: [u8; 33], dbid: u64, capabilities: u64) -> Hsmd {
         let reply = self.call(&msgs::ClientHsmFd {
             peer_id: PubKey(peer_id),
             dbid,
-            capabilities: 0x3f,
+            capabilities,
         });
         assert!(matches!(reply, Message::ClientHsmFdReply(_)), "{reply:?}");
         let fd = sphinx_broker::fdio::recv_fd(self.stream.as_fd()).expect("fd from the broker");
         Hsmd::new(UnixStream::from(fd))
     }
 }
+
+/// Every capability a subdaemon can have (not lightningd's `MASTER`).
+pub const SUBDAEMON: u64 = 0x1ff;
+/// lightningd's own capability, for clients that send what it sends.
+pub const MASTER: u64 = sphinx_wire::capabilities::MASTER;
 
 /// CLN's `HsmdInit` for regtest.
 pub fn hsmd_init(network: Network) -> msgs::HsmdInit {
