@@ -8,9 +8,11 @@
 //! ```
 //! - [`cln`]: hsmd framing on fd 3 and the client sockets; `ClientHsmFd`
 //!   (fd passing in [`fdio`]), `HsmdInit` held until a signer answers.
-//! - [`scheduler`]: one task owning all signer and request state: FIFO,
-//!   one request in flight, replies matched by (signer, sequence),
-//!   deadlines, resend after reconnect.
+//! - [`core`]: the rules, sans I/O: every signer's and request's state,
+//!   FIFO with one request in flight, replies matched by (signer,
+//!   sequence), the LSS dance, deadlines; events in (with `now`), actions out.
+//! - [`scheduler`]: the tokio driver that feeds [`core`] and performs its
+//!   actions.
 //! - [`link`]: MQTT, embedded with per-topic authorisation or external;
 //!   login by node key with a freshness window, owner pinned ([`owner`]).
 //! - [`lss`]: the relay to the LSS server.
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod cln;
 pub mod config;
+pub mod core;
 pub mod fdio;
 pub mod link;
 pub mod lss;

@@ -32,12 +32,21 @@ pub enum RelayError {
 }
 
 /// Credentials a signer handed over (init step 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Account {
     /// The signer's LSS namespace.
     pub client_id: [u8; 33],
     /// Its bearer token.
     pub token: [u8; 32],
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("client_id", &hex::encode(self.client_id))
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The relay: one connection per signer account, reconnecting as needed.
