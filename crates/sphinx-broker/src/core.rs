@@ -311,6 +311,10 @@ pub struct BrokerCore {
     ops: HashMap<OpId, Purpose>,
     next_op: OpId,
     actions: VecDeque<Action>,
+    /// The last changes stored for each signer, so a late copy of them (MQTT
+    /// redelivery after their request was answered) is not taken for the
+    /// next request's and put again.
+    last_stored: HashMap<String, Vec<u8>>,
 }
 
 impl BrokerCore {
@@ -335,6 +339,7 @@ impl BrokerCore {
             ops: HashMap::new(),
             next_op: 1,
             actions: VecDeque::new(),
+            last_stored: HashMap::new(),
         }
     }
 
@@ -565,6 +570,7 @@ impl BrokerCore {
             }
             LinkEvent::Gone { cid } => {
                 self.accounts.remove(&cid);
+                self.last_stored.remove(&cid);
                 if self.signers.remove(&cid).is_some() {
                     tracing::warn!(%cid, "signer disconnected");
                 }
@@ -738,7 +744,8 @@ impl BrokerCore {
                 };
                 match result {
                     Ok(mac) => {
-                        wait.storing = Storing::Stored(bytes, mac);
+                        wait.storing = Storing::Stored(bytes.clone(), mac);
+                        self.last_stored.insert(cid.clone(), bytes);
                         self.publish(&cid, Suffix::LssMsg, stored(mac));
                     }
                     Err(RelayError::Conflict(n)) => {
@@ -770,7 +777,8 @@ impl BrokerCore {
                 };
                 match result {
                     Ok(mac) => {
-                        f.storing = Storing::Stored(bytes, mac);
+                        f.storing = Storing::Stored(bytes.clone(), mac);
+                        self.last_stored.insert(cid.clone(), bytes);
                         self.publish(&cid, Suffix::LssMsg, stored(mac));
                     }
                     Err(RelayError::Conflict(n)) => {
@@ -881,6 +889,14 @@ impl BrokerCore {
                 return;
             }
             _ => {}
+        }
+        if self
+            .last_stored
+            .get(cid)
+            .is_some_and(|b| b.as_slice() == payload)
+        {
+            tracing::info!(%cid, "a late copy of changes stored for an earlier request; ignored");
+            return;
         }
         let changes = match Response::decode(payload) {
             Ok(Response::VlsMuts(changes)) => changes,

@@ -49,7 +49,7 @@ use vls_protocol_signer::lightning_signer::policy::simple_validator::{
     make_default_simple_policy, SimpleValidatorFactory,
 };
 use vls_protocol_signer::lightning_signer::signer::ClockStartingTimeFactory;
-use vls_protocol_signer::lightning_signer::util::clock::StandardClock;
+use vls_protocol_signer::lightning_signer::util::clock::{Clock, StandardClock};
 use vls_protocol_signer::lightning_signer::util::velocity::{
     VelocityControl, VelocityControlIntervalType, VelocityControlSpec,
 };
@@ -167,6 +167,32 @@ pub struct Core {
     /// Accept control messages in sphinx-key's form (Lightning Signed
     /// Message), which hsmd's `SignMessage` can be asked to make.
     compat_control: bool,
+    /// A request whose changes went to LSS but met a conflict: perhaps our
+    /// own earlier attempt landed and its answer was lost. The next verified
+    /// read tells; if LSS holds exactly these changes, the held reply is the
+    /// answer to the resent request.
+    doubt: Option<Held>,
+    /// VLS's clock (velocity windows, validation).
+    clock: Arc<dyn Clock>,
+    /// Requests answered from the cache instead of being signed again.
+    cache_hits: u64,
+}
+
+/// A request's reply held until LSS stores its changes.
+struct Held {
+    seq: u16,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    muts: Muts,
+}
+
+/// What [`Core::dispatch`] asks the caller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    /// Publish on this topic.
+    Publish(Suffix, Vec<u8>),
+    /// Start the LSS dance again: say `hello` with a fresh login token.
+    Resync,
 }
 
 impl Core {
@@ -191,6 +217,9 @@ impl Core {
             synced: false,
             pending: None,
             compat_control: false,
+            doubt: None,
+            clock: Arc::new(StandardClock()),
+            cache_hits: 0,
         };
         let persister = core.open_store()?;
         let handlers = match mode {
@@ -208,6 +237,13 @@ impl Core {
         Ok(core)
     }
 
+    /// Use `clock` as VLS's clock instead of the system's (tests with a
+    /// virtual clock). Takes effect for the node built next.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Also accept control messages signed as sphinx-key signs them (a
     /// Lightning Signed Message by the node key). Only for operators whose
     /// control app cannot sign in Lightkeeper's domain: `SignMessage`
@@ -217,6 +253,12 @@ impl Core {
     pub fn accept_sphinx_key_control(mut self, accept: bool) -> Self {
         self.compat_control = accept;
         self
+    }
+
+    /// How many resent requests were answered from the cache (never signed
+    /// twice).
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits
     }
 
     /// The node id, once the node is built.
@@ -244,7 +286,7 @@ impl Core {
         // VLS's default policy applies and no payment is preapproved: the
         // operator must say how much may leave.
         let mut policy = make_default_simple_policy(self.network);
-        let clock = Arc::new(StandardClock());
+        let clock = self.clock.clone();
         let approver: Arc<dyn Approve> = match stored_policy(persister) {
             Some(p) => {
                 let spec = VelocityControlSpec {
@@ -299,11 +341,50 @@ impl Core {
         })
     }
 
+    /// Handles one message from the broker on `suffix`, whatever it is, and
+    /// says what to publish (errors included, on `error`). `nonce` must be
+    /// fresh randomness from the caller; it is used by `init-1` only.
+    pub fn dispatch(&mut self, suffix: Suffix, payload: &[u8], nonce: [u8; 32]) -> Vec<Out> {
+        let publish = |suffix| move |payload| vec![Out::Publish(suffix, payload)];
+        let result = match suffix {
+            Suffix::Init1Msg => self.lss_init(payload, nonce).map(publish(Suffix::Init1Res)),
+            Suffix::Init2Msg => self.lss_restore(payload).map(publish(Suffix::Init2Res)),
+            Suffix::Init3Msg => self.init(payload).map(publish(Suffix::Init3Res)),
+            Suffix::Vls => self.handle(payload).map(|out| match out {
+                Outgoing::Reply(reply) => vec![Out::Publish(Suffix::VlsRes, reply)],
+                Outgoing::Persist(muts) => vec![Out::Publish(Suffix::LssRes, muts)],
+            }),
+            Suffix::LssMsg => self.lss_stored(payload).map(|released| {
+                released
+                    .into_iter()
+                    .map(|(suffix, payload)| Out::Publish(suffix, payload))
+                    .collect()
+            }),
+            Suffix::Control => self.control(payload).map(|out| match out {
+                Outgoing::Reply(response) => vec![Out::Publish(Suffix::ControlRes, response)],
+                Outgoing::Persist(muts) => vec![Out::Publish(Suffix::LssRes, muts)],
+            }),
+            // Confirm, then resync: a fresh `hello` starts the dance.
+            Suffix::LssConflict => self
+                .lss_conflict(payload)
+                .map(|r| vec![Out::Publish(Suffix::LssConflictRes, r), Out::Resync]),
+            other => Err(CoreError::Refused {
+                name: other.as_str().into(),
+                reason: "not supported by this signer".into(),
+            }),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "request failed");
+            vec![Out::Publish(Suffix::Error, error_payload(&e.to_string()))]
+        })
+    }
+
     // ---- LSS init dance ----
 
     /// `init-1-msg`: the server's key; answers `init-1-res` with the
-    /// signer's credentials and a fresh nonce for the full read that follows.
-    pub fn lss_init(&mut self, payload: &[u8]) -> Result<Vec<u8>, CoreError> {
+    /// signer's credentials and `nonce` (fresh, from the caller) for the full
+    /// read that follows.
+    pub fn lss_init(&mut self, payload: &[u8], nonce: [u8; 32]) -> Result<Vec<u8>, CoreError> {
         let Msg::Init { server_pubkey } = Msg::decode(payload)? else {
             return Err(CoreError::LssProtocol("expected Init on init-1-msg"));
         };
@@ -315,7 +396,6 @@ impl Core {
             keys.get_persistence_pubkey().serialize(),
             keys.get_persistence_shared_secret(&server),
         );
-        let nonce: [u8; 32] = rand::random();
         let response = Response::Init(InitResponse {
             client_id: creds.client_id,
             auth_token: creds.token,
@@ -355,22 +435,39 @@ impl Core {
 
         // A request whose put landed while its acknowledgement was lost:
         // LSS proves it is stored, so its reply is the answer to a resend.
-        match self.pending.take() {
+        let held = match self.pending.take() {
             Some(Pending::Request {
                 seq,
                 request,
                 reply,
                 muts,
                 ..
-            }) if lss::contains(&state.muts, &muts) => {
-                tracing::info!(
-                    seq,
-                    "a held reply's mutations are in LSS; it will be answered"
-                );
-                self.last = Some((seq, request, reply));
+            }) => Some(Held {
+                seq,
+                request,
+                reply,
+                muts,
+            }),
+            Some(_) => {
+                tracing::info!("dropping changes LSS never acknowledged");
+                None
             }
-            Some(_) => tracing::info!("dropping changes LSS never acknowledged"),
-            None => {}
+            None => None,
+        }
+        .or(self.doubt.take());
+        if let Some(held) = held {
+            if !held.muts.is_empty() && lss::contains(&state.muts, &held.muts) {
+                tracing::info!(
+                    seq = held.seq,
+                    "a held reply's changes are in LSS; it answers the resent request"
+                );
+                self.last = Some((held.seq, held.request, held.reply));
+            } else {
+                tracing::info!(
+                    seq = held.seq,
+                    "a held reply's changes are not in LSS; dropped"
+                );
+            }
         }
         // Reopen: a transaction of the dropped changes may still be open.
         self.session = None;
@@ -494,9 +591,23 @@ impl Core {
             ));
         };
         tracing::error!(
-            "LSS refused our changes (another signer wrote); dropping them and resyncing"
+            "LSS refused our changes (another signer wrote, or an earlier attempt of ours landed); resyncing to tell"
         );
-        self.pending = None;
+        self.doubt = match self.pending.take() {
+            Some(Pending::Request {
+                seq,
+                request,
+                reply,
+                muts,
+                ..
+            }) => Some(Held {
+                seq,
+                request,
+                reply,
+                muts,
+            }),
+            _ => None,
+        };
         self.session = None;
         self.synced = false;
         Ok(Response::PutConflictConfirmed.encode())
@@ -722,6 +833,7 @@ impl Core {
         if let Some((seq, bytes, reply)) = &self.last {
             if *seq == request.seq && bytes.as_slice() == payload {
                 tracing::info!(seq, "duplicate request answered from the cache");
+                self.cache_hits += 1;
                 return Ok(Outgoing::Reply(reply.clone()));
             }
         }
@@ -875,6 +987,14 @@ impl Core {
             }
         }
     }
+}
+
+/// The reference's error payload: UTF-8 text followed by one code byte
+/// (1 = VLS).
+pub fn error_payload(message: &str) -> Vec<u8> {
+    let mut out = message.as_bytes().to_vec();
+    out.push(1);
+    out
 }
 
 /// Where the last accepted control nonce is stored (in LSS like the rest).

@@ -19,7 +19,7 @@ use sphinx_wire::topics::{self, Suffix};
 use vls_protocol_signer::lightning_signer::bitcoin::Network;
 use vls_protocol_signer::lightning_signer::signer::derive::{key_derive, KeyDerivationStyle};
 
-use crate::core::{Core, CoreError, Mode, Outgoing};
+use crate::core::{Core, CoreError, Mode, Out};
 
 /// Largest MQTT packet either way: a 128 KiB hsmd frame plus headers, with
 /// room for LSS state in part 2.
@@ -293,58 +293,16 @@ fn spawn_core(
                 }
             };
             while let Ok(Job { suffix, payload }) = jobs.recv() {
-                let result = match suffix {
-                    Suffix::Init1Msg => {
-                        core.lss_init(&payload).map(|r| vec![(Suffix::Init1Res, r)])
-                    }
-                    Suffix::Init2Msg => core
-                        .lss_restore(&payload)
-                        .map(|r| vec![(Suffix::Init2Res, r)]),
-                    Suffix::Init3Msg => core.init(&payload).map(|r| vec![(Suffix::Init3Res, r)]),
-                    Suffix::Vls => core.handle(&payload).map(|out| match out {
-                        Outgoing::Reply(reply) => vec![(Suffix::VlsRes, reply)],
-                        Outgoing::Persist(muts) => vec![(Suffix::LssRes, muts)],
-                    }),
-                    Suffix::LssMsg => core
-                        .lss_stored(&payload)
-                        .map(|released| released.into_iter().collect()),
-                    Suffix::Control => core.control(&payload).map(|out| match out {
-                        Outgoing::Reply(response) => vec![(Suffix::ControlRes, response)],
-                        Outgoing::Persist(muts) => vec![(Suffix::LssRes, muts)],
-                    }),
-                    // Confirm, then resync: a fresh `hello` starts the dance.
-                    Suffix::LssConflict => core.lss_conflict(&payload).map(|r| {
-                        let hello = sphinx_wire::login::password(&node_secret, &cid, now_ms());
-                        vec![
-                            (Suffix::LssConflictRes, r),
-                            (Suffix::Hello, hello.into_bytes()),
-                        ]
-                    }),
-                    other => Err(CoreError::Refused {
-                        name: other.as_str().into(),
-                        reason: "not supported by this signer".into(),
-                    }),
-                };
-                match result {
-                    Ok(messages) => {
-                        for (suffix, payload) in messages {
-                            publish(suffix, payload);
+                for out in core.dispatch(suffix, &payload, rand::random()) {
+                    match out {
+                        Out::Publish(suffix, payload) => publish(suffix, payload),
+                        Out::Resync => {
+                            let hello = sphinx_wire::login::password(&node_secret, &cid, now_ms());
+                            publish(Suffix::Hello, hello.into_bytes());
                         }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "request failed");
-                        publish(Suffix::Error, error_payload(&e.to_string()));
                     }
                 }
             }
         })
         .expect("spawn the signing thread")
-}
-
-/// The reference's error payload: UTF-8 text followed by one code byte
-/// (1 = VLS).
-pub fn error_payload(message: &str) -> Vec<u8> {
-    let mut out = message.as_bytes().to_vec();
-    out.push(1);
-    out
 }
