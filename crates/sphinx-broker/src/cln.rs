@@ -134,7 +134,10 @@ async fn serve(
             msgs::HsmdInit::TYPE => {
                 check_parses(&message)?;
                 tracing::info!("HsmdInit from lightningd; held until a signer answers it");
-                scheduler.init(message).await?
+                match unless_closed(&mut stream, &mut buf, scheduler.init(message)).await? {
+                    Some(reply) => reply?,
+                    None => return Ok(()),
+                }
             }
             msgs::ClientHsmFd::TYPE => {
                 let Message::ClientHsmFd(m) = check_parses(&message)? else {
@@ -170,18 +173,22 @@ async fn serve(
                         reply
                     }
                     None => {
-                        let reply = scheduler
-                            .request(client.peer_id, client.dbid, message.clone())
-                            .await?;
+                        let asked = scheduler.request(client.peer_id, client.dbid, message.clone());
+                        let Some(reply) = unless_closed(&mut stream, &mut buf, asked).await? else {
+                            return Ok(());
+                        };
+                        let reply = reply?;
                         approvals.remember(message, &reply);
                         reply
                     }
                 }
             }
             _ => {
-                scheduler
-                    .request(client.peer_id, client.dbid, message)
-                    .await?
+                let asked = scheduler.request(client.peer_id, client.dbid, message);
+                match unless_closed(&mut stream, &mut buf, asked).await? {
+                    Some(reply) => reply?,
+                    None => return Ok(()),
+                }
             }
         };
         write(&mut stream, &reply).await?;
@@ -202,6 +209,32 @@ fn serve_client(
                 "CLN client connection closed on an error");
         }
     })
+}
+
+/// Waits for `answer` while watching the connection: `None` if the peer
+/// closed it first (lightningd gone: the broker must not outlive it, even
+/// while a signer is awaited). Bytes that arrive meanwhile are kept for the
+/// next frame.
+async fn unless_closed<T>(
+    stream: &mut UnixStream,
+    buf: &mut BytesMut,
+    answer: impl std::future::Future<Output = T>,
+) -> Result<Option<T>, ClnError> {
+    tokio::pin!(answer);
+    loop {
+        tokio::select! {
+            value = &mut answer => return Ok(Some(value)),
+            read = stream.read_buf(buf) => {
+                if read? == 0 {
+                    tracing::info!("the CLN side closed its connection while a reply was awaited");
+                    return Ok(None);
+                }
+                if buf.len() > 2 * hsmd::MAX_MESSAGE {
+                    return Err(ClnError::Protocol("too much sent before a reply".into()));
+                }
+            }
+        }
+    }
 }
 
 /// The next whole frame, or `None` at a clean end of stream.

@@ -74,9 +74,14 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
                 None => None,
             };
             let policy = SignerPolicy { gate: gate.clone() };
-            let (link, events, addr) = link::embedded(listen, tls, policy)
-                .await
-                .with_context(|| format!("starting the MQTT server on {listen}"))?;
+            let (link, events, addr) = link::embedded(listen, tls, policy).await.map_err(|e| {
+                in_use(
+                    e,
+                    listen,
+                    "mqtt_listen (--mqtt-listen, BROKER_MQTT_LISTEN)",
+                    "another MQTT server such as Mosquitto may hold it",
+                )
+            })?;
             tracing::info!(%addr, "embedded MQTT server listening");
             (link, events)
         }
@@ -92,7 +97,14 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
         .with_context(|| format!("the API token in {}", token_path.display()))?;
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("starting the control API on {}", config.http_listen))?;
+        .map_err(|e| {
+            in_use(
+                e,
+                config.http_listen,
+                "http_listen (--http-listen, BROKER_HTTP_LISTEN)",
+                "another broker or service may hold it",
+            )
+        })?;
     tracing::info!(addr = %listener.local_addr()?, token = %token_path.display(), "control API listening");
     let api = tokio::spawn(sphinx_broker::api::serve(
         listener,
@@ -107,6 +119,20 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
             tracing::info!("SIGTERM");
             Ok(())
         }
+    }
+}
+
+/// A listener that could not be opened, with the setting to change.
+fn in_use(
+    error: std::io::Error,
+    addr: std::net::SocketAddr,
+    setting: &str,
+    hint: &str,
+) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!("{addr} is already in use ({hint}): set {setting} to a free address")
+    } else {
+        anyhow::anyhow!("cannot listen on {addr}: {error}; check {setting}")
     }
 }
 

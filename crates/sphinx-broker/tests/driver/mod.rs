@@ -81,6 +81,19 @@ impl Proc {
         assert!(log.contains(why), "{why:?} not in:\n{log}");
     }
 
+    /// Waits until the log says `text` (up to 10 s).
+    pub fn wait_log(&self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{text:?} never logged:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
@@ -223,10 +236,17 @@ impl Broker {
 
     /// Starts the broker with exactly `args`.
     pub fn start_with(dir: &Path, args: &[&str], mqtt_port: u16, data_dir: PathBuf) -> Broker {
-        let http_port = free_port();
+        let given = args
+            .iter()
+            .position(|a| *a == "--http-listen")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok());
+        let http_port = given.map(|a| a.port()).unwrap_or_else(free_port);
         let http = format!("127.0.0.1:{http_port}");
         let mut args = args.to_vec();
-        args.extend_from_slice(&["--http-listen", &http]);
+        if given.is_none() {
+            args.extend_from_slice(&["--http-listen", &http]);
+        }
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let log = dir.join(format!("broker-{}.log", rand_suffix()));
         let file = std::fs::File::create(&log).expect("log file");
