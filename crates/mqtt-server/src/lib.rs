@@ -74,6 +74,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Messages queued for one client before it is disconnected as too slow.
     pub client_queue: usize,
+    /// Connections that have not logged in yet, at most; more are closed at
+    /// once (each holds a task until `connect_timeout`).
+    pub max_unauthenticated: usize,
     /// TLS, if any.
     pub tls: Option<TlsAcceptor>,
 }
@@ -86,6 +89,7 @@ impl Config {
             max_packet: 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             client_queue: 256,
+            max_unauthenticated: 64,
             tls: None,
         }
     }
@@ -134,6 +138,8 @@ struct Shared {
     sessions: Mutex<HashMap<String, Session>>,
     events: mpsc::Sender<Inbound>,
     next_conn: AtomicU64,
+    /// Permits for connections that have not logged in yet.
+    logging_in: Arc<tokio::sync::Semaphore>,
 }
 
 /// The local side's handle: publish to clients, disconnect them.
@@ -173,6 +179,7 @@ impl Server {
     /// Binds and starts serving.
     pub async fn start(config: Config, policy: Arc<dyn Policy>) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
+        let config_max_unauthenticated = config.max_unauthenticated;
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
@@ -181,6 +188,7 @@ impl Server {
             sessions: Mutex::new(HashMap::new()),
             events: events_tx,
             next_conn: AtomicU64::new(1),
+            logging_in: Arc::new(tokio::sync::Semaphore::new(config_max_unauthenticated)),
         });
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
@@ -194,8 +202,13 @@ impl Server {
                     }
                 };
                 let shared = accept_shared.clone();
+                let Ok(permit) = shared.logging_in.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many connections that have not logged in; closed");
+                    drop(stream);
+                    continue;
+                };
                 tokio::spawn(async move {
-                    if let Err(e) = serve_tcp(shared, stream).await {
+                    if let Err(e) = serve_tcp(shared, stream, permit).await {
                         tracing::info!(%peer, reason = %e, "MQTT connection closed");
                     }
                 });
@@ -264,7 +277,11 @@ enum ConnError {
     Violation(String),
 }
 
-async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream) -> Result<(), ConnError> {
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     match shared.config.tls.clone() {
         Some(acceptor) => {
@@ -272,24 +289,28 @@ async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream) -> Result<(), ConnErr
             let tls = tokio::time::timeout(timeout, acceptor.accept(stream))
                 .await
                 .map_err(|_| ConnError::Violation("TLS handshake timed out".into()))??;
-            serve(shared, tls).await
+            serve(shared, tls, permit).await
         }
-        None => serve(shared, stream).await,
+        None => serve(shared, stream, permit).await,
     }
 }
 
 /// Removes the session (if it is still this connection's) when the
-/// connection ends, however it ends, and tells the local side.
+/// connection ends, however it ends: the guard for a task that is cancelled.
+/// A connection that ends by itself is unregistered by [`unregister`], which
+/// also tells the local side, waiting for room in the event queue rather
+/// than dropping the event (a lost `Disconnected` would leave the
+/// application believing a gone client is there).
 struct Registered {
     shared: Arc<Shared>,
     client_id: String,
     conn: u64,
 }
 
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let removed = self
-            .shared
+impl Registered {
+    /// Whether this connection's session was still registered; removes it.
+    fn remove(&self) -> bool {
+        self.shared
             .sessions
             .lock()
             .map(|mut sessions| {
@@ -300,12 +321,25 @@ impl Drop for Registered {
                     false
                 }
             })
-            .unwrap_or(false);
-        if removed {
-            let _ = self.shared.events.try_send(Inbound::Disconnected {
-                client_id: self.client_id.clone(),
-            });
-        }
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+async fn unregister(registered: Registered) {
+    if registered.remove() {
+        let _ = registered
+            .shared
+            .events
+            .send(Inbound::Disconnected {
+                client_id: registered.client_id.clone(),
+            })
+            .await;
     }
 }
 
@@ -342,6 +376,7 @@ async fn write_packet<S: AsyncWrite + Unpin>(
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     mut stream: S,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), ConnError> {
     let max = shared.config.max_packet;
     let mut buf = BytesMut::with_capacity(4096);
@@ -391,7 +426,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         )));
     }
 
-    let (outbox, mut outgoing) = mpsc::channel(shared.config.client_queue);
+    let (outbox, outgoing) = mpsc::channel(shared.config.client_queue);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     {
         let mut sessions = shared
@@ -410,11 +445,36 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = old.outbox.try_send(Outgoing::Close);
         }
     }
-    let _registered = Registered {
+    drop(permit);
+    let registered = Registered {
         shared: shared.clone(),
         client_id: client_id.clone(),
         conn,
     };
+    let result = session(
+        &shared,
+        (&client_id, username),
+        connect.keep_alive,
+        stream,
+        buf,
+        outgoing,
+    )
+    .await;
+    unregister(registered).await;
+    result
+}
+
+/// A logged-in client's connection, until it ends.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    (client_id, username): (&str, Option<String>),
+    keep_alive: u16,
+    mut stream: S,
+    mut buf: BytesMut,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+) -> Result<(), ConnError> {
+    let max = shared.config.max_packet;
+    let client_id = client_id.to_string();
     write_packet(
         &mut stream,
         Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
@@ -430,16 +490,22 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         })
         .await;
 
-    // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods.
-    let idle = match connect.keep_alive {
+    // MQTT 3.1.1 §3.1.2.10: one and a half keep-alive periods without a
+    // packet *from the client*; what the server sends does not count.
+    let idle = match keep_alive {
         0 => Duration::from_secs(24 * 3600),
         secs => Duration::from_millis(u64::from(secs) * 1500),
     };
+    let mut heard = tokio::time::Instant::now();
     let (mut reader, mut writer) = tokio::io::split(stream);
     loop {
         tokio::select! {
-            packet = tokio::time::timeout(idle, read_packet(&mut reader, &mut buf, max)) => {
-                let packet = packet.map_err(|_| ConnError::Violation("keep-alive expired".into()))??;
+            () = tokio::time::sleep_until(heard + idle) => {
+                return Err(ConnError::Violation("keep-alive expired".into()));
+            }
+            packet = read_packet(&mut reader, &mut buf, max) => {
+                let packet = packet?;
+                heard = tokio::time::Instant::now();
                 match packet {
                     Packet::Publish(publish) => {
                         if !mqttbytes::valid_topic(&publish.topic)

@@ -343,3 +343,135 @@ async fn a_silent_client_is_dropped_after_its_keep_alive() {
         }
     }
 }
+
+/// CONNECT for client `id` with keep-alive `keep_alive` seconds, and a
+/// SUBSCRIBE to `id/down`, as raw bytes.
+fn connect_and_subscribe(id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    let mut packet = rumqttc::Connect::new(id);
+    packet.keep_alive = keep_alive;
+    packet.login = Some(rumqttc::Login::new("user", format!("pw-{id}")));
+    packet.write(&mut out).expect("encode");
+    let subscribe = rumqttc::Subscribe::new(format!("{id}/down"), QoS::AtMostOnce);
+    let mut subscribe = subscribe;
+    subscribe.pkid = 1;
+    subscribe.write(&mut out).expect("encode");
+    out.to_vec()
+}
+
+#[tokio::test]
+async fn a_client_that_only_receives_still_expires_after_its_keep_alive() {
+    let mut server = server().await;
+    let mut stream = TcpStream::connect(server.local_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(&connect_and_subscribe("a", 1))
+        .await
+        .expect("send");
+    loop {
+        if let Inbound::Connected { .. } = next_event(&mut server.events).await {
+            break;
+        }
+    }
+    // The server keeps publishing to it (more often than its keep-alive);
+    // the client never sends a thing. That is not a live client.
+    let handle = server.handle.clone();
+    let publisher = tokio::spawn(async move {
+        loop {
+            handle.publish("a/down", Bytes::from_static(b"tick"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    publisher.abort();
+    assert!(closed.is_ok(), "closed although the server kept sending");
+    loop {
+        if let Inbound::Disconnected { client_id } = next_event(&mut server.events).await {
+            assert_eq!(client_id, "a");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_that_never_log_in_are_bounded() {
+    let mut config = Config::new("127.0.0.1:0".parse().expect("addr"));
+    config.max_unauthenticated = 4;
+    config.connect_timeout = Duration::from_secs(30);
+    let server = Server::start(config, Arc::new(Owned)).await.expect("start");
+    // Four silent connections hold every login slot...
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(
+            TcpStream::connect(server.local_addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // ...so a fifth is closed at once instead of holding a task too.
+    let mut fifth = TcpStream::connect(server.local_addr)
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut byte))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // When they go, logins work again.
+    drop(silent);
+    let (_client, mut events) = client(&server, "b", "pw-b");
+    let ack = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack.code),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("in time");
+    assert_eq!(ack, Ok(ConnectReturnCode::Success));
+}
+
+#[tokio::test]
+async fn no_disconnect_is_lost_when_the_application_is_slow() {
+    let mut server = server().await;
+    // 1,100 logins and disconnects while the application reads nothing:
+    // more events than the queue holds. Every disconnect must arrive.
+    let total = 1_100;
+    let addr = server.local_addr;
+    let clients = tokio::spawn(async move {
+        for i in 0..total {
+            let id = format!("c{i}");
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let mut connect = bytes::BytesMut::new();
+            let mut packet = rumqttc::Connect::new(id.as_str());
+            packet.login = Some(rumqttc::Login::new("user", format!("pw-{id}")));
+            packet.write(&mut connect).expect("encode");
+            stream.write_all(&connect).await.expect("send");
+            let mut ack = [0u8; 4];
+            stream.read_exact(&mut ack).await.expect("connack");
+            drop(stream);
+        }
+    });
+    // Read only once every client is gone: the queue was full meanwhile.
+    clients.await.expect("clients");
+    let mut disconnected = 0;
+    while disconnected < total {
+        if let Inbound::Disconnected { .. } = next_event(&mut server.events).await {
+            disconnected += 1;
+        }
+    }
+    assert_eq!(disconnected, total);
+}

@@ -82,5 +82,8 @@ fn a_signer_on_another_chain_ends_the_wait_with_both_chains_named() {
         .proc
         .fails_with("0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206");
     let log = broker.proc.log_text();
-    assert!(log.contains("another chain than this signer's testnet"), "{log}");
+    assert!(
+        log.contains("another chain than this signer's testnet"),
+        "{log}"
+    );
 }
