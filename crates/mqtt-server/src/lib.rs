@@ -63,6 +63,10 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// The largest CONNECT accepted, whatever `max_packet` is: before a client
+/// has logged in it gets no more than this of the server's memory.
+pub const MAX_CONNECT: usize = 64 * 1024;
+
 /// Server settings.
 #[derive(Clone)]
 pub struct Config {
@@ -382,7 +386,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = BytesMut::with_capacity(4096);
     let first = tokio::time::timeout(
         shared.config.connect_timeout,
-        read_packet(&mut stream, &mut buf, max),
+        read_packet(&mut stream, &mut buf, max.min(MAX_CONNECT)),
     )
     .await
     .map_err(|_| ConnError::Violation("no CONNECT in time".into()))??;

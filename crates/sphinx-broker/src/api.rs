@@ -49,13 +49,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     scheduler: Scheduler,
     token: String,
+    max_packet: usize,
 ) -> std::io::Result<()> {
     let api = Arc::new(Api { scheduler, token });
     let app = Router::new()
         .route("/api/control/{cid}", post(control_message))
         .route("/api/signers", get(signers))
         .route("/api/errors", get(errors))
-        .with_state(api);
+        .with_state(api)
+        // A control message as hex: twice the largest packet it may become.
+        .layer(axum::extract::DefaultBodyLimit::max(2 * max_packet + 2));
     axum::serve(listener, app).await
 }
 

@@ -60,6 +60,12 @@ pub struct Settings {
     /// pinned in the data dir.
     #[arg(long, env = "BROKER_OWNER")]
     pub owner: Option<String>,
+    /// Largest MQTT packet, in MiB, either way [default: 64]. The signer's
+    /// whole LSS state travels in one packet when it connects, so this bounds
+    /// the state a signer may have; the signer announces its own limit and
+    /// the smaller one applies.
+    #[arg(long, env = "BROKER_MQTT_MAX_PACKET_MIB")]
+    pub mqtt_max_packet_mib: Option<usize>,
     /// How old a signer's login token may be, in seconds [default: 120].
     #[arg(long, env = "BROKER_LOGIN_WINDOW_SECS")]
     pub login_window_secs: Option<u64>,
@@ -114,6 +120,8 @@ pub struct Config {
     pub owner: Option<secp256k1::PublicKey>,
     /// What login tokens are accepted.
     pub login: sphinx_wire::login::Rules,
+    /// Largest MQTT packet, bytes.
+    pub max_packet: usize,
     /// Request deadline.
     pub request_timeout: Duration,
     /// Where signer state is stored; `None` only with `--no-lss`.
@@ -148,6 +156,7 @@ impl Settings {
                 data_dir,
                 mqtt_listen,
                 mqtt_insecure_plaintext,
+                mqtt_max_packet_mib,
                 sphinx_key_compat,
                 mqtt_tls_cert,
                 mqtt_tls_key,
@@ -266,6 +275,12 @@ impl Settings {
                 Mqtt::Embedded(listen, tls)
             }
         };
+        let max_packet_mib = self.mqtt_max_packet_mib.unwrap_or(64);
+        if !(1..=1024).contains(&max_packet_mib) {
+            return Err(ConfigError(
+                "--mqtt-max-packet-mib must be between 1 and 1024".into(),
+            ));
+        }
         let request_timeout = self.request_timeout_secs.unwrap_or(60);
         if request_timeout == 0 {
             return Err(ConfigError(
@@ -278,6 +293,7 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("sphinx-broker")),
             mqtt,
             owner,
+            max_packet: max_packet_mib << 20,
             login: sphinx_wire::login::Rules {
                 window_secs: self.login_window_secs.unwrap_or(120),
                 compat: self.sphinx_key_compat.unwrap_or(false),

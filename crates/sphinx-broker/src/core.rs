@@ -297,6 +297,10 @@ const INIT_LOG_EVERY: Duration = Duration::from_secs(30);
 pub struct BrokerCore {
     timeout: Duration,
     lss: bool,
+    /// The broker's own MQTT packet limit.
+    max_packet: usize,
+    /// Each signer's, from its `hello`.
+    limits: HashMap<String, usize>,
     accounts: HashMap<String, Account>,
     signers: HashMap<String, SignerState>,
     controls: HashMap<String, ControlWait>,
@@ -320,11 +324,14 @@ pub struct BrokerCore {
 impl BrokerCore {
     /// A core whose requests have `timeout` from arrival to reply; with
     /// `lss`, every signer runs the LSS dance and every change it reports is
-    /// stored before its reply is released.
-    pub fn new(timeout: Duration, lss: bool) -> BrokerCore {
+    /// stored before its reply is released. Nothing larger than `max_packet`
+    /// (or a signer's own limit) is sent to a signer.
+    pub fn new(timeout: Duration, lss: bool, max_packet: usize) -> BrokerCore {
         BrokerCore {
             timeout,
             lss,
+            max_packet,
+            limits: HashMap::new(),
             accounts: HashMap::new(),
             signers: HashMap::new(),
             controls: HashMap::new(),
@@ -461,12 +468,41 @@ impl BrokerCore {
         self.actions.push_back(Action::Reply { id, result });
     }
 
-    fn publish(&mut self, cid: &str, suffix: Suffix, payload: Vec<u8>) {
+    /// Publishes, unless the packet would exceed what the signer or the
+    /// broker takes: then `Err` with the sizes, and nothing is sent (a
+    /// packet over the limit would only cut the signer's connection).
+    fn publish(&mut self, cid: &str, suffix: Suffix, payload: Vec<u8>) -> Result<(), String> {
+        let limit = self
+            .limits
+            .get(cid)
+            .copied()
+            .unwrap_or(sphinx_wire::login::DEFAULT_MAX_PACKET)
+            .min(self.max_packet);
+        // Fixed header, topic and packet id of an MQTT PUBLISH.
+        let packet = payload.len() + 5 + 2 + cid.len() + 1 + suffix.as_str().len() + 2;
+        if packet > limit {
+            return Err(format!(
+                "a {} message of {} bytes exceeds the MQTT packet limit of {limit} bytes \
+                 (the smaller of the broker's mqtt_max_packet_mib and the signer's \
+                 --mqtt-max-packet-mib): raise both",
+                suffix.as_str(),
+                payload.len()
+            ));
+        }
         self.actions.push_back(Action::Publish {
             cid: cid.to_string(),
             suffix,
             payload,
         });
+        Ok(())
+    }
+
+    /// Publishes a small message (acknowledgements, framed requests of at
+    /// most 128 KiB): over any sane limit it is logged and dropped.
+    fn send(&mut self, cid: &str, suffix: Suffix, payload: Vec<u8>) {
+        if let Err(e) = self.publish(cid, suffix, payload) {
+            tracing::error!(%cid, error = %e, "not sent");
+        }
     }
 
     fn call(&mut self, purpose: Purpose, call: LssCall, deadline: Instant) {
@@ -506,6 +542,10 @@ impl BrokerCore {
             self.reply(id, Err(RequestError::Invalid(why)));
             return;
         }
+        if let Err(e) = self.publish(&cid, Suffix::Control, message) {
+            self.reply(id, Err(RequestError::Invalid(e)));
+            return;
+        }
         self.controls.insert(
             cid.clone(),
             ControlWait {
@@ -514,7 +554,6 @@ impl BrokerCore {
                 storing: Storing::Idle,
             },
         );
-        self.publish(&cid, Suffix::Control, message);
     }
 
     fn send_init(&mut self, now: Instant, cid: &str) {
@@ -543,7 +582,7 @@ impl BrokerCore {
                         deadline: now + self.timeout,
                     },
                 );
-                self.publish(cid, Suffix::Init3Msg, payload);
+                self.send(cid, Suffix::Init3Msg, payload);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot frame HsmdInit");
@@ -554,8 +593,9 @@ impl BrokerCore {
 
     fn event(&mut self, now: Instant, event: LinkEvent) {
         match event {
-            LinkEvent::Hello { cid } => {
-                tracing::info!(%cid, "signer said hello");
+            LinkEvent::Hello { cid, max_packet } => {
+                tracing::info!(%cid, max_packet, "signer said hello");
+                self.limits.insert(cid.clone(), max_packet);
                 self.unsend(&cid);
                 if self.lss {
                     // LSS step 1: the server key, for the signer to derive
@@ -570,6 +610,7 @@ impl BrokerCore {
             }
             LinkEvent::Gone { cid } => {
                 self.accounts.remove(&cid);
+                self.limits.remove(&cid);
                 self.last_stored.remove(&cid);
                 if self.signers.remove(&cid).is_some() {
                     tracing::warn!(%cid, "signer disconnected");
@@ -698,7 +739,7 @@ impl BrokerCore {
                 }
                 match result {
                     Ok(server_pubkey) => {
-                        self.publish(&cid, Suffix::Init1Msg, Msg::Init { server_pubkey }.encode())
+                        self.send(&cid, Suffix::Init1Msg, Msg::Init { server_pubkey }.encode())
                     }
                     Err(e) => self.reject(&cid, format!("LSS server key: {e}")),
                 }
@@ -713,7 +754,14 @@ impl BrokerCore {
                             server_hmac: Some(mac),
                             muts,
                         });
-                        self.publish(&cid, Suffix::Init2Msg, msg.encode());
+                        if let Err(e) = self.publish(&cid, Suffix::Init2Msg, msg.encode()) {
+                            let why = format!("its LSS state cannot be sent: {e}");
+                            self.actions.push_back(Action::SignerError(SignerError {
+                                cid: cid.clone(),
+                                message: why.clone(),
+                            }));
+                            self.reject(&cid, why);
+                        }
                     }
                     Err(e) => self.reject(&cid, format!("reading the signer's LSS state: {e}")),
                 }
@@ -724,13 +772,13 @@ impl BrokerCore {
                 }
                 match result {
                     Ok(mac) => {
-                        self.publish(&cid, Suffix::LssMsg, stored(mac));
+                        self.send(&cid, Suffix::LssMsg, stored(mac));
                         self.send_init(now, &cid);
                     }
                     Err(RelayError::Conflict(n)) => {
                         tracing::error!(%cid, keys = n, "LSS conflict on the signer's init changes: another signer wrote; it resyncs");
                         self.signers.remove(&cid);
-                        self.publish(&cid, Suffix::LssConflict, Msg::PutConflict.encode());
+                        self.send(&cid, Suffix::LssConflict, Msg::PutConflict.encode());
                     }
                     Err(e) => self.reject(&cid, format!("storing the signer's init changes: {e}")),
                 }
@@ -746,11 +794,11 @@ impl BrokerCore {
                     Ok(mac) => {
                         wait.storing = Storing::Stored(bytes.clone(), mac);
                         self.last_stored.insert(cid.clone(), bytes);
-                        self.publish(&cid, Suffix::LssMsg, stored(mac));
+                        self.send(&cid, Suffix::LssMsg, stored(mac));
                     }
                     Err(RelayError::Conflict(n)) => {
                         tracing::error!(%cid, keys = n, "LSS conflict on a control change: another signer wrote; it resyncs");
-                        self.publish(&cid, Suffix::LssConflict, Msg::PutConflict.encode());
+                        self.send(&cid, Suffix::LssConflict, Msg::PutConflict.encode());
                         if let Some(wait) = self.controls.remove(&cid) {
                             let why = format!("conflict on {n} key(s); retry");
                             self.reply(wait.id, Err(RequestError::Lss(why)));
@@ -779,7 +827,7 @@ impl BrokerCore {
                     Ok(mac) => {
                         f.storing = Storing::Stored(bytes.clone(), mac);
                         self.last_stored.insert(cid.clone(), bytes);
-                        self.publish(&cid, Suffix::LssMsg, stored(mac));
+                        self.send(&cid, Suffix::LssMsg, stored(mac));
                     }
                     Err(RelayError::Conflict(n)) => {
                         // Another signer wrote, or our own earlier attempt
@@ -787,7 +835,7 @@ impl BrokerCore {
                         // and tells which (its changes are in LSS or not);
                         // the request is then resent.
                         tracing::error!(%cid, seq, keys = n, "LSS conflict: this signer resyncs and the request is resent");
-                        self.publish(&cid, Suffix::LssConflict, Msg::PutConflict.encode());
+                        self.send(&cid, Suffix::LssConflict, Msg::PutConflict.encode());
                     }
                     Err(e) => {
                         if let Some(f) = self.in_flight.take() {
@@ -885,7 +933,7 @@ impl BrokerCore {
             Storing::Stored(bytes, mac) if bytes.as_slice() == payload => {
                 tracing::info!(%cid, "duplicate changes already stored; acknowledged again");
                 let ack = stored(*mac);
-                self.publish(cid, Suffix::LssMsg, ack);
+                self.send(cid, Suffix::LssMsg, ack);
                 return;
             }
             _ => {}
@@ -1085,7 +1133,7 @@ impl BrokerCore {
             _ => None,
         };
         if let Some(payload) = resend {
-            self.publish(&cid, Suffix::Vls, payload);
+            self.send(&cid, Suffix::Vls, payload);
         }
     }
 }

@@ -31,9 +31,6 @@ use tokio::sync::mpsc;
 
 use crate::owner::Owner;
 
-/// Largest MQTT packet.
-pub const MAX_PACKET: usize = 1024 * 1024;
-
 /// What the signers do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -41,6 +38,8 @@ pub enum LinkEvent {
     Hello {
         /// Its id.
         cid: String,
+        /// The largest MQTT packet it takes (its `hello` says).
+        max_packet: usize,
     },
     /// A signer's connection ended.
     Gone {
@@ -201,9 +200,10 @@ pub async fn embedded(
     listen: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     policy: SignerPolicy,
+    max_packet: usize,
 ) -> std::io::Result<(Link, mpsc::Receiver<LinkEvent>, SocketAddr)> {
     let mut config = mqtt_server::Config::new(listen);
-    config.max_packet = MAX_PACKET;
+    config.max_packet = max_packet;
     config.tls = tls;
     let mut server = mqtt_server::Server::start(config, Arc::new(policy)).await?;
     let addr = server.local_addr;
@@ -219,7 +219,13 @@ pub async fn embedded(
                     topic,
                     payload,
                 } => match topics::parse(&topic) {
-                    Ok((_, Suffix::Hello)) => LinkEvent::Hello { cid: client_id },
+                    Ok((_, Suffix::Hello)) => LinkEvent::Hello {
+                        cid: client_id,
+                        // The login was checked at CONNECT; here only the limit.
+                        max_packet: login::parse_hello(&payload)
+                            .map(|(_, limit)| limit)
+                            .unwrap_or(login::DEFAULT_MAX_PACKET),
+                    },
                     Ok((_, Suffix::Bye)) => LinkEvent::Gone { cid: client_id },
                     Ok((_, suffix)) => LinkEvent::Message {
                         cid: client_id,
@@ -292,12 +298,16 @@ const LISTEN: [Suffix; 10] = [
 ];
 
 /// Connects to an external MQTT server.
-pub fn external(config: External, gate: Arc<Gate>) -> (Link, mpsc::Receiver<LinkEvent>) {
+pub fn external(
+    config: External,
+    gate: Arc<Gate>,
+    max_packet: usize,
+) -> (Link, mpsc::Receiver<LinkEvent>) {
     let client_id = format!("lightkeeper-broker-{}", std::process::id());
     let mut options = MqttOptions::new(client_id, config.host, config.port);
     options.set_credentials(config.username, config.password);
     options.set_keep_alive(Duration::from_secs(10));
-    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    options.set_max_packet_size(max_packet, max_packet);
     options.set_clean_session(true);
     let (client, mut events) = AsyncClient::new(options, 256);
     let (tx, rx) = mpsc::channel(1024);
@@ -324,9 +334,13 @@ pub fn external(config: External, gate: Arc<Gate>) -> (Link, mpsc::Receiver<Link
                     let cid = cid.to_string();
                     match suffix {
                         Suffix::Hello => {
-                            let token = String::from_utf8_lossy(&publish.payload);
-                            match gate.admit(None, &token, &cid, now_ms()) {
-                                Ok(_) => LinkEvent::Hello { cid },
+                            let admitted = login::parse_hello(&publish.payload)
+                                .map_err(GateError::from)
+                                .and_then(|(token, limit)| {
+                                    gate.admit(None, token, &cid, now_ms()).map(|_| limit)
+                                });
+                            match admitted {
+                                Ok(max_packet) => LinkEvent::Hello { cid, max_packet },
                                 Err(e) => {
                                     tracing::warn!(%cid, error = %e, "hello refused");
                                     continue;

@@ -74,24 +74,26 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
                 None => None,
             };
             let policy = SignerPolicy { gate: gate.clone() };
-            let (link, events, addr) = link::embedded(listen, tls, policy).await.map_err(|e| {
-                in_use(
-                    e,
-                    listen,
-                    "mqtt_listen (--mqtt-listen, BROKER_MQTT_LISTEN)",
-                    "another MQTT server such as Mosquitto may hold it",
-                )
-            })?;
+            let (link, events, addr) = link::embedded(listen, tls, policy, config.max_packet)
+                .await
+                .map_err(|e| {
+                    in_use(
+                        e,
+                        listen,
+                        "mqtt_listen (--mqtt-listen, BROKER_MQTT_LISTEN)",
+                        "another MQTT server such as Mosquitto may hold it",
+                    )
+                })?;
             tracing::info!(%addr, "embedded MQTT server listening");
             (link, events)
         }
         Mqtt::External(external) => {
             tracing::info!(host = %external.host, port = external.port, "using an external MQTT server");
-            link::external(external, gate.clone())
+            link::external(external, gate.clone(), config.max_packet)
         }
     };
     let lss = config.lss.clone().map(sphinx_broker::lss::Relay::new);
-    let scheduler = Scheduler::start(link, events, config.request_timeout, lss);
+    let scheduler = Scheduler::start(link, events, config.request_timeout, lss, config.max_packet);
     let token_path = config.data_dir.join("api-token");
     let token = sphinx_broker::api::token(&token_path)
         .with_context(|| format!("the API token in {}", token_path.display()))?;
@@ -110,6 +112,7 @@ async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()
         listener,
         scheduler.clone(),
         token,
+        config.max_packet,
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let _api = AbortOnDrop(api);

@@ -48,16 +48,18 @@ impl Scheduler {
     /// Starts the driver over `link` and its events. `timeout` bounds every
     /// request, from arrival to reply. With `lss`, every signer runs the LSS
     /// init dance, and every change it reports is stored before its reply is
-    /// released; without, the signer's state is its own.
+    /// released; without, the signer's state is its own. Nothing over
+    /// `max_packet` bytes is published.
     pub fn start(
         link: Link,
         events: mpsc::Receiver<LinkEvent>,
         timeout: Duration,
         lss: Option<Relay>,
+        max_packet: usize,
     ) -> Scheduler {
         let (commands, rx) = mpsc::channel(1024);
         let (errors, _) = broadcast::channel(256);
-        let core = BrokerCore::new(timeout, lss.is_some());
+        let core = BrokerCore::new(timeout, lss.is_some(), max_packet);
         let driver = Driver {
             core,
             link,

@@ -133,8 +133,7 @@ fn a_local_store_ahead_of_lss_is_refused() {
         &["--request-timeout-secs", "5"],
     );
     let signer = home.start_lss(&broker.url(), &[]);
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(log_has(&signer, "ahead of LSS"), "{}", signer.log_text());
+    signer.wait_log("ahead of LSS");
     assert!(
         !log_has(&broker.proc, "signer ready"),
         "{}",
@@ -358,4 +357,164 @@ fn lss_over_tls_with_a_private_ca() {
     let _ = init_reply(&mut broker, &home);
     new_channel(&mut broker.master, 12);
     knows_channel(&mut broker.master, 12);
+}
+
+/// Adds `pieces` MiB of keys VLS does not use to the signer's namespace,
+/// written as the signer would (its client id, token and MAC); with 0, reads
+/// the namespace and returns its largest value's size.
+fn pad_state(lss_url: &str, home: &SignerHome, pieces: u8) -> usize {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let options = lss_client::ConnectOptions::new(lss_url.to_string());
+        let mut grpc = lss_client::connect_channel(&options)
+            .await
+            .expect("connect");
+        let server = lss_client::info(&mut grpc).await.expect("info").server_id;
+        let server =
+            vls_protocol_signer::lightning_signer::bitcoin::secp256k1::PublicKey::from_slice(
+                &server.serialize(),
+            )
+            .expect("key");
+        let creds = sphinx_signer::core::lss_credentials(Network::Regtest, &home.seed, &server);
+        if pieces == 0 {
+            let id = lss_core::ClientId::parse(&creds.client_id).expect("id");
+            let client = lss_client::Client::connect(&options, id, lss_core::Token(creds.token));
+            let (kvs, _) = client
+                .await
+                .expect("client")
+                .get("", &[0; 32])
+                .await
+                .expect("get");
+            return kvs.iter().map(|kv| kv.value.len()).max().unwrap_or(0);
+        }
+        let muts: Vec<(String, (u64, Vec<u8>))> = (0..pieces)
+            .map(|i| (format!("zz-padding/{i}"), (0, vec![i; 1 << 20])))
+            .collect();
+        let kvs = muts
+            .iter()
+            .map(|(k, (v, value))| lss_core::KeyValue::new(k.clone(), *v as i64, value.clone()))
+            .collect();
+        let id = lss_core::ClientId::parse(&creds.client_id).expect("id");
+        let mut client = lss_client::Client::connect(&options, id, lss_core::Token(creds.token))
+            .await
+            .expect("client");
+        let mac = creds.client_mac(&muts).expect("mac");
+        client.put(kvs, &mac).await.expect("stored");
+        0
+    })
+}
+
+/// The largest value the signer has in LSS.
+fn largest_value(lss_url: &str, home: &SignerHome) -> usize {
+    pad_state(lss_url, home, 0)
+}
+
+/// Hole 5: the whole state travels in one MQTT packet when a signer
+/// connects; at 5 MiB it used to exceed the fixed 1 MiB cap, and the signer
+/// reconnected forever.
+#[test]
+fn a_signer_with_a_5_mib_state_restores_from_lss_alone_and_signs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lss = lssd(dir.path(), driver::free_port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    new_channel(&mut broker.master, 1);
+    pad_state(&lss.url, &home, 5);
+    // The signer's machine is lost: only the seed is left.
+    signer.kill();
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("remove the store");
+    let signer = home.start_lss(&broker.url(), &[]);
+    knows_channel(&mut broker.master, 1);
+    ecdh(&mut broker.master, &home, 21);
+    new_channel(&mut broker.master, 2);
+    assert!(
+        log_has(&signer, "local store brought forward from LSS"),
+        "{}",
+        signer.log_text()
+    );
+}
+
+/// The same state against a signer that announces 1 MiB packets: a clear
+/// error for the operator, naming the settings, instead of a reconnect loop.
+#[test]
+fn a_state_over_the_signers_packet_limit_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lss = lssd(dir.path(), driver::free_port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    pad_state(&lss.url, &home, 2);
+    signer.kill();
+    let _signer = home.start_lss(&broker.url(), &["--mqtt-max-packet-mib", "1"]);
+    broker.proc.wait_log("mqtt_max_packet_mib");
+    let (status, body) = broker.http("GET", "/api/signers", Some(&broker.api_token()), "");
+    assert_eq!(status, 200);
+    assert!(!body.contains("\"ready\""), "{body}");
+}
+
+/// And one request whose changes alone are over 2 MiB (an allowlist of
+/// 30,000 payees, set by a control message): stored in LSS, acknowledged,
+/// answered, and restored by a signer that lost its store.
+#[test]
+fn a_single_change_of_2_mib_is_stored_and_restored() {
+    use sphinx_wire::control::{self, ControlMessage, ControlResponse};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lss = lssd(dir.path(), driver::free_port());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(
+        dir.path(),
+        &lss.url,
+        &home,
+        &["--request-timeout-secs", "120"],
+    );
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    // Distinct keys, cheaply: G, 2G, 3G, ...
+    let secp = Secp256k1::new();
+    let g = key(1).public_key(&secp);
+    let mut point = g;
+    let payees: Vec<String> = (0..30_000)
+        .map(|_| {
+            point = point.combine(&g).expect("not infinity");
+            format!("payee:{point}")
+        })
+        .collect();
+    let update = ControlMessage::UpdateAllowlist(payees.clone());
+    let body = hex::encode(control::sign(&update, 1, &home.node_secret()));
+    let path = format!("/api/control/{}", home.cid());
+    let (status, text) = broker.http("POST", &path, Some(&broker.api_token()), &body);
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let response: ControlResponse =
+        control::decode(&hex::decode(answer["hex"].as_str().expect("hex")).expect("hex"))
+            .expect("a response");
+    assert!(
+        matches!(response, ControlResponse::AllowlistUpdated(ref list) if list.len() == payees.len()),
+        "{text:.200}"
+    );
+    let largest = largest_value(&lss.url, &home);
+    assert!(largest > 2 << 20, "one change of {largest} bytes");
+    // Restored from LSS alone.
+    signer.kill();
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("remove the store");
+    let _signer = home.start_lss(&broker.url(), &[]);
+    ecdh(&mut broker.master, &home, 22);
+    let query = hex::encode(control::sign(
+        &ControlMessage::QueryAllowlist,
+        2,
+        &home.node_secret(),
+    ));
+    let (status, text) = broker.http("POST", &path, Some(&broker.api_token()), &query);
+    assert_eq!(status, 200, "{text:.300}");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let response: ControlResponse =
+        control::decode(&hex::decode(answer["hex"].as_str().expect("hex")).expect("hex"))
+            .expect("a response");
+    let ControlResponse::AllowlistCurrent(list) = response else {
+        panic!("not the allowlist: {text:.300}");
+    };
+    assert_eq!(list.len(), payees.len());
 }

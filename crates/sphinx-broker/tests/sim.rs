@@ -155,6 +155,10 @@ struct World {
     /// Called on each message to the broker: `true` delivers it twice.
     duplicate: Box<dyn FnMut(&Msg) -> bool>,
     published: Vec<(Suffix, Vec<u8>)>,
+    /// What the signer announces in `hello`.
+    max_packet: usize,
+    /// Errors the broker reported for the control API.
+    errors: Vec<String>,
 }
 
 impl World {
@@ -166,7 +170,7 @@ impl World {
             .with_clock(clock.clone());
         World {
             now: Instant::now(),
-            broker: BrokerCore::new(TIMEOUT, true),
+            broker: BrokerCore::new(TIMEOUT, true, 64 << 20),
             signer,
             clock,
             _dir: dir,
@@ -179,6 +183,8 @@ impl World {
             filter: Box::new(|_| true),
             duplicate: Box::new(|_| false),
             published: Vec::new(),
+            max_packet: 64 << 20,
+            errors: Vec::new(),
         }
     }
 
@@ -203,7 +209,7 @@ impl World {
                 Action::Reply { id, result } => {
                     assert!(self.replies.insert(id, result).is_none(), "answered twice");
                 }
-                Action::SignerError(_) => {}
+                Action::SignerError(e) => self.errors.push(e.message),
             }
         }
     }
@@ -229,7 +235,10 @@ impl World {
                                     suffix,
                                     payload: payload.into(),
                                 },
-                                Out::Resync => LinkEvent::Hello { cid: CID.into() },
+                                Out::Resync => LinkEvent::Hello {
+                                    cid: CID.into(),
+                                    max_packet: self.max_packet,
+                                },
                             };
                             if let LinkEvent::Message {
                                 suffix, payload, ..
@@ -285,7 +294,11 @@ impl World {
     }
 
     fn hello(&mut self) {
-        self.input(Input::Link(LinkEvent::Hello { cid: CID.into() }));
+        let max_packet = self.max_packet;
+        self.input(Input::Link(LinkEvent::Hello {
+            cid: CID.into(),
+            max_packet,
+        }));
         self.settle();
     }
 
@@ -562,4 +575,39 @@ fn a_signer_on_another_chain_fails_hsmd_init_naming_both() {
         text.contains("0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206"),
         "names the node's regtest genesis: {text}"
     );
+}
+
+/// Hole 5: a state larger than one MQTT packet used to make the signer
+/// reconnect forever. Here a 5 MiB state restores; one over the signer's
+/// announced limit is refused once, with the settings to change named.
+#[test]
+fn a_large_state_restores_and_one_over_the_limit_is_a_clear_error() {
+    let mut world = World::ready(Network::Regtest);
+    // 5 MiB more in the signer's namespace (keys VLS does not use).
+    let space = world
+        .lss
+        .data
+        .values_mut()
+        .next()
+        .expect("the signer's namespace");
+    for i in 0..5u8 {
+        space.insert(format!("zz-padding/{i}"), (0, vec![i; 1 << 20]));
+    }
+    world.input(Input::Link(LinkEvent::Gone { cid: CID.into() }));
+    // A signer that takes 1 MiB packets: refused, saying why.
+    world.max_packet = 1 << 20;
+    world.hello();
+    assert!(world.broker.signers().is_empty(), "not admitted");
+    let error = world.errors.last().expect("an error for the operator");
+    assert!(error.contains("mqtt_max_packet_mib"), "{error}");
+    assert!(error.contains("init-2-msg"), "{error}");
+    // With the default limit it restores (the restore is MAC-checked) and signs.
+    world.max_packet = 64 << 20;
+    world.hello();
+    assert_eq!(world.broker.signers()[0].state, "ready");
+    let id = world.send(&new_channel(9));
+    assert!(matches!(
+        world.reply(id),
+        Some(Ok(Message::NewChannelReply(_)))
+    ));
 }

@@ -43,11 +43,12 @@ use vls_protocol_signer::lightning_signer::bitcoin::blockdata::constants::genesi
 use vls_protocol_signer::lightning_signer::bitcoin::hashes::Hash;
 use vls_protocol_signer::lightning_signer::bitcoin::secp256k1::PublicKey;
 use vls_protocol_signer::lightning_signer::bitcoin::Network;
-use vls_protocol_signer::lightning_signer::node::NodeServices;
+use vls_protocol_signer::lightning_signer::node::{NodeConfig, NodeServices};
 use vls_protocol_signer::lightning_signer::persist::{Mutations, Persist};
 use vls_protocol_signer::lightning_signer::policy::simple_validator::{
     make_default_simple_policy, SimpleValidatorFactory,
 };
+use vls_protocol_signer::lightning_signer::signer::my_keys_manager::MyKeysManager;
 use vls_protocol_signer::lightning_signer::signer::ClockStartingTimeFactory;
 use vls_protocol_signer::lightning_signer::util::clock::{Clock, StandardClock};
 use vls_protocol_signer::lightning_signer::util::velocity::{
@@ -390,12 +391,8 @@ impl Core {
         };
         let server = PublicKey::from_slice(&server_pubkey)
             .map_err(|_| CoreError::LssProtocol("the server key is not a public key"))?;
-        let persister = self.store()?;
-        let (keys, _) = self.builder(&persister).build_keys_manager();
-        let creds = Credentials::new(
-            keys.get_persistence_pubkey().serialize(),
-            keys.get_persistence_shared_secret(&server),
-        );
+        self.store()?;
+        let creds = lss_credentials(self.network, &self.seed, &server);
         let response = Response::Init(InitResponse {
             client_id: creds.client_id,
             auth_token: creds.token,
@@ -987,6 +984,22 @@ impl Core {
             }
         }
     }
+}
+
+/// The LSS identity VLS derives from `seed` for the server `server`: its
+/// namespace (the persistence key) and the shared secret.
+pub fn lss_credentials(network: Network, seed: &[u8; 32], server: &PublicKey) -> Credentials {
+    let config = NodeConfig::new(network);
+    let keys = MyKeysManager::new(
+        config.key_derivation_style,
+        seed,
+        network,
+        ClockStartingTimeFactory::new().as_ref(),
+    );
+    Credentials::new(
+        keys.get_persistence_pubkey().serialize(),
+        keys.get_persistence_shared_secret(server),
+    )
 }
 
 /// The reference's error payload: UTF-8 text followed by one code byte

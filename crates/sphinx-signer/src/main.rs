@@ -57,6 +57,13 @@ enum Command {
         /// form hsmd's SignMessage produces, which the node host can request.
         #[arg(long, env = "SIGNER_ACCEPT_SPHINX_KEY_CONTROL")]
         accept_sphinx_key_control: bool,
+        /// Largest MQTT packet, in MiB, either way. The whole LSS state
+        /// arrives in one packet when the signer connects, so this bounds the
+        /// state it can restore; the broker has the same setting and the
+        /// smaller applies.
+        #[arg(long, env = "SIGNER_MQTT_MAX_PACKET_MIB", default_value_t = 64,
+              value_parser = clap::value_parser!(u16).range(1..=1024))]
+        mqtt_max_packet_mib: u16,
     },
 }
 
@@ -110,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             keep_alive_secs,
             no_lss,
             accept_sphinx_key_control,
+            mqtt_max_packet_mib,
         } => {
             let credentials = match (mqtt_username, mqtt_password_file) {
                 (Some(user), Some(file)) => {
@@ -132,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
                     sphinx_signer::core::Mode::Lss
                 },
                 sphinx_key_control: accept_sphinx_key_control,
+                max_packet: usize::from(mqtt_max_packet_mib) << 20,
             };
             run::run(config, shutdown()).await?;
             tracing::info!("signer stopped");

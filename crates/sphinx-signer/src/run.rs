@@ -21,10 +21,6 @@ use vls_protocol_signer::lightning_signer::signer::derive::{key_derive, KeyDeriv
 
 use crate::core::{Core, CoreError, Mode, Out};
 
-/// Largest MQTT packet either way: a 128 KiB hsmd frame plus headers, with
-/// room for LSS state in part 2.
-pub const MAX_PACKET: usize = 1024 * 1024;
-
 /// How the signer reaches and logs in to the broker.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +42,9 @@ pub struct Config {
     pub mode: Mode,
     /// Accept control messages in sphinx-key's signature form.
     pub sphinx_key_control: bool,
+    /// Largest MQTT packet either way, bytes; announced in `hello`. The whole
+    /// LSS state arrives in one packet when the signer connects.
+    pub max_packet: usize,
 }
 
 /// Why the signer cannot run.
@@ -127,7 +126,7 @@ pub async fn run(
 
     let mut options = MqttOptions::new(cid.clone(), host, port);
     options.set_keep_alive(config.keep_alive);
-    options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    options.set_max_packet_size(config.max_packet, config.max_packet);
     options.set_clean_session(true);
     options.set_last_will(LastWill::new(
         topics::topic(&cid, Suffix::Bye),
@@ -166,7 +165,13 @@ pub async fn run(
 
     let (client, mut events) = AsyncClient::new(options, 64);
     let (jobs, job_rx) = std_mpsc::channel::<Job>();
-    let worker = spawn_core(core, job_rx, client.clone(), cid.clone(), node_secret);
+    let worker = spawn_core(
+        core,
+        job_rx,
+        client.clone(),
+        (cid.clone(), node_secret),
+        config.max_packet,
+    );
 
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
@@ -185,7 +190,7 @@ pub async fn run(
                 topics::topic(&cid, Suffix::Hello),
                 QoS::AtLeastOnce,
                 false,
-                token,
+                sphinx_wire::login::hello_payload(&token, config.max_packet),
             )
             .is_ok()
     };
@@ -277,8 +282,8 @@ fn spawn_core(
     mut core: Core,
     jobs: std_mpsc::Receiver<Job>,
     client: AsyncClient,
-    cid: String,
-    node_secret: SecretKey,
+    (cid, node_secret): (String, SecretKey),
+    max_packet: usize,
 ) -> std::thread::JoinHandle<()> {
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
@@ -297,8 +302,11 @@ fn spawn_core(
                     match out {
                         Out::Publish(suffix, payload) => publish(suffix, payload),
                         Out::Resync => {
-                            let hello = sphinx_wire::login::password(&node_secret, &cid, now_ms());
-                            publish(Suffix::Hello, hello.into_bytes());
+                            let token = sphinx_wire::login::password(&node_secret, &cid, now_ms());
+                            publish(
+                                Suffix::Hello,
+                                sphinx_wire::login::hello_payload(&token, max_packet),
+                            );
                         }
                     }
                 }

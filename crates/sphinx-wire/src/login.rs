@@ -255,6 +255,35 @@ impl ReplayGuard {
     }
 }
 
+/// The largest MQTT packet a signer takes when its `hello` does not say
+/// (sphinx-key devices): the reference's 1 MiB.
+pub const DEFAULT_MAX_PACKET: usize = 1024 * 1024;
+
+/// A `hello` payload: the login token, then (Lightkeeper signers) a space
+/// and the largest MQTT packet the signer accepts, in bytes, so the broker
+/// never sends it one it must refuse (a state too large for it is then a
+/// clear error instead of an endless reconnect).
+pub fn hello_payload(token: &str, max_packet: usize) -> Vec<u8> {
+    format!("{token} {max_packet}").into_bytes()
+}
+
+/// The token and packet limit of a `hello` payload (the limit defaults to
+/// [`DEFAULT_MAX_PACKET`] when absent).
+pub fn parse_hello(payload: &[u8]) -> Result<(&str, usize), LoginError> {
+    let text =
+        std::str::from_utf8(payload).map_err(|_| LoginError::Malformed("hello is not text"))?;
+    match text.split_once(' ') {
+        None => Ok((text, DEFAULT_MAX_PACKET)),
+        Some((token, limit)) => {
+            let limit = limit
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| LoginError::Malformed("hello packet limit is not a number"))?;
+            Ok((token, limit))
+        }
+    }
+}
+
 fn hex_key(text: &str) -> Option<PublicKey> {
     if text.len() != 66 {
         return None;
@@ -355,6 +384,17 @@ mod tests {
         assert_eq!(login.scheme, Scheme::Compat);
         // Unbound: any client id passes, which is why it is opt-in.
         assert!(check(&user, &pw, "another", now * 1000, compat).is_ok());
+    }
+
+    #[test]
+    fn hello_carries_the_packet_limit() {
+        assert_eq!(
+            parse_hello(&hello_payload("tok", 8 << 20)),
+            Ok(("tok", 8 << 20))
+        );
+        assert_eq!(parse_hello(b"tok"), Ok(("tok", DEFAULT_MAX_PACKET)));
+        assert!(parse_hello(b"tok x").is_err());
+        assert!(parse_hello(&[0xff, 0xfe]).is_err());
     }
 
     #[test]
