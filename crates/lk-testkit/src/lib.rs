@@ -197,6 +197,7 @@ impl Signer {
             hmac: shared_hmac(&self.shared, PUT_CLIENT_NONCE, kvs)
                 .as_bytes()
                 .to_vec(),
+            ..Default::default()
         }
     }
 
@@ -206,6 +207,7 @@ impl Signer {
             auth: self.auth(),
             key_prefix: prefix.into(),
             nonce: nonce.to_vec(),
+            ..Default::default()
         }
     }
 

@@ -214,6 +214,7 @@ impl Client {
             auth: Some(self.auth.clone()),
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac: hmac.as_bytes().to_vec(),
+            ..Default::default()
         };
         let reply = self
             .grpc
@@ -235,6 +236,7 @@ impl Client {
             auth: Some(self.auth.clone()),
             key_prefix: prefix.to_owned(),
             nonce: nonce.to_vec(),
+            ..Default::default()
         };
         let reply = self
             .grpc

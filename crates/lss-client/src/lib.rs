@@ -15,7 +15,8 @@ use std::time::Duration;
 use lss_core::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use lss_core::value::{self, ValueError};
 use lss_core::{
-    shared_hmac, ClientId, KeyValue, Mac, SharedSecret, Token, PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
+    shared_hmac, ClientId, KeyValue, Mac, MacScheme, SharedSecret, Token, FRAMED_MAC_EXTENSION,
+    PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
 };
 /// The generated wire types, for callers that need raw requests.
 pub use lss_proto as proto;
@@ -160,6 +161,16 @@ pub struct ServerInfo {
     pub server_id: PublicKey,
     /// The protocol version string the server reports.
     pub version: String,
+    /// Lightkeeper extensions it offers (e.g. [`FRAMED_MAC_EXTENSION`]);
+    /// empty for the reference server.
+    pub extensions: Vec<String>,
+}
+
+impl ServerInfo {
+    /// Whether the server makes framed MACs when asked.
+    pub fn offers_framed_macs(&self) -> bool {
+        self.extensions.iter().any(|e| e == FRAMED_MAC_EXTENSION)
+    }
 }
 
 /// An unprivileged connection: client id and token, no secret.
@@ -172,6 +183,7 @@ pub struct Client {
     max_reply_bytes: usize,
     client_id: Vec<u8>,
     token: Token,
+    mac_scheme: MacScheme,
 }
 
 /// Opens a connection for the `lss.LightningStorage` stub (it reconnects by
@@ -227,6 +239,7 @@ pub async fn info(grpc: &mut LightningStorageClient<Channel>) -> Result<ServerIn
     Ok(ServerInfo {
         server_id,
         version: reply.version,
+        extensions: reply.extensions,
     })
 }
 
@@ -254,7 +267,15 @@ impl Client {
             max_reply_bytes: options.max_reply_bytes,
             client_id: client_id.as_bytes().to_vec(),
             token,
+            mac_scheme: MacScheme::Unframed,
         }
+    }
+
+    /// Asks the server for `scheme` MACs on every put and get (the caller,
+    /// who holds the secret, makes and checks them in that scheme).
+    pub fn with_mac_scheme(mut self, scheme: MacScheme) -> Self {
+        self.mac_scheme = scheme;
+        self
     }
 
     /// The server's identity.
@@ -284,6 +305,7 @@ impl Client {
             auth: Some(self.auth()),
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac: client_mac.to_vec(),
+            framed_mac: self.mac_scheme == MacScheme::Framed,
         };
         let reply = self
             .grpc
@@ -316,6 +338,7 @@ impl Client {
             auth: Some(self.auth()),
             key_prefix: prefix.to_owned(),
             nonce: nonce.to_vec(),
+            framed_mac: self.mac_scheme == MacScheme::Framed,
         };
         if self.streams != Some(false) {
             match self.get_stream(request.clone()).await {

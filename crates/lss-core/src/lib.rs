@@ -20,7 +20,10 @@ pub mod value;
 
 pub use identity::{AuthError, ClientId, KeyFileError, ServerKey, SharedSecret, Token};
 pub use kv::KeyValue;
-pub use mac::{shared_hmac, Mac, PUT_CLIENT_NONCE, PUT_SERVER_NONCE};
+pub use mac::{
+    framed_hmac, shared_hmac, Mac, MacScheme, FRAMED_MAC_EXTENSION, PUT_CLIENT_NONCE,
+    PUT_SERVER_NONCE,
+};
 pub use put::{
     accepts, namespace_after, Limit, LimitExceeded, Limits, PutOutcome, PutRejected, SortedKvs,
     ValidPut,

@@ -1,8 +1,19 @@
-//! The single MAC primitive of the protocol, `shared_hmac` (lss-protocol.md §2).
+//! The MACs of the protocol.
 //!
+//! **Unframed** (the reference's, lss-protocol.md §2), [`shared_hmac`]:
 //! `HMAC-SHA256(key = shared, msg = shared ‖ nonce ‖ Σ key ‖ version_be8 ‖ value)`,
-//! with no framing between fields. The lack of framing is the reference's design
-//! and is kept bit for bit: changing it would break every existing client.
+//! with no framing between fields, kept bit for bit so every existing client
+//! works. Its flaw: one entry whose value is the concatenation of several
+//! entries (`a‖v0‖x`, then `b‖v1‖y` as the value of `a`) has the same MAC as
+//! the several, so whoever relays a put can regroup it and the server stores
+//! something else than the client meant, under a valid acknowledgement.
+//!
+//! **Framed** (Lightkeeper's extension, docs/protocol.md), [`framed_hmac`]:
+//! `HMAC-SHA256(key = HMAC-SHA256(shared, "lightkeeper/framed-mac/v1"),
+//! msg = len32(nonce) ‖ nonce ‖ count64 ‖ Σ len32(key) ‖ key ‖ version_be8 ‖
+//! len32(value) ‖ value)`, every length big-endian. Every field is delimited,
+//! so no two different lists of entries share a message; the derived key
+//! keeps the two schemes from ever sharing a MAC.
 
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -57,6 +68,68 @@ pub fn shared_hmac<'a>(
     Mac(mac.finalize().into_bytes().into())
 }
 
+/// Which MAC a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MacScheme {
+    /// The reference's [`shared_hmac`].
+    #[default]
+    Unframed,
+    /// Lightkeeper's [`framed_hmac`].
+    Framed,
+}
+
+impl MacScheme {
+    /// The MAC over `kvs` with `nonce` in this scheme.
+    pub fn mac<'a>(
+        self,
+        shared: &SharedSecret,
+        nonce: &[u8],
+        kvs: impl IntoIterator<Item = &'a KeyValue>,
+    ) -> Mac {
+        match self {
+            MacScheme::Unframed => shared_hmac(shared, nonce, kvs),
+            MacScheme::Framed => framed_hmac(shared, nonce, kvs),
+        }
+    }
+}
+
+/// What a server advertises (in `InfoReply.extensions`) when it computes
+/// [`framed_hmac`] for requests that ask for it.
+pub const FRAMED_MAC_EXTENSION: &str = "framed-mac-v1";
+
+const FRAMED_KEY_LABEL: &[u8] = b"lightkeeper/framed-mac/v1";
+
+/// The framed MAC: every field length-delimited, under a key derived for it.
+pub fn framed_hmac<'a>(
+    shared: &SharedSecret,
+    nonce: &[u8],
+    kvs: impl IntoIterator<Item = &'a KeyValue>,
+) -> Mac {
+    let mut derive =
+        Hmac::<Sha256>::new_from_slice(shared.expose()).expect("HMAC accepts keys of any length"); // invariant of RFC 2104
+    derive.update(FRAMED_KEY_LABEL);
+    let key = derive.finalize().into_bytes();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+    let kvs: Vec<&KeyValue> = kvs.into_iter().collect();
+    mac.update(&len32(nonce.len()));
+    mac.update(nonce);
+    mac.update(&(kvs.len() as u64).to_be_bytes());
+    for kv in kvs {
+        mac.update(&len32(kv.key.len()));
+        mac.update(kv.key.as_bytes());
+        mac.update(&kv.version.to_be_bytes());
+        mac.update(&len32(kv.value.len()));
+        mac.update(&kv.value);
+    }
+    Mac(mac.finalize().into_bytes().into())
+}
+
+/// A length as 4 bytes, big-endian. Lengths over 4 GiB cannot occur: every
+/// request is bounded far below by the transport.
+fn len32(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +177,69 @@ mod tests {
         ];
         assert!(hex::encode(shared_hmac(&shared, PUT_CLIENT_NONCE, &kvs).0).starts_with("2e3c1864"));
         assert!(hex::encode(shared_hmac(&shared, PUT_SERVER_NONCE, &kvs).0).starts_with("8fe3d55b"));
+    }
+
+    /// docs/protocol.md, "Framed MACs": the vectors published there.
+    #[test]
+    fn framed_vectors() {
+        let shared = shared();
+        let kvs = [KeyValue::new("a", 0, *b"x"), KeyValue::new("b", 1, *b"")];
+        let hex = |mac: Mac| hex::encode(mac.0);
+        assert_eq!(
+            hex(framed_hmac(&shared, PUT_CLIENT_NONCE, &kvs)),
+            FRAMED_VECTORS[0]
+        );
+        assert_eq!(
+            hex(framed_hmac(&shared, PUT_SERVER_NONCE, &kvs)),
+            FRAMED_VECTORS[1]
+        );
+        assert_eq!(
+            hex(framed_hmac(&shared, &[0u8; 32], &kvs)),
+            FRAMED_VECTORS[2]
+        );
+        assert_eq!(
+            hex(framed_hmac(&shared, PUT_SERVER_NONCE, &[])),
+            FRAMED_VECTORS[3]
+        );
+    }
+
+    /// Computed independently (Python's hmac and struct, from the formula in
+    /// docs/protocol.md), not by this code.
+    const FRAMED_VECTORS: [&str; 4] = [
+        "f9358869117b9aab775c1695173900b5597ba5ca3642919a1da85cd6874f13d2",
+        "4baec3524ae558f43065c2f594df4bd030061ec4fe3465f3531bf952ad861462",
+        "abf046f70e582b99f4f2096d5855f249b8615d3995043a3122f3f0dcd36e29a8",
+        "ac644e07b9cb0b7f1cd5e3dafd0394f28c33395b027ed2d35bd410a1531f608d",
+    ];
+
+    #[test]
+    fn regrouped_entries_share_the_unframed_mac_but_not_the_framed_one() {
+        let s = shared();
+        let two = [KeyValue::new("a", 0, *b"x"), KeyValue::new("b", 1, *b"y")];
+        // `a` at version 0 whose value is "x" ‖ "b" ‖ version 1 ‖ "y".
+        let mut value = b"x".to_vec();
+        value.extend_from_slice(b"b");
+        value.extend_from_slice(&1i64.to_be_bytes());
+        value.extend_from_slice(b"y");
+        let one = [KeyValue::new("a", 0, value)];
+        assert_eq!(
+            shared_hmac(&s, PUT_SERVER_NONCE, &two),
+            shared_hmac(&s, PUT_SERVER_NONCE, &one),
+            "the reference's flaw"
+        );
+        assert_ne!(
+            framed_hmac(&s, PUT_SERVER_NONCE, &two),
+            framed_hmac(&s, PUT_SERVER_NONCE, &one)
+        );
+        // The schemes never agree.
+        assert_ne!(
+            framed_hmac(&s, PUT_SERVER_NONCE, &two),
+            shared_hmac(&s, PUT_SERVER_NONCE, &two)
+        );
+        assert_eq!(
+            MacScheme::Framed.mac(&s, &[7], &two),
+            framed_hmac(&s, &[7], &two)
+        );
     }
 
     #[test]

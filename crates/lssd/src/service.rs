@@ -7,8 +7,8 @@
 //! limits, client id and token, client MAC, then the store.
 
 use lss_core::{
-    shared_hmac, ClientId, Limits, PutOutcome, ServerKey, SharedSecret, SortedKvs, ValidPut,
-    PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
+    ClientId, Limits, MacScheme, PutOutcome, ServerKey, SharedSecret, SortedKvs, ValidPut,
+    FRAMED_MAC_EXTENSION, PUT_CLIENT_NONCE, PUT_SERVER_NONCE,
 };
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,7 +86,9 @@ impl<S: Store> LssService<S> {
             auth,
             key_prefix,
             nonce,
+            framed_mac,
         } = request;
+        let scheme = mac_scheme(framed_mac);
         let (client, shared) = self.authenticate(auth)?;
         let _slot = self
             .inflight
@@ -100,7 +102,7 @@ impl<S: Store> LssService<S> {
                 .await
                 .map_err(status::store)?;
             let (kvs, hmac) = off_executor(payload(&kvs), move || {
-                let hmac = shared_hmac(&shared, &nonce, &kvs).as_bytes().to_vec();
+                let hmac = scheme.mac(&shared, &nonce, &kvs).as_bytes().to_vec();
                 (kvs, hmac)
             })
             .await?;
@@ -122,6 +124,15 @@ impl<S: Store> LssService<S> {
     }
 }
 
+/// The MAC a request asked for (the `framed_mac` extension field).
+fn mac_scheme(framed: bool) -> MacScheme {
+    if framed {
+        MacScheme::Framed
+    } else {
+        MacScheme::Unframed
+    }
+}
+
 #[tonic::async_trait]
 impl<S: Store> LightningStorage for LssService<S> {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
@@ -134,11 +145,18 @@ impl<S: Store> LightningStorage for LssService<S> {
         Ok(Response::new(InfoReply {
             version: PROTOCOL_VERSION.to_owned(),
             server_id: self.auth.key().server_id().to_vec(),
+            extensions: vec![FRAMED_MAC_EXTENSION.to_owned()],
         }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
-        let PutRequest { auth, kvs, hmac } = request.into_inner();
+        let PutRequest {
+            auth,
+            kvs,
+            hmac,
+            framed_mac,
+        } = request.into_inner();
+        let scheme = mac_scheme(framed_mac);
         let auth = auth.ok_or_else(status::missing_auth)?;
         let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
@@ -153,9 +171,10 @@ impl<S: Store> LightningStorage for LssService<S> {
             // The server MAC is computed now, sent only once the store
             // reports a durable commit.
             let (kvs, client_ok, server_mac) = off_executor(payload(kvs.as_slice()), move || {
-                let client_ok =
-                    shared_hmac(&shared, PUT_CLIENT_NONCE, kvs.as_slice()).verify(&hmac);
-                let server_mac = shared_hmac(&shared, PUT_SERVER_NONCE, kvs.as_slice());
+                let client_ok = scheme
+                    .mac(&shared, PUT_CLIENT_NONCE, kvs.as_slice())
+                    .verify(&hmac);
+                let server_mac = scheme.mac(&shared, PUT_SERVER_NONCE, kvs.as_slice());
                 (kvs, client_ok, server_mac)
             })
             .await?;

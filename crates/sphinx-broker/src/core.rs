@@ -138,8 +138,9 @@ pub enum LssCall {
 /// What an LSS call gave.
 #[derive(Debug)]
 pub enum LssResult {
-    /// For [`LssCall::ServerKey`].
-    ServerKey(Result<[u8; 33], RelayError>),
+    /// For [`LssCall::ServerKey`]: the key, and whether the server offers
+    /// framed MACs.
+    ServerKey(Result<([u8; 33], bool), RelayError>),
     /// For [`LssCall::GetAll`].
     State(Result<(Muts, [u8; 32]), RelayError>),
     /// For [`LssCall::Put`]: the server's MAC.
@@ -315,6 +316,8 @@ pub struct BrokerCore {
     ops: HashMap<OpId, Purpose>,
     next_op: OpId,
     actions: VecDeque<Action>,
+    /// Whether the LSS server offers framed MACs (from its Info).
+    server_framed: bool,
     /// The last changes stored for each signer, so a late copy of them (MQTT
     /// redelivery after their request was answered) is not taken for the
     /// next request's and put again.
@@ -346,6 +349,7 @@ impl BrokerCore {
             ops: HashMap::new(),
             next_op: 1,
             actions: VecDeque::new(),
+            server_framed: false,
             last_stored: HashMap::new(),
         }
     }
@@ -738,7 +742,8 @@ impl BrokerCore {
                     return;
                 }
                 match result {
-                    Ok(server_pubkey) => {
+                    Ok((server_pubkey, framed)) => {
+                        self.server_framed = framed;
                         self.send(&cid, Suffix::Init1Msg, Msg::Init { server_pubkey }.encode())
                     }
                     Err(e) => self.reject(&cid, format!("LSS server key: {e}")),
@@ -862,9 +867,21 @@ impl BrokerCore {
             Ok(_) => return self.reject(cid, "init-1 reply is not Init".into()),
             Err(e) => return self.reject(cid, format!("malformed init-1 reply: {e}")),
         };
+        if init.framed_mac && !self.server_framed {
+            let why = "it requires framed LSS MACs and the LSS server does not offer them \
+                       (framed-mac-v1): use Lightkeeper's lssd, or start the signer with \
+                       --allow-unframed-lss-macs to accept the weaker MACs"
+                .to_string();
+            self.actions.push_back(Action::SignerError(SignerError {
+                cid: cid.to_string(),
+                message: why.clone(),
+            }));
+            return self.reject(cid, why);
+        }
         let account = Account {
             client_id: init.client_id,
             token: init.auth_token,
+            framed: init.framed_mac,
         };
         self.accounts.insert(cid.to_string(), account);
         let deadline = now + self.timeout;

@@ -38,6 +38,8 @@ pub struct Account {
     pub client_id: [u8; 33],
     /// Its bearer token.
     pub token: [u8; 32],
+    /// Whether it asked for framed MACs.
+    pub framed: bool,
 }
 
 impl std::fmt::Debug for Account {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Account {
         f.debug_struct("Account")
             .field("client_id", &hex::encode(self.client_id))
             .field("token", &"<redacted>")
+            .field("framed", &self.framed)
             .finish()
     }
 }
@@ -74,13 +77,14 @@ impl Relay {
         }
     }
 
-    /// The server's public key (Info), retried until `deadline`.
-    pub async fn server_key(&self, deadline: Instant) -> Result<[u8; 33], RelayError> {
+    /// The server's public key (Info) and whether it offers framed MACs,
+    /// retried until `deadline`.
+    pub async fn server_key(&self, deadline: Instant) -> Result<([u8; 33], bool), RelayError> {
         retry("info", deadline, || async {
             let mut grpc = lss_client::connect_channel(&self.options).await?;
             lss_client::info(&mut grpc)
                 .await
-                .map(|info| info.server_id.serialize())
+                .map(|info| (info.server_id.serialize(), info.offers_framed_macs()))
                 .map_err(|e| match e {
                     lss_client::ConnectError::Rpc(rpc) => Attempt::from(rpc),
                     other => Attempt::Stop(RelayError::Failed(other.to_string())),
@@ -98,7 +102,14 @@ impl Relay {
                 "the signer's client id is not a public key",
             ))
         })?;
-        let client = Client::connect(&self.options, id, Token(account.token)).await?;
+        let scheme = if account.framed {
+            lss_core::MacScheme::Framed
+        } else {
+            lss_core::MacScheme::Unframed
+        };
+        let client = Client::connect(&self.options, id, Token(account.token))
+            .await?
+            .with_mac_scheme(scheme);
         self.clients.lock().await.insert(account, client.clone());
         Ok(client)
     }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lss_core::{shared_hmac, KeyValue, ServerKey, PUT_CLIENT_NONCE, PUT_SERVER_NONCE};
+use lss_core::{KeyValue, MacScheme, ServerKey, PUT_CLIENT_NONCE, PUT_SERVER_NONCE};
 use sphinx_broker::core::{Action, BrokerCore, Input, LssCall, LssResult, OpId, RequestError};
 use sphinx_broker::link::LinkEvent;
 use sphinx_broker::lss::RelayError;
@@ -47,6 +47,16 @@ struct Lss {
     hung: bool,
     /// Puts are never answered.
     hang_puts: bool,
+    /// Whether Info advertises framed MACs.
+    offers_framed: bool,
+}
+
+fn scheme(account: &sphinx_broker::lss::Account) -> MacScheme {
+    if account.framed {
+        MacScheme::Framed
+    } else {
+        MacScheme::Unframed
+    }
 }
 
 impl Lss {
@@ -61,12 +71,15 @@ impl Lss {
             lose_next_reply: false,
             hung: false,
             hang_puts: false,
+            offers_framed: true,
         }
     }
 
     fn call(&mut self, call: LssCall) -> LssResult {
         match call {
-            LssCall::ServerKey => LssResult::ServerKey(Ok(self.key.server_id())),
+            LssCall::ServerKey => {
+                LssResult::ServerKey(Ok((self.key.server_id(), self.offers_framed)))
+            }
             LssCall::GetAll { account, nonce } => {
                 let (client, secret) = self
                     .key
@@ -79,7 +92,7 @@ impl Lss {
                     .flatten()
                     .map(|(k, (v, value))| KeyValue::new(k.clone(), *v, value.clone()))
                     .collect();
-                let mac = shared_hmac(&secret, &nonce, &kvs).0;
+                let mac = scheme(&account).mac(&secret, &nonce, &kvs).0;
                 let muts = kvs
                     .into_iter()
                     .map(|kv| (kv.key, (kv.version as u64, kv.value)))
@@ -100,10 +113,14 @@ impl Lss {
                     .iter()
                     .map(|(k, (v, value))| KeyValue::new(k.clone(), *v as i64, value.clone()))
                     .collect();
-                assert!(
-                    shared_hmac(&secret, PUT_CLIENT_NONCE, &kvs).verify(&client_mac),
-                    "the signer's MAC"
-                );
+                if !scheme(&account)
+                    .mac(&secret, PUT_CLIENT_NONCE, &kvs)
+                    .verify(&client_mac)
+                {
+                    // lssd: INVALID_ARGUMENT, which the relay does not retry.
+                    let why = "invalid client MAC".to_string();
+                    return LssResult::Stored(Err(RelayError::Failed(why)));
+                }
                 let space = self.data.entry(client.as_bytes().to_vec()).or_default();
                 let conflicts = kvs
                     .iter()
@@ -122,7 +139,7 @@ impl Lss {
                     // The retry of the same put: every key is now at its version.
                     return LssResult::Stored(Err(RelayError::Conflict(kvs.len())));
                 }
-                LssResult::Stored(Ok(shared_hmac(&secret, PUT_SERVER_NONCE, &kvs).0))
+                LssResult::Stored(Ok(scheme(&account).mac(&secret, PUT_SERVER_NONCE, &kvs).0))
             }
         }
     }
@@ -159,15 +176,26 @@ struct World {
     max_packet: usize,
     /// Errors the broker reported for the control API.
     errors: Vec<String>,
+    /// The broker is hostile: it regroups the next put of two or more
+    /// entries into one (the first entry's value followed by the others'
+    /// key, version and value), keeping the signer's MAC.
+    regroup_next_put: bool,
+    /// What it did: the entry it stored, and the keys it swallowed.
+    regrouped: Option<(String, Vec<u8>, Vec<String>)>,
 }
 
 impl World {
     fn new(network: Network) -> World {
+        Self::with(network, false)
+    }
+
+    fn with(network: Network, allow_unframed: bool) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(Duration::from_secs(1_800_000_000)));
         let signer = Core::open(network, [3; 32], dir.path(), Mode::Lss)
             .expect("open")
-            .with_clock(clock.clone());
+            .with_clock(clock.clone())
+            .allow_unframed_macs(allow_unframed);
         World {
             now: Instant::now(),
             broker: BrokerCore::new(TIMEOUT, true, 64 << 20),
@@ -185,6 +213,8 @@ impl World {
             published: Vec::new(),
             max_packet: 64 << 20,
             errors: Vec::new(),
+            regroup_next_put: false,
+            regrouped: None,
         }
     }
 
@@ -264,6 +294,7 @@ impl World {
             };
             if let Some(i) = self.calls.iter().position(|(_, c)| answered(c, &self.lss)) {
                 if let Some((op, call)) = self.calls.remove(i) {
+                    let call = self.tamper(call);
                     let result = self.lss.call(call);
                     self.input(Input::Lss { op, result });
                     continue;
@@ -286,6 +317,35 @@ impl World {
             self.collect();
         }
         self.settle();
+    }
+
+    /// What a hostile broker does to a put on its way to LSS.
+    fn tamper(&mut self, call: LssCall) -> LssCall {
+        match call {
+            LssCall::Put {
+                account,
+                muts,
+                client_mac,
+            } if self.regroup_next_put && muts.len() >= 2 => {
+                self.regroup_next_put = false;
+                let mut entries = muts.into_iter();
+                let (key, (version, mut value)) = entries.next().expect("two entries");
+                let mut swallowed = Vec::new();
+                for (k, (v, val)) in entries {
+                    value.extend_from_slice(k.as_bytes());
+                    value.extend_from_slice(&(v as i64).to_be_bytes());
+                    value.extend_from_slice(&val);
+                    swallowed.push(k);
+                }
+                self.regrouped = Some((key.clone(), value.clone(), swallowed));
+                LssCall::Put {
+                    account,
+                    muts: vec![(key, (version, value))],
+                    client_mac,
+                }
+            }
+            other => other,
+        }
     }
 
     fn clock_now(&self) -> Duration {
@@ -610,4 +670,80 @@ fn a_large_state_restores_and_one_over_the_limit_is_a_clear_error() {
         world.reply(id),
         Some(Ok(Message::NewChannelReply(_)))
     ));
+}
+
+/// Hole 4: the reference's MACs hash `key ‖ version ‖ value` with no
+/// framing, so a broker can regroup a put's entries into one and the server
+/// stores garbage under a valid acknowledgement. Shown first with the
+/// reference's MACs (the attack works: that is why they are refused by
+/// default), then with framed MACs (the put is refused; the signer commits
+/// nothing and withholds the reply).
+#[test]
+fn a_regrouped_put_passes_unframed_macs_and_is_caught_by_framed_ones() {
+    // Find a request with two or more changes: a new node's first channel.
+    let attack = |allow_unframed: bool| {
+        let mut world = World::with(Network::Regtest, allow_unframed);
+        world.hello();
+        assert!(matches!(world.init(), Ok(Message::HsmdInitReplyV4(_))));
+        world.regroup_next_put = true;
+        let mut answered = None;
+        for dbid in 1..=4 {
+            let id = world.send(&new_channel(dbid));
+            if world.regrouped.is_some() {
+                answered = Some(world.reply(id));
+                break;
+            }
+            assert!(world.reply(id).is_some());
+        }
+        assert!(
+            world.regrouped.is_some(),
+            "no put with two entries to regroup"
+        );
+        (answered.expect("the attacked request"), world)
+    };
+    // The reference's MACs: the signer is told its changes are stored and
+    // replies, but LSS holds one entry where there should be several.
+    let (answer, world) = attack(true);
+    assert!(matches!(answer, Some(Ok(_))), "{answer:?}");
+    let space = world.lss.data.values().next().expect("namespace");
+    let (key, value, swallowed) = world.regrouped.clone().expect("regrouped");
+    assert_eq!(
+        space.get(&key).map(|(_, v)| v),
+        Some(&value),
+        "LSS stores the regrouped entry"
+    );
+    for key in swallowed {
+        assert!(!space.contains_key(&key), "{key} was never stored");
+    }
+
+    // Framed MACs: the server refuses the put; the request fails instead of
+    // being answered on a backup that does not exist.
+    let (answer, mut world) = attack(false);
+    assert!(
+        matches!(answer, Some(Err(RequestError::Lss(ref e))) if e.contains("client MAC")),
+        "{answer:?}"
+    );
+    // The signer committed nothing: after a resync it serves on.
+    world.input(Input::Link(LinkEvent::Gone { cid: CID.into() }));
+    world.hello();
+    let id = world.send(&new_channel(9));
+    assert!(matches!(
+        world.reply(id),
+        Some(Ok(Message::NewChannelReply(_)))
+    ));
+}
+
+#[test]
+fn a_signer_requiring_framed_macs_is_refused_by_a_broker_whose_server_lacks_them() {
+    let mut world = World::new(Network::Regtest);
+    world.lss.offers_framed = false;
+    world.hello();
+    assert!(world.broker.signers().is_empty(), "not admitted");
+    let error = world.errors.last().expect("an error for the operator");
+    assert!(error.contains("--allow-unframed-lss-macs"), "{error}");
+    // Opted out, it runs (with the reference's MACs).
+    let mut world = World::with(Network::Regtest, true);
+    world.lss.offers_framed = false;
+    world.hello();
+    assert!(matches!(world.init(), Ok(Message::HsmdInitReplyV4(_))));
 }

@@ -177,6 +177,9 @@ pub struct Core {
     clock: Arc<dyn Clock>,
     /// Requests answered from the cache instead of being signed again.
     cache_hits: u64,
+    /// Which MACs the signer asks LSS for (framed unless the operator
+    /// allowed a server without them).
+    mac_scheme: lss_core::MacScheme,
 }
 
 /// A request's reply held until LSS stores its changes.
@@ -221,6 +224,7 @@ impl Core {
             doubt: None,
             clock: Arc::new(StandardClock()),
             cache_hits: 0,
+            mac_scheme: lss_core::MacScheme::Framed,
         };
         let persister = core.open_store()?;
         let handlers = match mode {
@@ -236,6 +240,19 @@ impl Core {
             handlers,
         });
         Ok(core)
+    }
+
+    /// Accept an LSS server without framed MACs (the reference's, or
+    /// another that lacks the `framed-mac-v1` extension). Its MACs let
+    /// whoever relays a put regroup its entries undetected; only for servers
+    /// that cannot be upgraded.
+    pub fn allow_unframed_macs(mut self, allow: bool) -> Self {
+        self.mac_scheme = if allow {
+            lss_core::MacScheme::Unframed
+        } else {
+            lss_core::MacScheme::Framed
+        };
+        self
     }
 
     /// Use `clock` as VLS's clock instead of the system's (tests with a
@@ -392,11 +409,12 @@ impl Core {
         let server = PublicKey::from_slice(&server_pubkey)
             .map_err(|_| CoreError::LssProtocol("the server key is not a public key"))?;
         self.store()?;
-        let creds = lss_credentials(self.network, &self.seed, &server);
+        let creds = lss_credentials(self.network, &self.seed, &server).with_scheme(self.mac_scheme);
         let response = Response::Init(InitResponse {
             client_id: creds.client_id,
             auth_token: creds.token,
             nonce: Some(nonce),
+            framed_mac: creds.scheme == lss_core::MacScheme::Framed,
         });
         self.lss = Some((creds, nonce));
         self.synced = false;

@@ -9,7 +9,7 @@
 //! secret of the signer's persistence key and the server key, which the
 //! broker never sees (it gets only the token, `SHA-256(secret)`).
 
-use lss_core::{shared_hmac, KeyValue, SharedSecret, PUT_CLIENT_NONCE, PUT_SERVER_NONCE};
+use lss_core::{KeyValue, MacScheme, SharedSecret, PUT_CLIENT_NONCE, PUT_SERVER_NONCE};
 use sphinx_wire::lss::Muts;
 
 /// Why LSS state is not acceptable.
@@ -35,6 +35,12 @@ pub enum LssError {
     /// A version beyond what the wire carries.
     #[error("version {0} of {1:?} is out of range")]
     Version(u64, String),
+    /// A read whose keys are not strictly increasing: entries were split,
+    /// merged or repeated on the way.
+    #[error(
+        "LSS state keys are not sorted and unique (at {0:?}): altered in transit; refusing it"
+    )]
+    Unsorted(String),
 }
 
 /// The signer's LSS identity for one server.
@@ -45,28 +51,43 @@ pub struct Credentials {
     /// The bearer token the broker presents for it.
     pub token: [u8; 32],
     secret: SharedSecret,
+    /// Which MACs the server makes for it.
+    pub scheme: MacScheme,
 }
 
 impl Credentials {
     /// From the persistence public key and the ECDH secret (as VLS derives
-    /// them).
+    /// them), with the reference's unframed MACs.
     pub fn new(client_id: [u8; 33], shared_secret: [u8; 32]) -> Self {
         let secret = SharedSecret::from_bytes(shared_secret);
         Credentials {
             client_id,
             token: secret.token().0,
             secret,
+            scheme: MacScheme::Unframed,
         }
+    }
+
+    /// The same credentials with `scheme` MACs.
+    pub fn with_scheme(mut self, scheme: MacScheme) -> Self {
+        self.scheme = scheme;
+        self
     }
 
     /// The MAC the signer puts with `muts`.
     pub fn client_mac(&self, muts: &Muts) -> Result<[u8; 32], LssError> {
-        Ok(shared_hmac(&self.secret, PUT_CLIENT_NONCE, &kvs(muts)?).0)
+        Ok(self
+            .scheme
+            .mac(&self.secret, PUT_CLIENT_NONCE, &kvs(muts)?)
+            .0)
     }
 
     /// The MAC the server returns for storing exactly `muts`.
     pub fn server_put_mac(&self, muts: &Muts) -> Result<[u8; 32], LssError> {
-        Ok(shared_hmac(&self.secret, PUT_SERVER_NONCE, &kvs(muts)?).0)
+        Ok(self
+            .scheme
+            .mac(&self.secret, PUT_SERVER_NONCE, &kvs(muts)?)
+            .0)
     }
 
     /// Checks the server's MAC over a read of `muts` with `nonce`.
@@ -76,11 +97,17 @@ impl Credentials {
         muts: &Muts,
         mac: Option<&[u8; 32]>,
     ) -> Result<(), LssError> {
-        let expected = shared_hmac(&self.secret, nonce, &kvs(muts)?);
-        match mac {
-            Some(mac) if expected.verify(mac) => Ok(()),
-            _ => Err(LssError::BadMac),
+        let expected = self.scheme.mac(&self.secret, nonce, &kvs(muts)?);
+        if !mac.is_some_and(|mac| expected.verify(mac)) {
+            return Err(LssError::BadMac);
         }
+        // A server returns keys in strictly increasing byte order. With
+        // unframed MACs a relay could re-split entries without changing the
+        // MAC; out of order or repeated keys are the visible trace of that.
+        if let Some(w) = muts.windows(2).find(|w| w[0].0 >= w[1].0) {
+            return Err(LssError::Unsorted(w[1].0.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -177,12 +204,39 @@ mod tests {
     }
 
     #[test]
+    fn a_read_must_be_sorted_and_unique_and_framed_macs_bind_entries() {
+        let nonce = [9; 32];
+        let secret = SharedSecret::from_bytes([7; 32]);
+        for scheme in [MacScheme::Unframed, MacScheme::Framed] {
+            let creds = Credentials::new([2; 33], [7; 32]).with_scheme(scheme);
+            for bad in [
+                m(&[("b", 0, b"x"), ("a", 0, b"y")]),
+                m(&[("a", 0, b"x"), ("a", 1, b"y")]),
+            ] {
+                let mac = scheme.mac(&secret, &nonce, &kvs(&bad).expect("kvs")).0;
+                assert!(
+                    matches!(
+                        creds.check_read(&nonce, &bad, Some(&mac)),
+                        Err(LssError::Unsorted(_))
+                    ),
+                    "{bad:?}"
+                );
+            }
+        }
+        // The same entries: the two schemes' MACs differ.
+        let muts = m(&[("a", 0, b"x")]);
+        let unframed = Credentials::new([2; 33], [7; 32]);
+        let framed = unframed.clone().with_scheme(MacScheme::Framed);
+        assert_ne!(unframed.server_put_mac(&muts), framed.server_put_mac(&muts));
+    }
+
+    #[test]
     fn macs_bind_exactly_what_was_stored_or_read() {
         let creds = Credentials::new([2; 33], [7; 32]);
         let muts = m(&[("a", 0, b"x")]);
         let nonce = [9; 32];
         let secret = SharedSecret::from_bytes([7; 32]);
-        let good = shared_hmac(&secret, &nonce, &kvs(&muts).expect("kvs")).0;
+        let good = lss_core::shared_hmac(&secret, &nonce, &kvs(&muts).expect("kvs")).0;
         creds
             .check_read(&nonce, &muts, Some(&good))
             .expect("good MAC");

@@ -64,6 +64,12 @@ enum Command {
         #[arg(long, env = "SIGNER_MQTT_MAX_PACKET_MIB", default_value_t = 64,
               value_parser = clap::value_parser!(u16).range(1..=1024))]
         mqtt_max_packet_mib: u16,
+        /// Accept an LSS server without framed MACs (the reference lssd).
+        /// Its MACs let the broker regroup a put's entries so that the server
+        /// stores something else than the signer sent, undetected; by
+        /// default the signer refuses such a server.
+        #[arg(long, env = "SIGNER_ALLOW_UNFRAMED_LSS_MACS")]
+        allow_unframed_lss_macs: bool,
     },
 }
 
@@ -118,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             no_lss,
             accept_sphinx_key_control,
             mqtt_max_packet_mib,
+            allow_unframed_lss_macs,
         } => {
             let credentials = match (mqtt_username, mqtt_password_file) {
                 (Some(user), Some(file)) => {
@@ -141,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 sphinx_key_control: accept_sphinx_key_control,
                 max_packet: usize::from(mqtt_max_packet_mib) << 20,
+                allow_unframed_macs: allow_unframed_lss_macs,
             };
             run::run(config, shutdown()).await?;
             tracing::info!("signer stopped");

@@ -45,6 +45,8 @@ pub struct Config {
     /// Largest MQTT packet either way, bytes; announced in `hello`. The whole
     /// LSS state arrives in one packet when the signer connects.
     pub max_packet: usize,
+    /// Accept an LSS server without framed MACs.
+    pub allow_unframed_macs: bool,
 }
 
 /// Why the signer cannot run.
@@ -121,7 +123,8 @@ pub async fn run(
         &config.data_dir.join("vls"),
         config.mode,
     )?
-    .accept_sphinx_key_control(config.sphinx_key_control);
+    .accept_sphinx_key_control(config.sphinx_key_control)
+    .allow_unframed_macs(config.allow_unframed_macs);
     tracing::info!(%cid, node_id = %node_id, network = %config.network, "signer ready");
 
     let mut options = MqttOptions::new(cid.clone(), host, port);

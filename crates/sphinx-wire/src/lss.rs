@@ -60,6 +60,11 @@ pub struct InitResponse {
     pub auth_token: [u8; 32],
     /// Nonce for the Get of step 2 (`None` when the signer already has state).
     pub nonce: Option<[u8; 32]>,
+    /// Lightkeeper signers: every LSS MAC of this signer is framed (the
+    /// `framed-mac-v1` extension). Encoded as a fourth field `framed_mac`
+    /// (bin, one byte 1) only when set, so a sphinx-key signer's bytes are
+    /// unchanged.
+    pub framed_mac: bool,
 }
 
 /// Mutations with the signer's MAC.
@@ -186,13 +191,17 @@ impl Response {
             Response::Init(i) => {
                 map(&mut out, 1);
                 string(&mut out, "Init");
-                map(&mut out, 3);
+                map(&mut out, if i.framed_mac { 4 } else { 3 });
                 string(&mut out, "client_id");
                 bin(&mut out, &i.client_id);
                 string(&mut out, "auth_token");
                 bin(&mut out, &i.auth_token);
                 string(&mut out, "nonce");
                 opt_bin(&mut out, i.nonce.as_ref().map(|n| n.as_slice()));
+                if i.framed_mac {
+                    string(&mut out, "framed_mac");
+                    bin(&mut out, &[1]);
+                }
             }
             Response::Created(m) | Response::VlsMuts(m) => {
                 map(&mut out, 1);
@@ -225,11 +234,17 @@ impl Response {
                 Response::PutConflictConfirmed
             }
             "Init" => {
-                let mut f = r.fields(&["client_id", "auth_token", "nonce"])?;
+                let mut f =
+                    r.fields_with(&["client_id", "auth_token", "nonce"], &["framed_mac"])?;
                 Response::Init(InitResponse {
                     client_id: f.fixed("client_id")?,
                     auth_token: f.fixed("auth_token")?,
                     nonce: f.opt_fixed("nonce")?,
+                    framed_mac: match f.take_opt("framed_mac") {
+                        None => false,
+                        Some(Value::Bin(b)) if b == [1] => true,
+                        Some(_) => return Err(malformed("framed_mac must be the byte 1")),
+                    },
                 })
             }
             "Created" | "VlsMuts" => {
@@ -378,9 +393,18 @@ impl<'a> Reader<'a> {
 
     /// A struct's fields, each exactly once, none unknown.
     fn fields(&mut self, names: &[&'static str]) -> Result<Fields, WireError> {
+        self.fields_with(names, &[])
+    }
+
+    /// Every one of `names`, and any of `optional`, each once.
+    fn fields_with(
+        &mut self,
+        names: &[&'static str],
+        optional: &[&'static str],
+    ) -> Result<Fields, WireError> {
         let marker = self.marker()?;
         let len = self.map_len_of(marker)?;
-        if len != names.len() {
+        if len < names.len() || len > names.len() + optional.len() {
             return Err(malformed(format!(
                 "expected {} fields, found {len}",
                 names.len()
@@ -389,7 +413,7 @@ impl<'a> Reader<'a> {
         let mut values = Vec::with_capacity(len);
         for _ in 0..len {
             let name = self.string()?;
-            let Some(&known) = names.iter().find(|n| **n == name) else {
+            let Some(&known) = names.iter().chain(optional).find(|n| **n == name) else {
                 return Err(malformed(format!("unknown field {name:?}")));
             };
             if values.iter().any(|(n, _)| *n == known) {
@@ -443,6 +467,11 @@ impl<'a> Reader<'a> {
 struct Fields(Vec<(&'static str, Value)>);
 
 impl Fields {
+    fn take_opt(&mut self, name: &str) -> Option<Value> {
+        let i = self.0.iter().position(|(n, _)| *n == name)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
     fn take(&mut self, name: &str) -> Result<Value, WireError> {
         let i = self
             .0
@@ -549,6 +578,7 @@ mod tests {
                     client_id: [3; 33],
                     auth_token: [0x55; 32],
                     nonce: None,
+                    framed_mac: false,
                 })
                 .encode(),
                 format!(
@@ -559,6 +589,26 @@ mod tests {
                     hex_str("auth_token"),
                     "55".repeat(32),
                     hex_str("nonce")
+                ),
+            ),
+            (
+                // Lightkeeper's extension: a fourth field, only when set.
+                Response::Init(InitResponse {
+                    client_id: [3; 33],
+                    auth_token: [0x55; 32],
+                    nonce: None,
+                    framed_mac: true,
+                })
+                .encode(),
+                format!(
+                    "81a4{}84a9{}c421{}aa{}c420{}a5{}c0aa{}c40101",
+                    hex_str("Init"),
+                    hex_str("client_id"),
+                    "03".repeat(33),
+                    hex_str("auth_token"),
+                    "55".repeat(32),
+                    hex_str("nonce"),
+                    hex_str("framed_mac")
                 ),
             ),
             (
