@@ -1141,7 +1141,12 @@ impl BrokerCore {
                 Err(e) => self.reply(p.id, Err(RequestError::Invalid(e.to_string()))),
             }
         }
-        let Some(cid) = self.current() else { return };
+        let Some(cid) = self.current() else {
+            if let Some(f) = self.in_flight.as_ref().filter(|f| f.sent_to.is_none()) {
+                tracing::debug!(seq = f.seq, "request queued until a signer is ready");
+            }
+            return;
+        };
         let resend = match &mut self.in_flight {
             Some(f) if f.sent_to.is_none() => {
                 f.sent_to = Some(cid.clone());

@@ -118,7 +118,13 @@ fn signed_control_messages_through_the_api_are_stored_in_lss_first() {
         "GET /api/errors HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
     )
     .expect("send");
-    std::thread::sleep(Duration::from_millis(300));
+    // Subscribed once the stream's headers arrive (one reader throughout).
+    events
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut lines = BufReader::new(events).lines();
+    let status = lines.next().expect("a status line").expect("read");
+    assert!(status.contains("200"), "{status}");
     let mut channel = broker
         .master
         .client(key(9).public_key(&Secp256k1::new()).serialize(), 5);
@@ -127,10 +133,6 @@ fn signed_control_messages_through_the_api_are_stored_in_lss_first() {
         secret: DisclosedSecret([7; 32]),
     });
     assert!(channel.recv().is_none());
-    events
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut lines = BufReader::new(events).lines();
     let data = loop {
         let line = lines.next().expect("an event").expect("read");
         if let Some(data) = line.strip_prefix("data: ") {

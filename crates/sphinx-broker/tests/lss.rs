@@ -156,7 +156,7 @@ fn lssd_down_during_requests_holds_the_reply_until_it_is_back() {
         peer_id: PubKey(peer()),
         dbid: 3,
     });
-    std::thread::sleep(Duration::from_millis(1500));
+    broker.proc.wait_log("LSS call failed; retrying");
     let _lss = lssd(dir.path(), port);
     let reply = broker.master.recv().expect("a reply once LSS is back");
     assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");

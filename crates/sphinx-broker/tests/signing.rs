@@ -80,7 +80,7 @@ fn the_signer_restarts_and_reconnects_without_losing_a_request() {
     broker.master.send(&msgs::Ecdh {
         point: PubKey(other.public_key(&Secp256k1::new()).serialize()),
     });
-    std::thread::sleep(Duration::from_millis(300));
+    broker.proc.wait_log("queued until a signer is ready");
     let _signer = home.start(&broker.url(), &[]);
     let Some(Message::EcdhReply(r)) = broker.master.recv() else {
         panic!("no ECDH reply after the signer came back");
@@ -137,7 +137,22 @@ fn signing_over_tls_to_the_embedded_broker() {
     // plaintext to the TLS port, never get to answer.
     let untrusting = home.start(&url, &["--mqtt-ca", &other_ca]);
     let plaintext = home.start(&broker.url(), &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    // Both have been turned away (each retries, each attempt is logged).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker
+        .proc
+        .log_text()
+        .matches("MQTT connection closed")
+        .count()
+        < 4
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            broker.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop((untrusting, plaintext));
     assert!(
         !broker.proc.log_text().contains("signer ready"),
