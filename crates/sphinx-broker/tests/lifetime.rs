@@ -87,3 +87,27 @@ fn a_signer_on_another_chain_ends_the_wait_with_both_chains_named() {
         "{log}"
     );
 }
+
+/// Point 10: a crash while an older version created `api-token`, `owner` or
+/// the seed left an empty file that blocked the next start with a baffling
+/// error. Files are now written whole or not at all (`durable-file`), and an
+/// empty one is named with what to do.
+#[test]
+fn an_empty_identity_file_is_named_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let owner = home.node_id().to_string();
+    for file in ["api-token", "owner"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("broker");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        std::fs::write(data.join(file), "").expect("empty file");
+        let mut broker = Broker::start(dir.path(), &["--owner", &owner]);
+        broker.proc.fails_with("is empty");
+        assert!(broker.proc.log_text().contains(file), "{file}");
+    }
+    // The signer's seed.
+    std::fs::write(home.dir.join("seed"), "").expect("empty seed");
+    let mut signer = home.start("mqtt://127.0.0.1:9", &[]);
+    signer.fails_with("is empty");
+}
