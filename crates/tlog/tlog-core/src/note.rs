@@ -138,8 +138,9 @@ impl VerifierKey {
 
     /// Parses `<name>+<hex id>+<base64>`, checking the key ID.
     pub fn parse(text: &str) -> Result<Self, NoteError> {
-        let mut parts = text.rsplitn(3, '+');
-        let (Some(b64), Some(hex_id), Some(name)) = (parts.next(), parts.next(), parts.next())
+        // Names hold no `+`; base64 may.
+        let mut parts = text.splitn(3, '+');
+        let (Some(name), Some(hex_id), Some(b64)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(NoteError::Key("not name+id+key"));
         };
@@ -251,8 +252,8 @@ impl SignerKey {
             .trim_end()
             .strip_prefix("PRIVATE+KEY+")
             .ok_or(NoteError::Key("not PRIVATE+KEY+…"))?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(b64), Some(hex_id), Some(name)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(hex_id), Some(b64)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(NoteError::Key("not name+id+key"));
         };

@@ -227,6 +227,9 @@ fn hostile_notes_are_refused() {
     for bad in [
         "log.example/lk-test+fa9526d5+AdBKsjJ0K7SrOhNovUYV5ObQIkq3GgFrr4UgozLJd4c3",
         "log.example/lk-test+FA9526D4+AdBKsjJ0K7SrOhNovUYV5ObQIkq3GgFrr4UgozLJd4c3x",
+        "log.example/lk-test+fa9526d4+AdBKsjJ0K7SrOhNovUYV5ObQIkq3GgFrr4UgozLJd4c3+",
+        "log.example/lk-test+fa9526d4+",
+        "log.example/lk-test+fa9526d+4AdBKsjJ0K7SrOhNovUYV5ObQIkq3GgFrr4UgozLJd4c3",
         "lk test+fa9526d4+AdBKsjJ0K7SrOhNovUYV5ObQIkq3GgFrr4UgozLJd4c3",
         "+fa9526d4+AdBKsjJ0K7SrOhNovUYV5ObQIkq3GgFrr4UgozLJd4c3",
         "nonsense",
