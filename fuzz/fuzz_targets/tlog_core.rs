@@ -1,13 +1,13 @@
 //! Every tlog-core decoder on arbitrary bytes: signed notes, checkpoint
-//! bodies, verifier and private keys, tile paths, and proof verification
-//! with arbitrary hashes. No panic; what parses re-serialises to the same
+//! bodies, verifier and private keys, tile paths, policies, evidence, view
+//! state, and proof verification with arbitrary hashes. No panic; what parses re-serialises to the same
 //! bytes (notes, checkpoints, tile paths, keys).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tlog_core::merkle;
-use tlog_core::note::{Note, SignerKey, VerifierKey};
-use tlog_core::{Checkpoint, TileId};
+use tlog_core::note::{KeyType, Note, SignerKey, VerifierKey};
+use tlog_core::{Checkpoint, Evidence, LogView, Policy, TileId};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(note) = Note::parse(data) {
@@ -22,9 +22,20 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(key.to_string(), text);
         }
         let _ = SignerKey::parse(text);
+        if let Ok(policy) = Policy::parse(text) {
+            let _ = policy.verify(data, 1_800_000_000);
+        }
         if let Some(tile) = TileId::parse(text) {
             assert_eq!(tile.path(), text);
         }
+    }
+    // Evidence and saved view state under a fixed key.
+    let key = SignerKey::from_seed("log.example/fuzz", KeyType::Ed25519, &[7; 32])
+        .expect("key")
+        .verifier();
+    let _ = Evidence::verify(data, std::slice::from_ref(&key));
+    if let Ok(view) = LogView::restore(Policy::single(key), "log.example/fuzz", data) {
+        assert_eq!(view.to_bytes(), data);
     }
     // Proof verification with hashes taken from the input.
     if data.len() >= 16 + 64 {

@@ -7,7 +7,11 @@
 //! - [`note`]: C2SP signed notes, keys, verifier keys;
 //! - [`checkpoint`]: checkpoint bodies and origins;
 //! - [`cosignature`]: tlog-cosignature v1 messages;
-//! - [`tile`]: tlog-tiles paths and which tiles exist at a size.
+//! - [`tile`]: tlog-tiles paths and which tiles exist at a size;
+//! - [`policy`]: tlog-policy files, k-of-n witness quorums, freshness;
+//! - [`view`]: a client's verified, persisted view of one log (§8.2);
+//! - [`evidence`]: LKEV equivocation evidence (§7.8);
+//! - [`wire`]: the binary field encodings (§7.4).
 //!
 //! Why written here rather than taken from `signed_note`/`tlog_tiles`: the
 //! spec pins stricter rules than they apply (a failing configured signature
@@ -17,14 +21,21 @@
 
 pub mod checkpoint;
 pub mod cosignature;
+pub mod evidence;
 pub mod merkle;
 pub mod note;
+pub mod policy;
 pub mod tile;
+pub mod view;
+pub mod wire;
 
 pub use checkpoint::{log_id, Checkpoint, CheckpointError};
+pub use evidence::{Evidence, EvidenceError};
 pub use merkle::{
     consistency_proof, inclusion_proof, leaf_hash, node_hash, verify_consistency, verify_inclusion,
     CompactRange, Hash, MemoryTree, NodeSource, ProofError, EMPTY_ROOT,
 };
 pub use note::{KeyType, Note, NoteError, SignatureLine, SignerKey, VerifierKey};
+pub use policy::{Policy, PolicyError, Verified, VerifyError};
 pub use tile::TileId;
+pub use view::{LogView, Offer, ViewError};

@@ -189,7 +189,10 @@ impl VerifierKey {
 
     /// Whether `line` is this key's and its signature verifies over `text`
     /// (for a cosignature key, over the cosigned message of `text`).
-    fn verifies(&self, text: &str, line: &SignatureLine) -> bool {
+    pub fn verify_line(&self, text: &str, line: &SignatureLine) -> bool {
+        if line.name != self.name || line.id != self.id {
+            return false;
+        }
         if line.signature.len() != self.ty.signature_len() {
             return false;
         }
@@ -457,7 +460,7 @@ impl Note {
             if kept.iter().any(|k| k.name == line.name && k.id == line.id) {
                 return Err(NoteError::Repeated(line.name.clone()));
             }
-            if !key.verifies(&self.text, line) {
+            if !key.verify_line(&self.text, line) {
                 return Err(NoteError::BadSignature(line.name.clone()));
             }
             kept.push(line.clone());

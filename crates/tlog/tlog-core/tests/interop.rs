@@ -83,9 +83,7 @@ impl Tiles {
             for (n, width) in widths {
                 let mut bytes = Vec::new();
                 for i in 0..u64::from(width) {
-                    let node = tree
-                        .node(8 * level, n * 256 + i)
-                        .expect("infallible");
+                    let node = tree.node(8 * level, n * 256 + i).expect("infallible");
                     bytes.extend_from_slice(&node);
                 }
                 let id = TileId {
@@ -142,7 +140,11 @@ fn tlog_tiles_reads_our_tiles_and_proofs_cross_verify() {
         let tiles = Tiles::of(&tree);
         let root = tlog::Hash(tree.root());
         let reader = TileHashReader::new(size, root, &tiles);
-        assert_eq!(tlog::tree_hash(size, &reader).expect("their tree_hash"), root, "size {size}");
+        assert_eq!(
+            tlog::tree_hash(size, &reader).expect("their tree_hash"),
+            root,
+            "size {size}"
+        );
         for index in [0, size / 3, size - 1] {
             let theirs = tlog::prove_record(size, index, &reader).expect("their proof");
             let ours = merkle::inclusion_proof(&tree, index, size)
@@ -160,7 +162,11 @@ fn tlog_tiles_reads_our_tiles_and_proofs_cross_verify() {
             let ours = merkle::consistency_proof(&tree, old, size)
                 .expect("infallible")
                 .expect("ok");
-            assert_eq!(theirs.iter().map(|h| h.0).collect::<Vec<_>>(), ours, "{old} → {size}");
+            assert_eq!(
+                theirs.iter().map(|h| h.0).collect::<Vec<_>>(),
+                ours,
+                "{old} → {size}"
+            );
             let old_root = tree.root_at(old);
             tlog::check_tree(&theirs, size, root, old, tlog::Hash(old_root)).expect("their check");
             merkle::verify_consistency(old, size, &old_root, &tree.root(), &ours).expect("ours");
