@@ -1,15 +1,24 @@
 //! Every tlog-core decoder on arbitrary bytes: signed notes, checkpoint
 //! bodies, verifier and private keys, tile paths, policies, evidence, view
-//! state, and proof verification with arbitrary hashes. No panic; what parses re-serialises to the same
+//! state, LKTL/1 frames and identification lines, and proof verification
+//! with arbitrary hashes. No panic; what parses re-serialises to the same
 //! bytes (notes, checkpoints, tile paths, keys).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tlog_core::merkle;
 use tlog_core::note::{KeyType, Note, SignerKey, VerifierKey};
+use tlog_core::sync::{Frame, Ident};
 use tlog_core::{Checkpoint, Evidence, LogView, Policy, TileId};
 
 fuzz_target!(|data: &[u8]| {
+    // LKTL/1: frames re-encode to the bytes they came from.
+    if let Ok(Some((frame, used))) = Frame::decode(data, 1 << 20) {
+        if !matches!(frame.message, tlog_core::sync::Message::Unknown(_)) {
+            assert_eq!(frame.encode(), &data[..used]);
+        }
+    }
+    let _ = Ident::parse(data);
     if let Ok(note) = Note::parse(data) {
         let again = note.to_bytes();
         assert_eq!(Note::parse(&again).map(|n| n.to_bytes()), Ok(again));

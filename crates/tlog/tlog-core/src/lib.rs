@@ -11,6 +11,7 @@
 //! - [`policy`]: tlog-policy files, k-of-n witness quorums, freshness;
 //! - [`view`]: a client's verified, persisted view of one log (§8.2);
 //! - [`evidence`]: LKEV equivocation evidence (§7.8);
+//! - [`sync`]: LKTL/1 identification lines, frames and messages (§7.2–§7.5);
 //! - [`wire`]: the binary field encodings (§7.4).
 //!
 //! Why written here rather than taken from `signed_note`/`tlog_tiles`: the
@@ -25,6 +26,7 @@ pub mod evidence;
 pub mod merkle;
 pub mod note;
 pub mod policy;
+pub mod sync;
 pub mod tile;
 pub mod view;
 pub mod wire;
