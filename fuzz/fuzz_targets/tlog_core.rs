@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = Ident::parse(data);
+    if let Ok(request) = tlog_core::witness::AddCheckpoint::parse(data) {
+        let _ = request.decide(|_| None, None);
+    }
     if let Ok(note) = Note::parse(data) {
         let again = note.to_bytes();
         assert_eq!(Note::parse(&again).map(|n| n.to_bytes()), Ok(again));

@@ -11,6 +11,7 @@
 //! - [`policy`]: tlog-policy files, k-of-n witness quorums, freshness;
 //! - [`view`]: a client's verified, persisted view of one log (§8.2);
 //! - [`evidence`]: LKEV equivocation evidence (§7.8);
+//! - [`witness`]: the witness's add-checkpoint decisions (§5.1);
 //! - [`sync`]: LKTL/1 identification lines, frames and messages (§7.2–§7.5);
 //! - [`wire`]: the binary field encodings (§7.4).
 //!
@@ -30,6 +31,7 @@ pub mod sync;
 pub mod tile;
 pub mod view;
 pub mod wire;
+pub mod witness;
 
 pub use checkpoint::{log_id, Checkpoint, CheckpointError};
 pub use evidence::{Evidence, EvidenceError};

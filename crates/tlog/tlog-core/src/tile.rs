@@ -131,3 +131,100 @@ pub fn exists(tile: &TileId, size: u64) -> bool {
         tile.index < full || (tile.index == full && tile.width <= partial)
     }
 }
+
+/// A hash tile to write: `hashes.len()` is its width (1..=256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TileUpdate {
+    /// Tile level.
+    pub level: u8,
+    /// Tile index.
+    pub index: u64,
+    /// Its hashes, from the first.
+    pub hashes: Vec<crate::merkle::Hash>,
+}
+
+/// Why a batch cannot be integrated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntegrateError {
+    /// The right-edge tiles given do not match the range's size.
+    #[error("right-edge tile at level {level} has {got} hashes, the size needs {want}")]
+    Edge {
+        /// Tile level.
+        level: u8,
+        /// Hashes needed.
+        want: u16,
+        /// Hashes given.
+        got: usize,
+    },
+    /// The log would pass 2^63 − 1 entries.
+    #[error("the log is full")]
+    Full,
+}
+
+/// Appends `leaves` to the tree whose compact range is `range` (tlog.md
+/// §6.2): returns the new range and every hash tile the batch changed,
+/// whole. `edge[L]` must hold the current partial tile of level `L` (empty
+/// when the width there is 0), as the store has it; levels beyond `edge`
+/// are taken as empty. Stores call this inside their append transaction.
+pub fn integrate(
+    range: &crate::merkle::CompactRange,
+    edge: &[Vec<crate::merkle::Hash>],
+    leaves: &[crate::merkle::Hash],
+) -> Result<(crate::merkle::CompactRange, Vec<TileUpdate>), IntegrateError> {
+    let size = range.size();
+    if size.saturating_add(leaves.len() as u64) > crate::merkle::MAX_SIZE {
+        return Err(IntegrateError::Full);
+    }
+    // The partial tiles being extended, by level.
+    let mut open: Vec<(u64, Vec<crate::merkle::Hash>)> = Vec::new();
+    for level in 0..8u8 {
+        let (full, width) = tiles_at(size, level);
+        let given = edge
+            .get(usize::from(level))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if given.len() != usize::from(width) {
+            return Err(IntegrateError::Edge {
+                level,
+                want: width,
+                got: given.len(),
+            });
+        }
+        open.push((full, given.to_vec()));
+    }
+    let mut touched = std::collections::BTreeSet::new();
+    let mut done: Vec<TileUpdate> = Vec::new();
+    let mut range = range.clone();
+    for leaf in leaves {
+        for (level, index, hash) in range.push(*leaf) {
+            if level % 8 != 0 || level / 8 >= 8 {
+                continue;
+            }
+            let l = usize::from(level / 8);
+            let (tile, hashes) = &mut open[l];
+            debug_assert_eq!(index, *tile * WIDTH + hashes.len() as u64);
+            hashes.push(hash);
+            touched.insert(l);
+            if hashes.len() as u64 == WIDTH {
+                done.push(TileUpdate {
+                    level: l as u8,
+                    index: *tile,
+                    hashes: std::mem::take(hashes),
+                });
+                *tile += 1;
+                touched.remove(&l);
+            }
+        }
+    }
+    for l in touched {
+        let (tile, hashes) = &open[l];
+        if !hashes.is_empty() {
+            done.push(TileUpdate {
+                level: l as u8,
+                index: *tile,
+                hashes: hashes.clone(),
+            });
+        }
+    }
+    Ok((range, done))
+}
