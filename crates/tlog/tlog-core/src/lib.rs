@@ -10,6 +10,7 @@
 //! - [`tile`]: tlog-tiles paths and which tiles exist at a size;
 //! - [`policy`]: tlog-policy files, k-of-n witness quorums, freshness;
 //! - [`view`]: a client's verified, persisted view of one log (§8.2);
+//! - [`entry_sync`]: incremental, chunked, verified entry download (§8.3);
 //! - [`evidence`]: LKEV equivocation evidence (§7.8);
 //! - [`witness`]: the witness's add-checkpoint decisions (§5.1);
 //! - [`sync`]: LKTL/1 identification lines, frames and messages (§7.2–§7.5);
@@ -23,6 +24,7 @@
 
 pub mod checkpoint;
 pub mod cosignature;
+pub mod entry_sync;
 pub mod evidence;
 pub mod merkle;
 pub mod note;
