@@ -1,0 +1,409 @@
+//! The [`LogStore`] contract as tests, for any backend:
+//! `tlog_conformance_tests!(module, async_constructor)` expands to one
+//! `#[tokio::test]` per case. The constructor gets a fresh temporary
+//! directory (kept alive by the test) and returns a store in it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tlog_core::merkle::{self, MemoryTree, NodeSource};
+use tlog_core::note::{KeyType, Note, SignerKey};
+use tlog_core::tile;
+use tlog_core::Checkpoint;
+
+use crate::{LogOptions, LogStore, PutCheckpoint, Status, StoreError};
+
+const ORIGIN: &str = "log.example/conformance";
+
+fn entry(i: u64) -> Vec<u8> {
+    format!("entry {i}").into_bytes()
+}
+
+fn note(tree: &MemoryTree, origin: &str, seed: u8, witness_time: Option<u64>) -> Vec<u8> {
+    let key = SignerKey::from_seed(origin, KeyType::Ed25519, &[seed; 32]).expect("key");
+    let mut note =
+        Note::new(&Checkpoint::new(origin, tree.size(), tree.root()).to_text()).expect("text");
+    note.add(key.sign(note.text(), 0));
+    if let Some(time) = witness_time {
+        let w = SignerKey::from_seed("w.example", KeyType::Cosignature, &[9; 32]).expect("key");
+        note.add(w.sign(note.text(), time));
+    }
+    note.to_bytes()
+}
+
+/// Concurrent appends get contiguous indices, in batch order, with their
+/// exact bytes; tiles and root equal an in-memory tree's.
+pub async fn appends_are_atomic_contiguous_and_exact<S: LogStore>(store: S) {
+    let store = Arc::new(store);
+    let log = store
+        .create_log(ORIGIN, LogOptions::default())
+        .await
+        .expect("create");
+    assert_eq!(
+        store.create_log(ORIGIN, LogOptions::default()).await,
+        Ok(log),
+        "idempotent"
+    );
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for b in 0..20u64 {
+                let batch: Vec<Vec<u8>> = (0..5).map(|i| entry(t * 1000 + b * 10 + i)).collect();
+                let appended = store.append(log, batch.clone()).await.expect("append");
+                let first = appended[0].index;
+                assert!(appended
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| a.index == first + i as u64 && !a.duplicate));
+                got.push((first, batch));
+            }
+            got
+        }));
+    }
+    let mut by_index = std::collections::BTreeMap::new();
+    for task in tasks {
+        for (first, batch) in task.await.expect("task") {
+            for (i, e) in batch.into_iter().enumerate() {
+                assert!(
+                    by_index.insert(first + i as u64, e).is_none(),
+                    "index given twice"
+                );
+            }
+        }
+    }
+    let state = store.state(log).await.expect("state");
+    assert_eq!(state.size, 1600);
+    assert_eq!(by_index.len(), 1600);
+    let mut tree = MemoryTree::new();
+    for (i, (index, e)) in by_index.iter().enumerate() {
+        assert_eq!(*index, i as u64, "contiguous");
+        tree.push(e);
+    }
+    assert_eq!(state.root, tree.root());
+    let stored = store.entries(log, 1000, 1600).await.expect("entries");
+    assert_eq!(stored.len(), 600);
+    assert!(stored
+        .iter()
+        .zip(1000u64..)
+        .all(|(e, i)| by_index[&i] == *e));
+    assert!(store
+        .entries(log, 1600, 2000)
+        .await
+        .expect("entries")
+        .is_empty());
+    assert_eq!(
+        store.entries(log, 0, 5000).await.expect("entries").len(),
+        1024,
+        "capped"
+    );
+    for level in 0..2u8 {
+        let (full, width) = tile::tiles_at(1600, level);
+        for n in 0..=full {
+            let want_width = if n < full { 256 } else { u64::from(width) };
+            let got = store.tile(log, level, n).await.expect("tile");
+            if want_width == 0 {
+                assert_eq!(got, None);
+                continue;
+            }
+            let want: Vec<_> = (0..want_width)
+                .map(|i| tree.node(8 * level, n * 256 + i).expect("node"))
+                .collect();
+            assert_eq!(got, Some(want), "tile {level}/{n}");
+        }
+    }
+    // Too large entries: nothing appended.
+    assert!(matches!(
+        store.append(log, vec![entry(1), vec![0; 65_536]]).await,
+        Err(StoreError::TooLarge(_))
+    ));
+    assert_eq!(store.state(log).await.expect("state").size, 1600);
+    assert_eq!(
+        store.append([7; 32], vec![entry(1)]).await,
+        Err(StoreError::UnknownLog)
+    );
+}
+
+/// With dedup, an entry present (or earlier in the batch) gets its index.
+pub async fn dedup_within_and_across_batches<S: LogStore>(store: S) {
+    let options = LogOptions {
+        dedup: true,
+        index_leaves: false,
+    };
+    let log = store.create_log(ORIGIN, options).await.expect("create");
+    let first = store
+        .append(log, vec![entry(1), entry(2), entry(1)])
+        .await
+        .expect("append");
+    assert_eq!(
+        first
+            .iter()
+            .map(|a| (a.index, a.duplicate))
+            .collect::<Vec<_>>(),
+        [(0, false), (1, false), (0, true)]
+    );
+    let second = store
+        .append(log, vec![entry(2), entry(3)])
+        .await
+        .expect("append");
+    assert_eq!(
+        second
+            .iter()
+            .map(|a| (a.index, a.duplicate))
+            .collect::<Vec<_>>(),
+        [(1, true), (2, false)]
+    );
+    assert_eq!(store.state(log).await.expect("state").size, 3);
+    assert_eq!(
+        store.leaf_index(log, merkle::leaf_hash(&entry(3))).await,
+        Ok(Some(2))
+    );
+    // Without dedup, repeats are new entries.
+    let plain = store
+        .create_log("log.example/plain", LogOptions::default())
+        .await
+        .expect("create");
+    let again = store
+        .append(plain, vec![entry(1), entry(1)])
+        .await
+        .expect("append");
+    assert_eq!(again[1].index, 1);
+}
+
+/// Checkpoints: stored iff of the stored tree, never rolled back, merged
+/// for the same tree, a conflict for another root, history kept.
+pub async fn checkpoint_rules<S: LogStore>(store: S) {
+    let log = store
+        .create_log(ORIGIN, LogOptions::default())
+        .await
+        .expect("create");
+    let mut tree = MemoryTree::new();
+    let batch: Vec<Vec<u8>> = (0..300).map(entry).collect();
+    for e in &batch {
+        tree.push(e);
+    }
+    store.append(log, batch).await.expect("append");
+    let mut t100 = MemoryTree::new();
+    for i in 0..100 {
+        t100.push(&entry(i));
+    }
+    assert_eq!(
+        store
+            .put_checkpoint(log, 100, t100.root(), note(&t100, ORIGIN, 1, None))
+            .await,
+        Ok(PutCheckpoint::Stored)
+    );
+    assert_eq!(
+        store
+            .put_checkpoint(log, 300, tree.root(), note(&tree, ORIGIN, 1, None))
+            .await,
+        Ok(PutCheckpoint::Stored)
+    );
+    // The same tree with a cosignature: merged.
+    assert_eq!(
+        store
+            .put_checkpoint(
+                log,
+                300,
+                tree.root(),
+                note(&tree, ORIGIN, 1, Some(1_800_000_000))
+            )
+            .await,
+        Ok(PutCheckpoint::Merged)
+    );
+    let latest = store
+        .checkpoint(log, None)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(Note::parse(&latest).expect("note").signatures().len(), 2);
+    assert!(store
+        .checkpoint(log, Some(100))
+        .await
+        .expect("read")
+        .is_some());
+    // Older: not stored again as the latest.
+    assert_eq!(
+        store
+            .put_checkpoint(log, 100, t100.root(), note(&t100, ORIGIN, 1, None))
+            .await,
+        Ok(PutCheckpoint::Older { latest: 300 })
+    );
+    // Another root at a stored size, or a size beyond the tree: conflicts.
+    let mut other = MemoryTree::new();
+    for i in 0..300 {
+        other.push(&entry(i + 1));
+    }
+    assert_eq!(
+        store
+            .put_checkpoint(log, 300, other.root(), note(&other, ORIGIN, 1, None))
+            .await,
+        Err(StoreError::CheckpointConflict)
+    );
+    let mut bigger = tree.clone();
+    bigger.push(b"x");
+    assert_eq!(
+        store
+            .put_checkpoint(log, 301, bigger.root(), note(&bigger, ORIGIN, 1, None))
+            .await,
+        Err(StoreError::CheckpointConflict)
+    );
+    // A note that is not the claimed checkpoint.
+    assert!(matches!(
+        store
+            .put_checkpoint(log, 300, tree.root(), note(&t100, ORIGIN, 1, None))
+            .await,
+        Err(StoreError::BadNote(_))
+    ));
+    assert_eq!(store.state(log).await.expect("state").checkpoint_size, 300);
+}
+
+/// The witness record is a compare-and-set: of two writers with the same
+/// expectation exactly one wins.
+pub async fn witness_cas_has_one_winner<S: LogStore>(store: S) {
+    let store = Arc::new(store);
+    let log = store
+        .create_log(ORIGIN, LogOptions::default())
+        .await
+        .expect("create");
+    assert_eq!(store.witnessed(log).await, Ok(None));
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .witness_cas(log, 0, 10 + i, [i as u8; 32], b"note".to_vec())
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(()) => wins += 1,
+            Err(StoreError::Mismatch { size }) => assert!((10..18).contains(&size)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    let (size, root, note) = store.witnessed(log).await.expect("read").expect("record");
+    assert_eq!(root, [(size - 10) as u8; 32]);
+    assert_eq!(note, b"note");
+    assert_eq!(
+        store.witness_cas(log, 3, 20, [0; 32], vec![]).await,
+        Err(StoreError::Mismatch { size })
+    );
+}
+
+/// Evidence is kept once; status changes stick and stop appends.
+pub async fn evidence_and_status<S: LogStore>(store: S) {
+    let log = store
+        .create_log(ORIGIN, LogOptions::default())
+        .await
+        .expect("create");
+    store
+        .put_evidence(log, 1, b"evidence one".to_vec())
+        .await
+        .expect("put");
+    store
+        .put_evidence(log, 2, b"evidence one".to_vec())
+        .await
+        .expect("again");
+    store
+        .put_evidence(log, 3, b"evidence two".to_vec())
+        .await
+        .expect("put");
+    let mut held = store.evidence(log).await.expect("read");
+    held.sort();
+    assert_eq!(held, [b"evidence one".to_vec(), b"evidence two".to_vec()]);
+    store
+        .set_status(log, Status::Equivocated)
+        .await
+        .expect("status");
+    assert_eq!(
+        store.state(log).await.expect("state").status,
+        Status::Equivocated
+    );
+    assert_eq!(
+        store.append(log, vec![entry(1)]).await,
+        Err(StoreError::NotActive(Status::Equivocated))
+    );
+}
+
+/// Everything survives a reopen, and the reopened store goes on.
+pub async fn state_survives_reopen<S: LogStore, F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let mut tree = MemoryTree::new();
+    {
+        let store = open().await;
+        let log = store
+            .create_log(ORIGIN, LogOptions::default())
+            .await
+            .expect("create");
+        let batch: Vec<Vec<u8>> = (0..700).map(entry).collect();
+        for e in &batch {
+            tree.push(e);
+        }
+        store.append(log, batch).await.expect("append");
+        store
+            .put_checkpoint(log, 700, tree.root(), note(&tree, ORIGIN, 1, None))
+            .await
+            .expect("checkpoint");
+    }
+    let store = open().await;
+    let log = tlog_core::log_id(ORIGIN);
+    let state = store.state(log).await.expect("state");
+    assert_eq!(
+        (state.size, state.root, state.checkpoint_size),
+        (700, tree.root(), 700)
+    );
+    store
+        .append(log, vec![entry(700)])
+        .await
+        .expect("append after reopen");
+    tree.push(&entry(700));
+    assert_eq!(store.state(log).await.expect("state").root, tree.root());
+}
+
+/// Expands to the suite for a backend: `$open` is an async fn taking the
+/// test's directory path and returning the store.
+#[macro_export]
+macro_rules! tlog_conformance_tests {
+    ($open:path) => {
+        #[tokio::test]
+        async fn appends_are_atomic_contiguous_and_exact() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            $crate::conformance::appends_are_atomic_contiguous_and_exact($open(dir.path()).await)
+                .await;
+        }
+        #[tokio::test]
+        async fn dedup_within_and_across_batches() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            $crate::conformance::dedup_within_and_across_batches($open(dir.path()).await).await;
+        }
+        #[tokio::test]
+        async fn checkpoint_rules() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            $crate::conformance::checkpoint_rules($open(dir.path()).await).await;
+        }
+        #[tokio::test]
+        async fn witness_cas_has_one_winner() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            $crate::conformance::witness_cas_has_one_winner($open(dir.path()).await).await;
+        }
+        #[tokio::test]
+        async fn evidence_and_status() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            $crate::conformance::evidence_and_status($open(dir.path()).await).await;
+        }
+        #[tokio::test]
+        async fn state_survives_reopen() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().to_path_buf();
+            $crate::conformance::state_survives_reopen(|| $open(&path)).await;
+        }
+    };
+}
