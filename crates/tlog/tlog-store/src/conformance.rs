@@ -113,6 +113,41 @@ pub async fn appends_are_atomic_contiguous_and_exact<S: LogStore>(store: S) {
             assert_eq!(got, Some(want), "tile {level}/{n}");
         }
     }
+    // Proofs from stored tiles equal the in-memory tree's.
+    for (index, size) in [
+        (0u64, 1600u64),
+        (777, 1600),
+        (255, 256),
+        (1599, 1600),
+        (5, 1000),
+    ] {
+        let want = merkle::inclusion_proof(&tree, index, size)
+            .expect("ok")
+            .expect("ok");
+        assert_eq!(
+            store.inclusion_proof(log, index, size).await,
+            Ok(want),
+            "{index}/{size}"
+        );
+    }
+    for (old, new) in [(1u64, 1600u64), (256, 1600), (1000, 1537), (1600, 1600)] {
+        let want = merkle::consistency_proof(&tree, old, new)
+            .expect("ok")
+            .expect("ok");
+        assert_eq!(
+            store.consistency_proof(log, old, new).await,
+            Ok(want),
+            "{old}→{new}"
+        );
+    }
+    assert!(matches!(
+        store.inclusion_proof(log, 0, 1601).await,
+        Err(StoreError::OutOfRange(_))
+    ));
+    assert!(matches!(
+        store.inclusion_proof(log, 1600, 1600).await,
+        Err(StoreError::OutOfRange(_))
+    ));
     // Too large entries: nothing appended.
     assert!(matches!(
         store.append(log, vec![entry(1), vec![0; 65_536]]).await,

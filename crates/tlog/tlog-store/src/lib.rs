@@ -141,6 +141,9 @@ pub enum StoreError {
     /// The note does not parse.
     #[error("bad note: {0}")]
     BadNote(String),
+    /// A proof asked for sizes or indices the log does not have.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
 }
 
 /// The storage contract (tlog.md §6.5); [`conformance`] tests this text.
@@ -246,6 +249,23 @@ pub trait LogStore: Send + Sync + 'static {
     /// Every evidence blob held for the log.
     fn evidence(&self, log: LogId)
         -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
+
+    /// PATH(`index`, size `size`) from stored tiles (`size` ≤ the log's).
+    fn inclusion_proof(
+        &self,
+        log: LogId,
+        index: u64,
+        size: u64,
+    ) -> impl Future<Output = Result<Vec<Hash>, StoreError>> + Send;
+
+    /// PROOF(`old`, size `new`) from stored tiles (`old` ≤ `new` ≤ the
+    /// log's size).
+    fn consistency_proof(
+        &self,
+        log: LogId,
+        old: u64,
+        new: u64,
+    ) -> impl Future<Output = Result<Vec<Hash>, StoreError>> + Send;
 
     /// Sets the log's status.
     fn set_status(

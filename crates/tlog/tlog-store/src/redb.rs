@@ -879,6 +879,48 @@ impl LogStore for RedbLogStore {
         .await
     }
 
+    async fn inclusion_proof(
+        &self,
+        log: LogId,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self.read(move |txn| {
+            let state = read_log(&txn.open_table(LOGS).map_err(unavailable)?, &log)?;
+            if size > state.size {
+                return Err(StoreError::OutOfRange(format!(
+                    "size {size} > {}",
+                    state.size
+                )));
+            }
+            let tiles = txn.open_table(TILES).map_err(unavailable)?;
+            merkle::inclusion_proof(&Nodes { tiles: &tiles, log }, index, size)?
+                .map_err(|e| StoreError::OutOfRange(e.to_string()))
+        })
+        .await
+    }
+
+    async fn consistency_proof(
+        &self,
+        log: LogId,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self.read(move |txn| {
+            let state = read_log(&txn.open_table(LOGS).map_err(unavailable)?, &log)?;
+            if new > state.size {
+                return Err(StoreError::OutOfRange(format!(
+                    "size {new} > {}",
+                    state.size
+                )));
+            }
+            let tiles = txn.open_table(TILES).map_err(unavailable)?;
+            merkle::consistency_proof(&Nodes { tiles: &tiles, log }, old, new)?
+                .map_err(|e| StoreError::OutOfRange(e.to_string()))
+        })
+        .await
+    }
+
     async fn set_status(&self, log: LogId, status: Status) -> Result<(), StoreError> {
         self.submit(|tx| Job::Status(log, status, tx)).await
     }
