@@ -308,6 +308,26 @@ pub mod process {
 
     const LISTENING: &str = "lssd listening on ";
 
+    /// The binary `name` of a workspace package, next to the running test's
+    /// target directory (`cargo test --workspace` builds them all; a
+    /// narrower run builds the one needed).
+    pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+        let exe = std::env::current_exe().expect("test exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let path = dir.join(name);
+        if !path.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut command = Command::new(cargo);
+            command.args(["build", "-p", name, "--bin", name]);
+            if dir.ends_with("release") {
+                command.arg("--release");
+            }
+            let status = command.status().expect("cargo build");
+            assert!(status.success(), "building {name} failed");
+        }
+        path
+    }
+
     /// A running `lssd` process. Killed (SIGKILL) when dropped.
     pub struct LssdProcess {
         child: Child,

@@ -98,7 +98,7 @@ impl Checkpoint {
 }
 
 /// Canonical decimal: digits, no leading zero but `0` itself, ≤ u64.
-pub(crate) fn parse_decimal(text: &str) -> Option<u64> {
+pub fn parse_decimal(text: &str) -> Option<u64> {
     if text.is_empty()
         || !text.bytes().all(|b| b.is_ascii_digit())
         || (text.len() > 1 && text.starts_with('0'))

@@ -90,12 +90,14 @@ pub fn key_id(name: &str, ty: KeyType, public: &[u8; 32]) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// Canonical base64 (standard alphabet, padding, zero trailing bits).
-pub(crate) fn b64decode(text: &str) -> Option<Vec<u8>> {
+/// Canonical base64 (standard alphabet, padding, zero trailing bits);
+/// `None` for anything else.
+pub fn b64decode(text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(text).ok()
 }
 
-pub(crate) fn b64encode(bytes: &[u8]) -> String {
+/// Standard base64 with padding.
+pub fn b64encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 

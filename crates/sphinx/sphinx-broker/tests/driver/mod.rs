@@ -36,23 +36,8 @@ pub fn lssd_binary() -> PathBuf {
     workspace_binary("lssd")
 }
 
-/// A binary of another workspace package (`cargo test --workspace` builds
-/// them all; a narrower run builds the one needed).
 fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command.args(["build", "-p", name, "--bin", name]);
-        if dir.ends_with("release") {
-            command.arg("--release");
-        }
-        let status = command.status().expect("cargo build");
-        assert!(status.success(), "building {name} failed");
-    }
-    path
+    lk_testkit::process::workspace_binary(name)
 }
 
 /// A child process that is killed when dropped, with its stderr in a file.

@@ -1,0 +1,399 @@
+//! A newcomer's path, with real processes: start `tlogd`, append with
+//! `tlog-cli`, verify with `tlog-cli` and with code nobody here wrote
+//! (`signed_note` verifies the checkpoint from the printed vkey,
+//! `tlog_tiles` computes the root from the served tiles); the HTTP rules of
+//! tlog.md §4; and a log that forks its history under the same key, caught
+//! by `tlog-cli sync` with evidence that `verify-evidence` accepts.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lk_testkit::process::workspace_binary;
+use tlog_tiles::tile::{Tile, TileHashReader, TileReader};
+use tlog_tiles::tlog;
+
+struct Tlogd {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Drop for Tlogd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn start(dir: &Path) -> Tlogd {
+    let port = free_port();
+    let mut child = Command::new(workspace_binary("tlogd"))
+        .args(["--data-dir", dir.to_str().expect("utf8")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--checkpoint-interval-ms", "100"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tlogd");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "tlogd did not start");
+        let line = lines.next().expect("tlogd exited").expect("read");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Tlogd {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tlog-cli"))
+        .args(args)
+        .output()
+        .expect("run tlog-cli")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().expect("request");
+    let cors = response
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().expect("body");
+    (status, body, cors)
+}
+
+fn post(url: &str, token: Option<&str>, body: &[u8]) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(url);
+    if let Some(t) = token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    request.send(body).expect("request").status().as_u16()
+}
+
+/// Waits until the published checkpoint covers `size`.
+fn published(node: &Tlogd, size: u64) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body, _) = get(&format!("{}/checkpoint", node.url));
+        if status == 200 {
+            let text = String::from_utf8_lossy(&body).to_string();
+            let n: u64 = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if n >= size {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of size {size}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn vkey(node: &Tlogd) -> String {
+    std::fs::read_to_string(node.dir.join("vkey"))
+        .expect("vkey")
+        .trim()
+        .to_string()
+}
+
+fn token(node: &Tlogd) -> String {
+    std::fs::read_to_string(node.dir.join("append-token"))
+        .expect("token")
+        .trim()
+        .to_string()
+}
+
+/// `tlog_tiles` reads our hash tiles over HTTP through a path adapter.
+struct HttpTiles(String);
+
+impl TileReader for HttpTiles {
+    fn height(&self) -> u8 {
+        8
+    }
+    fn read_tiles(&self, tiles: &[Tile]) -> Result<Vec<Vec<u8>>, tlog::Error> {
+        tiles
+            .iter()
+            .map(|t| {
+                let path = tlog_core::TileId {
+                    level: Some(t.level()),
+                    index: t.level_index(),
+                    width: t.width() as u16,
+                }
+                .path();
+                let (status, body, _) = get(&format!("{}/{path}", self.0));
+                (status == 200)
+                    .then_some(body)
+                    .ok_or(tlog::Error::InvalidTile)
+            })
+            .collect()
+    }
+    fn save_tiles(&self, _: &[Tile], _: &[Vec<u8>]) {}
+}
+
+#[test]
+fn start_append_verify_with_our_cli_and_with_theirs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(&dir.path().join("tlogd"));
+    let vkey = vkey(&node);
+    let token_file = node.dir.join("append-token");
+    // Append with the CLI, and many more over HTTP.
+    for i in 0..3 {
+        let index = ok(cli(&[
+            "append",
+            "--url",
+            &node.url,
+            "--token-file",
+            token_file.to_str().expect("utf8"),
+            "--data",
+            &format!("hello {i}"),
+        ]));
+        assert_eq!(index.trim(), i.to_string());
+    }
+    for i in 3..600u32 {
+        assert_eq!(
+            post(
+                &format!("{}/add", node.url),
+                Some(&token(&node)),
+                format!("entry {i}").as_bytes()
+            ),
+            200
+        );
+    }
+    let note = published(&node, 600);
+
+    // Our CLI: the checkpoint, then a full verified sync from tiles.
+    let line = ok(cli(&["checkpoint", "--url", &node.url, "--vkey", &vkey]));
+    assert!(line.starts_with("localhost/tlogd/log 600 "), "{line}");
+    let state = dir.path().join("view");
+    let entries = dir.path().join("entries");
+    let out = ok(cli(&[
+        "sync",
+        "--url",
+        &node.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+        "--entries",
+        entries.to_str().expect("utf8"),
+    ]));
+    assert!(
+        out.contains("verified at size 600 (600 new entries"),
+        "{out}"
+    );
+    let hex_lines = std::fs::read_to_string(&entries).expect("entries");
+    assert_eq!(
+        hex_lines.lines().next(),
+        Some(hex::encode("hello 0").as_str())
+    );
+    // Incremental: only the new ones.
+    for i in 600..650u32 {
+        post(
+            &format!("{}/add", node.url),
+            Some(&token(&node)),
+            format!("entry {i}").as_bytes(),
+        );
+    }
+    published(&node, 650);
+    let out = ok(cli(&[
+        "sync",
+        "--url",
+        &node.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]));
+    assert!(out.contains("(50 new entries"), "{out}");
+
+    // Theirs: signed_note verifies the checkpoint from the vkey tlogd printed.
+    let verifier = signed_note::StandardVerifier::new(&vkey).expect("their vkey parser");
+    let parsed = signed_note::Note::from_bytes(&note).expect("their note parser");
+    parsed
+        .verify(&signed_note::VerifierList::new(vec![Box::new(verifier)]))
+        .expect("their verification");
+    let checkpoint =
+        tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
+    // tlog_tiles computes the same root from our served tiles.
+    let tiles = HttpTiles(node.url.clone());
+    let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
+    assert_eq!(
+        tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
+        *checkpoint.hash()
+    );
+}
+
+#[test]
+fn http_rules_of_the_tile_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(&dir.path().join("tlogd"));
+    for i in 0..300u32 {
+        post(
+            &format!("{}/add", node.url),
+            Some(&token(&node)),
+            format!("e{i}").as_bytes(),
+        );
+    }
+    published(&node, 300);
+    let url = |p: &str| format!("{}/{p}", node.url);
+    let (status, body, cors) = get(&url("tile/0/000"));
+    assert_eq!(
+        (status, body.len(), cors.as_deref()),
+        (200, 8192, Some("*"))
+    );
+    assert_eq!(get(&url("tile/0/001.p/44")).0, 200);
+    assert_eq!(get(&url("tile/entries/001.p/44")).0, 200);
+    for missing in [
+        "tile/0/001",
+        "tile/0/001.p/45",
+        "tile/0/0",
+        "tile/00/000",
+        "tile/0/000.p/256",
+        "tile/1/000",
+        "nope",
+    ] {
+        assert_eq!(get(&url(missing)).0, 404, "{missing}");
+    }
+    assert_eq!(get(&url("lk/v1/inclusion?index=5&size=300")).0, 200);
+    assert_eq!(get(&url("lk/v1/inclusion?index=300")).0, 404);
+    assert_eq!(get(&url("lk/v1/consistency?old=301&size=300")).0, 400);
+    assert_eq!(get(&url("lk/v1/consistency?old=01")).0, 400);
+    assert_eq!(get(&url("lk/v1/consistency?old=10&size=9000")).0, 404);
+    // Appends need the operator's token; entries are bounded.
+    assert_eq!(post(&url("add"), None, b"x"), 401);
+    assert_eq!(post(&url("add"), Some("wrong"), b"x"), 401);
+    assert_eq!(
+        post(&url("add"), Some(&token(&node)), &vec![0; 65_536]),
+        413
+    );
+    assert_eq!(get(&url("add")).0, 405);
+}
+
+#[test]
+fn a_forked_history_under_the_same_key_is_caught_with_evidence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let honest_dir = dir.path().join("honest");
+    let honest = start(&honest_dir);
+    let vkey = vkey(&honest);
+    for i in 0..10u32 {
+        post(
+            &format!("{}/add", honest.url),
+            Some(&token(&honest)),
+            format!("honest {i}").as_bytes(),
+        );
+    }
+    published(&honest, 10);
+    let state = dir.path().join("view");
+    ok(cli(&[
+        "sync",
+        "--url",
+        &honest.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]));
+    drop(honest);
+    // The operator (same key) serves another history of the same size.
+    let forked_dir = dir.path().join("forked");
+    std::fs::create_dir_all(&forked_dir).expect("mkdir");
+    std::fs::copy(honest_dir.join("log-key"), forked_dir.join("log-key")).expect("copy key");
+    let forked = start(&forked_dir);
+    for i in 0..10u32 {
+        post(
+            &format!("{}/add", forked.url),
+            Some(&token(&forked)),
+            format!("forged {i}").as_bytes(),
+        );
+    }
+    published(&forked, 10);
+    let out = cli(&[
+        "sync",
+        "--url",
+        &forked.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evidence = state.with_extension("evidence");
+    let verdict = ok(cli(&[
+        "verify-evidence",
+        "--vkey",
+        &vkey,
+        evidence.to_str().expect("utf8"),
+    ]));
+    assert!(
+        verdict.contains("inconsistent trees of sizes 10 and 10"),
+        "{verdict}"
+    );
+    // And the view refuses the log from now on, even honest answers.
+    let again = cli(&[
+        "sync",
+        "--url",
+        &forked.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]);
+    assert_eq!(again.status.code(), Some(3));
+    // A forged evidence file is not accepted.
+    let mut bytes = std::fs::read(&evidence).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&evidence, &bytes).expect("write");
+    let out = cli(&[
+        "verify-evidence",
+        "--vkey",
+        &vkey,
+        evidence.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}

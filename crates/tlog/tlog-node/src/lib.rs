@@ -1,0 +1,453 @@
+//! The transparency-log runtime (tlog.md §4, §6): one log served from a
+//! [`LogStore`], its checkpointer, and its HTTP resources. The rules live in
+//! `tlog-core` and the store; this crate only moves bytes and time.
+//!
+//! - **Appends** go straight to the store, whose writer thread batches
+//!   every waiting append into one durable transaction (§6.2); `Ok` means
+//!   durable.
+//! - **Checkpointer** (§6.3): every interval, if the committed tree grew,
+//!   sign its head, store the note (the store refuses a root that is not
+//!   the tree's at that size, and never rolls back), then publish it. A
+//!   store behind its latest checkpoint (a restored backup) freezes the log:
+//!   nothing more is signed.
+//! - **HTTP** (§4.1–§4.5): `checkpoint`, hash tiles and entry bundles
+//!   (canonical paths only; nothing beyond the published size), the
+//!   `lk/v1/inclusion` and `lk/v1/consistency` extensions, and for a
+//!   general-purpose log `POST add` behind an operator token.
+//!
+//! Not yet here (issue 14): witness submission and the witness server,
+//! the LKTL/1 peer, receipts, gzip for bundles, rate limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tlog_core::note::{b64encode, Note, SignerKey};
+use tlog_core::tile::{self, TileId};
+use tlog_core::Checkpoint;
+use tlog_store::{Appended, LogId, LogOptions, LogStore, Status, StoreError};
+use tokio::sync::watch;
+
+/// Why the node cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key's name is not the origin (tlog.md §3.4).
+    #[error("the log key is named {key}, not after the origin {origin}")]
+    KeyName {
+        /// The key's name.
+        key: String,
+        /// The origin.
+        origin: String,
+    },
+}
+
+/// A published checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its size.
+    pub size: u64,
+    /// The signed note.
+    pub note: Vec<u8>,
+}
+
+/// One log being served.
+pub struct LogNode<S> {
+    store: Arc<S>,
+    log: LogId,
+    origin: String,
+    key: SignerKey,
+    published: watch::Sender<Option<Published>>,
+}
+
+impl<S: LogStore> LogNode<S> {
+    /// Creates (or finds) the log of `key`'s name in `store`, publishes its
+    /// latest stored checkpoint, and starts the checkpointer.
+    pub async fn start(
+        store: Arc<S>,
+        key: SignerKey,
+        options: LogOptions,
+        interval: Duration,
+    ) -> Result<Arc<Self>, NodeError> {
+        let origin = key.name().to_string();
+        if !tlog_core::checkpoint::is_lightkeeper_origin(&origin) {
+            return Err(NodeError::KeyName {
+                key: origin.clone(),
+                origin,
+            });
+        }
+        let log = store.create_log(&origin, options).await?;
+        let latest = store.checkpoint(log, None).await?;
+        let published = latest.and_then(|note| {
+            let size = Checkpoint::parse(Note::parse(&note).ok()?.text())
+                .ok()?
+                .size;
+            Some(Published { size, note })
+        });
+        let (published, _) = watch::channel(published);
+        let node = Arc::new(LogNode {
+            store,
+            log,
+            origin,
+            key,
+            published,
+        });
+        node.checkpoint_once().await;
+        let ticker = Arc::downgrade(&node);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(interval);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(node) = ticker.upgrade() else { break };
+                node.checkpoint_once().await;
+            }
+        });
+        Ok(node)
+    }
+
+    /// The log's origin.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Its id.
+    pub fn log_id(&self) -> LogId {
+        self.log
+    }
+
+    /// The latest published checkpoint, and a way to wait for the next.
+    pub fn published(&self) -> watch::Receiver<Option<Published>> {
+        self.published.subscribe()
+    }
+
+    /// Appends one entry; `Ok` when durable (not yet published).
+    pub async fn append(&self, entry: Vec<u8>) -> Result<Appended, StoreError> {
+        let mut done = self.store.append(self.log, vec![entry]).await?;
+        done.pop()
+            .ok_or_else(|| StoreError::Unavailable("no index returned".into()))
+    }
+
+    /// One round of §6.3: sign and publish the committed tree if it grew.
+    pub async fn checkpoint_once(&self) {
+        if let Err(e) = self.try_checkpoint().await {
+            tracing::warn!(origin = %self.origin, error = %e, "checkpoint not made");
+        }
+    }
+
+    async fn try_checkpoint(&self) -> Result<(), StoreError> {
+        let state = self.store.state(self.log).await?;
+        if state.status != Status::Active {
+            return Ok(());
+        }
+        let have = self.published.borrow().as_ref().map(|p| p.size);
+        if have == Some(state.size) {
+            return Ok(());
+        }
+        if state.size < state.checkpoint_size {
+            tracing::error!(origin = %self.origin, size = state.size, checkpoint = state.checkpoint_size,
+                "the store is behind its own signed checkpoint (a restored backup?): log frozen");
+            return self.store.set_status(self.log, Status::Frozen).await;
+        }
+        let text = Checkpoint::new(&self.origin, state.size, state.root).to_text();
+        let mut note = Note::new(&text).map_err(|e| StoreError::BadNote(e.to_string()))?;
+        note.add(self.key.sign(note.text(), 0));
+        let bytes = note.to_bytes();
+        match self
+            .store
+            .put_checkpoint(self.log, state.size, state.root, bytes.clone())
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::CheckpointConflict) => {
+                tracing::error!(origin = %self.origin, "the store's tree disagrees with a stored checkpoint: log frozen");
+                return self.store.set_status(self.log, Status::Frozen).await;
+            }
+            Err(e) => return Err(e),
+        }
+        // Publish policy `quorum none`: stored is published.
+        self.published.send_replace(Some(Published {
+            size: state.size,
+            note: bytes,
+        }));
+        Ok(())
+    }
+
+    /// The HTTP resources; `append_token` enables `POST add`.
+    pub fn router(self: Arc<Self>, append_token: Option<String>) -> Router {
+        let state = Arc::new(Http {
+            node: self,
+            token: append_token,
+        });
+        Router::new()
+            .route("/checkpoint", get(checkpoint::<S>))
+            .route("/tile/{*path}", get(tile_resource::<S>))
+            .route("/lk/v1/inclusion", get(inclusion::<S>))
+            .route("/lk/v1/consistency", get(consistency::<S>))
+            .route("/add", post(add::<S>))
+            .layer(axum::middleware::map_response(cors))
+            .with_state(state)
+    }
+}
+
+struct Http<S> {
+    node: Arc<LogNode<S>>,
+    token: Option<String>,
+}
+
+async fn cors(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const IMMUTABLE: &str = "public, max-age=604800, immutable";
+
+fn text(cache: &'static str, body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, TEXT), (header::CACHE_CONTROL, cache)],
+        body,
+    )
+        .into_response()
+}
+
+fn not_found(why: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("{why}\n")).into_response()
+}
+
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::Unavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+        }
+        StoreError::OutOfRange(why) => not_found(&why),
+        other => (StatusCode::INTERNAL_SERVER_ERROR, format!("{other}\n")).into_response(),
+    }
+}
+
+fn published_size<S>(http: &Http<S>) -> Option<u64> {
+    http.node.published.borrow().as_ref().map(|p| p.size)
+}
+
+async fn checkpoint<S: LogStore>(State(http): State<Arc<Http<S>>>) -> Response {
+    let note = http
+        .node
+        .published
+        .borrow()
+        .as_ref()
+        .map(|p| p.note.clone());
+    match note {
+        Some(note) => (
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            note,
+        )
+            .into_response(),
+        None => not_found("no checkpoint published yet"),
+    }
+}
+
+async fn tile_resource<S: LogStore>(
+    State(http): State<Arc<Http<S>>>,
+    Path(path): Path<String>,
+) -> Response {
+    let Some(id) = TileId::parse(&format!("tile/{path}")) else {
+        return not_found("not a canonical tile path");
+    };
+    let Some(size) = published_size(&http) else {
+        return not_found("nothing published yet");
+    };
+    if !tile::exists(&id, size) {
+        return not_found("not published");
+    }
+    let node = &http.node;
+    let width = usize::from(id.width);
+    let body = match id.level {
+        Some(level) => match node.store.tile(node.log, level, id.index).await {
+            Ok(Some(hashes)) if hashes.len() >= width => hashes[..width].concat(),
+            Ok(_) => return not_found("not stored"),
+            Err(e) => return store_error(e),
+        },
+        None => {
+            let start = id.index * tile::WIDTH;
+            match node
+                .store
+                .entries(node.log, start, start + width as u64)
+                .await
+            {
+                Ok(entries) if entries.len() == width => {
+                    let mut out = Vec::new();
+                    for e in entries {
+                        out.extend_from_slice(&(e.len() as u16).to_be_bytes());
+                        out.extend_from_slice(&e);
+                    }
+                    out
+                }
+                Ok(_) => return not_found("not stored"),
+                Err(e) => return store_error(e),
+            }
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            (header::CACHE_CONTROL, IMMUTABLE),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ProofQuery {
+    index: Option<String>,
+    old: Option<String>,
+    size: Option<String>,
+}
+
+/// A canonical decimal query parameter; `Err(())` is a 400.
+fn decimal(value: &Option<String>) -> Result<Option<u64>, ()> {
+    match value {
+        None => Ok(None),
+        Some(v) => tlog_core::checkpoint::parse_decimal(v).map(Some).ok_or(()),
+    }
+}
+
+fn bad_decimal() -> Response {
+    (StatusCode::BAD_REQUEST, "not a canonical decimal\n").into_response()
+}
+
+async fn inclusion<S: LogStore>(
+    State(http): State<Arc<Http<S>>>,
+    Query(q): Query<ProofQuery>,
+) -> Response {
+    let (index, size) = match (decimal(&q.index), decimal(&q.size)) {
+        (Ok(Some(i)), Ok(s)) => (i, s),
+        (Err(()), _) | (_, Err(())) => return bad_decimal(),
+        (Ok(None), _) => return (StatusCode::BAD_REQUEST, "index is required\n").into_response(),
+    };
+    let Some(latest) = published_size(&http) else {
+        return not_found("nothing published yet");
+    };
+    let n = size.unwrap_or(latest);
+    if n > latest || index >= n {
+        return not_found("not published");
+    }
+    let node = &http.node;
+    match node.store.inclusion_proof(node.log, index, n).await {
+        Ok(proof) => {
+            let mut body = format!("size {n}\nindex {index}\n");
+            for h in proof {
+                body.push_str(&b64encode(&h));
+                body.push('\n');
+            }
+            text(
+                if size.is_some() {
+                    IMMUTABLE
+                } else {
+                    "no-store"
+                },
+                body,
+            )
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn consistency<S: LogStore>(
+    State(http): State<Arc<Http<S>>>,
+    Query(q): Query<ProofQuery>,
+) -> Response {
+    let (old, size) = match (decimal(&q.old), decimal(&q.size)) {
+        (Ok(Some(o)), Ok(s)) => (o, s),
+        (Err(()), _) | (_, Err(())) => return bad_decimal(),
+        (Ok(None), _) => return (StatusCode::BAD_REQUEST, "old is required\n").into_response(),
+    };
+    let Some(latest) = published_size(&http) else {
+        return not_found("nothing published yet");
+    };
+    let n = size.unwrap_or(latest);
+    if n > latest {
+        return not_found("not published");
+    }
+    if old > n {
+        return (StatusCode::BAD_REQUEST, "old is above size\n").into_response();
+    }
+    let node = &http.node;
+    match node.store.consistency_proof(node.log, old, n).await {
+        Ok(proof) => {
+            let mut body = format!("old {old}\nsize {n}\n");
+            for h in proof {
+                body.push_str(&b64encode(&h));
+                body.push('\n');
+            }
+            text(
+                if size.is_some() {
+                    IMMUTABLE
+                } else {
+                    "no-store"
+                },
+                body,
+            )
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn add<S: LogStore>(
+    State(http): State<Arc<Http<S>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(token) = &http.token else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this log takes no appends over HTTP\n",
+        )
+            .into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        presented.as_bytes(),
+        token.as_bytes(),
+    )) {
+        return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
+    }
+    if body.len() > tlog_store::MAX_ENTRY {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "an entry is at most 65,535 bytes\n",
+        )
+            .into_response();
+    }
+    match http.node.append(body.to_vec()).await {
+        Ok(a) => text("no-store", format!("{}\n", a.index)),
+        Err(StoreError::NotActive(status)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("log is {status:?}\n"),
+        )
+            .into_response(),
+        Err(e) => store_error(e),
+    }
+}

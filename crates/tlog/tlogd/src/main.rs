@@ -1,0 +1,146 @@
+//! `tlogd`: a general-purpose transparency log on the embedded store.
+//!
+//! `tlogd` alone serves one log on `127.0.0.1:9940` with its data in
+//! `~/.lightkeeper/tlogd`: the log key (`log-key`, mode 0600, created on
+//! first start, its verifier key printed and written to `vkey`), the append
+//! token (`append-token`, 0600) and the store (`tlog.redb`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tlog_core::note::{KeyType, SignerKey};
+use tlog_node::LogNode;
+use tlog_store::{LogOptions, RedbLogStore};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A transparency log: tlog-tiles over HTTP, appends by operator token"
+)]
+struct Args {
+    /// Where the key, token and store live [default: ~/.lightkeeper/tlogd].
+    #[arg(long, env = "TLOGD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP address; a public one is a deliberate choice.
+    #[arg(long, env = "TLOGD_LISTEN", default_value = "127.0.0.1:9940")]
+    listen: SocketAddr,
+    /// The log's origin (its name forever): `<dns-name>/<path>`, lowercase.
+    #[arg(long, env = "TLOGD_ORIGIN", default_value = "localhost/tlogd/log")]
+    origin: String,
+    /// How often the committed tree is signed and published, in ms (100..=60000).
+    #[arg(long, env = "TLOGD_CHECKPOINT_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    checkpoint_interval_ms: u64,
+    /// Keep an index of leaf hashes and give a repeated entry its first index.
+    #[arg(long, env = "TLOGD_DEDUP")]
+    dedup: bool,
+}
+
+fn default_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".lightkeeper")
+        .join("tlogd")
+}
+
+/// The log key: read, or made once (0600) for `origin`.
+fn log_key(dir: &Path, origin: &str) -> anyhow::Result<SignerKey> {
+    let path = dir.join("log-key");
+    if let Some(bytes) = durable_file::read(&path)? {
+        let key = SignerKey::parse(&String::from_utf8_lossy(&bytes))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        anyhow::ensure!(
+            key.name() == origin,
+            "{} is the key of {}, not of --origin {origin}; an origin's key never changes",
+            path.display(),
+            key.name()
+        );
+        return Ok(key);
+    }
+    let key = SignerKey::from_seed(origin, KeyType::Ed25519, &rand::random())
+        .map_err(|e| anyhow::anyhow!("--origin {origin:?}: {e}"))?;
+    durable_file::create_new(
+        &path,
+        format!("{}\n", key.to_private_line()).as_bytes(),
+        0o600,
+    )?;
+    tracing::info!(path = %path.display(), "created a new log key");
+    Ok(key)
+}
+
+fn token(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("append-token");
+    if let Some(bytes) = durable_file::read(&path)? {
+        return Ok(String::from_utf8_lossy(&bytes).trim().to_string());
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    durable_file::create_new(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    Ok(token)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(
+        tlog_core::checkpoint::is_lightkeeper_origin(&args.origin),
+        "--origin {:?} must be <dns-name>/<path> of lowercase letters, digits, '.', '-' and '/'",
+        args.origin
+    );
+    let dir = args.data_dir.unwrap_or_else(default_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = log_key(&dir, &args.origin)?;
+    let vkey = key.verifier().to_string();
+    durable_file::replace(&dir.join("vkey"), format!("{vkey}\n").as_bytes(), 0o644)?;
+    let token = token(&dir)?;
+    let store = Arc::new(RedbLogStore::open(&dir.join("tlog.redb"))?);
+    let options = LogOptions {
+        dedup: args.dedup,
+        index_leaves: args.dedup,
+    };
+    let node = LogNode::start(
+        store,
+        key,
+        options,
+        Duration::from_millis(args.checkpoint_interval_ms),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "{} is not available; set --listen (TLOGD_LISTEN)",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(origin = %args.origin, %vkey, "serving the log");
+    tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
+    let app = node.router(Some(token));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    tracing::info!("tlogd stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
