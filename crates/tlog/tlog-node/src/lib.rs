@@ -334,6 +334,44 @@ fn bad_decimal() -> Response {
     (StatusCode::BAD_REQUEST, "not a canonical decimal\n").into_response()
 }
 
+/// The request's target size: `size` if given (then the answer never
+/// changes), else the latest published, with its cache header; `Err` (a
+/// 404's reason) when it is not published.
+fn target_size<S>(http: &Http<S>, size: Option<u64>) -> Result<(u64, &'static str), &'static str> {
+    let latest = published_size(http).ok_or("nothing published yet")?;
+    let n = size.unwrap_or(latest);
+    if n > latest {
+        return Err("not published");
+    }
+    Ok((
+        n,
+        if size.is_some() {
+            IMMUTABLE
+        } else {
+            "no-store"
+        },
+    ))
+}
+
+/// `header` lines, then the proof's hashes, one base64 per line.
+fn proof_body(
+    header: String,
+    proof: Result<Vec<tlog_core::merkle::Hash>, StoreError>,
+    cache: &'static str,
+) -> Response {
+    match proof {
+        Ok(proof) => {
+            let mut body = header;
+            for h in proof {
+                body.push_str(&b64encode(&h));
+                body.push('\n');
+            }
+            text(cache, body)
+        }
+        Err(e) => store_error(e),
+    }
+}
+
 async fn inclusion<S: LogStore>(
     State(http): State<Arc<Http<S>>>,
     Query(q): Query<ProofQuery>,
@@ -343,32 +381,16 @@ async fn inclusion<S: LogStore>(
         (Err(()), _) | (_, Err(())) => return bad_decimal(),
         (Ok(None), _) => return (StatusCode::BAD_REQUEST, "index is required\n").into_response(),
     };
-    let Some(latest) = published_size(&http) else {
-        return not_found("nothing published yet");
+    let (n, cache) = match target_size(&http, size) {
+        Ok(t) => t,
+        Err(why) => return not_found(why),
     };
-    let n = size.unwrap_or(latest);
-    if n > latest || index >= n {
+    if index >= n {
         return not_found("not published");
     }
     let node = &http.node;
-    match node.store.inclusion_proof(node.log, index, n).await {
-        Ok(proof) => {
-            let mut body = format!("size {n}\nindex {index}\n");
-            for h in proof {
-                body.push_str(&b64encode(&h));
-                body.push('\n');
-            }
-            text(
-                if size.is_some() {
-                    IMMUTABLE
-                } else {
-                    "no-store"
-                },
-                body,
-            )
-        }
-        Err(e) => store_error(e),
-    }
+    let proof = node.store.inclusion_proof(node.log, index, n).await;
+    proof_body(format!("size {n}\nindex {index}\n"), proof, cache)
 }
 
 async fn consistency<S: LogStore>(
@@ -380,35 +402,16 @@ async fn consistency<S: LogStore>(
         (Err(()), _) | (_, Err(())) => return bad_decimal(),
         (Ok(None), _) => return (StatusCode::BAD_REQUEST, "old is required\n").into_response(),
     };
-    let Some(latest) = published_size(&http) else {
-        return not_found("nothing published yet");
+    let (n, cache) = match target_size(&http, size) {
+        Ok(t) => t,
+        Err(why) => return not_found(why),
     };
-    let n = size.unwrap_or(latest);
-    if n > latest {
-        return not_found("not published");
-    }
     if old > n {
         return (StatusCode::BAD_REQUEST, "old is above size\n").into_response();
     }
     let node = &http.node;
-    match node.store.consistency_proof(node.log, old, n).await {
-        Ok(proof) => {
-            let mut body = format!("old {old}\nsize {n}\n");
-            for h in proof {
-                body.push_str(&b64encode(&h));
-                body.push('\n');
-            }
-            text(
-                if size.is_some() {
-                    IMMUTABLE
-                } else {
-                    "no-store"
-                },
-                body,
-            )
-        }
-        Err(e) => store_error(e),
-    }
+    let proof = node.store.consistency_proof(node.log, old, n).await;
+    proof_body(format!("old {old}\nsize {n}\n"), proof, cache)
 }
 
 async fn add<S: LogStore>(
