@@ -35,11 +35,16 @@ fn free_port() -> u16 {
 }
 
 fn start(dir: &Path) -> Tlogd {
+    start_with(dir, &[])
+}
+
+fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
     let port = free_port();
     let mut child = Command::new(workspace_binary("tlogd"))
         .args(["--data-dir", dir.to_str().expect("utf8")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--checkpoint-interval-ms", "100"])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -94,6 +99,16 @@ fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_vec().expect("body");
     (status, body, cors)
+}
+
+fn post_full(url: &str, body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.post(url).send(body).expect("request");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("body"))
 }
 
 fn post(url: &str, token: Option<&str>, body: &[u8]) -> u16 {
@@ -396,4 +411,124 @@ fn a_forked_history_under_the_same_key_is_caught_with_evidence() {
         evidence.to_str().expect("utf8"),
     ]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// tlog.md §5.1 with real processes: a tlogd witnessing another's log
+/// cosigns consistent checkpoints only, once per size, and keeps evidence
+/// when the log signs two trees of one size.
+#[test]
+fn a_witness_cosigns_only_consistent_checkpoints() {
+    use tlog_core::note::b64decode;
+    use tlog_core::{log_id, Evidence, Policy};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log");
+    let log = start(&log_dir);
+    let log_vkey = vkey(&log);
+    let witness = start_with(&dir.path().join("witness"), &["--witness-for", &log_vkey]);
+    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    let add = format!("{}/witness/add-checkpoint", witness.url);
+    let append = |node: &Tlogd, n: u32, tag: &str| {
+        for i in 0..n {
+            post(
+                &format!("{}/add", node.url),
+                Some(&token(node)),
+                format!("{tag} {i}").as_bytes(),
+            );
+        }
+    };
+    append(&log, 10, "honest");
+    let note10 = published(&log, 10);
+    let body = |old: u64, proof: &[u8], note: &[u8]| {
+        [format!("old {old}\n").as_bytes(), proof, b"\n", note].concat()
+    };
+
+    let (status, line) = post_full(&add, &body(0, b"", &note10));
+    assert_eq!(status, 200, "{line}");
+    assert!(
+        line.starts_with("\u{2014} localhost/tlogd/witness "),
+        "{line}"
+    );
+    let cosigned = [note10.clone(), line.into_bytes()].concat();
+    let policy = Policy::parse(&format!(
+        "log {log_vkey}\nwitness w {witness_vkey}\nquorum w\n"
+    ))
+    .expect("policy");
+    policy
+        .verify(&cosigned, now())
+        .expect("a cosigned checkpoint meets the quorum");
+
+    // The same submission again: 409 with the size it holds.
+    assert_eq!(
+        post_full(&add, &body(0, b"", &note10)),
+        (409, "10\n".to_string())
+    );
+    // Grown, with a consistency proof from the cosigned size.
+    append(&log, 5, "more");
+    let note15 = published(&log, 15);
+    let (_, proof, _) = get(&format!("{}/lk/v1/consistency?old=10&size=15", log.url));
+    let proof_lines: Vec<u8> = String::from_utf8(proof)
+        .expect("utf8")
+        .lines()
+        .skip(2)
+        .flat_map(|l| format!("{l}\n").into_bytes())
+        .collect();
+    // A wrong proof first: 422, nothing cosigned; then the right one.
+    let mut bad = proof_lines.clone();
+    bad[0] = if bad[0] == b'A' { b'B' } else { b'A' };
+    assert_eq!(post_full(&add, &body(10, &bad, &note15)).0, 422);
+    assert_eq!(post_full(&add, &body(10, &proof_lines, &note15)).0, 200);
+    drop(log);
+    // Garbage: 400; the origin under another key: 403; an unknown origin: 404.
+    assert_eq!(post_full(&add, b"nonsense").0, 400);
+    let impostor = start(&dir.path().join("impostor"));
+    append(&impostor, 1, "x");
+    assert_eq!(
+        post_full(&add, &body(15, b"", &published(&impostor, 1))).0,
+        403
+    );
+    let other = start_with(
+        &dir.path().join("other"),
+        &["--origin", "localhost/other/log"],
+    );
+    append(&other, 1, "x");
+    assert_eq!(post_full(&add, &body(0, b"", &published(&other, 1))).0, 404);
+
+    // The log's key signs another tree of size 15: refused, and kept.
+    let forked_dir = dir.path().join("forked");
+    std::fs::create_dir_all(&forked_dir).expect("mkdir");
+    std::fs::copy(log_dir.join("log-key"), forked_dir.join("log-key")).expect("copy key");
+    let forked = start(&forked_dir);
+    append(&forked, 15, "forged");
+    let fork15 = published(&forked, 15);
+    assert_eq!(post_full(&add, &body(15, b"", &fork15)).0, 422);
+    let id = hex::encode(log_id("localhost/tlogd/log"));
+    let (status, list, _) = get(&format!("{}/witness/{id}/evidence", witness.url));
+    assert_eq!(status, 200);
+    let list = String::from_utf8(list).expect("utf8");
+    let blob = b64decode(list.lines().next().expect("evidence kept")).expect("base64");
+    let key = tlog_core::note::VerifierKey::parse(&log_vkey).expect("vkey");
+    Evidence::verify(&blob, &[key]).expect("anyone can check it");
+    // The witness still holds the honest tree.
+    let (status, monitored, _) = get(&format!("{}/witness/{id}/checkpoint", witness.url));
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&monitored).contains("\n15\n"));
+    assert_eq!(
+        get(&format!(
+            "{}/witness/{}/checkpoint",
+            witness.url,
+            "ab".repeat(32)
+        ))
+        .0,
+        404
+    );
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }

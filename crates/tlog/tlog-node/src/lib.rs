@@ -15,11 +15,16 @@
 //!   `lk/v1/inclusion` and `lk/v1/consistency` extensions, and for a
 //!   general-purpose log `POST add` behind an operator token.
 //!
-//! Not yet here (issue 14): witness submission and the witness server,
-//! the LKTL/1 peer, receipts, gzip for bundles, rate limits.
+//! - **Witness** ([`witness`]): tlog-witness `add-checkpoint` for the logs
+//!   it is configured for.
+//!
+//! Not yet here (issue 14): submitting to witnesses, the LKTL/1 peer,
+//! receipts, gzip for bundles, rate limits.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod witness;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};

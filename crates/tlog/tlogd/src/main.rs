@@ -38,6 +38,17 @@ struct Args {
     /// Keep an index of leaf hashes and give a repeated entry its first index.
     #[arg(long, env = "TLOGD_DEDUP")]
     dedup: bool,
+    /// Also witness the log of this verifier key (repeat for several logs):
+    /// `POST /witness/add-checkpoint` cosigns its consistent checkpoints.
+    #[arg(long = "witness-for", env = "TLOGD_WITNESS_FOR", value_delimiter = ',')]
+    witness_for: Vec<String>,
+    /// The witness key's name (its cosignatures carry it).
+    #[arg(
+        long,
+        env = "TLOGD_WITNESS_NAME",
+        default_value = "localhost/tlogd/witness"
+    )]
+    witness_name: String,
 }
 
 fn default_dir() -> PathBuf {
@@ -50,20 +61,25 @@ fn default_dir() -> PathBuf {
 
 /// The log key: read, or made once (0600) for `origin`.
 fn log_key(dir: &Path, origin: &str) -> anyhow::Result<SignerKey> {
-    let path = dir.join("log-key");
+    key_file(&dir.join("log-key"), origin, KeyType::Ed25519)
+}
+
+/// A key file: read, or made once (0600) for `name` in role `ty`.
+fn key_file(path: &Path, origin: &str, ty: KeyType) -> anyhow::Result<SignerKey> {
+    let path = path.to_path_buf();
     if let Some(bytes) = durable_file::read(&path)? {
         let key = SignerKey::parse(&String::from_utf8_lossy(&bytes))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         anyhow::ensure!(
-            key.name() == origin,
-            "{} is the key of {}, not of --origin {origin}; an origin's key never changes",
+            key.name() == origin && key.key_type() == ty,
+            "{} is the key of {}, not of {origin}; a key's name never changes",
             path.display(),
             key.name()
         );
         return Ok(key);
     }
-    let key = SignerKey::from_seed(origin, KeyType::Ed25519, &rand::random())
-        .map_err(|e| anyhow::anyhow!("--origin {origin:?}: {e}"))?;
+    let key = SignerKey::from_seed(origin, ty, &rand::random())
+        .map_err(|e| anyhow::anyhow!("{origin:?}: {e}"))?;
     durable_file::create_new(
         &path,
         format!("{}\n", key.to_private_line()).as_bytes(),
@@ -115,6 +131,32 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_millis(args.checkpoint_interval_ms),
     )
     .await?;
+    let store = node.store().clone();
+    let mut app = node.router(Some(token));
+    if !args.witness_for.is_empty() {
+        let logs = args
+            .witness_for
+            .iter()
+            .map(|v| {
+                tlog_core::note::VerifierKey::parse(v)
+                    .map_err(|e| anyhow::anyhow!("--witness-for {v:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let key = key_file(
+            &dir.join("witness-key"),
+            &args.witness_name,
+            KeyType::Cosignature,
+        )?;
+        let wvkey = key.verifier().to_string();
+        durable_file::replace(
+            &dir.join("witness-vkey"),
+            format!("{wvkey}\n").as_bytes(),
+            0o644,
+        )?;
+        tracing::info!(vkey = %wvkey, logs = logs.len(), "witnessing at /witness/add-checkpoint");
+        let witness = tlog_node::witness::Witness::new(store, key, logs);
+        app = app.nest("/witness", witness.router());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -126,7 +168,6 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(origin = %args.origin, %vkey, "serving the log");
     tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
-    let app = node.router(Some(token));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await?;
