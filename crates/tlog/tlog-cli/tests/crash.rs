@@ -17,6 +17,7 @@ fn start(dir: &Path, port: u16) -> Child {
         .args(["--data-dir", dir.to_str().expect("utf8")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--checkpoint-interval-ms", "100"])
+        .args(["--sync-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -171,5 +172,8 @@ fn twenty_kills_lose_no_acknowledged_append_and_never_roll_back() {
     }
     let total = acked.lock().expect("lock").len();
     assert!(total > 200, "only {total} appends were acknowledged");
-    assert!(verified.len() >= total, "every acknowledged append verified");
+    assert!(
+        verified.len() >= total,
+        "every acknowledged append verified"
+    );
 }

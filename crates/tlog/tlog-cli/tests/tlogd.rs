@@ -44,6 +44,11 @@ fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
         .args(["--data-dir", dir.to_str().expect("utf8")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--checkpoint-interval-ms", "100"])
+        .args(if extra.contains(&"--sync-listen") {
+            &[][..]
+        } else {
+            &["--sync-listen", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -531,4 +536,164 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
+}
+
+/// tlog.md §7.2–§7.5 on the sync port: `nc` gets the banner and, after a
+/// line that is not LKTL/1, the ERR line with the log's checkpoint; a peer
+/// gets Hello, Pong, and Data whose entries verify against the checkpoint.
+#[test]
+fn the_sync_port_greets_nc_and_serves_verified_data() {
+    use std::io::{Read, Write};
+    use tlog_core::merkle::{leaf_hash, verify_consistency, CompactRange};
+    use tlog_core::sync::{Frame, Ident, Message};
+    use tlog_core::{log_id, Checkpoint, Policy};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sync_port = free_port();
+    let node = start_with(
+        &dir.path().join("tlogd"),
+        &["--sync-listen", &format!("127.0.0.1:{sync_port}")],
+    );
+    for i in 0..300u32 {
+        post(
+            &format!("{}/add", node.url),
+            Some(&token(&node)),
+            format!("e{i}").as_bytes(),
+        );
+    }
+    let note = published(&node, 300);
+    let key = tlog_core::note::VerifierKey::parse(&vkey(&node)).expect("vkey");
+    let checkpoint: Checkpoint = Policy::single(key)
+        .verify(&note, now())
+        .expect("verifies")
+        .checkpoint;
+
+    // nc: the banner at once; a stray line gets the ERR line.
+    let mut nc = std::net::TcpStream::connect(("127.0.0.1", sync_port)).expect("connect");
+    nc.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    nc.write_all(b"hello?\n").expect("write");
+    let mut text = String::new();
+    nc.read_to_string(&mut text).expect("read until close");
+    let mut lines = text.lines();
+    assert!(
+        lines.next().expect("banner").starts_with("LKTL/1 tlogd/"),
+        "{text}"
+    );
+    let err = lines.next().expect("ERR line");
+    assert!(err.starts_with("ERR not an LKTL/1 peer; this port speaks the Lightkeeper tlog sync protocol; logs: localhost/tlogd/log size=300 root="), "{err}");
+
+    // A peer.
+    let mut peer = std::net::TcpStream::connect(("127.0.0.1", sync_port)).expect("connect");
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let ours = Ident {
+        software: "test/1".into(),
+        node: "tester".into(),
+        logs: 0,
+    };
+    peer.write_all(&ours.to_line()).expect("ident");
+    let mut buf = Vec::new();
+    let read_frame = |peer: &mut std::net::TcpStream, buf: &mut Vec<u8>| -> Frame {
+        loop {
+            if let Some((frame, used)) = Frame::decode(buf, 1 << 24).expect("a frame") {
+                buf.drain(..used);
+                return frame;
+            }
+            let mut chunk = [0u8; 65536];
+            let n = peer.read(&mut chunk).expect("read");
+            assert!(n > 0, "closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    // Their identification line first.
+    loop {
+        if let Some((ident, used)) = Ident::parse(&buf).expect("an LKTL/1 line") {
+            assert_eq!(ident.software.split('/').next(), Some("tlogd"));
+            buf.drain(..used);
+            break;
+        }
+        let mut chunk = [0u8; 512];
+        let n = peer.read(&mut chunk).expect("read");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let Message::Hello { logs, .. } = read_frame(&mut peer, &mut buf).message else {
+        panic!("Hello first");
+    };
+    assert_eq!(
+        (logs[0].origin.as_str(), logs[0].size),
+        ("localhost/tlogd/log", 300)
+    );
+    let id = log_id("localhost/tlogd/log");
+    let send = |peer: &mut std::net::TcpStream, id_: u32, message: Message| {
+        peer.write_all(&Frame { id: id_, message }.encode())
+            .expect("send");
+    };
+    send(&mut peer, 0, Message::Ping(77));
+    assert_eq!(read_frame(&mut peer, &mut buf).message, Message::Pong(77));
+    send(
+        &mut peer,
+        5,
+        Message::GetData {
+            log_id: id,
+            start: 0,
+            count: 256,
+            tree_size: 300,
+        },
+    );
+    let frame = read_frame(&mut peer, &mut buf);
+    assert_eq!(frame.id, 5);
+    let Message::Data {
+        entries,
+        tree_size,
+        proof,
+        ..
+    } = frame.message
+    else {
+        panic!("not Data");
+    };
+    assert_eq!((entries.len(), tree_size), (256, 300));
+    let mut range = CompactRange::new();
+    for e in &entries {
+        range.push(leaf_hash(e));
+    }
+    verify_consistency(256, 300, &range.root(), &checkpoint.root, &proof)
+        .expect("the chunk is in the checkpoint's tree");
+    // An unknown log, a range beyond the tree.
+    send(
+        &mut peer,
+        6,
+        Message::GetData {
+            log_id: [9; 32],
+            start: 0,
+            count: 1,
+            tree_size: 1,
+        },
+    );
+    assert!(matches!(
+        read_frame(&mut peer, &mut buf).message,
+        Message::NotFound { what: 1, .. }
+    ));
+    send(
+        &mut peer,
+        7,
+        Message::GetData {
+            log_id: id,
+            start: 0,
+            count: 1,
+            tree_size: 301,
+        },
+    );
+    assert!(matches!(
+        read_frame(&mut peer, &mut buf).message,
+        Message::NotFound { what: 3, .. }
+    ));
+    // A malformed frame: Reject, then the connection closes.
+    peer.write_all(b"XXXXXXXXXXXXXXXXXX").expect("garbage");
+    assert!(matches!(
+        read_frame(&mut peer, &mut buf).message,
+        Message::Reject { code: 1, .. }
+    ));
+    let mut rest = Vec::new();
+    let _ = peer.read_to_end(&mut rest);
 }

@@ -18,12 +18,16 @@
 //! - **Witness** ([`witness`]): tlog-witness `add-checkpoint` for the logs
 //!   it is configured for.
 //!
-//! Not yet here (issue 14): submitting to witnesses, the LKTL/1 peer,
-//! receipts, gzip for bundles, rate limits.
+//! - **Sync port** ([`peer`]): LKTL/1's banner, the `ERR` line for `nc`,
+//!   and the read-only requests a mirror makes.
+//!
+//! Not yet here (issue 14): submitting to witnesses, following other logs
+//! over LKTL/1 (mirrors), receipts, gzip for bundles, rate limits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod peer;
 pub mod witness;
 
 use axum::body::Bytes;

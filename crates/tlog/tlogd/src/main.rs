@@ -28,6 +28,12 @@ struct Args {
     /// HTTP address; a public one is a deliberate choice.
     #[arg(long, env = "TLOGD_LISTEN", default_value = "127.0.0.1:9940")]
     listen: SocketAddr,
+    /// LKTL/1 sync port (mirrors fetch from it; `nc` gets a banner).
+    #[arg(long, env = "TLOGD_SYNC_LISTEN", default_value = "127.0.0.1:9939")]
+    sync_listen: SocketAddr,
+    /// This node's name on the sync port.
+    #[arg(long, env = "TLOGD_NODE_NAME", default_value = "tlogd")]
+    node_name: String,
     /// The log's origin (its name forever): `<dns-name>/<path>`, lowercase.
     #[arg(long, env = "TLOGD_ORIGIN", default_value = "localhost/tlogd/log")]
     origin: String,
@@ -132,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let store = node.store().clone();
-    let mut app = node.router(Some(token));
+    let mut app = node.clone().router(Some(token));
     if !args.witness_for.is_empty() {
         let logs = args
             .witness_for
@@ -166,6 +172,20 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let sync = tokio::net::TcpListener::bind(args.sync_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "{} is not available; set --sync-listen (TLOGD_SYNC_LISTEN)",
+                args.sync_listen
+            )
+        })?;
+    tracing::info!(addr = %sync.local_addr()?, "sync port (LKTL/1) listening");
+    tokio::spawn(tlog_node::peer::serve(
+        sync,
+        node.clone(),
+        args.node_name.clone(),
+    ));
     tracing::info!(origin = %args.origin, %vkey, "serving the log");
     tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
     axum::serve(listener, app)
