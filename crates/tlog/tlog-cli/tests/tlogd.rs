@@ -697,3 +697,79 @@ fn the_sync_port_greets_nc_and_serves_verified_data() {
     let mut rest = Vec::new();
     let _ = peer.read_to_end(&mut rest);
 }
+
+/// A mirror follows a log over LKTL/1, stores only verified entries, serves
+/// the origin's own signed checkpoint, and clients verify it with the
+/// origin's key as if it were the origin.
+#[test]
+fn a_mirror_follows_over_lktl_and_serves_a_verified_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sync_port = free_port();
+    let origin = start_with(
+        &dir.path().join("origin"),
+        &["--sync-listen", &format!("127.0.0.1:{sync_port}")],
+    );
+    let vkey = vkey(&origin);
+    for i in 0..1000u32 {
+        post(
+            &format!("{}/add", origin.url),
+            Some(&token(&origin)),
+            format!("m{i}").as_bytes(),
+        );
+    }
+    let note = published(&origin, 1000);
+    let mirror = start_with(
+        &dir.path().join("mirror"),
+        &["--mirror", &format!("{vkey}@127.0.0.1:{sync_port}")],
+    );
+    let mirrored = published(&mirror, 1000);
+    assert_eq!(mirrored, note, "the origin's own note, verbatim");
+    let state = dir.path().join("view");
+    let out = ok(cli(&[
+        "sync",
+        "--url",
+        &mirror.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]));
+    assert!(
+        out.contains("verified at size 1000 (1000 new entries"),
+        "{out}"
+    );
+    // It keeps following; the same view verifies the origin and the mirror.
+    for i in 1000..1300u32 {
+        post(
+            &format!("{}/add", origin.url),
+            Some(&token(&origin)),
+            format!("m{i}").as_bytes(),
+        );
+    }
+    published(&origin, 1300);
+    published(&mirror, 1300);
+    let out = ok(cli(&[
+        "sync",
+        "--url",
+        &mirror.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]));
+    assert!(out.contains("(300 new entries"), "{out}");
+    ok(cli(&[
+        "sync",
+        "--url",
+        &origin.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]));
+    // The mirror takes no appends.
+    assert_eq!(
+        post(&format!("{}/add", mirror.url), Some("anything"), b"x"),
+        404
+    );
+}

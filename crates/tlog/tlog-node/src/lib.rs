@@ -27,6 +27,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod follow;
 pub mod peer;
 pub mod witness;
 
@@ -72,7 +73,8 @@ pub struct LogNode<S> {
     store: Arc<S>,
     log: LogId,
     origin: String,
-    key: SignerKey,
+    /// The log key; `None` for a mirror, which serves the origin's notes.
+    key: Option<SignerKey>,
     published: watch::Sender<Option<Published>>,
 }
 
@@ -92,22 +94,7 @@ impl<S: LogStore> LogNode<S> {
                 origin,
             });
         }
-        let log = store.create_log(&origin, options).await?;
-        let latest = store.checkpoint(log, None).await?;
-        let published = latest.and_then(|note| {
-            let size = Checkpoint::parse(Note::parse(&note).ok()?.text())
-                .ok()?
-                .size;
-            Some(Published { size, note })
-        });
-        let (published, _) = watch::channel(published);
-        let node = Arc::new(LogNode {
-            store,
-            log,
-            origin,
-            key,
-            published,
-        });
+        let node = Self::open(store, &origin, options, Some(key)).await?;
         node.checkpoint_once().await;
         let ticker = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -120,6 +107,57 @@ impl<S: LogStore> LogNode<S> {
             }
         });
         Ok(node)
+    }
+
+    /// Serves a mirror of `origin`: no key, no appends over HTTP; the
+    /// origin's checkpoints are published as the follower stores them.
+    pub async fn mirror(store: Arc<S>, origin: &str) -> Result<Arc<Self>, NodeError> {
+        Self::open(store, origin, LogOptions::default(), None).await
+    }
+
+    async fn open(
+        store: Arc<S>,
+        origin: &str,
+        options: LogOptions,
+        key: Option<SignerKey>,
+    ) -> Result<Arc<Self>, NodeError> {
+        let log = store.create_log(origin, options).await?;
+        let (published, _) = watch::channel(None);
+        let node = Arc::new(LogNode {
+            store,
+            log,
+            origin: origin.to_string(),
+            key,
+            published,
+        });
+        node.publish_stored().await?;
+        Ok(node)
+    }
+
+    /// Publishes the store's latest checkpoint if it is newer than the
+    /// published one (a mirror, after its follower stored one).
+    pub async fn publish_stored(&self) -> Result<(), StoreError> {
+        let Some(note) = self.store.checkpoint(self.log, None).await? else {
+            return Ok(());
+        };
+        let Some(size) = Note::parse(&note)
+            .ok()
+            .and_then(|n| Checkpoint::parse(n.text()).ok())
+            .map(|c| c.size)
+        else {
+            return Err(StoreError::Corrupt(
+                "stored checkpoint does not parse".into(),
+            ));
+        };
+        let newer = self
+            .published
+            .borrow()
+            .as_ref()
+            .is_none_or(|p| p.size < size || (p.size == size && p.note != note));
+        if newer {
+            self.published.send_replace(Some(Published { size, note }));
+        }
+        Ok(())
     }
 
     /// The log's origin.
@@ -157,6 +195,9 @@ impl<S: LogStore> LogNode<S> {
     }
 
     async fn try_checkpoint(&self) -> Result<(), StoreError> {
+        let Some(key) = &self.key else {
+            return self.publish_stored().await;
+        };
         let state = self.store.state(self.log).await?;
         if state.status != Status::Active {
             return Ok(());
@@ -172,7 +213,7 @@ impl<S: LogStore> LogNode<S> {
         }
         let text = Checkpoint::new(&self.origin, state.size, state.root).to_text();
         let mut note = Note::new(&text).map_err(|e| StoreError::BadNote(e.to_string()))?;
-        note.add(self.key.sign(note.text(), 0));
+        note.add(key.sign(note.text(), 0));
         let bytes = note.to_bytes();
         match self
             .store

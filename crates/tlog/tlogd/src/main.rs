@@ -48,6 +48,11 @@ struct Args {
     /// `POST /witness/add-checkpoint` cosigns its consistent checkpoints.
     #[arg(long = "witness-for", env = "TLOGD_WITNESS_FOR", value_delimiter = ',')]
     witness_for: Vec<String>,
+    /// Serve a mirror of another log instead of a log of its own:
+    /// `<vkey>@<host>:<sync port>`. Entries are fetched over LKTL/1 and
+    /// stored only once verified against the origin's signed checkpoint.
+    #[arg(long, env = "TLOGD_MIRROR")]
+    mirror: Option<String>,
     /// The witness key's name (its cosignatures carry it).
     #[arg(
         long,
@@ -121,24 +126,39 @@ async fn main() -> anyhow::Result<()> {
     );
     let dir = args.data_dir.unwrap_or_else(default_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = log_key(&dir, &args.origin)?;
-    let vkey = key.verifier().to_string();
-    durable_file::replace(&dir.join("vkey"), format!("{vkey}\n").as_bytes(), 0o644)?;
-    let token = token(&dir)?;
     let store = Arc::new(RedbLogStore::open(&dir.join("tlog.redb"))?);
-    let options = LogOptions {
-        dedup: args.dedup,
-        index_leaves: args.dedup,
+    let interval = Duration::from_millis(args.checkpoint_interval_ms);
+    let (node, token, vkey) = match &args.mirror {
+        Some(mirror) => {
+            let (vkey, peer) = mirror.rsplit_once('@').ok_or_else(|| {
+                anyhow::anyhow!("--mirror {mirror:?} must be <vkey>@<host>:<port>")
+            })?;
+            let key = tlog_core::note::VerifierKey::parse(vkey)
+                .map_err(|e| anyhow::anyhow!("--mirror: {e}"))?;
+            let node = LogNode::mirror(store, key.name()).await?;
+            tracing::info!(origin = %key.name(), %peer, "mirroring");
+            tokio::spawn(tlog_node::follow::follow(
+                node.clone(),
+                key,
+                peer.to_string(),
+                interval,
+            ));
+            (node, None, vkey.to_string())
+        }
+        None => {
+            let key = log_key(&dir, &args.origin)?;
+            let vkey = key.verifier().to_string();
+            durable_file::replace(&dir.join("vkey"), format!("{vkey}\n").as_bytes(), 0o644)?;
+            let options = LogOptions {
+                dedup: args.dedup,
+                index_leaves: args.dedup,
+            };
+            let node = LogNode::start(store, key, options, interval).await?;
+            (node, Some(token(&dir)?), vkey)
+        }
     };
-    let node = LogNode::start(
-        store,
-        key,
-        options,
-        Duration::from_millis(args.checkpoint_interval_ms),
-    )
-    .await?;
     let store = node.store().clone();
-    let mut app = node.clone().router(Some(token));
+    let mut app = node.clone().router(token);
     if !args.witness_for.is_empty() {
         let logs = args
             .witness_for
@@ -186,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
         node.clone(),
         args.node_name.clone(),
     ));
-    tracing::info!(origin = %args.origin, %vkey, "serving the log");
+    tracing::info!(origin = %node.origin(), %vkey, "serving the log");
     tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
