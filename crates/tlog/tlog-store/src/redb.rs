@@ -413,8 +413,7 @@ fn reply(job: Job, result: Result<Done, StoreError>) {
 fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate);
-    let mut results = Vec::with_capacity(batch.len());
-    {
+    let results = {
         let mut t = Tables {
             logs: txn.open_table(LOGS).map_err(unavailable)?,
             entries: txn.open_table(ENTRIES).map_err(unavailable)?,
@@ -424,10 +423,28 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
             witnessed: txn.open_table(WITNESSED).map_err(unavailable)?,
             evidence: txn.open_table(EVIDENCE).map_err(unavailable)?,
         };
-        for job in batch {
+        let mut results: Vec<Option<Result<Done, StoreError>>> = Vec::with_capacity(batch.len());
+        // Appends waiting to be applied, coalesced per log: each run of
+        // appends between other jobs is integrated once per log, so one
+        // partial tile is rewritten per batch instead of once per append.
+        let mut run: Vec<(LogId, Vec<usize>)> = Vec::new();
+        for (i, job) in batch.iter().enumerate() {
+            results.push(None);
+            if let Job::Append(log, entries, _) = job {
+                if entries.iter().any(|e| e.len() > MAX_ENTRY) {
+                    results[i] = Some(Err(StoreError::TooLarge("an entry over 65,535 bytes")));
+                    continue;
+                }
+                match run.iter_mut().find(|(l, _)| l == log) {
+                    Some((_, jobs)) => jobs.push(i),
+                    None => run.push((*log, vec![i])),
+                }
+                continue;
+            }
+            t.flush_appends(batch, &mut run, &mut results)?;
             let result = match job {
                 Job::Create(origin, options, _) => t.create(origin, *options).map(Done::Id),
-                Job::Append(log, entries, _) => t.append(log, entries).map(Done::Appended),
+                Job::Append(..) => continue,
                 Job::Checkpoint(log, size, root, note, _) => t
                     .put_checkpoint(log, *size, root, note)
                     .map(Done::Checkpoint),
@@ -444,9 +461,14 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
             if let Err(e @ StoreError::Unavailable(_)) = result {
                 return Err(e);
             }
-            results.push(result);
+            results[i] = Some(result);
         }
-    }
+        t.flush_appends(batch, &mut run, &mut results)?;
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(unavailable("internal: job not applied"))))
+            .collect()
+    };
     txn.commit().map_err(unavailable)?;
     Ok(results)
 }
@@ -462,6 +484,44 @@ struct Tables<'t> {
 }
 
 impl Tables<'_> {
+    /// Applies the coalesced appends of `run`: one integration per log,
+    /// each job's results handed back in order.
+    fn flush_appends(
+        &mut self,
+        batch: &[Job],
+        run: &mut Vec<(LogId, Vec<usize>)>,
+        results: &mut [Option<Result<Done, StoreError>>],
+    ) -> Result<(), StoreError> {
+        for (log, jobs) in run.drain(..) {
+            let entries: Vec<Vec<u8>> = jobs
+                .iter()
+                .flat_map(|&i| match &batch[i] {
+                    Job::Append(_, entries, _) => entries.clone(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            match self.append(&log, &entries) {
+                Ok(appended) => {
+                    let mut rest = appended.into_iter();
+                    for &i in &jobs {
+                        let n = match &batch[i] {
+                            Job::Append(_, entries, _) => entries.len(),
+                            _ => 0,
+                        };
+                        results[i] = Some(Ok(Done::Appended(rest.by_ref().take(n).collect())));
+                    }
+                }
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                Err(e) => {
+                    for &i in &jobs {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn create(&mut self, origin: &str, options: LogOptions) -> Result<LogId, StoreError> {
         if origin.is_empty() || origin.len() > 255 {
             return Err(StoreError::TooLarge("origin must be 1..=255 bytes"));
