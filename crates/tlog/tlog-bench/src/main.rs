@@ -106,6 +106,7 @@ async fn publish_latency(args: &Args) -> anyhow::Result<()> {
         key,
         LogOptions::default(),
         Duration::from_millis(args.interval_ms),
+        tlog_node::submit::Publish::default(),
     )
     .await?;
     let mut latencies = Vec::new();

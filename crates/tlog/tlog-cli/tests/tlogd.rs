@@ -18,6 +18,18 @@ struct Tlogd {
     child: Child,
     url: String,
     dir: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Tlogd {
+    /// Waits until the daemon logs `text` (up to 30 s).
+    fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log.lock().expect("lock").contains(text) {
+            assert!(Instant::now() < deadline, "{text:?} never logged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Tlogd {
@@ -65,11 +77,20 @@ fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
             break;
         }
     }
-    std::thread::spawn(move || for _ in lines {});
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut log = sink.lock().expect("lock");
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
     Tlogd {
         child,
         url: format!("http://127.0.0.1:{port}"),
         dir: dir.to_path_buf(),
+        log,
     }
 }
 
@@ -771,5 +792,82 @@ fn a_mirror_follows_over_lktl_and_serves_a_verified_copy() {
     assert_eq!(
         post(&format!("{}/add", mirror.url), Some("anything"), b"x"),
         404
+    );
+}
+
+/// tlog.md §5.2 and the publish policy: a log configured with a witness
+/// publishes each checkpoint only with that witness's cosignature, and
+/// `tlog-cli` accepts it under a policy that requires the witness; with the
+/// witness gone, nothing newer is published.
+#[test]
+fn a_witnessed_log_publishes_only_cosigned_checkpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The witness needs the log's vkey, and the log the witness's: make
+    // the log's key first with a throwaway start.
+    let log_dir = dir.path().join("log");
+    drop(start(&log_dir));
+    let log_vkey = std::fs::read_to_string(log_dir.join("vkey"))
+        .expect("vkey")
+        .trim()
+        .to_string();
+    let witness = start_with(&dir.path().join("witness"), &["--witness-for", &log_vkey]);
+    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    let log = start_with(
+        &log_dir,
+        &[
+            "--submit-to",
+            &format!("{witness_vkey}@{}/witness", witness.url),
+        ],
+    );
+    for i in 0..20u32 {
+        post(
+            &format!("{}/add", log.url),
+            Some(&token(&log)),
+            format!("w{i}").as_bytes(),
+        );
+    }
+    let note = published(&log, 20);
+    assert!(
+        String::from_utf8_lossy(&note).contains("\u{2014} localhost/tlogd/witness "),
+        "published with the witness's cosignature"
+    );
+    let policy = dir.path().join("policy");
+    std::fs::write(
+        &policy,
+        format!("log {log_vkey}\nwitness w {witness_vkey}\nquorum w\n"),
+    )
+    .expect("policy");
+    let line = ok(cli(&[
+        "checkpoint",
+        "--url",
+        &log.url,
+        "--policy",
+        policy.to_str().expect("utf8"),
+    ]));
+    assert!(line.starts_with("localhost/tlogd/log 20 "), "{line}");
+    // It keeps going, from the size the witness holds.
+    for i in 20..30u32 {
+        post(
+            &format!("{}/add", log.url),
+            Some(&token(&log)),
+            format!("w{i}").as_bytes(),
+        );
+    }
+    published(&log, 30);
+    // Without the witness, appends are durable but nothing newer is published.
+    drop(witness);
+    post(
+        &format!("{}/add", log.url),
+        Some(&token(&log)),
+        b"unwitnessed",
+    );
+    log.wait_log("not published: too few witnesses cosigned");
+    let (_, current, _) = get(&format!("{}/checkpoint", log.url));
+    assert!(
+        String::from_utf8_lossy(&current).contains("\n30\n"),
+        "still the last cosigned size"
     );
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 pub mod follow;
 pub mod peer;
+pub mod submit;
 pub mod witness;
 
 use axum::body::Bytes;
@@ -76,6 +77,7 @@ pub struct LogNode<S> {
     /// The log key; `None` for a mirror, which serves the origin's notes.
     key: Option<SignerKey>,
     published: watch::Sender<Option<Published>>,
+    publish: submit::Publish,
 }
 
 impl<S: LogStore> LogNode<S> {
@@ -86,6 +88,7 @@ impl<S: LogStore> LogNode<S> {
         key: SignerKey,
         options: LogOptions,
         interval: Duration,
+        publish: submit::Publish,
     ) -> Result<Arc<Self>, NodeError> {
         let origin = key.name().to_string();
         if !tlog_core::checkpoint::is_lightkeeper_origin(&origin) {
@@ -94,7 +97,7 @@ impl<S: LogStore> LogNode<S> {
                 origin,
             });
         }
-        let node = Self::open(store, &origin, options, Some(key)).await?;
+        let node = Self::open(store, &origin, options, Some(key), publish).await?;
         node.checkpoint_once().await;
         let ticker = Arc::downgrade(&node);
         tokio::spawn(async move {
@@ -112,7 +115,14 @@ impl<S: LogStore> LogNode<S> {
     /// Serves a mirror of `origin`: no key, no appends over HTTP; the
     /// origin's checkpoints are published as the follower stores them.
     pub async fn mirror(store: Arc<S>, origin: &str) -> Result<Arc<Self>, NodeError> {
-        Self::open(store, origin, LogOptions::default(), None).await
+        Self::open(
+            store,
+            origin,
+            LogOptions::default(),
+            None,
+            submit::Publish::default(),
+        )
+        .await
     }
 
     async fn open(
@@ -120,6 +130,7 @@ impl<S: LogStore> LogNode<S> {
         origin: &str,
         options: LogOptions,
         key: Option<SignerKey>,
+        publish: submit::Publish,
     ) -> Result<Arc<Self>, NodeError> {
         let log = store.create_log(origin, options).await?;
         let (published, _) = watch::channel(None);
@@ -129,6 +140,7 @@ impl<S: LogStore> LogNode<S> {
             origin: origin.to_string(),
             key,
             published,
+            publish,
         });
         node.publish_stored().await?;
         Ok(node)
@@ -227,11 +239,39 @@ impl<S: LogStore> LogNode<S> {
             }
             Err(e) => return Err(e),
         }
-        // Publish policy `quorum none`: stored is published.
-        self.published.send_replace(Some(Published {
-            size: state.size,
-            note: bytes,
-        }));
+        if self.publish.witnesses.is_empty() {
+            // Publish policy `quorum none`: stored is published.
+            self.published.send_replace(Some(Published {
+                size: state.size,
+                note: bytes,
+            }));
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let log = self.log;
+        let size = state.size;
+        let lines = submit::cosign(&self.publish, &note, size, |old| {
+            let store = store.clone();
+            async move { store.consistency_proof(log, old, size).await.ok() }
+        })
+        .await;
+        let cosigned = lines.len();
+        for line in lines {
+            note.add(line);
+        }
+        let bytes = note.to_bytes();
+        self.store
+            .put_checkpoint(self.log, state.size, state.root, bytes.clone())
+            .await?;
+        if cosigned >= self.publish.quorum {
+            self.published.send_replace(Some(Published {
+                size: state.size,
+                note: bytes,
+            }));
+        } else {
+            tracing::warn!(origin = %self.origin, size, cosigned, quorum = self.publish.quorum,
+                "not published: too few witnesses cosigned; retried next round");
+        }
         Ok(())
     }
 

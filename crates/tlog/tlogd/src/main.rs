@@ -53,6 +53,14 @@ struct Args {
     /// stored only once verified against the origin's signed checkpoint.
     #[arg(long, env = "TLOGD_MIRROR")]
     mirror: Option<String>,
+    /// Submit this log's checkpoints to a witness: `<witness vkey>@<url
+    /// prefix>` (e.g. `…@http://127.0.0.1:9941/witness`); repeat for more.
+    #[arg(long = "submit-to", env = "TLOGD_SUBMIT_TO", value_delimiter = ',')]
+    submit_to: Vec<String>,
+    /// Publish a checkpoint only once this many of those witnesses
+    /// cosigned it [default: all of them].
+    #[arg(long, env = "TLOGD_PUBLISH_QUORUM")]
+    publish_quorum: Option<usize>,
     /// The witness key's name (its cosignatures carry it).
     #[arg(
         long,
@@ -153,7 +161,23 @@ async fn main() -> anyhow::Result<()> {
                 dedup: args.dedup,
                 index_leaves: args.dedup,
             };
-            let node = LogNode::start(store, key, options, interval).await?;
+            let mut witnesses = Vec::new();
+            for target in &args.submit_to {
+                let (wkey, url) = target.split_once('@').ok_or_else(|| {
+                    anyhow::anyhow!("--submit-to {target:?} must be <witness vkey>@<url>")
+                })?;
+                let wkey = tlog_core::note::VerifierKey::parse(wkey)
+                    .map_err(|e| anyhow::anyhow!("--submit-to {target:?}: {e}"))?;
+                witnesses.push(tlog_node::submit::WitnessTarget::new(wkey, url.to_string()));
+            }
+            let quorum = args.publish_quorum.unwrap_or(witnesses.len());
+            anyhow::ensure!(
+                quorum <= witnesses.len(),
+                "--publish-quorum {quorum} is more than the {} witnesses given",
+                witnesses.len()
+            );
+            let publish = tlog_node::submit::Publish { witnesses, quorum };
+            let node = LogNode::start(store, key, options, interval, publish).await?;
             (node, Some(token(&dir)?), vkey)
         }
     };
