@@ -871,3 +871,81 @@ fn a_witnessed_log_publishes_only_cosigned_checkpoints() {
         "still the last cosigned size"
     );
 }
+
+/// tlog.md §4.3–§4.5: gzip for bundles when asked, retained checkpoints by
+/// size, the evidence list, and the per-address rate limit on `lk/v1`.
+#[test]
+fn gzip_retained_checkpoints_evidence_and_rate_limits() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_with(&dir.path().join("tlogd"), &["--lk-rate", "10"]);
+    for i in 0..10u32 {
+        post(
+            &format!("{}/add", node.url),
+            Some(&token(&node)),
+            format!("g{i}").as_bytes(),
+        );
+    }
+    let first = published(&node, 10);
+    post(
+        &format!("{}/add", node.url),
+        Some(&token(&node)),
+        b"one more",
+    );
+    published(&node, 11);
+    // A bundle, plain and gzipped: the same bytes.
+    let url = format!("{}/tile/entries/000.p/10", node.url);
+    let (status, plain, _) = get(&url);
+    assert_eq!(status, 200);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&url)
+        .header("Accept-Encoding", "gzip")
+        .call()
+        .expect("get");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip")
+    );
+    let gz = response.body_mut().read_to_vec().expect("body");
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut unzipped)
+        .expect("gunzip");
+    assert_eq!(unzipped, plain);
+    // The checkpoint of size 10 is retained; 12 is not published.
+    let (status, at10, _) = get(&format!("{}/lk/v1/checkpoint/10", node.url));
+    assert_eq!((status, at10), (200, first));
+    assert_eq!(get(&format!("{}/lk/v1/checkpoint/12", node.url)).0, 404);
+    assert_eq!(get(&format!("{}/lk/v1/checkpoint/010", node.url)).0, 404);
+    let (status, evidence, _) = get(&format!("{}/lk/v1/evidence", node.url));
+    assert_eq!((status, evidence.len()), (200, 0));
+    // 10/s with bursts of 20: a quick run of 60 meets 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..60 {
+        let response = agent
+            .get(&format!("{}/lk/v1/consistency?old=5&size=10", node.url))
+            .call()
+            .expect("get");
+        if response.status() == 429 {
+            limited = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            break;
+        }
+    }
+    assert!(
+        limited.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "rate limited with Retry-After"
+    );
+    // Tiles are not limited.
+    assert_eq!(get(&format!("{}/tile/0/000.p/11", node.url)).0, 200);
+}

@@ -275,21 +275,93 @@ impl<S: LogStore> LogNode<S> {
         Ok(())
     }
 
-    /// The HTTP resources; `append_token` enables `POST add`.
-    pub fn router(self: Arc<Self>, append_token: Option<String>) -> Router {
+    /// The HTTP resources; `append_token` enables `POST add`; `lk_rate`
+    /// bounds `lk/v1` requests per second per client address (bursts of
+    /// twice that), when the server passes connection info.
+    pub fn router(self: Arc<Self>, append_token: Option<String>, lk_rate: u32) -> Router {
         let state = Arc::new(Http {
             node: self,
             token: append_token,
         });
+        let limiter = Arc::new(RateLimit::new(lk_rate));
+        let lk = Router::new()
+            .route("/inclusion", get(inclusion::<S>))
+            .route("/consistency", get(consistency::<S>))
+            .route("/checkpoint/{size}", get(checkpoint_at::<S>))
+            .route("/evidence", get(evidence::<S>))
+            .layer(axum::middleware::from_fn_with_state(limiter, rate_limit));
         Router::new()
             .route("/checkpoint", get(checkpoint::<S>))
             .route("/tile/{*path}", get(tile_resource::<S>))
-            .route("/lk/v1/inclusion", get(inclusion::<S>))
-            .route("/lk/v1/consistency", get(consistency::<S>))
+            .nest("/lk/v1", lk)
             .route("/add", post(add::<S>))
             .layer(axum::middleware::map_response(cors))
             .with_state(state)
     }
+}
+
+/// A token bucket per client address (tlog.md §4.5: 200/s, bursts of 400).
+pub struct RateLimit {
+    rate: f64,
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+/// Addresses remembered at most; beyond, full buckets are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        RateLimit {
+            rate: f64::from(rate.max(1)),
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// `Ok` to serve, or `Err(seconds to wait)`.
+    fn take(&self, ip: std::net::IpAddr, now: std::time::Instant) -> Result<(), u64> {
+        let burst = 2.0 * self.rate;
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() > MAX_BUCKETS {
+            let rate = self.rate;
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+async fn rate_limit(
+    State(limit): State<Arc<RateLimit>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip {
+        if let Err(wait) = limit.take(ip, std::time::Instant::now()) {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, wait.to_string())],
+                "too many requests\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 struct Http<S> {
@@ -354,9 +426,51 @@ async fn checkpoint<S: LogStore>(State(http): State<Arc<Http<S>>>) -> Response {
     }
 }
 
+/// `lk/v1/checkpoint/<N>`: the retained checkpoint of exactly size N.
+async fn checkpoint_at<S: LogStore>(
+    State(http): State<Arc<Http<S>>>,
+    Path(size): Path<String>,
+) -> Response {
+    let Some(size) = tlog_core::checkpoint::parse_decimal(&size) else {
+        return not_found("not a canonical size");
+    };
+    if published_size(&http).is_none_or(|latest| size > latest) {
+        return not_found("not published");
+    }
+    let node = &http.node;
+    match node.store.checkpoint(node.log, Some(size)).await {
+        Ok(Some(note)) => (
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            note,
+        )
+            .into_response(),
+        Ok(None) => not_found("no checkpoint of that size retained"),
+        Err(e) => store_error(e),
+    }
+}
+
+/// `lk/v1/evidence`: every evidence blob held, base64, one per line.
+async fn evidence<S: LogStore>(State(http): State<Arc<Http<S>>>) -> Response {
+    let node = &http.node;
+    match node.store.evidence(node.log).await {
+        Ok(blobs) => text(
+            "no-store",
+            blobs
+                .iter()
+                .map(|b| format!("{}\n", b64encode(b)))
+                .collect(),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
 async fn tile_resource<S: LogStore>(
     State(http): State<Arc<Http<S>>>,
     Path(path): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let Some(id) = TileId::parse(&format!("tile/{path}")) else {
         return not_found("not a canonical tile path");
@@ -388,6 +502,19 @@ async fn tile_resource<S: LogStore>(
                         out.extend_from_slice(&(e.len() as u16).to_be_bytes());
                         out.extend_from_slice(&e);
                     }
+                    if accepts_gzip(&headers) && out.len() >= 32 {
+                        if let Some(gz) = gzip(&out) {
+                            return (
+                                [
+                                    (header::CONTENT_TYPE, "application/octet-stream"),
+                                    (header::CACHE_CONTROL, IMMUTABLE),
+                                    (header::CONTENT_ENCODING, "gzip"),
+                                ],
+                                gz,
+                            )
+                                .into_response();
+                        }
+                    }
                     out
                 }
                 Ok(_) => return not_found("not stored"),
@@ -403,6 +530,23 @@ async fn tile_resource<S: LogStore>(
         body,
     )
         .into_response()
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.split(';').next().map(str::trim) == Some("gzip"))
+        })
+}
+
+fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).ok()?;
+    encoder.finish().ok()
 }
 
 #[derive(serde::Deserialize)]

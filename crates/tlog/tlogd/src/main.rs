@@ -41,6 +41,10 @@ struct Args {
     #[arg(long, env = "TLOGD_CHECKPOINT_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     checkpoint_interval_ms: u64,
+    /// `lk/v1` requests per second per client address (bursts of twice
+    /// that); beyond, 429 with Retry-After.
+    #[arg(long, env = "TLOGD_LK_RATE", default_value_t = 200)]
+    lk_rate: u32,
     /// Keep an index of leaf hashes and give a repeated entry its first index.
     #[arg(long, env = "TLOGD_DEDUP")]
     dedup: bool,
@@ -182,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let store = node.store().clone();
-    let mut app = node.clone().router(token);
+    let mut app = node.clone().router(token, args.lk_rate);
     if !args.witness_for.is_empty() {
         let logs = args
             .witness_for
@@ -232,9 +236,12 @@ async fn main() -> anyhow::Result<()> {
     ));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");
     tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     tracing::info!("tlogd stopped");
     Ok(())
 }
