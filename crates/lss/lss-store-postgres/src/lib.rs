@@ -61,7 +61,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
 )];
 
 /// How failed operations are retried.
-const RETRY: Retry = Retry {
+pub const RETRY: Retry = Retry {
     engine: "PostgreSQL",
     attempts: 6,
     base: Duration::from_millis(5),
@@ -134,7 +134,7 @@ pub enum OpenError {
     #[error("cannot connect to PostgreSQL: {0}")]
     Connect(String),
     /// The database's schema is newer than this build knows.
-    #[error("PostgreSQL schema {schema} is at migration {found}; this build knows up to {known}: upgrade lssd")]
+    #[error("PostgreSQL schema {schema} is at migration {found}; this build knows up to {known}: upgrade {program}")]
     TooNew {
         /// The schema.
         schema: String,
@@ -142,6 +142,8 @@ pub enum OpenError {
         found: i32,
         /// Ours.
         known: i32,
+        /// The program to upgrade.
+        program: String,
     },
     /// A migration failed; nothing of it was applied.
     #[error("migration failed: {0}")]
@@ -234,7 +236,9 @@ pub struct PostgresStore {
 /// (client, key) as stored.
 type StoredKey = (Vec<u8>, Vec<u8>);
 
-fn classify(e: tokio_postgres::Error, at_commit: bool) -> Failure {
+/// Whether a failed statement is worth retrying (and whether it hit a
+/// COMMIT, which may have been applied).
+pub fn classify(e: tokio_postgres::Error, at_commit: bool) -> Failure {
     let retryable_state = e.code().is_some_and(|code| {
         *code == SqlState::T_R_SERIALIZATION_FAILURE
             || *code == SqlState::T_R_DEADLOCK_DETECTED
@@ -254,7 +258,8 @@ fn classify(e: tokio_postgres::Error, at_commit: bool) -> Failure {
     }
 }
 
-fn pool_failure(e: deadpool_postgres::PoolError) -> Failure {
+/// A pool failure as a retry decision: a timed-out pool is final.
+pub fn pool_failure(e: deadpool_postgres::PoolError) -> Failure {
     match e {
         deadpool_postgres::PoolError::Backend(e) => classify(e, false),
         // Timed out waiting for or creating a connection: the database is
@@ -267,30 +272,16 @@ impl PostgresStore {
     /// Connects, creates the schema if needed and runs pending migrations.
     pub async fn open(config: PostgresConfig) -> Result<Self, OpenError> {
         let schema = quote_schema(&config.schema)?;
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(OpenError::Url)?;
-        pg.connect_timeout(config.connect_timeout);
-        if pg.get_application_name().is_none() {
-            // Names the process, so an operator (or a test) can tell which
-            // lssd's sessions are still open, e.g. after it was killed: a
-            // transaction it had sent COMMIT for may land until they end.
-            pg.application_name(format!("lssd/{}", std::process::id()));
-        }
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
-        let manager = match tls_connector(&config.tls, pg.get_ssl_mode())? {
-            Some(tls) => Manager::from_config(pg, tls, manager_config),
-            None => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.connect_timeout))
-            .create_timeout(Some(config.connect_timeout))
-            .recycle_timeout(Some(config.connect_timeout))
-            .build()
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
-        migrate(&pool, &config.schema, &schema).await?;
+        let pool = connect_pool(&config, "lssd").await?;
+        migrate(
+            &pool,
+            &config.schema,
+            &schema,
+            "migrations",
+            MIGRATIONS,
+            "lssd",
+        )
+        .await?;
         Ok(PostgresStore {
             pool,
             sql: Sql::new(&schema),
@@ -650,7 +641,37 @@ impl Store for PostgresStore {
     }
 }
 
-fn quote_schema(name: &str) -> Result<String, OpenError> {
+/// A bounded pool to the database of `config` (TLS as configured), its
+/// sessions named `{program}/{pid}` unless the URL names them: shared by every
+/// Lightkeeper store on PostgreSQL, so they connect, time out and fail alike.
+pub async fn connect_pool(config: &PostgresConfig, program: &str) -> Result<Pool, OpenError> {
+    let mut pg: tokio_postgres::Config = config.url.parse().map_err(OpenError::Url)?;
+    pg.connect_timeout(config.connect_timeout);
+    if pg.get_application_name().is_none() {
+        // Names the process, so an operator (or a test) can tell which
+        // server's sessions are still open, e.g. after it was killed: a
+        // transaction it had sent COMMIT for may land until they end.
+        pg.application_name(format!("{program}/{}", std::process::id()));
+    }
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match tls_connector(&config.tls, pg.get_ssl_mode())? {
+        Some(tls) => Manager::from_config(pg, tls, manager_config),
+        None => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+    };
+    Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.connect_timeout))
+        .build()
+        .map_err(|e| OpenError::Connect(e.to_string()))
+}
+
+/// `"name"` for a schema name restricted to `[a-z_][a-z0-9_]*` (≤ 63 bytes).
+pub fn quote_schema(name: &str) -> Result<String, OpenError> {
     let valid = !name.is_empty()
         && name.len() <= 63
         && name
@@ -702,7 +723,18 @@ fn tls_connector(
     Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
 }
 
-async fn migrate(pool: &Pool, name: &str, schema: &str) -> Result<(), OpenError> {
+/// Creates `schema` if needed and applies the `migrations` newer than those
+/// recorded in `schema.table`, in one transaction under an advisory lock per
+/// (schema, table). Each store keeps its own table, so LSS and the log store
+/// can share a schema and migrate independently.
+pub async fn migrate(
+    pool: &Pool,
+    name: &str,
+    schema: &str,
+    table: &str,
+    migrations: &[(i32, &str)],
+    program: &str,
+) -> Result<(), OpenError> {
     let mut client = pool
         .get()
         .await
@@ -710,14 +742,14 @@ async fn migrate(pool: &Pool, name: &str, schema: &str) -> Result<(), OpenError>
     let tx = client.transaction().await.map_err(OpenError::Migration)?;
     // One migrator at a time per schema, across every lssd sharing the database.
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('lightkeeper migrations ' || $1))",
-        &[&name],
+        "SELECT pg_advisory_xact_lock(hashtext('lightkeeper ' || $2 || ' ' || $1))",
+        &[&name, &table],
     )
     .await
     .map_err(OpenError::Migration)?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.migrations (
+         CREATE TABLE IF NOT EXISTS {schema}.{table} (
              version int PRIMARY KEY,
              applied_at timestamptz NOT NULL DEFAULT now()
          );"
@@ -726,27 +758,28 @@ async fn migrate(pool: &Pool, name: &str, schema: &str) -> Result<(), OpenError>
     .map_err(OpenError::Migration)?;
     let applied: i32 = tx
         .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.{table}"),
             &[],
         )
         .await
         .map_err(OpenError::Migration)?
         .get(0);
-    let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    let known = migrations.last().map_or(0, |(v, _)| *v);
     if applied > known {
         return Err(OpenError::TooNew {
             schema: name.to_owned(),
             found: applied,
             known,
+            program: program.to_owned(),
         });
     }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+    for (version, sql) in migrations.iter().filter(|(v, _)| *v > applied) {
         tracing::info!(schema = name, version, "applying PostgreSQL migration");
         tx.batch_execute(&sql.replace("{schema}", schema))
             .await
             .map_err(OpenError::Migration)?;
         tx.execute(
-            &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+            &format!("INSERT INTO {schema}.{table} (version) VALUES ($1)"),
             &[version],
         )
         .await

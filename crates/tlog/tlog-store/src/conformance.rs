@@ -366,14 +366,14 @@ pub async fn evidence_and_status<S: LogStore>(store: S) {
 }
 
 /// Everything survives a reopen, and the reopened store goes on.
-pub async fn state_survives_reopen<S: LogStore, F, Fut>(open: F)
+pub async fn state_survives_reopen<S: LogStore, F, Fut>(first: S, reopen: F)
 where
-    F: Fn() -> Fut,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = S>,
 {
     let mut tree = MemoryTree::new();
     {
-        let store = open().await;
+        let store = first;
         let log = store
             .create_log(ORIGIN, LogOptions::default())
             .await
@@ -388,7 +388,7 @@ where
             .await
             .expect("checkpoint");
     }
-    let store = open().await;
+    let store = reopen().await;
     let log = tlog_core::log_id(ORIGIN);
     let state = store.state(log).await.expect("state");
     assert_eq!(
@@ -404,41 +404,50 @@ where
 }
 
 /// Expands to the suite for a backend: `$open` is an async fn taking the
-/// test's directory path and returning the store.
+/// test's directory path and returning the store and a guard kept alive as
+/// long as the test (e.g. a database schema dropped at the end; `()` when
+/// there is nothing to clean up). Opening the same path again opens the
+/// same store.
 #[macro_export]
 macro_rules! tlog_conformance_tests {
     ($open:path) => {
         #[tokio::test]
         async fn appends_are_atomic_contiguous_and_exact() {
             let dir = tempfile::tempdir().expect("tempdir");
-            $crate::conformance::appends_are_atomic_contiguous_and_exact($open(dir.path()).await)
-                .await;
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::appends_are_atomic_contiguous_and_exact(store).await;
         }
         #[tokio::test]
         async fn dedup_within_and_across_batches() {
             let dir = tempfile::tempdir().expect("tempdir");
-            $crate::conformance::dedup_within_and_across_batches($open(dir.path()).await).await;
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::dedup_within_and_across_batches(store).await;
         }
         #[tokio::test]
         async fn checkpoint_rules() {
             let dir = tempfile::tempdir().expect("tempdir");
-            $crate::conformance::checkpoint_rules($open(dir.path()).await).await;
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::checkpoint_rules(store).await;
         }
         #[tokio::test]
         async fn witness_cas_has_one_winner() {
             let dir = tempfile::tempdir().expect("tempdir");
-            $crate::conformance::witness_cas_has_one_winner($open(dir.path()).await).await;
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::witness_cas_has_one_winner(store).await;
         }
         #[tokio::test]
         async fn evidence_and_status() {
             let dir = tempfile::tempdir().expect("tempdir");
-            $crate::conformance::evidence_and_status($open(dir.path()).await).await;
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::evidence_and_status(store).await;
         }
         #[tokio::test]
         async fn state_survives_reopen() {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().to_path_buf();
-            $crate::conformance::state_survives_reopen(|| $open(&path)).await;
+            let (first, _guard) = $open(&path).await;
+            $crate::conformance::state_survives_reopen(first, || async { $open(&path).await.0 })
+                .await;
         }
     };
 }

@@ -12,6 +12,7 @@ use tlog_core::merkle::{CompactRange, Hash};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod redb;
+pub mod rules;
 
 pub use crate::redb::RedbLogStore;
 
@@ -48,7 +49,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn byte(self) -> u8 {
+    /// Its stored code.
+    pub fn byte(self) -> u8 {
         match self {
             Status::Active => 0,
             Status::Frozen => 1,
@@ -57,7 +59,8 @@ impl Status {
         }
     }
 
-    fn from_byte(b: u8) -> Option<Status> {
+    /// The status of a stored code.
+    pub fn from_byte(b: u8) -> Option<Status> {
         Some(match b {
             0 => Status::Active,
             1 => Status::Frozen,

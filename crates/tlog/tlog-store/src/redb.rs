@@ -8,18 +8,17 @@
 //! transaction. Multi-byte integers in keys are big-endian, so range scans
 //! run in index order.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
-use tlog_core::merkle::{self, CompactRange, Hash, NodeSource};
-use tlog_core::note::Note;
+use tlog_core::merkle::{self, CompactRange, Hash};
 use tlog_core::tile;
 use tokio::sync::oneshot;
 
+use crate::rules::{check_checkpoint, edge_tiles, merge_checkpoint, plan_append, TileNodes};
 use crate::{
     Appended, LogId, LogOptions, LogState, LogStore, PutCheckpoint, Status, StoreError,
     CHECKPOINT_HISTORY, MAX_ENTRIES_READ, MAX_ENTRY,
@@ -311,45 +310,15 @@ fn read_tile<T: ReadableTable<&'static [u8], &'static [u8]>>(
     else {
         return Ok(None);
     };
-    let bytes = row.value();
-    if bytes.is_empty() || bytes.len() % 32 != 0 || bytes.len() > 256 * 32 {
-        return Err(StoreError::Corrupt(format!("tile {level}/{n}")));
-    }
-    Ok(Some(
-        bytes
-            .chunks_exact(32)
-            .map(|c| c.try_into().unwrap_or([0; 32]))
-            .collect(),
-    ))
+    crate::rules::decode_tile(level, n, row.value()).map(Some)
 }
 
-/// Tree nodes from stored tiles: node (ℓ, i) folds 2^(ℓ mod 8) hashes of
-/// tile level ⌊ℓ/8⌋.
-struct Nodes<'a, T> {
-    tiles: &'a T,
+/// Tree nodes from the tiles table.
+fn nodes<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    tiles: &T,
     log: LogId,
-}
-
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> NodeSource for Nodes<'_, T> {
-    type Error = StoreError;
-    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
-        let (l, r) = (level / 8, level % 8);
-        let first = index << r;
-        let tile = read_tile(self.tiles, &self.log, l, first / 256)?
-            .ok_or_else(|| StoreError::Corrupt(format!("missing tile for node {level}/{index}")))?;
-        let start = (first % 256) as usize;
-        let mut hashes: Vec<Hash> = tile
-            .get(start..start + (1 << r))
-            .ok_or_else(|| StoreError::Corrupt(format!("short tile for node {level}/{index}")))?
-            .to_vec();
-        while hashes.len() > 1 {
-            hashes = hashes
-                .chunks_exact(2)
-                .map(|p| merkle::node_hash(&p[0], &p[1]))
-                .collect();
-        }
-        Ok(hashes[0])
-    }
+) -> TileNodes<impl Fn(u8, u64) -> Result<Option<Vec<Hash>>, StoreError> + '_> {
+    TileNodes(move |level, n| read_tile(tiles, &log, level, n))
 }
 
 // ---- the writer ----
@@ -549,54 +518,24 @@ impl Tables<'_> {
 
     fn append(&mut self, log: &LogId, batch: &[Vec<u8>]) -> Result<Vec<Appended>, StoreError> {
         let mut state = read_log(&self.logs, log)?;
-        if state.status != Status::Active {
-            return Err(StoreError::NotActive(state.status));
-        }
-        if batch.iter().any(|e| e.len() > MAX_ENTRY) {
-            return Err(StoreError::TooLarge("an entry over 65,535 bytes"));
-        }
         let keep_leaves = state.options.dedup || state.options.index_leaves;
-        let mut out = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<(&[u8], Hash)> = Vec::with_capacity(batch.len());
-        let mut in_batch: HashMap<Hash, u64> = HashMap::new();
-        let mut next = state.size;
-        for entry in batch {
-            let leaf = merkle::leaf_hash(entry);
-            if state.options.dedup {
-                let earlier = match in_batch.get(&leaf) {
-                    Some(i) => Some(*i),
-                    None => self
-                        .leaves
-                        .get(hash_key(log, &leaf).as_slice())
-                        .map_err(unavailable)?
-                        .map(|g| g.value()),
-                };
-                if let Some(index) = earlier {
-                    out.push(Appended {
-                        index,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-            }
-            in_batch.insert(leaf, next);
-            out.push(Appended {
-                index: next,
-                duplicate: false,
-            });
-            fresh.push((entry, leaf));
-            next += 1;
-        }
-        if next > merkle::MAX_SIZE {
-            return Err(StoreError::TooLarge("the log is full"));
-        }
+        let leaves_table = &self.leaves;
+        let plan = plan_append(&state, batch, |leaf| {
+            Ok(leaves_table
+                .get(hash_key(log, leaf).as_slice())
+                .map_err(unavailable)?
+                .map(|g| g.value()))
+        })?;
+        let fresh: Vec<(&[u8], Hash)> = plan
+            .fresh
+            .iter()
+            .map(|&(i, leaf)| (batch[i].as_slice(), leaf))
+            .collect();
         let mut edge = Vec::with_capacity(8);
-        for level in 0..8u8 {
-            let (full, width) = tile::tiles_at(state.size, level);
-            edge.push(if width == 0 {
-                Vec::new()
-            } else {
-                read_tile(&self.tiles, log, level, full)?.unwrap_or_default()
+        for (level, partial) in edge_tiles(state.size).into_iter().enumerate() {
+            edge.push(match partial {
+                Some(n) => read_tile(&self.tiles, log, level as u8, n)?.unwrap_or_default(),
+                None => Vec::new(),
             });
         }
         let leaves: Vec<Hash> = fresh.iter().map(|(_, h)| *h).collect();
@@ -633,7 +572,7 @@ impl Tables<'_> {
         self.logs
             .insert(log.as_slice(), encode_log(&state).as_slice())
             .map_err(unavailable)?;
-        Ok(out)
+        Ok(plan.appended)
     }
 
     fn put_checkpoint(
@@ -644,25 +583,8 @@ impl Tables<'_> {
         note: &[u8],
     ) -> Result<PutCheckpoint, StoreError> {
         let mut state = read_log(&self.logs, log)?;
-        let parsed = Note::parse(note).map_err(|e| StoreError::BadNote(e.to_string()))?;
-        let body = tlog_core::Checkpoint::parse(parsed.text())
-            .map_err(|e| StoreError::BadNote(e.to_string()))?;
-        if body.size != size || body.root != *root || body.origin != state.origin {
-            return Err(StoreError::BadNote(
-                "the note is not this checkpoint".into(),
-            ));
-        }
-        if size > state.size {
-            return Err(StoreError::CheckpointConflict);
-        }
-        let at = merkle::subtree_root(
-            &Nodes {
-                tiles: &self.tiles,
-                log: *log,
-            },
-            0,
-            size,
-        )?;
+        let parsed = check_checkpoint(&state, size, root, note)?;
+        let at = merkle::subtree_root(&nodes(&self.tiles, *log), 0, size)?;
         if at != *root {
             return Err(StoreError::CheckpointConflict);
         }
@@ -677,24 +599,7 @@ impl Tables<'_> {
             .get(key.as_slice())
             .map_err(unavailable)?
             .map(|g| g.value().to_vec());
-        let (bytes, outcome) = match existing {
-            Some(old) => {
-                let mut merged =
-                    Note::parse(&old).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                for line in parsed.signatures() {
-                    let newer = merged
-                        .signatures()
-                        .iter()
-                        .find(|l| l.name == line.name && l.id == line.id)
-                        .is_none_or(|l| l.cosignature_time() < line.cosignature_time());
-                    if newer {
-                        merged.add(line.clone());
-                    }
-                }
-                (merged.to_bytes(), PutCheckpoint::Merged)
-            }
-            None => (note.to_vec(), PutCheckpoint::Stored),
-        };
+        let (bytes, outcome) = merge_checkpoint(existing.as_deref(), &parsed, note)?;
         self.checkpoints
             .insert(key.as_slice(), bytes.as_slice())
             .map_err(unavailable)?;
@@ -954,8 +859,8 @@ impl LogStore for RedbLogStore {
                 )));
             }
             let tiles = txn.open_table(TILES).map_err(unavailable)?;
-            merkle::inclusion_proof(&Nodes { tiles: &tiles, log }, index, size)?
-                .map_err(|e| StoreError::OutOfRange(e.to_string()))
+            let proof = merkle::inclusion_proof(&nodes(&tiles, log), index, size)?;
+            proof.map_err(|e| StoreError::OutOfRange(e.to_string()))
         })
         .await
     }
@@ -975,8 +880,8 @@ impl LogStore for RedbLogStore {
                 )));
             }
             let tiles = txn.open_table(TILES).map_err(unavailable)?;
-            merkle::consistency_proof(&Nodes { tiles: &tiles, log }, old, new)?
-                .map_err(|e| StoreError::OutOfRange(e.to_string()))
+            let proof = merkle::consistency_proof(&nodes(&tiles, log), old, new)?;
+            proof.map_err(|e| StoreError::OutOfRange(e.to_string()))
         })
         .await
     }

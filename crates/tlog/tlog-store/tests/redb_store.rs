@@ -5,8 +5,11 @@ use std::path::Path;
 
 use tlog_store::{LogOptions, LogStore, RedbLogStore};
 
-async fn open(dir: &Path) -> RedbLogStore {
-    RedbLogStore::open(&dir.join("lightkeeper.redb")).expect("open")
+async fn open(dir: &Path) -> (RedbLogStore, ()) {
+    (
+        RedbLogStore::open(&dir.join("lightkeeper.redb")).expect("open"),
+        (),
+    )
 }
 
 tlog_store::tlog_conformance_tests!(open);
@@ -14,7 +17,7 @@ tlog_store::tlog_conformance_tests!(open);
 #[tokio::test]
 async fn a_second_opener_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(dir.path()).await;
+    let (store, ()) = open(dir.path()).await;
     store
         .create_log("log.example/x", LogOptions::default())
         .await
