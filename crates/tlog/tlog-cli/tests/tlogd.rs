@@ -949,3 +949,82 @@ fn gzip_retained_checkpoints_evidence_and_rate_limits() {
     // Tiles are not limited.
     assert_eq!(get(&format!("{}/tile/0/000.p/11", node.url)).0, 200);
 }
+
+#[test]
+fn tlogd_on_postgresql_serves_verified_tiles_and_keeps_the_log_across_a_restart() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let schema = runtime.block_on(lk_testkit::postgres::Schema::fresh());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--postgres",
+        schema.url.as_str(),
+        "--postgres-schema",
+        schema.name.as_str(),
+    ];
+    let node = start_with(&dir.path().join("tlogd"), &args);
+    let vkey = vkey(&node);
+    for i in 0..300u32 {
+        assert_eq!(
+            post(
+                &format!("{}/add", node.url),
+                Some(&token(&node)),
+                format!("pg entry {i}").as_bytes()
+            ),
+            200
+        );
+    }
+    published(&node, 300);
+    // Killed, restarted on the same database: nothing lost, and it goes on.
+    drop(node);
+    let node = start_with(&dir.path().join("tlogd"), &args);
+    for i in 300..310u32 {
+        post(
+            &format!("{}/add", node.url),
+            Some(&token(&node)),
+            format!("pg entry {i}").as_bytes(),
+        );
+    }
+    let note = published(&node, 310);
+    let state = dir.path().join("view");
+    let out = ok(cli(&[
+        "sync",
+        "--url",
+        &node.url,
+        "--vkey",
+        &vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]));
+    assert!(out.contains("verified at size 310"), "{out}");
+    // Their libraries agree with what PostgreSQL-backed tlogd serves.
+    let verifier = signed_note::StandardVerifier::new(&vkey).expect("their vkey parser");
+    let parsed = signed_note::Note::from_bytes(&note).expect("their note parser");
+    parsed
+        .verify(&signed_note::VerifierList::new(vec![Box::new(verifier)]))
+        .expect("their verification");
+    let checkpoint =
+        tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
+    let tiles = HttpTiles(node.url.clone());
+    let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
+    assert_eq!(
+        tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
+        *checkpoint.hash()
+    );
+    // The entries are in PostgreSQL, and no embedded store was made.
+    assert!(!node.dir.join("tlog.redb").exists());
+    let rows: i64 = runtime.block_on(async {
+        schema
+            .client()
+            .await
+            .query_one(
+                &format!("SELECT count(*) FROM \"{}\".tlog_entries", schema.name),
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0)
+    });
+    assert_eq!(rows, 310);
+    drop(node);
+    drop(schema);
+}

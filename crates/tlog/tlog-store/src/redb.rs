@@ -317,7 +317,7 @@ fn read_tile<T: ReadableTable<&'static [u8], &'static [u8]>>(
 fn nodes<T: ReadableTable<&'static [u8], &'static [u8]>>(
     tiles: &T,
     log: LogId,
-) -> TileNodes<impl Fn(u8, u64) -> Result<Option<Vec<Hash>>, StoreError> + '_> {
+) -> TileNodes<impl crate::rules::TileRead + '_> {
     TileNodes(move |level, n| read_tile(tiles, &log, level, n))
 }
 
@@ -492,9 +492,7 @@ impl Tables<'_> {
     }
 
     fn create(&mut self, origin: &str, options: LogOptions) -> Result<LogId, StoreError> {
-        if origin.is_empty() || origin.len() > 255 {
-            return Err(StoreError::TooLarge("origin must be 1..=255 bytes"));
-        }
+        crate::rules::check_origin(origin)?;
         let id = tlog_core::log_id(origin);
         match read_log(&self.logs, &id) {
             Ok(_) => return Ok(id),

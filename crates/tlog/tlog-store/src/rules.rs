@@ -20,6 +20,14 @@ pub struct AppendPlan {
     pub fresh: Vec<(usize, Hash)>,
 }
 
+/// A log's name must be 1..=255 bytes (it is a checkpoint's first line).
+pub fn check_origin(origin: &str) -> Result<(), StoreError> {
+    if origin.is_empty() || origin.len() > 255 {
+        return Err(StoreError::TooLarge("origin must be 1..=255 bytes"));
+    }
+    Ok(())
+}
+
 /// Plans an append to a log in `state`: checks status and sizes, assigns
 /// `[size, size + k)` in batch order, and with dedup gives an entry already
 /// present (`earlier(leaf)`) or earlier in the batch its existing index.
@@ -93,14 +101,15 @@ pub fn decode_tile(level: u8, index: u64, bytes: &[u8]) -> Result<Vec<Hash>, Sto
         .collect())
 }
 
+/// Reads one stored tile (level, index).
+pub trait TileRead: Fn(u8, u64) -> Result<Option<Vec<Hash>>, StoreError> {}
+impl<F: Fn(u8, u64) -> Result<Option<Vec<Hash>>, StoreError>> TileRead for F {}
+
 /// Tree nodes from stored tiles: node (ℓ, i) folds 2^(ℓ mod 8) hashes of
 /// tile level ⌊ℓ/8⌋. `read(level, index)` reads one tile.
 pub struct TileNodes<F>(pub F);
 
-impl<F> NodeSource for TileNodes<F>
-where
-    F: Fn(u8, u64) -> Result<Option<Vec<Hash>>, StoreError>,
-{
+impl<F: TileRead> NodeSource for TileNodes<F> {
     type Error = StoreError;
     fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
         let (l, r) = (level / 8, level % 8);

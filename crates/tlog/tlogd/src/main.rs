@@ -3,7 +3,8 @@
 //! `tlogd` alone serves one log on `127.0.0.1:9940` with its data in
 //! `~/.lightkeeper/tlogd`: the log key (`log-key`, mode 0600, created on
 //! first start, its verifier key printed and written to `vkey`), the append
-//! token (`append-token`, 0600) and the store (`tlog.redb`).
+//! token (`append-token`, 0600) and the store (`tlog.redb`; or PostgreSQL
+//! with `--postgres`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use tlog_core::note::{KeyType, SignerKey};
 use tlog_node::LogNode;
-use tlog_store::{LogOptions, RedbLogStore};
+use tlog_store::{LogOptions, LogStore, RedbLogStore};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,15 @@ struct Args {
     /// Where the key, token and store live [default: ~/.lightkeeper/tlogd].
     #[arg(long, env = "TLOGD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the log in PostgreSQL instead of the embedded store:
+    /// `postgres://user@host/db` (keys and token stay in the data dir).
+    /// Several tlogd may share one database: appends to a log serialize
+    /// on its row.
+    #[arg(long, env = "TLOGD_POSTGRES")]
+    postgres: Option<String>,
+    /// The PostgreSQL schema (shared with lssd's if the same).
+    #[arg(long, env = "TLOGD_POSTGRES_SCHEMA", default_value = "lightkeeper")]
+    postgres_schema: String,
     /// HTTP address; a public one is a deliberate choice.
     #[arg(long, env = "TLOGD_LISTEN", default_value = "127.0.0.1:9940")]
     listen: SocketAddr,
@@ -136,9 +146,27 @@ async fn main() -> anyhow::Result<()> {
         "--origin {:?} must be <dns-name>/<path> of lowercase letters, digits, '.', '-' and '/'",
         args.origin
     );
-    let dir = args.data_dir.unwrap_or_else(default_dir);
+    let dir = args.data_dir.clone().unwrap_or_else(default_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = Arc::new(RedbLogStore::open(&dir.join("tlog.redb"))?);
+    match args.postgres.clone() {
+        Some(url) => {
+            let config = tlog_store_postgres::PostgresConfig {
+                schema: args.postgres_schema.clone(),
+                ..tlog_store_postgres::PostgresConfig::new(url)
+            };
+            let store = tlog_store_postgres::PostgresLogStore::open(config).await?;
+            tracing::info!(schema = %args.postgres_schema, "log store: PostgreSQL");
+            serve(args, dir, Arc::new(store)).await
+        }
+        None => {
+            let store = RedbLogStore::open(&dir.join("tlog.redb"))?;
+            serve(args, dir, Arc::new(store)).await
+        }
+    }
+}
+
+/// Serves the log (or mirror) on `store`, whichever backend it is.
+async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::Result<()> {
     let interval = Duration::from_millis(args.checkpoint_interval_ms);
     let (node, token, vkey) = match &args.mirror {
         Some(mirror) => {
