@@ -211,6 +211,25 @@ impl TileReader for HttpTiles {
     fn save_tiles(&self, _: &[Tile], _: &[Vec<u8>]) {}
 }
 
+/// Code no one here wrote checks what tlogd serves: `signed_note` verifies
+/// the published note with the vkey tlogd printed, and `tlog_tiles`
+/// computes the checkpoint's root from the served tiles.
+fn their_libraries_verify(node: &Tlogd, vkey: &str, note: &[u8]) {
+    let verifier = signed_note::StandardVerifier::new(vkey).expect("their vkey parser");
+    let parsed = signed_note::Note::from_bytes(note).expect("their note parser");
+    parsed
+        .verify(&signed_note::VerifierList::new(vec![Box::new(verifier)]))
+        .expect("their verification");
+    let checkpoint =
+        tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
+    let tiles = HttpTiles(node.url.clone());
+    let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
+    assert_eq!(
+        tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
+        *checkpoint.hash()
+    );
+}
+
 #[test]
 fn start_append_verify_with_our_cli_and_with_theirs() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -287,21 +306,7 @@ fn start_append_verify_with_our_cli_and_with_theirs() {
     ]));
     assert!(out.contains("(50 new entries"), "{out}");
 
-    // Theirs: signed_note verifies the checkpoint from the vkey tlogd printed.
-    let verifier = signed_note::StandardVerifier::new(&vkey).expect("their vkey parser");
-    let parsed = signed_note::Note::from_bytes(&note).expect("their note parser");
-    parsed
-        .verify(&signed_note::VerifierList::new(vec![Box::new(verifier)]))
-        .expect("their verification");
-    let checkpoint =
-        tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
-    // tlog_tiles computes the same root from our served tiles.
-    let tiles = HttpTiles(node.url.clone());
-    let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
-    assert_eq!(
-        tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
-        *checkpoint.hash()
-    );
+    their_libraries_verify(&node, &vkey, &note);
 }
 
 #[test]
@@ -996,20 +1001,7 @@ fn tlogd_on_postgresql_serves_verified_tiles_and_keeps_the_log_across_a_restart(
         state.to_str().expect("utf8"),
     ]));
     assert!(out.contains("verified at size 310"), "{out}");
-    // Their libraries agree with what PostgreSQL-backed tlogd serves.
-    let verifier = signed_note::StandardVerifier::new(&vkey).expect("their vkey parser");
-    let parsed = signed_note::Note::from_bytes(&note).expect("their note parser");
-    parsed
-        .verify(&signed_note::VerifierList::new(vec![Box::new(verifier)]))
-        .expect("their verification");
-    let checkpoint =
-        tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
-    let tiles = HttpTiles(node.url.clone());
-    let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
-    assert_eq!(
-        tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
-        *checkpoint.hash()
-    );
+    their_libraries_verify(&node, &vkey, &note);
     // The entries are in PostgreSQL, and no embedded store was made.
     assert!(!node.dir.join("tlog.redb").exists());
     let rows: i64 = runtime.block_on(async {
