@@ -1,6 +1,7 @@
 //! `tlog-bench`: measures tlog.md §9's in-process rows on the embedded
 //! store: durable appends per second with N concurrent callers (and with
-//! dedup), append latency, and append → published checkpoint latency.
+//! dedup), append latency, and append → published checkpoint latency; with
+//! `--postgres`, the append rows on the PostgreSQL store.
 //! Results and commands are recorded in docs/benchmarks.md.
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tlog_node::LogNode;
 use tlog_store::{LogOptions, LogStore, RedbLogStore};
 
 #[derive(Parser)]
-#[command(about = "Transparency-log load generator (in process, redb)")]
+#[command(about = "Transparency-log load generator (in process; redb, or PostgreSQL)")]
 struct Args {
     /// Concurrent appenders.
     #[arg(long, default_value_t = 64)]
@@ -29,6 +30,11 @@ struct Args {
     /// Where the store goes (default: a temporary directory).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Measure the append phases on PostgreSQL instead (a fresh schema
+    /// `tlog_bench_<pid>`, dropped afterwards), e.g.
+    /// `host=127.0.0.1 user=postgres dbname=test`.
+    #[arg(long)]
+    postgres: Option<String>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -39,6 +45,35 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn appends(args: &Args, dedup: bool) -> anyhow::Result<()> {
+    let options = LogOptions {
+        dedup,
+        index_leaves: dedup,
+    };
+    let label = if dedup { " (dedup)" } else { "" };
+    if let Some(url) = &args.postgres {
+        let schema = format!("tlog_bench_{}_{}", std::process::id(), u8::from(dedup));
+        let config = tlog_store_postgres::PostgresConfig {
+            schema: schema.clone(),
+            pool_size: args.callers.min(32),
+            ..tlog_store_postgres::PostgresConfig::new(url.clone())
+        };
+        let store = Arc::new(tlog_store_postgres::PostgresLogStore::open(config).await?);
+        let (size, took, latencies) = load(args, store, options).await?;
+        report(
+            &format!("appends on PostgreSQL{label}"),
+            args,
+            size,
+            took,
+            &latencies,
+            None,
+        );
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await?;
+        return Ok(());
+    }
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let path = dir.join(if dedup {
@@ -48,10 +83,26 @@ async fn appends(args: &Args, dedup: bool) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_file(&path);
     let store = Arc::new(RedbLogStore::open(&path)?);
-    let options = LogOptions {
-        dedup,
-        index_leaves: dedup,
-    };
+    let (size, took, latencies) = load(args, store, options).await?;
+    let bytes = std::fs::metadata(&path)?.len();
+    report(
+        &format!("appends{label}"),
+        args,
+        size,
+        took,
+        &latencies,
+        Some(bytes),
+    );
+    Ok(())
+}
+
+/// `args.callers` tasks appending one entry at a time for `args.seconds`:
+/// the log's final size, the seconds taken, and every latency, sorted.
+async fn load<S: LogStore>(
+    args: &Args,
+    store: Arc<S>,
+    options: LogOptions,
+) -> anyhow::Result<(u64, f64, Vec<Duration>)> {
     let log = store.create_log("bench.example/log", options).await?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
@@ -81,20 +132,24 @@ async fn appends(args: &Args, dedup: bool) -> anyhow::Result<()> {
     }
     let took = start.elapsed().as_secs_f64();
     all.sort();
-    let size = store.state(log).await?.size;
-    let bytes = std::fs::metadata(&path)?.len();
+    Ok((store.state(log).await?.size, took, all))
+}
+
+fn report(what: &str, args: &Args, size: u64, took: f64, all: &[Duration], bytes: Option<u64>) {
+    let disk = bytes.map_or(String::new(), |bytes| {
+        format!(
+            ", {:.0} B/entry on disk beyond the entry",
+            (bytes as f64 / size as f64) - args.entry_bytes as f64
+        )
+    });
     println!(
-        "appends{}: {} callers, {} B entries: {:.0} entries/s durable; latency p50 {:.2} ms, p99 {:.2} ms; {} entries, {:.0} B/entry on disk beyond the entry",
-        if dedup { " (dedup)" } else { "" },
+        "{what}: {} callers, {} B entries: {:.0} entries/s durable; latency p50 {:.2} ms, p99 {:.2} ms; {size} entries{disk}",
         args.callers,
         args.entry_bytes,
         size as f64 / took,
-        percentile(&all, 0.5).as_secs_f64() * 1e3,
-        percentile(&all, 0.99).as_secs_f64() * 1e3,
-        size,
-        (bytes as f64 / size as f64) - args.entry_bytes as f64,
+        percentile(all, 0.5).as_secs_f64() * 1e3,
+        percentile(all, 0.99).as_secs_f64() * 1e3,
     );
-    Ok(())
 }
 
 async fn publish_latency(args: &Args) -> anyhow::Result<()> {
@@ -139,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     appends(&args, false).await?;
     appends(&args, true).await?;
-    publish_latency(&args).await?;
+    if args.postgres.is_none() {
+        publish_latency(&args).await?;
+    }
     Ok(())
 }
