@@ -8,7 +8,11 @@
 //! sizes and indices `bigint`; primary keys equal the redb keys.
 //!
 //! # An append
-//! One READ COMMITTED transaction: `SELECT … FOR UPDATE` of the log's row
+//! Appends to one log wait in this node's queue for it; whoever leads takes
+//! every waiting append (up to 4,096 entries) and commits them together, in
+//! a task of its own so that a caller going away cannot cancel the others'
+//! (group commit: 26 k appends/s instead of 500, docs/benchmarks.md). One
+//! READ COMMITTED transaction: `SELECT … FOR UPDATE` of the log's row
 //! (so one log's appenders run one at a time, across every node sharing the
 //! database, while other logs run in parallel); the batch's leaf hashes
 //! looked up in one query (dedup); the right-edge tiles in one query;
@@ -33,7 +37,9 @@
 //! proof whatever its length.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use deadpool_postgres::{Pool, Transaction};
 use lss_store::retry::Failure;
@@ -223,9 +229,41 @@ impl Sql {
 
 /// The PostgreSQL log store: a connection pool and its statements.
 pub struct PostgresLogStore {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for PostgresLogStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// The store's state, shared with the group-commit tasks (which run to
+/// the end even if the caller that started one goes away).
+#[doc(hidden)]
+pub struct Inner {
     pool: Pool,
     sql: Sql,
+    sequencers: Mutex<HashMap<LogId, Arc<Sequencer>>>,
 }
+
+/// One log's group commit on this node: appends wait in `queue`; whoever
+/// holds `leader` takes every waiting append and commits them in one
+/// transaction, then answers each. The log row's lock still orders nodes.
+#[derive(Default)]
+struct Sequencer {
+    queue: Mutex<Vec<Waiting>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+struct Waiting {
+    entries: Vec<Vec<u8>>,
+    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+}
+
+/// Most entries one group commit takes (tlog.md §6.8 `batch_max_entries`).
+const BATCH_MAX_ENTRIES: usize = 4096;
 
 /// A u64 from the API as a `bigint`: values past `i64::MAX` name nothing
 /// stored, so they saturate.
@@ -318,8 +356,11 @@ impl PostgresLogStore {
         )
         .await?;
         let store = PostgresLogStore {
-            pool,
-            sql: Sql::new(&schema),
+            inner: Arc::new(Inner {
+                pool,
+                sql: Sql::new(&schema),
+                sequencers: Mutex::new(HashMap::new()),
+            }),
         };
         let db = store
             .pool
@@ -340,7 +381,9 @@ impl PostgresLogStore {
         }
         Ok(store)
     }
+}
 
+impl Inner {
     async fn run<T, Fut>(
         &self,
         what: &str,
@@ -418,6 +461,35 @@ impl PostgresLogStore {
         let source = TileNodes(|level: u8, n: u64| Ok(tiles.get(&(level, n)).cloned()));
         let node = |level: u8, index: u64| source.node(level, index);
         Ok(compute(&FnNodes(&node)))
+    }
+
+    /// Commits the appends of `batch` in one transaction and answers each.
+    async fn commit_group(&self, log: LogId, batch: Vec<Waiting>) {
+        let all: Vec<Vec<u8>> = batch
+            .iter()
+            .flat_map(|w| w.entries.iter().cloned())
+            .collect();
+        let sent = Mutex::new(None);
+        let (log, all_ref, sent) = (&log, &all, &sent);
+        let result = self
+            .run("append", move |doubt| async move {
+                self.append_once(log, all_ref, sent, doubt).await
+            })
+            .await;
+        match result {
+            Ok(appended) => {
+                let mut rest = appended.into_iter();
+                for w in batch {
+                    let mine: Vec<Appended> = rest.by_ref().take(w.entries.len()).collect();
+                    let _ = w.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                for w in batch {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     async fn append_once(
@@ -712,12 +784,61 @@ impl LogStore for PostgresLogStore {
     }
 
     async fn append(&self, log: LogId, entries: Vec<Vec<u8>>) -> Result<Vec<Appended>, StoreError> {
-        let sent = Mutex::new(None);
-        let (log, entries, sent) = (&log, &entries, &sent);
-        self.run("append", move |doubt| async move {
-            self.append_once(log, entries, sent, doubt).await
-        })
-        .await
+        if entries.iter().any(|e| e.len() > tlog_store::MAX_ENTRY) {
+            return Err(StoreError::TooLarge("an entry over 65,535 bytes"));
+        }
+        let sequencer = self
+            .sequencers
+            .lock()
+            .map_err(|_| StoreError::Unavailable("sequencer lock poisoned".into()))?
+            .entry(log)
+            .or_default()
+            .clone();
+        let (reply, mut answer) = oneshot::channel();
+        if let Ok(mut queue) = sequencer.queue.lock() {
+            queue.push(Waiting { entries, reply });
+        }
+        loop {
+            let _leading = sequencer.leader.lock().await;
+            // A leader before us may have committed ours already.
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(StoreError::Unavailable(
+                        "the group commit failed; the append's outcome is unknown".into(),
+                    ))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch = match sequencer.queue.lock() {
+                Ok(mut queue) => {
+                    let mut taken = 0;
+                    let n = queue
+                        .iter()
+                        .take_while(|w| {
+                            taken += w.entries.len();
+                            taken <= BATCH_MAX_ENTRIES
+                        })
+                        .count()
+                        .max(1);
+                    let n = n.min(queue.len());
+                    queue.drain(..n).collect::<Vec<_>>()
+                }
+                Err(_) => Vec::new(),
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            // In a task of its own: a caller that goes away mid-commit
+            // cannot cancel the others' appends.
+            let inner = self.inner.clone();
+            if tokio::spawn(async move { inner.commit_group(log, batch).await })
+                .await
+                .is_err()
+            {
+                tracing::error!("a tlog group commit task panicked");
+            }
+        }
     }
 
     async fn state(&self, log: LogId) -> Result<LogState, StoreError> {
