@@ -101,6 +101,19 @@ fn cli(args: &[&str]) -> Output {
         .expect("run tlog-cli")
 }
 
+/// `tlog-cli sync` of the log at `url` into the view file `state`; its output.
+fn sync_view(url: &str, vkey: &str, state: &Path) -> String {
+    ok(cli(&[
+        "sync",
+        "--url",
+        url,
+        "--vkey",
+        vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]))
+}
+
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -295,15 +308,7 @@ fn start_append_verify_with_our_cli_and_with_theirs() {
         );
     }
     published(&node, 650);
-    let out = ok(cli(&[
-        "sync",
-        "--url",
-        &node.url,
-        "--vkey",
-        &vkey,
-        "--state",
-        state.to_str().expect("utf8"),
-    ]));
+    let out = sync_view(&node.url, &vkey, &state);
     assert!(out.contains("(50 new entries"), "{out}");
 
     their_libraries_verify(&node, &vkey, &note);
@@ -370,15 +375,7 @@ fn a_forked_history_under_the_same_key_is_caught_with_evidence() {
     }
     published(&honest, 10);
     let state = dir.path().join("view");
-    ok(cli(&[
-        "sync",
-        "--url",
-        &honest.url,
-        "--vkey",
-        &vkey,
-        "--state",
-        state.to_str().expect("utf8"),
-    ]));
+    sync_view(&honest.url, &vkey, &state);
     drop(honest);
     // The operator (same key) serves another history of the same size.
     let forked_dir = dir.path().join("forked");
@@ -751,15 +748,7 @@ fn a_mirror_follows_over_lktl_and_serves_a_verified_copy() {
     let mirrored = published(&mirror, 1000);
     assert_eq!(mirrored, note, "the origin's own note, verbatim");
     let state = dir.path().join("view");
-    let out = ok(cli(&[
-        "sync",
-        "--url",
-        &mirror.url,
-        "--vkey",
-        &vkey,
-        "--state",
-        state.to_str().expect("utf8"),
-    ]));
+    let out = sync_view(&mirror.url, &vkey, &state);
     assert!(
         out.contains("verified at size 1000 (1000 new entries"),
         "{out}"
@@ -774,25 +763,9 @@ fn a_mirror_follows_over_lktl_and_serves_a_verified_copy() {
     }
     published(&origin, 1300);
     published(&mirror, 1300);
-    let out = ok(cli(&[
-        "sync",
-        "--url",
-        &mirror.url,
-        "--vkey",
-        &vkey,
-        "--state",
-        state.to_str().expect("utf8"),
-    ]));
+    let out = sync_view(&mirror.url, &vkey, &state);
     assert!(out.contains("(300 new entries"), "{out}");
-    ok(cli(&[
-        "sync",
-        "--url",
-        &origin.url,
-        "--vkey",
-        &vkey,
-        "--state",
-        state.to_str().expect("utf8"),
-    ]));
+    sync_view(&origin.url, &vkey, &state);
     // The mirror takes no appends.
     assert_eq!(
         post(&format!("{}/add", mirror.url), Some("anything"), b"x"),
@@ -991,15 +964,7 @@ fn tlogd_on_postgresql_serves_verified_tiles_and_keeps_the_log_across_a_restart(
     }
     let note = published(&node, 310);
     let state = dir.path().join("view");
-    let out = ok(cli(&[
-        "sync",
-        "--url",
-        &node.url,
-        "--vkey",
-        &vkey,
-        "--state",
-        state.to_str().expect("utf8"),
-    ]));
+    let out = sync_view(&node.url, &vkey, &state);
     assert!(out.contains("verified at size 310"), "{out}");
     their_libraries_verify(&node, &vkey, &note);
     // The entries are in PostgreSQL, and no embedded store was made.
