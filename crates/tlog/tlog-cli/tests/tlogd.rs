@@ -652,6 +652,19 @@ fn the_sync_port_greets_nc_and_serves_verified_data() {
         peer.write_all(&Frame { id: id_, message }.encode())
             .expect("send");
     };
+    // Hello is each side's first frame (a peer that skips it is closed).
+    send(
+        &mut peer,
+        0,
+        Message::Hello {
+            version: 1,
+            nonce: 7,
+            max_frame: 1 << 22,
+            max_inflight: 1,
+            node_name: "tester".into(),
+            logs: Vec::new(),
+        },
+    );
     send(&mut peer, 0, Message::Ping(77));
     assert_eq!(read_frame(&mut peer, &mut buf).message, Message::Pong(77));
     send(

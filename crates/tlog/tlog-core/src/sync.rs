@@ -312,6 +312,11 @@ pub enum FrameError {
 }
 
 impl Message {
+    /// The message's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        self.kind().1
+    }
+
     fn kind(&self) -> (u8, &'static str) {
         match self {
             Message::Hello { .. } => (0x01, "Hello"),

@@ -18,16 +18,17 @@
 //! - **Witness** ([`witness`]): tlog-witness `add-checkpoint` for the logs
 //!   it is configured for.
 //!
-//! - **Sync port** ([`peer`]): LKTL/1's banner, the `ERR` line for `nc`,
-//!   and the read-only requests a mirror makes.
+//! - **Submitting** ([`submit`]): the log side of witnessing (§5.2).
 //!
-//! Not yet here (issue 14): submitting to witnesses, following other logs
-//! over LKTL/1 (mirrors), receipts, gzip for bundles, rate limits.
+//! - **Federation** ([`peer`]): the LKTL/1 port: banner and `ERR` line for
+//!   `nc`, serving peers, following the log from them (mirrors), Inv,
+//!   equivocation evidence, bans and limits.
+//!
+//! Not yet here (issue 14): receipts.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod follow;
 pub mod peer;
 pub mod submit;
 pub mod witness;
@@ -175,6 +176,39 @@ impl<S: LogStore> LogNode<S> {
     /// The log's origin.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Whether this node signs the log (else it mirrors it).
+    pub fn is_sequencer(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The published checkpoint's size and root.
+    pub fn published_head(&self) -> Option<(u64, tlog_core::Hash)> {
+        let published = self.published.borrow().clone()?;
+        let note = Note::parse(&published.note).ok()?;
+        let checkpoint = Checkpoint::parse(note.text()).ok()?;
+        Some((checkpoint.size, checkpoint.root))
+    }
+
+    /// The root of the stored tree at `size` (≤ the committed size).
+    pub async fn root_at(&self, size: u64) -> Result<tlog_core::Hash, StoreError> {
+        if size == 0 {
+            return Ok(tlog_core::merkle::EMPTY_ROOT);
+        }
+        // The last leaf's inclusion path folds from the left at every level.
+        let entry = self
+            .store
+            .entries(self.log, size - 1, size)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::OutOfRange(format!("no entry {}", size - 1)))?;
+        let path = self.store.inclusion_proof(self.log, size - 1, size).await?;
+        let mut root = tlog_core::merkle::leaf_hash(&entry);
+        for p in &path {
+            root = tlog_core::merkle::node_hash(p, &root);
+        }
+        Ok(root)
     }
 
     /// The store.

@@ -1,167 +1,1160 @@
-//! The LKTL/1 sync port (tlog.md §7), serving side: the identification
-//! line at once; for anything that is not an LKTL/1 peer (`nc`, a browser)
-//! one human-readable `ERR` line naming the logs and their checkpoints;
-//! for a peer, frames: Hello, Ping/Pong, and the read-only requests a
-//! mirror makes (GetHeaders, GetData), answered from published state only.
+//! The LKTL/1 federation peer (tlog.md §7): one log, served to and
+//! followed from other nodes over TCP.
 //!
-//! Not yet here: dialing peers, Inv, following and importing (mirrors),
-//! bans and rate limits (tlog.md §7.7, §7.9).
+//! - **Connections.** The node accepts inbound connections and dials every
+//!   configured peer (backoff 1 s → `redial_max`, ±20 % jitter). Both
+//!   directions run the same code: identification lines (anything that is
+//!   not a peer, `nc` included, gets the `ERR` line), Hellos (a nonce equal
+//!   to ours is a self-connection: closed), then frames. Each connection
+//!   has a writer task (which also sends Ping after 30 s of silence), and a
+//!   reader that answers GetHeaders/GetData from published state, routes
+//!   answers to the requests waiting for them, and hands Inv and Evidence
+//!   to handlers that run one at a time per node (so the store sees one
+//!   import at a time).
+//! - **Inv** (§7.6–§7.7). A note counts only if the origin's key signs it;
+//!   a smaller or equal one is compared with our tree (same root: the peer
+//!   is behind, it gets our Inv; another root: evidence); a larger one is
+//!   taken with the Inv's proof when it starts at our verified size, else
+//!   after a GetHeaders round with our locator. A mirror then fetches the
+//!   missing entries from that peer, checks each chunk against the note
+//!   before storing it, and stores the note last; the origin itself never
+//!   takes a larger note of its own log: it means its store lost signed
+//!   history, and it freezes.
+//! - **Evidence** (§7.8): built when two notes of the origin's key fork,
+//!   or received and verified; stored, the log set `Equivocated` (no more
+//!   fetching, relaying or signing; what was verified is still served),
+//!   and sent once to every peer, now and at every later Hello.
+//! - **Misbehaviour** (§7.9): a malformed frame, a note or proof that does
+//!   not verify, Data that is not what was asked: the connection is closed
+//!   and the peer banned (inbound by IP, dialed by its address) for 10 min,
+//!   doubling per repeat up to 24 h. Requests are rate limited per
+//!   connection (Reject 4 with a retry time); inbound connections are
+//!   capped in total and per IP.
+//!
+//! Not built: origin-prefix follows, several logs per node, a witness
+//! cosigning over Inv, the Validator hook (§7.6).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tlog_core::merkle::{self, Hash};
-use tlog_core::note::Note;
-use tlog_core::sync::{self, Frame, HelloLog, Ident, IdentError, Message};
-use tlog_store::LogStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tlog_core::merkle::{self, leaf_hash, verify_consistency, Hash};
+use tlog_core::note::{KeyType, Note, VerifierKey};
+use tlog_core::sync::{self, Frame, FrameError, HelloLog, Ident, Message};
+use tlog_core::{Checkpoint, Evidence};
+use tlog_store::{LogStore, Status, StoreError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::LogNode;
 
-/// How long a peer has for its identification line and Hello.
-pub const HANDSHAKE: Duration = Duration::from_secs(10);
 /// The frame size this side accepts.
 pub const MAX_FRAME: u32 = sync::DEFAULT_MAX_FRAME;
 
-/// Serves the sync port for `node` until the listener fails.
-pub async fn serve<S: LogStore>(listener: TcpListener, node: Arc<LogNode<S>>, name: String) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let node = node.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, node, &name).await {
-                tracing::debug!(%peer, error = %e, "sync connection closed");
-            }
-        });
+/// Limits and timers (tlog.md §7.9 defaults).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Inbound connections in total.
+    pub max_inbound: usize,
+    /// Inbound connections per source address.
+    pub max_inbound_per_ip: usize,
+    /// Requests per second per connection (token bucket).
+    pub requests_per_sec: u32,
+    /// The bucket's size.
+    pub burst: u32,
+    /// The first ban; doubled per repeat.
+    pub ban: Duration,
+    /// The longest ban.
+    pub ban_max: Duration,
+    /// The longest wait between dials of a peer.
+    pub redial_max: Duration,
+    /// Identification line and Hello.
+    pub handshake: Duration,
+    /// A request unanswered this long failed.
+    pub request_timeout: Duration,
+    /// Ping after this long without sending.
+    pub ping_after: Duration,
+    /// Close after this long without receiving.
+    pub idle_close: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inbound: 64,
+            max_inbound_per_ip: 4,
+            requests_per_sec: 20,
+            burst: 40,
+            ban: Duration::from_secs(600),
+            ban_max: Duration::from_secs(24 * 3600),
+            redial_max: Duration::from_secs(300),
+            handshake: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            ping_after: Duration::from_secs(30),
+            idle_close: Duration::from_secs(90),
+        }
     }
 }
 
-async fn connection<S: LogStore>(
-    mut stream: TcpStream,
+/// How a node takes part in the federation for its log.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Its name on the wire.
+    pub name: String,
+    /// The origin's key: every note of the log must carry its signature.
+    pub key: VerifierKey,
+    /// Witnesses whose cosignatures are kept on notes taken from peers
+    /// (all other cosignatures are dropped before storing or relaying).
+    pub witnesses: Vec<VerifierKey>,
+    /// Peers to dial (`host:port`).
+    pub peers: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// A failure on one connection.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Misbehaviour: ban.
+    #[error("misbehaviour: {0}")]
+    Misbehaved(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Ban {
+    until: Instant,
+    count: u32,
+}
+
+/// The federation peer of one [`LogNode`].
+pub struct Peer<S> {
     node: Arc<LogNode<S>>,
-    name: &str,
-) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let ident = Ident {
-        software: format!("tlogd/{}", env!("CARGO_PKG_VERSION")),
-        node: name.to_string(),
-        logs: 1,
-    };
-    stream.write_all(&ident.to_line()).await?;
-    // The peer's line, within the handshake time.
-    let mut buf = Vec::with_capacity(512);
-    let line = tokio::time::timeout(HANDSHAKE, async {
-        loop {
-            match Ident::parse(&buf) {
-                Ok(Some((_, used))) => return Ok(used),
-                Ok(None) => {}
-                Err(e) => return Err(e),
-            }
-            let mut chunk = [0u8; 256];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Err(IdentError::Malformed),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    let used = match line {
-        Ok(Ok(used)) => used,
-        // Not a peer, or too slow: say what this port is, and close.
-        Ok(Err(_)) | Err(_) => {
-            let logs = match published(&node) {
-                Some((size, root)) => vec![(node.origin().to_string(), size, root)],
-                None => Vec::new(),
+    config: Config,
+    /// Keys notes are checked with: the origin's and the witnesses'.
+    keys: Vec<VerifierKey>,
+    nonce: u64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_conn: AtomicU64,
+    inbound: Mutex<HashMap<IpAddr, usize>>,
+    bans: Mutex<HashMap<String, Ban>>,
+    /// One Inv/Evidence handler at a time.
+    sync: tokio::sync::Mutex<()>,
+    /// Evidence digests already sent to every connected peer.
+    evidence_sent: Mutex<HashSet<Hash>>,
+}
+
+/// One connection, as the handlers see it.
+struct Conn {
+    /// The peer's node name.
+    name: String,
+    /// What a ban of this peer is keyed on.
+    ban_key: String,
+    out: mpsc::Sender<Frame>,
+    pending: Mutex<HashMap<u32, oneshot::Sender<Message>>>,
+    next_id: AtomicU32,
+    /// The largest size the peer showed us for the log.
+    announced: AtomicU64,
+    /// It serves or follows the log (its Hello named the origin).
+    common: bool,
+    kill: Notify,
+    killed: AtomicBool,
+}
+
+impl Conn {
+    async fn send(&self, id: u32, message: Message) {
+        let _ = self.out.send(Frame { id, message }).await;
+    }
+
+    /// Sends a request and waits for its answer, honouring rate-limit
+    /// rejections (a few times).
+    async fn request(&self, message: Message, timeout: Duration) -> Result<Message, PeerError> {
+        for _ in 0..5 {
+            let id = loop {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                if id != 0 {
+                    break id;
+                }
             };
-            stream.write_all(&sync::err_line(&logs)).await?;
-            return stream.shutdown().await;
+            let (tx, rx) = oneshot::channel();
+            self.pending.lock().expect("lock").insert(id, tx);
+            self.send(id, message.clone()).await;
+            let answer = tokio::time::timeout(timeout, rx).await;
+            self.pending.lock().expect("lock").remove(&id);
+            match answer {
+                Ok(Ok(Message::Reject {
+                    code: 4 | 5,
+                    retry_after_ms,
+                    ..
+                })) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(
+                        retry_after_ms.clamp(50, 10_000),
+                    )))
+                    .await;
+                }
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(_)) => return Err(PeerError::Protocol("connection closed".into())),
+                Err(_) => return Err(PeerError::Protocol("request unanswered".into())),
+            }
         }
-    };
-    buf.drain(..used);
-    let (size, _) = published(&node).unwrap_or((0, merkle::EMPTY_ROOT));
-    let hello = Message::Hello {
-        version: 1,
-        nonce: nonce(),
-        max_frame: MAX_FRAME,
-        max_inflight: 8,
-        node_name: name.to_string(),
-        logs: vec![HelloLog {
-            prefix: false,
-            origin: node.origin().to_string(),
-            roles: 1,
-            size,
-        }],
-    };
-    send(&mut stream, 0, hello).await?;
-    loop {
-        let frame = loop {
-            match Frame::decode(&buf, MAX_FRAME) {
-                Ok(Some((frame, used))) => {
-                    buf.drain(..used);
-                    break frame;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let reject = Message::Reject {
-                        code: 1,
-                        retry_after_ms: 0,
-                        reason: e.to_string(),
-                    };
-                    let _ = send(&mut stream, 0, reject).await;
-                    return stream.shutdown().await;
-                }
-            }
-            let mut chunk = vec![0u8; 64 * 1024];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let answer = respond(&node, frame.message).await;
-        if let Some(answer) = answer {
-            send(&mut stream, frame.id, answer).await?;
+        Err(PeerError::Protocol("rate limited by the peer".into()))
+    }
+
+    fn close(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.kill.notify_one();
+    }
+}
+
+/// What a connection hands to [`Peer::handle`].
+enum Job {
+    Inv {
+        note: Vec<u8>,
+        old_size: u64,
+        proof: Vec<Hash>,
+    },
+    Evidence(Vec<u8>),
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), u32> {
+        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(rate);
+        self.tokens = (self.tokens + refill).min(f64::from(burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / f64::from(rate.max(1))) * 1000.0).ceil() as u32)
         }
     }
 }
 
-async fn send(stream: &mut TcpStream, id: u32, message: Message) -> std::io::Result<()> {
-    stream.write_all(&Frame { id, message }.encode()).await
-}
-
-fn nonce() -> u64 {
-    // Self-connection detection only: the time suffices.
+fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A value for jitter and nonces: time-based (this is the I/O edge).
+fn entropy() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
+        .unwrap_or(1);
+    // splitmix64, so nearby times give unrelated values.
+    let mut z = nanos.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) | 1
 }
 
-fn published<S: LogStore>(node: &LogNode<S>) -> Option<(u64, Hash)> {
-    let published = node.published().borrow().clone()?;
-    let note = Note::parse(&published.note).ok()?;
-    let checkpoint = tlog_core::Checkpoint::parse(note.text()).ok()?;
-    Some((checkpoint.size, checkpoint.root))
+/// A note that verified: only the lines of known keys kept.
+struct Verified {
+    note: Note,
+    checkpoint: Checkpoint,
 }
 
-fn reject(code: u8, reason: &str) -> Option<Message> {
-    Some(Message::Reject {
-        code,
-        retry_after_ms: 0,
-        reason: reason.to_string(),
-    })
+impl<S: LogStore> Peer<S> {
+    /// The peer of `node`; [`Peer::run`] starts it.
+    pub fn new(node: Arc<LogNode<S>>, config: Config) -> Arc<Self> {
+        let mut keys = vec![config.key.clone()];
+        keys.extend(
+            config
+                .witnesses
+                .iter()
+                .filter(|k| k.key_type() == KeyType::Cosignature)
+                .cloned(),
+        );
+        Arc::new(Peer {
+            node,
+            config,
+            keys,
+            nonce: entropy(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            inbound: Mutex::new(HashMap::new()),
+            bans: Mutex::new(HashMap::new()),
+            sync: tokio::sync::Mutex::new(()),
+            evidence_sent: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Accepts on `listener`, dials the configured peers, and announces
+    /// every newly published checkpoint, until the listener fails.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        for peer in self.config.peers.clone() {
+            tokio::spawn(self.clone().dial(peer));
+        }
+        tokio::spawn(self.clone().announce());
+        loop {
+            let Ok((stream, addr)) = listener.accept().await else {
+                continue;
+            };
+            let ip = addr.ip();
+            if self.banned(&ip.to_string()) {
+                tracing::debug!(%addr, "refused: banned");
+                continue;
+            }
+            {
+                let mut inbound = self.inbound.lock().expect("lock");
+                let total: usize = inbound.values().sum();
+                let mine = inbound.entry(ip).or_insert(0);
+                if total >= self.config.limits.max_inbound
+                    || *mine >= self.config.limits.max_inbound_per_ip
+                {
+                    tracing::debug!(%addr, "refused: too many connections");
+                    continue;
+                }
+                *mine += 1;
+            }
+            let peer = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = peer.clone().connection(stream, true, ip.to_string()).await {
+                    tracing::debug!(%addr, error = %e, "inbound sync connection closed");
+                }
+                let mut inbound = peer.inbound.lock().expect("lock");
+                if let Some(n) = inbound.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        inbound.remove(&ip);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Keeps a connection to `addr`, redialing with backoff.
+    async fn dial(self: Arc<Self>, addr: String) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if let Some(wait) = self.ban_left(&addr) {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let started = Instant::now();
+            let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr));
+            match connect.await {
+                Ok(Ok(stream)) => {
+                    if let Err(e) = self.clone().connection(stream, false, addr.clone()).await {
+                        tracing::debug!(peer = %addr, error = %e, "sync connection closed");
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "dial failed"),
+                Err(_) => tracing::debug!(peer = %addr, "dial timed out"),
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            let jitter = 0.8 + (entropy() % 401) as f64 / 1000.0;
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(self.config.limits.redial_max);
+        }
+    }
+
+    fn ban_left(&self, key: &str) -> Option<Duration> {
+        let bans = self.bans.lock().expect("lock");
+        let ban = bans.get(key)?;
+        ban.until.checked_duration_since(Instant::now())
+    }
+
+    fn banned(&self, key: &str) -> bool {
+        self.ban_left(key).is_some()
+    }
+
+    /// Whether `key` (an IP, or a dialed address) is banned now.
+    pub fn is_banned(&self, key: &str) -> bool {
+        self.banned(key)
+    }
+
+    fn misbehaved(&self, conn: &Conn, why: &str) {
+        let mut bans = self.bans.lock().expect("lock");
+        let ban = bans.entry(conn.ban_key.clone()).or_insert(Ban {
+            until: Instant::now(),
+            count: 0,
+        });
+        let length = self
+            .config
+            .limits
+            .ban
+            .saturating_mul(1 << ban.count.min(16))
+            .min(self.config.limits.ban_max);
+        ban.count += 1;
+        ban.until = Instant::now() + length;
+        tracing::warn!(peer = %conn.name, addr = %conn.ban_key, seconds = length.as_secs(), reason = why,
+            "banned peer");
+        conn.close();
+    }
+
+    /// One connection, either direction, until it closes.
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        inbound: bool,
+        ban_key: String,
+    ) -> Result<(), PeerError> {
+        let _ = stream.set_nodelay(true);
+        let limits = self.config.limits.clone();
+        let ident = Ident {
+            software: format!("tlogd/{}", env!("CARGO_PKG_VERSION")),
+            node: self.config.name.clone(),
+            logs: 1,
+        };
+        stream.write_all(&ident.to_line()).await?;
+        let mut buf = Vec::with_capacity(512);
+        let line = tokio::time::timeout(limits.handshake, read_ident(&mut stream, &mut buf)).await;
+        match line {
+            Ok(Ok(())) => {}
+            // Not a peer, or too slow: say what this port is, and close.
+            _ if inbound => {
+                let logs = match self.node.published_head() {
+                    Some((size, root)) => vec![(self.node.origin().to_string(), size, root)],
+                    None => Vec::new(),
+                };
+                stream.write_all(&sync::err_line(&logs)).await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            _ => return Err(PeerError::Protocol("not an LKTL/1 peer".into())),
+        }
+        let (size, _) = self
+            .node
+            .published_head()
+            .unwrap_or((0, merkle::EMPTY_ROOT));
+        let hello = Message::Hello {
+            version: 1,
+            nonce: self.nonce,
+            max_frame: MAX_FRAME,
+            max_inflight: 8,
+            node_name: self.config.name.clone(),
+            logs: vec![HelloLog {
+                prefix: false,
+                origin: self.node.origin().to_string(),
+                roles: if self.node.is_sequencer() { 1 } else { 2 },
+                size,
+            }],
+        };
+        stream
+            .write_all(
+                &Frame {
+                    id: 0,
+                    message: hello,
+                }
+                .encode(),
+            )
+            .await?;
+        let (mut reader, writer) = stream.into_split();
+        let first = tokio::time::timeout(limits.handshake, read_frame(&mut reader, &mut buf)).await;
+        let (name, nonce, theirs) = match first {
+            Ok(Ok(Frame {
+                message:
+                    Message::Hello {
+                        node_name,
+                        nonce,
+                        logs,
+                        ..
+                    },
+                ..
+            })) => (node_name, nonce, logs),
+            Ok(Ok(_)) => return Err(PeerError::Protocol("the first frame is not Hello".into())),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(PeerError::Protocol("no Hello in time".into())),
+        };
+        if nonce == self.nonce {
+            return Err(PeerError::Protocol("connected to itself".into()));
+        }
+        let mine = theirs
+            .iter()
+            .find(|l| !l.prefix && l.origin == self.node.origin());
+        let (out, rx) = mpsc::channel(256);
+        let conn = Arc::new(Conn {
+            name: name.clone(),
+            ban_key,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+            announced: AtomicU64::new(mine.map_or(0, |l| l.size)),
+            common: mine.is_some(),
+            kill: Notify::new(),
+            killed: AtomicBool::new(false),
+        });
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("lock").insert(id, conn.clone());
+        tracing::info!(peer = %name, addr = %conn.ban_key, "sync peer connected");
+        let done = Arc::new(Notify::new());
+        let mut writer = tokio::spawn(write_loop(writer, rx, limits.ping_after, done.clone()));
+        // What the peer lacks: our newer checkpoint, and evidence we hold.
+        if conn.common {
+            let state = self.node.store().state(self.node.log_id()).await?;
+            if state.status == Status::Equivocated {
+                for blob in self.node.store().evidence(self.node.log_id()).await? {
+                    conn.send(0, Message::Evidence(blob)).await;
+                }
+            } else {
+                self.inv_to(&conn, true).await;
+            }
+        }
+        let result = self.read_loop(&conn, reader, buf).await;
+        self.conns.lock().expect("lock").remove(&id);
+        conn.pending.lock().expect("lock").clear();
+        done.notify_one();
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        if let Err(PeerError::Misbehaved(why)) = &result {
+            self.misbehaved(&conn, why);
+        }
+        tracing::info!(peer = %name, "sync peer disconnected");
+        result
+    }
+
+    async fn read_loop(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        mut reader: tokio::net::tcp::OwnedReadHalf,
+        mut buf: Vec<u8>,
+    ) -> Result<(), PeerError> {
+        let limits = &self.config.limits;
+        let mut bucket = Bucket {
+            tokens: f64::from(limits.burst),
+            at: Instant::now(),
+        };
+        loop {
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(limits.idle_close, read_frame(&mut reader, &mut buf)) => frame,
+                _ = conn.kill.notified() => return Ok(()),
+            };
+            if conn.killed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let frame = match frame {
+                Err(_) => return Err(PeerError::Protocol("silent for too long".into())),
+                Ok(Err(PeerError::Misbehaved(why))) => {
+                    let code = if why.contains("over the limit") { 3 } else { 1 };
+                    conn.send(
+                        0,
+                        Message::Reject {
+                            code,
+                            retry_after_ms: 0,
+                            reason: why.clone(),
+                        },
+                    )
+                    .await;
+                    return Err(PeerError::Misbehaved(why));
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(frame)) => frame,
+            };
+            let is_request = matches!(
+                frame.message,
+                Message::GetHeaders { .. }
+                    | Message::GetData { .. }
+                    | Message::Inv { .. }
+                    | Message::Evidence(_)
+                    | Message::Unknown(_)
+            );
+            if is_request {
+                if let Err(wait) =
+                    bucket.take(limits.requests_per_sec, limits.burst, Instant::now())
+                {
+                    if frame.id != 0 {
+                        conn.send(
+                            frame.id,
+                            Message::Reject {
+                                code: 4,
+                                retry_after_ms: wait,
+                                reason: "too many requests".into(),
+                            },
+                        )
+                        .await;
+                    }
+                    continue;
+                }
+            }
+            match frame.message {
+                Message::Ping(n) => conn.send(0, Message::Pong(n)).await,
+                Message::Pong(_) | Message::Hello { .. } => {}
+                m @ (Message::Headers { .. }
+                | Message::Data { .. }
+                | Message::NotFound { .. }
+                | Message::Reject { .. }) => {
+                    let waiting = self.pending_take(conn, frame.id);
+                    match waiting {
+                        Some(tx) => {
+                            let _ = tx.send(m);
+                        }
+                        None => {
+                            if let Message::Reject { code, reason, .. } = &m {
+                                tracing::debug!(peer = %conn.name, code, %reason, "rejected");
+                            }
+                        }
+                    }
+                }
+                m @ (Message::GetHeaders { .. } | Message::GetData { .. }) => {
+                    if let Some(answer) = respond(&self.node, m).await {
+                        conn.send(frame.id, answer).await;
+                    }
+                }
+                Message::Inv {
+                    log_id,
+                    note,
+                    old_size,
+                    proof,
+                } => {
+                    // Other origins are not followed: ignored (rate counted).
+                    if log_id == self.node.log_id() {
+                        let job = Job::Inv {
+                            note,
+                            old_size,
+                            proof,
+                        };
+                        tokio::spawn(self.clone().handle(conn.clone(), job));
+                    }
+                }
+                Message::Evidence(blob) => {
+                    tokio::spawn(self.clone().handle(conn.clone(), Job::Evidence(blob)));
+                }
+                Message::Unknown(_) => {
+                    conn.send(
+                        frame.id,
+                        Message::Reject {
+                            code: 2,
+                            retry_after_ms: 0,
+                            reason: "unknown message type".into(),
+                        },
+                    )
+                    .await
+                }
+            }
+        }
+    }
+
+    fn pending_take(&self, conn: &Conn, id: u32) -> Option<oneshot::Sender<Message>> {
+        conn.pending.lock().expect("lock").remove(&id)
+    }
+
+    /// Runs a job under the node's sync lock; misbehaviour bans.
+    async fn handle(self: Arc<Self>, conn: Arc<Conn>, job: Job) {
+        let _one = self.sync.lock().await;
+        if conn.killed.load(Ordering::SeqCst) {
+            return;
+        }
+        let done = match job {
+            Job::Inv {
+                note,
+                old_size,
+                proof,
+            } => self.on_inv(&conn, note, old_size, proof).await,
+            Job::Evidence(blob) => self.on_evidence(&conn, blob).await,
+        };
+        let conn = &conn;
+        match done {
+            Ok(()) => {}
+            Err(PeerError::Misbehaved(why)) => self.misbehaved(conn, &why),
+            Err(e) => tracing::warn!(peer = %conn.name, error = %e, "sync with peer failed"),
+        }
+    }
+
+    /// Checks a note from a peer: the origin's key signed it, it is this
+    /// log's, its size is in range.
+    fn verify(&self, bytes: &[u8]) -> Result<Verified, PeerError> {
+        let bad =
+            |why: String| PeerError::Misbehaved(format!("a note that does not verify: {why}"));
+        let note = Note::parse(bytes)
+            .and_then(|n| n.verify(&self.keys))
+            .map_err(|e| bad(e.to_string()))?;
+        let checkpoint = Checkpoint::parse(note.text()).map_err(|e| bad(e.to_string()))?;
+        if checkpoint.origin != self.node.origin() || checkpoint.size > merkle::MAX_SIZE {
+            return Err(bad("another log's checkpoint".into()));
+        }
+        Ok(Verified { note, checkpoint })
+    }
+
+    async fn on_inv(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        note: Vec<u8>,
+        old_size: u64,
+        proof: Vec<Hash>,
+    ) -> Result<(), PeerError> {
+        let theirs = self.verify(&note)?;
+        conn.announced
+            .fetch_max(theirs.checkpoint.size, Ordering::SeqCst);
+        self.consider(conn, theirs, Some((old_size, proof))).await
+    }
+
+    /// What to do with a verified note from `conn` (tlog.md §7.6–§7.7).
+    async fn consider(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        theirs: Verified,
+        inv_proof: Option<(u64, Vec<Hash>)>,
+    ) -> Result<(), PeerError> {
+        let store = self.node.store();
+        let log = self.node.log_id();
+        let state = store.state(log).await?;
+        if matches!(state.status, Status::Equivocated | Status::Invalid) {
+            return Ok(());
+        }
+        let (n, root) = (theirs.checkpoint.size, theirs.checkpoint.root);
+        if n <= state.size {
+            let ours = self.node.root_at(n).await?;
+            if ours == root {
+                // The same tree: keep the extra cosignatures, and tell a
+                // peer that is behind.
+                if n == state.checkpoint_size {
+                    let _ = store
+                        .put_checkpoint(log, n, root, theirs.note.to_bytes())
+                        .await;
+                }
+                self.inv_to(conn, false).await;
+                return Ok(());
+            }
+            return self.fork_below(theirs, ours).await;
+        }
+        if self.node.is_sequencer() {
+            tracing::error!(origin = %self.node.origin(), size = n, tree = state.size,
+                "a peer holds a checkpoint of this log, signed by its key, beyond the stored tree: the store lost signed history; log frozen");
+            store.set_status(log, Status::Frozen).await?;
+            return Ok(());
+        }
+        // A mirror: a larger note counts with a proof from our verified size.
+        let s = state.checkpoint_size;
+        let r = self.node.root_at(s).await?;
+        let proven = s == 0
+            || inv_proof.as_ref().is_some_and(|(old, proof)| {
+                *old == s && verify_consistency(s, n, &r, &root, proof).is_ok()
+            });
+        let target = if proven {
+            theirs
+        } else {
+            match self.headers_round(conn, s, r).await? {
+                Some(target) => target,
+                None => return Ok(()),
+            }
+        };
+        self.fetch(conn, state.size, state.range, target).await
+    }
+
+    /// A peer's note of size ≤ our tree with another root: evidence, from
+    /// our latest note and our tree.
+    async fn fork_below(
+        self: &Arc<Self>,
+        theirs: Verified,
+        ours_there: Hash,
+    ) -> Result<(), PeerError> {
+        let store = self.node.store();
+        let log = self.node.log_id();
+        let Some(bytes) = store.checkpoint(log, None).await? else {
+            return Ok(());
+        };
+        let mine =
+            Note::parse(&bytes).map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
+        let mine_cp = Checkpoint::parse(mine.text())
+            .map_err(|e| StoreError::Corrupt(format!("stored checkpoint: {e}")))?;
+        let n = theirs.checkpoint.size;
+        if mine_cp.size < n {
+            tracing::warn!(origin = %self.node.origin(), size = n,
+                "a peer's checkpoint disagrees with our unsigned tree; evidence once we sign");
+            return Ok(());
+        }
+        let (root_b_at_a, proof) = if mine_cp.size == n {
+            (mine_cp.root.max(theirs.checkpoint.root), Vec::new())
+        } else {
+            (
+                ours_there,
+                store.consistency_proof(log, n, mine_cp.size).await?,
+            )
+        };
+        match Evidence::build(&self.config.key, &theirs.note, &mine, root_b_at_a, proof) {
+            Ok(evidence) => self.record_evidence(evidence).await,
+            Err(e) => {
+                tracing::error!(error = %e, "a fork with a peer, but no evidence could be built");
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks `conn` for its latest checkpoint with our locator; `Some` when
+    /// it extends our verified (`s`, `r`).
+    async fn headers_round(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        s: u64,
+        r: Hash,
+    ) -> Result<Option<Verified>, PeerError> {
+        let mut locator = vec![(s, r)];
+        let mut j = 0;
+        while j < 63 && s > (1u64 << j) {
+            let size = s - (1u64 << j);
+            locator.push((size, self.node.root_at(size).await?));
+            j += 1;
+        }
+        let log = self.node.log_id();
+        let answer = conn
+            .request(
+                Message::GetHeaders {
+                    log_id: log,
+                    locator,
+                },
+                self.config.limits.request_timeout,
+            )
+            .await?;
+        let (base, note, proof, fork) = match answer {
+            Message::Headers {
+                log_id,
+                base_size,
+                note,
+                proof,
+                fork,
+            } if log_id == log => (base_size, note, proof, fork),
+            Message::NotFound { .. } => return Ok(None),
+            other => {
+                return Err(PeerError::Misbehaved(format!(
+                    "{} in answer to GetHeaders",
+                    other.name()
+                )))
+            }
+        };
+        let theirs = self.verify(&note)?;
+        let (n, root) = (theirs.checkpoint.size, theirs.checkpoint.root);
+        if let Some(fork) = fork {
+            if fork.size != s
+                || fork.size > n
+                || fork.root == r
+                || verify_consistency(fork.size, n, &fork.root, &root, &fork.proof).is_err()
+            {
+                return Err(PeerError::Misbehaved(
+                    "a fork claim that does not verify".into(),
+                ));
+            }
+            let store = self.node.store();
+            let Some(bytes) = store.checkpoint(log, Some(s)).await? else {
+                return Ok(None);
+            };
+            let mine = Note::parse(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
+            let (root_b_at_a, proof) = if n == s {
+                (r.max(root), Vec::new())
+            } else {
+                (fork.root, fork.proof)
+            };
+            return match Evidence::build(&self.config.key, &mine, &theirs.note, root_b_at_a, proof)
+            {
+                Ok(evidence) => self.record_evidence(evidence).await.map(|()| None),
+                Err(e) => Err(PeerError::Misbehaved(format!(
+                    "a fork that is not evidence: {e}"
+                ))),
+            };
+        }
+        if n <= s {
+            // Behind or equal: nothing to fetch, unless it forks there.
+            let ours = self.node.root_at(n).await?;
+            if ours != root {
+                self.fork_below(theirs, ours).await?;
+            }
+            return Ok(None);
+        }
+        if base != s || verify_consistency(s, n, &r, &root, &proof).is_err() {
+            return Err(PeerError::Misbehaved(
+                "Headers whose proof does not extend our checkpoint".into(),
+            ));
+        }
+        Ok(Some(theirs))
+    }
+
+    /// Fetches `[from, target)` from `conn`, checks every chunk against the
+    /// target, imports it, then stores and publishes the target.
+    async fn fetch(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        from: u64,
+        range: merkle::CompactRange,
+        target: Verified,
+    ) -> Result<(), PeerError> {
+        let store = self.node.store();
+        let log = self.node.log_id();
+        let (n, root) = (target.checkpoint.size, target.checkpoint.root);
+        let mut working = range;
+        let mut next = from;
+        while next < n {
+            let count = (1024 - next % 256).min(n - next) as u32;
+            let answer = conn
+                .request(
+                    Message::GetData {
+                        log_id: log,
+                        start: next,
+                        count,
+                        tree_size: n,
+                    },
+                    self.config.limits.request_timeout,
+                )
+                .await?;
+            let (start, entries, tree_size, proof) = match answer {
+                Message::Data {
+                    log_id,
+                    start,
+                    entries,
+                    tree_size,
+                    proof,
+                } if log_id == log => (start, entries, tree_size, proof),
+                Message::NotFound { .. } => {
+                    return Err(PeerError::Protocol(
+                        "the peer announced entries it does not serve".into(),
+                    ))
+                }
+                other => {
+                    return Err(PeerError::Misbehaved(format!(
+                        "{} in answer to GetData",
+                        other.name()
+                    )))
+                }
+            };
+            if start != next
+                || tree_size != n
+                || entries.is_empty()
+                || entries.len() > count as usize
+            {
+                return Err(PeerError::Misbehaved("Data for something not asked".into()));
+            }
+            let mut chunk = working.clone();
+            for e in &entries {
+                chunk.push(leaf_hash(e));
+            }
+            if verify_consistency(chunk.size(), n, &chunk.root(), &root, &proof).is_err() {
+                return Err(PeerError::Misbehaved(format!(
+                    "entries at {start} that are not in the announced tree"
+                )));
+            }
+            let appended = store.append(log, entries).await?;
+            if appended.first().map(|a| a.index) != Some(next) {
+                return Err(PeerError::Store(StoreError::Corrupt(
+                    "the mirror's store appended elsewhere than the verified index".into(),
+                )));
+            }
+            next = chunk.size();
+            working = chunk;
+        }
+        store
+            .put_checkpoint(log, n, root, target.note.to_bytes())
+            .await?;
+        self.node.publish_stored().await?;
+        tracing::debug!(peer = %conn.name, size = n, "mirror up to date");
+        Ok(())
+    }
+
+    async fn on_evidence(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        blob: Vec<u8>,
+    ) -> Result<(), PeerError> {
+        let digest = Evidence::digest(&blob);
+        if self.evidence_sent.lock().expect("lock").contains(&digest) {
+            return Ok(());
+        }
+        let evidence = Evidence::verify(&blob, std::slice::from_ref(&self.config.key))
+            .map_err(|e| PeerError::Misbehaved(format!("evidence that does not verify: {e}")))?;
+        let origin = Checkpoint::parse(evidence.note_a.text())
+            .map(|c| c.origin)
+            .unwrap_or_default();
+        if origin != self.node.origin() {
+            return Err(PeerError::Misbehaved("evidence about another log".into()));
+        }
+        tracing::info!(peer = %conn.name, "evidence received and verified");
+        self.record_evidence(blob).await
+    }
+
+    /// Keeps verified evidence, stops following the log, tells every peer.
+    async fn record_evidence(self: &Arc<Self>, evidence: Vec<u8>) -> Result<(), PeerError> {
+        let store = self.node.store();
+        let log = self.node.log_id();
+        store
+            .put_evidence(log, now_secs(), evidence.clone())
+            .await?;
+        store.set_status(log, Status::Equivocated).await?;
+        let digest = Evidence::digest(&evidence);
+        if !self.evidence_sent.lock().expect("lock").insert(digest) {
+            return Ok(());
+        }
+        tracing::error!(origin = %self.node.origin(), digest = %hex_string(&digest),
+            "the log's key signed two inconsistent trees: evidence stored, log no longer followed");
+        let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
+        for conn in conns {
+            conn.send(0, Message::Evidence(evidence.clone())).await;
+        }
+        Ok(())
+    }
+
+    /// Sends `conn` our published checkpoint if it showed a smaller one
+    /// (or, with `equal`, one of the same size: so two members of equal
+    /// size compare roots once per connection).
+    async fn inv_to(&self, conn: &Conn, equal: bool) {
+        if !conn.common {
+            return;
+        }
+        let Some(published) = self.node.published().borrow().clone() else {
+            return;
+        };
+        let theirs = conn.announced.load(Ordering::SeqCst);
+        if theirs > published.size || (theirs == published.size && !equal) {
+            return;
+        }
+        let proof = if theirs == 0 {
+            Vec::new()
+        } else {
+            match self
+                .node
+                .store()
+                .consistency_proof(self.node.log_id(), theirs, published.size)
+                .await
+            {
+                Ok(proof) => proof,
+                Err(_) => return,
+            }
+        };
+        conn.send(
+            0,
+            Message::Inv {
+                log_id: self.node.log_id(),
+                note: published.note,
+                old_size: theirs,
+                proof,
+            },
+        )
+        .await;
+    }
+
+    /// Announces every newly published checkpoint to the peers behind it.
+    async fn announce(self: Arc<Self>) {
+        let mut published = self.node.published();
+        while published.changed().await.is_ok() {
+            let state = match self.node.store().state(self.node.log_id()).await {
+                Ok(state) => state,
+                Err(_) => continue,
+            };
+            if state.status == Status::Equivocated {
+                continue;
+            }
+            let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
+            for conn in conns {
+                self.inv_to(&conn, false).await;
+            }
+        }
+    }
 }
 
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn read_ident<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(), PeerError> {
+    loop {
+        match Ident::parse(buf) {
+            Ok(Some((_, used))) => {
+                buf.drain(..used);
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(PeerError::Protocol(e.to_string())),
+        }
+        let mut chunk = [0u8; 256];
+        match stream.read(&mut chunk).await? {
+            0 => return Err(PeerError::Protocol("closed".into())),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Frame, PeerError> {
+    loop {
+        match Frame::decode(buf, MAX_FRAME) {
+            Ok(Some((frame, used))) => {
+                buf.drain(..used);
+                return Ok(frame);
+            }
+            Ok(None) => {}
+            Err(e @ FrameError::TooLarge(_)) => {
+                return Err(PeerError::Misbehaved(format!("{e} (over the limit)")))
+            }
+            Err(e) => return Err(PeerError::Misbehaved(e.to_string())),
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        match stream.read(&mut chunk).await? {
+            0 => return Err(PeerError::Protocol("closed".into())),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Writes queued frames (a Ping after `ping_after` of silence); on `done`,
+/// writes what is queued (a last Reject) and closes.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Frame>,
+    ping_after: Duration,
+    done: Arc<Notify>,
+) {
+    loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(ping_after, rx.recv()) => match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => Frame {
+                    id: 0,
+                    message: Message::Ping(entropy()),
+                },
+            },
+            _ = done.notified() => {
+                while let Ok(frame) = rx.try_recv() {
+                    if writer.write_all(&frame.encode()).await.is_err() {
+                        break;
+                    }
+                }
+                break;
+            }
+        };
+        if writer.write_all(&frame.encode()).await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// The answer to a GetHeaders or GetData, from published state only.
 async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Message> {
     let store = node.store();
     let log = node.log_id();
+    let not_found = |log_id, what, have_size| {
+        Some(Message::NotFound {
+            log_id,
+            what,
+            have_size,
+        })
+    };
     match message {
-        Message::Hello { .. } | Message::Pong(_) => None,
-        Message::Ping(n) => Some(Message::Pong(n)),
         Message::GetData {
             log_id,
             start,
@@ -169,19 +1162,11 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
             tree_size,
         } => {
             if log_id != log {
-                return Some(Message::NotFound {
-                    log_id,
-                    what: 1,
-                    have_size: 0,
-                });
+                return not_found(log_id, 1, 0);
             }
-            let (size, _) = published(node)?;
+            let (size, _) = node.published_head().unwrap_or((0, merkle::EMPTY_ROOT));
             if tree_size > size || start >= tree_size {
-                return Some(Message::NotFound {
-                    log_id,
-                    what: if tree_size > size { 3 } else { 2 },
-                    have_size: size,
-                });
+                return not_found(log_id, if tree_size > size { 3 } else { 2 }, size);
             }
             let end = (start + u64::from(count)).min(tree_size);
             let entries = store.entries(log, start, end).await.ok()?;
@@ -200,14 +1185,13 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
         }
         Message::GetHeaders { log_id, locator } => {
             if log_id != log {
-                return Some(Message::NotFound {
-                    log_id,
-                    what: 1,
-                    have_size: 0,
-                });
+                return not_found(log_id, 1, 0);
             }
-            let published = node.published().borrow().clone()?;
-            let (size, _) = self::published(node)?;
+            let published = node.published().borrow().clone();
+            let Some(published) = published else {
+                return not_found(log_id, 1, 0);
+            };
+            let size = published.size;
             // The first locator size ≤ ours whose root we share.
             let mut base = 0;
             let mut fork = None;
@@ -215,7 +1199,7 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
                 if *s > size {
                     continue;
                 }
-                let ours = root_at(node, *s).await?;
+                let ours = node.root_at(*s).await.ok()?;
                 if ours == *r {
                     base = *s;
                     break;
@@ -228,7 +1212,7 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
             let fork = match fork {
                 Some(s) => Some(sync::Fork {
                     size: s,
-                    root: root_at(node, s).await?,
+                    root: node.root_at(s).await.ok()?,
                     proof: store.consistency_proof(log, s, size).await.ok()?,
                 }),
                 None => None,
@@ -241,31 +1225,6 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
                 fork,
             })
         }
-        Message::Inv { .. } | Message::Evidence(_) => {
-            reject(2, "this node does not follow other logs yet")
-        }
-        Message::Unknown(_) => reject(2, "unknown message type"),
-        Message::Headers { .. }
-        | Message::Data { .. }
-        | Message::NotFound { .. }
-        | Message::Reject { .. } => None,
+        _ => None,
     }
-}
-
-/// The root of the log at `size` (≤ the published size), from the store.
-async fn root_at<S: LogStore>(node: &LogNode<S>, size: u64) -> Option<Hash> {
-    if size == 0 {
-        return Some(merkle::EMPTY_ROOT);
-    }
-    // The inclusion path of the last leaf and the leaf give the root.
-    let store = node.store();
-    let log = node.log_id();
-    let entry = store.entries(log, size - 1, size).await.ok()?.pop()?;
-    let path = store.inclusion_proof(log, size - 1, size).await.ok()?;
-    let mut root = merkle::leaf_hash(&entry);
-    // The last leaf's path folds from the left at every level.
-    for p in &path {
-        root = merkle::node_hash(p, &root);
-    }
-    Some(root)
 }

@@ -63,10 +63,17 @@ struct Args {
     #[arg(long = "witness-for", env = "TLOGD_WITNESS_FOR", value_delimiter = ',')]
     witness_for: Vec<String>,
     /// Serve a mirror of another log instead of a log of its own:
-    /// `<vkey>@<host>:<sync port>`. Entries are fetched over LKTL/1 and
-    /// stored only once verified against the origin's signed checkpoint.
+    /// `<vkey>[@<host>:<sync port>]` (the address is added to `--peer`).
+    /// Entries are fetched over LKTL/1 from any peer and stored only once
+    /// verified against the origin's signed checkpoint.
     #[arg(long, env = "TLOGD_MIRROR")]
     mirror: Option<String>,
+    /// A federation peer to keep a connection to (`host:port` of its sync
+    /// port); repeat for more. Peers announce new checkpoints to each
+    /// other (Inv), mirrors fetch from any of them, and two checkpoints of
+    /// one size that disagree become evidence everyone keeps.
+    #[arg(long = "peer", env = "TLOGD_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
     /// Submit this log's checkpoints to a witness: `<witness vkey>@<url
     /// prefix>` (e.g. `…@http://127.0.0.1:9941/witness`); repeat for more.
     #[arg(long = "submit-to", env = "TLOGD_SUBMIT_TO", value_delimiter = ',')]
@@ -168,26 +175,28 @@ async fn main() -> anyhow::Result<()> {
 /// Serves the log (or mirror) on `store`, whichever backend it is.
 async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::Result<()> {
     let interval = Duration::from_millis(args.checkpoint_interval_ms);
-    let (node, token, vkey) = match &args.mirror {
+    let mut peers = args.peers.clone();
+    let (node, token, vkey, origin_key) = match &args.mirror {
         Some(mirror) => {
-            let (vkey, peer) = mirror.rsplit_once('@').ok_or_else(|| {
-                anyhow::anyhow!("--mirror {mirror:?} must be <vkey>@<host>:<port>")
-            })?;
+            let (vkey, peer) = match mirror.rsplit_once('@') {
+                Some((vkey, peer)) => (vkey, Some(peer)),
+                None => (mirror.as_str(), None),
+            };
             let key = tlog_core::note::VerifierKey::parse(vkey)
-                .map_err(|e| anyhow::anyhow!("--mirror: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("--mirror {mirror:?}: {e}"))?;
+            peers.extend(peer.map(str::to_string));
+            anyhow::ensure!(
+                !peers.is_empty(),
+                "--mirror needs a peer to fetch from: <vkey>@<host>:<port>, or --peer"
+            );
             let node = LogNode::mirror(store, key.name()).await?;
-            tracing::info!(origin = %key.name(), %peer, "mirroring");
-            tokio::spawn(tlog_node::follow::follow(
-                node.clone(),
-                key,
-                peer.to_string(),
-                interval,
-            ));
-            (node, None, vkey.to_string())
+            tracing::info!(origin = %key.name(), ?peers, "mirroring");
+            (node, None, vkey.to_string(), key)
         }
         None => {
             let key = log_key(&dir, &args.origin)?;
-            let vkey = key.verifier().to_string();
+            let origin_key = key.verifier();
+            let vkey = origin_key.to_string();
             durable_file::replace(&dir.join("vkey"), format!("{vkey}\n").as_bytes(), 0o644)?;
             let options = LogOptions {
                 dedup: args.dedup,
@@ -210,7 +219,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             );
             let publish = tlog_node::submit::Publish { witnesses, quorum };
             let node = LogNode::start(store, key, options, interval, publish).await?;
-            (node, Some(token(&dir)?), vkey)
+            (node, Some(token(&dir)?), vkey, origin_key)
         }
     };
     let store = node.store().clone();
@@ -257,11 +266,17 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             )
         })?;
     tracing::info!(addr = %sync.local_addr()?, "sync port (LKTL/1) listening");
-    tokio::spawn(tlog_node::peer::serve(
-        sync,
+    let federation = tlog_node::peer::Peer::new(
         node.clone(),
-        args.node_name.clone(),
-    ));
+        tlog_node::peer::Config {
+            name: args.node_name.clone(),
+            key: origin_key,
+            witnesses: Vec::new(),
+            peers,
+            limits: tlog_node::peer::Limits::default(),
+        },
+    );
+    tokio::spawn(federation.run(sync));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");
     tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
     axum::serve(
