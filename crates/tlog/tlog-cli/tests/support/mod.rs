@@ -1,0 +1,241 @@
+//! What the tlogd process tests share: starting a daemon, the CLI, HTTP,
+//! and the check of served data by libraries nobody here wrote.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lk_testkit::process::workspace_binary;
+use tlog_tiles::tile::{Tile, TileHashReader, TileReader};
+use tlog_tiles::tlog;
+
+pub struct Tlogd {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Tlogd {
+    /// Waits until the daemon logs `text` (up to 30 s).
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log.lock().expect("lock").contains(text) {
+            assert!(Instant::now() < deadline, "{text:?} never logged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Tlogd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+pub fn start(dir: &Path) -> Tlogd {
+    start_with(dir, &[])
+}
+
+pub fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
+    let port = free_port();
+    let mut child = Command::new(workspace_binary("tlogd"))
+        .args(["--data-dir", dir.to_str().expect("utf8")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--checkpoint-interval-ms", "100"])
+        .args(if extra.contains(&"--sync-listen") {
+            &[][..]
+        } else {
+            &["--sync-listen", "127.0.0.1:0"][..]
+        })
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tlogd");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "tlogd did not start");
+        let line = lines.next().expect("tlogd exited").expect("read");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut log = sink.lock().expect("lock");
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    Tlogd {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        dir: dir.to_path_buf(),
+        log,
+    }
+}
+
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tlog-cli"))
+        .args(args)
+        .output()
+        .expect("run tlog-cli")
+}
+
+/// `tlog-cli sync` of the log at `url` into the view file `state`; its output.
+pub fn sync_view(url: &str, vkey: &str, state: &Path) -> String {
+    ok(cli(&[
+        "sync",
+        "--url",
+        url,
+        "--vkey",
+        vkey,
+        "--state",
+        state.to_str().expect("utf8"),
+    ]))
+}
+
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+pub fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().expect("request");
+    let cors = response
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().expect("body");
+    (status, body, cors)
+}
+
+pub fn post_full(url: &str, body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.post(url).send(body).expect("request");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().expect("body"))
+}
+
+pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(url);
+    if let Some(t) = token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    request.send(body).expect("request").status().as_u16()
+}
+
+/// Waits until the published checkpoint covers `size`.
+pub fn published(node: &Tlogd, size: u64) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body, _) = get(&format!("{}/checkpoint", node.url));
+        if status == 200 {
+            let text = String::from_utf8_lossy(&body).to_string();
+            let n: u64 = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if n >= size {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "no checkpoint of size {size}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn vkey(node: &Tlogd) -> String {
+    std::fs::read_to_string(node.dir.join("vkey"))
+        .expect("vkey")
+        .trim()
+        .to_string()
+}
+
+pub fn token(node: &Tlogd) -> String {
+    std::fs::read_to_string(node.dir.join("append-token"))
+        .expect("token")
+        .trim()
+        .to_string()
+}
+
+/// `tlog_tiles` reads our hash tiles over HTTP through a path adapter.
+pub struct HttpTiles(pub String);
+
+impl TileReader for HttpTiles {
+    fn height(&self) -> u8 {
+        8
+    }
+    fn read_tiles(&self, tiles: &[Tile]) -> Result<Vec<Vec<u8>>, tlog::Error> {
+        tiles
+            .iter()
+            .map(|t| {
+                let path = tlog_core::TileId {
+                    level: Some(t.level()),
+                    index: t.level_index(),
+                    width: t.width() as u16,
+                }
+                .path();
+                let (status, body, _) = get(&format!("{}/{path}", self.0));
+                (status == 200)
+                    .then_some(body)
+                    .ok_or(tlog::Error::InvalidTile)
+            })
+            .collect()
+    }
+    fn save_tiles(&self, _: &[Tile], _: &[Vec<u8>]) {}
+}
+
+/// Code no one here wrote checks what tlogd serves: `signed_note` verifies
+/// the published note with the vkey tlogd printed, and `tlog_tiles`
+/// computes the checkpoint's root from the served tiles.
+pub fn their_libraries_verify(node: &Tlogd, vkey: &str, note: &[u8]) {
+    let verifier = signed_note::StandardVerifier::new(vkey).expect("their vkey parser");
+    let parsed = signed_note::Note::from_bytes(note).expect("their note parser");
+    parsed
+        .verify(&signed_note::VerifierList::new(vec![Box::new(verifier)]))
+        .expect("their verification");
+    let checkpoint =
+        tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
+    let tiles = HttpTiles(node.url.clone());
+    let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
+    assert_eq!(
+        tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
+        *checkpoint.hash()
+    );
+}
