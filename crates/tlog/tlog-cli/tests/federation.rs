@@ -598,3 +598,63 @@ fn a_lying_member_is_banned_and_nothing_it_sent_is_stored() {
     assert_eq!(copied, truth.note);
     their_libraries_verify(&b, &vkey, &copied);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// tlog.md §6.3, §10 "Crash": the origin restored from an old backup learns
+/// from a mirror that its key signed a larger tree than it holds; it
+/// freezes instead of signing a fork, and refuses appends.
+#[test]
+fn an_origin_restored_from_an_old_backup_freezes_instead_of_forking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a_dir = dir.path().join("a");
+    let backup = dir.path().join("backup");
+    let (a_sync, b_sync) = (free_port(), free_port());
+    let a_args = [
+        "--sync-listen".to_string(),
+        sync_addr(a_sync),
+        "--peer".into(),
+        sync_addr(b_sync),
+    ];
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let a = start_with(&a_dir, &a_args);
+    let vkey = vkey(&a);
+    append(&a, (0..20).map(|i| format!("entry {i}")));
+    published(&a, 20);
+    drop(a);
+    copy_dir(&a_dir, &backup);
+    let a = start_with(&a_dir, &a_args);
+    append(&a, (20..50).map(|i| format!("entry {i}")));
+    let signed = published(&a, 50);
+    let b = start_with(
+        &dir.path().join("b"),
+        &[
+            "--sync-listen",
+            &sync_addr(b_sync),
+            "--mirror",
+            &format!("{vkey}@{}", sync_addr(a_sync)),
+        ],
+    );
+    assert_eq!(published(&b, 50), signed);
+    drop(a);
+    // The operator restores the old backup (size 20) and starts again.
+    std::fs::remove_dir_all(&a_dir).expect("rm");
+    copy_dir(&backup, &a_dir);
+    let a = start_with(&a_dir, &a_args);
+    a.wait_log("beyond the stored tree: the store lost signed history; log frozen");
+    let status = post(&format!("{}/add", a.url), Some(&token(&a)), b"fork me");
+    assert_eq!(status, 503, "a frozen log takes no appends");
+    assert_eq!(size_of(&published(&a, 20)), 20, "nothing new signed");
+    assert_eq!(
+        published(&b, 50),
+        signed,
+        "the mirror keeps the signed history"
+    );
+    assert!(served_evidence(&b).is_empty());
+}

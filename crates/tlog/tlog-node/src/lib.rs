@@ -432,6 +432,11 @@ fn store_error(e: StoreError) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
         }
         StoreError::OutOfRange(why) => not_found(&why),
+        StoreError::NotActive(status) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the log is {status:?}: no appends until an operator acts (see the log)\n"),
+        )
+            .into_response(),
         other => (StatusCode::INTERNAL_SERVER_ERROR, format!("{other}\n")).into_response(),
     }
 }
