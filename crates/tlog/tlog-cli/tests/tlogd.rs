@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use support::*;
@@ -765,4 +766,116 @@ fn tlogd_on_postgresql_serves_verified_tiles_and_keeps_the_log_across_a_restart(
     assert_eq!(rows, 310);
     drop(node);
     drop(schema);
+}
+
+/// A log whose key made `witness`'s vkey known, and the witness: the log's
+/// key is made first with a throwaway start. Returns (log dir, log vkey,
+/// witness, witness vkey).
+fn log_and_witness(dir: &Path) -> (std::path::PathBuf, String, Tlogd, String) {
+    let log_dir = dir.join("log");
+    drop(start(&log_dir));
+    let log_vkey = std::fs::read_to_string(log_dir.join("vkey"))
+        .expect("vkey")
+        .trim()
+        .to_string();
+    let witness = start_with(&dir.join("witness"), &["--witness-for", &log_vkey]);
+    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    (log_dir, log_vkey, witness, witness_vkey)
+}
+
+/// The witness's cosignature time on a published note.
+fn cosigned_at(note: &[u8], witness_vkey: &str) -> u64 {
+    let key = tlog_core::VerifierKey::parse(witness_vkey).expect("vkey");
+    let note = tlog_core::Note::parse(note).expect("note");
+    note.signatures()
+        .iter()
+        .find(|l| key.verify_line(note.text(), l))
+        .expect("cosigned by the witness")
+        .cosignature_time()
+        .expect("a cosignature carries its time")
+}
+
+/// tlog.md §5.2: an idle log resubmits its latest checkpoint every
+/// `republish_interval`, so its cosignature gets newer while the tree
+/// does not grow.
+#[test]
+fn an_idle_witnessed_log_refreshes_its_cosignatures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log_dir, _, witness, witness_vkey) = log_and_witness(dir.path());
+    let log = start_with(
+        &log_dir,
+        &[
+            "--submit-to",
+            &format!("{witness_vkey}@{}/witness", witness.url),
+            "--republish-interval-secs",
+            "1",
+        ],
+    );
+    post(&format!("{}/add", log.url), Some(&token(&log)), b"only");
+    let first = published(&log, 1);
+    let t1 = cosigned_at(&first, &witness_vkey);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, now, _) = get(&format!("{}/checkpoint", log.url));
+        assert!(String::from_utf8_lossy(&now).contains("\n1\n"), "same tree");
+        if cosigned_at(&now, &witness_vkey) > t1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// tlog.md §5.2, §10 "Crash": restored from an old backup, the log learns
+/// from its witness (a 409 naming a size it lacks, and the witness's
+/// monitoring checkpoint signed by the log's own key) that it lost signed
+/// history, and freezes instead of signing a fork.
+#[test]
+fn a_log_behind_what_its_witness_cosigned_freezes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log_dir, _, witness, witness_vkey) = log_and_witness(dir.path());
+    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let log = start_with(&log_dir, &["--submit-to", &submit]);
+    for i in 0..20u32 {
+        post(
+            &format!("{}/add", log.url),
+            Some(&token(&log)),
+            format!("{i}").as_bytes(),
+        );
+    }
+    published(&log, 20);
+    drop(log);
+    let backup = dir.path().join("backup");
+    std::fs::create_dir_all(&backup).expect("mkdir");
+    for entry in std::fs::read_dir(&log_dir).expect("dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), backup.join(entry.file_name())).expect("copy");
+    }
+    let log = start_with(&log_dir, &["--submit-to", &submit]);
+    for i in 20..50u32 {
+        post(
+            &format!("{}/add", log.url),
+            Some(&token(&log)),
+            format!("{i}").as_bytes(),
+        );
+    }
+    published(&log, 50);
+    drop(log);
+    std::fs::remove_dir_all(&log_dir).expect("rm");
+    std::fs::rename(&backup, &log_dir).expect("restore");
+    let log = start_with(&log_dir, &["--submit-to", &submit]);
+    log.wait_log("a witness holds signed history this store lacks");
+    assert_eq!(
+        post(&format!("{}/add", log.url), Some(&token(&log)), b"fork"),
+        503,
+        "frozen: no appends"
+    );
+    let (_, note, _) = get(&format!("{}/checkpoint", log.url));
+    assert!(
+        String::from_utf8_lossy(&note).contains("\n20\n"),
+        "nothing new signed"
+    );
 }

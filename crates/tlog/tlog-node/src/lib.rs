@@ -61,6 +61,19 @@ pub enum NodeError {
     },
 }
 
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since the epoch (the runtime's clock, passed into the rules).
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A published checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -79,6 +92,8 @@ pub struct LogNode<S> {
     key: Option<SignerKey>,
     published: watch::Sender<Option<Published>>,
     publish: submit::Publish,
+    /// When the witnesses last got a submission.
+    last_submitted: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl<S: LogStore> LogNode<S> {
@@ -142,6 +157,7 @@ impl<S: LogStore> LogNode<S> {
             key,
             published,
             publish,
+            last_submitted: std::sync::Mutex::new(None),
         });
         node.publish_stored().await?;
         Ok(node)
@@ -250,7 +266,7 @@ impl<S: LogStore> LogNode<S> {
         }
         let have = self.published.borrow().as_ref().map(|p| p.size);
         if have == Some(state.size) {
-            return Ok(());
+            return self.refresh(key).await;
         }
         if state.size < state.checkpoint_size {
             tracing::error!(origin = %self.origin, size = state.size, checkpoint = state.checkpoint_size,
@@ -281,32 +297,106 @@ impl<S: LogStore> LogNode<S> {
             }));
             return Ok(());
         }
-        let store = self.store.clone();
-        let log = self.log;
-        let size = state.size;
-        let lines = submit::cosign(&self.publish, &note, size, |old| {
-            let store = store.clone();
-            async move { store.consistency_proof(log, old, size).await.ok() }
-        })
-        .await;
+        self.witness_and_publish(key, note, state.size, state.root)
+            .await
+    }
+
+    /// An idle witnessed log resubmits its latest checkpoint every
+    /// `republish` (tlog.md §5.2) so cosignatures stay fresh.
+    async fn refresh(&self, key: &SignerKey) -> Result<(), StoreError> {
+        let due = self
+            .last_submitted
+            .lock()
+            .map(|t| t.is_none_or(|t| t.elapsed() >= self.publish.republish))
+            .unwrap_or(false);
+        if !due || self.publish.witnesses.is_empty() {
+            return Ok(());
+        }
+        let Some(bytes) = self.store.checkpoint(self.log, None).await? else {
+            return Ok(());
+        };
+        let note = Note::parse(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let checkpoint =
+            Checkpoint::parse(note.text()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.witness_and_publish(key, note, checkpoint.size, checkpoint.root)
+            .await
+    }
+
+    /// Submits the stored checkpoint to the witnesses, merges what they
+    /// cosigned, and publishes at the quorum; freezes on lost history.
+    async fn witness_and_publish(
+        &self,
+        key: &SignerKey,
+        mut note: Note,
+        size: u64,
+        root: tlog_core::Hash,
+    ) -> Result<(), StoreError> {
+        if let Ok(mut at) = self.last_submitted.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+        let lines = match submit::cosign(self, &key.verifier(), &note, size).await {
+            submit::Submitted::Cosigned(lines) => lines,
+            submit::Submitted::LostHistory(why) => {
+                tracing::error!(origin = %self.origin, %why,
+                    "a witness holds signed history this store lacks (a restored backup?): log frozen");
+                return self.store.set_status(self.log, Status::Frozen).await;
+            }
+        };
         let cosigned = lines.len();
         for line in lines {
             note.add(line);
         }
-        let bytes = note.to_bytes();
         self.store
-            .put_checkpoint(self.log, state.size, state.root, bytes.clone())
+            .put_checkpoint(self.log, size, root, note.to_bytes())
             .await?;
         if cosigned >= self.publish.quorum {
-            self.published.send_replace(Some(Published {
-                size: state.size,
-                note: bytes,
-            }));
+            self.publish_stored().await
         } else {
             tracing::warn!(origin = %self.origin, size, cosigned, quorum = self.publish.quorum,
                 "not published: too few witnesses cosigned; retried next round");
+            Ok(())
         }
-        Ok(())
+    }
+
+    /// Evidence that `key` signed `theirs` and our stored latest note,
+    /// whose trees differ at `theirs`' size (`None` when they agree, or
+    /// when no note of ours covers that size yet).
+    pub async fn evidence_against(
+        &self,
+        key: &tlog_core::VerifierKey,
+        theirs: &Note,
+        checkpoint: &Checkpoint,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(bytes) = self.store.checkpoint(self.log, None).await? else {
+            return Ok(None);
+        };
+        let mine = Note::parse(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mine_cp =
+            Checkpoint::parse(mine.text()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let n = checkpoint.size;
+        if mine_cp.size < n {
+            return Ok(None);
+        }
+        let ours_there = self.root_at(n).await?;
+        if ours_there == checkpoint.root {
+            return Ok(None);
+        }
+        let (root_b_at_a, proof) = if mine_cp.size == n {
+            (mine_cp.root.max(checkpoint.root), Vec::new())
+        } else {
+            (
+                ours_there,
+                self.store
+                    .consistency_proof(self.log, n, mine_cp.size)
+                    .await?,
+            )
+        };
+        Ok(tlog_core::Evidence::build(key, theirs, &mine, root_b_at_a, proof).ok())
+    }
+
+    /// The witnesses this log submits to.
+    pub fn publisher(&self) -> &submit::Publish {
+        &self.publish
     }
 
     /// The HTTP resources; `append_token` enables `POST add`; `lk_rate`

@@ -243,13 +243,6 @@ impl Bucket {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// A value for jitter and nonces: time-based (this is the I/O edge).
 fn entropy() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -727,7 +720,7 @@ impl<S: LogStore> Peer<S> {
                 self.inv_to(conn, false).await;
                 return Ok(());
             }
-            return self.fork_below(theirs, ours).await;
+            return self.fork_below(theirs).await;
         }
         if self.node.is_sequencer() {
             tracing::error!(origin = %self.node.origin(), size = n, tree = state.size,
@@ -755,38 +748,16 @@ impl<S: LogStore> Peer<S> {
 
     /// A peer's note of size ≤ our tree with another root: evidence, from
     /// our latest note and our tree.
-    async fn fork_below(
-        self: &Arc<Self>,
-        theirs: Verified,
-        ours_there: Hash,
-    ) -> Result<(), PeerError> {
-        let store = self.node.store();
-        let log = self.node.log_id();
-        let Some(bytes) = store.checkpoint(log, None).await? else {
-            return Ok(());
-        };
-        let mine =
-            Note::parse(&bytes).map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
-        let mine_cp = Checkpoint::parse(mine.text())
-            .map_err(|e| StoreError::Corrupt(format!("stored checkpoint: {e}")))?;
-        let n = theirs.checkpoint.size;
-        if mine_cp.size < n {
-            tracing::warn!(origin = %self.node.origin(), size = n,
-                "a peer's checkpoint disagrees with our unsigned tree; evidence once we sign");
-            return Ok(());
-        }
-        let (root_b_at_a, proof) = if mine_cp.size == n {
-            (mine_cp.root.max(theirs.checkpoint.root), Vec::new())
-        } else {
-            (
-                ours_there,
-                store.consistency_proof(log, n, mine_cp.size).await?,
-            )
-        };
-        match Evidence::build(&self.config.key, &theirs.note, &mine, root_b_at_a, proof) {
-            Ok(evidence) => self.record_evidence(evidence).await,
-            Err(e) => {
-                tracing::error!(error = %e, "a fork with a peer, but no evidence could be built");
+    async fn fork_below(self: &Arc<Self>, theirs: Verified) -> Result<(), PeerError> {
+        let built = self
+            .node
+            .evidence_against(&self.config.key, &theirs.note, &theirs.checkpoint)
+            .await?;
+        match built {
+            Some(evidence) => self.record_evidence(evidence).await,
+            None => {
+                tracing::warn!(origin = %self.node.origin(), size = theirs.checkpoint.size,
+                    "a peer's checkpoint disagrees with our tree, but no signed note of ours covers it yet");
                 Ok(())
             }
         }
@@ -866,9 +837,8 @@ impl<S: LogStore> Peer<S> {
         }
         if n <= s {
             // Behind or equal: nothing to fetch, unless it forks there.
-            let ours = self.node.root_at(n).await?;
-            if ours != root {
-                self.fork_below(theirs, ours).await?;
+            if self.node.root_at(n).await? != root {
+                self.fork_below(theirs).await?;
             }
             return Ok(None);
         }
@@ -986,14 +956,14 @@ impl<S: LogStore> Peer<S> {
         let store = self.node.store();
         let log = self.node.log_id();
         store
-            .put_evidence(log, now_secs(), evidence.clone())
+            .put_evidence(log, crate::now_secs(), evidence.clone())
             .await?;
         store.set_status(log, Status::Equivocated).await?;
         let digest = Evidence::digest(&evidence);
         if !self.evidence_sent.lock().expect("lock").insert(digest) {
             return Ok(());
         }
-        tracing::error!(origin = %self.node.origin(), digest = %hex_string(&digest),
+        tracing::error!(origin = %self.node.origin(), digest = %crate::hex(&digest),
             "the log's key signed two inconsistent trees: evidence stored, log no longer followed");
         let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
         for conn in conns {
@@ -1058,10 +1028,6 @@ impl<S: LogStore> Peer<S> {
             }
         }
     }
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn read_ident<R: AsyncRead + Unpin>(

@@ -6,9 +6,10 @@
 //! that verify under the witness's key are merged into the stored note, and
 //! the note is published only when `quorum` witnesses cosigned it.
 //!
-//! Not yet: the freeze rule for a witness holding a larger or inconsistent
-//! note signed by this log (it is logged), and refreshing cosignatures of an
-//! idle log (`republish_interval`).
+//! A witness that holds a note of this log's key that the store lacks
+//! (larger, or another tree) proves the store lost signed history: the log
+//! freezes. An idle log resubmits its latest checkpoint every
+//! `republish` so cosignature timestamps stay fresh for clients' `max_age`.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -51,18 +52,36 @@ impl WitnessTarget {
 }
 
 /// Who must cosign before a checkpoint is published.
-#[derive(Default)]
 pub struct Publish {
     /// The witnesses.
     pub witnesses: Vec<WitnessTarget>,
     /// How many of them (0: publish once stored).
     pub quorum: usize,
+    /// How long an idle log waits before resubmitting its latest
+    /// checkpoint to refresh the cosignatures' timestamps.
+    pub republish: Duration,
+}
+
+/// tlog.md §5.2's `republish_interval`.
+pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(600);
+
+impl Default for Publish {
+    fn default() -> Self {
+        Publish {
+            witnesses: Vec::new(),
+            quorum: 0,
+            republish: REPUBLISH_INTERVAL,
+        }
+    }
 }
 
 /// What one witness answered.
 enum Answer {
     Cosigned(SignatureLine),
+    /// 409: the size it holds.
     Holds(u64),
+    /// 422: refused as inconsistent.
+    Inconsistent(String),
     Refused(String),
 }
 
@@ -106,6 +125,7 @@ fn post(key: &VerifierKey, base: &str, text: &str, body: Vec<u8>) -> Answer {
                 None => Answer::Refused(format!("{url}: 200 without a valid cosignature")),
             }
         }
+        422 => Answer::Inconsistent(reply.trim().to_string()),
         409 => match reply.trim().parse() {
             Ok(size) => Answer::Holds(size),
             Err(_) => Answer::Refused(format!("{url}: 409 without a size")),
@@ -114,51 +134,151 @@ fn post(key: &VerifierKey, base: &str, text: &str, body: Vec<u8>) -> Answer {
     }
 }
 
-/// Submits `note` (of `size`) to every witness; `proof(old)` gives the
-/// consistency proof from `old` to `size`. Returns the cosignature lines
-/// that verified.
-pub async fn cosign<F, Fut>(
-    publish: &Publish,
+/// What submitting a checkpoint to the witnesses came to.
+pub enum Submitted {
+    /// The cosignature lines that verified.
+    Cosigned(Vec<SignatureLine>),
+    /// A witness holds a note signed by this log's key that the store does
+    /// not have (larger, or another tree): signed history was lost. The
+    /// caller freezes the log (tlog.md §5.2).
+    LostHistory(String),
+}
+
+fn submit(
+    target: &WitnessTarget,
+    text: &str,
+    note: &[u8],
+    old: u64,
+    proof: &[Hash],
+) -> tokio::task::JoinHandle<Answer> {
+    let request = body(old, proof, note);
+    let (key, url, text) = (target.key.clone(), target.url.clone(), text.to_string());
+    tokio::task::spawn_blocking(move || post(&key, &url, &text, request))
+}
+
+async fn answer(task: tokio::task::JoinHandle<Answer>) -> Answer {
+    task.await
+        .unwrap_or_else(|e| Answer::Refused(format!("submission task: {e}")))
+}
+
+/// Submits `note` (of `size`) to every witness in parallel. A 409 naming a
+/// size this log has (not the one sent) is adopted and retried once. A 409
+/// naming a larger size or the size sent, or any 422, makes the log fetch
+/// the witness's monitoring checkpoint: a note of this log's key that the
+/// store does not hold means lost history; anything else marks the witness
+/// faulty for this round (an unsigned claim never freezes a log).
+pub async fn cosign<S: tlog_store::LogStore>(
+    node: &crate::LogNode<S>,
+    log_key: &VerifierKey,
     note: &Note,
     size: u64,
-    proof: F,
-) -> Vec<SignatureLine>
-where
-    F: Fn(u64) -> Fut,
-    Fut: std::future::Future<Output = Option<Vec<Hash>>>,
-{
+) -> Submitted {
+    let publish = node.publisher();
     let text = note.text().to_string();
     let bytes = note.to_bytes();
-    let mut lines = Vec::new();
+    let (store, log) = (node.store(), node.log_id());
+    let mut pending = Vec::new();
     for target in &publish.witnesses {
-        // Each witness in turn: at most TIMEOUT each (parallel submission
-        // is the next step; a federation has a handful).
-        let mut old = target.last().min(size);
-        for attempt in 0..2 {
-            let Some(p) = proof(old).await else { break };
-            let request = body(old, &p, &bytes);
-            let (key, url, text) = (target.key.clone(), target.url.clone(), text.clone());
-            let answer = tokio::task::spawn_blocking(move || post(&key, &url, &text, request))
-                .await
-                .unwrap_or_else(|e| Answer::Refused(format!("submission task: {e}")));
-            match answer {
-                Answer::Cosigned(line) => {
-                    target.set_last(size);
-                    lines.push(line);
-                    break;
-                }
-                Answer::Holds(held) if held <= size && attempt == 0 => old = held,
-                Answer::Holds(held) => {
-                    tracing::warn!(witness = %target.key.name(), held, size,
-                        "the witness holds a size this log does not have: investigate (freeze rule not yet applied)");
-                    break;
-                }
-                Answer::Refused(why) => {
-                    tracing::warn!(witness = %target.key.name(), %why, "witness did not cosign");
-                    break;
+        let old = target.last().min(size);
+        let Ok(proof) = store.consistency_proof(log, old, size).await else {
+            continue;
+        };
+        pending.push((target, old, submit(target, &text, &bytes, old, &proof)));
+    }
+    let mut lines = Vec::new();
+    for (target, old, task) in pending {
+        let mut got = answer(task).await;
+        if let Answer::Holds(held) = got {
+            if held <= size && held != old {
+                if let Ok(proof) = store.consistency_proof(log, held, size).await {
+                    target.set_last(held);
+                    got = answer(submit(target, &text, &bytes, held, &proof)).await;
                 }
             }
         }
+        match got {
+            Answer::Cosigned(line) => {
+                target.set_last(size);
+                lines.push(line);
+            }
+            Answer::Holds(_) | Answer::Inconsistent(_) => {
+                if let Answer::Inconsistent(why) = &got {
+                    tracing::info!(witness = %target.key.name(), %why,
+                        "refused as inconsistent; fetching what the witness holds");
+                }
+                if let Some(why) = investigate(node, log_key, target).await {
+                    return Submitted::LostHistory(why);
+                }
+            }
+            Answer::Refused(why) => {
+                tracing::warn!(witness = %target.key.name(), %why, "witness did not cosign");
+            }
+        }
     }
-    lines
+    Submitted::Cosigned(lines)
+}
+
+/// A witness refused as inconsistent: what does it hold?
+async fn investigate<S: tlog_store::LogStore>(
+    node: &crate::LogNode<S>,
+    log_key: &VerifierKey,
+    target: &WitnessTarget,
+) -> Option<String> {
+    let name = target.key.name().to_string();
+    let url = format!(
+        "{}/{}/checkpoint",
+        target.url.trim_end_matches('/'),
+        crate::hex(&node.log_id())
+    );
+    let fetched = tokio::task::spawn_blocking(move || fetch(&url))
+        .await
+        .ok()
+        .flatten();
+    let held = fetched.and_then(|bytes| {
+        let note = Note::parse(&bytes)
+            .ok()?
+            .verify(std::slice::from_ref(log_key))
+            .ok()?;
+        let checkpoint = tlog_core::Checkpoint::parse(note.text()).ok()?;
+        (checkpoint.origin == node.origin()).then_some((note, checkpoint))
+    });
+    let Some((note, checkpoint)) = held else {
+        tracing::warn!(witness = %name,
+            "the witness refused our checkpoint and shows no note of this log's: faulty, skipped");
+        return None;
+    };
+    let tree = node.store().state(node.log_id()).await.ok()?.size;
+    if checkpoint.size > tree {
+        return Some(format!(
+            "witness {name} holds a checkpoint of size {} signed by this log's key; the store has {tree}: {}",
+            checkpoint.size,
+            b64encode(&note.to_bytes())
+        ));
+    }
+    let ours = node.root_at(checkpoint.size).await.ok()?;
+    if ours != checkpoint.root {
+        if let Ok(Some(evidence)) = node.evidence_against(log_key, &note, &checkpoint).await {
+            let _ = node
+                .store()
+                .put_evidence(node.log_id(), crate::now_secs(), evidence)
+                .await;
+        }
+        return Some(format!(
+            "witness {name} holds a checkpoint of size {} signed by this log's key with another root",
+            checkpoint.size
+        ));
+    }
+    tracing::warn!(witness = %name, size = checkpoint.size,
+        "the witness refused a consistent checkpoint: faulty, skipped this round");
+    None
+}
+
+/// GET of a monitoring checkpoint, blocking.
+fn fetch(url: &str) -> Option<Vec<u8>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().ok()?;
+    response.body_mut().read_to_vec().ok()
 }

@@ -82,6 +82,11 @@ struct Args {
     /// cosigned it [default: all of them].
     #[arg(long, env = "TLOGD_PUBLISH_QUORUM")]
     publish_quorum: Option<usize>,
+    /// An idle witnessed log resubmits its latest checkpoint this often, so
+    /// cosignature timestamps stay fresh for clients with a `max_age`.
+    #[arg(long, env = "TLOGD_REPUBLISH_INTERVAL_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    republish_interval_secs: u64,
     /// The witness key's name (its cosignatures carry it).
     #[arg(
         long,
@@ -217,7 +222,11 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
                 "--publish-quorum {quorum} is more than the {} witnesses given",
                 witnesses.len()
             );
-            let publish = tlog_node::submit::Publish { witnesses, quorum };
+            let publish = tlog_node::submit::Publish {
+                witnesses,
+                quorum,
+                republish: Duration::from_secs(args.republish_interval_secs),
+            };
             let node = LogNode::start(store, key, options, interval, publish).await?;
             (node, Some(token(&dir)?), vkey, origin_key)
         }

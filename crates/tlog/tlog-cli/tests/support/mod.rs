@@ -23,7 +23,11 @@ impl Tlogd {
     pub fn wait_log(&self, text: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.log.lock().expect("lock").contains(text) {
-            assert!(Instant::now() < deadline, "{text:?} never logged");
+            if Instant::now() >= deadline {
+                let log = self.log.lock().expect("lock");
+                let tail = &log[log.len().saturating_sub(4000)..];
+                panic!("{text:?} never logged; the log ends with:\n{tail}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -67,14 +71,18 @@ pub fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
+    // Every line is kept, those before the daemon listens included.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     loop {
         assert!(Instant::now() < deadline, "tlogd did not start");
         let line = lines.next().expect("tlogd exited").expect("read");
+        let mut kept = log.lock().expect("lock");
+        kept.push_str(&line);
+        kept.push('\n');
         if line.contains("listening on") {
             break;
         }
     }
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let sink = log.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
