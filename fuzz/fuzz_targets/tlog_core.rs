@@ -1,5 +1,5 @@
 //! Every tlog-core decoder on arbitrary bytes: signed notes, checkpoint
-//! bodies, verifier and private keys, tile paths, policies, evidence, view
+//! bodies, verifier and private keys, tile paths, policies, evidence, receipts, view
 //! state, LKTL/1 frames and identification lines, and proof verification
 //! with arbitrary hashes. No panic; what parses re-serialises to the same
 //! bytes (notes, checkpoints, tile paths, keys).
@@ -19,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = Ident::parse(data);
+    // Receipts (tlog-proof) re-encode to the bytes they came from.
+    if let Ok(receipt) = tlog_core::Receipt::parse(data) {
+        assert_eq!(receipt.encode(), data);
+    }
     if let Ok(request) = tlog_core::witness::AddCheckpoint::parse(data) {
         let _ = request.decide(|_| None, None);
     }

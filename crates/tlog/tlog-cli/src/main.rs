@@ -28,6 +28,13 @@ struct Log {
     /// The log's URL prefix (http://host:port/…/).
     #[arg(long, env = "TLOG_URL")]
     url: String,
+    #[command(flatten)]
+    trust: Trust,
+}
+
+/// Whom to believe: one log key, or a policy with witnesses.
+#[derive(clap::Args)]
+struct Trust {
     /// The log's verifier key (`<origin>+<id>+<key>`); or give --policy.
     #[arg(long, env = "TLOG_VKEY", required_unless_present = "policy")]
     vkey: Option<String>,
@@ -69,6 +76,32 @@ enum Command {
         /// The entry, from a file.
         #[arg(long)]
         file: Option<PathBuf>,
+    },
+    /// Fetch a receipt (C2SP tlog-proof) for the entry at --index, check its
+    /// checkpoint, and write it to --out.
+    Receipt {
+        #[command(flatten)]
+        log: Log,
+        /// The entry's index.
+        #[arg(long)]
+        index: u64,
+        /// Where to write the receipt.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a receipt offline: the entry (--data or --file) is at the
+    /// receipt's index of a checkpoint acceptable under --vkey/--policy.
+    VerifyReceipt {
+        #[command(flatten)]
+        trust: Trust,
+        /// The entry (UTF-8 text); or --file.
+        #[arg(long, conflicts_with = "file")]
+        data: Option<String>,
+        /// The entry, from a file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The receipt file.
+        receipt: PathBuf,
     },
     /// Check an evidence file (LKEV) offline against the log's verifier key.
     VerifyEvidence {
@@ -137,6 +170,12 @@ fn join(base: &str, path: &str) -> String {
 
 impl Log {
     fn policy(&self) -> anyhow::Result<(Policy, String)> {
+        self.trust.policy()
+    }
+}
+
+impl Trust {
+    fn policy(&self) -> anyhow::Result<(Policy, String)> {
         let policy = match (&self.vkey, &self.policy) {
             (_, Some(path)) => {
                 let text = std::fs::read_to_string(path)
@@ -195,13 +234,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let token = std::fs::read_to_string(&token_file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", token_file.display()))?;
-            let entry = match (data, file) {
-                (Some(d), _) => d.into_bytes(),
-                (None, Some(f)) => {
-                    std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
-                }
-                (None, None) => anyhow::bail!("give --data or --file"),
-            };
+            let entry = read_entry(data, file)?;
             let target = join(&url, "add");
             let mut response = ureq::post(&target)
                 .header("Authorization", &format!("Bearer {}", token.trim()))
@@ -209,6 +242,49 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("POST {target}: {e}"))?;
             let body = response.body_mut().read_to_string()?;
             print!("{body}");
+            Ok(())
+        }
+        Command::Receipt { log, index, out } => {
+            let (policy, _) = log.policy()?;
+            let bytes = fetch(&join(&log.url, &format!("lk/v1/receipt?index={index}")))?;
+            let receipt = tlog_core::Receipt::parse(&bytes)
+                .map_err(|e| Misbehaved(format!("the receipt: {e}")))?;
+            let verified = policy
+                .verify(&receipt.note, now())
+                .map_err(|e| anyhow::anyhow!("the receipt's checkpoint does not verify: {e}"))?;
+            if receipt.index != index {
+                return Err(
+                    Misbehaved(format!("asked for index {index}, got {}", receipt.index)).into(),
+                );
+            }
+            durable_file::replace(&out, &bytes, 0o644)?;
+            println!(
+                "receipt for index {index} of {} at size {} written to {}",
+                verified.checkpoint.origin,
+                verified.checkpoint.size,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::VerifyReceipt {
+            trust,
+            data,
+            file,
+            receipt,
+        } => {
+            let (policy, _) = trust.policy()?;
+            let entry = read_entry(data, file)?;
+            let bytes = std::fs::read(&receipt)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", receipt.display()))?;
+            let parsed = tlog_core::Receipt::parse(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", receipt.display()))?;
+            let verified = parsed
+                .verify(&entry, &policy, now())
+                .map_err(|e| anyhow::anyhow!("the receipt does not verify: {e}"))?;
+            println!(
+                "valid receipt: the entry is at index {} of {} (size {})",
+                parsed.index, verified.checkpoint.origin, verified.checkpoint.size
+            );
             Ok(())
         }
         Command::VerifyEvidence { vkey, file } => {
@@ -225,6 +301,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// An entry from `--data` or `--file`.
+fn read_entry(data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Vec<u8>> {
+    match (data, file) {
+        (Some(d), _) => Ok(d.into_bytes()),
+        (None, Some(f)) => std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display())),
+        (None, None) => anyhow::bail!("give --data or --file"),
     }
 }
 

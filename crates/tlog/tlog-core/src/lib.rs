@@ -11,6 +11,7 @@
 //! - [`policy`]: tlog-policy files, k-of-n witness quorums, freshness;
 //! - [`view`]: a client's verified, persisted view of one log (§8.2);
 //! - [`entry_sync`]: incremental, chunked, verified entry download (§8.3);
+//! - [`receipt`]: C2SP tlog-proof receipts (§4.5, §8.4);
 //! - [`evidence`]: LKEV equivocation evidence (§7.8);
 //! - [`witness`]: the witness's add-checkpoint decisions (§5.1);
 //! - [`sync`]: LKTL/1 identification lines, frames and messages (§7.2–§7.5);
@@ -29,6 +30,7 @@ pub mod evidence;
 pub mod merkle;
 pub mod note;
 pub mod policy;
+pub mod receipt;
 pub mod sync;
 pub mod tile;
 pub mod view;
@@ -43,5 +45,6 @@ pub use merkle::{
 };
 pub use note::{KeyType, Note, NoteError, SignatureLine, SignerKey, VerifierKey};
 pub use policy::{Policy, PolicyError, Verified, VerifyError};
+pub use receipt::{Receipt, ReceiptError};
 pub use tile::TileId;
 pub use view::{LogView, Offer, ViewError};

@@ -304,3 +304,107 @@ fn a_split_view_becomes_evidence_anyone_can_check() {
     longer.push(0);
     assert!(Evidence::verify(&longer, &[log_key().verifier()]).is_err());
 }
+
+fn entry(i: u64, salt: u8) -> Vec<u8> {
+    let mut e = i.to_be_bytes().to_vec();
+    e.push(salt);
+    e
+}
+
+/// A receipt for entry `index` of `tree` under a 2-of-3 cosigned note.
+fn receipt(tree: &MemoryTree, index: u64) -> tlog_core::Receipt {
+    tlog_core::Receipt {
+        extra: Some(b"app data".to_vec()),
+        index,
+        path: merkle::inclusion_proof(tree, index, tree.size())
+            .expect("infallible")
+            .expect("path"),
+        note: note(tree, &[(witness(1), NOW - 5), (witness(3), NOW - 9)]),
+    }
+}
+
+/// tlog.md §4.5, §8.4: a receipt round-trips, verifies offline under the
+/// policy, and fails for another entry, index, path, key or quorum.
+#[test]
+fn receipts_verify_offline_and_every_alteration_fails() {
+    use tlog_core::receipt::{Receipt, ReceiptError};
+    let t = tree(1000, 1);
+    let policy = policy_2_of_3();
+    for index in [0, 1, 255, 256, 511, 998, 999] {
+        let r = receipt(&t, index);
+        let bytes = r.encode();
+        assert_eq!(Receipt::parse(&bytes), Ok(r.clone()));
+        let verified = r.verify(&entry(index, 1), &policy, NOW).expect("valid");
+        assert_eq!(verified.checkpoint.size, 1000);
+        // Another entry, index or path.
+        assert!(matches!(
+            r.verify(&entry(index, 2), &policy, NOW),
+            Err(ReceiptError::NotIncluded { .. })
+        ));
+        for other in [index ^ 1, index.wrapping_add(1), 1000, u64::MAX] {
+            let moved = Receipt {
+                index: other,
+                ..r.clone()
+            };
+            assert!(moved.verify(&entry(index, 1), &policy, NOW).is_err());
+        }
+        for k in 0..r.path.len() {
+            let mut bad = r.clone();
+            bad.path[k][k % 32] ^= 1;
+            assert!(bad.verify(&entry(index, 1), &policy, NOW).is_err());
+        }
+        let mut short = r.clone();
+        short.path.pop();
+        assert!(short.verify(&entry(index, 1), &policy, NOW).is_err());
+    }
+    let r = receipt(&t, 7);
+    // Too few cosignatures, or a log key not trusted.
+    let lone = Receipt {
+        note: note(&t, &[(witness(1), NOW - 5)]),
+        ..r.clone()
+    };
+    assert!(matches!(
+        lone.verify(&entry(7, 1), &policy, NOW),
+        Err(ReceiptError::Checkpoint(_))
+    ));
+    let stranger = SignerKey::from_seed(ORIGIN, KeyType::Ed25519, &[0x99; 32]).expect("key");
+    assert!(matches!(
+        r.verify(&entry(7, 1), &Policy::single(stranger.verifier()), NOW),
+        Err(ReceiptError::Checkpoint(_))
+    ));
+    // Without `extra` it still round-trips.
+    let plain = Receipt { extra: None, ..r };
+    assert_eq!(Receipt::parse(&plain.encode()), Ok(plain));
+}
+
+/// Malformed receipts are refused with a reason, never a panic.
+#[test]
+fn malformed_receipts_are_refused() {
+    use tlog_core::receipt::Receipt;
+    let good = String::from_utf8(receipt(&tree(10, 1), 3).encode()).expect("utf8");
+    let bad = [
+        good.replacen("c2sp.org/tlog-proof@v1", "c2sp.org/tlog-proof@v2", 1),
+        good.replacen("index 3", "index 03", 1),
+        good.replacen("index 3", "index +3", 1),
+        good.replacen("index 3", "index 99999999999999999999", 1),
+        good.replacen("index 3\n", "", 1),
+        good.replacen("extra ", "extra !", 1),
+        good.replacen("\n\n", "\n", 1),
+        good.replacen("\n\n", "\nnot base64\n\n", 1),
+        good.replacen("\n\n", "\nAAAA\n\n", 1),
+        good.split("\n\n").next().expect("head").to_string() + "\n\n",
+        format!(
+            "c2sp.org/tlog-proof@v1\nindex 0\n{}\n{}",
+            (0..64)
+                .map(|_| tlog_core::note::b64encode(&[0u8; 32]))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            good.split("\n\n").nth(1).expect("note")
+        ),
+        "x".repeat(200_000),
+        String::new(),
+    ];
+    for text in bad {
+        assert!(Receipt::parse(text.as_bytes()).is_err(), "{text:.120}");
+    }
+}

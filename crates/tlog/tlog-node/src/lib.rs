@@ -394,6 +394,27 @@ impl<S: LogStore> LogNode<S> {
         Ok(tlog_core::Evidence::build(key, theirs, &mine, root_b_at_a, proof).ok())
     }
 
+    /// A receipt for entry `index` against the latest published checkpoint
+    /// (`None` while the entry is not published yet).
+    pub async fn receipt(&self, index: u64) -> Result<Option<tlog_core::Receipt>, StoreError> {
+        let Some(published) = self.published.borrow().clone() else {
+            return Ok(None);
+        };
+        if index >= published.size {
+            return Ok(None);
+        }
+        let path = self
+            .store
+            .inclusion_proof(self.log, index, published.size)
+            .await?;
+        Ok(Some(tlog_core::Receipt {
+            extra: None,
+            index,
+            path,
+            note: published.note,
+        }))
+    }
+
     /// The witnesses this log submits to.
     pub fn publisher(&self) -> &submit::Publish {
         &self.publish
@@ -411,6 +432,7 @@ impl<S: LogStore> LogNode<S> {
         let lk = Router::new()
             .route("/inclusion", get(inclusion::<S>))
             .route("/consistency", get(consistency::<S>))
+            .route("/receipt", get(receipt::<S>))
             .route("/checkpoint/{size}", get(checkpoint_at::<S>))
             .route("/evidence", get(evidence::<S>))
             .layer(axum::middleware::from_fn_with_state(limiter, rate_limit));
@@ -731,6 +753,27 @@ fn proof_body(
             }
             text(cache, body)
         }
+        Err(e) => store_error(e),
+    }
+}
+
+/// `lk/v1/receipt?index=I`: a tlog-proof against the latest published
+/// checkpoint, cosignatures included (tlog.md §4.5).
+async fn receipt<S: LogStore>(
+    State(http): State<Arc<Http<S>>>,
+    Query(q): Query<ProofQuery>,
+) -> Response {
+    let index = match decimal(&q.index) {
+        Ok(Some(i)) => i,
+        Err(()) => return bad_decimal(),
+        Ok(None) => return (StatusCode::BAD_REQUEST, "index is required\n").into_response(),
+    };
+    match http.node.receipt(index).await {
+        Ok(Some(receipt)) => text(
+            "no-store",
+            String::from_utf8_lossy(&receipt.encode()).into(),
+        ),
+        Ok(None) => not_found("not published"),
         Err(e) => store_error(e),
     }
 }
