@@ -1,7 +1,8 @@
 //! `tlog-bench`: measures tlog.md §9's in-process rows on the embedded
 //! store: durable appends per second with N concurrent callers (and with
 //! dedup), append latency, and append → published checkpoint latency; with
-//! `--postgres`, the append rows on the PostgreSQL store.
+//! `--postgres`, the append rows on the PostgreSQL store; with `--phase
+//! mirror`, mirror catch-up over LKTL/1.
 //! Results and commands are recorded in docs/benchmarks.md.
 
 use std::sync::Arc;
@@ -35,6 +36,20 @@ struct Args {
     /// `host=127.0.0.1 user=postgres dbname=test`.
     #[arg(long)]
     postgres: Option<String>,
+    /// Which phases to run.
+    #[arg(long, value_enum, default_value_t = Phase::Appends)]
+    phase: Phase,
+    /// Entries the origin holds for the mirror phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    mirror_entries: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    /// Durable appends (and with dedup), then append → published.
+    Appends,
+    /// Mirror catch-up over LKTL/1 on loopback, verified and durable.
+    Mirror,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -189,9 +204,87 @@ async fn publish_latency(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// tlog.md §9 "mirror catch-up": an origin holding `mirror_entries`
+/// entries serves them over LKTL/1 on loopback to a fresh mirror, which
+/// verifies every chunk against the signed checkpoint and stores it
+/// durably; the rate is entries over the time until the mirror publishes.
+async fn mirror(args: &Args) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let origin_path = dir.join("origin.redb");
+    let mirror_path = dir.join("mirror.redb");
+    let _ = std::fs::remove_file(&origin_path);
+    let _ = std::fs::remove_file(&mirror_path);
+    let key = SignerKey::from_seed("bench.example/mirror", KeyType::Ed25519, &[9; 32])?;
+    let origin_store = Arc::new(RedbLogStore::open(&origin_path)?);
+    let log = origin_store
+        .create_log(key.name(), LogOptions::default())
+        .await?;
+    let filling = Instant::now();
+    let mut n = 0u64;
+    while n < args.mirror_entries {
+        let batch: Vec<Vec<u8>> = (n..(n + 4096).min(args.mirror_entries))
+            .map(|i| {
+                let mut e = vec![0u8; args.entry_bytes];
+                e[..8].copy_from_slice(&i.to_be_bytes());
+                e
+            })
+            .collect();
+        n += batch.len() as u64;
+        origin_store.append(log, batch).await?;
+    }
+    eprintln!(
+        "origin filled with {n} entries in {:.1} s",
+        filling.elapsed().as_secs_f64()
+    );
+    let vkey = key.verifier();
+    let origin = LogNode::start(
+        origin_store,
+        key,
+        LogOptions::default(),
+        Duration::from_millis(args.interval_ms),
+        tlog_node::submit::Publish::default(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let config = |name: &str, peers: Vec<String>| tlog_node::peer::Config {
+        name: name.into(),
+        key: vkey.clone(),
+        witnesses: Vec::new(),
+        peers,
+        limits: tlog_node::peer::Limits::default(),
+    };
+    tokio::spawn(
+        tlog_node::peer::Peer::new(origin.clone(), config("origin", Vec::new())).run(listener),
+    );
+    let mirror_store = Arc::new(RedbLogStore::open(&mirror_path)?);
+    let mirror = LogNode::mirror(mirror_store, vkey.name()).await?;
+    let mut published = mirror.published();
+    let start = Instant::now();
+    let quiet = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    tokio::spawn(
+        tlog_node::peer::Peer::new(mirror.clone(), config("mirror", vec![addr])).run(quiet),
+    );
+    published
+        .wait_for(|p| p.as_ref().is_some_and(|p| p.size >= n))
+        .await?;
+    let took = start.elapsed().as_secs_f64();
+    println!(
+        "mirror catch-up over LKTL/1 on loopback: {n} entries of {} B verified and stored in {took:.2} s: {:.0} entries/s",
+        args.entry_bytes,
+        n as f64 / took
+    );
+    drop(origin);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.phase == Phase::Mirror {
+        return mirror(&args).await;
+    }
     appends(&args, false).await?;
     appends(&args, true).await?;
     if args.postgres.is_none() {

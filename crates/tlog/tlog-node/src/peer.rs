@@ -61,10 +61,15 @@ pub struct Limits {
     pub max_inbound: usize,
     /// Inbound connections per source address.
     pub max_inbound_per_ip: usize,
-    /// Requests per second per connection (token bucket).
+    /// Requests per second per connection (token bucket), GetData aside.
     pub requests_per_sec: u32,
     /// The bucket's size.
     pub burst: u32,
+    /// Entries per second a connection may ask for with GetData (bursts
+    /// of twice that). tlog.md §7.9's 20 requests/s would cap a mirror at
+    /// 20,480 entries/s, a fifth of §9's catch-up target, so GetData is
+    /// metered in entries instead.
+    pub entries_per_sec: u32,
     /// The first ban; doubled per repeat.
     pub ban: Duration,
     /// The longest ban.
@@ -88,6 +93,7 @@ impl Default for Limits {
             max_inbound_per_ip: 4,
             requests_per_sec: 20,
             burst: 40,
+            entries_per_sec: 250_000,
             ban: Duration::from_secs(600),
             ban_max: Duration::from_secs(24 * 3600),
             redial_max: Duration::from_secs(300),
@@ -230,15 +236,16 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), u32> {
+    /// Takes `cost` tokens, or says in how many ms they will be there.
+    fn take(&mut self, cost: f64, rate: u32, burst: u32, now: Instant) -> Result<(), u32> {
         let refill = now.duration_since(self.at).as_secs_f64() * f64::from(rate);
         self.tokens = (self.tokens + refill).min(f64::from(burst));
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             Ok(())
         } else {
-            Err((((1.0 - self.tokens) / f64::from(rate.max(1))) * 1000.0).ceil() as u32)
+            Err((((cost - self.tokens) / f64::from(rate.max(1))) * 1000.0).ceil() as u32)
         }
     }
 }
@@ -529,6 +536,10 @@ impl<S: LogStore> Peer<S> {
             tokens: f64::from(limits.burst),
             at: Instant::now(),
         };
+        let mut entries = Bucket {
+            tokens: f64::from(limits.entries_per_sec.saturating_mul(2)),
+            at: Instant::now(),
+        };
         loop {
             let frame = tokio::select! {
                 frame = tokio::time::timeout(limits.idle_close, read_frame(&mut reader, &mut buf)) => frame,
@@ -555,18 +566,23 @@ impl<S: LogStore> Peer<S> {
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(frame)) => frame,
             };
-            let is_request = matches!(
-                frame.message,
+            let metered = match &frame.message {
+                Message::GetData { count, .. } => Some((
+                    &mut entries,
+                    f64::from(*count),
+                    limits.entries_per_sec,
+                    limits.entries_per_sec.saturating_mul(2),
+                )),
                 Message::GetHeaders { .. }
-                    | Message::GetData { .. }
-                    | Message::Inv { .. }
-                    | Message::Evidence(_)
-                    | Message::Unknown(_)
-            );
-            if is_request {
-                if let Err(wait) =
-                    bucket.take(limits.requests_per_sec, limits.burst, Instant::now())
-                {
+                | Message::Inv { .. }
+                | Message::Evidence(_)
+                | Message::Unknown(_) => {
+                    Some((&mut bucket, 1.0, limits.requests_per_sec, limits.burst))
+                }
+                _ => None,
+            };
+            if let Some((bucket, cost, rate, burst)) = metered {
+                if let Err(wait) = bucket.take(cost, rate, burst, Instant::now()) {
                     if frame.id != 0 {
                         conn.send(
                             frame.id,
