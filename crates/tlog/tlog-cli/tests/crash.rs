@@ -1,4 +1,5 @@
-//! tlog.md §6.4 under SIGKILL: 20 kills of `tlogd` while 8 clients append.
+//! tlog.md §6.4 under SIGKILL: 20 kills of `tlogd` while 8 clients append,
+//! on the embedded store and on PostgreSQL.
 //! After each restart every acknowledged append is at its index with its
 //! bytes (C4), and the log a client verified before the crash is still a
 //! prefix of the log after it (no signed checkpoint covered lost entries, no
@@ -12,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use lk_testkit::process::workspace_binary;
 
-fn start(dir: &Path, port: u16) -> Child {
+fn start(dir: &Path, port: u16, backend: &[String]) -> Child {
     let mut child = Command::new(workspace_binary("tlogd"))
         .args(["--data-dir", dir.to_str().expect("utf8")])
+        .args(backend)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--checkpoint-interval-ms", "100"])
         .args(["--sync-listen", "127.0.0.1:0"])
@@ -56,6 +58,26 @@ fn published_size(url: &str) -> u64 {
 
 #[test]
 fn twenty_kills_lose_no_acknowledged_append_and_never_roll_back() {
+    twenty_kills(&[]);
+}
+
+/// The same with the log in PostgreSQL: a SIGKILL mid-transaction leaves
+/// the server to roll back what was not committed, and an acknowledged
+/// append was committed.
+#[test]
+fn twenty_kills_on_postgresql_lose_no_acknowledged_append_and_never_roll_back() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let schema = runtime.block_on(lk_testkit::postgres::Schema::fresh());
+    twenty_kills(&[
+        "--postgres".into(),
+        schema.url.clone(),
+        "--postgres-schema".into(),
+        schema.name.clone(),
+    ]);
+    drop(schema);
+}
+
+fn twenty_kills(backend: &[String]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("tlogd");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,7 +92,7 @@ fn twenty_kills_lose_no_acknowledged_append_and_never_roll_back() {
     let mut seed = 0x2545_f491_u64;
     // Twenty kills; the 21st start only verifies the last round.
     for round in 0..=20 {
-        let mut child = start(&data, port);
+        let mut child = start(&data, port, backend);
         let vkey = std::fs::read_to_string(data.join("vkey"))
             .expect("vkey")
             .trim()
