@@ -49,7 +49,7 @@ use tlog_core::merkle::{self, CompactRange, Hash, NodeSource};
 use tlog_core::tile;
 use tlog_store::rules::{
     check_checkpoint, check_origin, decode_tile, edge_tiles, merge_checkpoint, plan_append,
-    tiles_needed, FnNodes, TileNodes,
+    plan_import, tiles_needed, FnNodes, TileNodes,
 };
 use tlog_store::{
     Appended, LogId, LogOptions, LogState, LogStore, PutCheckpoint, Status, StoreError,
@@ -473,7 +473,7 @@ impl Inner {
         let (log, all_ref, sent) = (&log, &all, &sent);
         let result = self
             .run("append", move |doubt| async move {
-                self.append_once(log, all_ref, sent, doubt).await
+                self.append_once(log, all_ref, sent, doubt, None).await
             })
             .await;
         match result {
@@ -492,12 +492,15 @@ impl Inner {
         }
     }
 
+    /// One attempt at an append, or with `import_at` an import at exactly
+    /// that size (no dedup).
     async fn append_once(
         &self,
         log: &LogId,
         batch: &[Vec<u8>],
         sent: &Mutex<Option<Sent>>,
         in_doubt: bool,
+        import_at: Option<u64>,
     ) -> Attempt<Vec<Appended>> {
         let mut db = self.client().await?;
         let tx = db.transaction().await.map_err(step)?;
@@ -513,7 +516,7 @@ impl Inner {
                 return Ok(Ok(earlier));
             }
         }
-        let known: HashMap<Hash, u64> = if state.options.dedup {
+        let known: HashMap<Hash, u64> = if state.options.dedup && import_at.is_none() {
             let leaves: Vec<Vec<u8>> = batch
                 .iter()
                 .map(|e| merkle::leaf_hash(e).to_vec())
@@ -534,7 +537,11 @@ impl Inner {
         } else {
             HashMap::new()
         };
-        let plan = match plan_append(&state, batch, |leaf| Ok(known.get(leaf).copied())) {
+        let planned = match import_at {
+            Some(start) => plan_import(&state, start, batch),
+            None => plan_append(&state, batch, |leaf| Ok(known.get(leaf).copied())),
+        };
+        let plan = match planned {
             Ok(plan) => plan,
             Err(e) => return abort(tx, e).await,
         };
@@ -839,6 +846,25 @@ impl LogStore for PostgresLogStore {
                 tracing::error!("a tlog group commit task panicked");
             }
         }
+    }
+
+    async fn import(
+        &self,
+        log: LogId,
+        start: u64,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        if entries.iter().any(|e| e.len() > tlog_store::MAX_ENTRY) {
+            return Err(StoreError::TooLarge("an entry over 65,535 bytes"));
+        }
+        let sent = Mutex::new(None);
+        let (log, entries, sent) = (&log, &entries, &sent);
+        self.run("import", move |doubt| async move {
+            self.append_once(log, entries, sent, doubt, Some(start))
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn state(&self, log: LogId) -> Result<LogState, StoreError> {

@@ -206,6 +206,75 @@ pub async fn dedup_within_and_across_batches<S: LogStore>(store: S) {
     assert_eq!(again[1].index, 1);
 }
 
+/// Imports (followers): only at the stored size, all or nothing, each
+/// entry at its own index even with dedup on; two concurrent imports at
+/// one size: exactly one lands, the other gets `Conflict`.
+pub async fn imports_start_at_the_stored_size<S: LogStore>(store: S) {
+    let store = Arc::new(store);
+    let options = LogOptions {
+        dedup: true,
+        index_leaves: true,
+    };
+    let log = store.create_log(ORIGIN, options).await.expect("create");
+    let mut tree = MemoryTree::new();
+    // Repeats are kept: the origin's indices, not this store's dedup.
+    let first: Vec<Vec<u8>> = vec![entry(0), entry(1), entry(0)];
+    store
+        .import(log, 0, first.clone())
+        .await
+        .expect("import at 0");
+    for e in &first {
+        tree.push(e);
+    }
+    let state = store.state(log).await.expect("state");
+    assert_eq!((state.size, state.root), (3, tree.root()));
+    assert_eq!(store.entries(log, 0, 3).await.expect("entries"), first);
+    // Anywhere else: a conflict naming the size, and nothing changes.
+    for start in [0, 2, 4, u64::MAX] {
+        assert_eq!(
+            store.import(log, start, vec![entry(9)]).await,
+            Err(StoreError::Conflict { have: 3 }),
+            "import at {start}"
+        );
+    }
+    assert_eq!(store.state(log).await.expect("state").root, tree.root());
+    // An over-long entry fails the whole import.
+    assert!(matches!(
+        store
+            .import(log, 3, vec![entry(3), vec![0; crate::MAX_ENTRY + 1]])
+            .await,
+        Err(StoreError::TooLarge(_))
+    ));
+    assert_eq!(store.state(log).await.expect("state").size, 3);
+    // Two importers of the same range: one wins.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.import(log, 3, vec![entry(3), entry(4)]).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in racers {
+        outcomes.push(r.await.expect("task"));
+    }
+    outcomes.sort_by_key(|o| o.is_err());
+    assert_eq!(outcomes[0], Ok(()));
+    assert_eq!(outcomes[1], Err(StoreError::Conflict { have: 5 }));
+    tree.push(&entry(3));
+    tree.push(&entry(4));
+    let state = store.state(log).await.expect("state");
+    assert_eq!((state.size, state.root), (5, tree.root()));
+    // Appends continue after imported entries.
+    let appended = store.append(log, vec![entry(5)]).await.expect("append");
+    assert_eq!(appended[0].index, 5);
+    // A log that is not active imports nothing.
+    store.set_status(log, Status::Frozen).await.expect("freeze");
+    assert_eq!(
+        store.import(log, 6, vec![entry(6)]).await,
+        Err(StoreError::NotActive(Status::Frozen))
+    );
+}
+
 /// Checkpoints: stored iff of the stored tree, never rolled back, merged
 /// for the same tree, a conflict for another root, history kept.
 pub async fn checkpoint_rules<S: LogStore>(store: S) {
@@ -422,6 +491,12 @@ macro_rules! tlog_conformance_tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let (store, _guard) = $open(dir.path()).await;
             $crate::conformance::dedup_within_and_across_batches(store).await;
+        }
+        #[tokio::test]
+        async fn imports_start_at_the_stored_size() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::imports_start_at_the_stored_size(store).await;
         }
         #[tokio::test]
         async fn checkpoint_rules() {

@@ -141,6 +141,12 @@ pub enum StoreError {
         /// The stored size (0 if none).
         size: u64,
     },
+    /// An import that does not start at the stored size.
+    #[error("import conflict: the log holds {have} entries")]
+    Conflict {
+        /// The stored size.
+        have: u64,
+    },
     /// The note does not parse.
     #[error("bad note: {0}")]
     BadNote(String),
@@ -157,6 +163,10 @@ pub enum StoreError {
 ///   all or nothing; with dedup an entry already present (or earlier in the
 ///   batch) gets its existing index. `Ok` means durable (C4). Only an
 ///   `Active` log appends.
+/// - `import` (followers) stores entries the caller verified against the
+///   origin's checkpoint at exactly `start`: atomically, all or nothing,
+///   each at its own index (no dedup); `Conflict { have }` when `start` is
+///   not the stored size, and nothing changes. Durable on `Ok`.
 /// - Reads come from one committed snapshot: `state`, `tile` (full or the
 ///   current partial), `entries` (≤ 1,024), `leaf_index`, checkpoints.
 /// - `put_checkpoint` stores a note iff its size ≥ the latest stored and
@@ -181,6 +191,15 @@ pub trait LogStore: Send + Sync + 'static {
         log: LogId,
         entries: Vec<Vec<u8>>,
     ) -> impl Future<Output = Result<Vec<Appended>, StoreError>> + Send;
+
+    /// Imports verified entries at `start` (= the stored size); durable on
+    /// `Ok`.
+    fn import(
+        &self,
+        log: LogId,
+        start: u64,
+        entries: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The log's state.
     fn state(&self, log: LogId) -> impl Future<Output = Result<LogState, StoreError>> + Send;

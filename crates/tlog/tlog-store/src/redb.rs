@@ -18,7 +18,9 @@ use tlog_core::merkle::{self, CompactRange, Hash};
 use tlog_core::tile;
 use tokio::sync::oneshot;
 
-use crate::rules::{check_checkpoint, edge_tiles, merge_checkpoint, plan_append, TileNodes};
+use crate::rules::{
+    check_checkpoint, edge_tiles, merge_checkpoint, plan_append, plan_import, AppendPlan, TileNodes,
+};
 use crate::{
     Appended, LogId, LogOptions, LogState, LogStore, PutCheckpoint, Status, StoreError,
     CHECKPOINT_HISTORY, MAX_ENTRIES_READ, MAX_ENTRY,
@@ -76,6 +78,12 @@ enum Job {
         LogId,
         Vec<Vec<u8>>,
         oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    ),
+    Import(
+        LogId,
+        u64,
+        Vec<Vec<u8>>,
+        oneshot::Sender<Result<(), StoreError>>,
     ),
     Checkpoint(
         LogId,
@@ -373,7 +381,10 @@ fn reply(job: Job, result: Result<Done, StoreError>) {
                 _ => Err(unavailable("internal: wrong outcome")),
             }));
         }
-        Job::Witness(.., tx) | Job::Evidence(.., tx) | Job::Status(.., tx) => {
+        Job::Import(.., tx)
+        | Job::Witness(.., tx)
+        | Job::Evidence(.., tx)
+        | Job::Status(.., tx) => {
             let _ = tx.send(result.map(|_| ()));
         }
     }
@@ -414,6 +425,9 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
             let result = match job {
                 Job::Create(origin, options, _) => t.create(origin, *options).map(Done::Id),
                 Job::Append(..) => continue,
+                Job::Import(log, start, entries, _) => {
+                    t.import(log, *start, entries).map(|()| Done::Unit)
+                }
                 Job::Checkpoint(log, size, root, note, _) => t
                     .put_checkpoint(log, *size, root, note)
                     .map(Done::Checkpoint),
@@ -515,8 +529,7 @@ impl Tables<'_> {
     }
 
     fn append(&mut self, log: &LogId, batch: &[Vec<u8>]) -> Result<Vec<Appended>, StoreError> {
-        let mut state = read_log(&self.logs, log)?;
-        let keep_leaves = state.options.dedup || state.options.index_leaves;
+        let state = read_log(&self.logs, log)?;
         let leaves_table = &self.leaves;
         let plan = plan_append(&state, batch, |leaf| {
             Ok(leaves_table
@@ -524,6 +537,25 @@ impl Tables<'_> {
                 .map_err(unavailable)?
                 .map(|g| g.value()))
         })?;
+        self.write(log, state, &plan, batch)?;
+        Ok(plan.appended)
+    }
+
+    fn import(&mut self, log: &LogId, start: u64, batch: &[Vec<u8>]) -> Result<(), StoreError> {
+        let state = read_log(&self.logs, log)?;
+        let plan = plan_import(&state, start, batch)?;
+        self.write(log, state, &plan, batch)
+    }
+
+    /// Writes a planned batch: entries, leaf index, tiles, the new state.
+    fn write(
+        &mut self,
+        log: &LogId,
+        mut state: LogState,
+        plan: &AppendPlan,
+        batch: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let keep_leaves = state.options.dedup || state.options.index_leaves;
         let fresh: Vec<(&[u8], Hash)> = plan
             .fresh
             .iter()
@@ -570,7 +602,7 @@ impl Tables<'_> {
         self.logs
             .insert(log.as_slice(), encode_log(&state).as_slice())
             .map_err(unavailable)?;
-        Ok(plan.appended)
+        Ok(())
     }
 
     fn put_checkpoint(
@@ -697,6 +729,15 @@ impl LogStore for RedbLogStore {
 
     async fn append(&self, log: LogId, entries: Vec<Vec<u8>>) -> Result<Vec<Appended>, StoreError> {
         self.submit(|tx| Job::Append(log, entries, tx)).await
+    }
+
+    async fn import(
+        &self,
+        log: LogId,
+        start: u64,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.submit(|tx| Job::Import(log, start, entries, tx)).await
     }
 
     async fn state(&self, log: LogId) -> Result<LogState, StoreError> {

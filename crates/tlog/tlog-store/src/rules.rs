@@ -75,6 +75,23 @@ pub fn plan_append(
     Ok(AppendPlan { appended, fresh })
 }
 
+/// Plans an import (a follower storing entries it verified against the
+/// origin's checkpoint): they go at exactly `start`, which must be the
+/// stored size (else `Conflict { have }`), each at its own index: no dedup,
+/// the indices are the origin's.
+pub fn plan_import(
+    state: &LogState,
+    start: u64,
+    batch: &[Vec<u8>],
+) -> Result<AppendPlan, StoreError> {
+    if start != state.size {
+        return Err(StoreError::Conflict { have: state.size });
+    }
+    let mut plain = state.clone();
+    plain.options.dedup = false;
+    plan_append(&plain, batch, |_| Ok(None))
+}
+
 /// The right-edge tiles `integrate` needs at tree size `size`: per level
 /// 0..8, the partial tile's index, or `None` when the level has none.
 pub fn edge_tiles(size: u64) -> Vec<Option<u64>> {
