@@ -49,7 +49,7 @@ use tlog_core::merkle::{self, CompactRange, Hash, NodeSource};
 use tlog_core::tile;
 use tlog_store::rules::{
     check_checkpoint, check_origin, decode_tile, edge_tiles, merge_checkpoint, plan_append,
-    plan_import, tiles_needed, FnNodes, TileNodes,
+    plan_import, tiles_needed, AppendPlan, FnNodes, TileNodes,
 };
 use tlog_store::{
     Appended, LogId, LogOptions, LogState, LogStore, PutCheckpoint, Status, StoreError,
@@ -504,8 +504,7 @@ impl Inner {
     ) -> Attempt<Vec<Appended>> {
         let mut db = self.client().await?;
         let tx = db.transaction().await.map_err(step)?;
-        let id: &[u8] = log;
-        let mut state = match self.read_state(&*tx, &self.sql.lock, log).await? {
+        let state = match self.read_state(&*tx, &self.sql.lock, log).await? {
             Ok(state) => state,
             Err(e) => return abort(tx, e).await,
         };
@@ -516,6 +515,97 @@ impl Inner {
                 return Ok(Ok(earlier));
             }
         }
+        let first = state.size;
+        let plan = match self.stage(&tx, log, state, batch, import_at).await? {
+            Ok(plan) => plan,
+            Err(e) => return abort(tx, e).await,
+        };
+        if plan.fresh.is_empty() {
+            tx.rollback().await.map_err(step)?;
+            return Ok(Ok(plan.appended));
+        }
+        if let Ok(mut sent) = sent.lock() {
+            *sent = Some(Sent {
+                first,
+                fresh: plan.fresh.iter().map(|(i, _)| batch[*i].clone()).collect(),
+                appended: plan.appended.clone(),
+            });
+        }
+        tx.commit().await.map_err(|e| classify(e, true))?;
+        Ok(Ok(plan.appended))
+    }
+
+    /// Appends inside the caller's transaction (on this store's database,
+    /// READ COMMITTED), so a service commits its own rows atomically with
+    /// the entries (tlog.md §6.5): the log row is locked until the caller
+    /// ends `tx`, and the entries are durable when the caller's COMMIT
+    /// returns. A COMMIT whose answer is lost is the caller's to resolve
+    /// (read back `[state.size, …)`). Nothing is written on `Err`, but the
+    /// caller should still roll back.
+    pub async fn append_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        log: LogId,
+        entries: &[Vec<u8>],
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.stage_in(tx, log, entries, None)
+            .await
+            .map(|plan| plan.appended)
+    }
+
+    /// Imports verified entries at exactly `start` inside the caller's
+    /// transaction (followers that commit derived rows with the entries,
+    /// as a validator does); `Conflict { have }` when `start` is not the
+    /// stored size. Same terms as [`Inner::append_in`].
+    pub async fn import_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        log: LogId,
+        start: u64,
+        entries: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        self.stage_in(tx, log, entries, Some(start))
+            .await
+            .map(|_| ())
+    }
+
+    async fn stage_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        log: LogId,
+        entries: &[Vec<u8>],
+        import_at: Option<u64>,
+    ) -> Result<AppendPlan, StoreError> {
+        if entries.iter().any(|e| e.len() > tlog_store::MAX_ENTRY) {
+            return Err(StoreError::TooLarge("an entry over 65,535 bytes"));
+        }
+        let failed = |f: Failure| match f {
+            Failure::Fail(lss_store::StoreError::Corrupt(e)) => StoreError::Corrupt(e),
+            Failure::Fail(e) => StoreError::Unavailable(e.to_string()),
+            Failure::Retry { error, .. } => StoreError::Unavailable(error),
+        };
+        let state = self
+            .read_state(tx, &self.sql.lock, &log)
+            .await
+            .map_err(failed)??;
+        self.stage(tx, &log, state, entries, import_at)
+            .await
+            .map_err(failed)?
+    }
+
+    /// Stages an append (or, with `import_at`, an import at exactly that
+    /// size) in `tx`, whose log row was locked and read as `state`: writes
+    /// the entries, leaf index, tiles and new tree state. Commits nothing;
+    /// an `Ok(Err)` wrote nothing and the caller rolls back.
+    async fn stage(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        log: &LogId,
+        mut state: LogState,
+        batch: &[Vec<u8>],
+        import_at: Option<u64>,
+    ) -> Attempt<AppendPlan> {
+        let id: &[u8] = log;
         let known: HashMap<Hash, u64> = if state.options.dedup && import_at.is_none() {
             let leaves: Vec<Vec<u8>> = batch
                 .iter()
@@ -529,7 +619,7 @@ impl Inner {
             for row in rows {
                 let leaf = match hash(row.get(0), "leaf") {
                     Ok(h) => h,
-                    Err(e) => return abort(tx, e).await,
+                    Err(e) => return Ok(Err(e)),
                 };
                 known.insert(leaf, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0));
             }
@@ -543,20 +633,19 @@ impl Inner {
         };
         let plan = match planned {
             Ok(plan) => plan,
-            Err(e) => return abort(tx, e).await,
+            Err(e) => return Ok(Err(e)),
         };
         if plan.fresh.is_empty() {
-            tx.rollback().await.map_err(step)?;
-            return Ok(Ok(plan.appended));
+            return Ok(Ok(plan));
         }
         let wanted: BTreeSet<(u8, u64)> = edge_tiles(state.size)
             .into_iter()
             .enumerate()
             .filter_map(|(level, n)| n.map(|n| (level as u8, n)))
             .collect();
-        let mut tiles = match self.fetch_tiles(&*tx, log, &wanted).await? {
+        let mut tiles = match self.fetch_tiles(tx, log, &wanted).await? {
             Ok(tiles) => tiles,
-            Err(e) => return abort(tx, e).await,
+            Err(e) => return Ok(Err(e)),
         };
         let edge: Vec<Vec<Hash>> = edge_tiles(state.size)
             .into_iter()
@@ -569,7 +658,7 @@ impl Inner {
         let leaves: Vec<Hash> = plan.fresh.iter().map(|(_, h)| *h).collect();
         let (range, updates) = match tile::integrate(&state.range, &edge, &leaves) {
             Ok(done) => done,
-            Err(e) => return abort(tx, StoreError::Corrupt(e.to_string())).await,
+            Err(e) => return Ok(Err(StoreError::Corrupt(e.to_string()))),
         };
         let first = state.size;
         let indices: Vec<i64> = (0..plan.fresh.len() as u64)
@@ -609,15 +698,7 @@ impl Inner {
             tx.execute(&self.sql.update_tree, &tree_params),
         )
         .map_err(step)?;
-        if let Ok(mut sent) = sent.lock() {
-            *sent = Some(Sent {
-                first,
-                fresh: plan.fresh.iter().map(|(i, _)| batch[*i].clone()).collect(),
-                appended: plan.appended.clone(),
-            });
-        }
-        tx.commit().await.map_err(|e| classify(e, true))?;
-        Ok(Ok(plan.appended))
+        Ok(Ok(plan))
     }
 
     /// After a COMMIT in doubt: the earlier outcome if the indices it gave

@@ -239,3 +239,76 @@ async fn a_corrupt_log_row_is_refused_at_open() {
     let err = PostgresLogStore::open(config).await.err().expect("refused");
     assert!(err.to_string().contains("C5"), "{err}");
 }
+
+/// tlog.md §6.5: a service commits its own row and the log entries in one
+/// PostgreSQL transaction; a rolled-back transaction leaves neither; an
+/// import at the wrong size is refused; the store's appends carry on.
+#[tokio::test]
+async fn a_service_appends_in_its_own_transaction() {
+    let schema = Schema::fresh().await;
+    let store = PostgresLogStore::open(PostgresConfig {
+        schema: schema.name.clone(),
+        ..PostgresConfig::new(schema.url.clone())
+    })
+    .await
+    .expect("open");
+    let log = store
+        .create_log("log.example/service", LogOptions::default())
+        .await
+        .expect("create");
+    let mut client = schema.client().await;
+    let table = format!("\"{}\".service_rows", schema.name);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (name text PRIMARY KEY, value bigint)"
+        ))
+        .await
+        .expect("service table");
+    let insert = format!("INSERT INTO {table} VALUES ($1, $2)");
+    // Committed together.
+    let tx = client.transaction().await.expect("begin");
+    tx.execute(&insert, &[&"alice", &1i64]).await.expect("row");
+    let appended = store
+        .append_in(&tx, log, &[b"alice=1".to_vec()])
+        .await
+        .expect("append_in");
+    tx.commit().await.expect("commit");
+    assert_eq!(appended[0].index, 0);
+    assert_eq!(store.state(log).await.expect("state").size, 1);
+    // Rolled back together.
+    let tx = client.transaction().await.expect("begin");
+    tx.execute(&insert, &[&"bob", &2i64]).await.expect("row");
+    store
+        .append_in(&tx, log, &[b"bob=2".to_vec()])
+        .await
+        .expect("append_in");
+    tx.rollback().await.expect("rollback");
+    let rows = client
+        .query(&format!("SELECT name FROM {table} ORDER BY name"), &[])
+        .await
+        .expect("rows");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, ["alice"]);
+    assert_eq!(store.state(log).await.expect("state").size, 1);
+    // Imports only at the stored size.
+    let tx = client.transaction().await.expect("begin");
+    assert_eq!(
+        store.import_in(&tx, log, 5, &[b"x".to_vec()]).await,
+        Err(StoreError::Conflict { have: 1 })
+    );
+    store
+        .import_in(&tx, log, 1, &[b"carol=3".to_vec()])
+        .await
+        .expect("import_in");
+    tx.commit().await.expect("commit");
+    let next = store
+        .append(log, vec![b"dave=4".to_vec()])
+        .await
+        .expect("append");
+    assert_eq!(next[0].index, 2);
+    let mut tree = MemoryTree::new();
+    for e in [&b"alice=1"[..], b"carol=3", b"dave=4"] {
+        tree.push(e);
+    }
+    assert_eq!(store.state(log).await.expect("state").root, tree.root());
+}

@@ -135,6 +135,23 @@ impl RedbLogStore {
                     .map_err(|e| storage(redb::StorageError::Io(e).into()))?;
             }
         }
+        Self::start(Arc::new(db), path)
+    }
+
+    /// Keeps the log tables in a database the caller also writes (a
+    /// service's own redb file), so the service can append in its own
+    /// transactions with [`append_in`] and [`import_in`]. `path` names the
+    /// file in errors.
+    pub fn open_shared(db: Arc<Database>, path: &Path) -> Result<Self, OpenError> {
+        Self::start(db, path)
+    }
+
+    /// Checks the format and every log's root (C5), then starts the writer.
+    fn start(db: Arc<Database>, path: &Path) -> Result<Self, OpenError> {
+        let storage = |source: redb::Error| OpenError::Storage {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        };
         let txn = db.begin_write().map_err(|e| storage(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
@@ -170,7 +187,6 @@ impl RedbLogStore {
             }
         }
         txn.commit().map_err(|e| storage(e.into()))?;
-        let db = Arc::new(db);
         let (jobs, queue) = mpsc::channel();
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
@@ -394,15 +410,7 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate);
     let results = {
-        let mut t = Tables {
-            logs: txn.open_table(LOGS).map_err(unavailable)?,
-            entries: txn.open_table(ENTRIES).map_err(unavailable)?,
-            tiles: txn.open_table(TILES).map_err(unavailable)?,
-            leaves: txn.open_table(LEAVES).map_err(unavailable)?,
-            checkpoints: txn.open_table(CHECKPOINTS).map_err(unavailable)?,
-            witnessed: txn.open_table(WITNESSED).map_err(unavailable)?,
-            evidence: txn.open_table(EVIDENCE).map_err(unavailable)?,
-        };
+        let mut t = Tables::open(&txn)?;
         let mut results: Vec<Option<Result<Done, StoreError>>> = Vec::with_capacity(batch.len());
         // Appends waiting to be applied, coalesced per log: each run of
         // appends between other jobs is integrated once per log, so one
@@ -456,6 +464,33 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
     Ok(results)
 }
 
+/// Appends inside the caller's write transaction on a database shared
+/// with [`RedbLogStore::open_shared`], so a service commits its own rows
+/// atomically with the entries (tlog.md §6.5). Durable when the caller's
+/// commit returns (with redb's default `Durability::Immediate`); nothing of
+/// it if the transaction is aborted. The tlog tables must not be open in
+/// `txn` already.
+pub fn append_in(
+    txn: &redb::WriteTransaction,
+    log: &LogId,
+    entries: &[Vec<u8>],
+) -> Result<Vec<Appended>, StoreError> {
+    Tables::open(txn)?.append(log, entries)
+}
+
+/// Imports verified entries at exactly `start` inside the caller's write
+/// transaction (followers committing derived rows with the entries);
+/// `Conflict { have }` when `start` is not the stored size. Same terms as
+/// [`append_in`].
+pub fn import_in(
+    txn: &redb::WriteTransaction,
+    log: &LogId,
+    start: u64,
+    entries: &[Vec<u8>],
+) -> Result<(), StoreError> {
+    Tables::open(txn)?.import(log, start, entries)
+}
+
 struct Tables<'t> {
     logs: redb::Table<'t, &'static [u8], &'static [u8]>,
     entries: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -466,7 +501,19 @@ struct Tables<'t> {
     evidence: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
-impl Tables<'_> {
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            logs: txn.open_table(LOGS).map_err(unavailable)?,
+            entries: txn.open_table(ENTRIES).map_err(unavailable)?,
+            tiles: txn.open_table(TILES).map_err(unavailable)?,
+            leaves: txn.open_table(LEAVES).map_err(unavailable)?,
+            checkpoints: txn.open_table(CHECKPOINTS).map_err(unavailable)?,
+            witnessed: txn.open_table(WITNESSED).map_err(unavailable)?,
+            evidence: txn.open_table(EVIDENCE).map_err(unavailable)?,
+        })
+    }
+
     /// Applies the coalesced appends of `run`: one integration per log,
     /// each job's results handed back in order.
     fn flush_appends(
