@@ -206,6 +206,88 @@ pub async fn dedup_within_and_across_batches<S: LogStore>(store: S) {
     assert_eq!(again[1].index, 1);
 }
 
+/// Callers that go away mid-append (a dropped future: a client that
+/// disconnected, a timeout) never cancel the appends of others sharing
+/// their group commit, and never leave half a batch: every acknowledged
+/// append is at its index with its bytes, every other batch is wholly in
+/// or wholly out, and the tree is exactly the stored entries'.
+pub async fn cancelled_appends_never_break_others<S: LogStore>(store: S) {
+    let store = Arc::new(store);
+    let log = store
+        .create_log(ORIGIN, LogOptions::default())
+        .await
+        .expect("create");
+    // Rounds of 16 callers; in each, once appends are flowing, the odd
+    // ones are cut off at once, so the caller leading the group commit in
+    // flight is cut off in about half the rounds.
+    let mut acked = Vec::new();
+    for round in 0..12u64 {
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let (store, progress) = (store.clone(), progress.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for b in 0..6u64 {
+                    let first = round * 100_000 + t * 1000 + b * 10;
+                    let batch: Vec<Vec<u8>> = (0..3).map(|i| entry(first + i)).collect();
+                    let appended = store.append(log, batch.clone()).await.expect("append");
+                    acked.push((appended[0].index, batch));
+                    progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                acked
+            }));
+        }
+        while progress.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+            tokio::task::yield_now().await;
+        }
+        for task in tasks.iter().skip(1).step_by(2) {
+            task.abort();
+        }
+        for (t, task) in tasks.into_iter().enumerate() {
+            match task.await {
+                Ok(mine) => acked.extend(mine),
+                Err(e) if t % 2 == 1 && e.is_cancelled() => {}
+                Err(e) => panic!("round {round}: caller {t} was not answered: {e}"),
+            }
+        }
+    }
+    let state = store.state(log).await.expect("state");
+    let mut stored = Vec::new();
+    let mut start = 0;
+    while start < state.size {
+        let end = (start + 1024).min(state.size);
+        stored.extend(store.entries(log, start, end).await.expect("entries"));
+        start = end;
+    }
+    let mut tree = MemoryTree::new();
+    for e in &stored {
+        tree.push(e);
+    }
+    assert_eq!(tree.root(), state.root, "the tree is the stored entries'");
+    for (index, batch) in &acked {
+        for (i, e) in batch.iter().enumerate() {
+            assert_eq!(
+                &stored[*index as usize + i],
+                e,
+                "acknowledged entry at its index"
+            );
+        }
+    }
+    // Whole batches only: entries of one batch are adjacent, in order.
+    for chunk in stored.chunks(3) {
+        let text: Vec<String> = chunk
+            .iter()
+            .map(|e| String::from_utf8_lossy(e).to_string())
+            .collect();
+        let first: u64 = text[0]["entry ".len()..].parse().expect("an entry");
+        assert_eq!(first % 10, 0, "a batch starts at its first entry: {text:?}");
+        for (i, t) in text.iter().enumerate() {
+            assert_eq!(t, &format!("entry {}", first + i as u64), "{text:?}");
+        }
+    }
+}
+
 /// Imports (followers): only at the stored size, all or nothing, each
 /// entry at its own index even with dedup on; two concurrent imports at
 /// one size: exactly one lands, the other gets `Conflict`.
@@ -491,6 +573,12 @@ macro_rules! tlog_conformance_tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let (store, _guard) = $open(dir.path()).await;
             $crate::conformance::dedup_within_and_across_batches(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn cancelled_appends_never_break_others() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (store, _guard) = $open(dir.path()).await;
+            $crate::conformance::cancelled_appends_never_break_others(store).await;
         }
         #[tokio::test]
         async fn imports_start_at_the_stored_size() {
