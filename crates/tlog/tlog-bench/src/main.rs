@@ -39,9 +39,13 @@ struct Args {
     /// Which phases to run.
     #[arg(long, value_enum, default_value_t = Phase::Appends)]
     phase: Phase,
-    /// Entries the origin holds for the mirror phase.
+    /// Entries the origin holds for the mirror phase, and the log holds
+    /// for the HTTP read rows.
     #[arg(long, default_value_t = 1_000_000)]
     mirror_entries: u64,
+    /// HTTP client threads.
+    #[arg(long, default_value_t = 32)]
+    http_clients: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +54,9 @@ enum Phase {
     Appends,
     /// Mirror catch-up over LKTL/1 on loopback, verified and durable.
     Mirror,
+    /// Over HTTP on loopback: appends through `POST add`, hot tiles, the
+    /// inclusion proof endpoint, and a client's verified sync from tiles.
+    Http,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -279,11 +286,236 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills a log with `n` entries of `bytes` bytes in batches.
+async fn fill<S: LogStore>(
+    store: &S,
+    log: tlog_store::LogId,
+    n: u64,
+    bytes: usize,
+) -> anyhow::Result<()> {
+    let mut i = 0u64;
+    while i < n {
+        let batch: Vec<Vec<u8>> = (i..(i + 4096).min(n))
+            .map(|k| {
+                let mut e = vec![0u8; bytes];
+                e[..8].copy_from_slice(&k.to_be_bytes());
+                e
+            })
+            .collect();
+        i += batch.len() as u64;
+        store.append(log, batch).await?;
+    }
+    Ok(())
+}
+
+/// `clients` threads each calling `request` until the deadline: requests
+/// per second and sorted latencies.
+fn hammer(
+    clients: usize,
+    seconds: u64,
+    request: impl Fn(&ureq::Agent, u64) -> bool + Send + Sync + 'static,
+) -> (f64, Vec<Duration>) {
+    let request = Arc::new(request);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let request = request.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut latencies = Vec::new();
+                let mut n = (c as u64) << 32;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    assert!(request(&agent, n), "request failed");
+                    latencies.push(t.elapsed());
+                    n += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().expect("client thread"));
+    }
+    let took = start.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / took, all)
+}
+
+fn print_rate(what: &str, (rate, all): (f64, Vec<Duration>)) {
+    println!(
+        "{what}: {rate:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms ({} requests)",
+        percentile(&all, 0.5).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        all.len()
+    );
+}
+
+/// tlog.md §9's HTTP rows against a node served by axum on loopback, the
+/// load generator's threads in the same process.
+async fn http(args: &Args) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let path = dir.join("http.redb");
+    let _ = std::fs::remove_file(&path);
+    let key = SignerKey::from_seed("bench.example/http", KeyType::Ed25519, &[5; 32])?;
+    let vkey = key.verifier();
+    let store = Arc::new(RedbLogStore::open(&path)?);
+    let log = store.create_log(key.name(), LogOptions::default()).await?;
+    fill(&*store, log, args.mirror_entries, args.entry_bytes).await?;
+    let node = LogNode::start(
+        store,
+        key,
+        LogOptions::default(),
+        Duration::from_millis(args.interval_ms),
+        tlog_node::submit::Publish::default(),
+    )
+    .await?;
+    let token = "bench-token".to_string();
+    let app = node.clone().router(Some(token.clone()), u32::MAX / 4);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+    });
+    let n = args.mirror_entries;
+    let clients = args.http_clients;
+    let seconds = args.seconds;
+    let bytes = vec![0u8; args.entry_bytes];
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            let add = format!("{url}/add");
+            print_rate(
+                &format!("appends through POST add ({clients} clients, durable)"),
+                hammer(clients, seconds, move |agent, i| {
+                    let mut entry = bytes.clone();
+                    entry[..8].copy_from_slice(&i.to_be_bytes());
+                    agent
+                        .post(&add)
+                        .header("Authorization", &format!("Bearer {token}"))
+                        .send(&entry[..])
+                        .is_ok_and(|r| r.status() == 200)
+                }),
+            );
+            let tile = format!("{url}/tile/0/000");
+            print_rate(
+                &format!("hot full hash tile GET ({clients} clients)"),
+                hammer(clients, seconds, move |agent, _| {
+                    agent.get(&tile).call().is_ok_and(|mut r| {
+                        r.status() == 200
+                            && r.body_mut().read_to_vec().is_ok_and(|b| b.len() == 8192)
+                    })
+                }),
+            );
+            let base = url.clone();
+            print_rate(
+                &format!("lk/v1/inclusion on a {n}-entry log ({clients} clients)"),
+                hammer(clients, seconds, move |agent, i| {
+                    let index = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % n;
+                    agent
+                        .get(&format!("{base}/lk/v1/inclusion?index={index}&size={n}"))
+                        .call()
+                        .is_ok_and(|r| r.status() == 200)
+                }),
+            );
+        }
+    })
+    .await?;
+    // A client's verified download of the whole log from tiles (§8.3).
+    let size = node.published().borrow().as_ref().map_or(0, |p| p.size);
+    let url2 = url.clone();
+    let (count, took) =
+        tokio::task::spawn_blocking(move || client_sync(&url2, vkey, size)).await??;
+    println!(
+        "client sync from tiles: {count} entries verified in {took:.2} s: {:.0} entries/s",
+        count as f64 / took
+    );
+    Ok(())
+}
+
+/// Downloads and verifies every entry of the log at `url` up to `size`
+/// from entry bundles, checked against the signed checkpoint.
+fn client_sync(
+    url: &str,
+    vkey: tlog_core::note::VerifierKey,
+    size: u64,
+) -> anyhow::Result<(u64, f64)> {
+    use tlog_core::entry_sync::{EntrySync, Fetch};
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let get = |path: &str| -> anyhow::Result<Vec<u8>> {
+        Ok(agent
+            .get(&format!("{url}/{path}"))
+            .call()?
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()?)
+    };
+    let start = Instant::now();
+    let note = agent
+        .get(&format!("{url}/lk/v1/checkpoint/{size}"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_vec().ok());
+    let note = match note {
+        Some(n) => n,
+        None => get("checkpoint")?,
+    };
+    let checkpoint = tlog_core::Policy::single(vkey).verify(&note, 0)?.checkpoint;
+    let mut sync = EntrySync::new(
+        tlog_core::merkle::CompactRange::new(),
+        checkpoint.size,
+        checkpoint.root,
+    )?;
+    let mut count = 0u64;
+    while let Some(fetch) = sync.poll_fetch() {
+        let released = match fetch {
+            Fetch::Bundle { index, width } => {
+                let path = tlog_core::TileId {
+                    level: None,
+                    index,
+                    width,
+                }
+                .path();
+                sync.handle_bundle(&get(&path)?)?
+            }
+            Fetch::Proof { old, new } => {
+                let body = get(&format!("lk/v1/consistency?old={old}&size={new}"))?;
+                let proof: Vec<tlog_core::Hash> = String::from_utf8(body)?
+                    .lines()
+                    .skip(2)
+                    .map(|l| {
+                        tlog_core::note::b64decode(l)
+                            .and_then(|b| b.try_into().ok())
+                            .ok_or_else(|| anyhow::anyhow!("bad proof line"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                sync.handle_proof(&proof)?
+            }
+        };
+        count += released.len() as u64;
+    }
+    Ok((count, start.elapsed().as_secs_f64()))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.phase == Phase::Mirror {
         return mirror(&args).await;
+    }
+    if args.phase == Phase::Http {
+        return http(&args).await;
     }
     appends(&args, false).await?;
     appends(&args, true).await?;
