@@ -14,6 +14,7 @@
 //! - [`receipt`]: C2SP tlog-proof receipts (§4.5, §8.4);
 //! - [`evidence`]: LKEV equivocation evidence (§7.8);
 //! - [`witness`]: the witness's add-checkpoint decisions (§5.1);
+//! - [`follow`]: a follower's LKTL/1 decisions (§7.6–§7.7);
 //! - [`sync`]: LKTL/1 identification lines, frames and messages (§7.2–§7.5);
 //! - [`wire`]: the binary field encodings (§7.4).
 //!
@@ -27,6 +28,7 @@ pub mod checkpoint;
 pub mod cosignature;
 pub mod entry_sync;
 pub mod evidence;
+pub mod follow;
 pub mod merkle;
 pub mod note;
 pub mod policy;

@@ -381,16 +381,19 @@ impl<S: LogStore> LogNode<S> {
         if ours_there == checkpoint.root {
             return Ok(None);
         }
-        let (root_b_at_a, proof) = if mine_cp.size == n {
-            (mine_cp.root.max(checkpoint.root), Vec::new())
+        let proof = if mine_cp.size == n {
+            Vec::new()
         } else {
-            (
-                ours_there,
-                self.store
-                    .consistency_proof(self.log, n, mine_cp.size)
-                    .await?,
-            )
+            self.store
+                .consistency_proof(self.log, n, mine_cp.size)
+                .await?
         };
+        let (root_b_at_a, proof) = tlog_core::follow::evidence_parts(
+            (n, checkpoint.root),
+            (mine_cp.size, mine_cp.root),
+            ours_there,
+            proof,
+        );
         Ok(tlog_core::Evidence::build(key, theirs, &mine, root_b_at_a, proof).ok())
     }
 

@@ -40,10 +40,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tlog_core::merkle::{self, leaf_hash, verify_consistency, Hash};
+use tlog_core::merkle::{self, Hash};
 use tlog_core::note::{KeyType, Note, VerifierKey};
 use tlog_core::sync::{self, Frame, FrameError, HelloLog, Ident, Message};
-use tlog_core::{Checkpoint, Evidence};
+use tlog_core::{follow, Checkpoint, Evidence};
 use tlog_store::{LogStore, Status, StoreError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -735,11 +735,25 @@ impl<S: LogStore> Peer<S> {
             return Ok(());
         }
         let (n, root) = (theirs.checkpoint.size, theirs.checkpoint.root);
-        if n <= state.size {
-            let ours = self.node.root_at(n).await?;
-            if ours == root {
-                // The same tree: keep the extra cosignatures, and tell a
-                // peer that is behind.
+        let local = follow::Local {
+            tree_size: state.size,
+            checkpoint: (
+                state.checkpoint_size,
+                self.node.root_at(state.checkpoint_size).await?,
+            ),
+            sequencer: self.node.is_sequencer(),
+        };
+        let ours_at_n = if follow::needs_root(&local, n) {
+            Some(self.node.root_at(n).await?)
+        } else {
+            None
+        };
+        let inv = inv_proof
+            .as_ref()
+            .map(|(old, proof)| (*old, proof.as_slice()));
+        let target = match follow::judge_note(&local, n, &root, ours_at_n, inv) {
+            follow::Verdict::Known => {
+                // Keep the extra cosignatures; tell a peer that is behind.
                 if n == state.checkpoint_size {
                     let _ = store
                         .put_checkpoint(log, n, root, theirs.note.to_bytes())
@@ -748,27 +762,19 @@ impl<S: LogStore> Peer<S> {
                 self.inv_to(conn, false).await;
                 return Ok(());
             }
-            return self.fork_below(theirs).await;
-        }
-        if self.node.is_sequencer() {
-            tracing::error!(origin = %self.node.origin(), size = n, tree = state.size,
-                "a peer holds a checkpoint of this log, signed by its key, beyond the stored tree: the store lost signed history; log frozen");
-            store.set_status(log, Status::Frozen).await?;
-            return Ok(());
-        }
-        // A mirror: a larger note counts with a proof from our verified size.
-        let s = state.checkpoint_size;
-        let r = self.node.root_at(s).await?;
-        let proven = s == 0
-            || inv_proof.as_ref().is_some_and(|(old, proof)| {
-                *old == s && verify_consistency(s, n, &r, &root, proof).is_ok()
-            });
-        let target = if proven {
-            theirs
-        } else {
-            match self.headers_round(conn, s, r).await? {
-                Some(target) => target,
-                None => return Ok(()),
+            follow::Verdict::Forked => return self.fork_below(theirs).await,
+            follow::Verdict::LostHistory => {
+                tracing::error!(origin = %self.node.origin(), size = n, tree = state.size,
+                    "a peer holds a checkpoint of this log, signed by its key, beyond the stored tree: the store lost signed history; log frozen");
+                store.set_status(log, Status::Frozen).await?;
+                return Ok(());
+            }
+            follow::Verdict::Extends => theirs,
+            follow::Verdict::AskHeaders => {
+                match self.headers_round(conn, local.checkpoint).await? {
+                    Some(target) => target,
+                    None => return Ok(()),
+                }
             }
         };
         self.fetch(conn, state.size, state.range, target).await
@@ -796,15 +802,11 @@ impl<S: LogStore> Peer<S> {
     async fn headers_round(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
-        s: u64,
-        r: Hash,
+        (s, r): (u64, Hash),
     ) -> Result<Option<Verified>, PeerError> {
-        let mut locator = vec![(s, r)];
-        let mut j = 0;
-        while j < 63 && s > (1u64 << j) {
-            let size = s - (1u64 << j);
+        let mut locator = Vec::new();
+        for size in follow::locator_sizes(s) {
             locator.push((size, self.node.root_at(size).await?));
-            j += 1;
         }
         let log = self.node.log_id();
         let answer = conn
@@ -834,48 +836,33 @@ impl<S: LogStore> Peer<S> {
         };
         let theirs = self.verify(&note)?;
         let (n, root) = (theirs.checkpoint.size, theirs.checkpoint.root);
-        if let Some(fork) = fork {
-            if fork.size != s
-                || fork.size > n
-                || fork.root == r
-                || verify_consistency(fork.size, n, &fork.root, &root, &fork.proof).is_err()
-            {
-                return Err(PeerError::Misbehaved(
-                    "a fork claim that does not verify".into(),
-                ));
+        let verdict = follow::judge_headers((s, r), n, &root, base, &proof, fork.as_ref())
+            .map_err(|e| PeerError::Misbehaved(e.0))?;
+        match verdict {
+            follow::HeadersVerdict::Extends => Ok(Some(theirs)),
+            follow::HeadersVerdict::NotLarger => {
+                // Nothing to fetch, unless it forks there.
+                if self.node.root_at(n).await? != root {
+                    self.fork_below(theirs).await?;
+                }
+                Ok(None)
             }
-            let store = self.node.store();
-            let Some(bytes) = store.checkpoint(log, Some(s)).await? else {
-                return Ok(None);
-            };
-            let mine = Note::parse(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
-            let (root_b_at_a, proof) = if n == s {
-                (r.max(root), Vec::new())
-            } else {
-                (fork.root, fork.proof)
-            };
-            return match Evidence::build(&self.config.key, &mine, &theirs.note, root_b_at_a, proof)
-            {
-                Ok(evidence) => self.record_evidence(evidence).await.map(|()| None),
-                Err(e) => Err(PeerError::Misbehaved(format!(
-                    "a fork that is not evidence: {e}"
-                ))),
-            };
-        }
-        if n <= s {
-            // Behind or equal: nothing to fetch, unless it forks there.
-            if self.node.root_at(n).await? != root {
-                self.fork_below(theirs).await?;
+            follow::HeadersVerdict::Fork { root_at_s, proof } => {
+                let Some(bytes) = self.node.store().checkpoint(log, Some(s)).await? else {
+                    return Ok(None);
+                };
+                let mine = Note::parse(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
+                let (root_b_at_a, proof) =
+                    follow::evidence_parts((s, r), (n, root), root_at_s, proof);
+                match Evidence::build(&self.config.key, &mine, &theirs.note, root_b_at_a, proof) {
+                    Ok(evidence) => self.record_evidence(evidence).await.map(|()| None),
+                    Err(e) => Err(PeerError::Misbehaved(format!(
+                        "a fork that is not evidence: {e}"
+                    ))),
+                }
             }
-            return Ok(None);
         }
-        if base != s || verify_consistency(s, n, &r, &root, &proof).is_err() {
-            return Err(PeerError::Misbehaved(
-                "Headers whose proof does not extend our checkpoint".into(),
-            ));
-        }
-        Ok(Some(theirs))
     }
 
     /// Fetches `[from, target)` from `conn`, checks every chunk against the
@@ -898,23 +885,23 @@ impl<S: LogStore> Peer<S> {
         let mut ask = next;
         while next < n {
             while inflight.len() < FETCH_WINDOW && ask < n {
-                let count = (1024 - ask % 256).min(n - ask) as u32;
+                let asked = follow::next_chunk(ask, n);
                 let (conn, timeout) = (conn.clone(), self.config.limits.request_timeout);
                 let request = Message::GetData {
                     log_id: log,
-                    start: ask,
-                    count,
+                    start: asked.start,
+                    count: asked.count,
                     tree_size: n,
                 };
                 inflight.push_back((
-                    count,
+                    asked,
                     Aborting(tokio::spawn(
                         async move { conn.request(request, timeout).await },
                     )),
                 ));
-                ask += u64::from(count);
+                ask += u64::from(asked.count);
             }
-            let Some((count, mut pending)) = inflight.pop_front() else {
+            let Some((asked, mut pending)) = inflight.pop_front() else {
                 break;
             };
             let answer = (&mut pending.0)
@@ -940,23 +927,14 @@ impl<S: LogStore> Peer<S> {
                     )))
                 }
             };
-            if start != next
-                || tree_size != n
-                || entries.is_empty()
-                || entries.len() > count as usize
-            {
-                return Err(PeerError::Misbehaved("Data for something not asked".into()));
-            }
-            let mut chunk = working.clone();
-            for e in &entries {
-                chunk.push(leaf_hash(e));
-            }
-            if verify_consistency(chunk.size(), n, &chunk.root(), &root, &proof).is_err() {
-                return Err(PeerError::Misbehaved(format!(
-                    "entries at {start} that are not in the announced tree"
-                )));
-            }
-            let short = (entries.len() as u32) < count;
+            let chunk = follow::check_chunk(
+                &asked,
+                &root,
+                &working,
+                (start, &entries, tree_size, &proof),
+            )
+            .map_err(|e| PeerError::Misbehaved(e.0))?;
+            let short = (entries.len() as u32) < asked.count;
             store.import(log, next, entries).await?;
             next = chunk.size();
             working = chunk;
