@@ -57,6 +57,9 @@ enum Phase {
     /// Over HTTP on loopback: appends through `POST add`, hot tiles, the
     /// inclusion proof endpoint, and a client's verified sync from tiles.
     Http,
+    /// A witness's add-checkpoint (verify, compare-and-set, fsync,
+    /// cosign) for `--callers` logs submitting concurrently, in process.
+    Witness,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -508,9 +511,93 @@ fn client_sync(
     Ok((count, start.elapsed().as_secs_f64()))
 }
 
+/// tlog.md §9 "witness add-checkpoint": every log submits its next
+/// checkpoint (one entry more, with the consistency proof) as soon as the
+/// last was cosigned.
+async fn witness(args: &Args) -> anyhow::Result<()> {
+    use tlog_core::merkle::MemoryTree;
+    use tlog_core::note::{b64encode, Note};
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let path = dir.join("witness.redb");
+    let _ = std::fs::remove_file(&path);
+    let store = Arc::new(RedbLogStore::open(&path)?);
+    let keys: Vec<SignerKey> = (0..args.callers)
+        .map(|i| {
+            SignerKey::from_seed(
+                &format!("bench.example/log{i}"),
+                KeyType::Ed25519,
+                &[(i % 251) as u8 + 1; 32],
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let wkey = SignerKey::from_seed("bench.example/witness", KeyType::Cosignature, &[3; 32])?;
+    let witness = tlog_node::witness::Witness::new(
+        store,
+        wkey,
+        keys.iter().map(SignerKey::verifier).collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let witness = witness.clone();
+            tokio::spawn(async move {
+                let mut tree = MemoryTree::new();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let old = tree.size();
+                    tree.push(&old.to_be_bytes());
+                    let proof = tlog_core::merkle::consistency_proof(&tree, old, tree.size())
+                        .expect("infallible")
+                        .expect("proof");
+                    let text =
+                        tlog_core::Checkpoint::new(key.name(), tree.size(), tree.root()).to_text();
+                    let mut note = Note::new(&text).expect("note");
+                    note.add(key.sign(note.text(), 0));
+                    let mut body = format!("old {old}\n").into_bytes();
+                    for h in &proof {
+                        body.extend_from_slice(b64encode(h).as_bytes());
+                        body.push(b'\n');
+                    }
+                    body.push(b'\n');
+                    body.extend_from_slice(&note.to_bytes());
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let t = Instant::now();
+                    let (status, _) = witness.add_checkpoint(&body, now).await;
+                    latencies.push(t.elapsed());
+                    assert_eq!(status.as_u16(), 200, "cosigned");
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let took = start.elapsed().as_secs_f64();
+    all.sort();
+    println!(
+        "witness add-checkpoint, {} logs submitting: {:.0} cosignatures/s durable; latency p50 {:.2} ms, p99 {:.2} ms",
+        args.callers,
+        all.len() as f64 / took,
+        percentile(&all, 0.5).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.phase == Phase::Witness {
+        return witness(&args).await;
+    }
     if args.phase == Phase::Mirror {
         return mirror(&args).await;
     }
