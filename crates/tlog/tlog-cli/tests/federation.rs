@@ -657,4 +657,26 @@ fn an_origin_restored_from_an_old_backup_freezes_instead_of_forking() {
         "the mirror keeps the signed history"
     );
     assert!(served_evidence(&b).is_empty());
+    drop(a);
+    // The operator unfreezes it anyway, away from the mirror: it signs a
+    // fork of what the mirror holds. When the mirror reaches it again, the
+    // origin's first Inv is checked against the mirror's tree: evidence,
+    // kept by both.
+    let a = start_with(
+        &a_dir,
+        &["--sync-listen", &sync_addr(a_sync), "--danger-unfreeze"],
+    );
+    assert!(a
+        .log
+        .lock()
+        .expect("lock")
+        .contains("--danger-unfreeze: the log was frozen"));
+    append(&a, ["a fork".to_string()]);
+    published(&a, 21);
+    b.wait_log("the log's key signed two inconsistent trees");
+    a.wait_log("the log's key signed two inconsistent trees");
+    let evidence = served_evidence(&b);
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(served_evidence(&a), evidence);
+    assert_eq!(independent_check(&evidence[0], &vkey), (21, 50));
 }

@@ -995,10 +995,11 @@ impl<S: LogStore> Peer<S> {
         Ok(())
     }
 
-    /// Sends `conn` our published checkpoint if it showed a smaller one
-    /// (or, with `equal`, one of the same size: so two members of equal
-    /// size compare roots once per connection).
-    async fn inv_to(&self, conn: &Conn, equal: bool) {
+    /// Sends `conn` our published checkpoint if it showed a smaller one,
+    /// or, at connection (`hello`), whatever the sizes: so a peer holding
+    /// an equal or larger tree checks ours against its own at our size,
+    /// and a fork is caught at every connection (one Inv per connection).
+    async fn inv_to(&self, conn: &Conn, hello: bool) {
         if !conn.common {
             return;
         }
@@ -1006,16 +1007,18 @@ impl<S: LogStore> Peer<S> {
             return;
         };
         let theirs = conn.announced.load(Ordering::SeqCst);
-        if theirs > published.size || (theirs == published.size && !equal) {
+        if theirs >= published.size && !hello {
             return;
         }
-        let proof = if theirs == 0 {
+        // A proof from their size when it is within ours, else none.
+        let old_size = if theirs <= published.size { theirs } else { 0 };
+        let proof = if old_size == 0 {
             Vec::new()
         } else {
             match self
                 .node
                 .store()
-                .consistency_proof(self.node.log_id(), theirs, published.size)
+                .consistency_proof(self.node.log_id(), old_size, published.size)
                 .await
             {
                 Ok(proof) => proof,
@@ -1027,7 +1030,7 @@ impl<S: LogStore> Peer<S> {
             Message::Inv {
                 log_id: self.node.log_id(),
                 note: published.note,
-                old_size: theirs,
+                old_size,
                 proof,
             },
         )

@@ -87,6 +87,14 @@ struct Args {
     #[arg(long, env = "TLOGD_REPUBLISH_INTERVAL_SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     republish_interval_secs: u64,
+    /// Let a frozen log sign and append again. A log freezes when its store
+    /// is behind what its key signed (a restored backup, or a witness or
+    /// peer holding a larger or different signed tree); signing on from
+    /// there forks the log, which witnesses and mirrors will catch as
+    /// equivocation. Only after investigating; not for an equivocated log
+    /// (that needs a new origin). Give it once, then start without it.
+    #[arg(long)]
+    danger_unfreeze: bool,
     /// The witness key's name (its cosignatures carry it).
     #[arg(
         long,
@@ -227,6 +235,9 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
                 quorum,
                 republish: Duration::from_secs(args.republish_interval_secs),
             };
+            if args.danger_unfreeze {
+                unfreeze(&*store, &args.origin, options).await?;
+            }
             let node = LogNode::start(store, key, options, interval, publish).await?;
             (node, Some(token(&dir)?), vkey, origin_key)
         }
@@ -296,6 +307,27 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
     .await?;
     tracing::info!("tlogd stopped");
     Ok(())
+}
+
+/// `--danger-unfreeze`: a frozen log back to active, loudly.
+async fn unfreeze<S: LogStore>(store: &S, origin: &str, options: LogOptions) -> anyhow::Result<()> {
+    let log = store.create_log(origin, options).await?;
+    let state = store.state(log).await?;
+    match state.status {
+        tlog_store::Status::Frozen => {
+            store.set_status(log, tlog_store::Status::Active).await?;
+            tracing::warn!(%origin, size = state.size, checkpoint = state.checkpoint_size,
+                "--danger-unfreeze: the log was frozen and signs again; if its key signed a larger or different tree, this forks the log and its witnesses and mirrors will hold evidence");
+            Ok(())
+        }
+        tlog_store::Status::Active => {
+            tracing::info!(%origin, "--danger-unfreeze: the log is not frozen; nothing to do");
+            Ok(())
+        }
+        status => anyhow::bail!(
+            "--danger-unfreeze: the log is {status:?}, which no flag undoes: serve a new origin"
+        ),
+    }
 }
 
 async fn shutdown() {
