@@ -49,7 +49,7 @@ use tlog_core::merkle::{self, CompactRange, Hash, NodeSource};
 use tlog_core::tile;
 use tlog_store::rules::{
     check_checkpoint, check_origin, decode_tile, edge_tiles, merge_checkpoint, plan_append,
-    plan_import, tiles_needed, AppendPlan, FnNodes, TileNodes,
+    plan_import, tiles_needed, AppendPlan, CachedTileNodes, FnNodes, TileCache,
 };
 use tlog_store::{
     Appended, LogId, LogOptions, LogState, LogStore, PutCheckpoint, Status, StoreError,
@@ -246,6 +246,8 @@ pub struct Inner {
     pool: Pool,
     sql: Sql,
     sequencers: Mutex<HashMap<LogId, Arc<Sequencer>>>,
+    /// Full tiles with their inner nodes, for proofs.
+    cache: TileCache,
 }
 
 /// One log's group commit on this node: appends wait in `queue`; whoever
@@ -360,6 +362,7 @@ impl PostgresLogStore {
                 pool,
                 sql: Sql::new(&schema),
                 sequencers: Mutex::new(HashMap::new()),
+                cache: TileCache::new(1024),
             }),
         };
         let db = store
@@ -458,7 +461,11 @@ impl Inner {
             Ok(tiles) => tiles,
             Err(e) => return Ok(Err(e)),
         };
-        let source = TileNodes(|level: u8, n: u64| Ok(tiles.get(&(level, n)).cloned()));
+        let source = CachedTileNodes {
+            log: *log,
+            cache: &self.cache,
+            read: |level: u8, n: u64| Ok(tiles.get(&(level, n)).cloned()),
+        };
         let node = |level: u8, index: u64| source.node(level, index);
         Ok(compute(&FnNodes(&node)))
     }

@@ -19,7 +19,8 @@ use tlog_core::tile;
 use tokio::sync::oneshot;
 
 use crate::rules::{
-    check_checkpoint, edge_tiles, merge_checkpoint, plan_append, plan_import, AppendPlan, TileNodes,
+    check_checkpoint, edge_tiles, merge_checkpoint, plan_append, plan_import, AppendPlan,
+    CachedTileNodes, TileCache, TileNodes,
 };
 use crate::{
     Appended, LogId, LogOptions, LogState, LogStore, PutCheckpoint, Status, StoreError,
@@ -107,6 +108,7 @@ enum Job {
 /// The embedded log store. Dropping it finishes the queued writes.
 pub struct RedbLogStore {
     db: Arc<Database>,
+    cache: Arc<TileCache>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -195,6 +197,7 @@ impl RedbLogStore {
             .map_err(|e| storage(redb::StorageError::Io(e).into()))?;
         Ok(RedbLogStore {
             db,
+            cache: Arc::new(TileCache::new(TILE_CACHE)),
             jobs: Some(jobs),
             writer: Some(writer),
         })
@@ -343,6 +346,22 @@ fn nodes<T: ReadableTable<&'static [u8], &'static [u8]>>(
     log: LogId,
 ) -> TileNodes<impl crate::rules::TileRead + '_> {
     TileNodes(move |level, n| read_tile(tiles, &log, level, n))
+}
+
+/// Full tiles kept with their inner nodes for proofs (~16 KiB each).
+const TILE_CACHE: usize = 1024;
+
+/// Nodes for reads: full tiles through the cache.
+fn cached<'a, T: ReadableTable<&'static [u8], &'static [u8]>>(
+    tiles: &'a T,
+    log: LogId,
+    cache: &'a TileCache,
+) -> CachedTileNodes<'a, impl crate::rules::TileRead + 'a> {
+    CachedTileNodes {
+        log,
+        cache,
+        read: move |level, n| read_tile(tiles, &log, level, n),
+    }
 }
 
 // ---- the writer ----
@@ -936,6 +955,7 @@ impl LogStore for RedbLogStore {
         index: u64,
         size: u64,
     ) -> Result<Vec<Hash>, StoreError> {
+        let cache = self.cache.clone();
         self.read(move |txn| {
             let state = read_log(&txn.open_table(LOGS).map_err(unavailable)?, &log)?;
             if size > state.size {
@@ -945,7 +965,7 @@ impl LogStore for RedbLogStore {
                 )));
             }
             let tiles = txn.open_table(TILES).map_err(unavailable)?;
-            let proof = merkle::inclusion_proof(&nodes(&tiles, log), index, size)?;
+            let proof = merkle::inclusion_proof(&cached(&tiles, log, &cache), index, size)?;
             proof.map_err(|e| StoreError::OutOfRange(e.to_string()))
         })
         .await
@@ -957,6 +977,7 @@ impl LogStore for RedbLogStore {
         old: u64,
         new: u64,
     ) -> Result<Vec<Hash>, StoreError> {
+        let cache = self.cache.clone();
         self.read(move |txn| {
             let state = read_log(&txn.open_table(LOGS).map_err(unavailable)?, &log)?;
             if new > state.size {
@@ -966,7 +987,7 @@ impl LogStore for RedbLogStore {
                 )));
             }
             let tiles = txn.open_table(TILES).map_err(unavailable)?;
-            let proof = merkle::consistency_proof(&nodes(&tiles, log), old, new)?;
+            let proof = merkle::consistency_proof(&cached(&tiles, log, &cache), old, new)?;
             proof.map_err(|e| StoreError::OutOfRange(e.to_string()))
         })
         .await

@@ -133,18 +133,128 @@ impl<F: TileRead> NodeSource for TileNodes<F> {
         let first = index << r;
         let tile = (self.0)(l, first / 256)?
             .ok_or_else(|| StoreError::Corrupt(format!("missing tile for node {level}/{index}")))?;
-        let start = (first % 256) as usize;
-        let mut hashes: Vec<Hash> = tile
-            .get(start..start + (1 << r))
-            .ok_or_else(|| StoreError::Corrupt(format!("short tile for node {level}/{index}")))?
-            .to_vec();
-        while hashes.len() > 1 {
-            hashes = hashes
+        fold(&tile, level, index)
+    }
+}
+
+/// Node (`level`, `index`) from the tile holding it: 2^(level mod 8)
+/// hashes folded.
+fn fold(tile: &[Hash], level: u8, index: u64) -> Result<Hash, StoreError> {
+    let r = level % 8;
+    let start = ((index << r) % 256) as usize;
+    let mut hashes: Vec<Hash> = tile
+        .get(start..start + (1 << r))
+        .ok_or_else(|| StoreError::Corrupt(format!("short tile for node {level}/{index}")))?
+        .to_vec();
+    while hashes.len() > 1 {
+        hashes = hashes
+            .chunks_exact(2)
+            .map(|p| merkle::node_hash(&p[0], &p[1]))
+            .collect();
+    }
+    Ok(hashes[0])
+}
+
+/// A full tile's subtree: `levels[r]` holds its 256 / 2^r nodes of level r.
+struct FullTile {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl FullTile {
+    fn build(tile: Vec<Hash>) -> FullTile {
+        let mut levels = vec![tile];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let next = levels[levels.len() - 1]
                 .chunks_exact(2)
                 .map(|p| merkle::node_hash(&p[0], &p[1]))
                 .collect();
+            levels.push(next);
         }
-        Ok(hashes[0])
+        FullTile { levels }
+    }
+}
+
+type TileKey = (crate::LogId, u8, u64);
+
+/// Full tiles never change (tlog.md §4.3), so their inner nodes are
+/// computed once and kept here: a proof then costs lookups instead of a
+/// tile read and up to 255 hashes per tile level it crosses. Bounded (each
+/// entry ~16 KiB); the oldest goes first.
+pub struct TileCache {
+    capacity: usize,
+    inner: std::sync::Mutex<Held>,
+}
+
+/// The cached tiles, and their keys oldest first.
+#[derive(Default)]
+struct Held {
+    map: HashMap<TileKey, std::sync::Arc<FullTile>>,
+    order: std::collections::VecDeque<TileKey>,
+}
+
+impl TileCache {
+    /// A cache of up to `capacity` full tiles.
+    pub fn new(capacity: usize) -> TileCache {
+        TileCache {
+            capacity,
+            inner: std::sync::Mutex::new(Held::default()),
+        }
+    }
+
+    fn get(&self, key: &TileKey) -> Option<std::sync::Arc<FullTile>> {
+        self.inner.lock().ok()?.map.get(key).cloned()
+    }
+
+    /// Whether the full tile is held (so a fetch can skip it).
+    pub fn holds(&self, log: crate::LogId, level: u8, index: u64) -> bool {
+        self.get(&(log, level, index)).is_some()
+    }
+
+    fn put(&self, key: TileKey, tile: std::sync::Arc<FullTile>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let held = &mut *inner;
+        if held.map.insert(key, tile).is_none() {
+            held.order.push_back(key);
+            while held.order.len() > self.capacity {
+                if let Some(old) = held.order.pop_front() {
+                    held.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// [`TileNodes`] through a [`TileCache`]: full tiles are read once.
+pub struct CachedTileNodes<'c, F> {
+    /// The log.
+    pub log: crate::LogId,
+    /// The cache.
+    pub cache: &'c TileCache,
+    /// Reads one tile.
+    pub read: F,
+}
+
+impl<F: TileRead> NodeSource for CachedTileNodes<'_, F> {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let (l, r) = (level / 8, level % 8);
+        let first = index << r;
+        let key = (self.log, l, first / 256);
+        let at = ((first % 256) >> r) as usize;
+        if let Some(full) = self.cache.get(&key) {
+            return Ok(full.levels[usize::from(r)][at]);
+        }
+        let tile = (self.read)(l, first / 256)?
+            .ok_or_else(|| StoreError::Corrupt(format!("missing tile for node {level}/{index}")))?;
+        if tile.len() != 256 {
+            return fold(&tile, level, index);
+        }
+        let full = std::sync::Arc::new(FullTile::build(tile));
+        let hash = full.levels[usize::from(r)][at];
+        self.cache.put(key, full);
+        Ok(hash)
     }
 }
 
@@ -259,5 +369,78 @@ mod tests {
                 .expect("in range");
             assert_eq!(proof, expected);
         }
+    }
+
+    /// Proofs through the full-tile cache equal the tree's, at sizes that
+    /// end inside partial tiles (never cached) and across cache hits and
+    /// evictions; a tile read once is not read again while held.
+    #[test]
+    fn cached_nodes_give_the_same_proofs_and_read_full_tiles_once() {
+        let mut tree = MemoryTree::new();
+        for i in 0..70_000u32 {
+            tree.push(&i.to_be_bytes());
+        }
+        let reads = std::cell::Cell::new(0u32);
+        let tile_at = |size: u64, level: u8, n: u64| -> Option<Vec<Hash>> {
+            reads.set(reads.get() + 1);
+            let span = 1u64 << (8 * u32::from(level));
+            let first = n * 256;
+            let count = ((size / span).saturating_sub(first)).min(256);
+            (count > 0).then(|| {
+                (first..first + count)
+                    .map(|i| tree.node(8 * level, i).expect("node"))
+                    .collect()
+            })
+        };
+        for capacity in [2, 1024] {
+            let cache = TileCache::new(capacity);
+            for (index, size) in [
+                (0, 1),
+                (5, 300),
+                (255, 256),
+                (65_535, 65_537),
+                (12_345, 70_000),
+                (12_345, 70_000),
+                (69_999, 70_000),
+            ] {
+                let nodes = CachedTileNodes {
+                    log: [7; 32],
+                    cache: &cache,
+                    read: |level: u8, n: u64| Ok(tile_at(size, level, n)),
+                };
+                let proof = merkle::inclusion_proof(&nodes, index, size)
+                    .expect("tiles")
+                    .expect("in range");
+                let expected = merkle::inclusion_proof(&tree, index, size)
+                    .expect("infallible")
+                    .expect("in range");
+                assert_eq!(proof, expected, "inclusion {index} in {size}");
+                for old in [1, index.max(1), size / 2, size] {
+                    let got = merkle::consistency_proof(&nodes, old.min(size), size)
+                        .expect("tiles")
+                        .expect("in range");
+                    let want = merkle::consistency_proof(&tree, old.min(size), size)
+                        .expect("infallible")
+                        .expect("in range");
+                    assert_eq!(got, want, "consistency {old} → {size}");
+                }
+            }
+        }
+        // With room, a repeated proof reads no full tile again.
+        let cache = TileCache::new(1024);
+        let nodes = CachedTileNodes {
+            log: [7; 32],
+            cache: &cache,
+            read: |level: u8, n: u64| Ok(tile_at(65_536, level, n)),
+        };
+        let first = merkle::inclusion_proof(&nodes, 12_345, 65_536).expect("tiles");
+        let before = reads.get();
+        let again = merkle::inclusion_proof(&nodes, 12_345, 65_536).expect("tiles");
+        assert_eq!(first, again);
+        assert_eq!(
+            reads.get(),
+            before,
+            "every tile of a 65,536 tree is full and held"
+        );
     }
 }
