@@ -260,13 +260,19 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?.to_string();
     let config = |name: &str, peers: Vec<String>| tlog_node::peer::Config {
         name: name.into(),
-        key: vkey.clone(),
-        witnesses: Vec::new(),
         peers,
         limits: tlog_node::peer::Limits::default(),
     };
+    let follow = tlog_node::peer::Follow {
+        key: vkey.clone(),
+        witnesses: Vec::new(),
+    };
     tokio::spawn(
-        tlog_node::peer::Peer::new(origin.clone(), config("origin", Vec::new())).run(listener),
+        tlog_node::peer::Peer::new(
+            config("origin", Vec::new()),
+            vec![(origin.clone(), follow.clone())],
+        )
+        .run(listener),
     );
     let mirror_store = Arc::new(RedbLogStore::open(&mirror_path)?);
     let mirror = LogNode::mirror(mirror_store, vkey.name()).await?;
@@ -274,7 +280,8 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let quiet = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     tokio::spawn(
-        tlog_node::peer::Peer::new(mirror.clone(), config("mirror", vec![addr])).run(quiet),
+        tlog_node::peer::Peer::new(config("mirror", vec![addr]), vec![(mirror.clone(), follow)])
+            .run(quiet),
     );
     published
         .wait_for(|p| p.as_ref().is_some_and(|p| p.size >= n))

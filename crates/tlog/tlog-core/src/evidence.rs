@@ -108,6 +108,24 @@ impl Evidence {
         Ok(bytes)
     }
 
+    /// The origin that evidence bytes name (note a's first line), without
+    /// verifying anything: to route it to the log whose key then checks
+    /// it with [`Evidence::verify`].
+    pub fn origin(bytes: &[u8]) -> Option<String> {
+        if bytes.len() > MAX_EVIDENCE {
+            return None;
+        }
+        let mut r = Reader::new(bytes);
+        if r.bytes(4).ok()? != MAGIC || r.u8().ok()? != 1 {
+            return None;
+        }
+        r.u8().ok()?;
+        r.str8().ok()?;
+        let note_a = r.blob32(crate::note::MAX_NOTE).ok()?;
+        let text = std::str::from_utf8(&note_a).ok()?;
+        text.split('\n').next().map(str::to_string)
+    }
+
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();

@@ -44,7 +44,7 @@ use tlog_core::merkle::{self, Hash};
 use tlog_core::note::{KeyType, Note, VerifierKey};
 use tlog_core::sync::{self, Frame, FrameError, HelloLog, Ident, Message};
 use tlog_core::{follow, Checkpoint, Evidence};
-use tlog_store::{LogStore, Status, StoreError};
+use tlog_store::{LogId, LogStore, Status, StoreError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -107,20 +107,38 @@ impl Default for Limits {
     }
 }
 
-/// How a node takes part in the federation for its log.
+/// How a node takes part in the federation.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Its name on the wire.
     pub name: String,
+    /// Peers to dial (`host:port`).
+    pub peers: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// One log the node serves (its own) or follows (a mirror).
+#[derive(Debug, Clone)]
+pub struct Follow {
     /// The origin's key: every note of the log must carry its signature.
     pub key: VerifierKey,
     /// Witnesses whose cosignatures are kept on notes taken from peers
     /// (all other cosignatures are dropped before storing or relaying).
     pub witnesses: Vec<VerifierKey>,
-    /// Peers to dial (`host:port`).
-    pub peers: Vec<String>,
-    /// Limits.
-    pub limits: Limits,
+}
+
+/// One log inside the peer.
+struct Log<S> {
+    node: Arc<LogNode<S>>,
+    /// The origin's key.
+    key: VerifierKey,
+    /// Keys notes are checked with: the origin's and the witnesses'.
+    keys: Vec<VerifierKey>,
+    /// One Inv/Evidence handler at a time for this log.
+    sync: tokio::sync::Mutex<()>,
+    /// Evidence digests already sent to every connected peer.
+    evidence_sent: Mutex<HashSet<Hash>>,
 }
 
 /// A failure on one connection.
@@ -142,21 +160,15 @@ struct Ban {
     count: u32,
 }
 
-/// The federation peer of one [`LogNode`].
+/// The federation peer of a node's logs, on one sync port.
 pub struct Peer<S> {
-    node: Arc<LogNode<S>>,
+    logs: HashMap<LogId, Arc<Log<S>>>,
     config: Config,
-    /// Keys notes are checked with: the origin's and the witnesses'.
-    keys: Vec<VerifierKey>,
     nonce: u64,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
     inbound: Mutex<HashMap<IpAddr, usize>>,
     bans: Mutex<HashMap<String, Ban>>,
-    /// One Inv/Evidence handler at a time.
-    sync: tokio::sync::Mutex<()>,
-    /// Evidence digests already sent to every connected peer.
-    evidence_sent: Mutex<HashSet<Hash>>,
 }
 
 /// One connection, as the handlers see it.
@@ -168,15 +180,28 @@ struct Conn {
     out: mpsc::Sender<Frame>,
     pending: Mutex<HashMap<u32, oneshot::Sender<Message>>>,
     next_id: AtomicU32,
-    /// The largest size the peer showed us for the log.
-    announced: AtomicU64,
-    /// It serves or follows the log (its Hello named the origin).
-    common: bool,
+    /// Per common log (its Hello named the origin), the largest size the
+    /// peer showed us.
+    announced: Mutex<HashMap<LogId, u64>>,
     kill: Notify,
     killed: AtomicBool,
 }
 
 impl Conn {
+    /// The size the peer showed for `log`; `None` if it does not serve or
+    /// follow it.
+    fn announced(&self, log: &LogId) -> Option<u64> {
+        self.announced.lock().ok()?.get(log).copied()
+    }
+
+    fn saw(&self, log: &LogId, size: u64) {
+        if let Ok(mut announced) = self.announced.lock() {
+            if let Some(known) = announced.get_mut(log) {
+                *known = (*known).max(size);
+            }
+        }
+    }
+
     async fn send(&self, id: u32, message: Message) {
         let _ = self.out.send(Frame { id, message }).await;
     }
@@ -282,27 +307,38 @@ struct Verified {
 }
 
 impl<S: LogStore> Peer<S> {
-    /// The peer of `node`; [`Peer::run`] starts it.
-    pub fn new(node: Arc<LogNode<S>>, config: Config) -> Arc<Self> {
-        let mut keys = vec![config.key.clone()];
-        keys.extend(
-            config
-                .witnesses
-                .iter()
-                .filter(|k| k.key_type() == KeyType::Cosignature)
-                .cloned(),
-        );
+    /// The peer of a node serving or following `logs`; [`Peer::run`]
+    /// starts it.
+    pub fn new(config: Config, logs: Vec<(Arc<LogNode<S>>, Follow)>) -> Arc<Self> {
+        let logs = logs
+            .into_iter()
+            .map(|(node, follow)| {
+                let mut keys = vec![follow.key.clone()];
+                keys.extend(
+                    follow
+                        .witnesses
+                        .iter()
+                        .filter(|k| k.key_type() == KeyType::Cosignature)
+                        .cloned(),
+                );
+                let log = Log {
+                    node,
+                    key: follow.key,
+                    keys,
+                    sync: tokio::sync::Mutex::new(()),
+                    evidence_sent: Mutex::new(HashSet::new()),
+                };
+                (log.node.log_id(), Arc::new(log))
+            })
+            .collect();
         Arc::new(Peer {
-            node,
+            logs,
             config,
-            keys,
             nonce: entropy(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             inbound: Mutex::new(HashMap::new()),
             bans: Mutex::new(HashMap::new()),
-            sync: tokio::sync::Mutex::new(()),
-            evidence_sent: Mutex::new(HashSet::new()),
         })
     }
 
@@ -312,7 +348,9 @@ impl<S: LogStore> Peer<S> {
         for peer in self.config.peers.clone() {
             tokio::spawn(self.clone().dial(peer));
         }
-        tokio::spawn(self.clone().announce());
+        for log in self.logs.values() {
+            tokio::spawn(self.clone().announce(log.clone()));
+        }
         loop {
             let Ok((stream, addr)) = listener.accept().await else {
                 continue;
@@ -424,7 +462,7 @@ impl<S: LogStore> Peer<S> {
         let ident = Ident {
             software: format!("tlogd/{}", env!("CARGO_PKG_VERSION")),
             node: self.config.name.clone(),
-            logs: 1,
+            logs: self.logs.len() as u64,
         };
         stream.write_all(&ident.to_line()).await?;
         let mut buf = Vec::with_capacity(512);
@@ -433,32 +471,37 @@ impl<S: LogStore> Peer<S> {
             Ok(Ok(())) => {}
             // Not a peer, or too slow: say what this port is, and close.
             _ if inbound => {
-                let logs = match self.node.published_head() {
-                    Some((size, root)) => vec![(self.node.origin().to_string(), size, root)],
-                    None => Vec::new(),
-                };
+                let mut logs: Vec<(String, u64, Hash)> = self
+                    .logs
+                    .values()
+                    .filter_map(|l| {
+                        let (size, root) = l.node.published_head()?;
+                        Some((l.node.origin().to_string(), size, root))
+                    })
+                    .collect();
+                logs.sort();
                 stream.write_all(&sync::err_line(&logs)).await?;
                 stream.shutdown().await?;
                 return Ok(());
             }
             _ => return Err(PeerError::Protocol("not an LKTL/1 peer".into())),
         }
-        let (size, _) = self
-            .node
-            .published_head()
-            .unwrap_or((0, merkle::EMPTY_ROOT));
         let hello = Message::Hello {
             version: 1,
             nonce: self.nonce,
             max_frame: MAX_FRAME,
             max_inflight: 8,
             node_name: self.config.name.clone(),
-            logs: vec![HelloLog {
-                prefix: false,
-                origin: self.node.origin().to_string(),
-                roles: if self.node.is_sequencer() { 1 } else { 2 },
-                size,
-            }],
+            logs: self
+                .logs
+                .values()
+                .map(|l| HelloLog {
+                    prefix: false,
+                    origin: l.node.origin().to_string(),
+                    roles: if l.node.is_sequencer() { 1 } else { 2 },
+                    size: l.node.published_head().map_or(0, |(size, _)| size),
+                })
+                .collect(),
         };
         stream
             .write_all(
@@ -489,9 +532,12 @@ impl<S: LogStore> Peer<S> {
         if nonce == self.nonce {
             return Err(PeerError::Protocol("connected to itself".into()));
         }
-        let mine = theirs
+        let common: HashMap<LogId, u64> = theirs
             .iter()
-            .find(|l| !l.prefix && l.origin == self.node.origin());
+            .filter(|l| !l.prefix)
+            .map(|l| (tlog_core::log_id(&l.origin), l.size))
+            .filter(|(id, _)| self.logs.contains_key(id))
+            .collect();
         let (out, rx) = mpsc::channel(256);
         let conn = Arc::new(Conn {
             name: name.clone(),
@@ -499,8 +545,7 @@ impl<S: LogStore> Peer<S> {
             out,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
-            announced: AtomicU64::new(mine.map_or(0, |l| l.size)),
-            common: mine.is_some(),
+            announced: Mutex::new(common),
             kill: Notify::new(),
             killed: AtomicBool::new(false),
         });
@@ -509,15 +554,18 @@ impl<S: LogStore> Peer<S> {
         tracing::info!(peer = %name, addr = %conn.ban_key, "sync peer connected");
         let done = Arc::new(Notify::new());
         let mut writer = tokio::spawn(write_loop(writer, rx, limits.ping_after, done.clone()));
-        // What the peer lacks: our newer checkpoint, and evidence we hold.
-        if conn.common {
-            let state = self.node.store().state(self.node.log_id()).await?;
+        // For each common log, our latest checkpoint, or the evidence.
+        for log in self.logs.values() {
+            if conn.announced(&log.node.log_id()).is_none() {
+                continue;
+            }
+            let state = log.node.store().state(log.node.log_id()).await?;
             if state.status == Status::Equivocated {
-                for blob in self.node.store().evidence(self.node.log_id()).await? {
+                for blob in log.node.store().evidence(log.node.log_id()).await? {
                     conn.send(0, Message::Evidence(blob)).await;
                 }
             } else {
-                self.inv_to(&conn, true).await;
+                inv_to(log, &conn, true).await;
             }
         }
         let result = self.read_loop(&conn, reader, buf).await;
@@ -628,8 +676,16 @@ impl<S: LogStore> Peer<S> {
                         }
                     }
                 }
-                m @ (Message::GetHeaders { .. } | Message::GetData { .. }) => {
-                    if let Some(answer) = respond(&self.node, m).await {
+                m @ (Message::GetHeaders { log_id, .. } | Message::GetData { log_id, .. }) => {
+                    let answer = match self.logs.get(&log_id) {
+                        Some(log) => respond(&log.node, m).await,
+                        None => Some(Message::NotFound {
+                            log_id,
+                            what: 1,
+                            have_size: 0,
+                        }),
+                    };
+                    if let Some(answer) = answer {
                         conn.send(frame.id, answer).await;
                     }
                 }
@@ -640,17 +696,25 @@ impl<S: LogStore> Peer<S> {
                     proof,
                 } => {
                     // Other origins are not followed: ignored (rate counted).
-                    if log_id == self.node.log_id() {
+                    if let Some(log) = self.logs.get(&log_id) {
                         let job = Job::Inv {
                             note,
                             old_size,
                             proof,
                         };
-                        tokio::spawn(self.clone().handle(conn.clone(), job));
+                        tokio::spawn(self.clone().handle(log.clone(), conn.clone(), job));
                     }
                 }
                 Message::Evidence(blob) => {
-                    tokio::spawn(self.clone().handle(conn.clone(), Job::Evidence(blob)));
+                    // Routed by the origin it names; other logs' ignored.
+                    let origin = Evidence::origin(&blob);
+                    if let Some(log) = origin.and_then(|o| self.logs.get(&tlog_core::log_id(&o))) {
+                        tokio::spawn(self.clone().handle(
+                            log.clone(),
+                            conn.clone(),
+                            Job::Evidence(blob),
+                        ));
+                    }
                 }
                 Message::Unknown(_) => {
                     conn.send(
@@ -671,9 +735,9 @@ impl<S: LogStore> Peer<S> {
         conn.pending.lock().expect("lock").remove(&id)
     }
 
-    /// Runs a job under the node's sync lock; misbehaviour bans.
-    async fn handle(self: Arc<Self>, conn: Arc<Conn>, job: Job) {
-        let _one = self.sync.lock().await;
+    /// Runs a job under its log's sync lock; misbehaviour bans.
+    async fn handle(self: Arc<Self>, log: Arc<Log<S>>, conn: Arc<Conn>, job: Job) {
+        let _one = log.sync.lock().await;
         if conn.killed.load(Ordering::SeqCst) {
             return;
         }
@@ -682,8 +746,8 @@ impl<S: LogStore> Peer<S> {
                 note,
                 old_size,
                 proof,
-            } => self.on_inv(&conn, note, old_size, proof).await,
-            Job::Evidence(blob) => self.on_evidence(&conn, blob).await,
+            } => log.on_inv(&self, &conn, note, old_size, proof).await,
+            Job::Evidence(blob) => log.on_evidence(&self, &conn, blob).await,
         };
         let conn = &conn;
         match done {
@@ -693,6 +757,27 @@ impl<S: LogStore> Peer<S> {
         }
     }
 
+    /// Announces every newly published checkpoint of `log` to the peers
+    /// behind it.
+    async fn announce(self: Arc<Self>, log: Arc<Log<S>>) {
+        let mut published = log.node.published();
+        while published.changed().await.is_ok() {
+            let state = match log.node.store().state(log.node.log_id()).await {
+                Ok(state) => state,
+                Err(_) => continue,
+            };
+            if state.status == Status::Equivocated {
+                continue;
+            }
+            let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
+            for conn in conns {
+                inv_to(&log, &conn, false).await;
+            }
+        }
+    }
+}
+
+impl<S: LogStore> Log<S> {
     /// Checks a note from a peer: the origin's key signed it, it is this
     /// log's, its size is in range.
     fn verify(&self, bytes: &[u8]) -> Result<Verified, PeerError> {
@@ -710,20 +795,22 @@ impl<S: LogStore> Peer<S> {
 
     async fn on_inv(
         self: &Arc<Self>,
+        peer: &Peer<S>,
         conn: &Arc<Conn>,
         note: Vec<u8>,
         old_size: u64,
         proof: Vec<Hash>,
     ) -> Result<(), PeerError> {
         let theirs = self.verify(&note)?;
-        conn.announced
-            .fetch_max(theirs.checkpoint.size, Ordering::SeqCst);
-        self.consider(conn, theirs, Some((old_size, proof))).await
+        conn.saw(&self.node.log_id(), theirs.checkpoint.size);
+        self.consider(peer, conn, theirs, Some((old_size, proof)))
+            .await
     }
 
     /// What to do with a verified note from `conn` (tlog.md §7.6–§7.7).
     async fn consider(
         self: &Arc<Self>,
+        peer: &Peer<S>,
         conn: &Arc<Conn>,
         theirs: Verified,
         inv_proof: Option<(u64, Vec<Hash>)>,
@@ -759,10 +846,10 @@ impl<S: LogStore> Peer<S> {
                         .put_checkpoint(log, n, root, theirs.note.to_bytes())
                         .await;
                 }
-                self.inv_to(conn, false).await;
+                inv_to(self, conn, false).await;
                 return Ok(());
             }
-            follow::Verdict::Forked => return self.fork_below(theirs).await,
+            follow::Verdict::Forked => return self.fork_below(peer, theirs).await,
             follow::Verdict::LostHistory => {
                 tracing::error!(origin = %self.node.origin(), size = n, tree = state.size,
                     "a peer holds a checkpoint of this log, signed by its key, beyond the stored tree: the store lost signed history; log frozen");
@@ -771,24 +858,29 @@ impl<S: LogStore> Peer<S> {
             }
             follow::Verdict::Extends => theirs,
             follow::Verdict::AskHeaders => {
-                match self.headers_round(conn, local.checkpoint).await? {
+                match self.headers_round(peer, conn, local.checkpoint).await? {
                     Some(target) => target,
                     None => return Ok(()),
                 }
             }
         };
-        self.fetch(conn, state.size, state.range, target).await
+        self.fetch(peer, conn, state.size, state.range, target)
+            .await
     }
 
     /// A peer's note of size ≤ our tree with another root: evidence, from
     /// our latest note and our tree.
-    async fn fork_below(self: &Arc<Self>, theirs: Verified) -> Result<(), PeerError> {
+    async fn fork_below(
+        self: &Arc<Self>,
+        peer: &Peer<S>,
+        theirs: Verified,
+    ) -> Result<(), PeerError> {
         let built = self
             .node
-            .evidence_against(&self.config.key, &theirs.note, &theirs.checkpoint)
+            .evidence_against(&self.key, &theirs.note, &theirs.checkpoint)
             .await?;
         match built {
-            Some(evidence) => self.record_evidence(evidence).await,
+            Some(evidence) => self.record_evidence(peer, evidence).await,
             None => {
                 tracing::warn!(origin = %self.node.origin(), size = theirs.checkpoint.size,
                     "a peer's checkpoint disagrees with our tree, but no signed note of ours covers it yet");
@@ -801,6 +893,7 @@ impl<S: LogStore> Peer<S> {
     /// it extends our verified (`s`, `r`).
     async fn headers_round(
         self: &Arc<Self>,
+        peer: &Peer<S>,
         conn: &Arc<Conn>,
         (s, r): (u64, Hash),
     ) -> Result<Option<Verified>, PeerError> {
@@ -815,7 +908,7 @@ impl<S: LogStore> Peer<S> {
                     log_id: log,
                     locator,
                 },
-                self.config.limits.request_timeout,
+                peer.config.limits.request_timeout,
             )
             .await?;
         let (base, note, proof, fork) = match answer {
@@ -843,7 +936,7 @@ impl<S: LogStore> Peer<S> {
             follow::HeadersVerdict::NotLarger => {
                 // Nothing to fetch, unless it forks there.
                 if self.node.root_at(n).await? != root {
-                    self.fork_below(theirs).await?;
+                    self.fork_below(peer, theirs).await?;
                 }
                 Ok(None)
             }
@@ -855,8 +948,8 @@ impl<S: LogStore> Peer<S> {
                     .map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
                 let (root_b_at_a, proof) =
                     follow::evidence_parts((s, r), (n, root), root_at_s, proof);
-                match Evidence::build(&self.config.key, &mine, &theirs.note, root_b_at_a, proof) {
-                    Ok(evidence) => self.record_evidence(evidence).await.map(|()| None),
+                match Evidence::build(&self.key, &mine, &theirs.note, root_b_at_a, proof) {
+                    Ok(evidence) => self.record_evidence(peer, evidence).await.map(|()| None),
                     Err(e) => Err(PeerError::Misbehaved(format!(
                         "a fork that is not evidence: {e}"
                     ))),
@@ -869,6 +962,7 @@ impl<S: LogStore> Peer<S> {
     /// target, imports it, then stores and publishes the target.
     async fn fetch(
         self: &Arc<Self>,
+        peer: &Peer<S>,
         conn: &Arc<Conn>,
         from: u64,
         range: merkle::CompactRange,
@@ -886,7 +980,7 @@ impl<S: LogStore> Peer<S> {
         while next < n {
             while inflight.len() < FETCH_WINDOW && ask < n {
                 let asked = follow::next_chunk(ask, n);
-                let (conn, timeout) = (conn.clone(), self.config.limits.request_timeout);
+                let (conn, timeout) = (conn.clone(), peer.config.limits.request_timeout);
                 let request = Message::GetData {
                     log_id: log,
                     start: asked.start,
@@ -955,6 +1049,7 @@ impl<S: LogStore> Peer<S> {
 
     async fn on_evidence(
         self: &Arc<Self>,
+        peer: &Peer<S>,
         conn: &Arc<Conn>,
         blob: Vec<u8>,
     ) -> Result<(), PeerError> {
@@ -962,7 +1057,7 @@ impl<S: LogStore> Peer<S> {
         if self.evidence_sent.lock().expect("lock").contains(&digest) {
             return Ok(());
         }
-        let evidence = Evidence::verify(&blob, std::slice::from_ref(&self.config.key))
+        let evidence = Evidence::verify(&blob, std::slice::from_ref(&self.key))
             .map_err(|e| PeerError::Misbehaved(format!("evidence that does not verify: {e}")))?;
         let origin = Checkpoint::parse(evidence.note_a.text())
             .map(|c| c.origin)
@@ -971,11 +1066,15 @@ impl<S: LogStore> Peer<S> {
             return Err(PeerError::Misbehaved("evidence about another log".into()));
         }
         tracing::info!(peer = %conn.name, "evidence received and verified");
-        self.record_evidence(blob).await
+        self.record_evidence(peer, blob).await
     }
 
     /// Keeps verified evidence, stops following the log, tells every peer.
-    async fn record_evidence(self: &Arc<Self>, evidence: Vec<u8>) -> Result<(), PeerError> {
+    async fn record_evidence(
+        self: &Arc<Self>,
+        peer: &Peer<S>,
+        evidence: Vec<u8>,
+    ) -> Result<(), PeerError> {
         let store = self.node.store();
         let log = self.node.log_id();
         store
@@ -988,72 +1087,53 @@ impl<S: LogStore> Peer<S> {
         }
         tracing::error!(origin = %self.node.origin(), digest = %crate::hex(&digest),
             "the log's key signed two inconsistent trees: evidence stored, log no longer followed");
-        let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
+        let conns: Vec<_> = peer.conns.lock().expect("lock").values().cloned().collect();
         for conn in conns {
             conn.send(0, Message::Evidence(evidence.clone())).await;
         }
         Ok(())
     }
+}
 
-    /// Sends `conn` our published checkpoint if it showed a smaller one,
-    /// or, at connection (`hello`), whatever the sizes: so a peer holding
-    /// an equal or larger tree checks ours against its own at our size,
-    /// and a fork is caught at every connection (one Inv per connection).
-    async fn inv_to(&self, conn: &Conn, hello: bool) {
-        if !conn.common {
-            return;
-        }
-        let Some(published) = self.node.published().borrow().clone() else {
-            return;
-        };
-        let theirs = conn.announced.load(Ordering::SeqCst);
-        if theirs >= published.size && !hello {
-            return;
-        }
-        // A proof from their size when it is within ours, else none.
-        let old_size = if theirs <= published.size { theirs } else { 0 };
-        let proof = if old_size == 0 {
-            Vec::new()
-        } else {
-            match self
-                .node
-                .store()
-                .consistency_proof(self.node.log_id(), old_size, published.size)
-                .await
-            {
-                Ok(proof) => proof,
-                Err(_) => return,
-            }
-        };
-        conn.send(
-            0,
-            Message::Inv {
-                log_id: self.node.log_id(),
-                note: published.note,
-                old_size,
-                proof,
-            },
-        )
-        .await;
+/// Sends `conn` our published checkpoint if it showed a smaller one,
+/// or, at connection (`hello`), whatever the sizes: so a peer holding
+/// an equal or larger tree checks ours against its own at our size,
+/// and a fork is caught at every connection (one Inv per connection).
+async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, hello: bool) {
+    let Some(theirs) = conn.announced(&log.node.log_id()) else {
+        return;
+    };
+    let Some(published) = log.node.published().borrow().clone() else {
+        return;
+    };
+    if theirs >= published.size && !hello {
+        return;
     }
-
-    /// Announces every newly published checkpoint to the peers behind it.
-    async fn announce(self: Arc<Self>) {
-        let mut published = self.node.published();
-        while published.changed().await.is_ok() {
-            let state = match self.node.store().state(self.node.log_id()).await {
-                Ok(state) => state,
-                Err(_) => continue,
-            };
-            if state.status == Status::Equivocated {
-                continue;
-            }
-            let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
-            for conn in conns {
-                self.inv_to(&conn, false).await;
-            }
+    // A proof from their size when it is within ours, else none.
+    let old_size = if theirs <= published.size { theirs } else { 0 };
+    let proof = if old_size == 0 {
+        Vec::new()
+    } else {
+        match log
+            .node
+            .store()
+            .consistency_proof(log.node.log_id(), old_size, published.size)
+            .await
+        {
+            Ok(proof) => proof,
+            Err(_) => return,
         }
-    }
+    };
+    conn.send(
+        0,
+        Message::Inv {
+            log_id: log.node.log_id(),
+            note: published.note,
+            old_size,
+            proof,
+        },
+    )
+    .await;
 }
 
 async fn read_ident<R: AsyncRead + Unpin>(

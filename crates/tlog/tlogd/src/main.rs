@@ -287,14 +287,18 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
         })?;
     tracing::info!(addr = %sync.local_addr()?, "sync port (LKTL/1) listening");
     let federation = tlog_node::peer::Peer::new(
-        node.clone(),
         tlog_node::peer::Config {
             name: args.node_name.clone(),
-            key: origin_key,
-            witnesses: Vec::new(),
             peers,
             limits: tlog_node::peer::Limits::default(),
         },
+        vec![(
+            node.clone(),
+            tlog_node::peer::Follow {
+                key: origin_key,
+                witnesses: Vec::new(),
+            },
+        )],
     );
     tokio::spawn(federation.run(sync));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");
