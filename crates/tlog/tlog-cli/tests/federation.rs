@@ -680,3 +680,68 @@ fn an_origin_restored_from_an_old_backup_freezes_instead_of_forking() {
     assert_eq!(served_evidence(&a), evidence);
     assert_eq!(independent_check(&evidence[0], &vkey), (21, 50));
 }
+
+/// tlog.md §5.3, §7: three members each run their own log and follow the
+/// other two on one sync port. C knows B only, so A's log reaches it
+/// through B. Every member serves every log at `/logs/<origin>/` with the
+/// origin's own notes, and `tlog_tiles` verifies each copy.
+#[test]
+fn three_members_follow_each_others_logs_on_one_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["a", "b", "c"];
+    let origin = |m: &str| format!("{m}.example/log");
+    // Keys first (a throwaway start each), then the members.
+    let vkeys: Vec<String> = names
+        .iter()
+        .map(|m| {
+            let node = start_with(&dir.path().join(m), &["--origin", &origin(m)]);
+            vkey(&node)
+        })
+        .collect();
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let follow = |i: usize, via: Option<usize>| match via {
+        Some(p) => format!("{}@{}", vkeys[i], sync_addr(ports[p])),
+        None => vkeys[i].clone(),
+    };
+    let args: [Vec<String>; 3] = [
+        vec![follow(1, Some(1)), follow(2, Some(2))],
+        vec![follow(0, Some(0)), follow(2, Some(2))],
+        // C reaches A's log only through B.
+        vec![follow(0, None), follow(1, Some(1))],
+    ];
+    let members: Vec<Tlogd> = names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut a = vec![
+                "--origin".to_string(),
+                origin(m),
+                "--node-name".into(),
+                m.to_string(),
+                "--sync-listen".into(),
+                sync_addr(ports[i]),
+            ];
+            for f in &args[i] {
+                a.extend(["--follow".to_string(), f.clone()]);
+            }
+            start_with(
+                &dir.path().join(m),
+                &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    for (i, member) in members.iter().enumerate() {
+        append(member, (0..100).map(|k| format!("{} {k}", names[i])));
+    }
+    for (i, m) in names.iter().enumerate() {
+        let own = published(&members[i], 100);
+        for member in &members {
+            let url = format!("{}/logs/{}", member.url, origin(m));
+            assert_eq!(published_at(&url, 100), own, "{m}'s note, verbatim");
+            their_libraries_verify_at(&url, &vkeys[i], &own);
+        }
+    }
+    for member in &members {
+        assert!(!member.log.lock().expect("lock").contains("banned peer"));
+    }
+}

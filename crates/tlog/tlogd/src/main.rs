@@ -68,6 +68,12 @@ struct Args {
     /// verified against the origin's signed checkpoint.
     #[arg(long, env = "TLOGD_MIRROR")]
     mirror: Option<String>,
+    /// Also follow (mirror) the log of this verifier key, served at
+    /// `/logs/<origin>/` and on the sync port: `<vkey>[@<host>:<sync
+    /// port>]` (the address is added to `--peer`); repeat for more. A
+    /// federation member follows the other members' logs.
+    #[arg(long = "follow", env = "TLOGD_FOLLOW", value_delimiter = ',')]
+    follow: Vec<String>,
     /// A federation peer to keep a connection to (`host:port` of its sync
     /// port); repeat for more. Peers announce new checkpoints to each
     /// other (Inv), mirrors fetch from any of them, and two checkpoints of
@@ -244,6 +250,44 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
     };
     let store = node.store().clone();
     let mut app = node.clone().router(token, args.lk_rate);
+    // Every log this node serves or follows, on the sync port, and over
+    // HTTP at /logs/<origin>/ (the first also at /).
+    let mut logs = vec![(
+        node.clone(),
+        tlog_node::peer::Follow {
+            key: origin_key,
+            witnesses: Vec::new(),
+        },
+    )];
+    for follow in &args.follow {
+        let (vkey, peer) = match follow.rsplit_once('@') {
+            Some((vkey, peer)) => (vkey, Some(peer)),
+            None => (follow.as_str(), None),
+        };
+        let key = tlog_core::note::VerifierKey::parse(vkey)
+            .map_err(|e| anyhow::anyhow!("--follow {follow:?}: {e}"))?;
+        anyhow::ensure!(
+            logs.iter().all(|(n, _)| n.origin() != key.name()),
+            "--follow {follow:?}: {} is already served here",
+            key.name()
+        );
+        peers.extend(peer.map(str::to_string));
+        let mirror = LogNode::mirror(store.clone(), key.name()).await?;
+        tracing::info!(origin = %key.name(), "following");
+        logs.push((
+            mirror,
+            tlog_node::peer::Follow {
+                key,
+                witnesses: Vec::new(),
+            },
+        ));
+    }
+    for (log, _) in &logs {
+        app = app.nest(
+            &format!("/logs/{}", log.origin()),
+            log.clone().router(None, args.lk_rate),
+        );
+    }
     if !args.witness_for.is_empty() {
         let logs = args
             .witness_for
@@ -286,19 +330,15 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             )
         })?;
     tracing::info!(addr = %sync.local_addr()?, "sync port (LKTL/1) listening");
+    peers.sort();
+    peers.dedup();
     let federation = tlog_node::peer::Peer::new(
         tlog_node::peer::Config {
             name: args.node_name.clone(),
             peers,
             limits: tlog_node::peer::Limits::default(),
         },
-        vec![(
-            node.clone(),
-            tlog_node::peer::Follow {
-                key: origin_key,
-                witnesses: Vec::new(),
-            },
-        )],
+        logs,
     );
     tokio::spawn(federation.run(sync));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");

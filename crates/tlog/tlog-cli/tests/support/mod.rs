@@ -169,9 +169,14 @@ pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> u16 {
 
 /// Waits until the published checkpoint covers `size`.
 pub fn published(node: &Tlogd, size: u64) -> Vec<u8> {
+    published_at(&node.url, size)
+}
+
+/// Waits until the checkpoint of the log at `url` covers `size`.
+pub fn published_at(url: &str, size: u64) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, body, _) = get(&format!("{}/checkpoint", node.url));
+        let (status, body, _) = get(&format!("{url}/checkpoint"));
         if status == 200 {
             let text = String::from_utf8_lossy(&body).to_string();
             let n: u64 = text
@@ -183,7 +188,10 @@ pub fn published(node: &Tlogd, size: u64) -> Vec<u8> {
                 return body;
             }
         }
-        assert!(Instant::now() < deadline, "no checkpoint of size {size}");
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of size {size} at {url}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -233,6 +241,11 @@ impl TileReader for HttpTiles {
 /// the published note with the vkey tlogd printed, and `tlog_tiles`
 /// computes the checkpoint's root from the served tiles.
 pub fn their_libraries_verify(node: &Tlogd, vkey: &str, note: &[u8]) {
+    their_libraries_verify_at(&node.url, vkey, note)
+}
+
+/// [`their_libraries_verify`] for the log at `url`.
+pub fn their_libraries_verify_at(url: &str, vkey: &str, note: &[u8]) {
     let verifier = signed_note::StandardVerifier::new(vkey).expect("their vkey parser");
     let parsed = signed_note::Note::from_bytes(note).expect("their note parser");
     parsed
@@ -240,7 +253,7 @@ pub fn their_libraries_verify(node: &Tlogd, vkey: &str, note: &[u8]) {
         .expect("their verification");
     let checkpoint =
         tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("their checkpoint parser");
-    let tiles = HttpTiles(node.url.clone());
+    let tiles = HttpTiles(url.to_string());
     let reader = TileHashReader::new(checkpoint.size(), *checkpoint.hash(), &tiles);
     assert_eq!(
         tlog::tree_hash(checkpoint.size(), &reader).expect("their tree_hash"),
