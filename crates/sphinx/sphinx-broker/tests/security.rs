@@ -247,9 +247,9 @@ fn a_subdaemon_gets_only_what_its_capabilities_allow() {
     let mut channeld = broker.master.client(peer, 7);
     channeld.send(&sign_message);
     assert!(channeld.recv().is_none(), "SignMessage needs MASTER");
-    let log = broker.proc.log_text();
-    assert!(log.contains("may not send SignMessage"), "{log}");
-    assert!(log.contains("may not send NewChannel"), "{log}");
+    // Each refusal is logged (the line may land just after the close).
+    broker.proc.wait_log("may not send SignMessage");
+    broker.proc.wait_log("may not send NewChannel");
     // lightningd's own connection is unaffected.
     driver::checks::ecdh(&mut broker.master, &home, 80);
     assert!(matches!(
@@ -404,10 +404,8 @@ fn malformed_hsmd_input_closes_only_its_connection() {
         secret: DisclosedSecret([7; 32]),
     });
     assert!(channel.recv().is_none());
-    assert!(
-        broker.proc.log_text().contains("refused the request"),
-        "logged loudly"
-    );
+    // Logged loudly (the line may land just after the close).
+    broker.proc.wait_log("refused the request");
     // Garbage on fd 3 itself ends the broker, with an error.
     std::io::Write::write_all(&mut broker.master.stream, &(1u32 << 24).to_be_bytes())
         .expect("write");
