@@ -266,6 +266,7 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
     let follow = tlog_node::peer::Follow {
         key: vkey.clone(),
         witnesses: Vec::new(),
+        cosigner: None,
     };
     tokio::spawn(
         tlog_node::peer::Peer::new(

@@ -684,20 +684,37 @@ fn an_origin_restored_from_an_old_backup_freezes_instead_of_forking() {
 /// tlog.md §5.3, §7: three members each run their own log and follow the
 /// other two on one sync port. C knows B only, so A's log reaches it
 /// through B. Every member serves every log at `/logs/<origin>/` with the
-/// origin's own notes, and `tlog_tiles` verifies each copy.
+/// origin's own notes, and `tlog_tiles` verifies each copy. Each member
+/// cosigns (mirror cosigner) what it holds whole, and a client policy
+/// requiring both other members' cosignatures accepts A's log from A and
+/// from either copy.
 #[test]
 fn three_members_follow_each_others_logs_on_one_port() {
     let dir = tempfile::tempdir().expect("tempdir");
     let names = ["a", "b", "c"];
     let origin = |m: &str| format!("{m}.example/log");
+    let cosigner = |m: &str| format!("{m}.example/mirror");
     // Keys first (a throwaway start each), then the members.
-    let vkeys: Vec<String> = names
+    let (vkeys, cosigners): (Vec<String>, Vec<String>) = names
         .iter()
         .map(|m| {
-            let node = start_with(&dir.path().join(m), &["--origin", &origin(m)]);
-            vkey(&node)
+            let node = start_with(
+                &dir.path().join(m),
+                &[
+                    "--origin",
+                    &origin(m),
+                    "--cosign",
+                    "--cosigner-name",
+                    &cosigner(m),
+                ],
+            );
+            let cvkey = std::fs::read_to_string(node.dir.join("cosigner-vkey"))
+                .expect("cosigner vkey")
+                .trim()
+                .to_string();
+            (vkey(&node), cvkey)
         })
-        .collect();
+        .unzip();
     let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
     let follow = |i: usize, via: Option<usize>| match via {
         Some(p) => format!("{}@{}", vkeys[i], sync_addr(ports[p])),
@@ -724,6 +741,16 @@ fn three_members_follow_each_others_logs_on_one_port() {
             for f in &args[i] {
                 a.extend(["--follow".to_string(), f.clone()]);
             }
+            a.extend([
+                "--cosign".to_string(),
+                "--cosigner-name".into(),
+                cosigner(m),
+            ]);
+            for (j, c) in cosigners.iter().enumerate() {
+                if j != i {
+                    a.extend(["--trust-cosigner".to_string(), c.clone()]);
+                }
+            }
             start_with(
                 &dir.path().join(m),
                 &a.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -734,11 +761,66 @@ fn three_members_follow_each_others_logs_on_one_port() {
         append(member, (0..100).map(|k| format!("{} {k}", names[i])));
     }
     for (i, m) in names.iter().enumerate() {
-        let own = published(&members[i], 100);
+        published(&members[i], 100);
         for member in &members {
             let url = format!("{}/logs/{}", member.url, origin(m));
-            assert_eq!(published_at(&url, 100), own, "{m}'s note, verbatim");
-            their_libraries_verify_at(&url, &vkeys[i], &own);
+            published_at(&url, 100);
+            // Cosignatures accumulate; every copy ends byte-identical to
+            // the origin's note (signature lines in canonical order).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let note = loop {
+                let (_, here, _) = get(&format!("{url}/checkpoint"));
+                let (_, there, _) = get(&format!("{}/checkpoint", members[i].url));
+                if here == there && String::from_utf8_lossy(&here).matches('\u{2014}').count() == 3
+                {
+                    break here;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{m}'s note never converged at {url}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            their_libraries_verify_at(&url, &vkeys[i], &note);
+        }
+    }
+    // Each member cosigned the others' logs once it held them whole; the
+    // cosignatures reach the origin and every copy, so a client requiring
+    // both other members' cosignatures accepts A's log from any member.
+    let policy = dir.path().join("a.policy");
+    std::fs::write(
+        &policy,
+        format!(
+            "log {}\nwitness b {}\nwitness c {}\ngroup mirrors all b c\nquorum mirrors\n",
+            vkeys[0], cosigners[1], cosigners[2]
+        ),
+    )
+    .expect("policy");
+    for url in [
+        members[0].url.clone(),
+        format!("{}/logs/{}", members[1].url, origin("a")),
+        format!("{}/logs/{}", members[2].url, origin("a")),
+    ] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = cli(&[
+                "checkpoint",
+                "--url",
+                &url,
+                "--policy",
+                policy.to_str().expect("utf8"),
+            ]);
+            if out.status.success() {
+                let line = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(line.starts_with("a.example/log 100 "), "{line}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url}: never cosigned by both: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     for member in &members {

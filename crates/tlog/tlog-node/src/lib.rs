@@ -418,6 +418,37 @@ impl<S: LogStore> LogNode<S> {
         }))
     }
 
+    /// Merges the signature lines of `note` (verified by the caller) into
+    /// the stored checkpoint of size `size` and root `root`, the latest;
+    /// republishes it when it is the published size (or this node mirrors
+    /// the log). Whether the stored note gained a line.
+    pub async fn merge_cosignatures(
+        &self,
+        size: u64,
+        root: tlog_core::Hash,
+        note: &Note,
+    ) -> Result<bool, StoreError> {
+        let before = self.store.checkpoint(self.log, Some(size)).await?;
+        match self
+            .store
+            .put_checkpoint(self.log, size, root, note.to_bytes())
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::CheckpointConflict) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let after = self.store.checkpoint(self.log, Some(size)).await?;
+        if before == after {
+            return Ok(false);
+        }
+        let published = self.published.borrow().as_ref().map(|p| p.size);
+        if self.key.is_none() || published == Some(size) {
+            self.publish_stored().await?;
+        }
+        Ok(true)
+    }
+
     /// The witnesses this log submits to.
     pub fn publisher(&self) -> &submit::Publish {
         &self.publish

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tlog_core::merkle::{self, Hash};
-use tlog_core::note::{KeyType, Note, VerifierKey};
+use tlog_core::note::{KeyType, Note, SignerKey, VerifierKey};
 use tlog_core::sync::{self, Frame, FrameError, HelloLog, Ident, Message};
 use tlog_core::{follow, Checkpoint, Evidence};
 use tlog_store::{LogId, LogStore, Status, StoreError};
@@ -126,6 +126,9 @@ pub struct Follow {
     /// Witnesses whose cosignatures are kept on notes taken from peers
     /// (all other cosignatures are dropped before storing or relaying).
     pub witnesses: Vec<VerifierKey>,
+    /// This node's mirror cosigner key (tlog.md §5.3): it cosigns a size
+    /// only once it has verified and durably stored every entry below it.
+    pub cosigner: Option<Arc<SignerKey>>,
 }
 
 /// One log inside the peer.
@@ -135,6 +138,8 @@ struct Log<S> {
     key: VerifierKey,
     /// Keys notes are checked with: the origin's and the witnesses'.
     keys: Vec<VerifierKey>,
+    /// This node's mirror cosigner key, if it cosigns this log.
+    cosigner: Option<Arc<SignerKey>>,
     /// One Inv/Evidence handler at a time for this log.
     sync: tokio::sync::Mutex<()>,
     /// Evidence digests already sent to every connected peer.
@@ -325,6 +330,7 @@ impl<S: LogStore> Peer<S> {
                     node,
                     key: follow.key,
                     keys,
+                    cosigner: follow.cosigner,
                     sync: tokio::sync::Mutex::new(()),
                     evidence_sent: Mutex::new(HashSet::new()),
                 };
@@ -840,11 +846,12 @@ impl<S: LogStore> Log<S> {
             .map(|(old, proof)| (*old, proof.as_slice()));
         let target = match follow::judge_note(&local, n, &root, ours_at_n, inv) {
             follow::Verdict::Known => {
-                // Keep the extra cosignatures; tell a peer that is behind.
-                if n == state.checkpoint_size {
-                    let _ = store
-                        .put_checkpoint(log, n, root, theirs.note.to_bytes())
-                        .await;
+                // Keep the extra cosignatures (relayed on if they are new);
+                // tell a peer that is behind.
+                if n == state.checkpoint_size
+                    && self.node.merge_cosignatures(n, root, &theirs.note).await?
+                {
+                    self.relay(peer).await;
                 }
                 inv_to(self, conn, false).await;
                 return Ok(());
@@ -1044,7 +1051,26 @@ impl<S: LogStore> Log<S> {
             .await?;
         self.node.publish_stored().await?;
         tracing::debug!(peer = %conn.name, size = n, "mirror up to date");
+        // Every entry below n is verified and durable: cosign n, and send
+        // the cosigned note to every peer (the origin included).
+        if let Some(key) = &self.cosigner {
+            let mut note = target.note.clone();
+            note.add(key.sign(note.text(), crate::now_secs()));
+            if self.node.merge_cosignatures(n, root, &note).await? {
+                self.relay(peer).await;
+            }
+        }
         Ok(())
+    }
+
+    /// Sends the stored checkpoint to every peer of this log, whatever it
+    /// showed: cosignatures merged into it travel on. Bounded: a note only
+    /// changes when a cosignature it lacked arrives.
+    async fn relay(&self, peer: &Peer<S>) {
+        let conns: Vec<_> = peer.conns.lock().expect("lock").values().cloned().collect();
+        for conn in conns {
+            inv_to(self, &conn, true).await;
+        }
     }
 
     async fn on_evidence(

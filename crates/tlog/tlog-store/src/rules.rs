@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use tlog_core::merkle::{self, Hash, NodeSource};
-use tlog_core::note::Note;
+use tlog_core::note::{Note, SignatureLine};
 use tlog_core::tile;
 
 use crate::{Appended, LogState, PutCheckpoint, StoreError, MAX_ENTRY};
@@ -320,16 +320,27 @@ pub fn merge_checkpoint(
     let Some(old) = existing else {
         return Ok((note.to_vec(), PutCheckpoint::Stored));
     };
-    let mut merged = Note::parse(old).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let stored = Note::parse(old).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut lines: Vec<SignatureLine> = stored.signatures().to_vec();
     for line in parsed.signatures() {
-        let newer = merged
-            .signatures()
-            .iter()
+        match lines
+            .iter_mut()
             .find(|l| l.name == line.name && l.id == line.id)
-            .is_none_or(|l| l.cosignature_time() < line.cosignature_time());
-        if newer {
-            merged.add(line.clone());
+        {
+            Some(held) if held.cosignature_time() < line.cosignature_time() => *held = line.clone(),
+            Some(_) => {}
+            None => lines.push(line.clone()),
         }
+    }
+    // Canonical order, so every node holding the same lines stores the
+    // same bytes: the first stored line (the log's signature) first, the
+    // others by key name and id.
+    if let Some((_, rest)) = lines.split_first_mut() {
+        rest.sort_by(|a, b| (&a.name, a.id).cmp(&(&b.name, b.id)));
+    }
+    let mut merged = Note::new(stored.text()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    for line in lines {
+        merged.add(line);
     }
     Ok((merged.to_bytes(), PutCheckpoint::Merged))
 }

@@ -74,6 +74,26 @@ struct Args {
     /// federation member follows the other members' logs.
     #[arg(long = "follow", env = "TLOGD_FOLLOW", value_delimiter = ',')]
     follow: Vec<String>,
+    /// Cosign every log this node follows (mirror cosigner, tlog.md §5.3):
+    /// a size only once every entry below it is verified and stored. The
+    /// key (`cosigner-key`, its vkey in `cosigner-vkey`) is made once.
+    #[arg(long, env = "TLOGD_COSIGN")]
+    cosign: bool,
+    /// The mirror cosigner key's name.
+    #[arg(
+        long,
+        env = "TLOGD_COSIGNER_NAME",
+        default_value = "localhost/tlogd/mirror"
+    )]
+    cosigner_name: String,
+    /// Keep this mirror cosigner's cosignatures on the notes of every log
+    /// served here (federation members trust each other's); repeat.
+    #[arg(
+        long = "trust-cosigner",
+        env = "TLOGD_TRUST_COSIGNER",
+        value_delimiter = ','
+    )]
+    trust_cosigner: Vec<String>,
     /// A federation peer to keep a connection to (`host:port` of its sync
     /// port); repeat for more. Peers announce new checkpoints to each
     /// other (Inv), mirrors fetch from any of them, and two checkpoints of
@@ -252,11 +272,39 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
     let mut app = node.clone().router(token, args.lk_rate);
     // Every log this node serves or follows, on the sync port, and over
     // HTTP at /logs/<origin>/ (the first also at /).
+    // Mirror cosigners whose lines this node keeps, and its own.
+    let trusted = args
+        .trust_cosigner
+        .iter()
+        .map(|v| {
+            tlog_core::note::VerifierKey::parse(v)
+                .map_err(|e| anyhow::anyhow!("--trust-cosigner {v:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cosigner = if args.cosign {
+        let key = key_file(
+            &dir.join("cosigner-key"),
+            &args.cosigner_name,
+            KeyType::Cosignature,
+        )?;
+        let vkey = key.verifier().to_string();
+        durable_file::replace(
+            &dir.join("cosigner-vkey"),
+            format!("{vkey}\n").as_bytes(),
+            0o644,
+        )?;
+        tracing::info!(%vkey, "cosigning the logs it follows once verified and stored");
+        Some(Arc::new(key))
+    } else {
+        None
+    };
     let mut logs = vec![(
         node.clone(),
         tlog_node::peer::Follow {
             key: origin_key,
-            witnesses: Vec::new(),
+            witnesses: trusted.clone(),
+            // The origin signs its own log; a mirror cosigns it.
+            cosigner: cosigner.clone().filter(|_| !node.is_sequencer()),
         },
     )];
     for follow in &args.follow {
@@ -278,7 +326,8 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             mirror,
             tlog_node::peer::Follow {
                 key,
-                witnesses: Vec::new(),
+                witnesses: trusted.clone(),
+                cosigner: cosigner.clone(),
             },
         ));
     }
