@@ -43,6 +43,10 @@ struct Args {
     /// for the HTTP read rows.
     #[arg(long, default_value_t = 1_000_000)]
     mirror_entries: u64,
+    /// Witnesses (on loopback) that must cosign before publication, for
+    /// the append → published row.
+    #[arg(long, default_value_t = 0)]
+    witnesses: usize,
     /// HTTP client threads.
     #[arg(long, default_value_t = 32)]
     http_clients: usize,
@@ -57,6 +61,8 @@ enum Phase {
     /// Over HTTP on loopback: appends through `POST add`, hot tiles, the
     /// inclusion proof endpoint, and a client's verified sync from tiles.
     Http,
+    /// Append → published checkpoint only (with `--witnesses`).
+    Publish,
     /// A witness's add-checkpoint (verify, compare-and-set, fsync,
     /// cosign) for `--callers` logs submitting concurrently, in process.
     Witness,
@@ -181,12 +187,35 @@ async fn publish_latency(args: &Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let store = Arc::new(RedbLogStore::open(&tmp.path().join("publish.redb"))?);
     let key = SignerKey::from_seed("bench.example/publish", KeyType::Ed25519, &[7; 32])?;
+    // `--witnesses` witnesses on loopback, each with its own store; every
+    // one must cosign before a checkpoint is published.
+    let mut targets = Vec::new();
+    for w in 0..args.witnesses {
+        let wstore = Arc::new(RedbLogStore::open(&tmp.path().join(format!("w{w}.redb")))?);
+        let wkey = SignerKey::from_seed(
+            &format!("bench.example/witness{w}"),
+            KeyType::Cosignature,
+            &[20 + w as u8; 32],
+        )?;
+        let vkey = wkey.verifier();
+        let witness = tlog_node::witness::Witness::new(wstore, wkey, vec![key.verifier()]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/witness", listener.local_addr()?);
+        let app = axum::Router::new().nest("/witness", witness.router());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        targets.push(tlog_node::submit::WitnessTarget::new(vkey, url));
+    }
+    let quorum = targets.len();
     let node = LogNode::start(
         store,
         key,
         LogOptions::default(),
         Duration::from_millis(args.interval_ms),
-        tlog_node::submit::Publish::default(),
+        tlog_node::submit::Publish {
+            witnesses: targets,
+            quorum,
+            ..tlog_node::submit::Publish::default()
+        },
     )
     .await?;
     let mut latencies = Vec::new();
@@ -204,8 +233,9 @@ async fn publish_latency(args: &Args) -> anyhow::Result<()> {
     }
     latencies.sort();
     println!(
-        "append → published checkpoint (interval {} ms, no witnesses): {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "append → published checkpoint (interval {} ms, {} witnesses): {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         args.interval_ms,
+        args.witnesses,
         latencies.len(),
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
@@ -605,6 +635,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.phase == Phase::Witness {
         return witness(&args).await;
+    }
+    if args.phase == Phase::Publish {
+        return publish_latency(&args).await;
     }
     if args.phase == Phase::Mirror {
         return mirror(&args).await;
