@@ -103,11 +103,82 @@ enum Job {
     ),
     Evidence(LogId, u64, Vec<u8>, oneshot::Sender<Result<(), StoreError>>),
     Status(LogId, Status, oneshot::Sender<Result<(), StoreError>>),
+    /// A read failed: check that the database still takes writes.
+    Check,
+}
+
+/// Opens the database file again.
+pub type Reopen = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
+
+/// The database, opened again after a storage failure. redb refuses every
+/// operation after one I/O error (ENOSPC, EIO) until the file is opened
+/// again, which restores its last committed state; without this, one full
+/// disk would keep the store out of service until a restart.
+struct Db {
+    current: std::sync::RwLock<Option<Arc<Database>>>,
+    /// `None` for a database a service shares with the store: its owner
+    /// opens it again.
+    reopen: Option<Reopen>,
+}
+
+impl Db {
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
+    }
+
+    /// Whether the database still takes writes (a probe commit).
+    fn healthy(&self) -> bool {
+        self.get()
+            .ok()
+            .and_then(|db| db.begin_write().ok())
+            .is_some_and(|txn| txn.commit().is_ok())
+    }
+
+    /// Opens the file again once every reader let go of the failed
+    /// handle; `Err` (logged by the caller) leaves the store unavailable
+    /// until the next attempt.
+    fn reopen(&self) -> Result<(), String> {
+        let Some(reopen) = &self.reopen else {
+            return Err("a shared database is reopened by its owner".into());
+        };
+        let mut current = self
+            .current
+            .write()
+            .map_err(|_| "lock poisoned".to_string())?;
+        if let Some(old) = current.take() {
+            // Readers hold a clone for one read only; new ones wait on the lock.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still) if std::time::Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *current = Some(still);
+                        return Err("readers still hold the failed database".into());
+                    }
+                }
+            }
+        }
+        let db = reopen().map_err(|e| e.to_string())?;
+        *current = Some(Arc::new(db));
+        Ok(())
+    }
 }
 
 /// The embedded log store. Dropping it finishes the queued writes.
 pub struct RedbLogStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     cache: Arc<TileCache>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
@@ -137,7 +208,18 @@ impl RedbLogStore {
                     .map_err(|e| storage(redb::StorageError::Io(e).into()))?;
             }
         }
-        Self::start(Arc::new(db), path)
+        let again = path.to_path_buf();
+        Self::start(db, path, Some(Box::new(move || Database::create(&again))))
+    }
+
+    /// Opens the database `open` gives (e.g. on a `StorageBackend` of the
+    /// caller's), and again with `open` after a storage failure.
+    pub fn open_with(path: &Path, open: Reopen) -> Result<Self, OpenError> {
+        let db = open().map_err(|e| OpenError::Storage {
+            path: path.to_path_buf(),
+            source: Box::new(e.into()),
+        })?;
+        Self::start(db, path, Some(open))
     }
 
     /// Keeps the log tables in a database the caller also writes (a
@@ -145,11 +227,19 @@ impl RedbLogStore {
     /// transactions with [`append_in`] and [`import_in`]. `path` names the
     /// file in errors.
     pub fn open_shared(db: Arc<Database>, path: &Path) -> Result<Self, OpenError> {
-        Self::start(db, path)
+        Self::start_arc(db, path, None)
     }
 
     /// Checks the format and every log's root (C5), then starts the writer.
-    fn start(db: Arc<Database>, path: &Path) -> Result<Self, OpenError> {
+    fn start(db: Database, path: &Path, reopen: Option<Reopen>) -> Result<Self, OpenError> {
+        Self::start_arc(Arc::new(db), path, reopen)
+    }
+
+    fn start_arc(
+        db: Arc<Database>,
+        path: &Path,
+        reopen: Option<Reopen>,
+    ) -> Result<Self, OpenError> {
         let storage = |source: redb::Error| OpenError::Storage {
             path: path.to_path_buf(),
             source: Box::new(source),
@@ -190,6 +280,10 @@ impl RedbLogStore {
         }
         txn.commit().map_err(|e| storage(e.into()))?;
         let (jobs, queue) = mpsc::channel();
+        let db = Arc::new(Db {
+            current: std::sync::RwLock::new(Some(db)),
+            reopen,
+        });
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("tlog-redb-writer".into())
@@ -222,12 +316,19 @@ impl RedbLogStore {
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(unavailable)?;
+        let result = tokio::task::spawn_blocking(move || {
+            let txn = db.get()?.begin_read().map_err(unavailable)?;
             f(&txn)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?;
+        if let Err(StoreError::Unavailable(_)) = &result {
+            // Maybe redb latched an I/O error: the writer checks and reopens.
+            if let Some(jobs) = &self.jobs {
+                let _ = jobs.send(Job::Check);
+            }
+        }
+        result
     }
 }
 
@@ -366,8 +467,14 @@ fn cached<'a, T: ReadableTable<&'static [u8], &'static [u8]>>(
 
 // ---- the writer ----
 
-fn run_writer(db: &Database, queue: &mpsc::Receiver<Job>) {
+fn run_writer(db: &Db, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
+        if let Job::Check = first {
+            if !db.healthy() {
+                recover(db);
+            }
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match queue.try_recv() {
@@ -375,15 +482,32 @@ fn run_writer(db: &Database, queue: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = match commit(db, &batch) {
+        batch.retain(|job| !matches!(job, Job::Check));
+        let results = match db.get().and_then(|handle| commit(&handle, &batch)) {
             Ok(results) => results,
             Err(e) => {
                 tracing::warn!(error = %e, jobs = batch.len(), "tlog redb commit failed; nothing written");
+                recover(db);
                 (0..batch.len()).map(|_| Err(unavailable(&e))).collect()
             }
         };
         for (job, result) in batch.into_iter().zip(results) {
             reply(job, result);
+        }
+    }
+}
+
+/// After a failed commit: opens the file again if redb no longer takes
+/// writes (it latches every I/O error), so service resumes once the cause
+/// (a full disk) is gone, without a restart.
+fn recover(db: &Db) {
+    if db.healthy() {
+        return;
+    }
+    match db.reopen() {
+        Ok(()) => tracing::warn!("tlog redb reopened after a storage failure"),
+        Err(e) => {
+            tracing::error!(error = %e, "tlog redb could not be reopened; retried at the next failure")
         }
     }
 }
@@ -398,6 +522,7 @@ enum Done {
 
 fn reply(job: Job, result: Result<Done, StoreError>) {
     match job {
+        Job::Check => {}
         Job::Create(.., tx) => {
             let _ = tx.send(result.and_then(|d| match d {
                 Done::Id(id) => Ok(id),
@@ -451,7 +576,7 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
             t.flush_appends(batch, &mut run, &mut results)?;
             let result = match job {
                 Job::Create(origin, options, _) => t.create(origin, *options).map(Done::Id),
-                Job::Append(..) => continue,
+                Job::Append(..) | Job::Check => continue,
                 Job::Import(log, start, entries, _) => {
                     t.import(log, *start, entries).map(|()| Done::Unit)
                 }
