@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 
 use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
+use redb_reopen::{Reopen, Reopening};
 use tokio::sync::oneshot;
 
 use crate::{Store, StoreError};
@@ -99,7 +100,8 @@ pub enum OpenError {
 /// The embedded store. Cheap to share behind an `Arc`; dropping the last
 /// handle finishes the queued puts and stops the writer thread.
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// Opened again after a storage failure (redb latches I/O errors).
+    db: Arc<Reopening>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -118,13 +120,13 @@ impl RedbStore {
             source: Box::new(source),
         };
         let existed = path.exists();
-        let db = Database::builder()
-            .set_cache_size(config.cache_bytes)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen(path.clone()),
-                e => storage(e.into()),
-            })?;
+        let (again, cache) = (path.clone(), config.cache_bytes);
+        let reopen: Reopen =
+            Box::new(move || Database::builder().set_cache_size(cache).create(&again));
+        let db = reopen().map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => OpenError::AlreadyOpen(path.clone()),
+            e => storage(e.into()),
+        })?;
         if !existed {
             // Make the new file's directory entry durable, or a crash could lose
             // the whole database along with its acknowledged writes.
@@ -132,6 +134,31 @@ impl RedbStore {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| storage(redb::StorageError::Io(e).into()))?;
         }
+        Self::start(db, &path, config, reopen)
+    }
+
+    /// Opens the database `open` gives (e.g. on a `StorageBackend` of the
+    /// caller's, as the fault tests do), and again with it after a storage
+    /// failure. `path` names the file in errors.
+    pub fn open_with(path: &Path, config: RedbConfig, open: Reopen) -> Result<Self, OpenError> {
+        let db = open().map_err(|e| OpenError::Storage {
+            path: path.to_path_buf(),
+            source: Box::new(e.into()),
+        })?;
+        Self::start(db, path, config, open)
+    }
+
+    fn start(
+        db: Database,
+        path: &Path,
+        config: RedbConfig,
+        reopen: Reopen,
+    ) -> Result<Self, OpenError> {
+        let path = path.to_path_buf();
+        let storage = |source: redb::Error| OpenError::Storage {
+            path: path.clone(),
+            source: Box::new(source),
+        };
         let txn = db.begin_write().map_err(|e| storage(e.into()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
@@ -152,7 +179,7 @@ impl RedbStore {
         }
         txn.commit().map_err(|e| storage(e.into()))?;
 
-        let db = Arc::new(db);
+        let db = Arc::new(Reopening::new(Arc::new(db), Some(reopen)));
         let (jobs, queue) = mpsc::channel();
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
@@ -193,13 +220,29 @@ impl Store for RedbStore {
 
     async fn get(&self, client: ClientId, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || read_prefix(&db, &client, &prefix))
+        tokio::task::spawn_blocking(move || reading(&db, |h| read_prefix(h, &client, &prefix)))
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
-fn run_writer(db: &Database, queue: &mpsc::Receiver<Job>, config: &RedbConfig) {
+/// One read on the current database; a storage failure makes the reader
+/// check it (and open it again if redb latched the failure).
+fn reading<T>(
+    db: &Reopening,
+    read: impl FnOnce(&Database) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let result = match db.get() {
+        Ok(handle) => read(&handle),
+        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+    };
+    if let Err(StoreError::Unavailable(_)) = &result {
+        db.recover("lss");
+    }
+    result
+}
+
+fn run_writer(db: &Reopening, queue: &mpsc::Receiver<Job>, config: &RedbConfig) {
     while let Ok(first) = queue.recv() {
         let mut bytes = payload_len(&first.put);
         let mut batch = vec![first];
@@ -212,7 +255,13 @@ fn run_writer(db: &Database, queue: &mpsc::Receiver<Job>, config: &RedbConfig) {
                 Err(_) => break,
             }
         }
-        match commit_batch(db, &batch, config.max_namespace_bytes) {
+        let committed = match db.get() {
+            Ok(handle) => {
+                commit_batch(&handle, &batch, config.max_namespace_bytes).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match committed {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     // The caller may have gone away (request cancelled); the
@@ -223,8 +272,9 @@ fn run_writer(db: &Database, queue: &mpsc::Receiver<Job>, config: &RedbConfig) {
             Err(e) => {
                 tracing::warn!(error = %e, puts = batch.len(), "redb commit failed; batch not written");
                 for job in batch {
-                    let _ = job.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                    let _ = job.reply.send(Err(StoreError::Unavailable(e.clone())));
                 }
+                db.recover("lss");
             }
         }
     }
@@ -382,16 +432,26 @@ impl crate::Bulk for RedbStore {
         limit: usize,
     ) -> Result<Vec<crate::Entry>, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || scan(&db, after, limit))
+        tokio::task::spawn_blocking(move || reading(&db, |h| scan(h, after, limit)))
             .await
             .map_err(|e| StoreError::Unavailable(format!("scan task failed: {e}")))?
     }
 
     async fn load(&self, entries: Vec<crate::Entry>) -> Result<u64, crate::LoadError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || load(&db, &entries))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("load task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let handle = db
+                .get()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let loaded = load(&handle, &entries);
+            drop(handle);
+            if loaded.is_err() {
+                db.recover("lss");
+            }
+            loaded
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("load task failed: {e}")))?
     }
 }
 

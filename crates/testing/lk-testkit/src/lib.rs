@@ -1248,3 +1248,69 @@ pub async fn grpc_conformance<S: Store + Clone>(store: S) {
     }
     server.stop().await;
 }
+
+/// Storage faults for redb: a file backend whose writes fail on demand.
+pub mod redb_faults {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A file backend that fails every write, resize and sync while `fail`
+    /// is set (a full or failing disk); reads still work.
+    #[derive(Debug)]
+    pub struct FaultyBackend {
+        inner: redb::backends::FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl FaultyBackend {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected: no space left on device"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FaultyBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.inner.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    /// Opens (each call: again) the redb file at `path` on a
+    /// [`FaultyBackend`] that fails while `fail` is set.
+    pub fn opener(
+        path: PathBuf,
+        fail: Arc<AtomicBool>,
+    ) -> impl Fn() -> Result<redb::Database, redb::DatabaseError> + Send + Sync + 'static {
+        move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+            redb::Builder::new().create_with_backend(FaultyBackend {
+                inner: redb::backends::FileBackend::new(file)?,
+                fail: fail.clone(),
+            })
+        }
+    }
+}

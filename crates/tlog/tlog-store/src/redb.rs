@@ -107,74 +107,8 @@ enum Job {
     Check,
 }
 
-/// Opens the database file again.
-pub type Reopen = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync>;
-
-/// The database, opened again after a storage failure. redb refuses every
-/// operation after one I/O error (ENOSPC, EIO) until the file is opened
-/// again, which restores its last committed state; without this, one full
-/// disk would keep the store out of service until a restart.
-struct Db {
-    current: std::sync::RwLock<Option<Arc<Database>>>,
-    /// `None` for a database a service shares with the store: its owner
-    /// opens it again.
-    reopen: Option<Reopen>,
-}
-
-impl Db {
-    fn get(&self) -> Result<Arc<Database>, StoreError> {
-        self.current
-            .read()
-            .ok()
-            .and_then(|c| c.clone())
-            .ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
-    }
-
-    /// Whether the database still takes writes (a probe commit).
-    fn healthy(&self) -> bool {
-        self.get()
-            .ok()
-            .and_then(|db| db.begin_write().ok())
-            .is_some_and(|txn| txn.commit().is_ok())
-    }
-
-    /// Opens the file again once every reader let go of the failed
-    /// handle; `Err` (logged by the caller) leaves the store unavailable
-    /// until the next attempt.
-    fn reopen(&self) -> Result<(), String> {
-        let Some(reopen) = &self.reopen else {
-            return Err("a shared database is reopened by its owner".into());
-        };
-        let mut current = self
-            .current
-            .write()
-            .map_err(|_| "lock poisoned".to_string())?;
-        if let Some(old) = current.take() {
-            // Readers hold a clone for one read only; new ones wait on the lock.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            let mut old = old;
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        drop(db);
-                        break;
-                    }
-                    Err(still) if std::time::Instant::now() < deadline => {
-                        old = still;
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    Err(still) => {
-                        *current = Some(still);
-                        return Err("readers still hold the failed database".into());
-                    }
-                }
-            }
-        }
-        let db = reopen().map_err(|e| e.to_string())?;
-        *current = Some(Arc::new(db));
-        Ok(())
-    }
-}
+pub use redb_reopen::Reopen;
+use redb_reopen::Reopening as Db;
 
 /// The embedded log store. Dropping it finishes the queued writes.
 pub struct RedbLogStore {
@@ -280,10 +214,7 @@ impl RedbLogStore {
         }
         txn.commit().map_err(|e| storage(e.into()))?;
         let (jobs, queue) = mpsc::channel();
-        let db = Arc::new(Db {
-            current: std::sync::RwLock::new(Some(db)),
-            reopen,
-        });
+        let db = Arc::new(Db::new(db, reopen));
         let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("tlog-redb-writer".into())
@@ -317,7 +248,11 @@ impl RedbLogStore {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let txn = db.get()?.begin_read().map_err(unavailable)?;
+            let txn = db
+                .get()
+                .map_err(unavailable)?
+                .begin_read()
+                .map_err(unavailable)?;
             f(&txn)
         })
         .await
@@ -470,9 +405,7 @@ fn cached<'a, T: ReadableTable<&'static [u8], &'static [u8]>>(
 fn run_writer(db: &Db, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         if let Job::Check = first {
-            if !db.healthy() {
-                recover(db);
-            }
+            db.recover("tlog");
             continue;
         }
         let mut batch = vec![first];
@@ -483,31 +416,20 @@ fn run_writer(db: &Db, queue: &mpsc::Receiver<Job>) {
             }
         }
         batch.retain(|job| !matches!(job, Job::Check));
-        let results = match db.get().and_then(|handle| commit(&handle, &batch)) {
+        let results = match db
+            .get()
+            .map_err(unavailable)
+            .and_then(|handle| commit(&handle, &batch))
+        {
             Ok(results) => results,
             Err(e) => {
                 tracing::warn!(error = %e, jobs = batch.len(), "tlog redb commit failed; nothing written");
-                recover(db);
+                db.recover("tlog");
                 (0..batch.len()).map(|_| Err(unavailable(&e))).collect()
             }
         };
         for (job, result) in batch.into_iter().zip(results) {
             reply(job, result);
-        }
-    }
-}
-
-/// After a failed commit: opens the file again if redb no longer takes
-/// writes (it latches every I/O error), so service resumes once the cause
-/// (a full disk) is gone, without a restart.
-fn recover(db: &Db) {
-    if db.healthy() {
-        return;
-    }
-    match db.reopen() {
-        Ok(()) => tracing::warn!("tlog redb reopened after a storage failure"),
-        Err(e) => {
-            tracing::error!(error = %e, "tlog redb could not be reopened; retried at the next failure")
         }
     }
 }

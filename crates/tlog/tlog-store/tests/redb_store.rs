@@ -93,44 +93,6 @@ async fn a_service_appends_in_its_own_transaction() {
     assert_eq!(store.state(log).await.expect("state").root, tree.root());
 }
 
-/// A file backend that fails every write while `fail` is set (a full or
-/// failing disk).
-#[derive(Debug)]
-struct Faulty {
-    inner: redb::backends::FileBackend,
-    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Faulty {
-    fn check(&self) -> std::io::Result<()> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(std::io::Error::other("injected: no space left on device"));
-        }
-        Ok(())
-    }
-}
-
-impl redb::StorageBackend for Faulty {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        self.inner.read(offset, len)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.sync_data(eventual)
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
-
 /// tlog.md §6.5: a storage failure (a full disk) is `Unavailable`, leaves
 /// what was committed unchanged, and once the disk is fine again the store
 /// serves reads and appends without a restart (redb latches an I/O error
@@ -143,22 +105,7 @@ async fn a_failing_disk_is_unavailable_and_the_store_recovers_without_restart() 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("faulty.redb");
     let fail = Arc::new(AtomicBool::new(false));
-    let open = {
-        let (path, fail) = (path.clone(), fail.clone());
-        move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-            redb::Builder::new().create_with_backend(Faulty {
-                inner: redb::backends::FileBackend::new(file)?,
-                fail: fail.clone(),
-            })
-        }
-    };
+    let open = lk_testkit::redb_faults::opener(path.clone(), fail.clone());
     let store = RedbLogStore::open_with(&path, Box::new(open)).expect("open");
     let log = store
         .create_log("log.example/faulty", LogOptions::default())
