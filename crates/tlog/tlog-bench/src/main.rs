@@ -157,13 +157,22 @@ async fn load<S: LogStore>(
             })
         })
         .collect();
+    let (took, all) = gather(start, tasks).await?;
+    Ok((store.state(log).await?.size, took, all))
+}
+
+/// Every task's latencies, sorted, and the seconds since `start`.
+async fn gather(
+    start: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await?);
     }
     let took = start.elapsed().as_secs_f64();
     all.sort();
-    Ok((store.state(log).await?.size, took, all))
+    Ok((took, all))
 }
 
 fn report(what: &str, args: &Args, size: u64, took: f64, all: &[Duration], bytes: Option<u64>) {
@@ -491,7 +500,7 @@ fn client_sync(
     vkey: tlog_core::note::VerifierKey,
     size: u64,
 ) -> anyhow::Result<(u64, f64)> {
-    use tlog_core::entry_sync::{EntrySync, Fetch};
+    use tlog_core::entry_sync::EntrySync;
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let get = |path: &str| -> anyhow::Result<Vec<u8>> {
         Ok(agent
@@ -520,30 +529,7 @@ fn client_sync(
     )?;
     let mut count = 0u64;
     while let Some(fetch) = sync.poll_fetch() {
-        let released = match fetch {
-            Fetch::Bundle { index, width } => {
-                let path = tlog_core::TileId {
-                    level: None,
-                    index,
-                    width,
-                }
-                .path();
-                sync.handle_bundle(&get(&path)?)?
-            }
-            Fetch::Proof { old, new } => {
-                let body = get(&format!("lk/v1/consistency?old={old}&size={new}"))?;
-                let proof: Vec<tlog_core::Hash> = String::from_utf8(body)?
-                    .lines()
-                    .skip(2)
-                    .map(|l| {
-                        tlog_core::note::b64decode(l)
-                            .and_then(|b| b.try_into().ok())
-                            .ok_or_else(|| anyhow::anyhow!("bad proof line"))
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                sync.handle_proof(&proof)?
-            }
-        };
+        let released = sync.handle(&fetch, &get(&fetch.path())?)?;
         count += released.len() as u64;
     }
     Ok((count, start.elapsed().as_secs_f64()))
@@ -614,12 +600,7 @@ async fn witness(args: &Args) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await?);
-    }
-    let took = start.elapsed().as_secs_f64();
-    all.sort();
+    let (took, all) = gather(start, tasks).await?;
     println!(
         "witness add-checkpoint, {} logs submitting: {:.0} cosignatures/s durable; latency p50 {:.2} ms, p99 {:.2} ms",
         args.callers,

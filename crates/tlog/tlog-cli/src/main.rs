@@ -10,9 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tlog_core::entry_sync::{EntrySync, Fetch};
-use tlog_core::merkle::Hash;
-use tlog_core::note::{b64decode, VerifierKey};
+use tlog_core::entry_sync::{consistency_path, proof_lines, EntrySync};
+use tlog_core::note::VerifierKey;
 use tlog_core::view::{LogView, Offer, ViewError};
 use tlog_core::{Evidence, Policy};
 
@@ -196,19 +195,6 @@ impl Trust {
     }
 }
 
-/// The hashes of an `lk/v1` proof response after its `n` header lines.
-fn proof_lines(body: &[u8], headers: usize) -> anyhow::Result<Vec<Hash>> {
-    let text = std::str::from_utf8(body)?;
-    text.lines()
-        .skip(headers)
-        .map(|l| {
-            b64decode(l)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| anyhow::anyhow!("malformed proof line {l:?}"))
-        })
-        .collect()
-}
-
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Checkpoint { log } => {
@@ -326,13 +312,8 @@ fn sync(log: &Log, state: &std::path::Path, out: Option<&std::path::Path>) -> an
         .and_then(|n| tlog_core::Checkpoint::parse(n.text()).ok())
         .ok_or_else(|| anyhow::anyhow!("the checkpoint does not parse"))?;
     let proof = match view.needs_proof(offered.size) {
-        Some((old, new)) => proof_lines(
-            &fetch(&join(
-                &log.url,
-                &format!("lk/v1/consistency?old={old}&size={new}"),
-            ))?,
-            2,
-        )?,
+        Some((old, new)) => proof_lines(&fetch(&join(&log.url, &consistency_path(old, new)))?, 2)
+            .map_err(|e| Misbehaved(e.to_string()))?,
         None => Vec::new(),
     };
     match view.offer(&note, &proof, now()) {
@@ -361,25 +342,10 @@ fn sync(log: &Log, state: &std::path::Path, out: Option<&std::path::Path>) -> an
     let mut lines = String::new();
     let mut count = 0u64;
     while let Some(fetch_next) = sync.poll_fetch() {
-        let released = match fetch_next {
-            Fetch::Bundle { index, width } => {
-                let path = tlog_core::TileId {
-                    level: None,
-                    index,
-                    width,
-                }
-                .path();
-                sync.handle_bundle(&fetch(&join(&log.url, &path))?)
-            }
-            Fetch::Proof { old, new } => {
-                let body = fetch(&join(
-                    &log.url,
-                    &format!("lk/v1/consistency?old={old}&size={new}"),
-                ))?;
-                sync.handle_proof(&proof_lines(&body, 2)?)
-            }
-        }
-        .map_err(|e| Misbehaved(format!("entries from {}: {e}", log.url)))?;
+        let body = fetch(&join(&log.url, &fetch_next.path()))?;
+        let released = sync
+            .handle(&fetch_next, &body)
+            .map_err(|e| Misbehaved(format!("entries from {}: {e}", log.url)))?;
         for (_, entry) in released {
             count += 1;
             if out.is_some() {

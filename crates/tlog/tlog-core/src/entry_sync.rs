@@ -37,6 +37,41 @@ pub enum Fetch {
     },
 }
 
+impl Fetch {
+    /// The resource below the log's URL prefix that answers it: the entry
+    /// bundle's tile path, or `lk/v1/consistency` (tlog.md §4.5).
+    pub fn path(&self) -> String {
+        match *self {
+            Fetch::Bundle { index, width } => crate::tile::TileId {
+                level: None,
+                index,
+                width,
+            }
+            .path(),
+            Fetch::Proof { old, new } => consistency_path(old, new),
+        }
+    }
+}
+
+/// `lk/v1/consistency?old=<old>&size=<new>` (tlog.md §4.5).
+pub fn consistency_path(old: u64, new: u64) -> String {
+    format!("lk/v1/consistency?old={old}&size={new}")
+}
+
+/// The proof hashes of an `lk/v1` proof response: `headers` header lines
+/// (`old M`, `size N`…), then one base64 hash per line.
+pub fn proof_lines(body: &[u8], headers: usize) -> Result<Vec<Hash>, SyncError> {
+    let text = std::str::from_utf8(body).map_err(|_| SyncError::ProofBody("not UTF-8"))?;
+    text.lines()
+        .skip(headers)
+        .map(|l| {
+            crate::note::b64decode(l)
+                .and_then(|b| Hash::try_from(b.as_slice()).ok())
+                .ok_or(SyncError::ProofBody("a line is not a base64 hash"))
+        })
+        .collect()
+}
+
 /// Why a fetched body was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyncError {
@@ -57,6 +92,9 @@ pub enum SyncError {
     /// An answer to something not asked.
     #[error("unexpected fetch result")]
     Unexpected,
+    /// A proof response that does not parse.
+    #[error("malformed proof response: {0}")]
+    ProofBody(&'static str),
 }
 
 /// A sync of `[range.size(), target)`.
@@ -134,6 +172,16 @@ impl EntrySync {
         };
         self.awaiting = Some(fetch);
         Some(fetch)
+    }
+
+    /// Hands back the body fetched for `fetch` (from [`Fetch::path`]):
+    /// what [`EntrySync::handle_bundle`] or [`EntrySync::handle_proof`]
+    /// releases.
+    pub fn handle(&mut self, fetch: &Fetch, body: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, SyncError> {
+        match fetch {
+            Fetch::Bundle { .. } => self.handle_bundle(body),
+            Fetch::Proof { .. } => self.handle_proof(&proof_lines(body, 2)?),
+        }
     }
 
     /// Takes a bundle's body; returns the entries (index, bytes) that are

@@ -159,3 +159,40 @@ fn malformed_bundles_are_refused() {
     ));
     assert!(EntrySync::new(source.tree.range().clone(), 100, root).is_err());
 }
+
+/// The paths a sync asks for, and proof responses as a hostile server
+/// might send them.
+#[test]
+fn fetch_paths_and_proof_responses() {
+    use tlog_core::entry_sync::{proof_lines, Fetch};
+    assert_eq!(
+        Fetch::Bundle {
+            index: 1000,
+            width: 256
+        }
+        .path(),
+        "tile/entries/x001/000"
+    );
+    assert_eq!(
+        Fetch::Bundle { index: 0, width: 7 }.path(),
+        "tile/entries/000.p/7"
+    );
+    assert_eq!(
+        Fetch::Proof { old: 256, new: 300 }.path(),
+        "lk/v1/consistency?old=256&size=300"
+    );
+    let hash = tlog_core::note::b64encode(&[7u8; 32]);
+    let good = format!("old 256\nsize 300\n{hash}\n{hash}\n");
+    assert_eq!(proof_lines(good.as_bytes(), 2), Ok(vec![[7u8; 32]; 2]));
+    for bad in [
+        format!("old 256\nsize 300\n{hash}\nnot base64\n"),
+        format!(
+            "old 256\nsize 300\n{}\n",
+            tlog_core::note::b64encode(&[7u8; 31])
+        ),
+        "old 256\nsize 300\n\u{0}\u{ff}".to_string(),
+    ] {
+        assert!(proof_lines(bad.as_bytes(), 2).is_err(), "{bad:?}");
+    }
+    assert!(proof_lines(&[0xff, 0xfe], 0).is_err(), "not UTF-8");
+}
