@@ -8,6 +8,11 @@
 
 tonic::include_proto!("lss");
 
+/// The encoded `FileDescriptorSet` of `lss.proto` and `lightkeeper.proto`,
+/// for the gRPC reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lss_descriptor.bin"));
+
 /// The path by which the generated `lightkeeper` code names `lss` types.
 mod lss {
     pub(crate) use super::{GetRequest, KeyValue};

@@ -21,10 +21,53 @@ pub mod status;
 use std::future::Future;
 use std::time::Duration;
 
-use lss_core::{Limits, ServerKey};
+use lss_core::{ClientId, Limits, ServerKey};
 use lss_store::Store;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, ServerTlsConfig};
+
+/// How often the store is probed for gRPC health.
+pub const HEALTH_PROBE: Duration = Duration::from_secs(1);
+
+/// Keeps `grpc.health.v1.Health` true to the store: SERVING for `""` and
+/// `lss.LightningStorage` while a read of an (empty) namespace succeeds,
+/// NOT_SERVING while the store answers `Unavailable` (a database that
+/// cannot be reached, a disk that fails).
+async fn watch_health<S: Store>(
+    store: std::sync::Arc<S>,
+    probe: ClientId,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let status = match store.get(probe, "lightkeeper-health-probe".into()).await {
+            Ok(_) => ServingStatus::Serving,
+            Err(_) => ServingStatus::NotServing,
+        };
+        if last != Some(status) {
+            for service in ["", "lss.LightningStorage"] {
+                reporter.set_service_status(service, status).await;
+            }
+            if status == ServingStatus::NotServing {
+                tracing::warn!("the store cannot be read: health is NOT_SERVING");
+            } else if last.is_some() {
+                tracing::info!("the store answers again: health is SERVING");
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE).await;
+    }
+}
+
+/// A task stopped when its handle goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// How long a shutdown waits for clients to finish and close their
 /// connections before the server stops anyway. A put whose client is cut off
@@ -32,7 +75,9 @@ use tonic::transport::{Server, ServerTlsConfig};
 /// has started, only the reply is lost, as with any network failure.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves `lss.LightningStorage` on `listener` until `shutdown` resolves, then
+/// Serves `lss.LightningStorage`, the Lightkeeper extensions, gRPC health
+/// (true to the store, see [`HEALTH_PROBE`]) and reflection on `listener`
+/// until `shutdown` resolves, then
 /// stops accepting and waits, at most [`SHUTDOWN_GRACE`], for in-flight
 /// requests and open connections (so an acknowledged put has always been
 /// committed, and an idle or stalled client cannot hold the shutdown up).
@@ -65,16 +110,39 @@ pub async fn serve<S: Store>(
         builder = builder.tls_config(tls)?;
     }
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let store = std::sync::Arc::new(store);
+    let probe = ClientId::from(key.public_key());
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let watching = tokio::spawn(watch_health(store.clone(), probe, health_reporter));
     let (lss, extensions) = service::LssService::new(store, key, limits).into_servers();
+    // Reflection in both versions clients ask for (grpcurl tries v1, the
+    // Python and Go reflection clients still use v1alpha).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lss_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => (Some(v1), Some(v1alpha)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "gRPC reflection not served");
+                (None, None)
+            }
+        };
     let server = builder
         .layer(status::request_limit_layer())
         .add_service(lss)
         .add_service(extensions)
+        .add_service(health)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown.await;
             let _ = stopping.send(());
         });
     tokio::pin!(server);
+    let _watching = AbortOnDrop(watching);
     tokio::select! {
         result = &mut server => result,
         () = async {

@@ -103,3 +103,92 @@ async fn backend_outage_is_unavailable_and_service_resumes_after_it() {
     );
     assert_eq!(signer.dump(&mut grpc).await, after);
 }
+
+/// What standard gRPC tooling runs, in Python (`grpcio-health-checking`,
+/// `grpcio-reflection`, code nobody here wrote): `services` lists what
+/// reflection advertises, `check` prints the health of the whole server.
+const PROBE: &str = r#"
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+channel = grpc.insecure_channel(sys.argv[1])
+if sys.argv[2] == "services":
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    for answer in stub.ServerReflectionInfo(iter([ask]), timeout=5):
+        for service in answer.list_services_response.service:
+            print(service.name)
+else:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=sys.argv[3]), timeout=5)
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+"#;
+
+fn probe(python: &std::path::Path, addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let out = std::process::Command::new(python)
+        .args(["-c", PROBE, &addr.to_string()])
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// Waits (up to 20 s) until the health of `service` reads `want`.
+fn health_becomes(python: &std::path::Path, addr: std::net::SocketAddr, service: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = probe(python, addr, &["check", service]);
+        if status.trim() == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health of {service:?} stayed {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Issue 13: gRPC health and reflection on lssd's port, answered to
+/// standard Python clients; health is NOT_SERVING while the store cannot
+/// be read and SERVING again once it can, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_store_and_reflection_lists_the_services() {
+    let python = tokio::task::spawn_blocking(|| {
+        lk_testkit::python::venv(&["grpcio", "grpcio-health-checking", "grpcio-reflection"])
+    })
+    .await
+    .expect("venv");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Flaky {
+        inner: Arc::new(RedbStore::open(dir.path(), RedbConfig::default()).expect("open")),
+        down: Arc::new(AtomicBool::new(false)),
+    };
+    let server = Lssd::serve(store.clone(), Options::default()).await;
+    let addr = server.addr;
+    let down = store.down.clone();
+    tokio::task::spawn_blocking(move || {
+        let services = probe(&python, addr, &["services"]);
+        for name in [
+            "lss.LightningStorage",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(services.lines().any(|l| l == name), "{name} in {services}");
+        }
+        health_becomes(&python, addr, "", "SERVING");
+        health_becomes(&python, addr, "lss.LightningStorage", "SERVING");
+        down.store(true, Ordering::SeqCst);
+        health_becomes(&python, addr, "", "NOT_SERVING");
+        health_becomes(&python, addr, "lss.LightningStorage", "NOT_SERVING");
+        down.store(false, Ordering::SeqCst);
+        health_becomes(&python, addr, "", "SERVING");
+    })
+    .await
+    .expect("probes");
+}

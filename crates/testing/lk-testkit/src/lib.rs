@@ -1314,3 +1314,45 @@ pub mod redb_faults {
         }
     }
 }
+
+/// Clients nobody here wrote, in Python: a virtual environment with the
+/// packages a test needs, made once per package set (PyPI is reachable
+/// from the machines the suite runs on) and reused by later runs.
+pub mod python {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// The `python` of a venv holding `packages` (pip names).
+    pub fn venv(packages: &[&str]) -> PathBuf {
+        let name = packages
+            .join("+")
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '+', "_");
+        let dir = std::env::temp_dir().join(format!("lightkeeper-py-{name}"));
+        let python = dir.join("bin").join("python");
+        if python.exists() {
+            return python;
+        }
+        // Built aside and renamed into place, so concurrent tests never
+        // use a half-made venv.
+        let building =
+            std::env::temp_dir().join(format!("lightkeeper-py-{name}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&building);
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&building)
+            .status()
+            .expect("python3 is installed");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = Command::new(building.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
+            .status()
+            .expect("pip runs");
+        assert!(installed.success(), "pip install {packages:?} failed");
+        if std::fs::rename(&building, &dir).is_err() {
+            // Another test made it first.
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        python
+    }
+}
