@@ -678,6 +678,25 @@ fn an_origin_restored_from_an_old_backup_freezes_instead_of_forking() {
     let evidence = served_evidence(&b);
     assert_eq!(evidence.len(), 1);
     assert_eq!(served_evidence(&a), evidence);
+    // Equivocated: the origin signs and takes nothing more, and no flag
+    // undoes that.
+    assert_eq!(
+        post(&format!("{}/add", a.url), Some(&token(&a)), b"more"),
+        503
+    );
+    drop(a);
+    let refused = std::process::Command::new(lk_testkit::process::workspace_binary("tlogd"))
+        .args(["--data-dir", a_dir.to_str().expect("utf8")])
+        .args(["--listen", "127.0.0.1:0", "--sync-listen", "127.0.0.1:0"])
+        .arg("--danger-unfreeze")
+        .output()
+        .expect("run tlogd");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("which no flag undoes"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_eq!(independent_check(&evidence[0], &vkey), (21, 50));
 }
 
