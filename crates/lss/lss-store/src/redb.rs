@@ -256,12 +256,42 @@ fn run_writer(db: &Reopening, queue: &mpsc::Receiver<Job>, config: &RedbConfig) 
             }
         }
         let committed = match db.get() {
-            Ok(handle) => {
-                commit_batch(&handle, &batch, config.max_namespace_bytes).map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
+            Ok(handle) => commit_batch(&handle, &batch, config.max_namespace_bytes),
+            Err(e) => Err(Failed::Before(e.to_string())),
         };
-        match committed {
+        let outcomes = match committed {
+            Ok(outcomes) => Ok(outcomes),
+            Err(Failed::Before(e)) => {
+                tracing::warn!(error = %e, puts = batch.len(), "redb commit failed; batch not written");
+                db.recover("lss");
+                Err(e)
+            }
+            Err(Failed::InDoubt { outcomes, error }) => {
+                // The COMMIT itself failed: with a failing disk redb may
+                // still have made it durable. Reopen, then read back: the
+                // caller learns the truth, not "maybe".
+                db.recover("lss");
+                match db.get().ok().map(|h| landed(&h, &batch, &outcomes)) {
+                    Some(Ok(true)) => {
+                        tracing::warn!(
+                            puts = batch.len(),
+                            "a redb commit reported failure but landed; acknowledged"
+                        );
+                        Ok(outcomes)
+                    }
+                    Some(Ok(false)) => {
+                        tracing::warn!(error = %error, puts = batch.len(), "redb commit failed; batch not written");
+                        Err(error)
+                    }
+                    _ => {
+                        tracing::error!(error = %error, puts = batch.len(),
+                            "redb commit failed and the store cannot be read back: outcome unknown until it is");
+                        Err(error)
+                    }
+                }
+            }
+        };
+        match outcomes {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     // The caller may have gone away (request cancelled); the
@@ -270,11 +300,9 @@ fn run_writer(db: &Reopening, queue: &mpsc::Receiver<Job>, config: &RedbConfig) 
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, puts = batch.len(), "redb commit failed; batch not written");
                 for job in batch {
                     let _ = job.reply.send(Err(StoreError::Unavailable(e.clone())));
                 }
-                db.recover("lss");
             }
         }
     }
@@ -293,32 +321,81 @@ type Outcome = Result<PutOutcome, StoreError>;
 #[allow(clippy::result_large_err)]
 /// Applies a batch in one transaction. The outer error (storage) fails the
 /// whole batch; the inner results are per put.
-fn commit_batch(
-    db: &Database,
-    batch: &[Job],
-    max_namespace: u64,
-) -> Result<Vec<Outcome>, redb::Error> {
-    let mut txn = db.begin_write()?;
+fn commit_batch(db: &Database, batch: &[Job], max_namespace: u64) -> Result<Vec<Outcome>, Failed> {
+    let before = |e: redb::Error| Failed::Before(e.to_string());
+    let mut txn = db.begin_write().map_err(|e| before(e.into()))?;
     txn.set_durability(Durability::Immediate);
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut wrote = false;
     {
-        let mut kv = txn.open_table(KV)?;
-        let mut usage = txn.open_table(USAGE)?;
+        let mut kv = txn.open_table(KV).map_err(|e| before(e.into()))?;
+        let mut usage = txn.open_table(USAGE).map_err(|e| before(e.into()))?;
         let mut key_buf = Vec::new();
         for job in batch {
-            let outcome = apply(&mut kv, &mut usage, &mut key_buf, &job.put, max_namespace)?;
+            let outcome = apply(&mut kv, &mut usage, &mut key_buf, &job.put, max_namespace)
+                .map_err(before)?;
             wrote |= matches!(outcome, Ok(PutOutcome::Committed)) && !job.put.kvs().is_empty();
             outcomes.push(outcome);
         }
     }
     if wrote {
-        txn.commit()?;
+        if let Err(e) = txn.commit() {
+            return Err(Failed::InDoubt {
+                outcomes,
+                error: e.to_string(),
+            });
+        }
     } else {
         // Only conflicts and refusals: nothing to make durable.
-        txn.abort()?;
+        txn.abort().map_err(|e| before(e.into()))?;
     }
     Ok(outcomes)
+}
+
+/// Why a batch was not acknowledged.
+enum Failed {
+    /// Before its COMMIT: nothing written.
+    Before(String),
+    /// The COMMIT failed: written or not, to be read back.
+    InDoubt {
+        /// What the batch decided for each put.
+        outcomes: Vec<Outcome>,
+        /// The failure.
+        error: String,
+    },
+}
+
+/// Whether a batch whose COMMIT failed is in the store: its last committed
+/// put's entries are there at their new versions (a put only ever raises a
+/// version, so they cannot have been there before; one transaction lands
+/// whole or not at all).
+fn landed(db: &Database, batch: &[Job], outcomes: &[Outcome]) -> Result<bool, redb::Error> {
+    let Some(job) = batch
+        .iter()
+        .zip(outcomes)
+        .rev()
+        .find(|(job, o)| matches!(o, Ok(PutOutcome::Committed)) && !job.put.kvs().is_empty())
+        .map(|(job, _)| job)
+    else {
+        return Ok(false);
+    };
+    let txn = db.begin_read()?;
+    let kv = txn.open_table(KV)?;
+    let mut key_buf = Vec::new();
+    for item in job.put.kvs() {
+        composite_key(&mut key_buf, job.put.client().as_bytes(), &item.key);
+        let stored = kv.get(key_buf.as_slice())?;
+        let matches = stored
+            .as_ref()
+            .and_then(|g| decode(g.value()).ok())
+            .is_some_and(|(version, value)| {
+                version == item.version && value == item.value.as_slice()
+            });
+        if !matches {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[allow(clippy::result_large_err)]
