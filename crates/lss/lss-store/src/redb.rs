@@ -271,15 +271,15 @@ fn run_writer(db: &Reopening, queue: &mpsc::Receiver<Job>, config: &RedbConfig) 
                 // still have made it durable. Reopen, then read back: the
                 // caller learns the truth, not "maybe".
                 db.recover("lss");
-                match db.get().ok().map(|h| landed(&h, &batch, &outcomes)) {
-                    Some(Ok(true)) => {
+                match db.get().ok().and_then(|h| landed(&h, &batch, &outcomes)) {
+                    Some(true) => {
                         tracing::warn!(
                             puts = batch.len(),
                             "a redb commit reported failure but landed; acknowledged"
                         );
                         Ok(outcomes)
                     }
-                    Some(Ok(false)) => {
+                    Some(false) => {
                         tracing::warn!(error = %error, puts = batch.len(), "redb commit failed; batch not written");
                         Err(error)
                     }
@@ -368,8 +368,8 @@ enum Failed {
 /// Whether a batch whose COMMIT failed is in the store: its last committed
 /// put's entries are there at their new versions (a put only ever raises a
 /// version, so they cannot have been there before; one transaction lands
-/// whole or not at all).
-fn landed(db: &Database, batch: &[Job], outcomes: &[Outcome]) -> Result<bool, redb::Error> {
+/// whole or not at all). `None` when the store cannot be read.
+fn landed(db: &Database, batch: &[Job], outcomes: &[Outcome]) -> Option<bool> {
     let Some(job) = batch
         .iter()
         .zip(outcomes)
@@ -377,14 +377,14 @@ fn landed(db: &Database, batch: &[Job], outcomes: &[Outcome]) -> Result<bool, re
         .find(|(job, o)| matches!(o, Ok(PutOutcome::Committed)) && !job.put.kvs().is_empty())
         .map(|(job, _)| job)
     else {
-        return Ok(false);
+        return Some(false);
     };
-    let txn = db.begin_read()?;
-    let kv = txn.open_table(KV)?;
+    let txn = db.begin_read().ok()?;
+    let kv = txn.open_table(KV).ok()?;
     let mut key_buf = Vec::new();
     for item in job.put.kvs() {
         composite_key(&mut key_buf, job.put.client().as_bytes(), &item.key);
-        let stored = kv.get(key_buf.as_slice())?;
+        let stored = kv.get(key_buf.as_slice()).ok()?;
         let matches = stored
             .as_ref()
             .and_then(|g| decode(g.value()).ok())
@@ -392,10 +392,10 @@ fn landed(db: &Database, batch: &[Job], outcomes: &[Outcome]) -> Result<bool, re
                 version == item.version && value == item.value.as_slice()
             });
         if !matches {
-            return Ok(false);
+            return Some(false);
         }
     }
-    Ok(true)
+    Some(true)
 }
 
 #[allow(clippy::result_large_err)]
