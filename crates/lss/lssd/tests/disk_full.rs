@@ -5,9 +5,9 @@
 //! service resumes without a restart, and an export of the data afterwards
 //! verifies.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use lk_testkit::fs::Tmpfs;
 use lk_testkit::process::{run, LssdProcess};
 use lss_client::{ConnectOptions, PrivClient};
 use lss_core::secp256k1::SecretKey;
@@ -15,40 +15,6 @@ use lss_core::KeyValue;
 
 fn lssd() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lssd"))
-}
-
-/// A tmpfs of `size` mounted at a fresh directory, unmounted on drop.
-struct Tmpfs {
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let parent = tempfile::tempdir().expect("tempdir");
-        let dir = parent.path().join("disk");
-        std::fs::create_dir(&dir).expect("mkdir");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .expect("mount runs");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs (root with CAP_SYS_ADMIN): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs {
-            dir,
-            _parent: parent,
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1356,3 +1356,46 @@ pub mod python {
         python
     }
 }
+
+/// A small real filesystem, for disk-full tests.
+pub mod fs {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// A tmpfs of a given size mounted at a fresh directory (the suite runs
+    /// as root on its machines), unmounted when dropped.
+    pub struct Tmpfs {
+        /// Where it is mounted.
+        pub dir: PathBuf,
+        _parent: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        /// Mounts one of `size` (`mount -o size=`, e.g. `24m`).
+        pub fn mount(size: &str) -> Tmpfs {
+            let parent = tempfile::tempdir().expect("tempdir");
+            let dir = parent.path().join("disk");
+            std::fs::create_dir(&dir).expect("mkdir");
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .output()
+                .expect("mount runs");
+            assert!(
+                out.status.success(),
+                "a disk-full test mounts a tmpfs (root with CAP_SYS_ADMIN): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Tmpfs {
+                dir,
+                _parent: parent,
+            }
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}

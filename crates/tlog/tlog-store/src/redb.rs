@@ -416,16 +416,42 @@ fn run_writer(db: &Db, queue: &mpsc::Receiver<Job>) {
             }
         }
         batch.retain(|job| !matches!(job, Job::Check));
-        let results = match db
-            .get()
-            .map_err(unavailable)
-            .and_then(|handle| commit(&handle, &batch))
-        {
+        let committed = match db.get() {
+            Ok(handle) => commit(&handle, &batch),
+            Err(e) => Err(Failed::Before(unavailable(e))),
+        };
+        let failed = |e: &StoreError| (0..batch.len()).map(|_| Err(e.clone())).collect();
+        let results = match committed {
             Ok(results) => results,
-            Err(e) => {
+            Err(Failed::Before(e)) => {
                 tracing::warn!(error = %e, jobs = batch.len(), "tlog redb commit failed; nothing written");
                 db.recover("tlog");
-                (0..batch.len()).map(|_| Err(unavailable(&e))).collect()
+                failed(&e)
+            }
+            Err(Failed::InDoubt { results, error }) => {
+                // The COMMIT itself failed: with a failing disk redb may
+                // still have made it durable. Reopen and read back, so an
+                // append is never reported failed yet kept (and retried
+                // into a duplicate).
+                db.recover("tlog");
+                match db.get().ok().and_then(|h| landed(&h, &batch, &results)) {
+                    Some(true) => {
+                        tracing::warn!(
+                            jobs = batch.len(),
+                            "a tlog redb commit reported failure but landed; acknowledged"
+                        );
+                        results
+                    }
+                    Some(false) => {
+                        tracing::warn!(error = %error, jobs = batch.len(), "tlog redb commit failed; nothing written");
+                        failed(&error)
+                    }
+                    None => {
+                        tracing::error!(error = %error, jobs = batch.len(),
+                            "tlog redb commit failed and the store cannot be read back: outcome unknown until it is");
+                        failed(&error)
+                    }
+                }
             }
         };
         for (job, result) in batch.into_iter().zip(results) {
@@ -472,11 +498,63 @@ fn reply(job: Job, result: Result<Done, StoreError>) {
     }
 }
 
-fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-    let mut txn = db.begin_write().map_err(unavailable)?;
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Before(e)
+    }
+}
+
+/// Why a batch was not applied.
+enum Failed {
+    /// Before its COMMIT: nothing written.
+    Before(StoreError),
+    /// The COMMIT failed: written or not, to be read back.
+    InDoubt {
+        /// What each job came to.
+        results: Vec<Result<Done, StoreError>>,
+        /// The failure.
+        error: StoreError,
+    },
+}
+
+/// Whether a batch whose COMMIT failed is in the store: its last append
+/// or import that took new indices holds its last entry there (an index
+/// beyond the log's size before the batch, so it cannot have been there
+/// already; one transaction lands whole or not at all). `None` when the
+/// store cannot be read.
+fn landed(db: &Database, batch: &[Job], results: &[Result<Done, StoreError>]) -> Option<bool> {
+    let last = batch
+        .iter()
+        .zip(results)
+        .rev()
+        .find_map(|(job, result)| match (job, result) {
+            (Job::Append(log, entries, _), Ok(Done::Appended(appended))) => entries
+                .iter()
+                .zip(appended)
+                .rev()
+                .find(|(_, a)| !a.duplicate)
+                .map(|(entry, a)| (*log, a.index, entry.clone())),
+            (Job::Import(log, start, entries, _), Ok(Done::Unit)) => entries
+                .last()
+                .map(|entry| (*log, start + entries.len() as u64 - 1, entry.clone())),
+            _ => None,
+        });
+    let Some((log, index, entry)) = last else {
+        return Some(false);
+    };
+    let txn = db.begin_read().ok()?;
+    let entries = txn.open_table(ENTRIES).ok()?;
+    let stored = entries.get(key2(&log, index).as_slice()).ok()?;
+    Some(stored.is_some_and(|g| g.value() == entry.as_slice()))
+}
+
+fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>, Failed> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| Failed::Before(unavailable(e)))?;
     txn.set_durability(Durability::Immediate);
     let results = {
-        let mut t = Tables::open(&txn)?;
+        let mut t = Tables::open(&txn).map_err(Failed::Before)?;
         let mut results: Vec<Option<Result<Done, StoreError>>> = Vec::with_capacity(batch.len());
         // Appends waiting to be applied, coalesced per log: each run of
         // appends between other jobs is integrated once per log, so one
@@ -516,7 +594,7 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
             // A storage failure inside a job fails the whole batch: the
             // transaction is dropped unwritten.
             if let Err(e @ StoreError::Unavailable(_)) = result {
-                return Err(e);
+                return Err(Failed::Before(e));
             }
             results[i] = Some(result);
         }
@@ -526,7 +604,12 @@ fn commit(db: &Database, batch: &[Job]) -> Result<Vec<Result<Done, StoreError>>,
             .map(|r| r.unwrap_or_else(|| Err(unavailable("internal: job not applied"))))
             .collect()
     };
-    txn.commit().map_err(unavailable)?;
+    if let Err(e) = txn.commit() {
+        return Err(Failed::InDoubt {
+            results,
+            error: unavailable(e),
+        });
+    }
     Ok(results)
 }
 

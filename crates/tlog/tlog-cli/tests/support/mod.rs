@@ -156,6 +156,11 @@ pub fn post_full(url: &str, body: &[u8]) -> (u16, String) {
 }
 
 pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> u16 {
+    post_as(url, token, body).0
+}
+
+/// A POST with an optional bearer token: status and body.
+pub fn post_as(url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -164,7 +169,12 @@ pub fn post(url: &str, token: Option<&str>, body: &[u8]) -> u16 {
     if let Some(t) = token {
         request = request.header("Authorization", &format!("Bearer {t}"));
     }
-    request.send(body).expect("request").status().as_u16()
+    let mut response = request.send(body).expect("request");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
 }
 
 /// Waits until the published checkpoint covers `size`.
