@@ -846,3 +846,42 @@ fn three_members_follow_each_others_logs_on_one_port() {
         assert!(!member.log.lock().expect("lock").contains("banned peer"));
     }
 }
+
+/// tlog.md §7.9: at most 4 inbound connections per address. A fifth from
+/// the same address is dropped before the banner; another address is
+/// still served.
+#[test]
+fn inbound_connections_are_capped_per_address() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _node = start_with(&dir.path().join("a"), &["--sync-listen", &sync_addr(port)]);
+    rt.block_on(async {
+        let connect = |ip: &'static str| async move {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(format!("{ip}:0").parse().expect("addr"))
+                .expect("bind");
+            let mut stream = socket
+                .connect(sync_addr(port).parse().expect("addr"))
+                .await
+                .expect("connect");
+            let mut banner = [0u8; 7];
+            let got = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut banner))
+                .await
+                .expect("an answer or a close");
+            (stream, got.is_ok() && &banner == b"LKTL/1 ")
+        };
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (stream, greeted) = connect("127.0.0.5").await;
+            assert!(greeted, "the first four are served");
+            held.push(stream);
+        }
+        let (_, greeted) = connect("127.0.0.5").await;
+        assert!(!greeted, "a fifth from the same address is dropped");
+        let (_, greeted) = connect("127.0.0.6").await;
+        assert!(greeted, "another address is still served");
+        drop(held);
+    });
+}
