@@ -270,18 +270,8 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
         .create_log(key.name(), LogOptions::default())
         .await?;
     let filling = Instant::now();
-    let mut n = 0u64;
-    while n < args.mirror_entries {
-        let batch: Vec<Vec<u8>> = (n..(n + 4096).min(args.mirror_entries))
-            .map(|i| {
-                let mut e = vec![0u8; args.entry_bytes];
-                e[..8].copy_from_slice(&i.to_be_bytes());
-                e
-            })
-            .collect();
-        n += batch.len() as u64;
-        origin_store.append(log, batch).await?;
-    }
+    let n = args.mirror_entries;
+    fill(&*origin_store, log, n, args.entry_bytes).await?;
     eprintln!(
         "origin filled with {n} entries in {:.1} s",
         filling.elapsed().as_secs_f64()
