@@ -421,16 +421,22 @@ fn inv(log_id: [u8; 32], note: Vec<u8>) -> Message {
     }
 }
 
-/// A connection to B's sync port from `ip`, through the line and Hellos.
-async fn dial_from(ip: &str, port: u16, truth: &Truth) -> (TcpStream, Vec<u8>) {
+/// A TCP connection to `port` on loopback from the address `ip` (any
+/// 127.0.0.0/8 address is loopback: a peer of its own for bans and caps).
+async fn connect_from(ip: &str, port: u16) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket
         .bind(format!("{ip}:0").parse().expect("addr"))
         .expect("bind");
-    let mut stream = socket
+    socket
         .connect(sync_addr(port).parse().expect("addr"))
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// A connection to B's sync port from `ip`, through the line and Hellos.
+async fn dial_from(ip: &str, port: u16, truth: &Truth) -> (TcpStream, Vec<u8>) {
+    let mut stream = connect_from(ip, port).await;
     let ident = Ident {
         software: "liar/1".into(),
         node: "inbound".into(),
@@ -540,14 +546,7 @@ fn a_lying_member_is_banned_and_nothing_it_sent_is_stored() {
         )
         .await;
         while next_frame(&mut stream, &mut buf).await.is_some() {}
-        let socket = TcpSocket::new_v4().expect("socket");
-        socket
-            .bind("127.0.0.3:0".parse().expect("addr"))
-            .expect("bind");
-        let mut again = socket
-            .connect(sync_addr(b_sync).parse().expect("addr"))
-            .await
-            .expect("the port still accepts");
+        let mut again = connect_from("127.0.0.3", b_sync).await;
         let mut first = [0u8; 16];
         let got = again.read(&mut first).await.unwrap_or(0);
         assert_eq!(got, 0, "a banned address gets nothing, not even the banner");
@@ -858,14 +857,7 @@ fn inbound_connections_are_capped_per_address() {
     let _node = start_with(&dir.path().join("a"), &["--sync-listen", &sync_addr(port)]);
     rt.block_on(async {
         let connect = |ip: &'static str| async move {
-            let socket = TcpSocket::new_v4().expect("socket");
-            socket
-                .bind(format!("{ip}:0").parse().expect("addr"))
-                .expect("bind");
-            let mut stream = socket
-                .connect(sync_addr(port).parse().expect("addr"))
-                .await
-                .expect("connect");
+            let mut stream = connect_from(ip, port).await;
             let mut banner = [0u8; 7];
             let got = tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut banner))
                 .await
