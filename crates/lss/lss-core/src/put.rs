@@ -29,6 +29,11 @@ pub struct Limits {
     /// (enforced by the server). A signer has one put in flight; this stops a
     /// client that floods from crowding out the others.
     pub max_inflight_per_client: usize,
+    /// Most requests open at once on one HTTP/2 connection (advertised as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, enforced by the transport; more are
+    /// refused). A signer keeps one or two; without a bound one connection
+    /// could hold any number of stalled reads.
+    pub max_streams_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
             max_request_bytes: 16 * 1_024 * 1_024,
             max_namespace_bytes: 1_024 * 1_024 * 1_024,
             max_inflight_per_client: 16,
+            max_streams_per_connection: 32,
         }
     }
 }

@@ -107,6 +107,17 @@ pub struct Args {
     )]
     pub max_inflight_per_client: Option<NonZeroUsize>,
 
+    /// Most requests open at once on one connection [default: 32]; more
+    /// are refused (HTTP/2 REFUSED_STREAM). Bounds what one connection can
+    /// hold open, stalled readers included.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_STREAMS_PER_CONNECTION",
+        value_name = "N"
+    )]
+    pub max_streams_per_connection: Option<NonZeroUsize>,
+
     /// Storage backend [default: redb]: `redb` (embedded, in the data
     /// directory) or `postgres` (needs --postgres-url). The server key stays
     /// in the data directory either way.
@@ -305,6 +316,8 @@ pub struct FileConfig {
     pub max_namespace_bytes: Option<NonZeroU64>,
     /// See [`Args::max_inflight_per_client`].
     pub max_inflight_per_client: Option<NonZeroUsize>,
+    /// See [`Args::max_streams_per_connection`].
+    pub max_streams_per_connection: Option<NonZeroUsize>,
     /// See [`Args::database`].
     pub database: Option<Database>,
     /// See [`Args::postgres_url`].
@@ -426,6 +439,10 @@ impl Config {
                 .max_inflight_per_client
                 .or(file.max_inflight_per_client)
                 .map_or(defaults.max_inflight_per_client, NonZeroUsize::get),
+            max_streams_per_connection: args
+                .max_streams_per_connection
+                .or(file.max_streams_per_connection)
+                .map_or(defaults.max_streams_per_connection, NonZeroUsize::get),
         };
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(dir) => dir,

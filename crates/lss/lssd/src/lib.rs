@@ -102,8 +102,10 @@ pub async fn serve<S: Store>(
             })
         },
     );
+    let streams = u32::try_from(limits.max_streams_per_connection).unwrap_or(u32::MAX);
     let mut builder = Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(Some(streams))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     if let Some(tls) = tls {

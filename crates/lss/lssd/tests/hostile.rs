@@ -154,3 +154,103 @@ async fn malformed_requests_are_refused_and_change_nothing() {
     );
     assert_eq!(signer.dump(&mut grpc).await, vec![kv("k", 1, b"w")]);
 }
+
+/// One HTTP/2 frame: (type, flags, stream id, payload).
+type H2Frame = (u8, u8, u32, Vec<u8>);
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn read_h2_frame(tcp: &mut tokio::net::TcpStream) -> Option<H2Frame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_exact(&mut head),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// Issue 12: one connection may hold only `max_streams_per_connection`
+/// requests open. An attacker speaking raw HTTP/2 sees the limit in the
+/// server's SETTINGS and, opening one stream more than allowed (requests
+/// whose bodies never come, as a stalled client leaves them), gets that
+/// stream refused while the others stay open.
+#[tokio::test]
+async fn one_connection_may_hold_only_the_configured_number_of_streams() {
+    use tokio::io::AsyncWriteExt;
+    let limits = Limits {
+        max_streams_per_connection: 5,
+        ..Limits::default()
+    };
+    let server = Lssd::start(0x23, limits).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    tcp.write_all(&h2_frame(0x4, 0, 0, &[]))
+        .await
+        .expect("settings");
+    // The server's SETTINGS name the limit; acknowledge them.
+    let advertised = loop {
+        let (kind, flags, _, payload) = read_h2_frame(&mut tcp).await.expect("a frame");
+        if kind == 0x4 && flags & 1 == 0 {
+            let limit = payload
+                .chunks_exact(6)
+                .find(|p| p[..2] == [0, 3])
+                .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+            break limit;
+        }
+    };
+    assert_eq!(advertised, Some(5), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    tcp.write_all(&h2_frame(0x4, 1, 0, &[])).await.expect("ack");
+    // HPACK, no Huffman: :method POST, :scheme http, :path, :authority,
+    // content-type: application/grpc, te: trailers.
+    let mut block = vec![0x83, 0x86];
+    // Literal without indexing, indexed name: 4-bit prefix (31 = 15 + 16).
+    for (name, value) in [
+        (&[0x04][..], &b"/lss.LightningStorage/Ping"[..]),
+        (&[0x01], b"lssd"),
+        (&[0x0f, 0x10], b"application/grpc"),
+    ] {
+        block.extend_from_slice(name);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value);
+    }
+    block.extend_from_slice(&[0x00, 2, b't', b'e', 8]);
+    block.extend_from_slice(b"trailers");
+    for i in 0..6u32 {
+        // END_HEADERS, no END_STREAM: each request waits for its body.
+        tcp.write_all(&h2_frame(0x1, 0x4, 1 + 2 * i, &block))
+            .await
+            .expect("headers");
+    }
+    let refused = loop {
+        let (kind, _, stream, payload) = read_h2_frame(&mut tcp)
+            .await
+            .expect("the server answers the extra stream");
+        if kind == 0x3 {
+            break (stream, payload);
+        }
+        if kind == 0x7 {
+            panic!("the whole connection was closed: {payload:?}");
+        }
+    };
+    assert_eq!(refused.0, 11, "the sixth stream, and only it, is reset");
+    assert_eq!(refused.1, 7u32.to_be_bytes().to_vec(), "REFUSED_STREAM");
+}
