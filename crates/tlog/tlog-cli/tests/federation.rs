@@ -22,16 +22,6 @@ use tlog_core::{log_id, Checkpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-fn append(node: &Tlogd, entries: impl IntoIterator<Item = String>) {
-    let token = token(node);
-    for entry in entries {
-        assert_eq!(
-            post(&format!("{}/add", node.url), Some(&token), entry.as_bytes()),
-            200
-        );
-    }
-}
-
 fn size_of(note: &[u8]) -> u64 {
     String::from_utf8_lossy(note)
         .lines()

@@ -31,16 +31,7 @@ fn start_append_verify_with_our_cli_and_with_theirs() {
         ]));
         assert_eq!(index.trim(), i.to_string());
     }
-    for i in 3..600u32 {
-        assert_eq!(
-            post(
-                &format!("{}/add", node.url),
-                Some(&token(&node)),
-                format!("entry {i}").as_bytes()
-            ),
-            200
-        );
-    }
+    append(&node, (3..600u32).map(|i| format!("entry {i}")));
     let note = published(&node, 600);
 
     // Our CLI: the checkpoint, then a full verified sync from tiles.
@@ -69,13 +60,7 @@ fn start_append_verify_with_our_cli_and_with_theirs() {
         Some(hex::encode("hello 0").as_str())
     );
     // Incremental: only the new ones.
-    for i in 600..650u32 {
-        post(
-            &format!("{}/add", node.url),
-            Some(&token(&node)),
-            format!("entry {i}").as_bytes(),
-        );
-    }
+    append(&node, (600..650u32).map(|i| format!("entry {i}")));
     published(&node, 650);
     let out = sync_view(&node.url, &vkey, &state);
     assert!(out.contains("(50 new entries"), "{out}");
@@ -87,13 +72,7 @@ fn start_append_verify_with_our_cli_and_with_theirs() {
 fn http_rules_of_the_tile_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(&dir.path().join("tlogd"));
-    for i in 0..300u32 {
-        post(
-            &format!("{}/add", node.url),
-            Some(&token(&node)),
-            format!("e{i}").as_bytes(),
-        );
-    }
+    append(&node, (0..300u32).map(|i| format!("e{i}")));
     published(&node, 300);
     let url = |p: &str| format!("{}/{p}", node.url);
     let (status, body, cors) = get(&url("tile/0/000"));
@@ -135,13 +114,7 @@ fn a_forked_history_under_the_same_key_is_caught_with_evidence() {
     let honest_dir = dir.path().join("honest");
     let honest = start(&honest_dir);
     let vkey = vkey(&honest);
-    for i in 0..10u32 {
-        post(
-            &format!("{}/add", honest.url),
-            Some(&token(&honest)),
-            format!("honest {i}").as_bytes(),
-        );
-    }
+    append(&honest, (0..10u32).map(|i| format!("honest {i}")));
     published(&honest, 10);
     let state = dir.path().join("view");
     sync_view(&honest.url, &vkey, &state);
@@ -151,13 +124,7 @@ fn a_forked_history_under_the_same_key_is_caught_with_evidence() {
     std::fs::create_dir_all(&forked_dir).expect("mkdir");
     std::fs::copy(honest_dir.join("log-key"), forked_dir.join("log-key")).expect("copy key");
     let forked = start(&forked_dir);
-    for i in 0..10u32 {
-        post(
-            &format!("{}/add", forked.url),
-            Some(&token(&forked)),
-            format!("forged {i}").as_bytes(),
-        );
-    }
+    append(&forked, (0..10u32).map(|i| format!("forged {i}")));
     published(&forked, 10);
     let out = cli(&[
         "sync",
@@ -227,16 +194,7 @@ fn a_witness_cosigns_only_consistent_checkpoints() {
         .trim()
         .to_string();
     let add = format!("{}/witness/add-checkpoint", witness.url);
-    let append = |node: &Tlogd, n: u32, tag: &str| {
-        for i in 0..n {
-            post(
-                &format!("{}/add", node.url),
-                Some(&token(node)),
-                format!("{tag} {i}").as_bytes(),
-            );
-        }
-    };
-    append(&log, 10, "honest");
+    append(&log, (0..10).map(|i| format!("honest {i}")));
     let note10 = published(&log, 10);
     let body = |old: u64, proof: &[u8], note: &[u8]| {
         [format!("old {old}\n").as_bytes(), proof, b"\n", note].concat()
@@ -263,7 +221,7 @@ fn a_witness_cosigns_only_consistent_checkpoints() {
         (409, "10\n".to_string())
     );
     // Grown, with a consistency proof from the cosigned size.
-    append(&log, 5, "more");
+    append(&log, (0..5).map(|i| format!("more {i}")));
     let note15 = published(&log, 15);
     let (_, proof, _) = get(&format!("{}/lk/v1/consistency?old=10&size=15", log.url));
     let proof_lines: Vec<u8> = String::from_utf8(proof)
@@ -281,7 +239,7 @@ fn a_witness_cosigns_only_consistent_checkpoints() {
     // Garbage: 400; the origin under another key: 403; an unknown origin: 404.
     assert_eq!(post_full(&add, b"nonsense").0, 400);
     let impostor = start(&dir.path().join("impostor"));
-    append(&impostor, 1, "x");
+    append(&impostor, (0..1).map(|i| format!("x {i}")));
     assert_eq!(
         post_full(&add, &body(15, b"", &published(&impostor, 1))).0,
         403
@@ -290,7 +248,7 @@ fn a_witness_cosigns_only_consistent_checkpoints() {
         &dir.path().join("other"),
         &["--origin", "localhost/other/log"],
     );
-    append(&other, 1, "x");
+    append(&other, (0..1).map(|i| format!("x {i}")));
     assert_eq!(post_full(&add, &body(0, b"", &published(&other, 1))).0, 404);
 
     // The log's key signs another tree of size 15: refused, and kept.
@@ -298,7 +256,7 @@ fn a_witness_cosigns_only_consistent_checkpoints() {
     std::fs::create_dir_all(&forked_dir).expect("mkdir");
     std::fs::copy(log_dir.join("log-key"), forked_dir.join("log-key")).expect("copy key");
     let forked = start(&forked_dir);
-    append(&forked, 15, "forged");
+    append(&forked, (0..15).map(|i| format!("forged {i}")));
     let fork15 = published(&forked, 15);
     assert_eq!(post_full(&add, &body(15, b"", &fork15)).0, 422);
     let id = hex::encode(log_id("localhost/tlogd/log"));
@@ -346,13 +304,7 @@ fn the_sync_port_greets_nc_and_serves_verified_data() {
         &dir.path().join("tlogd"),
         &["--sync-listen", &format!("127.0.0.1:{sync_port}")],
     );
-    for i in 0..300u32 {
-        post(
-            &format!("{}/add", node.url),
-            Some(&token(&node)),
-            format!("e{i}").as_bytes(),
-        );
-    }
+    append(&node, (0..300u32).map(|i| format!("e{i}")));
     let note = published(&node, 300);
     let key = tlog_core::note::VerifierKey::parse(&vkey(&node)).expect("vkey");
     let checkpoint: Checkpoint = Policy::single(key)
@@ -515,13 +467,7 @@ fn a_mirror_follows_over_lktl_and_serves_a_verified_copy() {
         &["--sync-listen", &format!("127.0.0.1:{sync_port}")],
     );
     let vkey = vkey(&origin);
-    for i in 0..1000u32 {
-        post(
-            &format!("{}/add", origin.url),
-            Some(&token(&origin)),
-            format!("m{i}").as_bytes(),
-        );
-    }
+    append(&origin, (0..1000u32).map(|i| format!("m{i}")));
     let note = published(&origin, 1000);
     let mirror = start_with(
         &dir.path().join("mirror"),
@@ -536,13 +482,7 @@ fn a_mirror_follows_over_lktl_and_serves_a_verified_copy() {
         "{out}"
     );
     // It keeps following; the same view verifies the origin and the mirror.
-    for i in 1000..1300u32 {
-        post(
-            &format!("{}/add", origin.url),
-            Some(&token(&origin)),
-            format!("m{i}").as_bytes(),
-        );
-    }
+    append(&origin, (1000..1300u32).map(|i| format!("m{i}")));
     published(&origin, 1300);
     published(&mirror, 1300);
     let out = sync_view(&mirror.url, &vkey, &state);
@@ -582,13 +522,7 @@ fn a_witnessed_log_publishes_only_cosigned_checkpoints() {
             &format!("{witness_vkey}@{}/witness", witness.url),
         ],
     );
-    for i in 0..20u32 {
-        post(
-            &format!("{}/add", log.url),
-            Some(&token(&log)),
-            format!("w{i}").as_bytes(),
-        );
-    }
+    append(&log, (0..20u32).map(|i| format!("w{i}")));
     let note = published(&log, 20);
     assert!(
         String::from_utf8_lossy(&note).contains("\u{2014} localhost/tlogd/witness "),
@@ -610,13 +544,7 @@ fn a_witnessed_log_publishes_only_cosigned_checkpoints() {
     assert!(line.starts_with("localhost/tlogd/log 20 "), "{line}");
     receipts_verify_offline(&log, &policy, &log_vkey);
     // It keeps going, from the size the witness holds.
-    for i in 20..30u32 {
-        post(
-            &format!("{}/add", log.url),
-            Some(&token(&log)),
-            format!("w{i}").as_bytes(),
-        );
-    }
+    append(&log, (20..30u32).map(|i| format!("w{i}")));
     published(&log, 30);
     // Without the witness, appends are durable but nothing newer is published.
     drop(witness);
@@ -640,13 +568,7 @@ fn gzip_retained_checkpoints_evidence_and_rate_limits() {
     use std::io::Read;
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start_with(&dir.path().join("tlogd"), &["--lk-rate", "10"]);
-    for i in 0..10u32 {
-        post(
-            &format!("{}/add", node.url),
-            Some(&token(&node)),
-            format!("g{i}").as_bytes(),
-        );
-    }
+    append(&node, (0..10u32).map(|i| format!("g{i}")));
     let first = published(&node, 10);
     post(
         &format!("{}/add", node.url),
@@ -724,27 +646,12 @@ fn tlogd_on_postgresql_serves_verified_tiles_and_keeps_the_log_across_a_restart(
     ];
     let node = start_with(&dir.path().join("tlogd"), &args);
     let vkey = vkey(&node);
-    for i in 0..300u32 {
-        assert_eq!(
-            post(
-                &format!("{}/add", node.url),
-                Some(&token(&node)),
-                format!("pg entry {i}").as_bytes()
-            ),
-            200
-        );
-    }
+    append(&node, (0..300u32).map(|i| format!("pg entry {i}")));
     published(&node, 300);
     // Killed, restarted on the same database: nothing lost, and it goes on.
     drop(node);
     let node = start_with(&dir.path().join("tlogd"), &args);
-    for i in 300..310u32 {
-        post(
-            &format!("{}/add", node.url),
-            Some(&token(&node)),
-            format!("pg entry {i}").as_bytes(),
-        );
-    }
+    append(&node, (300..310u32).map(|i| format!("pg entry {i}")));
     let note = published(&node, 310);
     let state = dir.path().join("view");
     let out = sync_view(&node.url, &vkey, &state);
@@ -840,13 +747,7 @@ fn a_log_behind_what_its_witness_cosigned_freezes() {
     let (log_dir, _, witness, witness_vkey) = log_and_witness(dir.path());
     let submit = format!("{witness_vkey}@{}/witness", witness.url);
     let log = start_with(&log_dir, &["--submit-to", &submit]);
-    for i in 0..20u32 {
-        post(
-            &format!("{}/add", log.url),
-            Some(&token(&log)),
-            format!("{i}").as_bytes(),
-        );
-    }
+    append(&log, (0..20u32).map(|i| format!("{i}")));
     published(&log, 20);
     drop(log);
     let backup = dir.path().join("backup");
@@ -856,13 +757,7 @@ fn a_log_behind_what_its_witness_cosigned_freezes() {
         std::fs::copy(entry.path(), backup.join(entry.file_name())).expect("copy");
     }
     let log = start_with(&log_dir, &["--submit-to", &submit]);
-    for i in 20..50u32 {
-        post(
-            &format!("{}/add", log.url),
-            Some(&token(&log)),
-            format!("{i}").as_bytes(),
-        );
-    }
+    append(&log, (20..50u32).map(|i| format!("{i}")));
     published(&log, 50);
     drop(log);
     std::fs::remove_dir_all(&log_dir).expect("rm");

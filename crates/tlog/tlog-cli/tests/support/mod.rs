@@ -177,6 +177,17 @@ pub fn post_as(url: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
     )
 }
 
+/// Appends each entry through `POST add`; every one must be accepted.
+pub fn append(node: &Tlogd, entries: impl IntoIterator<Item = String>) {
+    let token = token(node);
+    for entry in entries {
+        assert_eq!(
+            post(&format!("{}/add", node.url), Some(&token), entry.as_bytes()),
+            200
+        );
+    }
+}
+
 /// Waits until the published checkpoint covers `size`.
 pub fn published(node: &Tlogd, size: u64) -> Vec<u8> {
     published_at(&node.url, size)
