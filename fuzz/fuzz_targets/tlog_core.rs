@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         .expect("key")
         .verifier();
     let _ = Evidence::verify(data, std::slice::from_ref(&key));
+    let _ = Evidence::origin(data);
     if let Ok(view) = LogView::restore(Policy::single(key), "log.example/fuzz", data) {
         assert_eq!(view.to_bytes(), data);
     }
