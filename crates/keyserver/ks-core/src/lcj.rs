@@ -413,6 +413,117 @@ impl Fields {
     }
 }
 
+/// A member type of an LCJ record: how it is written and taken.
+pub trait Member: Sized {
+    /// The value form.
+    fn to_member(&self) -> Value;
+    /// Takes member `name` from `f`.
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError>;
+}
+
+impl Member for String {
+    fn to_member(&self) -> Value {
+        string(self)
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        f.string(name)
+    }
+}
+
+impl Member for u64 {
+    fn to_member(&self) -> Value {
+        Value::Integer(*self)
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        f.integer(name)
+    }
+}
+
+impl Member for bool {
+    fn to_member(&self) -> Value {
+        Value::Bool(*self)
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        f.bool(name)
+    }
+}
+
+impl Member for Vec<String> {
+    fn to_member(&self) -> Value {
+        strings(self)
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        f.strings(name)
+    }
+}
+
+impl Member for Vec<u64> {
+    fn to_member(&self) -> Value {
+        Value::Array(self.iter().map(|n| Value::Integer(*n)).collect())
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        match f.take(name)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::Integer(n) => Ok(n),
+                    _ => Err(LcjError::new(name, "expected an array of integers")),
+                })
+                .collect(),
+            _ => Err(LcjError::new(name, "expected an array")),
+        }
+    }
+}
+
+impl<T: Lcj> Member for T {
+    fn to_member(&self) -> Value {
+        self.to_value()
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        f.nested(name)
+    }
+}
+
+impl<T: Lcj> Member for Vec<T> {
+    fn to_member(&self) -> Value {
+        Value::Array(self.iter().map(Lcj::to_value).collect())
+    }
+    fn take_member(f: &mut Fields, name: &str) -> Result<Self, LcjError> {
+        f.list(name)
+    }
+}
+
+/// Declares a record type whose LCJ form is an object with the given
+/// member names, decoded strictly (every member present, nothing else).
+#[macro_export]
+macro_rules! lcj_record {
+    ($(#[$m:meta])* pub struct $name:ident {
+        $($(#[$fm:meta])* $field:ident: $ty:ty = $key:literal,)*
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $crate::lcj::Lcj for $name {
+            fn to_value(&self) -> $crate::lcj::Value {
+                let mut members = ::std::collections::BTreeMap::new();
+                $(members.insert($key.to_string(), $crate::lcj::Member::to_member(&self.$field));)*
+                $crate::lcj::Value::Object(members)
+            }
+            fn from_value(v: $crate::lcj::Value) -> Result<Self, $crate::lcj::LcjError> {
+                let mut f = $crate::lcj::Fields::of(v)?;
+                let r = $name {
+                    $($field: <$ty as $crate::lcj::Member>::take_member(&mut f, $key)?,)*
+                };
+                f.finish()?;
+                Ok(r)
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

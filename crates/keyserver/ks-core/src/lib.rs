@@ -5,6 +5,15 @@
 //! Time (`now`) and the server's random draws (NONCE, IV, dispersal coins)
 //! are parameters.
 
+pub mod author;
+pub mod b64;
+pub mod capabilities;
 pub mod entry;
+pub mod error;
 pub mod identity;
+pub mod keyinit;
 pub mod lcj;
+pub mod rules;
+pub mod sig;
+pub mod uid;
+pub mod verify;
