@@ -287,6 +287,13 @@ impl SignerKey {
         )
     }
 
+    /// The Ed25519 key itself, for a service that signs its own
+    /// statements with its log key (the keyserver's replies, keyserver.md
+    /// §3.8). Keep it as secret as the key line.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// Its verifier key.
     pub fn verifier(&self) -> VerifierKey {
         VerifierKey {

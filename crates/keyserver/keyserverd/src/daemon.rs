@@ -1,0 +1,256 @@
+//! Starting a keyserver from its data directory (keyserver.md §2.3, §3.8,
+//! §8): the server key (`server_sigkey`, tlog.md §3.4 key-file format,
+//! named after the origin, 0600), the redb file shared by the log and the
+//! keyserver tables, the genesis entry on first start, and one listener
+//! for JSON-RPC (`POST /`) and the log's tiles (under the origin's path).
+//!
+//! On first start the genesis UID gets a fresh SIGESCROW whose private key
+//! is printed once for paper and never stored (§3.8).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ks_core::author::{self, UidKeys};
+use ks_core::entry::Entry;
+use ks_core::rules::Kind;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tlog_core::note::{KeyType, SignerKey};
+use tlog_node::LogNode;
+use tlog_store::{LogOptions, LogStore, RedbLogStore};
+
+use crate::server::{Config, Keyserver};
+use crate::store::{KsStore, SequencerConfig};
+
+/// How to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Keys and the database.
+    pub data_dir: PathBuf,
+    /// The primary (and only, in v1 here) domain.
+    pub domain: String,
+    /// The public listener (JSON-RPC and the log).
+    pub listen: SocketAddr,
+    /// Checkpoint interval.
+    pub checkpoint_interval: Duration,
+}
+
+/// Why the keyserver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// The store could not be opened or is inconsistent.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A running keyserver.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// `keyserver@<domain>:<hex H_0>`: what clients pin.
+    pub pin: String,
+    /// The escrow key of the genesis UID, on first start only (print it
+    /// for paper; it is not kept).
+    pub escrow: Option<SigningKey>,
+    /// The server.
+    pub keyserver: Arc<Keyserver>,
+    /// Ends when the listener fails.
+    pub serving: tokio::task::JoinHandle<()>,
+}
+
+/// The log origin for a domain: `<domain>/kt/v1`.
+pub fn origin(domain: &str) -> String {
+    format!("{domain}/kt/v1")
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+fn load_or_create_key(dir: &Path, origin: &str) -> Result<SignerKey, StartError> {
+    let path = dir.join("server_sigkey");
+    let io = |e: durable_file::FileError| StartError::Io(e.to_string());
+    if let Some(bytes) = durable_file::read(&path).map_err(io)? {
+        let text = String::from_utf8_lossy(&bytes);
+        let key = SignerKey::parse(&text)
+            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+        if key.name() != origin {
+            return Err(StartError::Config(format!(
+                "{} is the key of {}, not of {origin}",
+                path.display(),
+                key.name()
+            )));
+        }
+        return Ok(key);
+    }
+    let key = SignerKey::from_seed(origin, KeyType::Ed25519, &random::<32>())
+        .map_err(|e| StartError::Config(format!("origin {origin}: {e}")))?;
+    durable_file::create_new(
+        &path,
+        format!("{}\n", key.to_private_line()).as_bytes(),
+        0o600,
+    )
+    .map_err(io)?;
+    Ok(key)
+}
+
+/// The escrow key as it goes on paper: 64 hex digits in groups of four and
+/// a 4-hex-digit SHA-256 checksum (keyserver.md §6.4).
+pub fn paper_key(key: &SigningKey) -> String {
+    let hex = hex::encode(key.as_bytes());
+    let groups: Vec<&str> = (0..16).map(|i| &hex[i * 4..i * 4 + 4]).collect();
+    let check = hex::encode(&Sha256::digest(key.as_bytes())[..2]);
+    format!("{} / {check}", groups.join(" "))
+}
+
+/// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    let domain = ks_core::identity::map(&format!("keyserver@{}", opts.domain))
+        .map_err(|e| StartError::Config(format!("domain {}: {e}", opts.domain)))
+        .map(|m| ks_core::identity::domain(&m).to_string())?;
+    if domain != opts.domain {
+        return Err(StartError::Config(format!(
+            "domain {} is not in canonical form ({domain})",
+            opts.domain
+        )));
+    }
+    let origin = origin(&domain);
+    std::fs::create_dir_all(&opts.data_dir)
+        .map_err(|e| StartError::Io(format!("{}: {e}", opts.data_dir.display())))?;
+    let key = load_or_create_key(&opts.data_dir, &origin)?;
+    let signer = key.signing_key().clone();
+    let path = opts.data_dir.join("keyserver.redb");
+    let db = Arc::new(
+        redb::Database::create(&path)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", path.display())))?,
+    );
+    let store = Arc::new(
+        RedbLogStore::open_shared(db.clone(), &path)
+            .map_err(|e| StartError::Storage(e.to_string()))?,
+    );
+    let node = LogNode::start(
+        store.clone(),
+        key,
+        LogOptions::default(),
+        opts.checkpoint_interval,
+        tlog_node::submit::Publish::default(),
+    )
+    .await
+    .map_err(|e| StartError::Storage(e.to_string()))?;
+    let log = node.log_id();
+    let state = store
+        .state(log)
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    let h_last = if state.size == 0 {
+        ks_core::entry::GENESIS_PREV
+    } else {
+        let leaf = store
+            .entries(log, state.size - 1, state.size)
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        let entry = leaf
+            .first()
+            .and_then(|l| Entry::from_leaf(l).ok())
+            .ok_or_else(|| {
+                StartError::Storage("the last log entry is not a keyserver entry".into())
+            })?;
+        *entry.hash()
+    };
+    let ks_store = KsStore::start(
+        db,
+        SequencerConfig {
+            origin: origin.clone(),
+            log,
+            signer: signer.clone(),
+            policy: ks_core::rules::Policy::for_domains(vec![domain.clone()]),
+        },
+        state.size,
+        h_last,
+    )
+    .map_err(|e| StartError::Storage(e.to_string()))?;
+    let config = Config {
+        origin: origin.clone(),
+        domains: vec![domain.clone()],
+        public_url: format!("http://{}/", opts.listen),
+    };
+    let keyserver = Arc::new(Keyserver::new(
+        config,
+        ks_store,
+        node.clone(),
+        signer.clone(),
+        0,
+    ));
+    let mut escrow = None;
+    if state.size == 0 {
+        let escrow_key = SigningKey::from_bytes(&random::<32>());
+        let static_key = x25519_public(&random::<32>());
+        let keys = UidKeys {
+            sig_key: &signer,
+            escrow: Some(&escrow_key),
+            static_key,
+        };
+        let identity = format!("keyserver@{domain}");
+        let content = author::content(&identity, &keys, 0, None, "strict", crate::server::now());
+        let msg = author::sign_create(content, &keys);
+        keyserver
+            .submit_uid(Kind::Create, msg, true)
+            .await
+            .map_err(|e| StartError::Storage(format!("genesis: {e}")))?;
+        node.checkpoint_once().await;
+        escrow = Some(escrow_key);
+    }
+    let genesis = store
+        .entries(log, 0, 1)
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    let h0 = genesis
+        .first()
+        .and_then(|l| Entry::from_leaf(l).ok())
+        .ok_or_else(|| StartError::Storage("no genesis entry".into()))?;
+    let pin = format!("keyserver@{domain}:{}", hex::encode(h0.hash()));
+    let _ = durable_file::replace(
+        &opts.data_dir.join("pin"),
+        format!("{pin}\n").as_bytes(),
+        0o644,
+    );
+    let path_prefix = origin
+        .split_once('/')
+        .map_or(String::new(), |(_, p)| format!("/{p}"));
+    let app =
+        crate::rpc::router(keyserver.clone()).nest(&path_prefix, node.clone().router(None, 200));
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| StartError::Io(format!("listen on {}: {e}", opts.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let serving = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "keyserver listener failed");
+        }
+    });
+    Ok(Running {
+        addr,
+        pin,
+        escrow,
+        keyserver,
+        serving,
+    })
+}
+
+fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret)).to_bytes()
+}

@@ -1,0 +1,17 @@
+//! `keyserverd`: the keyserver of keyserver.md as a library (so tests and
+//! benchmarks run it in process) and a daemon (`main.rs`).
+//!
+//! - [`store`]: the `ks_*` tables in the log's redb file and the
+//!   sequencer thread (§4.2–4.5, §4.7): group commit, replies after the
+//!   durable commit.
+//! - [`server`]: the methods of §2.2; stateless checks (§4.1) before
+//!   sequencing.
+//! - [`rpc`]: JSON-RPC 2.0 on `POST /` (§2.1).
+//! - [`daemon`]: data directory, keys, genesis and the listener.
+//!
+//! The rules themselves are `ks-core`'s; this crate moves bytes and time.
+
+pub mod daemon;
+pub mod rpc;
+pub mod server;
+pub mod store;

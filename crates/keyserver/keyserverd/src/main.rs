@@ -1,0 +1,75 @@
+//! `keyserverd`: a verifiable key directory on a transparency log.
+//!
+//! `keyserverd` alone serves the domain `localhost` on `127.0.0.1:55560`
+//! with its data in `~/.lightkeeper/keyserverd`; on first start it creates
+//! the server key and the genesis entry, and prints the pin clients need
+//! and the escrow key (once, for paper).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A verifiable key directory (keyserver.md): JSON-RPC on POST /, the hash chain as a transparency log"
+)]
+struct Args {
+    /// Where the key and the database live [default: ~/.lightkeeper/keyserverd].
+    #[arg(long, env = "KEYSERVERD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The domain whose identities this server keeps (fixed at first start).
+    #[arg(long, env = "KEYSERVERD_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// The public listener (JSON-RPC and the log's tiles); a public
+    /// address is a deliberate choice.
+    #[arg(long, env = "KEYSERVERD_LISTEN", default_value = "127.0.0.1:55560")]
+    listen: SocketAddr,
+    /// How often the chain is signed and published, in ms (100..=60000).
+    #[arg(long, env = "KEYSERVERD_CHECKPOINT_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    checkpoint_interval_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --data-dir")?)
+                .join(".lightkeeper/keyserverd")
+        }
+    };
+    let running = keyserverd::daemon::start(keyserverd::daemon::Options {
+        data_dir: data_dir.clone(),
+        domain: args.domain,
+        listen: args.listen,
+        checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
+    })
+    .await
+    .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;
+    if let Some(escrow) = &running.escrow {
+        eprintln!(
+            "escrow key of {} (write it on paper now; it is not stored):\n  {}",
+            running.keyserver.config().keyserver_identity(),
+            keyserverd::daemon::paper_key(escrow)
+        );
+    }
+    eprintln!("pin: {}", running.pin);
+    eprintln!("keyserverd listening on http://{}/", running.addr);
+    tokio::select! {
+        _ = running.serving => anyhow::bail!("the listener stopped"),
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}

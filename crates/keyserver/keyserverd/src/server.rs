@@ -1,0 +1,435 @@
+//! The keyserver's methods (keyserver.md §2.2) over the sequencer and the
+//! log node: stateless checks (§4.1) run here, on the caller's task,
+//! before anything is queued; stateful rules run in the sequencer.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ks_core::b64;
+use ks_core::capabilities::{Capabilities, Limits, Prices, SignedCapabilities, METHODS};
+use ks_core::entry::{ENTRY_LEN, LEAF_LEN};
+use ks_core::error::RpcError;
+use ks_core::keyinit::{check_flush, FlushRequest, KeyInit, MAX_KEYINITS, MAX_KEYINITS_PER_CALL};
+use ks_core::lcj::{object, Fields, Lcj, Value};
+use ks_core::rules::{self, Kind, Policy};
+use ks_core::sig::{sign, Ctx};
+use ks_core::uid::UidMessage;
+use tlog_node::LogNode;
+use tlog_store::{LogStore, RedbLogStore, StoreError};
+use tokio::sync::oneshot;
+
+use crate::store::{Job, KsStore};
+
+/// Entries per FetchHashChain reply.
+pub const MAX_CHUNK: u64 = 4096;
+/// Largest request body.
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
+
+/// What a keyserver serves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The log origin, e.g. `localhost/kt/v1`.
+    pub origin: String,
+    /// Served domains; the first is the primary.
+    pub domains: Vec<String>,
+    /// Base URL of this server's JSON-RPC endpoint (Capabilities).
+    pub public_url: String,
+}
+
+impl Config {
+    /// `keyserver@<primary domain>`.
+    pub fn keyserver_identity(&self) -> String {
+        format!("keyserver@{}", self.domains.first().map_or("", |d| d))
+    }
+}
+
+/// A running keyserver.
+pub struct Keyserver {
+    config: Config,
+    policy: Policy,
+    store: KsStore,
+    node: Arc<LogNode<RedbLogStore>>,
+    signer: SigningKey,
+    signing_pos: u64,
+    capabilities: Mutex<Option<(Instant, Value)>>,
+}
+
+fn unavailable(e: StoreError) -> RpcError {
+    tracing::warn!(error = %e, "log store failed");
+    RpcError::Unavailable
+}
+
+/// The wall clock in unix seconds (the one clock the rules are given).
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn answer<T>(rx: oneshot::Receiver<Result<T, RpcError>>) -> Result<T, RpcError> {
+    rx.await.map_err(|_| RpcError::Unavailable)?
+}
+
+impl Keyserver {
+    /// A keyserver over its sequencer and log node.
+    pub fn new(
+        config: Config,
+        store: KsStore,
+        node: Arc<LogNode<RedbLogStore>>,
+        signer: SigningKey,
+        signing_pos: u64,
+    ) -> Self {
+        Keyserver {
+            policy: Policy::for_domains(config.domains.clone()),
+            config,
+            store,
+            node,
+            signer,
+            signing_pos,
+            capabilities: Mutex::new(None),
+        }
+    }
+
+    /// The log node.
+    pub fn node(&self) -> &Arc<LogNode<RedbLogStore>> {
+        &self.node
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs one method; the JSON result or the error.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let mut p =
+            Fields::of(params).map_err(|_| RpcError::params("params", "must be an object"))?;
+        let result = match method {
+            "KeyRepository.Capabilities" => {
+                p.finish()?;
+                self.capabilities().await?
+            }
+            "KeyRepository.FetchLastHashChain" | "KeyHashchain.FetchLastHashChain" => {
+                let known = optional_integer(&mut p, "KnownSize")?;
+                p.finish()?;
+                self.fetch_last(known.unwrap_or(0)).await?
+            }
+            "KeyRepository.FetchHashChain" | "KeyHashchain.FetchHashChain" => {
+                let start = p.integer("StartPosition")?;
+                let end = optional_integer(&mut p, "EndPosition")?;
+                p.finish()?;
+                self.fetch_chain(start, end.unwrap_or(start)).await?
+            }
+            "KeyRepository.FetchUID" => {
+                let index = p.string("UIDIndex")?;
+                p.finish()?;
+                let index = b64::exact::<32>(&index)
+                    .ok_or_else(|| RpcError::params("UIDIndex", "is not b64(32)"))?;
+                self.fetch_uid(&index).await?
+            }
+            "KeyRepository.CreateUID" | "KeyRepository.UpdateUID" => {
+                let msg: UidMessage = p.nested("UIDMessage")?;
+                self.tokens(&mut p, "Token")?;
+                p.finish()?;
+                let kind = if method.ends_with("CreateUID") {
+                    Kind::Create
+                } else {
+                    Kind::Update
+                };
+                let reply = self.submit_uid(kind, msg, false).await?;
+                object([("UIDMessageReply", reply.to_value())])
+            }
+            "KeyInitRepository.AddKeyInit" => {
+                let sig_pub = verifying_key(&p.string("SigPubKey")?, "SigPubKey")?;
+                let key_inits: Vec<KeyInit> = p.list("KeyInits")?;
+                self.tokens(&mut p, "Tokens")?;
+                p.finish()?;
+                self.add_key_inits(sig_pub, key_inits).await?
+            }
+            "KeyInitRepository.FetchKeyInit" => {
+                let hash = p.string("SigKeyHash")?;
+                p.finish()?;
+                if b64::exact::<64>(&hash).is_none() {
+                    return Err(RpcError::params("SigKeyHash", "is not b64(64)"));
+                }
+                self.fetch_key_init(hash).await?
+            }
+            "KeyInitRepository.FlushKeyInit" => {
+                let sig_pub = verifying_key(&p.string("SigPubKey")?, "SigPubKey")?;
+                let req: FlushRequest = p.nested("Flush")?;
+                let signature = p.string("Signature")?;
+                p.finish()?;
+                self.flush(sig_pub, req, signature).await?
+            }
+            _ => return Err(RpcError::MethodNotFound),
+        };
+        Ok(result)
+    }
+
+    /// Token members: v1 here runs with tokens disabled, so they are
+    /// accepted and ignored (keyserver.md §5, disabled mode).
+    fn tokens(&self, p: &mut Fields, name: &str) -> Result<(), RpcError> {
+        let _ = p.take(name);
+        Ok(())
+    }
+
+    /// CreateUID / UpdateUID; `keyserver` only for the server's own UID.
+    pub async fn submit_uid(
+        &self,
+        kind: Kind,
+        msg: UidMessage,
+        keyserver: bool,
+    ) -> Result<ks_core::uid::UidMessageReply, RpcError> {
+        let now = now();
+        rules::check_stateless(kind, &msg, now, &self.policy, keyserver)?;
+        let (tx, rx) = oneshot::channel();
+        self.store.submit(Job::Uid {
+            kind,
+            msg: Box::new(msg),
+            keyserver,
+            now,
+            reply: tx,
+        })?;
+        answer(rx).await
+    }
+
+    async fn capabilities(&self) -> Result<Value, RpcError> {
+        if let Ok(cached) = self.capabilities.lock() {
+            if let Some((at, v)) = cached.as_ref() {
+                if at.elapsed() < Duration::from_secs(60) {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
+        let last = self.entries(size - 1, size).await?;
+        let entry = last.first().ok_or(RpcError::Unavailable)?;
+        let domains = self.config.domains.clone();
+        let caps = Capabilities {
+            domains: domains.clone(),
+            key_hash_chain_entry: b64::encode(entry),
+            key_hash_chain_pos: size - 1,
+            key_hash_chain_uris: vec![format!("https://{}", self.config.origin)],
+            key_init_repository_uris: domains,
+            key_repository_uris: vec![self.config.public_url.clone()],
+            keyserver_identity: self.config.keyserver_identity(),
+            limits: Limits {
+                max_chunk: MAX_CHUNK,
+                max_key_inits: MAX_KEYINITS as u64,
+                max_key_inits_per_call: MAX_KEYINITS_PER_CALL as u64,
+                max_request_bytes: MAX_REQUEST_BYTES as u64,
+            },
+            methods: METHODS
+                .iter()
+                .filter(|m| **m != "KeyRepository.LookupUID")
+                .map(|m| m.to_string())
+                .collect(),
+            origin: self.config.origin.clone(),
+            prices: Prices::default(),
+            signing_pos: self.signing_pos,
+            sig_pub_keys: vec![b64::encode(self.signer.verifying_key().as_bytes())],
+            timestamp: now(),
+            tkn_accepted: Vec::new(),
+            tkn_pub_key: String::new(),
+            tokens: "disabled".into(),
+            version: "1.0".into(),
+            witnesses: Vec::new(),
+        };
+        let signed = SignedCapabilities {
+            signature: sign(&self.signer, Ctx::Capabilities, &caps),
+            capabilities: caps,
+        };
+        let v = signed.to_value();
+        if let Ok(mut cached) = self.capabilities.lock() {
+            *cached = Some((Instant::now(), v.clone()));
+        }
+        Ok(v)
+    }
+
+    /// Bare entries `[start, end)` of the committed log.
+    async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, RpcError> {
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut at = start;
+        while at < end {
+            let leaves = self
+                .node
+                .store()
+                .entries(self.node.log_id(), at, end)
+                .await
+                .map_err(unavailable)?;
+            if leaves.is_empty() {
+                return Err(RpcError::Unavailable);
+            }
+            for leaf in leaves {
+                if leaf.len() != LEAF_LEN {
+                    return Err(RpcError::Internal);
+                }
+                out.push(leaf[5..5 + ENTRY_LEN].to_vec());
+                at += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn fetch_last(&self, known: u64) -> Result<Value, RpcError> {
+        let published = self.node.published().borrow().clone();
+        let published = published.ok_or(RpcError::Unavailable)?;
+        let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
+        if known > size {
+            return Err(RpcError::OutOfRange { size });
+        }
+        let entry = self.entries(size - 1, size).await?;
+        let log = self.node.log_id();
+        let store = self.node.store();
+        let inclusion = store
+            .inclusion_proof(log, size - 1, size)
+            .await
+            .map_err(unavailable)?;
+        let mut members = vec![
+            ("HCEntry", Value::String(b64::encode(&entry[0]))),
+            ("HCPos", Value::Integer(size - 1)),
+            (
+                "Checkpoint",
+                Value::String(String::from_utf8_lossy(&published.note).into_owned()),
+            ),
+            ("InclusionProof", hashes(&inclusion)),
+        ];
+        if known > 0 && known < size {
+            let consistency = store
+                .consistency_proof(log, known, size)
+                .await
+                .map_err(unavailable)?;
+            members.push(("ConsistencyProof", hashes(&consistency)));
+        }
+        Ok(Value::Object(
+            members
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        ))
+    }
+
+    async fn fetch_chain(&self, start: u64, end: u64) -> Result<Value, RpcError> {
+        if end < start {
+            return Err(RpcError::params("EndPosition", "is before StartPosition"));
+        }
+        let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
+        if start >= size {
+            return Err(RpcError::OutOfRange { size });
+        }
+        let last = end.min(start + MAX_CHUNK - 1).min(size - 1);
+        let entries = self.entries(start, last + 1).await?;
+        Ok(object([
+            (
+                "HCEntries",
+                Value::Array(
+                    entries
+                        .iter()
+                        .map(|e| Value::String(b64::encode(e)))
+                        .collect(),
+                ),
+            ),
+            ("HCFirstPos", Value::Integer(start)),
+        ]))
+    }
+
+    async fn fetch_uid(&self, index: &[u8; 32]) -> Result<Value, RpcError> {
+        let index = *index;
+        let store = self.store_reader();
+        let raw = tokio::task::spawn_blocking(move || store.uid(&index))
+            .await
+            .map_err(|_| RpcError::Internal)??
+            .ok_or(RpcError::NotFound)?;
+        let reply =
+            ks_core::uid::UidMessageReply::from_lcj(&raw).map_err(|_| RpcError::Internal)?;
+        Ok(object([("UIDMessageReply", reply.to_value())]))
+    }
+
+    fn store_reader(&self) -> crate::store::Reader {
+        self.store.reader()
+    }
+
+    async fn add_key_inits(
+        &self,
+        sig_pub: VerifyingKey,
+        key_inits: Vec<KeyInit>,
+    ) -> Result<Value, RpcError> {
+        if key_inits.is_empty() {
+            return Err(RpcError::params("KeyInits", "is empty"));
+        }
+        if key_inits.len() > MAX_KEYINITS_PER_CALL {
+            return Err(RpcError::KeyinitLimit);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.store.submit(Job::AddKeyInit {
+            sig_pub,
+            key_inits,
+            now: now(),
+            reply: tx,
+        })?;
+        let (signatures, timestamp) = answer(rx).await?;
+        Ok(object([
+            (
+                "Signatures",
+                Value::Array(signatures.into_iter().map(Value::String).collect()),
+            ),
+            ("Timestamp", Value::Integer(timestamp)),
+        ]))
+    }
+
+    async fn fetch_key_init(&self, sig_key_hash: String) -> Result<Value, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        self.store.submit(Job::FetchKeyInit {
+            sig_key_hash,
+            now: now(),
+            reply: tx,
+        })?;
+        let (ki, receipt, signature) = answer(rx).await?;
+        Ok(object([
+            ("KeyInit", ki.to_value()),
+            ("Dispersal", receipt.to_value()),
+            ("Signature", Value::String(signature)),
+        ]))
+    }
+
+    async fn flush(
+        &self,
+        sig_pub: VerifyingKey,
+        req: FlushRequest,
+        signature: String,
+    ) -> Result<Value, RpcError> {
+        let now = now();
+        check_flush(&req, &signature, &sig_pub, &self.config.origin, now)?;
+        let (tx, rx) = oneshot::channel();
+        self.store.submit(Job::Flush {
+            req,
+            sig_pub,
+            now,
+            reply: tx,
+        })?;
+        let (receipt, signature) = answer(rx).await?;
+        Ok(object([
+            ("Receipt", receipt.to_value()),
+            ("Signature", Value::String(signature)),
+        ]))
+    }
+}
+
+fn optional_integer(p: &mut Fields, name: &str) -> Result<Option<u64>, RpcError> {
+    match p.take(name) {
+        Err(_) => Ok(None),
+        Ok(Value::Integer(n)) => Ok(Some(n)),
+        Ok(_) => Err(RpcError::params(name, "expected an integer")),
+    }
+}
+
+fn verifying_key(s: &str, field: &str) -> Result<VerifyingKey, RpcError> {
+    let bytes = b64::exact::<32>(s).ok_or_else(|| RpcError::params(field, "is not b64(32)"))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| RpcError::params(field, "is not an Ed25519 key"))
+}
+
+fn hashes(h: &[[u8; 32]]) -> Value {
+    Value::Array(h.iter().map(|h| Value::String(b64::encode(h))).collect())
+}

@@ -1,0 +1,850 @@
+//! `ks-client`: a keyserver client that believes nothing it has not
+//! verified (keyserver.md §6).
+//!
+//! - **Sync** (§6.2): the head, then the new entries in chunks; every entry
+//!   is link-checked and folded into a copy of the compact range, which
+//!   must reach the checkpoint's root before anything is kept. The
+//!   checkpoint must be signed by the key the chain itself scheduled for
+//!   its size (§3.8), starting from the pinned H_0; rollbacks and forks
+//!   are refused. Work is proportional to the new entries: there is never
+//!   a re-scan from entry 0.
+//! - **Key schedule**: the keyserver's own UIDs, found by scanning new
+//!   entries for its HashID and verified with the same UID-chain rules as
+//!   anyone's.
+//! - **Lookup** (§6.3): scan, fetch, verify the UID chain
+//!   (`ks_core::verify`).
+//! - **Alice and Bob** (§6.4, §6.5): register, publish KeyInits, flush, and
+//!   start a session with every check of §6.5.
+//!
+//! State is held in memory by this version; the CLI's persistent store is
+//! still to come (issue 15).
+
+use std::collections::{BTreeSet, HashMap};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ks_core::author::{self, Authority, UidKeys};
+use ks_core::b64;
+use ks_core::capabilities::SignedCapabilities;
+use ks_core::entry::Entry;
+use ks_core::keyinit::{
+    check_keyinit, sig_key_hash, DispersalReceipt, FlushReceipt, KeyInit, KeyInitReceipt, Window,
+};
+use ks_core::lcj::{object, Fields, Lcj, Value};
+use ks_core::rules::Kind;
+use ks_core::sig::{self, Ctx};
+use ks_core::uid::{UidMessage, UidMessageReply};
+use ks_core::verify::{verify_chain, Failure, Match, Verified};
+use tlog_core::merkle::CompactRange;
+use tlog_core::note::{KeyType, Note, VerifierKey};
+use tlog_core::Checkpoint;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or answered with something that is
+    /// not JSON-RPC.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server refused the call.
+    #[error("server error {code} ({reason}): {message}")]
+    Rpc {
+        /// JSON-RPC code.
+        code: i64,
+        /// `data.reason`.
+        reason: String,
+        /// `message`.
+        message: String,
+    },
+    /// The server showed a smaller chain than one it signed before.
+    #[error("rollback: the server shows size {shown}, below the verified {have}")]
+    Rollback {
+        /// What it showed.
+        shown: u64,
+        /// What the client holds.
+        have: u64,
+    },
+    /// Two different trees of one size.
+    #[error("fork: the server's checkpoint of size {size} has another root")]
+    Fork {
+        /// The size.
+        size: u64,
+    },
+    /// Entries that do not reach the checkpoint's root or do not link.
+    #[error("the server's data does not verify: {0}")]
+    BadData(String),
+    /// Entry 0 is not the pinned genesis.
+    #[error("entry 0 is not the pinned keyserver genesis")]
+    PinMismatch,
+    /// Server-signed data that proves misbehaviour.
+    #[error("misbehaviour: {0}")]
+    Misbehaviour(Failure),
+    /// A KeyInit that fails §6.5, or one served twice.
+    #[error("bad KeyInit: {0}")]
+    BadKeyInit(String),
+    /// No one-time KeyInit and the identity refuses fallbacks.
+    #[error("no one-time KeyInit available (FORWARDSEC strict)")]
+    NoOneTimeKeyInit,
+    /// The identity does not exist or is not current.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// What a client pins: `keyserver@<domain>` and H_0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The keyserver identity.
+    pub identity: String,
+    /// The link hash of entry 0.
+    pub h0: [u8; 32],
+}
+
+impl Pin {
+    /// Parses `keyserver@<domain>:<64 hex>`.
+    pub fn parse(s: &str) -> Option<Pin> {
+        let (identity, h) = s.trim().rsplit_once(':')?;
+        let h0: [u8; 32] = hex::decode(h).ok()?.try_into().ok()?;
+        let mapped = ks_core::identity::map(identity).ok()?;
+        (mapped == identity && identity.starts_with("keyserver@")).then(|| Pin {
+            identity: identity.to_string(),
+            h0,
+        })
+    }
+}
+
+/// One sync's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synced {
+    /// Entries before.
+    pub from: u64,
+    /// Entries now (the verified checkpoint's size).
+    pub to: u64,
+}
+
+/// A user's private keys for one identity.
+pub struct OwnIdentity {
+    /// The mapped identity.
+    pub identity: String,
+    /// SIGKEY.
+    pub sig_key: SigningKey,
+    /// SIGESCROW, until confirmed and put on paper.
+    pub escrow: Option<SigningKey>,
+    /// The static X25519 secret.
+    pub static_secret: x25519_dalek::StaticSecret,
+    /// The newest UID and its reply.
+    pub uid: UidMessage,
+    /// The reply the server gave for it.
+    pub reply: UidMessageReply,
+    /// The next KeyInit MSGCOUNT.
+    pub next_keyinit: u64,
+    /// Forward-secret private keys by KEYINITHASH.
+    pub pf_secrets: HashMap<String, x25519_dalek::StaticSecret>,
+}
+
+/// What Bob gets from `session_start` (§6.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionStart {
+    /// Alice's identity.
+    pub identity: String,
+    /// The position of her verified UID.
+    pub position: u64,
+    /// Her static X25519 key.
+    pub static_key: [u8; 32],
+    /// The forward-secret key of the KeyInit.
+    pub pf_key: [u8; 32],
+    /// Where to send.
+    pub mix_address: String,
+    /// Her nym address.
+    pub nym_address: String,
+    /// KEYINITHASH.
+    pub key_init_hash: String,
+    /// Whether it was a fallback.
+    pub fallback: bool,
+    /// The signed dispersal receipt.
+    pub receipt: DispersalReceipt,
+}
+
+/// A keyserver client with verified local state.
+pub struct Client {
+    url: String,
+    pin: Pin,
+    origin: Option<String>,
+    entries: Vec<Entry>,
+    positions: HashMap<[u8; 32], u64>,
+    range: CompactRange,
+    note: Option<Vec<u8>>,
+    /// (position, SIGKEY) of each keyserver UID, ascending.
+    schedule: Vec<(u64, VerifyingKey)>,
+    /// KEYINITHASHes this client was served with ONETIME set.
+    one_time_seen: BTreeSet<String>,
+    /// Verified Capabilities.
+    capabilities: Option<SignedCapabilities>,
+}
+
+fn rpc_error(v: &serde_json::Value) -> ClientError {
+    ClientError::Rpc {
+        code: v["code"].as_i64().unwrap_or(0),
+        reason: v["data"]["reason"].as_str().unwrap_or("").to_string(),
+        message: v["message"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+fn bad(what: impl Into<String>) -> ClientError {
+    ClientError::BadData(what.into())
+}
+
+/// serde_json → LCJ value (the reply's JSON, parsed strictly again).
+fn lcj_of(v: &serde_json::Value) -> Result<Value, ClientError> {
+    let bytes = serde_json::to_vec(v).map_err(|e| bad(e.to_string()))?;
+    ks_core::lcj::parse_relaxed(&bytes).map_err(|e| bad(format!("reply: {e}")))
+}
+
+impl Client {
+    /// A client of the keyserver at `url` (its JSON-RPC endpoint) pinned
+    /// to `pin`, with nothing verified yet.
+    pub fn new(url: &str, pin: Pin) -> Client {
+        Client {
+            url: url.to_string(),
+            pin,
+            origin: None,
+            entries: Vec::new(),
+            positions: HashMap::new(),
+            range: CompactRange::new(),
+            note: None,
+            schedule: Vec::new(),
+            one_time_seen: BTreeSet::new(),
+            capabilities: None,
+        }
+    }
+
+    /// Calls a method; the result as an LCJ value (for results made of
+    /// signed structures and plain members).
+    pub fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        lcj_of(&self.call_json(method, params)?)
+    }
+
+    /// Calls a method; the result as JSON (results that carry signed
+    /// notes, whose text is outside LCJ).
+    pub fn call_json(&self, method: &str, params: Value) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": method,
+            "params": serde_json::from_slice::<serde_json::Value>(&ks_core::lcj::encode(&params))
+                .map_err(|e| ClientError::Transport(e.to_string()))?,
+        });
+        let mut response = ureq::post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(serde_json::to_vec(&body).unwrap_or_default().as_slice())
+            .map_err(|e| ClientError::Transport(format!("POST {}: {e}", self.url)))?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ClientError::Transport(e.to_string()))?;
+        if let Some(e) = v.get("error") {
+            return Err(rpc_error(e));
+        }
+        Ok(v["result"].clone())
+    }
+
+    /// The verified size.
+    pub fn size(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The verified checkpoint note.
+    pub fn checkpoint(&self) -> Option<&[u8]> {
+        self.note.as_deref()
+    }
+
+    /// The verified entry at `pos`.
+    pub fn entry(&self, pos: u64) -> Option<&Entry> {
+        self.entries.get(usize::try_from(pos).ok()?)
+    }
+
+    /// signer(p): the SIGKEY of the newest keyserver UID at a position ≤ p.
+    pub fn signer(&self, pos: u64) -> Option<VerifyingKey> {
+        self.schedule
+            .iter()
+            .rev()
+            .find(|(p, _)| *p <= pos)
+            .map(|(_, k)| *k)
+    }
+
+    /// §6.2: brings the local chain up to the server's latest checkpoint,
+    /// verifying everything before keeping anything.
+    pub fn sync(&mut self) -> Result<Synced, ClientError> {
+        let m = self.size();
+        let mut params = Vec::new();
+        if m > 0 {
+            params.push(("KnownSize", Value::Integer(m)));
+        }
+        let head = match self.call_json(
+            "KeyRepository.FetchLastHashChain",
+            Value::Object(
+                params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            ),
+        ) {
+            Err(ClientError::Rpc { code: -32030, .. }) => {
+                return Err(ClientError::Rollback { shown: 0, have: m })
+            }
+            r => r?,
+        };
+        let note_text = head["Checkpoint"]
+            .as_str()
+            .ok_or_else(|| bad("FetchLastHashChain without a Checkpoint"))?;
+        let note =
+            Note::parse(note_text.as_bytes()).map_err(|e| bad(format!("checkpoint: {e}")))?;
+        let cp = Checkpoint::parse(note.text()).map_err(|e| bad(format!("checkpoint: {e}")))?;
+        if let Some(origin) = &self.origin {
+            if &cp.origin != origin {
+                return Err(bad(format!("checkpoint of another origin: {}", cp.origin)));
+            }
+        }
+        let n = cp.size;
+        if n < m {
+            return Err(ClientError::Rollback { shown: n, have: m });
+        }
+        if n == m {
+            if cp.root != self.range.root() {
+                return Err(ClientError::Fork { size: n });
+            }
+            self.accept_note(&note, &cp)?;
+            return Ok(Synced { from: m, to: n });
+        }
+        // Download [m, n), link-check and fold into a copy of the range.
+        let mut range = self.range.clone();
+        let mut new = Vec::with_capacity((n - m) as usize);
+        let mut prev = self.entries.last().map_or([0u8; 32], |e| *e.hash());
+        while m + (new.len() as u64) < n {
+            let start = m + new.len() as u64;
+            let chunk = self.call(
+                "KeyRepository.FetchHashChain",
+                object([
+                    ("StartPosition", Value::Integer(start)),
+                    ("EndPosition", Value::Integer(n - 1)),
+                ]),
+            )?;
+            let mut f = Fields::of(chunk).map_err(|e| bad(e.to_string()))?;
+            if f.integer("HCFirstPos").map_err(|e| bad(e.to_string()))? != start {
+                return Err(bad("HCFirstPos is not the position asked for"));
+            }
+            let list = f.strings("HCEntries").map_err(|e| bad(e.to_string()))?;
+            if list.is_empty() || start + list.len() as u64 > n {
+                return Err(bad("a chunk with no entries or beyond the checkpoint"));
+            }
+            for s in list {
+                let raw = b64::decode(&s).ok_or_else(|| bad("an entry is not base64"))?;
+                let e = Entry::from_bytes(&raw).map_err(|e| bad(e.to_string()))?;
+                e.check_link(&prev)
+                    .map_err(|_| bad(format!("entry {} does not link", start)))?;
+                prev = *e.hash();
+                range.push(e.leaf_hash());
+                new.push(e);
+            }
+        }
+        if range.root() != cp.root {
+            return Err(bad("the entries do not reach the checkpoint's root"));
+        }
+        if m == 0 {
+            let first = new.first().ok_or(ClientError::PinMismatch)?;
+            if first.hash() != &self.pin.h0 || !first.is_for(&self.pin.identity) {
+                return Err(ClientError::PinMismatch);
+            }
+        }
+        // Extend the key schedule from the keyserver's new entries.
+        let mut schedule = self.schedule.clone();
+        let mut all: Vec<Entry> = self.entries.clone();
+        all.extend(new.iter().copied());
+        let ks_positions: Vec<u64> = new
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_for(&self.pin.identity))
+            .map(|(i, _)| m + i as u64)
+            .collect();
+        if !ks_positions.is_empty() {
+            schedule = self.keyserver_schedule(&all)?;
+        }
+        let log_key = schedule
+            .iter()
+            .rev()
+            .find(|(p, _)| *p < n)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| bad("no scheduled key for the checkpoint"))?;
+        let verifier = VerifierKey::new(&cp.origin, KeyType::Ed25519, log_key)
+            .map_err(|e| bad(e.to_string()))?;
+        let verified = note
+            .verify(&[verifier])
+            .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")))?;
+        // Everything verified: keep it.
+        for (i, e) in new.iter().enumerate() {
+            self.positions.insert(*e.hash(), m + i as u64);
+        }
+        self.entries = all;
+        self.range = range;
+        self.schedule = schedule;
+        self.origin = Some(cp.origin.clone());
+        self.note = Some(verified.to_bytes());
+        Ok(Synced { from: m, to: n })
+    }
+
+    fn accept_note(&mut self, note: &Note, cp: &Checkpoint) -> Result<(), ClientError> {
+        let key = self
+            .signer(cp.size.saturating_sub(1))
+            .ok_or_else(|| bad("no scheduled key"))?;
+        let verifier =
+            VerifierKey::new(&cp.origin, KeyType::Ed25519, key).map_err(|e| bad(e.to_string()))?;
+        let verified = note
+            .verify(&[verifier])
+            .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")))?;
+        self.note = Some(verified.to_bytes());
+        Ok(())
+    }
+
+    /// The keyserver's UID chain over `entries`, verified: each key signs
+    /// from its own position on (§3.8), and continuity (USERSIGNATURE by
+    /// the previous key, or escrow) is what makes a new key count.
+    fn keyserver_schedule(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<(u64, VerifyingKey)>, ClientError> {
+        let ident = self.pin.identity.clone();
+        let mut replies = Vec::new();
+        let mut keys = Vec::new();
+        for (p, e) in entries.iter().enumerate() {
+            if !e.is_for(&ident) {
+                continue;
+            }
+            let reply = self.fetch_uid(e.uid_index())?;
+            if let Some(r) = &reply {
+                if let Ok((_, msg)) = r.open_for(&ident) {
+                    if let Some(k) = msg.content.sig_key.verifying_key() {
+                        keys.push((p as u64, k));
+                    }
+                }
+            }
+            replies.push((p as u64, *e, reply));
+        }
+        let matches: Vec<Match<'_>> = replies
+            .iter()
+            .map(|(p, e, r)| Match {
+                pos: *p,
+                entry: e,
+                reply: r.as_ref(),
+            })
+            .collect();
+        let positions: HashMap<[u8; 32], u64> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (*e.hash(), i as u64))
+            .collect();
+        let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+        verify_chain(&ident, &matches, signer, |e| {
+            positions.get(e.hash()).copied()
+        })
+        .map_err(ClientError::Misbehaviour)?;
+        if replies.first().map(|(p, _, _)| *p) != Some(0) {
+            return Err(ClientError::PinMismatch);
+        }
+        Ok(keys)
+    }
+
+    fn fetch_uid(&self, index: &[u8; 32]) -> Result<Option<UidMessageReply>, ClientError> {
+        match self.call(
+            "KeyRepository.FetchUID",
+            object([("UIDIndex", Value::String(b64::encode(index)))]),
+        ) {
+            Ok(v) => {
+                let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
+                let r: UidMessageReply = f
+                    .nested("UIDMessageReply")
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(Some(r))
+            }
+            Err(ClientError::Rpc { code: -32031, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches Capabilities and verifies them under the scheduled key of
+    /// SIGNINGPOS, and their KEYHASHCHAINENTRY against the local chain.
+    pub fn capabilities(&mut self) -> Result<SignedCapabilities, ClientError> {
+        let v = self.call(
+            "KeyRepository.Capabilities",
+            Value::Object(Default::default()),
+        )?;
+        let signed = SignedCapabilities::from_value(v).map_err(|e| bad(e.to_string()))?;
+        let c = &signed.capabilities;
+        if c.key_hash_chain_pos >= self.size() {
+            self.sync()?;
+        }
+        let key = self
+            .signer(c.signing_pos)
+            .ok_or_else(|| bad("Capabilities name an unscheduled SIGNINGPOS"))?;
+        if !sig::verify(&key, Ctx::Capabilities, c, &signed.signature) {
+            return Err(bad("Capabilities are not signed by the scheduled key"));
+        }
+        let ours = self
+            .entry(c.key_hash_chain_pos)
+            .ok_or_else(|| bad("KEYHASHCHAINPOS beyond the chain"))?;
+        if b64::encode(&ours.0) != c.key_hash_chain_entry {
+            return Err(bad(
+                "KEYHASHCHAINENTRY is not the chain's entry (bad-capabilities)",
+            ));
+        }
+        self.capabilities = Some(signed.clone());
+        Ok(signed)
+    }
+
+    /// §6.3: the verified current state of `identity`, or `None`.
+    pub fn lookup(&mut self, identity: &str) -> Result<Option<Verified>, ClientError> {
+        let ident = ks_core::identity::map(identity)
+            .map_err(|e| ClientError::NotFound(format!("{identity}: {e}")))?;
+        let mut found = Vec::new();
+        for (p, e) in self.entries.iter().enumerate() {
+            if e.is_for(&ident) {
+                found.push((p as u64, *e));
+            }
+        }
+        let mut replies = Vec::new();
+        for (p, e) in &found {
+            replies.push((*p, *e, self.fetch_uid(e.uid_index())?));
+        }
+        let matches: Vec<Match<'_>> = replies
+            .iter()
+            .map(|(p, e, r)| Match {
+                pos: *p,
+                entry: e,
+                reply: r.as_ref(),
+            })
+            .collect();
+        verify_chain(
+            &ident,
+            &matches,
+            |p| self.signer(p),
+            |e| self.positions.get(e.hash()).copied(),
+        )
+        .map_err(ClientError::Misbehaviour)
+    }
+
+    /// §6.4 step 2: registers `identity` with fresh keys (SIGKEY, SIGESCROW
+    /// and a static X25519 key) and verifies the reply.
+    pub fn register(
+        &mut self,
+        identity: &str,
+        forward_sec: &str,
+    ) -> Result<OwnIdentity, ClientError> {
+        self.sync()?;
+        let ident = ks_core::identity::map(identity)
+            .map_err(|e| ClientError::NotFound(format!("{identity}: {e}")))?;
+        let sig_key = SigningKey::from_bytes(&random());
+        let escrow = SigningKey::from_bytes(&random());
+        let static_secret = x25519_dalek::StaticSecret::from(random::<32>());
+        let keys = UidKeys {
+            sig_key: &sig_key,
+            escrow: Some(&escrow),
+            static_key: x25519_dalek::PublicKey::from(&static_secret).to_bytes(),
+        };
+        let last = self.entries.last().copied();
+        let content = author::content(&ident, &keys, 0, last.as_ref(), forward_sec, now());
+        let msg = author::sign_create(content, &keys);
+        let reply = self.submit(Kind::Create, &msg)?;
+        Ok(OwnIdentity {
+            identity: ident,
+            sig_key,
+            escrow: Some(escrow),
+            static_secret,
+            uid: msg,
+            reply,
+            next_keyinit: 1,
+            pf_secrets: HashMap::new(),
+        })
+    }
+
+    /// An update of `own` that rotates SIGKEY, authorised by the old
+    /// SIGKEY, or by the escrow key when `recover` (the old SIGKEY lost).
+    pub fn update(
+        &mut self,
+        own: &mut OwnIdentity,
+        recover: Option<&SigningKey>,
+    ) -> Result<(), ClientError> {
+        self.sync()?;
+        let new_key = SigningKey::from_bytes(&random());
+        let static_key = x25519_dalek::PublicKey::from(&own.static_secret).to_bytes();
+        let escrow_pub = own.uid.content.sig_escrow.clone();
+        let last = self.entries.last().copied();
+        let keys = UidKeys {
+            sig_key: &new_key,
+            escrow: None,
+            static_key,
+        };
+        let mut content = author::content(
+            &own.identity,
+            &keys,
+            own.uid.content.msg_count + 1,
+            last.as_ref(),
+            &own.uid.content.preferences.forward_sec,
+            now(),
+        );
+        content.sig_escrow = escrow_pub;
+        let by = match recover {
+            Some(e) => Authority::Escrow(e),
+            None => Authority::User(&own.sig_key),
+        };
+        let msg = author::sign_update(content, &new_key, by);
+        let reply = self.submit(Kind::Update, &msg)?;
+        own.sig_key = new_key;
+        own.uid = msg;
+        own.reply = reply;
+        own.pf_secrets.clear();
+        Ok(())
+    }
+
+    /// Sends a Create or Update and verifies the reply: it carries exactly
+    /// the message sent, binds to its entry, and is signed by the
+    /// scheduled key of its position.
+    fn submit(&mut self, kind: Kind, msg: &UidMessage) -> Result<UidMessageReply, ClientError> {
+        let method = match kind {
+            Kind::Create => "KeyRepository.CreateUID",
+            Kind::Update => "KeyRepository.UpdateUID",
+        };
+        let v = self.call(method, object([("UIDMessage", msg.to_value())]))?;
+        let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
+        let reply: UidMessageReply = f
+            .nested("UIDMessageReply")
+            .map_err(|e| bad(e.to_string()))?;
+        let (_, echoed) = reply
+            .open_for(&msg.content.identity)
+            .map_err(|e| bad(format!("the reply does not bind: {e}")))?;
+        if echoed.to_lcj() != msg.to_lcj() {
+            return Err(bad("the reply carries another UID"));
+        }
+        let pos = reply.entry.hashchain_pos;
+        let key = self
+            .signer(pos)
+            .ok_or_else(|| bad("no scheduled key for the reply"))?;
+        if !reply.signed_by(&key) {
+            return Err(bad("the reply is not signed by the scheduled key"));
+        }
+        Ok(reply)
+    }
+
+    /// §6.4 step 4 (inclusion part): the reply's entry is in the verified
+    /// chain at its position.
+    pub fn confirm(&mut self, own: &OwnIdentity) -> Result<u64, ClientError> {
+        let pos = own.reply.entry.hashchain_pos;
+        if pos >= self.size() {
+            self.sync()?;
+        }
+        let ours = self
+            .entry(pos)
+            .ok_or_else(|| ClientError::NotFound(format!("position {pos} is not published yet")))?;
+        if b64::encode(&ours.0) != own.reply.entry.hashchain_entry {
+            return Err(bad(format!(
+                "another entry sits at {pos} (reply-not-in-log)"
+            )));
+        }
+        Ok(pos)
+    }
+
+    /// §6.4 step 3: publishes `count` one-time and `fallbacks` fallback
+    /// KeyInits; verifies every receipt.
+    pub fn publish_key_inits(
+        &mut self,
+        own: &mut OwnIdentity,
+        count: usize,
+        fallbacks: usize,
+        mix_address: &str,
+        nym_address: &str,
+    ) -> Result<Vec<KeyInitReceipt>, ClientError> {
+        let repo = own
+            .uid
+            .content
+            .repo_uris
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        let now = now();
+        let not_after = (now + 30 * 86_400).min(own.uid.content.not_after);
+        let mut key_inits = Vec::new();
+        let mut secrets = Vec::new();
+        for i in 0..count + fallbacks {
+            let secret = x25519_dalek::StaticSecret::from(random::<32>());
+            let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+            let ki = author::key_init(
+                &own.sig_key,
+                &repo,
+                &author::anchor(&public, mix_address, nym_address),
+                &random(),
+                own.next_keyinit + i as u64,
+                i >= count,
+                now.saturating_sub(60),
+                not_after,
+            );
+            secrets.push((ki.hash(), secret));
+            key_inits.push(ki);
+        }
+        let v = self.call(
+            "KeyInitRepository.AddKeyInit",
+            object([
+                (
+                    "SigPubKey",
+                    Value::String(b64::encode(own.sig_key.verifying_key().as_bytes())),
+                ),
+                (
+                    "KeyInits",
+                    Value::Array(key_inits.iter().map(Lcj::to_value).collect()),
+                ),
+            ]),
+        )?;
+        let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
+        let signatures = f.strings("Signatures").map_err(|e| bad(e.to_string()))?;
+        let timestamp = f.integer("Timestamp").map_err(|e| bad(e.to_string()))?;
+        if signatures.len() != key_inits.len() {
+            return Err(bad("one receipt per KeyInit"));
+        }
+        let key = self
+            .signer(self.size().saturating_sub(1))
+            .ok_or_else(|| bad("no key"))?;
+        let origin = self.origin.clone().unwrap_or_default();
+        let mut receipts = Vec::new();
+        for (ki, s) in key_inits.iter().zip(&signatures) {
+            let receipt = KeyInitReceipt {
+                key_init_hash: ki.hash(),
+                origin: origin.clone(),
+                sig_key_hash: sig_key_hash(own.sig_key.verifying_key().as_bytes()),
+                timestamp,
+            };
+            if !sig::verify(&key, Ctx::KeyinitReceipt, &receipt, s) {
+                return Err(bad("a KeyInit receipt does not verify"));
+            }
+            receipts.push(receipt);
+        }
+        own.next_keyinit += key_inits.len() as u64;
+        own.pf_secrets.extend(secrets);
+        Ok(receipts)
+    }
+
+    /// §6.5: Bob fetches one of Alice's KeyInits and checks everything.
+    pub fn session_start(&mut self, identity: &str) -> Result<SessionStart, ClientError> {
+        self.sync()?;
+        let alice = self
+            .lookup(identity)?
+            .ok_or_else(|| ClientError::NotFound(identity.to_string()))?;
+        if !alice.state.is_current(now()) {
+            return Err(ClientError::NotFound(format!("{identity} is not current")));
+        }
+        let v = self.call(
+            "KeyInitRepository.FetchKeyInit",
+            object([("SigKeyHash", Value::String(alice.sig_key_hash.clone()))]),
+        )?;
+        let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
+        let ki: KeyInit = f.nested("KeyInit").map_err(|e| bad(e.to_string()))?;
+        let receipt: DispersalReceipt = f.nested("Dispersal").map_err(|e| bad(e.to_string()))?;
+        let signature = f.string("Signature").map_err(|e| bad(e.to_string()))?;
+        let server = self
+            .signer(self.size().saturating_sub(1))
+            .ok_or_else(|| bad("no key"))?;
+        let reject = |why: &str| ClientError::BadKeyInit(why.to_string());
+        if !sig::verify(&server, Ctx::KeyinitDispersal, &receipt, &signature) {
+            return Err(reject("the dispersal receipt is not signed by the server"));
+        }
+        if receipt.key_init_hash != ki.hash()
+            || Some(&receipt.origin) != self.origin.as_ref()
+            || receipt.sig_key_hash != alice.sig_key_hash
+        {
+            return Err(reject("the receipt is not for this KeyInit"));
+        }
+        let sig_key = alice
+            .message
+            .content
+            .sig_key
+            .verifying_key()
+            .ok_or_else(|| reject("no SIGKEY"))?;
+        let checked = check_keyinit(
+            &ki,
+            &sig_key,
+            &alice.message.content.repo_uris,
+            Window::Fetch,
+            now(),
+        )
+        .map_err(|e| reject(&e.to_string()))?;
+        if let Some(c) = &self.capabilities {
+            if !c
+                .capabilities
+                .key_init_repository_uris
+                .contains(&ki.contents.repo_uri)
+            {
+                return Err(reject("REPOURI is not one of the server's repositories"));
+            }
+        }
+        let hash = ki.hash();
+        if self.one_time_seen.contains(&hash) {
+            return Err(reject("keyinit-reuse: a one-time KeyInit served twice"));
+        }
+        if ki.contents.fallback && alice.message.content.preferences.forward_sec == "strict" {
+            return Err(ClientError::NoOneTimeKeyInit);
+        }
+        if receipt.one_time {
+            self.one_time_seen.insert(hash.clone());
+        }
+        Ok(SessionStart {
+            identity: alice.message.content.identity.clone(),
+            position: alice.state.pos,
+            static_key: alice.static_key,
+            pf_key: checked.pf_key,
+            mix_address: checked.anchor.mix_address,
+            nym_address: checked.anchor.nym_address,
+            key_init_hash: hash,
+            fallback: ki.contents.fallback,
+            receipt,
+        })
+    }
+
+    /// §4.5: deletes all of `own`'s KeyInits with a fresh nonce.
+    pub fn flush(&mut self, own: &OwnIdentity) -> Result<FlushReceipt, ClientError> {
+        let origin = self.origin.clone().unwrap_or_default();
+        let (req, signature) = author::flush(&own.sig_key, &origin, &random(), now());
+        let v = self.call(
+            "KeyInitRepository.FlushKeyInit",
+            object([
+                (
+                    "SigPubKey",
+                    Value::String(b64::encode(own.sig_key.verifying_key().as_bytes())),
+                ),
+                ("Flush", req.to_value()),
+                ("Signature", Value::String(signature)),
+            ]),
+        )?;
+        let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
+        let receipt: FlushReceipt = f.nested("Receipt").map_err(|e| bad(e.to_string()))?;
+        let s = f.string("Signature").map_err(|e| bad(e.to_string()))?;
+        let key = self
+            .signer(self.size().saturating_sub(1))
+            .ok_or_else(|| bad("no key"))?;
+        if !sig::verify(&key, Ctx::FlushReceipt, &receipt, &s) || receipt.nonce != req.nonce {
+            return Err(bad("the flush receipt does not verify"));
+        }
+        Ok(receipt)
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut b = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
