@@ -1,4 +1,5 @@
 //! A real `keyserverd` process for the keyserver's end-to-end tests.
+#![allow(dead_code)] // each test binary uses a different part
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
