@@ -17,7 +17,6 @@ use ks_core::author::{self, UidKeys};
 use ks_core::entry::Entry;
 use ks_core::rules::Kind;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tlog_core::note::{KeyType, SignerKey};
 use tlog_node::LogNode;
 use tlog_store::{LogOptions, LogStore, RedbLogStore};
@@ -103,15 +102,6 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SignerKey, StartError>
     )
     .map_err(io)?;
     Ok(key)
-}
-
-/// The escrow key as it goes on paper: 64 hex digits in groups of four and
-/// a 4-hex-digit SHA-256 checksum (keyserver.md §6.4).
-pub fn paper_key(key: &SigningKey) -> String {
-    let hex = hex::encode(key.as_bytes());
-    let groups: Vec<&str> = (0..16).map(|i| &hex[i * 4..i * 4 + 4]).collect();
-    let check = hex::encode(&Sha256::digest(key.as_bytes())[..2]);
-    format!("{} / {check}", groups.join(" "))
 }
 
 /// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.

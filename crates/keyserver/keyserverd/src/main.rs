@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!(
             "escrow key of {} (write it on paper now; it is not stored):\n  {}",
             running.keyserver.config().keyserver_identity(),
-            keyserverd::daemon::paper_key(escrow)
+            ks_core::paper::encode(escrow.as_bytes())
         );
     }
     eprintln!("pin: {}", running.pin);

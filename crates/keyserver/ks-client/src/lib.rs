@@ -38,6 +38,8 @@ use tlog_core::merkle::CompactRange;
 use tlog_core::note::{KeyType, Note, VerifierKey};
 use tlog_core::Checkpoint;
 
+pub mod store;
+
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -87,6 +89,9 @@ pub enum ClientError {
     /// The identity does not exist or is not current.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The local state file failed.
+    #[error("local state: {0}")]
+    Storage(String),
 }
 
 /// What a client pins: `keyserver@<domain>` and H_0.
@@ -178,6 +183,8 @@ pub struct Client {
     one_time_seen: BTreeSet<String>,
     /// Verified Capabilities.
     capabilities: Option<SignedCapabilities>,
+    /// Where the state persists (None: in memory only).
+    file: Option<store::StateFile>,
 }
 
 fn rpc_error(v: &serde_json::Value) -> ClientError {
@@ -213,6 +220,108 @@ impl Client {
             schedule: Vec::new(),
             one_time_seen: BTreeSet::new(),
             capabilities: None,
+            file: None,
+        }
+    }
+
+    /// Opens the state file at `path`. The first open needs the server's
+    /// URL and the pin; later opens use the stored ones (a different pin
+    /// is refused: re-pinning is a new state file).
+    pub fn open(
+        path: &std::path::Path,
+        url: Option<&str>,
+        pin: Option<Pin>,
+    ) -> Result<Client, ClientError> {
+        let file = store::StateFile::open(path)?;
+        let loaded = file.load()?;
+        let text = |k: &str| {
+            loaded
+                .meta
+                .get(k)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let stored_pin = text("pin").and_then(|p| Pin::parse(&p));
+        let pin = match (stored_pin, pin) {
+            (Some(s), Some(p)) if s != p => {
+                return Err(ClientError::Storage(
+                    "this state file is pinned to another keyserver".into(),
+                ))
+            }
+            (Some(s), _) => s,
+            (None, Some(p)) => p,
+            (None, None) => {
+                return Err(ClientError::Storage(
+                    "not initialised: give the server URL and pin".into(),
+                ))
+            }
+        };
+        let url = url
+            .map(str::to_string)
+            .or_else(|| text("url"))
+            .ok_or_else(|| ClientError::Storage("no server URL".into()))?;
+        let mut c = Client::new(&url, pin.clone());
+        for (i, raw) in loaded.entries.iter().enumerate() {
+            let e = Entry::from_bytes(raw).map_err(|e| ClientError::Storage(e.to_string()))?;
+            c.positions.insert(*e.hash(), i as u64);
+            c.range.push(e.leaf_hash());
+            c.entries.push(e);
+        }
+        c.origin = text("origin");
+        c.note = loaded.meta.get("note").cloned();
+        for (p, k) in loaded.schedule {
+            let key =
+                VerifyingKey::from_bytes(&k).map_err(|e| ClientError::Storage(e.to_string()))?;
+            c.schedule.push((p, key));
+        }
+        c.one_time_seen = loaded.seen.into_iter().collect();
+        // The pin and URL are stored with the first verified sync, so a
+        // wrong pin leaves nothing behind.
+        c.file = Some(file);
+        Ok(c)
+    }
+
+    /// Stores an own identity (with its private keys) in the state file.
+    pub fn save_own(&self, own: &OwnIdentity) -> Result<(), ClientError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut pf: Vec<String> = own
+            .pf_secrets
+            .iter()
+            .map(|(h, s)| format!("{h} {}", b64::encode(s.as_bytes())))
+            .collect();
+        pf.sort();
+        file.put_own(&store::OwnRecord {
+            uid: own.uid.clone(),
+            reply: own.reply.clone(),
+            sig_key: b64::encode(own.sig_key.as_bytes()),
+            escrow: own
+                .escrow
+                .as_ref()
+                .map(|e| b64::encode(e.as_bytes()))
+                .unwrap_or_default(),
+            static_secret: b64::encode(own.static_secret.as_bytes()),
+            next_keyinit: own.next_keyinit,
+            pf_secrets: pf,
+        })
+    }
+
+    /// An own identity from the state file.
+    pub fn load_own(&self, identity: &str) -> Result<Option<OwnIdentity>, ClientError> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let Some(r) = file.own(identity)? else {
+            return Ok(None);
+        };
+        own_of(r).map(Some)
+    }
+
+    /// Every own identity in the state file.
+    pub fn owns(&self) -> Result<Vec<OwnIdentity>, ClientError> {
+        match &self.file {
+            None => Ok(Vec::new()),
+            Some(f) => f.owns()?.into_iter().map(own_of).collect(),
         }
     }
 
@@ -382,7 +491,26 @@ impl Client {
         let verified = note
             .verify(&[verifier])
             .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")))?;
-        // Everything verified: keep it.
+        // Everything verified: keep it (one transaction in the state file).
+        if let Some(file) = &self.file {
+            let raw: Vec<[u8; ks_core::entry::ENTRY_LEN]> = new.iter().map(|e| e.0).collect();
+            let rows: Vec<(u64, [u8; 32])> =
+                schedule.iter().map(|(p, k)| (*p, k.to_bytes())).collect();
+            file.commit(store::Commit {
+                from: m,
+                entries: &raw,
+                schedule: &rows,
+                meta: &[
+                    ("origin", cp.origin.clone().into_bytes()),
+                    ("note", verified.to_bytes()),
+                    (
+                        "pin",
+                        format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)).into_bytes(),
+                    ),
+                    ("url", self.url.clone().into_bytes()),
+                ],
+            })?;
+        }
         for (i, e) in new.iter().enumerate() {
             self.positions.insert(*e.hash(), m + i as u64);
         }
@@ -792,6 +920,9 @@ impl Client {
             return Err(ClientError::NoOneTimeKeyInit);
         }
         if receipt.one_time {
+            if let Some(file) = &self.file {
+                file.seen(&hash)?;
+            }
             self.one_time_seen.insert(hash.clone());
         }
         Ok(SessionStart {
@@ -833,6 +964,34 @@ impl Client {
         }
         Ok(receipt)
     }
+}
+
+fn own_of(r: store::OwnRecord) -> Result<OwnIdentity, ClientError> {
+    let key = |s: &str| {
+        b64::exact::<32>(s)
+            .ok_or_else(|| ClientError::Storage("a stored key is not b64(32)".into()))
+    };
+    let mut pf_secrets = HashMap::new();
+    for row in &r.pf_secrets {
+        let (h, k) = row
+            .split_once(' ')
+            .ok_or_else(|| ClientError::Storage("a stored PF key is malformed".into()))?;
+        pf_secrets.insert(h.to_string(), x25519_dalek::StaticSecret::from(key(k)?));
+    }
+    Ok(OwnIdentity {
+        identity: r.uid.content.identity.clone(),
+        sig_key: SigningKey::from_bytes(&key(&r.sig_key)?),
+        escrow: if r.escrow.is_empty() {
+            None
+        } else {
+            Some(SigningKey::from_bytes(&key(&r.escrow)?))
+        },
+        static_secret: x25519_dalek::StaticSecret::from(key(&r.static_secret)?),
+        uid: r.uid,
+        reply: r.reply,
+        next_keyinit: r.next_keyinit,
+        pf_secrets,
+    })
 }
 
 fn random<const N: usize>() -> [u8; N] {

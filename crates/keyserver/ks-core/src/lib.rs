@@ -13,6 +13,7 @@ pub mod error;
 pub mod identity;
 pub mod keyinit;
 pub mod lcj;
+pub mod paper;
 pub mod rules;
 pub mod sig;
 pub mod uid;

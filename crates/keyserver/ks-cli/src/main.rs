@@ -1,0 +1,423 @@
+//! `ks-cli`: Alice and Bob at a keyserver, with every check of
+//! keyserver.md §6 done before anything is believed.
+//!
+//! State lives in `--dir` (default `~/.lightkeeper/ks-cli`), one redb file
+//! holding the verified chain, the key schedule and own private keys
+//! (0600). Exit codes: 0 ok, 1 error, 2 usage, 3 not found / taken / no
+//! KeyInit, 4 misbehaviour detected, 5 payment required.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use ks_client::{Client, ClientError, OwnIdentity, Pin};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keyserver client: register, publish KeyInits, look up and start sessions, verifying everything"
+)]
+struct Args {
+    /// Where the state lives [default: ~/.lightkeeper/ks-cli].
+    #[arg(long, env = "KS_CLI_DIR", global = true)]
+    dir: Option<PathBuf>,
+    /// Print results as JSON (a stable format).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pins a keyserver and does the first verified sync.
+    Init {
+        /// The JSON-RPC URL, e.g. http://127.0.0.1:55560/.
+        #[arg(long)]
+        server: String,
+        /// `keyserver@<domain>:<hex H_0>`, as keyserverd printed it.
+        #[arg(long)]
+        pin: String,
+    },
+    /// Brings the local chain up to the latest checkpoint.
+    Sync,
+    /// Prints the verified Capabilities.
+    Capabilities,
+    /// Registers an identity with a fresh SIGKEY, SIGESCROW and static key.
+    Register {
+        /// e.g. alice@example.org.
+        identity: String,
+        /// `strict` (refuse fallback KeyInits) or `mandatory`.
+        #[arg(long, default_value = "strict")]
+        forwardsec: String,
+    },
+    /// Updates an identity, rotating its SIGKEY.
+    Update {
+        /// The identity.
+        identity: String,
+        /// The paper escrow key (a file), when SIGKEY is lost.
+        #[arg(long)]
+        escrow: Option<PathBuf>,
+    },
+    /// KeyInits: publish, list, flush.
+    Keyinit {
+        #[command(subcommand)]
+        command: KeyinitCommand,
+    },
+    /// Checks that a registration is in the published chain.
+    Confirm {
+        /// The identity.
+        identity: String,
+        /// The escrow key is on paper: delete it from the state file.
+        #[arg(long)]
+        escrow_printed: bool,
+        /// How long to wait for publication, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        max_wait: u64,
+    },
+    /// Looks an identity up and verifies its whole UID chain.
+    Lookup {
+        /// The identity.
+        identity: String,
+    },
+    /// Fetches a KeyInit of an identity and prints the SessionStart.
+    SessionStart {
+        /// The identity.
+        identity: String,
+    },
+    /// Prints the verified checkpoint.
+    Checkpoint,
+    /// Exits 0 if the entry (b64) is in the verified chain, 3 if not.
+    CheckEntry {
+        /// A peer's LASTENTRY.
+        entry: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyinitCommand {
+    /// Publishes one-time and fallback KeyInits.
+    Publish {
+        /// The identity.
+        identity: String,
+        /// One-time KeyInits.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+        /// Fallback KeyInits.
+        #[arg(long, default_value_t = 2)]
+        fallback: usize,
+        /// MIXADDRESS.
+        #[arg(long)]
+        mixaddress: String,
+        /// NYMADDRESS (base64).
+        #[arg(long)]
+        nymaddress: String,
+    },
+    /// Counts the forward-secret keys held.
+    List {
+        /// The identity.
+        identity: String,
+    },
+    /// Deletes every KeyInit of the identity at the server.
+    Flush {
+        /// The identity.
+        identity: String,
+    },
+}
+
+/// An error with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Rpc { code, .. } => match code {
+                -32010 | -32011 | -32020 | -32031 => 3,
+                -32003..=-32001 => 5,
+                _ => 1,
+            },
+            ClientError::NotFound(_) | ClientError::NoOneTimeKeyInit => 3,
+            ClientError::Rollback { .. }
+            | ClientError::Fork { .. }
+            | ClientError::BadData(_)
+            | ClientError::PinMismatch
+            | ClientError::Misbehaviour(_)
+            | ClientError::BadKeyInit(_) => 4,
+            ClientError::Transport(_) | ClientError::Storage(_) => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("ks-cli: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn state_path(dir: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    let dir = match dir {
+        Some(d) => d,
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .ok_or_else(|| anyhow::anyhow!("HOME is not set; pass --dir"))?,
+        )
+        .join(".lightkeeper/ks-cli"),
+    };
+    Ok(dir.join("state.redb"))
+}
+
+fn own(client: &Client, identity: &str) -> Result<OwnIdentity, Failure> {
+    let mapped =
+        ks_core::identity::map(identity).map_err(|e| anyhow::anyhow!("{identity}: {e}"))?;
+    client.load_own(&mapped)?.ok_or_else(|| Failure {
+        code: 3,
+        message: format!("{mapped} is not one of this state's identities"),
+    })
+}
+
+fn print(json: bool, value: serde_json::Value, human: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    let path = state_path(args.dir)?;
+    let json = args.json;
+    if let Command::Init { server, pin } = &args.command {
+        let pin = Pin::parse(pin)
+            .ok_or_else(|| anyhow::anyhow!("the pin is keyserver@<domain>:<64 hex digits>"))?;
+        let mut client = Client::open(&path, Some(server), Some(pin))?;
+        let synced = client.sync()?;
+        let caps = client.capabilities()?;
+        print(
+            json,
+            serde_json::json!({"size": synced.to, "origin": caps.capabilities.origin}),
+            format!(
+                "pinned {} ({}); verified {} entries",
+                caps.capabilities.keyserver_identity, caps.capabilities.origin, synced.to
+            ),
+        );
+        return Ok(());
+    }
+    let mut client = Client::open(&path, None, None)?;
+    match args.command {
+        Command::Init { .. } => unreachable!("handled above"),
+        Command::Sync => {
+            let s = client.sync()?;
+            print(
+                json,
+                serde_json::json!({"from": s.from, "to": s.to}),
+                format!("verified {} → {} entries", s.from, s.to),
+            );
+        }
+        Command::Capabilities => {
+            let caps = client.capabilities()?;
+            let bytes = ks_core::lcj::Lcj::to_lcj(&caps);
+            println!("{}", String::from_utf8_lossy(&bytes));
+        }
+        Command::Register {
+            identity,
+            forwardsec,
+        } => {
+            let own = client.register(&identity, &forwardsec)?;
+            client.save_own(&own)?;
+            let escrow = own
+                .escrow
+                .as_ref()
+                .map(|e| ks_core::paper::encode(e.as_bytes()))
+                .unwrap_or_default();
+            print(
+                json,
+                serde_json::json!({"identity": own.identity, "position": own.reply.entry.hashchain_pos, "escrow": escrow}),
+                format!(
+                    "registered {} at position {}\nescrow key (write it on paper; `confirm --escrow-printed` deletes it here):\n  {escrow}",
+                    own.identity, own.reply.entry.hashchain_pos
+                ),
+            );
+        }
+        Command::Update { identity, escrow } => {
+            let mut me = own(&client, &identity)?;
+            let recover = match escrow {
+                None => None,
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    let secret = ks_core::paper::decode(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    Some(ed25519_dalek::SigningKey::from_bytes(&secret))
+                }
+            };
+            client.update(&mut me, recover.as_ref())?;
+            client.save_own(&me)?;
+            print(
+                json,
+                serde_json::json!({"identity": me.identity, "position": me.reply.entry.hashchain_pos, "msgcount": me.uid.content.msg_count}),
+                format!(
+                    "updated {} at position {} (MSGCOUNT {})",
+                    me.identity, me.reply.entry.hashchain_pos, me.uid.content.msg_count
+                ),
+            );
+        }
+        Command::Keyinit { command } => match command {
+            KeyinitCommand::Publish {
+                identity,
+                count,
+                fallback,
+                mixaddress,
+                nymaddress,
+            } => {
+                let mut me = own(&client, &identity)?;
+                let receipts =
+                    client.publish_key_inits(&mut me, count, fallback, &mixaddress, &nymaddress)?;
+                client.save_own(&me)?;
+                print(
+                    json,
+                    serde_json::json!({"published": receipts.len()}),
+                    format!("published {} KeyInits ({count} one-time, {fallback} fallback); receipts verified", receipts.len()),
+                );
+            }
+            KeyinitCommand::List { identity } => {
+                let me = own(&client, &identity)?;
+                print(
+                    json,
+                    serde_json::json!({"held": me.pf_secrets.len()}),
+                    format!("{} forward-secret keys held", me.pf_secrets.len()),
+                );
+            }
+            KeyinitCommand::Flush { identity } => {
+                let me = own(&client, &identity)?;
+                let r = client.flush(&me)?;
+                print(
+                    json,
+                    serde_json::json!({"flushed": r.flushed}),
+                    format!("flushed {} KeyInits", r.flushed),
+                );
+            }
+        },
+        Command::Confirm {
+            identity,
+            escrow_printed,
+            max_wait,
+        } => {
+            let mut me = own(&client, &identity)?;
+            let deadline = Instant::now() + Duration::from_secs(max_wait);
+            let pos = loop {
+                match client.confirm(&me) {
+                    Ok(p) => break p,
+                    Err(ClientError::NotFound(_)) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            // The scan finds exactly the entries she holds replies for.
+            let found = client
+                .lookup(&me.identity)?
+                .ok_or_else(|| anyhow::anyhow!("{} not found after confirming", me.identity))?;
+            if found.message != me.uid {
+                return Err(Failure {
+                    code: 4,
+                    message: format!(
+                        "the chain's newest UID for {} is not the one held here (takeover?)",
+                        me.identity
+                    ),
+                });
+            }
+            if escrow_printed {
+                me.escrow = None;
+                client.save_own(&me)?;
+            }
+            print(
+                json,
+                serde_json::json!({"identity": me.identity, "position": pos}),
+                format!("{} confirmed at position {pos}", me.identity),
+            );
+        }
+        Command::Lookup { identity } => {
+            client.sync()?;
+            let found = client.lookup(&identity)?.ok_or_else(|| Failure {
+                code: 3,
+                message: format!("{identity} is not registered"),
+            })?;
+            let c = &found.message.content;
+            print(
+                json,
+                serde_json::json!({
+                    "identity": c.identity, "position": found.state.pos, "msgcount": c.msg_count,
+                    "sigkey": c.sig_key.pubkey, "static": c.pubkeys.first().map(|k| k.pubkey.clone()),
+                    "notbefore": c.not_before, "notafter": c.not_after,
+                }),
+                format!(
+                    "{} at position {} (MSGCOUNT {}), SIGKEY {}",
+                    c.identity, found.state.pos, c.msg_count, c.sig_key.pubkey
+                ),
+            );
+        }
+        Command::SessionStart { identity } => {
+            let s = client.session_start(&identity)?;
+            let b64 = ks_core::b64::encode;
+            print(
+                json,
+                serde_json::json!({
+                    "IDENTITY": s.identity, "POSITION": s.position, "STATICKEY": b64(&s.static_key),
+                    "PFKEY": b64(&s.pf_key), "MIXADDRESS": s.mix_address, "NYMADDRESS": s.nym_address,
+                    "KEYINITHASH": s.key_init_hash, "FALLBACK": s.fallback,
+                }),
+                format!(
+                    "session start with {}: PF key {} via {}",
+                    s.identity,
+                    b64(&s.pf_key),
+                    s.mix_address
+                ),
+            );
+        }
+        Command::Checkpoint => {
+            let note = client
+                .checkpoint()
+                .ok_or_else(|| anyhow::anyhow!("nothing verified yet: run sync"))?;
+            print!("{}", String::from_utf8_lossy(note));
+        }
+        Command::CheckEntry { entry } => {
+            client.sync()?;
+            let raw = ks_core::b64::decode(&entry)
+                .ok_or_else(|| anyhow::anyhow!("the entry is not base64"))?;
+            let found =
+                (0..client.size()).any(|p| client.entry(p).is_some_and(|e| e.0[..] == raw[..]));
+            if !found {
+                return Err(Failure {
+                    code: 3,
+                    message:
+                        "the entry is not in the verified chain: ask the peer for its checkpoint"
+                            .into(),
+                });
+            }
+            println!("in the verified chain");
+        }
+    }
+    Ok(())
+}

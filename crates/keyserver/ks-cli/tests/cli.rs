@@ -1,0 +1,177 @@
+//! The seed's use case as README tells a newcomer to play it: `keyserverd`
+//! and two `ks-cli` processes (Alice and Bob, separate directories). Every
+//! step verifies; exit codes follow keyserver.md §6.6.
+
+use std::path::Path;
+use std::process::Command;
+
+use lk_testkit::keyserverd::Keyserverd;
+use lk_testkit::process::workspace_binary;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ks_cli(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_ks-cli"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run ks-cli");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = ks_cli(dir, args);
+    assert_eq!(o.code, 0, "ks-cli {args:?}: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(dir, &all)).expect("json output")
+}
+
+#[test]
+fn alice_and_bob_with_the_command_line() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(
+        &workspace_binary("keyserverd"),
+        &root.path().join("server"),
+        0,
+    );
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let url = server.url.as_str();
+    let pin = server.pin.as_str();
+
+    ok(&alice, &["init", "--server", url, "--pin", pin]);
+    let reg = json(&alice, &["register", "alice@localhost"]);
+    let escrow = reg["escrow"].as_str().expect("escrow").to_string();
+    let paper = root.path().join("escrow.txt");
+    std::fs::write(&paper, &escrow).expect("paper");
+    let published = json(
+        &alice,
+        &[
+            "keyinit",
+            "publish",
+            "alice@localhost",
+            "--count",
+            "2",
+            "--fallback",
+            "1",
+            "--mixaddress",
+            "mix.localhost",
+            "--nymaddress",
+            "bnltYWRkcmVzcw==",
+        ],
+    );
+    assert_eq!(published["published"], 3);
+    let confirmed = json(
+        &alice,
+        &[
+            "confirm",
+            "alice@localhost",
+            "--escrow-printed",
+            "--max-wait",
+            "30",
+        ],
+    );
+    assert_eq!(confirmed["position"], reg["position"]);
+
+    // Bob: a wrong pin is refused with "misbehaviour" (4), the right one works.
+    let wrong = format!("keyserver@localhost:{}", "00".repeat(32));
+    let o = ks_cli(&bob, &["init", "--server", url, "--pin", &wrong]);
+    assert_eq!(o.code, 4, "{}", o.stderr);
+    // Nothing of the refused pin stays: the right one is taken next.
+    ok(&bob, &["init", "--server", url, "--pin", pin]);
+    let found = json(&bob, &["lookup", "alice@localhost"]);
+    assert_eq!(found["position"], reg["position"]);
+    let start = json(&bob, &["session-start", "alice@localhost"]);
+    assert_eq!(start["FALLBACK"], false);
+    assert_eq!(start["IDENTITY"], "alice@localhost");
+    let second = json(&bob, &["session-start", "alice@localhost"]);
+    assert_ne!(second["KEYINITHASH"], start["KEYINITHASH"]);
+    // Only the fallback is left: strict refuses it (exit 3).
+    let o = ks_cli(&bob, &["session-start", "alice@localhost"]);
+    assert_eq!(o.code, 3, "{}{}", o.stdout, o.stderr);
+    // Unknown and taken names: exit 3.
+    assert_eq!(ks_cli(&bob, &["lookup", "carol@localhost"]).code, 3);
+    assert_eq!(ks_cli(&bob, &["register", "a1ice@localhost"]).code, 3);
+    // Alice rotates, then recovers with the paper escrow key; Bob sees it.
+    let upd = json(&alice, &["update", "alice@localhost"]);
+    assert_eq!(upd["msgcount"], 1);
+    let rec = json(
+        &alice,
+        &[
+            "update",
+            "alice@localhost",
+            "--escrow",
+            paper.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(rec["msgcount"], 2);
+    // A mistyped paper key is caught by its checksum.
+    let typo = root.path().join("typo.txt");
+    let mut chars: Vec<char> = escrow.chars().collect();
+    chars[0] = if chars[0] == '0' { '1' } else { '0' };
+    std::fs::write(&typo, chars.into_iter().collect::<String>()).expect("typo");
+    let o = ks_cli(
+        &alice,
+        &[
+            "update",
+            "alice@localhost",
+            "--escrow",
+            typo.to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("checksum"), "{}", o.stderr);
+    // Bob syncs incrementally and sees MSGCOUNT 2 (wait for publication).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let found = json(&bob, &["lookup", "alice@localhost"]);
+        if found["msgcount"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update was never published"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A peer's LASTENTRY check and the checkpoint.
+    let cp = ok(&bob, &["checkpoint"]);
+    assert!(cp.starts_with("localhost/kt/v1\n"), "{cp}");
+    assert_eq!(ks_cli(&bob, &["check-entry", &"A".repeat(204)]).code, 3);
+    // Flush: afterwards no KeyInit (exit 3).
+    ok(
+        &alice,
+        &[
+            "keyinit",
+            "publish",
+            "alice@localhost",
+            "--count",
+            "1",
+            "--fallback",
+            "0",
+            "--mixaddress",
+            "mix.localhost",
+            "--nymaddress",
+            "bnltYWRkcmVzcw==",
+        ],
+    );
+    let flushed = json(&alice, &["keyinit", "flush", "alice@localhost"]);
+    assert_eq!(flushed["flushed"], 1);
+    assert_eq!(ks_cli(&bob, &["session-start", "alice@localhost"]).code, 3);
+    // Usage errors: exit 2.
+    assert_eq!(ks_cli(&bob, &["frobnicate"]).code, 2);
+    drop(server);
+}

@@ -1,0 +1,223 @@
+//! The client's local state (keyserver.md §6.1): one redb file per server,
+//! every change one transaction, so a crash leaves the previous verified
+//! state or the new one. Private keys are stored in it (the file is
+//! created 0600); the escrow key only until `confirm`.
+
+use std::path::Path;
+
+use ks_core::lcj::Lcj;
+use ks_core::lcj_record;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::ClientError;
+
+/// Settings and the verified head: "pin", "url", "origin", "note",
+/// "range", "caps".
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Position → the 153-byte entry.
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+/// Position → SIGKEY of the keyserver UID there (the key schedule).
+const SCHEDULE: TableDefinition<u64, &[u8]> = TableDefinition::new("schedule");
+/// Identity → LCJ(OwnRecord): own identities and their private keys.
+const OWN: TableDefinition<&str, &[u8]> = TableDefinition::new("own");
+/// KEYINITHASH → 1 for one-time KeyInits this client was served.
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_one_time");
+
+lcj_record! {
+    /// One own identity as stored.
+    pub struct OwnRecord {
+        /// The newest UIDMessage.
+        uid: ks_core::uid::UidMessage = "UID",
+        /// Its reply.
+        reply: ks_core::uid::UidMessageReply = "REPLY",
+        /// SIGKEY seed (b64(32)).
+        sig_key: String = "SIGKEY",
+        /// Escrow seed until confirmed, else "".
+        escrow: String = "ESCROW",
+        /// X25519 static secret (b64(32)).
+        static_secret: String = "STATIC",
+        /// Next KeyInit MSGCOUNT.
+        next_keyinit: u64 = "NEXTKEYINIT",
+        /// `KEYINITHASH b64(secret)` pairs (space-separated: base64 has no
+        /// space), sorted.
+        pf_secrets: Vec<String> = "PFSECRETS",
+    }
+}
+
+/// The open state file.
+pub struct StateFile {
+    db: Database,
+}
+
+fn storage(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Storage(e.to_string())
+}
+
+/// The snapshot a client starts from.
+pub struct Loaded {
+    /// Settings.
+    pub meta: std::collections::BTreeMap<String, Vec<u8>>,
+    /// Entries in order.
+    pub entries: Vec<[u8; ks_core::entry::ENTRY_LEN]>,
+    /// The key schedule.
+    pub schedule: Vec<(u64, [u8; 32])>,
+    /// One-time KEYINITHASHes seen.
+    pub seen: Vec<String>,
+}
+
+/// What one sync commits.
+pub struct Commit<'a> {
+    /// First new position.
+    pub from: u64,
+    /// New entries.
+    pub entries: &'a [[u8; ks_core::entry::ENTRY_LEN]],
+    /// New schedule rows.
+    pub schedule: &'a [(u64, [u8; 32])],
+    /// Meta rows to set.
+    pub meta: &'a [(&'a str, Vec<u8>)],
+}
+
+impl StateFile {
+    /// Opens or creates the file (0600).
+    pub fn open(path: &Path) -> Result<StateFile, ClientError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let existed = path.exists();
+        let db = Database::create(path).map_err(storage)?;
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(storage)?;
+        }
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+        txn.open_table(ENTRIES).map_err(storage)?;
+        txn.open_table(SCHEDULE).map_err(storage)?;
+        txn.open_table(OWN).map_err(storage)?;
+        txn.open_table(SEEN).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(StateFile { db })
+    }
+
+    /// Everything but own identities.
+    pub fn load(&self) -> Result<Loaded, ClientError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let mut meta = std::collections::BTreeMap::new();
+        for row in txn
+            .open_table(META)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            meta.insert(k.value().to_string(), v.value().to_vec());
+        }
+        let table = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut entries = Vec::with_capacity(table.len().map_err(storage)? as usize);
+        for (i, row) in table.iter().map_err(storage)?.enumerate() {
+            let (k, v) = row.map_err(storage)?;
+            if k.value() != i as u64 {
+                return Err(storage("the stored chain has a gap"));
+            }
+            entries.push(
+                v.value()
+                    .try_into()
+                    .map_err(|_| storage("a stored entry is not 153 bytes"))?,
+            );
+        }
+        let mut schedule = Vec::new();
+        for row in txn
+            .open_table(SCHEDULE)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            schedule.push((
+                k.value(),
+                v.value().try_into().map_err(|_| storage("bad key"))?,
+            ));
+        }
+        let mut seen = Vec::new();
+        for row in txn
+            .open_table(SEEN)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            seen.push(row.map_err(storage)?.0.value().to_string());
+        }
+        Ok(Loaded {
+            meta,
+            entries,
+            schedule,
+            seen,
+        })
+    }
+
+    /// Commits a sync (or settings) in one transaction.
+    pub fn commit(&self, c: Commit<'_>) -> Result<(), ClientError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            for (i, e) in c.entries.iter().enumerate() {
+                entries.insert(c.from + i as u64, &e[..]).map_err(storage)?;
+            }
+            let mut schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+            for (p, k) in c.schedule {
+                schedule.insert(*p, &k[..]).map_err(storage)?;
+            }
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            for (k, v) in c.meta {
+                meta.insert(*k, v.as_slice()).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// Remembers a one-time KEYINITHASH.
+    pub fn seen(&self, hash: &str) -> Result<(), ClientError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(SEEN)
+            .map_err(storage)?
+            .insert(hash, 1)
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// Stores an own identity.
+    pub fn put_own(&self, record: &OwnRecord) -> Result<(), ClientError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(OWN)
+            .map_err(storage)?
+            .insert(record.uid.content.identity.as_str(), &record.to_lcj()[..])
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// An own identity.
+    pub fn own(&self, identity: &str) -> Result<Option<OwnRecord>, ClientError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(OWN).map_err(storage)?;
+        match t.get(identity).map_err(storage)? {
+            None => Ok(None),
+            Some(v) => OwnRecord::from_lcj(v.value()).map(Some).map_err(storage),
+        }
+    }
+
+    /// All own identities.
+    pub fn owns(&self) -> Result<Vec<OwnRecord>, ClientError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let mut out = Vec::new();
+        for row in txn
+            .open_table(OWN)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            out.push(OwnRecord::from_lcj(row.map_err(storage)?.1.value()).map_err(storage)?);
+        }
+        Ok(out)
+    }
+}
