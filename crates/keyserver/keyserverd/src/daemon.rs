@@ -35,6 +35,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Checkpoint interval.
     pub checkpoint_interval: Duration,
+    /// Rate limits (§4.6).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// Why the keyserver cannot start.
@@ -181,6 +183,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         node.clone(),
         signer.clone(),
         0,
+        opts.limits,
     ));
     let mut escrow = None;
     if state.size == 0 {

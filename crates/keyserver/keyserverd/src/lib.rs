@@ -7,11 +7,13 @@
 //! - [`server`]: the methods of §2.2; stateless checks (§4.1) before
 //!   sequencing.
 //! - [`rpc`]: JSON-RPC 2.0 on `POST /` (§2.1).
+//! - [`limits`]: rate limits per client address and per SigKeyHash (§4.6).
 //! - [`daemon`]: data directory, keys, genesis and the listener.
 //!
 //! The rules themselves are `ks-core`'s; this crate moves bytes and time.
 
 pub mod daemon;
+pub mod limits;
 pub mod rpc;
 pub mod server;
 pub mod store;

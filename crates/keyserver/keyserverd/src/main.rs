@@ -32,6 +32,15 @@ struct Args {
     #[arg(long, env = "KEYSERVERD_CHECKPOINT_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     checkpoint_interval_ms: u64,
+    /// Turn the rate limits of keyserver.md §4.6 off (private deployments
+    /// and benchmarks only: with tokens disabled they are what admits
+    /// registrations).
+    #[arg(long, env = "KEYSERVERD_NO_RATE_LIMITS")]
+    no_rate_limits: bool,
+    /// Free registrations (CreateUID while tokens are disabled) per client
+    /// address and hour.
+    #[arg(long, env = "KEYSERVERD_REGISTRATIONS_PER_HOUR", default_value_t = 10)]
+    registrations_per_hour: u32,
 }
 
 #[tokio::main]
@@ -55,6 +64,10 @@ async fn main() -> anyhow::Result<()> {
         domain: args.domain,
         listen: args.listen,
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
+        limits: keyserverd::limits::LimitsConfig {
+            enabled: !args.no_rate_limits,
+            registrations_per_hour: args.registrations_per_hour,
+        },
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;

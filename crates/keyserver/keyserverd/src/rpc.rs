@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,7 +25,12 @@ pub fn router(ks: Arc<Keyserver>) -> Router {
         .with_state(ks)
 }
 
-async fn handle(State(ks): State<Arc<Keyserver>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(ks): State<Arc<Keyserver>>,
+    ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -38,11 +43,24 @@ async fn handle(State(ks): State<Arc<Keyserver>>, headers: HeaderMap, body: Byte
         )
             .into_response();
     }
-    let (id, outcome) = match envelope(&body) {
+    match respond(&ks, &body, Some(client.ip())).await {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+    }
+}
+
+/// Answers one JSON-RPC body: the response bytes, or `None` for a
+/// notification (HTTP 204). The fuzz target drives this directly.
+pub async fn respond(
+    ks: &Keyserver,
+    body: &[u8],
+    client: Option<std::net::IpAddr>,
+) -> Option<Vec<u8>> {
+    let (id, outcome) = match envelope(body) {
         Err((id, e)) => (id, Err(e)),
-        Ok((None, _, _)) => return StatusCode::NO_CONTENT.into_response(),
+        Ok((None, _, _)) => return None,
         Ok((Some(id), method, params)) => {
-            let out = ks.call(&method, params).await;
+            let out = ks.call(&method, params, client).await;
             (Some(id), out)
         }
     };
@@ -51,11 +69,7 @@ async fn handle(State(ks): State<Arc<Keyserver>>, headers: HeaderMap, body: Byte
         Ok(result) => serde_json::json!({"jsonrpc": "2.0", "id": id, "result": to_json(&result)}),
         Err(e) => serde_json::json!({"jsonrpc": "2.0", "id": id, "error": error_json(&e)}),
     };
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(&body).unwrap_or_default(),
-    )
-        .into_response()
+    Some(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 type Envelope = (Option<serde_json::Value>, String, Value);

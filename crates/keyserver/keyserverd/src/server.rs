@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use ks_core::b64;
-use ks_core::capabilities::{Capabilities, Limits, Prices, SignedCapabilities, METHODS};
+use ks_core::capabilities::{
+    Capabilities, Limits as CapLimits, Prices, SignedCapabilities, METHODS,
+};
 use ks_core::entry::{ENTRY_LEN, LEAF_LEN};
 use ks_core::error::RpcError;
 use ks_core::keyinit::{check_flush, FlushRequest, KeyInit, MAX_KEYINITS, MAX_KEYINITS_PER_CALL};
@@ -19,6 +21,7 @@ use tlog_node::LogNode;
 use tlog_store::{LogStore, RedbLogStore, StoreError};
 use tokio::sync::oneshot;
 
+use crate::limits::{Limits, LimitsConfig};
 use crate::store::{Job, KsStore};
 
 /// Entries per FetchHashChain reply.
@@ -53,6 +56,7 @@ pub struct Keyserver {
     signer: SigningKey,
     signing_pos: u64,
     capabilities: Mutex<Option<(Instant, Value)>>,
+    limits: Limits,
 }
 
 fn unavailable(e: StoreError) -> RpcError {
@@ -80,8 +84,10 @@ impl Keyserver {
         node: Arc<LogNode<RedbLogStore>>,
         signer: SigningKey,
         signing_pos: u64,
+        limits: LimitsConfig,
     ) -> Self {
         Keyserver {
+            limits: Limits::new(limits),
             policy: Policy::for_domains(config.domains.clone()),
             config,
             store,
@@ -102,8 +108,17 @@ impl Keyserver {
         &self.config
     }
 
-    /// Runs one method; the JSON result or the error.
-    pub async fn call(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+    /// Runs one method for `client` (its address, for rate limits); the
+    /// result or the error.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Value,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Value, RpcError> {
+        // Tokens are disabled in this version: registrations are free and
+        // rest on the hourly limit.
+        self.limits.check(method, client, true, Instant::now())?;
         let mut p =
             Fields::of(params).map_err(|_| RpcError::params("params", "must be an object"))?;
         let result = match method {
@@ -154,6 +169,7 @@ impl Keyserver {
                 if b64::exact::<64>(&hash).is_none() {
                     return Err(RpcError::params("SigKeyHash", "is not b64(64)"));
                 }
+                self.limits.check_fetch_of(&hash, Instant::now())?;
                 self.fetch_key_init(hash).await?
             }
             "KeyInitRepository.FlushKeyInit" => {
@@ -161,6 +177,10 @@ impl Keyserver {
                 let req: FlushRequest = p.nested("Flush")?;
                 let signature = p.string("Signature")?;
                 p.finish()?;
+                self.limits.check_flush_of(
+                    &ks_core::keyinit::sig_key_hash(sig_pub.as_bytes()),
+                    Instant::now(),
+                )?;
                 self.flush(sig_pub, req, signature).await?
             }
             _ => return Err(RpcError::MethodNotFound),
@@ -215,7 +235,7 @@ impl Keyserver {
             key_init_repository_uris: domains,
             key_repository_uris: vec![self.config.public_url.clone()],
             keyserver_identity: self.config.keyserver_identity(),
-            limits: Limits {
+            limits: CapLimits {
                 max_chunk: MAX_CHUNK,
                 max_key_inits: MAX_KEYINITS as u64,
                 max_key_inits_per_call: MAX_KEYINITS_PER_CALL as u64,

@@ -46,7 +46,7 @@ fn x25519(b: u8) -> [u8; 32] {
 #[test]
 fn the_honest_server_refuses_each_bad_request_with_its_code() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(dir.path(), 0);
+    let server = Keyserverd::start(dir.path(), 0, &["--no-rate-limits"]);
     let url = server.url.clone();
     let mut client = Client::new(&url, server.pin.clone());
     client.sync().expect("sync");
@@ -297,4 +297,90 @@ fn the_honest_server_refuses_each_bad_request_with_its_code() {
         .expect("lookup")
         .expect("alice");
     assert_eq!(found.message, alice.uid, "{}", server.log());
+}
+
+/// §4.6 with the default limits, from one address: free registrations
+/// (tokens disabled) are ten an hour, the eleventh is told how long to wait
+/// and leaves nothing in the chain; FetchKeyInit bursts are bounded.
+#[test]
+fn the_default_rate_limits_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(dir.path(), 0, &[]);
+    let url = server.url.clone();
+    let mut client = Client::new(&url, server.pin.clone());
+    client.sync().expect("sync");
+    let head = *client.entry(0).expect("genesis");
+    let mut alice = client.register("alice@localhost", "strict").expect("alice");
+    client
+        .publish_key_inits(&mut alice, 20, 0, "mix.localhost", "bnltYWRkcmVzcw==")
+        .expect("publish");
+    let mut outcomes = Vec::new();
+    for i in 0..10u8 {
+        let key = SigningKey::from_bytes(&[40 + i; 32]);
+        let keys = UidKeys {
+            sig_key: &key,
+            escrow: None,
+            static_key: x25519(1),
+        };
+        let m = author::sign_create(
+            author::content(
+                &format!("eve{}@localhost", char::from(b'k' + i)),
+                &keys,
+                0,
+                Some(&head),
+                "strict",
+                now(),
+            ),
+            &keys,
+        );
+        let v = call(
+            &url,
+            "KeyRepository.CreateUID",
+            json!({"UIDMessage": msg_json(&m)}),
+        );
+        outcomes.push(v);
+    }
+    // Alice's was the first of the hour: nine more pass, the tenth here is
+    // the eleventh.
+    for v in &outcomes[..9] {
+        assert!(v["result"].is_object(), "{v}");
+    }
+    let refused = &outcomes[9];
+    assert_eq!(code(refused), -32040, "{refused}");
+    assert!(
+        refused["error"]["data"]["retry_after_s"]
+            .as_u64()
+            .expect("retry_after_s")
+            > 60
+    );
+    let mut fresh = Client::new(&url, server.pin.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fresh.size() < 11 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the accepted ones were never published"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fresh.sync().expect("sync");
+    }
+    assert_eq!(
+        fresh.size(),
+        11,
+        "genesis, Alice and nine: nothing of the refused one"
+    );
+    assert!(fresh.lookup("evet@localhost").expect("lookup").is_none());
+    // FetchKeyInit: bursts of 10 per address, then -32040 with a wait.
+    let hash = ks_core::keyinit::sig_key_hash(alice.sig_key.verifying_key().as_bytes());
+    let codes: Vec<i64> = (0..12)
+        .map(|_| {
+            let v = call(
+                &url,
+                "KeyInitRepository.FetchKeyInit",
+                json!({"SigKeyHash": hash}),
+            );
+            v["error"]["code"].as_i64().unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(&codes[..10], &[0; 10], "{codes:?}");
+    assert_eq!(codes[10], -32040, "{codes:?}");
 }

@@ -15,6 +15,11 @@ use ks_client::{Client, ClientError, OwnIdentity};
 use ks_core::lcj::Lcj;
 use support::Keyserverd;
 
+/// The seed plays 16 registrations and 23 KeyInit fetches from one address
+/// within seconds, which §4.6's limits would (rightly) stop; they are
+/// tested on their own in `refusals.rs`.
+const NO_LIMITS: &[&str] = &["--no-rate-limits"];
+
 /// Syncs until the chain covers `pos` (the checkpointer publishes every
 /// 100 ms); the event awaited is the published checkpoint.
 fn sync_past(client: &mut Client, pos: u64) {
@@ -38,7 +43,7 @@ fn register(url: &str, pin: &ks_client::Pin, name: &str) -> (Client, OwnIdentity
 #[test]
 fn alice_and_bob_the_whole_seed_use_case() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(dir.path(), 0);
+    let server = Keyserverd::start(dir.path(), 0, NO_LIMITS);
     assert!(server.escrow.is_some(), "first start prints the escrow key");
     let url = server.url.clone();
     let pin = server.pin.clone();
@@ -156,7 +161,7 @@ fn alice_and_bob_the_whole_seed_use_case() {
         .and_then(|p| p.parse().ok())
         .expect("port");
     server.kill();
-    let server = Keyserverd::start(dir.path(), port);
+    let server = Keyserverd::start(dir.path(), port, NO_LIMITS);
     assert!(server.escrow.is_none(), "no new genesis on restart");
     assert_eq!(server.pin, pin, "same pin");
     let again = bob.sync().expect("incremental sync after the crash");

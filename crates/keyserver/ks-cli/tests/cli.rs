@@ -47,6 +47,9 @@ fn alice_and_bob_with_the_command_line() {
         &workspace_binary("keyserverd"),
         &root.path().join("server"),
         0,
+        // Two users playing quickly from one address: §4.6's limits are
+        // tested in keyserverd's refusals.rs.
+        &["--no-rate-limits"],
     );
     let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
     let url = server.url.as_str();

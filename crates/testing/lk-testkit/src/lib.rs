@@ -1422,10 +1422,11 @@ pub mod keyserverd {
     }
 
     impl Keyserverd {
-        /// Starts the keyserverd binary `bin` on `dir` (port `port`, 0 for any) and waits for its
-        /// pin and listening lines.
-        pub fn start(bin: &Path, dir: &Path, port: u16) -> Keyserverd {
+        /// Starts the keyserverd binary `bin` on `dir` (port `port`, 0 for any) with `extra`
+        /// arguments and waits for its pin and listening lines.
+        pub fn start(bin: &Path, dir: &Path, port: u16, extra: &[&str]) -> Keyserverd {
             let mut child = Command::new(bin)
+                .args(extra)
                 .args(["--data-dir", dir.to_str().expect("utf8")])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--checkpoint-interval-ms", "100"])

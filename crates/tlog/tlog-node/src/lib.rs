@@ -482,9 +482,7 @@ impl<S: LogStore> LogNode<S> {
 
 /// A token bucket per client address (tlog.md §4.5: 200/s, bursts of 400).
 pub struct RateLimit {
-    rate: f64,
-    buckets:
-        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+    buckets: rate_limit::Keyed<std::net::IpAddr>,
 }
 
 /// Addresses remembered at most; beyond, full buckets are forgotten.
@@ -492,33 +490,20 @@ const MAX_BUCKETS: usize = 10_000;
 
 impl RateLimit {
     fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
         RateLimit {
-            rate: f64::from(rate.max(1)),
-            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+            buckets: rate_limit::Keyed::new(
+                rate_limit::Rate::per_second(rate, 2.0 * rate),
+                MAX_BUCKETS,
+            ),
         }
     }
 
     /// `Ok` to serve, or `Err(seconds to wait)`.
     fn take(&self, ip: std::net::IpAddr, now: std::time::Instant) -> Result<(), u64> {
-        let burst = 2.0 * self.rate;
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        if buckets.len() > MAX_BUCKETS {
-            let rate = self.rate;
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-        }
-        let (tokens, at) = buckets.entry(ip).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
-        }
+        self.buckets
+            .take(&ip, now)
+            .map_err(|wait| wait.as_secs_f64().ceil().max(1.0) as u64)
     }
 }
 

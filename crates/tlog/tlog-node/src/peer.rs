@@ -34,6 +34,7 @@
 //! Not built: origin-prefix follows, several logs per node, a witness
 //! cosigning over Inv, the Validator hook (§7.6).
 
+use rate_limit::{Bucket, Rate};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -269,27 +270,6 @@ enum Job {
         proof: Vec<Hash>,
     },
     Evidence(Vec<u8>),
-}
-
-/// A token bucket.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    /// Takes `cost` tokens, or says in how many ms they will be there.
-    fn take(&mut self, cost: f64, rate: u32, burst: u32, now: Instant) -> Result<(), u32> {
-        let refill = now.duration_since(self.at).as_secs_f64() * f64::from(rate);
-        self.tokens = (self.tokens + refill).min(f64::from(burst));
-        self.at = now;
-        if self.tokens >= cost {
-            self.tokens -= cost;
-            Ok(())
-        } else {
-            Err((((cost - self.tokens) / f64::from(rate.max(1))) * 1000.0).ceil() as u32)
-        }
-    }
 }
 
 /// A value for jitter and nonces: time-based (this is the I/O edge).
@@ -598,14 +578,16 @@ impl<S: LogStore> Peer<S> {
         mut buf: Vec<u8>,
     ) -> Result<(), PeerError> {
         let limits = &self.config.limits;
-        let mut bucket = Bucket {
-            tokens: f64::from(limits.burst),
-            at: Instant::now(),
-        };
-        let mut entries = Bucket {
-            tokens: f64::from(limits.entries_per_sec.saturating_mul(2)),
-            at: Instant::now(),
-        };
+        let request_rate = Rate::per_second(
+            f64::from(limits.requests_per_sec.max(1)),
+            f64::from(limits.burst),
+        );
+        let entry_rate = Rate::per_second(
+            f64::from(limits.entries_per_sec.max(1)),
+            f64::from(limits.entries_per_sec.saturating_mul(2)),
+        );
+        let mut bucket = Bucket::full(request_rate, Instant::now());
+        let mut entries = Bucket::full(entry_rate, Instant::now());
         loop {
             let frame = tokio::select! {
                 frame = tokio::time::timeout(limits.idle_close, read_frame(&mut reader, &mut buf)) => frame,
@@ -633,22 +615,18 @@ impl<S: LogStore> Peer<S> {
                 Ok(Ok(frame)) => frame,
             };
             let metered = match &frame.message {
-                Message::GetData { count, .. } => Some((
-                    &mut entries,
-                    f64::from(*count),
-                    limits.entries_per_sec,
-                    limits.entries_per_sec.saturating_mul(2),
-                )),
+                Message::GetData { count, .. } => {
+                    Some((&mut entries, f64::from(*count), entry_rate))
+                }
                 Message::GetHeaders { .. }
                 | Message::Inv { .. }
                 | Message::Evidence(_)
-                | Message::Unknown(_) => {
-                    Some((&mut bucket, 1.0, limits.requests_per_sec, limits.burst))
-                }
+                | Message::Unknown(_) => Some((&mut bucket, 1.0, request_rate)),
                 _ => None,
             };
-            if let Some((bucket, cost, rate, burst)) = metered {
-                if let Err(wait) = bucket.take(cost, rate, burst, Instant::now()) {
+            if let Some((bucket, cost, rate)) = metered {
+                if let Err(wait) = bucket.take(cost, rate, Instant::now()) {
+                    let wait = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
                     if frame.id != 0 {
                         conn.send(
                             frame.id,

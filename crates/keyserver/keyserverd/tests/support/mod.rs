@@ -18,12 +18,14 @@ pub struct Keyserverd {
 }
 
 impl Keyserverd {
-    /// Starts this package's keyserverd on `dir` (port 0 for any).
-    pub fn start(dir: &Path, port: u16) -> Keyserverd {
+    /// Starts this package's keyserverd on `dir` (port 0 for any) with
+    /// `extra` arguments.
+    pub fn start(dir: &Path, port: u16, extra: &[&str]) -> Keyserverd {
         let process = lk_testkit::keyserverd::Keyserverd::start(
             Path::new(env!("CARGO_BIN_EXE_keyserverd")),
             dir,
             port,
+            extra,
         );
         Keyserverd {
             url: process.url.clone(),

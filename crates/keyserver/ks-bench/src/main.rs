@@ -1,0 +1,418 @@
+//! `ks-bench`: the measurements of keyserver.md §9.
+//!
+//! By default it starts `keyserverd` in this process on a fresh data
+//! directory (the server then shares the machine's cores with the load); with
+//! `--url` and `--pin` it loads a separate server, so the two can be pinned
+//! to different cores with `taskset`. Clients are threads with their own
+//! HTTP connections; every request is a real JSON-RPC call.
+//!
+//! Phases, in order: `create` (CreateUID, durable, from `--clients`
+//! threads), `keyinits` (AddKeyInit in calls of 64), `fetch-keyinit`
+//! (deleting reads), `fetch-chain` (FetchHashChain in chunks of 4096), `sync`
+//! (ks-client's full verified sync, then an incremental one of 1,000), `scan`
+//! (an identity lookup over the local chain).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use ed25519_dalek::SigningKey;
+use ks_client::{Client, Pin};
+use ks_core::author::{self, UidKeys};
+use ks_core::b64;
+use ks_core::entry::Entry;
+use ks_core::lcj::Lcj;
+
+#[derive(Parser)]
+#[command(about = "Keyserver measurements (keyserver.md §9)")]
+struct Args {
+    /// A running keyserver's JSON-RPC URL (else one is started in process).
+    #[arg(long, requires = "pin")]
+    url: Option<String>,
+    /// Its pin.
+    #[arg(long)]
+    pin: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Users to register in `create`.
+    #[arg(long, default_value_t = 20_000)]
+    users: u64,
+    /// Users that publish 256 KeyInits each in `keyinits`.
+    #[arg(long, default_value_t = 40)]
+    keyinit_users: u64,
+    /// Skip phases (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn call(
+    agent: &ureq::Agent,
+    url: &str,
+    method: &str,
+    params: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let mut r = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string().as_bytes())?;
+    let v: serde_json::Value = serde_json::from_str(
+        &r.body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()?,
+    )?;
+    if let Some(e) = v.get("error") {
+        anyhow::bail!("{method}: {e}");
+    }
+    Ok(v["result"].clone())
+}
+
+fn json_of<T: Lcj>(x: &T) -> serde_json::Value {
+    serde_json::from_slice(&x.to_lcj()).expect("LCJ is JSON")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn x25519(secret: [u8; 32]) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret)).to_bytes()
+}
+
+/// Percentiles of latencies, in ms.
+fn report(name: &str, count: u64, unit: &str, elapsed: Duration, mut lat: Vec<Duration>) {
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    println!(
+        "{name}: {count} {unit} in {:.2} s = {:.0} {unit}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+    );
+}
+
+/// A user's keys, derived from its number (so phases can find them again).
+fn user_key(i: u64) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&i.to_be_bytes());
+    seed[8] = 0x5a;
+    SigningKey::from_bytes(&seed)
+}
+
+fn user_name(i: u64) -> String {
+    format!("user{i:08}@localhost")
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _dir = tempfile::tempdir()?;
+    let (url, pin) = match (&args.url, &args.pin) {
+        (Some(u), Some(p)) => (u.clone(), p.clone()),
+        _ => {
+            let running =
+                runtime.block_on(keyserverd::daemon::start(keyserverd::daemon::Options {
+                    data_dir: _dir.path().to_path_buf(),
+                    domain: "localhost".into(),
+                    listen: "127.0.0.1:0".parse()?,
+                    checkpoint_interval: Duration::from_millis(1000),
+                    limits: keyserverd::limits::LimitsConfig {
+                        enabled: false,
+                        registrations_per_hour: 1,
+                    },
+                }))?;
+            (format!("http://{}/", running.addr), running.pin.clone())
+        }
+    };
+    let pin = Pin::parse(&pin).context("pin")?;
+    let skip = |p: &str| args.skip.iter().any(|s| s == p);
+    // LASTENTRY for every submission: the newest published entry.
+    let head = {
+        let v = call(
+            &agent(),
+            &url,
+            "KeyRepository.FetchLastHashChain",
+            serde_json::json!({}),
+        )?;
+        let raw = b64::decode(v["HCEntry"].as_str().context("HCEntry")?).context("b64")?;
+        Entry::from_bytes(&raw)?
+    };
+
+    if !skip("create") {
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let threads: Vec<_> = (0..args.clients)
+            .map(|_| {
+                let (next, url, users) = (next.clone(), url.clone(), args.users);
+                std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let agent = agent();
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= users {
+                            return Ok(lat);
+                        }
+                        let key = user_key(i);
+                        let keys = UidKeys {
+                            sig_key: &key,
+                            escrow: None,
+                            static_key: x25519([7; 32]),
+                        };
+                        let c =
+                            author::content(&user_name(i), &keys, 0, Some(&head), "strict", now());
+                        let msg = author::sign_create(c, &keys);
+                        let t = Instant::now();
+                        call(
+                            &agent,
+                            &url,
+                            "KeyRepository.CreateUID",
+                            serde_json::json!({"UIDMessage": json_of(&msg)}),
+                        )?;
+                        lat.push(t.elapsed());
+                    }
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for t in threads {
+            lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+        }
+        report(
+            &format!("CreateUID ({} clients)", args.clients),
+            args.users,
+            "creates",
+            started.elapsed(),
+            lat,
+        );
+        // One client alone, for the single-client latency.
+        let agent = agent();
+        let mut lat = Vec::new();
+        let started = Instant::now();
+        for i in args.users..args.users + 200 {
+            let key = user_key(i);
+            let keys = UidKeys {
+                sig_key: &key,
+                escrow: None,
+                static_key: x25519([7; 32]),
+            };
+            let c = author::content(&user_name(i), &keys, 0, Some(&head), "strict", now());
+            let msg = author::sign_create(c, &keys);
+            let t = Instant::now();
+            call(
+                &agent,
+                &url,
+                "KeyRepository.CreateUID",
+                serde_json::json!({"UIDMessage": json_of(&msg)}),
+            )?;
+            lat.push(t.elapsed());
+        }
+        report(
+            "CreateUID (1 client)",
+            200,
+            "creates",
+            started.elapsed(),
+            lat,
+        );
+    }
+
+    if !skip("keyinits") {
+        let users = args.keyinit_users.min(args.users);
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let threads: Vec<_> = (0..args.clients.min(users as usize).max(1))
+            .map(|_| {
+                let (next, url) = (next.clone(), url.clone());
+                std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let agent = agent();
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= users {
+                            return Ok(lat);
+                        }
+                        let key = user_key(i);
+                        let pk = b64::encode(key.verifying_key().as_bytes());
+                        for call_no in 0..4u64 {
+                            let kis: Vec<serde_json::Value> = (0..64u64)
+                                .map(|j| {
+                                    let n = call_no * 64 + j + 1;
+                                    let mut pf = [0u8; 32];
+                                    pf[..8].copy_from_slice(&(i * 1000 + n).to_be_bytes());
+                                    let ki = author::key_init(
+                                        &key,
+                                        "localhost",
+                                        &author::anchor(
+                                            &x25519(pf),
+                                            "mix.localhost",
+                                            "bnltYWRkcmVzcw==",
+                                        ),
+                                        &[1; 16],
+                                        n,
+                                        n % 32 == 0,
+                                        now() - 60,
+                                        now() + 86_400,
+                                    );
+                                    json_of(&ki)
+                                })
+                                .collect();
+                            let t = Instant::now();
+                            call(
+                                &agent,
+                                &url,
+                                "KeyInitRepository.AddKeyInit",
+                                serde_json::json!({"SigPubKey": pk, "KeyInits": kis}),
+                            )?;
+                            lat.push(t.elapsed());
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for t in threads {
+            lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+        }
+        report(
+            "AddKeyInit (calls of 64; latency per call)",
+            users * 256,
+            "KeyInits",
+            started.elapsed(),
+            lat,
+        );
+
+        if !skip("fetch-keyinit") {
+            let hashes: Vec<String> = (0..users)
+                .map(|i| ks_core::keyinit::sig_key_hash(user_key(i).verifying_key().as_bytes()))
+                .collect();
+            let hashes = Arc::new(hashes);
+            let next = Arc::new(AtomicU64::new(0));
+            let total = users * 200;
+            let started = Instant::now();
+            let threads: Vec<_> = (0..args.clients)
+                .map(|_| {
+                    let (next, url, hashes) = (next.clone(), url.clone(), hashes.clone());
+                    std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                        let agent = agent();
+                        let mut lat = Vec::new();
+                        loop {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            if n >= total {
+                                return Ok(lat);
+                            }
+                            let h = &hashes[(n % hashes.len() as u64) as usize];
+                            let t = Instant::now();
+                            call(
+                                &agent,
+                                &url,
+                                "KeyInitRepository.FetchKeyInit",
+                                serde_json::json!({"SigKeyHash": h}),
+                            )?;
+                            lat.push(t.elapsed());
+                        }
+                    })
+                })
+                .collect();
+            let mut lat = Vec::new();
+            for t in threads {
+                lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+            }
+            report(
+                &format!("FetchKeyInit ({} clients, deleting)", args.clients),
+                total,
+                "fetches",
+                started.elapsed(),
+                lat,
+            );
+        }
+    }
+
+    // Wait for the checkpoint to cover everything appended.
+    let agent = agent();
+    let size = loop {
+        let v = call(
+            &agent,
+            &url,
+            "KeyRepository.FetchLastHashChain",
+            serde_json::json!({}),
+        )?;
+        let pos = v["HCPos"].as_u64().context("HCPos")?;
+        std::thread::sleep(Duration::from_millis(1100));
+        let again = call(
+            &agent,
+            &url,
+            "KeyRepository.FetchLastHashChain",
+            serde_json::json!({}),
+        )?;
+        if again["HCPos"].as_u64() == Some(pos) {
+            break pos + 1;
+        }
+    };
+
+    if !skip("fetch-chain") {
+        let started = Instant::now();
+        let mut lat = Vec::new();
+        let mut at = 0;
+        while at < size {
+            let t = Instant::now();
+            let v = call(
+                &agent,
+                &url,
+                "KeyRepository.FetchHashChain",
+                serde_json::json!({"StartPosition": at, "EndPosition": size - 1}),
+            )?;
+            lat.push(t.elapsed());
+            at += v["HCEntries"].as_array().context("entries")?.len() as u64;
+        }
+        report(
+            "FetchHashChain (1 client, chunks of 4096)",
+            size,
+            "entries",
+            started.elapsed(),
+            lat,
+        );
+    }
+
+    if !skip("sync") {
+        let started = Instant::now();
+        let mut client = Client::new(&url, pin.clone());
+        let s = client.sync()?;
+        let full = started.elapsed();
+        println!(
+            "full verified sync (RPC chunks): {} entries in {:.2} s = {:.0} entries/s",
+            s.to,
+            full.as_secs_f64(),
+            s.to as f64 / full.as_secs_f64()
+        );
+        if !skip("scan") {
+            let t = Instant::now();
+            let found = client.lookup(&user_name(0))?;
+            println!(
+                "identity lookup over {} entries (scan + fetch + verify): {:.1} ms (found: {})",
+                client.size(),
+                t.elapsed().as_secs_f64() * 1e3,
+                found.is_some()
+            );
+        }
+    }
+    Ok(())
+}
