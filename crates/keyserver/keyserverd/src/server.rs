@@ -12,7 +12,9 @@ use ks_core::capabilities::{
 };
 use ks_core::entry::{ENTRY_LEN, LEAF_LEN};
 use ks_core::error::RpcError;
-use ks_core::keyinit::{check_flush, FlushRequest, KeyInit, MAX_KEYINITS, MAX_KEYINITS_PER_CALL};
+use ks_core::keyinit::{
+    check_flush, check_keyinit, FlushRequest, KeyInit, Window, MAX_KEYINITS, MAX_KEYINITS_PER_CALL,
+};
 use ks_core::lcj::{object, Fields, Lcj, Value};
 use ks_core::rules::{self, Kind, Policy};
 use ks_core::sig::{sign, Ctx};
@@ -203,11 +205,12 @@ impl Keyserver {
         keyserver: bool,
     ) -> Result<ks_core::uid::UidMessageReply, RpcError> {
         let now = now();
-        rules::check_stateless(kind, &msg, now, &self.policy, keyserver)?;
+        let profiled = rules::check_stateless(kind, &msg, now, &self.policy, keyserver)?;
         let (tx, rx) = oneshot::channel();
         self.store.submit(Job::Uid {
             kind,
             msg: Box::new(msg),
+            profiled: Box::new(profiled),
             keyserver,
             now,
             reply: tx,
@@ -382,6 +385,34 @@ impl Keyserver {
         if key_inits.len() > MAX_KEYINITS_PER_CALL {
             return Err(RpcError::KeyinitLimit);
         }
+        // §4.3's per-KeyInit checks (a signature, a decryption and a key
+        // check each) run on the blocking pool, not on the sequencer.
+        let reader = self.store_reader();
+        let key_inits = tokio::task::spawn_blocking(move || -> Result<Vec<KeyInit>, RpcError> {
+            let row = reader.owner(&sig_pub)?.ok_or(RpcError::IdentityUnknown)?;
+            let now = now();
+            for (i, ki) in key_inits.iter().enumerate() {
+                check_keyinit(
+                    ki,
+                    &sig_pub,
+                    &row.uid.content.repo_uris,
+                    Window::Publish {
+                        uid_not_after: row.uid.content.not_after,
+                    },
+                    now,
+                )
+                .map_err(|e| match e {
+                    RpcError::InvalidParams { field, problem } => RpcError::InvalidParams {
+                        field: format!("KeyInits[{i}].{field}"),
+                        problem,
+                    },
+                    e => e,
+                })?;
+            }
+            Ok(key_inits)
+        })
+        .await
+        .map_err(|_| RpcError::Internal)??;
         let (tx, rx) = oneshot::channel();
         self.store.submit(Job::AddKeyInit {
             sig_pub,

@@ -14,8 +14,8 @@ use ks_core::b64;
 use ks_core::entry::{uid_index, Entry};
 use ks_core::error::RpcError;
 use ks_core::keyinit::{
-    check_keyinit, disperse, sig_key_hash, DispersalReceipt, FlushReceipt, FlushRequest, KeyInit,
-    KeyInitReceipt, Stored, Window, FLUSH_NONCE_TTL, MAX_KEYINITS,
+    disperse, sig_key_hash, DispersalReceipt, FlushReceipt, FlushRequest, KeyInit, KeyInitReceipt,
+    Stored, FLUSH_NONCE_TTL, MAX_KEYINITS,
 };
 use ks_core::lcj::Lcj;
 use ks_core::lcj_record;
@@ -39,7 +39,8 @@ const UIDHASH: TableDefinition<&[u8], u64> = TableDefinition::new("ks_uidhash");
 const ENTRY_TIME: TableDefinition<u64, u64> = TableDefinition::new("ks_entry_time");
 /// H_n → position ‖ entry (LASTENTRY lookup).
 const ENTRY_POS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ks_entry_pos");
-/// SigKeyHash ‖ 0 ‖ FALLBACK ‖ NOTAFTER ‖ MSGCOUNT → LCJ(KeyInit).
+/// SigKeyHash ‖ 0 ‖ FALLBACK ‖ NOTAFTER ‖ MSGCOUNT ‖ NOTBEFORE → LCJ(KeyInit):
+/// dispersal chooses from the keys alone and decodes only what it serves.
 const KEYINIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ks_keyinit");
 /// SigKeyHash → highest MSGCOUNT accepted.
 const KEYINIT_HWM: TableDefinition<&str, u64> = TableDefinition::new("ks_keyinit_hwm");
@@ -85,6 +86,8 @@ pub enum Job {
         kind: Kind,
         /// The message.
         msg: Box<UidMessage>,
+        /// Its keys, from the §4.1 checks.
+        profiled: Box<uid::ProfiledUid>,
         /// Whether it is the server's own identity (genesis).
         keyserver: bool,
         /// The clock.
@@ -92,7 +95,8 @@ pub enum Job {
         /// The answer.
         reply: oneshot::Sender<Result<UidMessageReply, RpcError>>,
     },
-    /// AddKeyInit.
+    /// AddKeyInit, each KeyInit already through `check_keyinit` against
+    /// the owner's UID as read before queuing.
     AddKeyInit {
         /// The caller's SIGKEY.
         sig_pub: ed25519_dalek::VerifyingKey,
@@ -217,6 +221,25 @@ impl Reader {
     pub fn identity(&self, identity: &str) -> Result<Option<IdentityRow>, RpcError> {
         let read = self.db.begin_read().map_err(storage)?;
         read_identity(&read.open_table(IDENTITY).map_err(storage)?, identity)
+    }
+
+    /// The row of the identity whose current SIGKEY is `sig_pub`, if any.
+    pub fn owner(
+        &self,
+        sig_pub: &ed25519_dalek::VerifyingKey,
+    ) -> Result<Option<IdentityRow>, RpcError> {
+        let read = self.db.begin_read().map_err(storage)?;
+        let hash = sig_key_hash(sig_pub.as_bytes());
+        let ident = read
+            .open_table(SIGKEY)
+            .map_err(storage)?
+            .get(hash.as_str())
+            .map_err(storage)?
+            .map(|g| g.value().to_string());
+        match ident {
+            None => Ok(None),
+            Some(i) => read_identity(&read.open_table(IDENTITY).map_err(storage)?, &i),
+        }
     }
 }
 
@@ -356,10 +379,11 @@ impl Sequencer {
             Job::Uid {
                 kind,
                 msg,
+                profiled,
                 keyserver,
                 now,
                 reply,
-            } => Answer::Uid(reply, self.uid(txn, kind, &msg, keyserver, now)),
+            } => Answer::Uid(reply, self.uid(txn, kind, &msg, &profiled, keyserver, now)),
             Job::AddKeyInit {
                 sig_pub,
                 key_inits,
@@ -386,6 +410,7 @@ impl Sequencer {
         txn: &redb::WriteTransaction,
         kind: Kind,
         msg: &UidMessage,
+        profiled: &uid::ProfiledUid,
         keyserver: bool,
         now: u64,
     ) -> Result<UidMessageReply, RpcError> {
@@ -414,7 +439,6 @@ impl Sequencer {
             Kind::Create => rules::check_create(prev_state.as_ref(), msg, now)?,
             Kind::Update => rules::check_update(prev_state.as_ref(), msg, now)?,
         }
-        let profiled = msg.check_profile()?;
         // LASTENTRY: a chain entry appended within the last hour, or the
         // newest one; "" only for the keyserver's genesis.
         let genesis = keyserver && self.size == 0;
@@ -573,22 +597,15 @@ impl Sequencer {
                 signatures.push(Some(r.signature));
                 continue;
             }
-            check_keyinit(
-                ki,
-                sig_pub,
-                &repos,
-                Window::Publish {
-                    uid_not_after: row.uid.content.not_after,
-                },
-                now,
-            )
-            .map_err(|e| match e {
-                RpcError::InvalidParams { field, problem } => RpcError::InvalidParams {
-                    field: format!("KeyInits[{i}].{field}"),
-                    problem,
-                },
-                e => e,
-            })?;
+            // The signatures and anchors were checked before queuing; the
+            // UID may have changed since (a revocation shortens NOTAFTER).
+            if ki.contents.not_after > row.uid.content.not_after
+                || !repos.contains(&ki.contents.repo_uri)
+            {
+                return Err(RpcError::TimeWindow(format!(
+                    "KeyInits[{i}] outlives the owner's UID"
+                )));
+            }
             if hwm.is_some_and(|h| ki.contents.msg_count <= h) {
                 return Err(RpcError::BadMsgcount {
                     expected: hwm.map_or(0, |h| h + 1),
@@ -651,30 +668,29 @@ impl Sequencer {
     ) -> Result<(KeyInit, DispersalReceipt, String), RpcError> {
         let mut table = txn.open_table(KEYINIT).map_err(storage)?;
         let (lo, hi) = prefix_range(hash);
-        let mut rows = Vec::new();
+        let mut keys = Vec::new();
+        let mut expired = Vec::new();
         for row in table.range(lo.as_slice()..hi.as_slice()).map_err(storage)? {
-            let (k, v) = row.map_err(storage)?;
-            rows.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        let mut candidates = Vec::new();
-        let mut stored = Vec::new();
-        for (k, v) in rows {
-            let ki = KeyInit::from_lcj(&v).map_err(storage)?;
-            if ki.contents.not_after <= now {
-                table.remove(k.as_slice()).map_err(storage)?;
-                continue;
+            let (k, _) = row.map_err(storage)?;
+            let k = k.value().to_vec();
+            let st = stored_of_key(&k).ok_or_else(|| storage("a KeyInit key is malformed"))?;
+            if st.not_after <= now {
+                expired.push(k);
+            } else {
+                keys.push((k, st));
             }
-            stored.push(Stored {
-                fallback: ki.contents.fallback,
-                not_before: ki.contents.not_before,
-                not_after: ki.contents.not_after,
-                msg_count: ki.contents.msg_count,
-            });
-            candidates.push((k, ki));
         }
+        for k in expired {
+            table.remove(k.as_slice()).map_err(storage)?;
+        }
+        let stored: Vec<Stored> = keys.iter().map(|(_, st)| st.clone()).collect();
         let draws = [rand::rngs::OsRng.next_u64(), rand::rngs::OsRng.next_u64()];
         let d = disperse(&stored, now, draws).ok_or(RpcError::NoKeyinit)?;
-        let (key, ki) = candidates.swap_remove(d.serve);
+        let key = keys.swap_remove(d.serve).0;
+        let ki = match table.get(key.as_slice()).map_err(storage)? {
+            Some(v) => KeyInit::from_lcj(v.value()).map_err(storage)?,
+            None => return Err(storage("a KeyInit vanished inside its transaction")),
+        };
         if d.delete {
             table.remove(key.as_slice()).map_err(storage)?;
         }
@@ -749,14 +765,30 @@ fn answer_error(a: &Answer) -> Option<&RpcError> {
     }
 }
 
-/// The KeyInit table's key: SigKeyHash ‖ 0 ‖ FALLBACK ‖ NOTAFTER ‖ MSGCOUNT.
+/// The KeyInit table's key: SigKeyHash ‖ 0 ‖ FALLBACK ‖ NOTAFTER ‖
+/// MSGCOUNT ‖ NOTBEFORE (big-endian, so one SigKeyHash's rows are
+/// contiguous).
 fn keyinit_key(hash: &str, ki: &KeyInit) -> Vec<u8> {
     let mut k = hash.as_bytes().to_vec();
     k.push(0);
     k.push(u8::from(ki.contents.fallback));
     k.extend_from_slice(&ki.contents.not_after.to_be_bytes());
     k.extend_from_slice(&ki.contents.msg_count.to_be_bytes());
+    k.extend_from_slice(&ki.contents.not_before.to_be_bytes());
     k
+}
+
+/// What dispersal needs, read back from a KeyInit key.
+fn stored_of_key(key: &[u8]) -> Option<Stored> {
+    let tail = key.len().checked_sub(25)?;
+    let t = &key[tail..];
+    let be = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
+    Some(Stored {
+        fallback: t[0] == 1,
+        not_after: be(&t[1..9])?,
+        msg_count: be(&t[9..17])?,
+        not_before: be(&t[17..25])?,
+    })
 }
 
 /// All keys of one SigKeyHash: [hash ‖ 0, hash ‖ 1).

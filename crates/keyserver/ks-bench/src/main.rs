@@ -119,8 +119,20 @@ fn user_key(i: u64) -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
+/// `user` and `i` in base 8 with the digits 2–9 (0, 1 and j are folded by
+/// the identity mapping, so they cannot appear in a mapped name).
 fn user_name(i: u64) -> String {
-    format!("user{i:08}@localhost")
+    let mut digits = Vec::new();
+    let mut n = i;
+    loop {
+        digits.push(char::from(b'2' + (n % 8) as u8));
+        n /= 8;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    format!("user{}@localhost", digits.into_iter().collect::<String>())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -263,3 +263,97 @@ fn fallback_choice_favours_the_sooner_expiry() {
     // Expected 90 %.
     assert!((8_800..=9_200).contains(&first), "{first}");
 }
+
+/// The small-order test agrees with its definition (X25519 of a clamped
+/// scalar gives all zeros) on the small-order points, their non-canonical
+/// encodings, and random keys.
+#[test]
+fn small_order_x25519_keys_are_exactly_those_that_zero_every_secret() {
+    let zeroes = |pk: [u8; 32]| {
+        [[0x5a; 32], [0x13; 32]].iter().all(|s| {
+            x25519_dalek::StaticSecret::from(*s)
+                .diffie_hellman(&x25519_dalek::PublicKey::from(pk))
+                .as_bytes()
+                == &[0u8; 32]
+        })
+    };
+    // Sweep the small u (0 and 1 are small-order), with and without the
+    // ignored top bit; then the encodings of p − 1, p and p + 1.
+    let mut small = std::collections::BTreeSet::new();
+    for u in 0u8..=255 {
+        let mut pk = [0u8; 32];
+        pk[0] = u;
+        for top in [0u8, 0x80] {
+            pk[31] = top;
+            assert_eq!(
+                ks_core::uid::x25519_small_order(&pk),
+                zeroes(pk),
+                "u = {u}, top = {top:#x}"
+            );
+            if zeroes(pk) {
+                small.insert(pk);
+            }
+        }
+    }
+    let p_minus_1: [u8; 32] = {
+        let mut b = [0xff; 32];
+        b[0] = 0xec;
+        b[31] = 0x7f;
+        b
+    };
+    for pk in [
+        p_minus_1,
+        {
+            let mut b = p_minus_1;
+            b[0] = 0xed;
+            b
+        },
+        {
+            let mut b = p_minus_1;
+            b[0] = 0xee;
+            b
+        },
+    ] {
+        assert!(ks_core::uid::x25519_small_order(&pk) && zeroes(pk));
+    }
+    assert!(
+        small.len() >= 4,
+        "u = 0 and u = 1 with and without the top bit: {small:?}"
+    );
+    // The points of order 8: [l]Q for Q of order 8l (l the prime subgroup
+    // order), checked against the definition.
+    let l = hex::decode("1000000000000000000000000000000014def9dea2f79cd65812631a5cf5d3ed")
+        .expect("hex");
+    let bits = || {
+        l.iter()
+            .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1 == 1))
+    };
+    let mut order_eight = std::collections::BTreeSet::new();
+    for u in 2u8..60 {
+        let mut q = [0u8; 32];
+        q[0] = u;
+        let r = curve25519_dalek::montgomery::MontgomeryPoint(q)
+            .mul_bits_be(bits())
+            .to_bytes();
+        assert_eq!(
+            ks_core::uid::x25519_small_order(&r),
+            zeroes(r),
+            "[l]Q for u = {u}"
+        );
+        if zeroes(r) && r != [0; 32] && r[0] != 1 {
+            order_eight.insert(r);
+        }
+    }
+    assert!(!order_eight.is_empty(), "some [l]Q has order 8");
+    for i in 0..500u32 {
+        let pk = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(
+            [(i % 251) as u8 + 1; 32],
+        ))
+        .to_bytes();
+        let mut tweaked = pk;
+        tweaked[1] ^= (i >> 8) as u8;
+        for k in [pk, tweaked] {
+            assert_eq!(ks_core::uid::x25519_small_order(&k), zeroes(k));
+        }
+    }
+}
