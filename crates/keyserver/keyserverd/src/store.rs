@@ -180,6 +180,7 @@ impl KsStore {
             size,
             h_last,
             last_time,
+            leaves: Vec::new(),
         };
         std::thread::Builder::new()
             .name("ks-sequencer".into())
@@ -278,6 +279,8 @@ struct Sequencer {
     h_last: [u8; 32],
     /// TIMESTAMP of the last committed entry.
     last_time: u64,
+    /// This batch's leaves, appended just before the commit.
+    leaves: Vec<Vec<u8>>,
 }
 
 /// A job's answer, sent only after the commit.
@@ -344,12 +347,19 @@ impl Sequencer {
                 }
                 Ok(txn) => {
                     let mut fatal = false;
+                    let first = self.size;
+                    self.leaves.clear();
                     for job in batch {
                         let answer = self.apply(&txn, job);
                         if let Some(RpcError::Unavailable) = answer_error(&answer) {
                             fatal = true;
                         }
                         answers.push(answer);
+                    }
+                    // The batch's entries in one append: the tiles are
+                    // integrated once per batch, not once per entry.
+                    if !fatal && !self.leaves.is_empty() {
+                        fatal = !self.append_batch(&txn, first);
                     }
                     if fatal {
                         let _ = txn.abort();
@@ -404,7 +414,31 @@ impl Sequencer {
         }
     }
 
-    /// §4.2 and the append, in `txn`.
+    /// Appends the batch's leaves at `first`; false (and a log line) if the
+    /// log did not put them exactly there.
+    fn append_batch(&mut self, txn: &redb::WriteTransaction, first: u64) -> bool {
+        let leaves = std::mem::take(&mut self.leaves);
+        match tlog_store::redb::append_in(txn, &self.config.log, &leaves) {
+            Ok(appended) => {
+                let expected = (first..).take(leaves.len());
+                if appended.iter().map(|a| a.index).eq(expected) {
+                    true
+                } else {
+                    tracing::error!(
+                        first,
+                        "the log did not put the batch where the keyserver expected"
+                    );
+                    false
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "appending the batch to the log failed");
+                false
+            }
+        }
+    }
+
+    /// §4.2, in `txn`; the entry is appended with the batch.
     fn uid(
         &mut self,
         txn: &redb::WriteTransaction,
@@ -474,17 +508,8 @@ impl Sequencer {
         rand::rngs::OsRng.fill_bytes(&mut iv2);
         let entry = Entry::build(ident, &u, &nonce, &iv, &self.h_last);
         let pos = self.size;
-        let appended = tlog_store::redb::append_in(txn, &self.config.log, &[entry.leaf().to_vec()])
-            .map_err(|e| match e {
-                tlog_store::StoreError::NotActive(_) => RpcError::Unavailable,
-                e => storage(e),
-            })?;
-        if appended.first().map(|a| a.index) != Some(pos) {
-            return Err(storage(format!(
-                "the log put the entry at {:?}, the keyserver expected {pos}",
-                appended.first().map(|a| a.index)
-            )));
-        }
+        // Appended with the rest of the batch, in order, before the commit.
+        self.leaves.push(entry.leaf().to_vec());
         let timestamp = now.max(self.last_time);
         let reply_entry = ReplyEntry {
             hashchain_entry: b64::encode(&entry.0),
