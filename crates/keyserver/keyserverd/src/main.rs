@@ -52,6 +52,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    #[cfg(feature = "test-faults")]
+    tracing::warn!(
+        "built with test-faults: this keyserver forges on request (Test.ForgeUID); for tests only"
+    );
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => {

@@ -185,6 +185,27 @@ impl Keyserver {
                 )?;
                 self.flush(sig_pub, req, signature).await?
             }
+            #[cfg(feature = "test-faults")]
+            "Test.ForgeUID" => {
+                // A keyserver that forges: appends and signs a UID without
+                // §4.2 (only the v1 profile is checked), as a compromised
+                // server would. Built only with feature `test-faults`.
+                let msg: UidMessage = p.nested("UIDMessage")?;
+                p.finish()?;
+                let profiled = msg.check_profile()?;
+                let (tx, rx) = oneshot::channel();
+                self.store.submit(Job::Uid {
+                    kind: Kind::Update,
+                    msg: Box::new(msg),
+                    profiled: Box::new(profiled),
+                    keyserver: false,
+                    forced: true,
+                    now: now(),
+                    reply: tx,
+                })?;
+                let reply = answer(rx).await?;
+                object([("UIDMessageReply", reply.to_value())])
+            }
             _ => return Err(RpcError::MethodNotFound),
         };
         Ok(result)
@@ -212,6 +233,7 @@ impl Keyserver {
             msg: Box::new(msg),
             profiled: Box::new(profiled),
             keyserver,
+            forced: false,
             now,
             reply: tx,
         })?;

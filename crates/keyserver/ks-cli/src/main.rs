@@ -93,6 +93,14 @@ enum Command {
         /// A peer's LASTENTRY.
         entry: String,
     },
+    /// Scans the chain for entries of the identities held here that their
+    /// owner did not make (takeovers); exit 4 with evidence if any.
+    Monitor,
+    /// Checks an evidence file offline: exit 0 iff it proves misbehaviour.
+    VerifyEvidence {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +154,7 @@ impl From<ClientError> for Failure {
             | ClientError::BadData(_)
             | ClientError::PinMismatch
             | ClientError::Misbehaviour(_)
+            | ClientError::Evidence { .. }
             | ClientError::BadKeyInit(_) => 4,
             ClientError::Transport(_) | ClientError::Storage(_) => 1,
         };
@@ -206,9 +215,99 @@ fn print(json: bool, value: serde_json::Value, human: String) {
 }
 
 fn run(args: Args) -> Result<(), Failure> {
+    if let Command::VerifyEvidence { file } = &args.command {
+        let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let evidence = <ks_core::evidence::Evidence as ks_core::lcj::Lcj>::from_lcj(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not an evidence file: {e}", file.display()))?;
+        let proves = ks_core::evidence::verify(&evidence).map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("proven: {proves}");
+        return Ok(());
+    }
     let path = state_path(args.dir)?;
-    let json = args.json;
-    if let Command::Init { server, pin } = &args.command {
+    let evidence_dir = path.with_file_name("evidence");
+    run_in(args.command, args.json, &path).map_err(|(f, evidence)| {
+        let Some(evidence) = evidence else { return f };
+        let file = evidence_dir.join(format!(
+            "{}-{}.json",
+            evidence.kind,
+            evidence.identity.replace('@', "_at_")
+        ));
+        let written = std::fs::create_dir_all(&evidence_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                durable_file::replace(&file, &evidence.to_file(), 0o644)
+                    .map_err(anyhow::Error::from)
+            });
+        match written {
+            Ok(()) => Failure {
+                code: f.code,
+                message: format!("{}\nevidence written to {}", f.message, file.display()),
+            },
+            Err(e) => Failure {
+                code: f.code,
+                message: format!("{} (evidence not written: {e})", f.message),
+            },
+        }
+    })
+}
+
+type RunError = (Failure, Option<Box<ks_core::evidence::Evidence>>);
+
+impl From<Failure> for RunError {
+    fn from(f: Failure) -> Self {
+        (f, None)
+    }
+}
+
+fn run_in(command: Command, json: bool, path: &std::path::Path) -> Result<(), RunError> {
+    let wrap = |e: ClientError| -> RunError {
+        match e {
+            ClientError::Evidence {
+                failure,
+                proves,
+                evidence,
+            } => (
+                Failure {
+                    code: 4,
+                    message: format!("misbehaviour: {failure}; the evidence proves: {proves}"),
+                },
+                Some(evidence),
+            ),
+            e => (Failure::from(e), None),
+        }
+    };
+    run_cmd(command, json, path).map_err(|e| match e {
+        CmdError::Client(e) => wrap(e),
+        CmdError::Other(f) => (f, None),
+    })
+}
+
+enum CmdError {
+    Client(ClientError),
+    Other(Failure),
+}
+
+impl From<ClientError> for CmdError {
+    fn from(e: ClientError) -> Self {
+        CmdError::Client(e)
+    }
+}
+
+impl From<Failure> for CmdError {
+    fn from(f: Failure) -> Self {
+        CmdError::Other(f)
+    }
+}
+
+impl From<anyhow::Error> for CmdError {
+    fn from(e: anyhow::Error) -> Self {
+        CmdError::Other(e.into())
+    }
+}
+
+fn run_cmd(command: Command, json: bool, path: &std::path::Path) -> Result<(), CmdError> {
+    let path = path.to_path_buf();
+    if let Command::Init { server, pin } = &command {
         let pin = Pin::parse(pin)
             .ok_or_else(|| anyhow::anyhow!("the pin is keyserver@<domain>:<64 hex digits>"))?;
         let mut client = Client::open(&path, Some(server), Some(pin))?;
@@ -225,8 +324,34 @@ fn run(args: Args) -> Result<(), Failure> {
         return Ok(());
     }
     let mut client = Client::open(&path, None, None)?;
-    match args.command {
-        Command::Init { .. } => unreachable!("handled above"),
+    match command {
+        Command::Init { .. } | Command::VerifyEvidence { .. } => unreachable!("handled above"),
+        Command::Monitor => {
+            client.sync()?;
+            let owns = client.owns()?;
+            for me in &owns {
+                let found = client.lookup(&me.identity)?;
+                let newest = found.map(|v| v.message);
+                if newest.as_ref() != Some(&me.uid) {
+                    return Err(Failure {
+                        code: 4,
+                        message: format!(
+                            "unexplained entry: the chain's newest UID of {} is not one held here",
+                            me.identity
+                        ),
+                    }
+                    .into());
+                }
+            }
+            print(
+                json,
+                serde_json::json!({"identities": owns.len(), "ok": true}),
+                format!(
+                    "{} identities checked; every entry is their owner's",
+                    owns.len()
+                ),
+            );
+        }
         Command::Sync => {
             let s = client.sync()?;
             print(
@@ -346,7 +471,8 @@ fn run(args: Args) -> Result<(), Failure> {
                         "the chain's newest UID for {} is not the one held here (takeover?)",
                         me.identity
                     ),
-                });
+                }
+                .into());
             }
             if escrow_printed {
                 me.escrow = None;
@@ -414,7 +540,8 @@ fn run(args: Args) -> Result<(), Failure> {
                     message:
                         "the entry is not in the verified chain: ask the peer for its checkpoint"
                             .into(),
-                });
+                }
+                .into());
             }
             println!("in the verified chain");
         }

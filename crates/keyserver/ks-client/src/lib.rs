@@ -80,6 +80,16 @@ pub enum ClientError {
     /// Server-signed data that proves misbehaviour.
     #[error("misbehaviour: {0}")]
     Misbehaviour(Failure),
+    /// Misbehaviour with a self-contained evidence file (§6.6).
+    #[error("misbehaviour: {failure}; evidence: {proves}")]
+    Evidence {
+        /// What the check found.
+        failure: Failure,
+        /// What the file proves.
+        proves: String,
+        /// The file.
+        evidence: Box<ks_core::evidence::Evidence>,
+    },
     /// A KeyInit that fails §6.5, or one served twice.
     #[error("bad KeyInit: {0}")]
     BadKeyInit(String),
@@ -652,13 +662,62 @@ impl Client {
                 reply: r.as_ref(),
             })
             .collect();
-        verify_chain(
+        let result = verify_chain(
             &ident,
             &matches,
             |p| self.signer(p),
             |e| self.positions.get(e.hash()).copied(),
-        )
-        .map_err(ClientError::Misbehaviour)
+        );
+        match result {
+            Err(failure @ Failure::Takeover { pos, .. }) => {
+                let later = replies
+                    .iter()
+                    .find(|(p, _, _)| *p == pos)
+                    .and_then(|(_, _, r)| r.clone());
+                let earlier = replies
+                    .iter()
+                    .rev()
+                    .filter(|(p, _, _)| *p < pos)
+                    .find_map(|(_, _, r)| r.clone());
+                match (earlier, later) {
+                    (Some(earlier), Some(later)) => {
+                        let evidence = ks_core::evidence::Evidence {
+                            kind: ks_core::evidence::TAKEOVER.into(),
+                            origin: self.origin.clone().unwrap_or_default(),
+                            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+                            key_schedule: self.schedule_replies()?,
+                            identity: ident.clone(),
+                            replies: vec![earlier, later],
+                        };
+                        match ks_core::evidence::verify(&evidence) {
+                            Ok(proves) => Err(ClientError::Evidence {
+                                failure,
+                                proves,
+                                evidence: Box::new(evidence),
+                            }),
+                            Err(_) => Err(ClientError::Misbehaviour(failure)),
+                        }
+                    }
+                    _ => Err(ClientError::Misbehaviour(failure)),
+                }
+            }
+            r => r.map_err(ClientError::Misbehaviour),
+        }
+    }
+
+    /// The keyserver's UID replies of the key schedule, from genesis.
+    fn schedule_replies(&self) -> Result<Vec<UidMessageReply>, ClientError> {
+        let mut out = Vec::new();
+        for (pos, _) in &self.schedule {
+            let e = self
+                .entry(*pos)
+                .ok_or_else(|| bad("a schedule position beyond the chain"))?;
+            out.push(
+                self.fetch_uid(e.uid_index())?
+                    .ok_or_else(|| bad("the keyserver withholds its own UID"))?,
+            );
+        }
+        Ok(out)
     }
 
     /// §6.4 step 2: registers `identity` with fresh keys (SIGKEY, SIGESCROW

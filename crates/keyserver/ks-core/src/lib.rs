@@ -10,6 +10,7 @@ pub mod b64;
 pub mod capabilities;
 pub mod entry;
 pub mod error;
+pub mod evidence;
 pub mod identity;
 pub mod keyinit;
 pub mod lcj;

@@ -1,0 +1,202 @@
+//! keyserver.md §10's hostile keyserver, first attacks: a real `keyserverd`
+//! built with `test-faults` forges UIDs for Alice (a self-signed update by
+//! a key of its own; a MSGCOUNT-0 re-registration while she is live). Bob's
+//! `ks-cli lookup` and Alice's `ks-cli monitor` catch it with exit 4 and an
+//! evidence file that `ks-cli verify-evidence` accepts offline; altered or
+//! innocent "evidence" is refused.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use ed25519_dalek::SigningKey;
+use ks_core::author::{self, Authority, UidKeys};
+use ks_core::evidence::Evidence;
+use ks_core::lcj::Lcj;
+use serde_json::json;
+use support::{post_raw, Keyserverd};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn ks_cli(dir: &Path, args: &[&str]) -> Out {
+    let out = Command::new(lk_testkit::process::workspace_binary("ks-cli"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run ks-cli");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let o = ks_cli(dir, args);
+    assert_eq!(o.code, 0, "ks-cli {args:?}: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+/// The evidence path from ks-cli's message.
+fn evidence_path(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("evidence written to "))
+        .unwrap_or_else(|| panic!("no evidence file: {stderr}"))
+        .to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> Out {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = ks_cli(dir, &["--json", "lookup", identity]);
+        if o.code != 0 {
+            return o;
+        }
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+        if v["msgcount"] != msgcount {
+            assert!(std::time::Instant::now() < deadline, "never published");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        return o;
+    }
+}
+
+#[test]
+fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    assert!(
+        server.log().contains("test-faults"),
+        "the forging build runs: {}",
+        server.log()
+    );
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let pin = format!(
+        "{}:{}",
+        server.pin.identity,
+        server
+            .pin
+            .h0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    ok(&alice, &["init", "--server", &server.url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(&alice, &["confirm", "alice@localhost", "--max-wait", "30"]);
+    ok(&alice, &["monitor"]);
+
+    // The server forges an update of Alice's UID with a key of its own.
+    let mut client = ks_client::Client::new(&server.url, server.pin.clone());
+    client.sync().expect("sync");
+    let honest = client
+        .lookup("alice@localhost")
+        .expect("lookup")
+        .expect("alice");
+    let thief = SigningKey::from_bytes(&[0x66; 32]);
+    let keys = UidKeys {
+        sig_key: &thief,
+        escrow: None,
+        static_key: [9; 32],
+    };
+    let mut content = author::content(
+        "alice@localhost",
+        &keys,
+        1,
+        client.entry(client.size() - 1),
+        "strict",
+        now(),
+    );
+    content.sig_escrow = honest.message.content.sig_escrow.clone();
+    content.pubkeys = honest.message.content.pubkeys.clone();
+    let forged = author::sign_update(content, &thief, Authority::User(&thief));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.ForgeUID",
+        "params": {"UIDMessage": serde_json::from_slice::<serde_json::Value>(&forged.to_lcj()).expect("json")}});
+    let (status, v) = post_raw(&server.url, "application/json", body.to_string().as_bytes());
+    assert_eq!(status, 200);
+    assert!(v["result"].is_object(), "the forging server signed it: {v}");
+
+    // Bob looks Alice up: exit 4, evidence written; it verifies offline.
+    ok(&bob, &["init", "--server", &server.url, "--pin", &pin]);
+    let o = wait_published(&bob, "alice@localhost", 1);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let verified = ok(&bob, &["verify-evidence", &file]);
+    assert!(verified.contains("proven"), "{verified}");
+    // Anyone can check it: a fresh directory, no server, no state.
+    let stranger = root.path().join("stranger");
+    drop(server);
+    let verified = ok(&stranger, &["verify-evidence", &file]);
+    assert!(verified.contains("did not authorise"), "{verified}");
+
+    // Alice's monitor alarms too, after a restart of the server on another
+    // port (the chain itself verifies; her identity does not).
+    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    ok(&alice, &["init", "--server", &server.url, "--pin", &pin]);
+    let o = ks_cli(&alice, &["monitor"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    ok(&stranger, &["verify-evidence", &evidence_path(&o.stderr)]);
+
+    // Altered evidence proves nothing: another identity, a flipped
+    // signature, or two honest replies.
+    let evidence = Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("evidence");
+    let write = |name: &str, e: &Evidence| {
+        let p = root.path().join(name);
+        std::fs::write(&p, e.to_file()).expect("write");
+        p.to_str().expect("utf8").to_string()
+    };
+    let mut other = evidence.clone();
+    other.identity = "bob@localhost".into();
+    assert_eq!(
+        ks_cli(
+            &stranger,
+            &["verify-evidence", &write("other.json", &other)]
+        )
+        .code,
+        1
+    );
+    let mut flipped = evidence.clone();
+    let sig = &mut flipped.replies[1].server_signature;
+    let first = if sig.starts_with('A') { "B" } else { "A" };
+    sig.replace_range(0..1, first);
+    assert_eq!(
+        ks_cli(
+            &stranger,
+            &["verify-evidence", &write("flipped.json", &flipped)]
+        )
+        .code,
+        1
+    );
+    let mut pin_swapped = evidence.clone();
+    pin_swapped.pin = format!("keyserver@localhost:{}", "11".repeat(32));
+    assert_eq!(
+        ks_cli(
+            &stranger,
+            &["verify-evidence", &write("pin.json", &pin_swapped)]
+        )
+        .code,
+        1
+    );
+    let mut same = evidence.clone();
+    same.replies = vec![evidence.replies[0].clone(), evidence.replies[0].clone()];
+    assert_eq!(
+        ks_cli(&stranger, &["verify-evidence", &write("same.json", &same)]).code,
+        1
+    );
+    drop(server);
+}

@@ -1,0 +1,196 @@
+//! Evidence files (keyserver.md §6.6): self-contained proof that the
+//! keyserver misbehaved, checkable offline by anyone holding the pin.
+//!
+//! The key schedule inside the file starts at the pinned genesis: entry 0
+//! must have the pinned H_0, link to H_{−1}, belong to the pinned identity
+//! and carry a reply signed by the key its own UID publishes. That key (and
+//! any later schedule UID, each continuing the last) is what the accused
+//! replies must be signed by. As the spec says, a schedule shows that a key
+//! was published, not that no rotation happened in between.
+//!
+//! `takeover` is proven by two server-signed replies for one identity, the
+//! later one breaking the rules against the earlier in a way no honest
+//! history allows whatever lies between them: its MSGCOUNT is the next one
+//! but neither the earlier SIGKEY nor its escrow key signed it (or it swaps
+//! the escrow key under USERSIGNATURE), or its MSGCOUNT is not larger at
+//! all, or its TIMESTAMP is smaller. Both replies must be within two years
+//! of each other (a reclaim needs the quarantine to pass first), so a
+//! legitimately reclaimed name is never "proven" taken over.
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::entry::GENESIS_PREV;
+use crate::lcj::Lcj;
+use crate::lcj_record;
+use crate::rules::{self, IdentityState, ROLLOVER};
+use crate::uid::UidMessageReply;
+
+/// The `TYPE` of a takeover file.
+pub const TAKEOVER: &str = "takeover";
+
+lcj_record! {
+    /// An evidence file.
+    pub struct Evidence {
+        /// `takeover` (other types: keyserver.md §6.6).
+        kind: String = "TYPE",
+        /// The log origin.
+        origin: String = "ORIGIN",
+        /// `keyserver@<domain>:<hex H_0>`.
+        pin: String = "PIN",
+        /// The keyserver's UID replies from genesis to the signing key.
+        key_schedule: Vec<UidMessageReply> = "KEYSCHEDULE",
+        /// The identity concerned (publishing it is the victim's choice).
+        identity: String = "IDENTITY",
+        /// The accused replies, in chain order.
+        replies: Vec<UidMessageReply> = "REPLIES",
+    }
+}
+
+/// Why an evidence file proves nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EvidenceError {
+    /// Not an evidence file of a known type.
+    #[error("not a known evidence file: {0}")]
+    Format(String),
+    /// The key schedule does not start at the pin or does not verify.
+    #[error("the key schedule does not verify from the pin: {0}")]
+    Schedule(String),
+    /// A reply is not signed by the scheduled key of its position.
+    #[error("reply {0} is not signed by the scheduled key")]
+    Unsigned(usize),
+    /// The replies are consistent with an honest history.
+    #[error("no misbehaviour shown: {0}")]
+    NotProven(String),
+}
+
+/// The pin's identity and H_0.
+fn parse_pin(pin: &str) -> Option<(String, [u8; 32])> {
+    let (identity, h) = pin.rsplit_once(':')?;
+    if h.len() != 64 {
+        return None;
+    }
+    let mut h0 = [0u8; 32];
+    for (i, b) in h0.iter_mut().enumerate() {
+        *b = u8::from_str_radix(h.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some((identity.to_string(), h0))
+}
+
+/// The schedule: (position, key) from the pinned genesis on.
+pub fn verify_schedule(
+    pin: &str,
+    schedule: &[UidMessageReply],
+) -> Result<Vec<(u64, VerifyingKey)>, EvidenceError> {
+    let bad = |why: &str| EvidenceError::Schedule(why.to_string());
+    let (identity, h0) = parse_pin(pin).ok_or_else(|| bad("the pin does not parse"))?;
+    let genesis = schedule.first().ok_or_else(|| bad("empty"))?;
+    if genesis.entry.hashchain_pos != 0 {
+        return Err(bad("the first UID is not entry 0"));
+    }
+    let entry = genesis.chain_entry().map_err(|e| bad(&e.to_string()))?;
+    if entry.hash() != &h0 || entry.check_link(&GENESIS_PREV).is_err() {
+        return Err(bad("entry 0 is not the pinned genesis"));
+    }
+    let mut keys: Vec<(u64, VerifyingKey)> = Vec::new();
+    let mut prev: Option<IdentityState> = None;
+    let mut last_pos = None;
+    for (i, reply) in schedule.iter().enumerate() {
+        let pos = reply.entry.hashchain_pos;
+        if last_pos.is_some_and(|p| pos <= p) {
+            return Err(bad("the schedule is not in chain order"));
+        }
+        let (entry, msg) = reply
+            .open_for(&identity)
+            .map_err(|e| bad(&format!("UID {i}: {e}")))?;
+        let profiled = msg
+            .check_profile()
+            .map_err(|e| bad(&format!("UID {i}: {e}")))?;
+        if !msg.signed_by(&profiled.sig_key, &msg.self_signature) {
+            return Err(bad("a schedule UID is not self-signed"));
+        }
+        match &prev {
+            None => rules::check_creation_signatures(&msg, &profiled),
+            Some(p) => rules::check_update(Some(p), &msg, reply.entry.timestamp),
+        }
+        .map_err(|e| bad(&format!("UID {i} does not continue the schedule: {e}")))?;
+        // Each key signs from its own position on (keyserver.md §3.8).
+        if !reply.signed_by(&profiled.sig_key) {
+            return Err(bad("a schedule reply is not signed by its own key"));
+        }
+        keys.push((pos, profiled.sig_key));
+        prev = Some(IdentityState::of(&msg, pos, *entry.uid_index()));
+        last_pos = Some(pos);
+    }
+    Ok(keys)
+}
+
+/// Checks an evidence file offline; `Ok` names what it proves.
+pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
+    if e.kind != TAKEOVER {
+        return Err(EvidenceError::Format(format!(
+            "type {:?} is not checked by this version",
+            e.kind
+        )));
+    }
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+    let [earlier, later] = e.replies.as_slice() else {
+        return Err(EvidenceError::Format("a takeover names two replies".into()));
+    };
+    for (i, r) in [earlier, later].into_iter().enumerate() {
+        let key = signer(r.entry.hashchain_pos).ok_or(EvidenceError::Unsigned(i))?;
+        if !r.signed_by(&key) {
+            return Err(EvidenceError::Unsigned(i));
+        }
+        if r.entry.origin != e.origin {
+            return Err(EvidenceError::Format(format!(
+                "reply {i} is of another origin"
+            )));
+        }
+    }
+    let not = |why: &str| EvidenceError::NotProven(why.to_string());
+    let (e1, m1) = earlier
+        .open_for(&e.identity)
+        .map_err(|x| not(&format!("the earlier reply: {x}")))?;
+    let (_, m2) = later
+        .open_for(&e.identity)
+        .map_err(|x| not(&format!("the later reply: {x}")))?;
+    let (p1, p2) = (earlier.entry.hashchain_pos, later.entry.hashchain_pos);
+    if p1 >= p2 {
+        return Err(not("the replies are not in chain order"));
+    }
+    let (t1, t2) = (earlier.entry.timestamp, later.entry.timestamp);
+    if t2 < t1 {
+        return Ok(format!(
+            "the server signed a later position ({p2}) with an earlier TIMESTAMP"
+        ));
+    }
+    if t2 >= t1.saturating_add(2 * ROLLOVER) {
+        return Err(not("two years apart: a reclaim may lie between them"));
+    }
+    let (c1, c2) = (m1.content.msg_count, m2.content.msg_count);
+    if c2 <= c1 {
+        return Ok(format!(
+            "{} got MSGCOUNT {c2} at position {p2} after MSGCOUNT {c1} at {p1}, within two years",
+            e.identity
+        ));
+    }
+    if c2 == c1 + 1 {
+        let prev = IdentityState::of(&m1, p1, *e1.uid_index());
+        return match rules::check_update(Some(&prev), &m2, t2) {
+            Err(why) => Ok(format!(
+                "the server accepted an update of {} at position {p2} that its owner did not authorise: {why}",
+                e.identity
+            )),
+            Ok(()) => Err(not("the later UID is a valid update of the earlier")),
+        };
+    }
+    Err(not("a MSGCOUNT gap alone is not provable from two replies"))
+}
+
+impl Evidence {
+    /// The file's bytes (LCJ).
+    pub fn to_file(&self) -> Vec<u8> {
+        self.to_lcj()
+    }
+}
