@@ -417,6 +417,14 @@ fn main() -> anyhow::Result<()> {
         );
         if !skip("scan") {
             let t = Instant::now();
+            let none = client.lookup("nobody@localhost")?;
+            println!(
+                "identity scan over {} entries, name absent (midstates, no fetch): {:.2} ms (found: {})",
+                client.size(),
+                t.elapsed().as_secs_f64() * 1e3,
+                none.is_some()
+            );
+            let t = Instant::now();
             let found = client.lookup(&user_name(0))?;
             println!(
                 "identity lookup over {} entries (scan + fetch + verify): {:.1} ms (found: {})",
@@ -425,6 +433,50 @@ fn main() -> anyhow::Result<()> {
                 found.is_some()
             );
         }
+    }
+    if !skip("incremental") {
+        // 1,000 more registrations, then an incremental sync of exactly them.
+        let mut client = Client::new(&url, pin.clone());
+        client.sync()?;
+        let before = client.size();
+        let agent = agent();
+        let base = args.users + 1_000_000;
+        for i in base..base + 1000 {
+            let key = user_key(i);
+            let keys = UidKeys {
+                sig_key: &key,
+                escrow: None,
+                static_key: x25519([7; 32]),
+            };
+            let c = author::content(&user_name(i), &keys, 0, Some(&head), "strict", now());
+            let msg = author::sign_create(c, &keys);
+            call(
+                &agent,
+                &url,
+                "KeyRepository.CreateUID",
+                serde_json::json!({"UIDMessage": json_of(&msg)}),
+            )?;
+        }
+        loop {
+            let v = call(
+                &agent,
+                &url,
+                "KeyRepository.FetchLastHashChain",
+                serde_json::json!({}),
+            )?;
+            if v["HCPos"].as_u64().context("HCPos")? + 1 >= before + 1000 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let t = Instant::now();
+        let s = client.sync()?;
+        println!(
+            "incremental verified sync of {} entries (from {}): {:.1} ms",
+            s.to - s.from,
+            s.from,
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

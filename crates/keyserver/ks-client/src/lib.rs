@@ -184,6 +184,8 @@ pub struct Client {
     pin: Pin,
     origin: Option<String>,
     entries: Vec<Entry>,
+    /// Per entry, SHA-256 after k1: a name test costs one compression.
+    midstates: Vec<ks_core::entry::Midstate>,
     positions: HashMap<[u8; 32], u64>,
     range: CompactRange,
     note: Option<Vec<u8>>,
@@ -224,6 +226,7 @@ impl Client {
             pin,
             origin: None,
             entries: Vec::new(),
+            midstates: Vec::new(),
             positions: HashMap::new(),
             range: CompactRange::new(),
             note: None,
@@ -274,6 +277,7 @@ impl Client {
             let e = Entry::from_bytes(raw).map_err(|e| ClientError::Storage(e.to_string()))?;
             c.positions.insert(*e.hash(), i as u64);
             c.range.push(e.leaf_hash());
+            c.midstates.push(ks_core::entry::Midstate::of(e.nonce()));
             c.entries.push(e);
         }
         c.origin = text("origin");
@@ -477,18 +481,35 @@ impl Client {
                 return Err(ClientError::PinMismatch);
             }
         }
-        // Extend the key schedule from the keyserver's new entries.
-        let mut schedule = self.schedule.clone();
-        let mut all: Vec<Entry> = self.entries.clone();
-        all.extend(new.iter().copied());
-        let ks_positions: Vec<u64> = new
+        // Extend the key schedule from the keyserver's new entries (a name
+        // test per new entry, one compression each with the midstates).
+        let new_mid: Vec<ks_core::entry::Midstate> = new
             .iter()
-            .enumerate()
-            .filter(|(_, e)| e.is_for(&self.pin.identity))
-            .map(|(i, _)| m + i as u64)
+            .map(|e| ks_core::entry::Midstate::of(e.nonce()))
             .collect();
-        if !ks_positions.is_empty() {
-            schedule = self.keyserver_schedule(&all)?;
+        let mut schedule = self.schedule.clone();
+        let new_ks: Vec<(u64, Entry)> = new
+            .iter()
+            .zip(&new_mid)
+            .enumerate()
+            .filter(|(_, (e, mid))| mid.matches(e, &self.pin.identity))
+            .map(|(i, (e, _))| (m + i as u64, *e))
+            .collect();
+        if !new_ks.is_empty() {
+            let mut ks: Vec<(u64, Entry)> = self
+                .schedule
+                .iter()
+                .filter_map(|(p, _)| self.entry(*p).map(|e| (*p, *e)))
+                .collect();
+            ks.extend(new_ks);
+            let new_positions: HashMap<[u8; 32], u64> = new
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (*e.hash(), m + i as u64))
+                .collect();
+            schedule = self.keyserver_schedule(&ks, |h| {
+                self.positions.get(h).or(new_positions.get(h)).copied()
+            })?;
         }
         let log_key = schedule
             .iter()
@@ -524,7 +545,8 @@ impl Client {
         for (i, e) in new.iter().enumerate() {
             self.positions.insert(*e.hash(), m + i as u64);
         }
-        self.entries = all;
+        self.midstates.extend(new_mid);
+        self.entries.extend(new);
         self.range = range;
         self.schedule = schedule;
         self.origin = Some(cp.origin.clone());
@@ -550,24 +572,22 @@ impl Client {
     /// the previous key, or escrow) is what makes a new key count.
     fn keyserver_schedule(
         &self,
-        entries: &[Entry],
+        entries: &[(u64, Entry)],
+        position_of: impl Fn(&[u8; 32]) -> Option<u64>,
     ) -> Result<Vec<(u64, VerifyingKey)>, ClientError> {
         let ident = self.pin.identity.clone();
         let mut replies = Vec::new();
         let mut keys = Vec::new();
-        for (p, e) in entries.iter().enumerate() {
-            if !e.is_for(&ident) {
-                continue;
-            }
+        for (p, e) in entries {
             let reply = self.fetch_uid(e.uid_index())?;
             if let Some(r) = &reply {
                 if let Ok((_, msg)) = r.open_for(&ident) {
                     if let Some(k) = msg.content.sig_key.verifying_key() {
-                        keys.push((p as u64, k));
+                        keys.push((*p, k));
                     }
                 }
             }
-            replies.push((p as u64, *e, reply));
+            replies.push((*p, *e, reply));
         }
         let matches: Vec<Match<'_>> = replies
             .iter()
@@ -577,16 +597,9 @@ impl Client {
                 reply: r.as_ref(),
             })
             .collect();
-        let positions: HashMap<[u8; 32], u64> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (*e.hash(), i as u64))
-            .collect();
         let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
-        verify_chain(&ident, &matches, signer, |e| {
-            positions.get(e.hash()).copied()
-        })
-        .map_err(ClientError::Misbehaviour)?;
+        verify_chain(&ident, &matches, signer, |e| position_of(e.hash()))
+            .map_err(ClientError::Misbehaviour)?;
         if replies.first().map(|(p, _, _)| *p) != Some(0) {
             return Err(ClientError::PinMismatch);
         }
@@ -645,8 +658,8 @@ impl Client {
         let ident = ks_core::identity::map(identity)
             .map_err(|e| ClientError::NotFound(format!("{identity}: {e}")))?;
         let mut found = Vec::new();
-        for (p, e) in self.entries.iter().enumerate() {
-            if e.is_for(&ident) {
+        for (p, (e, m)) in self.entries.iter().zip(&self.midstates).enumerate() {
+            if m.matches(e, &ident) {
                 found.push((p as u64, *e));
             }
         }

@@ -80,6 +80,55 @@ impl Ckdf {
     }
 }
 
+/// The SHA-256 state after absorbing an entry's k1 (one 64-byte block):
+/// testing a name against the entry then costs one or two compressions
+/// instead of CKDF's five SHA-512 runs (keyserver.md §6.1, §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Midstate([u32; 8]);
+
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+impl Midstate {
+    /// The midstate of an entry's NONCE.
+    pub fn of(nonce: &[u8; 8]) -> Midstate {
+        let k1 = Ckdf::derive(nonce).k1;
+        let mut state = SHA256_IV;
+        sha2::compress256(&mut state, &[k1.into()]);
+        Midstate(state)
+    }
+
+    /// HashID = SHA-256(k1 ‖ identity), finished from the midstate.
+    pub fn hash_id(&self, identity: &str) -> [u8; 32] {
+        let msg = identity.as_bytes();
+        let total_bits = ((64 + msg.len()) as u64) * 8;
+        // identity ‖ 0x80 ‖ zeros ‖ length, to a multiple of 64 bytes.
+        let mut tail = Vec::with_capacity(msg.len() + 72);
+        tail.extend_from_slice(msg);
+        tail.push(0x80);
+        while tail.len() % 64 != 56 {
+            tail.push(0);
+        }
+        tail.extend_from_slice(&total_bits.to_be_bytes());
+        let mut state = self.0;
+        for block in tail.chunks_exact(64) {
+            let block: [u8; 64] = block.try_into().expect("64 bytes");
+            sha2::compress256(&mut state, &[block.into()]);
+        }
+        let mut out = [0u8; 32];
+        for (o, w) in out.chunks_exact_mut(4).zip(state) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+
+    /// Whether the entry with this midstate belongs to `identity`.
+    pub fn matches(&self, entry: &Entry, identity: &str) -> bool {
+        &self.hash_id(identity) == entry.hash_id()
+    }
+}
+
 /// UIDIndex = SHA-256(U).
 pub fn uid_index(uid_hash: &[u8; 32]) -> [u8; 32] {
     Sha256::digest(uid_hash).into()

@@ -137,3 +137,13 @@ fn schemas_refuse_unknown_missing_and_mistyped_members() {
         );
     }
 }
+
+proptest! {
+    /// The midstate shortcut gives exactly CKDF's HashID, for names of any
+    /// length up to the 254-byte maximum (one to five blocks).
+    #[test]
+    fn midstate_hash_ids_equal_the_definition(nonce in any::<[u8; 8]>(), name in "[a-z.-]{0,254}") {
+        let m = ks_core::entry::Midstate::of(&nonce);
+        prop_assert_eq!(m.hash_id(&name), ks_core::entry::Ckdf::derive(&nonce).hash_id(&name));
+    }
+}
