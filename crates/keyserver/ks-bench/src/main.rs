@@ -439,7 +439,6 @@ fn main() -> anyhow::Result<()> {
         let mut client = Client::new(&url, pin.clone());
         client.sync()?;
         let before = client.size();
-        let agent = agent();
         let base = args.users + 1_000_000;
         for i in base..base + 1000 {
             let key = user_key(i);
