@@ -206,6 +206,14 @@ impl Keyserver {
                 let reply = answer(rx).await?;
                 object([("UIDMessageReply", reply.to_value())])
             }
+            #[cfg(feature = "test-faults")]
+            "Test.ForgeReply" => {
+                // A keyserver that lies about inclusion: a signed reply for
+                // the next position, with nothing appended.
+                let msg: UidMessage = p.nested("UIDMessage")?;
+                p.finish()?;
+                self.forge_reply(&msg).await?
+            }
             _ => return Err(RpcError::MethodNotFound),
         };
         Ok(result)
@@ -216,6 +224,35 @@ impl Keyserver {
     fn tokens(&self, p: &mut Fields, name: &str) -> Result<(), RpcError> {
         let _ = p.take(name);
         Ok(())
+    }
+
+    #[cfg(feature = "test-faults")]
+    async fn forge_reply(&self, msg: &UidMessage) -> Result<Value, RpcError> {
+        let log = self.node.log_id();
+        let size = self
+            .node
+            .store()
+            .state(log)
+            .await
+            .map_err(unavailable)?
+            .size;
+        let last = self.entries(size - 1, size).await?;
+        let prev: [u8; 32] = last[0][..32].try_into().map_err(|_| RpcError::Internal)?;
+        let u = msg.uid_hash();
+        let entry =
+            ks_core::entry::Entry::build(&msg.content.identity, &u, &[0x5a; 8], &[0x5b; 16], &prev);
+        let reply_entry = ks_core::uid::ReplyEntry {
+            hashchain_entry: b64::encode(&entry.0),
+            hashchain_pos: size,
+            origin: self.config.origin.clone(),
+            timestamp: now(),
+            uid_message_encrypted: ks_core::uid::seal(msg, &[0x5c; 16]),
+        };
+        let reply = ks_core::uid::UidMessageReply {
+            server_signature: sign(&self.signer, Ctx::UidReply, &reply_entry),
+            entry: reply_entry,
+        };
+        Ok(object([("UIDMessageReply", reply.to_value())]))
     }
 
     /// CreateUID / UpdateUID; `keyserver` only for the server's own UID.

@@ -200,3 +200,83 @@ fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
     );
     drop(server);
 }
+
+/// A signed reply for a position the server then fills with another entry:
+/// Alice's confirm catches it with `reply-not-in-log` evidence (the
+/// checkpoint, the entry there and its inclusion proof), which verifies
+/// offline; the same file with the honest entry proves nothing.
+#[test]
+fn a_reply_the_log_does_not_hold_is_caught_at_confirm() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    let mut client = ks_client::Client::new(&server.url, server.pin.clone());
+    client.sync().expect("sync");
+    // Alice registers; the server answers with a forged reply instead.
+    let mut alice = client.register("alice@localhost", "strict").expect("alice");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.ForgeReply",
+        "params": {"UIDMessage": serde_json::from_slice::<serde_json::Value>(&alice.uid.to_lcj()).expect("json")}});
+    let (_, v) = post_raw(&server.url, "application/json", body.to_string().as_bytes());
+    let raw = serde_json::to_vec(&v["result"]["UIDMessageReply"]).expect("json");
+    let forged =
+        ks_core::uid::UidMessageReply::from_value(ks_core::lcj::parse_relaxed(&raw).expect("lcj"))
+            .expect("a reply");
+    // Someone else's registration takes that position.
+    let mut bob_client = ks_client::Client::new(&server.url, server.pin.clone());
+    let bob = bob_client.register("bob@localhost", "strict").expect("bob");
+    assert_eq!(bob.reply.entry.hashchain_pos, forged.entry.hashchain_pos);
+    alice.reply = forged;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let evidence = loop {
+        match client.confirm(&alice) {
+            Err(ks_client::ClientError::NotFound(_)) => {
+                assert!(std::time::Instant::now() < deadline, "never published");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(ks_client::ClientError::Evidence {
+                evidence, proves, ..
+            }) => {
+                assert!(proves.contains("another entry"), "{proves}");
+                break evidence;
+            }
+            other => panic!("confirm must catch it: {other:?}"),
+        }
+    };
+    let file = root.path().join("rnil.json");
+    std::fs::write(&file, evidence.to_file()).expect("write");
+    let stranger = root.path().join("stranger");
+    let out = ok(
+        &stranger,
+        &["verify-evidence", file.to_str().expect("utf8")],
+    );
+    assert!(out.contains("proven"), "{out}");
+    // With the honest reply at that position the same file proves nothing.
+    let mut innocent = (*evidence).clone();
+    innocent.replies = vec![bob.reply.clone()];
+    let file = root.path().join("innocent.json");
+    std::fs::write(&file, innocent.to_file()).expect("write");
+    assert_eq!(
+        ks_cli(
+            &stranger,
+            &["verify-evidence", file.to_str().expect("utf8")]
+        )
+        .code,
+        1
+    );
+    // A proof that does not lead to the checkpoint's root proves nothing.
+    let mut broken = (*evidence).clone();
+    if let Some(h) = broken.proof.first_mut() {
+        *h = ks_core::b64::encode(&[0u8; 32]);
+    } else {
+        broken.entry = bob.reply.entry.hashchain_entry.clone();
+    }
+    let file = root.path().join("broken.json");
+    std::fs::write(&file, broken.to_file()).expect("write");
+    assert_eq!(
+        ks_cli(
+            &stranger,
+            &["verify-evidence", file.to_str().expect("utf8")]
+        )
+        .code,
+        1
+    );
+}

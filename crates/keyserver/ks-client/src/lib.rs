@@ -701,6 +701,7 @@ impl Client {
                             key_schedule: self.schedule_replies()?,
                             identity: ident.clone(),
                             replies: vec![earlier, later],
+                            ..Default::default()
                         };
                         match ks_core::evidence::verify(&evidence) {
                             Ok(proves) => Err(ClientError::Evidence {
@@ -842,15 +843,59 @@ impl Client {
         if pos >= self.size() {
             self.sync()?;
         }
-        let ours = self
+        let ours = *self
             .entry(pos)
             .ok_or_else(|| ClientError::NotFound(format!("position {pos} is not published yet")))?;
         if b64::encode(&ours.0) != own.reply.entry.hashchain_entry {
-            return Err(bad(format!(
-                "another entry sits at {pos} (reply-not-in-log)"
-            )));
+            return Err(self.reply_not_in_log(&own.identity, &own.reply, pos, &ours));
         }
         Ok(pos)
+    }
+
+    /// Evidence that the server signed `reply` for `pos` and then a
+    /// checkpoint with `actual` there (the inclusion proof is computed from
+    /// the verified local chain).
+    fn reply_not_in_log(
+        &self,
+        identity: &str,
+        reply: &UidMessageReply,
+        pos: u64,
+        actual: &Entry,
+    ) -> ClientError {
+        let failure = Failure::BadUid {
+            pos,
+            why: "another entry sits at the reply's position (reply-not-in-log)".into(),
+        };
+        let mut tree = tlog_core::merkle::MemoryTree::new();
+        for e in &self.entries {
+            tree.push_hash(e.leaf_hash());
+        }
+        let proof = match tlog_core::merkle::inclusion_proof(&tree, pos, self.size()) {
+            Ok(Ok(p)) => p,
+            _ => return ClientError::Misbehaviour(failure),
+        };
+        let (Some(note), Ok(key_schedule)) = (self.note.as_ref(), self.schedule_replies()) else {
+            return ClientError::Misbehaviour(failure);
+        };
+        let evidence = ks_core::evidence::Evidence {
+            kind: ks_core::evidence::REPLY_NOT_IN_LOG.into(),
+            origin: self.origin.clone().unwrap_or_default(),
+            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+            key_schedule,
+            identity: identity.to_string(),
+            replies: vec![reply.clone()],
+            checkpoint: b64::encode(note),
+            entry: b64::encode(&actual.0),
+            proof: proof.iter().map(|h| b64::encode(h)).collect(),
+        };
+        match ks_core::evidence::verify(&evidence) {
+            Ok(proves) => ClientError::Evidence {
+                failure,
+                proves,
+                evidence: Box::new(evidence),
+            },
+            Err(_) => ClientError::Misbehaviour(failure),
+        }
     }
 
     /// §6.4 step 3: publishes `count` one-time and `fallbacks` fallback

@@ -27,6 +27,9 @@ use crate::uid::UidMessageReply;
 
 /// The `TYPE` of a takeover file.
 pub const TAKEOVER: &str = "takeover";
+/// The `TYPE` of a file showing a signed reply for a position that the
+/// server's own signed checkpoint fills with another entry.
+pub const REPLY_NOT_IN_LOG: &str = "reply-not-in-log";
 
 lcj_record! {
     /// An evidence file.
@@ -43,6 +46,14 @@ lcj_record! {
         identity: String = "IDENTITY",
         /// The accused replies, in chain order.
         replies: Vec<UidMessageReply> = "REPLIES",
+        /// `reply-not-in-log`: b64 of a signed checkpoint note beyond the
+        /// reply's position ("" otherwise).
+        checkpoint: String = "CHECKPOINT",
+        /// `reply-not-in-log`: the entry (b64(153)) the checkpoint has at
+        /// that position ("" otherwise).
+        entry: String = "ENTRY",
+        /// `reply-not-in-log`: its inclusion proof ([] otherwise).
+        proof: Vec<String> = "PROOF",
     }
 }
 
@@ -126,6 +137,9 @@ pub fn verify_schedule(
 
 /// Checks an evidence file offline; `Ok` names what it proves.
 pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
+    if e.kind == REPLY_NOT_IN_LOG {
+        return verify_reply_not_in_log(e);
+    }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
             "type {:?} is not checked by this version",
@@ -186,6 +200,58 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
         };
     }
     Err(not("a MSGCOUNT gap alone is not provable from two replies"))
+}
+
+/// `reply-not-in-log`: the reply for position p is signed by the key of p;
+/// the checkpoint (size N > p) by the key of N − 1; the entry at p is in
+/// that checkpoint's tree by its proof; and it is not the reply's entry.
+fn verify_reply_not_in_log(e: &Evidence) -> Result<String, EvidenceError> {
+    use tlog_core::note::{KeyType, Note, VerifierKey};
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+    let format = |why: &str| EvidenceError::Format(why.to_string());
+    let [reply] = e.replies.as_slice() else {
+        return Err(format("reply-not-in-log names one reply"));
+    };
+    let p = reply.entry.hashchain_pos;
+    let key = signer(p).ok_or(EvidenceError::Unsigned(0))?;
+    if !reply.signed_by(&key) || reply.entry.origin != e.origin {
+        return Err(EvidenceError::Unsigned(0));
+    }
+    let note_bytes =
+        crate::b64::decode(&e.checkpoint).ok_or_else(|| format("CHECKPOINT is not base64"))?;
+    let note = Note::parse(&note_bytes).map_err(|x| format(&format!("CHECKPOINT: {x}")))?;
+    let cp = tlog_core::Checkpoint::parse(note.text())
+        .map_err(|x| format(&format!("CHECKPOINT: {x}")))?;
+    if cp.origin != e.origin || cp.size <= p {
+        return Err(format(
+            "the checkpoint is of another log or does not cover the position",
+        ));
+    }
+    let log_key = signer(cp.size - 1).ok_or(EvidenceError::Unsigned(1))?;
+    let verifier = VerifierKey::new(&cp.origin, KeyType::Ed25519, log_key)
+        .map_err(|x| format(&x.to_string()))?;
+    note.verify(&[verifier])
+        .map_err(|_| EvidenceError::Unsigned(1))?;
+    let raw = crate::b64::decode(&e.entry).ok_or_else(|| format("ENTRY is not base64"))?;
+    let entry = crate::entry::Entry::from_bytes(&raw).map_err(|x| format(&x.to_string()))?;
+    let proof: Vec<[u8; 32]> = e
+        .proof
+        .iter()
+        .map(|h| crate::b64::exact::<32>(h).ok_or_else(|| format("PROOF holds a non-hash")))
+        .collect::<Result<_, _>>()?;
+    tlog_core::merkle::verify_inclusion(p, cp.size, &entry.leaf_hash(), &proof, &cp.root).map_err(
+        |x| EvidenceError::NotProven(format!("the entry is not at {p} in the checkpoint: {x}")),
+    )?;
+    if crate::b64::encode(&entry.0) == reply.entry.hashchain_entry {
+        return Err(EvidenceError::NotProven(
+            "the reply's entry is the one in the log".into(),
+        ));
+    }
+    Ok(format!(
+        "the server promised position {p} to a UID and then signed a tree of size {} with another entry there",
+        cp.size
+    ))
 }
 
 impl Evidence {
