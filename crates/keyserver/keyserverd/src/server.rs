@@ -214,6 +214,24 @@ impl Keyserver {
                 p.finish()?;
                 self.forge_reply(&msg).await?
             }
+            #[cfg(feature = "test-faults")]
+            "Test.SignCheckpoint" => {
+                // A keyserver that equivocates: signs any tree head.
+                let size = p.integer("Size")?;
+                let root = b64::exact::<32>(&p.string("Root")?)
+                    .ok_or_else(|| RpcError::params("Root", "is not b64(32)"))?;
+                p.finish()?;
+                let key = tlog_core::note::SignerKey::from_seed(
+                    &self.config.origin,
+                    tlog_core::note::KeyType::Ed25519,
+                    self.signer.as_bytes(),
+                )
+                .map_err(|_| RpcError::Internal)?;
+                let text = tlog_core::Checkpoint::new(&self.config.origin, size, root).to_text();
+                let mut note = tlog_core::note::Note::new(&text).map_err(|_| RpcError::Internal)?;
+                note.add(key.sign(&text, now()));
+                object([("Note", Value::String(b64::encode(&note.to_bytes())))])
+            }
             _ => return Err(RpcError::MethodNotFound),
         };
         Ok(result)

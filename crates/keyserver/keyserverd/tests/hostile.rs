@@ -280,3 +280,69 @@ fn a_reply_the_log_does_not_hold_is_caught_at_confirm() {
         1
     );
 }
+
+/// Split view: the server signs a second tree of a size Bob holds. Given
+/// that checkpoint (gossip), `ks-cli check-checkpoint` exits 4 with `fork`
+/// evidence (the LKEV blob of tlog.md §7.8) that verifies offline; the
+/// honest checkpoint checks out.
+#[test]
+fn a_second_tree_of_one_size_is_a_fork_with_evidence() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    let pin = format!(
+        "{}:{}",
+        server.pin.identity,
+        server
+            .pin
+            .h0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let bob = root.path().join("bob");
+    let alice = root.path().join("alice");
+    ok(&alice, &["init", "--server", &server.url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(&alice, &["confirm", "alice@localhost", "--max-wait", "30"]);
+    ok(&bob, &["init", "--server", &server.url, "--pin", &pin]);
+    // Bob's own checkpoint is consistent with itself.
+    let honest = root.path().join("honest.note");
+    std::fs::write(&honest, ok(&bob, &["checkpoint"])).expect("write");
+    ok(&bob, &["check-checkpoint", honest.to_str().expect("utf8")]);
+    // The server signs another tree of size 2 (Bob holds 2 entries).
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.SignCheckpoint",
+        "params": {"Size": 2, "Root": ks_core::b64::encode(&[7; 32])}});
+    let (_, v) = post_raw(&server.url, "application/json", body.to_string().as_bytes());
+    let note = ks_core::b64::decode(v["result"]["Note"].as_str().expect("note")).expect("b64");
+    let forked = root.path().join("forked.note");
+    std::fs::write(&forked, &note).expect("write");
+    let o = ks_cli(&bob, &["check-checkpoint", forked.to_str().expect("utf8")]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let stranger = root.path().join("stranger");
+    let out = ok(&stranger, &["verify-evidence", &file]);
+    assert!(out.contains("conflicting trees"), "{out}");
+    // The same LKEV claimed for another keyserver's pin proves nothing.
+    let mut e = Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("evidence");
+    e.pin = format!("keyserver@localhost:{}", "22".repeat(32));
+    let other = root.path().join("other.json");
+    std::fs::write(&other, e.to_file()).expect("write");
+    assert_eq!(
+        ks_cli(
+            &stranger,
+            &["verify-evidence", other.to_str().expect("utf8")]
+        )
+        .code,
+        1
+    );
+    // A note the server never signed is not a fork: refused as bad data.
+    let mut tampered = note.clone();
+    let at = tampered.iter().position(|&b| b == b'\n').expect("line") + 1;
+    tampered[at] = if tampered[at] == b'1' { b'3' } else { b'1' };
+    let bad = root.path().join("bad.note");
+    std::fs::write(&bad, &tampered).expect("write");
+    assert_eq!(
+        ks_cli(&bob, &["check-checkpoint", bad.to_str().expect("utf8")]).code,
+        4
+    );
+}

@@ -93,6 +93,12 @@ enum Command {
         /// A peer's LASTENTRY.
         entry: String,
     },
+    /// Checks another party's checkpoint (a signed note file) against the
+    /// verified chain: exit 4 with `fork` evidence if they conflict.
+    CheckCheckpoint {
+        /// The note.
+        file: PathBuf,
+    },
     /// Scans the chain for entries of the identities held here that their
     /// owner did not make (takeovers); exit 4 with evidence if any.
     Monitor,
@@ -326,6 +332,16 @@ fn run_cmd(command: Command, json: bool, path: &std::path::Path) -> Result<(), C
     let mut client = Client::open(&path, None, None)?;
     match command {
         Command::Init { .. } | Command::VerifyEvidence { .. } => unreachable!("handled above"),
+        Command::CheckCheckpoint { file } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let size = client.check_checkpoint(&bytes)?;
+            print(
+                json,
+                serde_json::json!({"consistent": true, "size": size}),
+                format!("consistent with the verified chain at size {size}"),
+            );
+        }
         Command::Monitor => {
             client.sync()?;
             let owns = client.owns()?;

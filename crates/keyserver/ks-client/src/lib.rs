@@ -84,7 +84,7 @@ pub enum ClientError {
     #[error("misbehaviour: {failure}; evidence: {proves}")]
     Evidence {
         /// What the check found.
-        failure: Failure,
+        failure: String,
         /// What the file proves.
         proves: String,
         /// The file.
@@ -705,7 +705,7 @@ impl Client {
                         };
                         match ks_core::evidence::verify(&evidence) {
                             Ok(proves) => Err(ClientError::Evidence {
-                                failure,
+                                failure: failure.to_string(),
                                 proves,
                                 evidence: Box::new(evidence),
                             }),
@@ -887,14 +887,81 @@ impl Client {
             checkpoint: b64::encode(note),
             entry: b64::encode(&actual.0),
             proof: proof.iter().map(|h| b64::encode(h)).collect(),
+            lkev: String::new(),
         };
         match ks_core::evidence::verify(&evidence) {
             Ok(proves) => ClientError::Evidence {
-                failure,
+                failure: failure.to_string(),
                 proves,
                 evidence: Box::new(evidence),
             },
             Err(_) => ClientError::Misbehaviour(failure),
+        }
+    }
+
+    /// §6.6 gossip: checks another party's checkpoint (a signed note)
+    /// against the verified chain. A note signed by the scheduled key for a
+    /// tree that conflicts with ours is a fork: evidence with the LKEV blob.
+    pub fn check_checkpoint(&mut self, note_bytes: &[u8]) -> Result<u64, ClientError> {
+        self.sync()?;
+        let note = Note::parse(note_bytes).map_err(|e| bad(format!("the checkpoint: {e}")))?;
+        let cp = Checkpoint::parse(note.text()).map_err(|e| bad(format!("the checkpoint: {e}")))?;
+        if Some(&cp.origin) != self.origin.as_ref() {
+            return Err(bad("a checkpoint of another log"));
+        }
+        if cp.size == 0 || cp.size > self.size() {
+            return Err(ClientError::NotFound(format!(
+                "a checkpoint of size {} is beyond the verified chain ({}): sync later",
+                cp.size,
+                self.size()
+            )));
+        }
+        let key = self
+            .signer(cp.size - 1)
+            .ok_or_else(|| bad("no scheduled key"))?;
+        let verifier =
+            VerifierKey::new(&cp.origin, KeyType::Ed25519, key).map_err(|e| bad(e.to_string()))?;
+        note.verify(std::slice::from_ref(&verifier))
+            .map_err(|_| bad("the checkpoint is not signed by the scheduled key"))?;
+        let mut tree = tlog_core::merkle::MemoryTree::new();
+        for e in &self.entries {
+            tree.push_hash(e.leaf_hash());
+        }
+        let ours_then = tree.root_at(cp.size);
+        if ours_then == cp.root {
+            return Ok(cp.size);
+        }
+        let failure = format!("fork: the server signed another tree of size {}", cp.size);
+        let ours = self.note.clone().and_then(|n| Note::parse(&n).ok());
+        let proof = match tlog_core::merkle::consistency_proof(&tree, cp.size, self.size()) {
+            Ok(Ok(p)) => p,
+            _ => Vec::new(),
+        };
+        let lkev = ours.and_then(|ours| {
+            if cp.size == self.size() {
+                tlog_core::Evidence::build(&verifier, &note, &ours, ours_then, Vec::new()).ok()
+            } else {
+                tlog_core::Evidence::build(&verifier, &note, &ours, ours_then, proof).ok()
+            }
+        });
+        let (Some(lkev), Ok(key_schedule)) = (lkev, self.schedule_replies()) else {
+            return Err(ClientError::Fork { size: cp.size });
+        };
+        let evidence = ks_core::evidence::Evidence {
+            kind: ks_core::evidence::FORK.into(),
+            origin: cp.origin.clone(),
+            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+            key_schedule,
+            lkev: b64::encode(&lkev),
+            ..Default::default()
+        };
+        match ks_core::evidence::verify(&evidence) {
+            Ok(proves) => Err(ClientError::Evidence {
+                failure,
+                proves,
+                evidence: Box::new(evidence),
+            }),
+            Err(_) => Err(ClientError::Fork { size: cp.size }),
         }
     }
 

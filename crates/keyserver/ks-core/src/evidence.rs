@@ -30,6 +30,8 @@ pub const TAKEOVER: &str = "takeover";
 /// The `TYPE` of a file showing a signed reply for a position that the
 /// server's own signed checkpoint fills with another entry.
 pub const REPLY_NOT_IN_LOG: &str = "reply-not-in-log";
+/// The `TYPE` of a file with two conflicting checkpoints (an LKEV blob).
+pub const FORK: &str = "fork";
 
 lcj_record! {
     /// An evidence file.
@@ -54,6 +56,9 @@ lcj_record! {
         entry: String = "ENTRY",
         /// `reply-not-in-log`: its inclusion proof ([] otherwise).
         proof: Vec<String> = "PROOF",
+        /// `fork`: the tlog.md §7.8 LKEV blob, unchanged (b64; "" otherwise);
+        /// `tlog-cli verify-evidence` checks it too, given the key.
+        lkev: String = "LKEV",
     }
 }
 
@@ -139,6 +144,9 @@ pub fn verify_schedule(
 pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
     if e.kind == REPLY_NOT_IN_LOG {
         return verify_reply_not_in_log(e);
+    }
+    if e.kind == FORK {
+        return verify_fork(e);
     }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
@@ -251,6 +259,32 @@ fn verify_reply_not_in_log(e: &Evidence) -> Result<String, EvidenceError> {
     Ok(format!(
         "the server promised position {p} to a UID and then signed a tree of size {} with another entry there",
         cp.size
+    ))
+}
+
+/// `fork`: two checkpoints of this origin, signed by one scheduled key,
+/// whose trees conflict (tlog.md §7.8).
+fn verify_fork(e: &Evidence) -> Result<String, EvidenceError> {
+    use tlog_core::note::{KeyType, VerifierKey};
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let trusted: Vec<VerifierKey> = keys
+        .iter()
+        .filter_map(|(_, k)| VerifierKey::new(&e.origin, KeyType::Ed25519, *k).ok())
+        .collect();
+    let blob = crate::b64::decode(&e.lkev)
+        .ok_or_else(|| EvidenceError::Format("LKEV is not base64".into()))?;
+    let lkev = tlog_core::Evidence::verify(&blob, &trusted)
+        .map_err(|x| EvidenceError::NotProven(x.to_string()))?;
+    let size = |n: &tlog_core::note::Note| {
+        tlog_core::Checkpoint::parse(n.text())
+            .map(|c| c.size)
+            .unwrap_or(0)
+    };
+    Ok(format!(
+        "the server signed conflicting trees of {} (sizes {} and {})",
+        e.origin,
+        size(&lkev.note_a),
+        size(&lkev.note_b)
     ))
 }
 
