@@ -488,11 +488,12 @@ impl Client {
             .map(|e| ks_core::entry::Midstate::of(e.nonce()))
             .collect();
         let mut schedule = self.schedule.clone();
+        let ks_name = ks_core::entry::Name::new(&self.pin.identity);
         let new_ks: Vec<(u64, Entry)> = new
             .iter()
             .zip(&new_mid)
             .enumerate()
-            .filter(|(_, (e, mid))| mid.matches(e, &self.pin.identity))
+            .filter(|(_, (e, mid))| mid.matches(e, &ks_name))
             .map(|(i, (e, _))| (m + i as u64, *e))
             .collect();
         if !new_ks.is_empty() {
@@ -658,8 +659,9 @@ impl Client {
         let ident = ks_core::identity::map(identity)
             .map_err(|e| ClientError::NotFound(format!("{identity}: {e}")))?;
         let mut found = Vec::new();
+        let name = ks_core::entry::Name::new(&ident);
         for (p, (e, m)) in self.entries.iter().zip(&self.midstates).enumerate() {
-            if m.matches(e, &ident) {
+            if m.matches(e, &name) {
                 found.push((p as u64, *e));
             }
         }

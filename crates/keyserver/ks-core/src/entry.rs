@@ -101,20 +101,15 @@ impl Midstate {
 
     /// HashID = SHA-256(k1 ‖ identity), finished from the midstate.
     pub fn hash_id(&self, identity: &str) -> [u8; 32] {
-        let msg = identity.as_bytes();
-        let total_bits = ((64 + msg.len()) as u64) * 8;
-        // identity ‖ 0x80 ‖ zeros ‖ length, to a multiple of 64 bytes.
-        let mut tail = Vec::with_capacity(msg.len() + 72);
-        tail.extend_from_slice(msg);
-        tail.push(0x80);
-        while tail.len() % 64 != 56 {
-            tail.push(0);
-        }
-        tail.extend_from_slice(&total_bits.to_be_bytes());
+        self.hash_id_of(&Name::new(identity))
+    }
+
+    /// HashID of a name whose padded blocks are already made (a scan
+    /// makes them once and tests every entry with them).
+    pub fn hash_id_of(&self, name: &Name) -> [u8; 32] {
         let mut state = self.0;
-        for block in tail.chunks_exact(64) {
-            let block: [u8; 64] = block.try_into().expect("64 bytes");
-            sha2::compress256(&mut state, &[block.into()]);
+        for block in &name.blocks {
+            sha2::compress256(&mut state, &[(*block).into()]);
         }
         let mut out = [0u8; 32];
         for (o, w) in out.chunks_exact_mut(4).zip(state) {
@@ -123,9 +118,37 @@ impl Midstate {
         out
     }
 
-    /// Whether the entry with this midstate belongs to `identity`.
-    pub fn matches(&self, entry: &Entry, identity: &str) -> bool {
-        &self.hash_id(identity) == entry.hash_id()
+    /// Whether the entry with this midstate belongs to `name`.
+    pub fn matches(&self, entry: &Entry, name: &Name) -> bool {
+        &self.hash_id_of(name) == entry.hash_id()
+    }
+}
+
+/// A name's SHA-256 input after k1: the identity, the padding and the
+/// length, in 64-byte blocks (one block for names up to 55 bytes).
+#[derive(Clone, Debug)]
+pub struct Name {
+    blocks: Vec<[u8; 64]>,
+}
+
+impl Name {
+    /// The blocks of `identity` (mapped).
+    pub fn new(identity: &str) -> Name {
+        let msg = identity.as_bytes();
+        let total_bits = ((64 + msg.len()) as u64) * 8;
+        let mut tail = Vec::with_capacity(msg.len() + 72);
+        tail.extend_from_slice(msg);
+        tail.push(0x80);
+        while tail.len() % 64 != 56 {
+            tail.push(0);
+        }
+        tail.extend_from_slice(&total_bits.to_be_bytes());
+        Name {
+            blocks: tail
+                .chunks_exact(64)
+                .map(|b| b.try_into().expect("64 bytes"))
+                .collect(),
+        }
     }
 }
 
