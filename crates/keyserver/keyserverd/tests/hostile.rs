@@ -8,33 +8,17 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use ed25519_dalek::SigningKey;
 use ks_core::author::{self, Authority, UidKeys};
 use ks_core::evidence::Evidence;
 use ks_core::lcj::Lcj;
+use lk_testkit::keyserverd::CliOut;
 use serde_json::json;
 use support::{post_raw, Keyserverd};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ks_cli(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(lk_testkit::process::workspace_binary("ks-cli"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run ks-cli");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+fn ks_cli(dir: &Path, args: &[&str]) -> CliOut {
+    lk_testkit::keyserverd::ks_cli(&lk_testkit::process::workspace_binary("ks-cli"), dir, args)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -59,7 +43,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> Out {
+fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> CliOut {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let o = ks_cli(dir, &["--json", "lookup", identity]);

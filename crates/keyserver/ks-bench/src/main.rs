@@ -135,6 +135,58 @@ fn user_name(i: u64) -> String {
     format!("user{}@localhost", digits.into_iter().collect::<String>())
 }
 
+/// Registers user `i` (a fresh UID with LASTENTRY `head`); the latency.
+fn create_user(agent: &ureq::Agent, url: &str, head: &Entry, i: u64) -> anyhow::Result<Duration> {
+    let key = user_key(i);
+    let keys = UidKeys {
+        sig_key: &key,
+        escrow: None,
+        static_key: x25519([7; 32]),
+    };
+    let c = author::content(&user_name(i), &keys, 0, Some(head), "strict", now());
+    let msg = author::sign_create(c, &keys);
+    let t = Instant::now();
+    call(
+        agent,
+        url,
+        "KeyRepository.CreateUID",
+        serde_json::json!({"UIDMessage": json_of(&msg)}),
+    )?;
+    Ok(t.elapsed())
+}
+
+/// Runs tasks 0..`total` on `clients` threads, each with its own HTTP
+/// connection; the latencies the tasks return.
+fn concurrently(
+    clients: usize,
+    total: u64,
+    task: impl Fn(&ureq::Agent, u64) -> anyhow::Result<Duration> + Send + Sync + 'static,
+) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let task = Arc::new(task);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, task) = (next.clone(), task.clone());
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let agent = agent();
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return Ok(lat);
+                    }
+                    lat.push(task(&agent, i)?);
+                }
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in threads {
+        lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+    }
+    Ok(lat)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -171,44 +223,11 @@ fn main() -> anyhow::Result<()> {
     };
 
     if !skip("create") {
-        let next = Arc::new(AtomicU64::new(0));
+        let (url2, head2) = (url.clone(), head);
         let started = Instant::now();
-        let threads: Vec<_> = (0..args.clients)
-            .map(|_| {
-                let (next, url, users) = (next.clone(), url.clone(), args.users);
-                std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                    let agent = agent();
-                    let mut lat = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= users {
-                            return Ok(lat);
-                        }
-                        let key = user_key(i);
-                        let keys = UidKeys {
-                            sig_key: &key,
-                            escrow: None,
-                            static_key: x25519([7; 32]),
-                        };
-                        let c =
-                            author::content(&user_name(i), &keys, 0, Some(&head), "strict", now());
-                        let msg = author::sign_create(c, &keys);
-                        let t = Instant::now();
-                        call(
-                            &agent,
-                            &url,
-                            "KeyRepository.CreateUID",
-                            serde_json::json!({"UIDMessage": json_of(&msg)}),
-                        )?;
-                        lat.push(t.elapsed());
-                    }
-                })
-            })
-            .collect();
-        let mut lat = Vec::new();
-        for t in threads {
-            lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
-        }
+        let lat = concurrently(args.clients, args.users, move |agent, i| {
+            create_user(agent, &url2, &head2, i)
+        })?;
         report(
             &format!("CreateUID ({} clients)", args.clients),
             args.users,
@@ -218,26 +237,10 @@ fn main() -> anyhow::Result<()> {
         );
         // One client alone, for the single-client latency.
         let agent = agent();
-        let mut lat = Vec::new();
         let started = Instant::now();
-        for i in args.users..args.users + 200 {
-            let key = user_key(i);
-            let keys = UidKeys {
-                sig_key: &key,
-                escrow: None,
-                static_key: x25519([7; 32]),
-            };
-            let c = author::content(&user_name(i), &keys, 0, Some(&head), "strict", now());
-            let msg = author::sign_create(c, &keys);
-            let t = Instant::now();
-            call(
-                &agent,
-                &url,
-                "KeyRepository.CreateUID",
-                serde_json::json!({"UIDMessage": json_of(&msg)}),
-            )?;
-            lat.push(t.elapsed());
-        }
+        let lat = (args.users..args.users + 200)
+            .map(|i| create_user(&agent, &url, &head, i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         report(
             "CreateUID (1 client)",
             200,
@@ -249,61 +252,45 @@ fn main() -> anyhow::Result<()> {
 
     if !skip("keyinits") {
         let users = args.keyinit_users.min(args.users);
-        let next = Arc::new(AtomicU64::new(0));
+        let url2 = url.clone();
         let started = Instant::now();
-        let threads: Vec<_> = (0..args.clients.min(users as usize).max(1))
-            .map(|_| {
-                let (next, url) = (next.clone(), url.clone());
-                std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                    let agent = agent();
-                    let mut lat = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= users {
-                            return Ok(lat);
-                        }
-                        let key = user_key(i);
-                        let pk = b64::encode(key.verifying_key().as_bytes());
-                        for call_no in 0..4u64 {
-                            let kis: Vec<serde_json::Value> = (0..64u64)
-                                .map(|j| {
-                                    let n = call_no * 64 + j + 1;
-                                    let mut pf = [0u8; 32];
-                                    pf[..8].copy_from_slice(&(i * 1000 + n).to_be_bytes());
-                                    let ki = author::key_init(
-                                        &key,
-                                        "localhost",
-                                        &author::anchor(
-                                            &x25519(pf),
-                                            "mix.localhost",
-                                            "bnltYWRkcmVzcw==",
-                                        ),
-                                        &[1; 16],
-                                        n,
-                                        n % 32 == 0,
-                                        now() - 60,
-                                        now() + 86_400,
-                                    );
-                                    json_of(&ki)
-                                })
-                                .collect();
-                            let t = Instant::now();
-                            call(
-                                &agent,
-                                &url,
-                                "KeyInitRepository.AddKeyInit",
-                                serde_json::json!({"SigPubKey": pk, "KeyInits": kis}),
-                            )?;
-                            lat.push(t.elapsed());
-                        }
-                    }
-                })
-            })
-            .collect();
-        let mut lat = Vec::new();
-        for t in threads {
-            lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
-        }
+        // One task per user: four calls of 64.
+        let lat = concurrently(
+            args.clients.min(users as usize).max(1),
+            users,
+            move |agent, i| {
+                let key = user_key(i);
+                let pk = b64::encode(key.verifying_key().as_bytes());
+                let t = Instant::now();
+                for call_no in 0..4u64 {
+                    let kis: Vec<serde_json::Value> = (0..64u64)
+                        .map(|j| {
+                            let n = call_no * 64 + j + 1;
+                            let mut pf = [0u8; 32];
+                            pf[..8].copy_from_slice(&(i * 1000 + n).to_be_bytes());
+                            let ki = author::key_init(
+                                &key,
+                                "localhost",
+                                &author::anchor(&x25519(pf), "mix.localhost", "bnltYWRkcmVzcw=="),
+                                &[1; 16],
+                                n,
+                                n % 32 == 0,
+                                now() - 60,
+                                now() + 86_400,
+                            );
+                            json_of(&ki)
+                        })
+                        .collect();
+                    call(
+                        agent,
+                        &url2,
+                        "KeyInitRepository.AddKeyInit",
+                        serde_json::json!({"SigPubKey": pk, "KeyInits": kis}),
+                    )?;
+                }
+                Ok(t.elapsed() / 4)
+            },
+        )?;
         report(
             "AddKeyInit (calls of 64; latency per call)",
             users * 256,
@@ -313,41 +300,25 @@ fn main() -> anyhow::Result<()> {
         );
 
         if !skip("fetch-keyinit") {
-            let hashes: Vec<String> = (0..users)
-                .map(|i| ks_core::keyinit::sig_key_hash(user_key(i).verifying_key().as_bytes()))
-                .collect();
-            let hashes = Arc::new(hashes);
-            let next = Arc::new(AtomicU64::new(0));
+            let hashes: Arc<Vec<String>> = Arc::new(
+                (0..users)
+                    .map(|i| ks_core::keyinit::sig_key_hash(user_key(i).verifying_key().as_bytes()))
+                    .collect(),
+            );
             let total = users * 200;
+            let url2 = url.clone();
             let started = Instant::now();
-            let threads: Vec<_> = (0..args.clients)
-                .map(|_| {
-                    let (next, url, hashes) = (next.clone(), url.clone(), hashes.clone());
-                    std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                        let agent = agent();
-                        let mut lat = Vec::new();
-                        loop {
-                            let n = next.fetch_add(1, Ordering::Relaxed);
-                            if n >= total {
-                                return Ok(lat);
-                            }
-                            let h = &hashes[(n % hashes.len() as u64) as usize];
-                            let t = Instant::now();
-                            call(
-                                &agent,
-                                &url,
-                                "KeyInitRepository.FetchKeyInit",
-                                serde_json::json!({"SigKeyHash": h}),
-                            )?;
-                            lat.push(t.elapsed());
-                        }
-                    })
-                })
-                .collect();
-            let mut lat = Vec::new();
-            for t in threads {
-                lat.extend(t.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
-            }
+            let lat = concurrently(args.clients, total, move |agent, n| {
+                let h = &hashes[(n % hashes.len() as u64) as usize];
+                let t = Instant::now();
+                call(
+                    agent,
+                    &url2,
+                    "KeyInitRepository.FetchKeyInit",
+                    serde_json::json!({"SigKeyHash": h}),
+                )?;
+                Ok(t.elapsed())
+            })?;
             report(
                 &format!("FetchKeyInit ({} clients, deleting)", args.clients),
                 total,
@@ -441,20 +412,7 @@ fn main() -> anyhow::Result<()> {
         let before = client.size();
         let base = args.users + 1_000_000;
         for i in base..base + 1000 {
-            let key = user_key(i);
-            let keys = UidKeys {
-                sig_key: &key,
-                escrow: None,
-                static_key: x25519([7; 32]),
-            };
-            let c = author::content(&user_name(i), &keys, 0, Some(&head), "strict", now());
-            let msg = author::sign_create(c, &keys);
-            call(
-                &agent,
-                &url,
-                "KeyRepository.CreateUID",
-                serde_json::json!({"UIDMessage": json_of(&msg)}),
-            )?;
+            create_user(&agent, &url, &head, i)?;
         }
         loop {
             let v = call(

@@ -3,29 +3,12 @@
 //! step verifies; exit codes follow keyserver.md §6.6.
 
 use std::path::Path;
-use std::process::Command;
 
-use lk_testkit::keyserverd::Keyserverd;
+use lk_testkit::keyserverd::{CliOut, Keyserverd};
 use lk_testkit::process::workspace_binary;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ks_cli(dir: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_ks-cli"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run ks-cli");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+fn ks_cli(dir: &Path, args: &[&str]) -> CliOut {
+    lk_testkit::keyserverd::ks_cli(Path::new(env!("CARGO_BIN_EXE_ks-cli")), dir, args)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {

@@ -1497,4 +1497,29 @@ pub mod keyserverd {
             let _ = self.child.wait();
         }
     }
+
+    /// What a `ks-cli` run printed, and its exit code.
+    pub struct CliOut {
+        /// The exit code (-1 if killed).
+        pub code: i32,
+        /// Standard output.
+        pub stdout: String,
+        /// Standard error.
+        pub stderr: String,
+    }
+
+    /// Runs the `ks-cli` binary `bin` with `--dir dir` and `args`.
+    pub fn ks_cli(bin: &Path, dir: &Path, args: &[&str]) -> CliOut {
+        let out = Command::new(bin)
+            .arg("--dir")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("run ks-cli");
+        CliOut {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
 }
