@@ -201,9 +201,12 @@ fn key_update_vector() {
 
 fn spec_g_leaf() -> Leaf {
     let (r_s, r_o, b, m) = (rep(0x35), rep(0x47), rep(0x59), [0x6b; 32]);
-    let key = CoinKey::from_shares(&rep(0x23).public(), &rep(0x11).public()).unwrap();
+    let key = CoinKey::from_shares(&rep(0x23).public(), &rep(0x11).public())
+        .expect("valid vector values");
     let owner = OwnerSession::new(r_o, b, m);
-    let ch = owner.challenge(&key, &r_s.public()).unwrap();
+    let ch = owner
+        .challenge(&key, &r_s.public())
+        .expect("valid vector values");
     let a = rep(0x9a);
     let com = owner.commitment();
     let digest = auth::digest(
@@ -282,10 +285,12 @@ fn sign_int(s: Sign) -> i64 {
 /// Everything the co-signing derives, as the Python script names it.
 fn ours(vals: [Scalar; 5], m: [u8; 32]) -> BTreeMap<String, serde_json::Value> {
     let [o, s, r_s, r_o, b] = vals;
-    let key = CoinKey::from_shares(&s.public(), &o.public()).unwrap();
+    let key = CoinKey::from_shares(&s.public(), &o.public()).expect("valid vector values");
     let owner = OwnerSession::new(r_o, b, m);
-    let ch = owner.challenge(&key, &r_s.public()).unwrap();
-    let s_s = cosign::server_partial(&r_s, &s, &ch.c).unwrap();
+    let ch = owner
+        .challenge(&key, &r_s.public())
+        .expect("valid vector values");
+    let s_s = cosign::server_partial(&r_s, &s, &ch.c).expect("valid vector values");
     let sig = owner
         .finish(&key, &o, &s.public(), &r_s.public(), &ch, &s_s)
         .unwrap();
