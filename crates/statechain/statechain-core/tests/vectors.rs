@@ -293,7 +293,7 @@ fn ours(vals: [Scalar; 5], m: [u8; 32]) -> BTreeMap<String, serde_json::Value> {
     let s_s = cosign::server_partial(&r_s, &s, &ch.c).expect("valid vector values");
     let sig = owner
         .finish(&key, &o, &s.public(), &r_s.public(), &ch, &s_s)
-        .unwrap();
+        .expect("valid vector values");
     let mut out = BTreeMap::new();
     out.insert("P".into(), hex::encode(ser33(&key.p)).into());
     out.insert("g_P".into(), sign_int(key.g_p).into());
