@@ -13,7 +13,9 @@
 //! - [`tx`]: backup, withdrawal and CPFP templates and sighashes (§4);
 //! - [`message`]: the HPKE-encrypted transfer message (§2.7);
 //! - [`address`]: bech32m statechain addresses (§2.8);
-//! - [`verify`]: what a receiver checks before accepting a coin (§4.5).
+//! - [`verify`]: what a receiver checks before accepting a coin (§4.5);
+//! - [`se`]: the SE's coin state machine (§3.4, §3.5), which the daemon
+//!   drives and commits.
 //!
 //! Random values (nonces, blinding factors, HPKE ephemeral keys, BIP340 aux)
 //! are parameters; drivers draw them from the OS CSPRNG.
@@ -26,8 +28,10 @@ pub mod hash;
 pub mod keyupdate;
 pub mod leaf;
 pub mod message;
+pub mod owner;
 pub mod rules;
 pub mod scalar;
+pub mod se;
 pub mod tx;
 pub mod verify;
 
