@@ -80,30 +80,8 @@ fn random<const N: usize>() -> [u8; N] {
 }
 
 fn load_or_create_key(dir: &Path, origin: &str) -> Result<SignerKey, StartError> {
-    let path = dir.join("server_sigkey");
-    let io = |e: durable_file::FileError| StartError::Io(e.to_string());
-    if let Some(bytes) = durable_file::read(&path).map_err(io)? {
-        let text = String::from_utf8_lossy(&bytes);
-        let key = SignerKey::parse(&text)
-            .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
-        if key.name() != origin {
-            return Err(StartError::Config(format!(
-                "{} is the key of {}, not of {origin}",
-                path.display(),
-                key.name()
-            )));
-        }
-        return Ok(key);
-    }
-    let key = SignerKey::from_seed(origin, KeyType::Ed25519, &random::<32>())
-        .map_err(|e| StartError::Config(format!("origin {origin}: {e}")))?;
-    durable_file::create_new(
-        &path,
-        format!("{}\n", key.to_private_line()).as_bytes(),
-        0o600,
-    )
-    .map_err(io)?;
-    Ok(key)
+    tlog_node::keyfile::load_or_create(&dir.join("server_sigkey"), origin, KeyType::Ed25519)
+        .map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.

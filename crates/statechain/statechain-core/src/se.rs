@@ -206,19 +206,6 @@ pub struct Mailbox {
     pub uploaded: u64,
 }
 
-/// A released partial signature (the `g` row), for replays.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Released {
-    /// `R_s`.
-    pub nonce_pub: PublicKey,
-    /// The challenge it answered.
-    pub challenge: Scalar,
-    /// `s_s` (public once `r_s` is erased).
-    pub partial: Scalar,
-    /// The count after it.
-    pub count: u32,
-}
-
 /// Everything the SE keeps for one coin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeCoin {
@@ -232,8 +219,6 @@ pub struct SeCoin {
     pub pending_x1: Option<PendingX1>,
     /// The mailbox.
     pub mailbox: Option<Mailbox>,
-    /// Released partial signatures by `R_s` (serialised point), for replays.
-    pub released: BTreeMap<[u8; 33], Released>,
     /// Last applied request digest per op (the `q` rows' keys; the driver
     /// keeps the reply bytes next to it).
     pub last_applied: BTreeMap<u8, [u8; 32]>,
@@ -300,7 +285,6 @@ pub fn open_coin(
             pending_sign: None,
             pending_x1: None,
             mailbox: None,
-            released: BTreeMap::new(),
             last_applied,
         },
         leaf: Some(leaf),
@@ -466,7 +450,7 @@ impl SeCoin {
         if auth.digest != expected {
             return Err(SeError::BadAuth);
         }
-        if let Some(r) = self.released.get(&ser33(nonce_pub)) {
+        if let Some(r) = self.chain.sessions.iter().find(|s| s.server_nonce == *nonce_pub) {
             return Err(if r.challenge == *challenge {
                 // A replay whose head moved on: only the q row may answer it.
                 SeError::StaleState {
@@ -495,15 +479,6 @@ impl SeCoin {
         let mut coin = self.clone();
         coin.chain.apply(&leaf, se_id)?;
         coin.pending_sign = None; // r_s is erased with the commit
-        coin.released.insert(
-            ser33(nonce_pub),
-            Released {
-                nonce_pub: *nonce_pub,
-                challenge: challenge.clone(),
-                partial: partial.clone(),
-                count,
-            },
-        );
         coin.last_applied.insert(Op::SignSecond.code(), auth.digest);
         Ok(Step {
             coin,

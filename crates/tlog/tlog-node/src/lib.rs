@@ -29,6 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod keyfile;
 pub mod peer;
 pub mod submit;
 pub mod witness;

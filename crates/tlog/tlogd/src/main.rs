@@ -145,27 +145,7 @@ fn log_key(dir: &Path, origin: &str) -> anyhow::Result<SignerKey> {
 
 /// A key file: read, or made once (0600) for `name` in role `ty`.
 fn key_file(path: &Path, origin: &str, ty: KeyType) -> anyhow::Result<SignerKey> {
-    let path = path.to_path_buf();
-    if let Some(bytes) = durable_file::read(&path)? {
-        let key = SignerKey::parse(&String::from_utf8_lossy(&bytes))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        anyhow::ensure!(
-            key.name() == origin && key.key_type() == ty,
-            "{} is the key of {}, not of {origin}; a key's name never changes",
-            path.display(),
-            key.name()
-        );
-        return Ok(key);
-    }
-    let key = SignerKey::from_seed(origin, ty, &rand::random())
-        .map_err(|e| anyhow::anyhow!("{origin:?}: {e}"))?;
-    durable_file::create_new(
-        &path,
-        format!("{}\n", key.to_private_line()).as_bytes(),
-        0o600,
-    )?;
-    tracing::info!(path = %path.display(), "created a new log key");
-    Ok(key)
+    Ok(tlog_node::keyfile::load_or_create(path, origin, ty)?)
 }
 
 fn token(dir: &Path) -> anyhow::Result<String> {

@@ -1,0 +1,225 @@
+//! Starting an SE from its data directory: the log key (`log-key`, tlog.md
+//! §3.4, named after the origin, 0600; `se_id` is the SHA-256 of its
+//! verifier key, §5.5, so the key is never rotated), the KEK, the redb file
+//! shared by the log and the `statechain` table, the head check of §5.4
+//! rule 5, and the two listeners (HTTP and LKTL/1).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use statechain_core::se::Policy;
+use tlog_core::note::KeyType;
+use tlog_node::LogNode;
+use tlog_store::{LogOptions, LogStore, RedbLogStore};
+
+use crate::seal::Kek;
+use crate::server::{App, TokenBackend};
+use crate::store::{SeStore, WriterConfig};
+
+/// How to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Keys and the database.
+    pub data_dir: PathBuf,
+    /// HTTP (API and the log's tiles).
+    pub listen: SocketAddr,
+    /// LKTL/1 sync.
+    pub sync_listen: SocketAddr,
+    /// The log's origin.
+    pub origin: String,
+    /// `regtest`, `signet`, `testnet4` or `bitcoin`.
+    pub network: String,
+    /// Coin policy.
+    pub policy: Policy,
+    /// Checkpoint interval.
+    pub checkpoint_interval: Duration,
+    /// Token backend.
+    pub tokens: TokenBackend,
+    /// Token fee.
+    pub fee_sat: u64,
+    /// This node's name on the sync port.
+    pub node_name: String,
+}
+
+/// Why the SE cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// A file or socket.
+    #[error("{0}")]
+    Io(String),
+    /// The store could not be opened or is inconsistent.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A running SE.
+pub struct Running {
+    /// The HTTP address.
+    pub addr: SocketAddr,
+    /// The sync address.
+    pub sync_addr: SocketAddr,
+    /// `se_id`, hex.
+    pub se_id: String,
+    /// The log's verifier key.
+    pub vkey: String,
+    /// Ends when the HTTP listener fails.
+    pub serving: tokio::task::JoinHandle<()>,
+}
+
+/// Opens (or initialises) the SE in `opts.data_dir` and serves it.
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    if opts.policy.interval == 0 || opts.policy.h_init == 0 {
+        return Err(StartError::Config(
+            "h_init and interval must be positive".into(),
+        ));
+    }
+    std::fs::create_dir_all(&opts.data_dir)
+        .map_err(|e| StartError::Io(format!("{}: {e}", opts.data_dir.display())))?;
+    let key = tlog_node::keyfile::load_or_create(
+        &opts.data_dir.join("log-key"),
+        &opts.origin,
+        KeyType::Ed25519,
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let vkey = key.verifier().to_string();
+    let se_id = statechain_core::hash::sha256(vkey.as_bytes());
+    let kek = Arc::new(
+        Kek::load_or_create(&opts.data_dir, 0).map_err(|e| StartError::Config(e.to_string()))?,
+    );
+    let path = opts.data_dir.join("statechain.redb");
+    let db = Arc::new(
+        redb::Database::create(&path)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", path.display())))?,
+    );
+    let store = Arc::new(
+        RedbLogStore::open_shared(db.clone(), &path)
+            .map_err(|e| StartError::Storage(e.to_string()))?,
+    );
+    let node = LogNode::start(
+        store.clone(),
+        key,
+        LogOptions::default(),
+        opts.checkpoint_interval,
+        tlog_node::submit::Publish::default(),
+    )
+    .await
+    .map_err(|e| StartError::Storage(e.to_string()))?;
+    let log = node.log_id();
+    let state = store
+        .state(log)
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    // §5.4 rule 5: every coin's head is the log entry its row names.
+    for (id, index, head) in crate::store::coin_heads(&db).map_err(StartError::Storage)? {
+        let name = hex::encode(id);
+        let index = index.ok_or_else(|| {
+            StartError::Storage(format!("coin {name}: no log index for its head"))
+        })?;
+        let leaf = store
+            .entries(log, index, index + 1)
+            .await
+            .map_err(|e| StartError::Storage(format!("coin {name}: log entry {index}: {e}")))?
+            .pop()
+            .ok_or_else(|| {
+                StartError::Storage(format!("coin {name}: log entry {index} is missing"))
+            })?;
+        if statechain_core::hash::leaf_hash(&leaf) != head {
+            return Err(StartError::Storage(format!(
+                "coin {name}: head does not match log entry {index}"
+            )));
+        }
+    }
+    let se_store = SeStore::start(
+        db,
+        WriterConfig {
+            se_id,
+            policy: opts.policy.clone(),
+            log,
+            kek,
+            hooks: crate::hooks::Hooks::from_env(),
+        },
+        state.size,
+    )
+    .map_err(|e| StartError::Storage(e.message))?;
+    let info = json!({
+        "protocol": "lk-statechain/1",
+        "se_id": hex::encode(se_id),
+        "network": opts.network,
+        "log": {"origin": opts.origin, "vkey": vkey},
+        "lock": {"h_init": opts.policy.h_init, "interval": opts.policy.interval},
+        "backup_policy": statechain_core::leaf::POLICY_DECREASING_LOCKTIME,
+        "max_signatures": opts.policy.max_signatures,
+        "token": {"fee_sat": opts.fee_sat, "backend": match opts.tokens { TokenBackend::Free => "free", TokenBackend::Manual => "manual" }},
+        "cosign_quorum": 0,
+        "members": [],
+        "policy_file": "",
+    });
+    let app = Arc::new(App {
+        se_id,
+        store: se_store,
+        node: node.clone(),
+        info,
+        tokens: opts.tokens,
+        fee_sat: opts.fee_sat,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| {
+            StartError::Io(format!(
+                "{} is not available ({e}); set --listen (STATECHAIND_LISTEN)",
+                opts.listen
+            ))
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let sync = tokio::net::TcpListener::bind(opts.sync_listen)
+        .await
+        .map_err(|e| {
+            StartError::Io(format!(
+                "{} is not available ({e}); set --sync-listen (STATECHAIND_SYNC_LISTEN)",
+                opts.sync_listen
+            ))
+        })?;
+    let sync_addr = sync
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let verifier = tlog_core::note::VerifierKey::parse(&vkey)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let federation = tlog_node::peer::Peer::new(
+        tlog_node::peer::Config {
+            name: opts.node_name.clone(),
+            peers: Vec::new(),
+            limits: tlog_node::peer::Limits::default(),
+        },
+        vec![(
+            node.clone(),
+            tlog_node::peer::Follow {
+                key: verifier,
+                witnesses: Vec::new(),
+                cosigner: None,
+            },
+        )],
+    );
+    tokio::spawn(federation.run(sync));
+    let router = crate::server::router(app);
+    let serving = tokio::spawn(async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "statechaind listener failed");
+        }
+    });
+    Ok(Running {
+        addr,
+        sync_addr,
+        se_id: hex::encode(se_id),
+        vkey,
+        serving,
+    })
+}

@@ -1,0 +1,136 @@
+//! `statechaind`: one command starts an SE on regtest with a fresh identity
+//! in `./statechaind-data`, HTTP on 127.0.0.1:9940 and LKTL/1 sync on
+//! 127.0.0.1:9939 (statechain.md §3.1).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use statechain_core::se::Policy;
+use statechaind::server::TokenBackend;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "The statechain entity: blind co-signing, key-update transfers and the public statechain log"
+)]
+struct Args {
+    /// Keys, KEK and the database.
+    #[arg(long, env = "STATECHAIND_DATA_DIR", default_value = "statechaind-data")]
+    data_dir: PathBuf,
+    /// HTTP API and the log's tiles.
+    #[arg(long, env = "STATECHAIND_LISTEN", default_value = "127.0.0.1:9940")]
+    listen: SocketAddr,
+    /// LKTL/1 federation sync (`nc` shows the banner).
+    #[arg(
+        long,
+        env = "STATECHAIND_SYNC_LISTEN",
+        default_value = "127.0.0.1:9939"
+    )]
+    sync_listen: SocketAddr,
+    /// The log origin (lowercase; its key is created on first start and never changes).
+    #[arg(
+        long,
+        env = "STATECHAIND_ORIGIN",
+        default_value = "localhost/statechain/se1"
+    )]
+    origin: String,
+    /// regtest, signet, testnet4 or bitcoin.
+    #[arg(long, env = "STATECHAIND_NETWORK", default_value = "regtest")]
+    network: String,
+    /// Blocks from deposit to backup 1's locktime (default 25920 on bitcoin, 2000 elsewhere).
+    #[arg(long, env = "STATECHAIND_H_INIT")]
+    h_init: Option<u32>,
+    /// Locktime decrement per transfer (default 144 on bitcoin, 10 elsewhere).
+    #[arg(long, env = "STATECHAIND_INTERVAL")]
+    interval: Option<u32>,
+    /// Signatures per coin.
+    #[arg(long, env = "STATECHAIND_MAX_SIGNATURES", default_value_t = 1024)]
+    max_signatures: u32,
+    /// Seconds a pending signing session lives.
+    #[arg(long, env = "STATECHAIND_SESSION_TTL", default_value_t = 600)]
+    session_ttl: u64,
+    /// Checkpoint interval in milliseconds.
+    #[arg(
+        long,
+        env = "STATECHAIND_CHECKPOINT_INTERVAL_MS",
+        default_value_t = 500
+    )]
+    checkpoint_interval_ms: u64,
+    /// Token backend: free (born paid) or manual.
+    #[arg(long, env = "STATECHAIND_TOKENS", default_value = "free")]
+    tokens: String,
+    /// Token fee in sat.
+    #[arg(long, env = "STATECHAIND_TOKEN_FEE_SAT", default_value_t = 0)]
+    token_fee_sat: u64,
+    /// Allow free tokens on bitcoin.
+    #[arg(long)]
+    danger_free_tokens: bool,
+    /// Allow a non-loopback listener without TLS.
+    #[arg(long)]
+    danger_plaintext: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mainnet = match args.network.as_str() {
+        "bitcoin" => true,
+        "regtest" | "signet" | "testnet4" => false,
+        other => {
+            anyhow::bail!("--network {other:?}: expected regtest, signet, testnet4 or bitcoin")
+        }
+    };
+    let tokens = match args.tokens.as_str() {
+        "free" => TokenBackend::Free,
+        "manual" => TokenBackend::Manual,
+        other => anyhow::bail!("--tokens {other:?}: expected free or manual"),
+    };
+    anyhow::ensure!(
+        !(mainnet && tokens == TokenBackend::Free) || args.danger_free_tokens,
+        "free tokens on bitcoin need --danger-free-tokens"
+    );
+    for (flag, addr) in [
+        ("--listen", args.listen),
+        ("--sync-listen", args.sync_listen),
+    ] {
+        anyhow::ensure!(
+            addr.ip().is_loopback() || args.danger_plaintext,
+            "{flag} {addr} is not loopback: TLS is not built in yet, so a public listener needs --danger-plaintext (behind a TLS proxy)"
+        );
+    }
+    let policy = Policy {
+        h_init: args.h_init.unwrap_or(if mainnet { 25_920 } else { 2000 }),
+        interval: args.interval.unwrap_or(if mainnet { 144 } else { 10 }),
+        max_signatures: args.max_signatures,
+        session_ttl: args.session_ttl,
+    };
+    let running = statechaind::daemon::start(statechaind::daemon::Options {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        sync_listen: args.sync_listen,
+        origin: args.origin.clone(),
+        network: args.network.clone(),
+        policy,
+        checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms.max(10)),
+        tokens,
+        fee_sat: args.token_fee_sat,
+        node_name: args.origin.clone(),
+    })
+    .await
+    .with_context(|| format!("starting the SE in {}", args.data_dir.display()))?;
+    println!("se_id: {}", running.se_id);
+    println!("log vkey: {}", running.vkey);
+    println!("sync (LKTL/1) on {}", running.sync_addr);
+    println!("statechaind listening on http://{}/", running.addr);
+    running.serving.await?;
+    Ok(())
+}
