@@ -167,25 +167,7 @@ impl TransferMessage {
             .backups
             .iter()
             .enumerate()
-            .map(|(i, b)| {
-                Ok(BackupRecord {
-                    tx: decode_tx(&format!("backups[{i}].tx"), &b.tx)?,
-                    opening: Opening {
-                        owner_nonce: point(&decode_hex("owner_nonce", &b.owner_nonce)?)
-                            .ok_or_else(|| {
-                                MessageError::Malformed(format!(
-                                    "backups[{i}].owner_nonce: not a point"
-                                ))
-                            })?,
-                        blinding: Scalar::from_bytes(&hex_array::<32>("blinding", &b.blinding)?)
-                            .map_err(|_| {
-                                MessageError::Malformed(format!(
-                                    "backups[{i}].blinding: not a scalar"
-                                ))
-                            })?,
-                    },
-                })
-            })
+            .map(|(i, b)| decode_backup(i, b))
             .collect::<Result<Vec<_>, MessageError>>()?;
         Ok(TransferMessage {
             statechain_id: hex_array("statechain_id", &w.statechain_id)?,
@@ -200,6 +182,51 @@ impl TransferMessage {
             backups,
         })
     }
+}
+
+/// Backups with openings as JSON (the message's `backups` array), for
+/// wallets that store them.
+pub fn backups_to_json(backups: &[BackupRecord]) -> serde_json::Value {
+    serde_json::to_value(
+        backups
+            .iter()
+            .map(|b| WireBackup {
+                tx: hex::encode(serialize(&b.tx)),
+                owner_nonce: hex::encode(ser33(&b.opening.owner_nonce)),
+                blinding: hex::encode(b.opening.blinding.to_bytes()),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .expect("plain struct serialises")
+}
+
+/// Parses what [`backups_to_json`] wrote.
+pub fn backups_from_json(v: &serde_json::Value) -> Result<Vec<BackupRecord>, MessageError> {
+    let wire: Vec<WireBackup> =
+        serde_json::from_value(v.clone()).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    wire.iter()
+        .enumerate()
+        .map(|(i, b)| decode_backup(i, b))
+        .collect()
+}
+
+fn decode_backup(i: usize, b: &WireBackup) -> Result<BackupRecord, MessageError> {
+    Ok(BackupRecord {
+        tx: decode_tx(&format!("backups[{i}].tx"), &b.tx)?,
+        opening: Opening {
+            owner_nonce: point(&decode_hex("owner_nonce", &b.owner_nonce)?).ok_or_else(|| {
+                MessageError::Malformed(format!("backups[{i}].owner_nonce: not a point"))
+            })?,
+            blinding: Scalar::from_bytes(&hex_array::<32>("blinding", &b.blinding)?).map_err(
+                |_| MessageError::Malformed(format!("backups[{i}].blinding: not a scalar")),
+            )?,
+        },
+    })
+}
+
+/// Parses a transaction from lowercase hex (one canonical encoding).
+pub fn tx_from_hex(field: &str, s: &str) -> Result<Transaction, MessageError> {
+    decode_tx(field, s)
 }
 
 fn info(se_id: &SeId, statechain_id: &StatechainId) -> Vec<u8> {

@@ -450,7 +450,12 @@ impl SeCoin {
         if auth.digest != expected {
             return Err(SeError::BadAuth);
         }
-        if let Some(r) = self.chain.sessions.iter().find(|s| s.server_nonce == *nonce_pub) {
+        if let Some(r) = self
+            .chain
+            .sessions
+            .iter()
+            .find(|s| s.server_nonce == *nonce_pub)
+        {
             return Err(if r.challenge == *challenge {
                 // A replay whose head moved on: only the q row may answer it.
                 SeError::StaleState {

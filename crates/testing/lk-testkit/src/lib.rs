@@ -1523,3 +1523,137 @@ pub mod keyserverd {
         }
     }
 }
+
+pub mod statechaind {
+    //! A `statechaind` process and `statechain-cli` runs for the statechain
+    //! suites.
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    pub use crate::keyserverd::CliOut;
+
+    /// A running statechaind; killed (SIGKILL) when dropped.
+    pub struct Statechaind {
+        child: Child,
+        /// `http://ADDR`.
+        pub url: String,
+        /// The LKTL/1 address.
+        pub sync_addr: String,
+        /// Its `se_id` (hex).
+        pub se_id: String,
+        log: Arc<Mutex<String>>,
+    }
+
+    impl Statechaind {
+        /// Starts `bin` on `dir` (HTTP and sync on any free port, 100 ms
+        /// checkpoints) with `extra` arguments and `env`, and waits until it
+        /// listens.
+        pub fn start(bin: &Path, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Statechaind {
+            let mut child = Command::new(bin)
+                .args(["--data-dir", dir.to_str().expect("utf8")])
+                .args(["--listen", "127.0.0.1:0", "--sync-listen", "127.0.0.1:0"])
+                .args(["--checkpoint-interval-ms", "100"])
+                .args(extra)
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn statechaind");
+            let log = Arc::new(Mutex::new(String::new()));
+            let stderr = child.stderr.take().expect("stderr");
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().expect("log").push_str(&format!("{line}\n"));
+                }
+            });
+            let stdout = child.stdout.take().expect("stdout");
+            let (tx, rx) = mpsc::channel();
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                let (mut se_id, mut sync) = (None, None);
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().expect("log").push_str(&format!("{line}\n"));
+                    if let Some(v) = line.strip_prefix("se_id: ") {
+                        se_id = Some(v.to_string());
+                    }
+                    if let Some(v) = line.strip_prefix("sync (LKTL/1) on ") {
+                        sync = Some(v.to_string());
+                    }
+                    if let Some(url) = line.strip_prefix("statechaind listening on ") {
+                        let _ = tx.send((
+                            url.trim_end_matches('/').to_string(),
+                            se_id.clone(),
+                            sync.clone(),
+                        ));
+                    }
+                }
+            });
+            let (url, se_id, sync_addr) = match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(found) => found,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("statechaind did not start:\n{}", log.lock().expect("log"));
+                }
+            };
+            Statechaind {
+                child,
+                url,
+                sync_addr: sync_addr.expect("a sync line"),
+                se_id: se_id.expect("an se_id line"),
+                log,
+            }
+        }
+
+        /// Everything it printed.
+        pub fn log(&self) -> String {
+            self.log.lock().expect("log").clone()
+        }
+
+        /// Waits for the process to exit (after a crash hook fired).
+        pub fn wait(mut self) -> Option<i32> {
+            self.child.wait().ok().and_then(|s| s.code())
+        }
+
+        /// SIGKILL, as a crash.
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Statechaind {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Runs `statechain-cli` (`bin`) on wallet `wallet` with the mock chain
+    /// `chain` and `--json`, plus `args`.
+    pub fn statechain_cli(bin: &Path, wallet: &Path, chain: &Path, args: &[&str]) -> CliOut {
+        let out = Command::new(bin)
+            .arg("--wallet")
+            .arg(wallet)
+            .arg("--chain")
+            .arg(format!("mock:{}", chain.display()))
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run statechain-cli");
+        CliOut {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}

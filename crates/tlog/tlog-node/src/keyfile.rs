@@ -41,7 +41,8 @@ pub fn load_or_create(path: &Path, name: &str, ty: KeyType) -> Result<SignerKey,
         reason,
     };
     if let Some(bytes) = durable_file::read(path).map_err(io)? {
-        let key = SignerKey::parse(&String::from_utf8_lossy(&bytes)).map_err(|e| invalid(e.to_string()))?;
+        let key = SignerKey::parse(&String::from_utf8_lossy(&bytes))
+            .map_err(|e| invalid(e.to_string()))?;
         if key.name() != name || key.key_type() != ty {
             return Err(invalid(format!(
                 "is the key of {}, not of {name}; a key's name never changes",
@@ -52,8 +53,14 @@ pub fn load_or_create(path: &Path, name: &str, ty: KeyType) -> Result<SignerKey,
     }
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(seed.as_mut());
-    let key = SignerKey::from_seed(name, ty, &seed).map_err(|e| invalid(format!("{name:?}: {e}")))?;
-    durable_file::create_new(path, format!("{}\n", key.to_private_line()).as_bytes(), 0o600).map_err(io)?;
+    let key =
+        SignerKey::from_seed(name, ty, &seed).map_err(|e| invalid(format!("{name:?}: {e}")))?;
+    durable_file::create_new(
+        path,
+        format!("{}\n", key.to_private_line()).as_bytes(),
+        0o600,
+    )
+    .map_err(io)?;
     tracing::info!(path = %shown, name, "created a new signing key");
     Ok(key)
 }

@@ -1,0 +1,296 @@
+//! `statechain-cli`: a statechain wallet (statechain.md §7.3). Every
+//! transaction it produces is printed as raw hex for any wallet or node to
+//! broadcast. Exit status: 0 ok, 1 error, 2 usage, 3 coin refused by
+//! verification (the failed check named), 4 SE conflict (409).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use statechain_client::chain::{ChainSource, MockChain};
+use statechain_client::{ClientError, Wallet};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Statechain wallet: deposit, send, receive, withdraw")]
+struct Cli {
+    /// The wallet directory.
+    #[arg(long, env = "STATECHAIN_WALLET", default_value = "statechain-wallet")]
+    wallet: PathBuf,
+    /// The SE (pinned at first use).
+    #[arg(long, env = "STATECHAIN_SERVER")]
+    server: Option<String>,
+    /// Chain source: mock:FILE (offline JSON chain).
+    #[arg(long, env = "STATECHAIN_CHAIN", default_value = "mock:mockchain.json")]
+    chain: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Wallet management.
+    Wallet {
+        #[command(subcommand)]
+        cmd: WalletCmd,
+    },
+    /// A fresh receive address (share key and auth key).
+    Address {
+        #[command(subcommand)]
+        cmd: AddressCmd,
+    },
+    /// The pinned SE.
+    Info,
+    /// The wallet's coins.
+    Coins,
+    /// Tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Deposits.
+    Deposit {
+        #[command(subcommand)]
+        cmd: DepositCmd,
+    },
+    /// Sends a coin to a statechain address.
+    Send {
+        /// The coin.
+        id: String,
+        /// The receiver's address.
+        #[arg(long)]
+        to: String,
+    },
+    /// Receives waiting transfers (every check of §4.5).
+    Receive,
+    /// Re-runs the checks on a held coin.
+    Verify {
+        /// The coin.
+        id: String,
+    },
+    /// Withdrawal.
+    Withdraw {
+        #[command(subcommand)]
+        cmd: WithdrawCmd,
+    },
+    /// Backups.
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WalletCmd {
+    /// Creates the wallet.
+    Create {
+        /// regtest, signet, testnet4 or bitcoin.
+        #[arg(long, default_value = "regtest")]
+        network: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AddressCmd {
+    /// A new address.
+    New,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// A new token.
+    New,
+    /// A token's status.
+    Status {
+        /// The token.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DepositCmd {
+    /// Opens a coin: prints its id and deposit address.
+    New {
+        /// Amount in sat.
+        #[arg(long)]
+        amount: u64,
+        /// A paid token (else a new one).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Co-signs backup 1 against the signed, unbroadcast Tx0.
+    Sign {
+        /// The coin.
+        id: String,
+        /// Tx0 (hex).
+        #[arg(long)]
+        tx0: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WithdrawCmd {
+    /// Signs the withdrawal (prints its hex).
+    Sign {
+        /// The coin.
+        id: String,
+        /// A Bitcoin address.
+        #[arg(long)]
+        to: String,
+        /// sat/vB.
+        #[arg(long)]
+        fee_rate: u64,
+    },
+    /// Tells the SE the coin is withdrawn (it erases its share).
+    Complete {
+        /// The coin.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// The newest backup's hex, locktime and blocks left.
+    Show {
+        /// The coin.
+        id: String,
+    },
+    /// The newest backup and its CPFP child (for submitpackage).
+    Cpfp {
+        /// The coin.
+        id: String,
+        /// A Bitcoin address.
+        #[arg(long)]
+        to: String,
+        /// sat/vB.
+        #[arg(long)]
+        fee_rate: u64,
+    },
+}
+
+fn chain(spec: &str) -> Result<Box<dyn ChainSource>, ClientError> {
+    match spec.split_once(':') {
+        Some(("mock", file)) => Ok(Box::new(MockChain::file(PathBuf::from(file))?)),
+        _ => Err(ClientError::Usage(format!(
+            "--chain {spec:?}: only mock:FILE is built in (Esplora and bitcoind sources are separate crates, not shipped yet)"
+        ))),
+    }
+}
+
+fn run(cli: Cli) -> Result<serde_json::Value, ClientError> {
+    if let Cmd::Wallet {
+        cmd: WalletCmd::Create { network },
+    } = &cli.cmd
+    {
+        Wallet::create(&cli.wallet, network)?;
+        return Ok(json!({"created": cli.wallet.display().to_string(), "network": network}));
+    }
+    let mut w = Wallet::open(&cli.wallet, chain(&cli.chain)?)?;
+    if let Some(url) = &cli.server {
+        w.pin(url)?;
+    }
+    Ok(match cli.cmd {
+        Cmd::Wallet { .. } => unreachable!("handled above"),
+        Cmd::Address { cmd: AddressCmd::New } => json!({"address": w.new_address()?}),
+        Cmd::Info => json!({"network": format!("{}", w.network()), "coins": w.coins()?.len()}),
+        Cmd::Coins => serde_json::to_value(w.coins()?.iter().map(|c| json!({
+            "statechain_id": c.statechain_id, "status": c.status, "amount": c.amount,
+            "backups": c.backups.as_array().map_or(0, |b| b.len()),
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        Cmd::Token { cmd: TokenCmd::New } => w.token_new()?,
+        Cmd::Token { cmd: TokenCmd::Status { id } } => w.token_status(&id)?,
+        Cmd::Deposit { cmd: DepositCmd::New { amount, token } } => {
+            let (id, address) = w.deposit_new(amount, token)?;
+            json!({"statechain_id": id, "deposit_address": address})
+        }
+        Cmd::Deposit { cmd: DepositCmd::Sign { id, tx0 } } => {
+            let (backup, locktime, _) = {
+                let tx0 = w.deposit_sign(&id, &tx0)?;
+                let _ = tx0;
+                w.backup_show(&id)?
+            };
+            json!({"statechain_id": id, "broadcast_tx0": tx0_of(&w, &id)?, "backup": backup, "locktime": locktime})
+        }
+        Cmd::Send { id, to } => json!({"statechain_id": id, "sent_backups": w.send(&id, &to)?}),
+        Cmd::Receive => serde_json::to_value(w.receive()?.iter().map(|r| json!({
+            "statechain_id": r.statechain_id, "count": r.count, "blocks_left": r.blocks_left,
+            "warning": if r.short_lifetime { Some("fewer than 4 intervals left before the newest backup is valid: withdraw or refresh soon") } else { None },
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+        Cmd::Verify { id } => json!({"statechain_id": id, "verified_backups": w.verify_held(&id)?}),
+        Cmd::Withdraw { cmd: WithdrawCmd::Sign { id, to, fee_rate } } => {
+            json!({"statechain_id": id, "withdrawal": w.withdraw(&id, &to, fee_rate)?})
+        }
+        Cmd::Withdraw { cmd: WithdrawCmd::Complete { id } } => {
+            w.withdraw_complete(&id)?;
+            json!({"statechain_id": id, "completed": true})
+        }
+        Cmd::Backup { cmd: BackupCmd::Show { id } } => {
+            let (hex, locktime, left) = w.backup_show(&id)?;
+            json!({"statechain_id": id, "backup": hex, "locktime": locktime, "blocks_left": left})
+        }
+        Cmd::Backup { cmd: BackupCmd::Cpfp { id, to, fee_rate } } => {
+            let (parent, child) = w.backup_cpfp(&id, &to, fee_rate)?;
+            json!({"statechain_id": id, "parent": parent, "child": child})
+        }
+    })
+}
+
+fn tx0_of(w: &Wallet, id: &str) -> Result<String, ClientError> {
+    w.coin(id)?
+        .tx0
+        .ok_or_else(|| ClientError::Usage("no Tx0".into()))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let json_out = cli.json;
+    match run(cli) {
+        Ok(v) => {
+            if json_out {
+                println!("{v}");
+            } else {
+                print_human(&v);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(match &e {
+                ClientError::Refused(_) => 3,
+                e if e.is_conflict() => 4,
+                ClientError::Usage(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+/// One `key: value` line per field; transactions as raw hex.
+fn print_human(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match v {
+                    serde_json::Value::String(s) => println!("{k}: {s}"),
+                    other => println!("{k}: {other}"),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for i in items {
+                print_human(i);
+                println!();
+            }
+        }
+        other => println!("{other}"),
+    }
+}

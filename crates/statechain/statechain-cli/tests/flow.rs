@@ -1,0 +1,327 @@
+//! statechain.md §9.5 with real processes: a `statechaind` SE, three
+//! `statechain-cli` wallets and a mock chain file. Deposit → transfers
+//! around A→B→C→A → withdrawal, every backup and the withdrawal checked by
+//! `bitcoinconsensus` against `Tx0`'s output, locktimes `h0 − (i−1)·c`,
+//! each receive verified and final; then the CLI's refusals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bitcoin::absolute::LockTime;
+use bitcoin::consensus::encode::{deserialize, serialize};
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use lk_testkit::process::workspace_binary;
+use lk_testkit::statechaind::{statechain_cli, CliOut, Statechaind};
+use serde_json::Value;
+
+const VALUE: u64 = 100_000;
+const TIP: u32 = 500;
+
+struct Env {
+    cli: PathBuf,
+    chain: PathBuf,
+    url: String,
+}
+
+impl Env {
+    fn run(&self, wallet: &Path, args: &[&str]) -> CliOut {
+        let mut all = vec!["--server", self.url.as_str()];
+        all.extend_from_slice(args);
+        statechain_cli(&self.cli, wallet, &self.chain, &all)
+    }
+
+    fn ok(&self, wallet: &Path, args: &[&str]) -> Value {
+        let out = self.run(wallet, args);
+        assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+        serde_json::from_str(&out.stdout).expect("json output")
+    }
+
+    fn set_chain(&self, v: Value) {
+        std::fs::write(&self.chain, v.to_string()).expect("chain file");
+    }
+}
+
+fn verify_spend(prevouts: &[TxOut], tx: &Transaction, index: usize) -> Result<(), String> {
+    let raw = serialize(tx);
+    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
+        .iter()
+        .map(|o| bitcoinconsensus::Utxo {
+            script_pubkey: o.script_pubkey.as_bytes().as_ptr(),
+            script_pubkey_len: o.script_pubkey.len() as u32,
+            value: o.value.to_sat() as i64,
+        })
+        .collect();
+    bitcoinconsensus::verify_with_flags(
+        prevouts[index].script_pubkey.as_bytes(),
+        prevouts[index].value.to_sat(),
+        &raw,
+        Some(&utxos),
+        index,
+        bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
+    )
+    .map_err(|e| format!("{e:?}"))
+}
+
+fn tx_of(v: &Value) -> Transaction {
+    deserialize(&hex::decode(v.as_str().expect("hex string")).expect("hex")).expect("tx")
+}
+
+fn regtest_script(addr: &str) -> ScriptBuf {
+    bitcoin::Address::from_str(addr)
+        .expect("address")
+        .require_network(bitcoin::Network::Regtest)
+        .expect("regtest")
+        .script_pubkey()
+}
+
+#[test]
+fn deposit_transfers_and_withdrawal_with_real_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let se = Statechaind::start(
+        &workspace_binary("statechaind"),
+        &dir.path().join("se"),
+        &[],
+        &[],
+    );
+    let env = Env {
+        cli: workspace_binary("statechain-cli"),
+        chain: dir.path().join("chain.json"),
+        url: se.url.clone(),
+    };
+    env.set_chain(serde_json::json!({"tip": TIP}));
+    let wallets: Vec<PathBuf> = ["a", "b", "c"].iter().map(|n| dir.path().join(n)).collect();
+    for w in &wallets {
+        let out = statechain_cli(
+            &env.cli,
+            w,
+            &env.chain,
+            &["wallet", "create", "--network", "regtest"],
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+
+    // Deposit: the co-signed backup 1 exists before Tx0 is broadcast.
+    let dep = env.ok(
+        &wallets[0],
+        &["deposit", "new", "--amount", &VALUE.to_string()],
+    );
+    let id = dep["statechain_id"].as_str().expect("id").to_string();
+    let addr = dep["deposit_address"].as_str().expect("address");
+    assert!(addr.starts_with("bcrt1p"), "{addr}");
+    let funding_out = TxOut {
+        value: Amount::from_sat(VALUE),
+        script_pubkey: regtest_script(addr),
+    };
+    let tx0 = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: ScriptBuf::from_bytes(vec![0x51]),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![funding_out.clone()],
+    };
+    let tx0_hex = hex::encode(serialize(&tx0));
+    let signed = env.ok(&wallets[0], &["deposit", "sign", &id, "--tx0", &tx0_hex]);
+    assert_eq!(signed["broadcast_tx0"], tx0_hex.as_str());
+    let b1 = tx_of(&signed["backup"]);
+    verify_spend(std::slice::from_ref(&funding_out), &b1, 0).expect("backup 1 spends Tx0");
+    let h0 = TIP + 2000;
+    assert_eq!(b1.lock_time.to_consensus_u32(), h0);
+    env.set_chain(
+        serde_json::json!({"tip": TIP + 5, "confirmed": {tx0.compute_txid().to_string(): TIP}}),
+    );
+
+    // Transfers around the three wallets.
+    let transfers = 6;
+    for t in 0..transfers {
+        let (from, to) = (&wallets[t % 3], &wallets[(t + 1) % 3]);
+        let to_addr = env.ok(to, &["address", "new"])["address"]
+            .as_str()
+            .expect("addr")
+            .to_string();
+        assert!(to_addr.starts_with("tlks1"));
+        env.ok(from, &["send", &id, "--to", &to_addr]);
+        let got = env.ok(to, &["receive"]);
+        assert_eq!(got[0]["statechain_id"], id.as_str(), "{got}");
+        let count = got[0]["count"].as_u64().expect("count") as u32;
+        assert_eq!(count, t as u32 + 2);
+        let shown = env.ok(to, &["backup", "show", &id]);
+        let newest = tx_of(&shown["backup"]);
+        assert_eq!(
+            newest.lock_time.to_consensus_u32(),
+            h0 - (count - 1) * 10,
+            "locktimes decrease by c"
+        );
+        verify_spend(std::slice::from_ref(&funding_out), &newest, 0)
+            .expect("newest backup spends Tx0");
+        // The sender no longer holds it.
+        let again = env.run(from, &["send", &id, "--to", &to_addr]);
+        assert_eq!(again.code, 2, "{}", again.stderr);
+        assert_eq!(env.ok(to, &["verify", &id])["verified_backups"], count);
+    }
+
+    // Withdrawal by the last owner; its CPFP-able backup too.
+    let owner = &wallets[transfers % 3];
+    let cpfp = env.ok(
+        owner,
+        &[
+            "backup",
+            "cpfp",
+            &id,
+            "--to",
+            "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+            "--fee-rate",
+            "5",
+        ],
+    );
+    let (parent, child) = (tx_of(&cpfp["parent"]), tx_of(&cpfp["child"]));
+    let prevouts = [parent.output[0].clone(), parent.output[1].clone()];
+    verify_spend(&prevouts, &child, 0).expect("child spends the owner output");
+    verify_spend(&prevouts, &child, 1).expect("child spends the anchor");
+    let w = env.ok(
+        owner,
+        &[
+            "withdraw",
+            "sign",
+            &id,
+            "--to",
+            "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+            "--fee-rate",
+            "2",
+        ],
+    );
+    let txw = tx_of(&w["withdrawal"]);
+    verify_spend(std::slice::from_ref(&funding_out), &txw, 0).expect("withdrawal spends Tx0");
+    assert!(txw.output[0].value.to_sat() < VALUE && txw.output[0].value.to_sat() > VALUE - 1_000);
+    env.ok(owner, &["withdraw", "complete", &id]);
+
+    let coins = env.ok(owner, &["coins"]);
+    assert_eq!(coins[0]["status"], "withdrawn");
+    // The coin is closed at the SE: anything more on it is a conflict (4).
+    let again = env.run(owner, &["withdraw", "complete", &id]);
+    assert_eq!(again.code, 4, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("statechain_closed"),
+        "{}",
+        again.stderr
+    );
+
+    // The sync port greets humans (`nc 127.0.0.1 9939`).
+    let mut s = std::net::TcpStream::connect(&se.sync_addr).expect("sync port");
+    s.write_all(b"\n").expect("enter");
+    let mut lines = String::new();
+    let mut r = BufReader::new(s);
+    for _ in 0..2 {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        lines.push_str(&l);
+    }
+    assert!(
+        lines.contains("LKTL/1") || lines.contains("localhost/statechain/se1"),
+        "{lines}"
+    );
+}
+
+#[test]
+fn refusals_name_their_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let se = Statechaind::start(
+        &workspace_binary("statechaind"),
+        &dir.path().join("se"),
+        &[],
+        &[],
+    );
+    let env = Env {
+        cli: workspace_binary("statechain-cli"),
+        chain: dir.path().join("chain.json"),
+        url: se.url.clone(),
+    };
+    env.set_chain(serde_json::json!({"tip": TIP}));
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    for w in [&a, &b] {
+        assert_eq!(
+            statechain_cli(&env.cli, w, &env.chain, &["wallet", "create"]).code,
+            0
+        );
+    }
+    // Usage errors exit 2.
+    assert_eq!(env.run(&a, &["deposit", "new", "--amount", "5000"]).code, 2);
+    assert_eq!(env.run(&a, &["send", "00", "--to", "x"]).code, 2);
+    assert_eq!(
+        statechain_cli(&env.cli, &a, &env.chain, &["no-such-command"]).code,
+        2
+    );
+    // A Tx0 that does not pay the deposit address is refused before signing.
+    let dep = env.ok(&a, &["deposit", "new", "--amount", &VALUE.to_string()]);
+    let id = dep["statechain_id"].as_str().expect("id").to_string();
+    let wrong = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn::default()],
+        output: vec![TxOut {
+            value: Amount::from_sat(VALUE - 1),
+            script_pubkey: regtest_script(dep["deposit_address"].as_str().expect("addr")),
+        }],
+    };
+    let out = env.run(
+        &a,
+        &[
+            "deposit",
+            "sign",
+            &id,
+            "--tx0",
+            &hex::encode(serialize(&wrong)),
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // Fund it properly, send to B, but B's chain source says Tx0 is
+    // unconfirmed: B refuses the coin (exit 3, the check named).
+    let mut good = wrong.clone();
+    good.output[0].value = Amount::from_sat(VALUE);
+    env.ok(
+        &a,
+        &[
+            "deposit",
+            "sign",
+            &id,
+            "--tx0",
+            &hex::encode(serialize(&good)),
+        ],
+    );
+    let to = env.ok(&b, &["address", "new"])["address"]
+        .as_str()
+        .expect("addr")
+        .to_string();
+    env.ok(&a, &["send", &id, "--to", &to]);
+    let out = env.run(&b, &["receive"]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("step 9") && out.stderr.contains("confirmations"),
+        "{}",
+        out.stderr
+    );
+    // Once confirmed, the same message is accepted.
+    env.set_chain(
+        serde_json::json!({"tip": TIP + 5, "confirmed": {good.compute_txid().to_string(): TIP}}),
+    );
+    let got = env.ok(&b, &["receive"]);
+    assert_eq!(got[0]["count"], 2);
+    // A wallet pinned to this SE refuses another SE.
+    let other = Statechaind::start(
+        &workspace_binary("statechaind"),
+        &dir.path().join("se2"),
+        &[],
+        &[],
+    );
+    let out = statechain_cli(&env.cli, &b, &env.chain, &["--server", &other.url, "coins"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("pinned"), "{}", out.stderr);
+}
