@@ -1,14 +1,16 @@
 //! Crash points for the crash suite (statechain.md §9.7), compiled only
 //! with the `danger-test-hooks` feature, which release builds never enable.
-//! `STATECHAIND_DANGER_ABORT=before-commit` (or `after-commit`) aborts the
-//! process at that point of the first batch that holds a log entry,
-//! simulating a power cut just before or just after the durable commit.
+//! `STATECHAIND_DANGER_ABORT=before-commit:g` (or `after-commit:x`, …)
+//! aborts the process at that point of the first batch holding a log entry
+//! of that kind (`g` sign/second, `x` transfer/sender, `t`
+//! transfer/receiver, …), simulating a power cut just before or just after
+//! the durable commit.
 
 /// Where to abort.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hooks {
     #[cfg(feature = "danger-test-hooks")]
-    abort: Option<Point>,
+    abort: Option<(Point, u8)>,
 }
 
 #[cfg(feature = "danger-test-hooks")]
@@ -23,9 +25,12 @@ impl Hooks {
     pub fn from_env() -> Hooks {
         #[cfg(feature = "danger-test-hooks")]
         {
-            let abort = match std::env::var("STATECHAIND_DANGER_ABORT").as_deref() {
-                Ok("before-commit") => Some(Point::Before),
-                Ok("after-commit") => Some(Point::After),
+            let var = std::env::var("STATECHAIND_DANGER_ABORT").unwrap_or_default();
+            let abort = match var.split_once(':') {
+                Some(("before-commit", k)) if k.len() == 1 => {
+                    Some((Point::Before, k.as_bytes()[0]))
+                }
+                Some(("after-commit", k)) if k.len() == 1 => Some((Point::After, k.as_bytes()[0])),
                 _ => None,
             };
             if abort.is_some() {
@@ -37,21 +42,26 @@ impl Hooks {
         Hooks::default()
     }
 
-    /// Called with the batch's transaction about to commit.
-    pub fn before_commit(&self, has_entries: bool) {
+    /// Called with the batch's transaction about to commit; `kinds` are
+    /// the kinds of its log entries.
+    pub fn before_commit(&self, kinds: &[u8]) {
         #[cfg(feature = "danger-test-hooks")]
-        if has_entries && self.abort == Some(Point::Before) {
-            std::process::abort();
+        if let Some((Point::Before, k)) = self.abort {
+            if kinds.contains(&k) {
+                std::process::abort();
+            }
         }
-        let _ = has_entries;
+        let _ = kinds;
     }
 
     /// Called once the batch is durable, before any reply is sent.
-    pub fn after_commit(&self, has_entries: bool) {
+    pub fn after_commit(&self, kinds: &[u8]) {
         #[cfg(feature = "danger-test-hooks")]
-        if has_entries && self.abort == Some(Point::After) {
-            std::process::abort();
+        if let Some((Point::After, k)) = self.abort {
+            if kinds.contains(&k) {
+                std::process::abort();
+            }
         }
-        let _ = has_entries;
+        let _ = kinds;
     }
 }

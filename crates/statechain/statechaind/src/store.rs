@@ -360,7 +360,7 @@ impl WriterThread {
                 }
             }
             let saved = self.size;
-            let mut has_entries = false;
+            let mut kinds: Vec<u8> = Vec::new();
             self.leaves.clear();
             let mut answers = Vec::with_capacity(batch.len());
             let committed = match self.db.begin_write() {
@@ -378,11 +378,16 @@ impl WriterThread {
                         fatal |= answer.is_fatal();
                         answers.push(answer);
                     }
-                    has_entries = !self.leaves.is_empty();
-                    if !fatal && has_entries {
+                    // The kind byte of each leaf (after "LKSC" and the version).
+                    kinds = self
+                        .leaves
+                        .iter()
+                        .filter_map(|l| l.get(5).copied())
+                        .collect();
+                    if !fatal && !kinds.is_empty() {
                         fatal = !self.append_batch(&txn, saved);
                     }
-                    self.config.hooks.before_commit(has_entries);
+                    self.config.hooks.before_commit(&kinds);
                     if fatal {
                         let _ = txn.abort();
                         false
@@ -398,7 +403,7 @@ impl WriterThread {
                 }
             };
             if committed {
-                self.config.hooks.after_commit(has_entries);
+                self.config.hooks.after_commit(&kinds);
             } else {
                 self.size = saved;
             }
