@@ -14,15 +14,16 @@ use statechain_client::{ClientError, Wallet};
 #[derive(Parser, Debug)]
 #[command(version, about = "Statechain wallet: deposit, send, receive, withdraw")]
 struct Cli {
-    /// The wallet directory.
-    #[arg(long, env = "STATECHAIN_WALLET", default_value = "statechain-wallet")]
-    wallet: PathBuf,
+    /// The wallet directory [default: ~/.lightkeeper/statechain-wallet].
+    #[arg(long, env = "STATECHAIN_WALLET")]
+    wallet: Option<PathBuf>,
     /// The SE (pinned at first use).
     #[arg(long, env = "STATECHAIN_SERVER")]
     server: Option<String>,
-    /// Chain source: mock:FILE (offline JSON chain).
-    #[arg(long, env = "STATECHAIN_CHAIN", default_value = "mock:mockchain.json")]
-    chain: String,
+    /// Chain source: mock:FILE (an offline JSON chain: tip, confirmed txids, spent outpoints)
+    /// [default: mock:<wallet>/mockchain.json].
+    #[arg(long, env = "STATECHAIN_CHAIN")]
+    chain: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -181,14 +182,26 @@ fn chain(spec: &str) -> Result<Box<dyn ChainSource>, ClientError> {
 }
 
 fn run(cli: Cli) -> Result<serde_json::Value, ClientError> {
+    let dir = match &cli.wallet {
+        Some(d) => d.clone(),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .ok_or_else(|| ClientError::Usage("HOME is not set; pass --wallet".into()))?,
+        )
+        .join(".lightkeeper/statechain-wallet"),
+    };
     if let Cmd::Wallet {
         cmd: WalletCmd::Create { network },
     } = &cli.cmd
     {
-        Wallet::create(&cli.wallet, network)?;
-        return Ok(json!({"created": cli.wallet.display().to_string(), "network": network}));
+        Wallet::create(&dir, network)?;
+        return Ok(json!({"created": dir.display().to_string(), "network": network}));
     }
-    let mut w = Wallet::open(&cli.wallet, chain(&cli.chain)?)?;
+    let spec = cli
+        .chain
+        .clone()
+        .unwrap_or_else(|| format!("mock:{}", dir.join("mockchain.json").display()));
+    let mut w = Wallet::open(&dir, chain(&spec)?)?;
     if let Some(url) = &cli.server {
         w.pin(url)?;
     }

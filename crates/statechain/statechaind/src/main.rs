@@ -1,6 +1,7 @@
 //! `statechaind`: one command starts an SE on regtest with a fresh identity
-//! in `./statechaind-data`, HTTP on 127.0.0.1:9940 and LKTL/1 sync on
-//! 127.0.0.1:9939 (statechain.md §3.1).
+//! in `~/.lightkeeper/statechaind`, HTTP on 127.0.0.1:9940 and LKTL/1 sync on
+//! 127.0.0.1:9939 (statechain.md §3.1; `tlogd` defaults to the same ports,
+//! so on one host move one of them).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,9 +18,9 @@ use statechaind::server::TokenBackend;
     about = "The statechain entity: blind co-signing, key-update transfers and the public statechain log"
 )]
 struct Args {
-    /// Keys, KEK and the database.
-    #[arg(long, env = "STATECHAIND_DATA_DIR", default_value = "statechaind-data")]
-    data_dir: PathBuf,
+    /// Keys, KEK and the database [default: ~/.lightkeeper/statechaind].
+    #[arg(long, env = "STATECHAIND_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// HTTP API and the log's tiles.
     #[arg(long, env = "STATECHAIND_LISTEN", default_value = "127.0.0.1:9940")]
     listen: SocketAddr,
@@ -107,6 +108,13 @@ async fn main() -> anyhow::Result<()> {
             "{flag} {addr} is not loopback: TLS is not built in yet, so a public listener needs --danger-plaintext (behind a TLS proxy)"
         );
     }
+    let data_dir = match args.data_dir.clone() {
+        Some(d) => d,
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --data-dir")?)
+                .join(".lightkeeper/statechaind")
+        }
+    };
     let policy = Policy {
         h_init: args.h_init.unwrap_or(if mainnet { 25_920 } else { 2000 }),
         interval: args.interval.unwrap_or(if mainnet { 144 } else { 10 }),
@@ -114,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
         session_ttl: args.session_ttl,
     };
     let running = statechaind::daemon::start(statechaind::daemon::Options {
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.clone(),
         listen: args.listen,
         sync_listen: args.sync_listen,
         origin: args.origin.clone(),
@@ -126,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
         node_name: args.origin.clone(),
     })
     .await
-    .with_context(|| format!("starting the SE in {}", args.data_dir.display()))?;
+    .with_context(|| format!("starting the SE in {}", data_dir.display()))?;
     println!("se_id: {}", running.se_id);
     println!("log vkey: {}", running.vkey);
     println!("sync (LKTL/1) on {}", running.sync_addr);
