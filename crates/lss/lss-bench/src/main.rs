@@ -24,7 +24,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint};
 
-mod procfs;
+use proc_sample as procfs;
 
 /// Load generator for Lightning Storage Servers (Lightkeeper's lssd, the
 /// reference lssd, or anything speaking lss.LightningStorage).

@@ -16,6 +16,7 @@
 
 pub mod chain;
 pub mod http;
+pub mod requests;
 mod wallet;
 
 pub use wallet::{CoinRecord, CoinStatus, Received, Wallet};

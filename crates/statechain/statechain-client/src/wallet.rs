@@ -34,6 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::chain::ChainSource;
 use crate::http::SeClient;
+use crate::requests;
 use crate::ClientError;
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("wallet");
@@ -570,10 +571,9 @@ impl Wallet {
         let i = self.next_index()?;
         let (o, a) = self.keys(i)?;
         let a_pub = bip340::xonly_of(&a);
-        let digest = se::deposit_digest(&se_id, &a_pub, &token_bytes);
         let r = client.post(
             "/v1/deposit/init",
-            &json!({"token_id": token_id, "auth": {"key": hex::encode(a_pub.serialize()), "sig": hex::encode(bip340::sign(&a, &digest, &random()))}}),
+            &requests::deposit(&se_id, &token_bytes, &a, &random()),
         )?;
         let id: StatechainId = h(&r.body, "statechain_id")?;
         let server_key =
@@ -658,7 +658,7 @@ impl Wallet {
     }
 
     fn auth_json(a: &Scalar, digest: &[u8; 32]) -> Value {
-        json!({"key": hex::encode(bip340::xonly_of(a).serialize()), "sig": hex::encode(bip340::sign(a, digest, &random()))})
+        requests::auth_json(a, digest, &random())
     }
 
     /// One resumable co-signing session (§2.3). With `backup`, the signed
@@ -705,10 +705,9 @@ impl Wallet {
         let session = OwnerSession::new(r_o, b, m);
         let com = session.commitment();
         let head = coin.head;
-        let d1 = auth::digest(&se_id, Op::SignFirst, &id, &head, &[&com]);
         let r = client.post(
             "/v1/sign/first",
-            &json!({"statechain_id": hex::encode(id), "head": hex::encode(head), "commitment": hex::encode(com), "auth": Self::auth_json(&coin.auth_secret, &d1)}),
+            &requests::sign_first(&se_id, &id, &head, &com, &coin.auth_secret, &random()),
         )?;
         let r_s =
             point(&h::<33>(&r.body, "server_nonce")?).ok_or_else(|| log_err("server_nonce"))?;
@@ -725,17 +724,18 @@ impl Wallet {
         let ch = session
             .challenge(&coin.key, &r_s)
             .map_err(|e| ClientError::Usage(e.to_string()))?;
-        let d2 = auth::digest(
-            &se_id,
-            Op::SignSecond,
-            &id,
-            &head,
-            &[&ser33(&r_s), &com, &ch.c.to_bytes()],
-        );
         let r = client.post(
             "/v1/sign/second",
-            &json!({"statechain_id": hex::encode(id), "head": hex::encode(head), "server_nonce": hex::encode(ser33(&r_s)),
-                    "commitment": hex::encode(com), "challenge": hex::encode(ch.c.to_bytes()), "auth": Self::auth_json(&coin.auth_secret, &d2)}),
+            &requests::sign_second(
+                &se_id,
+                &id,
+                &head,
+                &r_s,
+                &com,
+                &ch.c,
+                &coin.auth_secret,
+                &random(),
+            ),
         )?;
         let s_s =
             Scalar::from_bytes(&h(&r.body, "partial_sig")?).map_err(|_| log_err("partial_sig"))?;

@@ -20,7 +20,24 @@ fn check_rejected() {
     let se = start(dir.path(), &[]);
     let http = Http::new(&se.url);
     let owner = Owner::deposit(&http, se_id(&http), 3);
-    let before = owner.state(&http);
+    // The coin's state without the parts the checkpointer moves on its own.
+    let coin_state = |v: serde_json::Value| {
+        let leaves: Vec<_> = v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["leaf"].clone())
+            .collect();
+        json!([
+            v["count"],
+            v["head"],
+            v["head_seq"],
+            v["pending_transfer"],
+            v["status"],
+            leaves
+        ])
+    };
+    let before = coin_state(owner.state(&http));
     let good = owner.sign_first_body([1; 32]);
     let with = |k: &str, v: serde_json::Value| {
         let mut b = good.clone();
@@ -91,7 +108,7 @@ fn check_rejected() {
         (404, Some("unknown_statechain"))
     );
     // Nothing changed, and the server still answers.
-    assert_eq!(owner.state(&http), before);
+    assert_eq!(coin_state(owner.state(&http)), before);
     assert_eq!(http.get("/v1/info").status, 200);
     for path in [
         "/v1/statechain/zz",

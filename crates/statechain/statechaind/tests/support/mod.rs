@@ -9,10 +9,9 @@ use lk_testkit::process::workspace_binary;
 use lk_testkit::statechaind::Statechaind;
 use secp256k1::PublicKey;
 use serde_json::{json, Value};
+use statechain_client::requests;
 use statechain_core::auth::{self, Op};
-use statechain_core::bip340;
-use statechain_core::scalar::{point, ser33, Scalar};
-use statechain_core::se;
+use statechain_core::scalar::{point, Scalar};
 
 /// A reply: status, body, `LK-Replay`.
 #[derive(Debug, Clone)]
@@ -111,7 +110,7 @@ pub struct Owner {
 
 impl Owner {
     pub fn auth(&self, digest: &[u8; 32]) -> Value {
-        json!({"key": hex::encode(bip340::xonly_of(&self.a).serialize()), "sig": hex::encode(bip340::sign(&self.a, digest, &[0; 32]))})
+        requests::auth_json(&self.a, digest, &[0; 32])
     }
 
     pub fn digest(&self, op: Op, fields: &[&[u8]]) -> [u8; 32] {
@@ -132,10 +131,9 @@ impl Owner {
             head: [0; 32],
             server_key: None,
         };
-        let d = se::deposit_digest(&se_id, &bip340::xonly_of(&owner.a), &token_id);
         let r = http.post(
             "/v1/deposit/init",
-            &json!({"token_id": hex::encode(token_id), "auth": owner.auth(&d)}),
+            &requests::deposit(&se_id, &token_id, &owner.a, &[0; 32]),
         );
         assert_eq!(r.status, 201, "{:?}", r.body);
         owner.id = h(&r.body["statechain_id"]);
@@ -145,14 +143,20 @@ impl Owner {
     }
 
     pub fn sign_first_body(&self, com: [u8; 32]) -> Value {
-        let d = self.digest(Op::SignFirst, &[&com]);
-        json!({"statechain_id": hex::encode(self.id), "head": hex::encode(self.head), "commitment": hex::encode(com), "auth": self.auth(&d)})
+        requests::sign_first(&self.se_id, &self.id, &self.head, &com, &self.a, &[0; 32])
     }
 
     pub fn sign_second_body(&self, r_s: &PublicKey, com: [u8; 32], c: &Scalar) -> Value {
-        let d = self.digest(Op::SignSecond, &[&ser33(r_s), &com, &c.to_bytes()]);
-        json!({"statechain_id": hex::encode(self.id), "head": hex::encode(self.head), "server_nonce": hex::encode(ser33(r_s)),
-               "commitment": hex::encode(com), "challenge": hex::encode(c.to_bytes()), "auth": self.auth(&d)})
+        requests::sign_second(
+            &self.se_id,
+            &self.id,
+            &self.head,
+            r_s,
+            &com,
+            c,
+            &self.a,
+            &[0; 32],
+        )
     }
 
     /// `sign/first` then `sign/second` with challenge `c`: `(R_s, s_s, count)`.
