@@ -1015,7 +1015,7 @@ impl Wallet {
             nonces: after
                 .sessions
                 .iter()
-                .map(|s| hex::encode(ser33(&s.server_nonce)))
+                .map(|s| hex::encode(s.server_nonce))
                 .collect(),
             status: CoinStatus::Active,
             withdrawal: None,

@@ -308,8 +308,8 @@ pub fn audit(
     if commitment(r_o, b, m) != logged.commitment {
         return Err(AuditError::Commitment);
     }
-    let ch = derive_challenge(key, &logged.server_nonce, r_o, b, m)
-        .map_err(|_| AuditError::Degenerate)?;
+    let r_s = logged.nonce_point().ok_or(AuditError::Degenerate)?;
+    let ch = derive_challenge(key, &r_s, r_o, b, m).map_err(|_| AuditError::Degenerate)?;
     if ch.c != logged.challenge {
         return Err(AuditError::Challenge);
     }

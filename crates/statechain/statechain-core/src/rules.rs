@@ -12,7 +12,7 @@ use secp256k1::{PublicKey, XOnlyPublicKey};
 
 use crate::bip340;
 use crate::leaf::{Body, Leaf};
-use crate::scalar::Scalar;
+use crate::scalar::{point, ser33, Scalar};
 use crate::{LeafHash, SeId, StatechainId};
 
 /// Why an entry breaks the rules. Each names what a member reports.
@@ -76,12 +76,22 @@ pub struct Session {
     pub seq: u32,
     /// The count after it.
     pub n: u32,
-    /// `R_s`.
-    pub server_nonce: PublicKey,
+    /// `ser33(R_s)`, a valid point (checked when its leaf was decoded);
+    /// kept encoded because coins are loaded far more often than audited
+    /// (decompressing every logged nonce on each load dominated the SE's
+    /// CPU). [`Session::nonce_point`] parses it.
+    pub server_nonce: [u8; 33],
     /// The owner's commitment.
     pub commitment: [u8; 32],
     /// The challenge.
     pub challenge: Scalar,
+}
+
+impl Session {
+    /// `R_s` as a point.
+    pub fn nonce_point(&self) -> Option<PublicKey> {
+        point(&self.server_nonce)
+    }
 }
 
 /// A transfer started and not yet completed (the latest `x`).
@@ -198,7 +208,7 @@ impl CoinChain {
                 if self
                     .sessions
                     .iter()
-                    .any(|s| s.server_nonce == b.server_nonce)
+                    .any(|s| s.server_nonce == ser33(&b.server_nonce))
                 {
                     return Err(RuleError::NonceReused);
                 }
@@ -241,7 +251,7 @@ impl CoinChain {
                 self.sessions.push(Session {
                     seq: leaf.seq,
                     n: b.n,
-                    server_nonce: b.server_nonce,
+                    server_nonce: ser33(&b.server_nonce),
                     commitment: b.commitment,
                     challenge: b.challenge.clone(),
                 });

@@ -411,7 +411,7 @@ impl SeCoin {
             .chain
             .sessions
             .iter()
-            .any(|s| s.server_nonce == nonce_pub)
+            .any(|s| s.server_nonce == ser33(&nonce_pub))
         {
             // §2.4 rule 2: a repeat means the RNG failed; the caller logs
             // an error and retries with new randomness.
@@ -454,7 +454,7 @@ impl SeCoin {
             .chain
             .sessions
             .iter()
-            .find(|s| s.server_nonce == *nonce_pub)
+            .find(|s| s.server_nonce == ser33(nonce_pub))
         {
             return Err(if r.challenge == *challenge {
                 // A replay whose head moved on: only the q row may answer it.

@@ -19,7 +19,7 @@ use statechain_core::cosign::{
 };
 use statechain_core::keyupdate;
 use statechain_core::rules::Session;
-use statechain_core::scalar::{add_points, xbytes, Scalar, Sign};
+use statechain_core::scalar::{add_points, ser33, xbytes, Scalar, Sign};
 use statechain_core::tx::{self, Funding};
 
 fn scalar() -> impl Strategy<Value = Scalar> {
@@ -207,7 +207,7 @@ fn cosign_case(
     let logged = Session {
         seq: 1,
         n: 1,
-        server_nonce: r_s.public(),
+        server_nonce: ser33(&r_s.public()),
         commitment: owner.commitment(),
         challenge: ch.c.clone(),
     };

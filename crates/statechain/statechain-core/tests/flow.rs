@@ -175,7 +175,7 @@ impl World {
                 .chain
                 .sessions
                 .iter()
-                .any(|s| s.server_nonce == r_s),
+                .any(|s| s.server_nonce == ser33(&r_s)),
             "fresh nonce"
         );
         let ch = owner.challenge(&coin.key, &r_s).expect("challenge");

@@ -178,7 +178,7 @@ pub fn encode_coin(chain: &CoinChain, last_applied: &BTreeMap<u8, [u8; 32]>) -> 
     for s in &chain.sessions {
         w.u32(s.seq)
             .u32(s.n)
-            .bytes(&ser33(&s.server_nonce))
+            .bytes(&s.server_nonce)
             .bytes(&s.commitment)
             .bytes(&s.challenge.to_bytes());
     }
@@ -218,7 +218,7 @@ pub fn decode_coin(row: &[u8]) -> Result<(CoinChain, BTreeMap<u8, [u8; 32]>), Co
         sessions.push(Session {
             seq: r.u32()?,
             n: r.u32()?,
-            server_nonce: r.point()?,
+            server_nonce: r.array()?,
             commitment: r.array()?,
             challenge: r.scalar()?,
         });
