@@ -42,6 +42,8 @@ pub struct Options {
     pub fee_sat: u64,
     /// This node's name on the sync port.
     pub node_name: String,
+    /// Re-seal live secrets under a new KEK this often (`None`: never).
+    pub kek_rotate_interval: Option<Duration>,
 }
 
 /// Why the SE cannot start.
@@ -72,6 +74,50 @@ pub struct Running {
     pub serving: tokio::task::JoinHandle<()>,
 }
 
+/// The KEK of the epoch the database records, after finishing whatever a
+/// crashed rotation left: the previous epoch's key is shredded (the
+/// re-sealed rows committed), an unused next one too (they did not).
+pub fn open_kek(dir: &std::path::Path, db: &redb::Database) -> Result<Kek, StartError> {
+    let epoch = crate::store::kek_epoch(db).map_err(StartError::Storage)?;
+    let shred = |e: u32| Kek::shred(dir, e).map_err(|e| StartError::Io(e.to_string()));
+    if epoch > 0 {
+        shred(epoch - 1)?;
+        if !dir.join(format!("kek-{epoch}")).exists() {
+            return Err(StartError::Config(format!(
+                "kek-{epoch} is missing from {}: the sealed secrets cannot be opened",
+                dir.display()
+            )));
+        }
+    }
+    shred(epoch + 1)?;
+    Kek::load_or_create(dir, epoch).map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// `statechaind kek rotate` with the SE stopped: re-seal every live secret
+/// under a new KEK in one transaction, compact the database (so old pages
+/// holding secrets sealed under the old key are rewritten), then shred the
+/// old key. Returns the new epoch.
+pub fn rotate_offline(dir: &std::path::Path) -> Result<u32, StartError> {
+    let path = dir.join("statechain.redb");
+    let mut db = redb::Database::create(&path).map_err(|e| {
+        StartError::Storage(format!(
+            "{} (is the SE still running?): {e}",
+            path.display()
+        ))
+    })?;
+    let old = open_kek(dir, &db)?;
+    let txn = db
+        .begin_write()
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    crate::store::reseal_all(&txn, &old, dir).map_err(|e| StartError::Storage(e.message))?;
+    txn.commit()
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    db.compact()
+        .map_err(|e| StartError::Storage(format!("compaction: {e}")))?;
+    Kek::shred(dir, old.epoch()).map_err(|e| StartError::Io(e.to_string()))?;
+    Ok(old.epoch() + 1)
+}
+
 /// Opens (or initialises) the SE in `opts.data_dir` and serves it.
 pub async fn start(opts: Options) -> Result<Running, StartError> {
     if opts.policy.interval == 0 || opts.policy.h_init == 0 {
@@ -89,14 +135,12 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     .map_err(|e| StartError::Config(e.to_string()))?;
     let vkey = key.verifier().to_string();
     let se_id = statechain_core::hash::sha256(vkey.as_bytes());
-    let kek = Arc::new(
-        Kek::load_or_create(&opts.data_dir, 0).map_err(|e| StartError::Config(e.to_string()))?,
-    );
     let path = opts.data_dir.join("statechain.redb");
     let db = Arc::new(
         redb::Database::create(&path)
             .map_err(|e| StartError::Storage(format!("{}: {e}", path.display())))?,
     );
+    let kek = Arc::new(open_kek(&opts.data_dir, &db)?);
     let store = Arc::new(
         RedbLogStore::open_shared(db.clone(), &path)
             .map_err(|e| StartError::Storage(e.to_string()))?,
@@ -208,6 +252,33 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         )],
     );
     tokio::spawn(federation.run(sync));
+    if let Some(every) = opts.kek_rotate_interval {
+        let (store, dir) = (app.store.clone(), opts.data_dir.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await; // the first tick is immediate
+            loop {
+                tick.tick().await;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if store
+                    .submit(crate::store::Job::RotateKek {
+                        dir: dir.clone(),
+                        reply: tx,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+                match rx.await {
+                    Ok(Ok(epoch)) => tracing::info!(epoch, "scheduled KEK rotation done"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e.message, "scheduled KEK rotation failed; secrets stay under the current key")
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
     let router = crate::server::router(app);
     let serving = tokio::spawn(async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();

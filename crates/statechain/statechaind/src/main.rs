@@ -19,7 +19,7 @@ use statechaind::server::TokenBackend;
 )]
 struct Args {
     /// Keys, KEK and the database [default: ~/.lightkeeper/statechaind].
-    #[arg(long, env = "STATECHAIND_DATA_DIR")]
+    #[arg(long, env = "STATECHAIND_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
     /// HTTP API and the log's tiles.
     #[arg(long, env = "STATECHAIND_LISTEN", default_value = "127.0.0.1:9940")]
@@ -72,6 +72,32 @@ struct Args {
     /// Allow a non-loopback listener without TLS.
     #[arg(long)]
     danger_plaintext: bool,
+    /// Re-seal live secrets under a new key-encryption key every this many
+    /// seconds (0: never); the old key is shredded.
+    #[arg(
+        long,
+        env = "STATECHAIND_KEK_ROTATE_INTERVAL_S",
+        default_value_t = 86_400
+    )]
+    kek_rotate_interval_s: u64,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Key-encryption key maintenance (with the SE stopped).
+    Kek {
+        #[command(subcommand)]
+        cmd: KekCmd,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KekCmd {
+    /// Re-seal every live secret under a new KEK, compact the database and
+    /// shred the old key (deleted shares become unrecoverable).
+    Rotate,
 }
 
 #[tokio::main]
@@ -115,6 +141,15 @@ async fn main() -> anyhow::Result<()> {
                 .join(".lightkeeper/statechaind")
         }
     };
+    if let Some(Cmd::Kek {
+        cmd: KekCmd::Rotate,
+    }) = args.cmd
+    {
+        let epoch = statechaind::daemon::rotate_offline(&data_dir)
+            .with_context(|| format!("rotating the KEK in {}", data_dir.display()))?;
+        println!("KEK rotated to epoch {epoch}; the old key is shredded");
+        return Ok(());
+    }
     let policy = Policy {
         h_init: args.h_init.unwrap_or(if mainnet { 25_920 } else { 2000 }),
         interval: args.interval.unwrap_or(if mainnet { 144 } else { 10 }),
@@ -132,6 +167,8 @@ async fn main() -> anyhow::Result<()> {
         tokens,
         fee_sat: args.token_fee_sat,
         node_name: args.origin.clone(),
+        kek_rotate_interval: (args.kek_rotate_interval_s > 0)
+            .then(|| Duration::from_secs(args.kek_rotate_interval_s)),
     })
     .await
     .with_context(|| format!("starting the SE in {}", data_dir.display()))?;

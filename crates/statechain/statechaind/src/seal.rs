@@ -61,6 +61,36 @@ impl Kek {
         Ok(Kek { epoch, key })
     }
 
+    /// The epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Overwrites `kek-<epoch>` in `dir` with zeros, syncs it and unlinks
+    /// it: sealed values of that epoch (including copies left in old
+    /// database pages) can no longer be opened by anyone.
+    pub fn shred(dir: &Path, epoch: u32) -> Result<(), SealError> {
+        let path = dir.join(format!("kek-{epoch}"));
+        let err = |reason: String| SealError::Kek {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(&[0u8; 32]).map_err(|e| err(e.to_string()))?;
+                f.sync_all().map_err(|e| err(e.to_string()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err(e.to_string())),
+        }
+        std::fs::remove_file(&path).map_err(|e| err(e.to_string()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
     /// A KEK from bytes (tests).
     pub fn from_bytes(epoch: u32, key: [u8; 32]) -> Kek {
         Kek {

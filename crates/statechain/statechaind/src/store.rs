@@ -145,6 +145,13 @@ pub enum Job {
         /// The answer.
         reply: oneshot::Sender<Result<[u8; 16], ApiError>>,
     },
+    /// KEK rotation (§2.6): re-seal every live secret under the next epoch.
+    RotateKek {
+        /// The data directory (where the KEK files are).
+        dir: std::path::PathBuf,
+        /// The new epoch, or why not.
+        reply: oneshot::Sender<Result<u32, ApiError>>,
+    },
     /// `statechaind token mark-paid` (backend `manual`).
     MarkPaid {
         /// The token.
@@ -214,7 +221,7 @@ pub struct WriterConfig {
     pub policy: Policy,
     /// The log.
     pub log: LogId,
-    /// The sealing key.
+    /// The sealing key (replaced by a rotation).
     pub kek: Arc<Kek>,
     /// Crash hooks (feature `danger-test-hooks`).
     pub hooks: crate::hooks::Hooks,
@@ -243,6 +250,7 @@ impl SeStore {
         let mut writer = WriterThread {
             db: db.clone(),
             config,
+            pending_kek: None,
             size,
             leaves: Vec::new(),
         };
@@ -285,6 +293,8 @@ impl SeStore {
 struct WriterThread {
     db: Arc<Database>,
     config: WriterConfig,
+    /// A rotation's new KEK, adopted once its batch committed.
+    pending_kek: Option<Kek>,
     /// The log size the next appended leaf gets.
     size: u64,
     /// The batch's leaves, appended once at the end.
@@ -293,6 +303,11 @@ struct WriterThread {
 
 /// An answer waiting for the batch's commit.
 enum Answer {
+    Epoch(
+        oneshot::Sender<Result<u32, ApiError>>,
+        Result<u32, ApiError>,
+        std::path::PathBuf,
+    ),
     Reply(
         oneshot::Sender<Result<Reply, ApiError>>,
         Result<Reply, ApiError>,
@@ -316,6 +331,7 @@ impl Answer {
             }};
         }
         match self {
+            Answer::Epoch(tx, r, _) => send!(tx, r),
             Answer::Reply(tx, r) => send!(tx, r),
             Answer::Token(tx, r) => send!(tx, r),
             Answer::Unit(tx, r) => send!(tx, r),
@@ -324,7 +340,10 @@ impl Answer {
 
     fn is_fatal(&self) -> bool {
         let e = match self {
-            Answer::Reply(_, Err(e)) | Answer::Token(_, Err(e)) | Answer::Unit(_, Err(e)) => e,
+            Answer::Reply(_, Err(e))
+            | Answer::Token(_, Err(e))
+            | Answer::Unit(_, Err(e))
+            | Answer::Epoch(_, Err(e), _) => e,
             _ => return false,
         };
         e.status == 503
@@ -351,12 +370,28 @@ fn entry_json(index: u64, hash: &LeafHash) -> Value {
 
 impl WriterThread {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+        // A KEK rotation runs alone: everything sealed in its batch must be
+        // sealed under one key.
+        let mut deferred: Option<Job> = None;
+        loop {
+            let first = match deferred.take() {
+                Some(job) => job,
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
             let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                batch.push(more);
-                if batch.len() >= 1024 {
-                    break;
+            if !matches!(batch[0], Job::RotateKek { .. }) {
+                while let Ok(more) = rx.try_recv() {
+                    if matches!(more, Job::RotateKek { .. }) {
+                        deferred = Some(more);
+                        break;
+                    }
+                    batch.push(more);
+                    if batch.len() >= 1024 {
+                        break;
+                    }
                 }
             }
             let saved = self.size;
@@ -407,8 +442,22 @@ impl WriterThread {
             } else {
                 self.size = saved;
             }
+            let rotated = self.pending_kek.take();
             for a in answers {
+                if let (Answer::Epoch(_, Ok(_), dir), true, Some(_)) = (&a, committed, &rotated) {
+                    let old = self.config.kek.epoch();
+                    if let Err(e) = Kek::shred(dir, old) {
+                        tracing::error!(error = %e, "the old KEK could not be shredded; delete it by hand");
+                    }
+                }
                 a.send(!committed);
+            }
+            if let (true, Some(new)) = (committed, rotated) {
+                tracing::info!(
+                    epoch = new.epoch(),
+                    "KEK rotated; live secrets re-sealed, the old key shredded"
+                );
+                self.config.kek = Arc::new(new);
             }
         }
     }
@@ -465,6 +514,17 @@ impl WriterThread {
                     .put(txn, &key::token(&id), &token.encode())
                     .map(|()| id);
                 Answer::Token(reply, r)
+            }
+            Job::RotateKek { dir, reply } => {
+                // A rotation is its own batch: re-seal and commit, then
+                // swap keys and shred the old one.
+                let r = reseal_all(txn, &self.config.kek, &dir).map(|new| {
+                    self.pending_kek = Some(new);
+                });
+                match r {
+                    Ok(()) => Answer::Epoch(reply, Ok(self.config.kek.epoch() + 1), dir),
+                    Err(e) => Answer::Epoch(reply, Err(e), dir),
+                }
             }
             Job::MarkPaid { token_id, reply } => {
                 let r = (|| {
@@ -880,7 +940,82 @@ fn unanswered(job: Job) -> Answer {
         }
         Job::NewToken { reply, .. } => Answer::Token(reply, Err(ApiError::unavailable())),
         Job::MarkPaid { reply, .. } => Answer::Unit(reply, Err(ApiError::unavailable())),
+        Job::RotateKek { reply, dir } => Answer::Epoch(reply, Err(ApiError::unavailable()), dir),
     }
+}
+
+/// The sealed part of each secret row: everything after this many bytes.
+fn sealed_offset(k: &[u8]) -> Option<usize> {
+    match k.first()? {
+        b'z' | b'q' => Some(0),
+        b'n' => Some(33 + 32 + 8),
+        b'x' => Some(32),
+        _ => None,
+    }
+}
+
+/// Re-seals every secret row (`z`, `n`, `x`, `q`) under the next epoch's
+/// KEK (created now, 0600) and records the epoch in `c ‖ "meta"`, all in
+/// `txn`. The caller commits, then swaps keys and shreds the old one.
+pub fn reseal_all(
+    txn: &redb::WriteTransaction,
+    old: &Kek,
+    dir: &std::path::Path,
+) -> Result<Kek, ApiError> {
+    let next_epoch = old.epoch() + 1;
+    // A leftover of a rotation that crashed before its commit was never
+    // used: start over with a fresh key.
+    Kek::shred(dir, next_epoch).map_err(storage)?;
+    let new = Kek::load_or_create(dir, next_epoch).map_err(storage)?;
+    let mut table = txn.open_table(TABLE).map_err(storage)?;
+    let mut rows = Vec::new();
+    for prefix in [b"n", b"q", b"x", b"z"] {
+        let end = [prefix[0] + 1];
+        for row in table
+            .range(prefix.as_slice()..end.as_slice())
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            rows.push((k.value().to_vec(), v.value().to_vec()));
+        }
+    }
+    for (k, v) in rows {
+        let Some(off) = sealed_offset(&k) else {
+            continue;
+        };
+        if v.len() < off {
+            return Err(storage(format!("short secret row {}", hex::encode(&k))));
+        }
+        let plain = old.open(&k, &v[off..]).map_err(storage)?;
+        let mut out = v[..off].to_vec();
+        out.extend_from_slice(&new.seal(&k, &plain));
+        table
+            .insert(k.as_slice(), out.as_slice())
+            .map_err(storage)?;
+    }
+    table
+        .insert(key::META, next_epoch.to_be_bytes().as_slice())
+        .map_err(storage)?;
+    Ok(new)
+}
+
+/// The KEK epoch recorded in the database (0 before any rotation).
+pub fn kek_epoch(db: &Database) -> Result<u32, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match txn.open_table(TABLE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.to_string()),
+    };
+    let v = table.get(key::META).map_err(|e| e.to_string())?;
+    Ok(match v {
+        Some(v) => u32::from_be_bytes(
+            v.value()
+                .try_into()
+                .map_err(|_| "corrupt meta row".to_string())?,
+        ),
+        None => 0,
+    })
 }
 
 /// §5.4 rule 5's inputs: every coin with the log index its `e ‖ id ‖

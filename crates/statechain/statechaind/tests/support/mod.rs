@@ -185,3 +185,7 @@ pub fn se_id(http: &Http) -> [u8; 32] {
 pub fn start(dir: &Path, env: &[(&str, &str)]) -> Statechaind {
     Statechaind::start(&workspace_binary("statechaind"), dir, &[], env)
 }
+
+pub fn start_with(dir: &Path, extra: &[&str]) -> Statechaind {
+    Statechaind::start(&workspace_binary("statechaind"), dir, extra, &[])
+}
