@@ -171,6 +171,24 @@ struct SessionRecord {
     server_nonce: Option<String>,
 }
 
+/// A verified receive whose key update may not have been answered yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingReceive {
+    /// The coin as it will be stored (head filled in at completion).
+    record: CoinRecord,
+    /// The signed `transfer/receiver` request (sealed at rest: it holds t2).
+    body: Value,
+    /// Transfers in the log before this one.
+    transfers_before: u32,
+    /// The signature count received.
+    count: u32,
+    /// Blocks left before the newest backup is valid, at verification.
+    blocks_left: u32,
+    /// Fewer than 4 intervals left.
+    short_lifetime: bool,
+}
+
 /// The pinned SE.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -414,6 +432,17 @@ impl Wallet {
             )));
         }
         if let Some((_, p)) = &self.se {
+            if p.se_id == se_id && p.url != url {
+                // The same SE (same log key) at a new address.
+                let mut moved = p.clone();
+                moved.url = url.to_string();
+                self.put(
+                    "se",
+                    serde_json::to_string(&moved).map_err(storage)?.as_bytes(),
+                )?;
+                self.se = Some((SeClient::new(url), moved));
+                return Ok(se_id);
+            }
             if p.se_id != se_id {
                 return Err(ClientError::Usage(format!(
                     "this wallet is pinned to SE {}, not {se_id}",
@@ -903,7 +932,15 @@ impl Wallet {
             .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])))
             .unwrap_or(0);
         let mut out = Vec::new();
-        for i in (0..n).filter(|i| !used.contains(i)) {
+        // First finish receives whose key update was sent but not answered.
+        let mut resumed = Vec::new();
+        for (k, sealed) in self.keys_with_prefix("receiving/")? {
+            let plain = self.open_sealed(&k, &String::from_utf8_lossy(&sealed))?;
+            let p: PendingReceive = serde_json::from_slice(&plain).map_err(storage)?;
+            resumed.push(p.record.index);
+            out.push(self.complete_receive(client, &k, p)?);
+        }
+        for i in (0..n).filter(|i| !used.contains(i) && !resumed.contains(i)) {
             let (o, a) = self.keys(i)?;
             let a_pub = bip340::xonly_of(&a);
             let time = now();
@@ -980,26 +1017,10 @@ impl Wallet {
                 &v.count.to_be_bytes(),
             ],
         );
-        let r = client.post(
-            "/v1/transfer/receiver",
-            &json!({"statechain_id": hex::encode(id), "head": hex::encode(v.head), "receiver_auth_key": hex::encode(a_pub.serialize()),
-                    "new_server_pubkey": hex::encode(ser33(&v.new_server_key)), "count": v.count, "t2": hex::encode(v.t2.to_bytes()),
-                    "auth": Self::auth_json(a, &d)}),
-        )?;
-        let t_hash: LeafHash = h(&r.body["entry"], "leaf_hash")?;
-        // Finality: the key update itself under a signed checkpoint, with
-        // the SE's new share key what we computed.
-        let after = self.verified_chain(id, true)?;
-        if after.head != t_hash
-            || after.server_key != v.new_server_key
-            || after.auth_key != a_pub
-            || after.transfers != chain.transfers + 1
-        {
-            return Err(log_err(
-                "the logged key update is not the one this wallet sent",
-            ));
-        }
-        let coin = OwnerCoin::received(msg, &v, o.clone(), a.clone(), chain.interval, t_hash);
+        let body = json!({"statechain_id": hex::encode(id), "head": hex::encode(v.head), "receiver_auth_key": hex::encode(a_pub.serialize()),
+                "new_server_pubkey": hex::encode(ser33(&v.new_server_key)), "count": v.count, "t2": hex::encode(v.t2.to_bytes()),
+                "auth": Self::auth_json(a, &d)});
+        let coin = OwnerCoin::received(msg, &v, o.clone(), a.clone(), chain.interval, v.head);
         let record = CoinRecord {
             statechain_id: hex::encode(id),
             index,
@@ -1011,22 +1032,73 @@ impl Wallet {
             interval: chain.interval,
             h_init: chain.h_init,
             backups: backups_to_json(&coin.backups),
-            head: hex::encode(t_hash),
-            nonces: after
-                .sessions
-                .iter()
-                .map(|s| hex::encode(s.server_nonce))
-                .collect(),
+            head: String::new(),
+            nonces: Vec::new(),
             status: CoinStatus::Active,
             withdrawal: None,
         };
-        self.save(&record)?;
-        let _ = pinned;
-        Ok(Received {
-            statechain_id: record.statechain_id,
+        // Persist the verified receive before the key update: if the reply
+        // is lost (crash, network), the next `receive` re-sends the same
+        // request, which the SE answers from its record (§3.5), instead of
+        // finding an empty mailbox and a coin that is ours but unknown here.
+        let pending = PendingReceive {
+            record,
+            body,
+            transfers_before: chain.transfers,
             count: v.count,
             blocks_left: v.last_locktime.saturating_sub(facts.tip_height),
             short_lifetime: v.short_lifetime,
+        };
+        let pkey = format!("receiving/{}", hex::encode(id));
+        let sealed = self.seal(
+            &pkey,
+            serde_json::to_string(&pending).map_err(storage)?.as_bytes(),
+        );
+        self.put(&pkey, sealed.as_bytes())?;
+        let _ = pinned;
+        self.complete_receive(client, &pkey, pending)
+    }
+
+    /// Sends a persisted key update (again), checks that it is final, and
+    /// keeps the coin.
+    fn complete_receive(
+        &self,
+        client: &SeClient,
+        pkey: &str,
+        mut p: PendingReceive,
+    ) -> Result<Received, ClientError> {
+        let r = client.post("/v1/transfer/receiver", &p.body)?;
+        let t_hash: LeafHash = h(&r.body["entry"], "leaf_hash")?;
+        let id: StatechainId = hex::decode(&p.record.statechain_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| storage("pending id"))?;
+        let (_, a) = self.keys(p.record.index)?;
+        // Finality: the key update itself under a signed checkpoint, with
+        // the SE's new share key what we computed.
+        let after = self.verified_chain(&id, true)?;
+        if after.head != t_hash
+            || hex::encode(ser33(&after.server_key)) != p.record.server_key
+            || after.auth_key != bip340::xonly_of(&a)
+            || after.transfers != p.transfers_before + 1
+        {
+            return Err(log_err(
+                "the logged key update is not the one this wallet sent",
+            ));
+        }
+        p.record.head = hex::encode(t_hash);
+        p.record.nonces = after
+            .sessions
+            .iter()
+            .map(|s| hex::encode(s.server_nonce))
+            .collect();
+        self.save(&p.record)?;
+        self.remove(pkey)?;
+        Ok(Received {
+            statechain_id: p.record.statechain_id,
+            count: p.count,
+            blocks_left: p.blocks_left,
+            short_lifetime: p.short_lifetime,
         })
     }
 

@@ -1,0 +1,125 @@
+//! statechain.md §9.7 for the key update, through the real wallet: the SE
+//! dies just after (or just before) committing `transfer/receiver`; the
+//! receiver's wallet kept the verified request and completes the receive
+//! against the restarted SE (answered from the SE's record, or applied
+//! then), ending with the coin. Lives with the SE's tests because the crash
+//! hooks are this package's test feature.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bitcoin::absolute::LockTime;
+use bitcoin::consensus::encode::serialize;
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, ScriptBuf, Transaction, TxIn, TxOut};
+use lk_testkit::process::workspace_binary;
+use lk_testkit::statechaind::{statechain_cli, CliOut, Statechaind};
+use serde_json::Value;
+
+const VALUE: u64 = 100_000;
+const TIP: u32 = 500;
+
+struct Env {
+    cli: PathBuf,
+    chain: PathBuf,
+    url: String,
+}
+
+impl Env {
+    fn run(&self, wallet: &Path, args: &[&str]) -> CliOut {
+        let mut all = vec!["--server", self.url.as_str()];
+        all.extend_from_slice(args);
+        statechain_cli(&self.cli, wallet, &self.chain, &all)
+    }
+
+    fn ok(&self, wallet: &Path, args: &[&str]) -> Value {
+        let out = self.run(wallet, args);
+        assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+        serde_json::from_str(&out.stdout).expect("json output")
+    }
+
+    fn set_chain(&self, v: Value) {
+        std::fs::write(&self.chain, v.to_string()).expect("chain file");
+    }
+}
+
+fn regtest_script(addr: &str) -> ScriptBuf {
+    bitcoin::Address::from_str(addr)
+        .expect("address")
+        .require_network(bitcoin::Network::Regtest)
+        .expect("regtest")
+        .script_pubkey()
+}
+
+#[test]
+fn a_crash_around_the_key_update_loses_nothing() {
+    for hook in ["after-commit:t", "before-commit:t"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("se");
+        let se = Statechaind::start(
+            &workspace_binary("statechaind"),
+            &data,
+            &[],
+            &[("STATECHAIND_DANGER_ABORT", hook)],
+        );
+        let mut env = Env {
+            cli: workspace_binary("statechain-cli"),
+            chain: dir.path().join("chain.json"),
+            url: se.url.clone(),
+        };
+        env.set_chain(serde_json::json!({"tip": TIP}));
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for w in [&a, &b] {
+            assert_eq!(
+                statechain_cli(&env.cli, w, &env.chain, &["wallet", "create"]).code,
+                0
+            );
+        }
+        let dep = env.ok(&a, &["deposit", "new", "--amount", &VALUE.to_string()]);
+        let id = dep["statechain_id"].as_str().expect("id").to_string();
+        let tx0 = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn::default()],
+            output: vec![TxOut {
+                value: Amount::from_sat(VALUE),
+                script_pubkey: regtest_script(dep["deposit_address"].as_str().expect("addr")),
+            }],
+        };
+        env.ok(
+            &a,
+            &[
+                "deposit",
+                "sign",
+                &id,
+                "--tx0",
+                &hex::encode(serialize(&tx0)),
+            ],
+        );
+        env.set_chain(
+            serde_json::json!({"tip": TIP + 5, "confirmed": {tx0.compute_txid().to_string(): TIP}}),
+        );
+        let to = env.ok(&b, &["address", "new"])["address"]
+            .as_str()
+            .expect("addr")
+            .to_string();
+        env.ok(&a, &["send", &id, "--to", &to]);
+        let crashed = env.run(&b, &["receive"]);
+        assert_eq!(
+            crashed.code, 1,
+            "{hook}: the SE died mid-receive: {}",
+            crashed.stderr
+        );
+        assert_ne!(se.wait(), Some(0));
+        let se = Statechaind::start(&workspace_binary("statechaind"), &data, &[], &[]);
+        env.url = se.url.clone();
+        let got = env.ok(&b, &["receive"]);
+        assert_eq!(got[0]["statechain_id"], id.as_str(), "{hook}: {got}");
+        assert_eq!(got[0]["count"], 2);
+        assert_eq!(env.ok(&b, &["verify", &id])["verified_backups"], 2);
+        let coins = env.ok(&b, &["coins"]);
+        assert_eq!(coins[0]["status"], "active");
+        // Nothing is left to receive.
+        assert_eq!(env.ok(&b, &["receive"]), serde_json::json!([]));
+    }
+}
