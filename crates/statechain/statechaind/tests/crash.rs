@@ -7,6 +7,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use statechain_core::auth::Op;
@@ -137,4 +138,154 @@ fn crashes_around_the_commit_of_a_transfer_start() {
         hex::encode(next.serialize())
     );
     assert_eq!(entries(&owner, &http), 2);
+}
+
+/// One owner's signing loop state across SE restarts.
+struct Signer {
+    owner: Owner,
+    /// Every `(R_s, c)` whose partial signature this client received.
+    received: Vec<(String, String)>,
+    /// A session attempted whose reply never came.
+    unfinished: Option<([u8; 32], Scalar)>,
+    next: u32,
+}
+
+impl Signer {
+    fn refresh_head(&mut self, http: &Http) -> Result<(), String> {
+        let r = http.get(&format!("/v1/statechain/{}", hex::encode(self.owner.id)));
+        if r.status != 200 {
+            return Err(format!("{:?}", r.body));
+        }
+        self.owner.head = h(&r.body["head"]);
+        Ok(())
+    }
+
+    /// One session; `Err` when the server is gone.
+    fn session(&mut self, http: &Http, com: [u8; 32], c: Scalar) -> Result<(), String> {
+        self.unfinished = Some((com, c.clone()));
+        let r = http.try_post("/v1/sign/first", &self.owner.sign_first_body(com))?;
+        if r.status == 409 && r.body["error"]["code"] == "commitment_reused" {
+            // It completed before the crash; its reply was lost.
+            self.unfinished = None;
+            return self.refresh_head(http);
+        }
+        if r.status != 200 {
+            return Err(format!("sign/first {:?}", r.body));
+        }
+        let r_s = point(&h::<33>(&r.body["server_nonce"])).ok_or("point")?;
+        let r = http.try_post(
+            "/v1/sign/second",
+            &self.owner.sign_second_body(&r_s, com, &c),
+        )?;
+        if r.status != 200 {
+            return Err(format!("sign/second {:?}", r.body));
+        }
+        self.received
+            .push((hex::encode(ser33(&r_s)), hex::encode(c.to_bytes())));
+        self.owner.head = h(&r.body["entry"]["leaf_hash"]);
+        self.unfinished = None;
+        Ok(())
+    }
+
+    fn run(&mut self, http: &Http, done: &std::sync::atomic::AtomicU32) {
+        if self.refresh_head(http).is_err() {
+            return;
+        }
+        if let Some((com, c)) = self.unfinished.clone() {
+            if self.session(http, com, c).is_err() {
+                return;
+            }
+        }
+        loop {
+            self.next += 1;
+            let mut com = [0u8; 32];
+            com[..4].copy_from_slice(&self.next.to_be_bytes());
+            com[4..20].copy_from_slice(&self.owner.id);
+            let c = scalar(((self.next % 200) + 1) as u8);
+            if self.session(http, com, c).is_err() {
+                return;
+            }
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// §9.7: 20 SIGKILLs under load from four coins; afterwards every partial
+/// signature a client received has its `g` entry, and each coin's count
+/// equals its `g` entries.
+#[test]
+fn sigkill_under_load_never_loses_a_released_signature() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("se");
+    let mut signers: Vec<Signer> = {
+        let se = start(&data, &[]);
+        let http = Http::new(&se.url);
+        let id = se_id(&http);
+        (0..4u8)
+            .map(|i| Signer {
+                owner: Owner::deposit(&http, id, 60 + i),
+                received: Vec::new(),
+                unfinished: None,
+                next: 0,
+            })
+            .collect()
+    };
+    for round in 0..20 {
+        let se = start(&data, &[]);
+        let http = Http::new(&se.url);
+        let done = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = signers
+                .iter_mut()
+                .map(|signer| {
+                    let (http, done) = (&http, &done);
+                    s.spawn(move || signer.run(http, done))
+                })
+                .collect();
+            // Kill once the load is flowing (a few signatures in), with
+            // requests in flight.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while done.load(Ordering::SeqCst) < 3 + (round % 5) {
+                assert!(Instant::now() < deadline, "no progress in round {round}");
+                std::thread::yield_now();
+            }
+            se.kill();
+            for h in handles {
+                h.join().expect("client thread");
+            }
+        });
+    }
+    let se = start(&data, &[]);
+    let http = Http::new(&se.url);
+    let mut total = 0;
+    for signer in &signers {
+        let state = signer.owner.state(&http);
+        let mut logged = std::collections::BTreeSet::new();
+        for e in state["entries"].as_array().expect("entries") {
+            let leaf = statechain_core::leaf::Leaf::decode(
+                &hex::decode(e["leaf"].as_str().expect("leaf")).expect("hex"),
+            )
+            .expect("leaf");
+            if let statechain_core::leaf::Body::Signature(g) = leaf.body {
+                logged.insert((
+                    hex::encode(ser33(&g.server_nonce)),
+                    hex::encode(g.challenge.to_bytes()),
+                ));
+            }
+        }
+        assert_eq!(
+            state["count"],
+            logged.len() as u64,
+            "count equals g entries"
+        );
+        for pair in &signer.received {
+            assert!(
+                logged.contains(pair),
+                "a released partial signature has no g entry: {pair:?}"
+            );
+        }
+        total += signer.received.len();
+    }
+    assert!(total >= 60, "the load made progress ({total} signatures)");
 }
