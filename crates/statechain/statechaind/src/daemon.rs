@@ -248,6 +248,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
                 key: verifier,
                 witnesses: Vec::new(),
                 cosigner: None,
+                validator: None,
             },
         )],
     );

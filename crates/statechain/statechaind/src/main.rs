@@ -80,6 +80,17 @@ struct Args {
         default_value_t = 86_400
     )]
     kek_rotate_interval_s: u64,
+    /// `se` (the statechain entity) or `member` (a federation member that
+    /// mirrors and validates an SE's log and serves its read API).
+    #[arg(long, env = "STATECHAIND_ROLE", default_value = "se")]
+    role: String,
+    /// With `--role member`: the SE's log verifier key.
+    #[arg(long, env = "STATECHAIND_FOLLOW")]
+    follow: Option<String>,
+    /// With `--role member`: a sync address to dial (the SE's, other
+    /// members'); repeat for more.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -141,6 +152,32 @@ async fn main() -> anyhow::Result<()> {
                 .join(".lightkeeper/statechaind")
         }
     };
+    if args.role == "member" {
+        let follow = args
+            .follow
+            .clone()
+            .context("--role member needs --follow <the SE's log verifier key>")?;
+        let running = statechaind::member::start_member(statechaind::member::MemberOptions {
+            data_dir: data_dir.clone(),
+            listen: args.listen,
+            sync_listen: args.sync_listen,
+            follow,
+            peers: args.peers.clone(),
+            node_name: format!("member:{}", args.listen),
+        })
+        .await
+        .with_context(|| format!("starting the member in {}", data_dir.display()))?;
+        println!("se_id: {}", running.se_id);
+        println!("sync (LKTL/1) on {}", running.sync_addr);
+        println!("statechaind listening on http://{}/", running.addr);
+        running.serving.await?;
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.role == "se",
+        "--role {:?}: expected se or member",
+        args.role
+    );
     if let Some(Cmd::Kek {
         cmd: KekCmd::Rotate,
     }) = args.cmd

@@ -251,9 +251,9 @@ async fn inbox(State(app): State<Arc<App>>, body: Body) -> Response {
     }
 }
 
-/// The published checkpoint: `(size, note)`.
-fn published(app: &App) -> (u64, String) {
-    match app.node.published().borrow().clone() {
+/// The published checkpoint of `node`: `(size, note)`.
+pub fn published(node: &LogNode<RedbLogStore>) -> (u64, String) {
+    match node.published().borrow().clone() {
         Some(p) => (p.size, String::from_utf8_lossy(&p.note).into_owned()),
         None => (0, String::new()),
     }
@@ -261,9 +261,13 @@ fn published(app: &App) -> (u64, String) {
 
 /// `{"index","leaf","proof"}` for log entry `index`, proven against the
 /// published size (null when newer).
-async fn proven_entry(app: &App, index: u64, size: u64) -> Result<Value, ApiError> {
-    let store = app.node.store();
-    let log = app.node.log_id();
+pub async fn proven_entry(
+    node: &LogNode<RedbLogStore>,
+    index: u64,
+    size: u64,
+) -> Result<Value, ApiError> {
+    let store = node.store();
+    let log = node.log_id();
     let leaf = store
         .entries(log, index, index + 1)
         .await
@@ -290,40 +294,54 @@ async fn statechain(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resp
             .get(&key::coin(&id))?
             .ok_or_else(|| ApiError::not_found("unknown_statechain", "no such statechain"))?;
         let (chain, _) = codec::decode_coin(&row).map_err(|_| ApiError::unavailable())?;
-        let (size, note) = published(&app);
         let rows = app
             .store
             .scan(&key::entries(&id), &key::entries(&id), usize::MAX)?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for (_, v) in rows {
-            let index = u64::from_be_bytes(
+        let indexes = rows
+            .iter()
+            .map(|(_, v)| {
                 v.as_slice()
                     .try_into()
-                    .map_err(|_| ApiError::unavailable())?,
-            );
-            entries.push(proven_entry(&app, index, size).await?);
-        }
-        Ok::<_, ApiError>(json!({
-            "statechain_id": hex::encode(id),
-            "status": if chain.closed { "closed" } else { "active" },
-            "server_pubkey": hex::encode(ser33(&chain.server_key)),
-            "auth_key": hex::encode(chain.auth_key.serialize()),
-            "count": chain.count,
-            "head_seq": chain.head_seq,
-            "head": hex::encode(chain.head),
-            "pending_transfer": chain.pending.as_ref().map(|p| json!({
-                "receiver_auth_key": hex::encode(p.next_auth_key.serialize()),
-                "x1_pub": hex::encode(ser33(&p.x1_pub)),
-            })),
-            "checkpoint": note,
-            "entries": entries,
-        }))
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| ApiError::unavailable())
+            })
+            .collect::<Result<Vec<u64>, ApiError>>()?;
+        coin_view(&app.node, &chain, &indexes).await
     }
     .await;
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /v1/statechain/{id}`'s body: the coin's state and its entries with
+/// inclusion proofs against the published checkpoint (SE and members).
+pub async fn coin_view(
+    node: &LogNode<RedbLogStore>,
+    chain: &statechain_core::rules::CoinChain,
+    indexes: &[u64],
+) -> Result<Value, ApiError> {
+    let (size, note) = published(node);
+    let mut entries = Vec::with_capacity(indexes.len());
+    for index in indexes {
+        entries.push(proven_entry(node, *index, size).await?);
+    }
+    Ok(json!({
+        "statechain_id": hex::encode(chain.statechain_id),
+        "status": if chain.closed { "closed" } else { "active" },
+        "server_pubkey": hex::encode(ser33(&chain.server_key)),
+        "auth_key": hex::encode(chain.auth_key.serialize()),
+        "count": chain.count,
+        "head_seq": chain.head_seq,
+        "head": hex::encode(chain.head),
+        "pending_transfer": chain.pending.as_ref().map(|p| json!({
+            "receiver_auth_key": hex::encode(p.next_auth_key.serialize()),
+            "x1_pub": hex::encode(ser33(&p.x1_pub)),
+        })),
+        "checkpoint": note,
+        "entries": entries,
+    }))
 }
 
 async fn entry(State(app): State<Arc<App>>, Path(leaf_hash): Path<String>) -> Response {
@@ -338,8 +356,8 @@ async fn entry(State(app): State<Arc<App>>, Path(leaf_hash): Path<String>) -> Re
                 .try_into()
                 .map_err(|_| ApiError::unavailable())?,
         );
-        let (size, note) = published(&app);
-        let mut v = proven_entry(&app, index, size).await?;
+        let (size, note) = published(&app.node);
+        let mut v = proven_entry(&app.node, index, size).await?;
         v["checkpoint"] = Value::from(note);
         Ok::<_, ApiError>(v)
     }
@@ -389,7 +407,7 @@ async fn keylist(
                 "head": hex::encode(c.head),
             }));
         }
-        let (_, note) = published(&app);
+        let (_, note) = published(&app.node);
         Ok::<_, ApiError>(json!({
             "checkpoint": note,
             "next": if more { last.map(hex::encode) } else { None },

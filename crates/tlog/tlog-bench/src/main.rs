@@ -296,6 +296,7 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
         key: vkey.clone(),
         witnesses: Vec::new(),
         cosigner: None,
+        validator: None,
     };
     tokio::spawn(
         tlog_node::peer::Peer::new(

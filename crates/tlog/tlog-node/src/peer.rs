@@ -119,8 +119,22 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// A service's rules applied to a followed log's entries before they are
+/// stored (tlog.md §7.6): a member of a federation refuses to mirror (and
+/// so to cosign) a history that is well-formed as a log but invalid for
+/// the service. `check` sees each verified chunk in log order before its
+/// import and may stage state; `committed` follows a successful import.
+pub trait Validator: Send + Sync {
+    /// Judges entries `[start, start + entries.len())`; an error refuses
+    /// the chunk: nothing of it is stored and the peer is treated as
+    /// misbehaving.
+    fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), String>;
+    /// The checked chunk is durable up to `end`.
+    fn committed(&self, end: u64);
+}
+
 /// One log the node serves (its own) or follows (a mirror).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Follow {
     /// The origin's key: every note of the log must carry its signature.
     pub key: VerifierKey,
@@ -130,6 +144,19 @@ pub struct Follow {
     /// This node's mirror cosigner key (tlog.md §5.3): it cosigns a size
     /// only once it has verified and durably stored every entry below it.
     pub cosigner: Option<Arc<SignerKey>>,
+    /// The service's rules, checked before entries are stored.
+    pub validator: Option<Arc<dyn Validator>>,
+}
+
+impl std::fmt::Debug for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follow")
+            .field("key", &self.key)
+            .field("witnesses", &self.witnesses)
+            .field("cosigner", &self.cosigner.is_some())
+            .field("validator", &self.validator.is_some())
+            .finish()
+    }
 }
 
 /// One log inside the peer.
@@ -141,6 +168,8 @@ struct Log<S> {
     keys: Vec<VerifierKey>,
     /// This node's mirror cosigner key, if it cosigns this log.
     cosigner: Option<Arc<SignerKey>>,
+    /// The service's rules for this log's entries.
+    validator: Option<Arc<dyn Validator>>,
     /// One Inv/Evidence handler at a time for this log.
     sync: tokio::sync::Mutex<()>,
     /// Evidence digests already sent to every connected peer.
@@ -311,6 +340,7 @@ impl<S: LogStore> Peer<S> {
                     key: follow.key,
                     keys,
                     cosigner: follow.cosigner,
+                    validator: follow.validator,
                     sync: tokio::sync::Mutex::new(()),
                     evidence_sent: Mutex::new(HashSet::new()),
                 };
@@ -1014,7 +1044,19 @@ impl<S: LogStore> Log<S> {
             )
             .map_err(|e| PeerError::Misbehaved(e.0))?;
             let short = (entries.len() as u32) < asked.count;
+            if let Some(v) = &self.validator {
+                if let Err(e) = v.check(next, &entries) {
+                    tracing::error!(origin = %self.node.origin(), start = next, error = %e,
+                        "entries refused by the service's rules; the mirror stays at the last valid size");
+                    return Err(PeerError::Misbehaved(format!(
+                        "invalid entries from {next}: {e}"
+                    )));
+                }
+            }
             store.import(log, next, entries).await?;
+            if let Some(v) = &self.validator {
+                v.committed(chunk.size());
+            }
             next = chunk.size();
             working = chunk;
             if short {

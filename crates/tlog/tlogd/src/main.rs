@@ -285,6 +285,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             witnesses: trusted.clone(),
             // The origin signs its own log; a mirror cosigns it.
             cosigner: cosigner.clone().filter(|_| !node.is_sequencer()),
+            validator: None,
         },
     )];
     for follow in &args.follow {
@@ -308,6 +309,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
                 key,
                 witnesses: trusted.clone(),
                 cosigner: cosigner.clone(),
+                validator: None,
             },
         ));
     }

@@ -60,6 +60,25 @@ impl Http {
         Self::finish(self.agent.get(&format!("{}{path}", self.url)).call())
     }
 
+    /// `GET` that tolerates a server that is not up yet.
+    pub fn try_get(&self, path: &str) -> Option<Resp> {
+        self.agent
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .ok()
+            .map(|r| Self::finish(Ok(r)))
+    }
+
+    /// `POST` raw bytes with a bearer token.
+    pub fn post_bearer(&self, path: &str, token: &str, body: &[u8]) -> Resp {
+        Self::finish(
+            self.agent
+                .post(&format!("{}{path}", self.url))
+                .header("Authorization", &format!("Bearer {token}"))
+                .send(body),
+        )
+    }
+
     pub fn post_raw(&self, path: &str, body: &[u8]) -> Resp {
         Self::finish(
             self.agent

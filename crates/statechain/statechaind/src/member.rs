@@ -1,0 +1,282 @@
+//! The federation member role (statechain.md §6.1): mirror an SE's public
+//! log over LKTL/1, apply the members' rules (§5.2) to every entry before
+//! it is stored (a [`tlog_node::peer::Validator`]), and serve the read API
+//! from the replica so receivers can cross-check the SE and the record
+//! survives it. Members hold no key material for coins; every `POST` is
+//! `405 read_only`.
+//!
+//! The replica (every coin's state and its entries' log indexes) is kept in
+//! memory and rebuilt from the stored entries at start; a chunk is checked
+//! against a staged copy and adopted once the import is durable.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use statechain_core::leaf::Leaf;
+use statechain_core::rules::Ledger;
+use statechain_core::{SeId, StatechainId};
+use tlog_core::note::VerifierKey;
+use tlog_node::LogNode;
+use tlog_store::{LogStore, RedbLogStore};
+
+use crate::api::{self, ApiError};
+use crate::daemon::StartError;
+
+#[derive(Clone, Default)]
+struct ReplicaState {
+    ledger: Ledger,
+    indexes: BTreeMap<StatechainId, Vec<u64>>,
+    size: u64,
+}
+
+impl ReplicaState {
+    fn apply(&mut self, se_id: &SeId, start: u64, entries: &[Vec<u8>]) -> Result<(), String> {
+        if start != self.size {
+            return Err(format!(
+                "entries from {start}, the replica holds {}",
+                self.size
+            ));
+        }
+        for (i, bytes) in entries.iter().enumerate() {
+            let index = start + i as u64;
+            let leaf = Leaf::decode(bytes).map_err(|e| format!("entry {index}: {e}"))?;
+            self.ledger
+                .apply(&leaf, se_id)
+                .map_err(|e| format!("entry {index}: {e}"))?;
+            self.indexes
+                .entry(leaf.statechain_id)
+                .or_default()
+                .push(index);
+        }
+        self.size = start + entries.len() as u64;
+        Ok(())
+    }
+}
+
+/// The member's view of the SE's coins.
+pub struct Replica {
+    se_id: SeId,
+    current: Mutex<ReplicaState>,
+    staged: Mutex<Option<ReplicaState>>,
+}
+
+impl Replica {
+    fn new(se_id: SeId) -> Replica {
+        Replica {
+            se_id,
+            current: Mutex::new(ReplicaState::default()),
+            staged: Mutex::new(None),
+        }
+    }
+}
+
+impl tlog_node::peer::Validator for Replica {
+    fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), String> {
+        let mut next = self.current.lock().map_err(|_| "poisoned")?.clone();
+        next.apply(&self.se_id, start, entries)?;
+        *self.staged.lock().map_err(|_| "poisoned")? = Some(next);
+        Ok(())
+    }
+
+    fn committed(&self, end: u64) {
+        let staged = self.staged.lock().ok().and_then(|mut s| s.take());
+        if let (Some(next), Ok(mut current)) = (staged, self.current.lock()) {
+            if next.size == end {
+                *current = next;
+            }
+        }
+    }
+}
+
+/// How to start a member.
+#[derive(Clone, Debug)]
+pub struct MemberOptions {
+    /// The database.
+    pub data_dir: PathBuf,
+    /// HTTP (read API and the mirrored tiles).
+    pub listen: SocketAddr,
+    /// LKTL/1.
+    pub sync_listen: SocketAddr,
+    /// The SE's log verifier key.
+    pub follow: String,
+    /// Sync addresses to dial (the SE, other members).
+    pub peers: Vec<String>,
+    /// This node's name on the sync port.
+    pub node_name: String,
+}
+
+/// A running member.
+pub struct RunningMember {
+    /// HTTP address.
+    pub addr: SocketAddr,
+    /// Sync address.
+    pub sync_addr: SocketAddr,
+    /// The followed SE's id.
+    pub se_id: String,
+    /// Ends when the listener fails.
+    pub serving: tokio::task::JoinHandle<()>,
+}
+
+struct MemberApp {
+    node: Arc<LogNode<RedbLogStore>>,
+    replica: Arc<Replica>,
+    info: Value,
+}
+
+/// Opens the member's store, rebuilds the replica and serves.
+pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartError> {
+    let key = VerifierKey::parse(&opts.follow)
+        .map_err(|e| StartError::Config(format!("--follow: {e}")))?;
+    let se_id = statechain_core::hash::sha256(opts.follow.trim().as_bytes());
+    std::fs::create_dir_all(&opts.data_dir)
+        .map_err(|e| StartError::Io(format!("{}: {e}", opts.data_dir.display())))?;
+    let path = opts.data_dir.join("member.redb");
+    let store =
+        Arc::new(RedbLogStore::open(&path).map_err(|e| StartError::Storage(e.to_string()))?);
+    let node = LogNode::mirror(store.clone(), key.name())
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?;
+    let replica = Arc::new(Replica::new(se_id));
+    let size = store
+        .state(node.log_id())
+        .await
+        .map_err(|e| StartError::Storage(e.to_string()))?
+        .size;
+    {
+        let mut state = ReplicaState::default();
+        let mut start = 0;
+        while start < size {
+            let end = (start + 4096).min(size);
+            let entries = store
+                .entries(node.log_id(), start, end)
+                .await
+                .map_err(|e| StartError::Storage(e.to_string()))?;
+            state
+                .apply(&se_id, start, &entries)
+                .map_err(|e| StartError::Storage(format!("stored entries fail the rules: {e}")))?;
+            start = end;
+        }
+        *replica
+            .current
+            .lock()
+            .map_err(|_| StartError::Storage("poisoned".into()))? = state;
+    }
+    let sync = tokio::net::TcpListener::bind(opts.sync_listen)
+        .await
+        .map_err(|e| StartError::Io(format!("{}: {e}", opts.sync_listen)))?;
+    let sync_addr = sync
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let federation = tlog_node::peer::Peer::new(
+        tlog_node::peer::Config {
+            name: opts.node_name.clone(),
+            peers: opts.peers.clone(),
+            limits: tlog_node::peer::Limits::default(),
+        },
+        vec![(
+            node.clone(),
+            tlog_node::peer::Follow {
+                key: key.clone(),
+                witnesses: Vec::new(),
+                cosigner: None,
+                validator: Some(replica.clone()),
+            },
+        )],
+    );
+    tokio::spawn(federation.run(sync));
+    let app = Arc::new(MemberApp {
+        node: node.clone(),
+        replica,
+        info: json!({
+            "protocol": "lk-statechain/1",
+            "role": "member",
+            "se_id": hex::encode(se_id),
+            "log": {"origin": key.name(), "vkey": opts.follow.trim()},
+        }),
+    });
+    let origin_path = key
+        .name()
+        .split_once('/')
+        .map_or(String::new(), |(_, p)| format!("/{p}"));
+    let log = node.clone().router(None, 200);
+    let api = Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/statechain/{id}", get(statechain))
+        .fallback(read_only)
+        .with_state(app);
+    let router = if origin_path.is_empty() {
+        api.merge(log)
+    } else {
+        api.nest(&origin_path, log)
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| StartError::Io(format!("{}: {e}", opts.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let serving = tokio::spawn(async move {
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "member listener failed");
+        }
+    });
+    Ok(RunningMember {
+        addr,
+        sync_addr,
+        se_id: hex::encode(se_id),
+        serving,
+    })
+}
+
+async fn info(State(app): State<Arc<MemberApp>>) -> Json<Value> {
+    Json(app.info.clone())
+}
+
+async fn read_only(method: axum::http::Method) -> Response {
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        ApiError::not_found("not_found", "no such resource").into_response()
+    } else {
+        ApiError::new(
+            405,
+            "read_only",
+            "a federation member serves the read API only",
+            false,
+        )
+        .into_response()
+    }
+}
+
+async fn statechain(State(app): State<Arc<MemberApp>>, Path(id): Path<String>) -> Response {
+    let r = async {
+        let id = api::hex_n::<16>("statechain_id", &id)?;
+        let (chain, indexes) = {
+            let state = app
+                .replica
+                .current
+                .lock()
+                .map_err(|_| ApiError::unavailable())?;
+            let chain = state.ledger.coin(&id).cloned().ok_or_else(|| {
+                ApiError::not_found("unknown_statechain", "no such statechain in this replica")
+            })?;
+            (chain, state.indexes.get(&id).cloned().unwrap_or_default())
+        };
+        crate::server::coin_view(&app.node, &chain, &indexes).await
+    }
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

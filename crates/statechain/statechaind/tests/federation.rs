@@ -1,0 +1,251 @@
+//! statechain.md §6 with real processes: a member follows the SE's log over
+//! LKTL/1, applies the members' rules before storing, serves the coin's
+//! state (equal to the SE's, with proofs under the SE's checkpoint) and
+//! refuses writes; its sync port greets humans like the SE's.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{scalar, se_id, start, start_with, Http, Owner};
+
+/// Polls `f` until it returns `Some` (the member catches up on its own
+/// schedule: checkpoint, Inv, fetch), failing after 30 s.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_member_mirrors_validates_and_serves_the_se_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let se = start(&dir.path().join("se"), &[]);
+    let http = Http::new(&se.url);
+    let info = http.get("/v1/info").body;
+    let vkey = info["log"]["vkey"].as_str().expect("vkey").to_string();
+    let member = start_with(
+        &dir.path().join("member"),
+        &[
+            "--role",
+            "member",
+            "--follow",
+            &vkey,
+            "--peer",
+            &se.sync_addr,
+        ],
+    );
+    let mhttp = Http::new(&member.url);
+    assert_eq!(mhttp.get("/v1/info").body["se_id"], info["se_id"]);
+
+    let mut owner = Owner::deposit(&http, se_id(&http), 81);
+    for i in 0..5u8 {
+        owner.sign(&http, [i + 1; 32], &scalar(0x40 + i));
+    }
+    let se_view = owner.state(&http);
+    assert_eq!(se_view["count"], 5);
+    let path = format!("/v1/statechain/{}", hex::encode(owner.id));
+    let member_view = eventually("the member to hold the coin's six entries", || {
+        let r = mhttp.get(&path);
+        (r.status == 200
+            && r.body["count"] == 5
+            && r.body["entries"]
+                .as_array()
+                .is_some_and(|e| e.iter().all(|x| !x["proof"].is_null())))
+        .then_some(r.body)
+    });
+    for field in [
+        "count",
+        "head",
+        "head_seq",
+        "server_pubkey",
+        "auth_key",
+        "status",
+    ] {
+        assert_eq!(member_view[field], se_view[field], "{field}");
+    }
+    let leaves = |v: &serde_json::Value| {
+        v["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["leaf"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(leaves(&member_view), leaves(&se_view));
+    // The member's checkpoint is the SE's signed note.
+    assert!(member_view["checkpoint"]
+        .as_str()
+        .expect("note")
+        .contains("localhost/statechain/se1"));
+    // Members are read-only.
+    let r = mhttp.post("/v1/sign/first", &owner.sign_first_body([9; 32]));
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (405, Some("read_only"))
+    );
+    let r = mhttp.post("/v1/tokens", &json!({}));
+    assert_eq!(r.status, 405);
+
+    // A restarted member rebuilds its replica from its own store.
+    drop(member);
+    let member = start_with(
+        &dir.path().join("member"),
+        &["--role", "member", "--follow", &vkey],
+    );
+    let r = Http::new(&member.url).get(&path);
+    assert_eq!(r.body["count"], 5, "{:?}", r.body);
+
+    // `nc` on the member's sync port: the banner names the SE's log.
+    let mut s = std::net::TcpStream::connect(&member.sync_addr).expect("sync port");
+    s.write_all(b"\n").expect("enter");
+    let mut text = String::new();
+    let mut r = BufReader::new(s);
+    while r.read_line(&mut text).unwrap_or(0) > 0 {}
+    assert!(text.contains("localhost/statechain/se1"), "{text}");
+}
+
+/// Kills the child when dropped.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An SE whose log key signs whatever it is given (a `tlogd` log under the
+/// SE's origin, fed by hand): a member stores the valid opening entry and
+/// refuses a signature entry whose authorisation is forged, staying at the
+/// last valid size.
+#[test]
+fn a_member_refuses_entries_that_break_the_rules() {
+    use statechain_core::bip340;
+    use statechain_core::leaf::{Body, Leaf, Open, Signature};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logdir = dir.path().join("evil");
+    let (http_port, sync_port) = (free_port(), free_port());
+    let _evil = Guard(
+        std::process::Command::new(lk_testkit::process::workspace_binary("tlogd"))
+            .args([
+                "--data-dir",
+                logdir.to_str().expect("utf8"),
+                "--origin",
+                "localhost/statechain/se1",
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{http_port}"),
+                "--sync-listen",
+                &format!("127.0.0.1:{sync_port}"),
+            ])
+            .args(["--checkpoint-interval-ms", "100"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tlogd"),
+    );
+    let evil = Http::new(&format!("http://127.0.0.1:{http_port}"));
+    eventually("tlogd to serve", || {
+        (evil.try_get("/checkpoint").is_some_and(|r| r.status == 200)).then_some(())
+    });
+    let vkey = std::fs::read_to_string(logdir.join("vkey"))
+        .expect("vkey")
+        .trim()
+        .to_string();
+    let token = std::fs::read_to_string(logdir.join("append-token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let se_id = statechain_core::hash::sha256(vkey.as_bytes());
+    let add = |leaf: &Leaf| {
+        let r = evil.post_bearer("/add", &token, &leaf.encode());
+        assert!(r.status < 300, "{:?}", r.body);
+    };
+
+    let a = scalar(0x51);
+    let mut open = Leaf {
+        statechain_id: [5; 16],
+        seq: 0,
+        prev: [0; 32],
+        body: Body::Open(Open {
+            server_key: scalar(3).public(),
+            auth_key: bip340::xonly_of(&a),
+            token_hash: [1; 32],
+            h_init: 2000,
+            interval: 10,
+            policy: 1,
+            auth_sig: [0; 64],
+        }),
+    };
+    let d = open.auth_digest(&se_id);
+    if let Body::Open(o) = &mut open.body {
+        o.auth_sig = bip340::sign(&a, &d, &[0; 32]);
+    }
+    add(&open);
+    let member = start_with(
+        &dir.path().join("member"),
+        &[
+            "--role",
+            "member",
+            "--follow",
+            &vkey,
+            "--peer",
+            &format!("127.0.0.1:{sync_port}"),
+        ],
+    );
+    let mhttp = Http::new(&member.url);
+    let path = format!("/v1/statechain/{}", hex::encode([5u8; 16]));
+    eventually("the member to store the opening entry", || {
+        let r = mhttp.get(&path);
+        (r.status == 200).then_some(())
+    });
+
+    // A signature entry authorised by someone else's key.
+    let mut forged = Leaf {
+        statechain_id: [5; 16],
+        seq: 1,
+        prev: open.hash(),
+        body: Body::Signature(Signature {
+            n: 1,
+            server_nonce: scalar(4).public(),
+            commitment: [2; 32],
+            challenge: scalar(5),
+            auth_sig: [0; 64],
+        }),
+    };
+    let d = forged.auth_digest(&se_id);
+    if let Body::Signature(g) = &mut forged.body {
+        g.auth_sig = bip340::sign(&scalar(0x52), &d, &[0; 32]);
+    }
+    add(&forged);
+    eventually("the member to refuse the forged entry", || {
+        member
+            .log()
+            .contains("refused by the service's rules")
+            .then_some(())
+    });
+    let r = mhttp.get(&path);
+    assert_eq!(r.body["count"], 0, "{:?}", r.body);
+    assert_eq!(
+        r.body["entries"].as_array().map(Vec::len),
+        Some(1),
+        "the mirror stays at the last valid size"
+    );
+}
