@@ -5,7 +5,7 @@
 //! each receive verified and final; then the CLI's refusals.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use bitcoin::absolute::LockTime;
@@ -13,56 +13,12 @@ use bitcoin::consensus::encode::{deserialize, serialize};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 use lk_testkit::process::workspace_binary;
-use lk_testkit::statechaind::{statechain_cli, CliOut, Statechaind};
+use lk_testkit::statechaind::{statechain_cli, CliEnv, Statechaind};
 use serde_json::Value;
+use statechain_core::consensus::verify_spend;
 
 const VALUE: u64 = 100_000;
 const TIP: u32 = 500;
-
-struct Env {
-    cli: PathBuf,
-    chain: PathBuf,
-    url: String,
-}
-
-impl Env {
-    fn run(&self, wallet: &Path, args: &[&str]) -> CliOut {
-        let mut all = vec!["--server", self.url.as_str()];
-        all.extend_from_slice(args);
-        statechain_cli(&self.cli, wallet, &self.chain, &all)
-    }
-
-    fn ok(&self, wallet: &Path, args: &[&str]) -> Value {
-        let out = self.run(wallet, args);
-        assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
-        serde_json::from_str(&out.stdout).expect("json output")
-    }
-
-    fn set_chain(&self, v: Value) {
-        std::fs::write(&self.chain, v.to_string()).expect("chain file");
-    }
-}
-
-fn verify_spend(prevouts: &[TxOut], tx: &Transaction, index: usize) -> Result<(), String> {
-    let raw = serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|o| bitcoinconsensus::Utxo {
-            script_pubkey: o.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: o.script_pubkey.len() as u32,
-            value: o.value.to_sat() as i64,
-        })
-        .collect();
-    bitcoinconsensus::verify_with_flags(
-        prevouts[index].script_pubkey.as_bytes(),
-        prevouts[index].value.to_sat(),
-        &raw,
-        Some(&utxos),
-        index,
-        bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
-    )
-    .map_err(|e| format!("{e:?}"))
-}
 
 fn tx_of(v: &Value) -> Transaction {
     deserialize(&hex::decode(v.as_str().expect("hex string")).expect("hex")).expect("tx")
@@ -85,7 +41,7 @@ fn deposit_transfers_and_withdrawal_with_real_processes() {
         &[],
         &[],
     );
-    let env = Env {
+    let env = CliEnv {
         cli: workspace_binary("statechain-cli"),
         chain: dir.path().join("chain.json"),
         url: se.url.clone(),
@@ -238,7 +194,7 @@ fn refusals_name_their_reason() {
         &[],
         &[],
     );
-    let env = Env {
+    let env = CliEnv {
         cli: workspace_binary("statechain-cli"),
         chain: dir.path().join("chain.json"),
         url: se.url.clone(),

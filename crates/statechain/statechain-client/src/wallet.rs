@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use statechain_core::address::{Address, Net};
 use statechain_core::auth::{self, Op};
 use statechain_core::bip340;
+use statechain_core::consensus::Consensus;
 use statechain_core::cosign::{CoinKey, Opening, OwnerSession};
 use statechain_core::leaf::Leaf;
 use statechain_core::message::{
@@ -79,34 +80,6 @@ fn h<const N: usize>(v: &Value, field: &str) -> Result<[u8; N], ClientError> {
         .and_then(|s| hex::decode(s).ok())
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| log_err(format!("reply field {field} missing or malformed")))
-}
-
-/// `bitcoinconsensus` with taproot rules (§4.5 step 7).
-struct Consensus;
-
-impl ScriptCheck for Consensus {
-    fn verify_input(
-        &self,
-        spent: &bitcoin::TxOut,
-        tx: &Transaction,
-        index: usize,
-    ) -> Result<(), String> {
-        let raw = serialize(tx);
-        let utxo = bitcoinconsensus::Utxo {
-            script_pubkey: spent.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: spent.script_pubkey.len() as u32,
-            value: spent.value.to_sat() as i64,
-        };
-        bitcoinconsensus::verify_with_flags(
-            spent.script_pubkey.as_bytes(),
-            spent.value.to_sat(),
-            &raw,
-            Some(&[utxo]),
-            index,
-            bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
-        )
-        .map_err(|e| format!("{e:?}"))
-    }
 }
 
 /// Where a coin is in its life.

@@ -23,6 +23,8 @@
 pub mod address;
 pub mod auth;
 pub mod bip340;
+#[cfg(feature = "consensus")]
+pub mod consensus;
 pub mod cosign;
 pub mod hash;
 pub mod keyupdate;

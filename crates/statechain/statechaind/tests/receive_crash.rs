@@ -5,7 +5,6 @@
 //! then), ending with the coin. Lives with the SE's tests because the crash
 //! hooks are this package's test feature.
 
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use bitcoin::absolute::LockTime;
@@ -13,35 +12,10 @@ use bitcoin::consensus::encode::serialize;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, ScriptBuf, Transaction, TxIn, TxOut};
 use lk_testkit::process::workspace_binary;
-use lk_testkit::statechaind::{statechain_cli, CliOut, Statechaind};
-use serde_json::Value;
+use lk_testkit::statechaind::{statechain_cli, CliEnv, Statechaind};
 
 const VALUE: u64 = 100_000;
 const TIP: u32 = 500;
-
-struct Env {
-    cli: PathBuf,
-    chain: PathBuf,
-    url: String,
-}
-
-impl Env {
-    fn run(&self, wallet: &Path, args: &[&str]) -> CliOut {
-        let mut all = vec!["--server", self.url.as_str()];
-        all.extend_from_slice(args);
-        statechain_cli(&self.cli, wallet, &self.chain, &all)
-    }
-
-    fn ok(&self, wallet: &Path, args: &[&str]) -> Value {
-        let out = self.run(wallet, args);
-        assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
-        serde_json::from_str(&out.stdout).expect("json output")
-    }
-
-    fn set_chain(&self, v: Value) {
-        std::fs::write(&self.chain, v.to_string()).expect("chain file");
-    }
-}
 
 fn regtest_script(addr: &str) -> ScriptBuf {
     bitcoin::Address::from_str(addr)
@@ -62,7 +36,7 @@ fn a_crash_around_the_key_update_loses_nothing() {
             &[],
             &[("STATECHAIND_DANGER_ABORT", hook)],
         );
-        let mut env = Env {
+        let mut env = CliEnv {
             cli: workspace_binary("statechain-cli"),
             chain: dir.path().join("chain.json"),
             url: se.url.clone(),

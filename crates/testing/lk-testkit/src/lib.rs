@@ -1638,6 +1638,37 @@ pub mod statechaind {
         }
     }
 
+    /// The wallet CLI against one SE with one mock-chain file.
+    pub struct CliEnv {
+        /// The `statechain-cli` binary.
+        pub cli: std::path::PathBuf,
+        /// The mock chain's JSON file.
+        pub chain: std::path::PathBuf,
+        /// The SE (`--server`).
+        pub url: String,
+    }
+
+    impl CliEnv {
+        /// Runs the CLI on `wallet` with `--server`.
+        pub fn run(&self, wallet: &Path, args: &[&str]) -> CliOut {
+            let mut all = vec!["--server", self.url.as_str()];
+            all.extend_from_slice(args);
+            statechain_cli(&self.cli, wallet, &self.chain, &all)
+        }
+
+        /// Runs it and requires success; its JSON output.
+        pub fn ok(&self, wallet: &Path, args: &[&str]) -> serde_json::Value {
+            let out = self.run(wallet, args);
+            assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+            serde_json::from_str(&out.stdout).expect("json output")
+        }
+
+        /// Replaces the mock chain's state.
+        pub fn set_chain(&self, v: serde_json::Value) {
+            std::fs::write(&self.chain, v.to_string()).expect("chain file");
+        }
+    }
+
     /// Runs `statechain-cli` (`bin`) on wallet `wallet` with the mock chain
     /// `chain` and `--json`, plus `args`.
     pub fn statechain_cli(bin: &Path, wallet: &Path, chain: &Path, args: &[&str]) -> CliOut {

@@ -1,45 +1,14 @@
 //! Shared test support: script verification by `bitcoinconsensus` (Bitcoin
-//! Core 26's interpreter, code no one here wrote) and a funding transaction.
+//! Core 26's interpreter, code no one here wrote, via the `consensus`
+//! feature) and a funding transaction.
 #![allow(dead_code)]
 
 use bitcoin::absolute::LockTime;
-use bitcoin::consensus::encode::serialize;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
-use statechain_core::verify::ScriptCheck;
 
-/// `bitcoinconsensus` with taproot rules.
-pub struct Consensus;
-
-impl ScriptCheck for Consensus {
-    fn verify_input(&self, spent: &TxOut, tx: &Transaction, index: usize) -> Result<(), String> {
-        verify_spend(std::slice::from_ref(spent), tx, index)
-    }
-}
-
-/// Verifies input `index` of `tx` spending `prevouts[index]`, with every
-/// prevout given (taproot sighashes commit to all of them).
-pub fn verify_spend(prevouts: &[TxOut], tx: &Transaction, index: usize) -> Result<(), String> {
-    let raw = serialize(tx);
-    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
-        .iter()
-        .map(|o| bitcoinconsensus::Utxo {
-            script_pubkey: o.script_pubkey.as_bytes().as_ptr(),
-            script_pubkey_len: o.script_pubkey.len() as u32,
-            value: o.value.to_sat() as i64,
-        })
-        .collect();
-    let spent = &prevouts[index];
-    bitcoinconsensus::verify_with_flags(
-        spent.script_pubkey.as_bytes(),
-        spent.value.to_sat(),
-        &raw,
-        Some(&utxos),
-        index,
-        bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
-    )
-    .map_err(|e| format!("{e:?}"))
-}
+#[allow(unused_imports)]
+pub use statechain_core::consensus::{verify_spend, Consensus};
 
 /// A funding transaction paying `value` to `script` at output `vout`
 /// (other outputs pay an unrelated script).
