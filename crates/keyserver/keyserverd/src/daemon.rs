@@ -18,8 +18,7 @@ use ks_core::entry::Entry;
 use ks_core::rules::Kind;
 use rand::RngCore;
 use tlog_core::note::{KeyType, SignerKey};
-use tlog_node::LogNode;
-use tlog_store::{LogOptions, LogStore, RedbLogStore};
+use tlog_store::LogStore;
 
 use crate::server::{Config, Keyserver};
 use crate::store::{KsStore, SequencerConfig};
@@ -101,28 +100,15 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let key = load_or_create_key(&opts.data_dir, &origin)?;
     let signer = key.signing_key().clone();
     let path = opts.data_dir.join("keyserver.redb");
-    let db = Arc::new(
-        redb::Database::create(&path)
-            .map_err(|e| StartError::Storage(format!("{}: {e}", path.display())))?,
-    );
-    let store = Arc::new(
-        RedbLogStore::open_shared(db.clone(), &path)
-            .map_err(|e| StartError::Storage(e.to_string()))?,
-    );
-    let node = LogNode::start(
-        store.clone(),
-        key,
-        LogOptions::default(),
-        opts.checkpoint_interval,
-        tlog_node::submit::Publish::default(),
-    )
-    .await
-    .map_err(|e| StartError::Storage(e.to_string()))?;
-    let log = node.log_id();
-    let state = store
-        .state(log)
+    let tlog_node::shared::SharedRedbLog {
+        db,
+        store,
+        node,
+        state,
+    } = tlog_node::shared::open(&path, key, opts.checkpoint_interval)
         .await
-        .map_err(|e| StartError::Storage(e.to_string()))?;
+        .map_err(StartError::Storage)?;
+    let log = node.log_id();
     let h_last = if state.size == 0 {
         ks_core::entry::GENESIS_PREV
     } else {

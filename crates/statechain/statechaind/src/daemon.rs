@@ -12,8 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use statechain_core::se::Policy;
 use tlog_core::note::KeyType;
-use tlog_node::LogNode;
-use tlog_store::{LogOptions, LogStore, RedbLogStore};
+use tlog_store::LogStore;
 
 use crate::seal::Kek;
 use crate::server::{App, TokenBackend};
@@ -136,29 +135,16 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let vkey = key.verifier().to_string();
     let se_id = statechain_core::hash::sha256(vkey.as_bytes());
     let path = opts.data_dir.join("statechain.redb");
-    let db = Arc::new(
-        redb::Database::create(&path)
-            .map_err(|e| StartError::Storage(format!("{}: {e}", path.display())))?,
-    );
-    let kek = Arc::new(open_kek(&opts.data_dir, &db)?);
-    let store = Arc::new(
-        RedbLogStore::open_shared(db.clone(), &path)
-            .map_err(|e| StartError::Storage(e.to_string()))?,
-    );
-    let node = LogNode::start(
-        store.clone(),
-        key,
-        LogOptions::default(),
-        opts.checkpoint_interval,
-        tlog_node::submit::Publish::default(),
-    )
-    .await
-    .map_err(|e| StartError::Storage(e.to_string()))?;
-    let log = node.log_id();
-    let state = store
-        .state(log)
+    let tlog_node::shared::SharedRedbLog {
+        db,
+        store,
+        node,
+        state,
+    } = tlog_node::shared::open(&path, key, opts.checkpoint_interval)
         .await
-        .map_err(|e| StartError::Storage(e.to_string()))?;
+        .map_err(StartError::Storage)?;
+    let log = node.log_id();
+    let kek = Arc::new(open_kek(&opts.data_dir, &db)?);
     // §5.4 rule 5: every coin's head is the log entry its row names.
     for (id, index, head) in crate::store::coin_heads(&db).map_err(StartError::Storage)? {
         let name = hex::encode(id);

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 pub mod keyfile;
 pub mod peer;
+pub mod shared;
 pub mod submit;
 pub mod witness;
 
