@@ -152,7 +152,9 @@ struct Signer {
 
 impl Signer {
     fn refresh_head(&mut self, http: &Http) -> Result<(), String> {
-        let r = http.get(&format!("/v1/statechain/{}", hex::encode(self.owner.id)));
+        let r = http
+            .try_get(&format!("/v1/statechain/{}", hex::encode(self.owner.id)))
+            .ok_or("the server is gone")?;
         if r.status != 200 {
             return Err(format!("{:?}", r.body));
         }

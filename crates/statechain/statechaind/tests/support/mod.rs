@@ -40,7 +40,12 @@ impl Http {
     }
 
     fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp {
-        let mut r = r.expect("request");
+        Self::read(r).expect("request")
+    }
+
+    /// The reply, or the transport error (a server that died mid-request).
+    fn read(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
+        let mut r = r.map_err(|e| e.to_string())?;
         let status = r.status().as_u16();
         let replay = r.headers().get("LK-Replay").is_some_and(|v| v == "1");
         let text = r
@@ -48,12 +53,12 @@ impl Http {
             .with_config()
             .limit(64 << 20)
             .read_to_string()
-            .expect("body");
-        Resp {
+            .map_err(|e| e.to_string())?;
+        Ok(Resp {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
             replay,
-        }
+        })
     }
 
     pub fn get(&self, path: &str) -> Resp {
@@ -62,11 +67,7 @@ impl Http {
 
     /// `GET` that tolerates a server that is not up yet.
     pub fn try_get(&self, path: &str) -> Option<Resp> {
-        self.agent
-            .get(&format!("{}{path}", self.url))
-            .call()
-            .ok()
-            .map(|r| Self::finish(Ok(r)))
+        Self::read(self.agent.get(&format!("{}{path}", self.url)).call()).ok()
     }
 
     /// `POST` raw bytes with a bearer token.
@@ -94,15 +95,12 @@ impl Http {
 
     /// The send result without expecting success (a crashed server).
     pub fn try_post(&self, path: &str, body: &Value) -> Result<Resp, String> {
-        match self
-            .agent
-            .post(&format!("{}{path}", self.url))
-            .header("Content-Type", "application/json")
-            .send(body.to_string().as_bytes())
-        {
-            Ok(r) => Ok(Self::finish(Ok(r))),
-            Err(e) => Err(e.to_string()),
-        }
+        Self::read(
+            self.agent
+                .post(&format!("{}{path}", self.url))
+                .header("Content-Type", "application/json")
+                .send(body.to_string().as_bytes()),
+        )
     }
 }
 
