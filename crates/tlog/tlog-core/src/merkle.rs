@@ -374,6 +374,113 @@ pub fn consistency_proof<S: NodeSource>(
     Ok(Ok(proof))
 }
 
+/// The node ranges `[lo, hi)` of tree `new` that PROOF(`old`, `new`)
+/// holds, in proof order (RFC order, leaf-up). Depends on the sizes only.
+fn consistency_ranges(old: u64, new: u64) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    if old == 0 || old >= new {
+        return ranges;
+    }
+    let (mut lo, mut hi, mut m, mut whole) = (0u64, new, old, true);
+    loop {
+        if m == hi - lo {
+            if !whole {
+                ranges.push((lo, hi));
+            }
+            break;
+        }
+        let k = split(hi - lo);
+        if m <= k {
+            ranges.push((lo + k, hi));
+            hi = lo + k;
+        } else {
+            ranges.push((lo, lo + k));
+            lo += k;
+            m -= k;
+            whole = false;
+        }
+    }
+    ranges.reverse();
+    ranges
+}
+
+/// PATH(`index`, D[0:`new`]) for a node that holds the tree only below
+/// `old` (`src` answers nodes inside `[0, old)`) and a consistency proof
+/// `old` → `new` that it verified. This is how a follower that refused an
+/// entry of a verified chunk proves, under the signed checkpoint it was
+/// announced with, exactly which entry it refused (tlog.md §7.6) without
+/// holding the rest of the tree: every node of the larger tree is either
+/// inside `[0, old)`, one the consistency proof carries, or the parent of
+/// such nodes.
+pub fn inclusion_proof_beyond<S: NodeSource>(
+    src: &S,
+    index: u64,
+    old: u64,
+    new: u64,
+    consistency: &[Hash],
+) -> Result<Result<Vec<Hash>, ProofError>, S::Error> {
+    if index >= old || old > new {
+        return Ok(Err(ProofError::IndexOutOfRange { index, size: old }));
+    }
+    if old == new {
+        return inclusion_proof(src, index, new);
+    }
+    let ranges = consistency_ranges(old, new);
+    if ranges.len() != consistency.len() {
+        return Ok(Err(ProofError::WrongLength));
+    }
+    let known: std::collections::HashMap<(u64, u64), Hash> =
+        ranges.into_iter().zip(consistency.iter().copied()).collect();
+    fn hash_of<S: NodeSource>(
+        src: &S,
+        known: &std::collections::HashMap<(u64, u64), Hash>,
+        old: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Result<Hash, ProofError>, S::Error> {
+        if hi <= old {
+            return subtree_root(src, lo, hi).map(Ok);
+        }
+        if let Some(h) = known.get(&(lo, hi)) {
+            return Ok(Ok(*h));
+        }
+        if hi - lo < 2 {
+            return Ok(Err(ProofError::WrongLength));
+        }
+        let k = split(hi - lo);
+        let left = match hash_of(src, known, old, lo, lo + k)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let right = match hash_of(src, known, old, lo + k, hi)? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(node_hash(&left, &right)))
+    }
+    let mut proof = Vec::new();
+    let (mut lo, mut hi, mut m) = (0u64, new, index);
+    while hi - lo > 1 {
+        let k = split(hi - lo);
+        let sibling = if m < k {
+            let s = hash_of(src, &known, old, lo + k, hi)?;
+            hi = lo + k;
+            s
+        } else {
+            let s = hash_of(src, &known, old, lo, lo + k)?;
+            lo += k;
+            m -= k;
+            s
+        };
+        match sibling {
+            Ok(h) => proof.push(h),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    proof.reverse();
+    Ok(Ok(proof))
+}
+
 /// A whole tree in memory: every level's complete nodes. For tests,
 /// oracles and small logs; stores use tiles.
 #[derive(Debug, Clone, Default)]

@@ -176,3 +176,46 @@ proptest! {
         prop_assert_eq!(again, range);
     }
 }
+
+/// Answers only nodes inside `[0, old)`: what a follower holds below a
+/// chunk it refused.
+struct Below<'a> {
+    tree: &'a MemoryTree,
+    old: u64,
+}
+
+impl merkle::NodeSource for Below<'_> {
+    type Error = String;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, String> {
+        let end = (index + 1) << level;
+        if end > self.old {
+            return Err(format!("node {level}/{index} is beyond {}", self.old));
+        }
+        merkle::NodeSource::node(self.tree, level, index).map_err(|e| match e {})
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(0x1d), ..ProptestConfig::default() })]
+
+    /// PATH(i, N) rebuilt from the nodes below `old` and PROOF(old, N)
+    /// equals the PATH ct-merkle computes from the whole tree.
+    #[test]
+    fn paths_beyond_what_is_held_match_ct_merkle(entries in entries(), pick in any::<u64>(), old_pick in any::<u64>()) {
+        let (ours, theirs) = both(&entries);
+        let n = entries.len() as u64;
+        let old = 1 + old_pick % n;
+        let index = pick % old;
+        let consistency = merkle::consistency_proof(&ours, old, n).expect("ok").expect("ok");
+        let below = Below { tree: &ours, old };
+        let path = merkle::inclusion_proof_beyond(&below, index, old, n, &consistency)
+            .expect("only nodes below old are read")
+            .expect("a proof");
+        prop_assert_eq!(flat(&path), theirs.prove_inclusion(index as usize).as_bytes().to_vec());
+        // A proof of the wrong length, or an index not held, is refused.
+        if !consistency.is_empty() {
+            prop_assert!(merkle::inclusion_proof_beyond(&below, index, old, n, &consistency[1..]).expect("ok").is_err());
+        }
+        prop_assert!(merkle::inclusion_proof_beyond(&below, old, old, n, &consistency).expect("ok").is_err());
+    }
+}
