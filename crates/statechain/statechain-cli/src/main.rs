@@ -1,7 +1,8 @@
 //! `statechain-cli`: a statechain wallet (statechain.md §7.3). Every
 //! transaction it produces is printed as raw hex for any wallet or node to
 //! broadcast. Exit status: 0 ok, 1 error, 2 usage, 3 coin refused by
-//! verification (the failed check named), 4 SE conflict (409).
+//! verification (the failed check named) or evidence that proves nothing,
+//! 4 SE conflict (409).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,16 @@ enum Cmd {
     Backup {
         #[command(subcommand)]
         cmd: BackupCmd,
+    },
+    /// Checks evidence offline: a member's alert (`GET /v1/alerts`, one
+    /// alert's JSON) or a log equivocation (LKEV, raw or base64). Exit 0 iff
+    /// it proves misbehaviour, 3 if it does not.
+    VerifyEvidence {
+        /// The evidence file.
+        file: PathBuf,
+        /// The SE's log verifier key [default: the pinned SE's].
+        #[arg(long)]
+        vkey: Option<String>,
     },
 }
 
@@ -201,12 +212,25 @@ fn run(cli: Cli) -> Result<serde_json::Value, ClientError> {
         .chain
         .clone()
         .unwrap_or_else(|| format!("mock:{}", dir.join("mockchain.json").display()));
+    if let Cmd::VerifyEvidence {
+        file,
+        vkey: Some(vkey),
+    } = &cli.cmd
+    {
+        return verify_evidence(file, vkey);
+    }
     let mut w = Wallet::open(&dir, chain(&spec)?)?;
     if let Some(url) = &cli.server {
         w.pin(url)?;
     }
+    if let Cmd::VerifyEvidence { file, vkey: None } = &cli.cmd {
+        let vkey = w
+            .pinned_vkey()
+            .ok_or_else(|| ClientError::Usage("no SE pinned: pass --vkey".into()))?;
+        return verify_evidence(file, &vkey);
+    }
     Ok(match cli.cmd {
-        Cmd::Wallet { .. } => unreachable!("handled above"),
+        Cmd::Wallet { .. } | Cmd::VerifyEvidence { .. } => unreachable!("handled above"),
         Cmd::Address { cmd: AddressCmd::New } => json!({"address": w.new_address()?}),
         Cmd::Info => json!({"network": format!("{}", w.network()), "coins": w.coins()?.len()}),
         Cmd::Coins => serde_json::to_value(w.coins()?.iter().map(|c| json!({
@@ -251,6 +275,41 @@ fn run(cli: Cli) -> Result<serde_json::Value, ClientError> {
     })
 }
 
+/// `verify-evidence`: an alert (JSON) or LKEV evidence (raw or base64)
+/// under the SE's log key; not proving is a refusal (exit 3).
+fn verify_evidence(file: &std::path::Path, vkey: &str) -> Result<serde_json::Value, ClientError> {
+    use base64::Engine as _;
+    let key = tlog_core::note::VerifierKey::parse(vkey.trim())
+        .map_err(|e| ClientError::Usage(format!("--vkey: {e}")))?;
+    let bytes =
+        std::fs::read(file).map_err(|e| ClientError::Usage(format!("{}: {e}", file.display())))?;
+    let text = std::str::from_utf8(&bytes).map(str::trim).unwrap_or("");
+    if text.starts_with('{') {
+        let alert = statechain_core::alert::Alert::from_json(text.as_bytes())
+            .map_err(|e| ClientError::NotEvidence(e.to_string()))?;
+        let proven = alert
+            .verify(&key)
+            .map_err(|e| ClientError::NotEvidence(e.to_string()))?;
+        return Ok(json!({
+            "proves": format!("the SE's log breaks the members' rules: {}", proven.rule),
+            "origin": proven.checkpoint.origin,
+            "checkpoint_size": proven.checkpoint.size,
+        }));
+    }
+    let raw = match base64::engine::general_purpose::STANDARD.decode(text) {
+        Ok(raw) if !text.is_empty() => raw,
+        _ => bytes,
+    };
+    let ev = tlog_core::Evidence::verify(&raw, &[key])
+        .map_err(|e| ClientError::NotEvidence(e.to_string()))?;
+    let size =
+        |n: &tlog_core::note::Note| tlog_core::Checkpoint::parse(n.text()).map_or(0, |c| c.size);
+    Ok(json!({
+        "proves": "the SE's log key signed two inconsistent trees (equivocation)",
+        "sizes": [size(&ev.note_a), size(&ev.note_b)],
+    }))
+}
+
 fn tx0_of(w: &Wallet, id: &str) -> Result<String, ClientError> {
     w.coin(id)?
         .tx0
@@ -278,7 +337,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(match &e {
-                ClientError::Refused(_) => 3,
+                ClientError::Refused(_) | ClientError::NotEvidence(_) => 3,
                 e if e.is_conflict() => 4,
                 ClientError::Usage(_) => 2,
                 _ => 1,

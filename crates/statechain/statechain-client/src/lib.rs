@@ -42,6 +42,9 @@ pub enum ClientError {
     /// The coin failed the receiver's verification (§4.5).
     #[error("coin refused: {0}")]
     Refused(#[from] statechain_core::verify::Refusal),
+    /// An evidence file that proves nothing.
+    #[error("not evidence of misbehaviour: {0}")]
+    NotEvidence(String),
     /// The SE's log or replies do not verify (bad checkpoint signature,
     /// inclusion proof, entry rules, or a reply that contradicts the log).
     #[error("the SE's log does not verify: {0}")]

@@ -384,6 +384,11 @@ impl Wallet {
         }
     }
 
+    /// The pinned SE's log verifier key.
+    pub fn pinned_vkey(&self) -> Option<String> {
+        self.se.as_ref().map(|(_, p)| p.vkey.clone())
+    }
+
     /// Pins the SE at `url` (its `se_id`, log key and lock parameters) at
     /// first contact; later calls must find the same SE.
     pub fn pin(&mut self, url: &str) -> Result<String, ClientError> {

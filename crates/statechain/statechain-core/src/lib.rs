@@ -10,6 +10,7 @@
 //! - [`keyupdate`]: the additive key update on transfer (§2.5);
 //! - [`auth`]: request authorisation digests and BIP340 signatures (§3.2);
 //! - [`leaf`], [`rules`]: the public log's entries and validity rules (§5);
+//! - [`alert`]: a member's evidence that the log breaks those rules (§6.1);
 //! - [`tx`]: backup, withdrawal and CPFP templates and sighashes (§4);
 //! - [`message`]: the HPKE-encrypted transfer message (§2.7);
 //! - [`address`]: bech32m statechain addresses (§2.8);
@@ -21,6 +22,7 @@
 //! are parameters; drivers draw them from the OS CSPRNG.
 
 pub mod address;
+pub mod alert;
 pub mod auth;
 pub mod bip340;
 #[cfg(feature = "consensus")]

@@ -7,7 +7,11 @@
 //!
 //! The replica (every coin's state and its entries' log indexes) is kept in
 //! memory and rebuilt from the stored entries at start; a chunk is checked
-//! against a staged copy and adopted once the import is durable.
+//! against a staged copy and adopted once the import is durable. An entry
+//! the rules refuse (signed by the SE's key, so the SE's fault) leaves the
+//! mirror at the last valid size, marks the log `Invalid` and becomes an
+//! alert ([`statechain_core::alert`]) kept in `alerts.json` and served at
+//! `GET /v1/alerts`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use statechain_core::alert::{Alert, AlertEntry};
 use statechain_core::leaf::Leaf;
 use statechain_core::rules::Ledger;
 use statechain_core::{SeId, StatechainId};
@@ -36,52 +41,87 @@ struct ReplicaState {
     size: u64,
 }
 
+/// A leaf the rules refuse: its index, the rule, and the coin's earlier
+/// indexes it was judged against.
+struct Refusal {
+    index: u64,
+    reason: String,
+    related: Vec<u64>,
+}
+
 impl ReplicaState {
-    fn apply(&mut self, se_id: &SeId, start: u64, entries: &[Vec<u8>]) -> Result<(), String> {
+    fn apply(&mut self, se_id: &SeId, start: u64, entries: &[Vec<u8>]) -> Result<(), Refusal> {
         if start != self.size {
-            return Err(format!(
-                "entries from {start}, the replica holds {}",
-                self.size
-            ));
+            return Err(Refusal {
+                index: start,
+                reason: format!("entries from {start}, the replica holds {}", self.size),
+                related: Vec::new(),
+            });
         }
         for (i, bytes) in entries.iter().enumerate() {
             let index = start + i as u64;
-            let leaf = Leaf::decode(bytes).map_err(|e| format!("entry {index}: {e}"))?;
-            self.ledger
-                .apply(&leaf, se_id)
-                .map_err(|e| format!("entry {index}: {e}"))?;
+            let leaf = Leaf::decode(bytes).map_err(|e| Refusal {
+                index,
+                reason: format!("entry {index}: {e}"),
+                related: Vec::new(),
+            })?;
+            self.ledger.apply(&leaf, se_id).map_err(|e| Refusal {
+                index,
+                reason: format!("entry {index}: {e}"),
+                related: self
+                    .indexes
+                    .get(&leaf.statechain_id)
+                    .cloned()
+                    .unwrap_or_default(),
+            })?;
             self.indexes
                 .entry(leaf.statechain_id)
                 .or_default()
                 .push(index);
+            self.size = index + 1;
         }
-        self.size = start + entries.len() as u64;
         Ok(())
     }
 }
 
-/// The member's view of the SE's coins.
+/// The member's view of the SE's coins, and the alerts it raised.
 pub struct Replica {
     se_id: SeId,
+    origin: String,
     current: Mutex<ReplicaState>,
     staged: Mutex<Option<ReplicaState>>,
+    alerts_path: PathBuf,
+    alerts: Mutex<Vec<Value>>,
 }
 
 impl Replica {
-    fn new(se_id: SeId) -> Replica {
+    fn new(se_id: SeId, origin: String, alerts_path: PathBuf, alerts: Vec<Value>) -> Replica {
         Replica {
             se_id,
+            origin,
             current: Mutex::new(ReplicaState::default()),
             staged: Mutex::new(None),
+            alerts_path,
+            alerts: Mutex::new(alerts),
         }
     }
 }
 
 impl tlog_node::peer::Validator for Replica {
-    fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), String> {
-        let mut next = self.current.lock().map_err(|_| "poisoned")?.clone();
-        next.apply(&self.se_id, start, entries)?;
-        *self.staged.lock().map_err(|_| "poisoned")? = Some(next);
+    fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), tlog_node::peer::Refused> {
+        let poisoned = || tlog_node::peer::Refused {
+            index: start,
+            reason: "replica lock poisoned".into(),
+            related: Vec::new(),
+        };
+        let mut next = self.current.lock().map_err(|_| poisoned())?.clone();
+        next.apply(&self.se_id, start, entries)
+            .map_err(|r| tlog_node::peer::Refused {
+                index: r.index,
+                reason: r.reason,
+                related: r.related,
+            })?;
+        *self.staged.lock().map_err(|_| poisoned())? = Some(next);
         Ok(())
     }
 
@@ -92,6 +132,43 @@ impl tlog_node::peer::Validator for Replica {
                 *current = next;
             }
         }
+    }
+
+    fn invalid(&self, evidence: tlog_node::peer::InvalidLog) -> Result<(), String> {
+        let alert = Alert {
+            reason: evidence.reason,
+            origin: self.origin.clone(),
+            checkpoint: String::from_utf8(evidence.note).map_err(|e| e.to_string())?,
+            entries: evidence
+                .entries
+                .into_iter()
+                .map(|e| AlertEntry {
+                    index: e.index,
+                    leaf: e.entry,
+                    proof: e.path,
+                })
+                .collect(),
+        }
+        .to_json();
+        let mut alerts = self.alerts.lock().map_err(|_| "alerts lock poisoned")?;
+        if alerts.contains(&alert) {
+            return Ok(());
+        }
+        let mut next = alerts.clone();
+        next.push(alert);
+        let bytes = serde_json::to_vec_pretty(&next).map_err(|e| e.to_string())?;
+        durable_file::replace(&self.alerts_path, &bytes, 0o644).map_err(|e| e.to_string())?;
+        *alerts = next;
+        Ok(())
+    }
+}
+
+/// The alerts kept in `path` (a JSON array), none if it does not exist.
+fn load_alerts(path: &std::path::Path) -> Result<Vec<Value>, StartError> {
+    match durable_file::read(path).map_err(|e| StartError::Storage(e.to_string()))? {
+        None => Ok(Vec::new()),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| StartError::Storage(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -143,7 +220,13 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
     let node = LogNode::mirror(store.clone(), key.name())
         .await
         .map_err(|e| StartError::Storage(e.to_string()))?;
-    let replica = Arc::new(Replica::new(se_id));
+    let alerts_path = opts.data_dir.join("alerts.json");
+    let replica = Arc::new(Replica::new(
+        se_id,
+        key.name().to_string(),
+        alerts_path.clone(),
+        load_alerts(&alerts_path)?,
+    ));
     let size = store
         .state(node.log_id())
         .await
@@ -158,9 +241,9 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
                 .entries(node.log_id(), start, end)
                 .await
                 .map_err(|e| StartError::Storage(e.to_string()))?;
-            state
-                .apply(&se_id, start, &entries)
-                .map_err(|e| StartError::Storage(format!("stored entries fail the rules: {e}")))?;
+            state.apply(&se_id, start, &entries).map_err(|e| {
+                StartError::Storage(format!("stored entries fail the rules: {}", e.reason))
+            })?;
             start = end;
         }
         *replica
@@ -209,6 +292,7 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
     let api = Router::new()
         .route("/v1/info", get(info))
         .route("/v1/statechain/{id}", get(statechain))
+        .route("/v1/alerts", get(alerts))
         .fallback(read_only)
         .with_state(app);
     let router = if origin_path.is_empty() {
@@ -240,8 +324,22 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
     })
 }
 
-async fn info(State(app): State<Arc<MemberApp>>) -> Json<Value> {
-    Json(app.info.clone())
+async fn info(State(app): State<Arc<MemberApp>>) -> Response {
+    let status = match app.node.store().state(app.node.log_id()).await {
+        Ok(state) => format!("{:?}", state.status).to_lowercase(),
+        Err(_) => return ApiError::unavailable().into_response(),
+    };
+    let mut info = app.info.clone();
+    info["log"]["status"] = Value::from(status);
+    Json(info).into_response()
+}
+
+/// `GET /v1/alerts`: the application evidence this member holds (§6.1).
+async fn alerts(State(app): State<Arc<MemberApp>>) -> Response {
+    match app.replica.alerts.lock() {
+        Ok(alerts) => Json(json!({ "alerts": *alerts })).into_response(),
+        Err(_) => ApiError::unavailable().into_response(),
+    }
 }
 
 async fn read_only(method: axum::http::Method) -> Response {

@@ -234,18 +234,120 @@ fn a_member_refuses_entries_that_break_the_rules() {
     if let Body::Signature(g) = &mut forged.body {
         g.auth_sig = bip340::sign(&scalar(0x52), &d, &[0; 32]);
     }
+    // A valid opening of another coin, then the forgery: the member keeps
+    // every entry before the forgery (within one chunk or not).
+    let mut other = open.clone();
+    other.statechain_id = [6; 16];
+    let d = other.auth_digest(&se_id);
+    if let Body::Open(o) = &mut other.body {
+        o.auth_sig = bip340::sign(&a, &d, &[0; 32]);
+    }
+    add(&other);
     add(&forged);
-    eventually("the member to refuse the forged entry", || {
-        member
-            .log()
-            .contains("refused by the service's rules")
-            .then_some(())
+    let alerts = eventually("the member to raise an alert", || {
+        let r = mhttp.get("/v1/alerts");
+        let alerts = r.body["alerts"].as_array()?.clone();
+        (!alerts.is_empty()).then_some(alerts)
     });
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
     let r = mhttp.get(&path);
     assert_eq!(r.body["count"], 0, "{:?}", r.body);
     assert_eq!(
         r.body["entries"].as_array().map(Vec::len),
         Some(1),
         "the mirror stays at the last valid size"
+    );
+    let r = mhttp.get(&format!("/v1/statechain/{}", hex::encode([6u8; 16])));
+    assert_eq!(r.status, 200, "the valid entry before the forgery is kept");
+    assert_eq!(mhttp.get("/v1/info").body["log"]["status"], "invalid");
+    assert!(member.log().contains("the log is Invalid"));
+
+    // The alert proves it offline under the SE's key alone: the opening it
+    // was judged against and the forged entry, each in the signed tree.
+    let key = tlog_core::note::VerifierKey::parse(&vkey).expect("vkey");
+    let bytes = serde_json::to_vec(&alerts[0]).expect("json");
+    let alert = statechain_core::alert::Alert::from_json(&bytes).expect("alert");
+    let proven = alert.verify(&key).expect("the alert proves the violation");
+    assert_eq!(proven.index, 2);
+    assert!(proven.rule.contains("auth signature"), "{}", proven.rule);
+    assert_eq!(
+        alert.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+    let file = dir.path().join("alert.json");
+    std::fs::write(&file, &bytes).expect("write");
+    let out = std::process::Command::new(lk_testkit::process::workspace_binary("statechain-cli"))
+        .args([
+            "verify-evidence",
+            "--vkey",
+            &vkey,
+            file.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("statechain-cli");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("entry 2"),
+        "{out:?}"
+    );
+
+    // Tampered alerts prove nothing: a changed leaf, a valid entry cited
+    // as the culprit, another key.
+    let mut bad = alert.clone();
+    bad.entries[1].leaf[20] ^= 1;
+    assert!(matches!(
+        bad.verify(&key),
+        Err(statechain_core::alert::AlertError::NotIncluded(2))
+    ));
+    let mut bad = alert.clone();
+    bad.entries.pop();
+    assert!(matches!(
+        bad.verify(&key),
+        Err(statechain_core::alert::AlertError::NotAViolation(_))
+    ));
+    let stranger = tlog_core::note::SignerKey::from_seed(
+        "localhost/statechain/se1",
+        tlog_core::note::KeyType::Ed25519,
+        &[9; 32],
+    )
+    .expect("key");
+    assert!(matches!(
+        alert.verify(&stranger.verifier()),
+        Err(statechain_core::alert::AlertError::Checkpoint(_))
+    ));
+    std::fs::write(&file, serde_json::to_vec(&bad.to_json()).expect("json")).expect("write");
+    let out = std::process::Command::new(lk_testkit::process::workspace_binary("statechain-cli"))
+        .args([
+            "verify-evidence",
+            "--vkey",
+            &vkey,
+            file.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("statechain-cli");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // A restarted member keeps the status and the alert, and fetches
+    // nothing more of that log.
+    drop(member);
+    add(&other);
+    let member = start_with(
+        &dir.path().join("member"),
+        &[
+            "--role",
+            "member",
+            "--follow",
+            &vkey,
+            "--peer",
+            &format!("127.0.0.1:{sync_port}"),
+        ],
+    );
+    let mhttp = Http::new(&member.url);
+    assert_eq!(mhttp.get("/v1/info").body["log"]["status"], "invalid");
+    assert_eq!(
+        mhttp.get("/v1/alerts").body["alerts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
     );
 }

@@ -429,8 +429,10 @@ pub fn inclusion_proof_beyond<S: NodeSource>(
     if ranges.len() != consistency.len() {
         return Ok(Err(ProofError::WrongLength));
     }
-    let known: std::collections::HashMap<(u64, u64), Hash> =
-        ranges.into_iter().zip(consistency.iter().copied()).collect();
+    let known: std::collections::HashMap<(u64, u64), Hash> = ranges
+        .into_iter()
+        .zip(consistency.iter().copied())
+        .collect();
     fn hash_of<S: NodeSource>(
         src: &S,
         known: &std::collections::HashMap<(u64, u64), Hash>,

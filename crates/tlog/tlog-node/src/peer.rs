@@ -31,8 +31,11 @@
 //!   connection (Reject 4 with a retry time); inbound connections are
 //!   capped in total and per IP.
 //!
-//! Not built: origin-prefix follows, several logs per node, a witness
-//! cosigning over Inv, the Validator hook (§7.6).
+//! - **Validator** (§7.6): a service's rules judge every verified chunk
+//!   before its import; a refusal marks the log `Invalid` and yields the
+//!   refused entry with its PATH under the origin's note.
+//!
+//! Not built: origin-prefix follows, a witness cosigning over Inv.
 
 use rate_limit::{Bucket, Rate};
 use std::collections::{HashMap, HashSet};
@@ -124,13 +127,60 @@ pub struct Config {
 /// so to cosign) a history that is well-formed as a log but invalid for
 /// the service. `check` sees each verified chunk in log order before its
 /// import and may stage state; `committed` follows a successful import.
+///
+/// A refusal is the origin's fault, not the peer's: the chunk was proven
+/// part of a note the origin's key signed. The node imports the entries
+/// before the refused one, marks the log `Invalid` (no more fetching,
+/// relaying or cosigning) and hands [`Validator::invalid`] the refused
+/// entry and the ones it was judged against, each with its PATH under that
+/// signed note, so the service can keep and serve evidence anyone can check.
 pub trait Validator: Send + Sync {
-    /// Judges entries `[start, start + entries.len())`; an error refuses
-    /// the chunk: nothing of it is stored and the peer is treated as
-    /// misbehaving.
-    fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), String>;
+    /// Judges entries `[start, start + entries.len())`.
+    fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), Refused>;
     /// The checked chunk is durable up to `end`.
     fn committed(&self, end: u64);
+    /// The log is being marked `Invalid`; `evidence` proves why. Runs on
+    /// the blocking pool; the status is stored only once this kept the
+    /// evidence (`Ok`).
+    fn invalid(&self, evidence: InvalidLog) -> Result<(), String>;
+}
+
+/// Why a [`Validator`] refused a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The first entry that breaks the rules.
+    pub index: u64,
+    /// The rule it breaks.
+    pub reason: String,
+    /// Earlier entries it was judged against (at most 64 are proven).
+    pub related: Vec<u64>,
+}
+
+/// Most related entries proven in an [`InvalidLog`].
+pub const MAX_RELATED: usize = 64;
+
+/// One entry with its PATH under a signed note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenEntry {
+    /// Its index.
+    pub index: u64,
+    /// Its bytes.
+    pub entry: Vec<u8>,
+    /// PATH(index, the note's size).
+    pub path: Vec<Hash>,
+}
+
+/// What a follower holds when it marks a log `Invalid`: the origin's
+/// signed note covering the refused entry, and that entry (last) and the
+/// earlier ones it was judged against, each with its PATH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLog {
+    /// The rule broken.
+    pub reason: String,
+    /// The origin's signed note (cosignatures kept).
+    pub note: Vec<u8>,
+    /// Related entries in index order, then the refused one.
+    pub entries: Vec<ProvenEntry>,
 }
 
 /// One log the node serves (its own) or follows (a mirror).
@@ -174,6 +224,42 @@ struct Log<S> {
     sync: tokio::sync::Mutex<()>,
     /// Evidence digests already sent to every connected peer.
     evidence_sent: Mutex<HashSet<Hash>>,
+}
+
+/// Nodes below `end` of a chunk being refused: stored tiles below
+/// `stored`, the chunk's leaf hashes from there.
+struct Held<'a, T> {
+    tiles: &'a T,
+    stored: u64,
+    leaves: &'a [Hash],
+}
+
+impl<T: merkle::NodeSource<Error = StoreError>> merkle::NodeSource for Held<'_, T> {
+    type Error = StoreError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, StoreError> {
+        let (a, b) = (index << level, (index + 1) << level);
+        if b <= self.stored {
+            return self.tiles.node(level, index);
+        }
+        if a >= self.stored {
+            let (lo, hi) = ((a - self.stored) as usize, (b - self.stored) as usize);
+            let leaves = self
+                .leaves
+                .get(lo..hi)
+                .ok_or_else(|| StoreError::OutOfRange(format!("node {level}/{index}")))?;
+            let mut tree = merkle::CompactRange::new();
+            for leaf in leaves {
+                tree.push(*leaf);
+            }
+            return Ok(tree.root());
+        }
+        // Straddles the stored size: its two halves.
+        let (l, r) = (
+            self.node(level - 1, index * 2)?,
+            self.node(level - 1, index * 2 + 1)?,
+        );
+        Ok(merkle::node_hash(&l, &r))
+    }
 }
 
 /// A failure on one connection.
@@ -1045,12 +1131,10 @@ impl<S: LogStore> Log<S> {
             .map_err(|e| PeerError::Misbehaved(e.0))?;
             let short = (entries.len() as u32) < asked.count;
             if let Some(v) = &self.validator {
-                if let Err(e) = v.check(next, &entries) {
-                    tracing::error!(origin = %self.node.origin(), start = next, error = %e,
-                        "entries refused by the service's rules; the mirror stays at the last valid size");
-                    return Err(PeerError::Misbehaved(format!(
-                        "invalid entries from {next}: {e}"
-                    )));
+                if let Err(refused) = v.check(next, &entries) {
+                    return self
+                        .invalid(v, next, entries, &proof, &target, refused)
+                        .await;
                 }
             }
             store.import(log, next, entries).await?;
@@ -1080,6 +1164,117 @@ impl<S: LogStore> Log<S> {
                 self.relay(peer).await;
             }
         }
+        Ok(())
+    }
+
+    /// A verified chunk `[next, next + entries.len())` of `target`'s tree
+    /// (`proof`: its end → `target`) that the validator refused: import the
+    /// valid entries before the refused one, mark the log `Invalid`, and
+    /// give the validator the proof (tlog.md §7.6).
+    async fn invalid(
+        self: &Arc<Self>,
+        validator: &Arc<dyn Validator>,
+        next: u64,
+        mut entries: Vec<Vec<u8>>,
+        proof: &[Hash],
+        target: &Verified,
+        refused: Refused,
+    ) -> Result<(), PeerError> {
+        let store = self.node.store();
+        let log = self.node.log_id();
+        let end = next + entries.len() as u64;
+        let n = target.checkpoint.size;
+        if refused.index < next || refused.index >= end {
+            return Err(PeerError::Protocol(format!(
+                "the validator refused entry {} of a chunk [{next}, {end})",
+                refused.index
+            )));
+        }
+        tracing::error!(origin = %self.node.origin(), index = refused.index, size = n,
+            reason = %refused.reason,
+            "the log's key signed entries the service's rules refuse; the log is Invalid and stays at the last valid size");
+        // Leaf hashes of the chunk, and the PATHs, before anything moves.
+        let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+        let mut wanted: Vec<u64> = refused
+            .related
+            .iter()
+            .copied()
+            .filter(|&j| j < refused.index)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let cut = wanted.len().saturating_sub(MAX_RELATED);
+        wanted.drain(..cut);
+        wanted.push(refused.index);
+        let needed = tlog_store::rules::tiles_needed(|read| {
+            let src = Held {
+                tiles: &tlog_store::rules::FnNodes(read),
+                stored: next,
+                leaves: &leaves,
+            };
+            wanted
+                .iter()
+                .map(|&j| merkle::inclusion_proof_beyond(&src, j, end, n, proof))
+                .collect::<Vec<_>>()
+        });
+        let mut tiles = HashMap::new();
+        for (level, index) in needed {
+            if let Some(tile) = store.tile(log, level, index).await? {
+                tiles.insert((level, index), tile);
+            }
+        }
+        let read = |level: u8, index: u64| Ok(tiles.get(&(level, index)).cloned());
+        let stored = tlog_store::rules::TileNodes(read);
+        let src = Held {
+            tiles: &stored,
+            stored: next,
+            leaves: &leaves,
+        };
+        let mut proven = Vec::new();
+        for &j in &wanted {
+            let path = merkle::inclusion_proof_beyond(&src, j, end, n, proof)?
+                .map_err(|e| PeerError::Protocol(format!("PATH of entry {j}: {e}")))?;
+            let entry = if j >= next {
+                entries[(j - next) as usize].clone()
+            } else {
+                store
+                    .entries(log, j, j + 1)
+                    .await?
+                    .pop()
+                    .ok_or_else(|| StoreError::Corrupt(format!("entry {j} missing")))?
+            };
+            proven.push(ProvenEntry {
+                index: j,
+                entry,
+                path,
+            });
+        }
+        // The entries before the refused one are valid: keep them.
+        entries.truncate((refused.index - next) as usize);
+        if !entries.is_empty() {
+            validator.check(next, &entries).map_err(|e| {
+                PeerError::Protocol(format!(
+                    "the validator refused a prefix it had passed: {}",
+                    e.reason
+                ))
+            })?;
+            let valid_end = next + entries.len() as u64;
+            store.import(log, next, entries).await?;
+            validator.committed(valid_end);
+        }
+        // The evidence is kept before the status is: a crash in between
+        // refuses the same chunk again at the next start.
+        let evidence = InvalidLog {
+            reason: refused.reason,
+            note: target.note.to_bytes(),
+            entries: proven,
+        };
+        let v = validator.clone();
+        tokio::task::spawn_blocking(move || v.invalid(evidence))
+            .await
+            .map_err(|e| PeerError::Protocol(format!("validator task: {e}")))?
+            .map_err(|e| PeerError::Protocol(format!("keeping the evidence: {e}")))?;
+        store.set_status(log, Status::Invalid).await?;
         Ok(())
     }
 
