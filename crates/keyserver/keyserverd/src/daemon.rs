@@ -105,9 +105,14 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         store,
         node,
         state,
-    } = tlog_node::shared::open(&path, key, opts.checkpoint_interval)
-        .await
-        .map_err(StartError::Storage)?;
+    } = tlog_node::shared::open(
+        &path,
+        key,
+        opts.checkpoint_interval,
+        tlog_node::submit::Publish::default(),
+    )
+    .await
+    .map_err(StartError::Storage)?;
     let log = node.log_id();
     let h_last = if state.size == 0 {
         ks_core::entry::GENESIS_PREV

@@ -171,6 +171,10 @@ struct Pinned {
     vkey: String,
     h_init: u32,
     interval: u32,
+    /// The SE's C2SP policy file (its log key, the members' validating
+    /// keys, the quorum), pinned with it; empty: the log key alone.
+    #[serde(default)]
+    policy: String,
 }
 
 /// What `receive` accepted.
@@ -429,10 +433,24 @@ impl Wallet {
             }
             return Ok(se_id);
         }
+        let policy = info["policy_file"].as_str().unwrap_or("").to_string();
+        if !policy.is_empty() {
+            let parsed = tlog_core::policy::Policy::parse(&policy)
+                .map_err(|e| log_err(format!("the SE's policy file: {e}")))?;
+            if parsed
+                .log_keys()
+                .iter()
+                .map(|k| k.to_string())
+                .ne([vkey.clone()])
+            {
+                return Err(log_err("the SE's policy file names another log key"));
+            }
+        }
         let pinned = Pinned {
             url: url.to_string(),
             se_id: se_id.clone(),
             vkey,
+            policy,
             h_init: info["lock"]["h_init"].as_u64().unwrap_or(0) as u32,
             interval: info["lock"]["interval"].as_u64().unwrap_or(0) as u32,
         };
@@ -782,6 +800,10 @@ impl Wallet {
         let (client, pinned, se_id) = self.se()?;
         let vkey = tlog_core::note::VerifierKey::parse(&pinned.vkey)
             .map_err(|e| log_err(e.to_string()))?;
+        let policy = (!pinned.policy.is_empty())
+            .then(|| tlog_core::policy::Policy::parse(&pinned.policy))
+            .transpose()
+            .map_err(|e| log_err(format!("pinned policy: {e}")))?;
         let deadline = Instant::now() + FINALITY_WAIT;
         loop {
             let v = client
@@ -799,12 +821,24 @@ impl Wallet {
                     return Err(log_err("entries stay unpublished"));
                 }
             }
-            let note =
-                tlog_core::note::Note::parse(v["checkpoint"].as_str().unwrap_or("").as_bytes())
-                    .and_then(|n| n.verify(std::slice::from_ref(&vkey)))
-                    .map_err(|e| log_err(format!("checkpoint: {e}")))?;
-            let cp = tlog_core::checkpoint::Checkpoint::parse(note.text())
-                .map_err(|e| log_err(format!("checkpoint: {e}")))?;
+            let note_bytes = v["checkpoint"].as_str().unwrap_or("").as_bytes();
+            // Under the pinned policy: the log key and a quorum of the
+            // members' validating cosignatures (statechain.md §5.5).
+            let cp = match &policy {
+                Some(policy) => {
+                    policy
+                        .verify(note_bytes, now())
+                        .map_err(|e| log_err(format!("checkpoint: {e}")))?
+                        .checkpoint
+                }
+                None => {
+                    let note = tlog_core::note::Note::parse(note_bytes)
+                        .and_then(|n| n.verify(std::slice::from_ref(&vkey)))
+                        .map_err(|e| log_err(format!("checkpoint: {e}")))?;
+                    tlog_core::checkpoint::Checkpoint::parse(note.text())
+                        .map_err(|e| log_err(format!("checkpoint: {e}")))?
+                }
+            };
             let mut leaves = Vec::new();
             for e in entries {
                 let index = e["index"].as_u64().ok_or_else(|| log_err("entry index"))?;

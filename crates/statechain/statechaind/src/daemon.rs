@@ -43,6 +43,39 @@ pub struct Options {
     pub node_name: String,
     /// Re-seal live secrets under a new KEK this often (`None`: never).
     pub kek_rotate_interval: Option<Duration>,
+    /// Sync addresses to dial besides the members'.
+    pub peers: Vec<String>,
+    /// The federation's members (statechain.md §6.1).
+    pub members: Vec<Member>,
+    /// Validating cosignatures needed before a checkpoint is published
+    /// (≤ the members; 0: published once signed).
+    pub cosign_quorum: usize,
+}
+
+/// A federation member as the SE knows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its validating cosigner key.
+    pub key: tlog_core::note::VerifierKey,
+    /// Its sync address.
+    pub sync: String,
+}
+
+/// The C2SP policy file wallets pin (statechain.md §5.5): the log key, the
+/// members' validating keys and the quorum, checkpoints at most 600 s old.
+pub fn policy_file(vkey: &str, members: &[Member], quorum: usize) -> String {
+    let mut text = format!("log {vkey}\n");
+    for (i, m) in members.iter().enumerate() {
+        text.push_str(&format!("witness m{i} {}\n", m.key));
+    }
+    if quorum == 0 {
+        text.push_str("quorum none\n");
+    } else {
+        let names: Vec<String> = (0..members.len()).map(|i| format!("m{i}")).collect();
+        text.push_str(&format!("group members {quorum} {}\n", names.join(" ")));
+        text.push_str("quorum members\n");
+    }
+    text
 }
 
 /// Why the SE cannot start.
@@ -140,9 +173,20 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         store,
         node,
         state,
-    } = tlog_node::shared::open(&path, key, opts.checkpoint_interval)
-        .await
-        .map_err(StartError::Storage)?;
+    } = tlog_node::shared::open(
+        &path,
+        key,
+        opts.checkpoint_interval,
+        tlog_node::submit::Publish {
+            cosigners: opts.members.iter().map(|m| m.key.clone()).collect(),
+            cosigner_quorum: opts.cosign_quorum.min(opts.members.len()),
+            // Cosignatures stay fresh for wallets' max_age (§5.5).
+            republish: Duration::from_secs(60),
+            ..tlog_node::submit::Publish::default()
+        },
+    )
+    .await
+    .map_err(StartError::Storage)?;
     let log = node.log_id();
     let kek = Arc::new(open_kek(&opts.data_dir, &db)?);
     // §5.4 rule 5: every coin's head is the log entry its row names.
@@ -186,9 +230,11 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         "backup_policy": statechain_core::leaf::POLICY_DECREASING_LOCKTIME,
         "max_signatures": opts.policy.max_signatures,
         "token": {"fee_sat": opts.fee_sat, "backend": match opts.tokens { TokenBackend::Free => "free", TokenBackend::Manual => "manual" }},
-        "cosign_quorum": 0,
-        "members": [],
-        "policy_file": "",
+        "cosign_quorum": opts.cosign_quorum,
+        "members": opts.members.iter().map(|m| json!({
+            "name": m.key.name(), "sync": m.sync, "validating_vkey": m.key.to_string(),
+        })).collect::<Vec<_>>(),
+        "policy_file": policy_file(&vkey, &opts.members, opts.cosign_quorum),
     });
     let app = Arc::new(App {
         se_id,
@@ -225,16 +271,24 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let federation = tlog_node::peer::Peer::new(
         tlog_node::peer::Config {
             name: opts.node_name.clone(),
-            peers: Vec::new(),
+            peers: opts
+                .peers
+                .iter()
+                .chain(opts.members.iter().map(|m| &m.sync))
+                .cloned()
+                .collect(),
             limits: tlog_node::peer::Limits::default(),
         },
         vec![(
             node.clone(),
             tlog_node::peer::Follow {
                 key: verifier,
-                witnesses: Vec::new(),
+                // The members' validating cosignatures, merged into the
+                // stored note as they arrive.
+                witnesses: opts.members.iter().map(|m| m.key.clone()).collect(),
                 cosigner: None,
                 validator: None,
+                validating: None,
             },
         )],
     );

@@ -87,10 +87,23 @@ struct Args {
     /// With `--role member`: the SE's log verifier key.
     #[arg(long, env = "STATECHAIND_FOLLOW")]
     follow: Option<String>,
-    /// With `--role member`: a sync address to dial (the SE's, other
-    /// members'); repeat for more.
+    /// A sync address to dial (the SE's, other members'); repeat for more.
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// With `--role member`: this member's name; its validating cosigner
+    /// key is `<name>/validator`. Give every member its own.
+    #[arg(long, env = "STATECHAIND_MEMBER_NAME", default_value = "member")]
+    member_name: String,
+    /// With `--role se`: a federation member, `<its validating vkey>@<its
+    /// sync host:port>` (repeat). Checkpoints are published once
+    /// `--cosign-quorum` of them validated and cosigned them.
+    #[arg(long = "member")]
+    members: Vec<String>,
+    /// With `--role se`: validating cosignatures needed before a
+    /// checkpoint is published [default: a majority of the members; 0 with
+    /// none].
+    #[arg(long)]
+    cosign_quorum: Option<usize>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -163,11 +176,12 @@ async fn main() -> anyhow::Result<()> {
             sync_listen: args.sync_listen,
             follow,
             peers: args.peers.clone(),
-            node_name: format!("member:{}", args.listen),
+            node_name: args.member_name.clone(),
         })
         .await
         .with_context(|| format!("starting the member in {}", data_dir.display()))?;
         println!("se_id: {}", running.se_id);
+        println!("validating vkey: {}", running.validating_vkey);
         println!("sync (LKTL/1) on {}", running.sync_addr);
         println!("statechaind listening on http://{}/", running.addr);
         running.serving.await?;
@@ -193,6 +207,27 @@ async fn main() -> anyhow::Result<()> {
         max_signatures: args.max_signatures,
         session_ttl: args.session_ttl,
     };
+    let mut members = Vec::new();
+    for m in &args.members {
+        let (vkey, sync) = m
+            .rsplit_once('@')
+            .with_context(|| format!("--member {m:?}: expected <validating vkey>@<host:port>"))?;
+        let key = tlog_core::note::VerifierKey::parse(vkey)
+            .map_err(|e| anyhow::anyhow!("--member {m:?}: {e}"))?;
+        members.push(statechaind::daemon::Member {
+            key,
+            sync: sync.to_string(),
+        });
+    }
+    let cosign_quorum = args
+        .cosign_quorum
+        .unwrap_or(members.len() / 2 + 1)
+        .min(members.len());
+    anyhow::ensure!(
+        args.cosign_quorum.is_none_or(|q| q <= members.len()),
+        "--cosign-quorum is more than the {} members given",
+        members.len()
+    );
     let running = statechaind::daemon::start(statechaind::daemon::Options {
         data_dir: data_dir.clone(),
         listen: args.listen,
@@ -204,6 +239,9 @@ async fn main() -> anyhow::Result<()> {
         tokens,
         fee_sat: args.token_fee_sat,
         node_name: args.origin.clone(),
+        peers: args.peers.clone(),
+        members,
+        cosign_quorum,
         kek_rotate_interval: (args.kek_rotate_interval_s > 0)
             .then(|| Duration::from_secs(args.kek_rotate_interval_s)),
     })

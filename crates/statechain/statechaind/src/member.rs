@@ -185,7 +185,8 @@ pub struct MemberOptions {
     pub follow: String,
     /// Sync addresses to dial (the SE, other members).
     pub peers: Vec<String>,
-    /// This node's name on the sync port.
+    /// This node's name on the sync port; its validating cosigner key is
+    /// named `<node_name>/validator`.
     pub node_name: String,
 }
 
@@ -197,6 +198,9 @@ pub struct RunningMember {
     pub sync_addr: SocketAddr,
     /// The followed SE's id.
     pub se_id: String,
+    /// This member's validating cosigner verifier key (give it to the SE
+    /// with `--member`).
+    pub validating_vkey: String,
     /// Ends when the listener fails.
     pub serving: tokio::task::JoinHandle<()>,
 }
@@ -251,6 +255,21 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
             .lock()
             .map_err(|_| StartError::Storage("poisoned".into()))? = state;
     }
+    // The validating cosigner (statechain.md §6.1): its own key, distinct
+    // from any witness or mirror key.
+    let validating = tlog_node::keyfile::load_or_create(
+        &opts.data_dir.join("validator-key"),
+        &format!("{}/validator", opts.node_name),
+        tlog_core::note::KeyType::Cosignature,
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let validating_vkey = validating.verifier().to_string();
+    durable_file::replace(
+        &opts.data_dir.join("validator-vkey"),
+        format!("{validating_vkey}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(|e| StartError::Io(e.to_string()))?;
     let sync = tokio::net::TcpListener::bind(opts.sync_listen)
         .await
         .map_err(|e| StartError::Io(format!("{}: {e}", opts.sync_listen)))?;
@@ -270,6 +289,7 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
                 witnesses: Vec::new(),
                 cosigner: None,
                 validator: Some(replica.clone()),
+                validating: Some(Arc::new(validating)),
             },
         )],
     );
@@ -282,6 +302,7 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
             "role": "member",
             "se_id": hex::encode(se_id),
             "log": {"origin": key.name(), "vkey": opts.follow.trim()},
+            "validating_vkey": validating_vkey,
         }),
     });
     let origin_path = key
@@ -320,6 +341,7 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
         addr,
         sync_addr,
         se_id: hex::encode(se_id),
+        validating_vkey,
         serving,
     })
 }

@@ -351,3 +351,135 @@ fn a_member_refuses_entries_that_break_the_rules() {
         Some(1)
     );
 }
+
+/// The published checkpoint's size and note, from the SE's tiles (`None`
+/// while none is: after a restart, until the quorum cosigns again).
+fn published(http: &Http) -> Option<(u64, String)> {
+    let r = http.get("/statechain/se1/checkpoint");
+    if r.status == 404 {
+        return None;
+    }
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let note = r.body.as_str().expect("a note").to_string();
+    let size = note
+        .lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .expect("size");
+    Some((size, note))
+}
+
+/// statechain.md §5.5, §6.1: the SE publishes a checkpoint only once a
+/// quorum of members validated every entry below it and cosigned it with
+/// their validating keys; with one of two members down nothing new is
+/// published (appends stay durable), and its return publishes the lot.
+#[test]
+fn checkpoints_are_published_once_a_quorum_of_members_validated_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let se_dir = dir.path().join("se");
+    let vkey = {
+        let se = start(&se_dir, &[]);
+        Http::new(&se.url).get("/v1/info").body["log"]["vkey"]
+            .as_str()
+            .expect("vkey")
+            .to_string()
+    };
+    let member = |name: &str, peer: &str| {
+        start_with(
+            &dir.path().join(name),
+            &[
+                "--role",
+                "member",
+                "--follow",
+                &vkey,
+                "--member-name",
+                name,
+                "--peer",
+                peer,
+            ],
+        )
+    };
+    let a = member("a", "127.0.0.1:9");
+    let b = member("b", "127.0.0.1:9");
+    let validating = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name).join("validator-vkey"))
+            .expect("validator-vkey")
+            .trim()
+            .to_string()
+    };
+    let (va, vb) = (validating("a"), validating("b"));
+    assert_eq!(
+        Http::new(&a.url).get("/v1/info").body["validating_vkey"],
+        va.as_str()
+    );
+    let se = start_with(
+        &se_dir,
+        &[
+            "--member",
+            &format!("{va}@{}", a.sync_addr),
+            "--member",
+            &format!("{vb}@{}", b.sync_addr),
+        ],
+    );
+    let http = Http::new(&se.url);
+    let info = http.get("/v1/info").body;
+    assert_eq!(info["cosign_quorum"], 2, "a majority of two");
+    let policy =
+        tlog_core::policy::Policy::parse(info["policy_file"].as_str().expect("policy file"))
+            .expect("the served policy parses");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+
+    let mut owner = Owner::deposit(&http, se_id(&http), 91);
+    owner.sign(&http, [1; 32], &scalar(0x61));
+    let (size, note) = eventually("a checkpoint cosigned by both members", || {
+        let (size, note) = published(&http)?;
+        (size >= 2).then_some((size, note))
+    });
+    assert!(
+        note.contains("— a/validator ") && note.contains("— b/validator "),
+        "{note}"
+    );
+    policy
+        .verify(note.as_bytes(), now())
+        .expect("the published note meets the pinned policy");
+    // The log key alone does not meet it.
+    let bare: String = note
+        .lines()
+        .filter(|l| !l.contains("/validator "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(policy.verify(bare.as_bytes(), now()).is_err());
+
+    // Member b goes down: the SE keeps appending (durably) and member a
+    // keeps validating, but nothing newer is published.
+    drop(b);
+    owner.sign(&http, [2; 32], &scalar(0x62));
+    let path = format!("/v1/statechain/{}", hex::encode(owner.id));
+    let ahttp = Http::new(&a.url);
+    eventually("member a to validate the new entries", || {
+        (ahttp.get(&path).body["count"] == 2).then_some(())
+    });
+    let (still, _) = published(&http).expect("still published");
+    assert_eq!(still, size, "published without b's cosignature");
+    assert_eq!(
+        owner.state(&http)["count"],
+        2,
+        "the SE answered the signature"
+    );
+
+    // b returns (on a new port the SE does not know; it dials the SE):
+    // it catches up, validates, cosigns, and the checkpoint is published.
+    let _b = member("b", &se.sync_addr);
+    let (_, note) = eventually("the checkpoint to be published again", || {
+        let (grown, note) = published(&http)?;
+        (grown > size).then_some((grown, note))
+    });
+    policy
+        .verify(note.as_bytes(), now())
+        .expect("cosigned by both again");
+}

@@ -297,6 +297,7 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
         witnesses: Vec::new(),
         cosigner: None,
         validator: None,
+        validating: None,
     };
     tokio::spawn(
         tlog_node::peer::Peer::new(

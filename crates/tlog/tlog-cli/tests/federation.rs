@@ -759,6 +759,10 @@ fn three_members_follow_each_others_logs_on_one_port() {
                     a.extend(["--trust-cosigner".to_string(), c.clone()]);
                 }
             }
+            if i == 0 {
+                // A publishes only what both other members hold whole.
+                a.extend(["--cosigner-quorum".to_string(), "2".into()]);
+            }
             start_with(
                 &dir.path().join(m),
                 &a.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -834,6 +838,16 @@ fn three_members_follow_each_others_logs_on_one_port() {
     for member in &members {
         assert!(!member.log.lock().expect("lock").contains("banned peer"));
     }
+
+    // A publishes only what both other members hold whole: with C down,
+    // B mirrors A's next entries (A signed them and told its peers) but A
+    // keeps serving the checkpoint both cosigned.
+    let mut members = members;
+    drop(members.pop());
+    append(&members[0], (100..110).map(|k| format!("a {k}")));
+    published_at(&format!("{}/logs/{}", members[1].url, origin("a")), 110);
+    let (_, note, _) = get(&format!("{}/checkpoint", members[0].url));
+    assert_eq!(size_of(&note), 100, "published without C's cosignature");
 }
 
 /// tlog.md §7.9: at most 4 inbound connections per address. A fifth from

@@ -93,6 +93,10 @@ pub struct LogNode<S> {
     /// The log key; `None` for a mirror, which serves the origin's notes.
     key: Option<SignerKey>,
     published: watch::Sender<Option<Published>>,
+    /// The latest signed (stored) checkpoint, what peers are told about:
+    /// ahead of `published` while the publish policy waits for
+    /// cosignatures that peers give over LKTL/1.
+    signed: watch::Sender<Option<Published>>,
     publish: submit::Publish,
     /// When the witnesses last got a submission.
     last_submitted: std::sync::Mutex<Option<std::time::Instant>>,
@@ -152,12 +156,14 @@ impl<S: LogStore> LogNode<S> {
     ) -> Result<Arc<Self>, NodeError> {
         let log = store.create_log(origin, options).await?;
         let (published, _) = watch::channel(None);
+        let (signed, _) = watch::channel(None);
         let node = Arc::new(LogNode {
             store,
             log,
             origin: origin.to_string(),
             key,
             published,
+            signed,
             publish,
             last_submitted: std::sync::Mutex::new(None),
         });
@@ -166,27 +172,31 @@ impl<S: LogStore> LogNode<S> {
     }
 
     /// Publishes the store's latest checkpoint if it is newer than the
-    /// published one (a mirror, after its follower stored one).
+    /// published one (a mirror, after its follower stored one) and meets
+    /// the publish policy (a sequencer's); peers hear of it either way.
     pub async fn publish_stored(&self) -> Result<(), StoreError> {
         let Some(note) = self.store.checkpoint(self.log, None).await? else {
             return Ok(());
         };
-        let Some(size) = Note::parse(&note)
-            .ok()
-            .and_then(|n| Checkpoint::parse(n.text()).ok())
-            .map(|c| c.size)
-        else {
-            return Err(StoreError::Corrupt(
-                "stored checkpoint does not parse".into(),
-            ));
+        let parsed = Note::parse(&note)
+            .map_err(|_| StoreError::Corrupt("stored checkpoint does not parse".into()))?;
+        let size = Checkpoint::parse(parsed.text())
+            .map_err(|_| StoreError::Corrupt("stored checkpoint does not parse".into()))?
+            .size;
+        let stored = Published { size, note };
+        let newer = |current: &Option<Published>| {
+            current
+                .as_ref()
+                .is_none_or(|p| p.size < size || (p.size == size && p.note != stored.note))
         };
-        let newer = self
-            .published
-            .borrow()
-            .as_ref()
-            .is_none_or(|p| p.size < size || (p.size == size && p.note != note));
-        if newer {
-            self.published.send_replace(Some(Published { size, note }));
+        if newer(&self.signed.borrow()) {
+            self.signed.send_replace(Some(stored.clone()));
+        }
+        if self.key.is_some() && !self.publish.is_met(&parsed) {
+            return Ok(());
+        }
+        if newer(&self.published.borrow()) {
+            self.published.send_replace(Some(stored));
         }
         Ok(())
     }
@@ -244,6 +254,20 @@ impl<S: LogStore> LogNode<S> {
         self.published.subscribe()
     }
 
+    /// The latest signed checkpoint (≥ the published one), and a way to
+    /// wait for the next: what federation peers verify, store and cosign.
+    pub fn signed(&self) -> watch::Receiver<Option<Published>> {
+        self.signed.subscribe()
+    }
+
+    /// The signed checkpoint's size and root.
+    pub fn signed_head(&self) -> Option<(u64, tlog_core::Hash)> {
+        let signed = self.signed.borrow().clone()?;
+        let note = Note::parse(&signed.note).ok()?;
+        let checkpoint = Checkpoint::parse(note.text()).ok()?;
+        Some((checkpoint.size, checkpoint.root))
+    }
+
     /// Appends one entry; `Ok` when durable (not yet published).
     pub async fn append(&self, entry: Vec<u8>) -> Result<Appended, StoreError> {
         let mut done = self.store.append(self.log, vec![entry]).await?;
@@ -270,6 +294,11 @@ impl<S: LogStore> LogNode<S> {
         if have == Some(state.size) {
             return self.refresh(key).await;
         }
+        let signed = self.signed.borrow().as_ref().map(|p| p.size);
+        if signed == Some(state.size) && self.publish.witnesses.is_empty() {
+            // Signed and told to the peers; their cosignatures publish it.
+            return Ok(());
+        }
         if state.size < state.checkpoint_size {
             tracing::error!(origin = %self.origin, size = state.size, checkpoint = state.checkpoint_size,
                 "the store is behind its own signed checkpoint (a restored backup?): log frozen");
@@ -292,12 +321,9 @@ impl<S: LogStore> LogNode<S> {
             Err(e) => return Err(e),
         }
         if self.publish.witnesses.is_empty() {
-            // Publish policy `quorum none`: stored is published.
-            self.published.send_replace(Some(Published {
-                size: state.size,
-                note: bytes,
-            }));
-            return Ok(());
+            // No HTTP witnesses: published now under `quorum none`, else
+            // once federation cosignatures merged over LKTL/1 meet it.
+            return self.publish_stored().await;
         }
         self.witness_and_publish(key, note, state.size, state.root)
             .await
@@ -351,13 +377,11 @@ impl<S: LogStore> LogNode<S> {
         self.store
             .put_checkpoint(self.log, size, root, note.to_bytes())
             .await?;
-        if cosigned >= self.publish.quorum {
-            self.publish_stored().await
-        } else {
+        if cosigned < self.publish.quorum {
             tracing::warn!(origin = %self.origin, size, cosigned, quorum = self.publish.quorum,
                 "not published: too few witnesses cosigned; retried next round");
-            Ok(())
         }
+        self.publish_stored().await
     }
 
     /// Evidence that `key` signed `theirs` and our stored latest note,
@@ -444,10 +468,9 @@ impl<S: LogStore> LogNode<S> {
         if before == after {
             return Ok(false);
         }
-        let published = self.published.borrow().as_ref().map(|p| p.size);
-        if self.key.is_none() || published == Some(size) {
-            self.publish_stored().await?;
-        }
+        // The policy decides (a mirror publishes what it stored; a
+        // sequencer once the cosignatures meet its policy).
+        self.publish_stored().await?;
         Ok(true)
     }
 

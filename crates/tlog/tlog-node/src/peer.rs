@@ -7,7 +7,7 @@
 //!   not a peer, `nc` included, gets the `ERR` line), Hellos (a nonce equal
 //!   to ours is a self-connection: closed), then frames. Each connection
 //!   has a writer task (which also sends Ping after 30 s of silence), and a
-//!   reader that answers GetHeaders/GetData from published state, routes
+//!   reader that answers GetHeaders/GetData from signed state, routes
 //!   answers to the requests waiting for them, and hands Inv and Evidence
 //!   to handlers that run one at a time per node (so the store sees one
 //!   import at a time).
@@ -196,6 +196,10 @@ pub struct Follow {
     pub cosigner: Option<Arc<SignerKey>>,
     /// The service's rules, checked before entries are stored.
     pub validator: Option<Arc<dyn Validator>>,
+    /// This node's validating cosigner key (tlog.md §5.3, distinct from
+    /// any witness or mirror key): it cosigns a size only once every entry
+    /// below it is durably stored and passed `validator` (required).
+    pub validating: Option<Arc<SignerKey>>,
 }
 
 impl std::fmt::Debug for Follow {
@@ -205,6 +209,7 @@ impl std::fmt::Debug for Follow {
             .field("witnesses", &self.witnesses)
             .field("cosigner", &self.cosigner.is_some())
             .field("validator", &self.validator.is_some())
+            .field("validating", &self.validating.is_some())
             .finish()
     }
 }
@@ -220,6 +225,8 @@ struct Log<S> {
     cosigner: Option<Arc<SignerKey>>,
     /// The service's rules for this log's entries.
     validator: Option<Arc<dyn Validator>>,
+    /// This node's validating cosigner key, if it validates this log.
+    validating: Option<Arc<SignerKey>>,
     /// One Inv/Evidence handler at a time for this log.
     sync: tokio::sync::Mutex<()>,
     /// Evidence digests already sent to every connected peer.
@@ -426,6 +433,7 @@ impl<S: LogStore> Peer<S> {
                     key: follow.key,
                     keys,
                     cosigner: follow.cosigner,
+                    validating: follow.validating.filter(|_| follow.validator.is_some()),
                     validator: follow.validator,
                     sync: tokio::sync::Mutex::new(()),
                     evidence_sent: Mutex::new(HashSet::new()),
@@ -445,7 +453,7 @@ impl<S: LogStore> Peer<S> {
     }
 
     /// Accepts on `listener`, dials the configured peers, and announces
-    /// every newly published checkpoint, until the listener fails.
+    /// every newly signed checkpoint, until the listener fails.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         for peer in self.config.peers.clone() {
             tokio::spawn(self.clone().dial(peer));
@@ -601,7 +609,7 @@ impl<S: LogStore> Peer<S> {
                     prefix: false,
                     origin: l.node.origin().to_string(),
                     roles: if l.node.is_sequencer() { 1 } else { 2 },
-                    size: l.node.published_head().map_or(0, |(size, _)| size),
+                    size: l.node.signed_head().map_or(0, |(size, _)| size),
                 })
                 .collect(),
         };
@@ -857,11 +865,11 @@ impl<S: LogStore> Peer<S> {
         }
     }
 
-    /// Announces every newly published checkpoint of `log` to the peers
+    /// Announces every newly signed checkpoint of `log` to the peers
     /// behind it.
     async fn announce(self: Arc<Self>, log: Arc<Log<S>>) {
-        let mut published = log.node.published();
-        while published.changed().await.is_ok() {
+        let mut signed = log.node.signed();
+        while signed.changed().await.is_ok() {
             let state = match log.node.store().state(log.node.log_id()).await {
                 Ok(state) => state,
                 Err(_) => continue,
@@ -1157,12 +1165,18 @@ impl<S: LogStore> Log<S> {
         tracing::debug!(peer = %conn.name, size = n, "mirror up to date");
         // Every entry below n is verified and durable: cosign n, and send
         // the cosigned note to every peer (the origin included).
-        if let Some(key) = &self.cosigner {
-            let mut note = target.note.clone();
+        // A validating cosigner too: every entry below n also passed the
+        // service's rules (the replica was built from them at start, and
+        // every chunk since was checked before its import).
+        let keys = [&self.cosigner, &self.validating];
+        let mut note = target.note.clone();
+        let mut signed = false;
+        for key in keys.into_iter().flatten() {
             note.add(key.sign(note.text(), crate::now_secs()));
-            if self.node.merge_cosignatures(n, root, &note).await? {
-                self.relay(peer).await;
-            }
+            signed = true;
+        }
+        if signed && self.node.merge_cosignatures(n, root, &note).await? {
+            self.relay(peer).await;
         }
         Ok(())
     }
@@ -1336,7 +1350,7 @@ impl<S: LogStore> Log<S> {
     }
 }
 
-/// Sends `conn` our published checkpoint if it showed a smaller one,
+/// Sends `conn` our signed checkpoint if it showed a smaller one,
 /// or, at connection (`hello`), whatever the sizes: so a peer holding
 /// an equal or larger tree checks ours against its own at our size,
 /// and a fork is caught at every connection (one Inv per connection).
@@ -1344,7 +1358,7 @@ async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, hello: bool) {
     let Some(theirs) = conn.announced(&log.node.log_id()) else {
         return;
     };
-    let Some(published) = log.node.published().borrow().clone() else {
+    let Some(published) = log.node.signed().borrow().clone() else {
         return;
     };
     if theirs >= published.size && !hello {
@@ -1456,7 +1470,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
-/// The answer to a GetHeaders or GetData, from published state only.
+/// The answer to a GetHeaders or GetData, from signed state only (the
+/// signed checkpoint may be ahead of the published one while the publish
+/// policy waits for the peers' cosignatures).
 async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Message> {
     let store = node.store();
     let log = node.log_id();
@@ -1477,7 +1493,7 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
             if log_id != log {
                 return not_found(log_id, 1, 0);
             }
-            let (size, _) = node.published_head().unwrap_or((0, merkle::EMPTY_ROOT));
+            let (size, _) = node.signed_head().unwrap_or((0, merkle::EMPTY_ROOT));
             if tree_size > size || start >= tree_size {
                 return not_found(log_id, if tree_size > size { 3 } else { 2 }, size);
             }
@@ -1500,7 +1516,7 @@ async fn respond<S: LogStore>(node: &LogNode<S>, message: Message) -> Option<Mes
             if log_id != log {
                 return not_found(log_id, 1, 0);
             }
-            let published = node.published().borrow().clone();
+            let published = node.signed().borrow().clone();
             let Some(published) = published else {
                 return not_found(log_id, 1, 0);
             };

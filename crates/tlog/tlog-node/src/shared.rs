@@ -26,24 +26,19 @@ pub struct SharedRedbLog {
 }
 
 /// Opens (or creates) `path` and starts the log of `key` in it,
-/// checkpointing every `interval`.
+/// checkpointing every `interval` and publishing under `publish`.
 pub async fn open(
     path: &Path,
     key: SignerKey,
     interval: Duration,
+    publish: crate::submit::Publish,
 ) -> Result<SharedRedbLog, String> {
     let db =
         Arc::new(redb::Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?);
     let store = Arc::new(RedbLogStore::open_shared(db.clone(), path).map_err(|e| e.to_string())?);
-    let node = LogNode::start(
-        store.clone(),
-        key,
-        LogOptions::default(),
-        interval,
-        crate::submit::Publish::default(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let node = LogNode::start(store.clone(), key, LogOptions::default(), interval, publish)
+        .await
+        .map_err(|e| e.to_string())?;
     let state = store
         .state(node.log_id())
         .await

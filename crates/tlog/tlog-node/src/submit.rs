@@ -60,6 +60,31 @@ pub struct Publish {
     /// How long an idle log waits before resubmitting its latest
     /// checkpoint to refresh the cosignatures' timestamps.
     pub republish: Duration,
+    /// Federation cosigners (tlog.md §5.3: mirror or validating cosigners
+    /// of the peers), whose cosignatures reach the log over LKTL/1.
+    pub cosigners: Vec<VerifierKey>,
+    /// How many of them must cosign before a checkpoint is published (0:
+    /// none). Until then peers get the signed checkpoint (to verify,
+    /// store and cosign it) and HTTP clients keep the previous one.
+    pub cosigner_quorum: usize,
+}
+
+impl Publish {
+    /// Whether a note carries the cosignatures this policy needs
+    /// (tlog.md §6.3 step 5). Lines are counted by key name and ID; the
+    /// caller stores only verified lines.
+    pub fn is_met(&self, note: &Note) -> bool {
+        let count = |keys: &mut dyn Iterator<Item = &VerifierKey>| {
+            keys.filter(|k| {
+                note.signatures()
+                    .iter()
+                    .any(|l| l.name == k.name() && l.id == k.id())
+            })
+            .count()
+        };
+        count(&mut self.witnesses.iter().map(|w| &w.key)) >= self.quorum
+            && count(&mut self.cosigners.iter()) >= self.cosigner_quorum
+    }
 }
 
 /// tlog.md §5.2's `republish_interval`.
@@ -71,6 +96,8 @@ impl Default for Publish {
             witnesses: Vec::new(),
             quorum: 0,
             republish: REPUBLISH_INTERVAL,
+            cosigners: Vec::new(),
+            cosigner_quorum: 0,
         }
     }
 }

@@ -108,6 +108,13 @@ struct Args {
     /// cosigned it [default: all of them].
     #[arg(long, env = "TLOGD_PUBLISH_QUORUM")]
     publish_quorum: Option<usize>,
+    /// Publish this log's checkpoints only once this many of the
+    /// `--trust-cosigner` keys cosigned them (federation cosigning, tlog.md
+    /// §5.3, §6.3): peers get each signed checkpoint over the sync port,
+    /// verify and store it, and send their cosignatures back; HTTP clients
+    /// keep the previous checkpoint until the quorum is met.
+    #[arg(long, env = "TLOGD_COSIGNER_QUORUM", default_value_t = 0)]
+    cosigner_quorum: usize,
     /// An idle witnessed log resubmits its latest checkpoint this often, so
     /// cosignature timestamps stay fresh for clients with a `max_age`.
     #[arg(long, env = "TLOGD_REPUBLISH_INTERVAL_SECS", default_value_t = 600,
@@ -236,10 +243,19 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
                 "--publish-quorum {quorum} is more than the {} witnesses given",
                 witnesses.len()
             );
+            let cosigners = trusted_cosigners(&args.trust_cosigner)?;
+            anyhow::ensure!(
+                args.cosigner_quorum <= cosigners.len(),
+                "--cosigner-quorum {} is more than the {} --trust-cosigner keys given",
+                args.cosigner_quorum,
+                cosigners.len()
+            );
             let publish = tlog_node::submit::Publish {
                 witnesses,
                 quorum,
                 republish: Duration::from_secs(args.republish_interval_secs),
+                cosigners,
+                cosigner_quorum: args.cosigner_quorum,
             };
             if args.danger_unfreeze {
                 unfreeze(&*store, &args.origin, options).await?;
@@ -253,14 +269,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
     // Every log this node serves or follows, on the sync port, and over
     // HTTP at /logs/<origin>/ (the first also at /).
     // Mirror cosigners whose lines this node keeps, and its own.
-    let trusted = args
-        .trust_cosigner
-        .iter()
-        .map(|v| {
-            tlog_core::note::VerifierKey::parse(v)
-                .map_err(|e| anyhow::anyhow!("--trust-cosigner {v:?}: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trusted = trusted_cosigners(&args.trust_cosigner)?;
     let cosigner = if args.cosign {
         let key = key_file(
             &dir.join("cosigner-key"),
@@ -286,6 +295,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             // The origin signs its own log; a mirror cosigns it.
             cosigner: cosigner.clone().filter(|_| !node.is_sequencer()),
             validator: None,
+            validating: None,
         },
     )];
     for follow in &args.follow {
@@ -310,6 +320,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
                 witnesses: trusted.clone(),
                 cosigner: cosigner.clone(),
                 validator: None,
+                validating: None,
             },
         ));
     }
@@ -414,4 +425,15 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The `--trust-cosigner` keys.
+fn trusted_cosigners(given: &[String]) -> anyhow::Result<Vec<tlog_core::note::VerifierKey>> {
+    given
+        .iter()
+        .map(|v| {
+            tlog_core::note::VerifierKey::parse(v)
+                .map_err(|e| anyhow::anyhow!("--trust-cosigner {v:?}: {e}"))
+        })
+        .collect()
 }
