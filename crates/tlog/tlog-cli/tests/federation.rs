@@ -881,3 +881,82 @@ fn inbound_connections_are_capped_per_address() {
         drop(held);
     });
 }
+
+/// What a node's sync port tells a human (`nc`): its logs with sizes.
+fn err_line(sync: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(sync).expect("sync port");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s.write_all(b"\n").expect("enter");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+/// `--follow-prefix`: one key signing logs under a prefix (each under its
+/// own origin name, as lssd's per-client logs are), two origins serving
+/// them, and a mirror that follows the prefix from both: it takes each log
+/// as its origin announces it, and not a log outside the prefix.
+#[test]
+fn a_prefix_follower_mirrors_every_log_its_key_signs_under_the_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = [0x51; 32];
+    let origins = ["p.example/logs/1", "p.example/logs/2", "q.example/log"];
+    let ports: Vec<u16> = origins.iter().map(|_| free_port()).collect();
+    let nodes: Vec<Tlogd> = origins
+        .iter()
+        .enumerate()
+        .map(|(i, origin)| {
+            let d = dir.path().join(format!("o{i}"));
+            std::fs::create_dir_all(&d).expect("dir");
+            let key = SignerKey::from_seed(origin, KeyType::Ed25519, &seed).expect("key");
+            std::fs::write(d.join("log-key"), format!("{}\n", key.to_private_line()))
+                .expect("key file");
+            let node = start_with(
+                &d,
+                &["--origin", origin, "--sync-listen", &sync_addr(ports[i])],
+            );
+            append(&node, (0..(5 + i)).map(|k| format!("{origin} {k}")));
+            published(&node, 5 + i as u64);
+            node
+        })
+        .collect();
+    let prefix_key = SignerKey::from_seed("p.example/logs/", KeyType::Ed25519, &seed)
+        .expect("key")
+        .verifier()
+        .to_string();
+    let mirror_sync = sync_addr(free_port());
+    let mut args = vec![
+        "--origin".to_string(),
+        "m.example/log".into(),
+        "--sync-listen".into(),
+        mirror_sync.clone(),
+    ];
+    for port in &ports {
+        args.extend([
+            "--follow-prefix".to_string(),
+            format!("{prefix_key}@{}", sync_addr(*port)),
+        ]);
+    }
+    let mirror = start_with(
+        &dir.path().join("m"),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = err_line(&mirror_sync);
+        if line.contains("p.example/logs/1 size=5") && line.contains("p.example/logs/2 size=6") {
+            assert!(!line.contains("q.example/log"), "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never mirrored: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for node in nodes.iter().chain([&mirror]) {
+        assert!(!node.log.lock().expect("lock").contains("banned peer"));
+    }
+}

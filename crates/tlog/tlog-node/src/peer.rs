@@ -214,6 +214,38 @@ impl std::fmt::Debug for Follow {
     }
 }
 
+/// Every log whose origin starts with `prefix` and whose notes `key`
+/// signs under the origin's own name (tlog.md §3.4, §7.6): one key, one
+/// derived vkey per origin, as `lssd` signs its per-client logs. Such
+/// logs are created in `store` as peers announce them (in a Hello or an
+/// Inv whose note the derived key signs) and mirrored like a [`Follow`].
+pub struct PrefixFollow<S> {
+    /// The origin prefix (e.g. `lss.example.org/ns/`).
+    pub prefix: String,
+    /// The Ed25519 key; its name is ignored (each origin's vkey is
+    /// derived with the origin as the name).
+    pub key: VerifierKey,
+    /// Where the mirrored logs are created.
+    pub store: Arc<S>,
+    /// Witnesses whose cosignatures are kept.
+    pub witnesses: Vec<VerifierKey>,
+    /// This node's mirror cosigner key, if it cosigns these logs.
+    pub cosigner: Option<Arc<SignerKey>>,
+    /// The most logs created under this prefix (a bound on what peers
+    /// can make this node store).
+    pub max_logs: usize,
+}
+
+impl<S> PrefixFollow<S> {
+    /// The vkey of `origin` if it is under the prefix.
+    fn key_for(&self, origin: &str) -> Option<VerifierKey> {
+        if !origin.starts_with(&self.prefix) || origin.len() == self.prefix.len() {
+            return None;
+        }
+        VerifierKey::new(origin, KeyType::Ed25519, *self.key.key()).ok()
+    }
+}
+
 /// One log inside the peer.
 struct Log<S> {
     node: Arc<LogNode<S>>,
@@ -290,7 +322,10 @@ struct Ban {
 
 /// The federation peer of a node's logs, on one sync port.
 pub struct Peer<S> {
-    logs: HashMap<LogId, Arc<Log<S>>>,
+    /// The logs served or followed: those configured, and those created
+    /// under a prefix follow as peers announce them.
+    logs: std::sync::RwLock<HashMap<LogId, Arc<Log<S>>>>,
+    prefixes: Vec<PrefixFollow<S>>,
     config: Config,
     nonce: u64,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
@@ -311,6 +346,9 @@ struct Conn {
     /// Per common log (its Hello named the origin), the largest size the
     /// peer showed us.
     announced: Mutex<HashMap<LogId, u64>>,
+    /// The origin prefixes its Hello said it follows: a log of ours under
+    /// one becomes common when it appears here later.
+    prefixes: Vec<String>,
     kill: Notify,
     killed: AtomicBool,
 }
@@ -320,6 +358,14 @@ impl Conn {
     /// follow it.
     fn announced(&self, log: &LogId) -> Option<u64> {
         self.announced.lock().ok()?.get(log).copied()
+    }
+
+    /// Marks `log` as common with this peer (it announced one we follow
+    /// under a prefix).
+    fn saw_log(&self, log: LogId) {
+        if let Ok(mut announced) = self.announced.lock() {
+            announced.entry(log).or_insert(0);
+        }
     }
 
     fn saw(&self, log: &LogId, size: u64) {
@@ -417,32 +463,25 @@ impl<S: LogStore> Peer<S> {
     /// The peer of a node serving or following `logs`; [`Peer::run`]
     /// starts it.
     pub fn new(config: Config, logs: Vec<(Arc<LogNode<S>>, Follow)>) -> Arc<Self> {
+        Self::with_prefixes(config, logs, Vec::new())
+    }
+
+    /// The same, also following every log under each of `prefixes`.
+    pub fn with_prefixes(
+        config: Config,
+        logs: Vec<(Arc<LogNode<S>>, Follow)>,
+        prefixes: Vec<PrefixFollow<S>>,
+    ) -> Arc<Self> {
         let logs = logs
             .into_iter()
             .map(|(node, follow)| {
-                let mut keys = vec![follow.key.clone()];
-                keys.extend(
-                    follow
-                        .witnesses
-                        .iter()
-                        .filter(|k| k.key_type() == KeyType::Cosignature)
-                        .cloned(),
-                );
-                let log = Log {
-                    node,
-                    key: follow.key,
-                    keys,
-                    cosigner: follow.cosigner,
-                    validating: follow.validating.filter(|_| follow.validator.is_some()),
-                    validator: follow.validator,
-                    sync: tokio::sync::Mutex::new(()),
-                    evidence_sent: Mutex::new(HashSet::new()),
-                };
+                let log = Log::new(node, follow);
                 (log.node.log_id(), Arc::new(log))
             })
             .collect();
         Arc::new(Peer {
-            logs,
+            logs: std::sync::RwLock::new(logs),
+            prefixes,
             config,
             nonce: entropy(),
             conns: Mutex::new(HashMap::new()),
@@ -452,14 +491,86 @@ impl<S: LogStore> Peer<S> {
         })
     }
 
+    /// One log, if served or followed.
+    fn log(&self, id: &LogId) -> Option<Arc<Log<S>>> {
+        self.logs.read().ok()?.get(id).cloned()
+    }
+
+    /// Every log, in no particular order.
+    fn all_logs(&self) -> Vec<Arc<Log<S>>> {
+        self.logs
+            .read()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The logs this node follows, by origin (prefix-followed included).
+    pub fn origins(&self) -> Vec<String> {
+        let mut origins: Vec<String> = self
+            .all_logs()
+            .iter()
+            .map(|l| l.node.origin().to_string())
+            .collect();
+        origins.sort();
+        origins
+    }
+
+    /// The log of `origin` if a prefix follow covers it: found, or created
+    /// (and its announcer started) within the prefix's bound.
+    async fn log_under_prefix(self: &Arc<Self>, origin: &str) -> Option<Arc<Log<S>>> {
+        let id = tlog_core::log_id(origin);
+        if let Some(log) = self.log(&id) {
+            return Some(log);
+        }
+        let prefix = self.prefixes.iter().find(|p| p.key_for(origin).is_some())?;
+        let key = prefix.key_for(origin)?;
+        let held = self
+            .all_logs()
+            .iter()
+            .filter(|l| l.node.origin().starts_with(&prefix.prefix))
+            .count();
+        if held >= prefix.max_logs {
+            tracing::warn!(%origin, prefix = %prefix.prefix, max = prefix.max_logs,
+                "not following another log under the prefix: at its limit");
+            return None;
+        }
+        let node = match LogNode::mirror(prefix.store.clone(), origin).await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::warn!(%origin, error = %e, "cannot create the log");
+                return None;
+            }
+        };
+        let log = Arc::new(Log::new(
+            node,
+            Follow {
+                key,
+                witnesses: prefix.witnesses.clone(),
+                cosigner: prefix.cosigner.clone(),
+                validator: None,
+                validating: None,
+            },
+        ));
+        {
+            let mut logs = self.logs.write().ok()?;
+            if let Some(raced) = logs.get(&id) {
+                return Some(raced.clone());
+            }
+            logs.insert(id, log.clone());
+        }
+        tracing::info!(%origin, prefix = %prefix.prefix, "following a log under the prefix");
+        tokio::spawn(self.clone().announce(log.clone()));
+        Some(log)
+    }
+
     /// Accepts on `listener`, dials the configured peers, and announces
     /// every newly signed checkpoint, until the listener fails.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
         for peer in self.config.peers.clone() {
             tokio::spawn(self.clone().dial(peer));
         }
-        for log in self.logs.values() {
-            tokio::spawn(self.clone().announce(log.clone()));
+        for log in self.all_logs() {
+            tokio::spawn(self.clone().announce(log));
         }
         loop {
             let Ok((stream, addr)) = listener.accept().await else {
@@ -572,7 +683,7 @@ impl<S: LogStore> Peer<S> {
         let ident = Ident {
             software: format!("tlogd/{}", env!("CARGO_PKG_VERSION")),
             node: self.config.name.clone(),
-            logs: self.logs.len() as u64,
+            logs: self.all_logs().len() as u64,
         };
         stream.write_all(&ident.to_line()).await?;
         let mut buf = Vec::with_capacity(512);
@@ -582,8 +693,8 @@ impl<S: LogStore> Peer<S> {
             // Not a peer, or too slow: say what this port is, and close.
             _ if inbound => {
                 let mut logs: Vec<(String, u64, Hash)> = self
-                    .logs
-                    .values()
+                    .all_logs()
+                    .iter()
                     .filter_map(|l| {
                         let (size, root) = l.node.published_head()?;
                         Some((l.node.origin().to_string(), size, root))
@@ -603,14 +714,21 @@ impl<S: LogStore> Peer<S> {
             max_inflight: 8,
             node_name: self.config.name.clone(),
             logs: self
-                .logs
-                .values()
-                .map(|l| HelloLog {
+                .prefixes
+                .iter()
+                .map(|p| HelloLog {
+                    prefix: true,
+                    origin: p.prefix.clone(),
+                    roles: 2,
+                    size: 0,
+                })
+                .chain(self.all_logs().iter().map(|l| HelloLog {
                     prefix: false,
                     origin: l.node.origin().to_string(),
                     roles: if l.node.is_sequencer() { 1 } else { 2 },
                     size: l.node.signed_head().map_or(0, |(size, _)| size),
-                })
+                }))
+                .take(sync::MAX_HELLO_LOGS)
                 .collect(),
         };
         stream
@@ -642,12 +760,24 @@ impl<S: LogStore> Peer<S> {
         if nonce == self.nonce {
             return Err(PeerError::Protocol("connected to itself".into()));
         }
-        let common: HashMap<LogId, u64> = theirs
-            .iter()
-            .filter(|l| !l.prefix)
-            .map(|l| (tlog_core::log_id(&l.origin), l.size))
-            .filter(|(id, _)| self.logs.contains_key(id))
-            .collect();
+        // Common logs: those both name, and ours under their prefixes
+        // (they hold nothing of them yet). A log they name under one of
+        // our prefixes is created only when an Inv of it verifies: a name
+        // in a Hello proves nothing.
+        let mut common: HashMap<LogId, u64> = HashMap::new();
+        for l in theirs.iter().filter(|l| !l.prefix) {
+            let id = tlog_core::log_id(&l.origin);
+            if self.log(&id).is_some() {
+                common.insert(id, l.size);
+            }
+        }
+        for l in theirs.iter().filter(|l| l.prefix) {
+            for log in self.all_logs() {
+                if log.node.origin().starts_with(&l.origin) {
+                    common.entry(log.node.log_id()).or_insert(0);
+                }
+            }
+        }
         let (out, rx) = mpsc::channel(256);
         let conn = Arc::new(Conn {
             name: name.clone(),
@@ -656,6 +786,11 @@ impl<S: LogStore> Peer<S> {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             announced: Mutex::new(common),
+            prefixes: theirs
+                .iter()
+                .filter(|l| l.prefix)
+                .map(|l| l.origin.clone())
+                .collect(),
             kill: Notify::new(),
             killed: AtomicBool::new(false),
         });
@@ -665,7 +800,8 @@ impl<S: LogStore> Peer<S> {
         let done = Arc::new(Notify::new());
         let mut writer = tokio::spawn(write_loop(writer, rx, limits.ping_after, done.clone()));
         // For each common log, our latest checkpoint, or the evidence.
-        for log in self.logs.values() {
+        for log in self.all_logs() {
+            let log = &log;
             if conn.announced(&log.node.log_id()).is_none() {
                 continue;
             }
@@ -785,7 +921,7 @@ impl<S: LogStore> Peer<S> {
                     }
                 }
                 m @ (Message::GetHeaders { log_id, .. } | Message::GetData { log_id, .. }) => {
-                    let answer = match self.logs.get(&log_id) {
+                    let answer = match self.log(&log_id) {
                         Some(log) => respond(&log.node, m).await,
                         None => Some(Message::NotFound {
                             log_id,
@@ -804,24 +940,30 @@ impl<S: LogStore> Peer<S> {
                     proof,
                 } => {
                     // Other origins are not followed: ignored (rate counted).
-                    if let Some(log) = self.logs.get(&log_id) {
+                    // One under a prefix we follow is taken if the derived
+                    // key signs it.
+                    let log = match self.log(&log_id) {
+                        Some(log) => Some(log),
+                        None => match self.prefix_origin(log_id, &note) {
+                            Some(origin) => self.log_under_prefix(&origin).await,
+                            None => None,
+                        },
+                    };
+                    if let Some(log) = log {
+                        conn.saw_log(log_id);
                         let job = Job::Inv {
                             note,
                             old_size,
                             proof,
                         };
-                        tokio::spawn(self.clone().handle(log.clone(), conn.clone(), job));
+                        tokio::spawn(self.clone().handle(log, conn.clone(), job));
                     }
                 }
                 Message::Evidence(blob) => {
                     // Routed by the origin it names; other logs' ignored.
                     let origin = Evidence::origin(&blob);
-                    if let Some(log) = origin.and_then(|o| self.logs.get(&tlog_core::log_id(&o))) {
-                        tokio::spawn(self.clone().handle(
-                            log.clone(),
-                            conn.clone(),
-                            Job::Evidence(blob),
-                        ));
+                    if let Some(log) = origin.and_then(|o| self.log(&tlog_core::log_id(&o))) {
+                        tokio::spawn(self.clone().handle(log, conn.clone(), Job::Evidence(blob)));
                     }
                 }
                 Message::Unknown(_) => {
@@ -837,6 +979,19 @@ impl<S: LogStore> Peer<S> {
                 }
             }
         }
+    }
+
+    /// The origin of an Inv for a log we do not hold, if it is under one
+    /// of our prefixes, names this log and the derived key signed it.
+    fn prefix_origin(&self, log_id: LogId, note: &[u8]) -> Option<String> {
+        let parsed = Note::parse(note).ok()?;
+        let origin = Checkpoint::parse(parsed.text()).ok()?.origin;
+        if tlog_core::log_id(&origin) != log_id {
+            return None;
+        }
+        let key = self.prefixes.iter().find_map(|p| p.key_for(&origin))?;
+        parsed.verify(&[key]).ok()?;
+        Some(origin)
     }
 
     fn pending_take(&self, conn: &Conn, id: u32) -> Option<oneshot::Sender<Message>> {
@@ -886,6 +1041,27 @@ impl<S: LogStore> Peer<S> {
 }
 
 impl<S: LogStore> Log<S> {
+    fn new(node: Arc<LogNode<S>>, follow: Follow) -> Log<S> {
+        let mut keys = vec![follow.key.clone()];
+        keys.extend(
+            follow
+                .witnesses
+                .iter()
+                .filter(|k| k.key_type() == KeyType::Cosignature)
+                .cloned(),
+        );
+        Log {
+            node,
+            key: follow.key,
+            keys,
+            cosigner: follow.cosigner,
+            validating: follow.validating.filter(|_| follow.validator.is_some()),
+            validator: follow.validator,
+            sync: tokio::sync::Mutex::new(()),
+            evidence_sent: Mutex::new(HashSet::new()),
+        }
+    }
+
     /// Checks a note from a peer: the origin's key signed it, it is this
     /// log's, its size is in range.
     fn verify(&self, bytes: &[u8]) -> Result<Verified, PeerError> {
@@ -1355,8 +1531,20 @@ impl<S: LogStore> Log<S> {
 /// an equal or larger tree checks ours against its own at our size,
 /// and a fork is caught at every connection (one Inv per connection).
 async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, hello: bool) {
-    let Some(theirs) = conn.announced(&log.node.log_id()) else {
-        return;
+    let id = log.node.log_id();
+    let theirs = match conn.announced(&id) {
+        Some(theirs) => theirs,
+        // A log that appeared here after the peer's Hello, under a prefix
+        // it follows.
+        None if conn
+            .prefixes
+            .iter()
+            .any(|p| log.node.origin().starts_with(p)) =>
+        {
+            conn.saw_log(id);
+            0
+        }
+        None => return,
     };
     let Some(published) = log.node.signed().borrow().clone() else {
         return;

@@ -74,6 +74,21 @@ struct Args {
     /// federation member follows the other members' logs.
     #[arg(long = "follow", env = "TLOGD_FOLLOW", value_delimiter = ',')]
     follow: Vec<String>,
+    /// Also follow every log under an origin prefix that one Ed25519 key
+    /// signs under each origin's own name (as `lssd` signs its per-client
+    /// logs): `<prefix>+<key ID>+<base64 key>[@<host>:<sync port>]`, a vkey
+    /// whose name is the prefix. Logs are created as peers announce them
+    /// (at most `--max-prefix-logs` per prefix) and served on the sync
+    /// port; repeat for more prefixes.
+    #[arg(
+        long = "follow-prefix",
+        env = "TLOGD_FOLLOW_PREFIX",
+        value_delimiter = ','
+    )]
+    follow_prefix: Vec<String>,
+    /// The most logs one `--follow-prefix` creates.
+    #[arg(long, env = "TLOGD_MAX_PREFIX_LOGS", default_value_t = 10_000)]
+    max_prefix_logs: usize,
     /// Cosign every log this node follows (mirror cosigner, tlog.md §5.3):
     /// a size only once every entry below it is verified and stored. The
     /// key (`cosigner-key`, its vkey in `cosigner-vkey`) is made once.
@@ -351,7 +366,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             0o644,
         )?;
         tracing::info!(vkey = %wvkey, logs = logs.len(), "witnessing at /witness/add-checkpoint");
-        let witness = tlog_node::witness::Witness::new(store, key, logs);
+        let witness = tlog_node::witness::Witness::new(store.clone(), key, logs);
         app = app.nest("/witness", witness.router());
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -374,13 +389,37 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
     tracing::info!(addr = %sync.local_addr()?, "sync port (LKTL/1) listening");
     peers.sort();
     peers.dedup();
-    let federation = tlog_node::peer::Peer::new(
+    let mut prefixes = Vec::new();
+    for follow in &args.follow_prefix {
+        let (vkey, peer) = match follow.rsplit_once('@') {
+            Some((vkey, peer)) => (vkey, Some(peer)),
+            None => (follow.as_str(), None),
+        };
+        let key = tlog_core::note::VerifierKey::parse(vkey)
+            .map_err(|e| anyhow::anyhow!("--follow-prefix {follow:?}: {e}"))?;
+        anyhow::ensure!(
+            key.key_type() == KeyType::Ed25519,
+            "--follow-prefix {follow:?}: not a log (Ed25519) key"
+        );
+        peers.extend(peer.map(str::to_string));
+        tracing::info!(prefix = %key.name(), "following every log under the prefix");
+        prefixes.push(tlog_node::peer::PrefixFollow {
+            prefix: key.name().to_string(),
+            key,
+            store: store.clone(),
+            witnesses: trusted.clone(),
+            cosigner: cosigner.clone(),
+            max_logs: args.max_prefix_logs,
+        });
+    }
+    let federation = tlog_node::peer::Peer::with_prefixes(
         tlog_node::peer::Config {
             name: args.node_name.clone(),
             peers,
             limits: tlog_node::peer::Limits::default(),
         },
         logs,
+        prefixes,
     );
     tokio::spawn(federation.run(sync));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");
