@@ -960,3 +960,89 @@ fn a_prefix_follower_mirrors_every_log_its_key_signs_under_the_prefix() {
         assert!(!node.log.lock().expect("lock").contains("banned peer"));
     }
 }
+
+/// tlog.md §5.3: a witness that is a federation peer cosigns the
+/// checkpoints that reach it by `Inv` as it does over HTTP (consistent with
+/// its record, which it updates durably first) and sends the cosigned note
+/// back; the log, requiring that cosignature, publishes with it. No HTTP
+/// submission is configured.
+#[test]
+fn a_witness_cosigns_checkpoints_that_arrive_by_inv() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = "a.example/log";
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir_all(&a_dir).expect("dir");
+    let key = SignerKey::from_seed(origin, KeyType::Ed25519, &[0x61; 32]).expect("key");
+    std::fs::write(
+        a_dir.join("log-key"),
+        format!("{}\n", key.to_private_line()),
+    )
+    .expect("key");
+    let a_vkey = key.verifier().to_string();
+    let (a_sync, w_sync) = (sync_addr(free_port()), sync_addr(free_port()));
+    let w = start_with(
+        &dir.path().join("w"),
+        &[
+            "--origin",
+            "w.example/log",
+            "--sync-listen",
+            &w_sync,
+            "--witness-for",
+            &a_vkey,
+        ],
+    );
+    let w_vkey = std::fs::read_to_string(w.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    let a = start_with(
+        &a_dir,
+        &[
+            "--origin",
+            origin,
+            "--sync-listen",
+            &a_sync,
+            "--peer",
+            &w_sync,
+            "--trust-cosigner",
+            &w_vkey,
+            "--cosigner-quorum",
+            "1",
+        ],
+    );
+    append(&a, (0..20).map(|k| format!("a {k}")));
+    let note = published(&a, 20);
+    assert_eq!(size_of(&note), 20);
+    let text = String::from_utf8_lossy(&note).to_string();
+    assert!(text.contains("\u{2014} localhost/tlogd/witness "), "{text}");
+    // The witness's own record is that checkpoint.
+    let (status, record, _) = get(&format!(
+        "{}/witness/{}/checkpoint",
+        w.url,
+        hex::encode(tlog_core::log_id(origin))
+    ));
+    assert_eq!(status, 200);
+    assert_eq!(size_of(&record), 20);
+    // A client requiring the witness accepts A's checkpoint.
+    let policy = dir.path().join("policy");
+    std::fs::write(
+        &policy,
+        format!("log {a_vkey}\nwitness w {w_vkey}\nquorum w\n"),
+    )
+    .expect("policy");
+    let out = cli(&[
+        "checkpoint",
+        "--url",
+        &a.url,
+        "--policy",
+        policy.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // More entries: the next checkpoint is proven from the size the witness
+    // holds, cosigned again.
+    append(&a, (20..30).map(|k| format!("a {k}")));
+    published(&a, 30);
+    for node in [&a, &w] {
+        assert!(!node.log.lock().expect("lock").contains("banned peer"));
+    }
+}

@@ -246,6 +246,27 @@ impl<S> PrefixFollow<S> {
     }
 }
 
+/// What a node does on its sync port beyond the logs it serves or
+/// follows whole.
+pub struct Roles<S> {
+    /// Logs followed by origin prefix.
+    pub prefixes: Vec<PrefixFollow<S>>,
+    /// A witness (tlog.md §5.3): a checkpoint of a log it witnesses that
+    /// arrives by `Inv` is judged and recorded exactly as an HTTP
+    /// add-checkpoint (the Inv's old size and proof are the request's),
+    /// and the cosigned note goes back to the peer.
+    pub witness: Option<Arc<crate::witness::Witness<S>>>,
+}
+
+impl<S> Default for Roles<S> {
+    fn default() -> Self {
+        Roles {
+            prefixes: Vec::new(),
+            witness: None,
+        }
+    }
+}
+
 /// One log inside the peer.
 struct Log<S> {
     node: Arc<LogNode<S>>,
@@ -326,6 +347,7 @@ pub struct Peer<S> {
     /// under a prefix follow as peers announce them.
     logs: std::sync::RwLock<HashMap<LogId, Arc<Log<S>>>>,
     prefixes: Vec<PrefixFollow<S>>,
+    witness: Option<Arc<crate::witness::Witness<S>>>,
     config: Config,
     nonce: u64,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
@@ -463,14 +485,14 @@ impl<S: LogStore> Peer<S> {
     /// The peer of a node serving or following `logs`; [`Peer::run`]
     /// starts it.
     pub fn new(config: Config, logs: Vec<(Arc<LogNode<S>>, Follow)>) -> Arc<Self> {
-        Self::with_prefixes(config, logs, Vec::new())
+        Self::with_roles(config, logs, Roles::default())
     }
 
-    /// The same, also following every log under each of `prefixes`.
-    pub fn with_prefixes(
+    /// The same, with the prefix follows and the witness of `roles`.
+    pub fn with_roles(
         config: Config,
         logs: Vec<(Arc<LogNode<S>>, Follow)>,
-        prefixes: Vec<PrefixFollow<S>>,
+        roles: Roles<S>,
     ) -> Arc<Self> {
         let logs = logs
             .into_iter()
@@ -481,7 +503,8 @@ impl<S: LogStore> Peer<S> {
             .collect();
         Arc::new(Peer {
             logs: std::sync::RwLock::new(logs),
-            prefixes,
+            prefixes: roles.prefixes,
+            witness: roles.witness,
             config,
             nonce: entropy(),
             conns: Mutex::new(HashMap::new()),
@@ -707,6 +730,21 @@ impl<S: LogStore> Peer<S> {
             }
             _ => return Err(PeerError::Protocol("not an LKTL/1 peer".into())),
         }
+        // Logs witnessed but not held: named with the size last cosigned.
+        let mut witnessed = Vec::new();
+        if let Some(w) = &self.witness {
+            for origin in w.origins() {
+                if self.log(&tlog_core::log_id(&origin)).is_none() {
+                    let size = w.record(&origin).await?.map_or(0, |(size, _)| size);
+                    witnessed.push(HelloLog {
+                        prefix: false,
+                        origin,
+                        roles: 4,
+                        size,
+                    });
+                }
+            }
+        }
         let hello = Message::Hello {
             version: 1,
             nonce: self.nonce,
@@ -728,6 +766,7 @@ impl<S: LogStore> Peer<S> {
                     roles: if l.node.is_sequencer() { 1 } else { 2 },
                     size: l.node.signed_head().map_or(0, |(size, _)| size),
                 }))
+                .chain(witnessed)
                 .take(sync::MAX_HELLO_LOGS)
                 .collect(),
         };
@@ -812,6 +851,19 @@ impl<S: LogStore> Peer<S> {
                 }
             } else {
                 inv_to(log, &conn, true).await;
+            }
+        }
+        // For each log we witness that the peer serves or follows, our
+        // latest cosigned note: it learns the size we hold (the old size
+        // of its next Inv to us) and keeps our cosignature.
+        if let Some(w) = &self.witness {
+            for l in theirs
+                .iter()
+                .filter(|l| !l.prefix && w.witnesses(&l.origin))
+            {
+                if self.log(&tlog_core::log_id(&l.origin)).is_none() {
+                    self.send_record(&conn, w, &l.origin).await;
+                }
             }
         }
         let result = self.read_loop(&conn, reader, buf).await;
@@ -949,6 +1001,17 @@ impl<S: LogStore> Peer<S> {
                             None => None,
                         },
                     };
+                    if log.is_none() {
+                        if let Some(w) = self.witnessed_origin(log_id, &note) {
+                            let request = tlog_core::witness::AddCheckpoint {
+                                old: old_size,
+                                proof,
+                                note,
+                            };
+                            tokio::spawn(self.clone().witness_inv(conn.clone(), w, request));
+                            continue;
+                        }
+                    }
                     if let Some(log) = log {
                         conn.saw_log(log_id);
                         let job = Job::Inv {
@@ -977,6 +1040,77 @@ impl<S: LogStore> Peer<S> {
                     )
                     .await
                 }
+            }
+        }
+    }
+
+    /// The witness, if it witnesses the log of this Inv's note (and the
+    /// note's origin is that log's).
+    fn witnessed_origin(
+        &self,
+        log_id: LogId,
+        note: &[u8],
+    ) -> Option<Arc<crate::witness::Witness<S>>> {
+        let w = self.witness.as_ref()?;
+        let parsed = Note::parse(note).ok()?;
+        let origin = parsed.text().split('\n').next()?;
+        (tlog_core::log_id(origin) == log_id && w.witnesses(origin)).then(|| w.clone())
+    }
+
+    /// Our latest cosigned note of `origin` to `conn`, as an Inv.
+    async fn send_record(&self, conn: &Conn, w: &crate::witness::Witness<S>, origin: &str) {
+        if let Ok(Some((_, note))) = w.record(origin).await {
+            conn.send(
+                0,
+                Message::Inv {
+                    log_id: tlog_core::log_id(origin),
+                    note,
+                    old_size: 0,
+                    proof: Vec::new(),
+                },
+            )
+            .await;
+        }
+    }
+
+    /// A witnessed log's checkpoint by Inv (tlog.md §5.3): cosign as over
+    /// HTTP and send the cosigned note back; on a size conflict, send our
+    /// record so the peer proves from the size we hold.
+    async fn witness_inv(
+        self: Arc<Self>,
+        conn: Arc<Conn>,
+        w: Arc<crate::witness::Witness<S>>,
+        request: tlog_core::witness::AddCheckpoint,
+    ) {
+        let origin = Note::parse(&request.note)
+            .ok()
+            .and_then(|n| n.text().split('\n').next().map(str::to_string))
+            .unwrap_or_default();
+        match w.cosign(request, crate::now_secs()).await {
+            Ok((_, cosigned)) => {
+                conn.send(
+                    0,
+                    Message::Inv {
+                        log_id: tlog_core::log_id(&origin),
+                        note: cosigned.to_bytes(),
+                        old_size: 0,
+                        proof: Vec::new(),
+                    },
+                )
+                .await;
+            }
+            Err(r) if r.status == 409 => self.send_record(&conn, &w, &origin).await,
+            // Malformed, or not signed by the log's key: the peer's fault.
+            Err(r) if r.status == 400 || r.status == 403 => {
+                self.misbehaved(
+                    &conn,
+                    &format!("a witnessed checkpoint refused: {}", r.body.trim()),
+                );
+            }
+            // 422 (inconsistent: the witness kept evidence if it is), 503.
+            Err(r) => {
+                tracing::warn!(peer = %conn.name, %origin, status = r.status, reason = %r.body.trim(),
+                    "not cosigned");
             }
         }
     }

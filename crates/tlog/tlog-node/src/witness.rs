@@ -19,8 +19,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tlog_core::note::{Note, SignerKey, VerifierKey};
-use tlog_core::witness::AddCheckpoint;
+use tlog_core::note::{Note, SignatureLine, SignerKey, VerifierKey};
+use tlog_core::witness::{AddCheckpoint, Refusal};
 use tlog_core::{log_id, Evidence};
 use tlog_store::{LogStore, StoreError};
 
@@ -48,16 +48,28 @@ impl<S: LogStore> Witness<S> {
             Ok(r) => r,
             Err(refusal) => return (status(refusal.status), refusal.body),
         };
+        match self.cosign(request, now).await {
+            Ok((line, _)) => (StatusCode::OK, line.to_line()),
+            Err(refusal) => (status(refusal.status), refusal.body),
+        }
+    }
+
+    /// Steps 2–7 of tlog.md §5.1 for a request that came by HTTP or, over
+    /// LKTL/1, as an `Inv` (§5.3): the cosignature line and the cosigned
+    /// note once the record is durably updated, or the refusal (503 when
+    /// the store fails).
+    pub async fn cosign(
+        &self,
+        request: AddCheckpoint,
+        now: u64,
+    ) -> Result<(SignatureLine, Note), Refusal> {
         // The origin decides which record: read it before deciding.
         let origin = Note::parse(&request.note)
             .ok()
             .and_then(|n| n.text().split('\n').next().map(str::to_string))
             .unwrap_or_default();
         let log = log_id(&origin);
-        let record = match self.store.witnessed(log).await {
-            Ok(r) => r,
-            Err(e) => return unavailable(e),
-        };
+        let record = self.store.witnessed(log).await.map_err(refused)?;
         let latest = record.as_ref().map(|(size, root, _)| (*size, *root));
         let keys = |o: &str| self.logs.get(o).cloned();
         let accepted = match request.decide(keys, latest) {
@@ -67,7 +79,7 @@ impl<S: LogStore> Witness<S> {
                     self.keep_evidence(&origin, &request.note, record.as_ref(), now)
                         .await;
                 }
-                return (status(refusal.status), refusal.body);
+                return Err(refusal);
             }
         };
         let (size, root) = (accepted.checkpoint.size, accepted.checkpoint.root);
@@ -79,10 +91,34 @@ impl<S: LogStore> Witness<S> {
             .witness_cas(log, request.old, size, root, cosigned.to_bytes())
             .await
         {
-            Ok(()) => (StatusCode::OK, line.to_line()),
-            Err(StoreError::Mismatch { size }) => (StatusCode::CONFLICT, format!("{size}\n")),
-            Err(e) => unavailable(e),
+            Ok(()) => Ok((line, cosigned)),
+            Err(StoreError::Mismatch { size }) => Err(Refusal {
+                status: 409,
+                body: format!("{size}\n"),
+            }),
+            Err(e) => Err(refused(e)),
         }
+    }
+
+    /// Whether this witness is configured for `origin`.
+    pub fn witnesses(&self, origin: &str) -> bool {
+        self.logs.contains_key(origin)
+    }
+
+    /// The origins it witnesses.
+    pub fn origins(&self) -> Vec<String> {
+        let mut origins: Vec<String> = self.logs.keys().cloned().collect();
+        origins.sort();
+        origins
+    }
+
+    /// Its latest cosigned note for `origin`, if any.
+    pub async fn record(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .store
+            .witnessed(log_id(origin))
+            .await?
+            .map(|(size, _, note)| (size, note)))
     }
 
     /// A checkpoint of the cosigned size with another root, validly signed:
@@ -141,11 +177,17 @@ fn status(code: u16) -> StatusCode {
 }
 
 fn unavailable(e: StoreError) -> (StatusCode, String) {
+    let r = refused(e);
+    (status(r.status), r.body)
+}
+
+/// The store failed: 503.
+fn refused(e: StoreError) -> Refusal {
     tracing::warn!(error = %e, "witness store");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        "storage unavailable\n".into(),
-    )
+    Refusal {
+        status: 503,
+        body: "storage unavailable\n".into(),
+    }
 }
 
 fn now() -> u64 {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tlog_core::note::{KeyType, SignerKey};
-use tlog_node::peer::{Config, Follow, Limits, Peer, PrefixFollow};
+use tlog_node::peer::{Config, Follow, Limits, Peer, PrefixFollow, Roles};
 use tlog_node::LogNode;
 use tlog_store::{LogOptions, LogStore, RedbLogStore};
 use tokio::net::TcpListener;
@@ -135,24 +135,30 @@ async fn a_prefix_follow_mirrors_every_log_under_it_that_its_key_signs() {
     tokio::spawn(x.clone().run(lx));
     // Y follows the prefix from X; Z follows it from Y alone, at most one
     // log.
-    let y = Peer::with_prefixes(
+    let y = Peer::with_roles(
         Config {
             name: "y".into(),
             peers: vec![ax.clone()],
             limits: limits(),
         },
         Vec::new(),
-        vec![prefix_follow(&ys, 10)],
+        Roles {
+            prefixes: vec![prefix_follow(&ys, 10)],
+            witness: None,
+        },
     );
     tokio::spawn(y.clone().run(ly));
-    let z = Peer::with_prefixes(
+    let z = Peer::with_roles(
         Config {
             name: "z".into(),
             peers: vec![ay],
             limits: limits(),
         },
         Vec::new(),
-        vec![prefix_follow(&zs, 1)],
+        Roles {
+            prefixes: vec![prefix_follow(&zs, 1)],
+            witness: None,
+        },
     );
     tokio::spawn(z.clone().run(lz));
 

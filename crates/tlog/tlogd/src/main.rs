@@ -345,6 +345,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             log.clone().router(None, args.lk_rate),
         );
     }
+    let mut witness = None;
     if !args.witness_for.is_empty() {
         let logs = args
             .witness_for
@@ -366,8 +367,9 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             0o644,
         )?;
         tracing::info!(vkey = %wvkey, logs = logs.len(), "witnessing at /witness/add-checkpoint");
-        let witness = tlog_node::witness::Witness::new(store.clone(), key, logs);
-        app = app.nest("/witness", witness.router());
+        let w = tlog_node::witness::Witness::new(store.clone(), key, logs);
+        app = app.nest("/witness", w.clone().router());
+        witness = Some(w);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -412,14 +414,18 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             max_logs: args.max_prefix_logs,
         });
     }
-    let federation = tlog_node::peer::Peer::with_prefixes(
+    let federation = tlog_node::peer::Peer::with_roles(
         tlog_node::peer::Config {
             name: args.node_name.clone(),
             peers,
             limits: tlog_node::peer::Limits::default(),
         },
         logs,
-        prefixes,
+        tlog_node::peer::Roles {
+            prefixes,
+            // The witness also cosigns checkpoints that reach it by Inv.
+            witness,
+        },
     );
     tokio::spawn(federation.run(sync));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");
