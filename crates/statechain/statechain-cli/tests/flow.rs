@@ -281,3 +281,130 @@ fn refusals_name_their_reason() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("pinned"), "{}", out.stderr);
 }
+
+/// Opens and funds a coin of `value` in `wallet` (deposit new, Tx0, sign),
+/// confirming Tx0 in the mock chain; returns its id.
+fn deposit(env: &CliEnv, wallet: &std::path::Path, value: u64) -> String {
+    let dep = env.ok(wallet, &["deposit", "new", "--amount", &value.to_string()]);
+    let id = dep["statechain_id"].as_str().expect("id").to_string();
+    let tx0 = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: ScriptBuf::from_bytes(vec![0x51, value as u8]),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(value),
+            script_pubkey: regtest_script(dep["deposit_address"].as_str().expect("addr")),
+        }],
+    };
+    env.ok(
+        wallet,
+        &[
+            "deposit",
+            "sign",
+            &id,
+            "--tx0",
+            &hex::encode(serialize(&tx0)),
+        ],
+    );
+    let mut chain: Value =
+        serde_json::from_slice(&std::fs::read(&env.chain).expect("chain")).expect("json");
+    chain["confirmed"][tx0.compute_txid().to_string()] = Value::from(TIP);
+    env.set_chain(chain);
+    id
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        if e.file_type().expect("type").is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// tlog.md §8, statechain.md §5.5: the wallet keeps the SE's checkpoint it
+/// last accepted and takes a new one only with a consistency proof from
+/// it. An SE restarted from an old copy of its data signs another history
+/// with the same key; a wallet that saw the first refuses it, keeps the two
+/// signed checkpoints as evidence that `verify-evidence` accepts, and
+/// refuses that SE from then on, even when it shows the first history
+/// again.
+#[test]
+fn a_wallet_refuses_an_se_that_shows_it_another_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = workspace_binary("statechaind");
+    let (se_dir, fork_dir) = (dir.path().join("se"), dir.path().join("fork"));
+    let se = Statechaind::start(&bin, &se_dir, &[], &[]);
+    let mut env = CliEnv {
+        cli: workspace_binary("statechain-cli"),
+        chain: dir.path().join("chain.json"),
+        url: se.url.clone(),
+    };
+    env.set_chain(serde_json::json!({"tip": TIP, "confirmed": {}}));
+    let a = dir.path().join("a");
+    assert_eq!(
+        statechain_cli(&env.cli, &a, &env.chain, &["wallet", "create"]).code,
+        0
+    );
+    let id = deposit(&env, &a, VALUE);
+    env.ok(&a, &["verify", &id]);
+    // The SE's data as it is now: a backup someone restores later.
+    drop(se);
+    copy_dir(&se_dir, &fork_dir);
+
+    // The real history goes on; the wallet sees it (verifying the new
+    // coin waits for a checkpoint that holds its entries).
+    let se = Statechaind::start(&bin, &se_dir, &[], &[]);
+    env.url = se.url.clone();
+    let second = deposit(&env, &a, VALUE + 1);
+    env.ok(&a, &["verify", &second]);
+    drop(se);
+
+    // The restored copy signs other entries at the same sizes.
+    let fork = Statechaind::start(&bin, &fork_dir, &[], &[]);
+    env.url = fork.url.clone();
+    let b = dir.path().join("b");
+    assert_eq!(
+        statechain_cli(&env.cli, &b, &env.chain, &["wallet", "create"]).code,
+        0
+    );
+    let other = deposit(&env, &b, VALUE + 2);
+    env.ok(&b, &["verify", &other]);
+    let out = env.run(&a, &["verify", &id]);
+    assert_ne!(
+        out.code, 0,
+        "the forked history was accepted: {}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("inconsistent"), "{}", out.stderr);
+    let evidence: Vec<PathBuf> = std::fs::read_dir(a.join("evidence"))
+        .expect("evidence dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(evidence.len(), 1);
+    let ev = env.ok(
+        &a,
+        &["verify-evidence", evidence[0].to_str().expect("utf8")],
+    );
+    assert!(
+        ev["proves"]
+            .as_str()
+            .expect("proves")
+            .contains("equivocation"),
+        "{ev}"
+    );
+    drop(fork);
+
+    // The SE is refused from now on, whatever it shows.
+    let se = Statechaind::start(&bin, &se_dir, &[], &[]);
+    env.url = se.url.clone();
+    let out = env.run(&a, &["verify", &id]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("compromised"), "{}", out.stderr);
+}

@@ -77,6 +77,31 @@ impl SeClient {
         self.finish(&format!("GET {url}"), r)
     }
 
+    /// `GET path` of a text resource (the log's `lk/v1` proofs): its body
+    /// when the status is 200.
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let what = format!("GET {url}");
+        let mut resp = self
+            .agent
+            .get(&url)
+            .call()
+            .map_err(|e| ClientError::Transport(format!("{what}: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .map_err(|e| ClientError::Transport(format!("{what}: {e}")))?;
+        if status != 200 {
+            return Err(ClientError::Transport(format!(
+                "{what}: {status}: {text:.200}"
+            )));
+        }
+        Ok(text)
+    }
+
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &Value) -> Result<Response, ClientError> {
         let url = format!("{}{path}", self.base);

@@ -67,6 +67,9 @@ fn random_scalar() -> Scalar {
     }
 }
 
+/// The wallet's verified view of the SE's log (tlog-core `LogView` bytes).
+const LOG_VIEW: &str = "log_view";
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -192,6 +195,7 @@ pub struct Received {
 
 /// A statechain wallet.
 pub struct Wallet {
+    dir: std::path::PathBuf,
     db: Database,
     seed: Zeroizing<[u8; 32]>,
     network: Network,
@@ -229,6 +233,7 @@ impl Wallet {
         })?;
         let db = Database::create(dir.join("wallet.redb")).map_err(storage)?;
         let w = Wallet {
+            dir: dir.to_path_buf(),
             db,
             seed: Zeroizing::new(seed),
             network,
@@ -259,6 +264,7 @@ impl Wallet {
             .map_err(|_| ClientError::Storage("seed is not 32 bytes".into()))?;
         let db = Database::create(dir.join("wallet.redb")).map_err(storage)?;
         let mut w = Wallet {
+            dir: dir.to_path_buf(),
             db,
             seed: Zeroizing::new(seed),
             network: Network::Regtest,
@@ -792,6 +798,68 @@ impl Wallet {
         Ok(sig)
     }
 
+    /// Offers the SE's checkpoint `note` to the wallet's persisted view of
+    /// its log (tlog.md §8): accepted only under `policy` and with a
+    /// consistency proof (fetched from the SE) to or from the checkpoint
+    /// accepted before, so the SE cannot show this wallet a history that
+    /// forks or rolls back what it showed it earlier. Two inconsistent
+    /// checkpoints, both validly signed, are kept as LKEV evidence in
+    /// `<wallet>/evidence/` and the SE is refused from then on.
+    fn offer_checkpoint(
+        &self,
+        client: &SeClient,
+        policy: &tlog_core::policy::Policy,
+        origin: &str,
+        note: &[u8],
+    ) -> Result<tlog_core::checkpoint::Checkpoint, ClientError> {
+        use tlog_core::view::{LogView, ViewError};
+        let mut view = match self.get(LOG_VIEW)? {
+            Some(bytes) => LogView::restore(policy.clone(), origin, &bytes)
+                .map_err(|e| storage(format!("the saved log view: {e}")))?,
+            None => LogView::new(policy.clone(), origin),
+        };
+        let offered = tlog_core::note::Note::parse(note)
+            .ok()
+            .and_then(|n| tlog_core::checkpoint::Checkpoint::parse(n.text()).ok())
+            .ok_or_else(|| log_err("checkpoint does not parse"))?;
+        let proof = match view.needs_proof(offered.size) {
+            Some((old, new)) => {
+                let path = origin
+                    .split_once('/')
+                    .map_or(String::new(), |(_, p)| format!("/{p}"));
+                let body = client.get_text(&format!(
+                    "{path}/{}",
+                    tlog_core::entry_sync::consistency_path(old, new)
+                ))?;
+                tlog_core::entry_sync::proof_lines(body.as_bytes(), 2)
+                    .map_err(|e| log_err(format!("consistency proof: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        match view.offer(note, &proof, now()) {
+            Ok(_) => {
+                self.put(LOG_VIEW, &view.to_bytes())?;
+                Ok(offered)
+            }
+            Err(ViewError::Inconsistent(evidence)) => {
+                self.put(LOG_VIEW, &view.to_bytes())?;
+                let dir = self.dir.join("evidence");
+                std::fs::create_dir_all(&dir).map_err(storage)?;
+                let file = dir.join(format!(
+                    "se-log-{}.lkev",
+                    hex::encode(&tlog_core::merkle::leaf_hash(&evidence)[..8])
+                ));
+                durable_file::replace(&file, &evidence, 0o644).map_err(storage)?;
+                Err(log_err(format!(
+                    "the SE's log key signed two inconsistent checkpoints: evidence in {} \
+                     (statechain-cli verify-evidence); this SE is refused from now on",
+                    file.display()
+                )))
+            }
+            Err(e) => Err(log_err(format!("checkpoint: {e}"))),
+        }
+    }
+
     /// Fetches the coin's entries and checks them under a checkpoint signed
     /// by the pinned log key (waiting for entries newer than the published
     /// checkpoint when `wait`), then rebuilds its state with the members'
@@ -800,10 +868,12 @@ impl Wallet {
         let (client, pinned, se_id) = self.se()?;
         let vkey = tlog_core::note::VerifierKey::parse(&pinned.vkey)
             .map_err(|e| log_err(e.to_string()))?;
-        let policy = (!pinned.policy.is_empty())
-            .then(|| tlog_core::policy::Policy::parse(&pinned.policy))
-            .transpose()
-            .map_err(|e| log_err(format!("pinned policy: {e}")))?;
+        let policy = if pinned.policy.is_empty() {
+            tlog_core::policy::Policy::single(vkey.clone())
+        } else {
+            tlog_core::policy::Policy::parse(&pinned.policy)
+                .map_err(|e| log_err(format!("pinned policy: {e}")))?
+        };
         let deadline = Instant::now() + FINALITY_WAIT;
         loop {
             let v = client
@@ -822,23 +892,10 @@ impl Wallet {
                 }
             }
             let note_bytes = v["checkpoint"].as_str().unwrap_or("").as_bytes();
-            // Under the pinned policy: the log key and a quorum of the
-            // members' validating cosignatures (statechain.md §5.5).
-            let cp = match &policy {
-                Some(policy) => {
-                    policy
-                        .verify(note_bytes, now())
-                        .map_err(|e| log_err(format!("checkpoint: {e}")))?
-                        .checkpoint
-                }
-                None => {
-                    let note = tlog_core::note::Note::parse(note_bytes)
-                        .and_then(|n| n.verify(std::slice::from_ref(&vkey)))
-                        .map_err(|e| log_err(format!("checkpoint: {e}")))?;
-                    tlog_core::checkpoint::Checkpoint::parse(note.text())
-                        .map_err(|e| log_err(format!("checkpoint: {e}")))?
-                }
-            };
+            // Under the pinned policy (the log key and a quorum of the
+            // members' validating cosignatures, statechain.md §5.5), and
+            // consistent with every checkpoint this wallet accepted before.
+            let cp = self.offer_checkpoint(client, &policy, vkey.name(), note_bytes)?;
             let mut leaves = Vec::new();
             for e in entries {
                 let index = e["index"].as_u64().ok_or_else(|| log_err("entry index"))?;

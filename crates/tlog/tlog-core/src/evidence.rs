@@ -92,6 +92,13 @@ impl Evidence {
             std::mem::swap(&mut a, &mut b);
             std::mem::swap(&mut cpa, &mut cpb);
         }
+        // Equal sizes: the larger tree at the smaller size is the tree,
+        // whichever note the caller gave first.
+        let root_b_at_a = if cpa.size == cpb.size {
+            cpb.root
+        } else {
+            root_b_at_a
+        };
         let subject = match key.key_type() {
             KeyType::Ed25519 => Subject::Log,
             KeyType::Cosignature => Subject::Witness(key.name().to_string()),

@@ -233,6 +233,13 @@ fn a_split_view_becomes_evidence_anyone_can_check() {
     };
     // Offline, with only the log's verifier key.
     let checked = Evidence::verify(&evidence, &[log_key().verifier()]).expect("valid evidence");
+    // Whichever of the two the view saw first, the same valid evidence.
+    let mut other = LogView::new(policy.clone(), ORIGIN);
+    other.offer(&note(&lying, &[]), &[], NOW).expect("first");
+    let Err(ViewError::Inconsistent(reversed)) = other.offer(&note(&honest, &[]), &[], NOW) else {
+        panic!("equivocation not detected");
+    };
+    assert_eq!(reversed, evidence, "canonical in either order");
     assert_eq!(
         Checkpoint::parse(checked.note_a.text()).expect("cp").size,
         8

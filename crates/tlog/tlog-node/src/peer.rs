@@ -59,6 +59,9 @@ use crate::LogNode;
 pub const MAX_FRAME: u32 = sync::DEFAULT_MAX_FRAME;
 /// GetData requests a mirror keeps in flight to one peer.
 const FETCH_WINDOW: usize = 4;
+/// The least time between two announcements of one log (≤ 5 Inv per log
+/// per second, tlog.md §7.9).
+const INV_SPACING: Duration = Duration::from_millis(200);
 
 /// Limits and timers (tlog.md §7.9 defaults).
 #[derive(Debug, Clone)]
@@ -1156,14 +1159,25 @@ impl<S: LogStore> Peer<S> {
 
     /// Announces every newly signed checkpoint of `log` to the peers
     /// behind it.
+    ///
+    /// At most five rounds a second per log (tlog.md §7.9): a checkpoint
+    /// signed while a round waits replaces the older one, since the watch
+    /// holds only the newest.
     async fn announce(self: Arc<Self>, log: Arc<Log<S>>) {
         let mut signed = log.node.signed();
+        let mut last: Option<Instant> = None;
         while signed.changed().await.is_ok() {
+            if let Some(at) = last {
+                tokio::time::sleep(INV_SPACING.saturating_sub(at.elapsed())).await;
+            }
+            signed.borrow_and_update();
+            last = Some(Instant::now());
             let state = match log.node.store().state(log.node.log_id()).await {
                 Ok(state) => state,
                 Err(_) => continue,
             };
-            if state.status == Status::Equivocated {
+            // Nothing is relayed of a log found equivocating or invalid.
+            if matches!(state.status, Status::Equivocated | Status::Invalid) {
                 continue;
             }
             let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
