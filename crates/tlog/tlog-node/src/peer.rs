@@ -59,6 +59,9 @@ use crate::LogNode;
 pub const MAX_FRAME: u32 = sync::DEFAULT_MAX_FRAME;
 /// GetData requests a mirror keeps in flight to one peer.
 const FETCH_WINDOW: usize = 4;
+/// Requests unanswered in a row (each within `request_timeout`) before
+/// the connection is closed (tlog.md §7.9).
+const MAX_UNANSWERED: u32 = 3;
 /// The least time between two announcements of one log (≤ 5 Inv per log
 /// per second, tlog.md §7.9).
 const INV_SPACING: Duration = Duration::from_millis(200);
@@ -376,6 +379,8 @@ struct Conn {
     prefixes: Vec<String>,
     kill: Notify,
     killed: AtomicBool,
+    /// Requests unanswered in a row.
+    unanswered: AtomicU32,
 }
 
 impl Conn {
@@ -431,9 +436,19 @@ impl Conn {
                     )))
                     .await;
                 }
-                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Ok(answer)) => {
+                    self.unanswered.store(0, Ordering::Relaxed);
+                    return Ok(answer);
+                }
                 Ok(Err(_)) => return Err(PeerError::Protocol("connection closed".into())),
-                Err(_) => return Err(PeerError::Protocol("request unanswered".into())),
+                Err(_) => {
+                    // Three in a row: the peer is gone or stuck (§7.9).
+                    if self.unanswered.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_UNANSWERED {
+                        tracing::info!(peer = %self.name, "three requests unanswered: closing");
+                        self.close();
+                    }
+                    return Err(PeerError::Protocol("request unanswered".into()));
+                }
             }
         }
         Err(PeerError::Protocol("rate limited by the peer".into()))
@@ -835,6 +850,7 @@ impl<S: LogStore> Peer<S> {
                 .collect(),
             kill: Notify::new(),
             killed: AtomicBool::new(false),
+            unanswered: AtomicU32::new(0),
         });
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().expect("lock").insert(id, conn.clone());
