@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use statechain_client::chain::{ChainSource, MockChain};
+use statechain_client::remote::{BitcoindChain, EsploraChain};
 use statechain_client::{ClientError, Wallet};
 
 #[derive(Parser, Debug)]
@@ -21,7 +22,10 @@ struct Cli {
     /// The SE (pinned at first use).
     #[arg(long, env = "STATECHAIN_SERVER")]
     server: Option<String>,
-    /// Chain source: mock:FILE (an offline JSON chain: tip, confirmed txids, spent outpoints)
+    /// Chain source: esplora:URL (an Esplora REST API, e.g.
+    /// https://mempool.space/testnet4/api), bitcoind:URL (Core's JSON-RPC,
+    /// http://user:password@127.0.0.1:8332; needs -txindex), or mock:FILE
+    /// (an offline JSON chain: tip, confirmed txids, spent outpoints)
     /// [default: mock:<wallet>/mockchain.json].
     #[arg(long, env = "STATECHAIN_CHAIN")]
     chain: Option<String>,
@@ -186,8 +190,10 @@ enum BackupCmd {
 fn chain(spec: &str) -> Result<Box<dyn ChainSource>, ClientError> {
     match spec.split_once(':') {
         Some(("mock", file)) => Ok(Box::new(MockChain::file(PathBuf::from(file))?)),
+        Some(("esplora", url)) => Ok(Box::new(EsploraChain::new(url))),
+        Some(("bitcoind", url)) => Ok(Box::new(BitcoindChain::new(url)?)),
         _ => Err(ClientError::Usage(format!(
-            "--chain {spec:?}: only mock:FILE is built in (Esplora and bitcoind sources are separate crates, not shipped yet)"
+            "--chain {spec:?}: expected mock:FILE, esplora:URL or bitcoind:URL"
         ))),
     }
 }

@@ -1,7 +1,7 @@
 //! Chain facts behind a trait (§4.6). No test here needs a node: `MockChain`
 //! keeps the tip, confirmations and spent outpoints in memory or in a JSON
 //! file (for CLI tests), and records what it is asked to broadcast.
-//! Esplora and bitcoind sources are later, separate crates.
+//! Esplora and bitcoind sources are in [`crate::remote`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

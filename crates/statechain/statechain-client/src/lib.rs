@@ -16,6 +16,7 @@
 
 pub mod chain;
 pub mod http;
+pub mod remote;
 pub mod requests;
 mod wallet;
 
