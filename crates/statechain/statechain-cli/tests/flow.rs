@@ -1,8 +1,10 @@
-//! statechain.md §9.5 with real processes: a `statechaind` SE, three
-//! `statechain-cli` wallets and a mock chain file. Deposit → transfers
+//! statechain.md §9.5 with real processes: a `statechaind` SE publishing
+//! only what its two members validated and cosigned, three
+//! `statechain-cli` wallets and a mock chain file. Deposit → 100 transfers
 //! around A→B→C→A → withdrawal, every backup and the withdrawal checked by
 //! `bitcoinconsensus` against `Tx0`'s output, locktimes `h0 − (i−1)·c`,
-//! each receive verified and final; then the CLI's refusals.
+//! each receive verified and final, N = 102, the members' histories equal
+//! the SE's; then the CLI's refusals and a wallet facing a forked log.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -24,6 +26,19 @@ fn tx_of(v: &Value) -> Transaction {
     deserialize(&hex::decode(v.as_str().expect("hex string")).expect("hex")).expect("tx")
 }
 
+fn get_text(base: &str, path: &str) -> String {
+    ureq::get(&format!("{base}{path}"))
+        .call()
+        .expect("GET")
+        .body_mut()
+        .read_to_string()
+        .expect("body")
+}
+
+fn get_json(base: &str, path: &str) -> Value {
+    serde_json::from_str(&get_text(base, path)).expect("JSON")
+}
+
 fn regtest_script(addr: &str) -> ScriptBuf {
     bitcoin::Address::from_str(addr)
         .expect("address")
@@ -35,12 +50,41 @@ fn regtest_script(addr: &str) -> ScriptBuf {
 #[test]
 fn deposit_transfers_and_withdrawal_with_real_processes() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let bin = workspace_binary("statechaind");
+    // The SE's key first, then two members validating its log, then the SE
+    // publishing only what both cosigned (statechain.md §9.5).
+    let vkey = {
+        let se = Statechaind::start(&bin, &dir.path().join("se"), &[], &[]);
+        get_json(&se.url, "/v1/info")["log"]["vkey"]
+            .as_str()
+            .expect("vkey")
+            .to_string()
+    };
+    let members: Vec<Statechaind> = ["m1", "m2"]
+        .iter()
+        .map(|m| {
+            Statechaind::start(
+                &bin,
+                &dir.path().join(m),
+                &["--role", "member", "--follow", &vkey, "--member-name", m],
+                &[],
+            )
+        })
+        .collect();
+    let mut flags = Vec::new();
+    for (m, member) in ["m1", "m2"].iter().zip(&members) {
+        let validating = std::fs::read_to_string(dir.path().join(m).join("validator-vkey"))
+            .expect("validator-vkey");
+        flags.push("--member".to_string());
+        flags.push(format!("{}@{}", validating.trim(), member.sync_addr));
+    }
     let se = Statechaind::start(
-        &workspace_binary("statechaind"),
+        &bin,
         &dir.path().join("se"),
-        &[],
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
         &[],
     );
+    assert_eq!(get_json(&se.url, "/v1/info")["cosign_quorum"], 2);
     let env = CliEnv {
         cli: workspace_binary("statechain-cli"),
         chain: dir.path().join("chain.json"),
@@ -93,7 +137,7 @@ fn deposit_transfers_and_withdrawal_with_real_processes() {
     );
 
     // Transfers around the three wallets.
-    let transfers = 6;
+    let transfers = 100;
     for t in 0..transfers {
         let (from, to) = (&wallets[t % 3], &wallets[(t + 1) % 3]);
         let to_addr = env.ok(to, &["address", "new"])["address"]
@@ -158,6 +202,44 @@ fn deposit_transfers_and_withdrawal_with_real_processes() {
 
     let coins = env.ok(owner, &["coins"]);
     assert_eq!(coins[0]["status"], "withdrawn");
+    // N = 102: the deposit's signature, one per transfer, the withdrawal.
+    let path = format!("/v1/statechain/{id}");
+    let at_se = get_json(&se.url, &path);
+    assert_eq!(at_se["count"], transfers as u64 + 2);
+    // Every member holds the same coin history as the SE, proven under the
+    // SE's checkpoints, which both members cosigned.
+    let leaves = |v: &Value| -> Vec<(Value, Value)> {
+        v["entries"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|x| (x["index"].clone(), x["leaf"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for member in &members {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let there = get_json(&member.url, &path);
+            if leaves(&there) == leaves(&at_se)
+                && there["count"] == at_se["count"]
+                && there["head"] == at_se["head"]
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a member's view differs: {there}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let note = get_text(&se.url, "/statechain/se1/checkpoint");
+    assert!(
+        note.contains("m1/validator") && note.contains("m2/validator"),
+        "{note}"
+    );
     // The coin is closed at the SE: anything more on it is a conflict (4).
     let again = env.run(owner, &["withdraw", "complete", &id]);
     assert_eq!(again.code, 4, "{}", again.stderr);
