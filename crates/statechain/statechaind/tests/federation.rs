@@ -483,3 +483,110 @@ fn checkpoints_are_published_once_a_quorum_of_members_validated_them() {
         .verify(note.as_bytes(), now())
         .expect("cosigned by both again");
 }
+
+/// statechain.md §9.8: three members, two of which reach the SE only over
+/// links that can be cut and talk to each other. Partition {SE, m1} |
+/// {m2, m3}: the SE keeps publishing with m1's cosignature (quorum 1), m2
+/// and m3 keep what they had; after the heal both catch up and cosign,
+/// every view equals the SE's, and nobody raised an alert or lost its
+/// log's Active status.
+#[test]
+fn a_partitioned_federation_heals_and_converges() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let se_dir = dir.path().join("se");
+    let vkey = {
+        let se = start(&se_dir, &[]);
+        Http::new(&se.url).get("/v1/info").body["log"]["vkey"]
+            .as_str()
+            .expect("vkey")
+            .to_string()
+    };
+    let member = |name: &str, peers: &[&str]| {
+        let mut args = vec!["--role", "member", "--follow", &vkey, "--member-name", name];
+        for p in peers {
+            args.extend(["--peer", p]);
+        }
+        start_with(&dir.path().join(name), &args)
+    };
+    let m1 = member("m1", &[]);
+    let m3 = member("m3", &[]);
+    let m2 = member("m2", &[&m3.sync_addr]);
+    let validating = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name).join("validator-vkey"))
+            .expect("validator-vkey")
+            .trim()
+            .to_string()
+    };
+    let to_m2 = rt.block_on(lk_testkit::net::FaultProxy::start(
+        m2.sync_addr.parse().expect("addr"),
+    ));
+    let to_m3 = rt.block_on(lk_testkit::net::FaultProxy::start(
+        m3.sync_addr.parse().expect("addr"),
+    ));
+    let se = start_with(
+        &se_dir,
+        &[
+            "--member",
+            &format!("{}@{}", validating("m1"), m1.sync_addr),
+            "--member",
+            &format!("{}@{}", validating("m2"), to_m2.addr),
+            "--member",
+            &format!("{}@{}", validating("m3"), to_m3.addr),
+            "--cosign-quorum",
+            "1",
+        ],
+    );
+    let http = Http::new(&se.url);
+    let mut owner = Owner::deposit(&http, se_id(&http), 71);
+    owner.sign(&http, [1; 32], &scalar(0x71));
+    let path = format!("/v1/statechain/{}", hex::encode(owner.id));
+    let views = [&m1, &m2, &m3].map(|m| Http::new(&m.url));
+    let holds = |h: &Http, count: u64| {
+        let r = h.get(&path);
+        r.status == 200 && r.body["count"] == count
+    };
+    for v in &views {
+        eventually("every member to hold the coin", || {
+            holds(v, 1).then_some(())
+        });
+    }
+
+    // The partition: the SE and m1 on one side, m2 and m3 on the other.
+    to_m2.set_down(true);
+    to_m3.set_down(true);
+    for i in 2..5u8 {
+        owner.sign(&http, [i; 32], &scalar(0x70 + i));
+    }
+    eventually("m1 to validate the new signatures", || {
+        holds(&views[0], 4).then_some(())
+    });
+    eventually("the SE to publish with m1's cosignature", || {
+        let (size, note) = published(&http)?;
+        (size >= 5 && note.contains("m1/validator ")).then_some(())
+    });
+    for v in &views[1..] {
+        assert!(holds(v, 1), "a member across the partition moved");
+    }
+
+    // Heal: m2 and m3 catch up from the SE and cosign.
+    to_m2.set_down(false);
+    to_m3.set_down(false);
+    for v in &views[1..] {
+        eventually("the far side to converge", || holds(v, 4).then_some(()));
+    }
+    eventually("every member's cosignature on the published note", || {
+        let (_, note) = published(&http)?;
+        ["m1", "m2", "m3"]
+            .iter()
+            .all(|m| note.contains(&format!("{m}/validator ")))
+            .then_some(())
+    });
+    let at_se = http.get(&path).body;
+    for v in &views {
+        let there = v.get(&path).body;
+        assert_eq!(there["head"], at_se["head"]);
+        assert_eq!(v.get("/v1/alerts").body["alerts"], json!([]));
+        assert_eq!(v.get("/v1/info").body["log"]["status"], "active");
+    }
+}
