@@ -1,5 +1,5 @@
-//! The LKTL/1 federation peer (tlog.md §7): one log, served to and
-//! followed from other nodes over TCP.
+//! The LKTL/1 federation peer (tlog.md §7): a node's logs, served to and
+//! followed from other nodes over TCP on one port.
 //!
 //! - **Connections.** The node accepts inbound connections and dials every
 //!   configured peer (backoff 1 s → `redial_max`, ±20 % jitter). Both
@@ -29,13 +29,20 @@
 //!   and the peer banned (inbound by IP, dialed by its address) for 10 min,
 //!   doubling per repeat up to 24 h. Requests are rate limited per
 //!   connection (Reject 4 with a retry time); inbound connections are
-//!   capped in total and per IP.
-//!
+//!   capped in total and per IP. Three requests unanswered in a row close
+//!   the connection (no ban); a log is announced at most five times a
+//!   second.
 //! - **Validator** (§7.6): a service's rules judge every verified chunk
 //!   before its import; a refusal marks the log `Invalid` and yields the
 //!   refused entry with its PATH under the origin's note.
-//!
-//! Not built: origin-prefix follows, a witness cosigning over Inv.
+//! - **Cosigning** (§5.3): mirror and validating cosigners cosign a size
+//!   once every entry below it is stored (and validated); a witness judges
+//!   a checkpoint that arrives by Inv exactly as an HTTP add-checkpoint
+//!   and sends the cosigned note back. Peers are told of every *signed*
+//!   checkpoint, so a publish policy can wait for their cosignatures.
+//! - **Prefix follows** (§7.5–§7.6): every log under an origin prefix that
+//!   one key signs under each origin's name, created when a verified Inv
+//!   names it, bounded per prefix.
 
 use rate_limit::{Bucket, Rate};
 use std::collections::{HashMap, HashSet};
