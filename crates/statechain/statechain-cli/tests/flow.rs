@@ -76,7 +76,12 @@ fn deposit_transfers_and_withdrawal_with_real_processes() {
         let validating = std::fs::read_to_string(dir.path().join(m).join("validator-vkey"))
             .expect("validator-vkey");
         flags.push("--member".to_string());
-        flags.push(format!("{}@{}", validating.trim(), member.sync_addr));
+        flags.push(format!(
+            "{}@{}@{}",
+            validating.trim(),
+            member.sync_addr,
+            member.url
+        ));
     }
     let se = Statechaind::start(
         &bin,

@@ -67,6 +67,44 @@ fn random_scalar() -> Scalar {
     }
 }
 
+/// The entries of a `/v1/statechain/{id}` body, each proven under `cp`:
+/// (index, leaf bytes) in the order served.
+fn proven_entries(
+    v: &Value,
+    cp: &tlog_core::checkpoint::Checkpoint,
+) -> Result<Vec<(u64, Vec<u8>)>, ClientError> {
+    let entries = v["entries"]
+        .as_array()
+        .ok_or_else(|| log_err("no entries"))?;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let index = e["index"].as_u64().ok_or_else(|| log_err("entry index"))?;
+        let leaf = hex::decode(e["leaf"].as_str().unwrap_or(""))
+            .map_err(|_| log_err("entry leaf"))?;
+        let proof: Vec<[u8; 32]> = e["proof"]
+            .as_array()
+            .ok_or_else(|| log_err("entry newer than the published checkpoint"))?
+            .iter()
+            .map(|p| {
+                p.as_str()
+                    .and_then(|s| hex::decode(s).ok())
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| log_err("proof"))
+            })
+            .collect::<Result<_, _>>()?;
+        tlog_core::merkle::verify_inclusion(
+            index,
+            cp.size,
+            &tlog_core::merkle::leaf_hash(&leaf),
+            &proof,
+            &cp.root,
+        )
+        .map_err(|e| log_err(format!("entry {index}: {e}")))?;
+        out.push((index, leaf));
+    }
+    Ok(out)
+}
+
 /// The wallet's verified view of the SE's log (tlog-core `LogView` bytes).
 const LOG_VIEW: &str = "log_view";
 
@@ -178,6 +216,9 @@ struct Pinned {
     /// keys, the quorum), pinned with it; empty: the log key alone.
     #[serde(default)]
     policy: String,
+    /// The members' read APIs, to cross-check coins with (§6.3).
+    #[serde(default)]
+    members: Vec<String>,
 }
 
 /// What `receive` accepted.
@@ -452,11 +493,20 @@ impl Wallet {
                 return Err(log_err("the SE's policy file names another log key"));
             }
         }
+        let members = info["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m["http"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
         let pinned = Pinned {
             url: url.to_string(),
             se_id: se_id.clone(),
             vkey,
             policy,
+            members,
             h_init: info["lock"]["h_init"].as_u64().unwrap_or(0) as u32,
             interval: info["lock"]["interval"].as_u64().unwrap_or(0) as u32,
         };
@@ -798,6 +848,119 @@ impl Wallet {
         Ok(sig)
     }
 
+    /// statechain.md §6.3: the coin's history as a member holds it must be
+    /// the one the SE showed. A member's checkpoint (signed by the log key)
+    /// that extends the SE's one (consistency proof from the member) and
+    /// proves, below the SE's size, another set of the coin's entries than
+    /// the SE's shows the SE hiding (or inventing) entries: refused. A
+    /// member that is behind, unreachable, or does not know the coin yet is
+    /// skipped; one must confirm within the finality wait.
+    fn cross_check(
+        &self,
+        members: &[String],
+        policy: &tlog_core::policy::Policy,
+        origin: &str,
+        id: &StatechainId,
+        se_cp: &tlog_core::checkpoint::Checkpoint,
+        se_entries: &[(u64, Vec<u8>)],
+    ) -> Result<(), ClientError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let origin_path = origin
+            .split_once('/')
+            .map_or(String::new(), |(_, p)| format!("/{p}"));
+        let deadline = Instant::now() + FINALITY_WAIT;
+        let mut why = String::new();
+        loop {
+            for url in members {
+                let member = SeClient::new(url);
+                let v = match member.get(&format!("/v1/statechain/{}", hex::encode(id))) {
+                    Ok(r) => r.body,
+                    Err(e) => {
+                        why = format!("{url}: {e}");
+                        continue;
+                    }
+                };
+                let note = v["checkpoint"].as_str().unwrap_or("").as_bytes();
+                let checked = policy
+                    .verify(note, now())
+                    .map_err(|e| format!("{url}: checkpoint: {e}"))
+                    .and_then(|m| {
+                        if m.checkpoint.size < se_cp.size {
+                            return Err(format!(
+                                "{url} is behind ({} < {})",
+                                m.checkpoint.size, se_cp.size
+                            ));
+                        }
+                        Ok(m.checkpoint)
+                    });
+                let m_cp = match checked {
+                    Ok(cp) => cp,
+                    Err(e) => {
+                        why = e;
+                        continue;
+                    }
+                };
+                let proof = if m_cp.size == se_cp.size {
+                    Vec::new()
+                } else {
+                    let body = member.get_text(&format!(
+                        "{origin_path}/{}",
+                        tlog_core::entry_sync::consistency_path(se_cp.size, m_cp.size)
+                    ))?;
+                    tlog_core::entry_sync::proof_lines(body.as_bytes(), 2)
+                        .map_err(|e| log_err(format!("{url}: consistency proof: {e}")))?
+                };
+                if tlog_core::merkle::verify_consistency(
+                    se_cp.size,
+                    m_cp.size,
+                    &se_cp.root,
+                    &m_cp.root,
+                    &proof,
+                )
+                .is_err()
+                {
+                    // Both signed by the log key: the member's copy of a
+                    // tree the SE forked, or a bad proof from the member.
+                    why = format!("{url}: its checkpoint is not consistent with the SE's");
+                    continue;
+                }
+                let theirs = match proven_entries(&v, &m_cp) {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        why = format!("{url}: {e}");
+                        continue;
+                    }
+                };
+                let below: Vec<(u64, Vec<u8>)> = theirs
+                    .into_iter()
+                    .filter(|(i, _)| *i < se_cp.size)
+                    .collect();
+                if below == se_entries {
+                    return Ok(());
+                }
+                let hidden: Vec<u64> = below
+                    .iter()
+                    .filter(|e| !se_entries.contains(e))
+                    .map(|(i, _)| *i)
+                    .collect();
+                if !hidden.is_empty() {
+                    return Err(log_err(format!(
+                        "the SE's view of the coin leaves out entries {hidden:?} that member {url} proves are in the log"
+                    )));
+                }
+                why = format!("{url} shows fewer of the coin's entries than the SE proves");
+            }
+            if Instant::now() >= deadline {
+                return Err(log_err(format!(
+                    "no member confirmed the SE's view of the coin: {why}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Offers the SE's checkpoint `note` to the wallet's persisted view of
     /// its log (tlog.md §8): accepted only under `policy` and with a
     /// consistency proof (fetched from the SE) to or from the checkpoint
@@ -896,32 +1059,11 @@ impl Wallet {
             // members' validating cosignatures, statechain.md §5.5), and
             // consistent with every checkpoint this wallet accepted before.
             let cp = self.offer_checkpoint(client, &policy, vkey.name(), note_bytes)?;
+            let proven = proven_entries(&v, &cp)?;
             let mut leaves = Vec::new();
-            for e in entries {
-                let index = e["index"].as_u64().ok_or_else(|| log_err("entry index"))?;
-                let leaf = hex::decode(e["leaf"].as_str().unwrap_or(""))
-                    .map_err(|_| log_err("entry leaf"))?;
-                let proof: Vec<[u8; 32]> = e["proof"]
-                    .as_array()
-                    .ok_or_else(|| log_err("entry newer than the published checkpoint"))?
-                    .iter()
-                    .map(|p| {
-                        p.as_str()
-                            .and_then(|s| hex::decode(s).ok())
-                            .and_then(|b| b.try_into().ok())
-                            .ok_or_else(|| log_err("proof"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                tlog_core::merkle::verify_inclusion(
-                    index,
-                    cp.size,
-                    &tlog_core::merkle::leaf_hash(&leaf),
-                    &proof,
-                    &cp.root,
-                )
-                .map_err(|e| log_err(format!("entry {index}: {e}")))?;
+            for (index, leaf) in &proven {
                 leaves
-                    .push(Leaf::decode(&leaf).map_err(|e| log_err(format!("entry {index}: {e}")))?);
+                    .push(Leaf::decode(leaf).map_err(|e| log_err(format!("entry {index}: {e}")))?);
             }
             let chain = CoinChain::from_entries(&leaves, &se_id)
                 .map_err(|e| log_err(format!("coin chain: {e}")))?;
@@ -933,6 +1075,11 @@ impl Wallet {
             {
                 return Err(log_err("the server's summary contradicts its own entries"));
             }
+            // The member's note needs only the log's signature: the SE's
+            // checkpoint passed the quorum, and the consistency proof ties
+            // the member's tree to it.
+            let log_only = tlog_core::policy::Policy::single(vkey.clone());
+            self.cross_check(&pinned.members, &log_only, vkey.name(), id, &cp, &proven)?;
             return Ok(chain);
         }
     }

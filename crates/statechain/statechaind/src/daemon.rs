@@ -59,6 +59,8 @@ pub struct Member {
     pub key: tlog_core::note::VerifierKey,
     /// Its sync address.
     pub sync: String,
+    /// Its HTTP read API, for wallets to cross-check coins with.
+    pub http: Option<String>,
 }
 
 /// The C2SP policy file wallets pin (statechain.md §5.5): the log key, the
@@ -232,7 +234,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         "token": {"fee_sat": opts.fee_sat, "backend": match opts.tokens { TokenBackend::Free => "free", TokenBackend::Manual => "manual" }},
         "cosign_quorum": opts.cosign_quorum,
         "members": opts.members.iter().map(|m| json!({
-            "name": m.key.name(), "sync": m.sync, "validating_vkey": m.key.to_string(),
+            "name": m.key.name(), "sync": m.sync, "http": m.http,
+            "validating_vkey": m.key.to_string(),
         })).collect::<Vec<_>>(),
         "policy_file": policy_file(&vkey, &opts.members, opts.cosign_quorum),
     });

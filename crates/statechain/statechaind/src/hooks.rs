@@ -6,6 +6,26 @@
 //! transfer/receiver, …), simulating a power cut just before or just after
 //! the durable commit.
 
+/// `STATECHAIND_DANGER_LIE=omit-newest`: the read API leaves each coin's
+/// newest entry out (and reports the coin as it was before it), as an SE
+/// under-reporting a count would (statechain.md §9.6). Always false
+/// without the feature.
+pub fn omit_newest() -> bool {
+    #[cfg(feature = "danger-test-hooks")]
+    {
+        static LIE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *LIE.get_or_init(|| {
+            let lie = std::env::var("STATECHAIND_DANGER_LIE").as_deref() == Ok("omit-newest");
+            if lie {
+                tracing::warn!("danger-test-hooks: the read API omits each coin's newest entry");
+            }
+            lie
+        })
+    }
+    #[cfg(not(feature = "danger-test-hooks"))]
+    false
+}
+
 /// Where to abort.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hooks {

@@ -95,8 +95,9 @@ struct Args {
     #[arg(long, env = "STATECHAIND_MEMBER_NAME", default_value = "member")]
     member_name: String,
     /// With `--role se`: a federation member, `<its validating vkey>@<its
-    /// sync host:port>` (repeat). Checkpoints are published once
-    /// `--cosign-quorum` of them validated and cosigned them.
+    /// sync host:port>[@<its HTTP URL>]` (repeat). Checkpoints are
+    /// published once `--cosign-quorum` of them validated and cosigned
+    /// them; wallets cross-check coins with the members whose URL is given.
     #[arg(long = "member")]
     members: Vec<String>,
     /// With `--role se`: validating cosignatures needed before a
@@ -209,14 +210,18 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut members = Vec::new();
     for m in &args.members {
-        let (vkey, sync) = m
-            .rsplit_once('@')
-            .with_context(|| format!("--member {m:?}: expected <validating vkey>@<host:port>"))?;
+        let mut parts = m.split('@');
+        let (Some(vkey), Some(sync), http, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            anyhow::bail!("--member {m:?}: expected <validating vkey>@<host:port>[@<http URL>]");
+        };
         let key = tlog_core::note::VerifierKey::parse(vkey)
             .map_err(|e| anyhow::anyhow!("--member {m:?}: {e}"))?;
         members.push(statechaind::daemon::Member {
             key,
             sync: sync.to_string(),
+            http: http.map(str::to_string),
         });
     }
     let cosign_quorum = args

@@ -306,6 +306,9 @@ async fn statechain(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resp
                     .map_err(|_| ApiError::unavailable())
             })
             .collect::<Result<Vec<u64>, ApiError>>()?;
+        if crate::hooks::omit_newest() && indexes.len() > 1 {
+            return lie_omitting_newest(&app, &indexes).await;
+        }
         coin_view(&app.node, &chain, &indexes).await
     }
     .await;
@@ -313,6 +316,32 @@ async fn statechain(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resp
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The test hook's lie: the coin as it was before its newest entry.
+async fn lie_omitting_newest(app: &App, indexes: &[u64]) -> Result<Value, ApiError> {
+    let shown = &indexes[..indexes.len() - 1];
+    let mut ledger = statechain_core::rules::Ledger::new();
+    let mut id = None;
+    for &i in shown {
+        let bytes = app
+            .node
+            .store()
+            .entries(app.node.log_id(), i, i + 1)
+            .await
+            .map_err(|_| ApiError::unavailable())?
+            .pop()
+            .ok_or_else(ApiError::unavailable)?;
+        let leaf = statechain_core::leaf::Leaf::decode(&bytes).map_err(|_| ApiError::unavailable())?;
+        ledger
+            .apply(&leaf, &app.se_id)
+            .map_err(|_| ApiError::unavailable())?;
+        id = Some(leaf.statechain_id);
+    }
+    let chain = id
+        .and_then(|id| ledger.coin(&id).cloned())
+        .ok_or_else(ApiError::unavailable)?;
+    coin_view(&app.node, &chain, shown).await
 }
 
 /// `GET /v1/statechain/{id}`'s body: the coin's state and its entries with
