@@ -79,8 +79,8 @@ fn proven_entries(
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         let index = e["index"].as_u64().ok_or_else(|| log_err("entry index"))?;
-        let leaf = hex::decode(e["leaf"].as_str().unwrap_or(""))
-            .map_err(|_| log_err("entry leaf"))?;
+        let leaf =
+            hex::decode(e["leaf"].as_str().unwrap_or("")).map_err(|_| log_err("entry leaf"))?;
         let proof: Vec<[u8; 32]> = e["proof"]
             .as_array()
             .ok_or_else(|| log_err("entry newer than the published checkpoint"))?

@@ -332,7 +332,8 @@ async fn lie_omitting_newest(app: &App, indexes: &[u64]) -> Result<Value, ApiErr
             .map_err(|_| ApiError::unavailable())?
             .pop()
             .ok_or_else(ApiError::unavailable)?;
-        let leaf = statechain_core::leaf::Leaf::decode(&bytes).map_err(|_| ApiError::unavailable())?;
+        let leaf =
+            statechain_core::leaf::Leaf::decode(&bytes).map_err(|_| ApiError::unavailable())?;
         ledger
             .apply(&leaf, &app.se_id)
             .map_err(|_| ApiError::unavailable())?;

@@ -91,7 +91,13 @@ fn a_wallet_catches_an_se_hiding_a_coins_newest_entry() {
     // read API now hides; the wallet's next look at the coin is refused.
     let signed = env.run(
         &a,
-        &["deposit", "sign", &id, "--tx0", &hex::encode(serialize(&tx0))],
+        &[
+            "deposit",
+            "sign",
+            &id,
+            "--tx0",
+            &hex::encode(serialize(&tx0)),
+        ],
     );
     let out = if signed.code == 0 {
         // Once the SE has published (with the member's cosignature) a
@@ -103,18 +109,29 @@ fn a_wallet_catches_an_se_hiding_a_coins_newest_entry() {
                 .ok()
                 .and_then(|mut r| r.body_mut().read_to_string().ok())
                 .unwrap_or_default();
-            let size: u64 = note.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0);
+            let size: u64 = note
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
             if size >= 2 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "never published: {note}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never published: {note}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         env.run(&a, &["verify", &id])
     } else {
         signed
     };
-    assert_ne!(out.code, 0, "the under-reported coin was accepted: {}", out.stdout);
+    assert_ne!(
+        out.code, 0,
+        "the under-reported coin was accepted: {}",
+        out.stdout
+    );
     assert!(
         out.stderr.contains("leaves out entries [1]") && out.stderr.contains(&member.url),
         "{}",
