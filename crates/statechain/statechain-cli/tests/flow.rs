@@ -8,14 +8,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use bitcoin::absolute::LockTime;
 use bitcoin::consensus::encode::{deserialize, serialize};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 use lk_testkit::process::workspace_binary;
-use lk_testkit::statechaind::{statechain_cli, CliEnv, Statechaind};
+use lk_testkit::statechaind::{regtest_script, statechain_cli, CliEnv, Statechaind};
 use serde_json::Value;
 use statechain_core::consensus::verify_spend;
 
@@ -37,14 +36,6 @@ fn get_text(base: &str, path: &str) -> String {
 
 fn get_json(base: &str, path: &str) -> Value {
     serde_json::from_str(&get_text(base, path)).expect("JSON")
-}
-
-fn regtest_script(addr: &str) -> ScriptBuf {
-    bitcoin::Address::from_str(addr)
-        .expect("address")
-        .require_network(bitcoin::Network::Regtest)
-        .expect("regtest")
-        .script_pubkey()
 }
 
 #[test]
@@ -369,39 +360,12 @@ fn refusals_name_their_reason() {
     assert!(out.stderr.contains("pinned"), "{}", out.stderr);
 }
 
-/// Opens and funds a coin of `value` in `wallet` (deposit new, Tx0, sign),
-/// confirming Tx0 in the mock chain; returns its id.
+/// Opens and funds a coin of `value` in `wallet`, confirming Tx0 in the
+/// mock chain; returns its id.
 fn deposit(env: &CliEnv, wallet: &std::path::Path, value: u64) -> String {
-    let dep = env.ok(wallet, &["deposit", "new", "--amount", &value.to_string()]);
-    let id = dep["statechain_id"].as_str().expect("id").to_string();
-    let tx0 = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::null(),
-            script_sig: ScriptBuf::from_bytes(vec![0x51, value as u8]),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(value),
-            script_pubkey: regtest_script(dep["deposit_address"].as_str().expect("addr")),
-        }],
-    };
-    env.ok(
-        wallet,
-        &[
-            "deposit",
-            "sign",
-            &id,
-            "--tx0",
-            &hex::encode(serialize(&tx0)),
-        ],
-    );
-    let mut chain: Value =
-        serde_json::from_slice(&std::fs::read(&env.chain).expect("chain")).expect("json");
-    chain["confirmed"][tx0.compute_txid().to_string()] = Value::from(TIP);
-    env.set_chain(chain);
+    let (id, tx0, signed) = env.deposit(wallet, value, value as u8);
+    assert_eq!(signed.code, 0, "{}", signed.stderr);
+    env.confirm(&tx0, TIP);
     id
 }
 

@@ -5,25 +5,11 @@
 //! hidden entry is in the SE's own log, and the wallet refuses the coin,
 //! naming the entry.
 
-use std::str::FromStr;
-
-use bitcoin::absolute::LockTime;
-use bitcoin::consensus::encode::serialize;
-use bitcoin::transaction::Version;
-use bitcoin::{Amount, ScriptBuf, Transaction, TxIn, TxOut};
 use lk_testkit::process::workspace_binary;
 use lk_testkit::statechaind::{statechain_cli, CliEnv, Statechaind};
 
 const VALUE: u64 = 50_000;
 const TIP: u32 = 500;
-
-fn regtest_script(addr: &str) -> ScriptBuf {
-    bitcoin::Address::from_str(addr)
-        .expect("address")
-        .require_network(bitcoin::Network::Regtest)
-        .expect("regtest")
-        .script_pubkey()
-}
 
 fn info(url: &str) -> serde_json::Value {
     let body = ureq::get(&format!("{url}/v1/info"))
@@ -73,32 +59,11 @@ fn a_wallet_catches_an_se_hiding_a_coins_newest_entry() {
         statechain_cli(&env.cli, &a, &env.chain, &["wallet", "create"]).code,
         0
     );
-    let dep = env.ok(&a, &["deposit", "new", "--amount", &VALUE.to_string()]);
-    let id = dep["statechain_id"].as_str().expect("id").to_string();
-    let tx0 = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn::default()],
-        output: vec![TxOut {
-            value: Amount::from_sat(VALUE),
-            script_pubkey: regtest_script(dep["deposit_address"].as_str().expect("addr")),
-        }],
-    };
-    env.set_chain(
-        serde_json::json!({"tip": TIP + 5, "confirmed": {tx0.compute_txid().to_string(): TIP}}),
-    );
+    env.set_chain(serde_json::json!({"tip": TIP + 5, "confirmed": {}}));
     // Co-signing backup 1 adds the coin's second entry, which the SE's
     // read API now hides; the wallet's next look at the coin is refused.
-    let signed = env.run(
-        &a,
-        &[
-            "deposit",
-            "sign",
-            &id,
-            "--tx0",
-            &hex::encode(serialize(&tx0)),
-        ],
-    );
+    let (id, tx0, signed) = env.deposit(&a, VALUE, 1);
+    env.confirm(&tx0, TIP);
     let out = if signed.code == 0 {
         // Once the SE has published (with the member's cosignature) a
         // checkpoint holding the hidden entry.

@@ -5,25 +5,11 @@
 //! then), ending with the coin. Lives with the SE's tests because the crash
 //! hooks are this package's test feature.
 
-use std::str::FromStr;
-
-use bitcoin::absolute::LockTime;
-use bitcoin::consensus::encode::serialize;
-use bitcoin::transaction::Version;
-use bitcoin::{Amount, ScriptBuf, Transaction, TxIn, TxOut};
 use lk_testkit::process::workspace_binary;
 use lk_testkit::statechaind::{statechain_cli, CliEnv, Statechaind};
 
 const VALUE: u64 = 100_000;
 const TIP: u32 = 500;
-
-fn regtest_script(addr: &str) -> ScriptBuf {
-    bitcoin::Address::from_str(addr)
-        .expect("address")
-        .require_network(bitcoin::Network::Regtest)
-        .expect("regtest")
-        .script_pubkey()
-}
 
 #[test]
 fn a_crash_around_the_key_update_loses_nothing() {
@@ -49,30 +35,10 @@ fn a_crash_around_the_key_update_loses_nothing() {
                 0
             );
         }
-        let dep = env.ok(&a, &["deposit", "new", "--amount", &VALUE.to_string()]);
-        let id = dep["statechain_id"].as_str().expect("id").to_string();
-        let tx0 = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn::default()],
-            output: vec![TxOut {
-                value: Amount::from_sat(VALUE),
-                script_pubkey: regtest_script(dep["deposit_address"].as_str().expect("addr")),
-            }],
-        };
-        env.ok(
-            &a,
-            &[
-                "deposit",
-                "sign",
-                &id,
-                "--tx0",
-                &hex::encode(serialize(&tx0)),
-            ],
-        );
-        env.set_chain(
-            serde_json::json!({"tip": TIP + 5, "confirmed": {tx0.compute_txid().to_string(): TIP}}),
-        );
+        let (id, tx0, signed) = env.deposit(&a, VALUE, 1);
+        assert_eq!(signed.code, 0, "{}", signed.stderr);
+        env.set_chain(serde_json::json!({"tip": TIP + 5, "confirmed": {}}));
+        env.confirm(&tx0, TIP);
         let to = env.ok(&b, &["address", "new"])["address"]
             .as_str()
             .expect("addr")

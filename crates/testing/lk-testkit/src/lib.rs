@@ -1667,6 +1667,67 @@ pub mod statechaind {
         pub fn set_chain(&self, v: serde_json::Value) {
             std::fs::write(&self.chain, v.to_string()).expect("chain file");
         }
+
+        /// Marks `tx` confirmed at `height` in the mock chain, keeping the
+        /// rest of its state.
+        pub fn confirm(&self, tx: &bitcoin::Transaction, height: u32) {
+            let mut chain: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&self.chain).expect("chain file"))
+                    .expect("chain JSON");
+            chain["confirmed"][tx.compute_txid().to_string()] = serde_json::Value::from(height);
+            self.set_chain(chain);
+        }
+
+        /// Opens a coin of `value` in `wallet`: `deposit new`, a Tx0 paying
+        /// exactly that to the deposit address (`tag` makes it unique), and
+        /// `deposit sign`, whose output is returned with the id and Tx0.
+        pub fn deposit(
+            &self,
+            wallet: &Path,
+            value: u64,
+            tag: u8,
+        ) -> (String, bitcoin::Transaction, CliOut) {
+            let dep = self.ok(wallet, &["deposit", "new", "--amount", &value.to_string()]);
+            let id = dep["statechain_id"].as_str().expect("id").to_string();
+            let tx0 = tx0(
+                dep["deposit_address"].as_str().expect("address"),
+                value,
+                tag,
+            );
+            let tx0_hex = hex::encode(bitcoin::consensus::encode::serialize(&tx0));
+            let signed = self.run(wallet, &["deposit", "sign", &id, "--tx0", &tx0_hex]);
+            (id, tx0, signed)
+        }
+    }
+
+    /// The scriptPubKey of a regtest address.
+    pub fn regtest_script(address: &str) -> bitcoin::ScriptBuf {
+        use std::str::FromStr;
+        bitcoin::Address::from_str(address)
+            .expect("address")
+            .require_network(bitcoin::Network::Regtest)
+            .expect("a regtest address")
+            .script_pubkey()
+    }
+
+    /// A funding transaction paying exactly `value` to `address`; `tag`
+    /// (in its input script) tells Tx0s of equal amounts apart.
+    pub fn tx0(address: &str, value: u64, tag: u8) -> bitcoin::Transaction {
+        use bitcoin::{absolute::LockTime, transaction::Version};
+        bitcoin::Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![bitcoin::TxIn {
+                previous_output: bitcoin::OutPoint::null(),
+                script_sig: bitcoin::ScriptBuf::from_bytes(vec![0x51, tag]),
+                sequence: bitcoin::Sequence::MAX,
+                witness: bitcoin::Witness::new(),
+            }],
+            output: vec![bitcoin::TxOut {
+                value: bitcoin::Amount::from_sat(value),
+                script_pubkey: regtest_script(address),
+            }],
+        }
     }
 
     /// Runs `statechain-cli` (`bin`) on wallet `wallet` with the mock chain
