@@ -38,6 +38,23 @@ fn err(what: impl std::fmt::Display) -> ChainError {
 /// Largest reply read from a chain source.
 const MAX_REPLY: u64 = 4 << 20;
 
+/// A reply's status and body (at most [`MAX_REPLY`] bytes); `what` names
+/// the request in errors.
+fn read(
+    what: &str,
+    reply: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, String), ChainError> {
+    let mut r = reply.map_err(|e| err(format!("{what}: {e}")))?;
+    let status = r.status().as_u16();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(MAX_REPLY)
+        .read_to_string()
+        .map_err(|e| err(format!("{what}: {e}")))?;
+    Ok((status, body))
+}
+
 /// An Esplora REST server (`https://blockstream.info/api`,
 /// `https://mempool.space/testnet4/api`, a local `electrs`).
 pub struct EsploraChain {
@@ -57,40 +74,21 @@ impl EsploraChain {
     /// `GET path`: status and body.
     fn get(&self, path: &str) -> Result<(u16, String), ChainError> {
         let url = format!("{}{path}", self.base);
-        let mut r = self
-            .agent
-            .get(&url)
-            .call()
-            .map_err(|e| err(format!("GET {url}: {e}")))?;
-        let status = r.status().as_u16();
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY)
-            .read_to_string()
-            .map_err(|e| err(format!("GET {url}: {e}")))?;
-        Ok((status, body))
+        read(&format!("GET {url}"), self.agent.get(&url).call())
     }
 
     fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Result<String, ChainError> {
         let url = format!("{}{path}", self.base);
-        let mut r = self
+        let what = format!("POST {url}");
+        let sent = self
             .agent
             .post(&url)
             .header("Content-Type", content_type)
-            .send(body)
-            .map_err(|e| err(format!("POST {url}: {e}")))?;
-        let status = r.status().as_u16();
-        let text = r
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY)
-            .read_to_string()
-            .map_err(|e| err(format!("POST {url}: {e}")))?;
-        if status != 200 {
-            return Err(err(format!("POST {url}: {status}: {text:.300}")));
+            .send(body);
+        match read(&what, sent)? {
+            (200, text) => Ok(text),
+            (status, text) => Err(err(format!("{what}: {status}: {text:.300}"))),
         }
-        Ok(text)
     }
 
     fn json(&self, path: &str) -> Result<Option<Value>, ChainError> {
@@ -219,16 +217,7 @@ impl BitcoindChain {
         if let Some(auth) = &self.auth {
             req = req.header("Authorization", auth);
         }
-        let mut r = req
-            .send(body.to_string().as_bytes())
-            .map_err(|e| err(format!("{method}: {e}")))?;
-        let status = r.status().as_u16();
-        let text = r
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY)
-            .read_to_string()
-            .map_err(|e| err(format!("{method}: {e}")))?;
+        let (status, text) = read(method, req.send(body.to_string().as_bytes()))?;
         if status == 401 || status == 403 {
             return Err(err(format!(
                 "{method}: {status}: check the RPC credentials"
