@@ -1,7 +1,9 @@
-//! tlog.md §7.9: a request unanswered within the timeout fails, and three
-//! in a row close the connection. A peer that announces a valid, larger
-//! checkpoint and then never answers the mirror's requests is dropped
-//! after its third silence, and nothing is stored.
+//! LKTL/1 against raw peers speaking the wire protocol by hand. tlog.md
+//! §7.9: a request unanswered within the timeout fails, and three in a row
+//! close the connection: a peer that announces a valid, larger checkpoint
+//! and then never answers the mirror's requests is dropped after its third
+//! silence, and nothing is stored. §5.3: a witness on the sync port
+//! cosigns by Inv and bans a forged checkpoint.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,4 +147,136 @@ async fn three_unanswered_requests_close_the_connection() {
     let state = store.state(mirror.log_id()).await.expect("state");
     assert_eq!(state.size, 0, "nothing stored");
     assert!(!peer.is_banned("127.0.0.1"), "silence is not misbehaviour");
+}
+
+/// Connects to `addr` as a raw LKTL/1 peer that names `origin`; returns
+/// the stream with the node's identification line read.
+async fn raw_peer(addr: std::net::SocketAddr, origin: &str, size: u64) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let ident = Ident {
+        software: "raw/0".into(),
+        node: "raw".into(),
+        logs: 1,
+    };
+    s.write_all(&ident.to_line()).await.expect("ident");
+    let hello = Frame {
+        id: 0,
+        message: Message::Hello {
+            version: 1,
+            nonce: 9,
+            max_frame: 1 << 20,
+            max_inflight: 8,
+            node_name: "raw".into(),
+            logs: vec![HelloLog {
+                prefix: false,
+                origin: origin.into(),
+                roles: 1,
+                size,
+            }],
+        },
+    };
+    s.write_all(&hello.encode()).await.expect("hello");
+    let mut buf = Vec::new();
+    loop {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            buf.drain(..=i);
+            return (s, buf);
+        }
+        let mut chunk = [0u8; 512];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed before its identification line");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// tlog.md §5.3 over the wire: a witness on the sync port cosigns a
+/// witnessed log's checkpoint that arrives by Inv and sends the cosigned
+/// note back; a checkpoint of that origin not signed by the log's key is
+/// misbehaviour (the connection is closed and the peer banned), and the
+/// witness's record does not move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_cosigns_by_inv_and_bans_a_forged_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_key = SignerKey::from_seed(ORIGIN, KeyType::Ed25519, &[5; 32]).expect("key");
+    let forger = SignerKey::from_seed(ORIGIN, KeyType::Ed25519, &[6; 32]).expect("key");
+    let wkey = SignerKey::from_seed("w.example/witness", KeyType::Cosignature, &[8; 32])
+        .expect("witness key");
+    let store = Arc::new(RedbLogStore::open(&dir.path().join("w.redb")).expect("store"));
+    let wvkey = wkey.verifier();
+    let witness = tlog_node::witness::Witness::new(store.clone(), wkey, vec![log_key.verifier()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let peer = Peer::with_roles(
+        Config {
+            name: "w".into(),
+            peers: Vec::new(),
+            limits: Limits::default(),
+        },
+        Vec::new(),
+        tlog_node::peer::Roles {
+            prefixes: Vec::new(),
+            witness: Some(witness.clone()),
+        },
+    );
+    tokio::spawn(peer.clone().run(listener));
+
+    let mut tree = MemoryTree::new();
+    for i in 0..5u8 {
+        tree.push(&[i]);
+    }
+    let text = Checkpoint::new(ORIGIN, 5, tree.root()).to_text();
+    let inv = |key: &SignerKey| {
+        let mut note = Note::new(&text).expect("note");
+        note.add(key.sign(note.text(), 0));
+        Frame {
+            id: 0,
+            message: Message::Inv {
+                log_id: tlog_core::log_id(ORIGIN),
+                note: note.to_bytes(),
+                old_size: 0,
+                proof: Vec::new(),
+            },
+        }
+        .encode()
+    };
+
+    // Honest: the cosigned note comes back.
+    let (mut s, mut buf) = raw_peer(addr, ORIGIN, 5).await;
+    s.write_all(&inv(&log_key)).await.expect("inv");
+    let cosigned = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), next_frame(&mut s, &mut buf))
+            .await
+            .expect("an answer")
+            .expect("open");
+        if let Message::Inv { note, .. } = frame.message {
+            break note;
+        }
+    };
+    let note = Note::parse(&cosigned).expect("note");
+    let verified = note
+        .verify(&[log_key.verifier(), wvkey])
+        .expect("log and witness lines verify");
+    assert_eq!(
+        verified.signatures().len(),
+        2,
+        "the witness's line was added"
+    );
+    let (size, before) = witness
+        .record(ORIGIN)
+        .await
+        .expect("record")
+        .expect("a record");
+    assert_eq!(size, 5);
+
+    // Forged: closed and banned; the record keeps the honest checkpoint.
+    let (mut s, mut buf) = raw_peer(addr, ORIGIN, 5).await;
+    s.write_all(&inv(&forger)).await.expect("inv");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while next_frame(&mut s, &mut buf).await.is_some() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the forger was not disconnected");
+    assert!(peer.is_banned("127.0.0.1"));
+    let (_, kept) = witness.record(ORIGIN).await.expect("record").expect("kept");
+    assert_eq!(kept, before, "the forged checkpoint changed the record");
 }
