@@ -83,42 +83,7 @@ async fn three_unanswered_requests_close_the_connection() {
         },
     };
 
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let ident = Ident {
-        software: "silent/0".into(),
-        node: "silent".into(),
-        logs: 1,
-    };
-    s.write_all(&ident.to_line()).await.expect("ident");
-    let hello = Frame {
-        id: 0,
-        message: Message::Hello {
-            version: 1,
-            nonce: 7,
-            max_frame: 1 << 20,
-            max_inflight: 8,
-            node_name: "silent".into(),
-            logs: vec![HelloLog {
-                prefix: false,
-                origin: ORIGIN.into(),
-                roles: 1,
-                size: 10,
-            }],
-        },
-    };
-    s.write_all(&hello.encode()).await.expect("hello");
-    let mut buf = Vec::new();
-    // Its identification line, then frames.
-    loop {
-        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            buf.drain(..=i);
-            break;
-        }
-        let mut chunk = [0u8; 512];
-        let n = s.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "closed before its identification line");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (mut s, mut buf) = raw_peer(addr, ORIGIN, 10).await;
     // Announce, then leave every request unanswered.
     let started = Instant::now();
     let mut asked = 0;
