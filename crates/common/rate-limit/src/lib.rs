@@ -5,8 +5,27 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A client's source address as per-address limits count it: IPv4 as is
+/// (IPv4-mapped IPv6 too), IPv6 by its /64, the block one host usually
+/// holds, so one host cannot escape a per-address limit by rotating through
+/// its own addresses.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
+}
 
 /// A rate: `per_sec` tokens per second, at most `burst` saved up.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -125,6 +144,15 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_count_ipv6_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str| source_key(s.parse().expect("ip"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+    }
 
     #[test]
     fn bursts_then_refills_at_the_rate() {

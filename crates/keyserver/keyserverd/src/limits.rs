@@ -47,21 +47,6 @@ pub struct Limits {
     per_key_flush: Keyed<String>,
 }
 
-/// A client address as limits count it: IPv4 as is, IPv6 by its /64.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::V6(o.into())
-            }
-        },
-    }
-}
-
 fn limited(wait: Duration) -> RpcError {
     RpcError::RateLimited {
         retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
@@ -99,7 +84,7 @@ impl Limits {
         let Some(ip) = client.filter(|_| self.enabled) else {
             return Ok(());
         };
-        let ip = client_key(ip);
+        let ip = rate_limit::source_key(ip);
         let bucket = match method {
             "KeyRepository.FetchHashChain" | "KeyHashchain.FetchHashChain" => &self.chain,
             "KeyRepository.FetchUID" => &self.uid,
@@ -150,8 +135,6 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
         let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
         let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
         let limits = Limits::new(LimitsConfig::default());
         let t0 = Instant::now();
         for _ in 0..10 {

@@ -34,6 +34,14 @@ pub struct Limits {
     /// refused). A signer keeps one or two; without a bound one connection
     /// could hold any number of stalled reads.
     pub max_streams_per_connection: usize,
+    /// Most bytes (keys plus values) of replies one client may have queued,
+    /// read from the store but not yet read by the client (enforced by the
+    /// server). At least `max_namespace_bytes`, or a client could not read
+    /// its whole namespace with one `Get`.
+    pub max_reply_bytes_per_client: u64,
+    /// Most bytes of replies queued for all clients together: the server's
+    /// bound on memory held for readers.
+    pub max_reply_bytes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +58,8 @@ impl Default for Limits {
             max_namespace_bytes: 1_024 * 1_024 * 1_024,
             max_inflight_per_client: 16,
             max_streams_per_connection: 32,
+            max_reply_bytes_per_client: 1_024 * 1_024 * 1_024,
+            max_reply_bytes: 2 * 1_024 * 1_024 * 1_024,
         }
     }
 }
@@ -69,6 +79,10 @@ pub enum Limit {
     NamespaceBytes,
     /// `max_inflight_per_client`
     InflightPerClient,
+    /// `max_reply_bytes_per_client`
+    ReplyBytesPerClient,
+    /// `max_reply_bytes`
+    ReplyBytes,
 }
 
 impl Limit {
@@ -81,6 +95,8 @@ impl Limit {
             Limit::RequestBytes => "max_request_bytes",
             Limit::NamespaceBytes => "max_namespace_bytes",
             Limit::InflightPerClient => "max_inflight_per_client",
+            Limit::ReplyBytesPerClient => "max_reply_bytes_per_client",
+            Limit::ReplyBytes => "max_reply_bytes",
         }
     }
 }

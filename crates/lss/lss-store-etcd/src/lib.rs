@@ -632,6 +632,19 @@ impl Store for EtcdStore {
             .await
             .and_then(|result| result)
     }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        RETRY
+            .run("usage", |_| async {
+                let stored = self.read_together(vec![self.usage_key(&client)]).await?;
+                match stored.into_iter().next().flatten() {
+                    Some((value, _)) => decode_usage(&value).map(Ok),
+                    None => Ok(Ok(0)),
+                }
+            })
+            .await
+            .and_then(|result| result)
+    }
 }
 
 fn corrupt(what: &str) -> Failure {

@@ -400,6 +400,26 @@ impl PostgresStore {
             .collect())
     }
 
+    async fn usage_once(&self, client: &ClientId) -> Result<Result<u64, StoreError>, Failure> {
+        let db = self.pool.get().await.map_err(pool_failure)?;
+        let retry = |e| classify(e, false);
+        let statement = db.prepare_cached(&self.sql.usage).await.map_err(retry)?;
+        let namespace: &[u8] = client.as_bytes();
+        let row = db
+            .query_opt(&statement, &[&namespace])
+            .await
+            .map_err(retry)?;
+        Ok(match row {
+            None => Ok(0),
+            Some(row) => {
+                let bytes: i64 = row.try_get(0).map_err(retry)?;
+                u64::try_from(bytes).map_err(|_| {
+                    StoreError::Corrupt(format!("namespace usage {bytes} is negative"))
+                })
+            }
+        })
+    }
+
     async fn get_once(
         &self,
         client: &ClientId,
@@ -636,6 +656,13 @@ impl Store for PostgresStore {
     async fn get(&self, client: ClientId, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
         RETRY
             .run("get", |_| self.get_once(&client, &prefix))
+            .await
+            .and_then(|result| result)
+    }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        RETRY
+            .run("usage", |_| self.usage_once(&client))
             .await
             .and_then(|result| result)
     }

@@ -294,7 +294,8 @@ pub async fn large_namespace<S: Store>(store: S) {
     );
 }
 
-/// Growing past the quota is refused and writes nothing; shrinking is allowed.
+/// Growing past the quota is refused and writes nothing; shrinking is allowed;
+/// `usage` reports what the quota counts.
 pub async fn namespace_quota<S: Store>(store: S) {
     // The store under test was made with a quota of 100 bytes.
     let (c, other) = (client(1), client(2));
@@ -311,9 +312,21 @@ pub async fn namespace_quota<S: Store>(store: S) {
     commit(&store, c, vec![kv("j", 0, &[1; 8])]).await; // 100 bytes
                                                         // Shrinking (a tombstone) is allowed, and frees room.
     commit(&store, c, vec![kv("k", 1, b"")]).await; // 10 bytes
+    assert_eq!(store.usage(c).await.expect("usage"), 10);
     commit(&store, c, vec![kv("k", 2, &[2; 89])]).await; // 99 bytes
-                                                         // Other namespaces have their own quota.
+    assert_eq!(
+        store.usage(c).await.expect("usage"),
+        99,
+        "what the quota counts"
+    );
+    // Other namespaces have their own quota.
+    assert_eq!(
+        store.usage(other).await.expect("usage"),
+        0,
+        "empty namespace"
+    );
     commit(&store, other, vec![kv("k", 0, &[1; 99])]).await;
+    assert_eq!(store.usage(other).await.expect("usage"), 100);
 }
 
 fn entry(n: u8, key: &str, version: i64, value: &[u8]) -> Entry {
@@ -427,8 +440,10 @@ pub async fn bulk_load_counts_toward_the_quota<S: Bulk>(store: S) {
         Err(StoreError::Limit(_)) => {}
         other => panic!("the loaded bytes must count: {other:?}"),
     }
+    assert_eq!(store.usage(c).await.expect("usage"), 93);
     commit(&store, c, vec![kv("big", 1, &[0; 10])]).await;
     commit(&store, c, vec![kv("more", 0, &[0; 20])]).await;
+    assert_eq!(store.usage(c).await.expect("usage"), 13 + 24);
     store
         .load(vec![entry(1, "over", 0, &[0; 200])])
         .await

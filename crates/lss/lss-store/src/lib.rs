@@ -64,6 +64,11 @@ pub trait Store: Send + Sync + 'static {
         client: ClientId,
         prefix: String,
     ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send;
+
+    /// The bytes (keys plus values) the namespace holds, as its quota counts
+    /// them: an upper bound of what any read of it returns, known before
+    /// reading (the server reserves memory for a reply with it).
+    fn usage(&self, client: ClientId) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// One stored entry with its namespace: the unit of export, import and copy.
@@ -173,6 +178,10 @@ impl<S: Store> Store for Arc<S> {
         prefix: String,
     ) -> impl Future<Output = Result<Vec<KeyValue>, StoreError>> + Send {
         (**self).get(client, prefix)
+    }
+
+    fn usage(&self, client: ClientId) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        (**self).usage(client)
     }
 }
 

@@ -224,6 +224,13 @@ impl Store for RedbStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || reading(&db, |h| read_usage(h, &client)))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
 }
 
 /// One read on the current database; a storage failure makes the reader
@@ -468,6 +475,20 @@ fn decode(stored: &[u8]) -> Result<(i64, &[u8]), StoreError> {
         )));
     };
     Ok((i64::from_be_bytes(*version), value))
+}
+
+fn read_usage(db: &Database, client: &ClientId) -> Result<u64, StoreError> {
+    let unavailable = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let txn = db.begin_read().map_err(|e| unavailable(e.into()))?;
+    let table = match txn.open_table(USAGE) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(unavailable(e.into())),
+    };
+    let used = table
+        .get(client.as_bytes().as_slice())
+        .map_err(|e| unavailable(e.into()))?;
+    Ok(used.map_or(0, |g| g.value()))
 }
 
 fn read_prefix(

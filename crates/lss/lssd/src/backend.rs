@@ -150,6 +150,14 @@ impl Store for AnyStore {
             AnyStore::Etcd(s) => s.get(client, prefix).await,
         }
     }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.usage(client).await,
+            AnyStore::Postgres(s) => s.usage(client).await,
+            AnyStore::Etcd(s) => s.usage(client).await,
+        }
+    }
 }
 
 impl Bulk for AnyStore {

@@ -9,10 +9,13 @@
 use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use lss_core::Limits;
 use serde::Deserialize;
+
+use crate::conn::ConnLimits;
 
 /// Default listen address: loopback, the protocol's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:55551";
@@ -117,6 +120,74 @@ pub struct Args {
         value_name = "N"
     )]
     pub max_streams_per_connection: Option<NonZeroUsize>,
+
+    /// Most bytes (keys plus values) of replies queued for one client: read
+    /// from the store, not yet read by the client [default: 1073741824
+    /// (1 GiB)]. More get RESOURCE_EXHAUSTED. Keep it at least
+    /// max_namespace_bytes, or a client cannot read its whole namespace.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_REPLY_BYTES_PER_CLIENT",
+        value_name = "BYTES"
+    )]
+    pub max_reply_bytes_per_client: Option<NonZeroU64>,
+
+    /// Most bytes of replies queued for all clients together [default:
+    /// 2147483648 (2 GiB)]: the memory readers can hold. More get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_REPLY_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_reply_bytes: Option<NonZeroU64>,
+
+    /// Most open connections [default: 10000]; more are closed as they are accepted.
+    #[arg(long, global = true, env = "LSSD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<NonZeroUsize>,
+
+    /// Most open connections from one source address, IPv6 counted by /64
+    /// [default: 100]; more are closed as they are accepted.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_CONNECTIONS_PER_ADDRESS",
+        value_name = "N"
+    )]
+    pub max_connections_per_address: Option<NonZeroUsize>,
+
+    /// Seconds a request may take until it is answered, receiving its body
+    /// included [default: 30]; then DEADLINE_EXCEEDED. A put cut off this way
+    /// may still commit, as with any lost reply.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_REQUEST_TIMEOUT_SECS",
+        value_name = "SECONDS"
+    )]
+    pub request_timeout_secs: Option<NonZeroU64>,
+
+    /// Seconds from a request's start until the client must have read its
+    /// reply [default: 300]; a connection still holding an unread reply then
+    /// is closed. Bounds how long a slow or stalled reader holds memory.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_REPLY_TIMEOUT_SECS",
+        value_name = "SECONDS"
+    )]
+    pub reply_timeout_secs: Option<NonZeroU64>,
+
+    /// Seconds a connection may stay open with no request [default: 600];
+    /// then it is closed (clients reconnect when they need to).
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_IDLE_TIMEOUT_SECS",
+        value_name = "SECONDS"
+    )]
+    pub idle_timeout_secs: Option<NonZeroU64>,
 
     /// Storage backend [default: redb]: `redb` (embedded, in the data
     /// directory) or `postgres` (needs --postgres-url). The server key stays
@@ -318,6 +389,20 @@ pub struct FileConfig {
     pub max_inflight_per_client: Option<NonZeroUsize>,
     /// See [`Args::max_streams_per_connection`].
     pub max_streams_per_connection: Option<NonZeroUsize>,
+    /// See [`Args::max_reply_bytes_per_client`].
+    pub max_reply_bytes_per_client: Option<NonZeroU64>,
+    /// See [`Args::max_reply_bytes`].
+    pub max_reply_bytes: Option<NonZeroU64>,
+    /// See [`Args::max_connections`].
+    pub max_connections: Option<NonZeroUsize>,
+    /// See [`Args::max_connections_per_address`].
+    pub max_connections_per_address: Option<NonZeroUsize>,
+    /// See [`Args::request_timeout_secs`].
+    pub request_timeout_secs: Option<NonZeroU64>,
+    /// See [`Args::reply_timeout_secs`].
+    pub reply_timeout_secs: Option<NonZeroU64>,
+    /// See [`Args::idle_timeout_secs`].
+    pub idle_timeout_secs: Option<NonZeroU64>,
     /// See [`Args::database`].
     pub database: Option<Database>,
     /// See [`Args::postgres_url`].
@@ -368,6 +453,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Size limits.
     pub limits: Limits,
+    /// Connection limits and timeouts.
+    pub connections: ConnLimits,
     /// The storage backend.
     pub backend: Backend,
 }
@@ -443,6 +530,40 @@ impl Config {
                 .max_streams_per_connection
                 .or(file.max_streams_per_connection)
                 .map_or(defaults.max_streams_per_connection, NonZeroUsize::get),
+            max_reply_bytes_per_client: args
+                .max_reply_bytes_per_client
+                .or(file.max_reply_bytes_per_client)
+                .map_or(defaults.max_reply_bytes_per_client, NonZeroU64::get),
+            max_reply_bytes: args
+                .max_reply_bytes
+                .or(file.max_reply_bytes)
+                .map_or(defaults.max_reply_bytes, NonZeroU64::get),
+        };
+        let conn_defaults = ConnLimits::default();
+        let secs = |value: Option<NonZeroU64>, default: Duration| {
+            value.map_or(default, |s| Duration::from_secs(s.get()))
+        };
+        let connections = ConnLimits {
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .map_or(conn_defaults.max_connections, NonZeroUsize::get),
+            max_connections_per_address: args
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .map_or(conn_defaults.max_connections_per_address, NonZeroUsize::get),
+            request_timeout: secs(
+                args.request_timeout_secs.or(file.request_timeout_secs),
+                conn_defaults.request_timeout,
+            ),
+            reply_timeout: secs(
+                args.reply_timeout_secs.or(file.reply_timeout_secs),
+                conn_defaults.reply_timeout,
+            ),
+            idle_timeout: secs(
+                args.idle_timeout_secs.or(file.idle_timeout_secs),
+                conn_defaults.idle_timeout,
+            ),
         };
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(dir) => dir,
@@ -588,6 +709,7 @@ impl Config {
             server_key_file: args.server_key_file.or(file.server_key_file),
             tls,
             limits,
+            connections,
             backend,
         })
     }

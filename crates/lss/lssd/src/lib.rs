@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod backend;
 pub mod config;
+pub mod conn;
 pub mod inflight;
 pub mod key_file;
 pub mod service;
@@ -76,8 +77,8 @@ impl Drop for AbortOnDrop {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `lss.LightningStorage`, the Lightkeeper extensions, gRPC health
-/// (true to the store, see [`HEALTH_PROBE`]) and reflection on `listener`
-/// until `shutdown` resolves, then
+/// (true to the store, see [`HEALTH_PROBE`]) and reflection on `listener`,
+/// within `connections` ([`conn`]), until `shutdown` resolves, then
 /// stops accepting and waits, at most [`SHUTDOWN_GRACE`], for in-flight
 /// requests and open connections (so an acknowledged put has always been
 /// committed, and an idle or stalled client cannot hold the shutdown up).
@@ -86,20 +87,26 @@ pub async fn serve<S: Store>(
     store: S,
     key: ServerKey,
     limits: Limits,
+    connections: conn::ConnLimits,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // tonic's own tcp_nodelay applies only to listeners it binds itself; on
     // our listener each accepted socket is set here. Without it, a reply
     // written in two segments waits for the client's delayed ACK (~40 ms).
-    let incoming = tokio_stream::StreamExt::map(
+    // Connections over the limits are closed here, before any byte is read.
+    let admission = conn::Admission::new(connections);
+    let incoming = tokio_stream::StreamExt::filter_map(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |accepted| {
-            accepted.inspect(|stream| {
+        move |accepted| match accepted {
+            Ok(stream) => {
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-            })
+                admission.accept(stream).map(Ok)
+            }
+            // Out of file descriptors and the like: tonic logs and goes on.
+            Err(e) => Some(Err(e)),
         },
     );
     let streams = u32::try_from(limits.max_streams_per_connection).unwrap_or(u32::MAX);
@@ -133,6 +140,7 @@ pub async fn serve<S: Store>(
             }
         };
     let server = builder
+        .layer(conn::WatchLayer::new(connections.request_timeout))
         .layer(status::request_limit_layer())
         .add_service(lss)
         .add_service(extensions)

@@ -220,7 +220,16 @@ async fn serve(config: Config, key: ServerKey, store: AnyStore) -> anyhow::Resul
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "lssd listening on {addr}"
     );
-    lssd::serve(listener, store, key, config.limits, tls, shutdown_signal()).await?;
+    lssd::serve(
+        listener,
+        store,
+        key,
+        config.limits,
+        config.connections,
+        tls,
+        shutdown_signal(),
+    )
+    .await?;
     info!("stopped; every acknowledged put is committed");
     Ok(())
 }

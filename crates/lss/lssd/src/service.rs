@@ -26,7 +26,8 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, Instrument};
 
 use crate::auth::Authenticator;
-use crate::inflight::Inflight;
+use crate::conn::Hold;
+use crate::inflight::{Inflight, ReplyBudget};
 use crate::status;
 
 /// `InfoReply.version`: the reference's value, which clients may compare.
@@ -42,7 +43,16 @@ pub struct LssService<S> {
     store: S,
     auth: Authenticator,
     inflight: Inflight,
+    replies: ReplyBudget,
     limits: Limits,
+}
+
+/// A read's result with its MAC, and what it keeps reserved until the client
+/// has read the reply.
+struct Read {
+    kvs: Vec<lss_core::KeyValue>,
+    hmac: Vec<u8>,
+    hold: Hold,
 }
 
 impl<S: Store> LssService<S> {
@@ -52,6 +62,7 @@ impl<S: Store> LssService<S> {
             store,
             auth: Authenticator::new(key, crate::auth::DEFAULT_CACHE_ENTRIES),
             inflight: Inflight::new(limits.max_inflight_per_client),
+            replies: ReplyBudget::new(limits.max_reply_bytes_per_client, limits.max_reply_bytes),
             limits,
         }
     }
@@ -77,11 +88,7 @@ impl<S: Store> LssService<S> {
     }
 
     /// Authenticates a Get and reads its result with the MAC over it.
-    async fn read(
-        &self,
-        request: GetRequest,
-        op: &'static str,
-    ) -> Result<(Vec<lss_core::KeyValue>, Vec<u8>), Status> {
+    async fn read(&self, request: GetRequest, op: &'static str) -> Result<Read, Status> {
         let GetRequest {
             auth,
             key_prefix,
@@ -90,24 +97,40 @@ impl<S: Store> LssService<S> {
         } = request;
         let scheme = mac_scheme(framed_mac);
         let (client, shared) = self.authenticate(auth)?;
-        let _slot = self
+        let slot = self
             .inflight
             .enter(client)
             .map_err(|e| status::limit_exceeded(&e))?;
         let span = tracing::debug_span!("get", op, client = %client.short(), prefix_len = key_prefix.len());
         async move {
+            // Reserve the namespace's size (a bound of any read of it)
+            // before reading, so a read that cannot be queued is refused
+            // without first costing its size in memory; then the real size.
+            let bound = self.store.usage(client).await.map_err(status::store)?;
+            let mut reserved = self
+                .replies
+                .reserve(client, bound)
+                .map_err(|e| status::limit_exceeded(&e))?;
             let kvs = self
                 .store
                 .get(client, key_prefix)
                 .await
                 .map_err(status::store)?;
-            let (kvs, hmac) = off_executor(payload(&kvs), move || {
+            let bytes = payload(&kvs);
+            reserved
+                .resize(bytes as u64)
+                .map_err(|e| status::limit_exceeded(&e))?;
+            let (kvs, hmac) = off_executor(bytes, move || {
                 let hmac = scheme.mac(&shared, &nonce, &kvs).as_bytes().to_vec();
                 (kvs, hmac)
             })
             .await?;
-            debug!(keys = kvs.len(), "read");
-            Ok((kvs, hmac))
+            debug!(keys = kvs.len(), bytes, "read");
+            Ok(Read {
+                kvs,
+                hmac,
+                hold: Hold::new((slot, reserved)),
+            })
         }
         .instrument(span)
         .await
@@ -161,7 +184,7 @@ impl<S: Store> LightningStorage for LssService<S> {
         let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
         let (client, shared) = self.authenticate(Some(auth))?;
-        let _slot = self
+        let slot = self
             .inflight
             .enter(client)
             .map_err(|e| status::limit_exceeded(&e))?;
@@ -205,19 +228,27 @@ impl<S: Store> LightningStorage for LssService<S> {
                     }
                 }
             };
-            Ok(Response::new(reply))
+            Ok(held(reply, Hold::new(slot)))
         }
         .instrument(span)
         .await
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
-        let (kvs, hmac) = self.read(request.into_inner(), "get").await?;
-        Ok(Response::new(GetReply {
+        let Read { kvs, hmac, hold } = self.read(request.into_inner(), "get").await?;
+        let reply = GetReply {
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac,
-        }))
+        };
+        Ok(held(reply, hold))
     }
+}
+
+/// A response that keeps `hold` until the client has read it.
+fn held<T>(message: T, hold: Hold) -> Response<T> {
+    let mut response = Response::new(message);
+    response.extensions_mut().insert(hold);
+    response
 }
 
 /// Payloads up to this size are MAC'd on the async worker; larger ones on the
@@ -255,11 +286,10 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
         &self,
         request: Request<GetRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let (kvs, hmac) = self.read(request.into_inner(), "get_stream").await?;
+        let Read { kvs, hmac, hold } = self.read(request.into_inner(), "get_stream").await?;
         let chunks = chunk(kvs, hmac, STREAM_CHUNK_BYTES);
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            chunks.into_iter().map(Ok),
-        ))))
+        let stream: ChunkStream = Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)));
+        Ok(held(stream, hold))
     }
 }
 

@@ -46,9 +46,11 @@ pub fn limit_exceeded(e: &LimitExceeded) -> Status {
         Limit::KeyBytes | Limit::ValueBytes | Limit::KeysPerPut => {
             Status::invalid_argument(e.to_string())
         }
-        Limit::RequestBytes | Limit::NamespaceBytes | Limit::InflightPerClient => {
-            Status::resource_exhausted(e.to_string())
-        }
+        Limit::RequestBytes
+        | Limit::NamespaceBytes
+        | Limit::InflightPerClient
+        | Limit::ReplyBytesPerClient
+        | Limit::ReplyBytes => Status::resource_exhausted(e.to_string()),
     }
 }
 

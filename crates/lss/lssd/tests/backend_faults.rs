@@ -40,6 +40,11 @@ impl Store for Flaky {
         self.check()?;
         self.inner.get(client, prefix).await
     }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.usage(client).await
+    }
 }
 
 #[tokio::test]

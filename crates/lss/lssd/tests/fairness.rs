@@ -25,6 +25,10 @@ impl Store for Slow {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.0.get(client, prefix).await
     }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        self.0.usage(client).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

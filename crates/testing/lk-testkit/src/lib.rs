@@ -32,6 +32,8 @@ pub struct Options {
     pub key_byte: u8,
     /// Protocol limits (and the redb namespace quota).
     pub limits: Limits,
+    /// Connection limits and timeouts.
+    pub connections: lssd::conn::ConnLimits,
     /// Serve TLS instead of plaintext.
     pub tls: Option<ServerTlsConfig>,
 }
@@ -41,6 +43,7 @@ impl Default for Options {
         Options {
             key_byte: 0x22,
             limits: Limits::default(),
+            connections: lssd::conn::ConnLimits::default(),
             tls: None,
         }
     }
@@ -106,6 +109,7 @@ impl<S: Store + Clone> Lssd<S> {
             store.clone(),
             key.clone(),
             options.limits,
+            options.connections,
             options.tls,
             async {
                 let _ = stopped.await;
