@@ -28,7 +28,13 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(k) = KeyInit::from_value(v.clone()) {
             let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
-            let _ = check_keyinit(&k, &key, &["example.org".into()], Window::Fetch, 1_800_000_000);
+            let _ = check_keyinit(
+                &k,
+                &key,
+                &["example.org".into()],
+                Window::Fetch,
+                1_800_000_000,
+            );
         }
         let _ = SignedCapabilities::from_value(v.clone());
         let _ = FlushRequest::from_value(v.clone());

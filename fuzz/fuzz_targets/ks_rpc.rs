@@ -27,10 +27,17 @@ fn fixture() -> &'static Fixture {
                 domain: "localhost".into(),
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 checkpoint_interval: std::time::Duration::from_millis(1000),
-                limits: keyserverd::limits::LimitsConfig { enabled: false, registrations_per_hour: 1 },
+                limits: keyserverd::limits::LimitsConfig {
+                    enabled: false,
+                    registrations_per_hour: 1,
+                },
             }))
             .expect("keyserver");
-        Fixture { runtime, running, _dir: dir }
+        Fixture {
+            runtime,
+            running,
+            _dir: dir,
+        }
     })
 }
 
@@ -60,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(params) = std::str::from_utf8(data) {
         if params.trim_start().starts_with('{') {
             for m in METHODS {
-                let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{m}","params":{params}}}"#);
+                let body =
+                    format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{m}","params":{params}}}"#);
                 check(body.as_bytes());
             }
         }

@@ -39,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = login::check(text, text, text, 1_700_000_000_000, rules);
     }
     if let Ok((token, limit)) = login::parse_hello(data) {
-        assert_eq!(login::parse_hello(&login::hello_payload(token, limit)), Ok((token, limit)));
+        assert_eq!(
+            login::parse_hello(&login::hello_payload(token, limit)),
+            Ok((token, limit))
+        );
     }
     // A control envelope never panics to open. And the SignMessage filter
     // is exact: bytes it lets the signer sign never open as a control

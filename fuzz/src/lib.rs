@@ -49,6 +49,15 @@ impl Store for MemStore {
             .map(|((_, k), (v, d))| KeyValue::new(k.clone(), *v, d.clone()))
             .collect())
     }
+
+    async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map
+            .iter()
+            .filter(|((c, _), _)| *c == client)
+            .map(|((_, k), (_, d))| (k.len() + d.len()) as u64)
+            .sum())
+    }
 }
 
 /// The service every target shares (small limits, so limits are reachable).

@@ -42,6 +42,17 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// A registration token from the server's operator (`lssd issue-token`),
+    /// for a server that admits listed clients only; needed until the server
+    /// has registered this client once.
+    #[arg(
+        long,
+        global = true,
+        env = "LSS_CLI_REGISTRATION_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    registration_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,7 +182,10 @@ fn write_new(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let files = Files::new(cli.dir)?;
-    let options = ConnectOptions::new(cli.server.clone());
+    let options = ConnectOptions {
+        registration_token: cli.registration_token.clone(),
+        ..ConnectOptions::new(cli.server.clone())
+    };
     match cli.command {
         Command::Init => {
             fs::DirBuilder::new()

@@ -41,6 +41,10 @@ pub struct ConnectOptions {
     pub max_reply_bytes: usize,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// A registration token from the server's operator, sent with every
+    /// put and get (a server admitting listed clients only registers the
+    /// client with it once; other servers ignore it).
+    pub registration_token: Option<String>,
 }
 
 impl ConnectOptions {
@@ -51,6 +55,7 @@ impl ConnectOptions {
             tls: None,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             timeout: Duration::from_secs(30),
+            registration_token: None,
         }
     }
 }
@@ -184,6 +189,7 @@ pub struct Client {
     client_id: Vec<u8>,
     token: Token,
     mac_scheme: MacScheme,
+    registration_token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 /// Opens a connection for the `lss.LightningStorage` stub (it reconnects by
@@ -268,7 +274,22 @@ impl Client {
             client_id: client_id.as_bytes().to_vec(),
             token,
             mac_scheme: MacScheme::Unframed,
+            registration_token: options
+                .registration_token
+                .as_deref()
+                .and_then(|t| tonic::metadata::MetadataValue::try_from(t).ok()),
         }
+    }
+
+    /// `message` as a request, with the registration token if there is one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.registration_token {
+            request
+                .metadata_mut()
+                .insert(lss_core::REGISTRATION_TOKEN_HEADER, token.clone());
+        }
+        request
     }
 
     /// Asks the server for `scheme` MACs on every put and get (the caller,
@@ -309,7 +330,7 @@ impl Client {
         };
         let reply = self
             .grpc
-            .put(request)
+            .put(self.request(request))
             .await
             .map_err(RpcError::from)?
             .into_inner();
@@ -352,7 +373,7 @@ impl Client {
                 }
             }
         }
-        let reply = self.grpc.get(request).await?.into_inner();
+        let reply = self.grpc.get(self.request(request)).await?.into_inner();
         Ok((reply.kvs.into_iter().map(Into::into).collect(), reply.hmac))
     }
 
@@ -360,7 +381,11 @@ impl Client {
         &mut self,
         request: lss_proto::GetRequest,
     ) -> Result<(Vec<KeyValue>, Vec<u8>), RpcError> {
-        let mut stream = self.extensions.get_stream(request).await?.into_inner();
+        let mut stream = self
+            .extensions
+            .get_stream(self.request(request))
+            .await?
+            .into_inner();
         let mut kvs = Vec::new();
         let mut hmac = Vec::new();
         let mut total = 0usize;

@@ -22,7 +22,7 @@ pub use identity::{AuthError, ClientId, KeyFileError, ServerKey, SharedSecret, T
 pub use kv::KeyValue;
 pub use mac::{
     framed_hmac, shared_hmac, Mac, MacScheme, FRAMED_MAC_EXTENSION, PUT_CLIENT_NONCE,
-    PUT_SERVER_NONCE,
+    PUT_SERVER_NONCE, REGISTRATION_TOKEN_HEADER,
 };
 pub use put::{
     accepts, namespace_after, Limit, LimitExceeded, Limits, PutOutcome, PutRejected, SortedKvs,

@@ -97,6 +97,11 @@ impl MacScheme {
 /// [`framed_hmac`] for requests that ask for it.
 pub const FRAMED_MAC_EXTENSION: &str = "framed-mac-v1";
 
+/// The request header a client sends its registration token in, on a
+/// server that admits listed and registered clients only (lssd's
+/// `access = allowlist`); servers that do not know it ignore it.
+pub const REGISTRATION_TOKEN_HEADER: &str = "lightkeeper-registration-token";
+
 const FRAMED_KEY_LABEL: &[u8] = b"lightkeeper/framed-mac/v1";
 
 /// The framed MAC: every field length-delimited, under a key derived for it.

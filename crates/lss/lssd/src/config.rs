@@ -15,6 +15,7 @@ use clap::Parser;
 use lss_core::Limits;
 use serde::Deserialize;
 
+use crate::access::AccessMode;
 use crate::conn::ConnLimits;
 
 /// Default listen address: loopback, the protocol's port.
@@ -189,6 +190,23 @@ pub struct Args {
     )]
     pub idle_timeout_secs: Option<NonZeroU64>,
 
+    /// Most bytes of a Put or Get body read before its sender is
+    /// authenticated and admitted [default: 65536]. A larger request must
+    /// carry its auth field first (every known client does).
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MAX_UNAUTHENTICATED_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_unauthenticated_bytes: Option<NonZeroUsize>,
+
+    /// Who may be a client [default: open]: `open` (any keypair, as the
+    /// reference) or `allowlist` (the ids in <data-dir>/allowed_clients, re-read
+    /// when it changes, and clients registered with a token from `lssd issue-token`).
+    #[arg(long, global = true, env = "LSSD_ACCESS", value_name = "POLICY")]
+    pub access: Option<AccessMode>,
+
     /// Storage backend [default: redb]: `redb` (embedded, in the data
     /// directory) or `postgres` (needs --postgres-url). The server key stays
     /// in the data directory either way.
@@ -299,6 +317,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         to_config: PathBuf,
     },
+    /// Print a registration token: with `access = allowlist`, a client that
+    /// sends it (lss-cli --registration-token) is admitted and remembered.
+    /// Each token admits one client. Works while the server runs.
+    IssueToken,
     /// Load the reference lssd's database file (`<its datadir>/redb`) into
     /// this store, and optionally adopt its server key so its clients keep
     /// working. Stop the reference lssd first.
@@ -403,6 +425,10 @@ pub struct FileConfig {
     pub reply_timeout_secs: Option<NonZeroU64>,
     /// See [`Args::idle_timeout_secs`].
     pub idle_timeout_secs: Option<NonZeroU64>,
+    /// See [`Args::max_unauthenticated_bytes`].
+    pub max_unauthenticated_bytes: Option<NonZeroUsize>,
+    /// See [`Args::access`].
+    pub access: Option<AccessMode>,
     /// See [`Args::database`].
     pub database: Option<Database>,
     /// See [`Args::postgres_url`].
@@ -455,6 +481,8 @@ pub struct Config {
     pub limits: Limits,
     /// Connection limits and timeouts.
     pub connections: ConnLimits,
+    /// Who may be a client.
+    pub access: AccessMode,
     /// The storage backend.
     pub backend: Backend,
 }
@@ -564,7 +592,12 @@ impl Config {
                 args.idle_timeout_secs.or(file.idle_timeout_secs),
                 conn_defaults.idle_timeout,
             ),
+            max_unauthenticated_bytes: args
+                .max_unauthenticated_bytes
+                .or(file.max_unauthenticated_bytes)
+                .map_or(conn_defaults.max_unauthenticated_bytes, NonZeroUsize::get),
         };
+        let access = args.access.or(file.access).unwrap_or_default();
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(dir) => dir,
             None => home
@@ -710,6 +743,7 @@ impl Config {
             tls,
             limits,
             connections,
+            access,
             backend,
         })
     }

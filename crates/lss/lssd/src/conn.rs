@@ -58,6 +58,9 @@ pub struct ConnLimits {
     pub reply_timeout: Duration,
     /// A connection with no request open this long is closed.
     pub idle_timeout: Duration,
+    /// Most bytes of a request body read before its sender is known (see
+    /// `preauth`).
+    pub max_unauthenticated_bytes: usize,
 }
 
 impl Default for ConnLimits {
@@ -73,6 +76,7 @@ impl Default for ConnLimits {
             request_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(600),
+            max_unauthenticated_bytes: 64 * 1024,
         }
     }
 }
@@ -597,6 +601,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             reply_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_unauthenticated_bytes: 1024,
         }
     }
 

@@ -10,12 +10,14 @@
 //! Only this crate knows `tonic::Status`: `lss-core` decides, `lss-store`
 //! stores, and this crate translates both to the wire.
 
+pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod conn;
 pub mod inflight;
 pub mod key_file;
+pub mod preauth;
 pub mod service;
 pub mod status;
 
@@ -70,6 +72,30 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What a server enforces and how it is reached.
+pub struct Settings {
+    /// Request and per-client limits.
+    pub limits: Limits,
+    /// Connection limits and timeouts.
+    pub connections: conn::ConnLimits,
+    /// Who may be a client.
+    pub access: std::sync::Arc<access::Access>,
+    /// TLS, or plaintext.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl Default for Settings {
+    /// Default limits, open access, plaintext.
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            connections: conn::ConnLimits::default(),
+            access: std::sync::Arc::new(access::Access::open()),
+            tls: None,
+        }
+    }
+}
+
 /// How long a shutdown waits for clients to finish and close their
 /// connections before the server stops anyway. A put whose client is cut off
 /// this way is still committed or not at all: the store finishes every put it
@@ -86,11 +112,15 @@ pub async fn serve<S: Store>(
     listener: TcpListener,
     store: S,
     key: ServerKey,
-    limits: Limits,
-    connections: conn::ConnLimits,
-    tls: Option<ServerTlsConfig>,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let Settings {
+        limits,
+        connections,
+        access,
+        tls,
+    } = settings;
     // tonic's own tcp_nodelay applies only to listeners it binds itself; on
     // our listener each accepted socket is set here. Without it, a reply
     // written in two segments waits for the client's delayed ACK (~40 ms).
@@ -123,7 +153,15 @@ pub async fn serve<S: Store>(
     let probe = ClientId::from(key.public_key());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let watching = tokio::spawn(watch_health(store.clone(), probe, health_reporter));
-    let (lss, extensions) = service::LssService::new(store, key, limits).into_servers();
+    let reloading = tokio::spawn(access::keep_reloading(access.clone()));
+    let auth = std::sync::Arc::new(auth::Authenticator::new(key, auth::DEFAULT_CACHE_ENTRIES));
+    let preauth = preauth::PreauthLayer::new(
+        auth.clone(),
+        access.clone(),
+        connections.max_unauthenticated_bytes,
+    );
+    let (lss, extensions) =
+        service::LssService::with_access(store, auth, access, limits).into_servers();
     // Reflection in both versions clients ask for (grpcurl tries v1, the
     // Python and Go reflection clients still use v1alpha).
     let reflection = || {
@@ -142,6 +180,7 @@ pub async fn serve<S: Store>(
     let server = builder
         .layer(conn::WatchLayer::new(connections.request_timeout))
         .layer(status::request_limit_layer())
+        .layer(preauth)
         .add_service(lss)
         .add_service(extensions)
         .add_service(health)
@@ -153,6 +192,7 @@ pub async fn serve<S: Store>(
         });
     tokio::pin!(server);
     let _watching = AbortOnDrop(watching);
+    let _reloading = AbortOnDrop(reloading);
     tokio::select! {
         result = &mut server => result,
         () = async {

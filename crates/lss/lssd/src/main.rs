@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve => run(config).await,
             Command::Export { output } => export(&config, &output).await,
             Command::Verify { input } => verify(&input).await,
+            Command::IssueToken => issue_token(&config),
             Command::Import { input } => import(&config, &input).await,
             Command::Copy { to_config } => copy(&config, &to_config, home.as_deref()).await,
             Command::ImportReference {
@@ -70,8 +71,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
             key
         }
     };
+    let access = lssd::access::Access::load(config.access, &config.data_dir)
+        .context("cannot load the access policy")?;
+    if access.is_restricted() {
+        info!(
+            list = %config.data_dir.join(lssd::access::ALLOWED_FILE).display(),
+            "access: listed and registered clients only"
+        );
+    }
     let store = open(&config).await?;
-    serve(config, key, store).await
+    serve(config, key, store, std::sync::Arc::new(access)).await
+}
+
+fn issue_token(config: &Config) -> anyhow::Result<()> {
+    create_private_dir(&config.data_dir)?;
+    let key = lssd::access::RegistrationKey::load_or_create(&config.data_dir)
+        .context("cannot load the registration key")?;
+    if config.access != lssd::access::AccessMode::Allowlist {
+        warn!("access is open: every client is served, tokens are not needed until access = allowlist");
+    }
+    println!("{}", key.issue(rand::random()));
+    Ok(())
 }
 
 /// Logs progress at most every two seconds, and once at the end.
@@ -203,7 +223,12 @@ async fn import_reference(
     Ok(())
 }
 
-async fn serve(config: Config, key: ServerKey, store: AnyStore) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    key: ServerKey,
+    store: AnyStore,
+    access: std::sync::Arc<lssd::access::Access>,
+) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -220,16 +245,13 @@ async fn serve(config: Config, key: ServerKey, store: AnyStore) -> anyhow::Resul
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "lssd listening on {addr}"
     );
-    lssd::serve(
-        listener,
-        store,
-        key,
-        config.limits,
-        config.connections,
+    let settings = lssd::Settings {
+        limits: config.limits,
+        connections: config.connections,
+        access,
         tls,
-        shutdown_signal(),
-    )
-    .await?;
+    };
+    lssd::serve(listener, store, key, settings, shutdown_signal()).await?;
     info!("stopped; every acknowledged put is committed");
     Ok(())
 }

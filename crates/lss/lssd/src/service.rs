@@ -25,6 +25,7 @@ use lss_store::Store;
 use tonic::{Request, Response, Status};
 use tracing::{debug, Instrument};
 
+use crate::access::{Access, TOKEN_HEADER};
 use crate::auth::Authenticator;
 use crate::conn::Hold;
 use crate::inflight::{Inflight, ReplyBudget};
@@ -41,7 +42,8 @@ pub const STREAM_CHUNK_BYTES: usize = 1024 * 1024;
 /// The gRPC service over a store.
 pub struct LssService<S> {
     store: S,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
+    access: Arc<Access>,
     inflight: Inflight,
     replies: ReplyBudget,
     limits: Limits,
@@ -56,11 +58,23 @@ struct Read {
 }
 
 impl<S: Store> LssService<S> {
-    /// A service answering with `key`'s identity, enforcing `limits`.
+    /// A service answering with `key`'s identity to any client, enforcing `limits`.
     pub fn new(store: S, key: ServerKey, limits: Limits) -> Self {
+        let auth = Authenticator::new(key, crate::auth::DEFAULT_CACHE_ENTRIES);
+        Self::with_access(store, Arc::new(auth), Arc::new(Access::open()), limits)
+    }
+
+    /// A service authenticating with `auth` the clients `access` admits.
+    pub fn with_access(
+        store: S,
+        auth: Arc<Authenticator>,
+        access: Arc<Access>,
+        limits: Limits,
+    ) -> Self {
         LssService {
             store,
-            auth: Authenticator::new(key, crate::auth::DEFAULT_CACHE_ENTRIES),
+            auth,
+            access,
             inflight: Inflight::new(limits.max_inflight_per_client),
             replies: ReplyBudget::new(limits.max_reply_bytes_per_client, limits.max_reply_bytes),
             limits,
@@ -88,15 +102,20 @@ impl<S: Store> LssService<S> {
     }
 
     /// Authenticates a Get and reads its result with the MAC over it.
-    async fn read(&self, request: GetRequest, op: &'static str) -> Result<Read, Status> {
+    async fn read(&self, request: Request<GetRequest>, op: &'static str) -> Result<Read, Status> {
+        let token = registration_token(&request);
         let GetRequest {
             auth,
             key_prefix,
             nonce,
             framed_mac,
-        } = request;
+        } = request.into_inner();
         let scheme = mac_scheme(framed_mac);
         let (client, shared) = self.authenticate(auth)?;
+        self.access
+            .admit(client, token.as_deref())
+            .await
+            .map_err(status::access)?;
         let slot = self
             .inflight
             .enter(client)
@@ -147,6 +166,15 @@ impl<S: Store> LssService<S> {
     }
 }
 
+/// The registration token a request carries, if any.
+fn registration_token<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The MAC a request asked for (the `framed_mac` extension field).
 fn mac_scheme(framed: bool) -> MacScheme {
     if framed {
@@ -173,6 +201,7 @@ impl<S: Store> LightningStorage for LssService<S> {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutReply>, Status> {
+        let token = registration_token(&request);
         let PutRequest {
             auth,
             kvs,
@@ -184,6 +213,10 @@ impl<S: Store> LightningStorage for LssService<S> {
         let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
         let (client, shared) = self.authenticate(Some(auth))?;
+        self.access
+            .admit(client, token.as_deref())
+            .await
+            .map_err(status::access)?;
         let slot = self
             .inflight
             .enter(client)
@@ -235,7 +268,7 @@ impl<S: Store> LightningStorage for LssService<S> {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
-        let Read { kvs, hmac, hold } = self.read(request.into_inner(), "get").await?;
+        let Read { kvs, hmac, hold } = self.read(request, "get").await?;
         let reply = GetReply {
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac,
@@ -286,7 +319,7 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
         &self,
         request: Request<GetRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let Read { kvs, hmac, hold } = self.read(request.into_inner(), "get_stream").await?;
+        let Read { kvs, hmac, hold } = self.read(request, "get_stream").await?;
         let chunks = chunk(kvs, hmac, STREAM_CHUNK_BYTES);
         let stream: ChunkStream = Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)));
         Ok(held(stream, hold))

@@ -28,6 +28,21 @@ pub fn auth(e: AuthError) -> Status {
     }
 }
 
+/// A client the access policy refuses is `PERMISSION_DENIED`; a
+/// registration that could not be written is `UNAVAILABLE` (retryable).
+pub fn access(e: crate::access::AccessError) -> Status {
+    use crate::access::AccessError;
+    match e {
+        AccessError::NotAllowed | AccessError::BadToken | AccessError::TokenUsed => {
+            Status::permission_denied(e.to_string())
+        }
+        AccessError::Io(_) => {
+            tracing::error!(error = %e, "registration not recorded");
+            Status::unavailable("cannot record the registration now")
+        }
+    }
+}
+
 /// A put refused before reaching the store.
 pub fn rejected(e: PutRejected) -> Status {
     match e {

@@ -34,6 +34,8 @@ pub struct Options {
     pub limits: Limits,
     /// Connection limits and timeouts.
     pub connections: lssd::conn::ConnLimits,
+    /// Who may be a client.
+    pub access: Arc<lssd::access::Access>,
     /// Serve TLS instead of plaintext.
     pub tls: Option<ServerTlsConfig>,
 }
@@ -44,6 +46,7 @@ impl Default for Options {
             key_byte: 0x22,
             limits: Limits::default(),
             connections: lssd::conn::ConnLimits::default(),
+            access: Arc::new(lssd::access::Access::open()),
             tls: None,
         }
     }
@@ -104,13 +107,17 @@ impl<S: Store + Clone> Lssd<S> {
             None => format!("http://{addr}"),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = lssd::Settings {
+            limits: options.limits,
+            connections: options.connections,
+            access: options.access,
+            tls: options.tls,
+        };
         let task = tokio::spawn(lssd::serve(
             listener,
             store.clone(),
             key.clone(),
-            options.limits,
-            options.connections,
-            options.tls,
+            settings,
             async {
                 let _ = stopped.await;
             },
