@@ -479,8 +479,7 @@ mod tests {
         std::fs::write(dir.path().join(ALLOWED_FILE), "not hex\n").expect("write");
         file.set_modified(past + Duration::from_secs(5))
             .expect("mtime");
-        let err = Allowlist::reload(restarted.list.as_ref().expect("list"))
-            .expect_err("refused");
+        let err = Allowlist::reload(restarted.list.as_ref().expect("list")).expect_err("refused");
         assert!(err.to_string().contains(":1:"), "{err}");
         assert!(restarted.is_allowed(&client(2)));
     }

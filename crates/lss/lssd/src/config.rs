@@ -18,6 +18,9 @@ use serde::Deserialize;
 use crate::access::AccessMode;
 use crate::conn::ConnLimits;
 
+/// Default free-disk reserve of the embedded store: 512 MiB.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 512 * 1024 * 1024;
+
 /// Default listen address: loopback, the protocol's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:55551";
 
@@ -200,6 +203,18 @@ pub struct Args {
         value_name = "BYTES"
     )]
     pub max_unauthenticated_bytes: Option<NonZeroUsize>,
+
+    /// Free bytes kept on the embedded store's filesystem for clients that
+    /// already store data [default: 536870912 (512 MiB); 0: no reserve]:
+    /// below it, a put that would create a namespace gets
+    /// RESOURCE_EXHAUSTED. redb only.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_MIN_FREE_DISK_BYTES",
+        value_name = "BYTES"
+    )]
+    pub min_free_disk_bytes: Option<u64>,
 
     /// Who may be a client [default: open]: `open` (any keypair, as the
     /// reference) or `allowlist` (the ids in <data-dir>/allowed_clients, re-read
@@ -429,6 +444,8 @@ pub struct FileConfig {
     pub max_unauthenticated_bytes: Option<NonZeroUsize>,
     /// See [`Args::access`].
     pub access: Option<AccessMode>,
+    /// See [`Args::min_free_disk_bytes`].
+    pub min_free_disk_bytes: Option<u64>,
     /// See [`Args::database`].
     pub database: Option<Database>,
     /// See [`Args::postgres_url`].
@@ -483,6 +500,8 @@ pub struct Config {
     pub connections: ConnLimits,
     /// Who may be a client.
     pub access: AccessMode,
+    /// Free disk kept for existing clients (redb), 0 for none.
+    pub min_free_disk_bytes: u64,
     /// The storage backend.
     pub backend: Backend,
 }
@@ -598,6 +617,10 @@ impl Config {
                 .map_or(conn_defaults.max_unauthenticated_bytes, NonZeroUsize::get),
         };
         let access = args.access.or(file.access).unwrap_or_default();
+        let min_free_disk_bytes = args
+            .min_free_disk_bytes
+            .or(file.min_free_disk_bytes)
+            .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES);
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(dir) => dir,
             None => home
@@ -744,6 +767,7 @@ impl Config {
             limits,
             connections,
             access,
+            min_free_disk_bytes,
             backend,
         })
     }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod conn;
+pub mod disk;
 pub mod inflight;
 pub mod key_file;
 pub mod preauth;
@@ -80,6 +81,8 @@ pub struct Settings {
     pub connections: conn::ConnLimits,
     /// Who may be a client.
     pub access: std::sync::Arc<access::Access>,
+    /// Free space kept for existing clients (the embedded store only).
+    pub disk: Option<std::sync::Arc<disk::DiskReserve>>,
     /// TLS, or plaintext.
     pub tls: Option<ServerTlsConfig>,
 }
@@ -91,6 +94,7 @@ impl Default for Settings {
             limits: Limits::default(),
             connections: conn::ConnLimits::default(),
             access: std::sync::Arc::new(access::Access::open()),
+            disk: None,
             tls: None,
         }
     }
@@ -119,6 +123,7 @@ pub async fn serve<S: Store>(
         limits,
         connections,
         access,
+        disk,
         tls,
     } = settings;
     // tonic's own tcp_nodelay applies only to listeners it binds itself; on
@@ -160,8 +165,12 @@ pub async fn serve<S: Store>(
         access.clone(),
         connections.max_unauthenticated_bytes,
     );
-    let (lss, extensions) =
-        service::LssService::with_access(store, auth, access, limits).into_servers();
+    let sampling = disk
+        .clone()
+        .map(|disk| AbortOnDrop(tokio::spawn(disk::keep_sampling(disk))));
+    let (lss, extensions) = service::LssService::with_access(store, auth, access, limits)
+        .with_disk_reserve(disk)
+        .into_servers();
     // Reflection in both versions clients ask for (grpcurl tries v1, the
     // Python and Go reflection clients still use v1alpha).
     let reflection = || {
@@ -193,6 +202,7 @@ pub async fn serve<S: Store>(
     tokio::pin!(server);
     let _watching = AbortOnDrop(watching);
     let _reloading = AbortOnDrop(reloading);
+    let _sampling = sampling;
     tokio::select! {
         result = &mut server => result,
         () = async {

@@ -245,10 +245,14 @@ async fn serve(
         mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "lssd listening on {addr}"
     );
+    let disk = (matches!(config.backend, lssd::config::Backend::Redb)
+        && config.min_free_disk_bytes > 0)
+        .then(|| lssd::disk::DiskReserve::new(config.data_dir.clone(), config.min_free_disk_bytes));
     let settings = lssd::Settings {
         limits: config.limits,
         connections: config.connections,
         access,
+        disk,
         tls,
     };
     lssd::serve(listener, store, key, settings, shutdown_signal()).await?;

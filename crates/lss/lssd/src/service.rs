@@ -28,6 +28,7 @@ use tracing::{debug, Instrument};
 use crate::access::{Access, TOKEN_HEADER};
 use crate::auth::Authenticator;
 use crate::conn::Hold;
+use crate::disk::DiskReserve;
 use crate::inflight::{Inflight, ReplyBudget};
 use crate::status;
 
@@ -44,6 +45,7 @@ pub struct LssService<S> {
     store: S,
     auth: Arc<Authenticator>,
     access: Arc<Access>,
+    disk: Option<Arc<DiskReserve>>,
     inflight: Inflight,
     replies: ReplyBudget,
     limits: Limits,
@@ -75,10 +77,17 @@ impl<S: Store> LssService<S> {
             store,
             auth,
             access,
+            disk: None,
             inflight: Inflight::new(limits.max_inflight_per_client),
             replies: ReplyBudget::new(limits.max_reply_bytes_per_client, limits.max_reply_bytes),
             limits,
         }
+    }
+
+    /// Refuses puts that would create a namespace while `disk` is below its reserve.
+    pub fn with_disk_reserve(mut self, disk: Option<Arc<DiskReserve>>) -> Self {
+        self.disk = disk;
+        self
     }
 
     /// The tonic server of `lss.LightningStorage` alone (what the reference
@@ -236,6 +245,12 @@ impl<S: Store> LightningStorage for LssService<S> {
             .await?;
             if !client_ok {
                 return Err(status::bad_client_mac());
+            }
+            if let Some(below) = self.disk.as_ref().and_then(|d| d.below()) {
+                // Only a client that stores nothing yet is refused.
+                if self.store.usage(client).await.map_err(status::store)? == 0 {
+                    return Err(status::disk_reserve(below));
+                }
             }
             let put = ValidPut::new(client, kvs);
             let outcome = if put.kvs().is_empty() {

@@ -43,6 +43,14 @@ pub fn access(e: crate::access::AccessError) -> Status {
     }
 }
 
+/// A new client's put while free disk space is below the reserve.
+pub fn disk_reserve(below: crate::disk::Below) -> Status {
+    Status::resource_exhausted(format!(
+        "min_free_disk_bytes: {} bytes free, below the reserve of {}: new clients are refused until space is freed",
+        below.free, below.reserve
+    ))
+}
+
 /// A put refused before reaching the store.
 pub fn rejected(e: PutRejected) -> Status {
     match e {

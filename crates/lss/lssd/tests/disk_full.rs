@@ -25,7 +25,12 @@ async fn a_full_disk_fails_puts_clearly_loses_nothing_and_recovers_without_resta
     // Space the test gives back later.
     let filler = disk.dir.join("filler");
     std::fs::write(&filler, vec![1u8; 6 << 20]).expect("filler");
-    let server = LssdProcess::spawn(lssd(), &["--data-dir", data_arg]).expect("start");
+    // No reserve: this test fills the disk to the last byte.
+    let server = LssdProcess::spawn(
+        lssd(),
+        &["--data-dir", data_arg, "--min-free-disk-bytes", "0"],
+    )
+    .expect("start");
     let secret = SecretKey::from_slice(&[0x44; 32]).expect("key");
     let mut signer = PrivClient::connect(&ConnectOptions::new(&server.url), &secret, None, [5; 32])
         .await
@@ -108,4 +113,80 @@ async fn a_full_disk_fails_puts_clearly_loses_nothing_and_recovers_without_resta
     assert!(err.contains(&format!("entries={}", acked.len())), "{err}");
     let (status, err) = run(lssd(), &["verify", "--input", backup]);
     assert!(status.success() && err.contains("undamaged"), "{err}");
+}
+
+/// Waits (bounded) until the server's log contains `line`.
+async fn logged(server: &LssdProcess, line: &str) {
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !server.log().contains(line) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no {line:?} in the log:\n{}", server.log());
+}
+
+/// Issue 12's disk reserve: below `--min-free-disk-bytes` free, a client
+/// that stores nothing yet is refused (`RESOURCE_EXHAUSTED`), one that
+/// already stores data keeps writing, and new clients are served again once
+/// space is freed, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_reserve_new_clients_are_refused_and_existing_ones_write() {
+    let disk = Tmpfs::mount("32m");
+    let data = disk.dir.join("lssd");
+    let data_arg = data.to_str().expect("utf8");
+    let reserve = 8u64 << 20;
+    let server = LssdProcess::spawn(
+        lssd(),
+        &[
+            "--data-dir",
+            data_arg,
+            "--min-free-disk-bytes",
+            &reserve.to_string(),
+        ],
+    )
+    .expect("start");
+    let client = |byte: u8| {
+        let url = server.url.clone();
+        async move {
+            let secret = SecretKey::from_slice(&[byte; 32]).expect("key");
+            PrivClient::connect(&ConnectOptions::new(&url), &secret, None, [byte; 32])
+                .await
+                .expect("connect")
+        }
+    };
+    let mut existing = client(1).await;
+    existing
+        .put(vec![KeyValue::new("state", 0, b"before".to_vec())])
+        .await
+        .expect("put with room to spare");
+    // Leave 4 MiB free: under the reserve, room for the existing client.
+    let stat = nix::sys::statvfs::statvfs(&disk.dir).expect("statvfs");
+    #[allow(clippy::useless_conversion)]
+    let free = u64::from(stat.blocks_available()) * u64::from(stat.fragment_size());
+    let filler = disk.dir.join("filler");
+    std::fs::write(&filler, vec![1u8; (free - (4 << 20)) as usize]).expect("filler");
+    logged(&server, "below min_free_disk_bytes").await;
+
+    let mut newcomer = client(2).await;
+    let refused = newcomer
+        .put(vec![KeyValue::new("k", 0, b"v".to_vec())])
+        .await
+        .expect_err("a new namespace below the reserve");
+    let refused = format!("{refused:?}");
+    assert!(
+        refused.contains("ResourceExhausted") && refused.contains("min_free_disk_bytes"),
+        "{refused}"
+    );
+    existing
+        .put(vec![KeyValue::new("state", 1, vec![2u8; 64 << 10])])
+        .await
+        .expect("an existing client still writes");
+
+    std::fs::remove_file(&filler).expect("free space");
+    logged(&server, "above min_free_disk_bytes again").await;
+    newcomer
+        .put(vec![KeyValue::new("k", 0, b"v".to_vec())])
+        .await
+        .expect("served again once space is back");
 }

@@ -111,6 +111,7 @@ impl<S: Store + Clone> Lssd<S> {
             limits: options.limits,
             connections: options.connections,
             access: options.access,
+            disk: None,
             tls: options.tls,
         };
         let task = tokio::spawn(lssd::serve(
