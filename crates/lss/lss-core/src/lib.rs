@@ -21,7 +21,7 @@ pub mod value;
 pub use identity::{AuthError, ClientId, KeyFileError, ServerKey, SharedSecret, Token};
 pub use kv::KeyValue;
 pub use mac::{
-    framed_hmac, shared_hmac, Mac, MacScheme, FRAMED_MAC_EXTENSION, PUT_CLIENT_NONCE,
+    framed_hmac, shared_hmac, Mac, MacScheme, MacWriter, FRAMED_MAC_EXTENSION, PUT_CLIENT_NONCE,
     PUT_SERVER_NONCE, REGISTRATION_TOKEN_HEADER,
 };
 pub use put::{

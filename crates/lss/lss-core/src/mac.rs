@@ -56,16 +56,40 @@ pub fn shared_hmac<'a>(
     nonce: &[u8],
     kvs: impl IntoIterator<Item = &'a KeyValue>,
 ) -> Mac {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(shared.expose()).expect("HMAC accepts keys of any length"); // invariant of RFC 2104
-    mac.update(shared.expose());
-    mac.update(nonce);
+    let mut mac = MacScheme::Unframed.start(shared, nonce, 0);
     for kv in kvs {
-        mac.update(kv.key.as_bytes());
-        mac.update(&kv.version.to_be_bytes());
-        mac.update(&kv.value);
+        mac.update(kv);
     }
-    Mac(mac.finalize().into_bytes().into())
+    mac.finish()
+}
+
+/// A MAC computed entry by entry, for results read a page at a time.
+#[derive(Clone)]
+pub struct MacWriter {
+    mac: Hmac<Sha256>,
+    framed: bool,
+}
+
+impl MacWriter {
+    /// Adds the next entry.
+    pub fn update(&mut self, kv: &KeyValue) {
+        if self.framed {
+            self.mac.update(&len32(kv.key.len()));
+            self.mac.update(kv.key.as_bytes());
+            self.mac.update(&kv.version.to_be_bytes());
+            self.mac.update(&len32(kv.value.len()));
+            self.mac.update(&kv.value);
+        } else {
+            self.mac.update(kv.key.as_bytes());
+            self.mac.update(&kv.version.to_be_bytes());
+            self.mac.update(&kv.value);
+        }
+    }
+
+    /// The MAC over every entry added.
+    pub fn finish(self) -> Mac {
+        Mac(self.mac.finalize().into_bytes().into())
+    }
 }
 
 /// Which MAC a request asks for.
@@ -91,6 +115,32 @@ impl MacScheme {
             MacScheme::Framed => framed_hmac(shared, nonce, kvs),
         }
     }
+
+    /// A MAC in this scheme to be fed `count` entries one by one (the framed
+    /// MAC commits to the count first; the unframed one ignores it).
+    pub fn start(self, shared: &SharedSecret, nonce: &[u8], count: u64) -> MacWriter {
+        match self {
+            MacScheme::Unframed => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(shared.expose())
+                    .expect("HMAC accepts keys of any length"); // invariant of RFC 2104
+                mac.update(shared.expose());
+                mac.update(nonce);
+                MacWriter { mac, framed: false }
+            }
+            MacScheme::Framed => {
+                let mut derive = Hmac::<Sha256>::new_from_slice(shared.expose())
+                    .expect("HMAC accepts keys of any length");
+                derive.update(FRAMED_KEY_LABEL);
+                let key = derive.finalize().into_bytes();
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
+                mac.update(&len32(nonce.len()));
+                mac.update(nonce);
+                mac.update(&count.to_be_bytes());
+                MacWriter { mac, framed: true }
+            }
+        }
+    }
 }
 
 /// What a server advertises (in `InfoReply.extensions`) when it computes
@@ -110,23 +160,12 @@ pub fn framed_hmac<'a>(
     nonce: &[u8],
     kvs: impl IntoIterator<Item = &'a KeyValue>,
 ) -> Mac {
-    let mut derive =
-        Hmac::<Sha256>::new_from_slice(shared.expose()).expect("HMAC accepts keys of any length"); // invariant of RFC 2104
-    derive.update(FRAMED_KEY_LABEL);
-    let key = derive.finalize().into_bytes();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts keys of any length");
     let kvs: Vec<&KeyValue> = kvs.into_iter().collect();
-    mac.update(&len32(nonce.len()));
-    mac.update(nonce);
-    mac.update(&(kvs.len() as u64).to_be_bytes());
+    let mut mac = MacScheme::Framed.start(shared, nonce, kvs.len() as u64);
     for kv in kvs {
-        mac.update(&len32(kv.key.len()));
-        mac.update(kv.key.as_bytes());
-        mac.update(&kv.version.to_be_bytes());
-        mac.update(&len32(kv.value.len()));
-        mac.update(&kv.value);
+        mac.update(kv);
     }
-    Mac(mac.finalize().into_bytes().into())
+    mac.finish()
 }
 
 /// A length as 4 bytes, big-endian. Lengths over 4 GiB cannot occur: every

@@ -270,6 +270,61 @@ pub async fn many_clients_concurrently<S: Store>(store: S) {
     }
 }
 
+/// Reads `prefix` through [`Store::pages`] with pages of `max_bytes`.
+async fn paged<S: Store>(
+    store: &S,
+    c: ClientId,
+    prefix: &str,
+    max_bytes: usize,
+) -> (u64, Vec<KeyValue>) {
+    let mut pages = store.pages(c, prefix.into()).await.expect("pages");
+    let count = pages.count().await.expect("count");
+    let mut out = Vec::new();
+    loop {
+        let page = pages.next_page(max_bytes).await.expect("page");
+        if page.is_empty() {
+            return (count, out);
+        }
+        let bytes: u64 = page.iter().map(KeyValue::stored_len).sum();
+        assert!(
+            page.len() == 1 || bytes <= max_bytes as u64,
+            "a page of {bytes} bytes for {max_bytes}"
+        );
+        out.extend(page);
+    }
+}
+
+/// Paged reads return exactly what `get` returns, for any page size, and
+/// read one snapshot: a put made while the pages are read is not in them.
+pub async fn pages_are_the_get_from_one_snapshot<S: Store>(store: S) {
+    let (c, other) = (client(1), client(2));
+    let kvs: Vec<KeyValue> = (0..50)
+        .map(|i| kv(&format!("k/{i:03}"), 0, &vec![i as u8; 10 + i * 3]))
+        .collect();
+    commit(&store, c, kvs.clone()).await;
+    commit(&store, c, vec![kv("l", 0, b"outside the prefix")]).await;
+    commit(&store, other, vec![kv("k/000", 0, b"other namespace")]).await;
+    for max_bytes in [1, 64, 500, 1 << 20] {
+        assert_eq!(paged(&store, c, "k/", max_bytes).await, (50, kvs.clone()));
+    }
+    assert_eq!(paged(&store, c, "none", 10).await, (0, vec![]));
+    assert_eq!(paged(&store, client(3), "", 10).await.0, 0);
+    // A put between pages is not seen by a read already open.
+    let mut pages = store.pages(c, "k/".into()).await.expect("pages");
+    let first = pages.next_page(100).await.expect("page");
+    assert!(!first.is_empty() && first.len() < 50);
+    commit(&store, c, vec![kv("k/049", 1, b"later")]).await;
+    let mut seen = first;
+    loop {
+        let page = pages.next_page(100).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        seen.extend(page);
+    }
+    assert_eq!(seen, kvs, "the snapshot of when the read began");
+}
+
 /// A namespace of thousands of keys reads back whole and in order.
 pub async fn large_namespace<S: Store>(store: S) {
     let c = client(1);
@@ -466,6 +521,7 @@ macro_rules! conformance_tests {
             racing_writers_one_winner_per_version,
             many_clients_concurrently,
             large_namespace,
+            pages_are_the_get_from_one_snapshot,
             bulk_scan_is_ordered_and_complete,
             bulk_load_never_overwrites,
         );

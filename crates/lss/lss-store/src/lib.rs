@@ -7,7 +7,9 @@
 //! [`conformance`] suite (feature `conformance`) checks the contract text below
 //! against any implementation.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use lss_core::{ClientId, KeyValue, LimitExceeded, PutOutcome, ValidPut};
@@ -69,6 +71,60 @@ pub trait Store: Send + Sync + 'static {
     /// them: an upper bound of what any read of it returns, known before
     /// reading (the server reserves memory for a reply with it).
     fn usage(&self, client: ClientId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The same read as [`Store::get`], from one snapshot, handed out a page
+    /// at a time so a large result need not be held in memory at once. The
+    /// default reads everything first; backends that can hold a snapshot
+    /// open page through it.
+    fn pages(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> impl Future<Output = Result<Box<dyn Pages>, StoreError>> + Send {
+        async move {
+            let kvs = self.get(client, prefix).await?;
+            Ok(Box::new(Loaded(kvs.into())) as Box<dyn Pages>)
+        }
+    }
+}
+
+/// A boxed future of a [`Pages`] call.
+pub type PageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A prefix read in progress, from one snapshot.
+pub trait Pages: Send + 'static {
+    /// How many entries the whole read returns (a MAC that commits to the
+    /// count needs it before the first entry).
+    fn count(&mut self) -> PageFuture<'_, u64>;
+
+    /// The next entries in key order: at least one, and no more than
+    /// `max_bytes` of keys and values unless a single entry is larger; empty
+    /// once the read is complete.
+    fn next_page(&mut self, max_bytes: usize) -> PageFuture<'_, Vec<KeyValue>>;
+}
+
+/// Pages over a result read whole.
+pub struct Loaded(pub VecDeque<KeyValue>);
+
+impl Pages for Loaded {
+    fn count(&mut self) -> PageFuture<'_, u64> {
+        let count = self.0.len() as u64;
+        Box::pin(async move { Ok(count) })
+    }
+
+    fn next_page(&mut self, max_bytes: usize) -> PageFuture<'_, Vec<KeyValue>> {
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        while let Some(kv) = self.0.front() {
+            let len = kv.stored_len() as usize;
+            if !page.is_empty() && bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            page.extend(self.0.pop_front());
+        }
+        Box::pin(async move { Ok(page) })
+    }
 }
 
 /// One stored entry with its namespace: the unit of export, import and copy.
@@ -182,6 +238,14 @@ impl<S: Store> Store for Arc<S> {
 
     fn usage(&self, client: ClientId) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).usage(client)
+    }
+
+    fn pages(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> impl Future<Output = Result<Box<dyn Pages>, StoreError>> + Send {
+        (**self).pages(client, prefix)
     }
 }
 

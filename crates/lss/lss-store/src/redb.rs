@@ -225,6 +225,20 @@ impl Store for RedbStore {
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 
+    async fn pages(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> Result<Box<dyn crate::Pages>, StoreError> {
+        let db = self.db.clone();
+        let pages = tokio::task::spawn_blocking(move || {
+            reading(&db, |h| RedbPages::open(h, &client, &prefix))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))??;
+        Ok(Box::new(pages))
+    }
+
     async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || reading(&db, |h| read_usage(h, &client)))
@@ -489,6 +503,122 @@ fn read_usage(db: &Database, client: &ClientId) -> Result<u64, StoreError> {
         .get(client.as_bytes().as_slice())
         .map_err(|e| unavailable(e.into()))?;
     Ok(used.map_or(0, |g| g.value()))
+}
+
+/// A prefix read through one redb read transaction (the table handle owns
+/// it), a page per blocking task. The transaction is held until the read is
+/// complete or dropped; that only delays reuse of pages freed meanwhile.
+struct RedbPages {
+    table: Option<Arc<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+    /// The composite key of the prefix.
+    start: Arc<Vec<u8>>,
+    /// Where the next page starts (exclusive), once one was read.
+    after: Option<Vec<u8>>,
+}
+
+impl RedbPages {
+    fn open(db: &Database, client: &ClientId, prefix: &str) -> Result<Self, StoreError> {
+        let unavailable = |e: redb::Error| StoreError::Unavailable(e.to_string());
+        let txn = db.begin_read().map_err(|e| unavailable(e.into()))?;
+        let table = match txn.open_table(KV) {
+            Ok(table) => Some(Arc::new(table)),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(unavailable(e.into())),
+        };
+        let mut start = Vec::with_capacity(NAMESPACE_LEN + prefix.len());
+        composite_key(&mut start, client.as_bytes(), prefix);
+        Ok(RedbPages {
+            table,
+            start: Arc::new(start),
+            after: None,
+        })
+    }
+}
+
+/// Entries of `table` under `start`, strictly after `after`, until `stop`
+/// says so (given the bytes so far and the next entry's size).
+fn scan_table(
+    table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    start: &[u8],
+    after: Option<&[u8]>,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    use std::ops::Bound;
+    let unavailable = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let lower = match after {
+        Some(after) => Bound::Excluded(after),
+        None => Bound::Included(start),
+    };
+    let range = table
+        .range::<&[u8]>((lower, Bound::Unbounded))
+        .map_err(|e| unavailable(e.into()))?;
+    for entry in range {
+        let (key, value) = entry.map_err(|e| unavailable(e.into()))?;
+        let key = key.value();
+        if !key.starts_with(start) {
+            break;
+        }
+        if !visit(key, value.value())? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl crate::Pages for RedbPages {
+    fn count(&mut self) -> crate::PageFuture<'_, u64> {
+        let table = self.table.clone();
+        let start = self.start.clone();
+        Box::pin(async move {
+            let Some(table) = table else { return Ok(0) };
+            tokio::task::spawn_blocking(move || {
+                let mut count = 0u64;
+                scan_table(&table, &start, None, |_, _| {
+                    count += 1;
+                    Ok(true)
+                })?;
+                Ok(count)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        })
+    }
+
+    fn next_page(&mut self, max_bytes: usize) -> crate::PageFuture<'_, Vec<KeyValue>> {
+        Box::pin(async move {
+            let Some(table) = self.table.clone() else {
+                return Ok(Vec::new());
+            };
+            let start = self.start.clone();
+            let after = self.after.take();
+            let (page, last) = tokio::task::spawn_blocking(move || {
+                let mut page = Vec::new();
+                let mut bytes = 0usize;
+                let mut last = None;
+                scan_table(&table, &start, after.as_deref(), |key, stored| {
+                    let (version, value) = decode(stored)?;
+                    let name = std::str::from_utf8(&key[NAMESPACE_LEN..])
+                        .map_err(|_| StoreError::Corrupt("a stored key is not UTF-8".into()))?;
+                    let len = name.len() + value.len();
+                    if !page.is_empty() && bytes + len > max_bytes {
+                        return Ok(false);
+                    }
+                    bytes += len;
+                    page.push(KeyValue::new(name, version, value.to_vec()));
+                    last = Some(key.to_vec());
+                    Ok(true)
+                })?;
+                Ok::<_, StoreError>((page, last))
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))??;
+            match last {
+                Some(last) => self.after = Some(last),
+                None => self.table = None, // Done: let the transaction go.
+            }
+            Ok(page)
+        })
+    }
 }
 
 fn read_prefix(

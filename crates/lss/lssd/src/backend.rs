@@ -151,6 +151,18 @@ impl Store for AnyStore {
         }
     }
 
+    async fn pages(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> Result<Box<dyn lss_store::Pages>, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.pages(client, prefix).await,
+            AnyStore::Postgres(s) => s.pages(client, prefix).await,
+            AnyStore::Etcd(s) => s.pages(client, prefix).await,
+        }
+    }
+
     async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
         match self {
             AnyStore::Redb(s) => s.usage(client).await,

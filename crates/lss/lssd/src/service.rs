@@ -330,76 +330,116 @@ pub type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<GetChunk, 
 impl<S: Store> LightkeeperStorage for LssService<S> {
     type GetStreamStream = ChunkStream;
 
+    /// Reads from one snapshot a page at a time as the client takes the
+    /// chunks (a bounded channel between the reader task and the reply), so
+    /// a stream holds a few chunks of memory whatever the result's size, and
+    /// a reader that stalls stops the reading.
     async fn get_stream(
         &self,
         request: Request<GetRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
-        let Read { kvs, hmac, hold } = self.read(request, "get_stream").await?;
-        let chunks = chunk(kvs, hmac, STREAM_CHUNK_BYTES);
-        let stream: ChunkStream = Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)));
-        Ok(held(stream, hold))
+        let token = registration_token(&request);
+        let GetRequest {
+            auth,
+            key_prefix,
+            nonce,
+            framed_mac,
+        } = request.into_inner();
+        let scheme = mac_scheme(framed_mac);
+        let (client, shared) = self.authenticate(auth)?;
+        self.access
+            .admit(client, token.as_deref())
+            .await
+            .map_err(status::access)?;
+        let slot = self
+            .inflight
+            .enter(client)
+            .map_err(|e| status::limit_exceeded(&e))?;
+        // The reader task's page, the one in the channel, the one being
+        // sent, and one being read: each at most a chunk or one entry.
+        let chunk_bound =
+            STREAM_CHUNK_BYTES.max(self.limits.max_key_bytes + self.limits.max_value_bytes);
+        let reserved = self
+            .replies
+            .reserve(client, 4 * chunk_bound as u64)
+            .map_err(|e| status::limit_exceeded(&e))?;
+        let span = tracing::debug_span!("get_stream", client = %client.short(), prefix_len = key_prefix.len());
+        let mut pages = self
+            .store
+            .pages(client, key_prefix)
+            .instrument(span.clone())
+            .await
+            .map_err(status::store)?;
+        let count = match scheme {
+            MacScheme::Framed => pages.count().await.map_err(status::store)?,
+            MacScheme::Unframed => 0,
+        };
+        let mac = scheme.start(&shared, &nonce, count);
+        let (chunks, reply) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(stream_pages(pages, mac, chunks).instrument(span));
+        let stream: ChunkStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(reply));
+        Ok(held(stream, Hold::new((slot, reserved))))
     }
 }
 
-/// Splits a result into chunks of about `target` bytes, each with at least
-/// one entry, the MAC on the last.
-fn chunk(kvs: Vec<lss_core::KeyValue>, hmac: Vec<u8>, target: usize) -> Vec<GetChunk> {
-    let mut chunks = Vec::new();
-    let mut current = GetChunk::default();
-    let mut size = 0;
-    for kv in kvs {
-        // Key, value and a few bytes of framing per entry.
-        let len = kv.key.len() + kv.value.len() + 16;
-        if !current.kvs.is_empty() && size + len > target {
-            chunks.push(std::mem::take(&mut current));
-            size = 0;
+/// Sends `pages` as chunks of about [`STREAM_CHUNK_BYTES`], each with at
+/// least one entry, the MAC on the last (one empty chunk for an empty
+/// result); stops when the reply is dropped.
+async fn stream_pages(
+    mut pages: Box<dyn lss_store::Pages>,
+    mut mac: lss_core::MacWriter,
+    chunks: tokio::sync::mpsc::Sender<Result<GetChunk, Status>>,
+) {
+    let mut sent = 0usize;
+    let mut current = match pages.next_page(STREAM_CHUNK_BYTES).await {
+        Ok(page) => page,
+        Err(e) => {
+            let _ = chunks.send(Err(status::store(e))).await;
+            return;
         }
-        size += len;
-        current.kvs.push(kv.into());
-    }
-    current.hmac = hmac;
-    chunks.push(current);
-    chunks
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_keep_order_respect_the_target_and_carry_the_mac_last() {
-        let kvs: Vec<_> = (0..100)
-            .map(|i| {
-                lss_core::KeyValue::new(format!("k{i:03}"), i, vec![i as u8; 100 + i as usize * 7])
-            })
-            .collect();
-        let chunks = chunk(kvs.clone(), vec![7; 32], 2_000);
-        assert!(chunks.len() > 5);
-        for (n, c) in chunks.iter().enumerate() {
-            assert!(!c.kvs.is_empty());
-            let size: usize = c
-                .kvs
-                .iter()
-                .map(|kv| kv.key.len() + kv.value.len() + 16)
-                .sum();
-            assert!(
-                size <= 2_000 || c.kvs.len() == 1,
-                "chunk {n} is {size} bytes"
-            );
-            assert_eq!(c.hmac.is_empty(), n + 1 != chunks.len());
+    };
+    loop {
+        let hashed = off_executor(payload(&current), move || {
+            for kv in &current {
+                mac.update(kv);
+            }
+            (current, mac)
+        })
+        .await;
+        let page;
+        (page, mac) = match hashed {
+            Ok(done) => done,
+            Err(status) => {
+                let _ = chunks.send(Err(status)).await;
+                return;
+            }
+        };
+        // One page ahead, to know which chunk is the last.
+        let next = match pages.next_page(STREAM_CHUNK_BYTES).await {
+            Ok(next) => next,
+            Err(e) => {
+                let _ = chunks.send(Err(status::store(e))).await;
+                return;
+            }
+        };
+        let last = next.is_empty();
+        sent += page.len();
+        let chunk = GetChunk {
+            kvs: page.into_iter().map(Into::into).collect(),
+            hmac: if last {
+                mac.clone().finish().as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+        };
+        if chunks.send(Ok(chunk)).await.is_err() {
+            debug!(sent, "reader went away");
+            return;
         }
-        let joined: Vec<lss_core::KeyValue> = chunks
-            .into_iter()
-            .flat_map(|c| c.kvs)
-            .map(Into::into)
-            .collect();
-        assert_eq!(joined, kvs);
-        // An entry larger than the target travels alone.
-        let big = vec![lss_core::KeyValue::new("big", 0, vec![0; 5_000])];
-        assert_eq!(chunk(big, vec![1], 2_000).len(), 1);
-        // An empty result is one empty chunk with the MAC.
-        let empty = chunk(vec![], vec![1], 2_000);
-        assert_eq!(empty.len(), 1);
-        assert!(empty[0].kvs.is_empty() && empty[0].hmac == [1]);
+        if last {
+            debug!(keys = sent, "streamed");
+            return;
+        }
+        current = next;
     }
 }

@@ -66,6 +66,30 @@ async fn put_and_get_carry_the_spec_macs() {
         hex::encode(&got.hmac),
         "91f9adc0f7470df10353a68f72dee9712bb05c88e0d23181971c8c138212194d"
     );
+    // GetStream computes the same MACs page by page (the framed one commits
+    // to the entry count before the entries).
+    let mut ext = lss_proto::lightkeeper::lightkeeper_storage_client::LightkeeperStorageClient::new(
+        server.channel().await,
+    );
+    for (framed, expected) in [
+        (
+            true,
+            "abf046f70e582b99f4f2096d5855f249b8615d3995043a3122f3f0dcd36e29a8",
+        ),
+        (
+            false,
+            "91f9adc0f7470df10353a68f72dee9712bb05c88e0d23181971c8c138212194d",
+        ),
+    ] {
+        let mut get = signer.get("", &[0; 32]);
+        get.framed_mac = framed;
+        let mut stream = ext.get_stream(get).await.expect("get_stream").into_inner();
+        let mut last = None;
+        while let Some(chunk) = stream.message().await.expect("chunk") {
+            last = Some(chunk);
+        }
+        assert_eq!(hex::encode(last.expect("a chunk").hmac), expected);
+    }
 }
 
 #[tokio::test]
@@ -578,4 +602,28 @@ async fn framed_macs_when_asked_and_the_reference_macs_otherwise() {
         hex::encode(&got.hmac),
         "91f9adc0f7470df10353a68f72dee9712bb05c88e0d23181971c8c138212194d"
     );
+    // GetStream computes the same MACs page by page (the framed one commits
+    // to the entry count before the entries).
+    let mut ext = lss_proto::lightkeeper::lightkeeper_storage_client::LightkeeperStorageClient::new(
+        server.channel().await,
+    );
+    for (framed, expected) in [
+        (
+            true,
+            "abf046f70e582b99f4f2096d5855f249b8615d3995043a3122f3f0dcd36e29a8",
+        ),
+        (
+            false,
+            "91f9adc0f7470df10353a68f72dee9712bb05c88e0d23181971c8c138212194d",
+        ),
+    ] {
+        let mut get = signer.get("", &[0; 32]);
+        get.framed_mac = framed;
+        let mut stream = ext.get_stream(get).await.expect("get_stream").into_inner();
+        let mut last = None;
+        while let Some(chunk) = stream.message().await.expect("chunk") {
+            last = Some(chunk);
+        }
+        assert_eq!(hex::encode(last.expect("a chunk").hmac), expected);
+    }
 }
