@@ -10,7 +10,16 @@
 # postgres:  the local PostgreSQL (127.0.0.1:5432, user postgres, trust); each run gets a fresh
 #            database lk_bench_ours / lk_bench_reference.
 # Each run starts on an empty store and uses the same port (56100) and workload options.
+# PLACEMENT=split (default) pins the server to CPU 0 and lss-bench to CPU 1 (taskset), so the
+# load generator does not take the server's core; PLACEMENT=shared lets the kernel place both.
+# PostgreSQL itself is never pinned.
 set -euo pipefail
+placement=${PLACEMENT:-split}
+case "$placement" in
+  split) server_cpu=(taskset -c 0); bench_cpu=(taskset -c 1) ;;
+  shared) server_cpu=(); bench_cpu=() ;;
+  *) echo "PLACEMENT is split or shared, not $placement" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 server=${1:?ours or reference}; backend=${2:?redb or postgres}; shift 2
 port=56100
@@ -31,7 +40,7 @@ case "$server/$backend" in
     cmd=("$ref" --port $port --datadir "$data/lss" --database "$backend") ;;
   *) echo "unknown server/backend $server/$backend" >&2; exit 2 ;;
 esac
-RUST_LOG=warn "${cmd[@]}" >"$data/server.log" 2>&1 &
+RUST_LOG=warn "${server_cpu[@]}" "${cmd[@]}" >"$data/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do
@@ -40,4 +49,5 @@ for _ in $(seq 100); do
 done
 io=()
 [ "$backend" = postgres ] && io=(--io-process-name postgres)
-target/release/lss-bench --server http://127.0.0.1:$port --server-pid $pid "${io[@]}" "$@"
+echo "placement: $placement" >&2
+"${bench_cpu[@]}" target/release/lss-bench --server http://127.0.0.1:$port --server-pid $pid "${io[@]}" "$@"

@@ -35,7 +35,10 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:55551")]
     server: String,
 
-    /// Phases to run, comma-separated: ping, seq-put, concurrent, batch, get-one, get-prefix.
+    /// Phases to run, comma-separated: ping, seq-put, concurrent, batch,
+    /// get-one, get-prefix, and the scale phases idle (pings while
+    /// --idle-connections are held open) and namespaces (one signer put from
+    /// each of --namespaces new clients over 64 connections).
     #[arg(
         long,
         value_delimiter = ',',
@@ -62,6 +65,14 @@ struct Args {
     /// Keys in the namespace read by the get-prefix phase (~2 KiB values).
     #[arg(long, default_value_t = 1_000)]
     prefix_keys: usize,
+
+    /// Connections the idle phase opens and holds (a handshake each, then nothing).
+    #[arg(long, default_value_t = 1_000)]
+    idle_connections: usize,
+
+    /// New clients of the namespaces phase.
+    #[arg(long, default_value_t = 10_000)]
+    namespaces: usize,
 
     /// Exact keys per put of the concurrent phase (default: 1 to 5 at random).
     #[arg(long)]
@@ -100,6 +111,8 @@ enum Phase {
     Batch,
     GetOne,
     GetPrefix,
+    Idle,
+    Namespaces,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -166,6 +179,31 @@ struct PhaseReport {
     server: Option<ServerCost>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     error_samples: Vec<String>,
+    /// Scale phases: the server's resident memory before and after, and
+    /// the growth per thing held (connection or namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss: Option<RssGrowth>,
+}
+
+#[derive(Debug, Serialize)]
+struct RssGrowth {
+    before_bytes: u64,
+    after_bytes: u64,
+    per_item_bytes: f64,
+    items: usize,
+}
+
+impl RssGrowth {
+    fn of(pid: Option<u32>, before: Option<u64>, items: usize) -> Option<Self> {
+        let before = before?;
+        let after = procfs::rss(pid?)?;
+        Some(RssGrowth {
+            before_bytes: before,
+            after_bytes: after,
+            per_item_bytes: after.saturating_sub(before) as f64 / items.max(1) as f64,
+            items,
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -483,6 +521,7 @@ impl Bench {
             side_ping: Latency::of(&side),
             server,
             error_samples: tally.samples,
+            rss: None,
         }
     }
 
@@ -510,6 +549,90 @@ impl Bench {
                 t
             })
             .await)
+    }
+
+    /// Pings (`count`) while `idle_connections` connections are held open.
+    async fn idle(&mut self) -> anyhow::Result<PhaseReport> {
+        let before = self.args.server_pid.and_then(procfs::rss);
+        let mut held = Vec::with_capacity(self.args.idle_connections);
+        for _ in 0..self.args.idle_connections {
+            held.push(connect(&self.args.server).await?);
+        }
+        let mut report = self.ping().await?;
+        report.phase = "idle".into();
+        report.clients = held.len();
+        report.rss = RssGrowth::of(self.args.server_pid, before, held.len());
+        drop(held);
+        Ok(report)
+    }
+
+    /// One signer-shaped put from each of `namespaces` new clients, 64 at a
+    /// time over 64 connections.
+    async fn namespaces(&mut self, shape: Shape) -> anyhow::Result<PhaseReport> {
+        const LANES: usize = 64;
+        let before = self.args.server_pid.and_then(procfs::rss);
+        let total = self.args.namespaces;
+        let mut channels = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            channels.push(connect(&self.args.server).await?);
+        }
+        // Keys and secrets before the clock: an ECDH each.
+        let mut lanes: Vec<Vec<Client>> = (0..LANES).map(|_| Vec::new()).collect();
+        for i in 0..total {
+            self.next_client += 1;
+            let client = Client::new(
+                channels[i % LANES].clone(),
+                &self.server,
+                self.seed,
+                self.next_client,
+            );
+            lanes[i % LANES].push(client);
+        }
+        let pool = std::sync::Arc::new(ValuePool {
+            bytes: self.pool.bytes.clone(),
+        });
+        let seeds: Vec<u64> = (0..LANES).map(|_| self.rng.gen()).collect();
+        let mut report = self
+            .measure("namespaces", total, async move {
+                let workers: Vec<_> = lanes
+                    .into_iter()
+                    .zip(seeds)
+                    .map(|(clients, seed)| {
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                            let mut t = Tally::new();
+                            for mut client in clients {
+                                let (kvs, bytes) = shape.next(&mut client, &mut rng, &pool);
+                                let keys = kvs.len() as u64;
+                                let start = Instant::now();
+                                match client.put(kvs).await {
+                                    Ok(Outcome::Committed) => {
+                                        record(&mut t.latency, start);
+                                        t.ops += 1;
+                                        t.keys += keys;
+                                        t.payload += bytes;
+                                    }
+                                    Ok(Outcome::Conflict) => t.conflicts += 1,
+                                    Err(e) => t.error(e),
+                                }
+                            }
+                            t
+                        })
+                    })
+                    .collect();
+                let mut total = Tally::new();
+                for worker in workers {
+                    match worker.await {
+                        Ok(t) => total.merge(t),
+                        Err(e) => total.error(format!("worker: {e}")),
+                    }
+                }
+                total
+            })
+            .await;
+        report.rss = RssGrowth::of(self.args.server_pid, before, total);
+        Ok(report)
     }
 
     /// One client, puts one after another, until `count`.
@@ -688,6 +811,19 @@ fn print_table(report: &Report) {
         for sample in &p.error_samples {
             println!("  error: {sample}");
         }
+        if let Some(rss) = &p.rss {
+            println!(
+                "  server RSS {:.1} → {:.1} MiB: {:.0} bytes per {}",
+                rss.before_bytes as f64 / 1048576.0,
+                rss.after_bytes as f64 / 1048576.0,
+                rss.per_item_bytes,
+                if p.phase == "idle" {
+                    "idle connection"
+                } else {
+                    "namespace"
+                }
+            );
+        }
     }
     if let Some(rss) = report.server_peak_rss_bytes {
         println!("server peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
@@ -746,6 +882,8 @@ async fn main() -> anyhow::Result<()> {
                 let keys = bench.args.prefix_keys;
                 reports.push(bench.gets("get-prefix", keys).await?)
             }
+            Phase::Idle => reports.push(bench.idle().await?),
+            Phase::Namespaces => reports.push(bench.namespaces(signer).await?),
         }
     }
     let report = Report {
