@@ -18,6 +18,9 @@ use clap::Parser;
     about = "A verifiable key directory (keyserver.md): JSON-RPC on POST /, the hash chain as a transparency log"
 )]
 struct Args {
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "KEYSERVERD_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text)]
+    log_format: log_init::LogFormat,
     /// Where the key and the database live [default: ~/.lightkeeper/keyserverd].
     #[arg(long, env = "KEYSERVERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -45,13 +48,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    log_init::init(args.log_format);
     #[cfg(feature = "test-faults")]
     tracing::warn!(
         "built with test-faults: this keyserver forges on request (Test.ForgeUID); for tests only"

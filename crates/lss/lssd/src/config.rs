@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::access::AccessMode;
 use crate::conn::ConnLimits;
+use log_init::LogFormat;
 
 /// Default free-disk reserve of the embedded store: 512 MiB.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 512 * 1024 * 1024;
@@ -37,6 +38,10 @@ pub struct Args {
     /// for `-` (see lssd.example.toml). Flags and environment override it.
     #[arg(long, global = true, env = "LSSD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Log lines as `text` or `json` (one object per line) [default: text].
+    #[arg(long, global = true, env = "LSSD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// Address to listen on [default: 127.0.0.1:55551]. Use a non-loopback
     /// address only with TLS: the auth token is a bearer credential.
@@ -400,6 +405,8 @@ pub enum Backend {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// See [`Args::log_format`].
+    pub log_format: Option<LogFormat>,
     /// See [`Args::listen`].
     pub listen: Option<SocketAddr>,
     /// See [`Args::data_dir`].
@@ -486,6 +493,8 @@ pub struct TlsFiles {
 /// The resolved configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// How log lines look.
+    pub log_format: LogFormat,
     /// Listen address.
     pub listen: SocketAddr,
     /// Data directory.
@@ -760,6 +769,7 @@ impl Config {
             }
         }
         Ok(Config {
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             listen,
             data_dir,
             server_key_file: args.server_key_file.or(file.server_key_file),

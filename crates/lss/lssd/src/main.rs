@@ -1,7 +1,6 @@
 //! The `lssd` binary: configuration, key, store, signals; then [`lssd::serve`],
 //! or one of the data commands (export, verify, import, copy, import-reference).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,16 +18,12 @@ fn main() -> anyhow::Result<()> {
     // provider (then rustls could not choose one by itself).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let command = args.command.take().unwrap_or(Command::Serve);
     let home = std::env::var_os("HOME").map(PathBuf::from);
+    // Configuration errors go to standard error as anyhow prints them,
+    // before logging is set up the way the configuration says.
     let config = Config::resolve(args, home.as_deref())?;
+    log_init::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

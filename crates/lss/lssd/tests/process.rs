@@ -535,3 +535,44 @@ async fn import_reference_database_and_key() {
         "{err}"
     );
 }
+
+/// `--log-format json` (issue 13): every line lssd logs is one JSON object
+/// with the level and the message, for log shippers; text stays the default.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().join("lssd");
+    let dir = dir.to_str().expect("utf8");
+    let out = data.path().join("empty.lkx");
+    let out = out.to_str().expect("utf8");
+    let (status, err) = run(
+        lssd(),
+        &[
+            "--data-dir",
+            dir,
+            "--log-format",
+            "json",
+            "export",
+            "--output",
+            out,
+        ],
+    );
+    assert!(status.success(), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"
+            && l["fields"]["message"] == "export complete"
+            && l["fields"]["entries"] == 0),
+        "{err}"
+    );
+    let (status, err) = run(lssd(), &["--data-dir", dir, "verify", "--input", out]);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "text by default: {err}"
+    );
+}

@@ -28,6 +28,9 @@ pub struct Settings {
     /// Directory for the broker's state (the pinned owner key).
     #[arg(long, env = "BROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line) [default: text].
+    #[arg(long, env = "BROKER_LOG_FORMAT")]
+    pub log_format: Option<log_init::LogFormat>,
     /// Embedded MQTT server address [default: 127.0.0.1:1883, or 0.0.0.0:8883
     /// with TLS]. A non-loopback address needs TLS or --mqtt-insecure-plaintext.
     #[arg(long, env = "BROKER_MQTT_LISTEN")]
@@ -112,6 +115,8 @@ pub enum Mqtt {
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// How log lines look.
+    pub log_format: log_init::LogFormat,
     /// State directory.
     pub data_dir: PathBuf,
     /// MQTT.
@@ -154,6 +159,7 @@ impl Settings {
                 self,
                 file,
                 data_dir,
+                log_format,
                 mqtt_listen,
                 mqtt_insecure_plaintext,
                 mqtt_max_packet_mib,
@@ -288,6 +294,7 @@ impl Settings {
             ));
         }
         Ok(Config {
+            log_format: self.log_format.unwrap_or_default(),
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from("sphinx-broker")),

@@ -21,12 +21,14 @@ fn main() -> ExitCode {
     }
     // Adopt fd 3 before anything else can open a file.
     let master = fdio::take_master_fd();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let config = match Settings::parse().with_file().and_then(Settings::resolve) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sphinx-broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log_init::init(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(master)) {
+    match runtime.block_on(run(master, config)) {
         Ok(()) => {
             tracing::info!("lightningd closed fd 3; broker stopped");
             ExitCode::SUCCESS
@@ -47,8 +49,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(master: std::io::Result<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
-    let config = Settings::parse().with_file()?.resolve()?;
+async fn run(
+    master: std::io::Result<std::os::fd::OwnedFd>,
+    config: sphinx_broker::config::Config,
+) -> anyhow::Result<()> {
     let master = master?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;

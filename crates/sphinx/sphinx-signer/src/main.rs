@@ -10,6 +10,9 @@ use sphinx_signer::{run, seed, Network};
 #[derive(Parser)]
 #[command(version, about = "A VLS signer for the sphinx-key broker")]
 struct Args {
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "SIGNER_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text, global = true)]
+    log_format: log_init::LogFormat,
     /// Directory for the seed, the signer id and the signer's store.
     #[arg(
         long,
@@ -94,13 +97,8 @@ impl From<Net> for Network {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    log_init::init(args.log_format);
     match args.command {
         Command::Init => {
             std::fs::create_dir_all(&args.data_dir)

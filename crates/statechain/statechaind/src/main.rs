@@ -18,6 +18,9 @@ use statechaind::server::TokenBackend;
     about = "The statechain entity: blind co-signing, key-update transfers and the public statechain log"
 )]
 struct Args {
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "STATECHAIND_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text, global = true)]
+    log_format: log_init::LogFormat,
     /// Keys, KEK and the database [default: ~/.lightkeeper/statechaind].
     #[arg(long, env = "STATECHAIND_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
@@ -127,13 +130,8 @@ enum KekCmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    log_init::init(args.log_format);
     let mainnet = match args.network.as_str() {
         "bitcoin" => true,
         "regtest" | "signet" | "testnet4" => false,

@@ -23,6 +23,9 @@ use tlog_store::{LogOptions, LogStore, RedbLogStore};
     about = "A transparency log: tlog-tiles over HTTP, appends by operator token"
 )]
 struct Args {
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, env = "TLOGD_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text)]
+    log_format: log_init::LogFormat,
     /// Where the key, token and store live [default: ~/.lightkeeper/tlogd].
     #[arg(long, env = "TLOGD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -182,13 +185,8 @@ fn token(dir: &Path) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    log_init::init(args.log_format);
     anyhow::ensure!(
         tlog_core::checkpoint::is_lightkeeper_origin(&args.origin),
         "--origin {:?} must be <dns-name>/<path> of lowercase letters, digits, '.', '-' and '/'",
