@@ -29,7 +29,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 256 * 1_024 * 1_024;
 
 /// How to reach a server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// `http://host:port` or `https://host:port`.
     pub url: String,
@@ -60,8 +60,8 @@ impl ConnectOptions {
     }
 }
 
-/// TLS material (PEM).
-#[derive(Debug, Clone, Default)]
+/// TLS material (PEM). `Debug` leaves the client key out.
+#[derive(Clone, Default)]
 pub struct TlsOptions {
     /// CA certificate(s) to trust for the server; `None` trusts the public web
     /// PKI roots instead.
@@ -70,6 +70,37 @@ pub struct TlsOptions {
     pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
     /// Name to verify in the server's certificate, if not the URL's host.
     pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|pem| pem.len()))
+            .field(
+                "identity_pem",
+                &self
+                    .identity_pem
+                    .as_ref()
+                    .map(|_| "<certificate, key redacted>"),
+            )
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("url", &self.url)
+            .field("tls", &self.tls)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .field("timeout", &self.timeout)
+            .field(
+                "registration_token",
+                &self.registration_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// A transport or server failure of one call.

@@ -77,7 +77,7 @@ impl AnyStore {
                     pool_size: *pool_size,
                     tls: ca.clone().map_or(PostgresTls::FromUrl, PostgresTls::Ca),
                     max_namespace_bytes: quota,
-                    ..PostgresConfig::new(url.clone())
+                    ..PostgresConfig::new(url.expose().to_owned())
                 })
                 .await?;
                 Ok(AnyStore::Postgres(Arc::new(store)))
@@ -101,7 +101,9 @@ impl AnyStore {
                     .transpose()?;
                 let store = EtcdStore::open(EtcdConfig {
                     prefix: prefix.clone(),
-                    user: user.clone(),
+                    user: user
+                        .as_ref()
+                        .map(|(name, password)| (name.clone(), password.expose().to_owned())),
                     ca_pem,
                     max_txn_ops: *max_txn_ops,
                     max_request_bytes: *max_request_bytes,

@@ -341,6 +341,10 @@ pub enum Command {
     /// sends it (lss-cli --registration-token) is admitted and remembered.
     /// Each token admits one client. Works while the server runs.
     IssueToken,
+    /// Check the configuration (flags, environment and file) without
+    /// starting: print the effective settings, secrets redacted, and exit 0,
+    /// or name what is wrong and exit 1. TLS files are read to check them.
+    CheckConfig,
     /// Load the reference lssd's database file (`<its datadir>/redb`) into
     /// this store, and optionally adopt its server key so its clients keep
     /// working. Stop the reference lssd first.
@@ -368,6 +372,59 @@ pub enum Database {
     Etcd,
 }
 
+/// A setting that is or holds a secret (a password, a database URL with
+/// one): `Debug` shows it redacted, so the effective configuration can be
+/// printed (`lssd check-config`) and logged; [`Secret::expose`] gives the
+/// value to the code that needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    shown: String,
+}
+
+impl Secret {
+    /// A password: shown as `<redacted>`.
+    pub fn password(value: String) -> Self {
+        Secret {
+            value,
+            shown: "<redacted>".into(),
+        }
+    }
+
+    /// A URL: shown with any password in it (`user:password@`, or a
+    /// `password=` parameter) replaced by `<redacted>`.
+    pub fn url(value: String) -> Self {
+        let mut shown = value.clone();
+        if let Some(start) = shown.find("://").map(|i| i + 3) {
+            let authority_end = shown[start..]
+                .find(['/', '?'])
+                .map_or(shown.len(), |i| start + i);
+            if let Some(at) = shown[start..authority_end].rfind('@').map(|i| start + i) {
+                if let Some(colon) = shown[start..at].find(':').map(|i| start + i) {
+                    shown.replace_range(colon + 1..at, "<redacted>");
+                }
+            }
+        }
+        if let Some(p) = shown.find("password=") {
+            let from = p + "password=".len();
+            let to = shown[from..].find('&').map_or(shown.len(), |i| from + i);
+            shown.replace_range(from..to, "<redacted>");
+        }
+        Secret { value, shown }
+    }
+
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.shown)
+    }
+}
+
 /// The resolved backend settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -376,7 +433,7 @@ pub enum Backend {
     /// PostgreSQL.
     Postgres {
         /// Connection URL.
-        url: String,
+        url: Secret,
         /// Schema.
         schema: String,
         /// Pool size.
@@ -391,7 +448,7 @@ pub enum Backend {
         /// Key prefix.
         prefix: String,
         /// User and password.
-        user: Option<(String, String)>,
+        user: Option<(String, Secret)>,
         /// CA file for TLS.
         ca: Option<PathBuf>,
         /// The cluster's --max-txn-ops.
@@ -708,12 +765,12 @@ impl Config {
             Database::Postgres => {
                 stray(&etcd_set, "postgres")?;
                 Backend::Postgres {
-                    url: postgres_url.ok_or_else(|| {
+                    url: Secret::url(postgres_url.ok_or_else(|| {
                         ConfigError::Inconsistent(
                             "database postgres needs postgres_url (--postgres-url or LSSD_POSTGRES_URL)"
                                 .into(),
                         )
-                    })?,
+                    })?),
                     schema: postgres_schema.unwrap_or_else(|| "lightkeeper".into()),
                     pool_size: postgres_pool_size.map_or(16, NonZeroUsize::get),
                     ca: postgres_ca,
@@ -728,7 +785,7 @@ impl Config {
                     )
                 })?;
                 let user = match (etcd_user, etcd_password) {
-                    (Some(user), Some(password)) => Some((user, password)),
+                    (Some(user), Some(password)) => Some((user, Secret::password(password))),
                     (None, None) => None,
                     _ => {
                         return Err(ConfigError::Inconsistent(

@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             Command::Export { output } => export(&config, &output).await,
             Command::Verify { input } => verify(&input).await,
             Command::IssueToken => issue_token(&config),
+            Command::CheckConfig => check_config(&config),
             Command::Import { input } => import(&config, &input).await,
             Command::Copy { to_config } => copy(&config, &to_config, home.as_deref()).await,
             Command::ImportReference {
@@ -76,6 +77,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let store = open(&config).await?;
     serve(config, key, store, std::sync::Arc::new(access)).await
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    if let Some(files) = &config.tls {
+        tls_config(files)?;
+    }
+    if let Some(path) = &config.server_key_file {
+        key_file::load(path)?;
+    }
+    println!("configuration OK; effective settings (secrets redacted):\n{config:#?}");
+    Ok(())
 }
 
 fn issue_token(config: &Config) -> anyhow::Result<()> {

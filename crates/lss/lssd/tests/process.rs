@@ -576,3 +576,66 @@ fn json_logs_are_one_object_per_line() {
         "text by default: {err}"
     );
 }
+
+/// `lssd check-config` (issue 13): the effective settings from flags,
+/// environment and file, secrets redacted, without starting; a broken
+/// configuration names its problem and exits 1.
+#[test]
+fn check_config_prints_the_effective_settings_without_secrets() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let file = data.path().join("lssd.toml");
+    std::fs::write(
+        &file,
+        "database = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1:2379\"]\n\
+         etcd_user = \"lssd\"\netcd_password = \"hunter2-etcd\"\nmax_connections = 77\n",
+    )
+    .expect("config");
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(lssd())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run lssd");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = file.to_str().expect("utf8");
+    let (status, out, err) = check(
+        &["--config", config, "check-config"],
+        &[("LSSD_IDLE_TIMEOUT_SECS", "42")],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("max_connections: 77"), "file: {out}");
+    assert!(out.contains("idle_timeout: 42s"), "environment: {out}");
+    assert!(out.contains("\"lssd\""), "{out}");
+    assert!(!out.contains("hunter2"), "a secret printed: {out}");
+
+    let (status, out, _) = check(
+        &[
+            "--database",
+            "postgres",
+            "--postgres-url",
+            "postgres://lssd:hunter2-pg@db:5432/lss",
+            "check-config",
+        ],
+        &[],
+    );
+    assert!(status.success());
+    assert!(
+        out.contains("postgres://lssd:<redacted>@db:5432/lss"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "a secret printed: {out}");
+
+    let missing = data.path().join("missing.pem");
+    let missing = missing.to_str().expect("utf8");
+    let (status, _, err) = check(
+        &["--tls-cert", missing, "--tls-key", missing, "check-config"],
+        &[],
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("missing.pem"), "names the file: {err}");
+}

@@ -25,6 +25,11 @@ pub struct Settings {
     #[arg(long, env = "BROKER_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Check the settings (flags, environment, file) and print the effective
+    /// ones, secrets redacted, instead of starting.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// Directory for the broker's state (the pinned owner key).
     #[arg(long, env = "BROKER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -115,6 +120,8 @@ pub enum Mqtt {
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Only check and print the settings (`--check-config`).
+    pub check_only: bool,
     /// How log lines look.
     pub log_format: log_init::LogFormat,
     /// State directory.
@@ -294,6 +301,7 @@ impl Settings {
             ));
         }
         Ok(Config {
+            check_only: self.check_config,
             log_format: self.log_format.unwrap_or_default(),
             data_dir: self
                 .data_dir

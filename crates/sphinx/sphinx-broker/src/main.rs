@@ -28,6 +28,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.check_only {
+        println!("configuration OK; effective settings (secrets redacted):\n{config:#?}");
+        return ExitCode::SUCCESS;
+    }
     log_init::init(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
