@@ -807,6 +807,49 @@ pub mod net {
     }
 }
 
+/// Debian tools the tests use, installed when missing.
+pub mod debian {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// `binary` from `PATH` or `/usr/bin`; when missing, Debian's `package`
+    /// is installed with `apt-get` (once, under a file lock, as root). If that
+    /// is impossible the test fails saying what to install.
+    pub fn command(binary: &str, package: &str) -> PathBuf {
+        if let Some(path) = find(binary) {
+            return path;
+        }
+        let log = format!("/tmp/lightkeeper-{package}-install.log");
+        let status = Command::new("flock")
+            .args(["/tmp/lightkeeper-apt.lock", "sh", "-c"])
+            .arg(format!(
+                "command -v {binary} >/dev/null || \
+                 DEBIAN_FRONTEND=noninteractive apt-get install -y -q {package} >{log} 2>&1 || \
+                 (apt-get update -q >>{log} 2>&1 && \
+                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q {package} >>{log} 2>&1)"
+            ))
+            .status();
+        match (status, find(binary)) {
+            (Ok(_), Some(path)) => path,
+            (status, _) => panic!(
+                "{binary} is not installed and installing Debian's {package} failed ({status:?}; \
+                 see {log}). Install it: `apt-get install {package}`."
+            ),
+        }
+    }
+
+    /// `binary` on `PATH` or in `/usr/bin`.
+    pub fn find(binary: &str) -> Option<PathBuf> {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .chain([PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join(binary))
+            .find(|p| p.is_file())
+    }
+}
+
 /// Real etcd clusters on private loopback ports, from Debian's `etcd-server`.
 ///
 /// The `etcd` binary is found on `PATH` or in `/usr/bin`; when missing, it is
@@ -819,35 +862,7 @@ pub mod etcd {
 
     /// Finds or installs the etcd binary.
     pub fn binary() -> PathBuf {
-        if let Some(path) = find() {
-            return path;
-        }
-        let status = Command::new("flock")
-            .args(["/tmp/lightkeeper-apt.lock", "sh", "-c"])
-            .arg(
-                "command -v etcd >/dev/null || \
-                 DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/tmp/lightkeeper-etcd-install.log 2>&1 || \
-                 (apt-get update -q >>/tmp/lightkeeper-etcd-install.log 2>&1 && \
-                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >>/tmp/lightkeeper-etcd-install.log 2>&1)",
-            )
-            .status();
-        match (status, find()) {
-            (Ok(_), Some(path)) => path,
-            (status, _) => panic!(
-                "etcd is not installed and installing Debian's etcd-server failed ({status:?}; \
-                 see /tmp/lightkeeper-etcd-install.log). Install it: `apt-get install etcd-server`."
-            ),
-        }
-    }
-
-    fn find() -> Option<PathBuf> {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .chain([PathBuf::from("/usr/bin")])
-            .map(|dir| dir.join("etcd"))
-            .find(|p| p.is_file())
+        super::debian::command("etcd", "etcd-server")
     }
 
     fn free_port() -> u16 {
