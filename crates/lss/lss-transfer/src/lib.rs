@@ -164,14 +164,28 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 
 /// Reads `path` end to end and checks everything the format can check.
 pub async fn verify_file(path: &Path) -> Result<FileSummary, TransferError> {
+    verify_file_reporting(path, |_| {}).await
+}
+
+/// [`verify_file`], reporting what was read every thousand entries.
+pub async fn verify_file_reporting(
+    path: &Path,
+    mut progress: impl FnMut(&Progress) + Send + 'static,
+) -> Result<FileSummary, TransferError> {
     let owned = path.to_owned();
     tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&owned)?;
         let mut reader = format::Reader::new(std::io::BufReader::with_capacity(1 << 20, file))?;
         let mut bytes = 0;
+        let mut seen = Progress::default();
         while let Some(entry) = reader.next_entry()? {
             bytes += entry.kv.stored_len();
+            seen.add(&entry);
+            if seen.entries % SCAN_PAGE as u64 == 0 {
+                progress(&seen);
+            }
         }
+        progress(&seen);
         Ok::<_, FormatError>(FileSummary {
             entries: reader.count(),
             bytes,

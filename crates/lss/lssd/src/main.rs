@@ -1,8 +1,8 @@
 //! The `lssd` binary: configuration, key, store, signals; then [`lssd::serve`],
 //! or one of the data commands (export, verify, import, copy, import-reference).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -101,32 +101,55 @@ fn issue_token(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs progress at most every two seconds, and once at the end.
+/// Progress of a data command on a terminal: entries, bytes, rate, and an
+/// ETA where the total is known (the input file's size). Nothing when
+/// standard error is not a terminal (a service, a pipe, a log file): the
+/// summary at the end is logged either way. Clones share the bar.
+#[derive(Clone)]
 struct Reporter {
+    bar: Option<indicatif::ProgressBar>,
     what: &'static str,
-    last: Instant,
 }
 
 impl Reporter {
-    fn new(what: &'static str) -> Self {
-        Reporter {
-            what,
-            last: Instant::now(),
-        }
+    fn new(what: &'static str, total_bytes: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let (bar, template) = match total_bytes {
+                Some(total) => (
+                    indicatif::ProgressBar::new(total),
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{spinner} {msg} {bytes} {bytes_per_sec} {elapsed}",
+                ),
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what);
+            bar
+        });
+        Reporter { bar, what }
     }
 
     fn report(&mut self, p: &lss_transfer::Progress) {
-        if self.last.elapsed() >= Duration::from_secs(2) {
-            self.last = Instant::now();
-            info!(
-                entries = p.entries,
-                mib = p.bytes / (1024 * 1024),
-                written = p.written,
-                "{}…",
-                self.what
-            );
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.bytes);
+            bar.set_message(format!("{}: {} entries", self.what, p.entries));
         }
     }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The size of `path`, for an ETA.
+fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
 }
 
 async fn export(config: &Config, output: &Path) -> anyhow::Result<()> {
@@ -134,8 +157,10 @@ async fn export(config: &Config, output: &Path) -> anyhow::Result<()> {
         bail!("{} exists; choose a new file", output.display());
     }
     let store = open(config).await?;
-    let mut reporter = Reporter::new("exporting");
-    let summary = lss_transfer::export(&store, output, |p| reporter.report(p)).await?;
+    let mut reporter = Reporter::new("exporting", None);
+    let summary = lss_transfer::export(&store, output, |p| reporter.report(p)).await;
+    reporter.finish();
+    let summary = summary?;
     info!(
         entries = summary.entries,
         bytes = summary.bytes,
@@ -147,7 +172,11 @@ async fn export(config: &Config, output: &Path) -> anyhow::Result<()> {
 }
 
 async fn verify(input: &Path) -> anyhow::Result<()> {
-    let summary = lss_transfer::verify_file(input).await?;
+    let reporter = Reporter::new("verifying", file_size(input));
+    let mut reading = reporter.clone();
+    let summary = lss_transfer::verify_file_reporting(input, move |p| reading.report(p)).await;
+    reporter.finish();
+    let summary = summary?;
     info!(
         entries = summary.entries,
         bytes = summary.bytes,
@@ -160,8 +189,10 @@ async fn verify(input: &Path) -> anyhow::Result<()> {
 
 async fn import(config: &Config, input: &Path) -> anyhow::Result<()> {
     let store = open(config).await?;
-    let mut reporter = Reporter::new("importing");
-    let done = lss_transfer::import(&store, input, |p| reporter.report(p)).await?;
+    let mut reporter = Reporter::new("importing", file_size(input));
+    let done = lss_transfer::import(&store, input, |p| reporter.report(p)).await;
+    reporter.finish();
+    let done = done?;
     info!(
         entries = done.entries,
         written = done.written,
@@ -186,8 +217,10 @@ async fn copy(config: &Config, to_config: &Path, home: Option<&Path>) -> anyhow:
     }
     let from = open(config).await?;
     let to = open(&target).await?;
-    let mut reporter = Reporter::new("copying");
-    let done = lss_transfer::copy(&from, &to, |p| reporter.report(p)).await?;
+    let mut reporter = Reporter::new("copying", None);
+    let done = lss_transfer::copy(&from, &to, |p| reporter.report(p)).await;
+    reporter.finish();
+    let done = done?;
     info!(
         entries = done.entries,
         written = done.written,
@@ -220,8 +253,10 @@ async fn import_reference(
         }
     }
     let store = open(config).await?;
-    let mut reporter = Reporter::new("importing the reference database");
-    let done = lss_transfer::import_reference(&store, reference_db, |p| reporter.report(p)).await?;
+    let mut reporter = Reporter::new("importing the reference database", file_size(reference_db));
+    let done = lss_transfer::import_reference(&store, reference_db, |p| reporter.report(p)).await;
+    reporter.finish();
+    let done = done?;
     info!(
         entries = done.entries,
         written = done.written,

@@ -639,3 +639,57 @@ fn check_config_prints_the_effective_settings_without_secrets() {
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("missing.pem"), "names the file: {err}");
 }
+
+/// Data commands show progress on a terminal and only their summary
+/// otherwise (issue 13). The terminal is a pseudo-terminal from `script`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_commands_show_progress_on_a_terminal_only() {
+    use lss_store::{RedbConfig, RedbStore, Store};
+    let data = tempfile::tempdir().expect("tempdir");
+    let store = RedbStore::open(data.path(), RedbConfig::default()).expect("store");
+    let client = lss_core::ClientId::from(
+        SecretKey::from_slice(&[9; 32])
+            .expect("key")
+            .public_key(&lss_core::secp256k1::Secp256k1::signing_only()),
+    );
+    for batch in 0..30 {
+        let kvs: Vec<KeyValue> = (0..100)
+            .map(|i| KeyValue::new(format!("k/{batch:02}/{i:03}"), 0, vec![7; 2_000]))
+            .collect();
+        let put = lss_core::ValidPut::new(
+            client,
+            lss_core::SortedKvs::new(kvs, &lss_core::Limits::default()).expect("sorted"),
+        );
+        store.put(put).await.expect("put");
+    }
+    let file = data.path().join("six-mib.lkx");
+    lss_transfer::export(&store, &file, |_| {})
+        .await
+        .expect("export");
+    let file = file.to_str().expect("utf8");
+
+    let piped = std::process::Command::new(lssd())
+        .args(["verify", "--input", file])
+        .output()
+        .expect("run lssd");
+    assert!(piped.status.success());
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(err.contains("undamaged"), "{err}");
+    assert!(
+        !err.contains("verifying:"),
+        "no progress without a terminal: {err}"
+    );
+
+    let command = format!("{} verify --input {file}", lssd().display());
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    assert!(tty.status.success());
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        shown.contains("verifying"),
+        "a progress bar on a terminal: {shown:?}"
+    );
+    assert!(shown.contains("undamaged"), "{shown:?}");
+}
