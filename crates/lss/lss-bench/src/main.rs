@@ -295,6 +295,24 @@ enum Outcome {
     Conflict,
 }
 
+impl Client {
+    /// Puts `(kvs, payload bytes)` and counts the outcome in `t`.
+    async fn put_counted(&mut self, (kvs, bytes): (Vec<KeyValue>, u64), t: &mut Tally) {
+        let keys = kvs.len() as u64;
+        let start = Instant::now();
+        match self.put(kvs).await {
+            Ok(Outcome::Committed) => {
+                record(&mut t.latency, start);
+                t.ops += 1;
+                t.keys += keys;
+                t.payload += bytes;
+            }
+            Ok(Outcome::Conflict) => t.conflicts += 1,
+            Err(e) => t.error(e),
+        }
+    }
+}
+
 /// Random value bytes, sliced into values so no bytes are generated per op.
 struct ValuePool {
     bytes: Vec<u8>,
@@ -603,19 +621,8 @@ impl Bench {
                             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                             let mut t = Tally::new();
                             for mut client in clients {
-                                let (kvs, bytes) = shape.next(&mut client, &mut rng, &pool);
-                                let keys = kvs.len() as u64;
-                                let start = Instant::now();
-                                match client.put(kvs).await {
-                                    Ok(Outcome::Committed) => {
-                                        record(&mut t.latency, start);
-                                        t.ops += 1;
-                                        t.keys += keys;
-                                        t.payload += bytes;
-                                    }
-                                    Ok(Outcome::Conflict) => t.conflicts += 1,
-                                    Err(e) => t.error(e),
-                                }
+                                let put = shape.next(&mut client, &mut rng, &pool);
+                                client.put_counted(put, &mut t).await;
                             }
                             t
                         })
@@ -647,19 +654,8 @@ impl Bench {
         Ok(self
             .measure(phase, 1, async move {
                 let mut t = Tally::new();
-                for (kvs, bytes) in puts {
-                    let keys = kvs.len() as u64;
-                    let start = Instant::now();
-                    match client.put(kvs).await {
-                        Ok(Outcome::Committed) => {
-                            record(&mut t.latency, start);
-                            t.ops += 1;
-                            t.keys += keys;
-                            t.payload += bytes;
-                        }
-                        Ok(Outcome::Conflict) => t.conflicts += 1,
-                        Err(e) => t.error(e),
-                    }
+                for put in puts {
+                    client.put_counted(put, &mut t).await;
                 }
                 t
             })
@@ -686,19 +682,8 @@ impl Bench {
                             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                             let mut t = Tally::new();
                             while Instant::now() < deadline {
-                                let (kvs, bytes) = shape.next(&mut client, &mut rng, &pool);
-                                let keys = kvs.len() as u64;
-                                let start = Instant::now();
-                                match client.put(kvs).await {
-                                    Ok(Outcome::Committed) => {
-                                        record(&mut t.latency, start);
-                                        t.ops += 1;
-                                        t.keys += keys;
-                                        t.payload += bytes;
-                                    }
-                                    Ok(Outcome::Conflict) => t.conflicts += 1,
-                                    Err(e) => t.error(e),
-                                }
+                                let put = shape.next(&mut client, &mut rng, &pool);
+                                client.put_counted(put, &mut t).await;
                             }
                             t
                         })

@@ -396,12 +396,7 @@ pub async fn keep_reloading(access: Arc<Access>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lss_core::secp256k1::{Secp256k1, SecretKey};
-
-    fn client(n: u8) -> ClientId {
-        let secret = SecretKey::from_slice(&[n; 32]).expect("key");
-        ClientId::from(secret.public_key(&Secp256k1::signing_only()))
-    }
+    use lss_store::conformance::client;
 
     #[test]
     fn tokens_verify_only_under_their_key_and_unaltered() {

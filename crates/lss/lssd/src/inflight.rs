@@ -157,12 +157,7 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lss_core::secp256k1::{Secp256k1, SecretKey};
-
-    fn client(n: u8) -> ClientId {
-        let secret = SecretKey::from_slice(&[n; 32]).expect("key");
-        ClientId::from(secret.public_key(&Secp256k1::signing_only()))
-    }
+    use lss_store::conformance::client;
 
     #[test]
     fn limits_each_client_separately_and_frees_slots() {

@@ -120,15 +120,7 @@ impl<S: Store> LssService<S> {
             framed_mac,
         } = request.into_inner();
         let scheme = mac_scheme(framed_mac);
-        let (client, shared) = self.authenticate(auth)?;
-        self.access
-            .admit(client, token.as_deref())
-            .await
-            .map_err(status::access)?;
-        let slot = self
-            .inflight
-            .enter(client)
-            .map_err(|e| status::limit_exceeded(&e))?;
+        let (client, shared, slot) = self.admit(auth, token).await?;
         let span = tracing::debug_span!("get", op, client = %client.short(), prefix_len = key_prefix.len());
         async move {
             // Reserve the namespace's size (a bound of any read of it)
@@ -162,6 +154,26 @@ impl<S: Store> LssService<S> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Authenticates, applies the access policy (registering with `token`
+    /// if the client brings one) and takes an in-flight slot: what every
+    /// Put and Get does first.
+    async fn admit(
+        &self,
+        auth: Option<lss_proto::Auth>,
+        token: Option<String>,
+    ) -> Result<(ClientId, SharedSecret, crate::inflight::Slot), Status> {
+        let (client, shared) = self.authenticate(auth)?;
+        self.access
+            .admit(client, token.as_deref())
+            .await
+            .map_err(status::access)?;
+        let slot = self
+            .inflight
+            .enter(client)
+            .map_err(|e| status::limit_exceeded(&e))?;
+        Ok((client, shared, slot))
     }
 
     fn authenticate(
@@ -221,15 +233,7 @@ impl<S: Store> LightningStorage for LssService<S> {
         let auth = auth.ok_or_else(status::missing_auth)?;
         let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
-        let (client, shared) = self.authenticate(Some(auth))?;
-        self.access
-            .admit(client, token.as_deref())
-            .await
-            .map_err(status::access)?;
-        let slot = self
-            .inflight
-            .enter(client)
-            .map_err(|e| status::limit_exceeded(&e))?;
+        let (client, shared, slot) = self.admit(Some(auth), token).await?;
         let span =
             tracing::debug_span!("put", client = %client.short(), keys = kvs.as_slice().len());
         async move {
@@ -346,15 +350,7 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
             framed_mac,
         } = request.into_inner();
         let scheme = mac_scheme(framed_mac);
-        let (client, shared) = self.authenticate(auth)?;
-        self.access
-            .admit(client, token.as_deref())
-            .await
-            .map_err(status::access)?;
-        let slot = self
-            .inflight
-            .enter(client)
-            .map_err(|e| status::limit_exceeded(&e))?;
+        let (client, shared, slot) = self.admit(auth, token).await?;
         // The reader task's page, the one in the channel, the one being
         // sent, and one being read: each at most a chunk or one entry.
         let chunk_bound =
