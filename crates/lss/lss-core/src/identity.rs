@@ -165,6 +165,17 @@ impl ServerKey {
         self.public.serialize()
     }
 
+    /// A BIP340 Schnorr signature of `digest` with the server key (no
+    /// auxiliary randomness: deterministic, as BIP340 permits), for
+    /// statements anyone can check against `server_id`.
+    pub fn sign_schnorr(&self, digest: &[u8; 32]) -> [u8; 64] {
+        let keypair = secp256k1::Keypair::from_secret_key(secp256k1::SECP256K1, &self.secret);
+        let msg = secp256k1::Message::from_digest(*digest);
+        secp256k1::SECP256K1
+            .sign_schnorr_no_aux_rand(&msg, &keypair)
+            .serialize()
+    }
+
     /// The shared secret with a client.
     pub fn shared_secret(&self, client: &ClientId) -> SharedSecret {
         SharedSecret::derive(&client.public_key(), &self.secret)

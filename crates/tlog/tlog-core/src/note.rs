@@ -81,11 +81,18 @@ fn valid_name(name: &str) -> bool {
 
 /// `H(name ‖ LF ‖ type ‖ public key)[0..4]`.
 pub fn key_id(name: &str, ty: KeyType, public: &[u8; 32]) -> u32 {
+    key_id_of_type(name, ty.byte(), public)
+}
+
+/// `H(name ‖ LF ‖ type ‖ key)[0..4]` for a signature type this module does
+/// not verify itself (C2SP signed-note: other algorithms pick their own type
+/// byte; `0xff` is followed by an identifying string in `key`).
+pub fn key_id_of_type(name: &str, type_byte: u8, key: &[u8]) -> u32 {
     let digest = Sha256::new()
         .chain_update(name.as_bytes())
         .chain_update(b"\n")
-        .chain_update([ty.byte()])
-        .chain_update(public)
+        .chain_update([type_byte])
+        .chain_update(key)
         .finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
