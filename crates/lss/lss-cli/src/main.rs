@@ -6,7 +6,14 @@
 //! formats. Values are protected as the reference does, with
 //! `SHA-256(client secret key)`, so both CLIs read each other's data.
 //!
-//! Exit status: 0 success, 1 error, 3 version conflict.
+//! With `--verify`, every put and get is checked against the server's signed
+//! log of the namespace (docs/protocol.md "Verifiable log"); the last
+//! verified checkpoint is kept in `trusted-<server id>` in the directory (or
+//! `--trusted-state`), and a server that contradicts itself leaves an
+//! evidence file that `lss-cli verify-evidence` checks with no secrets.
+//!
+//! Exit status: 0 success, 1 error, 3 version conflict, 4 the server lied
+//! (evidence written).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -16,13 +23,15 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use lss_client::{ConnectOptions, PrivClient, PutError};
+use lss_client::{ConnectOptions, GetError, PrivClient, PutError};
 use lss_core::secp256k1::{rand::rngs::OsRng, rand::RngCore, PublicKey, Secp256k1, SecretKey};
 use lss_core::{value, KeyValue};
 use serde_json::json;
 
 /// Exit status of a version conflict.
 const EXIT_CONFLICT: u8 = 3;
+/// Exit status when the server contradicted its signed log.
+const EXIT_VIOLATION: u8 = 4;
 
 /// Command-line client for a Lightning Storage Server.
 #[derive(Debug, Parser)]
@@ -53,6 +62,17 @@ struct Cli {
         hide_env_values = true
     )]
     registration_token: Option<String>,
+    /// Verify puts and gets against the server's signed log of the namespace.
+    #[arg(long, global = true, env = "LSS_CLI_VERIFY")]
+    verify: bool,
+    /// Where `--verify` keeps the last verified checkpoint
+    /// [default: <dir>/trusted-<server id>].
+    #[arg(long, global = true, value_name = "FILE")]
+    trusted_state: Option<PathBuf>,
+    /// Where `--verify` writes evidence of a lying server
+    /// [default: <dir>/evidence-<unix time>.json].
+    #[arg(long, global = true, value_name = "FILE")]
+    evidence_out: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +103,12 @@ enum Command {
     Get {
         /// Literal key prefix ("" for all).
         prefix: String,
+    },
+    /// Check an evidence file (needs no keys, no server): exit 0 and print
+    /// the violation it proves, or exit 1 saying why it proves nothing.
+    VerifyEvidence {
+        /// The evidence file (JSON).
+        file: PathBuf,
     },
 }
 
@@ -186,7 +212,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         registration_token: cli.registration_token.clone(),
         ..ConnectOptions::new(cli.server.clone())
     };
+    let verify = Verify {
+        on: cli.verify,
+        trusted_state: cli.trusted_state.clone(),
+        evidence_out: cli.evidence_out.clone(),
+    };
     match cli.command {
+        Command::VerifyEvidence { file } => {
+            let bytes =
+                fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            match lss_verify::Evidence::verify(&bytes) {
+                Ok((evidence, violation)) => {
+                    if cli.json {
+                        println!(
+                            "{}",
+                            json!({ "proven": true, "server_id": evidence.server_id, "violation": violation.to_string() })
+                        );
+                    } else {
+                        println!("proven: server {} {violation}", evidence.server_id);
+                    }
+                }
+                Err(e) => {
+                    if cli.json {
+                        println!("{}", json!({ "proven": false, "reason": e.to_string() }));
+                    } else {
+                        eprintln!("not proven: {e}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
         Command::Init => {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -282,7 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let value =
                 hex::decode(&value).with_context(|| format!("value {value:?} is not hex"))?;
-            let mut client = connect(&files, &options).await?;
+            let mut client = connect(&files, &options, &verify).await?;
             match client
                 .put(vec![KeyValue::new(key.clone(), version, value)])
                 .await
@@ -311,14 +366,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     return Ok(ExitCode::from(EXIT_CONFLICT));
                 }
+                Err(PutError::Rpc(lss_client::RpcError::Violation(evidence))) => {
+                    return verify.report(&files, &evidence);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Command::Get { prefix } => {
-            let mut client = connect(&files, &options).await?;
+            let mut client = connect(&files, &options, &verify).await?;
             let mut nonce = [0u8; 32];
             OsRng.fill_bytes(&mut nonce);
-            let kvs = client.get(&prefix, &nonce).await?;
+            let kvs = match client.get(&prefix, &nonce).await {
+                Ok(kvs) => kvs,
+                Err(GetError::Rpc(lss_client::RpcError::Violation(evidence))) => {
+                    return verify.report(&files, &evidence);
+                }
+                Err(e) => return Err(e.into()),
+            };
             if cli.json {
                 println!(
                     "{}",
@@ -334,17 +398,61 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(files: &Files, options: &ConnectOptions) -> anyhow::Result<PrivClient> {
+/// The `--verify` options.
+struct Verify {
+    on: bool,
+    trusted_state: Option<PathBuf>,
+    evidence_out: Option<PathBuf>,
+}
+
+impl Verify {
+    /// Writes the evidence file and says so; exit status 4.
+    fn report(&self, files: &Files, evidence: &lss_verify::Evidence) -> anyhow::Result<ExitCode> {
+        let path = match &self.evidence_out {
+            Some(path) => path.clone(),
+            None => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                files.dir.join(format!("evidence-{now}.json"))
+            }
+        };
+        fs::write(&path, evidence.to_json())
+            .with_context(|| format!("cannot write evidence to {}", path.display()))?;
+        eprintln!(
+            "error: the server lied: {}; evidence written to {} (check it with `lss-cli verify-evidence`)",
+            evidence.claim,
+            path.display()
+        );
+        Ok(ExitCode::from(EXIT_VIOLATION))
+    }
+}
+
+async fn connect(
+    files: &Files,
+    options: &ConnectOptions,
+    verify: &Verify,
+) -> anyhow::Result<PrivClient> {
     let secret = files.client_key()?;
     let pinned = files.pinned_server()?;
-    PrivClient::connect(
+    let client = PrivClient::connect(
         options,
         &secret,
         Some(pinned),
         value::secret_for_key(&secret),
     )
     .await
-    .with_context(|| format!("cannot connect to {}", options.url))
+    .with_context(|| format!("cannot connect to {}", options.url))?;
+    if !verify.on {
+        return Ok(client);
+    }
+    let file = match &verify.trusted_state {
+        Some(file) => file.clone(),
+        None => files
+            .dir
+            .join(format!("trusted-{}", hex::encode(pinned.serialize()))),
+    };
+    Ok(client.verifying_with_file(file).await?)
 }
 
 fn kv_json(kv: &KeyValue) -> serde_json::Value {

@@ -8,7 +8,14 @@
 //!   (HMAC + ChaCha20) byte-compatibly with the reference `PrivClient`, so
 //!   either can read what the other wrote.
 //!
-//! All protocol rules come from `lss-core`; this crate only moves messages.
+//! Either can verify the server's signed per-namespace log
+//! ([`Client::verifying`]): every reply then proves it extends the last
+//! checkpoint the client saw, and a read proves it is the prefix's whole,
+//! current content; a server that contradicts itself yields
+//! [`RpcError::Violation`] with evidence anyone can check.
+//!
+//! All protocol rules come from `lss-core` and `lss-verify`; this crate
+//! only moves messages.
 
 use std::time::Duration;
 
@@ -22,7 +29,16 @@ use lss_core::{
 pub use lss_proto as proto;
 use lss_proto::lightkeeper::lightkeeper_storage_client::LightkeeperStorageClient;
 use lss_proto::lightning_storage_client::LightningStorageClient;
+use lss_verify::{Expect, Rejected, StateLeaf, Trusted};
+use std::path::PathBuf;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The state leaves of stored kvs (what the verifiable log commits to).
+fn leaves(kvs: &[KeyValue]) -> Vec<StateLeaf> {
+    kvs.iter()
+        .map(|kv| StateLeaf::of(&kv.key, kv.version, &kv.value))
+        .collect()
+}
 
 /// Largest reply the client decodes by default: well above the 4 MiB that
 /// stock tonic clients stop at, so large signer states can be restored.
@@ -115,6 +131,18 @@ pub enum RpcError {
     /// A streamed reply grew past the client's `max_reply_bytes`.
     #[error("reply larger than max_reply_bytes ({0} bytes)")]
     ReplyTooLarge(usize),
+    /// Verifying: the reply cannot be trusted (no or wrong attestation, not
+    /// acknowledging our checkpoint…), though nothing is provable.
+    #[error("unverified reply: {0}")]
+    Unverified(String),
+    /// Verifying: the server contradicted its own signed statements. The
+    /// evidence proves it to anyone ([`lss_verify::Evidence::verify`],
+    /// `lss-cli verify-evidence`).
+    #[error("the server lied: {}", .0.claim)]
+    Violation(Box<lss_verify::Evidence>),
+    /// Verifying: the trusted-state file cannot be read or written.
+    #[error("trusted state file: {0}")]
+    TrustedState(String),
 }
 
 impl RpcError {
@@ -123,7 +151,10 @@ impl RpcError {
         match self {
             RpcError::Transport(_) => true,
             RpcError::Status(s) => s.code() == tonic::Code::Unavailable,
-            RpcError::ReplyTooLarge(_) => false,
+            RpcError::ReplyTooLarge(_)
+            | RpcError::Unverified(_)
+            | RpcError::Violation(_)
+            | RpcError::TrustedState(_) => false,
         }
     }
 }
@@ -221,6 +252,16 @@ pub struct Client {
     token: Token,
     mac_scheme: MacScheme,
     registration_token: Option<tonic::metadata::AsciiMetadataValue>,
+    verifier: Option<Verifier>,
+}
+
+/// A verifying client's state: the pinned server id and the last checkpoint
+/// it verified, optionally kept in a file.
+#[derive(Debug, Clone)]
+struct Verifier {
+    server_id: [u8; 33],
+    trusted: Option<Trusted>,
+    file: Option<PathBuf>,
 }
 
 /// Opens a connection for the `lss.LightningStorage` stub (it reconnects by
@@ -309,6 +350,125 @@ impl Client {
                 .registration_token
                 .as_deref()
                 .and_then(|t| tonic::metadata::MetadataValue::try_from(t).ok()),
+            verifier: None,
+        }
+    }
+
+    /// Verifies every put and get against the server's signed log
+    /// (docs/protocol.md "Verifiable log"), starting from `trusted` (the
+    /// last checkpoint verified before, or `None` for a client with no
+    /// memory). Reads then use `Get`, whose reply holds the proof.
+    pub fn verifying(mut self, server_id: [u8; 33], trusted: Option<Trusted>) -> Self {
+        self.verifier = Some(Verifier {
+            server_id,
+            trusted,
+            file: None,
+        });
+        self
+    }
+
+    /// As [`Client::verifying`], keeping the trusted checkpoint in `file`
+    /// (read now if it exists, replaced durably after every verified reply).
+    pub async fn verifying_with_file(
+        mut self,
+        server_id: [u8; 33],
+        file: PathBuf,
+    ) -> Result<Self, RpcError> {
+        let path = file.clone();
+        let stored = tokio::task::spawn_blocking(move || durable_file::read(&path))
+            .await
+            .map_err(|e| RpcError::TrustedState(e.to_string()))?
+            .map_err(|e| RpcError::TrustedState(e.to_string()))?;
+        let trusted = stored
+            .map(|bytes| Trusted::decode(&bytes, &server_id))
+            .transpose()
+            .map_err(|e| RpcError::TrustedState(format!("{}: {e}", file.display())))?;
+        self.verifier = Some(Verifier {
+            server_id,
+            trusted,
+            file: Some(file),
+        });
+        Ok(self)
+    }
+
+    /// The last checkpoint verified, when verifying.
+    pub fn trusted(&self) -> Option<&Trusted> {
+        self.verifier.as_ref().and_then(|v| v.trusted.as_ref())
+    }
+
+    fn verify_request(&self) -> Option<lss_proto::Verify> {
+        let v = self.verifier.as_ref()?;
+        Some(match &v.trusted {
+            None => lss_proto::Verify::default(),
+            Some(t) => {
+                let seen = t.seen();
+                lss_proto::Verify {
+                    seen_size: seen.size,
+                    seen_note: seen.note.to_vec(),
+                }
+            }
+        })
+    }
+
+    /// Checks an attestation; keeps the new checkpoint or turns a
+    /// contradiction into evidence.
+    async fn accept(
+        &mut self,
+        attestation: Option<lss_proto::Attestation>,
+        expect: Expect<'_>,
+    ) -> Result<(), RpcError> {
+        let Some(verifier) = self.verifier.as_mut() else {
+            return Ok(());
+        };
+        let Some(a) = attestation else {
+            return Err(RpcError::Unverified(
+                "the server sent no attestation (verifiable log off, or not Lightkeeper)".into(),
+            ));
+        };
+        let client: [u8; 33] = self
+            .client_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| RpcError::Unverified("client id is not 33 bytes".into()))?;
+        let checked = lss_verify::check(
+            &verifier.server_id,
+            &client,
+            verifier.trusted.as_ref(),
+            &a.checkpoint,
+            &a.bundle,
+            expect,
+        );
+        match checked {
+            Ok(trusted) => {
+                if let Some(file) = verifier.file.clone() {
+                    let bytes = trusted.encode();
+                    tokio::task::spawn_blocking(move || {
+                        durable_file::replace(&file, &bytes, 0o600)
+                    })
+                    .await
+                    .map_err(|e| RpcError::TrustedState(e.to_string()))?
+                    .map_err(|e| RpcError::TrustedState(e.to_string()))?;
+                }
+                verifier.trusted = Some(trusted);
+                Ok(())
+            }
+            Err(Rejected::Unverifiable(why)) => Err(RpcError::Unverified(why)),
+            Err(Rejected::Violation(violation)) => {
+                let answer = match expect {
+                    Expect::Read { answer, .. } => Some(answer),
+                    Expect::Put { .. } => None,
+                };
+                let evidence = lss_verify::Evidence::new(
+                    &verifier.server_id,
+                    &violation,
+                    verifier.trusted.as_ref(),
+                    &a.checkpoint,
+                    &a.bundle,
+                    answer,
+                );
+                tracing::error!(%violation, "LSS server contradicted its signed log");
+                Err(RpcError::Violation(Box::new(evidence)))
+            }
         }
     }
 
@@ -353,11 +513,16 @@ impl Client {
         kvs: Vec<KeyValue>,
         client_mac: &[u8],
     ) -> Result<Vec<u8>, PutError> {
+        let written: Vec<StateLeaf> = match self.verifier {
+            Some(_) => leaves(&kvs),
+            None => Vec::new(),
+        };
         let request = lss_proto::PutRequest {
             auth: Some(self.auth()),
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac: client_mac.to_vec(),
             framed_mac: self.mac_scheme == MacScheme::Framed,
+            verify: self.verify_request(),
         };
         let reply = self
             .grpc
@@ -366,6 +531,10 @@ impl Client {
             .map_err(RpcError::from)?
             .into_inner();
         if reply.success {
+            if !written.is_empty() {
+                self.accept(reply.attestation, Expect::Put { written: &written })
+                    .await?;
+            }
             Ok(reply.hmac)
         } else {
             Err(PutError::Conflict(
@@ -391,7 +560,23 @@ impl Client {
             key_prefix: prefix.to_owned(),
             nonce: nonce.to_vec(),
             framed_mac: self.mac_scheme == MacScheme::Framed,
+            verify: self.verify_request(),
         };
+        if self.verifier.is_some() {
+            let reply = self.grpc.get(self.request(request)).await?.into_inner();
+            let kvs: Vec<KeyValue> = reply.kvs.into_iter().map(Into::into).collect();
+            let answer = leaves(&kvs);
+            self.accept(
+                reply.attestation,
+                Expect::Read {
+                    prefix,
+                    nonce,
+                    answer: &answer,
+                },
+            )
+            .await?;
+            return Ok((kvs, reply.hmac));
+        }
         if self.streams != Some(false) {
             match self.get_stream(request.clone()).await {
                 Err(RpcError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
@@ -491,6 +676,21 @@ impl PrivClient {
     /// The server key this client talks to (pin it).
     pub fn server_id(&self) -> PublicKey {
         self.server_id
+    }
+
+    /// Verifies every reply against the server's signed log, from
+    /// `trusted` ([`Client::verifying`]), with the pinned server key.
+    pub fn verifying(mut self, trusted: Option<Trusted>) -> Self {
+        let server_id = self.server_id().serialize();
+        self.client = self.client.verifying(server_id, trusted);
+        self
+    }
+
+    /// As [`PrivClient::verifying`], keeping the checkpoint in `file`.
+    pub async fn verifying_with_file(mut self, file: PathBuf) -> Result<Self, RpcError> {
+        let server_id = self.server_id().serialize();
+        self.client = self.client.verifying_with_file(server_id, file).await?;
+        Ok(self)
     }
 
     /// The unprivileged client underneath.

@@ -161,6 +161,20 @@ impl SortedKvs {
     pub fn as_slice(&self) -> &[KeyValue] {
         &self.0
     }
+
+    /// Adds the server's own kvs (its verifiable log's keys), keeping key
+    /// order. They are not counted against the client's per-put limits;
+    /// a key already present is an error.
+    pub fn with_server_kvs(self, extra: Vec<KeyValue>) -> Result<Self, PutRejected> {
+        let mut all = self.0;
+        for kv in extra {
+            match all.binary_search_by(|k| k.key.as_bytes().cmp(kv.key.as_bytes())) {
+                Ok(_) => return Err(PutRejected::DuplicateKey),
+                Err(i) => all.insert(i, kv),
+            }
+        }
+        Ok(SortedKvs(all))
+    }
 }
 
 fn check(limit: Limit, max: usize, got: usize) -> Result<(), LimitExceeded> {

@@ -34,6 +34,16 @@ pub const RING: u64 = MAX_ENTRIES as u64;
 /// Entries kept in memory (older ones are read from the ring).
 const RECENT: usize = 32;
 
+/// How many reserved keys a namespace holds after `puts` logged puts (the
+/// head and the ring slots used), for tools that count stored entries.
+pub fn log_key_count(puts: u64) -> u64 {
+    if puts == 0 {
+        0
+    } else {
+        1 + puts.min(RING)
+    }
+}
+
 /// Whether `key` is the log's.
 pub fn is_reserved(key: &str) -> bool {
     key.starts_with(RESERVED_PREFIX)

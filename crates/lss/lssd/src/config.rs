@@ -221,6 +221,13 @@ pub struct Args {
     )]
     pub min_free_disk_bytes: Option<u64>,
 
+    /// Keep a signed log of every namespace and answer clients that ask
+    /// for verifiable replies (docs/protocol.md "Verifiable log")
+    /// [default: true]. Off: puts are not logged and `verify` is ignored
+    /// (verifying clients then refuse the server).
+    #[arg(long, global = true, env = "LSSD_VERIFIABLE_LOG", value_name = "BOOL")]
+    pub verifiable_log: Option<bool>,
+
     /// Who may be a client [default: open]: `open` (any keypair, as the
     /// reference) or `allowlist` (the ids in <data-dir>/allowed_clients, re-read
     /// when it changes, and clients registered with a token from `lssd issue-token`).
@@ -510,6 +517,8 @@ pub struct FileConfig {
     pub access: Option<AccessMode>,
     /// See [`Args::min_free_disk_bytes`].
     pub min_free_disk_bytes: Option<u64>,
+    /// See [`Args::verifiable_log`].
+    pub verifiable_log: Option<bool>,
     /// See [`Args::database`].
     pub database: Option<Database>,
     /// See [`Args::postgres_url`].
@@ -568,6 +577,8 @@ pub struct Config {
     pub access: AccessMode,
     /// Free disk kept for existing clients (redb), 0 for none.
     pub min_free_disk_bytes: u64,
+    /// Keep and sign each namespace's log.
+    pub verifiable_log: bool,
     /// The storage backend.
     pub backend: Backend,
 }
@@ -835,6 +846,7 @@ impl Config {
             connections,
             access,
             min_free_disk_bytes,
+            verifiable_log: args.verifiable_log.or(file.verifiable_log).unwrap_or(true),
             backend,
         })
     }

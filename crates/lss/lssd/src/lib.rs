@@ -18,6 +18,7 @@ pub mod conn;
 pub mod disk;
 pub mod inflight;
 pub mod key_file;
+pub mod ledger;
 pub mod preauth;
 pub mod service;
 pub mod status;
@@ -85,6 +86,8 @@ pub struct Settings {
     pub disk: Option<std::sync::Arc<disk::DiskReserve>>,
     /// TLS, or plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Keep each namespace's verifiable log and answer `verify` ([`ledger`]).
+    pub verifiable_log: bool,
 }
 
 impl Default for Settings {
@@ -96,6 +99,7 @@ impl Default for Settings {
             access: std::sync::Arc::new(access::Access::open()),
             disk: None,
             tls: None,
+            verifiable_log: true,
         }
     }
 }
@@ -125,6 +129,7 @@ pub async fn serve<S: Store>(
         access,
         disk,
         tls,
+        verifiable_log,
     } = settings;
     // tonic's own tcp_nodelay applies only to listeners it binds itself; on
     // our listener each accepted socket is set here. Without it, a reply
@@ -170,6 +175,7 @@ pub async fn serve<S: Store>(
         .map(|disk| AbortOnDrop(tokio::spawn(disk::keep_sampling(disk))));
     let (lss, extensions) = service::LssService::with_access(store, auth, access, limits)
         .with_disk_reserve(disk)
+        .with_verifiable_log(verifiable_log)
         .into_servers();
     // Reflection in both versions clients ask for (grpcurl tries v1, the
     // Python and Go reflection clients still use v1alpha).

@@ -296,6 +296,7 @@ async fn serve(
         access,
         disk,
         tls,
+        verifiable_log: config.verifiable_log,
     };
     lssd::serve(listener, store, key, settings, shutdown_signal()).await?;
     info!("stopped; every acknowledged put is committed");

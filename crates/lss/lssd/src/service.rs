@@ -22,6 +22,7 @@ use lss_proto::{
     GetReply, GetRequest, InfoReply, InfoRequest, PingReply, PingRequest, PutReply, PutRequest,
 };
 use lss_store::Store;
+use lss_verify::ledger::{is_reserved, RESERVED_PREFIX};
 use tonic::{Request, Response, Status};
 use tracing::{debug, Instrument};
 
@@ -30,6 +31,7 @@ use crate::auth::Authenticator;
 use crate::conn::Hold;
 use crate::disk::DiskReserve;
 use crate::inflight::{Inflight, ReplyBudget};
+use crate::ledger::{Ledgers, Logged};
 use crate::status;
 
 /// `InfoReply.version`: the reference's value, which clients may compare.
@@ -49,6 +51,7 @@ pub struct LssService<S> {
     inflight: Inflight,
     replies: ReplyBudget,
     limits: Limits,
+    ledgers: Option<Arc<Ledgers>>,
 }
 
 /// A read's result with its MAC, and what it keeps reserved until the client
@@ -56,6 +59,7 @@ pub struct LssService<S> {
 struct Read {
     kvs: Vec<lss_core::KeyValue>,
     hmac: Vec<u8>,
+    attestation: Option<lss_proto::Attestation>,
     hold: Hold,
 }
 
@@ -81,7 +85,16 @@ impl<S: Store> LssService<S> {
             inflight: Inflight::new(limits.max_inflight_per_client),
             replies: ReplyBudget::new(limits.max_reply_bytes_per_client, limits.max_reply_bytes),
             limits,
+            ledgers: None,
         }
+    }
+
+    /// Keeps each namespace's verifiable log (`lss-verify`) and answers the
+    /// `verify` extension; without it, puts are not logged and `verify` is
+    /// ignored.
+    pub fn with_verifiable_log(mut self, on: bool) -> Self {
+        self.ledgers = on.then(|| Arc::new(Ledgers::new(self.auth.key().clone())));
+        self
     }
 
     /// Refuses puts that would create a namespace while `disk` is below its reserve.
@@ -118,8 +131,13 @@ impl<S: Store> LssService<S> {
             key_prefix,
             nonce,
             framed_mac,
+            verify,
         } = request.into_inner();
         let scheme = mac_scheme(framed_mac);
+        let verify = match (&self.ledgers, verify) {
+            (Some(ledgers), Some(v)) => Some((ledgers.clone(), crate::ledger::seen(&v)?)),
+            _ => None,
+        };
         let (client, shared, slot) = self.admit(auth, token).await?;
         let span = tracing::debug_span!("get", op, client = %client.short(), prefix_len = key_prefix.len());
         async move {
@@ -131,11 +149,23 @@ impl<S: Store> LssService<S> {
                 .replies
                 .reserve(client, bound)
                 .map_err(|e| status::limit_exceeded(&e))?;
-            let kvs = self
-                .store
-                .get(client, key_prefix)
-                .await
-                .map_err(status::store)?;
+            let (kvs, attestation) = match verify {
+                Some((ledgers, seen)) => {
+                    let (kvs, attested) = ledgers
+                        .get(&self.store, client, key_prefix, nonce.clone(), seen)
+                        .await?;
+                    (kvs, Some(attested.into()))
+                }
+                None => {
+                    let mut kvs = self
+                        .store
+                        .get(client, key_prefix)
+                        .await
+                        .map_err(status::store)?;
+                    kvs.retain(|kv| !is_reserved(&kv.key));
+                    (kvs, None)
+                }
+            };
             let bytes = payload(&kvs);
             reserved
                 .resize(bytes as u64)
@@ -149,6 +179,7 @@ impl<S: Store> LssService<S> {
             Ok(Read {
                 kvs,
                 hmac,
+                attestation,
                 hold: Hold::new((slot, reserved)),
             })
         }
@@ -228,11 +259,16 @@ impl<S: Store> LightningStorage for LssService<S> {
             kvs,
             hmac,
             framed_mac,
+            verify,
         } = request.into_inner();
         let scheme = mac_scheme(framed_mac);
         let auth = auth.ok_or_else(status::missing_auth)?;
         let kvs = SortedKvs::new(kvs.into_iter().map(Into::into).collect(), &self.limits)
             .map_err(status::rejected)?;
+        if kvs.as_slice().iter().any(|kv| is_reserved(&kv.key)) {
+            return Err(status::reserved_key());
+        }
+        let verify = verify.map(|v| crate::ledger::seen(&v)).transpose()?;
         let (client, shared, slot) = self.admit(Some(auth), token).await?;
         let span =
             tracing::debug_span!("put", client = %client.short(), keys = kvs.as_slice().len());
@@ -256,27 +292,38 @@ impl<S: Store> LightningStorage for LssService<S> {
                     return Err(status::disk_reserve(below));
                 }
             }
-            let put = ValidPut::new(client, kvs);
-            let outcome = if put.kvs().is_empty() {
-                PutOutcome::Committed // A heartbeat: nothing to store.
+            let outcome = if kvs.as_slice().is_empty() {
+                Logged::Committed(None) // A heartbeat: nothing to store or log.
+            } else if let Some(ledgers) = &self.ledgers {
+                ledgers.put(&self.store, client, kvs, verify).await?
             } else {
-                self.store.put(put).await.map_err(status::store)?
+                match self
+                    .store
+                    .put(ValidPut::new(client, kvs))
+                    .await
+                    .map_err(status::store)?
+                {
+                    PutOutcome::Committed => Logged::Committed(None),
+                    PutOutcome::Conflict(c) => Logged::Conflict(c),
+                }
             };
             let reply = match outcome {
-                PutOutcome::Committed => {
+                Logged::Committed(receipt) => {
                     debug!("committed");
                     PutReply {
                         success: true,
                         hmac: server_mac.as_bytes().to_vec(),
                         conflicts: vec![],
+                        attestation: receipt.map(Into::into),
                     }
                 }
-                PutOutcome::Conflict(conflicts) => {
+                Logged::Conflict(conflicts) => {
                     debug!(conflicts = conflicts.len(), "conflict");
                     PutReply {
                         success: false,
                         hmac: vec![],
                         conflicts: conflicts.into_iter().map(Into::into).collect(),
+                        attestation: None,
                     }
                 }
             };
@@ -287,10 +334,16 @@ impl<S: Store> LightningStorage for LssService<S> {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
-        let Read { kvs, hmac, hold } = self.read(request, "get").await?;
+        let Read {
+            kvs,
+            hmac,
+            attestation,
+            hold,
+        } = self.read(request, "get").await?;
         let reply = GetReply {
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac,
+            attestation,
         };
         Ok(held(reply, hold))
     }
@@ -348,7 +401,13 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
             key_prefix,
             nonce,
             framed_mac,
+            verify,
         } = request.into_inner();
+        if verify.is_some() && self.ledgers.is_some() {
+            return Err(Status::unimplemented(
+                "GetStream has no verifiable answers yet; use Get with verify",
+            ));
+        }
         let scheme = mac_scheme(framed_mac);
         let (client, shared, slot) = self.admit(auth, token).await?;
         // The reader task's page, the one in the channel, the one being
@@ -360,14 +419,29 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
             .reserve(client, 4 * chunk_bound as u64)
             .map_err(|e| status::limit_exceeded(&e))?;
         let span = tracing::debug_span!("get_stream", client = %client.short(), prefix_len = key_prefix.len());
+        let may_hold_reserved = key_prefix_may_hold_reserved(&key_prefix);
         let mut pages = self
             .store
             .pages(client, key_prefix)
             .instrument(span.clone())
             .await
             .map_err(status::store)?;
+        // The log's own keys are never shown, nor counted.
+        let hidden = if may_hold_reserved {
+            self.store
+                .get(client, RESERVED_PREFIX.to_owned())
+                .await
+                .map_err(status::store)?
+                .len() as u64
+        } else {
+            0
+        };
         let count = match scheme {
-            MacScheme::Framed => pages.count().await.map_err(status::store)?,
+            MacScheme::Framed => pages
+                .count()
+                .await
+                .map_err(status::store)?
+                .saturating_sub(hidden),
             MacScheme::Unframed => 0,
         };
         let mac = scheme.start(&shared, &nonce, count);
@@ -376,6 +450,27 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
         let stream: ChunkStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(reply));
         Ok(held(stream, Hold::new((slot, reserved))))
     }
+}
+
+/// The next page without the log's keys; empty only at the end.
+async fn next_page(
+    pages: &mut dyn lss_store::Pages,
+) -> Result<Vec<lss_core::KeyValue>, lss_store::StoreError> {
+    loop {
+        let mut page = pages.next_page(STREAM_CHUNK_BYTES).await?;
+        if page.is_empty() {
+            return Ok(page);
+        }
+        page.retain(|kv| !is_reserved(&kv.key));
+        if !page.is_empty() {
+            return Ok(page);
+        }
+    }
+}
+
+/// Whether a read of `prefix` can meet the log's keys.
+fn key_prefix_may_hold_reserved(prefix: &str) -> bool {
+    RESERVED_PREFIX.starts_with(prefix) || prefix.starts_with(RESERVED_PREFIX)
 }
 
 /// Sends `pages` as chunks of about [`STREAM_CHUNK_BYTES`], each with at
@@ -387,7 +482,7 @@ async fn stream_pages(
     chunks: tokio::sync::mpsc::Sender<Result<GetChunk, Status>>,
 ) {
     let mut sent = 0usize;
-    let mut current = match pages.next_page(STREAM_CHUNK_BYTES).await {
+    let mut current = match next_page(&mut *pages).await {
         Ok(page) => page,
         Err(e) => {
             let _ = chunks.send(Err(status::store(e))).await;
@@ -411,7 +506,7 @@ async fn stream_pages(
             }
         };
         // One page ahead, to know which chunk is the last.
-        let next = match pages.next_page(STREAM_CHUNK_BYTES).await {
+        let next = match next_page(&mut *pages).await {
             Ok(next) => next,
             Err(e) => {
                 let _ = chunks.send(Err(status::store(e))).await;

@@ -51,6 +51,14 @@ pub fn disk_reserve(below: crate::disk::Below) -> Status {
     ))
 }
 
+/// A put of a key under the verifiable log's reserved prefix.
+pub fn reserved_key() -> Status {
+    Status::invalid_argument(format!(
+        "keys starting with {:?} are reserved for the server's verifiable log",
+        lss_verify::ledger::RESERVED_PREFIX
+    ))
+}
+
 /// A put refused before reaching the store.
 pub fn rejected(e: PutRejected) -> Status {
     match e {

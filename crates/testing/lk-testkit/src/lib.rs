@@ -38,6 +38,8 @@ pub struct Options {
     pub access: Arc<lssd::access::Access>,
     /// Serve TLS instead of plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Keep and sign each namespace's verifiable log (lssd's default).
+    pub verifiable_log: bool,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             connections: lssd::conn::ConnLimits::default(),
             access: Arc::new(lssd::access::Access::open()),
             tls: None,
+            verifiable_log: true,
         }
     }
 }
@@ -111,8 +114,9 @@ impl<S: Store + Clone> Lssd<S> {
             limits: options.limits,
             connections: options.connections,
             access: options.access,
-            disk: None,
             tls: options.tls,
+            verifiable_log: options.verifiable_log,
+            disk: None,
         };
         let task = tokio::spawn(lssd::serve(
             listener,

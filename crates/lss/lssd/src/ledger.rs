@@ -1,0 +1,259 @@
+//! The verifiable log's I/O side (issue 17): each namespace's
+//! [`NamespaceLog`] loaded from the store on first use, kept in memory,
+//! updated by every put under a per-namespace lock, and signed for the
+//! clients that ask. The rules and encodings are `lss-verify`'s.
+//!
+//! The log is written in the same store put as the data it records, so no
+//! backend can commit one without the other. The cache is a cache: a
+//! conflict or error the log did not predict drops it, and the next request
+//! reloads it from the store (which also picks up another lssd process
+//! writing the same database). A namespace whose data changed without its
+//! log (a restored backup, a hand edit) is logged as diverged and still
+//! signed as it is: clients then hold the server's own contradiction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use lss_core::{ClientId, KeyValue, PutOutcome, ServerKey, SortedKvs, ValidPut};
+use lss_store::Store;
+use lss_verify::ledger::{is_reserved, NamespaceLog, HEAD_KEY, RING_PREFIX};
+use lss_verify::Seen;
+use tonic::Status;
+
+use crate::status;
+
+/// Namespaces whose logs stay in memory; beyond it, idle ones are dropped
+/// (and reloaded from the store when next used).
+pub const CACHED_NAMESPACES: usize = 4096;
+
+type Cell = Arc<tokio::sync::Mutex<Option<NamespaceLog>>>;
+
+/// The logs of every namespace.
+pub struct Ledgers {
+    key: ServerKey,
+    cells: Mutex<HashMap<ClientId, Cell>>,
+}
+
+/// A signed checkpoint and its bundle.
+pub struct Attested {
+    /// The signed note.
+    pub checkpoint: Vec<u8>,
+    /// The bundle.
+    pub bundle: Vec<u8>,
+}
+
+impl From<Attested> for lss_proto::Attestation {
+    fn from(a: Attested) -> Self {
+        lss_proto::Attestation {
+            checkpoint: a.checkpoint,
+            bundle: a.bundle,
+        }
+    }
+}
+
+/// The client's `seen`, checked.
+pub fn seen(verify: &lss_proto::Verify) -> Result<Option<Seen>, Status> {
+    if verify.seen_note.is_empty() {
+        return Ok(None);
+    }
+    let note = verify
+        .seen_note
+        .as_slice()
+        .try_into()
+        .map_err(|_| Status::invalid_argument("verify.seen_note must be 32 bytes"))?;
+    Ok(Some(Seen {
+        size: verify.seen_size,
+        note,
+    }))
+}
+
+/// What a logged put came to.
+pub enum Logged {
+    /// Committed (with the receipt when asked for).
+    Committed(Option<Attested>),
+    /// A version conflict on the client's keys: nothing written.
+    Conflict(Vec<KeyValue>),
+}
+
+impl Ledgers {
+    /// Logs signed with `key`.
+    pub fn new(key: ServerKey) -> Self {
+        Ledgers {
+            key,
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cell(&self, client: ClientId) -> Cell {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        if cells.len() >= CACHED_NAMESPACES && !cells.contains_key(&client) {
+            // Drop logs no request is using.
+            cells.retain(|_, cell| Arc::strong_count(cell) > 1);
+        }
+        cells.entry(client).or_default().clone()
+    }
+
+    async fn load<S: Store>(store: &S, client: ClientId) -> Result<NamespaceLog, Status> {
+        let kvs = store
+            .get(client, String::new())
+            .await
+            .map_err(status::store)?;
+        let log = NamespaceLog::load(&kvs).map_err(|e| {
+            tracing::error!(client = %client.short(), error = %e, "cannot load the namespace's log");
+            Status::data_loss(e.to_string())
+        })?;
+        if log.diverged() {
+            tracing::error!(client = %client.short(), size = log.size(),
+                "the namespace's data is not what its log records (restored or edited under lssd?)");
+        }
+        Ok(log)
+    }
+
+    /// Commits `kvs` with its log entry; with `verify`, signs the receipt.
+    pub async fn put<S: Store>(
+        &self,
+        store: &S,
+        client: ClientId,
+        kvs: SortedKvs,
+        verify: Option<Option<Seen>>,
+    ) -> Result<Logged, Status> {
+        let cell = self.cell(client);
+        let mut guard = cell.lock().await;
+        // Twice at most: once from the cache, once after reloading it.
+        for attempt in 0..2 {
+            let log = match guard.as_mut() {
+                Some(log) => log,
+                None => guard.insert(Self::load(store, client).await?),
+            };
+            let predicted = kvs
+                .as_slice()
+                .iter()
+                .all(|kv| lss_core::accepts(kv.version, log.version(&kv.key)));
+            if !predicted && attempt == 0 {
+                // Let the store decide with fresh data.
+                *guard = None;
+                continue;
+            }
+            if !predicted {
+                // Fresh data and still a conflict: the store lists it.
+                let outcome = store
+                    .put(ValidPut::new(client, kvs.clone()))
+                    .await
+                    .map_err(status::store)?;
+                return match outcome {
+                    PutOutcome::Conflict(c) => Ok(Logged::Conflict(c)),
+                    PutOutcome::Committed => {
+                        // The log is behind a writer it cannot see; reload.
+                        *guard = None;
+                        Err(Status::aborted("namespace changed concurrently; retry"))
+                    }
+                };
+            }
+            let prepared = log.prepare(kvs.as_slice());
+            let all = kvs
+                .clone()
+                .with_server_kvs(prepared.extra.clone())
+                .map_err(status::rejected)?;
+            match store.put(ValidPut::new(client, all)).await {
+                Ok(PutOutcome::Committed) => {
+                    log.commit(prepared);
+                    let receipt = match verify {
+                        None => None,
+                        Some(seen) => Some(self.attest(store, client, log, seen, None).await?),
+                    };
+                    return Ok(Logged::Committed(receipt));
+                }
+                Ok(PutOutcome::Conflict(conflicts)) => {
+                    *guard = None;
+                    let theirs: Vec<KeyValue> = conflicts
+                        .into_iter()
+                        .filter(|kv| !is_reserved(&kv.key))
+                        .collect();
+                    if !theirs.is_empty() {
+                        return Ok(Logged::Conflict(theirs));
+                    }
+                    // Only the log's head moved: another process wrote.
+                }
+                Err(e) => {
+                    *guard = None;
+                    return Err(status::store(e));
+                }
+            }
+        }
+        Err(Status::aborted("namespace changed concurrently; retry"))
+    }
+
+    /// Reads `prefix` and signs the answer for `seen` and `nonce`.
+    pub async fn get<S: Store>(
+        &self,
+        store: &S,
+        client: ClientId,
+        prefix: String,
+        nonce: Vec<u8>,
+        seen: Option<Seen>,
+    ) -> Result<(Vec<KeyValue>, Attested), Status> {
+        let cell = self.cell(client);
+        let mut guard = cell.lock().await;
+        // Another process may have written: the head's version tells.
+        let head = store
+            .get(client, HEAD_KEY.to_owned())
+            .await
+            .map_err(status::store)?;
+        let stored_size = head
+            .iter()
+            .find(|kv| kv.key == HEAD_KEY)
+            .map_or(0, |kv| kv.version as u64 + 1);
+        if guard.as_ref().is_some_and(|log| log.size() != stored_size) {
+            *guard = None;
+        }
+        let log = match guard.as_mut() {
+            Some(log) => log,
+            None => guard.insert(Self::load(store, client).await?),
+        };
+        let mut kvs = store
+            .get(client, prefix.clone())
+            .await
+            .map_err(status::store)?;
+        kvs.retain(|kv| !is_reserved(&kv.key));
+        let attested = self
+            .attest(store, client, log, seen, Some((prefix, nonce, &kvs)))
+            .await?;
+        Ok((kvs, attested))
+    }
+
+    async fn attest<S: Store>(
+        &self,
+        store: &S,
+        client: ClientId,
+        log: &NamespaceLog,
+        seen: Option<Seen>,
+        read: Option<(String, Vec<u8>, &[KeyValue])>,
+    ) -> Result<Attested, Status> {
+        let from = log.bundle_start(seen);
+        let ring = if log.needs_ring(from) {
+            Some(
+                store
+                    .get(client, RING_PREFIX.to_owned())
+                    .await
+                    .map_err(status::store)?,
+            )
+        } else {
+            None
+        };
+        let (nonce, answer) = match read {
+            Some((prefix, nonce, kvs)) => (Some(nonce), Some((prefix, kvs))),
+            None => (None, None),
+        };
+        let (checkpoint, bundle) = log
+            .attest(
+                &self.key,
+                client.as_bytes(),
+                seen,
+                nonce,
+                answer.as_ref().map(|(p, kvs)| (p.as_str(), *kvs)),
+                ring.as_deref(),
+            )
+            .map_err(|e| Status::data_loss(e.to_string()))?;
+        Ok(Attested { checkpoint, bundle })
+    }
+}
