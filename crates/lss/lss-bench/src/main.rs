@@ -87,6 +87,13 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
 
+    /// Ask for the verifiable log's signed receipt with every put and a
+    /// signed checkpoint and proof with every get (lssd; the reply must
+    /// carry them). The receipts are not checked here: this measures the
+    /// server.
+    #[arg(long)]
+    verify: bool,
+
     /// Also count disk writes of every process with this name (e.g.
     /// `postgres` when lssd stores in PostgreSQL).
     #[arg(long)]
@@ -223,6 +230,8 @@ struct Client {
     shared: SharedSecret,
     /// Next version of each of its keys (`key{i}`).
     versions: Vec<i64>,
+    /// Ask for signed receipts and checkpoints.
+    verify: bool,
 }
 
 impl Client {
@@ -241,7 +250,17 @@ impl Client {
             },
             shared,
             versions: Vec::new(),
+            verify: false,
         }
+    }
+
+    fn verifying(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    fn verify_request(&self) -> Option<lss_proto::Verify> {
+        self.verify.then(lss_proto::Verify::default)
     }
 
     /// Puts `kvs` (sorted); returns whether it committed with a valid MAC.
@@ -252,6 +271,7 @@ impl Client {
             auth: Some(self.auth.clone()),
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac: hmac.as_bytes().to_vec(),
+            verify: self.verify_request(),
             ..Default::default()
         };
         let reply = self
@@ -266,6 +286,9 @@ impl Client {
         if !expected.verify(&reply.hmac) {
             return Err("put: the server's MAC does not verify".into());
         }
+        if self.verify && reply.attestation.is_none() {
+            return Err("put: no signed receipt (is the verifiable log on?)".into());
+        }
         Ok(Outcome::Committed)
     }
 
@@ -274,6 +297,7 @@ impl Client {
             auth: Some(self.auth.clone()),
             key_prefix: prefix.to_owned(),
             nonce: nonce.to_vec(),
+            verify: self.verify_request(),
             ..Default::default()
         };
         let reply = self
@@ -478,12 +502,10 @@ impl Bench {
         for _ in 0..n {
             let channel = connect(&self.args.server).await?;
             self.next_client += 1;
-            out.push(Client::new(
-                channel,
-                &self.server,
-                self.seed,
-                self.next_client,
-            ));
+            out.push(
+                Client::new(channel, &self.server, self.seed, self.next_client)
+                    .verifying(self.args.verify),
+            );
         }
         Ok(out)
     }
@@ -603,7 +625,8 @@ impl Bench {
                 &self.server,
                 self.seed,
                 self.next_client,
-            );
+            )
+            .verifying(self.args.verify);
             lanes[i % LANES].push(client);
         }
         let pool = std::sync::Arc::new(ValuePool {

@@ -28,6 +28,8 @@ use lss_core::secp256k1::{rand::rngs::OsRng, rand::RngCore, PublicKey, Secp256k1
 use lss_core::{value, KeyValue};
 use serde_json::json;
 
+mod quorum;
+
 /// Exit status of a version conflict.
 const EXIT_CONFLICT: u8 = 3;
 /// Exit status when the server contradicted its signed log.
@@ -73,6 +75,14 @@ struct Cli {
     /// [default: <dir>/evidence-<unix time>.json].
     #[arg(long, global = true, value_name = "FILE")]
     evidence_out: Option<PathBuf>,
+    /// Several providers instead of `--server`: `init` pins each (in
+    /// <dir>/provider-pins), `put` and `get` verify every one and need the
+    /// write quorum; providers behind are brought up to date.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "URL,URL,...")]
+    providers: Vec<String>,
+    /// Providers that must acknowledge a put [default: a majority].
+    #[arg(long, global = true, value_name = "W")]
+    write_quorum: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +150,23 @@ struct Files {
     dir: PathBuf,
 }
 
+/// Creates the state directory (0700) and the client key if missing;
+/// returns whether the key is new.
+fn init_client_key(files: &Files) -> anyhow::Result<bool> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&files.dir)
+        .with_context(|| format!("cannot create {}", files.dir.display()))?;
+    let key_path = files.client_key_path();
+    let created = !key_path.exists();
+    if created {
+        let key = SecretKey::new(&mut OsRng);
+        write_new(&key_path, &hex::encode(key.secret_bytes()), 0o600)?;
+    }
+    Ok(created)
+}
+
 impl Files {
     fn new(dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let dir = match dir {
@@ -156,6 +183,12 @@ impl Files {
 
     fn server_key_path(&self) -> PathBuf {
         self.dir.join("server-pubkey")
+    }
+
+    /// Where `--verify` keeps a server's last verified checkpoint.
+    fn trusted_path(&self, server: &PublicKey) -> PathBuf {
+        self.dir
+            .join(format!("trusted-{}", hex::encode(server.serialize())))
     }
 
     fn client_key(&self) -> anyhow::Result<SecretKey> {
@@ -207,7 +240,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let files = Files::new(cli.dir)?;
+    let files = Files::new(cli.dir.clone())?;
     let options = ConnectOptions {
         registration_token: cli.registration_token.clone(),
         ..ConnectOptions::new(cli.server.clone())
@@ -217,6 +250,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         trusted_state: cli.trusted_state.clone(),
         evidence_out: cli.evidence_out.clone(),
     };
+    if !cli.providers.is_empty() {
+        return quorum::run(&cli, &files, &verify).await;
+    }
     match cli.command {
         Command::VerifyEvidence { file } => {
             let bytes =
@@ -243,17 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Init => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&files.dir)
-                .with_context(|| format!("cannot create {}", files.dir.display()))?;
-            let key_path = files.client_key_path();
-            let created = !key_path.exists();
-            if created {
-                let key = SecretKey::new(&mut OsRng);
-                write_new(&key_path, &hex::encode(key.secret_bytes()), 0o600)?;
-            }
+            let created = init_client_key(&files)?;
             let client_id = files.client_key()?.public_key(&Secp256k1::signing_only());
             let mut grpc = lss_client::connect_channel(&options)
                 .await
@@ -408,23 +434,39 @@ struct Verify {
 impl Verify {
     /// Writes the evidence file and says so; exit status 4.
     fn report(&self, files: &Files, evidence: &lss_verify::Evidence) -> anyhow::Result<ExitCode> {
-        let path = match &self.evidence_out {
-            Some(path) => path.clone(),
-            None => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                files.dir.join(format!("evidence-{now}.json"))
-            }
-        };
-        fs::write(&path, evidence.to_json())
-            .with_context(|| format!("cannot write evidence to {}", path.display()))?;
+        let path = self.write_evidence(files, evidence, None)?;
         eprintln!(
             "error: the server lied: {}; evidence written to {} (check it with `lss-cli verify-evidence`)",
             evidence.claim,
             path.display()
         );
         Ok(ExitCode::from(EXIT_VIOLATION))
+    }
+
+    /// Writes `evidence` to `--evidence-out` (suffixed with `n` when
+    /// several are written) or `<dir>/evidence-<unix time>[-n].json`.
+    fn write_evidence(
+        &self,
+        files: &Files,
+        evidence: &lss_verify::Evidence,
+        n: Option<usize>,
+    ) -> anyhow::Result<PathBuf> {
+        let suffix = n.map(|n| format!("-{n}")).unwrap_or_default();
+        let path = match &self.evidence_out {
+            Some(path) => match n {
+                None => path.clone(),
+                Some(_) => path.with_extension(format!("{}.json", &suffix[1..])),
+            },
+            None => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                files.dir.join(format!("evidence-{now}{suffix}.json"))
+            }
+        };
+        fs::write(&path, evidence.to_json())
+            .with_context(|| format!("cannot write evidence to {}", path.display()))?;
+        Ok(path)
     }
 }
 
@@ -448,9 +490,7 @@ async fn connect(
     }
     let file = match &verify.trusted_state {
         Some(file) => file.clone(),
-        None => files
-            .dir
-            .join(format!("trusted-{}", hex::encode(pinned.serialize()))),
+        None => files.trusted_path(&pinned),
     };
     Ok(client.verifying_with_file(file).await?)
 }

@@ -19,6 +19,8 @@
 
 use std::time::Duration;
 
+pub mod quorum;
+
 use lss_core::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use lss_core::value::{self, ValueError};
 use lss_core::{
