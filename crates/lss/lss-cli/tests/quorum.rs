@@ -96,7 +96,7 @@ async fn three_providers_survive_one_down_and_catch_one_that_lost_its_data() {
         vec![KeyValue::new(key, version, value.as_bytes().to_vec())]
     };
     let report = quorum.put(put("channel/1", 0, "a")).await.expect("put");
-    assert_eq!(report.ok.len(), 3, "{report:?}");
+    assert_eq!(report.ok.len(), 2, "done at W receipts: {report:?}");
 
     // (e) One provider down: W = 2 still holds, reads too.
     let addr = servers[1].down();
@@ -105,7 +105,7 @@ async fn three_providers_survive_one_down_and_catch_one_that_lost_its_data() {
         .await
         .expect("put with one down");
     assert_eq!(report.ok.len(), 2, "{report:?}");
-    assert_eq!(report.failures.len(), 1);
+    assert!(report.failures.len() <= 1, "{report:?}");
     quorum
         .put(put("channel/2", 0, "c"))
         .await
@@ -192,7 +192,10 @@ fn the_cli_with_three_providers() {
     assert_eq!(out.matches("server id").count(), 3, "{out}");
     let (code, out, err) = cli(&all, &["put", "k", "0", "aa"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("on 3 of 3 providers"), "{out}");
+    assert!(
+        out.contains("on 2 of 3 providers"),
+        "done at W receipts: {out}"
+    );
     let addr = servers[2].down();
     let (code, out, err) = cli(&all, &["put", "k", "1", "bb"]);
     assert_eq!(code, 0, "{err}");

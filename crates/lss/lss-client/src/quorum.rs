@@ -10,6 +10,7 @@
 //! own log is reported with its evidence and left out.
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use crate::{GetError, PrivClient, PutError, RpcError};
 use lss_core::KeyValue;
@@ -128,32 +129,43 @@ impl QuorumClient {
         &self.providers
     }
 
-    /// Writes `kvs` to every provider; succeeds with `W` verified receipts.
+    /// Writes `kvs` to every provider; succeeds as soon as `W` verified
+    /// receipts are in.
     /// A provider that is behind on a key (it conflicts with an older
     /// version) is brought up to the version before, then written.
     pub async fn put(&mut self, kvs: Vec<KeyValue>) -> Result<QuorumReport, QuorumError> {
-        let results = join_all(self.providers.iter_mut().map(|p| {
-            let kvs = kvs.clone();
-            async move {
-                let result = match p.client.put(kvs.clone()).await {
-                    Err(PutError::Conflict(current)) if behind(&current, &kvs) => {
-                        repair(&mut p.client, &current, &kvs).await.map(|()| true)
-                    }
-                    other => other.map(|()| false),
-                };
-                (p.name.clone(), result)
-            }
-        }))
-        .await;
+        let needed = self.write_quorum;
+        let mut pending: FuturesUnordered<_> = self
+            .providers
+            .iter_mut()
+            .map(|p| {
+                let kvs = kvs.clone();
+                async move {
+                    let result = match p.client.put(kvs.clone()).await {
+                        Err(PutError::Conflict(current)) if behind(&current, &kvs) => {
+                            repair(&mut p.client, &current, &kvs).await.map(|()| true)
+                        }
+                        other => other.map(|()| false),
+                    };
+                    (p.name.clone(), result)
+                }
+            })
+            .collect();
         let mut report = QuorumReport::default();
         let mut conflicts = None;
-        for (name, result) in results {
+        // Done as soon as W have acknowledged: the others' puts are
+        // cancelled (each commits or not; a provider left behind is
+        // repaired by the next read or put).
+        while let Some((name, result)) = pending.next().await {
             match result {
                 Ok(repaired) => {
                     if repaired {
                         report.repaired.push(name.clone());
                     }
                     report.ok.push(name);
+                    if report.ok.len() >= needed {
+                        break;
+                    }
                 }
                 Err(PutError::Conflict(current)) => {
                     conflicts = Some(current.clone());
@@ -166,6 +178,7 @@ impl QuorumClient {
                 Err(e) => report.failures.push(failure(&name, &rpc_of_put(e))),
             }
         }
+        drop(pending);
         if report.ok.len() >= self.write_quorum {
             return Ok(report);
         }
