@@ -187,6 +187,11 @@ impl NamespaceLog {
         Ok(log)
     }
 
+    /// Approximate heap bytes this log holds (for a cache's budget).
+    pub fn memory(&self) -> usize {
+        self.tree.memory() + self.recent.len() * (crate::entry::ENTRY_LEN + 64 * 32)
+    }
+
     /// Log size.
     pub fn size(&self) -> u64 {
         self.range.size()

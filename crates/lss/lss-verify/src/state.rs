@@ -100,6 +100,16 @@ impl StateTree {
         Ok(tree)
     }
 
+    /// Approximate heap bytes held (keys, versions, every level's hashes).
+    pub fn memory(&self) -> usize {
+        let keys: usize = self
+            .keys
+            .iter()
+            .map(|(k, _)| k.capacity() + std::mem::size_of::<(String, i64)>())
+            .sum();
+        keys + self.levels.iter().map(|l| l.capacity() * 32).sum::<usize>()
+    }
+
     /// Number of keys.
     pub fn count(&self) -> u64 {
         self.keys.len() as u64

@@ -12,6 +12,7 @@
 //! signed as it is: clients then hold the server's own contradiction.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lss_core::{ClientId, KeyValue, PutOutcome, ServerKey, SortedKvs, ValidPut};
@@ -26,12 +27,25 @@ use crate::status;
 /// (and reloaded from the store when next used).
 pub const CACHED_NAMESPACES: usize = 4096;
 
+/// Memory the cached logs may hold (their state trees are about 100 bytes
+/// per key): beyond it, the largest idle ones are dropped. A namespace in
+/// use is never dropped, so one larger than this still works, alone.
+pub const CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 type Cell = Arc<tokio::sync::Mutex<Option<NamespaceLog>>>;
+
+/// A cached log and the bytes it held when last used.
+#[derive(Default, Clone)]
+struct Cached {
+    cell: Cell,
+    bytes: Arc<AtomicUsize>,
+}
 
 /// The logs of every namespace.
 pub struct Ledgers {
     key: ServerKey,
-    cells: Mutex<HashMap<ClientId, Cell>>,
+    cells: Mutex<HashMap<ClientId, Cached>>,
+    budget: usize,
 }
 
 /// A signed checkpoint and its bundle.
@@ -76,19 +90,52 @@ pub enum Logged {
 }
 
 impl Ledgers {
-    /// Logs signed with `key`.
+    /// Logs signed with `key`, cached within [`CACHE_BYTES`].
     pub fn new(key: ServerKey) -> Self {
+        Self::with_budget(key, CACHE_BYTES)
+    }
+
+    /// Logs signed with `key`, cached within `budget` bytes.
+    pub fn with_budget(key: ServerKey, budget: usize) -> Self {
         Ledgers {
             key,
             cells: Mutex::new(HashMap::new()),
+            budget,
         }
     }
 
-    fn cell(&self, client: ClientId) -> Cell {
+    /// Bytes the cached logs held when last used.
+    pub fn cached_bytes(&self) -> usize {
+        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells
+            .values()
+            .map(|c| c.bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn cell(&self, client: ClientId) -> Cached {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        if cells.len() >= CACHED_NAMESPACES && !cells.contains_key(&client) {
-            // Drop logs no request is using.
-            cells.retain(|_, cell| Arc::strong_count(cell) > 1);
+        if !cells.contains_key(&client) {
+            // Drop idle logs, largest first, until the new one fits.
+            let mut total: usize = cells
+                .values()
+                .map(|c| c.bytes.load(Ordering::Relaxed))
+                .sum();
+            if cells.len() >= CACHED_NAMESPACES || total > self.budget {
+                let mut idle: Vec<(ClientId, usize)> = cells
+                    .iter()
+                    .filter(|(_, c)| Arc::strong_count(&c.cell) == 1)
+                    .map(|(id, c)| (*id, c.bytes.load(Ordering::Relaxed)))
+                    .collect();
+                idle.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+                for (id, bytes) in idle {
+                    if cells.len() < CACHED_NAMESPACES && total <= self.budget {
+                        break;
+                    }
+                    cells.remove(&id);
+                    total -= bytes;
+                }
+            }
         }
         cells.entry(client).or_default().clone()
     }
@@ -117,8 +164,26 @@ impl Ledgers {
         kvs: SortedKvs,
         verify: Option<Option<Seen>>,
     ) -> Result<Logged, Status> {
-        let cell = self.cell(client);
-        let mut guard = cell.lock().await;
+        let cached = self.cell(client);
+        let mut guard = cached.cell.lock().await;
+        let result = self
+            .put_locked(&mut guard, store, client, kvs, verify)
+            .await;
+        cached.bytes.store(
+            guard.as_ref().map_or(0, NamespaceLog::memory),
+            Ordering::Relaxed,
+        );
+        result
+    }
+
+    async fn put_locked<S: Store>(
+        &self,
+        guard: &mut Option<NamespaceLog>,
+        store: &S,
+        client: ClientId,
+        kvs: SortedKvs,
+        verify: Option<Option<Seen>>,
+    ) -> Result<Logged, Status> {
         // Twice at most: once from the cache, once after reloading it.
         for attempt in 0..2 {
             let log = match guard.as_mut() {
@@ -192,8 +257,27 @@ impl Ledgers {
         nonce: Vec<u8>,
         seen: Option<Seen>,
     ) -> Result<(Vec<KeyValue>, Attested), Status> {
-        let cell = self.cell(client);
-        let mut guard = cell.lock().await;
+        let cached = self.cell(client);
+        let mut guard = cached.cell.lock().await;
+        let result = self
+            .get_locked(&mut guard, store, client, prefix, nonce, seen)
+            .await;
+        cached.bytes.store(
+            guard.as_ref().map_or(0, NamespaceLog::memory),
+            Ordering::Relaxed,
+        );
+        result
+    }
+
+    async fn get_locked<S: Store>(
+        &self,
+        guard: &mut Option<NamespaceLog>,
+        store: &S,
+        client: ClientId,
+        prefix: String,
+        nonce: Vec<u8>,
+        seen: Option<Seen>,
+    ) -> Result<(Vec<KeyValue>, Attested), Status> {
         // Another process may have written: the head's version tells.
         let head = store
             .get(client, HEAD_KEY.to_owned())
@@ -255,5 +339,77 @@ impl Ledgers {
             )
             .map_err(|e| Status::data_loss(e.to_string()))?;
         Ok(Attested { checkpoint, bundle })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lss_core::Limits;
+    use lss_store::{RedbConfig, RedbStore};
+
+    fn client(n: u8) -> ClientId {
+        lss_store::conformance::client(n)
+    }
+
+    fn kvs(n: usize) -> SortedKvs {
+        let kvs = (0..n)
+            .map(|i| KeyValue::new(format!("key-{i:05}"), 0, vec![1; 8]))
+            .collect();
+        SortedKvs::new(kvs, &Limits::default()).expect("sorted")
+    }
+
+    /// A client cannot make lssd hold its whole state tree, nor many of
+    /// them: idle logs beyond the budget are dropped, the largest first,
+    /// and reload from the store when used again.
+    #[tokio::test]
+    async fn the_log_cache_stays_within_its_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path(), RedbConfig::default()).expect("store");
+        let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
+        let budget = 64 * 1024;
+        let ledgers = Ledgers::with_budget(key, budget);
+        // One namespace alone over the budget still works.
+        let big = ledgers
+            .put(&store, client(1), kvs(2_000), None)
+            .await
+            .expect("put");
+        assert!(matches!(big, Logged::Committed(None)));
+        let one = ledgers.cached_bytes();
+        assert!(one > budget, "a 2,000-key tree is counted: {one}");
+        // The next namespace evicts it (idle, largest).
+        for n in 2..10 {
+            ledgers
+                .put(&store, client(n), kvs(50), None)
+                .await
+                .expect("put");
+            assert!(
+                ledgers.cached_bytes() <= budget,
+                "{}",
+                ledgers.cached_bytes()
+            );
+        }
+        // Reloaded from the store when used again, with its log intact.
+        let receipt = ledgers
+            .put(
+                &store,
+                client(1),
+                SortedKvs::new(
+                    vec![KeyValue::new("key-00000", 1, vec![2])],
+                    &Limits::default(),
+                )
+                .expect("kvs"),
+                Some(None),
+            )
+            .await
+            .expect("put");
+        let Logged::Committed(Some(receipt)) = receipt else {
+            panic!("a receipt");
+        };
+        let statement =
+            lss_verify::Statement::verify(&receipt.checkpoint, &ledgers.key.server_id())
+                .expect("signed");
+        assert_eq!(statement.size, 2, "the reloaded log continues");
+        assert_eq!(statement.state_count, 2_000);
     }
 }
