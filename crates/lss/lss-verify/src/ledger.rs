@@ -4,13 +4,21 @@
 //!
 //! The log lives under reserved keys (never shown to clients, never
 //! writable by them):
-//! - `"\0lightkeeper/head"`: version `size − 1`, value the log's compact
-//!   range. Every logged put writes it with the next version, so the store's
-//!   own version check serialises logged puts, across processes too;
-//! - `"\0lightkeeper/log/<slot>"` for `slot = seq mod RING` (version
-//!   `seq / RING`): the entry and the compact range before it. A ring
-//!   bounds the log's storage per namespace (about 1,024 × 450 bytes) and is
-//!   exactly what a bundle may need ([`crate::bundle::MAX_ENTRIES`]).
+//! - `"\0lightkeeper/head"`: version `size − 1`; value the log's compact
+//!   range and the *window*: the entries since the last multiple of
+//!   [`CHUNK`], with the range where it starts. Every logged put rewrites
+//!   it with the next version, so the store's own version check serialises
+//!   logged puts, across processes too;
+//! - `"\0lightkeeper/log/<slot>"`, one per [`CHUNK`] entries (`slot = chunk
+//!   mod RING_CHUNKS`, version `chunk / RING_CHUNKS`): a full window, written
+//!   by the put that completes it. The ring bounds the log's storage per
+//!   namespace (1,024 entries, about 200 KB) and holds what a bundle may
+//!   need ([`crate::bundle::MAX_ENTRIES`]).
+//!
+//! Why windows and chunks rather than a key per entry: a put then rewrites
+//! one small key beside the head instead of inserting a new one elsewhere
+//! in the tree; on redb that is one B-tree page less per commit. The
+//! compact range at any entry is recomputed from its window's start.
 
 use std::collections::VecDeque;
 
@@ -29,18 +37,20 @@ pub const RESERVED_PREFIX: &str = "\u{0}lightkeeper/";
 pub const HEAD_KEY: &str = "\u{0}lightkeeper/head";
 /// The ring's keys.
 pub const RING_PREFIX: &str = "\u{0}lightkeeper/log/";
-/// Ring slots.
-pub const RING: u64 = MAX_ENTRIES as u64;
-/// Entries kept in memory (older ones are read from the ring).
-const RECENT: usize = 32;
+/// Entries per stored chunk (and at most in the head's window).
+pub const CHUNK: u64 = 4;
+/// Chunks in the ring.
+pub const RING_CHUNKS: u64 = MAX_ENTRIES as u64 / CHUNK;
+/// Complete chunks kept in memory (older ones are read from the ring).
+const RECENT_CHUNKS: usize = 4;
 
 /// How many reserved keys a namespace holds after `puts` logged puts (the
-/// head and the ring slots used), for tools that count stored entries.
+/// head and the ring's chunks), for tools that count stored entries.
 pub fn log_key_count(puts: u64) -> u64 {
     if puts == 0 {
         0
     } else {
-        1 + puts.min(RING)
+        1 + (puts / CHUNK).min(RING_CHUNKS)
     }
 }
 
@@ -49,8 +59,8 @@ pub fn is_reserved(key: &str) -> bool {
     key.starts_with(RESERVED_PREFIX)
 }
 
-fn ring_key(seq: u64) -> String {
-    format!("{RING_PREFIX}{:04x}", seq % RING)
+fn chunk_key(chunk: u64) -> String {
+    format!("{RING_PREFIX}{:04x}", chunk % RING_CHUNKS)
 }
 
 /// Why stored log keys do not load.
@@ -62,11 +72,9 @@ fn corrupt(what: impl std::fmt::Display) -> LedgerError {
     LedgerError(what.to_string())
 }
 
-fn encode_range(range: &CompactRange) -> Vec<u8> {
-    let mut w = Writer::default();
+fn write_range(w: &mut Writer, range: &CompactRange) {
     w.u64(range.size());
     w.proof(range.hashes());
-    w.into_inner()
 }
 
 fn read_range(r: &mut Reader<'_>) -> Result<CompactRange, LedgerError> {
@@ -75,31 +83,60 @@ fn read_range(r: &mut Reader<'_>) -> Result<CompactRange, LedgerError> {
     CompactRange::from_parts(size, hashes).map_err(corrupt)
 }
 
-/// One ring slot: an entry and the log's range before it.
-#[derive(Debug, Clone)]
-struct Slot {
-    entry: Entry,
-    before: CompactRange,
+/// Consecutive entries and the log's range before the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Window {
+    start: CompactRange,
+    entries: Vec<Entry>,
 }
 
-impl Slot {
-    fn encode(&self) -> Vec<u8> {
-        let mut bytes = self.entry.encode();
-        bytes.extend(encode_range(&self.before));
-        bytes
+impl Window {
+    fn empty(start: CompactRange) -> Self {
+        Window {
+            start,
+            entries: Vec::new(),
+        }
     }
 
-    fn decode(value: &[u8]) -> Result<Self, LedgerError> {
-        let mut r = Reader::new(value);
-        let entry = Entry::read(&mut r).map_err(corrupt)?;
-        let before = read_range(&mut r)?;
-        r.end().map_err(corrupt)?;
-        if before.size() != entry.seq || before.root() != entry.prev_root {
-            return Err(corrupt(
-                "a ring slot's range is not the one before its entry",
-            ));
+    fn end(&self) -> u64 {
+        self.start.size() + self.entries.len() as u64
+    }
+
+    fn write(&self, w: &mut Writer) {
+        write_range(w, &self.start);
+        w.u8(self.entries.len() as u8);
+        for e in &self.entries {
+            e.write(w);
         }
-        Ok(Slot { entry, before })
+    }
+
+    /// Reads a window, checking that its entries chain from its start.
+    fn read(r: &mut Reader<'_>) -> Result<Self, LedgerError> {
+        let start = read_range(r)?;
+        let n = r.u8().map_err(corrupt)? as u64;
+        if n > CHUNK || start.size() % CHUNK != 0 {
+            return Err(corrupt("a window is not within one chunk"));
+        }
+        let mut range = start.clone();
+        let mut entries = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let e = Entry::read(r).map_err(corrupt)?;
+            if e.seq != range.size() || e.prev_root != range.root() {
+                return Err(corrupt("a window's entries do not chain"));
+            }
+            range.push(e.leaf());
+            entries.push(e);
+        }
+        Ok(Window { start, entries })
+    }
+
+    /// The range after its entries.
+    fn range_after(&self) -> CompactRange {
+        let mut range = self.start.clone();
+        for e in &self.entries {
+            range.push(e.leaf());
+        }
+        range
     }
 }
 
@@ -108,14 +145,18 @@ impl Slot {
 pub struct NamespaceLog {
     tree: StateTree,
     range: CompactRange,
-    recent: VecDeque<Slot>,
+    /// Entries since the last chunk boundary (stored in the head).
+    window: Window,
+    /// The last complete chunks, oldest first.
+    recent: VecDeque<Window>,
     diverged: bool,
 }
 
 /// A put's log entry, ready to commit with it.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The reserved kvs to write in the same put (head and ring slot).
+    /// The reserved kvs to write in the same put (the head, and the chunk
+    /// it completes).
     pub extra: Vec<KeyValue>,
     entry: Entry,
     written: Vec<StateLeaf>,
@@ -126,70 +167,83 @@ impl NamespaceLog {
     pub fn load(kvs: &[KeyValue]) -> Result<Self, LedgerError> {
         let mut leaves = Vec::with_capacity(kvs.len());
         let mut head: Option<&KeyValue> = None;
-        let mut slots = Vec::new();
+        let mut chunks = Vec::new();
         for kv in kvs {
             if kv.key == HEAD_KEY {
                 head = Some(kv);
             } else if kv.key.starts_with(RING_PREFIX) {
-                slots.push(kv);
+                chunks.push(kv);
             } else if !is_reserved(&kv.key) {
                 leaves.push(StateLeaf::of(&kv.key, kv.version, &kv.value));
             }
         }
         let tree = StateTree::from_sorted(leaves).map_err(corrupt)?;
-        let range = match head {
-            None => CompactRange::new(),
+        let (range, window) = match head {
+            None => (CompactRange::new(), Window::empty(CompactRange::new())),
             Some(kv) => {
                 let mut r = Reader::new(&kv.value);
                 let range = read_range(&mut r)?;
+                let window = Window::read(&mut r)?;
                 r.end().map_err(corrupt)?;
                 if range.size() == 0 || kv.version != range.size() as i64 - 1 {
                     return Err(corrupt("the head's version is not its size − 1"));
                 }
-                range
+                if window.range_after() != range {
+                    return Err(corrupt("the head's window does not lead to its range"));
+                }
+                (range, window)
             }
         };
-        let size = range.size();
-        let mut recent: Vec<Slot> = Vec::new();
-        for kv in slots {
-            let slot = Slot::decode(&kv.value)?;
-            let seq = slot.entry.seq;
-            if ring_key(seq) != kv.key || kv.version as u64 != seq / RING {
-                return Err(corrupt(
-                    "a ring slot is not where its sequence number puts it",
-                ));
+        let mut recent: Vec<Window> = Vec::new();
+        for kv in chunks {
+            let mut r = Reader::new(&kv.value);
+            let chunk = Window::read(&mut r)?;
+            r.end().map_err(corrupt)?;
+            let c = chunk.start.size() / CHUNK;
+            if chunk.entries.len() as u64 != CHUNK
+                || chunk_key(c) != kv.key
+                || kv.version as u64 != c / RING_CHUNKS
+            {
+                return Err(corrupt("a ring chunk is not where its entries put it"));
             }
-            if seq < size && size - seq <= RECENT as u64 {
-                recent.push(slot);
+            if chunk.end() <= window.start.size()
+                && window.start.size() - chunk.end() < RECENT_CHUNKS as u64 * CHUNK
+            {
+                recent.push(chunk);
             }
         }
-        recent.sort_by_key(|s| s.entry.seq);
+        recent.sort_by_key(|c| c.start.size());
         let mut log = NamespaceLog {
             tree,
             range,
+            window,
             recent: recent.into(),
             diverged: false,
         };
-        if size > 0 {
+        if log.size() > 0 {
             let last = log
-                .recent
-                .back()
-                .filter(|s| s.entry.seq == size - 1)
+                .window
+                .entries
+                .last()
+                .or_else(|| log.recent.back().and_then(|c| c.entries.last()))
+                .filter(|e| e.seq == log.size() - 1)
+                .copied()
                 .ok_or_else(|| corrupt("the last entry is missing"))?;
-            let mut check = last.before.clone();
-            check.push(last.entry.leaf());
-            if check != log.range {
-                return Err(corrupt("the last entry does not lead to the head"));
+            if log.window.entries.is_empty()
+                && log.recent.back().map(Window::range_after) != Some(log.range.clone())
+            {
+                return Err(corrupt("the last chunk does not lead to the head"));
             }
-            log.diverged = (last.entry.state_count, last.entry.state_root)
-                != (log.tree.count(), log.tree.root());
+            log.diverged =
+                (last.state_count, last.state_root) != (log.tree.count(), log.tree.root());
         }
         Ok(log)
     }
 
     /// Approximate heap bytes this log holds (for a cache's budget).
     pub fn memory(&self) -> usize {
-        self.tree.memory() + self.recent.len() * (crate::entry::ENTRY_LEN + 64 * 32)
+        let chunk = CHUNK as usize * crate::entry::ENTRY_LEN + 64 * 32;
+        self.tree.memory() + (self.recent.len() + 1) * chunk
     }
 
     /// Log size.
@@ -229,24 +283,36 @@ impl NamespaceLog {
             state_count: self.tree.count(),
             state_root: self.tree.root(),
         };
-        let slot = Slot {
-            entry,
-            before: self.range.clone(),
-        };
         let mut after = self.range.clone();
         after.push(entry.leaf());
-        let extra = vec![
-            KeyValue {
-                key: HEAD_KEY.to_owned(),
-                version: seq as i64,
-                value: encode_range(&after),
-            },
-            KeyValue {
-                key: ring_key(seq),
-                version: (seq / RING) as i64,
-                value: slot.encode(),
-            },
-        ];
+        let mut window = self.window.clone();
+        window.entries.push(entry);
+        let mut extra = Vec::with_capacity(2);
+        let completes = window.entries.len() as u64 == CHUNK;
+        let mut head = Writer::default();
+        write_range(&mut head, &after);
+        if completes {
+            Window::empty(after.clone()).write(&mut head);
+        } else {
+            window.write(&mut head);
+        }
+        extra.push(KeyValue {
+            key: HEAD_KEY.to_owned(),
+            version: seq as i64,
+            value: head.into_inner(),
+        });
+        if completes {
+            let c = window.start.size() / CHUNK;
+            let mut chunk = Writer::default();
+            window.write(&mut chunk);
+            extra.push(KeyValue {
+                key: chunk_key(c),
+                version: (c / RING_CHUNKS) as i64,
+                value: chunk.into_inner(),
+            });
+        }
+        // Server kvs go in key order.
+        extra.sort_by(|a, b| a.key.cmp(&b.key));
         Prepared {
             extra,
             entry,
@@ -257,14 +323,15 @@ impl NamespaceLog {
     /// The put committed: append its entry.
     pub fn commit(&mut self, prepared: Prepared) {
         let Prepared { entry, .. } = prepared;
-        self.recent.push_back(Slot {
-            entry,
-            before: self.range.clone(),
-        });
-        if self.recent.len() > RECENT {
-            self.recent.pop_front();
-        }
         self.range.push(entry.leaf());
+        self.window.entries.push(entry);
+        if self.window.entries.len() as u64 == CHUNK {
+            let full = std::mem::replace(&mut self.window, Window::empty(self.range.clone()));
+            self.recent.push_back(full);
+            if self.recent.len() > RECENT_CHUNKS {
+                self.recent.pop_front();
+            }
+        }
         self.diverged = false;
     }
 
@@ -284,7 +351,11 @@ impl NamespaceLog {
     /// Whether [`NamespaceLog::attest`] needs the ring read from the store
     /// to start at `from`.
     pub fn needs_ring(&self, from: u64) -> bool {
-        from < self.size() && self.recent.front().is_none_or(|s| s.entry.seq > from)
+        let first = self
+            .recent
+            .front()
+            .map_or(self.window.start.size(), |c| c.start.size());
+        from < first
     }
 
     /// Signs the namespace's current checkpoint with its bundle. `ring` is
@@ -300,28 +371,46 @@ impl NamespaceLog {
         ring: Option<&[KeyValue]>,
     ) -> Result<(Vec<u8>, Vec<u8>), LedgerError> {
         let from = self.bundle_start(seen);
-        let slots: Vec<Slot> = if self.needs_ring(from) {
-            let mut slots: Vec<Slot> = ring
-                .unwrap_or_default()
-                .iter()
-                .filter(|kv| kv.key.starts_with(RING_PREFIX))
-                .map(|kv| Slot::decode(&kv.value))
-                .collect::<Result<_, _>>()?;
-            slots.retain(|s| s.entry.seq >= from && s.entry.seq < self.size());
-            slots.sort_by_key(|s| s.entry.seq);
-            slots
+        let stored: Vec<Window>;
+        let mut windows: Vec<&Window> = if self.needs_ring(from) {
+            let mut chunks = Vec::new();
+            for kv in ring.unwrap_or_default() {
+                if kv.key.starts_with(RING_PREFIX) {
+                    let mut r = Reader::new(&kv.value);
+                    chunks.push(Window::read(&mut r)?);
+                }
+            }
+            stored = chunks;
+            stored.iter().collect()
         } else {
-            self.recent
-                .iter()
-                .filter(|s| s.entry.seq >= from)
-                .cloned()
-                .collect()
+            self.recent.iter().collect()
         };
-        let start = match slots.first() {
-            Some(s) if s.entry.seq == from => s.before.clone(),
-            None if self.size() == 0 => CompactRange::new(),
-            _ => return Err(corrupt("the ring lacks an entry a bundle needs")),
-        };
+        windows.push(&self.window);
+        windows.retain(|w| w.end() > from || w.start.size() == self.size());
+        windows.sort_by_key(|w| w.start.size());
+        // The range at `from` (recomputed from its window's start), then
+        // every entry from it to the end.
+        let first = windows
+            .first()
+            .filter(|w| w.start.size() <= from)
+            .ok_or_else(|| corrupt("the ring lacks an entry a bundle needs"))?;
+        let mut start = first.start.clone();
+        let mut entries = Vec::with_capacity((self.size() - from) as usize);
+        for w in &windows {
+            for e in &w.entries {
+                if e.seq < from {
+                    start.push(e.leaf());
+                } else {
+                    entries.push(*e);
+                }
+            }
+        }
+        if start.size() != from
+            || entries.len() as u64 != self.size() - from
+            || entries.iter().zip(from..).any(|(e, seq)| e.seq != seq)
+        {
+            return Err(corrupt("the stored entries do not cover the bundle"));
+        }
         let answer = answer.map(|(prefix, kvs)| {
             let leaves: Vec<StateLeaf> = kvs
                 .iter()
@@ -335,7 +424,7 @@ impl NamespaceLog {
         });
         let bundle = Bundle {
             from: start,
-            entries: slots.iter().map(|s| s.entry).collect(),
+            entries,
             answer,
         }
         .encode();
@@ -418,7 +507,7 @@ mod tests {
         let mut log = NamespaceLog::load(&[]).unwrap();
         let mut trusted: Option<crate::Trusted> = None;
         let mut snapshot = None;
-        for i in 0..(RING + 40) {
+        for i in 0..(MAX_ENTRIES as u64 + 40) {
             let k = format!("k{}", i % 7);
             let v = log.version(&k).map_or(0, |v| v + 1);
             let put = [kv(&k, v, &format!("v{i}"))];
@@ -542,24 +631,20 @@ mod tests {
         let id = key.server_id();
         let mut ns = Ns::default();
         let mut log = NamespaceLog::load(&[]).unwrap();
-        ns.put(&mut log, &[kv("a", 0, "x")]);
+        for v in 0..301 {
+            ns.put(&mut log, &[kv("a", v, "x")]);
+        }
         let (note, bundle) = log.attest(&key, &client, None, None, None, None).unwrap();
-        let t = check(
-            &id,
-            &client,
-            None,
-            &note,
-            &bundle,
-            Expect::Put {
-                written: &leaves(&[kv("a", 0, "x")]),
-            },
-        )
-        .unwrap();
-        for v in 1..200 {
+        let put = |v: i64, value: &str| Expect::Put {
+            written: Box::leak(leaves(&[kv("a", v, value)]).into_boxed_slice()),
+        };
+        let t = check(&id, &client, None, &note, &bundle, put(300, "x")).unwrap();
+        // 950 puts later the ring has wrapped; the client's point is still in it.
+        for v in 301..1251 {
             ns.put(&mut log, &[kv("a", v, "y")]);
         }
         let from = log.bundle_start(Some(t.seen()));
-        assert_eq!(from, 1);
+        assert_eq!(from, 301);
         assert!(log.needs_ring(from));
         assert!(log
             .attest(&key, &client, Some(t.seen()), None, None, None)
@@ -568,17 +653,19 @@ mod tests {
         let (note, bundle) = log
             .attest(&key, &client, Some(t.seen()), None, None, Some(&ring))
             .unwrap();
-        check(
-            &id,
-            &client,
-            Some(&t),
-            &note,
-            &bundle,
-            Expect::Put {
-                written: &leaves(&[kv("a", 199, "y")]),
-            },
-        )
-        .unwrap();
+        check(&id, &client, Some(&t), &note, &bundle, put(1250, "y")).unwrap();
+        // Reloaded from the store, the same.
+        let reloaded = NamespaceLog::load(&ring).unwrap();
+        let (note, bundle) = reloaded
+            .attest(&key, &client, Some(t.seen()), None, None, Some(&ring))
+            .unwrap();
+        check(&id, &client, Some(&t), &note, &bundle, put(1250, "y")).unwrap();
+        // Further behind than the ring: only the last entry can be shown.
+        let gone = Seen {
+            size: 100,
+            note: [0; 32],
+        };
+        assert_eq!(log.bundle_start(Some(gone)), log.size() - 1);
     }
 
     #[test]

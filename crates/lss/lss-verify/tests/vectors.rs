@@ -19,7 +19,6 @@ fn documented_vectors() {
     let mut log = NamespaceLog::load(&[]).expect("empty");
     let put = [KeyValue::new("k", 0, b"v".to_vec())];
     let prepared = log.prepare(&put);
-    let slot = prepared.extra[1].value.clone();
     log.commit(prepared);
     let (note, bundle) = log
         .attest(
@@ -35,7 +34,10 @@ fn documented_vectors() {
     let got = format!(
         "leaf {}\nentry {}\nbundle {}\nnote:\n{note}",
         hex(&leaf.hash()),
-        hex(&slot[..lss_verify::entry::ENTRY_LEN]),
+        hex(&lss_verify::bundle::Bundle::decode(&bundle)
+            .expect("bundle")
+            .entries[0]
+            .encode()),
         hex(&bundle),
     );
     let expected = include_str!("vectors.txt");
