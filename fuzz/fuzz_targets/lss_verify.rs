@@ -1,11 +1,14 @@
 //! Every decoder of the verifiable log takes bytes from a possibly lying
-//! server (bundles, checkpoint notes), from disk (the trusted state) or
-//! from anyone (evidence files): none may panic, and what the bundle
-//! decoder accepts must re-encode to the same bytes.
+//! server (bundles, checkpoint notes), from disk (the trusted state, the
+//! log's head and ring chunks as lssd stored them) or from anyone (evidence
+//! files): none may panic, and what the bundle decoder accepts must
+//! re-encode to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use lss_core::KeyValue;
 use lss_verify::bundle::Bundle;
+use lss_verify::ledger::{NamespaceLog, HEAD_KEY, RING_PREFIX};
 use lss_verify::{Evidence, Expect, Statement, Trusted};
 
 const SERVER: [u8; 33] = [
@@ -21,6 +24,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = Statement::verify(data, &SERVER);
     let _ = Trusted::decode(data, &SERVER);
     let _ = Evidence::verify(data);
+    // Stored log keys: the bytes as the head, and as a ring chunk beside a
+    // head that needs it (version from the first byte).
+    let version = i64::from(data.first().copied().unwrap_or(0));
+    let head = KeyValue::new(HEAD_KEY, version, data.to_vec());
+    let chunk = KeyValue::new(format!("{RING_PREFIX}0000"), 0, data.to_vec());
+    if let Ok(log) = NamespaceLog::load(&[head.clone()]) {
+        let _ = log.needs_ring(0);
+    }
+    let _ = NamespaceLog::load(&[head, chunk]);
     // A reply split in two at the first byte's position.
     let cut = usize::from(data.first().copied().unwrap_or(0)).min(data.len());
     let (note, bundle) = data.split_at(cut);
