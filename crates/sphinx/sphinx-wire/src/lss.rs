@@ -27,6 +27,65 @@ pub enum Msg {
     Stored(BrokerMutations),
     /// A put conflicted.
     PutConflict,
+    /// Init step 1 with several LSS providers (Lightkeeper's `quorum-v1`
+    /// extension; a sphinx-key signer does not know it).
+    Providers(Providers),
+    /// Init step 2 with several providers: each answering provider's state,
+    /// MAC and signed checkpoint.
+    States(Vec<ProviderState>),
+    /// A put stored by several providers: their receipts.
+    Receipts(Vec<Receipt>),
+}
+
+/// Most providers a quorum message may name.
+pub const MAX_PROVIDERS: usize = 16;
+
+/// The LSS providers the broker relays to (`quorum-v1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Providers {
+    /// Each provider's server key, in the broker's order (the index every
+    /// later quorum message uses).
+    pub server_pubkeys: Vec<[u8; 33]>,
+    /// How many providers must store a put before it counts.
+    pub write_quorum: u64,
+}
+
+/// A client's last verified checkpoint of one provider, as it sends it
+/// (`lss_proto::Verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The checkpoint's log size.
+    pub size: u64,
+    /// SHA-256 of its signed note.
+    pub note: [u8; 32],
+}
+
+/// One provider's answer to the full read of init step 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderState {
+    /// Its index in [`Providers::server_pubkeys`].
+    pub provider: u64,
+    /// The server's MAC over the signer's nonce and `muts`.
+    pub server_hmac: [u8; 32],
+    /// Everything it stores for the signer.
+    pub muts: Muts,
+    /// Its signed checkpoint (`lss_proto::Attestation::checkpoint`).
+    pub checkpoint: Vec<u8>,
+    /// The bundle the checkpoint signs.
+    pub bundle: Vec<u8>,
+}
+
+/// One provider's receipt for a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Its index in [`Providers::server_pubkeys`].
+    pub provider: u64,
+    /// The server's MAC over exactly the mutations put.
+    pub server_hmac: [u8; 32],
+    /// Its signed checkpoint after the put.
+    pub checkpoint: Vec<u8>,
+    /// The bundle the checkpoint signs.
+    pub bundle: Vec<u8>,
 }
 
 /// What the broker hands the signer from LSS.
@@ -49,6 +108,50 @@ pub enum Response {
     VlsMuts(SignerMutations),
     /// The conflict is acknowledged.
     PutConflictConfirmed,
+    /// Init step 1 with several providers: one account per provider.
+    Accounts(QuorumInit),
+    /// Mutations for several providers (init step 2 and every request):
+    /// one MAC and checkpoint reference per provider.
+    QuorumMuts(QuorumMutations),
+}
+
+/// The signer's identity at each provider (`quorum-v1`; framed MACs and the
+/// verifiable log are implied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumInit {
+    /// Its namespace (the same at every provider).
+    pub client_id: [u8; 33],
+    /// Nonce for the full reads of step 2.
+    pub nonce: [u8; 32],
+    /// One per provider, in the broker's order.
+    pub accounts: Vec<ProviderAccount>,
+}
+
+/// The signer at one provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderAccount {
+    /// `SHA-256(shared secret with this provider)`.
+    pub auth_token: [u8; 32],
+    /// Its last verified checkpoint of this provider, if any.
+    pub seen: Option<Seen>,
+}
+
+/// Mutations to put at every provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumMutations {
+    /// The entries (the same everywhere).
+    pub muts: Muts,
+    /// One per provider, in the broker's order.
+    pub puts: Vec<ProviderPut>,
+}
+
+/// What differs per provider in a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPut {
+    /// The client MAC under this provider's shared secret.
+    pub client_hmac: [u8; 32],
+    /// The signer's last verified checkpoint of this provider.
+    pub seen: Option<Seen>,
 }
 
 /// The signer's LSS identity.
@@ -110,6 +213,33 @@ fn muts(out: &mut Vec<u8>, muts: &Muts) {
     }
 }
 
+fn uint(out: &mut Vec<u8>, n: u64) {
+    let _ = rmp::encode::write_uint(out, n);
+}
+
+/// `{variant: {fields}}`: the outer shape of every data variant.
+fn variant(out: &mut Vec<u8>, name: &str, fields: u32) {
+    map(out, 1);
+    string(out, name);
+    map(out, fields);
+}
+
+/// A list of maps, each written by `item`.
+fn list<T>(out: &mut Vec<u8>, items: &[T], mut item: impl FnMut(&mut Vec<u8>, &T)) {
+    let _ = rmp::encode::write_array_len(out, items.len() as u32);
+    for i in items {
+        item(out, i);
+    }
+}
+
+/// `seen_size` and `seen_note` (nil when the client has no checkpoint).
+fn seen(out: &mut Vec<u8>, seen: Option<&Seen>) {
+    string(out, "seen_size");
+    uint(out, seen.map_or(0, |s| s.size));
+    string(out, "seen_note");
+    opt_bin(out, seen.map(|s| s.note.as_slice()));
+}
+
 /// `{variant: <key only>}`: the reference's unit-variant quirk.
 fn quirk_unit(out: &mut Vec<u8>, variant: &str) {
     map(out, 1);
@@ -145,6 +275,49 @@ impl Msg {
                 muts(&mut out, &m.muts);
             }
             Msg::PutConflict => quirk_unit(&mut out, "PutConflict"),
+            Msg::Providers(p) => {
+                variant(&mut out, "Providers", 2);
+                string(&mut out, "providers");
+                list(&mut out, &p.server_pubkeys, |out, key| {
+                    map(out, 1);
+                    string(out, "server_pubkey");
+                    bin(out, key);
+                });
+                string(&mut out, "write_quorum");
+                uint(&mut out, p.write_quorum);
+            }
+            Msg::States(states) => {
+                variant(&mut out, "States", 1);
+                string(&mut out, "states");
+                list(&mut out, states, |out, s| {
+                    map(out, 5);
+                    string(out, "provider");
+                    uint(out, s.provider);
+                    string(out, "server_hmac");
+                    bin(out, &s.server_hmac);
+                    string(out, "muts");
+                    muts(out, &s.muts);
+                    string(out, "checkpoint");
+                    bin(out, &s.checkpoint);
+                    string(out, "bundle");
+                    bin(out, &s.bundle);
+                });
+            }
+            Msg::Receipts(receipts) => {
+                variant(&mut out, "Receipts", 1);
+                string(&mut out, "receipts");
+                list(&mut out, receipts, |out, r| {
+                    map(out, 4);
+                    string(out, "provider");
+                    uint(out, r.provider);
+                    string(out, "server_hmac");
+                    bin(out, &r.server_hmac);
+                    string(out, "checkpoint");
+                    bin(out, &r.checkpoint);
+                    string(out, "bundle");
+                    bin(out, &r.bundle);
+                });
+            }
         }
         out
     }
@@ -175,6 +348,60 @@ impl Msg {
                 } else {
                     Msg::Stored(m)
                 }
+            }
+            "Providers" => {
+                let mut f = r.fields(&["providers", "write_quorum"])?;
+                let server_pubkeys = f
+                    .list("providers")?
+                    .into_iter()
+                    .map(|mut p| p.fixed("server_pubkey"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let write_quorum = f.uint("write_quorum")?;
+                if server_pubkeys.is_empty()
+                    || write_quorum == 0
+                    || write_quorum > server_pubkeys.len() as u64
+                {
+                    return Err(malformed(
+                        "a write quorum must be between 1 and the number of providers",
+                    ));
+                }
+                Msg::Providers(Providers {
+                    server_pubkeys,
+                    write_quorum,
+                })
+            }
+            "States" => {
+                let mut f = r.fields(&["states"])?;
+                Msg::States(
+                    f.list("states")?
+                        .into_iter()
+                        .map(|mut s| {
+                            Ok(ProviderState {
+                                provider: s.uint("provider")?,
+                                server_hmac: s.fixed("server_hmac")?,
+                                muts: s.muts("muts")?,
+                                checkpoint: s.bytes("checkpoint")?,
+                                bundle: s.bytes("bundle")?,
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                )
+            }
+            "Receipts" => {
+                let mut f = r.fields(&["receipts"])?;
+                Msg::Receipts(
+                    f.list("receipts")?
+                        .into_iter()
+                        .map(|mut s| {
+                            Ok(Receipt {
+                                provider: s.uint("provider")?,
+                                server_hmac: s.fixed("server_hmac")?,
+                                checkpoint: s.bytes("checkpoint")?,
+                                bundle: s.bytes("bundle")?,
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                )
             }
             other => return Err(malformed(format!("unknown Msg variant {other:?}"))),
         };
@@ -220,6 +447,32 @@ impl Response {
                 muts(&mut out, &m.muts);
             }
             Response::PutConflictConfirmed => quirk_unit(&mut out, "PutConflictConfirmed"),
+            Response::Accounts(q) => {
+                variant(&mut out, "Accounts", 3);
+                string(&mut out, "client_id");
+                bin(&mut out, &q.client_id);
+                string(&mut out, "nonce");
+                bin(&mut out, &q.nonce);
+                string(&mut out, "accounts");
+                list(&mut out, &q.accounts, |out, a| {
+                    map(out, 3);
+                    string(out, "auth_token");
+                    bin(out, &a.auth_token);
+                    seen(out, a.seen.as_ref());
+                });
+            }
+            Response::QuorumMuts(q) => {
+                variant(&mut out, "QuorumMuts", 2);
+                string(&mut out, "muts");
+                muts(&mut out, &q.muts);
+                string(&mut out, "puts");
+                list(&mut out, &q.puts, |out, p| {
+                    map(out, 3);
+                    string(out, "client_hmac");
+                    bin(out, &p.client_hmac);
+                    seen(out, p.seen.as_ref());
+                });
+            }
         }
         out
     }
@@ -259,6 +512,39 @@ impl Response {
                     Response::VlsMuts(m)
                 }
             }
+            "Accounts" => {
+                let mut f = r.fields(&["client_id", "nonce", "accounts"])?;
+                Response::Accounts(QuorumInit {
+                    client_id: f.fixed("client_id")?,
+                    nonce: f.fixed("nonce")?,
+                    accounts: f
+                        .list("accounts")?
+                        .into_iter()
+                        .map(|mut a| {
+                            Ok(ProviderAccount {
+                                auth_token: a.fixed("auth_token")?,
+                                seen: a.seen()?,
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                })
+            }
+            "QuorumMuts" => {
+                let mut f = r.fields(&["muts", "puts"])?;
+                Response::QuorumMuts(QuorumMutations {
+                    muts: f.muts("muts")?,
+                    puts: f
+                        .list("puts")?
+                        .into_iter()
+                        .map(|mut p| {
+                            Ok(ProviderPut {
+                                client_hmac: p.fixed("client_hmac")?,
+                                seen: p.seen()?,
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                })
+            }
             other => return Err(malformed(format!("unknown Response variant {other:?}"))),
         };
         r.end()?;
@@ -277,7 +563,23 @@ fn malformed(what: impl Into<String>) -> WireError {
 enum Value {
     Nil,
     Bin(Vec<u8>),
+    Uint(u64),
     Muts(Muts),
+    /// A `quorum-v1` list of maps, one per provider.
+    List(Vec<Fields>),
+}
+
+/// The fields of each element of a `quorum-v1` list field: required, then
+/// optional. Elements hold no lists, so nesting is one level at most.
+fn element_schema(field: &str) -> Option<&'static [&'static str]> {
+    Some(match field {
+        "providers" => &["server_pubkey"],
+        "states" => &["provider", "server_hmac", "muts", "checkpoint", "bundle"],
+        "receipts" => &["provider", "server_hmac", "checkpoint", "bundle"],
+        "accounts" => &["auth_token", "seen_size", "seen_note"],
+        "puts" => &["client_hmac", "seen_size", "seen_note"],
+        _ => return None,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -340,7 +642,12 @@ impl<'a> Reader<'a> {
     }
 
     fn uint(&mut self) -> Result<u64, WireError> {
-        match self.marker()? {
+        let marker = self.marker()?;
+        self.uint_of(marker)
+    }
+
+    fn uint_of(&mut self, marker: rmp::Marker) -> Result<u64, WireError> {
+        match marker {
             rmp::Marker::FixPos(n) => Ok(u64::from(n)),
             rmp::Marker::U8 => self.be(1),
             rmp::Marker::U16 => self.be(2),
@@ -421,9 +728,26 @@ impl<'a> Reader<'a> {
             }
             let value = if known == "muts" {
                 Value::Muts(self.muts()?)
+            } else if let Some(schema) = element_schema(known) {
+                let len = self.array_len()?;
+                if len > MAX_PROVIDERS {
+                    return Err(malformed(format!(
+                        "{known} lists {len} providers, more than {MAX_PROVIDERS}"
+                    )));
+                }
+                let mut items = Vec::with_capacity(len);
+                for _ in 0..len {
+                    items.push(self.fields(schema)?);
+                }
+                Value::List(items)
             } else {
                 match self.marker()? {
                     rmp::Marker::Null => Value::Nil,
+                    marker @ (rmp::Marker::FixPos(_)
+                    | rmp::Marker::U8
+                    | rmp::Marker::U16
+                    | rmp::Marker::U32
+                    | rmp::Marker::U64) => Value::Uint(self.uint_of(marker)?),
                     marker => Value::Bin(self.bin_of(marker)?),
                 }
             };
@@ -464,6 +788,7 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[derive(Debug)]
 struct Fields(Vec<(&'static str, Value)>);
 
 impl Fields {
@@ -497,8 +822,37 @@ impl Fields {
                 .try_into()
                 .map(Some)
                 .map_err(|b: Vec<u8>| malformed(format!("{name} is {} bytes, not {N}", b.len()))),
-            Value::Muts(_) => Err(malformed(format!("{name} must be bytes or nil"))),
+            _ => Err(malformed(format!("{name} must be bytes or nil"))),
         }
+    }
+
+    fn bytes(&mut self, name: &str) -> Result<Vec<u8>, WireError> {
+        match self.take(name)? {
+            Value::Bin(b) => Ok(b),
+            _ => Err(malformed(format!("{name} must be bytes"))),
+        }
+    }
+
+    fn uint(&mut self, name: &str) -> Result<u64, WireError> {
+        match self.take(name)? {
+            Value::Uint(n) => Ok(n),
+            _ => Err(malformed(format!("{name} must be an unsigned integer"))),
+        }
+    }
+
+    fn list(&mut self, name: &str) -> Result<Vec<Fields>, WireError> {
+        match self.take(name)? {
+            Value::List(items) => Ok(items),
+            _ => Err(malformed(format!("{name} must be a list"))),
+        }
+    }
+
+    /// `seen_size` and `seen_note`: none when the note is nil.
+    fn seen(&mut self) -> Result<Option<Seen>, WireError> {
+        let size = self.uint("seen_size")?;
+        Ok(self
+            .opt_fixed("seen_note")?
+            .map(|note| Seen { size, note }))
     }
 
     fn muts(&mut self, name: &str) -> Result<Muts, WireError> {
@@ -683,6 +1037,71 @@ mod tests {
         assert!(Msg::decode(&huge).is_err());
     }
 
+    #[test]
+    fn quorum_messages_golden_and_refusals() {
+        let providers = Msg::Providers(Providers {
+            server_pubkeys: vec![[2; 33]],
+            write_quorum: 1,
+        });
+        assert_eq!(
+            hex::encode(providers.encode()),
+            format!(
+                "81a9{}82a9{}9181ad{}c421{}ac{}01",
+                hex_str("Providers"),
+                hex_str("providers"),
+                hex_str("server_pubkey"),
+                "02".repeat(33),
+                hex_str("write_quorum")
+            )
+        );
+        // A quorum of 0, or larger than the providers, is refused.
+        for (n, w) in [(1, 0), (1, 2), (0, 0)] {
+            let m = Msg::Providers(Providers {
+                server_pubkeys: vec![[2; 33]; n],
+                write_quorum: w,
+            });
+            assert!(Msg::decode(&m.encode()).is_err(), "{n} {w}");
+        }
+        // More than MAX_PROVIDERS entries are refused before parsing them.
+        let many = Msg::Receipts(vec![
+            Receipt {
+                provider: 0,
+                server_hmac: [0; 32],
+                checkpoint: vec![],
+                bundle: vec![],
+            };
+            MAX_PROVIDERS + 1
+        ]);
+        assert!(Msg::decode(&many.encode()).is_err());
+        // A list element missing a field, or a uint where bytes belong.
+        let mut bad = Vec::new();
+        variant(&mut bad, "Receipts", 1);
+        string(&mut bad, "receipts");
+        list(&mut bad, &[()], |out, ()| {
+            map(out, 4);
+            string(out, "provider");
+            bin(out, &[0]);
+            string(out, "server_hmac");
+            bin(out, &[0; 32]);
+            string(out, "checkpoint");
+            bin(out, &[]);
+            string(out, "bundle");
+            bin(out, &[]);
+        });
+        assert!(Msg::decode(&bad).is_err());
+        let states = Msg::States(vec![ProviderState {
+            provider: 1,
+            server_hmac: [7; 32],
+            muts: vec![("k".into(), (3, vec![1, 2]))],
+            checkpoint: b"note".to_vec(),
+            bundle: vec![9; 40],
+        }])
+        .encode();
+        for cut in 0..states.len() {
+            assert!(Msg::decode(&states[..cut]).is_err(), "cut {cut}");
+        }
+    }
+
     fn muts_strategy() -> impl Strategy<Value = Muts> {
         proptest::collection::vec(
             (
@@ -705,8 +1124,55 @@ mod tests {
             for m in msgs {
                 prop_assert_eq!(Msg::decode(&m.encode()).expect("decode"), m);
             }
-            let r = Response::VlsMuts(SignerMutations { client_hmac: hmac, muts });
+            let r = Response::VlsMuts(SignerMutations { client_hmac: hmac, muts: muts.clone() });
             prop_assert_eq!(Response::decode(&r.encode()).expect("decode"), r);
+        }
+
+        #[test]
+        fn quorum_messages_round_trip(
+            muts in muts_strategy(),
+            hmac: [u8; 32],
+            n in 1usize..=MAX_PROVIDERS,
+            size: u64,
+            blob in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let seen = |i: usize| (i % 2 == 0).then_some(Seen { size, note: hmac });
+            let msgs = [
+                Msg::Providers(Providers {
+                    server_pubkeys: vec![[3; 33]; n],
+                    write_quorum: n as u64,
+                }),
+                Msg::States((0..n).map(|i| ProviderState {
+                    provider: i as u64,
+                    server_hmac: hmac,
+                    muts: muts.clone(),
+                    checkpoint: blob.clone(),
+                    bundle: blob.clone(),
+                }).collect()),
+                Msg::Receipts((0..n).map(|i| Receipt {
+                    provider: i as u64,
+                    server_hmac: hmac,
+                    checkpoint: blob.clone(),
+                    bundle: vec![],
+                }).collect()),
+            ];
+            for m in msgs {
+                prop_assert_eq!(Msg::decode(&m.encode()).expect("decode"), m);
+            }
+            let responses = [
+                Response::Accounts(QuorumInit {
+                    client_id: [2; 33],
+                    nonce: hmac,
+                    accounts: (0..n).map(|i| ProviderAccount { auth_token: hmac, seen: seen(i) }).collect(),
+                }),
+                Response::QuorumMuts(QuorumMutations {
+                    muts,
+                    puts: (0..n).map(|i| ProviderPut { client_hmac: hmac, seen: seen(i) }).collect(),
+                }),
+            ];
+            for r in responses {
+                prop_assert_eq!(Response::decode(&r.encode()).expect("decode"), r);
+            }
         }
 
         #[test]
