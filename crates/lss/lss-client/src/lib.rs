@@ -519,12 +519,39 @@ impl Client {
             Some(_) => leaves(&kvs),
             None => Vec::new(),
         };
+        let verify = self.verify_request();
+        let (hmac, attestation) = self.put_raw(kvs, client_mac, verify).await?;
+        if !written.is_empty() {
+            self.accept(attestation, Expect::Put { written: &written })
+                .await?;
+        }
+        Ok(hmac)
+    }
+
+    /// Puts as [`Client::put`] with the verifiable-log request `verify` made
+    /// by someone else (a relay for a client that verifies by itself):
+    /// returns the server's MAC and attestation, both unchecked.
+    pub async fn put_attested(
+        &mut self,
+        kvs: Vec<KeyValue>,
+        client_mac: &[u8],
+        verify: lss_proto::Verify,
+    ) -> Result<(Vec<u8>, Option<lss_proto::Attestation>), PutError> {
+        self.put_raw(kvs, client_mac, Some(verify)).await
+    }
+
+    async fn put_raw(
+        &mut self,
+        kvs: Vec<KeyValue>,
+        client_mac: &[u8],
+        verify: Option<lss_proto::Verify>,
+    ) -> Result<(Vec<u8>, Option<lss_proto::Attestation>), PutError> {
         let request = lss_proto::PutRequest {
             auth: Some(self.auth()),
             kvs: kvs.into_iter().map(Into::into).collect(),
             hmac: client_mac.to_vec(),
             framed_mac: self.mac_scheme == MacScheme::Framed,
-            verify: self.verify_request(),
+            verify,
         };
         let reply = self
             .grpc
@@ -533,16 +560,36 @@ impl Client {
             .map_err(RpcError::from)?
             .into_inner();
         if reply.success {
-            if !written.is_empty() {
-                self.accept(reply.attestation, Expect::Put { written: &written })
-                    .await?;
-            }
-            Ok(reply.hmac)
+            Ok((reply.hmac, reply.attestation))
         } else {
             Err(PutError::Conflict(
                 reply.conflicts.into_iter().map(Into::into).collect(),
             ))
         }
+    }
+
+    /// Reads `prefix` with `Get` and the verifiable-log request `verify`
+    /// made by someone else (a relay): the kvs, the server's MAC and its
+    /// attestation, all unchecked.
+    pub async fn get_attested(
+        &mut self,
+        prefix: &str,
+        nonce: &[u8],
+        verify: lss_proto::Verify,
+    ) -> Result<(Vec<KeyValue>, Vec<u8>, Option<lss_proto::Attestation>), RpcError> {
+        let request = lss_proto::GetRequest {
+            auth: Some(self.auth()),
+            key_prefix: prefix.to_owned(),
+            nonce: nonce.to_vec(),
+            framed_mac: self.mac_scheme == MacScheme::Framed,
+            verify: Some(verify),
+        };
+        let reply = self.grpc.get(self.request(request)).await?.into_inner();
+        Ok((
+            reply.kvs.into_iter().map(Into::into).collect(),
+            reply.hmac,
+            reply.attestation,
+        ))
     }
 
     /// Reads a prefix with the caller's nonce; returns the kvs and the server's

@@ -84,9 +84,16 @@ pub struct Settings {
     /// The control API's address [default: 127.0.0.1:8000].
     #[arg(long, env = "BROKER_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
-    /// The LSS server that stores the signer's state (http:// or https://).
+    /// The LSS server that stores the signer's state (http:// or https://);
+    /// several, comma-separated, to store it with several providers (the
+    /// signer then verifies each provider's signed log, docs/protocol.md).
     #[arg(long, env = "BROKER_LSS_URL")]
     pub lss_url: Option<String>,
+    /// With several LSS providers: how many must store each change before
+    /// the signer releases its reply [default: a majority]. Given with one
+    /// provider, that provider's signed log is verified by the signer too.
+    #[arg(long, env = "BROKER_LSS_WRITE_QUORUM")]
+    pub lss_write_quorum: Option<usize>,
     /// CA certificate (PEM) for an https:// LSS server with a private CA.
     #[arg(long, env = "BROKER_LSS_CA")]
     pub lss_ca: Option<PathBuf>,
@@ -137,9 +144,20 @@ pub struct Config {
     /// Request deadline.
     pub request_timeout: Duration,
     /// Where signer state is stored; `None` only with `--no-lss`.
-    pub lss: Option<lss_client::ConnectOptions>,
+    pub lss: Option<LssProviders>,
     /// The control API's address.
     pub http_listen: SocketAddr,
+}
+
+/// The LSS providers.
+#[derive(Debug, Clone)]
+pub struct LssProviders {
+    /// Each provider, in the order the signer is told.
+    pub providers: Vec<lss_client::ConnectOptions>,
+    /// `Some` for the verified quorum mode (`quorum-v1`), with how many
+    /// providers must store each put; `None` for one provider as the
+    /// reference relays.
+    pub write_quorum: Option<usize>,
 }
 
 /// A setting is wrong.
@@ -175,6 +193,7 @@ impl Settings {
                 mqtt_tls_key,
                 http_listen,
                 lss_url,
+                lss_write_quorum,
                 lss_ca,
                 mqtt_external,
                 mqtt_username,
@@ -197,22 +216,57 @@ impl Settings {
                         "--lss-url and --no-lss contradict each other".into(),
                     ))
                 }
-                (Some(url), _) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                (Some(urls), _) => {
+                    let ca =
+                        match &self.lss_ca {
+                            Some(ca) => Some(std::fs::read(ca).map_err(|e| {
+                                ConfigError(format!("--lss-ca {}: {e}", ca.display()))
+                            })?),
+                            None => None,
+                        };
+                    let mut providers = Vec::new();
+                    for url in urls.split(',').map(str::trim) {
+                        if !(url.starts_with("http://") || url.starts_with("https://")) {
+                            return Err(ConfigError(format!(
+                                "--lss-url {url:?} must be http:// or https://"
+                            )));
+                        }
+                        if providers
+                            .iter()
+                            .any(|p: &lss_client::ConnectOptions| p.url == url)
+                        {
+                            return Err(ConfigError(format!("--lss-url names {url:?} twice")));
+                        }
+                        let mut options = lss_client::ConnectOptions::new(url.to_string());
+                        if let Some(pem) = &ca {
+                            options.tls = Some(lss_client::TlsOptions {
+                                ca_pem: Some(pem.clone()),
+                                ..Default::default()
+                            });
+                        }
+                        providers.push(options);
+                    }
+                    let n = providers.len();
+                    if n > sphinx_wire::lss::MAX_PROVIDERS {
                         return Err(ConfigError(format!(
-                            "--lss-url {url:?} must be http:// or https://"
+                            "--lss-url names {n} providers; at most {} are supported",
+                            sphinx_wire::lss::MAX_PROVIDERS
                         )));
                     }
-                    let mut options = lss_client::ConnectOptions::new(url.clone());
-                    if let Some(ca) = &self.lss_ca {
-                        let pem = std::fs::read(ca)
-                            .map_err(|e| ConfigError(format!("--lss-ca {}: {e}", ca.display())))?;
-                        options.tls = Some(lss_client::TlsOptions {
-                            ca_pem: Some(pem),
-                            ..Default::default()
-                        });
-                    }
-                    Some(options)
+                    let write_quorum = match self.lss_write_quorum {
+                        Some(w) if w == 0 || w > n => {
+                            return Err(ConfigError(format!(
+                                "--lss-write-quorum {w} must be between 1 and the {n} provider(s)"
+                            )))
+                        }
+                        Some(w) => Some(w),
+                        None if n > 1 => Some(n / 2 + 1),
+                        None => None,
+                    };
+                    Some(LssProviders {
+                        providers,
+                        write_quorum,
+                    })
                 }
                 (None, Some(true)) => None,
                 (None, _) => return Err(ConfigError(
@@ -355,8 +409,12 @@ mod tests {
         assert_eq!(config.login.window_secs, 30);
         // Every setting can come from the file.
         assert_eq!(
-            config.lss.map(|o| o.url).as_deref(),
-            Some("http://127.0.0.1:9")
+            config.lss.map(|l| l
+                .providers
+                .iter()
+                .map(|o| o.url.clone())
+                .collect::<Vec<_>>()),
+            Some(vec!["http://127.0.0.1:9".to_string()])
         );
         assert_eq!(config.http_listen.to_string(), "127.0.0.1:8123");
         assert!(
@@ -414,5 +472,37 @@ mod tests {
             .resolve()
             .expect_err("bad owner");
         assert!(err.0.contains("--owner"), "{err}");
+    }
+
+    #[test]
+    fn several_providers_default_to_a_majority_and_bad_quorums_are_refused() {
+        let three = "http://a:1, http://b:1,http://c:1";
+        let config = Settings::parse_from(["sphinx-broker", "--lss-url", three])
+            .resolve()
+            .expect("three");
+        let lss = config.lss.expect("lss");
+        assert_eq!(lss.providers.len(), 3);
+        assert_eq!(lss.providers[1].url, "http://b:1");
+        assert_eq!(lss.write_quorum, Some(2));
+        let one = Settings::parse_from(["sphinx-broker", "--lss-url", "http://a:1"])
+            .resolve()
+            .expect("one");
+        assert_eq!(
+            one.lss.expect("lss").write_quorum,
+            None,
+            "the reference's relay"
+        );
+        for (urls, w, needle) in [
+            (three, "4", "--lss-write-quorum"),
+            (three, "0", "--lss-write-quorum"),
+            ("http://a:1,http://a:1", "1", "twice"),
+            ("http://a:1,ftp://b", "1", "http://"),
+        ] {
+            let err =
+                Settings::parse_from(["sphinx-broker", "--lss-url", urls, "--lss-write-quorum", w])
+                    .resolve()
+                    .expect_err(urls);
+            assert!(err.0.contains(needle), "{err}");
+        }
     }
 }

@@ -33,7 +33,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use sphinx_wire::hsmd::Frame;
-use sphinx_wire::lss::{BrokerMutations, Msg, Muts, Response};
+use sphinx_wire::lss::{
+    BrokerMutations, Msg, Muts, ProviderPut, ProviderState, Providers, Receipt, Response, Seen,
+};
 use sphinx_wire::serial;
 use sphinx_wire::topics::Suffix;
 use vls_protocol::msgs::{self, Message, SerBolt};
@@ -113,38 +115,44 @@ pub enum Input {
 }
 
 /// An LSS call for the driver to make (with retries until `deadline`).
+/// Lists are per provider, in the configured order (one with one provider).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LssCall {
-    /// The server's key (Info).
+    /// Every provider's key (Info).
     ServerKey,
-    /// Everything `account` stores, MAC'd over `nonce`.
+    /// Everything the signer stores, MAC'd over `nonce`.
     GetAll {
-        /// Whose.
-        account: Account,
+        /// The signer's account at each provider.
+        accounts: Vec<Account>,
         /// The signer's nonce.
         nonce: [u8; 32],
+        /// With several providers: the signer's last checkpoint of each, so
+        /// each read comes with a signed checkpoint (`None`: no checkpoints).
+        seen: Option<Vec<Option<Seen>>>,
     },
-    /// Store `muts` with the signer's MAC.
+    /// Store `muts` with the signer's MACs.
     Put {
-        /// Whose.
-        account: Account,
+        /// The signer's account at each provider.
+        accounts: Vec<Account>,
         /// The changes.
         muts: Muts,
-        /// The signer's MAC.
-        client_mac: [u8; 32],
+        /// The signer's MAC (and last checkpoint) for each provider.
+        puts: Vec<ProviderPut>,
+        /// Ask for signed checkpoints (several providers).
+        verify: bool,
     },
 }
 
 /// What an LSS call gave.
 #[derive(Debug)]
 pub enum LssResult {
-    /// For [`LssCall::ServerKey`]: the key, and whether the server offers
+    /// For [`LssCall::ServerKey`]: each key, and whether that server offers
     /// framed MACs.
-    ServerKey(Result<([u8; 33], bool), RelayError>),
-    /// For [`LssCall::GetAll`].
-    State(Result<(Muts, [u8; 32]), RelayError>),
-    /// For [`LssCall::Put`]: the server's MAC.
-    Stored(Result<[u8; 32], RelayError>),
+    ServerKey(Result<Vec<([u8; 33], bool)>, RelayError>),
+    /// For [`LssCall::GetAll`]: the answers of at least the read quorum.
+    State(Result<Vec<ProviderState>, RelayError>),
+    /// For [`LssCall::Put`]: the receipts of at least the write quorum.
+    Stored(Result<Vec<Receipt>, RelayError>),
 }
 
 /// What the driver must do.
@@ -260,8 +268,8 @@ enum Storing {
     Idle,
     /// A put of exactly these `lss-res` bytes is under way.
     Putting(Vec<u8>),
-    /// These `lss-res` bytes were stored; the server's MAC.
-    Stored(Vec<u8>, [u8; 32]),
+    /// These `lss-res` bytes were stored; the `lss-msg` that says so.
+    Stored(Vec<u8>, Vec<u8>),
 }
 
 struct InFlight {
@@ -302,7 +310,10 @@ pub struct BrokerCore {
     max_packet: usize,
     /// Each signer's, from its `hello`.
     limits: HashMap<String, usize>,
-    accounts: HashMap<String, Account>,
+    /// Each signer's account at every provider.
+    accounts: HashMap<String, Vec<Account>>,
+    /// With several providers (`quorum-v1`): the write quorum.
+    quorum: Option<u64>,
     signers: HashMap<String, SignerState>,
     controls: HashMap<String, ControlWait>,
     cln_init: Option<Vec<u8>>,
@@ -336,6 +347,7 @@ impl BrokerCore {
             max_packet,
             limits: HashMap::new(),
             accounts: HashMap::new(),
+            quorum: None,
             signers: HashMap::new(),
             controls: HashMap::new(),
             cln_init: None,
@@ -352,6 +364,14 @@ impl BrokerCore {
             server_framed: false,
             last_stored: HashMap::new(),
         }
+    }
+
+    /// Relay to several LSS providers, `write_quorum` of which must store
+    /// each put (`quorum-v1`: the signer verifies every provider's signed
+    /// checkpoints and receipts itself).
+    pub fn with_quorum(mut self, write_quorum: u64) -> BrokerCore {
+        self.quorum = Some(write_quorum);
+        self
     }
 
     /// The next thing to do.
@@ -741,12 +761,25 @@ impl BrokerCore {
                 ) {
                     return;
                 }
-                match result {
-                    Ok((server_pubkey, framed)) => {
+                match (result, self.quorum) {
+                    (Ok(keys), None) if keys.len() == 1 => {
+                        let (server_pubkey, framed) = keys[0];
                         self.server_framed = framed;
                         self.send(&cid, Suffix::Init1Msg, Msg::Init { server_pubkey }.encode())
                     }
-                    Err(e) => self.reject(&cid, format!("LSS server key: {e}")),
+                    (Ok(keys), Some(write_quorum)) => {
+                        self.server_framed = keys.iter().all(|(_, framed)| *framed);
+                        let msg = Msg::Providers(Providers {
+                            server_pubkeys: keys.iter().map(|(key, _)| *key).collect(),
+                            write_quorum,
+                        });
+                        self.send(&cid, Suffix::Init1Msg, msg.encode())
+                    }
+                    (Ok(keys), None) => self.reject(
+                        &cid,
+                        format!("{} LSS providers without a write quorum", keys.len()),
+                    ),
+                    (Err(e), _) => self.reject(&cid, format!("LSS server key: {e}")),
                 }
             }
             (Purpose::State { cid }, LssResult::State(result)) => {
@@ -754,11 +787,23 @@ impl BrokerCore {
                     return;
                 }
                 match result {
-                    Ok((muts, mac)) => {
-                        let msg = Msg::Created(BrokerMutations {
-                            server_hmac: Some(mac),
-                            muts,
-                        });
+                    Ok(mut states) => {
+                        let msg = match self.quorum {
+                            Some(_) => Msg::States(states),
+                            None => {
+                                let state = states.pop().unwrap_or(ProviderState {
+                                    provider: 0,
+                                    server_hmac: [0; 32],
+                                    muts: Vec::new(),
+                                    checkpoint: Vec::new(),
+                                    bundle: Vec::new(),
+                                });
+                                Msg::Created(BrokerMutations {
+                                    server_hmac: Some(state.server_hmac),
+                                    muts: state.muts,
+                                })
+                            }
+                        };
                         if let Err(e) = self.publish(&cid, Suffix::Init2Msg, msg.encode()) {
                             let why = format!("its LSS state cannot be sent: {e}");
                             self.actions.push_back(Action::SignerError(SignerError {
@@ -776,8 +821,9 @@ impl BrokerCore {
                     return;
                 }
                 match result {
-                    Ok(mac) => {
-                        self.send(&cid, Suffix::LssMsg, stored(mac));
+                    Ok(receipts) => {
+                        let ack = self.ack(receipts);
+                        self.send(&cid, Suffix::LssMsg, ack);
                         self.send_init(now, &cid);
                     }
                     Err(RelayError::Conflict(n)) => {
@@ -796,10 +842,11 @@ impl BrokerCore {
                     return;
                 };
                 match result {
-                    Ok(mac) => {
-                        wait.storing = Storing::Stored(bytes.clone(), mac);
+                    Ok(receipts) => {
+                        let ack = ack_of(self.quorum, receipts);
+                        wait.storing = Storing::Stored(bytes.clone(), ack.clone());
                         self.last_stored.insert(cid.clone(), bytes);
-                        self.send(&cid, Suffix::LssMsg, stored(mac));
+                        self.send(&cid, Suffix::LssMsg, ack);
                     }
                     Err(RelayError::Conflict(n)) => {
                         tracing::error!(%cid, keys = n, "LSS conflict on a control change: another signer wrote; it resyncs");
@@ -829,10 +876,11 @@ impl BrokerCore {
                     return;
                 };
                 match result {
-                    Ok(mac) => {
-                        f.storing = Storing::Stored(bytes.clone(), mac);
+                    Ok(receipts) => {
+                        let ack = ack_of(self.quorum, receipts);
+                        f.storing = Storing::Stored(bytes.clone(), ack.clone());
                         self.last_stored.insert(cid.clone(), bytes);
-                        self.send(&cid, Suffix::LssMsg, stored(mac));
+                        self.send(&cid, Suffix::LssMsg, ack);
                     }
                     Err(RelayError::Conflict(n)) => {
                         // Another signer wrote, or our own earlier attempt
@@ -862,42 +910,81 @@ impl BrokerCore {
             tracing::warn!(%cid, "unexpected init-1 reply ignored");
             return;
         }
-        let init = match Response::decode(payload) {
-            Ok(Response::Init(init)) => init,
-            Ok(_) => return self.reject(cid, "init-1 reply is not Init".into()),
-            Err(e) => return self.reject(cid, format!("malformed init-1 reply: {e}")),
+        let (accounts, nonce, seen) = match (Response::decode(payload), self.quorum) {
+            (Ok(Response::Init(init)), None) => {
+                if init.framed_mac && !self.server_framed {
+                    let why = "it requires framed LSS MACs and the LSS server does not offer them \
+                               (framed-mac-v1): use Lightkeeper's lssd, or start the signer with \
+                               --allow-unframed-lss-macs to accept the weaker MACs"
+                        .to_string();
+                    self.actions.push_back(Action::SignerError(SignerError {
+                        cid: cid.to_string(),
+                        message: why.clone(),
+                    }));
+                    return self.reject(cid, why);
+                }
+                let account = Account {
+                    client_id: init.client_id,
+                    token: init.auth_token,
+                    framed: init.framed_mac,
+                };
+                (vec![account], init.nonce, None)
+            }
+            (Ok(Response::Accounts(q)), Some(_)) => {
+                if !self.server_framed {
+                    return self.reject(
+                        cid,
+                        "an LSS provider does not offer framed MACs (framed-mac-v1), which \
+                         several providers require"
+                            .into(),
+                    );
+                }
+                let accounts = q
+                    .accounts
+                    .iter()
+                    .map(|a| Account {
+                        client_id: q.client_id,
+                        token: a.auth_token,
+                        framed: true,
+                    })
+                    .collect();
+                let seen = q.accounts.iter().map(|a| a.seen).collect();
+                (accounts, Some(q.nonce), Some(seen))
+            }
+            (Ok(_), None) => return self.reject(cid, "init-1 reply is not Init".into()),
+            (Ok(_), Some(_)) => {
+                return self.reject(
+                    cid,
+                    "init-1 reply is not Accounts: the signer does not support several LSS \
+                     providers (quorum-v1)"
+                        .into(),
+                )
+            }
+            (Err(e), _) => return self.reject(cid, format!("malformed init-1 reply: {e}")),
         };
-        if init.framed_mac && !self.server_framed {
-            let why = "it requires framed LSS MACs and the LSS server does not offer them \
-                       (framed-mac-v1): use Lightkeeper's lssd, or start the signer with \
-                       --allow-unframed-lss-macs to accept the weaker MACs"
-                .to_string();
-            self.actions.push_back(Action::SignerError(SignerError {
-                cid: cid.to_string(),
-                message: why.clone(),
-            }));
-            return self.reject(cid, why);
-        }
-        let account = Account {
-            client_id: init.client_id,
-            token: init.auth_token,
-            framed: init.framed_mac,
-        };
-        self.accounts.insert(cid.to_string(), account);
+        self.accounts.insert(cid.to_string(), accounts.clone());
         let deadline = now + self.timeout;
         self.signers
             .insert(cid.to_string(), SignerState::LssState { deadline });
         let purpose = Purpose::State {
             cid: cid.to_string(),
         };
-        match init.nonce {
-            Some(nonce) => self.call(purpose, LssCall::GetAll { account, nonce }, deadline),
+        match nonce {
+            Some(nonce) => self.call(
+                purpose,
+                LssCall::GetAll {
+                    accounts,
+                    nonce,
+                    seen,
+                },
+                deadline,
+            ),
             // A signer that sends no nonce asks for no state; ours always does.
             None => {
                 let op = self.next_op;
                 self.next_op += 1;
                 self.ops.insert(op, purpose);
-                self.lss_done(now, op, LssResult::State(Ok((Vec::new(), [0; 32]))));
+                self.lss_done(now, op, LssResult::State(Ok(Vec::new())));
             }
         }
     }
@@ -908,24 +995,24 @@ impl BrokerCore {
             tracing::warn!(%cid, "unexpected init-2 reply ignored");
             return;
         }
-        let changes = match Response::decode(payload) {
-            Ok(Response::Created(changes)) => changes,
-            Ok(_) => return self.reject(cid, "init-2 reply is not Created".into()),
-            Err(e) => return self.reject(cid, format!("malformed init-2 reply: {e}")),
+        let (muts, puts) = match self.changes_of(payload) {
+            Ok(changes) => changes,
+            Err(why) => return self.reject(cid, format!("init-2 reply: {why}")),
         };
-        if changes.muts.is_empty() {
+        if muts.is_empty() {
             return self.send_init(now, cid);
         }
-        let Some(account) = self.accounts.get(cid).copied() else {
+        let Some(accounts) = self.accounts.get(cid).cloned() else {
             return self.reject(cid, "no LSS account".into());
         };
         let deadline = now + self.timeout;
         self.signers
             .insert(cid.to_string(), SignerState::LssStoring { deadline });
         let call = LssCall::Put {
-            account,
-            muts: changes.muts,
-            client_mac: changes.client_hmac,
+            accounts,
+            muts,
+            puts,
+            verify: self.quorum.is_some(),
         };
         let purpose = Purpose::InitStored {
             cid: cid.to_string(),
@@ -947,9 +1034,9 @@ impl BrokerCore {
                 tracing::info!(%cid, "duplicate changes while they are being stored; ignored");
                 return;
             }
-            Storing::Stored(bytes, mac) if bytes.as_slice() == payload => {
+            Storing::Stored(bytes, ack) if bytes.as_slice() == payload => {
                 tracing::info!(%cid, "duplicate changes already stored; acknowledged again");
-                let ack = stored(*mac);
+                let ack = ack.clone();
                 self.send(cid, Suffix::LssMsg, ack);
                 return;
             }
@@ -963,14 +1050,14 @@ impl BrokerCore {
             tracing::info!(%cid, "a late copy of changes stored for an earlier request; ignored");
             return;
         }
-        let changes = match Response::decode(payload) {
-            Ok(Response::VlsMuts(changes)) => changes,
-            _ => {
-                tracing::warn!(%cid, "malformed lss-res ignored");
+        let (muts, puts) = match self.changes_of(payload) {
+            Ok(changes) => changes,
+            Err(why) => {
+                tracing::warn!(%cid, %why, "malformed lss-res ignored");
                 return;
             }
         };
-        let Some(account) = self.accounts.get(cid).copied() else {
+        let Some(accounts) = self.accounts.get(cid).cloned() else {
             tracing::error!(%cid, "changes from a signer without an LSS account (broker runs --no-lss) ignored");
             return;
         };
@@ -978,11 +1065,33 @@ impl BrokerCore {
             *storing = Storing::Putting(payload.to_vec());
         }
         let call = LssCall::Put {
-            account,
-            muts: changes.muts,
-            client_mac: changes.client_hmac,
+            accounts,
+            muts,
+            puts,
+            verify: self.quorum.is_some(),
         };
         self.call(purpose, call, deadline);
+    }
+
+    /// A signer's changes (`init-2-res` or `lss-res`) and its MAC for each
+    /// provider, in the form this broker's mode expects.
+    fn changes_of(&self, payload: &[u8]) -> Result<(Muts, Vec<ProviderPut>), String> {
+        match (Response::decode(payload), self.quorum) {
+            (Ok(Response::Created(c) | Response::VlsMuts(c)), None) => Ok((
+                c.muts,
+                vec![ProviderPut {
+                    client_hmac: c.client_hmac,
+                    seen: None,
+                }],
+            )),
+            (Ok(Response::QuorumMuts(q)), Some(_)) => Ok((q.muts, q.puts)),
+            (Ok(_), _) => Err("not the changes this broker's mode expects".into()),
+            (Err(e), _) => Err(e.to_string()),
+        }
+    }
+
+    fn ack(&self, receipts: Vec<Receipt>) -> Vec<u8> {
+        ack_of(self.quorum, receipts)
     }
 
     /// Where changes from `cid` belong: the request in flight to it, else
@@ -1160,12 +1269,16 @@ impl BrokerCore {
     }
 }
 
-/// The acknowledgement of stored changes, with the server's MAC.
-fn stored(mac: [u8; 32]) -> Vec<u8> {
-    Msg::Stored(BrokerMutations {
-        server_hmac: Some(mac),
-        muts: Vec::new(),
-    })
+/// The `lss-msg` acknowledging stored changes: the server's MAC, or every
+/// provider's receipt with several.
+fn ack_of(quorum: Option<u64>, receipts: Vec<Receipt>) -> Vec<u8> {
+    match quorum {
+        Some(_) => Msg::Receipts(receipts),
+        None => Msg::Stored(BrokerMutations {
+            server_hmac: receipts.first().map(|r| r.server_hmac),
+            muts: Vec::new(),
+        }),
+    }
     .encode()
 }
 

@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use lss_client::{Client, ConnectOptions, PutError, RpcError};
 use lss_core::{ClientId, KeyValue, Token};
-use sphinx_wire::lss::Muts;
+use sphinx_wire::lss::{Muts, ProviderState, Receipt, Seen};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -52,11 +54,25 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// The relay: one connection per signer account, reconnecting as needed.
+/// The relay to every configured provider.
 #[derive(Clone)]
 pub struct Relay {
+    providers: Arc<Vec<Provider>>,
+    write_quorum: usize,
+    /// Built with [`Relay::quorum`]: the signer verifies signed logs.
+    verified: bool,
+}
+
+/// One LSS server: one connection per signer account, reconnecting as
+/// needed; its key once known; one put at a time per account, in order.
+struct Provider {
     options: ConnectOptions,
-    clients: Arc<Mutex<HashMap<Account, Client>>>,
+    clients: Mutex<HashMap<Account, Client>>,
+    key: std::sync::Mutex<Option<([u8; 33], bool)>>,
+    /// Puts of one account to this provider run one after another, in the
+    /// order they were made (tokio's mutex is fair), even when the caller
+    /// stopped waiting for them.
+    put_order: Mutex<HashMap<[u8; 33], Arc<Mutex<()>>>>,
 }
 
 impl std::hash::Hash for Account {
@@ -68,19 +84,248 @@ impl std::hash::Hash for Account {
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
 
+/// How long a quorum read waits for the providers beyond the read quorum
+/// once it has that many answers (a provider that is down must not hold
+/// every restore until the deadline).
+pub const STRAGGLER_GRACE: Duration = Duration::from_millis(500);
+
+/// One provider's part of a quorum put.
+pub type ProviderPut = sphinx_wire::lss::ProviderPut;
+
 impl Relay {
     /// A relay to the server at `options.url`.
     pub fn new(options: ConnectOptions) -> Relay {
         Relay {
-            options,
-            clients: Arc::new(Mutex::new(HashMap::new())),
+            verified: false,
+            ..Relay::quorum(vec![options], 1)
         }
     }
 
-    /// The server's public key (Info) and whether it offers framed MACs,
-    /// retried until `deadline`.
-    pub async fn server_key(&self, deadline: Instant) -> Result<([u8; 33], bool), RelayError> {
-        retry("info", deadline, || async {
+    /// The write quorum of the verified mode (`quorum-v1`), `None` for the
+    /// reference's single-provider relay.
+    pub fn write_quorum(&self) -> Option<u64> {
+        self.verified.then_some(self.write_quorum as u64)
+    }
+
+    /// A relay to several servers, a put counting once `write_quorum` of
+    /// them stored it.
+    pub fn quorum(providers: Vec<ConnectOptions>, write_quorum: usize) -> Relay {
+        Relay {
+            providers: Arc::new(
+                providers
+                    .into_iter()
+                    .map(|options| Provider {
+                        options,
+                        clients: Mutex::new(HashMap::new()),
+                        key: std::sync::Mutex::new(None),
+                        put_order: Mutex::new(HashMap::new()),
+                    })
+                    .collect(),
+            ),
+            write_quorum,
+            verified: true,
+        }
+    }
+
+    /// How many providers.
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    /// Whether there are none (never, once configured).
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    /// Every provider's public key (Info) and whether it offers framed
+    /// MACs, retried until `deadline`. A key is asked once and then
+    /// remembered, so a provider that is down later does not stop signers
+    /// from (re)connecting.
+    pub async fn server_keys(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<([u8; 33], bool)>, RelayError> {
+        let keys = join_all(self.providers.iter().map(|p| p.server_key(deadline))).await;
+        keys.into_iter().collect()
+    }
+
+    /// Everything `accounts[i]` stores at provider `i`, with its MAC over
+    /// `nonce` (and, with `seen`, its attestation for a client whose last
+    /// checkpoints are `seen`). Waits for every provider until the read
+    /// quorum (`N − W + 1`) has answered, then [`STRAGGLER_GRACE`] longer.
+    pub async fn get_all(
+        &self,
+        accounts: &[Account],
+        nonce: [u8; 32],
+        seen: Option<&[Option<Seen>]>,
+        deadline: Instant,
+    ) -> Result<Vec<ProviderState>, RelayError> {
+        let needed = self.providers.len() - self.write_quorum + 1;
+        let mut pending: FuturesUnordered<_> = self
+            .providers
+            .iter()
+            .zip(accounts)
+            .enumerate()
+            .map(|(i, (p, account))| {
+                let verify = seen.map(|seen| verify_of(seen.get(i).copied().flatten()));
+                async move { (i, p.get_all(*account, nonce, verify, deadline).await) }
+            })
+            .collect();
+        let mut states = Vec::new();
+        let mut failures = Vec::new();
+        let mut grace: Option<Instant> = None;
+        loop {
+            let next = match grace {
+                Some(until) => match tokio::time::timeout_at(until, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            let Some((i, result)) = next else { break };
+            match result {
+                Ok(mut state) => {
+                    state.provider = i as u64;
+                    states.push(state)
+                }
+                Err(e) => {
+                    tracing::warn!(provider = i, error = %e, "LSS provider did not answer the read");
+                    failures.push(e);
+                }
+            }
+            if states.len() >= needed && grace.is_none() {
+                grace = Some(Instant::now() + STRAGGLER_GRACE);
+            }
+        }
+        if states.len() < needed {
+            return Err(not_enough("read", states.len(), needed, failures));
+        }
+        states.sort_by_key(|s| s.provider);
+        Ok(states)
+    }
+
+    /// Stores `muts` at every provider (`accounts[i]` with `puts[i]`);
+    /// returns once `W` have stored it, with their receipts. The other
+    /// providers' puts go on in the background (in order, each until
+    /// `deadline`), so a slow provider does not fall behind.
+    pub async fn put(
+        &self,
+        accounts: &[Account],
+        muts: &Muts,
+        puts: &[ProviderPut],
+        verify: bool,
+        deadline: Instant,
+    ) -> Result<Vec<Receipt>, RelayError> {
+        let mut kvs = Vec::with_capacity(muts.len());
+        for (key, (version, value)) in muts {
+            let version = i64::try_from(*version)
+                .map_err(|_| RelayError::Failed(format!("version of {key:?} out of range")))?;
+            kvs.push(KeyValue::new(key.clone(), version, value.clone()));
+        }
+        if accounts.len() != self.providers.len() || puts.len() != self.providers.len() {
+            return Err(RelayError::Failed(format!(
+                "{} accounts and {} MACs for {} providers",
+                accounts.len(),
+                puts.len(),
+                self.providers.len()
+            )));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(self.providers.len());
+        for (i, (account, put)) in accounts.iter().zip(puts).enumerate() {
+            let relay = self.clone();
+            let (account, put, kvs, tx) = (*account, put.clone(), kvs.clone(), tx.clone());
+            // Ordered per provider before the task starts: the lock is taken
+            // in the order the puts were made.
+            let order = self.providers[i].order(&account).await;
+            tokio::spawn(async move {
+                let _turn = order.lock().await;
+                let verify = verify.then(|| verify_of(put.seen));
+                let result = relay.providers[i]
+                    .put(account, kvs, put.client_hmac, verify, deadline)
+                    .await
+                    .map(|(server_hmac, attestation)| {
+                        let (checkpoint, bundle) = attestation.unwrap_or_default();
+                        Receipt {
+                            provider: i as u64,
+                            server_hmac,
+                            checkpoint,
+                            bundle,
+                        }
+                    });
+                let _ = tx.send((i, result)).await;
+            });
+        }
+        drop(tx);
+        let n = self.providers.len();
+        let mut receipts = Vec::new();
+        let mut conflicts = 0;
+        let mut failures = Vec::new();
+        while let Some((i, result)) = rx.recv().await {
+            match result {
+                Ok(receipt) => {
+                    receipts.push(receipt);
+                    if receipts.len() >= self.write_quorum {
+                        receipts.sort_by_key(|r| r.provider);
+                        return Ok(receipts);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = i, error = %e, "LSS provider did not store the put");
+                    if let RelayError::Conflict(_) = e {
+                        conflicts += 1;
+                    }
+                    failures.push(e);
+                }
+            }
+        }
+        // Conflicts alone keep the quorum out of reach: other versions are
+        // stored (another signer wrote), which a resync resolves.
+        if conflicts > n - self.write_quorum {
+            return Err(RelayError::Conflict(conflicts));
+        }
+        Err(not_enough(
+            "put",
+            receipts.len(),
+            self.write_quorum,
+            failures,
+        ))
+    }
+}
+
+/// The verifiable-log request for a client whose last checkpoint is `seen`.
+fn verify_of(seen: Option<Seen>) -> lss_proto::Verify {
+    match seen {
+        None => lss_proto::Verify::default(),
+        Some(seen) => lss_proto::Verify {
+            seen_size: seen.size,
+            seen_note: seen.note.to_vec(),
+        },
+    }
+}
+
+fn not_enough(what: &str, ok: usize, needed: usize, failures: Vec<RelayError>) -> RelayError {
+    let unavailable = failures
+        .iter()
+        .all(|e| matches!(e, RelayError::Unavailable(_)));
+    let why = failures
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let message = format!("{ok} of the {needed} providers needed answered the {what} ({why})");
+    if unavailable {
+        RelayError::Unavailable(message)
+    } else {
+        RelayError::Failed(message)
+    }
+}
+
+impl Provider {
+    async fn server_key(&self, deadline: Instant) -> Result<([u8; 33], bool), RelayError> {
+        if let Some(key) = *self.key.lock().expect("key lock") {
+            return Ok(key);
+        }
+        let key = retry("info", deadline, || async {
             let mut grpc = lss_client::connect_channel(&self.options).await?;
             lss_client::info(&mut grpc)
                 .await
@@ -90,7 +335,18 @@ impl Relay {
                     other => Attempt::Stop(RelayError::Failed(other.to_string())),
                 })
         })
-        .await
+        .await?;
+        *self.key.lock().expect("key lock") = Some(key);
+        Ok(key)
+    }
+
+    async fn order(&self, account: &Account) -> Arc<Mutex<()>> {
+        self.put_order
+            .lock()
+            .await
+            .entry(account.client_id)
+            .or_default()
+            .clone()
     }
 
     async fn client(&self, account: Account) -> Result<Client, RpcError> {
@@ -114,18 +370,28 @@ impl Relay {
         Ok(client)
     }
 
-    /// Everything the account stores, with the server's MAC over `nonce`.
-    pub async fn get_all(
+    async fn get_all(
         &self,
         account: Account,
         nonce: [u8; 32],
+        verify: Option<lss_proto::Verify>,
         deadline: Instant,
-    ) -> Result<(Muts, [u8; 32]), RelayError> {
-        let (kvs, mac) = retry("get", deadline, || async {
-            Ok(self.client(account).await?.get("", &nonce).await?)
+    ) -> Result<ProviderState, RelayError> {
+        let (kvs, mac, attestation) = retry("get", deadline, || {
+            let verify = verify.clone();
+            async move {
+                let mut client = self.client(account).await?;
+                Ok(match verify {
+                    Some(verify) => client.get_attested("", &nonce, verify).await?,
+                    None => {
+                        let (kvs, mac) = client.get("", &nonce).await?;
+                        (kvs, mac, None)
+                    }
+                })
+            }
         })
         .await?;
-        let mac: [u8; 32] = mac
+        let server_hmac: [u8; 32] = mac
             .try_into()
             .map_err(|_| RelayError::Failed("the server's read MAC is not 32 bytes".into()))?;
         let muts = kvs
@@ -137,31 +403,39 @@ impl Relay {
                 Ok((kv.key, (version, kv.value)))
             })
             .collect::<Result<Muts, RelayError>>()?;
-        Ok((muts, mac))
+        let (checkpoint, bundle) = attestation
+            .map(|a| (a.checkpoint, a.bundle))
+            .unwrap_or_default();
+        Ok(ProviderState {
+            provider: 0,
+            server_hmac,
+            muts,
+            checkpoint,
+            bundle,
+        })
     }
 
-    /// Stores `muts` with the signer's MAC; returns the server's MAC.
-    pub async fn put(
+    /// Stores `kvs` with the signer's MAC; returns the server's MAC (and
+    /// attestation when `verify` asks for one).
+    async fn put(
         &self,
         account: Account,
-        muts: &Muts,
+        kvs: Vec<KeyValue>,
         client_mac: [u8; 32],
+        verify: Option<lss_proto::Verify>,
         deadline: Instant,
-    ) -> Result<[u8; 32], RelayError> {
-        let mut kvs = Vec::with_capacity(muts.len());
-        for (key, (version, value)) in muts {
-            let version = i64::try_from(*version)
-                .map_err(|_| RelayError::Failed(format!("version of {key:?} out of range")))?;
-            kvs.push(KeyValue::new(key.clone(), version, value.clone()));
-        }
-        let mac = retry("put", deadline, || async {
-            match self
-                .client(account)
-                .await?
-                .put(kvs.clone(), &client_mac)
-                .await
-            {
-                Ok(mac) => Ok(mac),
+    ) -> Result<([u8; 32], Option<(Vec<u8>, Vec<u8>)>), RelayError> {
+        let (mac, attestation) = retry("put", deadline, || async {
+            let mut client = self.client(account).await?;
+            let result = match verify.clone() {
+                Some(verify) => client.put_attested(kvs.clone(), &client_mac, verify).await,
+                None => client
+                    .put(kvs.clone(), &client_mac)
+                    .await
+                    .map(|mac| (mac, None)),
+            };
+            match result {
+                Ok(ok) => Ok(ok),
                 Err(PutError::Conflict(conflicts)) => {
                     Err(Attempt::Stop(RelayError::Conflict(conflicts.len())))
                 }
@@ -170,8 +444,10 @@ impl Relay {
             }
         })
         .await?;
-        mac.try_into()
-            .map_err(|_| RelayError::Failed("the server's put MAC is not 32 bytes".into()))
+        let mac = mac
+            .try_into()
+            .map_err(|_| RelayError::Failed("the server's put MAC is not 32 bytes".into()))?;
+        Ok((mac, attestation.map(|a| (a.checkpoint, a.bundle))))
     }
 }
 

@@ -67,7 +67,17 @@ async fn run(
     }
     match &config.lss {
         Some(lss) => {
-            tracing::info!(url = %lss.url, "signer state is stored in LSS before every reply")
+            let urls: Vec<&str> = lss.providers.iter().map(|p| p.url.as_str()).collect();
+            match lss.write_quorum {
+                None => {
+                    tracing::info!(url = %urls[0], "signer state is stored in LSS before every reply")
+                }
+                Some(w) => tracing::info!(
+                    providers = %urls.join(","),
+                    write_quorum = w,
+                    "signer state is stored by a quorum of LSS providers, each verified by the signer, before every reply"
+                ),
+            }
         }
         None => tracing::warn!(
             "running WITHOUT LSS (--no-lss): the signer's state is kept only on the signer"
@@ -100,7 +110,12 @@ async fn run(
             link::external(external, gate.clone(), config.max_packet)
         }
     };
-    let lss = config.lss.clone().map(sphinx_broker::lss::Relay::new);
+    let lss = config.lss.clone().map(|l| match l.write_quorum {
+        Some(w) => sphinx_broker::lss::Relay::quorum(l.providers, w),
+        None => sphinx_broker::lss::Relay::new(
+            l.providers.into_iter().next().expect("one URL at least"),
+        ),
+    });
     let scheduler = Scheduler::start(link, events, config.request_timeout, lss, config.max_packet);
     let token_path = config.data_dir.join("api-token");
     let token = sphinx_broker::api::token(&token_path)

@@ -59,7 +59,10 @@ impl Scheduler {
     ) -> Scheduler {
         let (commands, rx) = mpsc::channel(1024);
         let (errors, _) = broadcast::channel(256);
-        let core = BrokerCore::new(timeout, lss.is_some(), max_packet);
+        let mut core = BrokerCore::new(timeout, lss.is_some(), max_packet);
+        if let Some(w) = lss.as_ref().and_then(Relay::write_quorum) {
+            core = core.with_quorum(w);
+        }
         let driver = Driver {
             core,
             link,
@@ -260,14 +263,21 @@ impl Driver {
 
 async fn lss_call(relay: &Relay, call: LssCall, deadline: tokio::time::Instant) -> LssResult {
     match call {
-        LssCall::ServerKey => LssResult::ServerKey(relay.server_key(deadline).await),
-        LssCall::GetAll { account, nonce } => {
-            LssResult::State(relay.get_all(account, nonce, deadline).await)
-        }
+        LssCall::ServerKey => LssResult::ServerKey(relay.server_keys(deadline).await),
+        LssCall::GetAll {
+            accounts,
+            nonce,
+            seen,
+        } => LssResult::State(
+            relay
+                .get_all(&accounts, nonce, seen.as_deref(), deadline)
+                .await,
+        ),
         LssCall::Put {
-            account,
+            accounts,
             muts,
-            client_mac,
-        } => LssResult::Stored(relay.put(account, &muts, client_mac, deadline).await),
+            puts,
+            verify,
+        } => LssResult::Stored(relay.put(&accounts, &muts, &puts, verify, deadline).await),
     }
 }

@@ -21,6 +21,7 @@ use sphinx_broker::link::LinkEvent;
 use sphinx_broker::lss::RelayError;
 use sphinx_signer::core::{Core, Mode, Out};
 use sphinx_signer::Network;
+use sphinx_wire::lss::{ProviderState, Receipt};
 use sphinx_wire::topics::Suffix;
 use vls_protocol::model::PubKey;
 use vls_protocol::msgs::{self, Message, SerBolt};
@@ -78,9 +79,12 @@ impl Lss {
     fn call(&mut self, call: LssCall) -> LssResult {
         match call {
             LssCall::ServerKey => {
-                LssResult::ServerKey(Ok((self.key.server_id(), self.offers_framed)))
+                LssResult::ServerKey(Ok(vec![(self.key.server_id(), self.offers_framed)]))
             }
-            LssCall::GetAll { account, nonce } => {
+            LssCall::GetAll {
+                accounts, nonce, ..
+            } => {
+                let account = accounts[0];
                 let (client, secret) = self
                     .key
                     .authenticate(&account.client_id, &account.token)
@@ -97,13 +101,21 @@ impl Lss {
                     .into_iter()
                     .map(|kv| (kv.key, (kv.version as u64, kv.value)))
                     .collect();
-                LssResult::State(Ok((muts, mac)))
+                LssResult::State(Ok(vec![ProviderState {
+                    provider: 0,
+                    server_hmac: mac,
+                    muts,
+                    checkpoint: Vec::new(),
+                    bundle: Vec::new(),
+                }]))
             }
             LssCall::Put {
-                account,
+                accounts,
                 muts,
-                client_mac,
+                puts,
+                ..
             } => {
+                let (account, client_mac) = (accounts[0], puts[0].client_hmac);
                 self.put_calls += 1;
                 let (client, secret) = self
                     .key
@@ -139,7 +151,12 @@ impl Lss {
                     // The retry of the same put: every key is now at its version.
                     return LssResult::Stored(Err(RelayError::Conflict(kvs.len())));
                 }
-                LssResult::Stored(Ok(scheme(&account).mac(&secret, PUT_SERVER_NONCE, &kvs).0))
+                LssResult::Stored(Ok(vec![Receipt {
+                    provider: 0,
+                    server_hmac: scheme(&account).mac(&secret, PUT_SERVER_NONCE, &kvs).0,
+                    checkpoint: Vec::new(),
+                    bundle: Vec::new(),
+                }]))
             }
         }
     }
@@ -323,9 +340,10 @@ impl World {
     fn tamper(&mut self, call: LssCall) -> LssCall {
         match call {
             LssCall::Put {
-                account,
+                accounts,
                 muts,
-                client_mac,
+                puts,
+                verify,
             } if self.regroup_next_put && muts.len() >= 2 => {
                 self.regroup_next_put = false;
                 let mut entries = muts.into_iter();
@@ -339,9 +357,10 @@ impl World {
                 }
                 self.regrouped = Some((key.clone(), value.clone(), swallowed));
                 LssCall::Put {
-                    account,
+                    accounts,
                     muts: vec![(key, (version, value))],
-                    client_mac,
+                    puts,
+                    verify,
                 }
             }
             other => other,

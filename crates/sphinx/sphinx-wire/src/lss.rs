@@ -850,9 +850,7 @@ impl Fields {
     /// `seen_size` and `seen_note`: none when the note is nil.
     fn seen(&mut self) -> Result<Option<Seen>, WireError> {
         let size = self.uint("seen_size")?;
-        Ok(self
-            .opt_fixed("seen_note")?
-            .map(|note| Seen { size, note }))
+        Ok(self.opt_fixed("seen_note")?.map(|note| Seen { size, note }))
     }
 
     fn muts(&mut self, name: &str) -> Result<Muts, WireError> {
