@@ -5,54 +5,11 @@
 //! signed rollback, reported with evidence and left out, and reads still
 //! return every acknowledged write.
 
-use lk_testkit::process::{workspace_binary, LssdProcess};
+use lk_testkit::process::RestartableLssd as Server;
 use lss_client::quorum::{Provider, QuorumClient};
 use lss_client::{ConnectOptions, PrivClient};
 use lss_core::secp256k1::SecretKey;
 use lss_core::KeyValue;
-
-struct Server {
-    args: Vec<String>,
-    process: Option<LssdProcess>,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(extra: &[&str]) -> Self {
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut args = vec![
-            "--data-dir".to_owned(),
-            data.path().to_str().expect("utf-8").to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = Server {
-            args,
-            process: None,
-            _data: data,
-        };
-        server.up(None);
-        server
-    }
-
-    fn up(&mut self, listen: Option<&str>) {
-        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        if let Some(listen) = listen {
-            args.extend(["--listen", listen]);
-        }
-        self.process = Some(LssdProcess::spawn(&workspace_binary("lssd"), &args).expect("lssd"));
-    }
-
-    fn url(&self) -> String {
-        self.process.as_ref().expect("running").url.clone()
-    }
-
-    fn down(&mut self) -> String {
-        let process = self.process.take().expect("running");
-        let addr = process.addr.to_string();
-        process.kill();
-        addr
-    }
-}
 
 async fn provider(url: &str, secret: &SecretKey) -> Provider {
     let options = ConnectOptions {
@@ -119,16 +76,16 @@ async fn three_providers_survive_one_down_and_catch_one_that_lost_its_data() {
         [put("channel/1", 1, "b"), put("channel/2", 0, "c")].concat()
     );
     // A second one down: below the quorum, refused (not silently accepted).
-    let addr2 = servers[2].down();
+    servers[2].down();
     let err = quorum
         .put(put("channel/1", 2, "d"))
         .await
         .expect_err("below quorum");
     assert!(err.to_string().contains("1 of 2"), "{err}");
-    servers[2].up(Some(&addr2));
+    servers[2].up();
 
     // Back up on its address: the next read brings it up to date.
-    servers[1].up(Some(&addr));
+    servers[1].up();
     let (kvs, report) = quorum.get("channel/", &[2; 32]).await.expect("get");
     assert!(
         report.repaired.iter().any(|p| p.contains(&addr)),
@@ -144,9 +101,9 @@ async fn three_providers_survive_one_down_and_catch_one_that_lost_its_data() {
 
     // (d) A provider loses its data (same key, empty store).
     let addr0 = servers[0].down();
-    let db = std::path::Path::new(&servers[0].args[1]).join("lightkeeper.redb");
+    let db = servers[0].data_dir().join("lightkeeper.redb");
     std::fs::remove_file(db).expect("wipe");
-    servers[0].up(Some(&addr0));
+    servers[0].up();
     let (kvs_after, report) = quorum.get("channel/", &[4; 32]).await.expect("get");
     assert_eq!(kvs_after, kvs, "every acknowledged write survives");
     let liar = report
@@ -200,7 +157,7 @@ fn the_cli_with_three_providers() {
     let (code, out, err) = cli(&all, &["put", "k", "1", "bb"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("on 2 of 3 providers"), "{out}");
-    servers[2].up(Some(&addr));
+    servers[2].up();
     let (code, out, err) = cli(&all, &["get", "k"]);
     assert_eq!((code, out.as_str()), (0, "k 1 bb\n"), "{err}");
     assert!(err.contains("repaired") && err.contains(&addr), "{err}");

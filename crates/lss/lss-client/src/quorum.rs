@@ -214,7 +214,7 @@ impl QuorumClient {
                 Err(e) => report.failures.push(failure(&name, &rpc_of_get(e))),
             }
         }
-        let needed = self.providers.len() - self.write_quorum + 1;
+        let needed = lss_verify::quorum::read_quorum(self.providers.len(), self.write_quorum);
         if answers.len() < needed {
             return Err(QuorumError::NotEnough {
                 ok: answers.len(),
@@ -222,10 +222,9 @@ impl QuorumClient {
                 failures: report.failures,
             });
         }
-        let best = answers
-            .iter()
-            .find(|(_, a)| answers.iter().all(|(_, b)| dominates(a, b)))
-            .map(|(i, kvs)| (*i, kvs.clone()))
+        let views: Vec<&[KeyValue]> = answers.iter().map(|(_, kvs)| kvs.as_slice()).collect();
+        let best = lss_verify::quorum::newest(&views)
+            .map(|j| (answers[j].0, answers[j].1.clone()))
             .ok_or_else(|| {
                 QuorumError::Diverged(
                     "no provider's answer is at least as new as every other, key by key".into(),
@@ -260,15 +259,6 @@ impl QuorumClient {
         }
         Ok((best.1, report))
     }
-}
-
-/// Whether every key of `b` is in `a` at a version at least as high.
-fn dominates(a: &[KeyValue], b: &[KeyValue]) -> bool {
-    b.iter().all(|kb| {
-        a.iter()
-            .find(|ka| ka.key == kb.key)
-            .is_some_and(|ka| ka.version > kb.version || ka == kb)
-    })
 }
 
 /// Whether a conflict only says the provider is behind `wanted` (each

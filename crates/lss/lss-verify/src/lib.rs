@@ -22,6 +22,7 @@ pub mod bundle;
 pub mod entry;
 pub mod evidence;
 pub mod ledger;
+pub mod quorum;
 pub mod state;
 pub mod statement;
 pub mod verify;

@@ -57,6 +57,7 @@ use vls_protocol_signer::lightning_signer::util::velocity::{
 use vls_protocol_signer::vls_protocol::msgs::{self, Message};
 
 use crate::lss::{self, Credentials, LssError};
+use crate::quorum::{Awaited, Quorum, QuorumError};
 
 /// The hsmd wire version this signer speaks at most.
 pub const MAX_PROTOCOL_VERSION: u32 = msgs::DEFAULT_MAX_PROTOCOL_VERSION;
@@ -93,6 +94,9 @@ pub enum CoreError {
     /// An LSS message that does not fit the current step.
     #[error("unexpected LSS message: {0}")]
     LssProtocol(&'static str),
+    /// Several providers: not enough verified, or not one history.
+    #[error(transparent)]
+    Quorum(#[from] QuorumError),
 }
 
 /// Where the signer's state is made durable.
@@ -127,23 +131,31 @@ struct Session {
     handlers: Option<Handlers>,
 }
 
+/// What acknowledges stored changes.
+enum Expected {
+    /// The one server's MAC over exactly them.
+    Mac([u8; 32]),
+    /// `W` verified receipts of several providers.
+    Quorum(Awaited),
+}
+
 /// Changes waiting for the server's acknowledgement.
 enum Pending {
     /// A control message's changes; its response is held.
     Control {
         response: Vec<u8>,
-        expected: [u8; 32],
+        expected: Expected,
         policy_changed: bool,
     },
     /// The init dance's mutations (a new node, or an upgrade).
-    Init { expected: [u8; 32] },
+    Init { expected: Expected },
     /// A request's mutations; its reply is held.
     Request {
         seq: u16,
         request: Vec<u8>,
         reply: Vec<u8>,
         muts: Muts,
-        expected: [u8; 32],
+        expected: Expected,
         /// The `lss-res` payload, resent if the request is.
         persist: Vec<u8>,
     },
@@ -162,6 +174,11 @@ pub struct Core {
     last: Option<(u16, Vec<u8>, Vec<u8>)>,
     /// LSS credentials and the nonce of the current dance.
     lss: Option<(Credentials, [u8; 32])>,
+    /// Instead, with several providers (`quorum-v1`): each one's
+    /// credentials and last verified checkpoint.
+    quorum: Option<Quorum>,
+    /// The smallest write quorum this signer accepts from the broker.
+    min_write_quorum: usize,
     /// LSS state verified in the current dance (step 2 done).
     synced: bool,
     pending: Option<Pending>,
@@ -218,6 +235,8 @@ impl Core {
             init_msg: None,
             last: None,
             lss: None,
+            quorum: None,
+            min_write_quorum: 1,
             synced: false,
             pending: None,
             compat_control: false,
@@ -252,6 +271,13 @@ impl Core {
         } else {
             lss_core::MacScheme::Framed
         };
+        self
+    }
+
+    /// With several LSS providers, refuse a broker that asks for fewer than
+    /// `w` receipts per put (the host must not lower the operator's quorum).
+    pub fn min_write_quorum(mut self, w: usize) -> Self {
+        self.min_write_quorum = w;
         self
     }
 
@@ -403,9 +429,38 @@ impl Core {
     /// signer's credentials and `nonce` (fresh, from the caller) for the full
     /// read that follows.
     pub fn lss_init(&mut self, payload: &[u8], nonce: [u8; 32]) -> Result<Vec<u8>, CoreError> {
-        let Msg::Init { server_pubkey } = Msg::decode(payload)? else {
-            return Err(CoreError::LssProtocol("expected Init on init-1-msg"));
+        let server_pubkey = match Msg::decode(payload)? {
+            Msg::Init { server_pubkey } => server_pubkey,
+            Msg::Providers(providers) => {
+                self.store()?;
+                let (network, seed) = (self.network, self.seed);
+                let (quorum, response) = Quorum::open(
+                    &providers,
+                    nonce,
+                    &self.store_dir,
+                    self.min_write_quorum,
+                    |key| {
+                        let server = PublicKey::from_slice(key).map_err(|_| {
+                            QuorumError::Providers("a server key is not a public key".into())
+                        })?;
+                        Ok(lss_credentials(network, &seed, &server)
+                            .with_scheme(lss_core::MacScheme::Framed))
+                    },
+                )?;
+                self.quorum = Some(quorum);
+                self.lss = None;
+                self.synced = false;
+                return Ok(response);
+            }
+            _ => return Err(CoreError::LssProtocol("expected Init on init-1-msg")),
         };
+        if self.min_write_quorum > 1 {
+            return Err(QuorumError::Providers(format!(
+                "the broker relays to one LSS provider; this signer requires a write quorum of {}",
+                self.min_write_quorum
+            ))
+            .into());
+        }
         let server = PublicKey::from_slice(&server_pubkey)
             .map_err(|_| CoreError::LssProtocol("the server key is not a public key"))?;
         self.store()?;
@@ -417,6 +472,7 @@ impl Core {
             framed_mac: creds.scheme == lss_core::MacScheme::Framed,
         });
         self.lss = Some((creds, nonce));
+        self.quorum = None;
         self.synced = false;
         Ok(response.encode())
     }
@@ -439,14 +495,17 @@ impl Core {
     /// whatever building changed (to be stored and acknowledged before
     /// `HsmdInit` is answered).
     pub fn lss_restore(&mut self, payload: &[u8]) -> Result<Vec<u8>, CoreError> {
-        let Msg::Created(state) = Msg::decode(payload)? else {
-            return Err(CoreError::LssProtocol("expected Created on init-2-msg"));
+        let remote: Muts = match (&mut self.quorum, &self.lss) {
+            (Some(quorum), _) => quorum.restore(payload)?,
+            (None, Some((creds, nonce))) => {
+                let Msg::Created(state) = Msg::decode(payload)? else {
+                    return Err(CoreError::LssProtocol("expected Created on init-2-msg"));
+                };
+                creds.check_read(nonce, &state.muts, state.server_hmac.as_ref())?;
+                state.muts
+            }
+            (None, None) => return Err(CoreError::LssProtocol("init-2 before init-1")),
         };
-        let (creds, nonce) = self
-            .lss
-            .clone()
-            .ok_or(CoreError::LssProtocol("init-2 before init-1"))?;
-        creds.check_read(&nonce, &state.muts, state.server_hmac.as_ref())?;
 
         // A request whose put landed while its acknowledgement was lost:
         // LSS proves it is stored, so its reply is the answer to a resend.
@@ -471,7 +530,7 @@ impl Core {
         }
         .or(self.doubt.take());
         if let Some(held) = held {
-            if !held.muts.is_empty() && lss::contains(&state.muts, &held.muts) {
+            if !held.muts.is_empty() && lss::contains(&remote, &held.muts) {
                 tracing::info!(
                     seq = held.seq,
                     "a held reply's changes are in LSS; it answers the resent request"
@@ -494,7 +553,7 @@ impl Core {
                 .map(|it| it.map(KVV::into_inner).collect())
                 .map_err(|e| CoreError::Store(format!("{e:?}")))
         })?;
-        let apply = lss::plan(&local, &state.muts)?;
+        let apply = lss::plan(&local, &remote)?;
         if !apply.is_empty() {
             tracing::info!(keys = apply.len(), "local store brought forward from LSS");
             let kvvs = apply.into_iter().map(|(k, vv)| KVV(k, vv)).collect();
@@ -509,22 +568,49 @@ impl Core {
         let muts: Muts = muts.into_inner();
         let response = if muts.is_empty() {
             commit_local(&persister, Mutations::new())?;
-            SignerMutations {
-                client_hmac: [0; 32],
-                muts: Vec::new(),
+            match &self.quorum {
+                Some(quorum) => quorum.prepare(&Vec::new())?.0,
+                None => Response::Created(SignerMutations {
+                    client_hmac: [0; 32],
+                    muts: Vec::new(),
+                })
+                .encode(),
             }
         } else {
-            let client_hmac = creds.client_mac(&muts)?;
-            let expected = creds.server_put_mac(&muts)?;
+            let (payload, expected) = self.to_store(&muts, true)?;
             self.pending = Some(Pending::Init { expected });
-            SignerMutations { client_hmac, muts }
+            payload
         };
         self.session = Some(Session {
             persister,
             handlers: Some(handlers),
         });
         self.synced = true;
-        Ok(Response::Created(response).encode())
+        Ok(response)
+    }
+
+    /// The message that stores `muts` (`Created` at init, else `VlsMuts`;
+    /// `QuorumMuts` with several providers) and what will acknowledge it.
+    fn to_store(&self, muts: &Muts, init: bool) -> Result<(Vec<u8>, Expected), CoreError> {
+        if let Some(quorum) = &self.quorum {
+            let (payload, awaited) = quorum.prepare(muts)?;
+            return Ok((payload, Expected::Quorum(awaited)));
+        }
+        let (creds, _) = self
+            .lss
+            .as_ref()
+            .ok_or(CoreError::NotInitialised("no LSS credentials"))?;
+        let changes = SignerMutations {
+            client_hmac: creds.client_mac(muts)?,
+            muts: muts.clone(),
+        };
+        let expected = Expected::Mac(creds.server_put_mac(muts)?);
+        let payload = if init {
+            Response::Created(changes)
+        } else {
+            Response::VlsMuts(changes)
+        };
+        Ok((payload.encode(), expected))
     }
 
     /// `lss-msg`: the server's acknowledgement. Commits the pending changes
@@ -532,15 +618,12 @@ impl Core {
     /// them; returns the released reply (`vls-res` or `control-res`), if one
     /// was held.
     pub fn lss_stored(&mut self, payload: &[u8]) -> Result<Option<(Suffix, Vec<u8>)>, CoreError> {
-        let Msg::Stored(ack) = Msg::decode(payload)? else {
-            return Err(CoreError::LssProtocol("expected Stored on lss-msg"));
-        };
         let expected = match &self.pending {
             Some(
                 Pending::Init { expected, .. }
                 | Pending::Request { expected, .. }
                 | Pending::Control { expected, .. },
-            ) => *expected,
+            ) => expected,
             None => {
                 // A late acknowledgement of changes already dropped (a
                 // resync came first): LSS holds them, the next read says so.
@@ -548,16 +631,30 @@ impl Core {
                 return Ok(None);
             }
         };
-        let genuine = ack
-            .server_hmac
-            .is_some_and(|mac| lss_core::Mac(expected).verify(&mac));
-        if !genuine {
+        let genuine: Result<(), CoreError> = match (expected, &mut self.quorum) {
+            (Expected::Mac(expected), _) => match Msg::decode(payload)? {
+                Msg::Stored(ack)
+                    if ack
+                        .server_hmac
+                        .is_some_and(|mac| lss_core::Mac(*expected).verify(&mac)) =>
+                {
+                    Ok(())
+                }
+                Msg::Stored(_) => Err(LssError::BadMac.into()),
+                _ => Err(CoreError::LssProtocol("expected Stored on lss-msg")),
+            },
+            (Expected::Quorum(awaited), Some(quorum)) => quorum
+                .acknowledge(payload, awaited)
+                .map_err(CoreError::from),
+            (Expected::Quorum(_), None) => Err(CoreError::LssProtocol("no LSS providers")),
+        };
+        if let Err(e) = genuine {
             // An attack or a broken relay: nothing is committed, nothing
             // released, and the session must be rebuilt from a verified read.
             self.pending = None;
             self.session = None;
             self.synced = false;
-            return Err(LssError::BadMac.into());
+            return Err(e);
         }
         let persister = self
             .session
@@ -752,20 +849,19 @@ impl Core {
             return Ok(Outgoing::Reply(response));
         }
         drop(persister);
-        let Some((creds, _)) = self.lss.as_ref() else {
-            self.rebuild();
-            return Err(CoreError::NotInitialised("no LSS credentials"));
+        let (persist, expected) = match self.to_store(&muts, false) {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.rebuild();
+                return Err(e);
+            }
         };
-        let client_hmac = creds.client_mac(&muts)?;
-        let expected = creds.server_put_mac(&muts)?;
         self.pending = Some(Pending::Control {
             response,
             expected,
             policy_changed: new_policy.is_some(),
         });
-        Ok(Outgoing::Persist(
-            Response::VlsMuts(SignerMutations { client_hmac, muts }).encode(),
-        ))
+        Ok(Outgoing::Persist(persist))
     }
 
     // ---- hsmd ----
@@ -950,17 +1046,7 @@ impl Core {
             self.last = Some((request.seq, payload.to_vec(), reply.clone()));
             return Ok(Outgoing::Reply(reply));
         }
-        let (creds, _) = self
-            .lss
-            .as_ref()
-            .ok_or(CoreError::NotInitialised("no LSS credentials"))?;
-        let client_hmac = creds.client_mac(&muts)?;
-        let expected = creds.server_put_mac(&muts)?;
-        let persist = Response::VlsMuts(SignerMutations {
-            client_hmac,
-            muts: muts.clone(),
-        })
-        .encode();
+        let (persist, expected) = self.to_store(&muts, false)?;
         self.pending = Some(Pending::Request {
             seq: request.seq,
             request: payload.to_vec(),

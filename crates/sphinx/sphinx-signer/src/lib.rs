@@ -9,6 +9,8 @@
 //!   changes, never leaves a transaction open, answers duplicates from a
 //!   cache, turns bad input and VLS panics into errors;
 //! - [`lss`]: credentials, MACs and the merge of LSS state, no I/O;
+//! - [`quorum`]: several LSS providers behind the broker, each one's
+//!   signed log verified, `W` receipts before a reply;
 //! - [`run`]: the MQTT loop (login, subscriptions, reconnect without
 //!   restarting) that feeds the core on its own thread.
 //!
@@ -17,6 +19,7 @@
 
 pub mod core;
 pub mod lss;
+pub mod quorum;
 pub mod run;
 pub mod seed;
 

@@ -111,7 +111,8 @@ impl Credentials {
     }
 }
 
-fn kvs(muts: &Muts) -> Result<Vec<KeyValue>, LssError> {
+/// The entries as LSS key-values (versions checked to fit).
+pub(crate) fn kvs(muts: &Muts) -> Result<Vec<KeyValue>, LssError> {
     muts.iter()
         .map(|(key, (version, value))| {
             let v =

@@ -73,6 +73,13 @@ enum Command {
         /// default the signer refuses such a server.
         #[arg(long, env = "SIGNER_ALLOW_UNFRAMED_LSS_MACS")]
         allow_unframed_lss_macs: bool,
+        /// Require the broker to store every change with at least this many
+        /// LSS providers, each verified here by its signed log (the broker
+        /// runs with several `--lss-url`s). The host cannot then quietly
+        /// lower the quorum or relay to a single provider [default: 1].
+        #[arg(long, env = "SIGNER_LSS_MIN_WRITE_QUORUM", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..=16))]
+        lss_min_write_quorum: u16,
     },
 }
 
@@ -123,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             accept_sphinx_key_control,
             mqtt_max_packet_mib,
             allow_unframed_lss_macs,
+            lss_min_write_quorum,
         } => {
             let credentials = match (mqtt_username, mqtt_password_file) {
                 (Some(user), Some(file)) => {
@@ -147,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 sphinx_key_control: accept_sphinx_key_control,
                 max_packet: usize::from(mqtt_max_packet_mib) << 20,
                 allow_unframed_macs: allow_unframed_lss_macs,
+                min_write_quorum: usize::from(lss_min_write_quorum),
             };
             run::run(config, shutdown()).await?;
             tracing::info!("signer stopped");

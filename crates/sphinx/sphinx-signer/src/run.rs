@@ -47,6 +47,8 @@ pub struct Config {
     pub max_packet: usize,
     /// Accept an LSS server without framed MACs.
     pub allow_unframed_macs: bool,
+    /// The smallest write quorum accepted from the broker.
+    pub min_write_quorum: usize,
 }
 
 /// Why the signer cannot run.
@@ -124,7 +126,8 @@ pub async fn run(
         config.mode,
     )?
     .accept_sphinx_key_control(config.sphinx_key_control)
-    .allow_unframed_macs(config.allow_unframed_macs);
+    .allow_unframed_macs(config.allow_unframed_macs)
+    .min_write_quorum(config.min_write_quorum);
     tracing::info!(%cid, node_id = %node_id, network = %config.network, "signer ready");
 
     let mut options = MqttOptions::new(cid.clone(), host, port);

@@ -449,6 +449,71 @@ pub mod process {
         }
     }
 
+    /// An `lssd` process on its own data directory that a test can stop and
+    /// start again on the same address (a provider that goes down and comes
+    /// back, or whose data the operator restores from a backup).
+    pub struct RestartableLssd {
+        args: Vec<String>,
+        process: Option<LssdProcess>,
+        addr: Option<SocketAddr>,
+        data: tempfile::TempDir,
+    }
+
+    impl RestartableLssd {
+        /// Starts `lssd` with a fresh data directory and `extra` arguments.
+        pub fn start(extra: &[&str]) -> Self {
+            let data = tempfile::tempdir().expect("tempdir");
+            let mut args = vec![
+                "--data-dir".to_owned(),
+                data.path().to_str().expect("utf-8").to_owned(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut server = RestartableLssd {
+                args,
+                process: None,
+                addr: None,
+                data,
+            };
+            server.up();
+            server
+        }
+
+        /// Starts it again (on its earlier address once it had one).
+        pub fn up(&mut self) {
+            let listen = self.addr.map(|a| a.to_string());
+            let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+            if let Some(listen) = &listen {
+                args.extend(["--listen", listen]);
+            }
+            let process =
+                LssdProcess::spawn(&workspace_binary("lssd"), &args).expect("start lssd");
+            self.addr = Some(process.addr);
+            self.process = Some(process);
+        }
+
+        /// `http://ADDR`.
+        pub fn url(&self) -> String {
+            format!("http://{}", self.addr.expect("started once"))
+        }
+
+        /// Its data directory.
+        pub fn data_dir(&self) -> &Path {
+            self.data.path()
+        }
+
+        /// What it logged since it was last started.
+        pub fn log(&self) -> String {
+            self.process.as_ref().map(LssdProcess::log).unwrap_or_default()
+        }
+
+        /// SIGKILL; returns its address.
+        pub fn down(&mut self) -> String {
+            let process = self.process.take().expect("running");
+            process.kill();
+            self.addr.expect("started once").to_string()
+        }
+    }
+
     /// Runs `bin` with `args` to completion; returns its status and stderr.
     pub fn run(bin: &Path, args: &[&str]) -> (ExitStatus, String) {
         let output = Command::new(bin)
