@@ -179,6 +179,10 @@ pub struct Core {
     quorum: Option<Quorum>,
     /// The smallest write quorum this signer accepts from the broker.
     min_write_quorum: usize,
+    /// Where the providers' last verified checkpoints (and evidence) are
+    /// kept: apart from the VLS store, so that restoring the node from LSS
+    /// after losing that store still remembers what each provider signed.
+    checkpoint_dir: PathBuf,
     /// LSS state verified in the current dance (step 2 done).
     synced: bool,
     pending: Option<Pending>,
@@ -237,6 +241,7 @@ impl Core {
             lss: None,
             quorum: None,
             min_write_quorum: 1,
+            checkpoint_dir: store_dir.to_path_buf(),
             synced: false,
             pending: None,
             compat_control: false,
@@ -278,6 +283,13 @@ impl Core {
     /// `w` receipts per put (the host must not lower the operator's quorum).
     pub fn min_write_quorum(mut self, w: usize) -> Self {
         self.min_write_quorum = w;
+        self
+    }
+
+    /// Keep the LSS providers' checkpoints and evidence in `dir` (default:
+    /// the store directory).
+    pub fn checkpoint_dir(mut self, dir: &Path) -> Self {
+        self.checkpoint_dir = dir.to_path_buf();
         self
     }
 
@@ -437,7 +449,7 @@ impl Core {
                 let (quorum, response) = Quorum::open(
                     &providers,
                     nonce,
-                    &self.store_dir,
+                    &self.checkpoint_dir,
                     self.min_write_quorum,
                     |key| {
                         let server = PublicKey::from_slice(key).map_err(|_| {

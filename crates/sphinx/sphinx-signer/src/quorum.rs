@@ -21,8 +21,7 @@ use lss_core::KeyValue;
 use lss_verify::{Expect, Rejected, StateLeaf, Trusted};
 use sha2::{Digest, Sha256};
 use sphinx_wire::lss::{
-    Msg, Muts, ProviderAccount, ProviderPut, Providers, QuorumInit, QuorumMutations, Response,
-    Seen,
+    Msg, Muts, ProviderAccount, ProviderPut, Providers, QuorumInit, QuorumMutations, Response, Seen,
 };
 
 use crate::lss::{kvs, Credentials, LssError};
@@ -103,7 +102,11 @@ impl Quorum {
             )));
         }
         let mut seen_keys = std::collections::HashSet::new();
-        if !providers.server_pubkeys.iter().all(|k| seen_keys.insert(*k)) {
+        if !providers
+            .server_pubkeys
+            .iter()
+            .all(|k| seen_keys.insert(*k))
+        {
             return Err(QuorumError::Providers(
                 "the same provider is named twice (one server would count as several)".into(),
             ));
@@ -279,11 +282,7 @@ impl Quorum {
     }
 
     /// A provider index that is in range and not yet used in this message.
-    fn index(
-        &self,
-        provider: u64,
-        mut used: impl Iterator<Item = usize>,
-    ) -> Result<usize, String> {
+    fn index(&self, provider: u64, mut used: impl Iterator<Item = usize>) -> Result<usize, String> {
         match usize::try_from(provider) {
             Ok(i) if i < self.providers.len() && !used.any(|u| u == i) => Ok(i),
             _ => Err(format!("provider {provider}: unknown or repeated")),

@@ -127,7 +127,8 @@ pub async fn run(
     )?
     .accept_sphinx_key_control(config.sphinx_key_control)
     .allow_unframed_macs(config.allow_unframed_macs)
-    .min_write_quorum(config.min_write_quorum);
+    .min_write_quorum(config.min_write_quorum)
+    .checkpoint_dir(&config.data_dir.join("lss"));
     tracing::info!(%cid, node_id = %node_id, network = %config.network, "signer ready");
 
     let mut options = MqttOptions::new(cid.clone(), host, port);

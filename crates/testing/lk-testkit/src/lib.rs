@@ -485,8 +485,7 @@ pub mod process {
             if let Some(listen) = &listen {
                 args.extend(["--listen", listen]);
             }
-            let process =
-                LssdProcess::spawn(&workspace_binary("lssd"), &args).expect("start lssd");
+            let process = LssdProcess::spawn(&workspace_binary("lssd"), &args).expect("start lssd");
             self.addr = Some(process.addr);
             self.process = Some(process);
         }
@@ -503,7 +502,10 @@ pub mod process {
 
         /// What it logged since it was last started.
         pub fn log(&self) -> String {
-            self.process.as_ref().map(LssdProcess::log).unwrap_or_default()
+            self.process
+                .as_ref()
+                .map(LssdProcess::log)
+                .unwrap_or_default()
         }
 
         /// SIGKILL; returns its address.

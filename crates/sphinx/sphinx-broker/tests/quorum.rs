@@ -1,0 +1,176 @@
+//! Issue 17 in the remote-signer stack, with real processes: fake
+//! lightningd → broker → MQTT → signer, and three `lssd` providers (two on
+//! redb, one on PostgreSQL) with a write quorum of 2. The signer verifies
+//! every provider's MACs and signed log itself (`quorum-v1`); the broker,
+//! which a compromised host controls, only relays.
+
+mod driver;
+
+use std::path::Path;
+use std::process::Command;
+
+use driver::checks::{ecdh, exercise, key};
+use driver::{hsmd_init, Broker, Hsmd, SignerHome};
+use lk_testkit::process::{workspace_binary, RestartableLssd};
+use secp256k1::Secp256k1;
+use sphinx_signer::Network;
+use vls_protocol::model::PubKey;
+use vls_protocol::msgs::{self, Message};
+
+fn broker(dir: &Path, urls: &str, home: &SignerHome, extra: &[&str]) -> Broker {
+    let owner = home.node_id().to_string();
+    let mut args = vec!["--owner", owner.as_str()];
+    args.extend_from_slice(extra);
+    let mut broker = Broker::start_lss(dir, urls, &args);
+    broker.master.send(&hsmd_init(Network::Regtest));
+    broker
+}
+
+fn peer() -> [u8; 33] {
+    key(9).public_key(&Secp256k1::new()).serialize()
+}
+
+fn new_channel(hsmd: &mut Hsmd, dbid: u64) {
+    let reply = hsmd.call(&msgs::NewChannel {
+        peer_id: PubKey(peer()),
+        dbid,
+    });
+    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
+}
+
+fn knows_channel(master: &mut Hsmd, dbid: u64) {
+    let mut channel = master.client(peer(), dbid);
+    let reply = channel.call(&msgs::GetPerCommitmentPoint {
+        commitment_number: 0,
+    });
+    assert!(
+        matches!(reply, Message::GetPerCommitmentPointReply(_)),
+        "{reply:?}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+const MIN_QUORUM: [&str; 2] = ["--lss-min-write-quorum", "2"];
+
+#[test]
+fn three_providers_survive_one_down_and_a_rollback_is_caught_with_evidence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let schema = rt.block_on(lk_testkit::postgres::Schema::fresh());
+    let mut a = RestartableLssd::start(&[]);
+    let b = RestartableLssd::start(&[]);
+    let mut c = RestartableLssd::start(&[
+        "--database",
+        "postgres",
+        "--postgres-url",
+        &schema.url,
+        "--postgres-schema",
+        &schema.name,
+    ]);
+    let urls = format!("{},{},{}", a.url(), b.url(), c.url());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &urls, &home, &[]);
+    let mut signer = home.start_lss(&broker.url(), &MIN_QUORUM);
+    let Some(Message::HsmdInitReplyV4(init)) = broker.master.recv() else {
+        panic!(
+            "no init reply: broker log:\n{}\nsigner log:\n{}",
+            broker.proc.log_text(),
+            signer.log_text()
+        );
+    };
+    exercise(&mut broker.master, &home, &init);
+    new_channel(&mut broker.master, 2);
+    assert!(
+        broker.proc.log_text().contains("quorum of LSS providers"),
+        "{}",
+        broker.proc.log_text()
+    );
+
+    // The operator backs provider A up now...
+    a.down();
+    let backup = dir.path().join("a-backup");
+    copy_dir(a.data_dir(), &backup);
+    a.up();
+    new_channel(&mut broker.master, 3);
+
+    // (e) Provider C is down: W = 2 still holds, and a signer that lost its
+    // local store restores from A and B alone.
+    c.down();
+    new_channel(&mut broker.master, 4);
+    signer.kill();
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
+    let mut signer = home.start_lss(&broker.url(), &MIN_QUORUM);
+    knows_channel(&mut broker.master, 4);
+    knows_channel(&mut broker.master, 2);
+    ecdh(&mut broker.master, &home, 11);
+
+    // (a) …and restores A's old backup. The signer, restoring again with C
+    // still down, sees A sign a smaller log while acknowledging the larger
+    // one it had signed: a provable rollback, left out with evidence. B
+    // alone is below the read quorum, so the signer refuses to start
+    // rather than trust one provider.
+    a.down();
+    copy_dir(&backup, a.data_dir());
+    a.up();
+    signer.kill();
+    std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
+    let mut signer = home.start_lss(&broker.url(), &MIN_QUORUM);
+    signer.wait_log("contradicted its own signed log");
+    signer.wait_log("1 verified LSS provider(s) of the 2 needed");
+
+    let evidence_dir = home.dir.join("lss").join("lss-evidence");
+    let evidence: Vec<_> = std::fs::read_dir(&evidence_dir)
+        .expect("evidence saved")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(evidence.len(), 1, "{evidence:?}");
+    let out = Command::new(workspace_binary("lss-cli"))
+        .args(["verify-evidence", evidence[0].to_str().expect("utf8")])
+        .output()
+        .expect("run lss-cli");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("rollback"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // C comes back (behind: it missed channel 4). B and C verify; B's state
+    // is the newest and every acknowledged change is there.
+    c.up();
+    signer.kill();
+    let signer = home.start_lss(&broker.url(), &MIN_QUORUM);
+    knows_channel(&mut broker.master, 4);
+    knows_channel(&mut broker.master, 3);
+    drop(signer);
+}
+
+#[test]
+fn the_host_cannot_lower_the_signers_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = RestartableLssd::start(&[]);
+    let b = RestartableLssd::start(&[]);
+    let home = SignerHome::create(&dir.path().join("signer"));
+    // A broker told to wait for one provider only, and one relaying to a
+    // single provider the reference's way: the signer refuses both.
+    let urls = format!("{},{}", a.url(), b.url());
+    let low = broker(dir.path(), &urls, &home, &["--lss-write-quorum", "1"]);
+    let signer = home.start_lss(&low.url(), &MIN_QUORUM);
+    signer.wait_log("the broker asks for a write quorum of 1 of 2; this signer requires 2");
+    drop(signer);
+    drop(low);
+    let single_dir = dir.path().join("single");
+    std::fs::create_dir_all(&single_dir).expect("mkdir");
+    let single = broker(&single_dir, &a.url(), &home, &[]);
+    let signer = home.start_lss(&single.url(), &MIN_QUORUM);
+    signer.wait_log("relays to one LSS provider; this signer requires a write quorum of 2");
+}
