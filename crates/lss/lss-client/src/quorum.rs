@@ -281,7 +281,7 @@ async fn repair(
     current: &[KeyValue],
     wanted: &[KeyValue],
 ) -> Result<(), PutError> {
-    let mut next: Vec<(KeyValue, i64)> = wanted
+    let next: Vec<(KeyValue, i64)> = wanted
         .iter()
         .map(|w| {
             let at = current
@@ -297,20 +297,8 @@ async fn repair(
             (w.clone(), from)
         })
         .collect();
-    loop {
-        let step: Vec<KeyValue> = next
-            .iter()
-            .filter(|(w, v)| *v <= w.version)
-            .map(|(w, v)| KeyValue::new(w.key.clone(), *v, w.value.clone()))
-            .collect();
-        if step.is_empty() {
-            return Ok(());
-        }
+    for step in lss_verify::quorum::repair_steps(&next) {
         client.put(step).await?;
-        for (w, v) in &mut next {
-            if *v <= w.version {
-                *v += 1;
-            }
-        }
     }
+    Ok(())
 }

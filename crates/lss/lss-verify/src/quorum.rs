@@ -32,6 +32,50 @@ pub fn newest(answers: &[&[KeyValue]]) -> Option<usize> {
         .position(|a| answers.iter().all(|b| dominates(a, b)))
 }
 
+/// Where each key of `wanted` must be written from to bring a provider
+/// whose whole state is `current` up to it: the version after its current
+/// one (0 for a key it lacks). Keys already at or past their wanted version
+/// are left out.
+pub fn repair_plan(current: &[KeyValue], wanted: &[KeyValue]) -> Vec<(KeyValue, i64)> {
+    wanted
+        .iter()
+        .filter_map(|w| {
+            let from = current
+                .iter()
+                .find(|c| c.key == w.key)
+                .map_or(0, |c| c.version.saturating_add(1));
+            (from <= w.version).then(|| (w.clone(), from))
+        })
+        .collect()
+}
+
+/// The puts that carry out `plan` under LSS's rule that a key's next version
+/// is exactly one more: step `j` writes every planned key still short of
+/// its wanted version at its `j`-th version, with the wanted value (the
+/// values in between are superseded anyway). Steps come in order; each must
+/// be stored before the next.
+pub fn repair_steps(plan: &[(KeyValue, i64)]) -> Vec<Vec<KeyValue>> {
+    let mut steps = Vec::new();
+    let mut next: Vec<i64> = plan.iter().map(|(_, from)| *from).collect();
+    loop {
+        let step: Vec<KeyValue> = plan
+            .iter()
+            .zip(&next)
+            .filter(|((w, _), v)| **v <= w.version)
+            .map(|((w, _), v)| KeyValue::new(w.key.clone(), *v, w.value.clone()))
+            .collect();
+        if step.is_empty() {
+            return steps;
+        }
+        steps.push(step);
+        for ((w, _), v) in plan.iter().zip(&mut next) {
+            if *v <= w.version {
+                *v += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +100,39 @@ mod tests {
         assert_eq!(read_quorum(3, 2), 2);
         assert_eq!(read_quorum(1, 1), 1);
         assert_eq!(read_quorum(5, 5), 1);
+    }
+
+    #[test]
+    fn repair_writes_every_missing_version_in_order_and_ends_at_the_wanted_state() {
+        let current = vec![kv("a", 1, b"old"), kv("c", 5, b"same")];
+        let wanted = vec![kv("a", 3, b"new"), kv("b", 1, b"n"), kv("c", 5, b"same")];
+        let plan = repair_plan(&current, &wanted);
+        assert_eq!(plan.len(), 2, "c is already there");
+        let steps = repair_steps(&plan);
+        assert_eq!(
+            steps,
+            vec![
+                vec![kv("a", 2, b"new"), kv("b", 0, b"n")],
+                vec![kv("a", 3, b"new"), kv("b", 1, b"n")],
+            ]
+        );
+        // Applying them under LSS's version rule reaches `wanted`.
+        let mut state: std::collections::BTreeMap<String, (i64, Vec<u8>)> = current
+            .iter()
+            .map(|kv| (kv.key.clone(), (kv.version, kv.value.clone())))
+            .collect();
+        for step in &steps {
+            for kv in step {
+                let now = state.get(&kv.key).map(|(v, _)| *v);
+                assert!(lss_core::accepts(kv.version, now), "{kv:?} after {now:?}");
+                state.insert(kv.key.clone(), (kv.version, kv.value.clone()));
+            }
+        }
+        let reached: Vec<KeyValue> = state
+            .into_iter()
+            .map(|(k, (v, val))| KeyValue::new(k, v, val))
+            .collect();
+        assert_eq!(reached, wanted);
+        assert!(repair_steps(&repair_plan(&wanted, &wanted)).is_empty());
     }
 }
