@@ -34,14 +34,15 @@ use std::time::{Duration, Instant};
 
 use sphinx_wire::hsmd::Frame;
 use sphinx_wire::lss::{
-    BrokerMutations, Msg, Muts, ProviderPut, ProviderState, Providers, Receipt, Response, Seen,
+    BrokerMutations, Msg, Muts, ProviderPut, ProviderState, Providers, Receipts, Repair, Response,
+    Seen,
 };
 use sphinx_wire::serial;
 use sphinx_wire::topics::Suffix;
 use vls_protocol::msgs::{self, Message, SerBolt};
 
 use crate::link::LinkEvent;
-use crate::lss::{Account, RelayError};
+use crate::lss::{Account, RelayError, RepairJob};
 
 /// Why a request got no reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +141,8 @@ pub enum LssCall {
         puts: Vec<ProviderPut>,
         /// Ask for signed checkpoints (several providers).
         verify: bool,
+        /// Providers to bring up to date first.
+        repairs: Vec<RepairJob>,
     },
 }
 
@@ -152,7 +155,7 @@ pub enum LssResult {
     /// For [`LssCall::GetAll`]: the answers of at least the read quorum.
     State(Result<Vec<ProviderState>, RelayError>),
     /// For [`LssCall::Put`]: the receipts of at least the write quorum.
-    Stored(Result<Vec<Receipt>, RelayError>),
+    Stored(Result<Receipts, RelayError>),
 }
 
 /// What the driver must do.
@@ -290,11 +293,26 @@ struct ControlWait {
 
 /// What an LSS call was for.
 enum Purpose {
-    ServerKey { cid: String },
-    State { cid: String },
-    InitStored { cid: String },
-    RequestStored { cid: String, seq: u16 },
-    ControlStored { cid: String },
+    ServerKey {
+        cid: String,
+    },
+    State {
+        cid: String,
+    },
+    InitStored {
+        cid: String,
+    },
+    RequestStored {
+        cid: String,
+        seq: u16,
+    },
+    ControlStored {
+        cid: String,
+    },
+    /// Repairs of providers that are behind, with nothing else to store.
+    Repaired {
+        cid: String,
+    },
 }
 
 /// How long CLN waits for its first signer before the wait is logged, and
@@ -314,6 +332,9 @@ pub struct BrokerCore {
     accounts: HashMap<String, Vec<Account>>,
     /// With several providers (`quorum-v1`): the write quorum.
     quorum: Option<u64>,
+    /// With several providers: the states sent to each signer at init
+    /// step 2, from which its repairs are computed.
+    states: HashMap<String, Vec<ProviderState>>,
     signers: HashMap<String, SignerState>,
     controls: HashMap<String, ControlWait>,
     cln_init: Option<Vec<u8>>,
@@ -348,6 +369,7 @@ impl BrokerCore {
             limits: HashMap::new(),
             accounts: HashMap::new(),
             quorum: None,
+            states: HashMap::new(),
             signers: HashMap::new(),
             controls: HashMap::new(),
             cln_init: None,
@@ -634,6 +656,7 @@ impl BrokerCore {
             }
             LinkEvent::Gone { cid } => {
                 self.accounts.remove(&cid);
+                self.states.remove(&cid);
                 self.limits.remove(&cid);
                 self.last_stored.remove(&cid);
                 if self.signers.remove(&cid).is_some() {
@@ -789,7 +812,10 @@ impl BrokerCore {
                 match result {
                     Ok(mut states) => {
                         let msg = match self.quorum {
-                            Some(_) => Msg::States(states),
+                            Some(_) => {
+                                self.states.insert(cid.clone(), states.clone());
+                                Msg::States(states)
+                            }
                             None => {
                                 let state = states.pop().unwrap_or(ProviderState {
                                     provider: 0,
@@ -897,6 +923,11 @@ impl BrokerCore {
                     }
                 }
             }
+            (Purpose::Repaired { cid }, LssResult::Stored(result)) => {
+                if let Err(e) = result {
+                    tracing::warn!(%cid, error = %e, "repairing LSS providers failed");
+                }
+            }
             (_, result) => tracing::error!(op, ?result, "LSS result of the wrong kind ignored"),
         }
     }
@@ -995,16 +1026,31 @@ impl BrokerCore {
             tracing::warn!(%cid, "unexpected init-2 reply ignored");
             return;
         }
-        let (muts, puts) = match self.changes_of(payload) {
+        let (muts, puts, repairs) = match self.changes_of(payload) {
             Ok(changes) => changes,
             Err(why) => return self.reject(cid, format!("init-2 reply: {why}")),
         };
-        if muts.is_empty() {
-            return self.send_init(now, cid);
-        }
+        let states = self.states.remove(cid).unwrap_or_default();
+        let repairs = repair_jobs(cid, &states, repairs);
         let Some(accounts) = self.accounts.get(cid).cloned() else {
             return self.reject(cid, "no LSS account".into());
         };
+        if muts.is_empty() {
+            if !repairs.is_empty() {
+                let call = LssCall::Put {
+                    accounts,
+                    muts,
+                    puts,
+                    verify: true,
+                    repairs,
+                };
+                let purpose = Purpose::Repaired {
+                    cid: cid.to_string(),
+                };
+                self.call(purpose, call, now + self.timeout);
+            }
+            return self.send_init(now, cid);
+        }
         let deadline = now + self.timeout;
         self.signers
             .insert(cid.to_string(), SignerState::LssStoring { deadline });
@@ -1013,6 +1059,7 @@ impl BrokerCore {
             muts,
             puts,
             verify: self.quorum.is_some(),
+            repairs,
         };
         let purpose = Purpose::InitStored {
             cid: cid.to_string(),
@@ -1050,13 +1097,16 @@ impl BrokerCore {
             tracing::info!(%cid, "a late copy of changes stored for an earlier request; ignored");
             return;
         }
-        let (muts, puts) = match self.changes_of(payload) {
+        let (muts, puts, repairs) = match self.changes_of(payload) {
             Ok(changes) => changes,
             Err(why) => {
                 tracing::warn!(%cid, %why, "malformed lss-res ignored");
                 return;
             }
         };
+        if !repairs.is_empty() {
+            tracing::warn!(%cid, "repairs outside init step 2 ignored");
+        }
         let Some(accounts) = self.accounts.get(cid).cloned() else {
             tracing::error!(%cid, "changes from a signer without an LSS account (broker runs --no-lss) ignored");
             return;
@@ -1069,13 +1119,14 @@ impl BrokerCore {
             muts,
             puts,
             verify: self.quorum.is_some(),
+            repairs: Vec::new(),
         };
         self.call(purpose, call, deadline);
     }
 
     /// A signer's changes (`init-2-res` or `lss-res`) and its MAC for each
     /// provider, in the form this broker's mode expects.
-    fn changes_of(&self, payload: &[u8]) -> Result<(Muts, Vec<ProviderPut>), String> {
+    fn changes_of(&self, payload: &[u8]) -> Result<(Muts, Vec<ProviderPut>, Vec<Repair>), String> {
         match (Response::decode(payload), self.quorum) {
             (Ok(Response::Created(c) | Response::VlsMuts(c)), None) => Ok((
                 c.muts,
@@ -1083,14 +1134,15 @@ impl BrokerCore {
                     client_hmac: c.client_hmac,
                     seen: None,
                 }],
+                Vec::new(),
             )),
-            (Ok(Response::QuorumMuts(q)), Some(_)) => Ok((q.muts, q.puts)),
+            (Ok(Response::QuorumMuts(q)), Some(_)) => Ok((q.muts, q.puts, q.repairs)),
             (Ok(_), _) => Err("not the changes this broker's mode expects".into()),
             (Err(e), _) => Err(e.to_string()),
         }
     }
 
-    fn ack(&self, receipts: Vec<Receipt>) -> Vec<u8> {
+    fn ack(&self, receipts: Receipts) -> Vec<u8> {
         ack_of(self.quorum, receipts)
     }
 
@@ -1271,15 +1323,55 @@ impl BrokerCore {
 
 /// The `lss-msg` acknowledging stored changes: the server's MAC, or every
 /// provider's receipt with several.
-fn ack_of(quorum: Option<u64>, receipts: Vec<Receipt>) -> Vec<u8> {
+fn ack_of(quorum: Option<u64>, receipts: Receipts) -> Vec<u8> {
     match quorum {
         Some(_) => Msg::Receipts(receipts),
         None => Msg::Stored(BrokerMutations {
-            server_hmac: receipts.first().map(|r| r.server_hmac),
+            server_hmac: receipts.receipts.first().map(|r| r.server_hmac),
             muts: Vec::new(),
         }),
     }
     .encode()
+}
+
+/// The puts that carry out the signer's `repairs`, computed from the
+/// states relayed to it (the signer made its MACs from the same states;
+/// a repair that does not fit them is dropped, and the provider stays
+/// behind).
+fn repair_jobs(cid: &str, states: &[ProviderState], repairs: Vec<Repair>) -> Vec<RepairJob> {
+    let kvs = |m: &Muts| -> Vec<lss_core::KeyValue> {
+        m.iter()
+            .map(|(k, (v, val))| {
+                lss_core::KeyValue::new(
+                    k.clone(),
+                    i64::try_from(*v).unwrap_or(i64::MAX),
+                    val.clone(),
+                )
+            })
+            .collect()
+    };
+    let state = |i: u64| states.iter().find(|s| s.provider == i);
+    repairs
+        .into_iter()
+        .filter_map(|r| {
+            let (Some(current), Some(wanted)) = (state(r.provider), state(r.source)) else {
+                tracing::warn!(%cid, provider = r.provider, "a repair of a provider whose state was not relayed ignored");
+                return None;
+            };
+            let plan = lss_verify::quorum::repair_plan(&kvs(&current.muts), &kvs(&wanted.muts));
+            let steps = lss_verify::quorum::repair_steps(&plan);
+            if steps.len() != r.macs.len() {
+                tracing::warn!(%cid, provider = r.provider, steps = steps.len(), macs = r.macs.len(), "a repair that does not fit the relayed states ignored");
+                return None;
+            }
+            tracing::info!(%cid, provider = r.provider, steps = steps.len(), "repairing an LSS provider that is behind");
+            Some(RepairJob {
+                provider: usize::try_from(r.provider).ok()?,
+                steps,
+                macs: r.macs,
+            })
+        })
+        .collect()
 }
 
 /// The reference's error payload: text followed by one code byte.

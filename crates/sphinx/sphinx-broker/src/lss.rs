@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lss_client::{Client, ConnectOptions, PutError, RpcError};
 use lss_core::{ClientId, KeyValue, Token};
-use sphinx_wire::lss::{Muts, ProviderState, Receipt, Seen};
+use sphinx_wire::lss::{Muts, ProviderState, Receipt, Receipts, Seen};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -64,15 +64,40 @@ pub struct Relay {
 }
 
 /// One LSS server: one connection per signer account, reconnecting as
-/// needed; its key once known; one put at a time per account, in order.
+/// needed; its key once known; its puts run one after another by one
+/// worker, in the order [`Relay::put`] was called, even when the caller
+/// stopped waiting for them (a slow provider must not fall behind by
+/// reordering).
 struct Provider {
     options: ConnectOptions,
     clients: Mutex<HashMap<Account, Client>>,
     key: std::sync::Mutex<Option<([u8; 33], bool)>>,
-    /// Puts of one account to this provider run one after another, in the
-    /// order they were made (tokio's mutex is fair), even when the caller
-    /// stopped waiting for them.
-    put_order: Mutex<HashMap<[u8; 33], Arc<Mutex<()>>>>,
+    queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
+    /// Signers (client ids) whose last put here was refused as a version
+    /// conflict: this provider is behind for them.
+    behind: std::sync::Mutex<std::collections::HashSet<[u8; 33]>>,
+}
+
+/// Bringing provider `provider` up to date before a put: the steps
+/// (`lss_verify::quorum::repair_steps`) and the signer's MAC for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairJob {
+    /// Which provider.
+    pub provider: usize,
+    /// The puts, in order.
+    pub steps: Vec<Vec<KeyValue>>,
+    /// The signer's client MAC for each.
+    pub macs: Vec<[u8; 32]>,
+}
+
+/// One provider's work for one [`Relay::put`].
+struct Job {
+    provider: usize,
+    account: Account,
+    repair: Option<RepairJob>,
+    put: Option<(Vec<KeyValue>, [u8; 32], Option<lss_proto::Verify>)>,
+    deadline: Instant,
+    done: tokio::sync::mpsc::Sender<(usize, Result<Receipt, RelayError>)>,
 }
 
 impl std::hash::Hash for Account {
@@ -118,7 +143,8 @@ impl Relay {
                         options,
                         clients: Mutex::new(HashMap::new()),
                         key: std::sync::Mutex::new(None),
-                        put_order: Mutex::new(HashMap::new()),
+                        queue: std::sync::Mutex::new(None),
+                        behind: std::sync::Mutex::new(Default::default()),
                     })
                     .collect(),
             ),
@@ -204,91 +230,230 @@ impl Relay {
         Ok(states)
     }
 
-    /// Stores `muts` at every provider (`accounts[i]` with `puts[i]`);
-    /// returns once `W` have stored it, with their receipts. The other
-    /// providers' puts go on in the background (in order, each until
-    /// `deadline`), so a slow provider does not fall behind.
-    pub async fn put(
+    /// Stores `muts` at every provider (`accounts[i]` with `puts[i]`),
+    /// after carrying out `repairs`. The work is queued now, in call order
+    /// per provider; the returned future resolves once `W` have stored it,
+    /// with their receipts (at once for empty `muts`: repairs only). The
+    /// other providers' puts go on in the background until `deadline`.
+    pub fn put(
         &self,
         accounts: &[Account],
         muts: &Muts,
         puts: &[ProviderPut],
+        repairs: Vec<RepairJob>,
         verify: bool,
         deadline: Instant,
-    ) -> Result<Vec<Receipt>, RelayError> {
+    ) -> impl std::future::Future<Output = Result<Receipts, RelayError>> + Send + 'static {
+        let n = self.providers.len();
+        let write_quorum = self.write_quorum;
+        let prepared = self.enqueue(accounts, muts, puts, repairs, verify, deadline);
+        let relay = self.clone();
+        let client_id = accounts.first().map(|a| a.client_id);
+        async move {
+            let (mut rx, putting) = prepared?;
+            if !putting {
+                return Ok(Receipts::default());
+            }
+            let mut receipts = Vec::new();
+            let mut conflicts = 0;
+            let mut failures = Vec::new();
+            while let Some((i, result)) = rx.recv().await {
+                match result {
+                    Ok(receipt) => {
+                        receipts.push(receipt);
+                        if receipts.len() >= write_quorum {
+                            receipts.sort_by_key(|r| r.provider);
+                            let behind = client_id.map(|c| relay.behind(&c)).unwrap_or_default();
+                            return Ok(Receipts { receipts, behind });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(provider = i, error = %e, "LSS provider did not store the put");
+                        if let RelayError::Conflict(_) = e {
+                            conflicts += 1;
+                        }
+                        failures.push(e);
+                    }
+                }
+            }
+            // Conflicts alone keep the quorum out of reach: other versions
+            // are stored (another signer wrote), which a resync resolves.
+            if conflicts > n - write_quorum {
+                return Err(RelayError::Conflict(conflicts));
+            }
+            Err(not_enough("put", receipts.len(), write_quorum, failures))
+        }
+    }
+
+    /// Queues each provider's job; returns where the results arrive and
+    /// whether there is a put (not only repairs).
+    #[allow(clippy::type_complexity)]
+    fn enqueue(
+        &self,
+        accounts: &[Account],
+        muts: &Muts,
+        puts: &[ProviderPut],
+        mut repairs: Vec<RepairJob>,
+        verify: bool,
+        deadline: Instant,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Receiver<(usize, Result<Receipt, RelayError>)>,
+            bool,
+        ),
+        RelayError,
+    > {
+        let n = self.providers.len();
+        if accounts.len() != n || puts.len() != n {
+            return Err(RelayError::Failed(format!(
+                "{} accounts and {} MACs for {n} providers",
+                accounts.len(),
+                puts.len(),
+            )));
+        }
         let mut kvs = Vec::with_capacity(muts.len());
         for (key, (version, value)) in muts {
             let version = i64::try_from(*version)
                 .map_err(|_| RelayError::Failed(format!("version of {key:?} out of range")))?;
             kvs.push(KeyValue::new(key.clone(), version, value.clone()));
         }
-        if accounts.len() != self.providers.len() || puts.len() != self.providers.len() {
-            return Err(RelayError::Failed(format!(
-                "{} accounts and {} MACs for {} providers",
-                accounts.len(),
-                puts.len(),
-                self.providers.len()
-            )));
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::channel(self.providers.len());
+        let putting = !kvs.is_empty();
+        let (done, rx) = tokio::sync::mpsc::channel(n);
         for (i, (account, put)) in accounts.iter().zip(puts).enumerate() {
-            let relay = self.clone();
-            let (account, put, kvs, tx) = (*account, put.clone(), kvs.clone(), tx.clone());
-            // Ordered per provider before the task starts: the lock is taken
-            // in the order the puts were made.
-            let order = self.providers[i].order(&account).await;
-            tokio::spawn(async move {
-                let _turn = order.lock().await;
-                let verify = verify.then(|| verify_of(put.seen));
-                let result = relay.providers[i]
-                    .put(account, kvs, put.client_hmac, verify, deadline)
-                    .await
-                    .map(|(server_hmac, attestation)| {
-                        let (checkpoint, bundle) = attestation.unwrap_or_default();
-                        Receipt {
-                            provider: i as u64,
-                            server_hmac,
-                            checkpoint,
-                            bundle,
-                        }
-                    });
-                let _ = tx.send((i, result)).await;
-            });
+            let repair = repairs
+                .iter()
+                .position(|r| r.provider == i)
+                .map(|at| repairs.swap_remove(at));
+            if !putting && repair.is_none() {
+                continue;
+            }
+            let job = Job {
+                provider: i,
+                account: *account,
+                repair,
+                put: putting.then(|| {
+                    (
+                        kvs.clone(),
+                        put.client_hmac,
+                        verify.then(|| verify_of(put.seen)),
+                    )
+                }),
+                deadline,
+                done: done.clone(),
+            };
+            self.submit(job);
         }
-        drop(tx);
-        let n = self.providers.len();
-        let mut receipts = Vec::new();
-        let mut conflicts = 0;
-        let mut failures = Vec::new();
-        while let Some((i, result)) = rx.recv().await {
-            match result {
-                Ok(receipt) => {
-                    receipts.push(receipt);
-                    if receipts.len() >= self.write_quorum {
-                        receipts.sort_by_key(|r| r.provider);
-                        return Ok(receipts);
+        Ok((rx, putting))
+    }
+
+    /// Hands `job` to its provider's worker (started on first use).
+    fn submit(&self, job: Job) {
+        let i = job.provider;
+        let mut queue = self.providers[i].queue.lock().expect("queue lock");
+        let sender = queue.get_or_insert_with(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let relay = self.clone();
+            tokio::spawn(async move {
+                while let Some(job) = rx.recv().await {
+                    relay.run(job).await;
+                }
+            });
+            tx
+        });
+        if let Err(e) = sender.send(job) {
+            // The worker is gone (its runtime is shutting down).
+            let job = e.0;
+            let _ = job.done.try_send((
+                job.provider,
+                Err(RelayError::Failed("the relay is shutting down".into())),
+            ));
+        }
+    }
+
+    /// One provider's job: repairs first, then the put.
+    async fn run(&self, job: Job) {
+        let i = job.provider;
+        let provider = &self.providers[i];
+        if Instant::now() >= job.deadline {
+            let _ = job.done.try_send((
+                i,
+                Err(RelayError::Unavailable(
+                    "deadline passed while queued".into(),
+                )),
+            ));
+            return;
+        }
+        if let Some(repair) = job.repair {
+            let steps = repair.steps.len();
+            for (n, (step, mac)) in repair.steps.into_iter().zip(repair.macs).enumerate() {
+                match provider
+                    .put(job.account, step, mac, None, job.deadline)
+                    .await
+                {
+                    Ok(_) => {}
+                    // An earlier put still queued for it when its state was
+                    // read may have landed since: nothing left to repair.
+                    Err(RelayError::Conflict(_)) if n == 0 => {
+                        tracing::info!(
+                            provider = i,
+                            "LSS provider no longer behind as read; repair not needed"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(provider = i, step = n, steps, error = %e, "repairing an LSS provider that is behind failed");
+                        break;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(provider = i, error = %e, "LSS provider did not store the put");
-                    if let RelayError::Conflict(_) = e {
-                        conflicts += 1;
-                    }
-                    failures.push(e);
+                if n + 1 == steps {
+                    tracing::info!(
+                        provider = i,
+                        steps,
+                        "LSS provider that was behind brought up to date"
+                    );
                 }
             }
         }
-        // Conflicts alone keep the quorum out of reach: other versions are
-        // stored (another signer wrote), which a resync resolves.
-        if conflicts > n - self.write_quorum {
-            return Err(RelayError::Conflict(conflicts));
+        let Some((kvs, client_mac, verify)) = job.put else {
+            return;
+        };
+        let result = provider
+            .put(job.account, kvs, client_mac, verify, job.deadline)
+            .await;
+        {
+            let mut behind = provider.behind.lock().expect("behind lock");
+            match &result {
+                Err(RelayError::Conflict(_)) => {
+                    behind.insert(job.account.client_id);
+                }
+                Ok(_) => {
+                    behind.remove(&job.account.client_id);
+                }
+                Err(e) => {
+                    tracing::warn!(provider = i, error = %e, "LSS provider did not store a put; it is behind until repaired");
+                }
+            }
         }
-        Err(not_enough(
-            "put",
-            receipts.len(),
-            self.write_quorum,
-            failures,
-        ))
+        let receipt = result.map(|(server_hmac, attestation)| {
+            let (checkpoint, bundle) = attestation.unwrap_or_default();
+            Receipt {
+                provider: i as u64,
+                server_hmac,
+                checkpoint,
+                bundle,
+            }
+        });
+        let _ = job.done.send((i, receipt)).await;
+    }
+
+    /// The providers known to be behind for `client_id`.
+    fn behind(&self, client_id: &[u8; 33]) -> Vec<u8> {
+        self.providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.behind.lock().expect("behind lock").contains(client_id))
+            .map(|(i, _)| i as u8)
+            .collect()
     }
 }
 
@@ -338,15 +503,6 @@ impl Provider {
         .await?;
         *self.key.lock().expect("key lock") = Some(key);
         Ok(key)
-    }
-
-    async fn order(&self, account: &Account) -> Arc<Mutex<()>> {
-        self.put_order
-            .lock()
-            .await
-            .entry(account.client_id)
-            .or_default()
-            .clone()
     }
 
     async fn client(&self, account: Account) -> Result<Client, RpcError> {

@@ -251,10 +251,31 @@ impl Driver {
                         continue;
                     };
                     let done = done.clone();
-                    tokio::spawn(async move {
-                        let result = lss_call(&relay, call, deadline.into()).await;
-                        let _ = done.send((op, result)).await;
-                    });
+                    let deadline: tokio::time::Instant = deadline.into();
+                    match call {
+                        // Queued now, so each provider stores puts in the
+                        // order the core made them.
+                        LssCall::Put {
+                            accounts,
+                            muts,
+                            puts,
+                            verify,
+                            repairs,
+                        } => {
+                            let stored =
+                                relay.put(&accounts, &muts, &puts, repairs, verify, deadline);
+                            tokio::spawn(async move {
+                                let result = LssResult::Stored(stored.await);
+                                let _ = done.send((op, result)).await;
+                            });
+                        }
+                        call => {
+                            tokio::spawn(async move {
+                                let result = lss_call(&relay, call, deadline).await;
+                                let _ = done.send((op, result)).await;
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -278,6 +299,11 @@ async fn lss_call(relay: &Relay, call: LssCall, deadline: tokio::time::Instant) 
             muts,
             puts,
             verify,
-        } => LssResult::Stored(relay.put(&accounts, &muts, &puts, verify, deadline).await),
+            repairs,
+        } => LssResult::Stored(
+            relay
+                .put(&accounts, &muts, &puts, repairs, verify, deadline)
+                .await,
+        ),
     }
 }

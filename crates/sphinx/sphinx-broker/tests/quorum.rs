@@ -78,7 +78,9 @@ fn three_providers_survive_one_down_and_a_rollback_is_caught_with_evidence() {
     ]);
     let urls = format!("{},{},{}", a.url(), b.url(), c.url());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &urls, &home, &[]);
+    // A short deadline, so a provider that is down gives up the puts it
+    // misses (and is really behind when it comes back).
+    let mut broker = broker(dir.path(), &urls, &home, &["--request-timeout-secs", "3"]);
     let mut signer = home.start_lss(&broker.url(), &MIN_QUORUM);
     let Some(Message::HsmdInitReplyV4(init)) = broker.master.recv() else {
         panic!(
@@ -106,6 +108,7 @@ fn three_providers_survive_one_down_and_a_rollback_is_caught_with_evidence() {
     // local store restores from A and B alone.
     c.down();
     new_channel(&mut broker.master, 4);
+    broker.proc.wait_log("did not store a put");
     signer.kill();
     std::fs::remove_dir_all(home.dir.join("vls")).expect("delete the local store");
     let mut signer = home.start_lss(&broker.url(), &MIN_QUORUM);
@@ -145,13 +148,61 @@ fn three_providers_survive_one_down_and_a_rollback_is_caught_with_evidence() {
     );
 
     // C comes back (behind: it missed channel 4). B and C verify; B's state
-    // is the newest and every acknowledged change is there.
+    // is the newest and every acknowledged change is there. C is repaired
+    // from the signer's MACs (A, the liar, is not), so B and C make the
+    // quorum for new changes while A refuses them.
     c.up();
     signer.kill();
     let signer = home.start_lss(&broker.url(), &MIN_QUORUM);
     knows_channel(&mut broker.master, 4);
     knows_channel(&mut broker.master, 3);
-    drop(signer);
+    broker.proc.wait_log("brought up to date");
+    new_channel(&mut broker.master, 5);
+    knows_channel(&mut broker.master, 5);
+    assert!(
+        signer.log_text().contains("asking the broker to repair it"),
+        "{}",
+        signer.log_text()
+    );
+}
+
+#[test]
+fn a_provider_that_was_down_is_repaired_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = RestartableLssd::start(&[]);
+    let b = RestartableLssd::start(&[]);
+    let mut c = RestartableLssd::start(&[]);
+    let urls = format!("{},{},{}", a.url(), b.url(), c.url());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &urls, &home, &["--request-timeout-secs", "3"]);
+    let signer = home.start_lss(&broker.url(), &MIN_QUORUM);
+    let Some(Message::HsmdInitReplyV4(_)) = broker.master.recv() else {
+        panic!("no init reply: {}", signer.log_text());
+    };
+    new_channel(&mut broker.master, 1);
+    // C misses a change, then comes back behind: its puts conflict. The
+    // broker says so with the next receipts; the signer resyncs and has C
+    // repaired.
+    c.down();
+    new_channel(&mut broker.master, 2);
+    broker.proc.wait_log("did not store a put");
+    c.up();
+    // C's refusal may come after the quorum answered a change, so it is
+    // reported with the next one's receipts.
+    let mut dbid = 3;
+    while !signer
+        .log_text()
+        .contains("resyncing once this reply is out")
+    {
+        assert!(dbid < 8, "no resync: {}", signer.log_text());
+        new_channel(&mut broker.master, dbid);
+        dbid += 1;
+    }
+    broker.proc.wait_log("brought up to date");
+    // With A down, B and C make the quorum: C really is up to date.
+    a.down();
+    new_channel(&mut broker.master, 10);
+    knows_channel(&mut broker.master, 2);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use sphinx_broker::link::LinkEvent;
 use sphinx_broker::lss::RelayError;
 use sphinx_signer::core::{Core, Mode, Out};
 use sphinx_signer::Network;
-use sphinx_wire::lss::{ProviderState, Receipt};
+use sphinx_wire::lss::{ProviderState, Receipt, Receipts};
 use sphinx_wire::topics::Suffix;
 use vls_protocol::model::PubKey;
 use vls_protocol::msgs::{self, Message, SerBolt};
@@ -151,12 +151,15 @@ impl Lss {
                     // The retry of the same put: every key is now at its version.
                     return LssResult::Stored(Err(RelayError::Conflict(kvs.len())));
                 }
-                LssResult::Stored(Ok(vec![Receipt {
-                    provider: 0,
-                    server_hmac: scheme(&account).mac(&secret, PUT_SERVER_NONCE, &kvs).0,
-                    checkpoint: Vec::new(),
-                    bundle: Vec::new(),
-                }]))
+                LssResult::Stored(Ok(Receipts {
+                    receipts: vec![Receipt {
+                        provider: 0,
+                        server_hmac: scheme(&account).mac(&secret, PUT_SERVER_NONCE, &kvs).0,
+                        checkpoint: Vec::new(),
+                        bundle: Vec::new(),
+                    }],
+                    behind: Vec::new(),
+                }))
             }
         }
     }
@@ -344,6 +347,7 @@ impl World {
                 muts,
                 puts,
                 verify,
+                repairs,
             } if self.regroup_next_put && muts.len() >= 2 => {
                 self.regroup_next_put = false;
                 let mut entries = muts.into_iter();
@@ -361,6 +365,7 @@ impl World {
                     muts: vec![(key, (version, value))],
                     puts,
                     verify,
+                    repairs,
                 }
             }
             other => other,

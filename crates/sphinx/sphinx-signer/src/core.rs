@@ -59,6 +59,9 @@ use vls_protocol_signer::vls_protocol::msgs::{self, Message};
 use crate::lss::{self, Credentials, LssError};
 use crate::quorum::{Awaited, Quorum, QuorumError};
 
+/// Acknowledged puts between two resyncs asked for to repair a provider.
+pub const REPAIR_RESYNC_EVERY: u64 = 100;
+
 /// The hsmd wire version this signer speaks at most.
 pub const MAX_PROTOCOL_VERSION: u32 = msgs::DEFAULT_MAX_PROTOCOL_VERSION;
 
@@ -179,6 +182,14 @@ pub struct Core {
     quorum: Option<Quorum>,
     /// The smallest write quorum this signer accepts from the broker.
     min_write_quorum: usize,
+    /// Acknowledged puts since start, and at which one the last resync to
+    /// repair a provider was asked for (at most one per
+    /// [`REPAIR_RESYNC_EVERY`], so a provider that cannot be repaired does
+    /// not make every request pay for a full read).
+    acknowledged: u64,
+    repair_resync_at: Option<u64>,
+    /// Resync after the current publishes.
+    resync_wanted: bool,
     /// Where the providers' last verified checkpoints (and evidence) are
     /// kept: apart from the VLS store, so that restoring the node from LSS
     /// after losing that store still remembers what each provider signed.
@@ -241,6 +252,9 @@ impl Core {
             lss: None,
             quorum: None,
             min_write_quorum: 1,
+            acknowledged: 0,
+            repair_resync_at: None,
+            resync_wanted: false,
             checkpoint_dir: store_dir.to_path_buf(),
             synced: false,
             pending: None,
@@ -411,10 +425,14 @@ impl Core {
                 Outgoing::Persist(muts) => vec![Out::Publish(Suffix::LssRes, muts)],
             }),
             Suffix::LssMsg => self.lss_stored(payload).map(|released| {
-                released
+                let mut out: Vec<Out> = released
                     .into_iter()
                     .map(|(suffix, payload)| Out::Publish(suffix, payload))
-                    .collect()
+                    .collect();
+                if std::mem::take(&mut self.resync_wanted) {
+                    out.push(Out::Resync);
+                }
+                out
             }),
             Suffix::Control => self.control(payload).map(|out| match out {
                 Outgoing::Reply(response) => vec![Out::Publish(Suffix::ControlRes, response)],
@@ -580,7 +598,7 @@ impl Core {
         let muts: Muts = muts.into_inner();
         let response = if muts.is_empty() {
             commit_local(&persister, Mutations::new())?;
-            match &self.quorum {
+            match &mut self.quorum {
                 Some(quorum) => quorum.prepare(&Vec::new())?.0,
                 None => Response::Created(SignerMutations {
                     client_hmac: [0; 32],
@@ -589,7 +607,7 @@ impl Core {
                 .encode(),
             }
         } else {
-            let (payload, expected) = self.to_store(&muts, true)?;
+            let (payload, expected) = self.storing(&muts, true)?;
             self.pending = Some(Pending::Init { expected });
             payload
         };
@@ -603,8 +621,8 @@ impl Core {
 
     /// The message that stores `muts` (`Created` at init, else `VlsMuts`;
     /// `QuorumMuts` with several providers) and what will acknowledge it.
-    fn to_store(&self, muts: &Muts, init: bool) -> Result<(Vec<u8>, Expected), CoreError> {
-        if let Some(quorum) = &self.quorum {
+    fn storing(&mut self, muts: &Muts, init: bool) -> Result<(Vec<u8>, Expected), CoreError> {
+        if let Some(quorum) = &mut self.quorum {
             let (payload, awaited) = quorum.prepare(muts)?;
             return Ok((payload, Expected::Quorum(awaited)));
         }
@@ -643,14 +661,14 @@ impl Core {
                 return Ok(None);
             }
         };
-        let genuine: Result<(), CoreError> = match (expected, &mut self.quorum) {
+        let genuine: Result<bool, CoreError> = match (expected, &mut self.quorum) {
             (Expected::Mac(expected), _) => match Msg::decode(payload)? {
                 Msg::Stored(ack)
                     if ack
                         .server_hmac
                         .is_some_and(|mac| lss_core::Mac(*expected).verify(&mac)) =>
                 {
-                    Ok(())
+                    Ok(false)
                 }
                 Msg::Stored(_) => Err(LssError::BadMac.into()),
                 _ => Err(CoreError::LssProtocol("expected Stored on lss-msg")),
@@ -660,13 +678,29 @@ impl Core {
                 .map_err(CoreError::from),
             (Expected::Quorum(_), None) => Err(CoreError::LssProtocol("no LSS providers")),
         };
-        if let Err(e) = genuine {
-            // An attack or a broken relay: nothing is committed, nothing
-            // released, and the session must be rebuilt from a verified read.
-            self.pending = None;
-            self.session = None;
-            self.synced = false;
-            return Err(e);
+        let repair = match genuine {
+            Ok(repair) => repair,
+            Err(e) => {
+                // An attack or a broken relay: nothing is committed, nothing
+                // released, and the session must be rebuilt from a verified
+                // read.
+                self.pending = None;
+                self.session = None;
+                self.synced = false;
+                return Err(e);
+            }
+        };
+        self.acknowledged += 1;
+        if repair
+            && self
+                .repair_resync_at
+                .is_none_or(|at| self.acknowledged >= at + REPAIR_RESYNC_EVERY)
+        {
+            tracing::info!(
+                "an LSS provider is behind; resyncing once this reply is out, to repair it"
+            );
+            self.repair_resync_at = Some(self.acknowledged);
+            self.resync_wanted = true;
         }
         let persister = self
             .session
@@ -861,7 +895,7 @@ impl Core {
             return Ok(Outgoing::Reply(response));
         }
         drop(persister);
-        let (persist, expected) = match self.to_store(&muts, false) {
+        let (persist, expected) = match self.storing(&muts, false) {
             Ok(stored) => stored,
             Err(e) => {
                 self.rebuild();
@@ -1058,7 +1092,7 @@ impl Core {
             self.last = Some((request.seq, payload.to_vec(), reply.clone()));
             return Ok(Outgoing::Reply(reply));
         }
-        let (persist, expected) = self.to_store(&muts, false)?;
+        let (persist, expected) = self.storing(&muts, false)?;
         self.pending = Some(Pending::Request {
             seq: request.seq,
             request: payload.to_vec(),

@@ -21,8 +21,13 @@ use lss_core::KeyValue;
 use lss_verify::{Expect, Rejected, StateLeaf, Trusted};
 use sha2::{Digest, Sha256};
 use sphinx_wire::lss::{
-    Msg, Muts, ProviderAccount, ProviderPut, Providers, QuorumInit, QuorumMutations, Response, Seen,
+    Msg, Muts, ProviderAccount, ProviderPut, Providers, QuorumInit, QuorumMutations, Repair,
+    Response, Seen,
 };
+
+/// Most puts a repair may take (one MAC of 32 bytes each travels with the
+/// init answer). A provider further behind is left for the operator.
+pub const MAX_REPAIR_STEPS: usize = 4096;
 
 use crate::lss::{kvs, Credentials, LssError};
 
@@ -73,6 +78,10 @@ pub struct Quorum {
     write_quorum: usize,
     nonce: [u8; 32],
     dir: PathBuf,
+    /// Repairs decided at restore, sent with the init answer.
+    repairs: Vec<Repair>,
+    /// Providers caught contradicting their own signed log this session.
+    liars: std::collections::BTreeSet<usize>,
 }
 
 /// What acknowledges a put: each provider's expected MAC and the leaves
@@ -153,6 +162,8 @@ impl Quorum {
                 write_quorum: w,
                 nonce,
                 dir,
+                repairs: Vec::new(),
+                liars: Default::default(),
             },
             response,
         ))
@@ -185,9 +196,10 @@ impl Quorum {
             }
             let kvs = kvs(&state.muts)?;
             let answer: Vec<StateLeaf> = kvs.iter().map(leaf).collect();
+            let nonce = self.nonce;
             let expect = Expect::Read {
                 prefix: "",
-                nonce: &self.nonce,
+                nonce: &nonce,
                 answer: &answer,
             };
             match self.check(i, &state.checkpoint, &state.bundle, expect) {
@@ -195,6 +207,7 @@ impl Quorum {
                 Err(e) => why.push(e),
             }
         }
+        self.repairs.clear();
         if verified.len() < needed {
             return Err(QuorumError::NotEnough {
                 ok: verified.len(),
@@ -204,13 +217,35 @@ impl Quorum {
         }
         let views: Vec<&[KeyValue]> = verified.iter().map(|v| v.1.as_slice()).collect();
         let best = lss_verify::quorum::newest(&views).ok_or(QuorumError::Diverged)?;
+        let (source, newest) = (verified[best].0, &verified[best].1);
         for (i, kvs, _, _) in &verified {
-            if !lss_verify::quorum::dominates(kvs, &verified[best].1) {
+            if lss_verify::quorum::dominates(kvs, newest) {
+                continue;
+            }
+            let steps =
+                lss_verify::quorum::repair_steps(&lss_verify::quorum::repair_plan(kvs, newest));
+            if steps.len() > MAX_REPAIR_STEPS {
                 tracing::warn!(
                     provider = i,
-                    "this LSS provider is behind the newest verified state; its puts will conflict until it is repaired"
+                    steps = steps.len(),
+                    "this LSS provider is too far behind to repair through the broker; its puts conflict until the operator restores it"
                 );
+                continue;
             }
+            let macs = steps
+                .iter()
+                .map(|step| self.providers[*i].creds.client_mac(&muts_of(step)))
+                .collect::<Result<Vec<_>, _>>()?;
+            tracing::info!(
+                provider = i,
+                steps = steps.len(),
+                "this LSS provider is behind the newest verified state; asking the broker to repair it"
+            );
+            self.repairs.push(Repair {
+                provider: *i as u64,
+                source: source as u64,
+                macs,
+            });
         }
         let muts = verified[best].2.clone();
         for (i, _, _, trusted) in verified {
@@ -219,8 +254,9 @@ impl Quorum {
         Ok(muts)
     }
 
-    /// The `QuorumMuts` to send for `muts`, and what will acknowledge it.
-    pub fn prepare(&self, muts: &Muts) -> Result<(Vec<u8>, Awaited), QuorumError> {
+    /// The `QuorumMuts` to send for `muts` (with the repairs decided at
+    /// restore, once), and what will acknowledge it.
+    pub fn prepare(&mut self, muts: &Muts) -> Result<(Vec<u8>, Awaited), QuorumError> {
         let mut puts = Vec::with_capacity(self.providers.len());
         let mut macs = Vec::with_capacity(self.providers.len());
         for p in &self.providers {
@@ -234,6 +270,7 @@ impl Quorum {
         let payload = Response::QuorumMuts(QuorumMutations {
             muts: muts.clone(),
             puts,
+            repairs: std::mem::take(&mut self.repairs),
         })
         .encode();
         Ok((payload, Awaited { macs, written }))
@@ -241,11 +278,16 @@ impl Quorum {
 
     /// The broker's `Receipts`: `Ok` once `W` providers' receipts carry the
     /// MAC for exactly the changes and a signed checkpoint whose last entry
-    /// is this put.
-    pub fn acknowledge(&mut self, payload: &[u8], awaited: &Awaited) -> Result<(), QuorumError> {
+    /// is this put; `Ok(true)` when the broker says an honest provider is
+    /// behind (a resync repairs it).
+    pub fn acknowledge(&mut self, payload: &[u8], awaited: &Awaited) -> Result<bool, QuorumError> {
         let Msg::Receipts(receipts) = Msg::decode(payload)? else {
             return Err(QuorumError::Protocol("expected Receipts on lss-msg"));
         };
+        let repair = receipts.behind.iter().any(|i| {
+            usize::from(*i) < self.providers.len() && !self.liars.contains(&usize::from(*i))
+        });
+        let receipts = receipts.receipts;
         let mut verified: Vec<(usize, Trusted)> = Vec::new();
         let mut why = Vec::new();
         for receipt in receipts {
@@ -278,7 +320,7 @@ impl Quorum {
         for (i, trusted) in verified {
             self.keep(i, trusted)?;
         }
-        Ok(())
+        Ok(repair)
     }
 
     /// A provider index that is in range and not yet used in this message.
@@ -292,7 +334,7 @@ impl Quorum {
     /// Checks provider `i`'s checkpoint; a contradiction of its own signed
     /// log is written as evidence.
     fn check(
-        &self,
+        &mut self,
         i: usize,
         checkpoint: &[u8],
         bundle: &[u8],
@@ -322,7 +364,9 @@ impl Quorum {
                     bundle,
                     answer,
                 );
-                let saved = self.save_evidence(&p.server, &evidence.to_json());
+                let server = p.server;
+                self.liars.insert(i);
+                let saved = self.save_evidence(&server, &evidence.to_json());
                 tracing::error!(
                     provider = i,
                     %violation,
@@ -371,6 +415,12 @@ fn seen_of(trusted: &Trusted) -> Seen {
         size: seen.size,
         note: seen.note,
     }
+}
+
+fn muts_of(kvs: &[KeyValue]) -> Muts {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), (kv.version as u64, kv.value.clone())))
+        .collect()
 }
 
 fn leaf(kv: &KeyValue) -> StateLeaf {

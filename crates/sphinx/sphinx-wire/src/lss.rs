@@ -34,7 +34,18 @@ pub enum Msg {
     /// MAC and signed checkpoint.
     States(Vec<ProviderState>),
     /// A put stored by several providers: their receipts.
-    Receipts(Vec<Receipt>),
+    Receipts(Receipts),
+}
+
+/// The receipts for a put with several providers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Receipts {
+    /// At least the write quorum's.
+    pub receipts: Vec<Receipt>,
+    /// Providers the broker saw refuse a put as behind (a version
+    /// conflict): the signer resyncs to repair them. Encoded only when
+    /// non-empty, as bytes (one index each).
+    pub behind: Vec<u8>,
 }
 
 /// Most providers a quorum message may name.
@@ -143,6 +154,22 @@ pub struct QuorumMutations {
     pub muts: Muts,
     /// One per provider, in the broker's order.
     pub puts: Vec<ProviderPut>,
+    /// Init step 2 only: providers to bring up to date first. Encoded only
+    /// when non-empty.
+    pub repairs: Vec<Repair>,
+}
+
+/// A provider that is behind, and the signer's MACs for the puts that bring
+/// it up to the newest state (`lss_verify::quorum::repair_steps` from its
+/// state to `source`'s, both as the broker relayed them in `States`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// The provider behind.
+    pub provider: u64,
+    /// The provider whose state it is brought to.
+    pub source: u64,
+    /// One client MAC per step, in order (concatenated on the wire).
+    pub macs: Vec<[u8; 32]>,
 }
 
 /// What differs per provider in a put.
@@ -303,8 +330,12 @@ impl Msg {
                     bin(out, &s.bundle);
                 });
             }
-            Msg::Receipts(receipts) => {
-                variant(&mut out, "Receipts", 1);
+            Msg::Receipts(Receipts { receipts, behind }) => {
+                variant(&mut out, "Receipts", if behind.is_empty() { 1 } else { 2 });
+                if !behind.is_empty() {
+                    string(&mut out, "behind");
+                    bin(&mut out, behind);
+                }
                 string(&mut out, "receipts");
                 list(&mut out, receipts, |out, r| {
                     map(out, 4);
@@ -388,20 +419,25 @@ impl Msg {
                 )
             }
             "Receipts" => {
-                let mut f = r.fields(&["receipts"])?;
-                Msg::Receipts(
-                    f.list("receipts")?
-                        .into_iter()
-                        .map(|mut s| {
-                            Ok(Receipt {
-                                provider: s.uint("provider")?,
-                                server_hmac: s.fixed("server_hmac")?,
-                                checkpoint: s.bytes("checkpoint")?,
-                                bundle: s.bytes("bundle")?,
-                            })
+                let mut f = r.fields_with(&["receipts"], &["behind"])?;
+                let behind = match f.take_opt("behind") {
+                    None => Vec::new(),
+                    Some(Value::Bin(b)) if b.len() <= MAX_PROVIDERS => b,
+                    Some(_) => return Err(malformed("behind must be at most 16 bytes")),
+                };
+                let receipts = f
+                    .list("receipts")?
+                    .into_iter()
+                    .map(|mut s| {
+                        Ok(Receipt {
+                            provider: s.uint("provider")?,
+                            server_hmac: s.fixed("server_hmac")?,
+                            checkpoint: s.bytes("checkpoint")?,
+                            bundle: s.bytes("bundle")?,
                         })
-                        .collect::<Result<_, WireError>>()?,
-                )
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Msg::Receipts(Receipts { receipts, behind })
             }
             other => return Err(malformed(format!("unknown Msg variant {other:?}"))),
         };
@@ -462,7 +498,11 @@ impl Response {
                 });
             }
             Response::QuorumMuts(q) => {
-                variant(&mut out, "QuorumMuts", 2);
+                variant(
+                    &mut out,
+                    "QuorumMuts",
+                    if q.repairs.is_empty() { 2 } else { 3 },
+                );
                 string(&mut out, "muts");
                 muts(&mut out, &q.muts);
                 string(&mut out, "puts");
@@ -472,6 +512,18 @@ impl Response {
                     bin(out, &p.client_hmac);
                     seen(out, p.seen.as_ref());
                 });
+                if !q.repairs.is_empty() {
+                    string(&mut out, "repairs");
+                    list(&mut out, &q.repairs, |out, r| {
+                        map(out, 3);
+                        string(out, "provider");
+                        uint(out, r.provider);
+                        string(out, "source");
+                        uint(out, r.source);
+                        string(out, "macs");
+                        bin(out, &r.macs.concat());
+                    });
+                }
             }
         }
         out
@@ -530,8 +582,30 @@ impl Response {
                 })
             }
             "QuorumMuts" => {
-                let mut f = r.fields(&["muts", "puts"])?;
+                let mut f = r.fields_with(&["muts", "puts"], &["repairs"])?;
+                let repairs = match f.take_opt("repairs") {
+                    None => Vec::new(),
+                    Some(Value::List(items)) => items
+                        .into_iter()
+                        .map(|mut r| {
+                            let macs = r.bytes("macs")?;
+                            if macs.len() % 32 != 0 {
+                                return Err(malformed("repair MACs are 32 bytes each"));
+                            }
+                            Ok(Repair {
+                                provider: r.uint("provider")?,
+                                source: r.uint("source")?,
+                                macs: macs
+                                    .chunks_exact(32)
+                                    .map(|c| c.try_into().expect("32 bytes"))
+                                    .collect(),
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?,
+                    Some(_) => return Err(malformed("repairs must be a list")),
+                };
                 Response::QuorumMuts(QuorumMutations {
+                    repairs,
                     muts: f.muts("muts")?,
                     puts: f
                         .list("puts")?
@@ -578,6 +652,7 @@ fn element_schema(field: &str) -> Option<&'static [&'static str]> {
         "receipts" => &["provider", "server_hmac", "checkpoint", "bundle"],
         "accounts" => &["auth_token", "seen_size", "seen_note"],
         "puts" => &["client_hmac", "seen_size", "seen_note"],
+        "repairs" => &["provider", "source", "macs"],
         _ => return None,
     })
 }
@@ -1061,15 +1136,18 @@ mod tests {
             assert!(Msg::decode(&m.encode()).is_err(), "{n} {w}");
         }
         // More than MAX_PROVIDERS entries are refused before parsing them.
-        let many = Msg::Receipts(vec![
-            Receipt {
-                provider: 0,
-                server_hmac: [0; 32],
-                checkpoint: vec![],
-                bundle: vec![],
-            };
-            MAX_PROVIDERS + 1
-        ]);
+        let many = Msg::Receipts(Receipts {
+            receipts: vec![
+                Receipt {
+                    provider: 0,
+                    server_hmac: [0; 32],
+                    checkpoint: vec![],
+                    bundle: vec![],
+                };
+                MAX_PROVIDERS + 1
+            ],
+            behind: vec![],
+        });
         assert!(Msg::decode(&many.encode()).is_err());
         // A list element missing a field, or a uint where bytes belong.
         let mut bad = Vec::new();
@@ -1147,12 +1225,15 @@ mod tests {
                     checkpoint: blob.clone(),
                     bundle: blob.clone(),
                 }).collect()),
-                Msg::Receipts((0..n).map(|i| Receipt {
-                    provider: i as u64,
-                    server_hmac: hmac,
-                    checkpoint: blob.clone(),
-                    bundle: vec![],
-                }).collect()),
+                Msg::Receipts(Receipts {
+                    receipts: (0..n).map(|i| Receipt {
+                        provider: i as u64,
+                        server_hmac: hmac,
+                        checkpoint: blob.clone(),
+                        bundle: vec![],
+                    }).collect(),
+                    behind: (0..n as u8).filter(|i| i % 3 == 0).collect(),
+                }),
             ];
             for m in msgs {
                 prop_assert_eq!(Msg::decode(&m.encode()).expect("decode"), m);
@@ -1166,6 +1247,11 @@ mod tests {
                 Response::QuorumMuts(QuorumMutations {
                     muts,
                     puts: (0..n).map(|i| ProviderPut { client_hmac: hmac, seen: seen(i) }).collect(),
+                    repairs: (0..n % 3).map(|i| Repair {
+                        provider: i as u64,
+                        source: 2,
+                        macs: vec![hmac; i],
+                    }).collect(),
                 }),
             ];
             for r in responses {
