@@ -255,6 +255,19 @@ pub struct Client {
     mac_scheme: MacScheme,
     registration_token: Option<tonic::metadata::AsciiMetadataValue>,
     verifier: Option<Verifier>,
+    /// With the client's secret key (a [`PrivClient`]), a verifying client
+    /// signs each put, and its log entry carries the signature.
+    put_signer: Option<PutSigner>,
+}
+
+/// The client's secret key, for signing puts; never shown.
+#[derive(Clone, Copy)]
+struct PutSigner(SecretKey);
+
+impl std::fmt::Debug for PutSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PutSigner(<redacted>)")
+    }
 }
 
 /// A verifying client's state: the pinned server id and the last checkpoint
@@ -353,6 +366,7 @@ impl Client {
                 .as_deref()
                 .and_then(|t| tonic::metadata::MetadataValue::try_from(t).ok()),
             verifier: None,
+            put_signer: None,
         }
     }
 
@@ -407,6 +421,7 @@ impl Client {
                 lss_proto::Verify {
                     seen_size: seen.size,
                     seen_note: seen.note.to_vec(),
+                    client_sig: Vec::new(),
                 }
             }
         })
@@ -519,11 +534,22 @@ impl Client {
             Some(_) => leaves(&kvs),
             None => Vec::new(),
         };
-        let verify = self.verify_request();
+        let mut verify = self.verify_request();
+        let client_sig = match (&mut verify, self.put_signer) {
+            (Some(v), Some(PutSigner(secret))) if !written.is_empty() => {
+                let sig = lss_verify::entry::sign_put(&secret, &written);
+                v.client_sig = sig.to_vec();
+                Some(sig)
+            }
+            _ => None,
+        };
         let (hmac, attestation) = self.put_raw(kvs, client_mac, verify).await?;
         if !written.is_empty() {
-            self.accept(attestation, Expect::Put { written: &written })
-                .await?;
+            let expect = Expect::Put {
+                written: &written,
+                client_sig: client_sig.as_ref(),
+            };
+            self.accept(attestation, expect).await?;
         }
         Ok(hmac)
     }
@@ -713,7 +739,8 @@ impl PrivClient {
         }
         let shared = SharedSecret::derive(&server_id, secret);
         let client_id = ClientId::from(secret.public_key(&Secp256k1::signing_only()));
-        let client = Client::over(channel, options, client_id, shared.token());
+        let mut client = Client::over(channel, options, client_id, shared.token());
+        client.put_signer = Some(PutSigner(*secret));
         Ok(PrivClient {
             client,
             shared,

@@ -6,8 +6,9 @@ use tlog_core::{leaf_hash, Hash};
 
 use crate::state::StateLeaf;
 
-/// Encoded length of an [`Entry`].
-pub const ENTRY_LEN: usize = 8 + 32 + 32 + 8 + 32;
+/// Encoded length of an [`Entry`] without a client signature (with one,
+/// 64 bytes more).
+pub const ENTRY_LEN: usize = 8 + 32 + 32 + 8 + 32 + 1;
 
 /// A log entry: which put it was and what the namespace held afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +24,14 @@ pub struct Entry {
     pub state_count: u64,
     /// The state root after the put.
     pub state_root: Hash,
+    /// The client's BIP340 signature of the put ([`put_digest`]), when it
+    /// sent one: anyone can check that the client made this write.
+    pub client_sig: Option<[u8; 64]>,
 }
 
 impl Entry {
-    /// `u64 seq ‖ prev_root ‖ writes ‖ u64 state_count ‖ state_root`.
+    /// `u64 seq ‖ prev_root ‖ writes ‖ u64 state_count ‖ state_root ‖
+    /// u8 0|1 ‖ [client signature]`.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         self.write(&mut w);
@@ -39,9 +44,16 @@ impl Entry {
         w.hash(&self.writes);
         w.u64(self.state_count);
         w.hash(&self.state_root);
+        match &self.client_sig {
+            None => w.u8(0),
+            Some(sig) => {
+                w.u8(1);
+                w.bytes(sig);
+            }
+        }
     }
 
-    /// Parses exactly [`ENTRY_LEN`] bytes.
+    /// Parses exactly one entry.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let e = Self::read(&mut r)?;
@@ -56,6 +68,11 @@ impl Entry {
             writes: r.hash()?,
             state_count: r.u64()?,
             state_root: r.hash()?,
+            client_sig: match r.u8()? {
+                0 => None,
+                1 => Some(r.bytes(64)?.try_into().map_err(|_| DecodeError::TooLong)?),
+                _ => return Err(DecodeError::TooLong),
+            },
         })
     }
 
@@ -74,6 +91,49 @@ pub fn writes_digest(written: &[StateLeaf]) -> Hash {
         h.update(leaf.hash());
     }
     h.finalize().into()
+}
+
+/// What a client signs for a put: the BIP340 tagged hash
+/// (`"lightkeeper/lss/put"`) of its namespace (client id) and the put's
+/// [`writes_digest`]. The versions inside bind it to one place in the
+/// namespace's history, so it cannot be replayed elsewhere.
+pub fn put_digest(client: &[u8; 33], writes: &Hash) -> [u8; 32] {
+    let tag = Sha256::digest(b"lightkeeper/lss/put");
+    let mut h = Sha256::new();
+    h.update(tag);
+    h.update(tag);
+    h.update(client);
+    h.update(writes);
+    h.finalize().into()
+}
+
+/// The client's signature of a put of `written` (BIP340, no auxiliary
+/// randomness) with the secret key of its client id.
+pub fn sign_put(secret: &lss_core::secp256k1::SecretKey, written: &[StateLeaf]) -> [u8; 64] {
+    use lss_core::secp256k1::{Keypair, Message, SECP256K1};
+    let keypair = Keypair::from_secret_key(SECP256K1, secret);
+    let client = keypair.public_key().serialize();
+    let digest = put_digest(&client, &writes_digest(written));
+    SECP256K1
+        .sign_schnorr_no_aux_rand(&Message::from_digest(digest), &keypair)
+        .serialize()
+}
+
+/// Whether `sig` is `client`'s signature of a put whose writes digest is
+/// `writes`.
+pub fn verify_put(client: &[u8; 33], writes: &Hash, sig: &[u8; 64]) -> bool {
+    use lss_core::secp256k1::{schnorr::Signature, Message, PublicKey, SECP256K1};
+    let (Ok(key), Ok(sig)) = (PublicKey::from_slice(client), Signature::from_slice(sig)) else {
+        return false;
+    };
+    let digest = put_digest(client, writes);
+    SECP256K1
+        .verify_schnorr(
+            &sig,
+            &Message::from_digest(digest),
+            &key.x_only_public_key().0,
+        )
+        .is_ok()
 }
 
 /// The same digest over answer leaves (a prefix read's result).

@@ -265,9 +265,11 @@ impl NamespaceLog {
     }
 
     /// Records `kvs` (a valid put, already checked against the versions)
-    /// in the state tree and returns the log keys to commit with it. If the
+    /// in the state tree and returns the log keys to commit with it;
+    /// `client_sig` is the client's signature of the put, if it sent one
+    /// (the caller has checked it: [`crate::entry::verify_put`]). If the
     /// commit fails, drop this log and load it again.
-    pub fn prepare(&mut self, kvs: &[KeyValue]) -> Prepared {
+    pub fn prepare(&mut self, kvs: &[KeyValue], client_sig: Option<[u8; 64]>) -> Prepared {
         let written: Vec<StateLeaf> = kvs
             .iter()
             .map(|kv| StateLeaf::of(&kv.key, kv.version, &kv.value))
@@ -282,6 +284,7 @@ impl NamespaceLog {
             writes: writes_digest(&written),
             state_count: self.tree.count(),
             state_root: self.tree.root(),
+            client_sig,
         };
         let mut after = self.range.clone();
         after.push(entry.leaf());
@@ -475,7 +478,7 @@ mod tests {
 
     impl Ns {
         fn put(&mut self, log: &mut NamespaceLog, kvs: &[KeyValue]) {
-            let prepared = log.prepare(kvs);
+            let prepared = log.prepare(kvs, None);
             for kv in kvs.iter().chain(&prepared.extra) {
                 self.0.insert(kv.key.clone(), kv.clone());
             }
@@ -522,6 +525,7 @@ mod tests {
                 &bundle,
                 Expect::Put {
                     written: &leaves(&put),
+                    client_sig: None,
                 },
             )
             .unwrap();
@@ -604,7 +608,10 @@ mod tests {
             trusted.as_ref(),
             &note,
             &bundle,
-            Expect::Put { written: &[] },
+            Expect::Put {
+                written: &[],
+                client_sig: None,
+            },
         );
         assert!(
             matches!(got, Err(Rejected::Violation(Violation::Rollback { .. }))),
@@ -637,6 +644,7 @@ mod tests {
         let (note, bundle) = log.attest(&key, &client, None, None, None, None).unwrap();
         let put = |v: i64, value: &str| Expect::Put {
             written: Box::leak(leaves(&[kv("a", v, value)]).into_boxed_slice()),
+            client_sig: None,
         };
         let t = check(&id, &client, None, &note, &bundle, put(300, "x")).unwrap();
         // 950 puts later the ring has wrapped; the client's point is still in it.

@@ -115,6 +115,8 @@ pub enum Expect<'a> {
     Put {
         /// The kvs it wrote, as leaves.
         written: &'a [StateLeaf],
+        /// The signature it sent with them, which the entry must carry.
+        client_sig: Option<&'a [u8; 64]>,
     },
     /// Its read.
     Read {
@@ -206,10 +208,18 @@ pub fn check(
     };
     let (range, last) = provable(&statement, bundle, trusted, answer)?;
     match expect {
-        Expect::Put { written } => {
+        Expect::Put {
+            written,
+            client_sig,
+        } => {
             let last = last.ok_or_else(|| unverifiable("a put receipt with an empty log"))?;
             if last.writes != writes_digest(written) {
                 return Err(unverifiable("the receipt's last entry is not this put"));
+            }
+            if client_sig.is_some() && last.client_sig.as_ref() != client_sig {
+                return Err(unverifiable(
+                    "the receipt's entry does not carry the client's signature",
+                ));
             }
         }
         Expect::Read { nonce, .. } => {
@@ -275,6 +285,13 @@ pub(crate) fn provable(
     };
     at_earlier(&range)?;
     for entry in &bundle.entries {
+        if let Some(sig) = &entry.client_sig {
+            if !crate::entry::verify_put(&statement.client, &entry.writes, sig) {
+                return Err(violation(Violation::BrokenLog(
+                    "an entry carries a client signature that does not verify: a write the client did not sign",
+                )));
+            }
+        }
         if entry.seq != range.size() {
             return Err(violation(Violation::BrokenLog(
                 "an entry is out of sequence",

@@ -23,7 +23,7 @@ fn reply() -> (Vec<u8>, Vec<u8>, Trusted, Vec<StateLeaf>) {
     let mut trusted = None;
     for i in 0..5i64 {
         let kv = KeyValue::new(format!("k{i}"), 0, vec![i as u8; 3]);
-        let prepared = log.prepare(std::slice::from_ref(&kv));
+        let prepared = log.prepare(std::slice::from_ref(&kv), None);
         store.push(kv.clone());
         log.commit(prepared);
         let seen = trusted.as_ref().map(Trusted::seen);
@@ -38,7 +38,10 @@ fn reply() -> (Vec<u8>, Vec<u8>, Trusted, Vec<StateLeaf>) {
                 trusted.as_ref(),
                 &note,
                 &bundle,
-                Expect::Put { written: &leaves },
+                Expect::Put {
+                    written: &leaves,
+                    client_sig: None,
+                },
             )
             .expect("valid receipt"),
         );
@@ -123,4 +126,104 @@ proptest! {
         }
         prop_assert!(!read(&note, &bundle, &trusted, &answer));
     }
+}
+
+/// A server that logs a write the client did not sign (it holds the MAC
+/// secret, so it can make the client MAC): the forged or reused client
+/// signature in its signed log is a violation, provable with evidence; a
+/// receipt whose entry dropped the signature the client sent is refused.
+#[test]
+fn client_signatures_in_the_log_cannot_be_forged_or_dropped() {
+    use lss_core::secp256k1::{SecretKey, SECP256K1};
+    use lss_verify::entry::{sign_put, verify_put, writes_digest};
+    use lss_verify::{Rejected, Violation};
+    let key = key();
+    let id = key.server_id();
+    let secret = SecretKey::from_slice(&[0x33; 32]).expect("secret");
+    let client = secret.public_key(SECP256K1).serialize();
+    let kv = |v: i64, value: &[u8]| KeyValue::new("k", v, value.to_vec());
+    let leaves = |kv: &KeyValue| vec![StateLeaf::of(&kv.key, kv.version, &kv.value)];
+
+    let first = kv(0, b"a");
+    let sig = sign_put(&secret, &leaves(&first));
+    assert!(verify_put(&client, &writes_digest(&leaves(&first)), &sig));
+    let other = SecretKey::from_slice(&[0x34; 32]).expect("secret");
+    let other_id = other.public_key(SECP256K1).serialize();
+    assert!(!verify_put(
+        &other_id,
+        &writes_digest(&leaves(&first)),
+        &sig
+    ));
+    assert!(!verify_put(
+        &client,
+        &writes_digest(&leaves(&kv(0, b"b"))),
+        &sig
+    ));
+
+    let mut log = NamespaceLog::load(&[]).expect("empty");
+    let prepared = log.prepare(std::slice::from_ref(&first), Some(sig));
+    log.commit(prepared);
+    let (note, bundle) = log
+        .attest(&key, &client, None, None, None, None)
+        .expect("attest");
+    let trusted = check(
+        &id,
+        &client,
+        None,
+        &note,
+        &bundle,
+        Expect::Put {
+            written: &leaves(&first),
+            client_sig: Some(&sig),
+        },
+    )
+    .expect("a signed put verifies");
+
+    // The server replays the first signature on a write of its own.
+    let forged = kv(1, b"evil");
+    let prepared = log.prepare(std::slice::from_ref(&forged), Some(sig));
+    log.commit(prepared);
+    let (note, bundle) = log
+        .attest(&key, &client, Some(trusted.seen()), None, None, None)
+        .expect("attest");
+    let err = check(
+        &id,
+        &client,
+        Some(&trusted),
+        &note,
+        &bundle,
+        Expect::Put {
+            written: &leaves(&forged),
+            client_sig: None,
+        },
+    )
+    .expect_err("a forged client signature");
+    let Rejected::Violation(violation) = err else {
+        panic!("not a violation: {err}");
+    };
+    assert!(matches!(violation, Violation::BrokenLog(_)), "{violation}");
+    let evidence = Evidence::new(&id, &violation, Some(&trusted), &note, &bundle, None);
+    let (_, proven) = Evidence::verify(evidence.to_json().as_bytes()).expect("evidence verifies");
+    assert_eq!(proven, violation);
+
+    // The client signed its put; the server logged it unsigned.
+    let mut log = NamespaceLog::load(&[]).expect("empty");
+    let prepared = log.prepare(std::slice::from_ref(&first), None);
+    log.commit(prepared);
+    let (note, bundle) = log
+        .attest(&key, &client, None, None, None, None)
+        .expect("attest");
+    let err = check(
+        &id,
+        &client,
+        None,
+        &note,
+        &bundle,
+        Expect::Put {
+            written: &leaves(&first),
+            client_sig: Some(&sig),
+        },
+    )
+    .expect_err("signature dropped");
+    assert!(matches!(err, Rejected::Unverifiable(_)), "{err}");
 }

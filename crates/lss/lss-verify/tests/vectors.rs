@@ -15,10 +15,16 @@ fn hex(b: &[u8]) -> String {
 fn documented_vectors() {
     let leaf = StateLeaf::of("k", 0, b"v");
     let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
-    let client = key.server_id(); // any 33 bytes name a namespace
+    // The client: secret key 0x33…, its public key names the namespace; it
+    // signs its put.
+    let secret = lss_core::secp256k1::SecretKey::from_slice(&[0x33; 32]).expect("secret");
+    let client = secret
+        .public_key(lss_core::secp256k1::SECP256K1)
+        .serialize();
     let mut log = NamespaceLog::load(&[]).expect("empty");
     let put = [KeyValue::new("k", 0, b"v".to_vec())];
-    let prepared = log.prepare(&put);
+    let sig = lss_verify::entry::sign_put(&secret, std::slice::from_ref(&leaf));
+    let prepared = log.prepare(&put, Some(sig));
     log.commit(prepared);
     let (note, bundle) = log
         .attest(
@@ -32,7 +38,8 @@ fn documented_vectors() {
         .expect("attest");
     let note = String::from_utf8(note).expect("utf-8");
     let got = format!(
-        "leaf {}\nentry {}\nbundle {}\nnote:\n{note}",
+        "client {}\nleaf {}\nentry {}\nbundle {}\nnote:\n{note}",
+        hex(&client),
         hex(&leaf.hash()),
         hex(&lss_verify::bundle::Bundle::decode(&bundle)
             .expect("bundle")

@@ -81,6 +81,35 @@ pub fn seen(verify: &lss_proto::Verify) -> Result<Option<Seen>, Status> {
     }))
 }
 
+/// A put's `verify` request: the client's last checkpoint, and its
+/// signature of the put if it sent one.
+#[derive(Debug, Clone, Copy)]
+pub struct PutVerify {
+    /// Its last verified checkpoint.
+    pub seen: Option<Seen>,
+    /// Its BIP340 signature of the put (`lss_verify::entry::put_digest`).
+    pub client_sig: Option<[u8; 64]>,
+}
+
+impl PutVerify {
+    /// Parses a put's `verify` (a malformed one is `INVALID_ARGUMENT`).
+    pub fn parse(verify: &lss_proto::Verify) -> Result<Self, Status> {
+        let client_sig = match verify.client_sig.len() {
+            0 => None,
+            64 => verify.client_sig.as_slice().try_into().ok(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "verify.client_sig must be 64 bytes (a BIP340 signature) or empty",
+                ))
+            }
+        };
+        Ok(PutVerify {
+            seen: seen(verify)?,
+            client_sig,
+        })
+    }
+}
+
 /// What a logged put came to.
 pub enum Logged {
     /// Committed (with the receipt when asked for).
@@ -162,8 +191,23 @@ impl Ledgers {
         store: &S,
         client: ClientId,
         kvs: SortedKvs,
-        verify: Option<Option<Seen>>,
+        verify: Option<PutVerify>,
     ) -> Result<Logged, Status> {
+        if let Some(sig) = verify.and_then(|v| v.client_sig) {
+            // Checked before anything is locked or stored: a signature that
+            // is not the client's own for exactly these writes is refused.
+            let written: Vec<lss_verify::StateLeaf> = kvs
+                .as_slice()
+                .iter()
+                .map(|kv| lss_verify::StateLeaf::of(&kv.key, kv.version, &kv.value))
+                .collect();
+            let writes = lss_verify::entry::writes_digest(&written);
+            if !lss_verify::entry::verify_put(client.as_bytes(), &writes, &sig) {
+                return Err(Status::invalid_argument(
+                    "verify.client_sig is not the client's signature of this put",
+                ));
+            }
+        }
         let cached = self.cell(client);
         let mut guard = cached.cell.lock().await;
         let result = self
@@ -182,7 +226,7 @@ impl Ledgers {
         store: &S,
         client: ClientId,
         kvs: SortedKvs,
-        verify: Option<Option<Seen>>,
+        verify: Option<PutVerify>,
     ) -> Result<Logged, Status> {
         // Twice at most: once from the cache, once after reloading it.
         for attempt in 0..2 {
@@ -214,7 +258,7 @@ impl Ledgers {
                     }
                 };
             }
-            let prepared = log.prepare(kvs.as_slice());
+            let prepared = log.prepare(kvs.as_slice(), verify.and_then(|v| v.client_sig));
             let all = kvs
                 .clone()
                 .with_server_kvs(prepared.extra.clone())
@@ -224,7 +268,7 @@ impl Ledgers {
                     log.commit(prepared);
                     let receipt = match verify {
                         None => None,
-                        Some(seen) => Some(self.attest(store, client, log, seen, None).await?),
+                        Some(v) => Some(self.attest(store, client, log, v.seen, None).await?),
                     };
                     return Ok(Logged::Committed(receipt));
                 }
@@ -407,7 +451,10 @@ mod tests {
                     &Limits::default(),
                 )
                 .expect("kvs"),
-                Some(None),
+                Some(PutVerify {
+                    seen: None,
+                    client_sig: None,
+                }),
             )
             .await
             .expect("put");

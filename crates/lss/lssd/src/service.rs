@@ -268,7 +268,9 @@ impl<S: Store> LightningStorage for LssService<S> {
         if kvs.as_slice().iter().any(|kv| is_reserved(&kv.key)) {
             return Err(status::reserved_key());
         }
-        let verify = verify.map(|v| crate::ledger::seen(&v)).transpose()?;
+        let verify = verify
+            .map(|v| crate::ledger::PutVerify::parse(&v))
+            .transpose()?;
         let (client, shared, slot) = self.admit(Some(auth), token).await?;
         let span =
             tracing::debug_span!("put", client = %client.short(), keys = kvs.as_slice().len());

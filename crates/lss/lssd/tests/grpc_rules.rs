@@ -638,3 +638,80 @@ async fn framed_macs_when_asked_and_the_reference_macs_otherwise() {
         assert_eq!(hex::encode(last.expect("a chunk").hmac), expected);
     }
 }
+
+/// Verifiable log, client signatures: a verifying `PrivClient` signs its
+/// puts and its log entries carry the signature anyone can check; a put
+/// whose `verify.client_sig` is not the client's own signature of exactly
+/// these writes (garbage, another key's, another put's, a bad length) is
+/// refused before anything is stored.
+#[tokio::test]
+async fn client_signatures_are_kept_in_the_log_and_forged_ones_refused() {
+    use lss_verify::bundle::Bundle;
+    use lss_verify::entry::{sign_put, verify_put};
+    use lss_verify::StateLeaf;
+    let server = Lssd::start(0x22, Limits::default()).await;
+    let options = lss_client::ConnectOptions::new(server.url.clone());
+    let signer = Signer::new(0x11, &server.key);
+    let mut client = lss_client::PrivClient::connect(&options, &signer.secret, None, [5; 32])
+        .await
+        .expect("connect")
+        .verifying(None);
+    client
+        .put(vec![kv("a", 0, b"x")])
+        .await
+        .expect("a signed, verified put");
+    let mut grpc = server.grpc().await;
+    let mut get = signer.get("", &[1; 32]);
+    get.verify = Some(lss_proto::Verify::default());
+    let reply = grpc.get(get).await.expect("get").into_inner();
+    let attestation = reply.attestation.expect("attested");
+    let bundle = Bundle::decode(&attestation.bundle).expect("bundle");
+    let last = bundle.entries.last().expect("an entry");
+    let sig = last
+        .client_sig
+        .expect("the entry carries the client's signature");
+    assert!(verify_put(&signer.public.serialize(), &last.writes, &sig));
+
+    let leaves = |kvs: &[KeyValue]| -> Vec<StateLeaf> {
+        kvs.iter()
+            .map(|kv| StateLeaf::of(&kv.key, kv.version, &kv.value))
+            .collect()
+    };
+    let next = [kv("a", 1, b"y")];
+    let other = Signer::new(0x12, &server.key);
+    for (what, client_sig) in [
+        ("garbage", vec![7u8; 64]),
+        (
+            "another key's",
+            sign_put(&other.secret, &leaves(&next)).to_vec(),
+        ),
+        (
+            "another put's",
+            sign_put(&signer.secret, &leaves(&[kv("a", 1, b"z")])).to_vec(),
+        ),
+        ("too short", vec![1u8; 63]),
+    ] {
+        let mut put = signer.put(&next);
+        put.verify = Some(lss_proto::Verify {
+            client_sig,
+            ..Default::default()
+        });
+        let (code, message) = status_of(grpc.put(put).await).await;
+        assert_eq!(code, Code::InvalidArgument, "{what}: {message}");
+        assert!(message.contains("client_sig"), "{what}: {message}");
+    }
+    let stored: Vec<(String, i64)> = signer
+        .dump(&mut grpc)
+        .await
+        .into_iter()
+        .map(|kv| (kv.key, kv.version))
+        .collect();
+    assert_eq!(stored, [("a".to_string(), 0)], "nothing stored");
+    // Its own signature of exactly these writes is accepted.
+    let mut put = signer.put(&next);
+    put.verify = Some(lss_proto::Verify {
+        client_sig: sign_put(&signer.secret, &leaves(&next)).to_vec(),
+        ..Default::default()
+    });
+    assert!(grpc.put(put).await.expect("put").into_inner().success);
+}

@@ -413,10 +413,14 @@ async fn export_verify_import_and_copy_commands() {
         lssd(),
         &["--data-dir", &path("c"), "import", "--input", &damaged],
     );
-    // Caught by the record order check when the flipped byte is in a key,
-    // by the checksum otherwise; either way before anything is written.
+    // Caught by the record checks when the flipped byte is in a key (order)
+    // or a client id (not a public key), by the checksum otherwise; either
+    // way before anything is written.
     assert!(
-        !status.success() && (err.contains("checksum") || err.contains("out of order")),
+        !status.success()
+            && (err.contains("checksum")
+                || err.contains("out of order")
+                || err.contains("client id is not a public key")),
         "{err}"
     );
     assert!(!err.contains("import complete"), "{err}");

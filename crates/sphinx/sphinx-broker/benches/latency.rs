@@ -5,7 +5,9 @@
 //! docs/benchmarks.md). Without LSS: sequential Ecdh, SignInvoice and
 //! NewChannel, then Ecdh from 8 client connections at once. With LSS (a
 //! real `lssd` on its embedded store): NewChannel, whose changes are stored
-//! and acknowledged before the reply, and Ecdh, which changes nothing.
+//! and acknowledged before the reply, and Ecdh, which changes nothing; then
+//! NewChannel with the signer verifying that provider's signed log, and
+//! with three providers and a write quorum of 2.
 
 #[path = "../tests/driver/mod.rs"]
 mod driver;
@@ -95,17 +97,31 @@ fn main() {
     report("NewChannel, sequential, no LSS", samples, start.elapsed());
     drop(broker);
 
-    // The same path with every change stored in LSS first.
+    // The same path with every change stored in LSS first: one provider
+    // as the reference relays; the same provider verified by the signer
+    // (`quorum-v1`, W = 1); three providers with W = 2.
+    let one = lk_testkit::process::RestartableLssd::start(&[]);
+    with_lss("LSS", &one.url(), &[], true);
+    with_lss(
+        "1 provider verified",
+        &one.url(),
+        &["--lss-write-quorum", "1"],
+        false,
+    );
+    let two = lk_testkit::process::RestartableLssd::start(&[]);
+    let three = lk_testkit::process::RestartableLssd::start(&[]);
+    let urls = format!("{},{},{}", one.url(), two.url(), three.url());
+    with_lss("3 providers W=2", &urls, &[], false);
+}
+
+/// NewChannel (and, with `ecdh`, Ecdh) through a broker storing in `urls`.
+fn with_lss(label: &str, urls: &str, broker_args: &[&str], ecdh_too: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("lssd");
-    let lssd = lk_testkit::process::LssdProcess::spawn(
-        &driver::lssd_binary(),
-        &["--data-dir", data.to_str().expect("utf8")],
-    )
-    .expect("lssd");
     let home = driver::SignerHome::create(&dir.path().join("signer"));
     let owner = home.node_id().to_string();
-    let mut broker = driver::Broker::start_lss(dir.path(), &lssd.url, &["--owner", &owner]);
+    let mut args = vec!["--owner", owner.as_str()];
+    args.extend_from_slice(broker_args);
+    let mut broker = driver::Broker::start_lss(dir.path(), urls, &args);
     broker
         .master
         .send(&driver::hsmd_init(sphinx_signer::Network::Regtest));
@@ -121,14 +137,20 @@ fn main() {
     let samples: Vec<_> = (0..300)
         .map(|i| new_channel(&mut broker.master, 1000 + i))
         .collect();
-    report("NewChannel, sequential, LSS", samples, start.elapsed());
-    let start = Instant::now();
-    let samples: Vec<_> = (0..1000).map(|i| ecdh(&mut broker.master, i)).collect();
     report(
-        "Ecdh (no changes), sequential, LSS",
+        &format!("NewChannel, sequential, {label}"),
         samples,
         start.elapsed(),
     );
+    if ecdh_too {
+        let start = Instant::now();
+        let samples: Vec<_> = (0..1000).map(|i| ecdh(&mut broker.master, i)).collect();
+        report(
+            &format!("Ecdh (no changes), sequential, {label}"),
+            samples,
+            start.elapsed(),
+        );
+    }
 }
 
 fn new_channel(hsmd: &mut Hsmd, dbid: u64) -> Duration {

@@ -464,6 +464,7 @@ fn verify_of(seen: Option<Seen>) -> lss_proto::Verify {
         Some(seen) => lss_proto::Verify {
             seen_size: seen.size,
             seen_note: seen.note.to_vec(),
+            ..Default::default()
         },
     }
 }

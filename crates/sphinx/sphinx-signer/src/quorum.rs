@@ -302,8 +302,11 @@ impl Quorum {
                 why.push(format!("provider {i}: {}", LssError::BadMac));
                 continue;
             }
+            // No client signature: VLS keeps the persistence secret key to
+            // itself (it exposes only the public key and the ECDH secret).
             let expect = Expect::Put {
                 written: &awaited.written,
+                client_sig: None,
             };
             match self.check(i, &receipt.checkpoint, &receipt.bundle, expect) {
                 Ok(trusted) => verified.push((i, trusted)),

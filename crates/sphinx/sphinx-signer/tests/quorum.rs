@@ -73,7 +73,7 @@ impl Provider {
         {
             return None;
         }
-        let prepared = self.log.prepare(&kvs);
+        let prepared = self.log.prepare(&kvs, None);
         self.log.commit(prepared);
         for kv in &kvs {
             self.data
