@@ -373,7 +373,8 @@ impl Client {
     /// Verifies every put and get against the server's signed log
     /// (docs/protocol.md "Verifiable log"), starting from `trusted` (the
     /// last checkpoint verified before, or `None` for a client with no
-    /// memory). Reads then use `Get`, whose reply holds the proof.
+    /// memory). Reads then carry the proof (`GetStream`'s last chunk, or
+    /// `Get`'s reply on a server without a verifying `GetStream`).
     pub fn verifying(mut self, server_id: [u8; 33], trusted: Option<Trusted>) -> Self {
         self.verifier = Some(Verifier {
             server_id,
@@ -637,41 +638,46 @@ impl Client {
             framed_mac: self.mac_scheme == MacScheme::Framed,
             verify: self.verify_request(),
         };
-        if self.verifier.is_some() {
-            let reply = self.grpc.get(self.request(request)).await?.into_inner();
-            let kvs: Vec<KeyValue> = reply.kvs.into_iter().map(Into::into).collect();
-            let answer = leaves(&kvs);
-            self.accept(
-                reply.attestation,
-                Expect::Read {
-                    prefix,
-                    nonce,
-                    answer: &answer,
-                },
-            )
-            .await?;
-            return Ok((kvs, reply.hmac));
-        }
+        let mut read = None;
         if self.streams != Some(false) {
             match self.get_stream(request.clone()).await {
                 Err(RpcError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
-                    tracing::debug!("server has no GetStream; using Get");
+                    // No GetStream, or (an older lssd) none with `verify`.
+                    tracing::debug!("no usable GetStream on this server; using Get");
                     self.streams = Some(false);
                 }
                 result => {
                     self.streams = Some(true);
-                    return result;
+                    read = Some(result?);
                 }
             }
         }
-        let reply = self.grpc.get(self.request(request)).await?.into_inner();
-        Ok((reply.kvs.into_iter().map(Into::into).collect(), reply.hmac))
+        let (kvs, hmac, attestation) = match read {
+            Some(read) => read,
+            None => {
+                let reply = self.grpc.get(self.request(request)).await?.into_inner();
+                let kvs = reply.kvs.into_iter().map(Into::into).collect();
+                (kvs, reply.hmac, reply.attestation)
+            }
+        };
+        if self.verifier.is_some() {
+            let answer = leaves(&kvs);
+            let expect = Expect::Read {
+                prefix,
+                nonce,
+                answer: &answer,
+            };
+            self.accept(attestation, expect).await?;
+        }
+        Ok((kvs, hmac))
     }
 
+    /// A `GetStream`: the kvs, the last chunk's MAC and attestation.
+    #[allow(clippy::type_complexity)]
     async fn get_stream(
         &mut self,
         request: lss_proto::GetRequest,
-    ) -> Result<(Vec<KeyValue>, Vec<u8>), RpcError> {
+    ) -> Result<(Vec<KeyValue>, Vec<u8>, Option<lss_proto::Attestation>), RpcError> {
         let mut stream = self
             .extensions
             .get_stream(self.request(request))
@@ -679,6 +685,7 @@ impl Client {
             .into_inner();
         let mut kvs = Vec::new();
         let mut hmac = Vec::new();
+        let mut attestation = None;
         let mut total = 0usize;
         while let Some(chunk) = stream.message().await? {
             total = total.saturating_add(
@@ -692,10 +699,12 @@ impl Client {
                 return Err(RpcError::ReplyTooLarge(self.max_reply_bytes));
             }
             kvs.extend(chunk.kvs.into_iter().map(KeyValue::from));
-            // Only the last chunk's MAC counts; an earlier one cannot verify.
+            // Only the last chunk's MAC and attestation count; an earlier
+            // one cannot verify.
             hmac = chunk.hmac;
+            attestation = chunk.attestation;
         }
-        Ok((kvs, hmac))
+        Ok((kvs, hmac, attestation))
     }
 
     fn auth(&self) -> lss_proto::Auth {

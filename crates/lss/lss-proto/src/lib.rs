@@ -15,7 +15,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The path by which the generated `lightkeeper` code names `lss` types.
 mod lss {
-    pub(crate) use super::{GetRequest, KeyValue};
+    pub(crate) use super::{Attestation, GetRequest, KeyValue};
 }
 
 /// `lightkeeper.LightkeeperStorage`: extensions served beside the LSS service.

@@ -138,10 +138,18 @@ pub fn verify_put(client: &[u8; 33], writes: &Hash, sig: &[u8; 64]) -> bool {
 
 /// The same digest over answer leaves (a prefix read's result).
 pub fn answer_digest(answer: &[StateLeaf]) -> Hash {
+    answer_digest_of(answer.iter().map(StateLeaf::hash))
+}
+
+/// The domain tag of [`answer_digest`].
+pub const ANSWER_TAG: &[u8] = b"lightkeeper lss answer v1\n";
+
+/// [`answer_digest`] from the leaf hashes.
+pub fn answer_digest_of(hashes: impl IntoIterator<Item = Hash>) -> Hash {
     let mut h = Sha256::new();
-    h.update(b"lightkeeper lss answer v1\n");
-    for leaf in answer {
-        h.update(leaf.hash());
+    h.update(ANSWER_TAG);
+    for hash in hashes {
+        h.update(hash);
     }
     h.finalize().into()
 }

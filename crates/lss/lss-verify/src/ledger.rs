@@ -27,7 +27,7 @@ use tlog_core::merkle::CompactRange;
 use tlog_core::wire::{Reader, Writer};
 
 use crate::bundle::{Answer, Bundle, MAX_ENTRIES};
-use crate::entry::{answer_digest, writes_digest, Entry};
+use crate::entry::{writes_digest, Entry};
 use crate::state::{StateLeaf, StateTree};
 use crate::statement::{Seen, Statement};
 
@@ -373,6 +373,30 @@ impl NamespaceLog {
         answer: Option<(&str, &[KeyValue])>,
         ring: Option<&[KeyValue]>,
     ) -> Result<(Vec<u8>, Vec<u8>), LedgerError> {
+        let pending = self.pending(client, seen, nonce, answer.map(|(p, _)| p), ring)?;
+        let digest = answer.map(|(_, kvs)| {
+            let mut digest = AnswerDigest::default();
+            for kv in kvs {
+                digest.update(kv);
+            }
+            digest
+        });
+        Ok(pending.sign(key, digest))
+    }
+
+    /// Everything a checkpoint states about the log and state as they are
+    /// now (with, for a read of `prefix`, the proof that a run of keys is
+    /// all of it), to be signed once the answer's digest is known: a reply
+    /// streamed from a snapshot taken with this log is signed over exactly
+    /// the entries sent, after the log may have moved on.
+    pub fn pending(
+        &self,
+        client: &[u8; 33],
+        seen: Option<Seen>,
+        nonce: Option<Vec<u8>>,
+        prefix: Option<&str>,
+        ring: Option<&[KeyValue]>,
+    ) -> Result<PendingAttestation, LedgerError> {
         let from = self.bundle_start(seen);
         let stored: Vec<Window>;
         let mut windows: Vec<&Window> = if self.needs_ring(from) {
@@ -414,43 +438,93 @@ impl NamespaceLog {
         {
             return Err(corrupt("the stored entries do not cover the bundle"));
         }
-        let answer = answer.map(|(prefix, kvs)| {
-            let leaves: Vec<StateLeaf> = kvs
-                .iter()
-                .map(|kv| StateLeaf::of(&kv.key, kv.version, &kv.value))
-                .collect();
-            Answer {
-                prefix: prefix.to_owned(),
-                digest: answer_digest(&leaves),
-                proof: self.tree.prefix_proof(prefix).1,
-            }
-        });
-        let bundle = Bundle {
+        Ok(PendingAttestation {
             from: start,
             entries,
-            answer,
-        }
-        .encode();
-        let statement = Statement {
-            client: *client,
-            size: self.size(),
-            root: self.range.root(),
-            state_count: self.tree.count(),
-            state_root: self.tree.root(),
-            bundle: sha2::Digest::finalize(sha2::Digest::chain_update(
-                sha2::Sha256::default(),
-                &bundle,
-            ))
-            .into(),
-            seen,
-            nonce,
-        };
-        Ok((statement.sign(key), bundle))
+            proof: prefix.map(|p| (p.to_owned(), self.tree.prefix_proof(p).1)),
+            statement: Statement {
+                client: *client,
+                size: self.size(),
+                root: self.range.root(),
+                state_count: self.tree.count(),
+                state_root: self.tree.root(),
+                bundle: [0; 32],
+                seen,
+                nonce,
+            },
+        })
     }
 
     /// The leaves of a put, for the client's receipt check.
     pub fn written(prepared: &Prepared) -> &[StateLeaf] {
         &prepared.written
+    }
+}
+
+/// A checkpoint waiting for its read's answer ([`NamespaceLog::pending`]).
+#[derive(Debug, Clone)]
+pub struct PendingAttestation {
+    from: CompactRange,
+    entries: Vec<Entry>,
+    proof: Option<(String, crate::state::PrefixProof)>,
+    statement: Statement,
+}
+
+impl PendingAttestation {
+    /// Signs it, with `answer` the digest of the entries sent (a read's;
+    /// `None` for a put's receipt). Returns (note, bundle).
+    pub fn sign(
+        self,
+        key: &lss_core::ServerKey,
+        answer: Option<AnswerDigest>,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let answer = match (self.proof, answer) {
+            (Some((prefix, proof)), Some(digest)) => Some(Answer {
+                prefix,
+                digest: digest.finish(),
+                proof,
+            }),
+            _ => None,
+        };
+        let bundle = Bundle {
+            from: self.from,
+            entries: self.entries,
+            answer,
+        }
+        .encode();
+        let mut statement = self.statement;
+        statement.bundle =
+            sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &bundle))
+                .into();
+        (statement.sign(key), bundle)
+    }
+}
+
+/// [`crate::entry::answer_digest`] computed as the entries go by.
+#[derive(Debug, Clone)]
+pub struct AnswerDigest(sha2::Sha256);
+
+impl Default for AnswerDigest {
+    fn default() -> Self {
+        AnswerDigest(sha2::Digest::chain_update(
+            sha2::Sha256::default(),
+            crate::entry::ANSWER_TAG,
+        ))
+    }
+}
+
+impl AnswerDigest {
+    /// The next entry of the answer, in order.
+    pub fn update(&mut self, kv: &KeyValue) {
+        sha2::Digest::update(
+            &mut self.0,
+            StateLeaf::of(&kv.key, kv.version, &kv.value).hash(),
+        );
+    }
+
+    /// The digest.
+    pub fn finish(self) -> tlog_core::Hash {
+        sha2::Digest::finalize(self.0).into()
     }
 }
 
@@ -630,6 +704,47 @@ mod tests {
         );
         let (_, proven) = crate::Evidence::verify(evidence.to_json().as_bytes()).unwrap();
         assert!(matches!(proven, Violation::Rollback { .. }));
+    }
+
+    /// A streamed read: the checkpoint is taken with the snapshot, the
+    /// answer's digest computed as the entries go by, and the result is
+    /// what signing the entries at snapshot time gives, even after the log
+    /// moved on in between.
+    #[test]
+    fn a_pending_attestation_signs_what_attest_would_have_at_the_snapshot() {
+        let key = key();
+        let client = [2u8; 33];
+        let mut ns = Ns(Default::default());
+        let mut log = NamespaceLog::load(&[]).unwrap();
+        ns.put(
+            &mut log,
+            &[kv("a/1", 0, "x"), kv("a/2", 0, "y"), kv("b", 0, "z")],
+        );
+        ns.put(&mut log, &[kv("a/2", 1, "w")]);
+        for prefix in ["", "a/", "a/2", "b", "c", "a/3"] {
+            let answer = ns.prefix(prefix);
+            let direct = log
+                .attest(
+                    &key,
+                    &client,
+                    None,
+                    Some(vec![7; 32]),
+                    Some((prefix, &answer)),
+                    None,
+                )
+                .unwrap();
+            let mut moving = log.clone();
+            let pending = moving
+                .pending(&client, None, Some(vec![7; 32]), Some(prefix), None)
+                .unwrap();
+            let prepared = moving.prepare(&[kv("a/1", 1, "moved on")], None);
+            moving.commit(prepared);
+            let mut digest = AnswerDigest::default();
+            for kv in &answer {
+                digest.update(kv);
+            }
+            assert_eq!(pending.sign(&key, Some(digest)), direct, "{prefix:?}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use lss_core::{ClientId, KeyValue, PutOutcome, ServerKey, SortedKvs, ValidPut};
 use lss_store::Store;
-use lss_verify::ledger::{is_reserved, NamespaceLog, HEAD_KEY, RING_PREFIX};
+use lss_verify::ledger::{is_reserved, NamespaceLog, PendingAttestation, HEAD_KEY, RING_PREFIX};
 use lss_verify::Seen;
 use tonic::Status;
 
@@ -131,6 +131,11 @@ impl Ledgers {
             cells: Mutex::new(HashMap::new()),
             budget,
         }
+    }
+
+    /// The key that signs checkpoints.
+    pub fn key(&self) -> &ServerKey {
+        &self.key
     }
 
     /// Bytes the cached logs held when last used.
@@ -323,21 +328,7 @@ impl Ledgers {
         seen: Option<Seen>,
     ) -> Result<(Vec<KeyValue>, Attested), Status> {
         // Another process may have written: the head's version tells.
-        let head = store
-            .get(client, HEAD_KEY.to_owned())
-            .await
-            .map_err(status::store)?;
-        let stored_size = head
-            .iter()
-            .find(|kv| kv.key == HEAD_KEY)
-            .map_or(0, |kv| kv.version as u64 + 1);
-        if guard.as_ref().is_some_and(|log| log.size() != stored_size) {
-            *guard = None;
-        }
-        let log = match guard.as_mut() {
-            Some(log) => log,
-            None => guard.insert(Self::load(store, client).await?),
-        };
+        let log = self.current(guard, store, client).await?;
         let mut kvs = store
             .get(client, prefix.clone())
             .await
@@ -349,6 +340,89 @@ impl Ledgers {
         Ok((kvs, attested))
     }
 
+    /// Opens a snapshot of `prefix` and takes the checkpoint that goes with
+    /// it (both under the namespace's lock, so they agree), for a reply
+    /// streamed after the lock is released and signed over exactly the
+    /// entries sent ([`lss_verify::ledger::PendingAttestation`]).
+    pub async fn stream<S: Store>(
+        &self,
+        store: &S,
+        client: ClientId,
+        prefix: String,
+        nonce: Vec<u8>,
+        seen: Option<Seen>,
+    ) -> Result<(Box<dyn lss_store::Pages>, PendingAttestation), Status> {
+        let cached = self.cell(client);
+        let mut guard = cached.cell.lock().await;
+        let result = async {
+            let log = self.current(&mut guard, store, client).await?;
+            let pages = store
+                .pages(client, prefix.clone())
+                .await
+                .map_err(status::store)?;
+            let ring = self.ring_for(store, client, log, seen).await?;
+            let pending = log
+                .pending(
+                    client.as_bytes(),
+                    seen,
+                    Some(nonce),
+                    Some(&prefix),
+                    ring.as_deref(),
+                )
+                .map_err(|e| Status::data_loss(e.to_string()))?;
+            Ok((pages, pending))
+        }
+        .await;
+        cached.bytes.store(
+            guard.as_ref().map_or(0, NamespaceLog::memory),
+            Ordering::Relaxed,
+        );
+        result
+    }
+
+    /// The namespace's log as the store holds it now: the cached one unless
+    /// another process wrote since (the head's version tells), else loaded.
+    async fn current<'g, S: Store>(
+        &self,
+        guard: &'g mut Option<NamespaceLog>,
+        store: &S,
+        client: ClientId,
+    ) -> Result<&'g mut NamespaceLog, Status> {
+        let head = store
+            .get(client, HEAD_KEY.to_owned())
+            .await
+            .map_err(status::store)?;
+        let stored_size = head
+            .iter()
+            .find(|kv| kv.key == HEAD_KEY)
+            .map_or(0, |kv| kv.version as u64 + 1);
+        if guard.as_ref().is_some_and(|log| log.size() != stored_size) {
+            *guard = None;
+        }
+        Ok(match guard {
+            Some(log) => log,
+            None => guard.insert(Self::load(store, client).await?),
+        })
+    }
+
+    /// The ring's kvs when a bundle for `seen` needs them.
+    async fn ring_for<S: Store>(
+        &self,
+        store: &S,
+        client: ClientId,
+        log: &NamespaceLog,
+        seen: Option<Seen>,
+    ) -> Result<Option<Vec<KeyValue>>, Status> {
+        if !log.needs_ring(log.bundle_start(seen)) {
+            return Ok(None);
+        }
+        store
+            .get(client, RING_PREFIX.to_owned())
+            .await
+            .map(Some)
+            .map_err(status::store)
+    }
+
     async fn attest<S: Store>(
         &self,
         store: &S,
@@ -357,17 +431,7 @@ impl Ledgers {
         seen: Option<Seen>,
         read: Option<(String, Vec<u8>, &[KeyValue])>,
     ) -> Result<Attested, Status> {
-        let from = log.bundle_start(seen);
-        let ring = if log.needs_ring(from) {
-            Some(
-                store
-                    .get(client, RING_PREFIX.to_owned())
-                    .await
-                    .map_err(status::store)?,
-            )
-        } else {
-            None
-        };
+        let ring = self.ring_for(store, client, log, seen).await?;
         let (nonce, answer) = match read {
             Some((prefix, nonce, kvs)) => (Some(nonce), Some((prefix, kvs))),
             None => (None, None),

@@ -405,11 +405,10 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
             framed_mac,
             verify,
         } = request.into_inner();
-        if verify.is_some() && self.ledgers.is_some() {
-            return Err(Status::unimplemented(
-                "GetStream has no verifiable answers yet; use Get with verify",
-            ));
-        }
+        let verify = match (&self.ledgers, verify) {
+            (Some(ledgers), Some(v)) => Some((ledgers.clone(), crate::ledger::seen(&v)?)),
+            _ => None,
+        };
         let scheme = mac_scheme(framed_mac);
         let (client, shared, slot) = self.admit(auth, token).await?;
         // The reader task's page, the one in the channel, the one being
@@ -422,12 +421,31 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
             .map_err(|e| status::limit_exceeded(&e))?;
         let span = tracing::debug_span!("get_stream", client = %client.short(), prefix_len = key_prefix.len());
         let may_hold_reserved = key_prefix_may_hold_reserved(&key_prefix);
-        let mut pages = self
-            .store
-            .pages(client, key_prefix)
-            .instrument(span.clone())
-            .await
-            .map_err(status::store)?;
+        // Verifying: the snapshot is opened and its answer signed under the
+        // namespace's log lock, so the two agree; the attestation goes out
+        // with the last chunk.
+        let (mut pages, attestation) = match verify {
+            Some((ledgers, seen)) => {
+                let (pages, pending) = ledgers
+                    .stream(&self.store, client, key_prefix, nonce.clone(), seen)
+                    .instrument(span.clone())
+                    .await?;
+                let signer = Signing {
+                    pending,
+                    key: ledgers.key().clone(),
+                    digest: lss_verify::ledger::AnswerDigest::default(),
+                };
+                (pages, Some(signer))
+            }
+            None => (
+                self.store
+                    .pages(client, key_prefix)
+                    .instrument(span.clone())
+                    .await
+                    .map_err(status::store)?,
+                None,
+            ),
+        };
         // The log's own keys are never shown, nor counted.
         let hidden = if may_hold_reserved {
             self.store
@@ -448,7 +466,7 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
         };
         let mac = scheme.start(&shared, &nonce, count);
         let (chunks, reply) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(stream_pages(pages, mac, chunks).instrument(span));
+        tokio::spawn(stream_pages(pages, mac, attestation, chunks).instrument(span));
         let stream: ChunkStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(reply));
         Ok(held(stream, Hold::new((slot, reserved))))
     }
@@ -478,9 +496,17 @@ fn key_prefix_may_hold_reserved(prefix: &str) -> bool {
 /// Sends `pages` as chunks of about [`STREAM_CHUNK_BYTES`], each with at
 /// least one entry, the MAC on the last (one empty chunk for an empty
 /// result); stops when the reply is dropped.
+/// A verified stream's checkpoint, signed once every entry sent is hashed.
+struct Signing {
+    pending: lss_verify::ledger::PendingAttestation,
+    key: lss_core::ServerKey,
+    digest: lss_verify::ledger::AnswerDigest,
+}
+
 async fn stream_pages(
     mut pages: Box<dyn lss_store::Pages>,
     mut mac: lss_core::MacWriter,
+    mut signing: Option<Signing>,
     chunks: tokio::sync::mpsc::Sender<Result<GetChunk, Status>>,
 ) {
     let mut sent = 0usize;
@@ -495,12 +521,15 @@ async fn stream_pages(
         let hashed = off_executor(payload(&current), move || {
             for kv in &current {
                 mac.update(kv);
+                if let Some(s) = signing.as_mut() {
+                    s.digest.update(kv);
+                }
             }
-            (current, mac)
+            (current, mac, signing)
         })
         .await;
         let page;
-        (page, mac) = match hashed {
+        (page, mac, signing) = match hashed {
             Ok(done) => done,
             Err(status) => {
                 let _ = chunks.send(Err(status)).await;
@@ -523,6 +552,16 @@ async fn stream_pages(
                 mac.clone().finish().as_bytes().to_vec()
             } else {
                 Vec::new()
+            },
+            attestation: match signing.take() {
+                Some(s) if last => {
+                    let (checkpoint, bundle) = s.pending.sign(&s.key, Some(s.digest));
+                    Some(lss_proto::Attestation { checkpoint, bundle })
+                }
+                other => {
+                    signing = other;
+                    None
+                }
             },
         };
         if chunks.send(Ok(chunk)).await.is_err() {
