@@ -46,8 +46,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     }
 }
 
-/// Writes `contents` to a temporary file beside `path` with `mode`, synced.
-fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, FileError> {
+/// Writes `contents` to a temporary file beside `path` with `mode`, synced
+/// when `sync`.
+fn write_temp(path: &Path, contents: &[u8], mode: u32, sync: bool) -> Result<PathBuf, FileError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -67,7 +68,10 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> Result<PathBuf, FileEr
         .open(&tmp)
         .and_then(|mut file| {
             file.write_all(contents)?;
-            file.sync_all()
+            if sync {
+                file.sync_all()?;
+            }
+            Ok(())
         });
     match written {
         Ok(()) => Ok(tmp),
@@ -91,7 +95,7 @@ fn sync_dir(path: &Path) -> Result<(), FileError> {
 /// Creates `path` with `contents` and permission bits `mode`, durably and
 /// atomically; fails with [`FileError::Exists`] if it exists.
 pub fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
-    let tmp = write_temp(path, contents, mode)?;
+    let tmp = write_temp(path, contents, mode, true)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -106,12 +110,27 @@ pub fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileErr
 /// Replaces (or creates) `path` with `contents` and `mode`, durably and
 /// atomically: readers see the old file or the new one.
 pub fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
-    let tmp = write_temp(path, contents, mode)?;
+    replace_atomic(path, contents, mode, true)
+}
+
+/// As [`replace`] without waiting for the disk: atomic (readers, and a
+/// crash, see the old file or the new one) but after a power loss possibly
+/// the old one. For state where an older copy is safe, only less fresh.
+pub fn replace_unsynced(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
+    replace_atomic(path, contents, mode, false)
+}
+
+fn replace_atomic(path: &Path, contents: &[u8], mode: u32, sync: bool) -> Result<(), FileError> {
+    let tmp = write_temp(path, contents, mode, sync)?;
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(io(path)(e));
     }
-    sync_dir(path)
+    if sync {
+        sync_dir(path)
+    } else {
+        Ok(())
+    }
 }
 
 /// Reads `path`: `None` if it does not exist, an error if it is empty.
@@ -164,6 +183,11 @@ mod tests {
         replace(&path, b"two", 0o644).expect("second");
         assert_eq!(read(&path).expect("read"), Some(b"two".to_vec()));
         assert_eq!(names(dir.path()), ["pin"]);
+        replace_unsynced(&path, b"three", 0o600).expect("unsynced");
+        assert_eq!(read(&path).expect("read"), Some(b"three".to_vec()));
+        assert_eq!(names(dir.path()), ["pin"]);
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct Relay {
     write_quorum: usize,
     /// Built with [`Relay::quorum`]: the signer verifies signed logs.
     verified: bool,
+    /// Where the providers' keys are remembered across restarts.
+    keys_file: Option<Arc<std::path::PathBuf>>,
 }
 
 /// One LSS server: one connection per signer account, reconnecting as
@@ -150,6 +152,60 @@ impl Relay {
             ),
             write_quorum,
             verified: true,
+            keys_file: None,
+        }
+    }
+
+    /// Remembers each provider's key (and whether it offers framed MACs) in
+    /// `path` once learned, and starts from what it holds: after a restart
+    /// of the broker, a provider that is down does not keep signers from
+    /// connecting. A line is `<url> <key hex> <0|1>`; lines for other URLs,
+    /// or unreadable ones, are ignored (the key is then asked again).
+    pub fn remember_keys(mut self, path: std::path::PathBuf) -> Relay {
+        if let Ok(Some(bytes)) = durable_file::read(&path) {
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                let mut words = line.split_whitespace();
+                let (Some(url), Some(key), Some(framed)) =
+                    (words.next(), words.next(), words.next())
+                else {
+                    continue;
+                };
+                let key: Option<[u8; 33]> = hex::decode(key).ok().and_then(|k| k.try_into().ok());
+                if let (Some(p), Some(key)) =
+                    (self.providers.iter().find(|p| p.options.url == url), key)
+                {
+                    *p.key.lock().expect("key lock") = Some((key, framed == "1"));
+                }
+            }
+        }
+        self.keys_file = Some(Arc::new(path));
+        self
+    }
+
+    /// Writes every known key to the keys file.
+    async fn save_keys(&self) {
+        let Some(path) = self.keys_file.clone() else {
+            return;
+        };
+        let text: String = self
+            .providers
+            .iter()
+            .filter_map(|p| {
+                let (key, framed) = (*p.key.lock().expect("key lock"))?;
+                Some(format!(
+                    "{} {} {}\n",
+                    p.options.url,
+                    hex::encode(key),
+                    u8::from(framed)
+                ))
+            })
+            .collect();
+        let saved = tokio::task::spawn_blocking(move || {
+            durable_file::replace(&path, text.as_bytes(), 0o644)
+        })
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "cannot remember the LSS providers' keys");
         }
     }
 
@@ -171,7 +227,16 @@ impl Relay {
         &self,
         deadline: Instant,
     ) -> Result<Vec<([u8; 33], bool)>, RelayError> {
-        let keys = join_all(self.providers.iter().map(|p| p.server_key(deadline))).await;
+        let known = self
+            .providers
+            .iter()
+            .filter(|p| p.key.lock().expect("key lock").is_some())
+            .count();
+        let keys: Vec<_> = join_all(self.providers.iter().map(|p| p.server_key(deadline))).await;
+        let learned = keys.iter().filter(|k| k.is_ok()).count();
+        if learned > known {
+            self.save_keys().await;
+        }
         keys.into_iter().collect()
     }
 
@@ -186,7 +251,7 @@ impl Relay {
         seen: Option<&[Option<Seen>]>,
         deadline: Instant,
     ) -> Result<Vec<ProviderState>, RelayError> {
-        let needed = self.providers.len() - self.write_quorum + 1;
+        let needed = lss_verify::quorum::read_quorum(self.providers.len(), self.write_quorum);
         let mut pending: FuturesUnordered<_> = self
             .providers
             .iter()

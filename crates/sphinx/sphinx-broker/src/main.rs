@@ -110,8 +110,9 @@ async fn run(
             link::external(external, gate.clone(), config.max_packet)
         }
     };
+    let keys_file = config.data_dir.join("lss-provider-keys");
     let lss = config.lss.clone().map(|l| match l.write_quorum {
-        Some(w) => sphinx_broker::lss::Relay::quorum(l.providers, w),
+        Some(w) => sphinx_broker::lss::Relay::quorum(l.providers, w).remember_keys(keys_file),
         None => sphinx_broker::lss::Relay::new(
             l.providers.into_iter().next().expect("one URL at least"),
         ),

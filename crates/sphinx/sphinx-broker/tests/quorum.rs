@@ -225,3 +225,48 @@ fn the_host_cannot_lower_the_signers_quorum() {
     let signer = home.start_lss(&single.url(), &MIN_QUORUM);
     signer.wait_log("relays to one LSS provider; this signer requires a write quorum of 2");
 }
+
+#[test]
+fn a_provider_down_when_the_broker_restarts_is_survived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = RestartableLssd::start(&[]);
+    let b = RestartableLssd::start(&[]);
+    let mut c = RestartableLssd::start(&[]);
+    let urls = format!("{},{},{}", a.url(), b.url(), c.url());
+    let home = SignerHome::create(&dir.path().join("signer"));
+    let mut broker = broker(dir.path(), &urls, &home, &["--request-timeout-secs", "5"]);
+    let port = broker.mqtt_port;
+    let signer = home.start_lss(&broker.url(), &MIN_QUORUM);
+    let Some(Message::HsmdInitReplyV4(_)) = broker.master.recv() else {
+        panic!("no init reply: {}", signer.log_text());
+    };
+    new_channel(&mut broker.master, 1);
+    // CLN restarts, and with it the broker, while C is down: the broker
+    // knows C's key from before, so the signer still gets all three.
+    broker.proc.kill();
+    drop(broker);
+    c.down();
+    let owner = home.node_id().to_string();
+    let mut broker = Broker::start_on(
+        dir.path(),
+        port,
+        &[
+            "--lss-url",
+            &urls,
+            "--owner",
+            &owner,
+            "--request-timeout-secs",
+            "5",
+        ],
+    );
+    broker.master.send(&hsmd_init(Network::Regtest));
+    let Some(Message::HsmdInitReplyV4(_)) = broker.master.recv() else {
+        panic!(
+            "no init reply after the restart: {}\n{}",
+            broker.proc.log_text(),
+            signer.log_text()
+        );
+    };
+    knows_channel(&mut broker.master, 1);
+    new_channel(&mut broker.master, 2);
+}
