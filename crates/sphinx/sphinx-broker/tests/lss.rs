@@ -7,8 +7,8 @@ mod driver;
 use std::path::Path;
 use std::time::Duration;
 
-use driver::checks::{ecdh, exercise, key};
-use driver::{hsmd_init, lssd_binary, Broker, Hsmd, Proc, SignerHome};
+use driver::checks::{ecdh, exercise, key, knows_channel, lss_broker, new_channel, peer};
+use driver::{hsmd_init, lssd_binary, Broker, Proc, SignerHome};
 use lk_testkit::process::LssdProcess;
 use secp256k1::Secp256k1;
 use sphinx_signer::Network;
@@ -30,46 +30,12 @@ fn lssd(dir: &Path, port: u16) -> LssdProcess {
     .expect("start lssd")
 }
 
-/// Broker on LSS, CLN's init sent; the caller starts signers.
-fn broker(dir: &Path, lss_url: &str, home: &SignerHome, extra: &[&str]) -> Broker {
-    let owner = home.node_id().to_string();
-    let mut args = vec!["--owner", owner.as_str()];
-    args.extend_from_slice(extra);
-    let mut broker = Broker::start_lss(dir, lss_url, &args);
-    broker.master.send(&hsmd_init(Network::Regtest));
-    broker
-}
-
 fn init_reply(broker: &mut Broker, home: &SignerHome) -> msgs::HsmdInitReplyV4 {
     let Some(Message::HsmdInitReplyV4(init)) = broker.master.recv() else {
         panic!("no init reply: broker log:\n{}", broker.proc.log_text());
     };
     assert_eq!(init.node_id.0, home.node_id().serialize());
     init
-}
-
-fn peer() -> [u8; 33] {
-    key(9).public_key(&Secp256k1::new()).serialize()
-}
-
-fn new_channel(hsmd: &mut Hsmd, dbid: u64) {
-    let reply = hsmd.call(&msgs::NewChannel {
-        peer_id: PubKey(peer()),
-        dbid,
-    });
-    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
-}
-
-/// The channel is known to the signer (its commitment points are served).
-fn knows_channel(master: &mut Hsmd, dbid: u64) {
-    let mut channel = master.client(peer(), dbid);
-    let reply = channel.call(&msgs::GetPerCommitmentPoint {
-        commitment_number: 0,
-    });
-    assert!(
-        matches!(reply, Message::GetPerCommitmentPointReply(_)),
-        "{reply:?}"
-    );
 }
 
 fn log_has(proc: &Proc, text: &str) -> bool {
@@ -81,7 +47,7 @@ fn init_on_an_empty_lss_restart_and_restore_from_lss_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path(), driver::free_port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &home, &[]);
     let mut signer = home.start_lss(&broker.url(), &[]);
     let init = init_reply(&mut broker, &home);
     exercise(&mut broker.master, &home, &init);
@@ -126,7 +92,7 @@ fn a_local_store_ahead_of_lss_is_refused() {
         new_channel(&mut plain.master, 1);
     }
     let lss = lssd(dir.path(), driver::free_port());
-    let broker = broker(
+    let broker = lss_broker(
         dir.path(),
         &lss.url,
         &home,
@@ -147,7 +113,7 @@ fn lssd_down_during_requests_holds_the_reply_until_it_is_back() {
     let port = driver::free_port();
     let lss = lssd(dir.path(), port);
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &home, &[]);
     let _signer = home.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &home);
     lss.kill();
@@ -178,7 +144,7 @@ fn mutations_lost_with_the_mqtt_connection_are_redone_once() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let lss = lssd(dir.path(), driver::free_port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &home, &[]);
     let target = format!("127.0.0.1:{}", broker.mqtt_port)
         .parse()
         .expect("addr");
@@ -219,7 +185,7 @@ fn two_signers_for_one_node_resolve_conflicts_through_lss() {
         dir: second_dir,
         seed: first.seed,
     };
-    let mut broker = broker(dir.path(), &lss.url, &first, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &first, &[]);
     let mut a = first.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &first);
     new_channel(&mut broker.master, 6);
@@ -259,7 +225,7 @@ fn a_tampered_server_mac_is_caught_and_the_reply_withheld() {
     let proxy = rt.block_on(lk_testkit::net::FaultProxy::start(lss.addr));
     let home = SignerHome::create(&dir.path().join("signer"));
     let url = format!("http://{}", proxy.addr);
-    let mut broker = broker(dir.path(), &url, &home, &["--request-timeout-secs", "5"]);
+    let mut broker = lss_broker(dir.path(), &url, &home, &["--request-timeout-secs", "5"]);
     let signer = home.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &home);
     // A successful PutReply: gRPC prefix (36 bytes), success = true, then
@@ -291,7 +257,7 @@ fn a_broker_restart_resumes_with_the_signer_still_running() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path(), driver::free_port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &home, &[]);
     let port = broker.mqtt_port;
     let mut signer = home.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &home);
@@ -352,7 +318,7 @@ fn lss_over_tls_with_a_private_ca() {
     .expect("lssd with TLS");
     let url = format!("https://localhost:{}", lss.addr.port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &url, &home, &["--lss-ca", &ca_pem]);
+    let mut broker = lss_broker(dir.path(), &url, &home, &["--lss-ca", &ca_pem]);
     let _signer = home.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &home);
     new_channel(&mut broker.master, 12);
@@ -417,7 +383,7 @@ fn a_signer_with_a_5_mib_state_restores_from_lss_alone_and_signs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path(), driver::free_port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &home, &[]);
     let mut signer = home.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &home);
     new_channel(&mut broker.master, 1);
@@ -443,7 +409,7 @@ fn a_state_over_the_signers_packet_limit_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path(), driver::free_port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &lss.url, &home, &[]);
+    let mut broker = lss_broker(dir.path(), &lss.url, &home, &[]);
     let mut signer = home.start_lss(&broker.url(), &[]);
     let _ = init_reply(&mut broker, &home);
     pad_state(&lss.url, &home, 2);
@@ -464,7 +430,7 @@ fn a_single_change_of_2_mib_is_stored_and_restored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path(), driver::free_port());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(
+    let mut broker = lss_broker(
         dir.path(),
         &lss.url,
         &home,

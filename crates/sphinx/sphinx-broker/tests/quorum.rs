@@ -9,45 +9,11 @@ mod driver;
 use std::path::Path;
 use std::process::Command;
 
-use driver::checks::{ecdh, exercise, key};
-use driver::{hsmd_init, Broker, Hsmd, SignerHome};
+use driver::checks::{ecdh, exercise, knows_channel, lss_broker, new_channel};
+use driver::{hsmd_init, Broker, SignerHome};
 use lk_testkit::process::{workspace_binary, RestartableLssd};
-use secp256k1::Secp256k1;
 use sphinx_signer::Network;
-use vls_protocol::model::PubKey;
-use vls_protocol::msgs::{self, Message};
-
-fn broker(dir: &Path, urls: &str, home: &SignerHome, extra: &[&str]) -> Broker {
-    let owner = home.node_id().to_string();
-    let mut args = vec!["--owner", owner.as_str()];
-    args.extend_from_slice(extra);
-    let mut broker = Broker::start_lss(dir, urls, &args);
-    broker.master.send(&hsmd_init(Network::Regtest));
-    broker
-}
-
-fn peer() -> [u8; 33] {
-    key(9).public_key(&Secp256k1::new()).serialize()
-}
-
-fn new_channel(hsmd: &mut Hsmd, dbid: u64) {
-    let reply = hsmd.call(&msgs::NewChannel {
-        peer_id: PubKey(peer()),
-        dbid,
-    });
-    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
-}
-
-fn knows_channel(master: &mut Hsmd, dbid: u64) {
-    let mut channel = master.client(peer(), dbid);
-    let reply = channel.call(&msgs::GetPerCommitmentPoint {
-        commitment_number: 0,
-    });
-    assert!(
-        matches!(reply, Message::GetPerCommitmentPointReply(_)),
-        "{reply:?}"
-    );
-}
+use vls_protocol::msgs::Message;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -80,7 +46,7 @@ fn three_providers_survive_one_down_and_a_rollback_is_caught_with_evidence() {
     let home = SignerHome::create(&dir.path().join("signer"));
     // A short deadline, so a provider that is down gives up the puts it
     // misses (and is really behind when it comes back).
-    let mut broker = broker(dir.path(), &urls, &home, &["--request-timeout-secs", "3"]);
+    let mut broker = lss_broker(dir.path(), &urls, &home, &["--request-timeout-secs", "3"]);
     let mut signer = home.start_lss(&broker.url(), &MIN_QUORUM);
     let Some(Message::HsmdInitReplyV4(init)) = broker.master.recv() else {
         panic!(
@@ -174,7 +140,7 @@ fn a_provider_that_was_down_is_repaired_without_a_restart() {
     let mut c = RestartableLssd::start(&[]);
     let urls = format!("{},{},{}", a.url(), b.url(), c.url());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &urls, &home, &["--request-timeout-secs", "3"]);
+    let mut broker = lss_broker(dir.path(), &urls, &home, &["--request-timeout-secs", "3"]);
     let signer = home.start_lss(&broker.url(), &MIN_QUORUM);
     let Some(Message::HsmdInitReplyV4(_)) = broker.master.recv() else {
         panic!("no init reply: {}", signer.log_text());
@@ -214,14 +180,14 @@ fn the_host_cannot_lower_the_signers_quorum() {
     // A broker told to wait for one provider only, and one relaying to a
     // single provider the reference's way: the signer refuses both.
     let urls = format!("{},{}", a.url(), b.url());
-    let low = broker(dir.path(), &urls, &home, &["--lss-write-quorum", "1"]);
+    let low = lss_broker(dir.path(), &urls, &home, &["--lss-write-quorum", "1"]);
     let signer = home.start_lss(&low.url(), &MIN_QUORUM);
     signer.wait_log("the broker asks for a write quorum of 1 of 2; this signer requires 2");
     drop(signer);
     drop(low);
     let single_dir = dir.path().join("single");
     std::fs::create_dir_all(&single_dir).expect("mkdir");
-    let single = broker(&single_dir, &a.url(), &home, &[]);
+    let single = lss_broker(&single_dir, &a.url(), &home, &[]);
     let signer = home.start_lss(&single.url(), &MIN_QUORUM);
     signer.wait_log("relays to one LSS provider; this signer requires a write quorum of 2");
 }
@@ -234,7 +200,7 @@ fn a_provider_down_when_the_broker_restarts_is_survived() {
     let mut c = RestartableLssd::start(&[]);
     let urls = format!("{},{},{}", a.url(), b.url(), c.url());
     let home = SignerHome::create(&dir.path().join("signer"));
-    let mut broker = broker(dir.path(), &urls, &home, &["--request-timeout-secs", "5"]);
+    let mut broker = lss_broker(dir.path(), &urls, &home, &["--request-timeout-secs", "5"]);
     let port = broker.mqtt_port;
     let signer = home.start_lss(&broker.url(), &MIN_QUORUM);
     let Some(Message::HsmdInitReplyV4(_)) = broker.master.recv() else {

@@ -198,3 +198,45 @@ pub fn exercise(master: &mut Hsmd, home: &SignerHome, init: &msgs::HsmdInitReply
     assert_ne!(point(&mut channel, 0), point(&mut channel, 1));
     ecdh(&mut channel, home, 4);
 }
+
+/// Broker on LSS (`lss_urls`, one or several), owned by `home`'s node, with
+/// CLN's init sent; the caller starts signers.
+pub fn lss_broker(
+    dir: &std::path::Path,
+    lss_urls: &str,
+    home: &SignerHome,
+    extra: &[&str],
+) -> Broker {
+    let owner = home.node_id().to_string();
+    let mut args = vec!["--owner", owner.as_str()];
+    args.extend_from_slice(extra);
+    let mut broker = Broker::start_lss(dir, lss_urls, &args);
+    broker.master.send(&hsmd_init(Network::Regtest));
+    broker
+}
+
+/// The peer of the test channels.
+pub fn peer() -> [u8; 33] {
+    key(9).public_key(&Secp256k1::new()).serialize()
+}
+
+/// Opens channel `dbid` with [`peer`]: a request whose changes are stored.
+pub fn new_channel(hsmd: &mut Hsmd, dbid: u64) {
+    let reply = hsmd.call(&msgs::NewChannel {
+        peer_id: PubKey(peer()),
+        dbid,
+    });
+    assert!(matches!(reply, Message::NewChannelReply(_)), "{reply:?}");
+}
+
+/// The channel is known to the signer (its commitment points are served).
+pub fn knows_channel(master: &mut Hsmd, dbid: u64) {
+    let mut channel = master.client(peer(), dbid);
+    let reply = channel.call(&msgs::GetPerCommitmentPoint {
+        commitment_number: 0,
+    });
+    assert!(
+        matches!(reply, Message::GetPerCommitmentPointReply(_)),
+        "{reply:?}"
+    );
+}
