@@ -251,59 +251,49 @@ impl Driver {
                         continue;
                     };
                     let done = done.clone();
-                    let deadline: tokio::time::Instant = deadline.into();
-                    match call {
-                        // Queued now, so each provider stores puts in the
-                        // order the core made them.
-                        LssCall::Put {
-                            accounts,
-                            muts,
-                            puts,
-                            verify,
-                            repairs,
-                        } => {
-                            let stored =
-                                relay.put(&accounts, &muts, &puts, repairs, verify, deadline);
-                            tokio::spawn(async move {
-                                let result = LssResult::Stored(stored.await);
-                                let _ = done.send((op, result)).await;
-                            });
-                        }
-                        call => {
-                            tokio::spawn(async move {
-                                let result = lss_call(&relay, call, deadline).await;
-                                let _ = done.send((op, result)).await;
-                            });
-                        }
-                    }
+                    let call = lss_call(relay, call, deadline.into());
+                    tokio::spawn(async move {
+                        let result = call.await;
+                        let _ = done.send((op, result)).await;
+                    });
                 }
             }
         }
     }
 }
 
-async fn lss_call(relay: &Relay, call: LssCall, deadline: tokio::time::Instant) -> LssResult {
+/// The LSS call as a future to run on its own task. A put is queued to
+/// the relay now, before the future is returned, so each provider stores
+/// puts in the order the core made them.
+fn lss_call(
+    relay: Relay,
+    call: LssCall,
+    deadline: tokio::time::Instant,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = LssResult> + Send>> {
     match call {
-        LssCall::ServerKey => LssResult::ServerKey(relay.server_keys(deadline).await),
+        LssCall::ServerKey => {
+            Box::pin(async move { LssResult::ServerKey(relay.server_keys(deadline).await) })
+        }
         LssCall::GetAll {
             accounts,
             nonce,
             seen,
-        } => LssResult::State(
-            relay
-                .get_all(&accounts, nonce, seen.as_deref(), deadline)
-                .await,
-        ),
+        } => Box::pin(async move {
+            LssResult::State(
+                relay
+                    .get_all(&accounts, nonce, seen.as_deref(), deadline)
+                    .await,
+            )
+        }),
         LssCall::Put {
             accounts,
             muts,
             puts,
             verify,
             repairs,
-        } => LssResult::Stored(
-            relay
-                .put(&accounts, &muts, &puts, repairs, verify, deadline)
-                .await,
-        ),
+        } => {
+            let stored = relay.put(&accounts, &muts, &puts, repairs, verify, deadline);
+            Box::pin(async move { LssResult::Stored(stored.await) })
+        }
     }
 }
