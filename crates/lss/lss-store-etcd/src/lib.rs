@@ -43,7 +43,7 @@ use lss_core::{
     accepts, namespace_after, ClientId, KeyValue, Limit, LimitExceeded, PutOutcome, ValidPut,
 };
 use lss_store::retry::{Failure, Retry};
-use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
+use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError, Totals};
 
 const VERSION_LEN: usize = 8;
 /// Entries per page of a prefix read.
@@ -310,6 +310,7 @@ impl EtcdStore {
                 usage_revision,
             )])
             .and_then(writes);
+        let started = std::time::Instant::now();
         let response = self
             .client
             .kv_client()
@@ -317,6 +318,7 @@ impl EtcdStore {
             .await
             .map_err(|e| self.classify(e, true))?;
         if response.succeeded() {
+            lss_store::metrics::committed("etcd", 1, started.elapsed());
             Ok(Ok(PutOutcome::Committed))
         } else {
             Err(Failure::Retry {
@@ -436,6 +438,29 @@ impl EtcdStore {
 }
 
 impl EtcdStore {
+    async fn totals_once(&self) -> Result<Result<Totals, StoreError>, Failure> {
+        let end = prefix_end(&self.usage_root).unwrap_or_default();
+        let page = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(usize::MAX)
+            .get(
+                self.usage_root.clone(),
+                Some(GetOptions::new().with_range(end)),
+            )
+            .await
+            .map_err(|e| self.classify(e, false))?;
+        let mut totals = Totals::default();
+        for stored in page.kvs() {
+            let used = decode_usage(stored.value())?;
+            if used > 0 {
+                totals.namespaces += 1;
+                totals.bytes += used;
+            }
+        }
+        Ok(Ok(totals))
+    }
+
     async fn scan_once(
         &self,
         after: &Option<(ClientId, String)>,
@@ -642,6 +667,13 @@ impl Store for EtcdStore {
                     None => Ok(Ok(0)),
                 }
             })
+            .await
+            .and_then(|result| result)
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        RETRY
+            .run("totals", |_| self.totals_once())
             .await
             .and_then(|result| result)
     }

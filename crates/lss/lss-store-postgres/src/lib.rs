@@ -39,7 +39,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use lss_core::{accepts, namespace_after, ClientId, KeyValue, PutOutcome, ValidPut};
 use lss_store::retry::{Failure, Retry};
-use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError};
+use lss_store::{already_applied, prefix_end, Bulk, Entry, LoadError, Store, StoreError, Totals};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
@@ -154,6 +154,7 @@ pub enum OpenError {
 struct Sql {
     lock_namespace: String,
     usage: String,
+    totals: String,
     current: String,
     current_values: String,
     upsert: String,
@@ -172,6 +173,9 @@ impl Sql {
         Sql {
             lock_namespace: "SELECT pg_advisory_xact_lock($1)".into(),
             usage: format!("SELECT bytes FROM {schema}.usage WHERE client = $1"),
+            totals: format!(
+                "SELECT count(*), coalesce(sum(bytes), 0)::bigint FROM {schema}.usage WHERE bytes > 0"
+            ),
             current: format!(
                 "SELECT key, version, length(value)::int8 FROM {schema}.kv WHERE client = $1 AND key = ANY($2)"
             ),
@@ -369,7 +373,9 @@ impl PostgresStore {
             tx.execute(&set_usage, &usage_params),
         )
         .map_err(retry)?;
+        let started = std::time::Instant::now();
         tx.commit().await.map_err(|e| classify(e, true))?;
+        lss_store::metrics::committed("postgres", 1, started.elapsed());
         Ok(Ok(PutOutcome::Committed))
     }
 
@@ -398,6 +404,21 @@ impl PostgresStore {
             .iter()
             .map(|kv| KeyValue::conflict(kv.key.clone(), current.remove(kv.key.as_bytes())))
             .collect())
+    }
+
+    async fn totals_once(&self) -> Result<Result<Totals, StoreError>, Failure> {
+        let db = self.pool.get().await.map_err(pool_failure)?;
+        let retry = |e| classify(e, false);
+        let statement = db.prepare_cached(&self.sql.totals).await.map_err(retry)?;
+        let row = db.query_one(&statement, &[]).await.map_err(retry)?;
+        let namespaces: i64 = row.try_get(0).map_err(retry)?;
+        let bytes: i64 = row.try_get(1).map_err(retry)?;
+        Ok(match (u64::try_from(namespaces), u64::try_from(bytes)) {
+            (Ok(namespaces), Ok(bytes)) => Ok(Totals { namespaces, bytes }),
+            _ => Err(StoreError::Corrupt(format!(
+                "usage totals {namespaces} namespaces, {bytes} bytes are negative"
+            ))),
+        })
     }
 
     async fn usage_once(&self, client: &ClientId) -> Result<Result<u64, StoreError>, Failure> {
@@ -663,6 +684,13 @@ impl Store for PostgresStore {
     async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
         RETRY
             .run("usage", |_| self.usage_once(&client))
+            .await
+            .and_then(|result| result)
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        RETRY
+            .run("totals", |_| self.totals_once())
             .await
             .and_then(|result| result)
     }

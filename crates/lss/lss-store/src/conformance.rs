@@ -505,6 +505,33 @@ pub async fn bulk_load_counts_toward_the_quota<S: Bulk>(store: S) {
         .expect("a restore is not held to the quota");
 }
 
+/// Totals count the namespaces holding data and their keys' and values'
+/// bytes, as quotas do; a conflict changes nothing.
+pub async fn totals_count_namespaces_and_bytes<S: Store>(store: S) {
+    assert_eq!(
+        store.totals().await.expect("totals"),
+        crate::Totals::default()
+    );
+    commit(
+        &store,
+        client(1),
+        vec![kv("ab", 0, b"xyz"), kv("c", 0, b"")],
+    )
+    .await;
+    commit(&store, client(2), vec![kv("k", 0, &[7; 100])]).await;
+    conflict(&store, client(2), vec![kv("k", 0, &[7; 500])]).await;
+    assert_eq!(
+        store.totals().await.expect("totals"),
+        crate::Totals {
+            namespaces: 2,
+            bytes: (2 + 3 + 1) + (1 + 100),
+        }
+    );
+    commit(&store, client(2), vec![kv("k", 1, b"")]).await;
+    let totals = store.totals().await.expect("totals");
+    assert_eq!(totals.bytes, 6 + 1, "{totals:?}");
+}
+
 /// Expands to one `#[tokio::test]` per conformance case. `$fresh` is a
 /// closure `|quota: u64| async { (store, guard) }` making an empty store that
 /// implements [`Bulk`], and a guard dropped when the case ends.
@@ -524,6 +551,7 @@ macro_rules! conformance_tests {
             pages_are_the_get_from_one_snapshot,
             bulk_scan_is_ordered_and_complete,
             bulk_load_never_overwrites,
+            totals_count_namespaces_and_bytes,
         );
         $crate::conformance_tests!(@cases $fresh; 100;
             namespace_quota,

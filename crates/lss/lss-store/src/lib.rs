@@ -16,6 +16,7 @@ use lss_core::{ClientId, KeyValue, LimitExceeded, PutOutcome, ValidPut};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod metrics;
 pub mod redb;
 pub mod retry;
 
@@ -35,6 +36,15 @@ pub enum StoreError {
     /// The put would grow the namespace past `max_namespace_bytes`. Nothing was written.
     #[error(transparent)]
     Limit(#[from] LimitExceeded),
+}
+
+/// What a whole store holds ([`Store::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Namespaces holding at least one key.
+    pub namespaces: u64,
+    /// Bytes of keys and values in all of them.
+    pub bytes: u64,
 }
 
 /// A versioned key-value store partitioned by client namespace.
@@ -71,6 +81,12 @@ pub trait Store: Send + Sync + 'static {
     /// them: an upper bound of what any read of it returns, known before
     /// reading (the server reserves memory for a reply with it).
     fn usage(&self, client: ClientId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// How many namespaces hold data and how many bytes (keys plus values,
+    /// as quotas count them) all of them hold: read from the per-namespace
+    /// usage the store keeps anyway, so it costs one pass over namespaces,
+    /// not over data. For monitoring; not from one snapshot with anything.
+    fn totals(&self) -> impl Future<Output = Result<Totals, StoreError>> + Send;
 
     /// The same read as [`Store::get`], from one snapshot, handed out a page
     /// at a time so a large result need not be held in memory at once. The
@@ -238,6 +254,10 @@ impl<S: Store> Store for Arc<S> {
 
     fn usage(&self, client: ClientId) -> impl Future<Output = Result<u64, StoreError>> + Send {
         (**self).usage(client)
+    }
+
+    fn totals(&self) -> impl Future<Output = Result<Totals, StoreError>> + Send {
+        (**self).totals()
     }
 
     fn pages(

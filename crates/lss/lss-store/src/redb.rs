@@ -36,7 +36,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use redb_reopen::{Reopen, Reopening};
 use tokio::sync::oneshot;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Totals};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const USAGE: TableDefinition<&[u8], u64> = TableDefinition::new("usage");
@@ -245,6 +245,13 @@ impl Store for RedbStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || reading(&db, read_totals))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
 }
 
 /// One read on the current database; a storage failure makes the reader
@@ -360,12 +367,14 @@ fn commit_batch(db: &Database, batch: &[Job], max_namespace: u64) -> Result<Vec<
         }
     }
     if wrote {
+        let started = std::time::Instant::now();
         if let Err(e) = txn.commit() {
             return Err(Failed::InDoubt {
                 outcomes,
                 error: e.to_string(),
             });
         }
+        crate::metrics::committed("redb", batch.len(), started.elapsed());
     } else {
         // Only conflicts and refusals: nothing to make durable.
         txn.abort().map_err(|e| before(e.into()))?;
@@ -503,6 +512,25 @@ fn read_usage(db: &Database, client: &ClientId) -> Result<u64, StoreError> {
         .get(client.as_bytes().as_slice())
         .map_err(|e| unavailable(e.into()))?;
     Ok(used.map_or(0, |g| g.value()))
+}
+
+fn read_totals(db: &Database) -> Result<Totals, StoreError> {
+    let unavailable = |e: redb::Error| StoreError::Unavailable(e.to_string());
+    let txn = db.begin_read().map_err(|e| unavailable(e.into()))?;
+    let table = match txn.open_table(USAGE) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Totals::default()),
+        Err(e) => return Err(unavailable(e.into())),
+    };
+    let mut totals = Totals::default();
+    for row in table.iter().map_err(|e| unavailable(e.into()))? {
+        let (_, used) = row.map_err(|e| unavailable(e.into()))?;
+        if used.value() > 0 {
+            totals.namespaces += 1;
+            totals.bytes += used.value();
+        }
+    }
+    Ok(totals)
 }
 
 /// A prefix read through one redb read transaction (the table handle owns

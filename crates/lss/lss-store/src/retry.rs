@@ -38,7 +38,7 @@ pub struct Retry {
 impl Retry {
     /// Runs `attempt` until it succeeds, fails for good, or the attempts are
     /// spent. `attempt` is told whether an earlier attempt's write is in doubt.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, StoreError>
+    pub async fn run<T, F, Fut>(&self, what: &'static str, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut(bool) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -54,6 +54,7 @@ impl Retry {
                     in_doubt: doubt,
                 }) => {
                     tracing::debug!(engine = self.engine, what, attempt = n, %error, doubt, "retrying");
+                    crate::metrics::retried(self.engine, what);
                     in_doubt |= doubt;
                     last = error;
                     tokio::time::sleep(self.backoff(n)).await;

@@ -172,6 +172,14 @@ impl Store for AnyStore {
             AnyStore::Etcd(s) => s.usage(client).await,
         }
     }
+
+    async fn totals(&self) -> Result<lss_store::Totals, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.totals().await,
+            AnyStore::Postgres(s) => s.totals().await,
+            AnyStore::Etcd(s) => s.totals().await,
+        }
+    }
 }
 
 impl Bulk for AnyStore {

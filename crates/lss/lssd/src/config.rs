@@ -25,6 +25,9 @@ pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 512 * 1024 * 1024;
 /// Default listen address: loopback, the protocol's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:55551";
 
+/// Where `--metrics-listen` without an address serves: loopback, beside the protocol's port.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9555";
+
 /// Lightkeeper's Lightning Storage Server: a versioned key-value store for
 /// Lightning signers, wire-compatible with the VLS `lss` protocol.
 #[derive(Debug, Default, Parser)]
@@ -47,6 +50,19 @@ pub struct Args {
     /// address only with TLS: the auth token is a bearer credential.
     #[arg(long, global = true, env = "LSSD_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off;
+    /// given without ADDR: 127.0.0.1:9555]. Unauthenticated: keep it on
+    /// loopback or a monitoring network.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_METRICS_LISTEN",
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_METRICS_LISTEN
+    )]
+    pub metrics_listen: Option<SocketAddr>,
 
     /// Directory of the database and the server key [default: $HOME/.lightkeeper/lssd].
     /// Created with mode 0700 if missing.
@@ -473,6 +489,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// See [`Args::listen`].
     pub listen: Option<SocketAddr>,
+    /// See [`Args::metrics_listen`].
+    pub metrics_listen: Option<SocketAddr>,
     /// See [`Args::data_dir`].
     pub data_dir: Option<PathBuf>,
     /// See [`Args::server_key_file`].
@@ -563,6 +581,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Where metrics are served, if they are.
+    pub metrics_listen: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// An existing key file to adopt, or `None` for `<data_dir>/server_key`.
@@ -839,6 +859,7 @@ impl Config {
         Ok(Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             listen,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             data_dir,
             server_key_file: args.server_key_file.or(file.server_key_file),
             tls,

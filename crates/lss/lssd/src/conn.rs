@@ -133,6 +133,7 @@ impl Admission {
         }
         counts.total += 1;
         counts.per_address.insert(key, from + 1);
+        crate::metrics::connections(counts.total);
         Ok(Ticket {
             key,
             counts: self.counts.clone(),
@@ -158,6 +159,10 @@ impl Admission {
             Ok(ticket) => Some(Watched::new(stream, peer, ticket, self.limits)),
             Err(refused) => {
                 tracing::warn!(%peer, "connection refused: {refused}");
+                crate::metrics::connection_refused(match refused {
+                    Refused::Total(_) => "max_connections",
+                    Refused::PerAddress(_) => "max_connections_per_address",
+                });
                 None
             }
         }
@@ -168,6 +173,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.total = counts.total.saturating_sub(1);
+        crate::metrics::connections(counts.total);
         if let Some(n) = counts.per_address.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -487,6 +493,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let unbounded = LONG_LIVED.contains(&request.uri().path());
+        let mut observed = Observed::start(request.uri().path());
         let open = connection_of(&request).map(|state| state.open(Instant::now(), unbounded));
         let timeout = self.request_timeout;
         let call = self.inner.call(request);
@@ -495,6 +502,7 @@ where
                 Ok(response) => response?,
                 Err(_) => {
                     tracing::debug!(?timeout, "request timed out");
+                    observed.answered(tonic::Code::DeadlineExceeded);
                     return Ok(tonic::Status::deadline_exceeded(format!(
                         "request_timeout ({} s) exceeded",
                         timeout.as_secs_f64()
@@ -502,12 +510,17 @@ where
                     .into_http());
                 }
             };
+            // A trailers-only reply (every error) carries its status here.
+            if let Some(code) = grpc_status(response.headers()) {
+                observed.answered(code);
+            }
             let hold = response.extensions_mut().remove::<Hold>();
             Ok(response.map(|body| {
                 tonic::body::Body::new(HeldBody {
                     inner: body,
                     piece: None,
                     held: Some((open, hold)),
+                    observed,
                 })
             }))
         })
@@ -532,6 +545,47 @@ struct HeldBody {
     /// The rest of a data frame larger than one piece.
     piece: Option<Bytes>,
     held: Option<(Option<OpenRequest>, Option<Hold>)>,
+    observed: Observed,
+}
+
+/// A request as the metrics see it: counted in flight from its arrival
+/// until its reply is read or dropped, and answered once, with the status
+/// from the reply's headers (trailers-only) or trailers; a reply dropped
+/// before its status was sent counts as `CANCELLED`.
+struct Observed {
+    method: &'static str,
+    started: Instant,
+    answered: bool,
+}
+
+impl Observed {
+    fn start(path: &str) -> Self {
+        crate::metrics::in_flight(1.0);
+        Observed {
+            method: crate::metrics::method_of(path),
+            started: Instant::now(),
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self, code: tonic::Code) {
+        if !self.answered {
+            self.answered = true;
+            crate::metrics::answered(self.method, code, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.answered(tonic::Code::Cancelled);
+        crate::metrics::in_flight(-1.0);
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(tonic::Code::from_i32(value.parse().ok()?))
 }
 
 impl HeldBody {
@@ -565,7 +619,12 @@ impl http_body::Body for HeldBody {
                     let piece = self.piece_of(data);
                     Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
                 }
-                Err(frame) => Poll::Ready(Some(Ok(frame))),
+                Err(frame) => {
+                    if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                        self.observed.answered(code);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
             },
             Poll::Ready(None) => {
                 self.held = None;

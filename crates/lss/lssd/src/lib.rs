@@ -19,6 +19,7 @@ pub mod disk;
 pub mod inflight;
 pub mod key_file;
 pub mod ledger;
+pub mod metrics;
 pub mod preauth;
 pub mod service;
 pub mod status;
@@ -88,6 +89,8 @@ pub struct Settings {
     pub tls: Option<ServerTlsConfig>,
     /// Keep each namespace's verifiable log and answer `verify` ([`ledger`]).
     pub verifiable_log: bool,
+    /// Sample the store's totals for [`metrics`] (when metrics are served).
+    pub sample_totals: bool,
 }
 
 impl Default for Settings {
@@ -100,6 +103,7 @@ impl Default for Settings {
             disk: None,
             tls: None,
             verifiable_log: true,
+            sample_totals: false,
         }
     }
 }
@@ -130,6 +134,7 @@ pub async fn serve<S: Store>(
         disk,
         tls,
         verifiable_log,
+        sample_totals,
     } = settings;
     // tonic's own tcp_nodelay applies only to listeners it binds itself; on
     // our listener each accepted socket is set here. Without it, a reply
@@ -164,6 +169,8 @@ pub async fn serve<S: Store>(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let watching = tokio::spawn(watch_health(store.clone(), probe, health_reporter));
     let reloading = tokio::spawn(access::keep_reloading(access.clone()));
+    let _totals =
+        sample_totals.then(|| AbortOnDrop(tokio::spawn(metrics::keep_sampling(store.clone()))));
     let auth = std::sync::Arc::new(auth::Authenticator::new(key, auth::DEFAULT_CACHE_ENTRIES));
     let preauth = preauth::PreauthLayer::new(
         auth.clone(),

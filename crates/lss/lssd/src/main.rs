@@ -272,6 +272,14 @@ async fn serve(
     access: std::sync::Arc<lssd::access::Access>,
 ) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let endpoint = metrics_endpoint::serve(addr).await?;
+            lssd::metrics::describe();
+            Some(endpoint)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -297,6 +305,7 @@ async fn serve(
         disk,
         tls,
         verifiable_log: config.verifiable_log,
+        sample_totals: config.metrics_listen.is_some(),
     };
     lssd::serve(listener, store, key, settings, shutdown_signal()).await?;
     info!("stopped; every acknowledged put is committed");

@@ -160,6 +160,7 @@ impl Check {
                     Verdict::More
                 }
             } else {
+                crate::metrics::limit_reached("max_unauthenticated_bytes");
                 Verdict::Refuse(tonic::Status::invalid_argument(format!(
                     "a request over max_unauthenticated_bytes ({}) must start with its auth field: {why}",
                     self.max_unauthenticated

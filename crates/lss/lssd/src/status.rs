@@ -45,6 +45,7 @@ pub fn access(e: crate::access::AccessError) -> Status {
 
 /// A new client's put while free disk space is below the reserve.
 pub fn disk_reserve(below: crate::disk::Below) -> Status {
+    crate::metrics::limit_reached("min_free_disk_bytes");
     Status::resource_exhausted(format!(
         "min_free_disk_bytes: {} bytes free, below the reserve of {}: new clients are refused until space is freed",
         below.free, below.reserve
@@ -73,6 +74,7 @@ pub fn rejected(e: PutRejected) -> Status {
 /// never succeed as sent); limits on accumulated resources are
 /// `RESOURCE_EXHAUSTED`. The message names the configuration option.
 pub fn limit_exceeded(e: &LimitExceeded) -> Status {
+    crate::metrics::limit_reached(e.limit.name());
     match e.limit {
         Limit::KeyBytes | Limit::ValueBytes | Limit::KeysPerPut => {
             Status::invalid_argument(e.to_string())
@@ -89,10 +91,12 @@ pub fn limit_exceeded(e: &LimitExceeded) -> Status {
 pub fn store(e: StoreError) -> Status {
     match e {
         StoreError::Unavailable(_) => {
+            crate::metrics::store_error("unavailable");
             tracing::warn!(error = %e, "store unavailable");
             Status::unavailable("storage temporarily unavailable")
         }
         StoreError::Corrupt(_) => {
+            crate::metrics::store_error("corrupt");
             tracing::error!(error = %e, "stored data is corrupt");
             Status::data_loss("stored data is corrupt")
         }
@@ -133,6 +137,7 @@ fn rewrite_decode_limit(mut response: Response<tonic::body::Body>) -> Response<t
     let Some(detail) = message.strip_prefix(TONIC_TOO_LARGE) else {
         return response;
     };
+    crate::metrics::limit_reached(Limit::RequestBytes.name());
     let rewritten = format!("{} exceeded: {detail}", Limit::RequestBytes);
     let encoded = utf8_percent_encode(&rewritten, GRPC_MESSAGE).to_string();
     if let Ok(value) = HeaderValue::from_str(&encoded) {

@@ -45,6 +45,11 @@ impl Store for Flaky {
         self.check()?;
         self.inner.usage(client).await
     }
+
+    async fn totals(&self) -> Result<lss_store::Totals, StoreError> {
+        self.check()?;
+        self.inner.totals().await
+    }
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ impl Store for Slow {
     async fn usage(&self, client: ClientId) -> Result<u64, StoreError> {
         self.0.usage(client).await
     }
+
+    async fn totals(&self) -> Result<lss_store::Totals, StoreError> {
+        self.0.totals().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,7 @@ impl<S: Store + Clone> Lssd<S> {
             access: options.access,
             tls: options.tls,
             verifiable_log: options.verifiable_log,
+            sample_totals: false,
             disk: None,
         };
         let task = tokio::spawn(lssd::serve(
@@ -1845,5 +1846,147 @@ pub mod statechaind {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+}
+
+/// A real Prometheus server (Debian's `prometheus`, installed when missing)
+/// scraping given targets every 250 ms, on a private loopback port with its
+/// data in a temporary directory, and its HTTP query API.
+pub mod prometheus {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A running Prometheus; killed when dropped.
+    pub struct Prometheus {
+        child: Child,
+        addr: SocketAddr,
+        dir: tempfile::TempDir,
+    }
+
+    impl Prometheus {
+        /// Starts Prometheus scraping `targets` (`/metrics` of each) and
+        /// waits until it answers queries.
+        pub fn scraping(targets: &[SocketAddr]) -> Prometheus {
+            let binary = crate::debian::command("prometheus", "prometheus");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+            let config = dir.path().join("prometheus.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "global:\n  scrape_interval: 250ms\n  scrape_timeout: 200ms\n\
+                     scrape_configs:\n  - job_name: lightkeeper\n    static_configs:\n      - targets: [{}]\n",
+                    targets.join(", ")
+                ),
+            )
+            .expect("write prometheus.yml");
+            // A free port: bound and released; Prometheus cannot report one it chose.
+            let addr = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port");
+            let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+            let child = Command::new(binary)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("run prometheus");
+            let prometheus = Prometheus { child, addr, dir };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while prometheus.get("/-/ready").map(|(status, _)| status) != Some(200) {
+                assert!(
+                    Instant::now() < deadline,
+                    "prometheus did not become ready; its log:\n{}",
+                    prometheus.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            prometheus
+        }
+
+        /// Prometheus's own log.
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        }
+
+        /// The data directory (for the screenshots and logs of a failed test).
+        pub fn dir(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// The value of an instant PromQL query that yields one sample, or
+        /// `None` while it yields none.
+        pub fn query(&self, promql: &str) -> Option<f64> {
+            let path = format!("/api/v1/query?query={}", percent_encode(promql));
+            let (status, body) = self.get(&path)?;
+            assert_eq!(status, 200, "query {promql}: {body}");
+            let json: serde_json::Value =
+                serde_json::from_str(&body).expect("query answer is JSON");
+            let result = json["data"]["result"].as_array()?;
+            assert!(
+                result.len() <= 1,
+                "query {promql} yields several series: {body}"
+            );
+            result.first()?["value"][1].as_str()?.parse().ok()
+        }
+
+        /// Waits until `promql` yields a value `accept` takes (scrapes are
+        /// every 250 ms), returning it; fails after 30 s with the last value.
+        pub fn wait_for(&self, promql: &str, accept: impl Fn(f64) -> bool) -> f64 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let value = self.query(promql);
+                if let Some(v) = value.filter(|v| accept(*v)) {
+                    return v;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{promql} never became acceptable (last: {value:?}); prometheus log:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// One HTTP/1.0 GET of the API: status and body.
+        fn get(&self, path: &str) -> Option<(u16, String)> {
+            let mut stream = TcpStream::connect(self.addr).ok()?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .ok()?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            let (head, body) = answer.split_once("\r\n\r\n")?;
+            let status = head.split_whitespace().nth(1)?.parse().ok()?;
+            Some((status, body.to_owned()))
+        }
+    }
+
+    impl Drop for Prometheus {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn percent_encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
     }
 }
