@@ -81,9 +81,20 @@ pub struct Settings {
     /// connection is closed [default: 60].
     #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
-    /// The control API's address [default: 127.0.0.1:8000].
+    /// The control API's address [default: 127.0.0.1:8000]. It also
+    /// serves the dashboard at /dashboard.
     #[arg(long, env = "BROKER_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off; given
+    /// without ADDR: 127.0.0.1:9556]. Unauthenticated: keep it on loopback
+    /// or a monitoring network.
+    #[arg(
+        long,
+        env = "BROKER_METRICS_LISTEN",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:9556"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
     /// The LSS server that stores the signer's state (http:// or https://);
     /// several, comma-separated, to store it with several providers (the
     /// signer then verifies each provider's signed log, docs/protocol.md).
@@ -147,6 +158,8 @@ pub struct Config {
     pub lss: Option<LssProviders>,
     /// The control API's address.
     pub http_listen: SocketAddr,
+    /// Where metrics are served, if they are.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The LSS providers.
@@ -192,6 +205,7 @@ impl Settings {
                 mqtt_tls_cert,
                 mqtt_tls_key,
                 http_listen,
+                metrics_listen,
                 lss_url,
                 lss_write_quorum,
                 lss_ca,
@@ -372,6 +386,7 @@ impl Settings {
             http_listen: self
                 .http_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
+            metrics_listen: self.metrics_listen,
         })
     }
 }

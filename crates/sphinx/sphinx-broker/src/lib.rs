@@ -29,5 +29,6 @@ pub mod core;
 pub mod fdio;
 pub mod link;
 pub mod lss;
+pub mod metrics;
 pub mod owner;
 pub mod scheduler;

@@ -162,9 +162,12 @@ impl Policy for SignerPolicy {
         username: Option<&str>,
         password: Option<&str>,
     ) -> Result<(), Refusal> {
-        let refuse = |bad_credentials, reason: String| Refusal {
-            bad_credentials,
-            reason,
+        let refuse = |bad_credentials, reason: String| {
+            crate::metrics::login_refused(bad_credentials);
+            Refusal {
+                bad_credentials,
+                reason,
+            }
         };
         // The cid names the topics; it must be one a topic can carry.
         if topics::parse(&topics::topic(client_id, Suffix::Hello)).is_err() {

@@ -78,7 +78,33 @@ struct Provider {
     /// Signers (client ids) whose last put here was refused as a version
     /// conflict: this provider is behind for them.
     behind: std::sync::Mutex<std::collections::HashSet<[u8; 33]>>,
+    /// What the last call to it found.
+    seen: std::sync::Mutex<LastCall>,
 }
+
+/// When a provider last answered or failed to, and how.
+#[derive(Debug, Clone, Default)]
+struct LastCall {
+    at: Option<Instant>,
+    /// Why the last attempt got no answer; `None` when it answered.
+    error: Option<String>,
+}
+
+/// A provider as the dashboard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProviderView {
+    /// Its URL.
+    pub url: String,
+    /// Whether it answered its last call (or probe).
+    pub reachable: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// Seconds since that call.
+    pub seen_secs_ago: f64,
+}
+
+/// How long a probe of a provider may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bringing provider `provider` up to date before a put: the steps
 /// (`lss_verify::quorum::repair_steps`) and the signer's MAC for each.
@@ -147,6 +173,7 @@ impl Relay {
                         key: std::sync::Mutex::new(None),
                         queue: std::sync::Mutex::new(None),
                         behind: std::sync::Mutex::new(Default::default()),
+                        seen: std::sync::Mutex::new(LastCall::default()),
                     })
                     .collect(),
             ),
@@ -154,6 +181,39 @@ impl Relay {
             verified: true,
             keys_file: None,
         }
+    }
+
+    /// Each provider's reachability, as its last call found it; a provider
+    /// not called within `max_age` is probed (an `Info` call) first.
+    pub async fn reachability(&self, max_age: Duration) -> Vec<ProviderView> {
+        let probes = self.providers.iter().map(|p| async move {
+            let fresh = p
+                .seen
+                .lock()
+                .expect("seen lock")
+                .at
+                .is_some_and(|at| at.elapsed() <= max_age);
+            if !fresh {
+                let probe = async {
+                    let mut grpc = lss_client::connect_channel(&p.options).await?;
+                    lss_client::info(&mut grpc).await.map(|_| ())
+                };
+                let error = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+                };
+                p.saw(error);
+            }
+            let seen = p.seen.lock().expect("seen lock").clone();
+            ProviderView {
+                url: p.options.url.clone(),
+                reachable: seen.at.is_some() && seen.error.is_none(),
+                error: seen.error,
+                seen_secs_ago: seen.at.map_or(0.0, |at| at.elapsed().as_secs_f64()),
+            }
+        });
+        join_all(probes).await
     }
 
     /// Remembers each provider's key (and whether it offers framed MACs) in
@@ -552,21 +612,67 @@ fn not_enough(what: &str, ok: usize, needed: usize, failures: Vec<RelayError>) -
 }
 
 impl Provider {
+    fn saw(&self, error: Option<String>) {
+        *self.seen.lock().expect("seen lock") = LastCall {
+            at: Some(Instant::now()),
+            error,
+        };
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the next backoff
+    /// would pass `deadline`, noting what each attempt found.
+    async fn retry<T, F, Fut>(
+        &self,
+        what: &'static str,
+        deadline: Instant,
+        mut call: F,
+    ) -> Result<T, RelayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match call().await {
+                Ok(value) => {
+                    self.saw(None);
+                    return Ok(value);
+                }
+                Err(Attempt::Stop(e)) => {
+                    // It answered, if only to refuse.
+                    self.saw(None);
+                    return Err(e);
+                }
+                Err(Attempt::Again(error)) => {
+                    self.saw(Some(error.clone()));
+                    if Instant::now() + backoff >= deadline {
+                        return Err(RelayError::Unavailable(error));
+                    }
+                    crate::metrics::lss_retry(what);
+                    tracing::warn!(url = %self.options.url, what, %error, retry_in = ?backoff, "LSS call failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
     async fn server_key(&self, deadline: Instant) -> Result<([u8; 33], bool), RelayError> {
         if let Some(key) = *self.key.lock().expect("key lock") {
             return Ok(key);
         }
-        let key = retry("info", deadline, || async {
-            let mut grpc = lss_client::connect_channel(&self.options).await?;
-            lss_client::info(&mut grpc)
-                .await
-                .map(|info| (info.server_id.serialize(), info.offers_framed_macs()))
-                .map_err(|e| match e {
-                    lss_client::ConnectError::Rpc(rpc) => Attempt::from(rpc),
-                    other => Attempt::Stop(RelayError::Failed(other.to_string())),
-                })
-        })
-        .await?;
+        let key = self
+            .retry("info", deadline, || async {
+                let mut grpc = lss_client::connect_channel(&self.options).await?;
+                lss_client::info(&mut grpc)
+                    .await
+                    .map(|info| (info.server_id.serialize(), info.offers_framed_macs()))
+                    .map_err(|e| match e {
+                        lss_client::ConnectError::Rpc(rpc) => Attempt::from(rpc),
+                        other => Attempt::Stop(RelayError::Failed(other.to_string())),
+                    })
+            })
+            .await?;
         *self.key.lock().expect("key lock") = Some(key);
         Ok(key)
     }
@@ -599,20 +705,21 @@ impl Provider {
         verify: Option<lss_proto::Verify>,
         deadline: Instant,
     ) -> Result<ProviderState, RelayError> {
-        let (kvs, mac, attestation) = retry("get", deadline, || {
-            let verify = verify.clone();
-            async move {
-                let mut client = self.client(account).await?;
-                Ok(match verify {
-                    Some(verify) => client.get_attested("", &nonce, verify).await?,
-                    None => {
-                        let (kvs, mac) = client.get("", &nonce).await?;
-                        (kvs, mac, None)
-                    }
-                })
-            }
-        })
-        .await?;
+        let (kvs, mac, attestation) = self
+            .retry("get", deadline, || {
+                let verify = verify.clone();
+                async move {
+                    let mut client = self.client(account).await?;
+                    Ok(match verify {
+                        Some(verify) => client.get_attested("", &nonce, verify).await?,
+                        None => {
+                            let (kvs, mac) = client.get("", &nonce).await?;
+                            (kvs, mac, None)
+                        }
+                    })
+                }
+            })
+            .await?;
         let server_hmac: [u8; 32] = mac
             .try_into()
             .map_err(|_| RelayError::Failed("the server's read MAC is not 32 bytes".into()))?;
@@ -647,25 +754,26 @@ impl Provider {
         verify: Option<lss_proto::Verify>,
         deadline: Instant,
     ) -> Result<([u8; 32], Option<(Vec<u8>, Vec<u8>)>), RelayError> {
-        let (mac, attestation) = retry("put", deadline, || async {
-            let mut client = self.client(account).await?;
-            let result = match verify.clone() {
-                Some(verify) => client.put_attested(kvs.clone(), &client_mac, verify).await,
-                None => client
-                    .put(kvs.clone(), &client_mac)
-                    .await
-                    .map(|mac| (mac, None)),
-            };
-            match result {
-                Ok(ok) => Ok(ok),
-                Err(PutError::Conflict(conflicts)) => {
-                    Err(Attempt::Stop(RelayError::Conflict(conflicts.len())))
+        let (mac, attestation) = self
+            .retry("put", deadline, || async {
+                let mut client = self.client(account).await?;
+                let result = match verify.clone() {
+                    Some(verify) => client.put_attested(kvs.clone(), &client_mac, verify).await,
+                    None => client
+                        .put(kvs.clone(), &client_mac)
+                        .await
+                        .map(|mac| (mac, None)),
+                };
+                match result {
+                    Ok(ok) => Ok(ok),
+                    Err(PutError::Conflict(conflicts)) => {
+                        Err(Attempt::Stop(RelayError::Conflict(conflicts.len())))
+                    }
+                    Err(PutError::Rpc(e)) => Err(e.into()),
+                    Err(e) => Err(Attempt::Stop(RelayError::Failed(e.to_string()))),
                 }
-                Err(PutError::Rpc(e)) => Err(e.into()),
-                Err(e) => Err(Attempt::Stop(RelayError::Failed(e.to_string()))),
-            }
-        })
-        .await?;
+            })
+            .await?;
         let mac = mac
             .try_into()
             .map_err(|_| RelayError::Failed("the server's put MAC is not 32 bytes".into()))?;
@@ -687,30 +795,6 @@ impl From<RpcError> for Attempt {
             Attempt::Again(e.to_string())
         } else {
             Attempt::Stop(RelayError::Failed(e.to_string()))
-        }
-    }
-}
-
-/// Runs `call` until it succeeds, fails for good, or the next backoff would
-/// pass `deadline`.
-async fn retry<T, F, Fut>(what: &str, deadline: Instant, mut call: F) -> Result<T, RelayError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Attempt>>,
-{
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(Attempt::Stop(e)) => return Err(e),
-            Err(Attempt::Again(error)) => {
-                if Instant::now() + backoff >= deadline {
-                    return Err(RelayError::Unavailable(error));
-                }
-                tracing::warn!(what, %error, retry_in = ?backoff, "LSS call failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
         }
     }
 }

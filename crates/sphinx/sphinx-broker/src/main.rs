@@ -60,6 +60,14 @@ async fn run(
     let master = master?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let endpoint = metrics_endpoint::serve(addr).await?;
+            sphinx_broker::metrics::describe();
+            Some(endpoint)
+        }
+        None => None,
+    };
     let owner = Arc::new(Owner::load(&config.data_dir, config.owner)?);
     let gate = Arc::new(link::Gate::new(owner, config.login));
     if config.login.compat {

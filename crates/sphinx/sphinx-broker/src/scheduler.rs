@@ -13,6 +13,7 @@ use crate::core::{Action, BrokerCore, Input, LssCall, LssResult, OpId, RequestId
 pub use crate::core::{RequestError, SignerError, SignerInfo};
 use crate::link::{Link, LinkEvent};
 use crate::lss::Relay;
+use crate::metrics::Stats;
 
 type Reply = oneshot::Sender<Result<Vec<u8>, RequestError>>;
 
@@ -42,6 +43,8 @@ enum Command {
 pub struct Scheduler {
     commands: mpsc::Sender<Command>,
     errors: broadcast::Sender<SignerError>,
+    stats: Stats,
+    relay: Option<Relay>,
 }
 
 impl Scheduler {
@@ -63,16 +66,23 @@ impl Scheduler {
         if let Some(w) = lss.as_ref().and_then(Relay::write_quorum) {
             core = core.with_quorum(w);
         }
+        let stats = Stats::default();
         let driver = Driver {
             core,
             link,
-            relay: lss,
+            relay: lss.clone(),
             errors: errors.clone(),
             waiters: HashMap::new(),
             next_id: 1,
+            stats: stats.clone(),
         };
         tokio::spawn(driver.run(rx, events));
-        Scheduler { commands, errors }
+        Scheduler {
+            commands,
+            errors,
+            stats,
+            relay: lss,
+        }
     }
 
     /// Hands CLN's `HsmdInit` (type and body) over; resolves with the reply
@@ -124,6 +134,16 @@ impl Scheduler {
         rx.await.map_err(|_| RequestError::Stopped)
     }
 
+    /// Requests answered and their recent latency.
+    pub fn stats(&self) -> crate::metrics::StatsView {
+        self.stats.view()
+    }
+
+    /// The LSS relay, when there is one.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
+    }
+
     /// Every error signers report from now on.
     pub fn errors(&self) -> broadcast::Receiver<SignerError> {
         self.errors.subscribe()
@@ -147,8 +167,37 @@ struct Driver {
     link: Link,
     relay: Option<Relay>,
     errors: broadcast::Sender<SignerError>,
-    waiters: HashMap<RequestId, Reply>,
+    waiters: HashMap<RequestId, Waiter>,
     next_id: RequestId,
+    stats: Stats,
+}
+
+/// A request waiting for its answer.
+struct Waiter {
+    reply: Reply,
+    /// `init`, `control`, or CLN's message type.
+    kind: String,
+    started: Instant,
+}
+
+fn outcome(result: &Result<Vec<u8>, RequestError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(RequestError::Signer { .. }) => "signer",
+        Err(RequestError::Lss(_)) => "lss",
+        Err(RequestError::Deadline(_)) => "deadline",
+        Err(RequestError::Invalid(_)) => "invalid",
+        Err(RequestError::Stopped) => "stopped",
+    }
+}
+
+/// A CLN request's message type, as a label: the number, or `other` for a
+/// message too short to have one.
+fn request_kind(message: &[u8]) -> String {
+    match message {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]).to_string(),
+        _ => "other".into(),
+    }
 }
 
 impl Driver {
@@ -174,26 +223,47 @@ impl Driver {
                 },
                 Some((op, result)) = done.recv() => {
                     self.core.handle(Instant::now(), Input::Lss { op, result });
+                    self.count_signers();
                 }
                 event = events.recv() => match event {
-                    Some(event) => self.core.handle(Instant::now(), Input::Link(event)),
+                    Some(event) => {
+                        self.core.handle(Instant::now(), Input::Link(event));
+                        self.count_signers();
+                    }
                     None => {
                         tracing::error!("the MQTT side stopped");
                         break;
                     }
                 },
-                () = timer => self.core.handle_timeout(Instant::now()),
+                () = timer => {
+                    self.core.handle_timeout(Instant::now());
+                    self.count_signers();
+                }
             }
         }
         self.core.stop();
         self.perform(&done_tx).await;
     }
 
+    /// Signers change state on link events, LSS results and timeouts only.
+    fn count_signers(&self) {
+        let signers = self.core.signers();
+        crate::metrics::signers(signers.iter().map(|s| s.state));
+    }
+
     fn command(&mut self, command: Command) {
-        let mut waiter = |reply: Reply| {
+        let mut waiter = |reply: Reply, kind: String| {
             let id = self.next_id;
             self.next_id += 1;
-            self.waiters.insert(id, reply);
+            let started = Instant::now();
+            self.waiters.insert(
+                id,
+                Waiter {
+                    reply,
+                    kind,
+                    started,
+                },
+            );
             id
         };
         let input = match command {
@@ -202,7 +272,7 @@ impl Driver {
                 return;
             }
             Command::Init { message, reply } => Input::Init {
-                id: waiter(reply),
+                id: waiter(reply, "init".into()),
                 message,
             },
             Command::Control {
@@ -210,7 +280,7 @@ impl Driver {
                 message,
                 reply,
             } => Input::Control {
-                id: waiter(reply),
+                id: waiter(reply, "control".into()),
                 cid,
                 message,
             },
@@ -220,7 +290,7 @@ impl Driver {
                 message,
                 reply,
             } => Input::Request {
-                id: waiter(reply),
+                id: waiter(reply, request_kind(&message)),
                 peer_id,
                 dbid,
                 message,
@@ -238,11 +308,17 @@ impl Driver {
                     payload,
                 } => self.link.publish(&cid, suffix, payload).await,
                 Action::Reply { id, result } => {
-                    if let Some(reply) = self.waiters.remove(&id) {
-                        let _ = reply.send(result);
+                    if let Some(waiter) = self.waiters.remove(&id) {
+                        self.stats.answered(
+                            waiter.kind,
+                            outcome(&result),
+                            waiter.started.elapsed(),
+                        );
+                        let _ = waiter.reply.send(result);
                     }
                 }
                 Action::SignerError(error) => {
+                    crate::metrics::signer_error(&error.message);
                     let _ = self.errors.send(error);
                 }
                 Action::Lss { op, call, deadline } => {

@@ -17,7 +17,10 @@ use sphinx_wire::lss::Muts;
 pub enum LssError {
     /// The server's MAC does not match: the broker or a proxy altered the
     /// state, or it is not from the server the signer was told about.
-    #[error("LSS MAC mismatch: the state or acknowledgement was altered in transit; refusing it")]
+    #[error(
+        "{}: the state or acknowledgement was altered in transit; refusing it",
+        sphinx_wire::lss::MAC_MISMATCH
+    )]
     BadMac,
     /// The local store holds changes LSS lacks: it is ahead of LSS, which the
     /// persist-before-commit rule makes impossible. Not trusted.

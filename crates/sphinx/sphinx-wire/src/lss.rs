@@ -51,6 +51,10 @@ pub struct Receipts {
 /// Most providers a quorum message may name.
 pub const MAX_PROVIDERS: usize = 16;
 
+/// How a signer's error report starts when an LSS MAC did not verify (the
+/// broker counts these apart from other signer errors).
+pub const MAC_MISMATCH: &str = "LSS MAC mismatch";
+
 /// The LSS providers the broker relays to (`quorum-v1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Providers {

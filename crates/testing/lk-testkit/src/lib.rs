@@ -1990,3 +1990,142 @@ pub mod prometheus {
             .collect()
     }
 }
+
+/// A real headless Chromium (Debian's `chromium`, driven through its
+/// `chromedriver` from `chromium-driver`, both installed when missing) for
+/// tests of web pages, with a WebDriver client (`fantoccini`).
+pub mod browser {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::process::CommandExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub use fantoccini::{Client, Locator};
+
+    /// A browser session; the driver and its browser are killed when dropped.
+    pub struct Browser {
+        /// The WebDriver session.
+        pub client: Client,
+        driver: Child,
+        _profile: tempfile::TempDir,
+    }
+
+    impl Browser {
+        /// Starts chromedriver on a free loopback port and opens a headless
+        /// session in a fresh profile.
+        pub async fn start() -> Browser {
+            let chromium = crate::debian::command("chromium", "chromium");
+            let chromedriver = crate::debian::command("chromedriver", "chromium-driver");
+            let profile = tempfile::tempdir().expect("profile dir");
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let log =
+                std::fs::File::create(profile.path().join("chromedriver.log")).expect("driver log");
+            let driver = Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                // Its own process group, so the browser goes with it.
+                .process_group(0)
+                .spawn()
+                .expect("run chromedriver");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "chromedriver did not listen");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut capabilities = serde_json::Map::new();
+            capabilities.insert(
+                "goog:chromeOptions".into(),
+                serde_json::json!({
+                    "binary": chromium,
+                    "args": [
+                        "--headless=new",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-dev-shm-usage",
+                        "--window-size=1200,1000",
+                        format!("--user-data-dir={}", profile.path().join("chrome").display()),
+                    ],
+                }),
+            );
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let client = fantoccini::ClientBuilder::new(connector)
+                .capabilities(capabilities)
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+                .expect("a chromium session");
+            Browser {
+                client,
+                driver,
+                _profile: profile,
+            }
+        }
+
+        /// Waits until the JavaScript expression `condition` is truthy in
+        /// the page, polling every 100 ms; fails after 30 s naming `what`
+        /// and showing the page's text.
+        pub async fn wait_until(&self, what: &str, condition: &str) {
+            let script = format!("return !!({condition});");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let value = self.client.execute(&script, vec![]).await;
+                if matches!(value, Ok(serde_json::Value::Bool(true))) {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    let text = self.text("document.body.innerText").await;
+                    panic!("{what}: not seen within 30 s ({value:?}); the page reads:\n{text}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// The string value of a JavaScript expression.
+        pub async fn text(&self, expression: &str) -> String {
+            match self
+                .client
+                .execute(&format!("return String({expression});"), vec![])
+                .await
+            {
+                Ok(serde_json::Value::String(s)) => s,
+                other => format!("{other:?}"),
+            }
+        }
+
+        /// Saves a PNG of the page as `<target>/tmp/test-artifacts/<name>.png`
+        /// (`dir` is the test's `CARGO_TARGET_TMPDIR`) and returns its path.
+        pub async fn screenshot(&self, dir: &str, name: &str) -> PathBuf {
+            let png = self.client.screenshot().await.expect("screenshot");
+            let dir = PathBuf::from(dir).join("test-artifacts");
+            std::fs::create_dir_all(&dir).expect("artifact dir");
+            let path = dir.join(format!("{name}.png"));
+            std::fs::write(&path, png).expect("write screenshot");
+            path
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            // The driver leads its own process group (and so do none of
+            // ours): killing the group takes the browser's processes too.
+            // Never through `kill(1)`: its parsing of `-PID` varies.
+            match i32::try_from(self.driver.id()) {
+                Ok(pid) if pid > 1 => {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                _ => {
+                    let _ = self.driver.kill();
+                }
+            }
+            let _ = self.driver.wait();
+        }
+    }
+}
