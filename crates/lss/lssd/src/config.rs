@@ -1,17 +1,21 @@
-//! `lssd` configuration: each setting is a flag, an `LSSD_*` environment
-//! variable and a key of the TOML config file, resolved in that order of
-//! precedence (flag > environment > file > default).
+//! `lssd` configuration: each setting is declared once, as a field of
+//! [`Args`]: a flag, an `LSSD_*` environment variable and a key of the TOML
+//! config file, resolved in that order of precedence (flag > environment >
+//! file > default) by the shared `config-layers` crate.
 //!
-//! The flag's doc comment is its `--help` text and the reference of
-//! `docs/lssd.md`; `lssd.example.toml` lists every file key, and a test checks
-//! the two agree.
+//! The field's doc comment is its `--help` text, its default is stated once
+//! in its attribute (and shown by `--help`); `lssd.example.toml` lists every
+//! file key, and a test checks the two agree.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use std::ffi::OsString;
+
+use clap::{CommandFactory, Parser};
+use config_layers::{FileRules, Parsed};
 use lss_core::Limits;
 use serde::Deserialize;
 
@@ -30,7 +34,7 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9555";
 
 /// Lightkeeper's Lightning Storage Server: a versioned key-value store for
 /// Lightning signers, wire-compatible with the VLS `lss` protocol.
-#[derive(Debug, Default, Parser)]
+#[derive(Debug, Parser)]
 #[command(name = "lssd", version)]
 pub struct Args {
     /// What to do; without a command, lssd serves.
@@ -38,22 +42,30 @@ pub struct Args {
     pub command: Option<Command>,
 
     /// TOML config file whose keys are these options' long names with `_`
-    /// for `-` (see lssd.example.toml). Flags and environment override it.
+    /// for `-` (see lssd.example.toml). Flags and environment override it;
+    /// it overrides the defaults.
     #[arg(long, global = true, env = "LSSD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log lines as `text` or `json` (one object per line) [default: text].
-    #[arg(long, global = true, env = "LSSD_LOG_FORMAT", value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
 
-    /// Address to listen on [default: 127.0.0.1:55551]. Use a non-loopback
-    /// address only with TLS: the auth token is a bearer credential.
-    #[arg(long, global = true, env = "LSSD_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    /// Address to listen on. Use a non-loopback address only with TLS: the
+    /// auth token is a bearer credential.
+    #[arg(long, global = true, env = "LSSD_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics [default: off;
-    /// given without ADDR: 127.0.0.1:9555]. Unauthenticated: keep it on
-    /// loopback or a monitoring network.
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// without ADDR: 127.0.0.1:9555). Unauthenticated: keep it on loopback
+    /// or a monitoring network.
     #[arg(
         long,
         global = true,
@@ -88,43 +100,53 @@ pub struct Args {
     #[arg(long, global = true, env = "LSSD_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Longest key in bytes [default: 1024].
-    #[arg(long, global = true, env = "LSSD_MAX_KEY_BYTES", value_name = "BYTES")]
-    pub max_key_bytes: Option<NonZeroUsize>,
+    /// Longest key in bytes.
+    #[arg(long, global = true, env = "LSSD_MAX_KEY_BYTES", value_name = "BYTES",
+        default_value_t = nonzero(Limits::default().max_key_bytes)
+    )]
+    pub max_key_bytes: NonZeroUsize,
 
-    /// Longest value in bytes [default: 4194304 (4 MiB)].
+    /// Longest value in bytes.
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_VALUE_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero(Limits::default().max_value_bytes)
     )]
-    pub max_value_bytes: Option<NonZeroUsize>,
+    pub max_value_bytes: NonZeroUsize,
 
-    /// Most keys in one put [default: 10000].
-    #[arg(long, global = true, env = "LSSD_MAX_KEYS_PER_PUT", value_name = "N")]
-    pub max_keys_per_put: Option<NonZeroUsize>,
+    /// Most keys in one put (with etcd, at most one fewer than
+    /// --etcd-max-txn-ops, which the default then follows).
+    #[arg(long, global = true, env = "LSSD_MAX_KEYS_PER_PUT", value_name = "N",
+        default_value_t = nonzero(Limits::default().max_keys_per_put))]
+    pub max_keys_per_put: NonZeroUsize,
 
-    /// Largest encoded request in bytes [default: 16777216 (16 MiB)]. At
+    /// Largest encoded request in bytes. At
     /// least 4 MiB is needed by reference clients, which send up to that.
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_REQUEST_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero(Limits::default().max_request_bytes)
     )]
-    pub max_request_bytes: Option<NonZeroUsize>,
+    pub max_request_bytes: NonZeroUsize,
 
-    /// Most bytes (keys plus values) one client may store [default: 1073741824 (1 GiB)].
+    /// Most bytes (keys plus values) one client may store.
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_NAMESPACE_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero64(Limits::default().max_namespace_bytes)
     )]
-    pub max_namespace_bytes: Option<NonZeroU64>,
+    pub max_namespace_bytes: NonZeroU64,
 
-    /// Most requests of one client served at once [default: 16]; more get
+    /// Most requests of one client served at once; more get
     /// RESOURCE_EXHAUSTED. A signer has one put in flight at a time; the
     /// limit keeps a client that floods from crowding out the others.
     #[arg(
@@ -132,10 +154,12 @@ pub struct Args {
         global = true,
         env = "LSSD_MAX_INFLIGHT_PER_CLIENT",
         value_name = "N"
+    ,
+        default_value_t = nonzero(Limits::default().max_inflight_per_client)
     )]
-    pub max_inflight_per_client: Option<NonZeroUsize>,
+    pub max_inflight_per_client: NonZeroUsize,
 
-    /// Most requests open at once on one connection [default: 32]; more
+    /// Most requests open at once on one connection; more
     /// are refused (HTTP/2 REFUSED_STREAM). Bounds what one connection can
     /// hold open, stalled readers included.
     #[arg(
@@ -143,118 +167,150 @@ pub struct Args {
         global = true,
         env = "LSSD_MAX_STREAMS_PER_CONNECTION",
         value_name = "N"
+    ,
+        default_value_t = nonzero(Limits::default().max_streams_per_connection)
     )]
-    pub max_streams_per_connection: Option<NonZeroUsize>,
+    pub max_streams_per_connection: NonZeroUsize,
 
     /// Most bytes (keys plus values) of replies queued for one client: read
-    /// from the store, not yet read by the client [default: 1073741824
-    /// (1 GiB)]. More get RESOURCE_EXHAUSTED. Keep it at least
+    /// from the store, not yet read by the client. More get RESOURCE_EXHAUSTED. Keep it at least
     /// max_namespace_bytes, or a client cannot read its whole namespace.
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_REPLY_BYTES_PER_CLIENT",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero64(Limits::default().max_reply_bytes_per_client)
     )]
-    pub max_reply_bytes_per_client: Option<NonZeroU64>,
+    pub max_reply_bytes_per_client: NonZeroU64,
 
-    /// Most bytes of replies queued for all clients together [default:
-    /// 2147483648 (2 GiB)]: the memory readers can hold. More get RESOURCE_EXHAUSTED.
+    /// Most bytes of replies queued for all clients together: the memory readers can hold. More get RESOURCE_EXHAUSTED.
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_REPLY_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero64(Limits::default().max_reply_bytes)
     )]
-    pub max_reply_bytes: Option<NonZeroU64>,
+    pub max_reply_bytes: NonZeroU64,
 
-    /// Most open connections [default: 10000]; more are closed as they are accepted.
-    #[arg(long, global = true, env = "LSSD_MAX_CONNECTIONS", value_name = "N")]
-    pub max_connections: Option<NonZeroUsize>,
+    /// Most open connections; more are closed as they are accepted.
+    #[arg(long, global = true, env = "LSSD_MAX_CONNECTIONS", value_name = "N",
+        default_value_t = nonzero(ConnLimits::default().max_connections)
+    )]
+    pub max_connections: NonZeroUsize,
 
     /// Most open connections from one source address, IPv6 counted by /64
-    /// [default: 100]; more are closed as they are accepted.
+    ///; more are closed as they are accepted.
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_CONNECTIONS_PER_ADDRESS",
         value_name = "N"
+    ,
+        default_value_t = nonzero(ConnLimits::default().max_connections_per_address)
     )]
-    pub max_connections_per_address: Option<NonZeroUsize>,
+    pub max_connections_per_address: NonZeroUsize,
 
     /// Seconds a request may take until it is answered, receiving its body
-    /// included [default: 30]; then DEADLINE_EXCEEDED. A put cut off this way
+    /// included; then DEADLINE_EXCEEDED. A put cut off this way
     /// may still commit, as with any lost reply.
     #[arg(
         long,
         global = true,
         env = "LSSD_REQUEST_TIMEOUT_SECS",
         value_name = "SECONDS"
+    ,
+        default_value_t = seconds(ConnLimits::default().request_timeout)
     )]
-    pub request_timeout_secs: Option<NonZeroU64>,
+    pub request_timeout_secs: NonZeroU64,
 
     /// Seconds from a request's start until the client must have read its
-    /// reply [default: 300]; a connection still holding an unread reply then
+    /// reply; a connection still holding an unread reply then
     /// is closed. Bounds how long a slow or stalled reader holds memory.
     #[arg(
         long,
         global = true,
         env = "LSSD_REPLY_TIMEOUT_SECS",
         value_name = "SECONDS"
+    ,
+        default_value_t = seconds(ConnLimits::default().reply_timeout)
     )]
-    pub reply_timeout_secs: Option<NonZeroU64>,
+    pub reply_timeout_secs: NonZeroU64,
 
-    /// Seconds a connection may stay open with no request [default: 600];
+    /// Seconds a connection may stay open with no request;
     /// then it is closed (clients reconnect when they need to).
     #[arg(
         long,
         global = true,
         env = "LSSD_IDLE_TIMEOUT_SECS",
         value_name = "SECONDS"
+    ,
+        default_value_t = seconds(ConnLimits::default().idle_timeout)
     )]
-    pub idle_timeout_secs: Option<NonZeroU64>,
+    pub idle_timeout_secs: NonZeroU64,
 
     /// Most bytes of a Put or Get body read before its sender is
-    /// authenticated and admitted [default: 65536]. A larger request must
+    /// authenticated and admitted. A larger request must
     /// carry its auth field first (every known client does).
     #[arg(
         long,
         global = true,
         env = "LSSD_MAX_UNAUTHENTICATED_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero(ConnLimits::default().max_unauthenticated_bytes)
     )]
-    pub max_unauthenticated_bytes: Option<NonZeroUsize>,
+    pub max_unauthenticated_bytes: NonZeroUsize,
 
     /// Free bytes kept on the embedded store's filesystem for clients that
-    /// already store data [default: 536870912 (512 MiB); 0: no reserve]:
-    /// below it, a put that would create a namespace gets
-    /// RESOURCE_EXHAUSTED. redb only.
+    /// already store data (0: no reserve): below it, a put that would create
+    /// a namespace gets RESOURCE_EXHAUSTED. redb only.
     #[arg(
         long,
         global = true,
         env = "LSSD_MIN_FREE_DISK_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = DEFAULT_MIN_FREE_DISK_BYTES
     )]
-    pub min_free_disk_bytes: Option<u64>,
+    pub min_free_disk_bytes: u64,
 
     /// Keep a signed log of every namespace and answer clients that ask
-    /// for verifiable replies (docs/protocol.md "Verifiable log")
-    /// [default: true]. Off: puts are not logged and `verify` is ignored
-    /// (verifying clients then refuse the server).
-    #[arg(long, global = true, env = "LSSD_VERIFIABLE_LOG", value_name = "BOOL")]
-    pub verifiable_log: Option<bool>,
+    /// for verifiable replies (docs/protocol.md "Verifiable log"). Off:
+    /// puts are not logged and `verify` is ignored (verifying clients then
+    /// refuse the server).
+    #[arg(long, global = true, env = "LSSD_VERIFIABLE_LOG", value_name = "BOOL",
+        default_value_t = true, action = clap::ArgAction::Set)]
+    pub verifiable_log: bool,
 
-    /// Who may be a client [default: open]: `open` (any keypair, as the
-    /// reference) or `allowlist` (the ids in <data-dir>/allowed_clients, re-read
-    /// when it changes, and clients registered with a token from `lssd issue-token`).
-    #[arg(long, global = true, env = "LSSD_ACCESS", value_name = "POLICY")]
-    pub access: Option<AccessMode>,
+    /// Who may be a client: `open` (any keypair, as the reference) or
+    /// `allowlist` (the ids in <data-dir>/allowed_clients, re-read when it
+    /// changes, and clients registered with a token from `lssd issue-token`).
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_ACCESS",
+        value_name = "POLICY",
+        value_enum,
+        default_value_t
+    )]
+    pub access: AccessMode,
 
-    /// Storage backend [default: redb]: `redb` (embedded, in the data
-    /// directory) or `postgres` (needs --postgres-url). The server key stays
-    /// in the data directory either way.
-    #[arg(long, global = true, env = "LSSD_DATABASE", value_name = "BACKEND")]
-    pub database: Option<Database>,
+    /// Storage backend: `redb` (embedded, in the data directory),
+    /// `postgres` (needs --postgres-url) or `etcd` (needs --etcd-endpoints).
+    /// The server key stays in the data directory either way.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_DATABASE",
+        value_name = "BACKEND",
+        value_enum,
+        default_value_t
+    )]
+    pub database: Database,
 
     /// PostgreSQL connection URL, e.g.
     /// `postgres://lssd:PASSWORD@db.internal:5432/lss?sslmode=require`. Prefer
@@ -263,13 +319,21 @@ pub struct Args {
     #[arg(long, global = true, env = "LSSD_POSTGRES_URL", value_name = "URL")]
     pub postgres_url: Option<String>,
 
-    /// PostgreSQL schema for Lightkeeper's tables, created if missing [default: lightkeeper].
-    #[arg(long, global = true, env = "LSSD_POSTGRES_SCHEMA", value_name = "NAME")]
-    pub postgres_schema: Option<String>,
+    /// PostgreSQL schema for Lightkeeper's tables, created if missing.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_POSTGRES_SCHEMA",
+        value_name = "NAME",
+        default_value = "lightkeeper"
+    )]
+    pub postgres_schema: String,
 
-    /// Most PostgreSQL connections [default: 16].
-    #[arg(long, global = true, env = "LSSD_POSTGRES_POOL_SIZE", value_name = "N")]
-    pub postgres_pool_size: Option<NonZeroUsize>,
+    /// Most PostgreSQL connections.
+    #[arg(long, global = true, env = "LSSD_POSTGRES_POOL_SIZE", value_name = "N",
+        default_value_t = nonzero(16)
+    )]
+    pub postgres_pool_size: NonZeroUsize,
 
     /// Require TLS to PostgreSQL and verify the server with this PEM CA file
     /// (otherwise the URL's sslmode decides: `require` verifies against the
@@ -281,15 +345,22 @@ pub struct Args {
     /// `http://10.0.0.1:2379,http://10.0.0.2:2379` (`https://` with --etcd-ca).
     #[arg(
         long,
+        global = true,
         env = "LSSD_ETCD_ENDPOINTS",
         value_name = "URLS",
         value_delimiter = ','
     )]
     pub etcd_endpoints: Option<Vec<String>>,
 
-    /// Root of every etcd key lssd reads or writes [default: lightkeeper/].
-    #[arg(long, global = true, env = "LSSD_ETCD_PREFIX", value_name = "PREFIX")]
-    pub etcd_prefix: Option<String>,
+    /// Root of every etcd key lssd reads or writes.
+    #[arg(
+        long,
+        global = true,
+        env = "LSSD_ETCD_PREFIX",
+        value_name = "PREFIX",
+        default_value = "lightkeeper/"
+    )]
+    pub etcd_prefix: String,
 
     /// etcd user, when the cluster has auth enabled (password from
     /// LSSD_ETCD_PASSWORD or the config file's etcd_password).
@@ -299,6 +370,7 @@ pub struct Args {
     /// etcd password. Use the environment or the config file, not the command line.
     #[arg(
         long,
+        global = true,
         env = "LSSD_ETCD_PASSWORD",
         value_name = "PASSWORD",
         hide_env_values = true
@@ -309,20 +381,24 @@ pub struct Args {
     #[arg(long, global = true, env = "LSSD_ETCD_CA", value_name = "FILE")]
     pub etcd_ca: Option<PathBuf>,
 
-    /// The cluster's --max-txn-ops [default: 128]. A put may carry one key
-    /// fewer; the default --max-keys-per-put follows it.
-    #[arg(long, global = true, env = "LSSD_ETCD_MAX_TXN_OPS", value_name = "N")]
-    pub etcd_max_txn_ops: Option<NonZeroUsize>,
+    /// The cluster's --max-txn-ops. A put may carry one key fewer; the
+    /// default --max-keys-per-put follows it.
+    #[arg(long, global = true, env = "LSSD_ETCD_MAX_TXN_OPS", value_name = "N",
+        default_value_t = nonzero(128)
+    )]
+    pub etcd_max_txn_ops: NonZeroUsize,
 
-    /// The cluster's --max-request-bytes [default: 1572864]. Larger puts
-    /// are refused whole with RESOURCE_EXHAUSTED.
+    /// The cluster's --max-request-bytes. Larger puts are refused whole with
+    /// RESOURCE_EXHAUSTED.
     #[arg(
         long,
         global = true,
         env = "LSSD_ETCD_MAX_REQUEST_BYTES",
         value_name = "BYTES"
+    ,
+        default_value_t = nonzero(1_572_864)
     )]
-    pub etcd_max_request_bytes: Option<NonZeroUsize>,
+    pub etcd_max_request_bytes: NonZeroUsize,
 }
 
 /// Data commands. They use the same options as the server to find the store
@@ -481,88 +557,6 @@ pub enum Backend {
     },
 }
 
-/// The config file: the same settings as [`Args`], all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// See [`Args::log_format`].
-    pub log_format: Option<LogFormat>,
-    /// See [`Args::listen`].
-    pub listen: Option<SocketAddr>,
-    /// See [`Args::metrics_listen`].
-    pub metrics_listen: Option<SocketAddr>,
-    /// See [`Args::data_dir`].
-    pub data_dir: Option<PathBuf>,
-    /// See [`Args::server_key_file`].
-    pub server_key_file: Option<PathBuf>,
-    /// See [`Args::tls_cert`].
-    pub tls_cert: Option<PathBuf>,
-    /// See [`Args::tls_key`].
-    pub tls_key: Option<PathBuf>,
-    /// See [`Args::tls_client_ca`].
-    pub tls_client_ca: Option<PathBuf>,
-    /// See [`Args::max_key_bytes`].
-    pub max_key_bytes: Option<NonZeroUsize>,
-    /// See [`Args::max_value_bytes`].
-    pub max_value_bytes: Option<NonZeroUsize>,
-    /// See [`Args::max_keys_per_put`].
-    pub max_keys_per_put: Option<NonZeroUsize>,
-    /// See [`Args::max_request_bytes`].
-    pub max_request_bytes: Option<NonZeroUsize>,
-    /// See [`Args::max_namespace_bytes`].
-    pub max_namespace_bytes: Option<NonZeroU64>,
-    /// See [`Args::max_inflight_per_client`].
-    pub max_inflight_per_client: Option<NonZeroUsize>,
-    /// See [`Args::max_streams_per_connection`].
-    pub max_streams_per_connection: Option<NonZeroUsize>,
-    /// See [`Args::max_reply_bytes_per_client`].
-    pub max_reply_bytes_per_client: Option<NonZeroU64>,
-    /// See [`Args::max_reply_bytes`].
-    pub max_reply_bytes: Option<NonZeroU64>,
-    /// See [`Args::max_connections`].
-    pub max_connections: Option<NonZeroUsize>,
-    /// See [`Args::max_connections_per_address`].
-    pub max_connections_per_address: Option<NonZeroUsize>,
-    /// See [`Args::request_timeout_secs`].
-    pub request_timeout_secs: Option<NonZeroU64>,
-    /// See [`Args::reply_timeout_secs`].
-    pub reply_timeout_secs: Option<NonZeroU64>,
-    /// See [`Args::idle_timeout_secs`].
-    pub idle_timeout_secs: Option<NonZeroU64>,
-    /// See [`Args::max_unauthenticated_bytes`].
-    pub max_unauthenticated_bytes: Option<NonZeroUsize>,
-    /// See [`Args::access`].
-    pub access: Option<AccessMode>,
-    /// See [`Args::min_free_disk_bytes`].
-    pub min_free_disk_bytes: Option<u64>,
-    /// See [`Args::verifiable_log`].
-    pub verifiable_log: Option<bool>,
-    /// See [`Args::database`].
-    pub database: Option<Database>,
-    /// See [`Args::postgres_url`].
-    pub postgres_url: Option<String>,
-    /// See [`Args::postgres_schema`].
-    pub postgres_schema: Option<String>,
-    /// See [`Args::postgres_pool_size`].
-    pub postgres_pool_size: Option<NonZeroUsize>,
-    /// See [`Args::postgres_ca`].
-    pub postgres_ca: Option<PathBuf>,
-    /// See [`Args::etcd_endpoints`].
-    pub etcd_endpoints: Option<Vec<String>>,
-    /// See [`Args::etcd_prefix`].
-    pub etcd_prefix: Option<String>,
-    /// See [`Args::etcd_user`].
-    pub etcd_user: Option<String>,
-    /// See [`Args::etcd_password`].
-    pub etcd_password: Option<String>,
-    /// See [`Args::etcd_ca`].
-    pub etcd_ca: Option<PathBuf>,
-    /// See [`Args::etcd_max_txn_ops`].
-    pub etcd_max_txn_ops: Option<NonZeroUsize>,
-    /// See [`Args::etcd_max_request_bytes`].
-    pub etcd_max_request_bytes: Option<NonZeroUsize>,
-}
-
 /// TLS files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -606,135 +600,80 @@ pub struct Config {
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The config file is not valid.
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What TOML or the schema said.
-        message: String,
-    },
+    /// Flags, environment or the config file hold something invalid.
+    #[error(transparent)]
+    Layers(#[from] config_layers::Error),
     /// A setting needs another one.
     #[error("{0}")]
     Inconsistent(String),
 }
 
+fn nonzero(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn nonzero64(n: u64) -> NonZeroU64 {
+    NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN)
+}
+
+fn seconds(d: Duration) -> NonZeroU64 {
+    nonzero64(d.as_secs())
+}
+
+/// Parses `argv` (program name first) into [`Args`]: flags, then the
+/// `LSSD_*` environment (unless `environment` is false), then the config
+/// file `--config` names, then the defaults ([`config_layers`]).
+pub fn parse(argv: &[OsString], environment: bool) -> Result<Parsed<Args>, ConfigError> {
+    Ok(config_layers::parse(
+        Args::command(),
+        argv,
+        FileRules {
+            file_arg: "config",
+            fallback: None,
+            not_in_file: &[],
+            environment,
+        },
+    )?)
+}
+
 impl Config {
-    /// Resolves flags and environment (`args`, already merged by clap) over
-    /// the config file over defaults. `home` is `$HOME`, for the default data dir.
-    pub fn resolve(args: Args, home: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.message().to_owned(),
-                })?
-            }
-            None => FileConfig::default(),
+    /// Resolves parsed settings. `home` is `$HOME`, for the default data dir.
+    pub fn resolve(parsed: &Parsed<Args>, home: Option<&Path>) -> Result<Config, ConfigError> {
+        let args = &parsed.value;
+        let mut limits = Limits {
+            max_key_bytes: args.max_key_bytes.get(),
+            max_value_bytes: args.max_value_bytes.get(),
+            max_keys_per_put: args.max_keys_per_put.get(),
+            max_request_bytes: args.max_request_bytes.get(),
+            max_namespace_bytes: args.max_namespace_bytes.get(),
+            max_inflight_per_client: args.max_inflight_per_client.get(),
+            max_streams_per_connection: args.max_streams_per_connection.get(),
+            max_reply_bytes_per_client: args.max_reply_bytes_per_client.get(),
+            max_reply_bytes: args.max_reply_bytes.get(),
         };
-        let defaults = Limits::default();
-        let limits = Limits {
-            max_key_bytes: args
-                .max_key_bytes
-                .or(file.max_key_bytes)
-                .map_or(defaults.max_key_bytes, NonZeroUsize::get),
-            max_value_bytes: args
-                .max_value_bytes
-                .or(file.max_value_bytes)
-                .map_or(defaults.max_value_bytes, NonZeroUsize::get),
-            max_keys_per_put: args
-                .max_keys_per_put
-                .or(file.max_keys_per_put)
-                .map_or(defaults.max_keys_per_put, NonZeroUsize::get),
-            max_request_bytes: args
-                .max_request_bytes
-                .or(file.max_request_bytes)
-                .map_or(defaults.max_request_bytes, NonZeroUsize::get),
-            max_namespace_bytes: args
-                .max_namespace_bytes
-                .or(file.max_namespace_bytes)
-                .map_or(defaults.max_namespace_bytes, NonZeroU64::get),
-            max_inflight_per_client: args
-                .max_inflight_per_client
-                .or(file.max_inflight_per_client)
-                .map_or(defaults.max_inflight_per_client, NonZeroUsize::get),
-            max_streams_per_connection: args
-                .max_streams_per_connection
-                .or(file.max_streams_per_connection)
-                .map_or(defaults.max_streams_per_connection, NonZeroUsize::get),
-            max_reply_bytes_per_client: args
-                .max_reply_bytes_per_client
-                .or(file.max_reply_bytes_per_client)
-                .map_or(defaults.max_reply_bytes_per_client, NonZeroU64::get),
-            max_reply_bytes: args
-                .max_reply_bytes
-                .or(file.max_reply_bytes)
-                .map_or(defaults.max_reply_bytes, NonZeroU64::get),
-        };
-        let conn_defaults = ConnLimits::default();
-        let secs = |value: Option<NonZeroU64>, default: Duration| {
-            value.map_or(default, |s| Duration::from_secs(s.get()))
-        };
+        let secs = |s: NonZeroU64| Duration::from_secs(s.get());
         let connections = ConnLimits {
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .map_or(conn_defaults.max_connections, NonZeroUsize::get),
-            max_connections_per_address: args
-                .max_connections_per_address
-                .or(file.max_connections_per_address)
-                .map_or(conn_defaults.max_connections_per_address, NonZeroUsize::get),
-            request_timeout: secs(
-                args.request_timeout_secs.or(file.request_timeout_secs),
-                conn_defaults.request_timeout,
-            ),
-            reply_timeout: secs(
-                args.reply_timeout_secs.or(file.reply_timeout_secs),
-                conn_defaults.reply_timeout,
-            ),
-            idle_timeout: secs(
-                args.idle_timeout_secs.or(file.idle_timeout_secs),
-                conn_defaults.idle_timeout,
-            ),
-            max_unauthenticated_bytes: args
-                .max_unauthenticated_bytes
-                .or(file.max_unauthenticated_bytes)
-                .map_or(conn_defaults.max_unauthenticated_bytes, NonZeroUsize::get),
+            max_connections: args.max_connections.get(),
+            max_connections_per_address: args.max_connections_per_address.get(),
+            request_timeout: secs(args.request_timeout_secs),
+            reply_timeout: secs(args.reply_timeout_secs),
+            idle_timeout: secs(args.idle_timeout_secs),
+            max_unauthenticated_bytes: args.max_unauthenticated_bytes.get(),
         };
-        let access = args.access.or(file.access).unwrap_or_default();
-        let min_free_disk_bytes = args
-            .min_free_disk_bytes
-            .or(file.min_free_disk_bytes)
-            .unwrap_or(DEFAULT_MIN_FREE_DISK_BYTES);
-        let data_dir = match args.data_dir.or(file.data_dir) {
-            Some(dir) => dir,
+        let data_dir = match &args.data_dir {
+            Some(dir) => dir.clone(),
             None => home
                 .ok_or_else(|| {
                     ConfigError::Inconsistent("HOME is not set: give --data-dir".into())
                 })?
                 .join(".lightkeeper/lssd"),
         };
-        let cert = args.tls_cert.or(file.tls_cert);
-        let key = args.tls_key.or(file.tls_key);
-        let client_ca = args.tls_client_ca.or(file.tls_client_ca);
-        let tls = match (cert, key, client_ca) {
+        let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), client_ca) => Some(TlsFiles {
-                cert,
-                key,
-                client_ca,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
             }),
             (None, None, Some(_)) => {
                 return Err(ConfigError::Inconsistent(
@@ -748,75 +687,56 @@ impl Config {
                 return Err(ConfigError::Inconsistent("tls_key needs tls_cert".into()))
             }
         };
-        let listen = match args.listen.or(file.listen) {
-            Some(listen) => listen,
-            None => DEFAULT_LISTEN.parse().expect("the default address parses"),
+        // Backend settings given for another backend are a mistake worth
+        // naming (a typo in `database`, or a leftover).
+        let stray = |prefix: &str, database: &str| {
+            match Args::command()
+                .get_arguments()
+                .map(|a| a.get_id().as_str())
+                .find(|id| id.starts_with(prefix) && parsed.explicit(id))
+            {
+                Some(option) => Err(ConfigError::Inconsistent(format!(
+                    "{option} is set but database is {database}: choose the backend with database (--database)"
+                ))),
+                None => Ok(()),
+            }
         };
-        let postgres_url = args.postgres_url.or(file.postgres_url);
-        let postgres_schema = args.postgres_schema.or(file.postgres_schema);
-        let postgres_pool_size = args.postgres_pool_size.or(file.postgres_pool_size);
-        let postgres_ca = args.postgres_ca.or(file.postgres_ca);
-        let etcd_endpoints = args.etcd_endpoints.or(file.etcd_endpoints);
-        let etcd_prefix = args.etcd_prefix.or(file.etcd_prefix);
-        let etcd_user = args.etcd_user.or(file.etcd_user);
-        let etcd_password = args.etcd_password.or(file.etcd_password);
-        let etcd_ca = args.etcd_ca.or(file.etcd_ca);
-        let etcd_max_txn_ops = args.etcd_max_txn_ops.or(file.etcd_max_txn_ops);
-        let etcd_max_request_bytes = args.etcd_max_request_bytes.or(file.etcd_max_request_bytes);
-        let database = args.database.or(file.database).unwrap_or_default();
-        let postgres_set = [
-            ("postgres_url", postgres_url.is_some()),
-            ("postgres_schema", postgres_schema.is_some()),
-            ("postgres_pool_size", postgres_pool_size.is_some()),
-            ("postgres_ca", postgres_ca.is_some()),
-        ];
-        let etcd_set = [
-            ("etcd_endpoints", etcd_endpoints.is_some()),
-            ("etcd_prefix", etcd_prefix.is_some()),
-            ("etcd_user", etcd_user.is_some()),
-            ("etcd_password", etcd_password.is_some()),
-            ("etcd_ca", etcd_ca.is_some()),
-            ("etcd_max_txn_ops", etcd_max_txn_ops.is_some()),
-            ("etcd_max_request_bytes", etcd_max_request_bytes.is_some()),
-        ];
-        let stray = |set: &[(&str, bool)], name: &str| {
-            match set.iter().find(|(_, on)| *on) {
-            Some((option, _)) => Err(ConfigError::Inconsistent(format!(
-                "{option} is set but database is {name}: choose the backend with database (--database)"
-            ))),
-            None => Ok(()),
-        }
-        };
-        let backend = match database {
+        let backend = match args.database {
             Database::Redb => {
-                stray(&postgres_set, "redb")?;
-                stray(&etcd_set, "redb")?;
+                stray("postgres_", "redb")?;
+                stray("etcd_", "redb")?;
                 Backend::Redb
             }
             Database::Postgres => {
-                stray(&etcd_set, "postgres")?;
+                stray("etcd_", "postgres")?;
                 Backend::Postgres {
-                    url: Secret::url(postgres_url.ok_or_else(|| {
+                    url: Secret::url(args.postgres_url.clone().ok_or_else(|| {
                         ConfigError::Inconsistent(
                             "database postgres needs postgres_url (--postgres-url or LSSD_POSTGRES_URL)"
                                 .into(),
                         )
                     })?),
-                    schema: postgres_schema.unwrap_or_else(|| "lightkeeper".into()),
-                    pool_size: postgres_pool_size.map_or(16, NonZeroUsize::get),
-                    ca: postgres_ca,
+                    schema: args.postgres_schema.clone(),
+                    pool_size: args.postgres_pool_size.get(),
+                    ca: args.postgres_ca.clone(),
                 }
             }
             Database::Etcd => {
-                stray(&postgres_set, "etcd")?;
-                let endpoints = etcd_endpoints.filter(|e| !e.is_empty()).ok_or_else(|| {
-                    ConfigError::Inconsistent(
-                        "database etcd needs etcd_endpoints (--etcd-endpoints or LSSD_ETCD_ENDPOINTS)"
-                            .into(),
-                    )
-                })?;
-                let user = match (etcd_user, etcd_password) {
-                    (Some(user), Some(password)) => Some((user, Secret::password(password))),
+                stray("postgres_", "etcd")?;
+                let endpoints = args
+                    .etcd_endpoints
+                    .clone()
+                    .filter(|e| !e.is_empty())
+                    .ok_or_else(|| {
+                        ConfigError::Inconsistent(
+                            "database etcd needs etcd_endpoints (--etcd-endpoints or LSSD_ETCD_ENDPOINTS)"
+                                .into(),
+                        )
+                    })?;
+                let user = match (&args.etcd_user, &args.etcd_password) {
+                    (Some(user), Some(password)) => {
+                        Some((user.clone(), Secret::password(password.clone())))
+                    }
                     (None, None) => None,
                     _ => {
                         return Err(ConfigError::Inconsistent(
@@ -824,50 +744,46 @@ impl Config {
                         ))
                     }
                 };
-                let max_txn_ops = etcd_max_txn_ops.map_or(128, NonZeroUsize::get);
+                let max_txn_ops = args.etcd_max_txn_ops.get();
                 if max_txn_ops < 2 {
                     return Err(ConfigError::Inconsistent(
                         "etcd_max_txn_ops must be at least 2".into(),
                     ));
                 }
+                // etcd takes one key fewer per put than its transaction
+                // limit (the usage record is the extra operation): follow
+                // it by default, and refuse a setting it could never honour.
+                let most = max_txn_ops - 1;
+                if !parsed.explicit("max_keys_per_put") {
+                    limits.max_keys_per_put = limits.max_keys_per_put.min(most);
+                } else if limits.max_keys_per_put > most {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "max_keys_per_put {} is more than etcd takes in one transaction ({most} with etcd_max_txn_ops {max_txn_ops})",
+                        limits.max_keys_per_put
+                    )));
+                }
                 Backend::Etcd {
                     endpoints,
-                    prefix: etcd_prefix.unwrap_or_else(|| "lightkeeper/".into()),
+                    prefix: args.etcd_prefix.clone(),
                     user,
-                    ca: etcd_ca,
+                    ca: args.etcd_ca.clone(),
                     max_txn_ops,
-                    max_request_bytes: etcd_max_request_bytes.map_or(1_572_864, NonZeroUsize::get),
+                    max_request_bytes: args.etcd_max_request_bytes.get(),
                 }
             }
         };
-        // etcd takes one key fewer per put than its transaction limit (the
-        // usage record is the extra operation): follow it by default, and
-        // refuse a setting it could never honour.
-        let mut limits = limits;
-        if let Backend::Etcd { max_txn_ops, .. } = &backend {
-            let most = max_txn_ops - 1;
-            match args.max_keys_per_put.or(file.max_keys_per_put) {
-                None => limits.max_keys_per_put = limits.max_keys_per_put.min(most),
-                Some(n) if n.get() > most => {
-                    return Err(ConfigError::Inconsistent(format!(
-                        "max_keys_per_put {n} is more than etcd takes in one transaction ({most} with etcd_max_txn_ops {max_txn_ops})"
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
         Ok(Config {
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            listen,
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            log_format: args.log_format,
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
             data_dir,
-            server_key_file: args.server_key_file.or(file.server_key_file),
+            server_key_file: args.server_key_file.clone(),
             tls,
             limits,
             connections,
-            access,
-            min_free_disk_bytes,
-            verifiable_log: args.verifiable_log.or(file.verifiable_log).unwrap_or(true),
+            access: args.access,
+            min_free_disk_bytes: args.min_free_disk_bytes,
+            verifiable_log: args.verifiable_log,
             backend,
         })
     }
@@ -878,20 +794,27 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    fn parse(argv: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("lssd").chain(argv.iter().copied())).expect("parse")
+    fn args(argv: &[&str]) -> Result<Parsed<Args>, ConfigError> {
+        let argv: Vec<OsString> = std::iter::once("lssd")
+            .chain(argv.iter().copied())
+            .map(OsString::from)
+            .collect();
+        super::parse(&argv, false)
+    }
+
+    fn parse(argv: &[&str]) -> Parsed<Args> {
+        args(argv).expect("parse")
     }
 
     #[test]
     fn defaults() {
-        let config =
-            Config::resolve(Args::default(), Some(Path::new("/home/op"))).expect("resolve");
+        let config = Config::resolve(&parse(&[]), Some(Path::new("/home/op"))).expect("resolve");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.data_dir, Path::new("/home/op/.lightkeeper/lssd"));
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.tls, None);
         assert!(
-            Config::resolve(Args::default(), None).is_err(),
+            Config::resolve(&parse(&[]), None).is_err(),
             "no HOME and no --data-dir"
         );
     }
@@ -911,7 +834,7 @@ mod tests {
             "--max-key-bytes",
             "11",
         ]);
-        let config = Config::resolve(args, Some(dir.path())).expect("resolve");
+        let config = Config::resolve(&args, Some(dir.path())).expect("resolve");
         assert_eq!(config.listen.to_string(), "127.0.0.1:1");
         assert_eq!(config.limits.max_key_bytes, 11);
         assert_eq!(config.limits.max_value_bytes, 20);
@@ -919,28 +842,29 @@ mod tests {
 
     #[test]
     fn bad_values_fail_clearly() {
-        assert!(Args::try_parse_from(["lssd", "--max-key-bytes", "0"]).is_err());
-        assert!(Args::try_parse_from(["lssd", "--listen", "nowhere"]).is_err());
+        assert!(args(&["--max-key-bytes", "0"]).is_err());
+        assert!(args(&["--listen", "nowhere"]).is_err());
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bad.toml");
         for (text, needle) in [
-            ("lisen = \"127.0.0.1:1\"", "unknown field"),
-            ("max_key_bytes = 0", "nonzero"),
-            ("max_key_bytes = \"ten\"", "invalid type"),
+            ("lisen = \"127.0.0.1:1\"", "unknown key `lisen`"),
+            ("max_key_bytes = 0", "--max-key-bytes"),
+            ("max_key_bytes = \"ten\"", "--max-key-bytes"),
+            ("database = \"mysql\"", "--database"),
             ("this is not toml", ""),
         ] {
             std::fs::write(&file, text).expect("write");
-            let err = Config::resolve(parse(&["--config", file.to_str().expect("utf-8")]), None)
+            let err = args(&["--config", file.to_str().expect("utf-8")])
                 .expect_err("bad config accepted");
             assert!(
                 err.to_string().contains("bad.toml") && err.to_string().contains(needle),
                 "{err}"
             );
         }
-        let err = Config::resolve(parse(&["--tls-cert", "c.pem"]), Some(dir.path()))
+        let err = Config::resolve(&parse(&["--tls-cert", "c.pem"]), Some(dir.path()))
             .expect_err("half TLS");
         assert!(err.to_string().contains("tls_key"), "{err}");
-        let err = Config::resolve(parse(&["--tls-client-ca", "ca.pem"]), Some(dir.path()))
+        let err = Config::resolve(&parse(&["--tls-client-ca", "ca.pem"]), Some(dir.path()))
             .expect_err("CA only");
         assert!(err.to_string().contains("tls_cert"), "{err}");
     }
@@ -950,14 +874,14 @@ mod tests {
     #[test]
     fn backend_options_must_match_the_backend() {
         let home = Some(Path::new("/home/op"));
-        let err = Config::resolve(parse(&["--etcd-prefix", "x/"]), home).expect_err("stray");
+        let err = Config::resolve(&parse(&["--etcd-prefix", "x/"]), home).expect_err("stray");
         assert!(
             err.to_string()
                 .contains("etcd_prefix is set but database is redb"),
             "{err}"
         );
         let err = Config::resolve(
-            parse(&[
+            &parse(&[
                 "--database",
                 "etcd",
                 "--etcd-endpoints",
@@ -973,10 +897,10 @@ mod tests {
                 .contains("postgres_url is set but database is etcd"),
             "{err}"
         );
-        let err = Config::resolve(parse(&["--database", "etcd"]), home).expect_err("no endpoints");
+        let err = Config::resolve(&parse(&["--database", "etcd"]), home).expect_err("no endpoints");
         assert!(err.to_string().contains("needs etcd_endpoints"), "{err}");
         let err = Config::resolve(
-            parse(&[
+            &parse(&[
                 "--database",
                 "etcd",
                 "--etcd-endpoints",
@@ -994,7 +918,7 @@ mod tests {
     fn etcd_limits_follow_the_cluster() {
         let home = Some(Path::new("/home/op"));
         let config = Config::resolve(
-            parse(&[
+            &parse(&[
                 "--database",
                 "etcd",
                 "--etcd-endpoints",
@@ -1017,7 +941,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let config = Config::resolve(
-            parse(&[
+            &parse(&[
                 "--database",
                 "etcd",
                 "--etcd-endpoints",
@@ -1030,7 +954,7 @@ mod tests {
         .expect("resolve");
         assert_eq!(config.limits.max_keys_per_put, 1000);
         let err = Config::resolve(
-            parse(&[
+            &parse(&[
                 "--database",
                 "etcd",
                 "--etcd-endpoints",
@@ -1045,9 +969,39 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_shown_in_help_and_a_file_value_counts_as_given() {
+        let help = Args::command().render_long_help().to_string();
+        for shown in [
+            "[default: 1024]",
+            "[default: 127.0.0.1:55551]",
+            "[default: lightkeeper/]",
+            "[default: redb]",
+            "[default: 536870912]",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from --help");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("etcd.toml");
+        std::fs::write(
+            &file,
+            "database = \"etcd\"\netcd_endpoints = [\"http://a:2379\"]\nmax_keys_per_put = 500\n",
+        )
+        .expect("write");
+        let err = Config::resolve(
+            &parse(&["--config", file.to_str().expect("utf-8")]),
+            Some(dir.path()),
+        )
+        .expect_err("500 keys cannot fit etcd's 128 operations");
+        assert!(err.to_string().contains("max_keys_per_put 500"), "{err}");
+    }
+
+    #[test]
     fn example_config_lists_every_option() {
         let text = include_str!("../lssd.example.toml");
-        let file: FileConfig = toml::from_str(text).expect("example parses");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("example.toml");
+        std::fs::write(&path, text).expect("write");
+        let example = parse(&["--config", path.to_str().expect("utf-8")]);
         let options: Vec<String> = Args::command()
             .get_arguments()
             .filter_map(|a| a.get_long().map(|l| l.replace('-', "_")))
@@ -1059,6 +1013,10 @@ mod tests {
         let mut sorted = options.clone();
         sorted.sort();
         assert_eq!(keys, sorted.iter().collect::<Vec<_>>());
-        assert!(file.tls_client_ca.is_some() && file.max_namespace_bytes.is_some());
+        // Every key of the example reaches its setting.
+        for key in &keys {
+            assert!(example.explicit(key), "{key} from the example file");
+        }
+        assert!(example.value.tls_client_ca.is_some());
     }
 }

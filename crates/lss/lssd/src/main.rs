@@ -5,10 +5,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::Parser;
 use lss_core::ServerKey;
 use lssd::backend::AnyStore;
-use lssd::config::{Args, Command, Config, TlsFiles};
+use lssd::config::{Command, Config, ConfigError, TlsFiles};
 use lssd::key_file::{self, KeyOrigin};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
@@ -17,12 +16,18 @@ fn main() -> anyhow::Result<()> {
     // TLS on ring, even if another dependency enables a second rustls
     // provider (then rustls could not choose one by itself).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut args = Args::parse();
-    let command = args.command.take().unwrap_or(Command::Serve);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = match lssd::config::parse(&argv, true) {
+        Ok(parsed) => parsed,
+        // Usage errors, --help and --version as clap shows them.
+        Err(ConfigError::Layers(config_layers::Error::Args(e))) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
+    let command = parsed.value.command.clone().unwrap_or(Command::Serve);
     let home = std::env::var_os("HOME").map(PathBuf::from);
     // Configuration errors go to standard error as anyhow prints them,
     // before logging is set up the way the configuration says.
-    let config = Config::resolve(args, home.as_deref())?;
+    let config = Config::resolve(&parsed, home.as_deref())?;
     log_init::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -203,13 +208,14 @@ async fn import(config: &Config, input: &Path) -> anyhow::Result<()> {
 }
 
 async fn copy(config: &Config, to_config: &Path, home: Option<&Path>) -> anyhow::Result<()> {
-    let target = Config::resolve(
-        Args {
-            config: Some(to_config.to_owned()),
-            ..Args::default()
-        },
-        home,
-    )?;
+    // The target is the file alone: neither this command line nor the
+    // LSSD_* environment (which configure the source) apply to it.
+    let argv = [
+        "lssd".into(),
+        "--config".into(),
+        to_config.as_os_str().to_owned(),
+    ];
+    let target = Config::resolve(&lssd::config::parse(&argv, false)?, home)?;
     if target.backend == config.backend
         && (target.backend != lssd::config::Backend::Redb || target.data_dir == config.data_dir)
     {
