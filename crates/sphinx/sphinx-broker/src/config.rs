@@ -1,53 +1,55 @@
 //! Broker settings: flags, then environment (`BROKER_*`), then a TOML file
 //! (`--config`, or `broker.toml` in the working directory, which is
 //! lightningd's network directory when CLN starts the broker), then
-//! defaults. Lightningd starts its hsmd with fixed arguments, so the
+//! defaults. Each setting is declared once, as a field of [`Settings`]
+//! (flag, variable, file key, default shown by `--help`); the shared
+//! `config-layers` crate applies the file. Lightningd starts its hsmd with fixed arguments, so the
 //! environment and the file are the usual way to configure it; the
 //! arguments lightningd adds (`--log-io`, `--developer`, …) are accepted and
 //! ignored.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
-use serde::Deserialize;
+use std::ffi::OsString;
 
-/// Every setting; `None` means "not given here".
-#[derive(Debug, Default, Parser, Deserialize)]
+use clap::{CommandFactory, Parser};
+use config_layers::FileRules;
+
+/// Every setting; `None` means "not given, and no default".
+#[derive(Debug, Parser)]
 #[command(
     about = "hsmd for Core Lightning that relays to a remote VLS signer over MQTT",
     disable_version_flag = true
 )]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// TOML file with any of these settings (default: ./broker.toml if present).
     #[arg(long, env = "BROKER_CONFIG")]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Check the settings (flags, environment, file) and print the effective
     /// ones, secrets redacted, instead of starting.
     #[arg(long)]
-    #[serde(skip)]
     pub check_config: bool,
-    /// Directory for the broker's state (the pinned owner key).
-    #[arg(long, env = "BROKER_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Log lines as `text` or `json` (one object per line) [default: text].
-    #[arg(long, env = "BROKER_LOG_FORMAT")]
-    pub log_format: Option<log_init::LogFormat>,
+    /// Directory for the broker's state (the pinned owner key, the API token).
+    #[arg(long, env = "BROKER_DATA_DIR", default_value = "sphinx-broker")]
+    pub data_dir: PathBuf,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(long, env = "BROKER_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: log_init::LogFormat,
     /// Embedded MQTT server address [default: 127.0.0.1:1883, or 0.0.0.0:8883
     /// with TLS]. A non-loopback address needs TLS or --mqtt-insecure-plaintext.
     #[arg(long, env = "BROKER_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
     /// Serve plaintext MQTT on a non-loopback address: login and LSS tokens
     /// then cross the network readable by anyone on the path.
-    #[arg(long, env = "BROKER_MQTT_INSECURE_PLAINTEXT")]
-    pub mqtt_insecure_plaintext: Option<bool>,
+    #[arg(long, env = "BROKER_MQTT_INSECURE_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mqtt_insecure_plaintext: bool,
     /// Also accept sphinx-key devices' login tokens, which are not bound to
     /// a client id and which hsmd's SignMessage can be asked to make.
-    #[arg(long, env = "BROKER_SPHINX_KEY_COMPAT")]
-    pub sphinx_key_compat: Option<bool>,
+    #[arg(long, env = "BROKER_SPHINX_KEY_COMPAT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub sphinx_key_compat: bool,
     /// TLS certificate chain (PEM) for the embedded MQTT server.
     #[arg(long, env = "BROKER_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
     pub mqtt_tls_cert: Option<PathBuf>,
@@ -68,25 +70,24 @@ pub struct Settings {
     /// pinned in the data dir.
     #[arg(long, env = "BROKER_OWNER")]
     pub owner: Option<String>,
-    /// Largest MQTT packet, in MiB, either way [default: 64]. The signer's
+    /// Largest MQTT packet, in MiB, either way (1 to 1024). The signer's
     /// whole LSS state travels in one packet when it connects, so this bounds
     /// the state a signer may have; the signer announces its own limit and
     /// the smaller one applies.
-    #[arg(long, env = "BROKER_MQTT_MAX_PACKET_MIB")]
-    pub mqtt_max_packet_mib: Option<usize>,
-    /// How old a signer's login token may be, in seconds [default: 120].
-    #[arg(long, env = "BROKER_LOGIN_WINDOW_SECS")]
-    pub login_window_secs: Option<u64>,
+    #[arg(long, env = "BROKER_MQTT_MAX_PACKET_MIB", default_value_t = 64)]
+    pub mqtt_max_packet_mib: usize,
+    /// How old a signer's login token may be, in seconds.
+    #[arg(long, env = "BROKER_LOGIN_WINDOW_SECS", default_value_t = 120)]
+    pub login_window_secs: u64,
     /// A request without a reply after this many seconds fails, and its CLN
-    /// connection is closed [default: 60].
-    #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECS")]
-    pub request_timeout_secs: Option<u64>,
-    /// The control API's address [default: 127.0.0.1:8000]. It also
-    /// serves the dashboard at /dashboard.
-    #[arg(long, env = "BROKER_HTTP_LISTEN")]
-    pub http_listen: Option<SocketAddr>,
-    /// Serve Prometheus metrics at http://ADDR/metrics [default: off; given
-    /// without ADDR: 127.0.0.1:9556]. Unauthenticated: keep it on loopback
+    /// connection is closed.
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT_SECS", default_value_t = NonZeroU64::new(60).unwrap_or(NonZeroU64::MIN))]
+    pub request_timeout_secs: NonZeroU64,
+    /// The control API's address. It also serves the dashboard at /dashboard.
+    #[arg(long, env = "BROKER_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub http_listen: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// without ADDR: 127.0.0.1:9556). Unauthenticated: keep it on loopback
     /// or a monitoring network.
     #[arg(
         long,
@@ -109,19 +110,16 @@ pub struct Settings {
     #[arg(long, env = "BROKER_LSS_CA")]
     pub lss_ca: Option<PathBuf>,
     /// Run without LSS: the signer's state lives only on the signer.
-    #[arg(long, env = "BROKER_NO_LSS")]
-    pub no_lss: Option<bool>,
+    #[arg(long, env = "BROKER_NO_LSS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub no_lss: bool,
     /// Passed by lightningd; ignored.
     #[arg(long, hide = true)]
-    #[serde(skip)]
     pub log_io: bool,
     /// Passed by lightningd; ignored.
     #[arg(long, hide = true)]
-    #[serde(skip)]
     pub developer: bool,
     /// Passed by lightningd; ignored.
     #[arg(long, hide = true)]
-    #[serde(skip)]
     pub dev_disconnect: Option<String>,
 }
 
@@ -178,54 +176,33 @@ pub struct LssProviders {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-macro_rules! merge {
-    ($args:ident, $file:ident, $($field:ident),*) => {
-        $( if $args.$field.is_none() { $args.$field = $file.$field.take(); } )*
-    };
-}
-
 impl Settings {
-    /// Fills what flags and environment left open from the file.
-    pub fn with_file(mut self) -> Result<Settings, ConfigError> {
-        let path = match &self.config {
-            Some(path) => Some(path.clone()),
-            None => Some(PathBuf::from("broker.toml")).filter(|p| p.exists()),
-        };
-        if let Some(path) = path {
-            let mut file = read_file(&path)?;
-            merge!(
-                self,
-                file,
-                data_dir,
-                log_format,
-                mqtt_listen,
-                mqtt_insecure_plaintext,
-                mqtt_max_packet_mib,
-                sphinx_key_compat,
-                mqtt_tls_cert,
-                mqtt_tls_key,
-                http_listen,
-                metrics_listen,
-                lss_url,
-                lss_write_quorum,
-                lss_ca,
-                mqtt_external,
-                mqtt_username,
-                mqtt_password_file,
-                owner,
-                login_window_secs,
-                request_timeout_secs,
-                no_lss
-            );
-        }
-        Ok(self)
+    /// Parses `argv` (program name first): flags, then `BROKER_*`
+    /// environment (unless `environment` is false), then the config file
+    /// (`--config`, or `./broker.toml` when it exists), then defaults.
+    pub fn parse_layers(argv: &[OsString], environment: bool) -> Result<Settings, ConfigError> {
+        config_layers::parse(
+            Settings::command(),
+            argv,
+            FileRules {
+                file_arg: "config",
+                fallback: Some(Path::new("broker.toml")),
+                not_in_file: &["check_config", "log_io", "developer", "dev_disconnect"],
+                environment,
+            },
+        )
+        .map(|parsed| parsed.value)
+        .map_err(|e| match e {
+            config_layers::Error::Args(e) => ConfigError(e.render().to_string()),
+            other => ConfigError(other.to_string()),
+        })
     }
 
     /// Applies defaults and checks everything.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let lss =
             match (&self.lss_url, self.no_lss) {
-                (Some(_), Some(true)) => {
+                (Some(_), true) => {
                     return Err(ConfigError(
                         "--lss-url and --no-lss contradict each other".into(),
                     ))
@@ -282,7 +259,7 @@ impl Settings {
                         write_quorum,
                     })
                 }
-                (None, Some(true)) => None,
+                (None, true) => None,
                 (None, _) => return Err(ConfigError(
                     "no LSS server: give --lss-url (BROKER_LSS_URL, lss_url in broker.toml), or \
                      --no-lss true to run with the signer's state kept only on the signer"
@@ -342,10 +319,7 @@ impl Settings {
                     Some(_) => SocketAddr::from(([0, 0, 0, 0], 8883)),
                     None => SocketAddr::from(([127, 0, 0, 1], 1883)),
                 });
-                if tls.is_none()
-                    && !listen.ip().is_loopback()
-                    && self.mqtt_insecure_plaintext != Some(true)
-                {
+                if tls.is_none() && !listen.ip().is_loopback() && !self.mqtt_insecure_plaintext {
                     return Err(ConfigError(format!(
                         "--mqtt-listen {listen} is not a loopback address and there is no TLS: \
                          signers' login and LSS tokens would cross the network in plaintext. \
@@ -356,45 +330,30 @@ impl Settings {
                 Mqtt::Embedded(listen, tls)
             }
         };
-        let max_packet_mib = self.mqtt_max_packet_mib.unwrap_or(64);
+        let max_packet_mib = self.mqtt_max_packet_mib;
         if !(1..=1024).contains(&max_packet_mib) {
             return Err(ConfigError(
                 "--mqtt-max-packet-mib must be between 1 and 1024".into(),
             ));
         }
-        let request_timeout = self.request_timeout_secs.unwrap_or(60);
-        if request_timeout == 0 {
-            return Err(ConfigError(
-                "--request-timeout-secs must be at least 1".into(),
-            ));
-        }
+        let request_timeout = self.request_timeout_secs.get();
         Ok(Config {
             check_only: self.check_config,
-            log_format: self.log_format.unwrap_or_default(),
-            data_dir: self
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from("sphinx-broker")),
+            log_format: self.log_format,
+            data_dir: self.data_dir,
             mqtt,
             owner,
             max_packet: max_packet_mib << 20,
             login: sphinx_wire::login::Rules {
-                window_secs: self.login_window_secs.unwrap_or(120),
-                compat: self.sphinx_key_compat.unwrap_or(false),
+                window_secs: self.login_window_secs,
+                compat: self.sphinx_key_compat,
             },
             request_timeout: Duration::from_secs(request_timeout),
             lss,
-            http_listen: self
-                .http_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8000))),
+            http_listen: self.http_listen,
             metrics_listen: self.metrics_listen,
         })
     }
-}
-
-fn read_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -411,15 +370,18 @@ mod tests {
              http_listen = \"127.0.0.1:8123\"\nmqtt_listen = \"127.0.0.1:1999\"\n",
         )
         .expect("write");
-        let args = Settings::parse_from([
-            "sphinx-broker",
-            "--config",
-            path.to_str().expect("utf8"),
-            "--request-timeout-secs",
-            "9",
-            "--log-io",
-        ]);
-        let config = args.with_file().expect("file").resolve().expect("resolve");
+        let argv = |extra: &[&str]| -> Vec<OsString> {
+            ["sphinx-broker", "--config", path.to_str().expect("utf8")]
+                .iter()
+                .chain(extra)
+                .map(OsString::from)
+                .collect()
+        };
+        let config =
+            Settings::parse_layers(&argv(&["--request-timeout-secs", "9", "--log-io"]), false)
+                .expect("file")
+                .resolve()
+                .expect("resolve");
         assert_eq!(config.request_timeout, Duration::from_secs(9));
         assert_eq!(config.login.window_secs, 30);
         // Every setting can come from the file.
@@ -440,11 +402,34 @@ mod tests {
             .resolve()
             .expect("defaults");
         assert_eq!(defaults.http_listen.to_string(), "127.0.0.1:8000");
-        std::fs::write(&path, "no_lss = true\nrequest_timeout = 5\n").expect("write");
-        let args =
-            Settings::parse_from(["sphinx-broker", "--config", path.to_str().expect("utf8")]);
-        let err = args.with_file().expect_err("unknown key");
-        assert!(err.0.contains("request_timeout"), "{err}");
+        for (text, needle) in [
+            (
+                "no_lss = true\nrequest_timeout = 5\n",
+                "unknown key `request_timeout`",
+            ),
+            ("no_lss = true\nlog_io = true\n", "unknown key `log_io`"),
+            (
+                "no_lss = true\nrequest_timeout_secs = 0\n",
+                "--request-timeout-secs",
+            ),
+            ("no_lss = \"maybe\"\n", "--no-lss"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = Settings::parse_layers(&argv(&[]), false).expect_err(text);
+            assert!(
+                err.0.contains(needle) && err.0.contains("broker.toml"),
+                "{err}"
+            );
+        }
+        // Defaults are stated once and shown by --help.
+        let help = Settings::command().render_long_help().to_string();
+        for shown in [
+            "[default: 127.0.0.1:8000]",
+            "[default: 64]",
+            "[default: 120]",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from --help");
+        }
     }
 
     #[test]
@@ -519,5 +504,38 @@ mod tests {
                     .expect_err(urls);
             assert!(err.0.contains(needle), "{err}");
         }
+    }
+
+    /// Every setting is a key of the example file, every key of it is a
+    /// setting, and the whole example parses.
+    #[test]
+    fn example_config_lists_every_setting() {
+        let text = include_str!("../broker.example.toml");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, text).expect("write");
+        let argv: Vec<OsString> = ["sphinx-broker", "--config", path.to_str().expect("utf8")]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let settings = Settings::parse_layers(&argv, false).expect("the example parses");
+        assert_eq!(settings.lss_write_quorum, Some(2));
+        let not_settings = [
+            "config",
+            "check_config",
+            "log_io",
+            "developer",
+            "dev_disconnect",
+            "help",
+        ];
+        let mut options: Vec<String> = Settings::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| !not_settings.contains(&id.as_str()))
+            .collect();
+        options.sort();
+        let table: toml::Table = toml::from_str(text).expect("table");
+        let keys: Vec<String> = table.keys().cloned().collect();
+        assert_eq!(keys, options);
     }
 }

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use sphinx_broker::config::{Mqtt, Settings};
 use sphinx_broker::link::{self, SignerPolicy};
 use sphinx_broker::owner::Owner;
@@ -21,7 +20,8 @@ fn main() -> ExitCode {
     }
     // Adopt fd 3 before anything else can open a file.
     let master = fdio::take_master_fd();
-    let config = match Settings::parse().with_file().and_then(Settings::resolve) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Settings::parse_layers(&argv, true).and_then(Settings::resolve) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("sphinx-broker: {e}");
