@@ -28,6 +28,12 @@ pub const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// HTTP requests answered by a daemon's API, by route pattern, method and
+/// status ([`http_layer`]).
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// Their latency, by route pattern.
+pub const HTTP_SECONDS: &str = "http_request_duration_seconds";
+
 /// How often histograms are drained into their buckets when nobody scrapes.
 const UPKEEP: Duration = Duration::from_secs(5);
 
@@ -126,6 +132,55 @@ async fn run(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     upkeep.abort();
 }
 
+/// The future of one observed request.
+type Observed =
+    std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>;
+
+/// What [`http_layer`] returns.
+pub type HttpLayer = axum::middleware::FromFnLayer<
+    fn(axum::extract::Request, axum::middleware::Next) -> Observed,
+    (),
+    (axum::extract::Request,),
+>;
+
+/// An axum layer that counts every request of a router into
+/// [`HTTP_REQUESTS`] and times it into [`HTTP_SECONDS`], labelled by the
+/// route's pattern (`/v1/coin/{id}`, not the path a client sent, so labels
+/// stay few) or `unmatched`. Add it with `Router::layer` after the routes.
+pub fn http_layer() -> HttpLayer {
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route, method and status"
+    );
+    metrics::describe_histogram!(
+        HTTP_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by route"
+    );
+    axum::middleware::from_fn(observe_http)
+}
+
+fn observe_http(request: axum::extract::Request, next: axum::middleware::Next) -> Observed {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    Box::pin(async move {
+        let response = next.run(request).await;
+        metrics::counter!(
+            HTTP_REQUESTS,
+            "route" => route.clone(),
+            "method" => method,
+            "status" => response.status().as_u16().to_string()
+        )
+        .increment(1);
+        metrics::histogram!(HTTP_SECONDS, "route" => route).record(started.elapsed().as_secs_f64());
+        response
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +215,41 @@ mod tests {
         );
         let second = serve("127.0.0.1:0".parse().expect("addr")).await;
         assert!(matches!(second, Err(Error::Recorder(_))), "{second:?}");
+
+        // A router with the layer: requests counted by route pattern.
+        let app = axum::Router::new()
+            .route("/item/{id}", axum::routing::get(|| async { "ok" }))
+            .layer(http_layer());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _api = tokio::spawn(async move { axum::serve(listener, app).await });
+        for path in ["/item/1", "/item/2", "/nothing"] {
+            get(addr, path).await;
+        }
+        let text = get(endpoint.addr(), "/metrics").await;
+        assert!(
+            text.contains(r#"http_requests_total{route="/item/{id}",method="GET",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"http_requests_total{route="unmatched",method="GET",status="404"} 1"#),
+            "{text}"
+        );
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .expect("write");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.expect("read");
+        text
     }
 }

@@ -199,7 +199,9 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
     let serving = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let app = app
+            .layer(metrics_endpoint::http_layer())
+            .into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "keyserver listener failed");
         }

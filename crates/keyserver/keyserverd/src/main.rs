@@ -21,6 +21,10 @@ struct Args {
     /// Log lines as `text` or `json` (one object per line, for log shippers).
     #[arg(long, env = "KEYSERVERD_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text)]
     log_format: log_init::LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// without ADDR: 127.0.0.1:9558). Unauthenticated.
+    #[arg(long, env = "KEYSERVERD_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9558")]
+    metrics_listen: Option<SocketAddr>,
     /// Where the key and the database live [default: ~/.lightkeeper/keyserverd].
     #[arg(long, env = "KEYSERVERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -50,6 +54,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log_init::init(args.log_format);
+    let _metrics = match args.metrics_listen {
+        Some(addr) => Some(metrics_endpoint::serve(addr).await?),
+        None => None,
+    };
     #[cfg(feature = "test-faults")]
     tracing::warn!(
         "built with test-faults: this keyserver forges on request (Test.ForgeUID); for tests only"

@@ -46,8 +46,7 @@ const NONCE_LEN: usize = 16;
 const TAG_LEN: usize = 16;
 
 /// Who may be a client.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccessMode {
     /// Any keypair.
     #[default]

@@ -17,7 +17,6 @@ use std::ffi::OsString;
 use clap::{CommandFactory, Parser};
 use config_layers::{FileRules, Parsed};
 use lss_core::Limits;
-use serde::Deserialize;
 
 use crate::access::AccessMode;
 use crate::conn::ConnLimits;
@@ -459,8 +458,7 @@ pub enum Command {
 }
 
 /// Which storage backend serves the data.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Database {
     /// The embedded store, `<data_dir>/lightkeeper.redb`.
     #[default]

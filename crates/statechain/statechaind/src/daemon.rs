@@ -325,7 +325,9 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     }
     let router = crate::server::router(app);
     let serving = tokio::spawn(async move {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let app = router
+            .layer(metrics_endpoint::http_layer())
+            .into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "statechaind listener failed");
         }

@@ -21,6 +21,10 @@ struct Args {
     /// Log lines as `text` or `json` (one object per line, for log shippers).
     #[arg(long, env = "STATECHAIND_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text, global = true)]
     log_format: log_init::LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// without ADDR: 127.0.0.1:9559). Unauthenticated.
+    #[arg(long, env = "STATECHAIND_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9559", global = true)]
+    metrics_listen: Option<SocketAddr>,
     /// Keys, KEK and the database [default: ~/.lightkeeper/statechaind].
     #[arg(long, env = "STATECHAIND_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
@@ -132,6 +136,10 @@ enum KekCmd {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log_init::init(args.log_format);
+    let _metrics = match args.metrics_listen {
+        Some(addr) => Some(metrics_endpoint::serve(addr).await?),
+        None => None,
+    };
     let mainnet = match args.network.as_str() {
         "bitcoin" => true,
         "regtest" | "signet" | "testnet4" => false,

@@ -330,7 +330,9 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
     let serving = tokio::spawn(async move {
         if let Err(e) = axum::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            router
+                .layer(metrics_endpoint::http_layer())
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await
         {

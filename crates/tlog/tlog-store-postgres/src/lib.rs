@@ -389,7 +389,7 @@ impl PostgresLogStore {
 impl Inner {
     async fn run<T, Fut>(
         &self,
-        what: &str,
+        what: &'static str,
         attempt: impl FnMut(bool) -> Fut,
     ) -> Result<T, StoreError>
     where

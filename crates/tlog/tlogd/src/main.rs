@@ -26,6 +26,10 @@ struct Args {
     /// Log lines as `text` or `json` (one object per line, for log shippers).
     #[arg(long, env = "TLOGD_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text)]
     log_format: log_init::LogFormat,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// without ADDR: 127.0.0.1:9557). Unauthenticated.
+    #[arg(long, env = "TLOGD_METRICS_LISTEN", num_args = 0..=1, default_missing_value = "127.0.0.1:9557")]
+    metrics_listen: Option<SocketAddr>,
     /// Where the key, token and store live [default: ~/.lightkeeper/tlogd].
     #[arg(long, env = "TLOGD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -187,6 +191,10 @@ fn token(dir: &Path) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log_init::init(args.log_format);
+    let _metrics = match args.metrics_listen {
+        Some(addr) => Some(metrics_endpoint::serve(addr).await?),
+        None => None,
+    };
     anyhow::ensure!(
         tlog_core::checkpoint::is_lightkeeper_origin(&args.origin),
         "--origin {:?} must be <dns-name>/<path> of lowercase letters, digits, '.', '-' and '/'",
@@ -428,6 +436,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
     tokio::spawn(federation.run(sync));
     tracing::info!(origin = %node.origin(), %vkey, "serving the log");
     tracing::info!(%addr, token = %dir.join("append-token").display(), "listening on http://{addr}/");
+    let app = app.layer(metrics_endpoint::http_layer());
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
