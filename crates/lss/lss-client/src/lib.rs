@@ -152,13 +152,36 @@ impl RpcError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RpcError::Transport(_) => true,
-            RpcError::Status(s) => s.code() == tonic::Code::Unavailable,
+            // A connection that broke mid-call (a proxy or load balancer
+            // that lost its upstream, a reset) reaches us as UNKNOWN with
+            // the transport error as its source, or as CANCELLED (hyper's
+            // "operation was canceled" for a request the dying connection
+            // never sent; we never cancel a call we still wait for): as
+            // retryable as a refused connection. Versioned puts make a
+            // retry safe (a put that landed comes back as a conflict).
+            RpcError::Status(s) => match s.code() {
+                tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+                tonic::Code::Unknown => broken_transport(s),
+                _ => false,
+            },
             RpcError::ReplyTooLarge(_)
             | RpcError::Unverified(_)
             | RpcError::Violation(_)
             | RpcError::TrustedState(_) => false,
         }
     }
+}
+
+/// Whether `status` carries a transport failure in its source chain.
+fn broken_transport(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Why connecting failed.

@@ -5,14 +5,14 @@
 
 mod driver;
 
-use driver::checks::{ecdh, key, lss_broker, new_channel};
+use driver::checks::{ecdh, key, lss_broker, new_channel, peer};
 use driver::{lssd_binary, Broker, SignerHome};
 use lk_testkit::browser::{Browser, Locator};
 use lk_testkit::process::LssdProcess;
 use lk_testkit::prometheus::Prometheus;
 use secp256k1::Secp256k1;
 use sphinx_wire::control::{self, ControlMessage};
-use vls_protocol::model::DisclosedSecret;
+use vls_protocol::model::{DisclosedSecret, PubKey};
 use vls_protocol::msgs::{self, DeBolt, Message};
 
 fn lssd(dir: &std::path::Path) -> LssdProcess {
@@ -24,14 +24,14 @@ fn lssd(dir: &std::path::Path) -> LssdProcess {
     .expect("lssd")
 }
 
-/// Broker on `lss` with a ready signer.
+/// Broker on the LSS server at `lss_url` with a ready signer.
 fn ready(
     dir: &std::path::Path,
-    lss: &LssdProcess,
+    lss_url: &str,
     extra: &[&str],
 ) -> (Broker, SignerHome, driver::Proc) {
     let home = SignerHome::create(&dir.join("signer"));
-    let mut broker = lss_broker(dir, &lss.url, &home, extra);
+    let mut broker = lss_broker(dir, lss_url, &home, extra);
     let signer = home.start_lss(&broker.url(), &[]);
     assert!(matches!(
         broker.master.recv(),
@@ -59,7 +59,7 @@ fn provoke_signer_error(broker: &mut Broker) {
 fn dashboard_in_chromium_shows_the_signer_requests_lss_policy_and_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path());
-    let (mut broker, home, mut signer) = ready(dir.path(), &lss, &[]);
+    let (mut broker, home, mut signer) = ready(dir.path(), &lss.url, &[]);
     let cid = home.cid();
     let token = broker.api_token();
     let page = format!("http://127.0.0.1:{}/dashboard", broker.http_port);
@@ -207,8 +207,14 @@ fn metrics_addr(log: &str) -> std::net::SocketAddr {
 fn prometheus_scrapes_signers_requests_and_refusals() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lss = lssd(dir.path());
-    let (mut broker, home, mut signer) =
-        ready(dir.path(), &lss, &["--metrics-listen", "127.0.0.1:0"]);
+    // LSS behind a proxy that can alter a reply on its way to the broker.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let proxy = runtime.block_on(lk_testkit::net::FaultProxy::start(lss.addr));
+    let (mut broker, home, mut signer) = ready(
+        dir.path(),
+        &format!("http://{}", proxy.addr),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
     let log = {
         broker.proc.wait_log("metrics on http://");
         broker.proc.log_text()
@@ -243,6 +249,18 @@ fn prometheus_scrapes_signers_requests_and_refusals() {
         ),
         1.0,
     );
+
+    // A put acknowledgement altered in transit: the signer refuses it and
+    // reports a MAC failure, counted apart. (A successful PutReply: gRPC
+    // prefix, success = true, then the 32-byte MAC, whose first byte flips.)
+    proxy.tamper_next(&[0, 0, 0, 0, 0x24, 0x08, 0x01, 0x12, 0x20]);
+    let mut client = broker.master.client_with(peer(), 0, driver::MASTER);
+    client.send(&msgs::NewChannel {
+        peer_id: PubKey(peer()),
+        dbid: 9,
+    });
+    assert!(client.recv().is_none(), "the reply is withheld");
+    q(r#"sphinx_broker_signer_errors_total{kind="mac"}"#, 1.0);
 
     // Another node's signer is refused by the owner policy, and counted.
     let intruder = SignerHome::create(&dir.path().join("intruder"));
