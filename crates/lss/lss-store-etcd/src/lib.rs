@@ -677,6 +677,142 @@ impl Store for EtcdStore {
             .await
             .and_then(|result| result)
     }
+
+    async fn pages(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> Result<Box<dyn lss_store::Pages>, StoreError> {
+        let from = self.kv_key(&client, &prefix);
+        let end = prefix_end(&from).unwrap_or_default();
+        // The count fixes the revision every page is read at: one snapshot,
+        // held by etcd (no connection or transaction of ours stays open).
+        let counted = RETRY
+            .run("count", |_| {
+                let (from, end) = (from.clone(), end.clone());
+                async move {
+                    let answer = self
+                        .client
+                        .kv_client()
+                        .get(
+                            from,
+                            Some(GetOptions::new().with_range(end).with_count_only()),
+                        )
+                        .await
+                        .map_err(|e| self.classify(e, false))?;
+                    let revision = answer.header().map_or(0, |h| h.revision());
+                    Ok((u64::try_from(answer.count()).unwrap_or(0), revision))
+                }
+            })
+            .await?;
+        Ok(Box::new(EtcdPages {
+            kv: self.client.kv_client(),
+            skip: self.kv_root.len() + ClientId::LEN,
+            from,
+            end,
+            revision: counted.1,
+            count: counted.0,
+            done: false,
+            rows: FIRST_PAGE_ROWS,
+            held: std::collections::VecDeque::new(),
+        }))
+    }
+}
+
+/// Rows asked for by the first page of a paged read; later pages ask for
+/// as many as the page's byte budget holds at the sizes seen so far.
+const FIRST_PAGE_ROWS: i64 = 64;
+
+/// A prefix read a page at a time, every page at the revision of the count.
+/// Memory: one page, plus the rows of the last batch beyond it.
+struct EtcdPages {
+    kv: etcd_client::KvClient,
+    skip: usize,
+    /// The next key to read (inclusive).
+    from: Vec<u8>,
+    end: Vec<u8>,
+    revision: i64,
+    count: u64,
+    done: bool,
+    /// Rows to ask for next.
+    rows: i64,
+    /// Rows read but not handed out yet.
+    held: std::collections::VecDeque<KeyValue>,
+}
+
+impl EtcdPages {
+    /// Reads the next rows; sizes the read after them to about `budget`
+    /// bytes at the rows' average size.
+    async fn fetch(&mut self, budget: usize) -> Result<(), StoreError> {
+        let options = GetOptions::new()
+            .with_range(self.end.clone())
+            .with_limit(self.rows)
+            .with_revision(self.revision);
+        let mut page = self
+            .kv
+            .clone()
+            .max_decoding_message_size(usize::MAX)
+            .get(self.from.clone(), Some(options))
+            .await
+            // A compacted revision ends the read: the client reads again.
+            .map_err(|e| StoreError::Unavailable(format!("etcd paged read: {e}")))?;
+        self.done = !page.more();
+        let entries = page.take_kvs();
+        match entries.last() {
+            Some(last) => self.from = [last.key(), &[0]].concat(),
+            None => self.done = true,
+        }
+        let fetched: usize = entries
+            .iter()
+            .map(|e| e.key().len() + e.value().len())
+            .sum();
+        let average = (fetched / entries.len().max(1)).max(1);
+        self.rows = i64::try_from(budget / average)
+            .unwrap_or(PAGE)
+            .clamp(1, PAGE);
+        for entry in &entries {
+            let key = entry
+                .key()
+                .get(self.skip..)
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .ok_or_else(|| StoreError::Corrupt("a stored key is not UTF-8".into()))?;
+            let (version, value) = decode(entry.value())?;
+            self.held.push_back(KeyValue {
+                key: key.to_owned(),
+                version,
+                value,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl lss_store::Pages for EtcdPages {
+    fn count(&mut self) -> lss_store::PageFuture<'_, u64> {
+        let count = self.count;
+        Box::pin(async move { Ok(count) })
+    }
+
+    fn next_page(&mut self, max_bytes: usize) -> lss_store::PageFuture<'_, Vec<KeyValue>> {
+        Box::pin(async move {
+            let mut page = Vec::new();
+            let mut bytes = 0usize;
+            loop {
+                while let Some(kv) = self.held.front() {
+                    let size = kv.key.len() + kv.value.len();
+                    if !page.is_empty() && bytes + size > max_bytes {
+                        return Ok(page);
+                    }
+                    bytes += size;
+                    page.extend(self.held.pop_front());
+                }
+                if self.done {
+                    return Ok(page);
+                }
+                self.fetch(max_bytes).await?;
+            }
+        })
+    }
 }
 
 fn corrupt(what: &str) -> Failure {

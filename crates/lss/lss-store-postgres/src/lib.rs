@@ -32,8 +32,9 @@
 //! answers [`StoreError::Unavailable`] quickly (bounded pool timeouts) and
 //! serves again as soon as it is back, with no restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -161,6 +162,8 @@ struct Sql {
     set_usage: String,
     get_from: String,
     get_range: String,
+    count_from: String,
+    count_range: String,
     scan_first: String,
     scan_after: String,
     load_existing: String,
@@ -196,6 +199,12 @@ impl Sql {
             ),
             get_range: format!(
                 "SELECT key, version, value FROM {schema}.kv WHERE client = $1 AND key >= $2 AND key < $3 ORDER BY key"
+            ),
+            count_from: format!(
+                "SELECT count(*) FROM {schema}.kv WHERE client = $1 AND key >= $2"
+            ),
+            count_range: format!(
+                "SELECT count(*) FROM {schema}.kv WHERE client = $1 AND key >= $2 AND key < $3"
             ),
             scan_first: format!(
                 "SELECT client, key, version, value FROM {schema}.kv ORDER BY client, key LIMIT $1"
@@ -233,8 +242,17 @@ fn namespace_lock(client: &ClientId) -> i64 {
 /// The PostgreSQL store: a connection pool and prepared statements.
 pub struct PostgresStore {
     pool: Pool,
-    sql: Sql,
+    sql: Arc<Sql>,
     max_namespace_bytes: u64,
+    /// Paged reads under way (each holds a pooled connection).
+    paged: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many paged reads may hold a pooled connection at once: a quarter of
+/// the pool, so stalled readers cannot starve writers. Reads beyond it are
+/// read whole (the server reserves memory for them first).
+pub fn paged_readers(pool_size: usize) -> usize {
+    (pool_size / 4).max(1)
 }
 
 /// (client, key) as stored.
@@ -288,8 +306,9 @@ impl PostgresStore {
         .await?;
         Ok(PostgresStore {
             pool,
-            sql: Sql::new(&schema),
+            sql: Arc::new(Sql::new(&schema)),
             max_namespace_bytes: config.max_namespace_bytes,
+            paged: Arc::new(tokio::sync::Semaphore::new(paged_readers(config.pool_size))),
         })
     }
 
@@ -693,6 +712,181 @@ impl Store for PostgresStore {
             .run("totals", |_| self.totals_once())
             .await
             .and_then(|result| result)
+    }
+
+    async fn pages(
+        &self,
+        client: ClientId,
+        prefix: String,
+    ) -> Result<Box<dyn lss_store::Pages>, StoreError> {
+        let Ok(permit) = self.paged.clone().try_acquire_owned() else {
+            let kvs = self.get(client, prefix).await?;
+            return Ok(Box::new(lss_store::Loaded(kvs.into())));
+        };
+        let db = self.pool.get().await.map_err(|e| match pool_failure(e) {
+            Failure::Fail(e) => e,
+            Failure::Retry { error, .. } => StoreError::Unavailable(error),
+        })?;
+        let (requests, asked) = tokio::sync::mpsc::channel(1);
+        let (counted, count) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve_pages(
+            db,
+            self.sql.clone(),
+            client,
+            prefix,
+            counted,
+            asked,
+            permit,
+        ));
+        let count = count
+            .await
+            .map_err(|_| StoreError::Unavailable("the paged read stopped".into()))??;
+        Ok(Box::new(PostgresPages {
+            count,
+            requests,
+            done: false,
+            held: VecDeque::new(),
+        }))
+    }
+}
+
+/// One page asked of [`serve_pages`]: its byte budget and where to answer
+/// (the rows, and whether the read is complete).
+type PageRequest = (
+    usize,
+    tokio::sync::oneshot::Sender<Result<(Vec<KeyValue>, bool), StoreError>>,
+);
+
+/// A paged read: one REPEATABLE READ, READ ONLY transaction on its own
+/// pooled connection (one snapshot for the count and every page), the rows
+/// drawn from a portal (a cursor of the extended protocol) a batch at a
+/// time. Ends, rolling back and returning the connection, when its reader
+/// drops the pages.
+async fn serve_pages(
+    mut db: deadpool_postgres::Object,
+    sql: Arc<Sql>,
+    client: ClientId,
+    prefix: String,
+    counted: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    mut asked: tokio::sync::mpsc::Receiver<PageRequest>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let failed = |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}"));
+    let namespace: Vec<u8> = client.as_bytes().to_vec();
+    let start = prefix.as_bytes().to_vec();
+    let end = prefix_end(&start);
+    let opened = async {
+        let tx = db
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(failed)?;
+        let (count_sql, get_sql) = match end {
+            Some(_) => (&sql.count_range, &sql.get_range),
+            None => (&sql.count_from, &sql.get_from),
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&namespace, &start];
+        if let Some(end) = &end {
+            params.push(end);
+        }
+        let count: i64 = tx
+            .query_one(count_sql.as_str(), &params)
+            .await
+            .map_err(failed)?
+            .try_get(0)
+            .map_err(failed)?;
+        let statement = tx.prepare(get_sql).await.map_err(failed)?;
+        let portal = tx.bind(&statement, &params).await.map_err(failed)?;
+        Ok((tx, portal, u64::try_from(count).unwrap_or(0)))
+    };
+    let (tx, portal, count) = match opened.await {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = counted.send(Err(e));
+            return;
+        }
+    };
+    if counted.send(Ok(count)).is_err() {
+        return;
+    }
+    let mut rows_next: i32 = 64;
+    while let Some((budget, answer)) = asked.recv().await {
+        let page = async {
+            let rows = tx.query_portal(&portal, rows_next).await.map_err(failed)?;
+            let complete = rows.len() < usize::try_from(rows_next).unwrap_or(usize::MAX);
+            let mut kvs = Vec::with_capacity(rows.len());
+            let mut bytes = 0usize;
+            for row in rows {
+                let key: Vec<u8> = row.try_get(0).map_err(failed)?;
+                let key = String::from_utf8(key)
+                    .map_err(|_| StoreError::Corrupt("a stored key is not UTF-8".into()))?;
+                let value: Vec<u8> = row.try_get(2).map_err(failed)?;
+                bytes += key.len() + value.len();
+                kvs.push(KeyValue {
+                    key,
+                    version: row.try_get(1).map_err(failed)?,
+                    value,
+                });
+            }
+            // The next batch: about one budget at these rows' average size.
+            let average = (bytes / kvs.len().max(1)).max(1);
+            rows_next = i32::try_from(budget / average)
+                .unwrap_or(1024)
+                .clamp(1, 1024);
+            Ok((kvs, complete))
+        };
+        let result = page.await;
+        let failed = result.is_err();
+        if answer.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The reader's side of [`serve_pages`]: pages cut to the asked size from
+/// the batches the task sends (one batch held at most).
+struct PostgresPages {
+    count: u64,
+    requests: tokio::sync::mpsc::Sender<PageRequest>,
+    done: bool,
+    held: VecDeque<KeyValue>,
+}
+
+impl lss_store::Pages for PostgresPages {
+    fn count(&mut self) -> lss_store::PageFuture<'_, u64> {
+        let count = self.count;
+        Box::pin(async move { Ok(count) })
+    }
+
+    fn next_page(&mut self, max_bytes: usize) -> lss_store::PageFuture<'_, Vec<KeyValue>> {
+        Box::pin(async move {
+            let stopped = || StoreError::Unavailable("the paged read stopped".into());
+            let mut page = Vec::new();
+            let mut bytes = 0usize;
+            loop {
+                while let Some(kv) = self.held.front() {
+                    let size = kv.key.len() + kv.value.len();
+                    if !page.is_empty() && bytes + size > max_bytes {
+                        return Ok(page);
+                    }
+                    bytes += size;
+                    page.extend(self.held.pop_front());
+                }
+                if self.done {
+                    return Ok(page);
+                }
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                self.requests
+                    .send((max_bytes, answer))
+                    .await
+                    .map_err(|_| stopped())?;
+                let (rows, complete) = answered.await.map_err(|_| stopped())??;
+                self.done = complete;
+                self.held.extend(rows);
+            }
+        })
     }
 }
 
