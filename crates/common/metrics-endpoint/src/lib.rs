@@ -93,6 +93,14 @@ pub async fn serve(listen: SocketAddr) -> Result<Endpoint, Error> {
     Ok(Endpoint { addr, task })
 }
 
+/// [`serve`] when `--metrics-listen` was given, nothing otherwise.
+pub async fn serve_if(listen: Option<SocketAddr>) -> Result<Option<Endpoint>, Error> {
+    match listen {
+        Some(addr) => serve(addr).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 fn install() -> Result<PrometheusHandle, Error> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)

@@ -54,10 +54,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log_init::init(args.log_format);
-    let _metrics = match args.metrics_listen {
-        Some(addr) => Some(metrics_endpoint::serve(addr).await?),
-        None => None,
-    };
+    let _metrics = metrics_endpoint::serve_if(args.metrics_listen).await?;
     #[cfg(feature = "test-faults")]
     tracing::warn!(
         "built with test-faults: this keyserver forges on request (Test.ForgeUID); for tests only"

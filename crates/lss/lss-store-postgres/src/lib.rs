@@ -864,15 +864,9 @@ impl lss_store::Pages for PostgresPages {
         Box::pin(async move {
             let stopped = || StoreError::Unavailable("the paged read stopped".into());
             let mut page = Vec::new();
-            let mut bytes = 0usize;
             loop {
-                while let Some(kv) = self.held.front() {
-                    let size = kv.key.len() + kv.value.len();
-                    if !page.is_empty() && bytes + size > max_bytes {
-                        return Ok(page);
-                    }
-                    bytes += size;
-                    page.extend(self.held.pop_front());
+                if lss_store::fill_page(&mut self.held, &mut page, max_bytes) {
+                    return Ok(page);
                 }
                 if self.done {
                     return Ok(page);

@@ -130,17 +130,30 @@ impl Pages for Loaded {
 
     fn next_page(&mut self, max_bytes: usize) -> PageFuture<'_, Vec<KeyValue>> {
         let mut page = Vec::new();
-        let mut bytes = 0;
-        while let Some(kv) = self.0.front() {
-            let len = kv.stored_len() as usize;
-            if !page.is_empty() && bytes + len > max_bytes {
-                break;
-            }
-            bytes += len;
-            page.extend(self.0.pop_front());
-        }
+        fill_page(&mut self.0, &mut page, max_bytes);
         Box::pin(async move { Ok(page) })
     }
+}
+
+/// Moves entries from the front of `held` to the end of `page` while the
+/// page stays within `max_bytes` of keys and values (it always takes one
+/// into an empty page). Returns whether the page is full: `held` still
+/// has entries. Every [`Pages`] cuts its pages with it.
+pub fn fill_page(
+    held: &mut VecDeque<KeyValue>,
+    page: &mut Vec<KeyValue>,
+    max_bytes: usize,
+) -> bool {
+    let mut bytes: usize = page.iter().map(|kv| kv.stored_len() as usize).sum();
+    while let Some(kv) = held.front() {
+        let len = kv.stored_len() as usize;
+        if !page.is_empty() && bytes + len > max_bytes {
+            return true;
+        }
+        bytes += len;
+        page.extend(held.pop_front());
+    }
+    false
 }
 
 /// One stored entry with its namespace: the unit of export, import and copy.

@@ -278,14 +278,8 @@ async fn serve(
     access: std::sync::Arc<lssd::access::Access>,
 ) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(tls_config).transpose()?;
-    let _metrics = match config.metrics_listen {
-        Some(addr) => {
-            let endpoint = metrics_endpoint::serve(addr).await?;
-            lssd::metrics::describe();
-            Some(endpoint)
-        }
-        None => None,
-    };
+    let _metrics = metrics_endpoint::serve_if(config.metrics_listen).await?;
+    lssd::metrics::describe();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -6,22 +6,10 @@
 use std::path::Path;
 
 use lk_testkit::process::LssdProcess;
-use lk_testkit::prometheus::Prometheus;
+use lk_testkit::prometheus::{metrics_addr, Prometheus};
 use lss_client::{ConnectOptions, PrivClient};
 use lss_core::secp256k1::SecretKey;
 use lss_core::KeyValue;
-
-fn metrics_addr(log: &str) -> std::net::SocketAddr {
-    let rest = log
-        .split("metrics on http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no metrics line in the log:\n{log}"));
-    rest.split('/')
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .expect("address")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_what_clients_caused() {

@@ -60,14 +60,8 @@ async fn run(
     let master = master?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let _metrics = match config.metrics_listen {
-        Some(addr) => {
-            let endpoint = metrics_endpoint::serve(addr).await?;
-            sphinx_broker::metrics::describe();
-            Some(endpoint)
-        }
-        None => None,
-    };
+    let _metrics = metrics_endpoint::serve_if(config.metrics_listen).await?;
+    sphinx_broker::metrics::describe();
     let owner = Arc::new(Owner::load(&config.data_dir, config.owner)?);
     let gate = Arc::new(link::Gate::new(owner, config.login));
     if config.login.compat {

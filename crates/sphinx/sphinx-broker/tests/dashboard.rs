@@ -9,7 +9,7 @@ use driver::checks::{ecdh, key, lss_broker, new_channel, peer};
 use driver::{lssd_binary, Broker, SignerHome};
 use lk_testkit::browser::{Browser, Locator};
 use lk_testkit::process::LssdProcess;
-use lk_testkit::prometheus::Prometheus;
+use lk_testkit::prometheus::{metrics_addr, Prometheus};
 use secp256k1::Secp256k1;
 use sphinx_wire::control::{self, ControlMessage};
 use vls_protocol::model::{DisclosedSecret, PubKey};
@@ -189,18 +189,6 @@ fn dashboard_in_chromium_shows_the_signer_requests_lss_policy_and_errors() {
         "!document.getElementById('no-signers').hidden",
     ));
     drop(browser);
-}
-
-fn metrics_addr(log: &str) -> std::net::SocketAddr {
-    let rest = log
-        .split("metrics on http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no metrics line in the broker's log:\n{log}"));
-    rest.split('/')
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .expect("address")
 }
 
 #[test]

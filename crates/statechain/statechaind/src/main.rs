@@ -136,10 +136,7 @@ enum KekCmd {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log_init::init(args.log_format);
-    let _metrics = match args.metrics_listen {
-        Some(addr) => Some(metrics_endpoint::serve(addr).await?),
-        None => None,
-    };
+    let _metrics = metrics_endpoint::serve_if(args.metrics_listen).await?;
     let mainnet = match args.network.as_str() {
         "bitcoin" => true,
         "regtest" | "signet" | "testnet4" => false,

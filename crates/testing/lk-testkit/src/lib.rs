@@ -1866,6 +1866,20 @@ pub mod prometheus {
         dir: tempfile::TempDir,
     }
 
+    /// The address a daemon's log says its metrics are served on (the
+    /// `metrics on http://ADDR/metrics` line of `metrics-endpoint`).
+    pub fn metrics_addr(log: &str) -> SocketAddr {
+        let rest = log
+            .split("metrics on http://")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no metrics line in the log:\n{log}"));
+        rest.split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .expect("a metrics address")
+    }
+
     impl Prometheus {
         /// Starts Prometheus scraping `targets` (`/metrics` of each) and
         /// waits until it answers queries.

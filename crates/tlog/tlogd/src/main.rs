@@ -191,10 +191,7 @@ fn token(dir: &Path) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     log_init::init(args.log_format);
-    let _metrics = match args.metrics_listen {
-        Some(addr) => Some(metrics_endpoint::serve(addr).await?),
-        None => None,
-    };
+    let _metrics = metrics_endpoint::serve_if(args.metrics_listen).await?;
     anyhow::ensure!(
         tlog_core::checkpoint::is_lightkeeper_origin(&args.origin),
         "--origin {:?} must be <dns-name>/<path> of lowercase letters, digits, '.', '-' and '/'",
