@@ -106,6 +106,13 @@ pub struct Settings {
     /// provider, that provider's signed log is verified by the signer too.
     #[arg(long, env = "BROKER_LSS_WRITE_QUORUM")]
     pub lss_write_quorum: Option<usize>,
+    /// Registration tokens for LSS servers that admit only registered
+    /// clients (`lssd --access allowlist`; the operator's `lssd
+    /// issue-token`), comma-separated in the order of --lss-url, empty for
+    /// a server that needs none. Each admits the signer's client id once;
+    /// the server remembers it afterwards.
+    #[arg(long, env = "BROKER_LSS_REGISTRATION_TOKEN", hide_env_values = true)]
+    pub lss_registration_token: Option<String>,
     /// CA certificate (PEM) for an https:// LSS server with a private CA.
     #[arg(long, env = "BROKER_LSS_CA")]
     pub lss_ca: Option<PathBuf>,
@@ -200,72 +207,87 @@ impl Settings {
 
     /// Applies defaults and checks everything.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let lss =
-            match (&self.lss_url, self.no_lss) {
-                (Some(_), true) => {
-                    return Err(ConfigError(
-                        "--lss-url and --no-lss contradict each other".into(),
-                    ))
-                }
-                (Some(urls), _) => {
-                    let ca =
-                        match &self.lss_ca {
-                            Some(ca) => Some(std::fs::read(ca).map_err(|e| {
-                                ConfigError(format!("--lss-ca {}: {e}", ca.display()))
-                            })?),
-                            None => None,
-                        };
-                    let mut providers = Vec::new();
-                    for url in urls.split(',').map(str::trim) {
-                        if !(url.starts_with("http://") || url.starts_with("https://")) {
-                            return Err(ConfigError(format!(
-                                "--lss-url {url:?} must be http:// or https://"
-                            )));
-                        }
-                        if providers
-                            .iter()
-                            .any(|p: &lss_client::ConnectOptions| p.url == url)
-                        {
-                            return Err(ConfigError(format!("--lss-url names {url:?} twice")));
-                        }
-                        let mut options = lss_client::ConnectOptions::new(url.to_string());
-                        if let Some(pem) = &ca {
-                            options.tls = Some(lss_client::TlsOptions {
-                                ca_pem: Some(pem.clone()),
-                                ..Default::default()
-                            });
-                        }
-                        providers.push(options);
-                    }
-                    let n = providers.len();
-                    if n > sphinx_wire::lss::MAX_PROVIDERS {
+        let lss = match (&self.lss_url, self.no_lss) {
+            (Some(_), true) => {
+                return Err(ConfigError(
+                    "--lss-url and --no-lss contradict each other".into(),
+                ))
+            }
+            (Some(urls), _) => {
+                let ca = match &self.lss_ca {
+                    Some(ca) => Some(
+                        std::fs::read(ca)
+                            .map_err(|e| ConfigError(format!("--lss-ca {}: {e}", ca.display())))?,
+                    ),
+                    None => None,
+                };
+                let mut providers = Vec::new();
+                for url in urls.split(',').map(str::trim) {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(ConfigError(format!(
-                            "--lss-url names {n} providers; at most {} are supported",
-                            sphinx_wire::lss::MAX_PROVIDERS
+                            "--lss-url {url:?} must be http:// or https://"
                         )));
                     }
-                    let write_quorum = match self.lss_write_quorum {
-                        Some(w) if w == 0 || w > n => {
-                            return Err(ConfigError(format!(
-                                "--lss-write-quorum {w} must be between 1 and the {n} provider(s)"
-                            )))
-                        }
-                        Some(w) => Some(w),
-                        None if n > 1 => Some(n / 2 + 1),
-                        None => None,
-                    };
-                    Some(LssProviders {
-                        providers,
-                        write_quorum,
-                    })
+                    if providers
+                        .iter()
+                        .any(|p: &lss_client::ConnectOptions| p.url == url)
+                    {
+                        return Err(ConfigError(format!("--lss-url names {url:?} twice")));
+                    }
+                    let mut options = lss_client::ConnectOptions::new(url.to_string());
+                    if let Some(pem) = &ca {
+                        options.tls = Some(lss_client::TlsOptions {
+                            ca_pem: Some(pem.clone()),
+                            ..Default::default()
+                        });
+                    }
+                    providers.push(options);
                 }
-                (None, true) => None,
-                (None, _) => return Err(ConfigError(
+                if let Some(tokens) = &self.lss_registration_token {
+                    let tokens: Vec<&str> = tokens.split(',').map(str::trim).collect();
+                    if tokens.len() != providers.len() {
+                        return Err(ConfigError(format!(
+                                "--lss-registration-token has {} entries for {} --lss-url server(s): give one per server, empty where none is needed",
+                                tokens.len(),
+                                providers.len()
+                            )));
+                    }
+                    for (options, token) in providers.iter_mut().zip(tokens) {
+                        options.registration_token =
+                            Some(token.to_string()).filter(|t| !t.is_empty());
+                    }
+                }
+                let n = providers.len();
+                if n > sphinx_wire::lss::MAX_PROVIDERS {
+                    return Err(ConfigError(format!(
+                        "--lss-url names {n} providers; at most {} are supported",
+                        sphinx_wire::lss::MAX_PROVIDERS
+                    )));
+                }
+                let write_quorum = match self.lss_write_quorum {
+                    Some(w) if w == 0 || w > n => {
+                        return Err(ConfigError(format!(
+                            "--lss-write-quorum {w} must be between 1 and the {n} provider(s)"
+                        )))
+                    }
+                    Some(w) => Some(w),
+                    None if n > 1 => Some(n / 2 + 1),
+                    None => None,
+                };
+                Some(LssProviders {
+                    providers,
+                    write_quorum,
+                })
+            }
+            (None, true) => None,
+            (None, _) => {
+                return Err(ConfigError(
                     "no LSS server: give --lss-url (BROKER_LSS_URL, lss_url in broker.toml), or \
                      --no-lss true to run with the signer's state kept only on the signer"
                         .into(),
-                )),
-            };
+                ))
+            }
+        };
         let owner = match &self.owner {
             Some(hex_key) => Some(
                 hex::decode(hex_key)

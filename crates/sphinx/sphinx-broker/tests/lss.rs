@@ -484,3 +484,67 @@ fn a_single_change_of_2_mib_is_stored_and_restored() {
     };
     assert_eq!(list.len(), payees.len());
 }
+
+/// An LSS provider that admits registered clients only (`lssd --access
+/// allowlist`): the signer is refused until the broker presents the
+/// operator's registration token, then served, and remembered.
+#[test]
+fn a_registration_token_admits_the_signer_on_an_allowlist_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("lssd");
+    let data_arg = data.to_str().expect("utf8");
+    let lss = LssdProcess::spawn(
+        &lssd_binary(),
+        &["--data-dir", data_arg, "--access", "allowlist"],
+    )
+    .expect("start lssd");
+    let issued = std::process::Command::new(lssd_binary())
+        .args([
+            "issue-token",
+            "--data-dir",
+            data_arg,
+            "--access",
+            "allowlist",
+        ])
+        .output()
+        .expect("run lssd issue-token");
+    assert!(issued.status.success(), "{issued:?}");
+    let token = String::from_utf8(issued.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    let home = SignerHome::create(&dir.path().join("signer"));
+
+    // Without the token: refused by the provider, so not admitted.
+    let without = dir.path().join("without");
+    std::fs::create_dir_all(&without).expect("dir");
+    let mut broker = lss_broker(&without, &lss.url, &home, &[]);
+    let mut signer = home.start_lss(&broker.url(), &[]);
+    broker.proc.wait_log("signer not admitted");
+    assert!(
+        log_has(&broker.proc, "registration token"),
+        "the refusal says what is missing:\n{}",
+        broker.proc.log_text()
+    );
+    signer.kill();
+    broker.proc.kill();
+    drop(broker);
+
+    // With it: served, and the server remembers the signer.
+    let mut broker = lss_broker(
+        dir.path(),
+        &lss.url,
+        &home,
+        &["--lss-registration-token", &token],
+    );
+    let _signer = home.start_lss(&broker.url(), &[]);
+    let _ = init_reply(&mut broker, &home);
+    new_channel(&mut broker.master, 1);
+    let registered =
+        std::fs::read_to_string(data.join("registered_clients")).expect("registered_clients");
+    assert_eq!(
+        registered.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "the signer's client id, registered once: {registered}"
+    );
+}
