@@ -201,8 +201,8 @@ pub struct Args {
     )]
     pub max_connections: NonZeroUsize,
 
-    /// Most open connections from one source address, IPv6 counted by /64
-    ///; more are closed as they are accepted.
+    /// Most open connections from one source address, IPv6 counted by /64;
+    /// more are closed as they are accepted.
     #[arg(
         long,
         global = true,
