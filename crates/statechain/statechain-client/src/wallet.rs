@@ -42,6 +42,12 @@ const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("wallet");
 /// How long a receiver waits for its key update to be under a published
 /// checkpoint (a few checkpoint intervals).
 const FINALITY_WAIT: Duration = Duration::from_secs(30);
+
+/// How old the members' cosignatures on a checkpoint may be for the
+/// wallet to accept it (statechain.md §5.5): the SE announces an idle log
+/// again every 60 s so its members cosign it anew; cosignatures older than
+/// this mean the members stopped vouching for what the SE serves.
+pub const COSIGNATURE_MAX_AGE_SECS: u64 = 600;
 /// Confirmations a received coin's funding needs (§4.5 step 9).
 pub const MIN_CONFIRMATIONS: u32 = 3;
 
@@ -1036,6 +1042,7 @@ impl Wallet {
         } else {
             tlog_core::policy::Policy::parse(&pinned.policy)
                 .map_err(|e| log_err(format!("pinned policy: {e}")))?
+                .max_age(COSIGNATURE_MAX_AGE_SECS)
         };
         let deadline = Instant::now() + FINALITY_WAIT;
         loop {

@@ -50,6 +50,10 @@ pub struct Options {
     /// Validating cosignatures needed before a checkpoint is published
     /// (≤ the members; 0: published once signed).
     pub cosign_quorum: usize,
+    /// How long an idle log waits before announcing its checkpoint again
+    /// for fresh cosignatures (statechain.md §5.5: 60 s, so wallets'
+    /// `max_age` of 600 s holds while nothing happens).
+    pub republish_interval: Duration,
 }
 
 /// A federation member as the SE knows it.
@@ -183,7 +187,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             cosigners: opts.members.iter().map(|m| m.key.clone()).collect(),
             cosigner_quorum: opts.cosign_quorum.min(opts.members.len()),
             // Cosignatures stay fresh for wallets' max_age (§5.5).
-            republish: Duration::from_secs(60),
+            republish: opts.republish_interval,
             ..tlog_node::submit::Publish::default()
         },
     )

@@ -67,6 +67,16 @@ struct Args {
         default_value_t = 500
     )]
     checkpoint_interval_ms: u64,
+    /// Seconds an idle log waits before announcing its checkpoint again, so
+    /// members cosign it anew and wallets (max_age 600 s) keep accepting
+    /// it (statechain.md §5.5).
+    #[arg(
+        long,
+        env = "STATECHAIND_REPUBLISH_INTERVAL_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    republish_interval_secs: u64,
     /// Token backend: free (born paid) or manual.
     #[arg(long, env = "STATECHAIND_TOKENS", default_value = "free")]
     tokens: String,
@@ -250,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
         peers: args.peers.clone(),
         members,
         cosign_quorum,
+        republish_interval: Duration::from_secs(args.republish_interval_secs),
         kek_rotate_interval: (args.kek_rotate_interval_s > 0)
             .then(|| Duration::from_secs(args.kek_rotate_interval_s)),
     })

@@ -590,3 +590,75 @@ fn a_partitioned_federation_heals_and_converges() {
         assert_eq!(v.get("/v1/info").body["log"]["status"], "active");
     }
 }
+
+/// statechain.md §5.5: an idle statechain log announces its checkpoint
+/// again every `republish_interval`; the members cosign it anew, so the
+/// published note's cosignatures stay younger than wallets' `max_age`
+/// while nothing is appended. (Before, the refresh went only to HTTP
+/// witnesses, and the members' cosignatures aged until the next append.)
+#[test]
+fn an_idle_log_keeps_its_members_cosignatures_fresh() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let se_dir = dir.path().join("se");
+    let vkey = {
+        let se = start(&se_dir, &[]);
+        Http::new(&se.url).get("/v1/info").body["log"]["vkey"]
+            .as_str()
+            .expect("vkey")
+            .to_string()
+    };
+    let a = start_with(
+        &dir.path().join("a"),
+        &[
+            "--role",
+            "member",
+            "--follow",
+            &vkey,
+            "--member-name",
+            "a",
+            "--peer",
+            "127.0.0.1:9",
+        ],
+    );
+    let va = std::fs::read_to_string(dir.path().join("a").join("validator-vkey"))
+        .expect("validator-vkey")
+        .trim()
+        .to_string();
+    let se = start_with(
+        &se_dir,
+        &[
+            "--member",
+            &format!("{va}@{}", a.sync_addr),
+            "--republish-interval-secs",
+            "1",
+        ],
+    );
+    let http = Http::new(&se.url);
+    let mut owner = Owner::deposit(&http, se_id(&http), 93);
+    owner.sign(&http, [1; 32], &scalar(0x63));
+    let cosigned_at = |note: &str| -> u64 {
+        tlog_core::note::Note::parse(note.as_bytes())
+            .expect("a note")
+            .signatures()
+            .iter()
+            .find(|l| l.name == "a/validator")
+            .and_then(|l| l.cosignature_time())
+            .unwrap_or_else(|| panic!("no cosignature of a: {note}"))
+    };
+    let (size, first) = eventually("a checkpoint cosigned by the member", || {
+        let (size, note) = published(&http)?;
+        (size >= 2 && note.contains("— a/validator ")).then_some((size, note))
+    });
+    let first_at = cosigned_at(&first);
+    // Nothing is appended from here on; the cosignature gets newer anyway.
+    let (again, refreshed) = eventually("a fresher cosignature on the idle log", || {
+        let (size, note) = published(&http)?;
+        (cosigned_at(&note) >= first_at + 2).then_some((size, note))
+    });
+    assert_eq!(again, size, "the same checkpoint, not a new one");
+    assert_eq!(
+        first.lines().next(),
+        refreshed.lines().next(),
+        "same origin"
+    );
+}

@@ -97,6 +97,9 @@ pub struct LogNode<S> {
     /// ahead of `published` while the publish policy waits for
     /// cosignatures that peers give over LKTL/1.
     signed: watch::Sender<Option<Published>>,
+    /// Counts the refreshes of an idle log federation cosigners witness:
+    /// each asks the announcer to send the latest note to every peer again.
+    refreshed: watch::Sender<u64>,
     publish: submit::Publish,
     /// When the witnesses last got a submission.
     last_submitted: std::sync::Mutex<Option<std::time::Instant>>,
@@ -157,6 +160,7 @@ impl<S: LogStore> LogNode<S> {
         let log = store.create_log(origin, options).await?;
         let (published, _) = watch::channel(None);
         let (signed, _) = watch::channel(None);
+        let (refreshed, _) = watch::channel(0);
         let node = Arc::new(LogNode {
             store,
             log,
@@ -164,6 +168,7 @@ impl<S: LogStore> LogNode<S> {
             key,
             published,
             signed,
+            refreshed,
             publish,
             last_submitted: std::sync::Mutex::new(None),
         });
@@ -260,6 +265,12 @@ impl<S: LogStore> LogNode<S> {
         self.signed.subscribe()
     }
 
+    /// Changes when an idle log wants its latest checkpoint announced to
+    /// every peer again, those that hold it included (see `refresh`).
+    pub fn refreshed(&self) -> watch::Receiver<u64> {
+        self.refreshed.subscribe()
+    }
+
     /// The signed checkpoint's size and root.
     pub fn signed_head(&self) -> Option<(u64, tlog_core::Hash)> {
         let signed = self.signed.borrow().clone()?;
@@ -330,14 +341,27 @@ impl<S: LogStore> LogNode<S> {
     }
 
     /// An idle witnessed log resubmits its latest checkpoint every
-    /// `republish` (tlog.md §5.2) so cosignatures stay fresh.
+    /// `republish` (tlog.md §5.2) so cosignatures stay fresh: to its HTTP
+    /// witnesses, or, when federation cosigners witness it, by announcing
+    /// the checkpoint to the peers again (they cosign it anew, peer.rs, and
+    /// their fresher lines merge into it and publish it again).
     async fn refresh(&self, key: &SignerKey) -> Result<(), StoreError> {
         let due = self
             .last_submitted
             .lock()
             .map(|t| t.is_none_or(|t| t.elapsed() >= self.publish.republish))
             .unwrap_or(false);
-        if !due || self.publish.witnesses.is_empty() {
+        if !due {
+            return Ok(());
+        }
+        if self.publish.witnesses.is_empty() {
+            if !self.publish.cosigners.is_empty() {
+                if let Ok(mut at) = self.last_submitted.lock() {
+                    *at = Some(std::time::Instant::now());
+                }
+                // The announcer sends the latest note to every peer.
+                self.refreshed.send_modify(|n| *n += 1);
+            }
             return Ok(());
         }
         let Some(bytes) = self.store.checkpoint(self.log, None).await? else {

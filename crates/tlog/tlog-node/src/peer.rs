@@ -73,6 +73,12 @@ const MAX_UNANSWERED: u32 = 3;
 /// per second, tlog.md §7.9).
 const INV_SPACING: Duration = Duration::from_millis(200);
 
+/// How old this node's cosignature on a checkpoint must be before a peer's
+/// new announcement of that same checkpoint makes it cosign again (the
+/// origin's refresh of an idle log, tlog.md §5.2). Timestamps are whole
+/// seconds, so this is the finest refresh there is.
+pub const RECOSIGN_AFTER: Duration = Duration::from_secs(1);
+
 /// Limits and timers (tlog.md §7.9 defaults).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -1181,15 +1187,31 @@ impl<S: LogStore> Peer<S> {
     }
 
     /// Announces every newly signed checkpoint of `log` to the peers
-    /// behind it.
+    /// behind it, and the latest to every peer when the log refreshes.
     ///
     /// At most five rounds a second per log (tlog.md §7.9): a checkpoint
     /// signed while a round waits replaces the older one, since the watch
     /// holds only the newest.
     async fn announce(self: Arc<Self>, log: Arc<Log<S>>) {
         let mut signed = log.node.signed();
+        let mut refreshed = log.node.refreshed();
         let mut last: Option<Instant> = None;
-        while signed.changed().await.is_ok() {
+        loop {
+            // A refresh goes to peers that hold the checkpoint too, so
+            // they cosign it anew (tlog.md §5.2).
+            let again = tokio::select! {
+                changed = signed.changed() => match changed {
+                    Ok(()) => false,
+                    Err(_) => break,
+                },
+                changed = refreshed.changed() => match changed {
+                    Ok(()) => {
+                        refreshed.borrow_and_update();
+                        true
+                    }
+                    Err(_) => break,
+                },
+            };
             if let Some(at) = last {
                 tokio::time::sleep(INV_SPACING.saturating_sub(at.elapsed())).await;
             }
@@ -1205,7 +1227,7 @@ impl<S: LogStore> Peer<S> {
             }
             let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
             for conn in conns {
-                inv_to(&log, &conn, false).await;
+                inv_to(&log, &conn, again).await;
             }
         }
     }
@@ -1296,11 +1318,15 @@ impl<S: LogStore> Log<S> {
         let target = match follow::judge_note(&local, n, &root, ours_at_n, inv) {
             follow::Verdict::Known => {
                 // Keep the extra cosignatures (relayed on if they are new);
-                // tell a peer that is behind.
-                if n == state.checkpoint_size
-                    && self.node.merge_cosignatures(n, root, &theirs.note).await?
-                {
-                    self.relay(peer).await;
+                // tell a peer that is behind. The latest checkpoint
+                // announced again (an idle log refreshing its cosignatures,
+                // tlog.md §5.2) is cosigned anew once ours on it has aged.
+                if n == state.checkpoint_size {
+                    let merged = self.node.merge_cosignatures(n, root, &theirs.note).await?;
+                    let recosigned = self.recosign(n, root).await?;
+                    if merged || recosigned {
+                        self.relay(peer).await;
+                    }
                 }
                 inv_to(self, conn, false).await;
                 return Ok(());
@@ -1528,6 +1554,47 @@ impl<S: LogStore> Log<S> {
         Ok(())
     }
 
+    /// Cosigns the stored checkpoint of size `n` again with this node's
+    /// cosigner keys whose line on it is at least [`RECOSIGN_AFTER`] old.
+    /// Whether a line was renewed. Bounded: a peer can make this node sign
+    /// at most once a second per log, and lines only ever get newer.
+    async fn recosign(&self, n: u64, root: Hash) -> Result<bool, PeerError> {
+        let keys: Vec<&Arc<SignerKey>> = [&self.cosigner, &self.validating]
+            .into_iter()
+            .flatten()
+            .collect();
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let Some(stored) = self
+            .node
+            .store()
+            .checkpoint(self.node.log_id(), Some(n))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Ok(mut note) = Note::parse(&stored) else {
+            return Ok(false);
+        };
+        let now = crate::now_secs();
+        let mut renewed = false;
+        for key in keys {
+            let verifier = key.verifier();
+            let aged = note
+                .signatures()
+                .iter()
+                .find(|l| l.name == verifier.name() && l.id == verifier.id())
+                .and_then(|l| l.cosignature_time())
+                .is_none_or(|t| now.saturating_sub(t) >= RECOSIGN_AFTER.as_secs());
+            if aged {
+                note.add(key.sign(note.text(), now));
+                renewed = true;
+            }
+        }
+        Ok(renewed && self.node.merge_cosignatures(n, root, &note).await?)
+    }
+
     /// A verified chunk `[next, next + entries.len())` of `target`'s tree
     /// (`proof`: its end → `target`) that the validator refused: import the
     /// valid entries before the refused one, mark the log `Invalid`, and
@@ -1697,11 +1764,12 @@ impl<S: LogStore> Log<S> {
     }
 }
 
-/// Sends `conn` our signed checkpoint if it showed a smaller one,
-/// or, at connection (`hello`), whatever the sizes: so a peer holding
-/// an equal or larger tree checks ours against its own at our size,
-/// and a fork is caught at every connection (one Inv per connection).
-async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, hello: bool) {
+/// Sends `conn` our signed checkpoint if it showed a smaller one, or,
+/// with `always` (at connection, and when an idle log refreshes its
+/// cosignatures), whatever the sizes: so a peer holding an equal or larger
+/// tree checks ours against its own at our size, and a fork is caught at
+/// every connection (one Inv per connection).
+async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, always: bool) {
     let id = log.node.log_id();
     let theirs = match conn.announced(&id) {
         Some(theirs) => theirs,
@@ -1720,7 +1788,7 @@ async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, hello: bool) {
     let Some(published) = log.node.signed().borrow().clone() else {
         return;
     };
-    if theirs >= published.size && !hello {
+    if theirs >= published.size && !always {
         return;
     }
     // A proof from their size when it is within ours, else none.
