@@ -528,6 +528,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn registration_tokens_go_one_per_server_and_never_show() {
+        let urls = "http://a:1,http://b:1";
+        let config = Settings::parse_from([
+            "sphinx-broker",
+            "--lss-url",
+            urls,
+            "--lss-registration-token",
+            "lkreg1.secret-a, ",
+        ])
+        .resolve()
+        .expect("one token, one empty entry");
+        let lss = config.lss.clone().expect("lss");
+        assert_eq!(
+            lss.providers[0].registration_token.as_deref(),
+            Some("lkreg1.secret-a")
+        );
+        assert_eq!(lss.providers[1].registration_token, None);
+        let shown = format!("{config:#?}");
+        assert!(
+            !shown.contains("secret-a"),
+            "check-config shows it: {shown}"
+        );
+        let err = Settings::parse_from([
+            "sphinx-broker",
+            "--lss-url",
+            urls,
+            "--lss-registration-token",
+            "lkreg1.only-one",
+        ])
+        .resolve()
+        .expect_err("two servers, one token");
+        assert!(err.0.contains("2 --lss-url server(s)"), "{err}");
+    }
+
     /// Every setting is a key of the example file, every key of it is a
     /// setting, and the whole example parses.
     #[test]
