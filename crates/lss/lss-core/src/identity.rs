@@ -128,13 +128,21 @@ impl std::fmt::Debug for Token {
 pub struct ServerKey {
     secret: SecretKey,
     public: PublicKey,
+    /// For BIP340 signing: deriving it costs a point multiplication, as
+    /// much as the signature itself, so it is derived once.
+    keypair: secp256k1::Keypair,
 }
 
 impl ServerKey {
     /// Wraps a secret key.
     pub fn new(secret: SecretKey) -> Self {
         let public = secret.public_key(&Secp256k1::signing_only());
-        ServerKey { secret, public }
+        let keypair = secp256k1::Keypair::from_secret_key(secp256k1::SECP256K1, &secret);
+        ServerKey {
+            secret,
+            public,
+            keypair,
+        }
     }
 
     /// Parses the 64-hex-character form the reference `lssd` keeps in
@@ -169,10 +177,9 @@ impl ServerKey {
     /// auxiliary randomness: deterministic, as BIP340 permits), for
     /// statements anyone can check against `server_id`.
     pub fn sign_schnorr(&self, digest: &[u8; 32]) -> [u8; 64] {
-        let keypair = secp256k1::Keypair::from_secret_key(secp256k1::SECP256K1, &self.secret);
         let msg = secp256k1::Message::from_digest(*digest);
         secp256k1::SECP256K1
-            .sign_schnorr_no_aux_rand(&msg, &keypair)
+            .sign_schnorr_no_aux_rand(&msg, &self.keypair)
             .serialize()
     }
 

@@ -373,6 +373,19 @@ impl NamespaceLog {
         answer: Option<(&str, &[KeyValue])>,
         ring: Option<&[KeyValue]>,
     ) -> Result<(Vec<u8>, Vec<u8>), LedgerError> {
+        Ok(self.unsigned(client, seen, nonce, answer, ring)?.sign(key))
+    }
+
+    /// [`NamespaceLog::attest`] without the signature, for a server that
+    /// signs several at once ([`crate::statement::sign_batch`]).
+    pub fn unsigned(
+        &self,
+        client: &[u8; 33],
+        seen: Option<Seen>,
+        nonce: Option<Vec<u8>>,
+        answer: Option<(&str, &[KeyValue])>,
+        ring: Option<&[KeyValue]>,
+    ) -> Result<Unsigned, LedgerError> {
         let pending = self.pending(client, seen, nonce, answer.map(|(p, _)| p), ring)?;
         let digest = answer.map(|(_, kvs)| {
             let mut digest = AnswerDigest::default();
@@ -381,7 +394,7 @@ impl NamespaceLog {
             }
             digest
         });
-        Ok(pending.sign(key, digest))
+        Ok(pending.finish(digest))
     }
 
     /// Everything a checkpoint states about the log and state as they are
@@ -478,6 +491,11 @@ impl PendingAttestation {
         key: &lss_core::ServerKey,
         answer: Option<AnswerDigest>,
     ) -> (Vec<u8>, Vec<u8>) {
+        self.finish(answer).sign(key)
+    }
+
+    /// Completes it with `answer`, ready to sign.
+    pub fn finish(self, answer: Option<AnswerDigest>) -> Unsigned {
         let answer = match (self.proof, answer) {
             (Some((prefix, proof)), Some(digest)) => Some(Answer {
                 prefix,
@@ -496,7 +514,23 @@ impl PendingAttestation {
         statement.bundle =
             sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &bundle))
                 .into();
-        (statement.sign(key), bundle)
+        Unsigned { statement, bundle }
+    }
+}
+
+/// A checkpoint and its bundle, complete but for the signature.
+#[derive(Debug, Clone)]
+pub struct Unsigned {
+    /// What will be signed (its `bundle` line already set).
+    pub statement: Statement,
+    /// The bundle.
+    pub bundle: Vec<u8>,
+}
+
+impl Unsigned {
+    /// Signs it alone. Returns (note, bundle).
+    pub fn sign(self, key: &lss_core::ServerKey) -> (Vec<u8>, Vec<u8>) {
+        (self.statement.sign(key), self.bundle)
     }
 }
 

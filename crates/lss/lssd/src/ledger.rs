@@ -10,15 +10,24 @@
 //! writing the same database). A namespace whose data changed without its
 //! log (a restored backup, a hand edit) is logged as diverged and still
 //! signed as it is: clients then hold the server's own contradiction.
+//!
+//! Checkpoints are signed outside the namespace's lock by one task that
+//! signs whatever is waiting with one BIP340 signature
+//! ([`lss_verify::statement::sign_batch`]): under load every receipt of a
+//! group commit shares a signature; alone, a request is signed directly.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lss_core::{ClientId, KeyValue, PutOutcome, ServerKey, SortedKvs, ValidPut};
 use lss_store::Store;
-use lss_verify::ledger::{is_reserved, NamespaceLog, PendingAttestation, HEAD_KEY, RING_PREFIX};
+use lss_verify::ledger::{
+    is_reserved, NamespaceLog, PendingAttestation, Unsigned, HEAD_KEY, RING_PREFIX,
+};
+use lss_verify::statement::{sign_batch, MAX_BATCH};
 use lss_verify::Seen;
+use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::status;
@@ -41,11 +50,41 @@ struct Cached {
     bytes: Arc<AtomicUsize>,
 }
 
+/// A statement digest waiting for its signature.
+type SignJob = ([u8; 32], oneshot::Sender<Vec<u8>>);
+
 /// The logs of every namespace.
 pub struct Ledgers {
     key: ServerKey,
     cells: Mutex<HashMap<ClientId, Cached>>,
     budget: usize,
+    /// The batch signer, started on first use (it needs the runtime).
+    signer: OnceLock<mpsc::UnboundedSender<SignJob>>,
+}
+
+/// Signs what is waiting, up to [`MAX_BATCH`] at a time, until every
+/// sender is gone.
+async fn sign_batches(key: ServerKey, mut jobs: mpsc::UnboundedReceiver<SignJob>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Woken by the first job, the task would run next (tokio runs a
+        // task woken by another first) and sign it alone; yielding once lets
+        // the requests already runnable, typically the rest of a group
+        // commit, add theirs.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let digests: Vec<[u8; 32]> = batch.iter().map(|(d, _)| *d).collect();
+        crate::metrics::signature_batch(digests.len());
+        for ((_, reply), sig) in batch.drain(..).zip(sign_batch(&key, &digests)) {
+            // A requester that went away needs no signature.
+            let _ = reply.send(sig);
+        }
+    }
 }
 
 /// A signed checkpoint and its bundle.
@@ -111,9 +150,9 @@ impl PutVerify {
 }
 
 /// What a logged put came to.
-pub enum Logged {
+pub enum Logged<R = Attested> {
     /// Committed (with the receipt when asked for).
-    Committed(Option<Attested>),
+    Committed(Option<R>),
     /// A version conflict on the client's keys: nothing written.
     Conflict(Vec<KeyValue>),
 }
@@ -130,6 +169,29 @@ impl Ledgers {
             key,
             cells: Mutex::new(HashMap::new()),
             budget,
+            signer: OnceLock::new(),
+        }
+    }
+
+    /// Signs `unsigned`, batched with whatever else is waiting.
+    pub async fn sign(&self, unsigned: Unsigned) -> Attested {
+        let Unsigned { statement, bundle } = unsigned;
+        let digest = statement.digest();
+        let signer = self.signer.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(sign_batches(self.key.clone(), rx));
+            tx
+        });
+        let (reply, signature) = oneshot::channel();
+        let signature = match signer.send((digest, reply)) {
+            Ok(()) => signature.await.ok(),
+            Err(_) => None,
+        };
+        // Only if the signer task is gone (a panic): sign here.
+        let signature = signature.unwrap_or_else(|| self.key.sign_schnorr(&digest).to_vec());
+        Attested {
+            checkpoint: statement.note(&self.key.server_id(), signature),
+            bundle,
         }
     }
 
@@ -222,7 +284,12 @@ impl Ledgers {
             guard.as_ref().map_or(0, NamespaceLog::memory),
             Ordering::Relaxed,
         );
-        result
+        drop(guard);
+        Ok(match result? {
+            Logged::Committed(None) => Logged::Committed(None),
+            Logged::Committed(Some(unsigned)) => Logged::Committed(Some(self.sign(unsigned).await)),
+            Logged::Conflict(c) => Logged::Conflict(c),
+        })
     }
 
     async fn put_locked<S: Store>(
@@ -232,7 +299,7 @@ impl Ledgers {
         client: ClientId,
         kvs: SortedKvs,
         verify: Option<PutVerify>,
-    ) -> Result<Logged, Status> {
+    ) -> Result<Logged<Unsigned>, Status> {
         // Twice at most: once from the cache, once after reloading it.
         for attempt in 0..2 {
             let log = match guard.as_mut() {
@@ -273,7 +340,7 @@ impl Ledgers {
                     log.commit(prepared);
                     let receipt = match verify {
                         None => None,
-                        Some(v) => Some(self.attest(store, client, log, v.seen, None).await?),
+                        Some(v) => Some(Self::attest(store, client, log, v.seen, None).await?),
                     };
                     return Ok(Logged::Committed(receipt));
                 }
@@ -315,7 +382,9 @@ impl Ledgers {
             guard.as_ref().map_or(0, NamespaceLog::memory),
             Ordering::Relaxed,
         );
-        result
+        drop(guard);
+        let (kvs, unsigned) = result?;
+        Ok((kvs, self.sign(unsigned).await))
     }
 
     async fn get_locked<S: Store>(
@@ -326,7 +395,7 @@ impl Ledgers {
         prefix: String,
         nonce: Vec<u8>,
         seen: Option<Seen>,
-    ) -> Result<(Vec<KeyValue>, Attested), Status> {
+    ) -> Result<(Vec<KeyValue>, Unsigned), Status> {
         // Another process may have written: the head's version tells.
         let log = self.current(guard, store, client).await?;
         let mut kvs = store
@@ -334,10 +403,8 @@ impl Ledgers {
             .await
             .map_err(status::store)?;
         kvs.retain(|kv| !is_reserved(&kv.key));
-        let attested = self
-            .attest(store, client, log, seen, Some((prefix, nonce, &kvs)))
-            .await?;
-        Ok((kvs, attested))
+        let unsigned = Self::attest(store, client, log, seen, Some((prefix, nonce, &kvs))).await?;
+        Ok((kvs, unsigned))
     }
 
     /// Opens a snapshot of `prefix` and takes the checkpoint that goes with
@@ -360,7 +427,7 @@ impl Ledgers {
                 .pages(client, prefix.clone())
                 .await
                 .map_err(status::store)?;
-            let ring = self.ring_for(store, client, log, seen).await?;
+            let ring = Self::ring_for(store, client, log, seen).await?;
             let pending = log
                 .pending(
                     client.as_bytes(),
@@ -407,7 +474,6 @@ impl Ledgers {
 
     /// The ring's kvs when a bundle for `seen` needs them.
     async fn ring_for<S: Store>(
-        &self,
         store: &S,
         client: ClientId,
         log: &NamespaceLog,
@@ -424,29 +490,25 @@ impl Ledgers {
     }
 
     async fn attest<S: Store>(
-        &self,
         store: &S,
         client: ClientId,
         log: &NamespaceLog,
         seen: Option<Seen>,
         read: Option<(String, Vec<u8>, &[KeyValue])>,
-    ) -> Result<Attested, Status> {
-        let ring = self.ring_for(store, client, log, seen).await?;
+    ) -> Result<Unsigned, Status> {
+        let ring = Self::ring_for(store, client, log, seen).await?;
         let (nonce, answer) = match read {
             Some((prefix, nonce, kvs)) => (Some(nonce), Some((prefix, kvs))),
             None => (None, None),
         };
-        let (checkpoint, bundle) = log
-            .attest(
-                &self.key,
-                client.as_bytes(),
-                seen,
-                nonce,
-                answer.as_ref().map(|(p, kvs)| (p.as_str(), *kvs)),
-                ring.as_deref(),
-            )
-            .map_err(|e| Status::data_loss(e.to_string()))?;
-        Ok(Attested { checkpoint, bundle })
+        log.unsigned(
+            client.as_bytes(),
+            seen,
+            nonce,
+            answer.as_ref().map(|(p, kvs)| (p.as_str(), *kvs)),
+            ring.as_deref(),
+        )
+        .map_err(|e| Status::data_loss(e.to_string()))
     }
 }
 
@@ -530,5 +592,62 @@ mod tests {
                 .expect("signed");
         assert_eq!(statement.size, 2, "the reloaded log continues");
         assert_eq!(statement.state_count, 2_000);
+    }
+
+    /// Receipts that wait together share one signature, and each verifies
+    /// on its own as a checkpoint of its namespace.
+    #[tokio::test]
+    async fn checkpoints_waiting_together_share_one_signature() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path(), RedbConfig::default()).expect("store");
+        let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
+        let ledgers = Ledgers::new(key.clone());
+        let mut unsigned = Vec::new();
+        for n in 1..=16 {
+            ledgers
+                .put(&store, client(n), kvs(2), None)
+                .await
+                .expect("put");
+            let cached = ledgers.cell(client(n));
+            let guard = cached.cell.lock().await;
+            let log = guard.as_ref().expect("cached");
+            unsigned.push(
+                Ledgers::attest(&store, client(n), log, None, None)
+                    .await
+                    .expect("unsigned"),
+            );
+        }
+        // Joined on this test's one thread, all 16 wait before the signer
+        // task first runs.
+        let signed =
+            futures_util::future::join_all(unsigned.into_iter().map(|u| ledgers.sign(u))).await;
+        let mut signatures = std::collections::HashSet::new();
+        for (n, attested) in (1..=16).zip(&signed) {
+            let statement = lss_verify::Statement::verify(&attested.checkpoint, &key.server_id())
+                .expect("verifies");
+            assert_eq!(statement.client, *client(n).as_bytes());
+            let note = signature_bytes(&attested.checkpoint);
+            assert!(note.len() > 64, "a batch signature with its proof");
+            signatures.insert(note[..64].to_vec());
+        }
+        assert_eq!(signatures.len(), 1, "one BIP340 signature for the 16");
+        // Alone, a checkpoint is signed directly.
+        let cached = ledgers.cell(client(1));
+        let guard = cached.cell.lock().await;
+        let alone = Ledgers::attest(&store, client(1), guard.as_ref().expect("log"), None, None)
+            .await
+            .expect("unsigned");
+        drop(guard);
+        let attested = ledgers.sign(alone).await;
+        assert_eq!(signature_bytes(&attested.checkpoint).len(), 64);
+    }
+
+    /// The signature bytes of a checkpoint note's (only) line.
+    fn signature_bytes(note: &[u8]) -> Vec<u8> {
+        tlog_core::note::Note::parse(note)
+            .expect("note")
+            .signatures()[0]
+            .signature
+            .clone()
     }
 }

@@ -33,6 +33,9 @@ pub const NAMESPACES: &str = "lssd_namespaces";
 /// Bytes of keys and values stored in all namespaces, sampled.
 pub const STORED_BYTES: &str = "lssd_stored_bytes";
 
+/// Checkpoints signed with one signature (the verifiable log's batches).
+pub const SIGNATURE_BATCH: &str = "lssd_checkpoint_signature_batch_size";
+
 /// How often namespaces and stored bytes are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
@@ -66,6 +69,10 @@ pub fn describe() {
         STORED_BYTES,
         metrics::Unit::Bytes,
         "Bytes of keys and values stored (sampled)"
+    );
+    describe_histogram!(
+        SIGNATURE_BATCH,
+        "Checkpoints (receipts and read answers) signed with one BIP340 signature"
     );
     lss_store::metrics::describe();
 }
@@ -120,6 +127,11 @@ pub fn connections(open: usize) {
 /// A store failure of `kind`.
 pub fn store_error(kind: &'static str) {
     counter!(STORE_ERRORS, "kind" => kind).increment(1);
+}
+
+/// One signature made for `checkpoints` checkpoints.
+pub fn signature_batch(checkpoints: usize) {
+    histogram!(SIGNATURE_BATCH).record(checkpoints as f64);
 }
 
 /// Samples namespaces and stored bytes every [`SAMPLE_EVERY`], forever.

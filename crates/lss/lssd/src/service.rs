@@ -432,7 +432,7 @@ impl<S: Store> LightkeeperStorage for LssService<S> {
                     .await?;
                 let signer = Signing {
                     pending,
-                    key: ledgers.key().clone(),
+                    ledgers: ledgers.clone(),
                     digest: lss_verify::ledger::AnswerDigest::default(),
                 };
                 (pages, Some(signer))
@@ -499,7 +499,7 @@ fn key_prefix_may_hold_reserved(prefix: &str) -> bool {
 /// A verified stream's checkpoint, signed once every entry sent is hashed.
 struct Signing {
     pending: lss_verify::ledger::PendingAttestation,
-    key: lss_core::ServerKey,
+    ledgers: Arc<Ledgers>,
     digest: lss_verify::ledger::AnswerDigest,
 }
 
@@ -554,10 +554,12 @@ async fn stream_pages(
                 Vec::new()
             },
             attestation: match signing.take() {
-                Some(s) if last => {
-                    let (checkpoint, bundle) = s.pending.sign(&s.key, Some(s.digest));
-                    Some(lss_proto::Attestation { checkpoint, bundle })
-                }
+                Some(s) if last => Some(
+                    s.ledgers
+                        .sign(s.pending.finish(Some(s.digest)))
+                        .await
+                        .into(),
+                ),
                 other => {
                     signing = other;
                     None

@@ -84,6 +84,21 @@ pub fn verify_inclusion(
     proof: &[Hash],
     root: &Hash,
 ) -> Result<(), ProofError> {
+    if root_from_inclusion(index, size, leaf, proof)? != *root {
+        return Err(ProofError::Mismatch);
+    }
+    Ok(())
+}
+
+/// The root of the tree of `size` in which `proof` puts `leaf` at `index`
+/// (RFC 9162 §2.1.3.2 without the final comparison), for a caller that
+/// checks the root some other way, such as a signature over it.
+pub fn root_from_inclusion(
+    index: u64,
+    size: u64,
+    leaf: &Hash,
+    proof: &[Hash],
+) -> Result<Hash, ProofError> {
     if index >= size {
         return Err(ProofError::IndexOutOfRange { index, size });
     }
@@ -113,10 +128,7 @@ pub fn verify_inclusion(
     if sn != 0 {
         return Err(ProofError::WrongLength);
     }
-    if r != *root {
-        return Err(ProofError::Mismatch);
-    }
-    Ok(())
+    Ok(r)
 }
 
 /// RFC 9162 §2.1.4.2: does `proof` show the tree (`old`, `old_root`) is a
