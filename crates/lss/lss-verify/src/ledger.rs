@@ -270,10 +270,21 @@ impl NamespaceLog {
     /// (the caller has checked it: [`crate::entry::verify_put`]). If the
     /// commit fails, drop this log and load it again.
     pub fn prepare(&mut self, kvs: &[KeyValue], client_sig: Option<[u8; 64]>) -> Prepared {
-        let written: Vec<StateLeaf> = kvs
+        let written = kvs
             .iter()
             .map(|kv| StateLeaf::of(&kv.key, kv.version, &kv.value))
             .collect();
+        self.prepare_leaves(written, client_sig)
+    }
+
+    /// [`NamespaceLog::prepare`] with the put's leaves already computed
+    /// (`StateLeaf::of` each kv, in order), for a server that needed them
+    /// first to check the client's signature: values are hashed once.
+    pub fn prepare_leaves(
+        &mut self,
+        written: Vec<StateLeaf>,
+        client_sig: Option<[u8; 64]>,
+    ) -> Prepared {
         for leaf in &written {
             self.tree.upsert(leaf);
         }

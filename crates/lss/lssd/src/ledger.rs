@@ -260,14 +260,15 @@ impl Ledgers {
         kvs: SortedKvs,
         verify: Option<PutVerify>,
     ) -> Result<Logged, Status> {
+        // Each value hashed once, for the signature check and the log.
+        let written: Vec<lss_verify::StateLeaf> = kvs
+            .as_slice()
+            .iter()
+            .map(|kv| lss_verify::StateLeaf::of(&kv.key, kv.version, &kv.value))
+            .collect();
         if let Some(sig) = verify.and_then(|v| v.client_sig) {
             // Checked before anything is locked or stored: a signature that
             // is not the client's own for exactly these writes is refused.
-            let written: Vec<lss_verify::StateLeaf> = kvs
-                .as_slice()
-                .iter()
-                .map(|kv| lss_verify::StateLeaf::of(&kv.key, kv.version, &kv.value))
-                .collect();
             let writes = lss_verify::entry::writes_digest(&written);
             if !lss_verify::entry::verify_put(client.as_bytes(), &writes, &sig) {
                 return Err(Status::invalid_argument(
@@ -278,7 +279,7 @@ impl Ledgers {
         let cached = self.cell(client);
         let mut guard = cached.cell.lock().await;
         let result = self
-            .put_locked(&mut guard, store, client, kvs, verify)
+            .put_locked(&mut guard, store, client, kvs, written, verify)
             .await;
         cached.bytes.store(
             guard.as_ref().map_or(0, NamespaceLog::memory),
@@ -298,6 +299,7 @@ impl Ledgers {
         store: &S,
         client: ClientId,
         kvs: SortedKvs,
+        written: Vec<lss_verify::StateLeaf>,
         verify: Option<PutVerify>,
     ) -> Result<Logged<Unsigned>, Status> {
         // Twice at most: once from the cache, once after reloading it.
@@ -330,7 +332,7 @@ impl Ledgers {
                     }
                 };
             }
-            let prepared = log.prepare(kvs.as_slice(), verify.and_then(|v| v.client_sig));
+            let prepared = log.prepare_leaves(written.clone(), verify.and_then(|v| v.client_sig));
             let all = kvs
                 .clone()
                 .with_server_kvs(prepared.extra.clone())
