@@ -366,3 +366,81 @@ async fn reserved_keys_are_neither_writable_nor_visible() {
     // The store holds the log; reads (MAC checked) show the client's key only.
     assert_eq!(signer.dump(&mut grpc).await, vec![kv("k", 0, b"v")]);
 }
+
+/// Many verifying clients writing at once: lssd signs their receipts
+/// together (one BIP340 signature over a batch, each receipt with its
+/// inclusion proof), and each client's own check accepts its receipt and
+/// keeps it as its trusted checkpoint; a reply whose batch proof is altered
+/// is refused by the same check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_signed_together_verify_for_each_client() {
+    use lss_client::{ConnectOptions, PrivClient};
+    use lss_core::secp256k1::SecretKey;
+    let server = lk_testkit::Lssd::start(0x22, lss_core::Limits::default()).await;
+    let mut clients = Vec::new();
+    for n in 1..=24u8 {
+        let secret = SecretKey::from_slice(&[n; 32]).expect("key");
+        let client = PrivClient::connect(&ConnectOptions::new(&server.url), &secret, None, [n; 32])
+            .await
+            .expect("connect")
+            .verifying(None);
+        clients.push(client);
+    }
+    for version in 0..4 {
+        let puts = clients.iter_mut().map(|c| {
+            c.put(vec![lk_testkit::kv(
+                "state/a",
+                version,
+                &[version as u8; 512],
+            )])
+        });
+        for result in futures_util::future::join_all(puts).await {
+            result.expect("a verified put");
+        }
+    }
+    let server_id = server.key.server_id();
+    let mut batched = 0;
+    for client in &mut clients {
+        let note = client
+            .client()
+            .trusted()
+            .expect("a trusted checkpoint")
+            .note()
+            .to_vec();
+        let statement = lss_verify::Statement::verify(&note, &server_id).expect("signed");
+        assert_eq!(statement.size, 4);
+        let signature = signature_of(&note);
+        if signature.len() > 64 {
+            batched += 1;
+            // The same receipt with its proof altered is not the server's.
+            let mut altered = signature.clone();
+            let last = altered.len() - 1;
+            altered[last] ^= 1;
+            assert!(
+                lss_verify::Statement::verify(&with_signature(&note, &altered), &server_id)
+                    .is_err()
+            );
+        }
+    }
+    assert!(
+        batched > 0,
+        "24 clients at once: some receipts share a signature"
+    );
+}
+
+/// The signature bytes (after the key ID) of a checkpoint's only line.
+fn signature_of(note: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(note).expect("utf-8");
+    let line = text.trim_end().rsplit('\n').next().expect("signature line");
+    tlog_b64(line.rsplit(' ').next().expect("base64"))[4..].to_vec()
+}
+
+/// `note` with its signature bytes replaced.
+fn with_signature(note: &[u8], signature: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(note).expect("utf-8");
+    let (head, line) = text.trim_end().rsplit_once('\n').expect("signature line");
+    let (name, encoded) = line.rsplit_once(' ').expect("base64");
+    let mut raw = tlog_b64(encoded)[..4].to_vec();
+    raw.extend_from_slice(signature);
+    format!("{head}\n{name} {}\n", b64(&raw)).into_bytes()
+}
