@@ -29,6 +29,27 @@ struct Cli {
     /// [default: mock:<wallet>/mockchain.json].
     #[arg(long, env = "STATECHAIN_CHAIN")]
     chain: Option<String>,
+    /// PEM CA certificate(s) the SE's HTTPS certificate must chain to
+    /// (a private CA) [default: the Mozilla roots].
+    #[arg(long, env = "STATECHAIN_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain, for an SE that requires one
+    /// (`statechaind --tls-client-ca`). Needs --client-key.
+    #[arg(
+        long,
+        env = "STATECHAIN_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "STATECHAIN_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -226,6 +247,7 @@ fn run(cli: Cli) -> Result<serde_json::Value, ClientError> {
         return verify_evidence(file, vkey);
     }
     let mut w = Wallet::open(&dir, chain(&spec)?)?;
+    w.set_tls(client_tls(&cli)?);
     if let Some(url) = &cli.server {
         w.pin(url)?;
     }
@@ -371,4 +393,24 @@ fn print_human(v: &serde_json::Value) {
         }
         other => println!("{other}"),
     }
+}
+
+/// The HTTPS settings from --ca-cert, --client-cert and --client-key.
+fn client_tls(cli: &Cli) -> Result<statechain_client::http::ClientTls, ClientError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))
+    };
+    if cli.ca_cert.is_none() && cli.client_cert.is_none() {
+        return Ok(Default::default());
+    }
+    let ca = cli.ca_cert.as_ref().map(read).transpose()?;
+    let client = match (&cli.client_cert, &cli.client_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    statechain_client::http::ClientTls::from_pem(
+        ca.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
 }

@@ -459,3 +459,171 @@ fn a_wallet_refuses_an_se_that_shows_it_another_history() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("compromised"), "{}", out.stderr);
 }
+
+/// statechain.md §3.1: the SE's API over TLS (`--tls-cert`, `--tls-key`,
+/// `--tls-client-ca`, lssd's flags). A wallet reaches it only when it trusts
+/// the certificate (`--ca-cert`), and with mutual TLS only with a client
+/// certificate of the SE's client CA; plain HTTP to the port gets nothing;
+/// a public listener without TLS, and TLS settings that cannot work, stop
+/// statechaind at start with the reason.
+#[test]
+fn the_api_over_tls_and_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let ca = lk_testkit::pki::Ca::new("statechain test CA");
+    let server = ca.server(&["localhost"]);
+    let (cert, key) = (
+        write("cert.pem", &server.cert),
+        write("key.pem", &server.key),
+    );
+    let ca_file = write("ca.pem", &ca.cert_pem());
+    let clients = lk_testkit::pki::Ca::new("wallet CA");
+    let alice = clients.client("alice");
+    let (alice_cert, alice_key) = (
+        write("alice.pem", &alice.cert),
+        write("alice-key.pem", &alice.key),
+    );
+    let client_ca = write("clients.pem", &clients.cert_pem());
+    let chain = dir.path().join("chain.json");
+    std::fs::write(&chain, serde_json::json!({"tip": TIP}).to_string()).expect("chain");
+    let cli = workspace_binary("statechain-cli");
+    let wallet = dir.path().join("w");
+    let run = |args: &[&str]| lk_testkit::statechaind::statechain_cli(&cli, &wallet, &chain, args);
+    assert_eq!(run(&["wallet", "create"]).code, 0);
+
+    let se = Statechaind::start(
+        &workspace_binary("statechaind"),
+        &dir.path().join("se"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+        &[],
+    );
+    assert!(se.url.starts_with("https://127.0.0.1:"), "{}", se.url);
+    let url = se.url.replace("127.0.0.1", "localhost");
+    let untrusted = run(&["--server", &url, "info"]);
+    assert_eq!(
+        untrusted.code, 1,
+        "{}{}",
+        untrusted.stdout, untrusted.stderr
+    );
+    assert!(
+        untrusted.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        untrusted.stderr
+    );
+    let plain = run(&["--server", &url.replace("https://", "http://"), "info"]);
+    assert_ne!(plain.code, 0, "plain HTTP to the TLS port");
+    let info = run(&["--ca-cert", &ca_file, "--server", &url, "info"]);
+    assert_eq!(info.code, 0, "{}{}", info.stdout, info.stderr);
+    let token = run(&["--ca-cert", &ca_file, "token", "new"]);
+    assert_eq!(token.code, 0, "{}{}", token.stdout, token.stderr);
+    drop(se);
+
+    // Mutual TLS: the same wallet, pinned to that SE, needs a client
+    // certificate of the client CA now (a new SE: its own key and URL).
+    let wallet_b = dir.path().join("wb");
+    let run_b =
+        |args: &[&str]| lk_testkit::statechaind::statechain_cli(&cli, &wallet_b, &chain, args);
+    assert_eq!(run_b(&["wallet", "create"]).code, 0);
+    let se = Statechaind::start(
+        &workspace_binary("statechaind"),
+        &dir.path().join("se-mtls"),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &client_ca,
+        ],
+        &[],
+    );
+    let url = se.url.replace("127.0.0.1", "localhost");
+    let refused = run_b(&["--ca-cert", &ca_file, "--server", &url, "info"]);
+    assert_eq!(refused.code, 1, "no client certificate: {}", refused.stdout);
+    let other = lk_testkit::pki::Ca::new("wallet CA").client("alice");
+    let (other_cert, other_key) = (
+        write("other.pem", &other.cert),
+        write("other-key.pem", &other.key),
+    );
+    let forged = run_b(&[
+        "--ca-cert",
+        &ca_file,
+        "--client-cert",
+        &other_cert,
+        "--client-key",
+        &other_key,
+        "--server",
+        &url,
+        "info",
+    ]);
+    assert_eq!(forged.code, 1, "a look-alike client CA: {}", forged.stdout);
+    let admitted = run_b(&[
+        "--ca-cert",
+        &ca_file,
+        "--client-cert",
+        &alice_cert,
+        "--client-key",
+        &alice_key,
+        "--server",
+        &url,
+        "info",
+    ]);
+    assert_eq!(admitted.code, 0, "{}{}", admitted.stdout, admitted.stderr);
+    // A client certificate without its key is a usage error.
+    assert_eq!(
+        run_b(&["--client-cert", &alice_cert, "--server", &url, "info"]).code,
+        2
+    );
+    drop(se);
+
+    // Refused at start, with the reason.
+    let start = |extra: &[&str]| {
+        std::process::Command::new(workspace_binary("statechaind"))
+            .args([
+                "--data-dir",
+                dir.path().join("refused").to_str().expect("utf-8"),
+            ])
+            .args(["--sync-listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .expect("run statechaind")
+    };
+    for (extra, reason) in [
+        (vec!["--listen", "0.0.0.0:0"], "--tls-cert"),
+        (
+            vec!["--listen", "127.0.0.1:0", "--tls-cert", &cert],
+            "--tls-cert needs --tls-key",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &key,
+                "--tls-key",
+                &key,
+            ],
+            "no CERTIFICATE",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &alice_key,
+            ],
+            "TLS configuration",
+        ),
+    ] {
+        let out = start(&extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} must not start");
+        assert!(stderr.contains(reason), "{extra:?}: {stderr}");
+    }
+}

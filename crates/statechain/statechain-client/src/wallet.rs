@@ -34,7 +34,7 @@ use statechain_core::{LeafHash, SeId, StatechainId};
 use zeroize::Zeroizing;
 
 use crate::chain::ChainSource;
-use crate::http::SeClient;
+use crate::http::{ClientTls, SeClient};
 use crate::requests;
 use crate::ClientError;
 
@@ -248,6 +248,8 @@ pub struct Wallet {
     network: Network,
     se: Option<(SeClient, Pinned)>,
     chain: Box<dyn ChainSource>,
+    /// HTTPS settings for the SE and its members.
+    tls: ClientTls,
 }
 
 fn parse_network(s: &str) -> Result<Network, ClientError> {
@@ -286,6 +288,7 @@ impl Wallet {
             network,
             se: None,
             chain: Box::new(crate::chain::MockChain::new(Default::default())),
+            tls: ClientTls::default(),
         };
         w.put(
             "meta",
@@ -317,6 +320,7 @@ impl Wallet {
             network: Network::Regtest,
             se: None,
             chain,
+            tls: ClientTls::default(),
         };
         let meta: Value =
             serde_json::from_slice(&w.get("meta")?.ok_or_else(|| storage("no meta"))?)
@@ -446,10 +450,18 @@ impl Wallet {
         self.se.as_ref().map(|(_, p)| p.vkey.clone())
     }
 
+    /// Uses `tls` for HTTPS to the SE and its members from now on.
+    pub fn set_tls(&mut self, tls: ClientTls) {
+        if let Some((client, pinned)) = &mut self.se {
+            *client = SeClient::with_tls(&pinned.url, &tls);
+        }
+        self.tls = tls;
+    }
+
     /// Pins the SE at `url` (its `se_id`, log key and lock parameters) at
     /// first contact; later calls must find the same SE.
     pub fn pin(&mut self, url: &str) -> Result<String, ClientError> {
-        let client = SeClient::new(url);
+        let client = SeClient::with_tls(url, &self.tls);
         let info = client.get("/v1/info")?.body;
         let vkey = info["log"]["vkey"]
             .as_str()
@@ -475,7 +487,7 @@ impl Wallet {
                     "se",
                     serde_json::to_string(&moved).map_err(storage)?.as_bytes(),
                 )?;
-                self.se = Some((SeClient::new(url), moved));
+                self.se = Some((SeClient::with_tls(url, &self.tls), moved));
                 return Ok(se_id);
             }
             if p.se_id != se_id {
@@ -880,7 +892,7 @@ impl Wallet {
         let mut why = String::new();
         loop {
             for url in members {
-                let member = SeClient::new(url);
+                let member = SeClient::with_tls(url, &self.tls);
                 let v = match member.get(&format!("/v1/statechain/{}", hex::encode(id))) {
                     Ok(r) => r.body,
                     Err(e) => {

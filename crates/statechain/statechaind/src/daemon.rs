@@ -43,6 +43,8 @@ pub struct Options {
     pub node_name: String,
     /// Re-seal live secrets under a new KEK this often (`None`: never).
     pub kek_rotate_interval: Option<Duration>,
+    /// TLS for the HTTP listener (`--tls-cert`...); plain HTTP without.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Sync addresses to dial besides the members'.
     pub peers: Vec<String>,
     /// The federation's members (statechain.md §6.1).
@@ -328,11 +330,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         });
     }
     let router = crate::server::router(app);
+    let tls = opts.tls.clone();
     let serving = tokio::spawn(async move {
-        let app = router
-            .layer(metrics_endpoint::http_layer())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
+        let app = router.layer(metrics_endpoint::http_layer());
+        if let Err(e) = http_tls::serve(listener, app, tls).await {
             tracing::error!(error = %e, "statechaind listener failed");
         }
     });

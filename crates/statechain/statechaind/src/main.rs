@@ -86,7 +86,24 @@ struct Args {
     /// Allow free tokens on bitcoin.
     #[arg(long)]
     danger_free_tokens: bool,
-    /// Allow a non-loopback listener without TLS.
+    /// PEM certificate chain: serve the HTTP API over TLS. Needs --tls-key.
+    #[arg(long, env = "STATECHAIND_TLS_CERT", value_name = "FILE", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STATECHAIND_TLS_KEY", value_name = "FILE", global = true)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): require client certificates signed by them
+    /// (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "STATECHAIND_TLS_CLIENT_CA",
+        value_name = "FILE",
+        global = true
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback HTTP listener without TLS (behind a TLS proxy),
+    /// and a non-loopback sync listener (LKTL/1 has no TLS: everything on
+    /// it is signed, nothing is secret; tlog.md §10).
     #[arg(long)]
     danger_plaintext: bool,
     /// Re-seal live secrets under a new key-encryption key every this many
@@ -163,15 +180,24 @@ async fn main() -> anyhow::Result<()> {
         !(mainnet && tokens == TokenBackend::Free) || args.danger_free_tokens,
         "free tokens on bitcoin need --danger-free-tokens"
     );
-    for (flag, addr) in [
-        ("--listen", args.listen),
-        ("--sync-listen", args.sync_listen),
-    ] {
-        anyhow::ensure!(
-            addr.ip().is_loopback() || args.danger_plaintext,
-            "{flag} {addr} is not loopback: TLS is not built in yet, so a public listener needs --danger-plaintext (behind a TLS proxy)"
-        );
-    }
+    let tls = http_tls::TlsFiles::from_settings(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_client_ca.as_deref(),
+    )?
+    .map(|files| files.load())
+    .transpose()?;
+    anyhow::ensure!(
+        args.listen.ip().is_loopback() || tls.is_some() || args.danger_plaintext,
+        "--listen {} is not loopback: give --tls-cert and --tls-key, or --danger-plaintext behind a TLS proxy",
+        args.listen
+    );
+    anyhow::ensure!(
+        args.sync_listen.ip().is_loopback() || args.danger_plaintext,
+        "--sync-listen {} is not loopback: LKTL/1 is plaintext (everything on it is signed), so a public sync listener needs --danger-plaintext",
+        args.sync_listen
+    );
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => {
@@ -191,13 +217,14 @@ async fn main() -> anyhow::Result<()> {
             follow,
             peers: args.peers.clone(),
             node_name: args.member_name.clone(),
+            tls: tls.clone(),
         })
         .await
         .with_context(|| format!("starting the member in {}", data_dir.display()))?;
         println!("se_id: {}", running.se_id);
         println!("validating vkey: {}", running.validating_vkey);
         println!("sync (LKTL/1) on {}", running.sync_addr);
-        println!("statechaind listening on http://{}/", running.addr);
+        println!("statechaind listening on {scheme}://{}/", running.addr);
         running.serving.await?;
         return Ok(());
     }
@@ -263,13 +290,14 @@ async fn main() -> anyhow::Result<()> {
         republish_interval: Duration::from_secs(args.republish_interval_secs),
         kek_rotate_interval: (args.kek_rotate_interval_s > 0)
             .then(|| Duration::from_secs(args.kek_rotate_interval_s)),
+        tls,
     })
     .await
     .with_context(|| format!("starting the SE in {}", data_dir.display()))?;
     println!("se_id: {}", running.se_id);
     println!("log vkey: {}", running.vkey);
     println!("sync (LKTL/1) on {}", running.sync_addr);
-    println!("statechaind listening on http://{}/", running.addr);
+    println!("statechaind listening on {scheme}://{}/", running.addr);
     running.serving.await?;
     Ok(())
 }

@@ -188,6 +188,8 @@ pub struct MemberOptions {
     /// This node's name on the sync port; its validating cosigner key is
     /// named `<node_name>/validator`.
     pub node_name: String,
+    /// TLS for the HTTP listener; plain HTTP without.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A running member.
@@ -327,14 +329,10 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
+    let tls = opts.tls.clone();
     let serving = tokio::spawn(async move {
-        if let Err(e) = axum::serve(
-            listener,
-            router
-                .layer(metrics_endpoint::http_layer())
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
+        if let Err(e) =
+            http_tls::serve(listener, router.layer(metrics_endpoint::http_layer()), tls).await
         {
             tracing::error!(error = %e, "member listener failed");
         }
