@@ -8,9 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use http_tls::{TlsError, TlsFiles};
+use http_tls::{ClientTls, TlsError, TlsFiles};
 use lk_testkit::pki::{Ca, Pem};
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -47,19 +46,15 @@ async fn start(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
     addr
 }
 
-/// GET https://localhost:PORT/hello trusting `ca`, presenting `client`.
+/// GET https://localhost:PORT/hello trusting `ca`, presenting `client`,
+/// through the crate's client side (`ClientTls` on a ureq agent).
 async fn get(addr: SocketAddr, ca: &str, client: Option<&Pem>) -> Result<String, String> {
-    let ca = Certificate::from_pem(ca.as_bytes()).expect("ca");
-    let mut tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(vec![ca])));
-    if let Some(pem) = client {
-        let cert = Certificate::from_pem(pem.cert.as_bytes()).expect("cert");
-        let key = PrivateKey::from_pem(pem.key.as_bytes()).expect("key");
-        tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .build()
-        .into();
+    let tls = ClientTls::from_pem(
+        Some(ca.as_bytes()),
+        client.map(|pem| (pem.cert.as_bytes(), pem.key.as_bytes())),
+    )
+    .expect("client TLS settings");
+    let agent = tls.agent(ureq::Agent::config_builder());
     let url = format!("https://localhost:{}/hello", addr.port());
     tokio::task::spawn_blocking(move || {
         agent
@@ -221,4 +216,40 @@ fn settings_that_cannot_work_are_refused_with_the_reason() {
     let pem = std::fs::read_to_string(&cert).expect("read");
     let cut = files.write("cut.pem", &pem[..pem.len() / 2]);
     load(&cut, &key).expect_err("truncated");
+}
+
+#[test]
+fn client_settings_that_cannot_work_are_refused_with_the_reason() {
+    let ca = Ca::new("test CA");
+    let alice = ca.client("alice");
+    for (ca_pem, client, want) in [
+        (
+            Some("junk".as_bytes()),
+            None,
+            "CA certificate: no CERTIFICATE",
+        ),
+        (
+            None,
+            Some((alice.key.as_bytes(), alice.key.as_bytes())),
+            "client certificate",
+        ),
+        (
+            None,
+            Some((alice.cert.as_bytes(), "junk".as_bytes())),
+            "client key",
+        ),
+    ] {
+        let err = ClientTls::from_pem(ca_pem, client).expect_err("refused");
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    let tls = ClientTls::from_pem(
+        Some(ca.cert_pem().as_bytes()),
+        Some((alice.cert.as_bytes(), alice.key.as_bytes())),
+    )
+    .expect("usable");
+    assert_eq!(
+        format!("{tls:?}"),
+        "ClientTls(custom)",
+        "no key material shown"
+    );
 }

@@ -413,4 +413,5 @@ fn client_tls(cli: &Cli) -> Result<statechain_client::http::ClientTls, ClientErr
         ca.as_deref(),
         client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
     )
+    .map_err(|e| ClientError::Usage(e.to_string()))
 }

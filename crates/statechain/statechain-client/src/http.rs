@@ -23,65 +23,7 @@ pub struct Response {
     pub replay: bool,
 }
 
-/// How HTTPS servers are authenticated, and the client with them: by
-/// default the Mozilla roots (webpki-roots), no client certificate; an SE
-/// with a private CA or requiring client certificates (`statechaind
-/// --tls-client-ca`) needs [`ClientTls::from_pem`].
-#[derive(Clone, Default)]
-pub struct ClientTls {
-    config: Option<ureq::tls::TlsConfig>,
-}
-
-impl std::fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Holds a private key: never printed.
-        f.write_str(if self.config.is_some() {
-            "ClientTls(custom)"
-        } else {
-            "ClientTls(default)"
-        })
-    }
-}
-
-impl ClientTls {
-    /// Trusts the CA certificate(s) in `ca` (PEM) instead of the Mozilla
-    /// roots, and presents `client` (certificate chain and key, PEM).
-    pub fn from_pem(
-        ca: Option<&[u8]>,
-        client: Option<(&[u8], &[u8])>,
-    ) -> Result<Self, ClientError> {
-        use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
-        let usage =
-            |what: &str, e: &dyn std::fmt::Display| ClientError::Usage(format!("{what}: {e}"));
-        let certs = |what: &str, pem: &[u8]| -> Result<Vec<Certificate<'static>>, ClientError> {
-            let mut certs = Vec::new();
-            for item in ureq::tls::parse_pem(pem) {
-                if let PemItem::Certificate(c) = item.map_err(|e| usage(what, &e))? {
-                    certs.push(c);
-                }
-            }
-            if certs.is_empty() {
-                return Err(ClientError::Usage(format!("{what}: no CERTIFICATE in it")));
-            }
-            Ok(certs)
-        };
-        let mut tls = TlsConfig::builder();
-        if let Some(ca) = ca {
-            tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs(
-                "CA certificate",
-                ca,
-            )?)));
-        }
-        if let Some((chain, key)) = client {
-            let chain = certs("client certificate", chain)?;
-            let key = PrivateKey::from_pem(key).map_err(|e| usage("client key", &e))?;
-            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        Ok(ClientTls {
-            config: Some(tls.build()),
-        })
-    }
-}
+pub use http_tls::ClientTls;
 
 impl SeClient {
     /// A client for `base` (e.g. `http://127.0.0.1:9940`), HTTPS checked
@@ -92,15 +34,12 @@ impl SeClient {
 
     /// A client for `base` with `tls` for HTTPS.
     pub fn with_tls(base: &str, tls: &ClientTls) -> SeClient {
-        let mut config = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)));
-        if let Some(tls) = &tls.config {
-            config = config.tls_config(tls.clone());
-        }
         SeClient {
             base: base.trim_end_matches('/').to_string(),
-            agent: config.build().into(),
+            agent: tls.agent(config),
         }
     }
 
