@@ -36,6 +36,8 @@ pub struct Options {
     pub checkpoint_interval: Duration,
     /// Rate limits (§4.6).
     pub limits: crate::limits::LimitsConfig,
+    /// TLS for the listener (`--tls-cert`...); plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Why the keyserver cannot start.
@@ -198,11 +200,10 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
+    let tls = opts.tls.clone();
     let serving = tokio::spawn(async move {
-        let app = app
-            .layer(metrics_endpoint::http_layer())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
+        let app = app.layer(metrics_endpoint::http_layer());
+        if let Err(e) = http_tls::serve(listener, app, tls).await {
             tracing::error!(error = %e, "keyserver listener failed");
         }
     });

@@ -31,10 +31,25 @@ struct Args {
     /// The domain whose identities this server keeps (fixed at first start).
     #[arg(long, env = "KEYSERVERD_DOMAIN", default_value = "localhost")]
     domain: String,
-    /// The public listener (JSON-RPC and the log's tiles); a public
-    /// address is a deliberate choice.
+    /// The listener (JSON-RPC and the log's tiles). A non-loopback address
+    /// needs TLS or --danger-plaintext.
     #[arg(long, env = "KEYSERVERD_LISTEN", default_value = "127.0.0.1:55560")]
     listen: SocketAddr,
+    /// PEM certificate chain: serve over TLS (keyserver.md §2.1). Needs --tls-key.
+    #[arg(long, env = "KEYSERVERD_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEYSERVERD_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): require client certificates signed by them
+    /// (mutual TLS; with tokens disabled, one way to admit only known
+    /// clients). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "KEYSERVERD_TLS_CLIENT_CA", value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback listener without TLS (behind a TLS proxy).
+    /// Integrity never depends on TLS (everything relied on is signed).
+    #[arg(long, env = "KEYSERVERD_DANGER_PLAINTEXT")]
+    danger_plaintext: bool,
     /// How often the chain is signed and published, in ms (100..=60000).
     #[arg(long, env = "KEYSERVERD_CHECKPOINT_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
@@ -59,6 +74,19 @@ async fn main() -> anyhow::Result<()> {
     tracing::warn!(
         "built with test-faults: this keyserver forges on request (Test.ForgeUID); for tests only"
     );
+    let tls = http_tls::TlsFiles::from_settings(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_client_ca.as_deref(),
+    )?
+    .map(|files| files.load())
+    .transpose()?;
+    anyhow::ensure!(
+        args.listen.ip().is_loopback() || tls.is_some() || args.danger_plaintext,
+        "--listen {} is not loopback: give --tls-cert and --tls-key, or --danger-plaintext behind a TLS proxy",
+        args.listen
+    );
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => {
@@ -75,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
             enabled: !args.no_rate_limits,
             registrations_per_hour: args.registrations_per_hour,
         },
+        tls,
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;
@@ -86,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!("pin: {}", running.pin);
-    eprintln!("keyserverd listening on http://{}/", running.addr);
+    eprintln!("keyserverd listening on {scheme}://{}/", running.addr);
     tokio::select! {
         _ = running.serving => anyhow::bail!("the listener stopped"),
         _ = tokio::signal::ctrl_c() => {}

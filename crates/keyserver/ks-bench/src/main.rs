@@ -204,6 +204,7 @@ fn main() -> anyhow::Result<()> {
                         enabled: false,
                         registrations_per_hour: 1,
                     },
+                    tls: None,
                 }))?;
             (format!("http://{}/", running.addr), running.pin.clone())
         }

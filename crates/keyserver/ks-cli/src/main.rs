@@ -25,8 +25,51 @@ struct Args {
     /// Print results as JSON (a stable format).
     #[arg(long, global = true)]
     json: bool,
+    /// PEM CA certificate(s) the keyserver's HTTPS certificate must chain
+    /// to (a private CA) [default: the Mozilla roots].
+    #[arg(long, env = "KS_CLI_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain, for a keyserver that requires one
+    /// (`keyserverd --tls-client-ca`). Needs --client-key.
+    #[arg(
+        long,
+        env = "KS_CLI_CLIENT_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "KS_CLI_CLIENT_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The HTTPS settings from --ca-cert, --client-cert and --client-key.
+fn client_tls(args: &Args) -> Result<http_tls::ClientTls, Failure> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+    };
+    if args.ca_cert.is_none() && args.client_cert.is_none() {
+        return Ok(http_tls::ClientTls::default());
+    }
+    let ca = args.ca_cert.as_ref().map(read).transpose()?;
+    let client = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(http_tls::ClientTls::from_pem(
+        ca.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?)
 }
 
 #[derive(Subcommand)]
@@ -229,9 +272,10 @@ fn run(args: Args) -> Result<(), Failure> {
         println!("proven: {proves}");
         return Ok(());
     }
+    let tls = client_tls(&args)?;
     let path = state_path(args.dir)?;
     let evidence_dir = path.with_file_name("evidence");
-    run_in(args.command, args.json, &path).map_err(|(f, evidence)| {
+    run_in(args.command, args.json, &path, &tls).map_err(|(f, evidence)| {
         let Some(evidence) = evidence else { return f };
         let file = evidence_dir.join(format!(
             "{}-{}.json",
@@ -265,7 +309,12 @@ impl From<Failure> for RunError {
     }
 }
 
-fn run_in(command: Command, json: bool, path: &std::path::Path) -> Result<(), RunError> {
+fn run_in(
+    command: Command,
+    json: bool,
+    path: &std::path::Path,
+    tls: &http_tls::ClientTls,
+) -> Result<(), RunError> {
     let wrap = |e: ClientError| -> RunError {
         match e {
             ClientError::Evidence {
@@ -282,7 +331,7 @@ fn run_in(command: Command, json: bool, path: &std::path::Path) -> Result<(), Ru
             e => (Failure::from(e), None),
         }
     };
-    run_cmd(command, json, path).map_err(|e| match e {
+    run_cmd(command, json, path, tls).map_err(|e| match e {
         CmdError::Client(e) => wrap(e),
         CmdError::Other(f) => (f, None),
     })
@@ -311,12 +360,18 @@ impl From<anyhow::Error> for CmdError {
     }
 }
 
-fn run_cmd(command: Command, json: bool, path: &std::path::Path) -> Result<(), CmdError> {
+fn run_cmd(
+    command: Command,
+    json: bool,
+    path: &std::path::Path,
+    tls: &http_tls::ClientTls,
+) -> Result<(), CmdError> {
     let path = path.to_path_buf();
     if let Command::Init { server, pin } = &command {
         let pin = Pin::parse(pin)
             .ok_or_else(|| anyhow::anyhow!("the pin is keyserver@<domain>:<64 hex digits>"))?;
         let mut client = Client::open(&path, Some(server), Some(pin))?;
+        client.set_tls(tls);
         let synced = client.sync()?;
         let caps = client.capabilities()?;
         print(
@@ -330,6 +385,7 @@ fn run_cmd(command: Command, json: bool, path: &std::path::Path) -> Result<(), C
         return Ok(());
     }
     let mut client = Client::open(&path, None, None)?;
+    client.set_tls(tls);
     match command {
         Command::Init { .. } | Command::VerifyEvidence { .. } => unreachable!("handled above"),
         Command::CheckCheckpoint { file } => {

@@ -161,3 +161,187 @@ fn alice_and_bob_with_the_command_line() {
     assert_eq!(ks_cli(&bob, &["frobnicate"]).code, 2);
     drop(server);
 }
+
+/// keyserver.md §2.1: TLS with lssd's flags. `ks-cli` reaches a keyserver
+/// over HTTPS only when it trusts its certificate (`--ca-cert`), and one
+/// with mutual TLS only with a certificate of its client CA; a public
+/// listener without TLS, or TLS settings that cannot work, stop keyserverd
+/// at start with the reason.
+#[test]
+fn the_keyserver_over_tls_and_mutual_tls() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let ca = lk_testkit::pki::Ca::new("keyserver test CA");
+    let server_pem = ca.server(&["localhost"]);
+    let (cert, key) = (
+        write("cert.pem", &server_pem.cert),
+        write("key.pem", &server_pem.key),
+    );
+    let ca_file = write("ca.pem", &ca.cert_pem());
+    let clients = lk_testkit::pki::Ca::new("client CA");
+    let carol = clients.client("carol");
+    let (carol_cert, carol_key) = (
+        write("carol.pem", &carol.cert),
+        write("carol-key.pem", &carol.key),
+    );
+    let client_ca = write("clients.pem", &clients.cert_pem());
+
+    let server = Keyserverd::start(
+        &workspace_binary("keyserverd"),
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tls-cert", &cert, "--tls-key", &key],
+    );
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let url = server.url.replace("127.0.0.1", "localhost");
+    let pin = server.pin.as_str();
+    let alice = root.path().join("alice");
+    let untrusted = ks_cli(&alice, &["init", "--server", &url, "--pin", pin]);
+    assert_eq!(untrusted.code, 1, "{}", untrusted.stdout);
+    assert!(
+        untrusted.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        untrusted.stderr
+    );
+    let plain = ks_cli(
+        &alice,
+        &[
+            "init",
+            "--server",
+            &url.replace("https://", "http://"),
+            "--pin",
+            pin,
+        ],
+    );
+    assert_ne!(plain.code, 0, "plain HTTP to the TLS port");
+    ok(
+        &alice,
+        &[
+            "--ca-cert",
+            &ca_file,
+            "init",
+            "--server",
+            &url,
+            "--pin",
+            pin,
+        ],
+    );
+    let reg = json(
+        &alice,
+        &["--ca-cert", &ca_file, "register", "alice@localhost"],
+    );
+    assert!(reg["position"].as_u64().is_some(), "{reg}");
+    drop(server);
+
+    let server = Keyserverd::start(
+        &workspace_binary("keyserverd"),
+        &root.path().join("server-mtls"),
+        0,
+        &[
+            "--no-rate-limits",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &client_ca,
+        ],
+    );
+    let url = server.url.replace("127.0.0.1", "localhost");
+    let pin = server.pin.as_str();
+    let bob = root.path().join("bob");
+    let refused = ks_cli(
+        &bob,
+        &[
+            "--ca-cert",
+            &ca_file,
+            "init",
+            "--server",
+            &url,
+            "--pin",
+            pin,
+        ],
+    );
+    assert_eq!(refused.code, 1, "no client certificate: {}", refused.stdout);
+    let look_alike = lk_testkit::pki::Ca::new("client CA").client("carol");
+    let (other_cert, other_key) = (
+        write("other.pem", &look_alike.cert),
+        write("other-key.pem", &look_alike.key),
+    );
+    let forged = ks_cli(
+        &bob,
+        &[
+            "--ca-cert",
+            &ca_file,
+            "--client-cert",
+            &other_cert,
+            "--client-key",
+            &other_key,
+            "init",
+            "--server",
+            &url,
+            "--pin",
+            pin,
+        ],
+    );
+    assert_eq!(forged.code, 1, "a look-alike client CA: {}", forged.stdout);
+    ok(
+        &bob,
+        &[
+            "--ca-cert",
+            &ca_file,
+            "--client-cert",
+            &carol_cert,
+            "--client-key",
+            &carol_key,
+            "init",
+            "--server",
+            &url,
+            "--pin",
+            pin,
+        ],
+    );
+    drop(server);
+
+    let start = |extra: &[&str]| {
+        std::process::Command::new(workspace_binary("keyserverd"))
+            .args([
+                "--data-dir",
+                root.path().join("refused").to_str().expect("utf-8"),
+            ])
+            .args(extra)
+            .output()
+            .expect("run keyserverd")
+    };
+    for (extra, reason) in [
+        (vec!["--listen", "0.0.0.0:0"], "--tls-cert"),
+        (
+            vec!["--listen", "127.0.0.1:0", "--tls-key", &key],
+            "--tls-key needs --tls-cert",
+        ),
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &cert,
+            ],
+            "no private key",
+        ),
+    ] {
+        let out = start(&extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} must not start");
+        assert!(stderr.contains(reason), "{extra:?}: {stderr}");
+    }
+}

@@ -197,6 +197,8 @@ pub struct Client {
     capabilities: Option<SignedCapabilities>,
     /// Where the state persists (None: in memory only).
     file: Option<store::StateFile>,
+    /// HTTP(S) to the keyserver.
+    agent: ureq::Agent,
 }
 
 fn rpc_error(v: &serde_json::Value) -> ClientError {
@@ -234,7 +236,14 @@ impl Client {
             one_time_seen: BTreeSet::new(),
             capabilities: None,
             file: None,
+            agent: http_tls::ClientTls::default().agent(ureq::Agent::config_builder()),
         }
+    }
+
+    /// Uses `tls` for HTTPS to the keyserver from now on (a private CA, a
+    /// client certificate); by default the Mozilla roots.
+    pub fn set_tls(&mut self, tls: &http_tls::ClientTls) {
+        self.agent = tls.agent(ureq::Agent::config_builder());
     }
 
     /// Opens the state file at `path`. The first open needs the server's
@@ -355,7 +364,9 @@ impl Client {
             "params": serde_json::from_slice::<serde_json::Value>(&ks_core::lcj::encode(&params))
                 .map_err(|e| ClientError::Transport(e.to_string()))?,
         });
-        let mut response = ureq::post(&self.url)
+        let mut response = self
+            .agent
+            .post(&self.url)
             .header("Content-Type", "application/json")
             .send(serde_json::to_vec(&body).unwrap_or_default().as_slice())
             .map_err(|e| ClientError::Transport(format!("POST {}: {e}", self.url)))?;
