@@ -81,7 +81,10 @@ fn main() {
         started.elapsed()
     };
     for (name, scripts) in [
-        ("with bitcoinconsensus", &support::Consensus as &dyn ScriptCheck),
+        (
+            "with bitcoinconsensus",
+            &support::Consensus as &dyn ScriptCheck,
+        ),
         ("without script checks", &NoScripts),
     ] {
         let mut times: Vec<Duration> = (0..runs).map(|_| once(scripts)).collect();

@@ -26,7 +26,6 @@ use statechain_core::tx::{self, TemplateError};
 use statechain_core::verify::{self, ChainFacts, Receiver, Refusal};
 use statechain_core::LeafHash;
 
-
 fn check_all_backups(coin: &OwnerCoin) {
     let funding = coin.funding.as_ref().expect("funding");
     for (i, b) in coin.backups.iter().enumerate() {
