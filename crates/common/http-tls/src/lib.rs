@@ -22,4 +22,4 @@ mod server;
 #[cfg(feature = "client")]
 pub use client::{ClientTls, ClientTlsError};
 #[cfg(feature = "server")]
-pub use server::{serve, TlsError, TlsFiles, HANDSHAKE_TIMEOUT};
+pub use server::{check_plaintext, serve, TlsError, TlsFiles, HANDSHAKE_TIMEOUT};

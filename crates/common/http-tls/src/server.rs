@@ -52,6 +52,23 @@ pub enum TlsError {
     /// rustls refused the certificate, key or CA.
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// Plain HTTP on a non-loopback address, not asked for.
+    #[error("--listen {0} is not loopback: give --tls-cert and --tls-key, or --danger-plaintext behind a TLS proxy")]
+    Plaintext(SocketAddr),
+}
+
+/// Plain HTTP is for loopback: a non-loopback `listen` without TLS needs
+/// `danger_plaintext` (a TLS proxy in front).
+pub fn check_plaintext(
+    listen: SocketAddr,
+    tls: bool,
+    danger_plaintext: bool,
+) -> Result<(), TlsError> {
+    if listen.ip().is_loopback() || tls || danger_plaintext {
+        Ok(())
+    } else {
+        Err(TlsError::Plaintext(listen))
+    }
 }
 
 impl TlsFiles {
@@ -75,6 +92,18 @@ impl TlsFiles {
             (Some(_), None, _) => Err(TlsError::Inconsistent("--tls-cert needs --tls-key")),
             (None, Some(_), _) => Err(TlsError::Inconsistent("--tls-key needs --tls-cert")),
         }
+    }
+
+    /// The listener's TLS from the three settings, loaded and checked
+    /// (`None`: plain HTTP).
+    pub fn load_settings(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        client_ca: Option<&Path>,
+    ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
+        Self::from_settings(cert, key, client_ca)?
+            .map(|files| files.load())
+            .transpose()
     }
 
     /// Loads and checks them: the key must match the certificate.

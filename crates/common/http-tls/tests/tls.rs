@@ -168,6 +168,19 @@ async fn silent_and_garbage_clients_do_not_stop_the_listener() {
 }
 
 #[test]
+fn plain_http_is_for_loopback_unless_asked_for() {
+    let addr = |s: &str| s.parse::<SocketAddr>().expect("address");
+    for loopback in ["127.0.0.1:9940", "[::1]:9940"] {
+        http_tls::check_plaintext(addr(loopback), false, false).expect("loopback");
+    }
+    let public = addr("0.0.0.0:9940");
+    let err = http_tls::check_plaintext(public, false, false).expect_err("public, plain");
+    assert!(err.to_string().contains("--danger-plaintext"), "{err}");
+    http_tls::check_plaintext(public, true, false).expect("with TLS");
+    http_tls::check_plaintext(public, false, true).expect("asked for");
+}
+
+#[test]
 fn settings_that_cannot_work_are_refused_with_the_reason() {
     let p = |s: &str| PathBuf::from(s);
     let none: Option<&Path> = None;

@@ -74,18 +74,12 @@ async fn main() -> anyhow::Result<()> {
     tracing::warn!(
         "built with test-faults: this keyserver forges on request (Test.ForgeUID); for tests only"
     );
-    let tls = http_tls::TlsFiles::from_settings(
+    let tls = http_tls::TlsFiles::load_settings(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         args.tls_client_ca.as_deref(),
-    )?
-    .map(|files| files.load())
-    .transpose()?;
-    anyhow::ensure!(
-        args.listen.ip().is_loopback() || tls.is_some() || args.danger_plaintext,
-        "--listen {} is not loopback: give --tls-cert and --tls-key, or --danger-plaintext behind a TLS proxy",
-        args.listen
-    );
+    )?;
+    http_tls::check_plaintext(args.listen, tls.is_some(), args.danger_plaintext)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = match args.data_dir {
         Some(d) => d,

@@ -170,31 +170,19 @@ fn alice_and_bob_with_the_command_line() {
 #[test]
 fn the_keyserver_over_tls_and_mutual_tls() {
     let root = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let path = root.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_str().expect("utf-8").to_string()
-    };
-    let ca = lk_testkit::pki::Ca::new("keyserver test CA");
-    let server_pem = ca.server(&["localhost"]);
-    let (cert, key) = (
-        write("cert.pem", &server_pem.cert),
-        write("key.pem", &server_pem.key),
-    );
-    let ca_file = write("ca.pem", &ca.cert_pem());
-    let clients = lk_testkit::pki::Ca::new("client CA");
-    let carol = clients.client("carol");
-    let (carol_cert, carol_key) = (
-        write("carol.pem", &carol.cert),
-        write("carol-key.pem", &carol.key),
-    );
-    let client_ca = write("clients.pem", &clients.cert_pem());
+    let pki = lk_testkit::pki::TlsFixture::write(root.path());
+    let (cert, key, ca_file) = (&pki.server_cert, &pki.server_key, &pki.server_ca);
+    fn with<'a>(ca: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["--ca-cert", ca];
+        all.extend_from_slice(args);
+        all
+    }
 
     let server = Keyserverd::start(
         &workspace_binary("keyserverd"),
         &root.path().join("server"),
         0,
-        &["--no-rate-limits", "--tls-cert", &cert, "--tls-key", &key],
+        &["--no-rate-limits", "--tls-cert", cert, "--tls-key", key],
     );
     assert!(
         server.url.starts_with("https://127.0.0.1:"),
@@ -224,20 +212,9 @@ fn the_keyserver_over_tls_and_mutual_tls() {
     assert_ne!(plain.code, 0, "plain HTTP to the TLS port");
     ok(
         &alice,
-        &[
-            "--ca-cert",
-            &ca_file,
-            "init",
-            "--server",
-            &url,
-            "--pin",
-            pin,
-        ],
+        &with(ca_file, &["init", "--server", &url, "--pin", pin]),
     );
-    let reg = json(
-        &alice,
-        &["--ca-cert", &ca_file, "register", "alice@localhost"],
-    );
+    let reg = json(&alice, &with(ca_file, &["register", "alice@localhost"]));
     assert!(reg["position"].as_u64().is_some(), "{reg}");
     drop(server);
 
@@ -248,11 +225,11 @@ fn the_keyserver_over_tls_and_mutual_tls() {
         &[
             "--no-rate-limits",
             "--tls-cert",
-            &cert,
+            cert,
             "--tls-key",
-            &key,
+            key,
             "--tls-client-ca",
-            &client_ca,
+            &pki.client_ca,
         ],
     );
     let url = server.url.replace("127.0.0.1", "localhost");
@@ -260,55 +237,37 @@ fn the_keyserver_over_tls_and_mutual_tls() {
     let bob = root.path().join("bob");
     let refused = ks_cli(
         &bob,
-        &[
-            "--ca-cert",
-            &ca_file,
-            "init",
-            "--server",
-            &url,
-            "--pin",
-            pin,
-        ],
+        &with(ca_file, &["init", "--server", &url, "--pin", pin]),
     );
     assert_eq!(refused.code, 1, "no client certificate: {}", refused.stdout);
-    let look_alike = lk_testkit::pki::Ca::new("client CA").client("carol");
-    let (other_cert, other_key) = (
-        write("other.pem", &look_alike.cert),
-        write("other-key.pem", &look_alike.key),
-    );
-    let forged = ks_cli(
-        &bob,
-        &[
-            "--ca-cert",
-            &ca_file,
-            "--client-cert",
-            &other_cert,
-            "--client-key",
-            &other_key,
-            "init",
-            "--server",
-            &url,
-            "--pin",
-            pin,
-        ],
-    );
-    assert_eq!(forged.code, 1, "a look-alike client CA: {}", forged.stdout);
-    ok(
-        &bob,
-        &[
-            "--ca-cert",
-            &ca_file,
-            "--client-cert",
-            &carol_cert,
-            "--client-key",
-            &carol_key,
-            "init",
-            "--server",
-            &url,
-            "--pin",
-            pin,
-        ],
-    );
+    for (client_cert, client_key, admitted) in [
+        (&pki.forged_cert, &pki.forged_key, false),
+        (&pki.client_cert, &pki.client_key, true),
+    ] {
+        let out = ks_cli(
+            &bob,
+            &with(
+                ca_file,
+                &[
+                    "--client-cert",
+                    client_cert,
+                    "--client-key",
+                    client_key,
+                    "init",
+                    "--server",
+                    &url,
+                    "--pin",
+                    pin,
+                ],
+            ),
+        );
+        let code = if admitted { 0 } else { 1 };
+        assert_eq!(
+            out.code, code,
+            "{client_cert}: {}{}",
+            out.stdout, out.stderr
+        );
+    }
     drop(server);
 
     let start = |extra: &[&str]| {
@@ -324,7 +283,7 @@ fn the_keyserver_over_tls_and_mutual_tls() {
     for (extra, reason) in [
         (vec!["--listen", "0.0.0.0:0"], "--tls-cert"),
         (
-            vec!["--listen", "127.0.0.1:0", "--tls-key", &key],
+            vec!["--listen", "127.0.0.1:0", "--tls-key", key],
             "--tls-key needs --tls-cert",
         ),
         (
@@ -332,9 +291,9 @@ fn the_keyserver_over_tls_and_mutual_tls() {
                 "--listen",
                 "127.0.0.1:0",
                 "--tls-cert",
-                &cert,
+                cert,
                 "--tls-key",
-                &cert,
+                cert,
             ],
             "no private key",
         ),

@@ -469,25 +469,8 @@ fn a_wallet_refuses_an_se_that_shows_it_another_history() {
 #[test]
 fn the_api_over_tls_and_mutual_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_str().expect("utf-8").to_string()
-    };
-    let ca = lk_testkit::pki::Ca::new("statechain test CA");
-    let server = ca.server(&["localhost"]);
-    let (cert, key) = (
-        write("cert.pem", &server.cert),
-        write("key.pem", &server.key),
-    );
-    let ca_file = write("ca.pem", &ca.cert_pem());
-    let clients = lk_testkit::pki::Ca::new("wallet CA");
-    let alice = clients.client("alice");
-    let (alice_cert, alice_key) = (
-        write("alice.pem", &alice.cert),
-        write("alice-key.pem", &alice.key),
-    );
-    let client_ca = write("clients.pem", &clients.cert_pem());
+    let pki = lk_testkit::pki::TlsFixture::write(dir.path());
+    let (cert, key, ca_file) = (&pki.server_cert, &pki.server_key, &pki.server_ca);
     let chain = dir.path().join("chain.json");
     std::fs::write(&chain, serde_json::json!({"tip": TIP}).to_string()).expect("chain");
     let cli = workspace_binary("statechain-cli");
@@ -498,7 +481,7 @@ fn the_api_over_tls_and_mutual_tls() {
     let se = Statechaind::start(
         &workspace_binary("statechaind"),
         &dir.path().join("se"),
-        &["--tls-cert", &cert, "--tls-key", &key],
+        &["--tls-cert", cert, "--tls-key", key],
         &[],
     );
     assert!(se.url.starts_with("https://127.0.0.1:"), "{}", se.url);
@@ -516,9 +499,9 @@ fn the_api_over_tls_and_mutual_tls() {
     );
     let plain = run(&["--server", &url.replace("https://", "http://"), "info"]);
     assert_ne!(plain.code, 0, "plain HTTP to the TLS port");
-    let info = run(&["--ca-cert", &ca_file, "--server", &url, "info"]);
+    let info = run(&["--ca-cert", ca_file, "--server", &url, "info"]);
     assert_eq!(info.code, 0, "{}{}", info.stdout, info.stderr);
-    let token = run(&["--ca-cert", &ca_file, "token", "new"]);
+    let token = run(&["--ca-cert", ca_file, "token", "new"]);
     assert_eq!(token.code, 0, "{}{}", token.stdout, token.stderr);
     drop(se);
 
@@ -533,49 +516,42 @@ fn the_api_over_tls_and_mutual_tls() {
         &dir.path().join("se-mtls"),
         &[
             "--tls-cert",
-            &cert,
+            cert,
             "--tls-key",
-            &key,
+            key,
             "--tls-client-ca",
-            &client_ca,
+            &pki.client_ca,
         ],
         &[],
     );
     let url = se.url.replace("127.0.0.1", "localhost");
-    let refused = run_b(&["--ca-cert", &ca_file, "--server", &url, "info"]);
+    let refused = run_b(&["--ca-cert", ca_file, "--server", &url, "info"]);
     assert_eq!(refused.code, 1, "no client certificate: {}", refused.stdout);
-    let other = lk_testkit::pki::Ca::new("wallet CA").client("alice");
-    let (other_cert, other_key) = (
-        write("other.pem", &other.cert),
-        write("other-key.pem", &other.key),
-    );
-    let forged = run_b(&[
-        "--ca-cert",
-        &ca_file,
-        "--client-cert",
-        &other_cert,
-        "--client-key",
-        &other_key,
-        "--server",
-        &url,
-        "info",
-    ]);
-    assert_eq!(forged.code, 1, "a look-alike client CA: {}", forged.stdout);
-    let admitted = run_b(&[
-        "--ca-cert",
-        &ca_file,
-        "--client-cert",
-        &alice_cert,
-        "--client-key",
-        &alice_key,
-        "--server",
-        &url,
-        "info",
-    ]);
-    assert_eq!(admitted.code, 0, "{}{}", admitted.stdout, admitted.stderr);
+    for (client_cert, client_key, admitted) in [
+        (&pki.forged_cert, &pki.forged_key, false),
+        (&pki.client_cert, &pki.client_key, true),
+    ] {
+        let out = run_b(&[
+            "--ca-cert",
+            ca_file,
+            "--client-cert",
+            client_cert,
+            "--client-key",
+            client_key,
+            "--server",
+            &url,
+            "info",
+        ]);
+        let code = if admitted { 0 } else { 1 };
+        assert_eq!(
+            out.code, code,
+            "{client_cert}: {}{}",
+            out.stdout, out.stderr
+        );
+    }
     // A client certificate without its key is a usage error.
     assert_eq!(
-        run_b(&["--client-cert", &alice_cert, "--server", &url, "info"]).code,
+        run_b(&["--client-cert", &pki.client_cert, "--server", &url, "info"]).code,
         2
     );
     drop(se);
@@ -595,7 +571,7 @@ fn the_api_over_tls_and_mutual_tls() {
     for (extra, reason) in [
         (vec!["--listen", "0.0.0.0:0"], "--tls-cert"),
         (
-            vec!["--listen", "127.0.0.1:0", "--tls-cert", &cert],
+            vec!["--listen", "127.0.0.1:0", "--tls-cert", cert],
             "--tls-cert needs --tls-key",
         ),
         (
@@ -603,9 +579,9 @@ fn the_api_over_tls_and_mutual_tls() {
                 "--listen",
                 "127.0.0.1:0",
                 "--tls-cert",
-                &key,
+                key,
                 "--tls-key",
-                &key,
+                key,
             ],
             "no CERTIFICATE",
         ),
@@ -614,9 +590,9 @@ fn the_api_over_tls_and_mutual_tls() {
                 "--listen",
                 "127.0.0.1:0",
                 "--tls-cert",
-                &cert,
+                cert,
                 "--tls-key",
-                &alice_key,
+                &pki.client_key,
             ],
             "TLS configuration",
         ),

@@ -180,18 +180,12 @@ async fn main() -> anyhow::Result<()> {
         !(mainnet && tokens == TokenBackend::Free) || args.danger_free_tokens,
         "free tokens on bitcoin need --danger-free-tokens"
     );
-    let tls = http_tls::TlsFiles::from_settings(
+    let tls = http_tls::TlsFiles::load_settings(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         args.tls_client_ca.as_deref(),
-    )?
-    .map(|files| files.load())
-    .transpose()?;
-    anyhow::ensure!(
-        args.listen.ip().is_loopback() || tls.is_some() || args.danger_plaintext,
-        "--listen {} is not loopback: give --tls-cert and --tls-key, or --danger-plaintext behind a TLS proxy",
-        args.listen
-    );
+    )?;
+    http_tls::check_plaintext(args.listen, tls.is_some(), args.danger_plaintext)?;
     anyhow::ensure!(
         args.sync_listen.ip().is_loopback() || args.danger_plaintext,
         "--sync-listen {} is not loopback: LKTL/1 is plaintext (everything on it is signed), so a public sync listener needs --danger-plaintext",

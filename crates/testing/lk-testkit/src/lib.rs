@@ -311,6 +311,55 @@ pub mod pki {
             }
         }
     }
+
+    /// PEM files for a TLS test, written to a directory: a server CA and
+    /// its `localhost` certificate, a client CA and one client's
+    /// certificate, and a look-alike client certificate (a CA of the same
+    /// name, another key). Paths as strings, ready for command lines.
+    pub struct TlsFixture {
+        /// The server CA's certificate (what clients trust).
+        pub server_ca: String,
+        /// The server's certificate chain.
+        pub server_cert: String,
+        /// Its key.
+        pub server_key: String,
+        /// The client CA's certificate (`--tls-client-ca`).
+        pub client_ca: String,
+        /// A certificate of the client CA.
+        pub client_cert: String,
+        /// Its key.
+        pub client_key: String,
+        /// A certificate of a look-alike client CA.
+        pub forged_cert: String,
+        /// Its key.
+        pub forged_key: String,
+    }
+
+    impl TlsFixture {
+        /// Makes the CAs and certificates and writes them into `dir`.
+        pub fn write(dir: &std::path::Path) -> Self {
+            let write = |name: &str, text: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).expect("write PEM");
+                path.to_str().expect("utf-8 path").to_string()
+            };
+            let ca = Ca::new("test server CA");
+            let server = ca.server(&["localhost"]);
+            let clients = Ca::new("test client CA");
+            let client = clients.client("alice");
+            let forged = Ca::new("test client CA").client("alice");
+            TlsFixture {
+                server_ca: write("server-ca.pem", &ca.cert_pem()),
+                server_cert: write("server.pem", &server.cert),
+                server_key: write("server-key.pem", &server.key),
+                client_ca: write("client-ca.pem", &clients.cert_pem()),
+                client_cert: write("client.pem", &client.cert),
+                client_key: write("client-key.pem", &client.key),
+                forged_cert: write("forged.pem", &forged.cert),
+                forged_key: write("forged-key.pem", &forged.key),
+            }
+        }
+    }
 }
 
 /// `lssd` as a real process: the binary, its flags, its log, its signals.
