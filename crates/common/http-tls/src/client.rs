@@ -68,6 +68,34 @@ impl ClientTls {
         })
     }
 
+    /// [`ClientTls::from_pem`] from files (a CLI's `--ca-cert`,
+    /// `--client-cert`, `--client-key`): the defaults when none is given.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self, ClientTlsError> {
+        if ca.is_none() && client.is_none() {
+            return Ok(ClientTls::default());
+        }
+        let read = |what: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ClientTlsError {
+                what,
+                reason: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let ca = ca.map(|p| read("CA certificate", p)).transpose()?;
+        let client = match client {
+            Some((cert, key)) => {
+                Some((read("client certificate", cert)?, read("client key", key)?))
+            }
+            None => None,
+        };
+        Self::from_pem(
+            ca.as_deref(),
+            client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+    }
+
     /// A blocking agent with these settings and `config`'s others.
     pub fn agent(
         &self,

@@ -54,22 +54,11 @@ struct Args {
 
 /// The HTTPS settings from --ca-cert, --client-cert and --client-key.
 fn client_tls(args: &Args) -> Result<http_tls::ClientTls, Failure> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
-    };
-    if args.ca_cert.is_none() && args.client_cert.is_none() {
-        return Ok(http_tls::ClientTls::default());
-    }
-    let ca = args.ca_cert.as_ref().map(read).transpose()?;
-    let client = match (&args.client_cert, &args.client_key) {
-        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-        _ => None,
-    };
-    Ok(http_tls::ClientTls::from_pem(
-        ca.as_deref(),
-        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+    let client = args.client_cert.as_deref().zip(args.client_key.as_deref());
+    Ok(
+        http_tls::ClientTls::from_files(args.ca_cert.as_deref(), client)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     )
-    .map_err(|e| anyhow::anyhow!("{e}"))?)
 }
 
 #[derive(Subcommand)]

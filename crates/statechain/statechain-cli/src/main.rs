@@ -397,21 +397,7 @@ fn print_human(v: &serde_json::Value) {
 
 /// The HTTPS settings from --ca-cert, --client-cert and --client-key.
 fn client_tls(cli: &Cli) -> Result<statechain_client::http::ClientTls, ClientError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path)
-            .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))
-    };
-    if cli.ca_cert.is_none() && cli.client_cert.is_none() {
-        return Ok(Default::default());
-    }
-    let ca = cli.ca_cert.as_ref().map(read).transpose()?;
-    let client = match (&cli.client_cert, &cli.client_key) {
-        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-        _ => None,
-    };
-    statechain_client::http::ClientTls::from_pem(
-        ca.as_deref(),
-        client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-    )
-    .map_err(|e| ClientError::Usage(e.to_string()))
+    let client = cli.client_cert.as_deref().zip(cli.client_key.as_deref());
+    statechain_client::http::ClientTls::from_files(cli.ca_cert.as_deref(), client)
+        .map_err(|e| ClientError::Usage(e.to_string()))
 }
