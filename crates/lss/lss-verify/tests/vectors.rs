@@ -11,21 +11,28 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[test]
-fn documented_vectors() {
-    let leaf = StateLeaf::of("k", 0, b"v");
+/// The documented namespace: server key `0x22`×32; the client's secret key
+/// `0x33`×32, whose public key names the namespace; one put of `k` = `v`
+/// at version 0, signed by the client. Returns (key, client, log, put).
+fn documented_log() -> (ServerKey, [u8; 33], NamespaceLog, [KeyValue; 1]) {
     let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
-    // The client: secret key 0x33…, its public key names the namespace; it
-    // signs its put.
     let secret = lss_core::secp256k1::SecretKey::from_slice(&[0x33; 32]).expect("secret");
     let client = secret
         .public_key(lss_core::secp256k1::SECP256K1)
         .serialize();
     let mut log = NamespaceLog::load(&[]).expect("empty");
     let put = [KeyValue::new("k", 0, b"v".to_vec())];
+    let leaf = StateLeaf::of("k", 0, b"v");
     let sig = lss_verify::entry::sign_put(&secret, std::slice::from_ref(&leaf));
     let prepared = log.prepare(&put, Some(sig));
     log.commit(prepared);
+    (key, client, log, put)
+}
+
+#[test]
+fn documented_vectors() {
+    let leaf = StateLeaf::of("k", 0, b"v");
+    let (key, client, log, put) = documented_log();
     let (note, bundle) = log
         .attest(
             &key,
@@ -57,17 +64,7 @@ fn documented_vectors() {
 /// `vectors-batch.txt` and in docs/protocol.md.
 #[test]
 fn documented_batch_vectors() {
-    let key = ServerKey::from_hex(&"22".repeat(32)).expect("key");
-    let secret = lss_core::secp256k1::SecretKey::from_slice(&[0x33; 32]).expect("secret");
-    let client = secret
-        .public_key(lss_core::secp256k1::SECP256K1)
-        .serialize();
-    let mut log = NamespaceLog::load(&[]).expect("empty");
-    let put = [KeyValue::new("k", 0, b"v".to_vec())];
-    let leaf = StateLeaf::of("k", 0, b"v");
-    let sig = lss_verify::entry::sign_put(&secret, std::slice::from_ref(&leaf));
-    let prepared = log.prepare(&put, Some(sig));
-    log.commit(prepared);
+    let (key, client, log, put) = documented_log();
     let statements: Vec<lss_verify::Statement> = [0u8, 1]
         .iter()
         .map(|n| {
