@@ -17,5 +17,6 @@ pub mod lcj;
 pub mod paper;
 pub mod rules;
 pub mod sig;
+pub mod token;
 pub mod uid;
 pub mod verify;
