@@ -1216,7 +1216,7 @@ mod tests {
             size: u64,
             blob in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
-            let seen = |i: usize| (i % 2 == 0).then_some(Seen { size, note: hmac });
+            let seen = |i: usize| i.is_multiple_of(2).then_some(Seen { size, note: hmac });
             let msgs = [
                 Msg::Providers(Providers {
                     server_pubkeys: vec![[3; 33]; n],

@@ -288,7 +288,7 @@ fn decode_state(row: &Row) -> Result<LogState, StoreError> {
     let size = u64::try_from(row.get::<_, i64>(2)).map_err(|_| corrupt("log size"))?;
     let root = hash(row.get(3), "log root")?;
     let range_bytes: &[u8] = row.get(4);
-    if range_bytes.len() % 32 != 0 {
+    if !range_bytes.len().is_multiple_of(32) {
         return Err(corrupt("compact range"));
     }
     let hashes = range_bytes

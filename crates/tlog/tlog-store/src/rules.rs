@@ -105,7 +105,7 @@ pub fn edge_tiles(size: u64) -> Vec<Option<u64>> {
 
 /// A stored tile's hashes, refusing what no tile can be (C5).
 pub fn decode_tile(level: u8, index: u64, bytes: &[u8]) -> Result<Vec<Hash>, StoreError> {
-    if bytes.is_empty() || bytes.len() % 32 != 0 || bytes.len() > 256 * 32 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(32) || bytes.len() > 256 * 32 {
         return Err(StoreError::Corrupt(format!("tile {level}/{index}")));
     }
     Ok(bytes
