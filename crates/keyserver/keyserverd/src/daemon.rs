@@ -38,6 +38,8 @@ pub struct Options {
     pub limits: crate::limits::LimitsConfig,
     /// TLS for the listener (`--tls-cert`...); plain HTTP without.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Paid calls need payment tokens (§5); false: disabled mode.
+    pub tokens_required: bool,
 }
 
 /// Why the keyserver cannot start.
@@ -65,6 +67,8 @@ pub struct Running {
     pub escrow: Option<SigningKey>,
     /// The server.
     pub keyserver: Arc<Keyserver>,
+    /// The token issuer's key (tokens required only).
+    pub issuer: Option<Arc<ks_core::token::IssuerSecret>>,
     /// Ends when the listener fails.
     pub serving: tokio::task::JoinHandle<()>,
 }
@@ -143,10 +147,26 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         h_last,
     )
     .map_err(|e| StartError::Storage(e.to_string()))?;
+    let (issuer, tokens) = if opts.tokens_required {
+        let (secret, policy) =
+            crate::tokens::policy(&opts.data_dir, &domain, &origin, crate::server::now())
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        let accepted: Vec<[u8; 32]> = policy.accepted.iter().map(|k| *k.key_id()).collect();
+        let pruned = ks_store
+            .prune_spent(&accepted)
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        if pruned > 0 {
+            tracing::info!(pruned, "forgot spent tokens of keys no longer accepted");
+        }
+        (Some(Arc::new(secret)), Some(Arc::new(policy)))
+    } else {
+        (None, None)
+    };
     let config = Config {
         origin: origin.clone(),
         domains: vec![domain.clone()],
         public_url: format!("http://{}/", opts.listen),
+        tokens,
     };
     let keyserver = Arc::new(Keyserver::new(
         config,
@@ -169,7 +189,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         let content = author::content(&identity, &keys, 0, None, "strict", crate::server::now());
         let msg = author::sign_create(content, &keys);
         keyserver
-            .submit_uid(Kind::Create, msg, true)
+            .submit_uid(Kind::Create, msg, None, true)
             .await
             .map_err(|e| StartError::Storage(format!("genesis: {e}")))?;
         node.checkpoint_once().await;
@@ -212,6 +232,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         pin,
         escrow,
         keyserver,
+        issuer,
         serving,
     })
 }

@@ -8,6 +8,7 @@
 //!   sequencing.
 //! - [`rpc`]: JSON-RPC 2.0 on `POST /` (§2.1).
 //! - [`limits`]: rate limits per client address and per SigKeyHash (§4.6).
+//! - [`tokens`]: payment tokens (§5): issuer key files, issuance.
 //! - [`daemon`]: data directory, keys, genesis and the listener.
 //!
 //! The rules themselves are `ks-core`'s; this crate moves bytes and time.
@@ -17,3 +18,4 @@ pub mod limits;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod tokens;

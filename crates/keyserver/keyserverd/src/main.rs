@@ -3,7 +3,9 @@
 //! `keyserverd` alone serves the domain `localhost` on `127.0.0.1:55560`
 //! with its data in `~/.lightkeeper/keyserverd`; on first start it creates
 //! the server key and the genesis entry, and prints the pin clients need
-//! and the escrow key (once, for paper).
+//! and the escrow key (once, for paper). Paid calls need payment tokens
+//! (keyserver.md §5) unless `--tokens disabled`; `keyserverd tokens sign`
+//! issues them offline from a wallet's request file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ use clap::Parser;
     about = "A verifiable key directory (keyserver.md): JSON-RPC on POST /, the hash chain as a transparency log"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Log lines as `text` or `json` (one object per line, for log shippers).
     #[arg(long, env = "KEYSERVERD_LOG_FORMAT", value_enum, default_value_t = log_init::LogFormat::Text)]
     log_format: log_init::LogFormat,
@@ -63,6 +67,116 @@ struct Args {
     /// address and hour.
     #[arg(long, env = "KEYSERVERD_REGISTRATIONS_PER_HOUR", default_value_t = 10)]
     registrations_per_hour: u32,
+    /// `required`: CreateUID, UpdateUID and each KeyInit cost one payment
+    /// token (§5). `disabled`: free, for private deployments, where
+    /// admission rests on rate limits, client certificates or the network.
+    #[arg(long, env = "KEYSERVERD_TOKENS", value_enum, default_value_t = Tokens::Required)]
+    tokens: Tokens,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Tokens {
+    Required,
+    Disabled,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Payment tokens (keyserver.md §5), offline: the server need not run.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum TokensCommand {
+    /// Sign a wallet's blinded requests (`ks-cli tokens request`) with the
+    /// issuer key; the operator runs this after payment.
+    Sign {
+        /// The request file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Where the responses go (for `ks-cli tokens finalize`).
+        #[arg(long = "out", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Make finished tokens directly. The issuer sees every one of them,
+    /// so they are linkable to whoever receives them: for tests and
+    /// private setups only.
+    Mint {
+        /// How many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        count: u64,
+        /// Acknowledge that these tokens are linkable.
+        #[arg(long, required = true)]
+        danger_linkable: bool,
+        /// Where they go (for `ks-cli tokens finalize`).
+        #[arg(long = "out", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Start a new issuer key; tokens of the old one stay redeemable for a
+    /// year. Restart the server afterwards.
+    Rotate,
+}
+
+fn tokens_command(
+    cmd: TokensCommand,
+    data_dir: &std::path::Path,
+    domain: &str,
+) -> anyhow::Result<()> {
+    use keyserverd::tokens;
+    let secret = tokens::load_or_create_issuer(data_dir)?;
+    match cmd {
+        TokensCommand::Sign { input, output } => {
+            let text = std::fs::read(&input).with_context(|| input.display().to_string())?;
+            let req: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{}: not JSON", input.display()))?;
+            let requests: Vec<String> = req["TokenRequests"]
+                .as_array()
+                .context("no TokenRequests array")?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .context("a request is not a string")
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let responses = tokens::sign_requests(&secret, &requests)?;
+            let out = serde_json::json!({
+                "Batch": req["Batch"].clone(),
+                "TokenResponses": responses,
+            });
+            durable_file::create_new(&output, out.to_string().as_bytes(), 0o644)
+                .with_context(|| output.display().to_string())?;
+            tracing::info!(count = requests.len(), "signed token requests");
+            eprintln!(
+                "signed {} token requests into {}",
+                requests.len(),
+                output.display()
+            );
+        }
+        TokensCommand::Mint { count, output, .. } => {
+            let origin = keyserverd::daemon::origin(domain);
+            let digest = ks_core::token::challenge_digest(domain, &origin);
+            let minted = tokens::mint(&secret, &digest, count as usize)?;
+            let out = serde_json::json!({ "Tokens": minted });
+            durable_file::create_new(&output, out.to_string().as_bytes(), 0o600)
+                .with_context(|| output.display().to_string())?;
+            tracing::warn!(count, "minted linkable tokens");
+            eprintln!("minted {count} linkable tokens into {}", output.display());
+        }
+        TokensCommand::Rotate => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let new = tokens::rotate(data_dir, now)?;
+            eprintln!(
+                "new token issuer key {}; the old one stays redeemable for a year; restart keyserverd",
+                hex::encode(new.key_id())
+            );
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -88,6 +202,10 @@ async fn main() -> anyhow::Result<()> {
                 .join(".lightkeeper/keyserverd")
         }
     };
+    if let Some(Command::Tokens(cmd)) = args.command {
+        std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
+        return tokens_command(cmd, &data_dir, &args.domain);
+    }
     let running = keyserverd::daemon::start(keyserverd::daemon::Options {
         data_dir: data_dir.clone(),
         domain: args.domain,
@@ -98,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
             registrations_per_hour: args.registrations_per_hour,
         },
         tls,
+        tokens_required: args.tokens == Tokens::Required,
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;

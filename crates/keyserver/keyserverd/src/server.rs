@@ -24,7 +24,8 @@ use tlog_store::{LogStore, RedbLogStore, StoreError};
 use tokio::sync::oneshot;
 
 use crate::limits::{Limits, LimitsConfig};
-use crate::store::{Job, KsStore};
+use crate::store::{Job, KsStore, SpendId};
+use crate::tokens::TokenPolicy;
 
 /// Entries per FetchHashChain reply.
 pub const MAX_CHUNK: u64 = 4096;
@@ -40,6 +41,8 @@ pub struct Config {
     pub domains: Vec<String>,
     /// Base URL of this server's JSON-RPC endpoint (Capabilities).
     pub public_url: String,
+    /// Payment tokens (§5); `None`: disabled mode.
+    pub tokens: Option<Arc<TokenPolicy>>,
 }
 
 impl Config {
@@ -118,9 +121,10 @@ impl Keyserver {
         params: Value,
         client: Option<std::net::IpAddr>,
     ) -> Result<Value, RpcError> {
-        // Tokens are disabled in this version: registrations are free and
-        // rest on the hourly limit.
-        self.limits.check(method, client, true, Instant::now())?;
+        // With tokens disabled, registrations are free and rest on the
+        // hourly limit.
+        let free = self.config.tokens.is_none();
+        self.limits.check(method, client, free, Instant::now())?;
         let mut p =
             Fields::of(params).map_err(|_| RpcError::params("params", "must be an object"))?;
         let result = match method {
@@ -148,22 +152,22 @@ impl Keyserver {
             }
             "KeyRepository.CreateUID" | "KeyRepository.UpdateUID" => {
                 let msg: UidMessage = p.nested("UIDMessage")?;
-                self.tokens(&mut p, "Token")?;
+                let token = p.take("Token").ok();
                 p.finish()?;
                 let kind = if method.ends_with("CreateUID") {
                     Kind::Create
                 } else {
                     Kind::Update
                 };
-                let reply = self.submit_uid(kind, msg, false).await?;
+                let reply = self.submit_uid(kind, msg, token, false).await?;
                 object([("UIDMessageReply", reply.to_value())])
             }
             "KeyInitRepository.AddKeyInit" => {
                 let sig_pub = verifying_key(&p.string("SigPubKey")?, "SigPubKey")?;
                 let key_inits: Vec<KeyInit> = p.list("KeyInits")?;
-                self.tokens(&mut p, "Tokens")?;
+                let tokens = p.take("Tokens").ok();
                 p.finish()?;
-                self.add_key_inits(sig_pub, key_inits).await?
+                self.add_key_inits(sig_pub, key_inits, tokens).await?
             }
             "KeyInitRepository.FetchKeyInit" => {
                 let hash = p.string("SigKeyHash")?;
@@ -198,6 +202,7 @@ impl Keyserver {
                     kind: Kind::Update,
                     msg: Box::new(msg),
                     profiled: Box::new(profiled),
+                    token: None,
                     keyserver: false,
                     forced: true,
                     now: now(),
@@ -237,11 +242,53 @@ impl Keyserver {
         Ok(result)
     }
 
-    /// Token members: v1 here runs with tokens disabled, so they are
-    /// accepted and ignored (keyserver.md §5, disabled mode).
-    fn tokens(&self, p: &mut Fields, name: &str) -> Result<(), RpcError> {
-        let _ = p.take(name);
-        Ok(())
+    /// The stateless half of redemption (§4.1 step 4, §5) for the tokens
+    /// a paid call carries in `member` (one string, or a list of `count`):
+    /// their spend ids, or nothing when tokens are disabled (the members
+    /// are then ignored). Whether they were spent is the sequencer's
+    /// question, in the call's own transaction.
+    fn redeemable(
+        policy: Option<&TokenPolicy>,
+        member: &str,
+        value: Option<Value>,
+        count: usize,
+    ) -> Result<Vec<SpendId>, RpcError> {
+        let Some(policy) = policy else {
+            return Ok(Vec::new());
+        };
+        let strings = match value {
+            None => return Err(RpcError::PaymentRequired),
+            Some(Value::String(s)) if count == 1 && member == "Token" => vec![s],
+            Some(Value::Array(items)) if member == "Tokens" => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(RpcError::params(member, "expected strings")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(RpcError::params(member, "has the wrong type")),
+        };
+        if strings.len() < count {
+            return Err(RpcError::PaymentRequired);
+        }
+        if strings.len() > count {
+            return Err(RpcError::params(member, "more tokens than the price"));
+        }
+        strings
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let invalid = |e: ks_core::token::TokenError| RpcError::TokenInvalid {
+                    index: i as u64,
+                    problem: e.to_string(),
+                };
+                let token = ks_core::token::Token::from_b64(s).map_err(invalid)?;
+                token
+                    .verify(&policy.digest, &policy.accepted)
+                    .map_err(invalid)?;
+                Ok(token.spend_id())
+            })
+            .collect()
     }
 
     #[cfg(feature = "test-faults")]
@@ -273,20 +320,25 @@ impl Keyserver {
         Ok(object([("UIDMessageReply", reply.to_value())]))
     }
 
-    /// CreateUID / UpdateUID; `keyserver` only for the server's own UID.
+    /// CreateUID / UpdateUID with the call's `Token` member; `keyserver`
+    /// only for the server's own UID (which is free).
     pub async fn submit_uid(
         &self,
         kind: Kind,
         msg: UidMessage,
+        token: Option<Value>,
         keyserver: bool,
     ) -> Result<ks_core::uid::UidMessageReply, RpcError> {
         let now = now();
         let profiled = rules::check_stateless(kind, &msg, now, &self.policy, keyserver)?;
+        let policy = self.config.tokens.as_deref().filter(|_| !keyserver);
+        let token = Self::redeemable(policy, "Token", token, 1)?.pop();
         let (tx, rx) = oneshot::channel();
         self.store.submit(Job::Uid {
             kind,
             msg: Box::new(msg),
             profiled: Box::new(profiled),
+            token,
             keyserver,
             forced: false,
             now,
@@ -327,13 +379,31 @@ impl Keyserver {
                 .map(|m| m.to_string())
                 .collect(),
             origin: self.config.origin.clone(),
-            prices: Prices::default(),
+            prices: match &self.config.tokens {
+                Some(_) => Prices {
+                    add_key_init: 1,
+                    create_uid: 1,
+                    update_uid: 1,
+                },
+                None => Prices::default(),
+            },
             signing_pos: self.signing_pos,
             sig_pub_keys: vec![b64::encode(self.signer.verifying_key().as_bytes())],
             timestamp: now(),
-            tkn_accepted: Vec::new(),
-            tkn_pub_key: String::new(),
-            tokens: "disabled".into(),
+            tkn_accepted: self.config.tokens.as_ref().map_or(Vec::new(), |t| {
+                t.accepted.iter().map(|k| b64::encode(k.key_id())).collect()
+            }),
+            tkn_pub_key: self
+                .config
+                .tokens
+                .as_ref()
+                .map_or(String::new(), |t| b64::encode(t.current.spki())),
+            tokens: if self.config.tokens.is_some() {
+                "required"
+            } else {
+                "disabled"
+            }
+            .into(),
             version: "1.0".into(),
             witnesses: Vec::new(),
         };
@@ -455,6 +525,7 @@ impl Keyserver {
         &self,
         sig_pub: VerifyingKey,
         key_inits: Vec<KeyInit>,
+        tokens: Option<Value>,
     ) -> Result<Value, RpcError> {
         if key_inits.is_empty() {
             return Err(RpcError::params("KeyInits", "is empty"));
@@ -463,37 +534,45 @@ impl Keyserver {
             return Err(RpcError::KeyinitLimit);
         }
         // §4.3's per-KeyInit checks (a signature, a decryption and a key
-        // check each) run on the blocking pool, not on the sequencer.
+        // check each) and the tokens' RSA checks run on the blocking pool,
+        // not on the sequencer.
         let reader = self.store_reader();
-        let key_inits = tokio::task::spawn_blocking(move || -> Result<Vec<KeyInit>, RpcError> {
-            let row = reader.owner(&sig_pub)?.ok_or(RpcError::IdentityUnknown)?;
-            let now = now();
-            for (i, ki) in key_inits.iter().enumerate() {
-                check_keyinit(
-                    ki,
-                    &sig_pub,
-                    &row.uid.content.repo_uris,
-                    Window::Publish {
-                        uid_not_after: row.uid.content.not_after,
-                    },
-                    now,
-                )
-                .map_err(|e| match e {
-                    RpcError::InvalidParams { field, problem } => RpcError::InvalidParams {
-                        field: format!("KeyInits[{i}].{field}"),
-                        problem,
-                    },
-                    e => e,
-                })?;
-            }
-            Ok(key_inits)
-        })
+        let policy = self.config.tokens.clone();
+        let checked = tokio::task::spawn_blocking(
+            move || -> Result<(Vec<KeyInit>, Vec<SpendId>), RpcError> {
+                let spends =
+                    Self::redeemable(policy.as_deref(), "Tokens", tokens, key_inits.len())?;
+                let row = reader.owner(&sig_pub)?.ok_or(RpcError::IdentityUnknown)?;
+                let now = now();
+                for (i, ki) in key_inits.iter().enumerate() {
+                    check_keyinit(
+                        ki,
+                        &sig_pub,
+                        &row.uid.content.repo_uris,
+                        Window::Publish {
+                            uid_not_after: row.uid.content.not_after,
+                        },
+                        now,
+                    )
+                    .map_err(|e| match e {
+                        RpcError::InvalidParams { field, problem } => RpcError::InvalidParams {
+                            field: format!("KeyInits[{i}].{field}"),
+                            problem,
+                        },
+                        e => e,
+                    })?;
+                }
+                Ok((key_inits, spends))
+            },
+        )
         .await
-        .map_err(|_| RpcError::Internal)??;
+        .map_err(|_| RpcError::Internal)?;
+        let (key_inits, tokens) = checked?;
         let (tx, rx) = oneshot::channel();
         self.store.submit(Job::AddKeyInit {
             sig_pub,
             key_inits,
+            tokens,
             now: now(),
             reply: tx,
         })?;

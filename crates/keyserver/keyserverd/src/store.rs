@@ -48,6 +48,12 @@ const KEYINIT_HWM: TableDefinition<&str, u64> = TableDefinition::new("ks_keyinit
 const KEYINIT_SEEN: TableDefinition<&str, &[u8]> = TableDefinition::new("ks_keyinit_seen");
 /// SigKeyHash ‖ NONCE → expiry.
 const FLUSH_NONCE: TableDefinition<&[u8], u64> = TableDefinition::new("ks_flush_nonce");
+/// token_key_id ‖ nonce → time (u64 BE) ‖ method: redeemed tokens (§5),
+/// pruned when their key is no longer accepted.
+const SPENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ks_spent_tokens");
+
+/// A token as the spent set keys it: token_key_id ‖ nonce.
+pub type SpendId = [u8; 64];
 
 lcj_record! {
     /// What the server keeps of an identity: its newest UID and where.
@@ -88,6 +94,8 @@ pub enum Job {
         msg: Box<UidMessage>,
         /// Its keys, from the §4.1 checks.
         profiled: Box<uid::ProfiledUid>,
+        /// The verified token paying for it (none when tokens are disabled).
+        token: Option<SpendId>,
         /// Whether it is the server's own identity (genesis).
         keyserver: bool,
         /// Skip §4.2 (feature `test-faults` only: a keyserver that forges).
@@ -104,6 +112,9 @@ pub enum Job {
         sig_pub: ed25519_dalek::VerifyingKey,
         /// Up to 64 KeyInits.
         key_inits: Vec<KeyInit>,
+        /// The verified tokens paying for them, aligned (empty when tokens
+        /// are disabled).
+        tokens: Vec<SpendId>,
         /// The clock.
         now: u64,
         /// Signatures of the receipts and the timestamp.
@@ -191,6 +202,39 @@ impl KsStore {
         Ok(KsStore { db, jobs })
     }
 
+    /// Forgets spent tokens of keys no longer accepted (§5: a token of a
+    /// retired key cannot be redeemed, so its row has no use). Returns how
+    /// many rows went. Blocking; run at start.
+    pub fn prune_spent(&self, accepted: &[[u8; 32]]) -> Result<u64, RpcError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let gone = {
+            let mut spent = txn.open_table(SPENT).map_err(storage)?;
+            let stale: Vec<Vec<u8>> = spent
+                .iter()
+                .map_err(storage)?
+                .filter_map(|r| r.ok())
+                .map(|(k, _)| k.value().to_vec())
+                .filter(|k| !accepted.iter().any(|a| k.starts_with(a)))
+                .collect();
+            for k in &stale {
+                spent.remove(k.as_slice()).map_err(storage)?;
+            }
+            stale.len() as u64
+        };
+        txn.commit().map_err(storage)?;
+        Ok(gone)
+    }
+
+    /// How many tokens were redeemed and are still remembered.
+    pub fn spent_count(&self) -> Result<u64, RpcError> {
+        use redb::ReadableTableMetadata as _;
+        let read = self.db.begin_read().map_err(storage)?;
+        read.open_table(SPENT)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)
+    }
+
     /// Queues a job; its answer comes on the job's channel.
     pub fn submit(&self, job: Job) -> Result<(), RpcError> {
         self.jobs.send(job).map_err(|_| RpcError::Unavailable)
@@ -257,6 +301,7 @@ fn ensure_tables(txn: &redb::WriteTransaction) -> Result<(), RpcError> {
     txn.open_table(KEYINIT_HWM).map_err(storage)?;
     txn.open_table(KEYINIT_SEEN).map_err(storage)?;
     txn.open_table(FLUSH_NONCE).map_err(storage)?;
+    txn.open_table(SPENT).map_err(storage)?;
     Ok(())
 }
 
@@ -278,6 +323,7 @@ struct UidArgs<'a> {
     kind: Kind,
     msg: &'a UidMessage,
     profiled: &'a uid::ProfiledUid,
+    token: Option<SpendId>,
     keyserver: bool,
     forced: bool,
     now: u64,
@@ -403,6 +449,7 @@ impl Sequencer {
                 kind,
                 msg,
                 profiled,
+                token,
                 keyserver,
                 forced,
                 now,
@@ -415,6 +462,7 @@ impl Sequencer {
                         kind,
                         msg: &msg,
                         profiled: &profiled,
+                        token,
                         keyserver,
                         forced,
                         now,
@@ -424,9 +472,13 @@ impl Sequencer {
             Job::AddKeyInit {
                 sig_pub,
                 key_inits,
+                tokens,
                 now,
                 reply,
-            } => Answer::Add(reply, self.add_key_inits(txn, &sig_pub, &key_inits, now)),
+            } => Answer::Add(
+                reply,
+                self.add_key_inits(txn, &sig_pub, &key_inits, &tokens, now),
+            ),
             Job::FetchKeyInit {
                 sig_key_hash,
                 now,
@@ -475,6 +527,7 @@ impl Sequencer {
             kind,
             msg,
             profiled,
+            token,
             keyserver,
             forced,
             now,
@@ -531,6 +584,14 @@ impl Sequencer {
             None => None,
         };
         rules::check_last_entry(profiled.last_entry.as_ref(), fresh, 0, self.size, genesis)?;
+        // Paid for last, so a refused call spends nothing; a retry of a
+        // committed call got its stored reply above.
+        let method = match kind {
+            Kind::Create => "CreateUID",
+            Kind::Update => "UpdateUID",
+        };
+        let paying: Vec<(u64, SpendId)> = token.into_iter().map(|t| (0, t)).collect();
+        spend(txn, &paying, now, method)?;
 
         let mut nonce = [0u8; 8];
         let mut iv = [0u8; 16];
@@ -633,6 +694,7 @@ impl Sequencer {
         txn: &redb::WriteTransaction,
         sig_pub: &ed25519_dalek::VerifyingKey,
         key_inits: &[KeyInit],
+        tokens: &[SpendId],
         now: u64,
     ) -> Result<(Vec<String>, u64), RpcError> {
         let row = self.current_owner(txn, sig_pub, now)?;
@@ -680,6 +742,17 @@ impl Sequencer {
             .count();
         if stored + fresh.len() > MAX_KEYINITS {
             return Err(RpcError::KeyinitLimit);
+        }
+        // One token per new KeyInit; a retried one was paid for already.
+        if !tokens.is_empty() {
+            let paying: Vec<(u64, SpendId)> = fresh
+                .iter()
+                .filter_map(|(i, _)| Some((*i as u64, *tokens.get(*i)?)))
+                .collect();
+            if paying.len() != fresh.len() {
+                return Err(RpcError::PaymentRequired);
+            }
+            spend(txn, &paying, now, "AddKeyInit")?;
         }
         let timestamp = now;
         let mut seen = txn.open_table(KEYINIT_SEEN).map_err(storage)?;
@@ -803,6 +876,33 @@ impl Sequencer {
         let signature = sign(&self.config.signer, Ctx::FlushReceipt, &receipt);
         Ok((receipt, signature))
     }
+}
+
+/// Redeems `tokens` (each with its index in the call) in `txn`: all of
+/// them, or none if any was spent before or repeats within the call.
+fn spend(
+    txn: &redb::WriteTransaction,
+    tokens: &[(u64, SpendId)],
+    now: u64,
+    method: &str,
+) -> Result<(), RpcError> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let mut spent = txn.open_table(SPENT).map_err(storage)?;
+    for (n, (index, id)) in tokens.iter().enumerate() {
+        if tokens[..n].iter().any(|(_, t)| t == id)
+            || spent.get(&id[..]).map_err(storage)?.is_some()
+        {
+            return Err(RpcError::TokenSpent { index: *index });
+        }
+    }
+    let mut row = now.to_be_bytes().to_vec();
+    row.extend_from_slice(method.as_bytes());
+    for (_, id) in tokens {
+        spent.insert(&id[..], row.as_slice()).map_err(storage)?;
+    }
+    Ok(())
 }
 
 fn unanswered(job: Job) -> Answer {

@@ -80,7 +80,8 @@ fn send(url: &str, m: &UidMessage) -> Option<UidMessageReply> {
 #[test]
 fn five_kills_under_create_load_lose_no_acknowledged_registration() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut server = Keyserverd::start(dir.path(), 0, &["--no-rate-limits"]);
+    let mut server =
+        Keyserverd::start(dir.path(), 0, &["--no-rate-limits", "--tokens", "disabled"]);
     let port: u16 = server
         .url
         .trim_end_matches('/')
@@ -128,7 +129,11 @@ fn five_kills_under_create_load_lose_no_acknowledged_registration() {
         for w in workers {
             w.join().expect("worker");
         }
-        server = Keyserverd::start(dir.path(), port, &["--no-rate-limits"]);
+        server = Keyserverd::start(
+            dir.path(),
+            port,
+            &["--no-rate-limits", "--tokens", "disabled"],
+        );
     }
     let acked = acked.lock().expect("lock").clone();
     assert!(acked.len() >= 300, "{} acknowledged", acked.len());

@@ -63,7 +63,11 @@ fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> CliOut {
 #[test]
 fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
     let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
     assert!(
         server.log().contains("test-faults"),
         "the forging build runs: {}",
@@ -130,7 +134,11 @@ fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
 
     // Alice's monitor alarms too, after a restart of the server on another
     // port (the chain itself verifies; her identity does not).
-    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
     ok(&alice, &["init", "--server", &server.url, "--pin", &pin]);
     let o = ks_cli(&alice, &["monitor"]);
     assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
@@ -192,7 +200,11 @@ fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
 #[test]
 fn a_reply_the_log_does_not_hold_is_caught_at_confirm() {
     let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
     let mut client = ks_client::Client::new(&server.url, server.pin.clone());
     client.sync().expect("sync");
     // Alice registers; the server answers with a forged reply instead.
@@ -272,7 +284,11 @@ fn a_reply_the_log_does_not_hold_is_caught_at_confirm() {
 #[test]
 fn a_second_tree_of_one_size_is_a_fork_with_evidence() {
     let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(&root.path().join("server"), 0, &["--no-rate-limits"]);
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
     let pin = format!(
         "{}:{}",
         server.pin.identity,

@@ -46,7 +46,7 @@ fn x25519(b: u8) -> [u8; 32] {
 #[test]
 fn the_honest_server_refuses_each_bad_request_with_its_code() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(dir.path(), 0, &["--no-rate-limits"]);
+    let server = Keyserverd::start(dir.path(), 0, &["--no-rate-limits", "--tokens", "disabled"]);
     let url = server.url.clone();
     let mut client = Client::new(&url, server.pin.clone());
     client.sync().expect("sync");
@@ -305,7 +305,7 @@ fn the_honest_server_refuses_each_bad_request_with_its_code() {
 #[test]
 fn the_default_rate_limits_hold() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(dir.path(), 0, &[]);
+    let server = Keyserverd::start(dir.path(), 0, &["--tokens", "disabled"]);
     let url = server.url.clone();
     let mut client = Client::new(&url, server.pin.clone());
     client.sync().expect("sync");

@@ -5,7 +5,9 @@
 //! looks her up and starts sessions until only fallbacks are left (which
 //! `strict` refuses); after a Flush nothing is served. Then Alice rotates
 //! her key and recovers with her escrow key, the server is SIGKILLed and
-//! restarted, and everything still verifies incrementally.
+//! restarted, and everything still verifies incrementally. Every paid call
+//! is paid with tokens: Alice's bought blindly through the operator's
+//! offline `keyserverd tokens sign`, the fillers' minted.
 
 mod support;
 
@@ -34,9 +36,15 @@ fn sync_past(client: &mut Client, pos: u64) {
     }
 }
 
-fn register(url: &str, pin: &ks_client::Pin, name: &str) -> (Client, OwnIdentity) {
+fn register(url: &str, pin: &ks_client::Pin, name: &str, token: String) -> (Client, OwnIdentity) {
     let mut c = Client::new(url, pin.clone());
+    c.sync().expect("sync");
+    let added = c
+        .finalize_tokens(&serde_json::json!({ "Tokens": [token] }))
+        .expect("a minted token verifies");
+    assert_eq!(added, 1);
     let own = c.register(name, "strict").expect("register");
+    assert_eq!(c.token_balance(), 0, "the registration spent the token");
     (c, own)
 }
 
@@ -52,17 +60,37 @@ fn alice_and_bob_the_whole_seed_use_case() {
     let mut alice_client = Client::new(&url, pin.clone());
     alice_client.sync().expect("first sync");
     let caps = alice_client.capabilities().expect("capabilities");
-    assert_eq!(caps.capabilities.tokens, "disabled");
+    assert_eq!(caps.capabilities.tokens, "required");
+    assert_eq!(caps.capabilities.prices.create_uid, 1);
+    // Without tokens a paid call is refused before anything is sent.
+    match alice_client.register("alice@localhost", "strict") {
+        Err(ClientError::PaymentRequired { needed: 1, have: 0 }) => {}
+        other => panic!("no tokens: {:?}", other.map(|o| o.identity)),
+    }
+    // Register (1), 22 KeyInits, two updates (2) and one spare.
+    support::buy_tokens(dir.path(), &mut alice_client, 26);
     assert_eq!(caps.capabilities.keyserver_identity, pin.identity);
 
     // Filler users, concurrently (group commit; each reply verified).
-    let fillers: Vec<_> = (0..16)
-        .map(|i| {
+    let tokens = support::mint_tokens(dir.path(), 16);
+    let fillers: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| {
             let (url, pin) = (url.clone(), pin.clone());
-            std::thread::spawn(move || register(&url, &pin, &format!("filler{i:02}@localhost")).1)
+            std::thread::spawn(move || {
+                let own = register(
+                    &url,
+                    &pin,
+                    &format!("filler{i:02}@localhost"),
+                    token.clone(),
+                )
+                .1;
+                (own, token)
+            })
         })
         .collect();
-    let fillers: Vec<OwnIdentity> = fillers
+    let fillers: Vec<(OwnIdentity, String)> = fillers
         .into_iter()
         .map(|t| t.join().expect("filler"))
         .collect();
@@ -81,10 +109,12 @@ fn alice_and_bob_the_whole_seed_use_case() {
     let pos = alice_client.confirm(&alice).expect("confirm");
     assert_eq!(pos, alice.reply.entry.hashchain_pos);
     // Registering a taken name, or one that maps to it, is refused.
+    let balance = alice_client.token_balance();
     match alice_client.register("alice@localhost", "strict") {
-        Err(ClientError::Rpc { code: -32010, .. }) => {}
+        Err(ClientError::Taken(_)) => {}
         other => panic!("taken: {:?}", other.map(|o| o.identity)),
     }
+    assert_eq!(alice_client.token_balance(), balance, "nothing spent on it");
 
     // Bob: a fresh client, a full verified sync, lookup, session start.
     let mut bob = Client::new(&url, pin.clone());
@@ -171,19 +201,19 @@ fn alice_and_bob_the_whole_seed_use_case() {
         .expect("lookup")
         .expect("alice");
     assert_eq!(last.message, alice.uid);
-    let filler = &fillers[0];
+    let (filler, token) = &fillers[0];
     let retried: serde_json::Value = {
         let body = serde_json::json!({
             "jsonrpc": "2.0", "id": 1, "method": "KeyRepository.CreateUID",
             "params": {"UIDMessage": serde_json::from_slice::<serde_json::Value>(
-                &filler.uid.to_lcj()).expect("json")}
+                &filler.uid.to_lcj()).expect("json"), "Token": token}
         });
         support::post_raw(&url, "application/json", body.to_string().as_bytes()).1
     };
     assert_eq!(
         retried["result"]["UIDMessageReply"]["ENTRY"]["HASHCHAINPOS"],
         serde_json::Value::from(filler.reply.entry.hashchain_pos),
-        "a retry gets the original reply: {retried}"
+        "a retry with its token gets the original reply, not token_spent: {retried}"
     );
     drop(server);
 }

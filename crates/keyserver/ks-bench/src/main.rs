@@ -46,6 +46,28 @@ struct Args {
     /// Skip phases (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Pay with tokens (keyserver.md §5) as a public deployment does: the
+    /// in-process server requires them, and they are minted before the
+    /// clock starts (in-process server only).
+    #[arg(long, conflicts_with = "url")]
+    tokens: bool,
+}
+
+/// Minted tokens the paid calls spend (empty: tokens disabled).
+static TOKENS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// `n` tokens from the pool, as the call's token member; `None` when the
+/// bench runs without tokens.
+fn pay(n: usize) -> anyhow::Result<Option<Vec<String>>> {
+    let mut pool = TOKENS
+        .lock()
+        .map_err(|_| anyhow::anyhow!("token pool poisoned"))?;
+    if pool.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(pool.len() >= n, "the token pool ran dry");
+    let at = pool.len() - n;
+    Ok(Some(pool.split_off(at)))
 }
 
 fn agent() -> ureq::Agent {
@@ -111,6 +133,29 @@ fn report(name: &str, count: u64, unit: &str, elapsed: Duration, mut lat: Vec<Du
     );
 }
 
+/// Fills the token pool with `n` tokens of `issuer`, on every core.
+fn mint(issuer: &Arc<ks_core::token::IssuerSecret>, n: usize) -> anyhow::Result<()> {
+    let digest = ks_core::token::challenge_digest("localhost", "localhost/kt/v1");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let parts: Vec<_> = (0..threads)
+        .map(|t| {
+            let issuer = issuer.clone();
+            let count = n / threads + usize::from(t < n % threads);
+            std::thread::spawn(move || keyserverd::tokens::mint(&issuer, &digest, count))
+        })
+        .collect();
+    let mut pool = TOKENS
+        .lock()
+        .map_err(|_| anyhow::anyhow!("token pool poisoned"))?;
+    for p in parts {
+        pool.extend(
+            p.join()
+                .map_err(|_| anyhow::anyhow!("minting panicked"))??,
+        );
+    }
+    Ok(())
+}
+
 /// A user's keys, derived from its number (so phases can find them again).
 fn user_key(i: u64) -> SigningKey {
     let mut seed = [0u8; 32];
@@ -145,13 +190,12 @@ fn create_user(agent: &ureq::Agent, url: &str, head: &Entry, i: u64) -> anyhow::
     };
     let c = author::content(&user_name(i), &keys, 0, Some(head), "strict", now());
     let msg = author::sign_create(c, &keys);
+    let mut params = serde_json::json!({"UIDMessage": json_of(&msg)});
+    if let Some(mut t) = pay(1)? {
+        params["Token"] = serde_json::Value::String(t.remove(0));
+    }
     let t = Instant::now();
-    call(
-        agent,
-        url,
-        "KeyRepository.CreateUID",
-        serde_json::json!({"UIDMessage": json_of(&msg)}),
-    )?;
+    call(agent, url, "KeyRepository.CreateUID", params)?;
     Ok(t.elapsed())
 }
 
@@ -205,7 +249,19 @@ fn main() -> anyhow::Result<()> {
                         registrations_per_hour: 1,
                     },
                     tls: None,
+                    tokens_required: args.tokens,
                 }))?;
+            if let Some(issuer) = &running.issuer {
+                // Two extra phases' worth: the single-client creates and
+                // the keyinit users' 256 each.
+                let need = args.users + 200 + args.keyinit_users.min(args.users) * 256;
+                let started = Instant::now();
+                mint(issuer, need as usize)?;
+                println!(
+                    "minted {need} tokens in {:.1} s (setup, not measured)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
             (format!("http://{}/", running.addr), running.pin.clone())
         }
     };
@@ -282,12 +338,11 @@ fn main() -> anyhow::Result<()> {
                             json_of(&ki)
                         })
                         .collect();
-                    call(
-                        agent,
-                        &url2,
-                        "KeyInitRepository.AddKeyInit",
-                        serde_json::json!({"SigPubKey": pk, "KeyInits": kis}),
-                    )?;
+                    let mut params = serde_json::json!({"SigPubKey": pk, "KeyInits": kis});
+                    if let Some(t) = pay(64)? {
+                        params["Tokens"] = serde_json::json!(t);
+                    }
+                    call(agent, &url2, "KeyInitRepository.AddKeyInit", params)?;
                 }
                 Ok(t.elapsed() / 4)
             },

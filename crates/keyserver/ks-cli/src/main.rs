@@ -139,6 +139,35 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// Payment tokens (keyserver.md §5): request, finalize, balance.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Blinds fresh tokens for the keyserver's verified issuer key and
+    /// writes the requests for the operator (`keyserverd tokens sign`);
+    /// the blinding secrets stay here.
+    Request {
+        /// How many tokens.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        count: u64,
+        /// The request file to hand to the operator.
+        #[arg(long = "out", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Reads the operator's response (or minted tokens), unblinds and
+    /// verifies every token, and adds them to the wallet.
+    Finalize {
+        /// The response file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// Tokens in the wallet, and requests awaiting an answer.
+    Balance,
 }
 
 #[derive(Subcommand)]
@@ -186,7 +215,7 @@ impl From<ClientError> for Failure {
                 -32003..=-32001 => 5,
                 _ => 1,
             },
-            ClientError::NotFound(_) | ClientError::NoOneTimeKeyInit => 3,
+            ClientError::NotFound(_) | ClientError::Taken(_) | ClientError::NoOneTimeKeyInit => 3,
             ClientError::Rollback { .. }
             | ClientError::Fork { .. }
             | ClientError::BadData(_)
@@ -194,6 +223,8 @@ impl From<ClientError> for Failure {
             | ClientError::Misbehaviour(_)
             | ClientError::Evidence { .. }
             | ClientError::BadKeyInit(_) => 4,
+            ClientError::PaymentRequired { .. } => 5,
+            ClientError::Usage(_) => 2,
             ClientError::Transport(_) | ClientError::Storage(_) => 1,
         };
         Failure {
@@ -583,6 +614,44 @@ fn run_cmd(
                 ),
             );
         }
+        Command::Tokens { command } => match command {
+            TokensCommand::Request { count, output } => {
+                let r = client.request_tokens(count as usize)?;
+                let body = serde_json::json!({"Batch": r.batch, "TokenRequests": r.requests});
+                durable_file::create_new(&output, body.to_string().as_bytes(), 0o644)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+                print(
+                    json,
+                    serde_json::json!({"batch": r.batch, "requested": count, "file": output}),
+                    format!(
+                        "{count} token requests in {}: give it to the keyserver's operator, then run `ks-cli tokens finalize --in <their response>`",
+                        output.display()
+                    ),
+                );
+            }
+            TokensCommand::Finalize { input } => {
+                let bytes = std::fs::read(&input)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+                let answer: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", input.display()))?;
+                let added = client.finalize_tokens(&answer)?;
+                let balance = client.token_balance();
+                print(
+                    json,
+                    serde_json::json!({"added": added, "balance": balance}),
+                    format!("{added} tokens added; {balance} in the wallet"),
+                );
+            }
+            TokensCommand::Balance => {
+                let balance = client.token_balance();
+                let pending = client.pending_token_requests();
+                print(
+                    json,
+                    serde_json::json!({"balance": balance, "pending": pending}),
+                    format!("{balance} tokens; {pending} requested and not yet answered"),
+                );
+            }
+        },
         Command::Checkpoint => {
             let note = client
                 .checkpoint()

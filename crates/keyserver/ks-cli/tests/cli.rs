@@ -39,6 +39,38 @@ fn alice_and_bob_with_the_command_line() {
     let pin = server.pin.as_str();
 
     ok(&alice, &["init", "--server", url, "--pin", pin]);
+    // Registration costs a token: without one, exit 5 and nothing stored.
+    let o = ks_cli(&alice, &["register", "alice@localhost"]);
+    assert_eq!(o.code, 5, "{}{}", o.stdout, o.stderr);
+    // Alice buys 8 tokens blindly: her wallet blinds the requests, the
+    // operator signs them offline, her wallet unblinds and verifies them.
+    let (req, resp) = (root.path().join("req.json"), root.path().join("resp.json"));
+    let (req_s, resp_s) = (req.to_str().expect("utf-8"), resp.to_str().expect("utf-8"));
+    ok(
+        &alice,
+        &["tokens", "request", "--count", "8", "--out", req_s],
+    );
+    assert_eq!(json(&alice, &["tokens", "balance"])["pending"], 8);
+    let signed = std::process::Command::new(workspace_binary("keyserverd"))
+        .args([
+            "--data-dir",
+            root.path().join("server").to_str().expect("utf-8"),
+        ])
+        .args(["tokens", "sign", "--in", req_s, "--out", resp_s])
+        .output()
+        .expect("keyserverd tokens sign");
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let fin = json(&alice, &["tokens", "finalize", "--in", resp_s]);
+    assert_eq!(fin["added"], 8, "{fin}");
+    // The same response again adds nothing (its request is answered).
+    assert_eq!(
+        ks_cli(&alice, &["tokens", "finalize", "--in", resp_s]).code,
+        3
+    );
     let reg = json(&alice, &["register", "alice@localhost"]);
     let escrow = reg["escrow"].as_str().expect("escrow").to_string();
     let paper = root.path().join("escrow.txt");
@@ -157,6 +189,8 @@ fn alice_and_bob_with_the_command_line() {
     let flushed = json(&alice, &["keyinit", "flush", "alice@localhost"]);
     assert_eq!(flushed["flushed"], 1);
     assert_eq!(ks_cli(&bob, &["session-start", "alice@localhost"]).code, 3);
+    // Register, 3 + 1 KeyInits and two updates spent 7 of the 8 tokens.
+    assert_eq!(json(&alice, &["tokens", "balance"])["balance"], 1);
     // Usage errors: exit 2.
     assert_eq!(ks_cli(&bob, &["frobnicate"]).code, 2);
     drop(server);
@@ -182,7 +216,15 @@ fn the_keyserver_over_tls_and_mutual_tls() {
         &workspace_binary("keyserverd"),
         &root.path().join("server"),
         0,
-        &["--no-rate-limits", "--tls-cert", cert, "--tls-key", key],
+        &[
+            "--no-rate-limits",
+            "--tokens",
+            "disabled",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
     );
     assert!(
         server.url.starts_with("https://127.0.0.1:"),

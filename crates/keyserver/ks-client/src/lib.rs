@@ -16,8 +16,8 @@
 //! - **Alice and Bob** (§6.4, §6.5): register, publish KeyInits, flush, and
 //!   start a session with every check of §6.5.
 //!
-//! State is held in memory by this version; the CLI's persistent store is
-//! still to come (issue 15).
+//! - **Tokens** (§5, [`wallet`]): blinded requests, verified finished
+//!   tokens, and paid calls that never lose a token.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -39,6 +39,7 @@ use tlog_core::note::{KeyType, Note, VerifierKey};
 use tlog_core::Checkpoint;
 
 pub mod store;
+pub mod wallet;
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,22 @@ pub enum ClientError {
         reason: String,
         /// `message`.
         message: String,
+        /// `data.index`: which of the call's tokens (token errors).
+        index: Option<u64>,
     },
+    /// Not enough payment tokens in the wallet (`ks-cli tokens request`).
+    #[error(
+        "payment required: {needed} token(s) needed, {have} in the wallet (ks-cli tokens request)"
+    )]
+    PaymentRequired {
+        /// The call's price.
+        needed: usize,
+        /// The wallet's balance.
+        have: usize,
+    },
+    /// The request cannot be made as asked.
+    #[error("{0}")]
+    Usage(String),
     /// The server showed a smaller chain than one it signed before.
     #[error("rollback: the server shows size {shown}, below the verified {have}")]
     Rollback {
@@ -99,6 +115,9 @@ pub enum ClientError {
     /// The identity does not exist or is not current.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The identity is registered and current (found in the local chain).
+    #[error("{0} is taken")]
+    Taken(String),
     /// The local state file failed.
     #[error("local state: {0}")]
     Storage(String),
@@ -195,6 +214,10 @@ pub struct Client {
     one_time_seen: BTreeSet<String>,
     /// Verified Capabilities.
     capabilities: Option<SignedCapabilities>,
+    /// The token wallet (§5).
+    tokens: BTreeSet<String>,
+    /// Token requests awaiting the issuer, by batch id.
+    batches: std::collections::BTreeMap<String, store::WalletBatch>,
     /// Where the state persists (None: in memory only).
     file: Option<store::StateFile>,
     /// HTTP(S) to the keyserver.
@@ -206,6 +229,7 @@ fn rpc_error(v: &serde_json::Value) -> ClientError {
         code: v["code"].as_i64().unwrap_or(0),
         reason: v["data"]["reason"].as_str().unwrap_or("").to_string(),
         message: v["message"].as_str().unwrap_or("").to_string(),
+        index: v["data"]["index"].as_u64(),
     }
 }
 
@@ -235,6 +259,8 @@ impl Client {
             schedule: Vec::new(),
             one_time_seen: BTreeSet::new(),
             capabilities: None,
+            tokens: BTreeSet::new(),
+            batches: Default::default(),
             file: None,
             agent: http_tls::ClientTls::default().agent(ureq::Agent::config_builder()),
         }
@@ -297,6 +323,8 @@ impl Client {
             c.schedule.push((p, key));
         }
         c.one_time_seen = loaded.seen.into_iter().collect();
+        c.tokens = loaded.tokens.into_iter().collect();
+        c.batches = loaded.batches.into_iter().collect();
         // The pin and URL are stored with the first verified sync, so a
         // wrong pin leaves nothing behind.
         c.file = Some(file);
@@ -757,6 +785,13 @@ impl Client {
         self.sync()?;
         let ident = ks_core::identity::map(identity)
             .map_err(|e| ClientError::NotFound(format!("{identity}: {e}")))?;
+        // §6.4 step 2: a live match in the local chain means taken, found
+        // without spending a token on a call the server would refuse.
+        if let Some(found) = self.lookup(&ident)? {
+            if found.state.is_current(now()) {
+                return Err(ClientError::Taken(ident));
+            }
+        }
         let sig_key = SigningKey::from_bytes(&random());
         let escrow = SigningKey::from_bytes(&random());
         let static_secret = x25519_dalek::StaticSecret::from(random::<32>());
@@ -828,7 +863,7 @@ impl Client {
             Kind::Create => "KeyRepository.CreateUID",
             Kind::Update => "KeyRepository.UpdateUID",
         };
-        let v = self.call(method, object([("UIDMessage", msg.to_value())]))?;
+        let v = self.paid_call(method, vec![("UIDMessage", msg.to_value())], "Token", 1)?;
         let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
         let reply: UidMessageReply = f
             .nested("UIDMessageReply")
@@ -1015,9 +1050,10 @@ impl Client {
             secrets.push((ki.hash(), secret));
             key_inits.push(ki);
         }
-        let v = self.call(
+        let price = key_inits.len();
+        let v = self.paid_call(
             "KeyInitRepository.AddKeyInit",
-            object([
+            vec![
                 (
                     "SigPubKey",
                     Value::String(b64::encode(own.sig_key.verifying_key().as_bytes())),
@@ -1026,7 +1062,9 @@ impl Client {
                     "KeyInits",
                     Value::Array(key_inits.iter().map(Lcj::to_value).collect()),
                 ),
-            ]),
+            ],
+            "Tokens",
+            price,
         )?;
         let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
         let signatures = f.strings("Signatures").map_err(|e| bad(e.to_string()))?;

@@ -22,6 +22,37 @@ const SCHEDULE: TableDefinition<u64, &[u8]> = TableDefinition::new("schedule");
 const OWN: TableDefinition<&str, &[u8]> = TableDefinition::new("own");
 /// KEYINITHASH → 1 for one-time KeyInits this client was served.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_one_time");
+/// The token wallet (§5): b64 token → 1. Bearer money: the file is 0600.
+const TOKENS: TableDefinition<&str, u64> = TableDefinition::new("tokens");
+/// Token requests awaiting the issuer's response: batch id → the issuer
+/// key's SPKI and the blinding secrets ([`WalletBatch`]).
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("token_pending");
+
+lcj_record! {
+    /// A batch of blinded token requests, as the wallet keeps it until the
+    /// issuer's responses arrive.
+    pub struct WalletBatch {
+        /// When it was made (newest is the default for `finalize`).
+        created: u64 = "CREATED",
+        /// The issuer key (b64 SPKI) the requests were blinded for.
+        key: String = "KEY",
+        /// Per request, b64 of `ks_core::token::Pending`.
+        pending: Vec<String> = "PENDING",
+    }
+}
+
+/// One change of the wallet, applied in one transaction.
+#[derive(Default)]
+pub struct WalletChange<'a> {
+    /// Tokens to add.
+    pub add: &'a [String],
+    /// Tokens to remove (spent).
+    pub remove: &'a [String],
+    /// A request batch to keep.
+    pub put_batch: Option<(&'a str, &'a WalletBatch)>,
+    /// A batch whose tokens arrived.
+    pub drop_batch: Option<&'a str>,
+}
 
 lcj_record! {
     /// One own identity as stored.
@@ -63,6 +94,10 @@ pub struct Loaded {
     pub schedule: Vec<(u64, [u8; 32])>,
     /// One-time KEYINITHASHes seen.
     pub seen: Vec<String>,
+    /// The token wallet.
+    pub tokens: Vec<String>,
+    /// Pending token request batches by id.
+    pub batches: Vec<(String, WalletBatch)>,
 }
 
 /// What one sync commits.
@@ -96,6 +131,8 @@ impl StateFile {
         txn.open_table(SCHEDULE).map_err(storage)?;
         txn.open_table(OWN).map_err(storage)?;
         txn.open_table(SEEN).map_err(storage)?;
+        txn.open_table(TOKENS).map_err(storage)?;
+        txn.open_table(PENDING).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(StateFile { db })
     }
@@ -148,11 +185,33 @@ impl StateFile {
         {
             seen.push(row.map_err(storage)?.0.value().to_string());
         }
+        let mut tokens = Vec::new();
+        for row in txn
+            .open_table(TOKENS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            tokens.push(row.map_err(storage)?.0.value().to_string());
+        }
+        let mut batches = Vec::new();
+        for row in txn
+            .open_table(PENDING)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            let batch = WalletBatch::from_lcj(v.value()).map_err(storage)?;
+            batches.push((k.value().to_string(), batch));
+        }
         Ok(Loaded {
             meta,
             entries,
             schedule,
             seen,
+            tokens,
+            batches,
         })
     }
 
@@ -183,6 +242,28 @@ impl StateFile {
             .map_err(storage)?
             .insert(hash, 1)
             .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// Changes the token wallet in one transaction.
+    pub fn wallet(&self, c: WalletChange<'_>) -> Result<(), ClientError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut tokens = txn.open_table(TOKENS).map_err(storage)?;
+            for t in c.add {
+                tokens.insert(t.as_str(), 1).map_err(storage)?;
+            }
+            for t in c.remove {
+                tokens.remove(t.as_str()).map_err(storage)?;
+            }
+            let mut pending = txn.open_table(PENDING).map_err(storage)?;
+            if let Some((id, batch)) = c.put_batch {
+                pending.insert(id, &batch.to_lcj()[..]).map_err(storage)?;
+            }
+            if let Some(id) = c.drop_batch {
+                pending.remove(id).map_err(storage)?;
+            }
+        }
         txn.commit().map_err(storage)
     }
 

@@ -29,11 +29,20 @@ pub enum RpcError {
     #[error("payment required")]
     PaymentRequired,
     /// A token that does not verify or is not for this deployment.
-    #[error("token invalid: {0}")]
-    TokenInvalid(String),
+    #[error("token {index} invalid: {problem}")]
+    TokenInvalid {
+        /// Which of the call's tokens (`data.index`).
+        index: u64,
+        /// What is wrong.
+        problem: String,
+    },
     /// A token already redeemed.
-    #[error("token already spent")]
-    TokenSpent,
+    #[error("token {index} already spent")]
+    TokenSpent {
+        /// Which of the call's tokens (`data.index`): the wallet drops that
+        /// one and keeps the rest.
+        index: u64,
+    },
     /// Create for an identity that is live or quarantined.
     #[error("identity taken")]
     IdentityTaken,
@@ -113,8 +122,8 @@ impl RpcError {
             RpcError::InvalidParams { .. } => -32602,
             RpcError::Internal => -32603,
             RpcError::PaymentRequired => -32001,
-            RpcError::TokenInvalid(_) => -32002,
-            RpcError::TokenSpent => -32003,
+            RpcError::TokenInvalid { .. } => -32002,
+            RpcError::TokenSpent { .. } => -32003,
             RpcError::IdentityTaken => -32010,
             RpcError::IdentityUnknown => -32011,
             RpcError::Policy(_) => -32012,
@@ -143,8 +152,8 @@ impl RpcError {
             RpcError::InvalidParams { .. } => "invalid_params",
             RpcError::Internal => "internal",
             RpcError::PaymentRequired => "payment_required",
-            RpcError::TokenInvalid(_) => "token_invalid",
-            RpcError::TokenSpent => "token_spent",
+            RpcError::TokenInvalid { .. } => "token_invalid",
+            RpcError::TokenSpent { .. } => "token_spent",
             RpcError::IdentityTaken => "identity_taken",
             RpcError::IdentityUnknown => "identity_unknown",
             RpcError::Policy(_) => "policy",
@@ -178,6 +187,9 @@ impl RpcError {
                 vec![("retry_after_s", DataValue::Int(*retry_after_s))]
             }
             RpcError::ReadOnly { primary } => vec![("primary", DataValue::Str(primary.clone()))],
+            RpcError::TokenInvalid { index, .. } | RpcError::TokenSpent { index } => {
+                vec![("index", DataValue::Int(*index))]
+            }
             _ => Vec::new(),
         }
     }

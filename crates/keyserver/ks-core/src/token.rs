@@ -18,6 +18,10 @@ use blind_rsa_signatures::{
 };
 use sha2::{Digest, Sha256};
 
+/// The operating system's RNG in the form the RSA code takes (for callers
+/// at the edges: the wallet, the issuer).
+pub use blind_rsa_signatures::DefaultRng as OsRng;
+
 /// The Privacy Pass token type: blind RSA, 2048-bit.
 pub const TOKEN_TYPE: u16 = 0x0002;
 /// Nk: the modulus, signature and blinded-message length.

@@ -64,3 +64,73 @@ pub fn post_raw(url: &str, content_type: &str, body: &[u8]) -> (u16, serde_json:
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// The operator's offline `keyserverd tokens ARGS` on the server's data
+/// directory; panics with its stderr if it fails.
+pub fn operator(server_dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyserverd"))
+        .arg("--data-dir")
+        .arg(server_dir)
+        .arg("tokens")
+        .args(args)
+        .output()
+        .expect("run keyserverd tokens");
+    assert!(
+        out.status.success(),
+        "keyserverd tokens {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// §5's issuance as the seed plays it: `client` blinds `count` requests,
+/// the operator signs them with `keyserverd tokens sign`, the client
+/// unblinds and verifies them into its wallet.
+pub fn buy_tokens(server_dir: &Path, client: &mut ks_client::Client, count: usize) {
+    let files = tempfile::tempdir().expect("tempdir");
+    let (req, resp) = (
+        files.path().join("req.json"),
+        files.path().join("resp.json"),
+    );
+    let r = client.request_tokens(count).expect("request tokens");
+    let body = serde_json::json!({"Batch": r.batch, "TokenRequests": r.requests});
+    std::fs::write(&req, body.to_string()).expect("write request");
+    operator(
+        server_dir,
+        &[
+            "sign",
+            "--in",
+            req.to_str().expect("utf-8"),
+            "--out",
+            resp.to_str().expect("utf-8"),
+        ],
+    );
+    let answer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&resp).expect("response")).expect("json");
+    assert_eq!(client.finalize_tokens(&answer).expect("finalize"), count);
+}
+
+/// `count` finished tokens from `keyserverd tokens mint --danger-linkable`
+/// (b64), for test users that need one each.
+pub fn mint_tokens(server_dir: &Path, count: usize) -> Vec<String> {
+    let files = tempfile::tempdir().expect("tempdir");
+    let out = files.path().join("tokens.json");
+    operator(
+        server_dir,
+        &[
+            "mint",
+            "--count",
+            &count.to_string(),
+            "--danger-linkable",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("tokens")).expect("json");
+    v["Tokens"]
+        .as_array()
+        .expect("Tokens")
+        .iter()
+        .map(|t| t.as_str().expect("b64").to_string())
+        .collect()
+}
