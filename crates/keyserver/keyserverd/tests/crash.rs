@@ -18,14 +18,7 @@ use ks_core::entry::Entry;
 use ks_core::lcj::Lcj;
 use ks_core::uid::{UidMessage, UidMessageReply};
 use serde_json::json;
-use support::Keyserverd;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
+use support::{now, Keyserverd};
 
 /// `load` and a base-8 number in the digits 2–9 (mapped names have no 0, 1
 /// or j).

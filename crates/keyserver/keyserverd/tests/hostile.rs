@@ -15,7 +15,7 @@ use ks_core::evidence::Evidence;
 use ks_core::lcj::Lcj;
 use lk_testkit::keyserverd::CliOut;
 use serde_json::json;
-use support::{post_raw, Keyserverd};
+use support::{now, post_raw, Keyserverd};
 
 fn ks_cli(dir: &Path, args: &[&str]) -> CliOut {
     lk_testkit::keyserverd::ks_cli(&lk_testkit::process::workspace_binary("ks-cli"), dir, args)
@@ -34,13 +34,6 @@ fn evidence_path(stderr: &str) -> String {
         .find_map(|l| l.strip_prefix("evidence written to "))
         .unwrap_or_else(|| panic!("no evidence file: {stderr}"))
         .to_string()
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
 }
 
 fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> CliOut {

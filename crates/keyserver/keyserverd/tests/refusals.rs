@@ -11,37 +11,8 @@ use ks_core::author::{self, Authority, UidKeys};
 use ks_core::b64;
 use ks_core::lcj::Lcj;
 use ks_core::sig::{sign, Ctx};
-use ks_core::uid::UidMessage;
 use serde_json::{json, Value};
-use support::{post_raw, Keyserverd};
-
-fn call(url: &str, method: &str, params: Value) -> Value {
-    let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params});
-    let (status, v) = post_raw(url, "application/json", body.to_string().as_bytes());
-    assert_eq!(status, 200, "{v}");
-    v
-}
-
-fn code(v: &Value) -> i64 {
-    v["error"]["code"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("expected an error: {v}"))
-}
-
-fn msg_json(m: &UidMessage) -> Value {
-    serde_json::from_slice(&m.to_lcj()).expect("json")
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn x25519(b: u8) -> [u8; 32] {
-    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([b; 32])).to_bytes()
-}
+use support::{call, code, msg_json, now, post_raw, x25519, Keyserverd};
 
 #[test]
 fn the_honest_server_refuses_each_bad_request_with_its_code() {

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use ks_client::Pin;
+use ks_core::lcj::Lcj as _;
 
 /// A real keyserverd (lk-testkit's) with its pin parsed.
 pub struct Keyserverd {
@@ -133,4 +134,37 @@ pub fn mint_tokens(server_dir: &Path, count: usize) -> Vec<String> {
         .iter()
         .map(|t| t.as_str().expect("b64").to_string())
         .collect()
+}
+
+/// One JSON-RPC call; the whole response (HTTP 200 asserted).
+pub fn call(url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params});
+    let (status, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// The error code of a response that must be an error.
+pub fn code(v: &serde_json::Value) -> i64 {
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expected an error: {v}"))
+}
+
+/// A UIDMessage as a JSON params member.
+pub fn msg_json(m: &ks_core::uid::UidMessage) -> serde_json::Value {
+    serde_json::from_slice(&m.to_lcj()).expect("json")
+}
+
+/// The wall clock in unix seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// The X25519 public key of the secret [b; 32].
+pub fn x25519(b: u8) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([b; 32])).to_bytes()
 }
