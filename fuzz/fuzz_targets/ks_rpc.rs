@@ -31,6 +31,9 @@ fn fixture() -> &'static Fixture {
                     enabled: false,
                     registrations_per_hour: 1,
                 },
+                tls: None,
+                // Paid calls then reach token parsing and redemption.
+                tokens_required: true,
             }))
             .expect("keyserver");
         Fixture {

@@ -11,7 +11,7 @@ use lss_core::{
     accepts, shared_hmac, ClientId, KeyValue, Limits, PutOutcome, ServerKey, SharedSecret,
     ValidPut, PUT_CLIENT_NONCE,
 };
-use lss_store::{Store, StoreError};
+use lss_store::{Store, StoreError, Totals};
 use lssd::service::LssService;
 
 /// A map from (namespace, key) to (version, value), applying the version rule.
@@ -57,6 +57,19 @@ impl Store for MemStore {
             .filter(|((c, _), _)| *c == client)
             .map(|((_, k), (_, d))| (k.len() + d.len()) as u64)
             .sum())
+    }
+
+    async fn totals(&self) -> Result<Totals, StoreError> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let namespaces: std::collections::BTreeSet<&ClientId> =
+            map.keys().map(|(c, _)| c).collect();
+        Ok(Totals {
+            namespaces: namespaces.len() as u64,
+            bytes: map
+                .iter()
+                .map(|((_, k), (_, d))| (k.len() + d.len()) as u64)
+                .sum(),
+        })
     }
 }
 
