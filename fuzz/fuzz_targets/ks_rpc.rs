@@ -34,6 +34,7 @@ fn fixture() -> &'static Fixture {
                 tls: None,
                 // Paid calls then reach token parsing and redemption.
                 tokens_required: true,
+                lookup: true,
             }))
             .expect("keyserver");
         Fixture {

@@ -40,6 +40,8 @@ pub struct Options {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Paid calls need payment tokens (§5); false: disabled mode.
     pub tokens_required: bool,
+    /// Serve LookupUID (§4.6).
+    pub lookup: bool,
 }
 
 /// Why the keyserver cannot start.
@@ -167,6 +169,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         domains: vec![domain.clone()],
         public_url: format!("http://{}/", opts.listen),
         tokens,
+        lookup: opts.lookup,
     };
     let keyserver = Arc::new(Keyserver::new(
         config,

@@ -42,6 +42,7 @@ pub struct Limits {
     head: Keyed<IpAddr>,
     fetch_keyinit: Keyed<IpAddr>,
     writes: Keyed<IpAddr>,
+    lookups: Keyed<IpAddr>,
     registrations: Keyed<IpAddr>,
     per_key_fetch: Keyed<String>,
     per_key_flush: Keyed<String>,
@@ -64,6 +65,7 @@ impl Limits {
             head: per_ip(Rate::per_second(10.0, 20.0)),
             fetch_keyinit: per_ip(Rate::per_second(1.0, 10.0)),
             writes: per_ip(Rate::per_second(10.0, 20.0)),
+            lookups: per_ip(Rate::per_minute(10.0)),
             registrations: per_ip(Rate::per_hour(f64::from(
                 config.registrations_per_hour.max(1),
             ))),
@@ -96,6 +98,7 @@ impl Limits {
             | "KeyRepository.UpdateUID"
             | "KeyInitRepository.AddKeyInit"
             | "KeyInitRepository.FlushKeyInit" => &self.writes,
+            "KeyRepository.LookupUID" | "KeyHashchain.LookupUID" => &self.lookups,
             _ => return Ok(()),
         };
         bucket.take(&ip, now).map_err(limited)?;
@@ -199,5 +202,32 @@ mod tests {
                 .expect("off");
             off.check_fetch_of("K", t0).expect("off");
         }
+    }
+
+    #[test]
+    fn lookups_are_ten_a_minute_per_address_under_both_names() {
+        let limits = Limits::new(LimitsConfig::default());
+        let ip: IpAddr = "192.0.2.9".parse().expect("ip");
+        let t0 = Instant::now();
+        for i in 0..10 {
+            let name = if i % 2 == 0 {
+                "KeyRepository.LookupUID"
+            } else {
+                "KeyHashchain.LookupUID"
+            };
+            limits.check(name, Some(ip), false, t0).expect("ten");
+        }
+        let e = limits
+            .check("KeyRepository.LookupUID", Some(ip), false, t0)
+            .expect_err("the eleventh in a minute");
+        assert!(matches!(e, RpcError::RateLimited { retry_after_s } if retry_after_s >= 5));
+        limits
+            .check(
+                "KeyRepository.LookupUID",
+                Some(ip),
+                false,
+                t0 + Duration::from_secs(7),
+            )
+            .expect("one more after six seconds");
     }
 }

@@ -72,6 +72,11 @@ struct Args {
     /// admission rests on rate limits, client certificates or the network.
     #[arg(long, env = "KEYSERVERD_TOKENS", value_enum, default_value_t = Tokens::Required)]
     tokens: Tokens,
+    /// Serve LookupUID (keyserver.md §4.6) for clients that do not keep
+    /// the chain. The server then learns whom they look up; the signed
+    /// answers make omissions provable. 10 lookups a minute per address.
+    #[arg(long, env = "KEYSERVERD_ENABLE_LOOKUP")]
+    enable_lookup: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
         },
         tls,
         tokens_required: args.tokens == Tokens::Required,
+        lookup: args.enable_lookup,
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;

@@ -43,6 +43,9 @@ pub struct Config {
     pub public_url: String,
     /// Payment tokens (§5); `None`: disabled mode.
     pub tokens: Option<Arc<TokenPolicy>>,
+    /// Serve LookupUID (§4.6, `--enable-lookup`): the server then learns
+    /// whom callers look up.
+    pub lookup: bool,
 }
 
 impl Config {
@@ -62,6 +65,9 @@ pub struct Keyserver {
     signing_pos: u64,
     capabilities: Mutex<Option<(Instant, Value)>>,
     limits: Limits,
+    /// `test-faults`: LookupUID leaves out the newest position.
+    #[cfg(feature = "test-faults")]
+    omit_lookup: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(e: StoreError) -> RpcError {
@@ -100,6 +106,8 @@ impl Keyserver {
             signer,
             signing_pos,
             capabilities: Mutex::new(None),
+            #[cfg(feature = "test-faults")]
+            omit_lookup: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -162,6 +170,11 @@ impl Keyserver {
                 let reply = self.submit_uid(kind, msg, token, false).await?;
                 object([("UIDMessageReply", reply.to_value())])
             }
+            "KeyRepository.LookupUID" | "KeyHashchain.LookupUID" if self.config.lookup => {
+                let identity = p.string("Identity")?;
+                p.finish()?;
+                self.lookup_uid(&identity).await?
+            }
             "KeyInitRepository.AddKeyInit" => {
                 let sig_pub = verifying_key(&p.string("SigPubKey")?, "SigPubKey")?;
                 let key_inits: Vec<KeyInit> = p.list("KeyInits")?;
@@ -210,6 +223,14 @@ impl Keyserver {
                 })?;
                 let reply = answer(rx).await?;
                 object([("UIDMessageReply", reply.to_value())])
+            }
+            #[cfg(feature = "test-faults")]
+            "Test.OmitLookups" => {
+                // A keyserver that hides entries from LookupUID.
+                p.finish()?;
+                self.omit_lookup
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                object([("Omitting", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
             "Test.ForgeReply" => {
@@ -375,7 +396,7 @@ impl Keyserver {
             },
             methods: METHODS
                 .iter()
-                .filter(|m| **m != "KeyRepository.LookupUID")
+                .filter(|m| self.config.lookup || **m != "KeyRepository.LookupUID")
                 .map(|m| m.to_string())
                 .collect(),
             origin: self.config.origin.clone(),
@@ -515,6 +536,35 @@ impl Keyserver {
         let reply =
             ks_core::uid::UidMessageReply::from_lcj(&raw).map_err(|_| RpcError::Internal)?;
         Ok(object([("UIDMessageReply", reply.to_value())]))
+    }
+
+    /// LookupUID (§4.6): every position of the identity below the latest
+    /// published size, signed, so that leaving one out is provable.
+    async fn lookup_uid(&self, identity: &str) -> Result<Value, RpcError> {
+        let mapped = ks_core::identity::map(identity)
+            .map_err(|e| RpcError::params("Identity", e.to_string()))?;
+        let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
+        let reader = self.store_reader();
+        let name = mapped.clone();
+        let mut positions = tokio::task::spawn_blocking(move || reader.positions(&name))
+            .await
+            .map_err(|_| RpcError::Internal)??;
+        positions.retain(|p| *p < size);
+        #[cfg(feature = "test-faults")]
+        if self.omit_lookup.load(std::sync::atomic::Ordering::Relaxed) {
+            positions.pop();
+        }
+        let reply = ks_core::keyinit::LookupReply {
+            hc_positions: positions,
+            identity: mapped,
+            origin: self.config.origin.clone(),
+            tree_size: size,
+        };
+        let signature = sign(&self.signer, Ctx::LookupReply, &reply);
+        Ok(object([
+            ("Lookup", reply.to_value()),
+            ("Signature", Value::String(signature)),
+        ]))
     }
 
     fn store_reader(&self) -> crate::store::Reader {

@@ -52,6 +52,11 @@ const FLUSH_NONCE: TableDefinition<&[u8], u64> = TableDefinition::new("ks_flush_
 /// pruned when their key is no longer accepted.
 const SPENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ks_spent_tokens");
 
+/// Identity → its positions (u64 BE each, ascending): LookupUID's answer
+/// (§4.6). Private; kept for every entry so enabling lookups later needs
+/// no rebuild.
+const BY_IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("ks_by_identity");
+
 /// A token as the spent set keys it: token_key_id ‖ nonce.
 pub type SpendId = [u8; 64];
 
@@ -270,6 +275,20 @@ impl Reader {
         read_identity(&read.open_table(IDENTITY).map_err(storage)?, identity)
     }
 
+    /// Every position of `identity` (ascending), committed or not yet
+    /// published: callers cut at the published size.
+    pub fn positions(&self, identity: &str) -> Result<Vec<u64>, RpcError> {
+        let read = self.db.begin_read().map_err(storage)?;
+        let t = read.open_table(BY_IDENTITY).map_err(storage)?;
+        let Some(v) = t.get(identity).map_err(storage)? else {
+            return Ok(Vec::new());
+        };
+        Ok(v.value()
+            .chunks_exact(8)
+            .filter_map(|c| c.try_into().ok().map(u64::from_be_bytes))
+            .collect())
+    }
+
     /// The row of the identity whose current SIGKEY is `sig_pub`, if any.
     pub fn owner(
         &self,
@@ -302,6 +321,7 @@ fn ensure_tables(txn: &redb::WriteTransaction) -> Result<(), RpcError> {
     txn.open_table(KEYINIT_SEEN).map_err(storage)?;
     txn.open_table(FLUSH_NONCE).map_err(storage)?;
     txn.open_table(SPENT).map_err(storage)?;
+    txn.open_table(BY_IDENTITY).map_err(storage)?;
     Ok(())
 }
 
@@ -629,6 +649,18 @@ impl Sequencer {
             .map_err(storage)?
             .insert(&u[..], pos)
             .map_err(storage)?;
+        {
+            let mut by_identity = txn.open_table(BY_IDENTITY).map_err(storage)?;
+            let mut list = by_identity
+                .get(ident.as_str())
+                .map_err(storage)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            list.extend_from_slice(&pos.to_be_bytes());
+            by_identity
+                .insert(ident.as_str(), list.as_slice())
+                .map_err(storage)?;
+        }
         txn.open_table(ENTRY_TIME)
             .map_err(storage)?
             .insert(pos, timestamp)

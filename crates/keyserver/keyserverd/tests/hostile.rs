@@ -339,3 +339,78 @@ fn a_second_tree_of_one_size_is_a_fork_with_evidence() {
         4
     );
 }
+
+/// keyserver.md §4.6, §10: a server serving LookupUID that leaves one of
+/// Alice's entries out of its signed answer. `ks-cli lookup --at-server`
+/// checks the answer against the chain and exits 4 with `omitted-lookup`
+/// evidence that verifies offline; the honest answer checks out, and the
+/// file with the position listed (or an entry of another identity) proves
+/// nothing.
+#[test]
+fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &[
+            "--no-rate-limits",
+            "--tokens",
+            "disabled",
+            "--enable-lookup",
+        ],
+    );
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let url = server.url.as_str();
+    let pin = server.process.pin.clone();
+    ok(&alice, &["init", "--server", url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(&alice, &["update", "alice@localhost"]);
+    ok(&bob, &["init", "--server", url, "--pin", &pin]);
+    ok(&bob, &["register", "bob@localhost"]);
+    // Honest: both of Alice's positions, signed, agreeing with the chain.
+    let honest = wait_published(&bob, "alice@localhost", 1);
+    assert_eq!(honest.code, 0, "{}", honest.stderr);
+    let o = ks_cli(
+        &bob,
+        &["--json", "lookup", "alice@localhost", "--at-server"],
+    );
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(
+        v["server_positions"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+
+    // The server starts hiding Alice's newest entry.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.OmitLookups", "params": {}});
+    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+    assert_eq!(v["result"]["Omitting"], true, "{v}");
+    let o = ks_cli(&bob, &["lookup", "alice@localhost", "--at-server"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("omitted-lookup"), "{}", o.stderr);
+    let file = evidence_path(&o.stderr);
+    let stranger = root.path().join("stranger");
+    let out = ok(&stranger, &["verify-evidence", &file]);
+    assert!(out.contains("leaves out"), "{out}");
+
+    // Altered files prove nothing.
+    let evidence =
+        Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
+    let refused = |e: &Evidence, name: &str| {
+        let f = root.path().join(name);
+        std::fs::write(&f, e.to_file()).expect("write");
+        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
+        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
+    };
+    let mut listed = evidence.clone();
+    listed.lookup[0].hc_positions.push(evidence.position);
+    refused(&listed, "listed.json");
+    let mut other = evidence.clone();
+    other.identity = "bob@localhost".into();
+    other.lookup[0].identity = "bob@localhost".into();
+    refused(&other, "other.json");
+    let mut moved = evidence.clone();
+    moved.position = evidence.lookup[0].tree_size;
+    refused(&moved, "beyond.json");
+}

@@ -250,6 +250,7 @@ fn main() -> anyhow::Result<()> {
                     },
                     tls: None,
                     tokens_required: args.tokens,
+                    lookup: false,
                 }))?;
             if let Some(issuer) = &running.issuer {
                 // Two extra phases' worth: the single-client creates and

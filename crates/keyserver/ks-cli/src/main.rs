@@ -112,6 +112,11 @@ enum Command {
     Lookup {
         /// The identity.
         identity: String,
+        /// Also ask the server (LookupUID, if it serves it) and check its
+        /// signed answer against the local chain: an entry left out is
+        /// `omitted-lookup` evidence (exit 4). The server learns the name.
+        #[arg(long)]
+        at_server: bool,
     },
     /// Fetches a KeyInit of an identity and prints the SessionStart.
     SessionStart {
@@ -576,8 +581,16 @@ fn run_cmd(
                 format!("{} confirmed at position {pos}", me.identity),
             );
         }
-        Command::Lookup { identity } => {
+        Command::Lookup {
+            identity,
+            at_server,
+        } => {
             client.sync()?;
+            let listed = if at_server {
+                Some(client.lookup_at_server(&identity)?)
+            } else {
+                None
+            };
             let found = client.lookup(&identity)?.ok_or_else(|| Failure {
                 code: 3,
                 message: format!("{identity} is not registered"),
@@ -589,6 +602,7 @@ fn run_cmd(
                     "identity": c.identity, "position": found.state.pos, "msgcount": c.msg_count,
                     "sigkey": c.sig_key.pubkey, "static": c.pubkeys.first().map(|k| k.pubkey.clone()),
                     "notbefore": c.not_before, "notafter": c.not_after,
+                    "server_positions": listed,
                 }),
                 format!(
                     "{} at position {} (MSGCOUNT {}), SIGKEY {}",

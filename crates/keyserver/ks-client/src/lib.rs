@@ -914,37 +914,105 @@ impl Client {
             pos,
             why: "another entry sits at the reply's position (reply-not-in-log)".into(),
         };
+        let Some(mut evidence) = self.entry_evidence(ks_core::evidence::REPLY_NOT_IN_LOG, pos)
+        else {
+            return ClientError::Misbehaviour(failure);
+        };
+        evidence.identity = identity.to_string();
+        evidence.replies = vec![reply.clone()];
+        evidence.entry = b64::encode(&actual.0);
+        proven(evidence, failure)
+    }
+
+    /// An evidence file of `kind` with the pin, the key schedule, the
+    /// verified checkpoint and the local entry at `pos` with its inclusion
+    /// proof (computed from the verified chain); `None` if the schedule's
+    /// UIDs cannot be fetched or nothing is verified yet.
+    fn entry_evidence(&self, kind: &str, pos: u64) -> Option<ks_core::evidence::Evidence> {
         let mut tree = tlog_core::merkle::MemoryTree::new();
         for e in &self.entries {
             tree.push_hash(e.leaf_hash());
         }
-        let proof = match tlog_core::merkle::inclusion_proof(&tree, pos, self.size()) {
-            Ok(Ok(p)) => p,
-            _ => return ClientError::Misbehaviour(failure),
+        let Ok(Ok(proof)) = tlog_core::merkle::inclusion_proof(&tree, pos, self.size()) else {
+            return None;
         };
-        let (Some(note), Ok(key_schedule)) = (self.note.as_ref(), self.schedule_replies()) else {
-            return ClientError::Misbehaviour(failure);
-        };
-        let evidence = ks_core::evidence::Evidence {
-            kind: ks_core::evidence::REPLY_NOT_IN_LOG.into(),
+        Some(ks_core::evidence::Evidence {
+            kind: kind.into(),
             origin: self.origin.clone().unwrap_or_default(),
             pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
-            key_schedule,
-            identity: identity.to_string(),
-            replies: vec![reply.clone()],
-            checkpoint: b64::encode(note),
-            entry: b64::encode(&actual.0),
+            key_schedule: self.schedule_replies().ok()?,
+            checkpoint: b64::encode(self.note.as_ref()?),
+            entry: b64::encode(&self.entry(pos)?.0),
             proof: proof.iter().map(|h| b64::encode(h)).collect(),
-            lkev: String::new(),
-        };
-        match ks_core::evidence::verify(&evidence) {
-            Ok(proves) => ClientError::Evidence {
-                failure: failure.to_string(),
-                proves,
-                evidence: Box::new(evidence),
-            },
-            Err(_) => ClientError::Misbehaviour(failure),
+            position: pos,
+            ..Default::default()
+        })
+    }
+
+    /// LookupUID (keyserver.md §4.6), checked against the local chain: the
+    /// signed answer must list exactly the identity's positions below its
+    /// TREESIZE. One left out is `omitted-lookup` evidence; one listed
+    /// that is not the identity's is refused as bad data.
+    pub fn lookup_at_server(&mut self, identity: &str) -> Result<Vec<u64>, ClientError> {
+        let ident = ks_core::identity::map(identity)
+            .map_err(|e| ClientError::NotFound(format!("{identity}: {e}")))?;
+        let v = self.call(
+            "KeyRepository.LookupUID",
+            object([("Identity", Value::String(ident.clone()))]),
+        )?;
+        let mut f = Fields::of(v).map_err(|e| bad(e.to_string()))?;
+        let reply: ks_core::keyinit::LookupReply =
+            f.nested("Lookup").map_err(|e| bad(e.to_string()))?;
+        let signature = f.string("Signature").map_err(|e| bad(e.to_string()))?;
+        if reply.identity != ident || Some(&reply.origin) != self.origin.as_ref() {
+            return Err(bad("the lookup answer is for another identity or log"));
         }
+        if reply.tree_size == 0 {
+            return Err(bad("the lookup answer covers no chain"));
+        }
+        if reply.tree_size > self.size() {
+            self.sync()?;
+        }
+        if reply.tree_size > self.size() {
+            return Err(bad("the lookup answer covers entries never published"));
+        }
+        let key = self
+            .signer(reply.tree_size - 1)
+            .ok_or_else(|| bad("no scheduled key for the lookup answer"))?;
+        if !sig::verify(&key, Ctx::LookupReply, &reply, &signature) {
+            return Err(bad("the lookup answer is not signed by the scheduled key"));
+        }
+        let name = ks_core::entry::Name::new(&ident);
+        let ours: Vec<u64> = self
+            .entries
+            .iter()
+            .zip(&self.midstates)
+            .take(reply.tree_size as usize)
+            .enumerate()
+            .filter(|(_, (e, m))| m.matches(e, &name))
+            .map(|(p, _)| p as u64)
+            .collect();
+        if let Some(missing) = ours.iter().find(|p| !reply.hc_positions.contains(p)) {
+            let failure = Failure::BadUid {
+                pos: *missing,
+                why: "LookupUID left this entry out (omitted-lookup)".into(),
+            };
+            let Some(mut evidence) =
+                self.entry_evidence(ks_core::evidence::OMITTED_LOOKUP, *missing)
+            else {
+                return Err(ClientError::Misbehaviour(failure));
+            };
+            evidence.identity = ident;
+            evidence.lookup = vec![reply];
+            evidence.lookup_signature = signature;
+            return Err(proven(evidence, failure));
+        }
+        if ours != reply.hc_positions {
+            return Err(bad(
+                "the lookup answer lists positions that are not the identity's",
+            ));
+        }
+        Ok(ours)
     }
 
     /// §6.6 gossip: checks another party's checkpoint (a signed note)
@@ -1227,6 +1295,19 @@ fn own_of(r: store::OwnRecord) -> Result<OwnIdentity, ClientError> {
         next_keyinit: r.next_keyinit,
         pf_secrets,
     })
+}
+
+/// `failure` with its evidence file if the file proves it (checked here
+/// exactly as `ks-cli verify-evidence` will), else without.
+fn proven(evidence: ks_core::evidence::Evidence, failure: Failure) -> ClientError {
+    match ks_core::evidence::verify(&evidence) {
+        Ok(proves) => ClientError::Evidence {
+            failure: failure.to_string(),
+            proves,
+            evidence: Box::new(evidence),
+        },
+        Err(_) => ClientError::Misbehaviour(failure),
+    }
 }
 
 fn random<const N: usize>() -> [u8; N] {

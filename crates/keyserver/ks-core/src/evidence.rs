@@ -32,6 +32,9 @@ pub const TAKEOVER: &str = "takeover";
 pub const REPLY_NOT_IN_LOG: &str = "reply-not-in-log";
 /// The `TYPE` of a file with two conflicting checkpoints (an LKEV blob).
 pub const FORK: &str = "fork";
+/// The `TYPE` of a file showing a signed LookupUID answer that leaves out
+/// an entry of the identity below its TREESIZE.
+pub const OMITTED_LOOKUP: &str = "omitted-lookup";
 
 lcj_record! {
     /// An evidence file.
@@ -59,6 +62,12 @@ lcj_record! {
         /// `fork`: the tlog.md §7.8 LKEV blob, unchanged (b64; "" otherwise);
         /// `tlog-cli verify-evidence` checks it too, given the key.
         lkev: String = "LKEV",
+        /// `omitted-lookup`: the server's LookupReply ([] otherwise).
+        lookup: Vec<crate::keyinit::LookupReply> = "LOOKUP",
+        /// `omitted-lookup`: its signature ("" otherwise).
+        lookup_signature: String = "LOOKUPSIGNATURE",
+        /// `omitted-lookup`: the position of ENTRY, left out of the answer.
+        position: u64 = "POSITION",
     }
 }
 
@@ -148,6 +157,9 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
     if e.kind == FORK {
         return verify_fork(e);
     }
+    if e.kind == OMITTED_LOOKUP {
+        return verify_omitted_lookup(e);
+    }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
             "type {:?} is not checked by this version",
@@ -214,7 +226,6 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
 /// the checkpoint (size N > p) by the key of N − 1; the entry at p is in
 /// that checkpoint's tree by its proof; and it is not the reply's entry.
 fn verify_reply_not_in_log(e: &Evidence) -> Result<String, EvidenceError> {
-    use tlog_core::note::{KeyType, Note, VerifierKey};
     let keys = verify_schedule(&e.pin, &e.key_schedule)?;
     let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
     let format = |why: &str| EvidenceError::Format(why.to_string());
@@ -226,6 +237,26 @@ fn verify_reply_not_in_log(e: &Evidence) -> Result<String, EvidenceError> {
     if !reply.signed_by(&key) || reply.entry.origin != e.origin {
         return Err(EvidenceError::Unsigned(0));
     }
+    let (entry, size) = entry_in_checkpoint(e, p, &signer)?;
+    if crate::b64::encode(&entry.0) == reply.entry.hashchain_entry {
+        return Err(EvidenceError::NotProven(
+            "the reply's entry is the one in the log".into(),
+        ));
+    }
+    Ok(format!(
+        "the server promised position {p} to a UID and then signed a tree of size {size} with another entry there"
+    ))
+}
+
+/// ENTRY is at position `p` of the tree CHECKPOINT signs (by the key the
+/// schedule gives its size), by PROOF; the entry and the tree size.
+fn entry_in_checkpoint(
+    e: &Evidence,
+    p: u64,
+    signer: &dyn Fn(u64) -> Option<VerifyingKey>,
+) -> Result<(crate::entry::Entry, u64), EvidenceError> {
+    use tlog_core::note::{KeyType, Note, VerifierKey};
+    let format = |why: &str| EvidenceError::Format(why.to_string());
     let note_bytes =
         crate::b64::decode(&e.checkpoint).ok_or_else(|| format("CHECKPOINT is not base64"))?;
     let note = Note::parse(&note_bytes).map_err(|x| format(&format!("CHECKPOINT: {x}")))?;
@@ -251,14 +282,48 @@ fn verify_reply_not_in_log(e: &Evidence) -> Result<String, EvidenceError> {
     tlog_core::merkle::verify_inclusion(p, cp.size, &entry.leaf_hash(), &proof, &cp.root).map_err(
         |x| EvidenceError::NotProven(format!("the entry is not at {p} in the checkpoint: {x}")),
     )?;
-    if crate::b64::encode(&entry.0) == reply.entry.hashchain_entry {
-        return Err(EvidenceError::NotProven(
-            "the reply's entry is the one in the log".into(),
-        ));
+    Ok((entry, cp.size))
+}
+
+/// `omitted-lookup`: a LookupReply signed by the key of TREESIZE − 1 lists
+/// the identity's positions below TREESIZE; ENTRY, at POSITION below
+/// TREESIZE by a signed checkpoint and its proof, is the identity's (its
+/// HashID matches) and is not listed.
+fn verify_omitted_lookup(e: &Evidence) -> Result<String, EvidenceError> {
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+    let format = |why: &str| EvidenceError::Format(why.to_string());
+    let [lookup] = e.lookup.as_slice() else {
+        return Err(format("omitted-lookup names one LookupReply"));
+    };
+    if lookup.origin != e.origin || lookup.identity != e.identity || lookup.tree_size == 0 {
+        return Err(format("the LookupReply is of another log or identity"));
+    }
+    let key = signer(lookup.tree_size - 1).ok_or(EvidenceError::Unsigned(0))?;
+    if !crate::sig::verify(
+        &key,
+        crate::sig::Ctx::LookupReply,
+        lookup,
+        &e.lookup_signature,
+    ) {
+        return Err(EvidenceError::Unsigned(0));
+    }
+    let p = e.position;
+    let not = |why: &str| EvidenceError::NotProven(why.to_string());
+    if p >= lookup.tree_size {
+        return Err(not("the entry is beyond the answer's TREESIZE"));
+    }
+    if lookup.hc_positions.contains(&p) {
+        return Err(not("the answer lists the position"));
+    }
+    let (entry, _) = entry_in_checkpoint(e, p, &signer)?;
+    let name = crate::entry::Name::new(&e.identity);
+    if !crate::entry::Midstate::of(entry.nonce()).matches(&entry, &name) {
+        return Err(not("the entry is not the identity's"));
     }
     Ok(format!(
-        "the server promised position {p} to a UID and then signed a tree of size {} with another entry there",
-        cp.size
+        "the server's signed LookupUID answer for {} below size {} leaves out its entry at {p}",
+        e.identity, lookup.tree_size
     ))
 }
 
