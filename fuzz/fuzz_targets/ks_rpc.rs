@@ -35,6 +35,7 @@ fn fixture() -> &'static Fixture {
                 // Paid calls then reach token parsing and redemption.
                 tokens_required: true,
                 lookup: true,
+                admin_listen: None,
             }))
             .expect("keyserver");
         Fixture {

@@ -42,6 +42,9 @@ pub struct Options {
     pub tokens_required: bool,
     /// Serve LookupUID (§4.6).
     pub lookup: bool,
+    /// The admin listener (§2.3), with the same TLS as the public one;
+    /// `None`: none.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Why the keyserver cannot start.
@@ -73,6 +76,8 @@ pub struct Running {
     pub issuer: Option<Arc<ks_core::token::IssuerSecret>>,
     /// Ends when the listener fails.
     pub serving: tokio::task::JoinHandle<()>,
+    /// The admin listener's bound address.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// The log origin for a domain: `<domain>/kt/v1`.
@@ -223,6 +228,27 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Io(e.to_string()))?;
+    let admin_addr = match opts.admin_listen {
+        None => None,
+        Some(at) => {
+            let token = crate::admin::AdminToken::load_or_create(&opts.data_dir)
+                .map_err(StartError::Config)?;
+            let admin = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| StartError::Io(format!("admin listener on {at}: {e}")))?;
+            let bound = admin
+                .local_addr()
+                .map_err(|e| StartError::Io(e.to_string()))?;
+            let app = crate::admin::router(token, issuer.clone(), keyserver.clone());
+            let tls = opts.tls.clone();
+            tokio::spawn(async move {
+                if let Err(e) = http_tls::serve(admin, app, tls).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
+            Some(bound)
+        }
+    };
     let tls = opts.tls.clone();
     let serving = tokio::spawn(async move {
         let app = app.layer(metrics_endpoint::http_layer());
@@ -237,6 +263,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         keyserver,
         issuer,
         serving,
+        admin_addr,
     })
 }
 

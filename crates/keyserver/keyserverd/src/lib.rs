@@ -9,10 +9,12 @@
 //! - [`rpc`]: JSON-RPC 2.0 on `POST /` (§2.1).
 //! - [`limits`]: rate limits per client address and per SigKeyHash (§4.6).
 //! - [`tokens`]: payment tokens (§5): issuer key files, issuance.
+//! - [`admin`]: the admin listener (token issuance, stats).
 //! - [`daemon`]: data directory, keys, genesis and the listener.
 //!
 //! The rules themselves are `ks-core`'s; this crate moves bytes and time.
 
+pub mod admin;
 pub mod daemon;
 pub mod limits;
 pub mod rpc;

@@ -77,6 +77,18 @@ struct Args {
     /// answers make omissions provable. 10 lookups a minute per address.
     #[arg(long, env = "KEYSERVERD_ENABLE_LOOKUP")]
     enable_lookup: bool,
+    /// The admin listener (POST /admin/tokens/issue, GET /admin/stats;
+    /// bearer token in the 0600 file `admin_token`). Non-loopback needs
+    /// TLS or --danger-plaintext, as --listen.
+    #[arg(
+        long,
+        env = "KEYSERVERD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:55561"
+    )]
+    admin_listen: SocketAddr,
+    /// No admin listener.
+    #[arg(long, env = "KEYSERVERD_NO_ADMIN", conflicts_with = "admin_listen")]
+    no_admin: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -199,6 +211,10 @@ async fn main() -> anyhow::Result<()> {
         args.tls_client_ca.as_deref(),
     )?;
     http_tls::check_plaintext(args.listen, tls.is_some(), args.danger_plaintext)?;
+    if !args.no_admin {
+        http_tls::check_plaintext(args.admin_listen, tls.is_some(), args.danger_plaintext)
+            .context("--admin-listen")?;
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = match args.data_dir {
         Some(d) => d,
@@ -223,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
         tls,
         tokens_required: args.tokens == Tokens::Required,
         lookup: args.enable_lookup,
+        admin_listen: (!args.no_admin).then_some(args.admin_listen),
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;
@@ -234,6 +251,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!("pin: {}", running.pin);
+    if let Some(admin) = running.admin_addr {
+        eprintln!("keyserverd admin on {scheme}://{admin}/ (token in admin_token)");
+    }
     eprintln!("keyserverd listening on {scheme}://{}/", running.addr);
     tokio::select! {
         _ = running.serving => anyhow::bail!("the listener stopped"),

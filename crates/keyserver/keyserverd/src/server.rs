@@ -116,6 +116,11 @@ impl Keyserver {
         &self.node
     }
 
+    /// Redeemed tokens still remembered (admin stats). Blocking.
+    pub fn spent_tokens(&self) -> Result<u64, RpcError> {
+        self.store.spent_count()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config

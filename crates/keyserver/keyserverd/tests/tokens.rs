@@ -237,3 +237,93 @@ fn a_rotated_issuer_key_keeps_bought_tokens_redeemable() {
     assert_eq!(code(&v), -32003, "{v}");
     drop(server);
 }
+
+/// keyserver.md §2.3: a payment front end gets tokens issued over the
+/// admin listener, with the bearer token of the 0600 `admin_token` file;
+/// anyone else gets 401, and a server with tokens disabled issues none.
+#[test]
+fn the_admin_listener_issues_only_to_its_bearer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(dir.path(), 0, &["--no-rate-limits"]);
+    let admin = server.process.admin_url.clone().expect("an admin listener");
+    let token_file = dir.path().join("admin_token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file)
+        .expect("admin_token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let bearer = std::fs::read_to_string(&token_file)
+        .expect("read")
+        .trim()
+        .to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |auth: Option<&str>, body: &[u8]| {
+        let mut req = agent
+            .post(format!("{admin}admin/tokens/issue"))
+            .header("Content-Type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let mut r = req.send(body).expect("post");
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap_or_default())
+    };
+
+    let mut alice = Client::new(&server.url, server.pin.clone());
+    alice.sync().expect("sync");
+    let requests = alice.request_tokens(3).expect("request");
+    let body = json!({ "TokenRequests": requests.requests }).to_string();
+    assert_eq!(post(None, body.as_bytes()).0, 401);
+    assert_eq!(post(Some("Bearer wrong"), body.as_bytes()).0, 401);
+    let almost = format!("Bearer {}x", &bearer[..bearer.len() - 1]);
+    assert_eq!(post(Some(&almost), body.as_bytes()).0, 401);
+    let auth = format!("Bearer {bearer}");
+    assert_eq!(post(Some(&auth), b"not json").0, 400);
+    assert_eq!(post(Some(&auth), br#"{"TokenRequests":["AAAA"]}"#).0, 400);
+    let too_many = json!({ "TokenRequests": vec!["AAAA"; 4097] }).to_string();
+    assert_eq!(post(Some(&auth), too_many.as_bytes()).0, 413);
+    let (status, text) = post(Some(&auth), body.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).expect("json");
+    // The wallet pairs the answer with its newest request batch.
+    assert_eq!(alice.finalize_tokens(&answer).expect("finalize"), 3);
+    alice.register("alice@localhost", "strict").expect("paid");
+
+    let stats = agent
+        .get(format!("{admin}admin/stats"))
+        .header("Authorization", &auth)
+        .call()
+        .expect("stats")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    let stats: Value = serde_json::from_str(&stats).expect("json");
+    assert_eq!(stats["tokens_issued_since_start"], 3, "{stats}");
+    assert_eq!(stats["spent_tokens"], 1, "{stats}");
+    let unauth = agent
+        .get(format!("{admin}admin/stats"))
+        .call()
+        .expect("stats");
+    assert_eq!(unauth.status().as_u16(), 401);
+    drop(server);
+
+    let free = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(free.path(), 0, &["--tokens", "disabled"]);
+    let admin = server.process.admin_url.clone().expect("an admin listener");
+    let bearer = std::fs::read_to_string(free.path().join("admin_token")).expect("read");
+    let mut r = agent
+        .post(format!("{admin}admin/tokens/issue"))
+        .header("Authorization", &format!("Bearer {}", bearer.trim()))
+        .send(body.as_bytes())
+        .expect("post");
+    assert_eq!(
+        r.status().as_u16(),
+        409,
+        "{:?}",
+        r.body_mut().read_to_string()
+    );
+}

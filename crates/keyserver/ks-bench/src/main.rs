@@ -251,6 +251,7 @@ fn main() -> anyhow::Result<()> {
                     tls: None,
                     tokens_required: args.tokens,
                     lookup: false,
+                    admin_listen: None,
                 }))?;
             if let Some(issuer) = &running.issuer {
                 // Two extra phases' worth: the single-client creates and

@@ -1566,6 +1566,8 @@ pub mod keyserverd {
         pub pin: String,
         /// The escrow line it printed on first start.
         pub escrow: Option<String>,
+        /// `http://ADDR/` of its admin listener (on a free port).
+        pub admin_url: Option<String>,
         log: Arc<Mutex<String>>,
     }
 
@@ -1578,6 +1580,7 @@ pub mod keyserverd {
                 .args(["--data-dir", dir.to_str().expect("utf8")])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--checkpoint-interval-ms", "100"])
+                .args(["--admin-listen", "127.0.0.1:0"])
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -1591,6 +1594,7 @@ pub mod keyserverd {
             std::thread::spawn(move || {
                 let mut pin = None;
                 let mut escrow = None;
+                let mut admin = None;
                 let mut next_is_escrow = false;
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
@@ -1605,12 +1609,16 @@ pub mod keyserverd {
                     if let Some(p) = line.strip_prefix("pin: ") {
                         pin = Some(p.to_string());
                     }
+                    if let Some(rest) = line.strip_prefix("keyserverd admin on ") {
+                        admin = rest.split_whitespace().next().map(str::to_string);
+                    }
                     if let Some(url) = line.strip_prefix("keyserverd listening on ") {
-                        let _ = tx.send((url.to_string(), pin.clone(), escrow.clone()));
+                        let _ =
+                            tx.send((url.to_string(), pin.clone(), escrow.clone(), admin.clone()));
                     }
                 }
             });
-            let (url, pin, escrow) = match rx.recv_timeout(Duration::from_secs(60)) {
+            let (url, pin, escrow, admin_url) = match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(found) => found,
                 Err(_) => {
                     let _ = child.kill();
@@ -1623,6 +1631,7 @@ pub mod keyserverd {
                 url,
                 pin,
                 escrow,
+                admin_url,
                 log,
             }
         }
