@@ -36,6 +36,8 @@ fn fixture() -> &'static Fixture {
                 tokens_required: true,
                 lookup: true,
                 admin_listen: None,
+                submit_to: Vec::new(),
+                publish_quorum: None,
             }))
             .expect("keyserver");
         Fixture {

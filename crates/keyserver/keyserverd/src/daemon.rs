@@ -45,6 +45,12 @@ pub struct Options {
     /// The admin listener (§2.3), with the same TLS as the public one;
     /// `None`: none.
     pub admin_listen: Option<SocketAddr>,
+    /// Witnesses to submit checkpoints to (`<vkey>@<url prefix>`, tlog.md
+    /// §5.2): a checkpoint is published once `publish_quorum` of them
+    /// (default: all) cosigned it.
+    pub submit_to: Vec<String>,
+    /// See `submit_to`.
+    pub publish_quorum: Option<usize>,
 }
 
 /// Why the keyserver cannot start.
@@ -67,6 +73,9 @@ pub struct Running {
     pub addr: SocketAddr,
     /// `keyserver@<domain>:<hex H_0>`: what clients pin.
     pub pin: String,
+    /// The log's verifier key (the genesis key), for witnesses'
+    /// `--witness-for`.
+    pub vkey: String,
     /// The escrow key of the genesis UID, on first start only (print it
     /// for paper; it is not kept).
     pub escrow: Option<SigningKey>,
@@ -91,6 +100,14 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The log's verifier key for `domain`'s keyserver in `dir`, creating the
+/// server key on first use (the genesis follows on first start).
+pub fn log_key(dir: &Path, domain: &str) -> Result<String, StartError> {
+    Ok(load_or_create_key(dir, &origin(domain))?
+        .verifier()
+        .to_string())
+}
+
 fn load_or_create_key(dir: &Path, origin: &str) -> Result<SignerKey, StartError> {
     tlog_node::keyfile::load_or_create(&dir.join("server_sigkey"), origin, KeyType::Ed25519)
         .map_err(|e| StartError::Config(e.to_string()))
@@ -112,20 +129,30 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         .map_err(|e| StartError::Io(format!("{}: {e}", opts.data_dir.display())))?;
     let key = load_or_create_key(&opts.data_dir, &origin)?;
     let signer = key.signing_key().clone();
+    let vkey = key.verifier().to_string();
+    let _ = durable_file::replace(
+        &opts.data_dir.join("vkey"),
+        format!("{vkey}\n").as_bytes(),
+        0o644,
+    );
+    let (witnesses, quorum) =
+        tlog_node::submit::witness_targets(&opts.submit_to, opts.publish_quorum)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+    let witness_keys: Vec<String> = witnesses.iter().map(|w| w.key.to_string()).collect();
+    let publish = tlog_node::submit::Publish {
+        witnesses,
+        quorum,
+        ..Default::default()
+    };
     let path = opts.data_dir.join("keyserver.redb");
     let tlog_node::shared::SharedRedbLog {
         db,
         store,
         node,
         state,
-    } = tlog_node::shared::open(
-        &path,
-        key,
-        opts.checkpoint_interval,
-        tlog_node::submit::Publish::default(),
-    )
-    .await
-    .map_err(StartError::Storage)?;
+    } = tlog_node::shared::open(&path, key, opts.checkpoint_interval, publish)
+        .await
+        .map_err(StartError::Storage)?;
     let log = node.log_id();
     let h_last = if state.size == 0 {
         ks_core::entry::GENESIS_PREV
@@ -175,6 +202,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         public_url: format!("http://{}/", opts.listen),
         tokens,
         lookup: opts.lookup,
+        witnesses: witness_keys,
     };
     let keyserver = Arc::new(Keyserver::new(
         config,
@@ -259,6 +287,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     Ok(Running {
         addr,
         pin,
+        vkey,
         escrow,
         keyserver,
         issuer,

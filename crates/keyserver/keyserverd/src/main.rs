@@ -89,6 +89,20 @@ struct Args {
     /// No admin listener.
     #[arg(long, env = "KEYSERVERD_NO_ADMIN", conflicts_with = "admin_listen")]
     no_admin: bool,
+    /// Submit each checkpoint to a witness, `<witness vkey>@<url prefix>`
+    /// (e.g. a `tlogd --witness-for` at `…@http://127.0.0.1:9940/witness`);
+    /// repeat for more. Clients that require cosignatures (`ks-cli init
+    /// --witness`) accept only checkpoints they cosigned.
+    #[arg(
+        long = "submit-to",
+        env = "KEYSERVERD_SUBMIT_TO",
+        value_delimiter = ','
+    )]
+    submit_to: Vec<String>,
+    /// Publish a checkpoint only once this many of those witnesses
+    /// cosigned it [default: all of them].
+    #[arg(long, env = "KEYSERVERD_PUBLISH_QUORUM")]
+    publish_quorum: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,6 +116,9 @@ enum Command {
     /// Payment tokens (keyserver.md §5), offline: the server need not run.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Print the log's verifier key (for witnesses), creating the server
+    /// key on first use.
+    LogKey(LogKey),
 }
 
 #[derive(clap::Subcommand)]
@@ -134,6 +151,11 @@ enum TokensCommand {
     /// year. Restart the server afterwards.
     Rotate,
 }
+
+/// Prints the log's verifier key (creating the server key on first use),
+/// for a witness's `--witness-for` before the first start.
+#[derive(clap::Args)]
+struct LogKey {}
 
 fn tokens_command(
     cmd: TokensCommand,
@@ -223,9 +245,17 @@ async fn main() -> anyhow::Result<()> {
                 .join(".lightkeeper/keyserverd")
         }
     };
-    if let Some(Command::Tokens(cmd)) = args.command {
-        std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
-        return tokens_command(cmd, &data_dir, &args.domain);
+    match args.command {
+        Some(Command::Tokens(cmd)) => {
+            std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
+            return tokens_command(cmd, &data_dir, &args.domain);
+        }
+        Some(Command::LogKey(_)) => {
+            std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
+            println!("{}", keyserverd::daemon::log_key(&data_dir, &args.domain)?);
+            return Ok(());
+        }
+        None => {}
     }
     let running = keyserverd::daemon::start(keyserverd::daemon::Options {
         data_dir: data_dir.clone(),
@@ -240,6 +270,8 @@ async fn main() -> anyhow::Result<()> {
         tokens_required: args.tokens == Tokens::Required,
         lookup: args.enable_lookup,
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
+        submit_to: args.submit_to,
+        publish_quorum: args.publish_quorum,
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;
@@ -251,6 +283,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!("pin: {}", running.pin);
+    eprintln!("log key: {}", running.vkey);
     if let Some(admin) = running.admin_addr {
         eprintln!("keyserverd admin on {scheme}://{admin}/ (token in admin_token)");
     }

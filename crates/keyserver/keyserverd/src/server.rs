@@ -46,6 +46,9 @@ pub struct Config {
     /// Serve LookupUID (§4.6, `--enable-lookup`): the server then learns
     /// whom callers look up.
     pub lookup: bool,
+    /// The witnesses checkpoints are submitted to (vkeys; Capabilities'
+    /// WITNESSES, informative: clients take theirs from their policy).
+    pub witnesses: Vec<String>,
 }
 
 impl Config {
@@ -431,7 +434,7 @@ impl Keyserver {
             }
             .into(),
             version: "1.0".into(),
-            witnesses: Vec::new(),
+            witnesses: self.config.witnesses.clone(),
         };
         let signed = SignedCapabilities {
             signature: sign(&self.signer, Ctx::Capabilities, &caps),

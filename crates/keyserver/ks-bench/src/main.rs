@@ -252,11 +252,13 @@ fn main() -> anyhow::Result<()> {
                     tokens_required: args.tokens,
                     lookup: false,
                     admin_listen: None,
+                    submit_to: Vec::new(),
+                    publish_quorum: None,
                 }))?;
             if let Some(issuer) = &running.issuer {
-                // Two extra phases' worth: the single-client creates and
-                // the keyinit users' 256 each.
-                let need = args.users + 200 + args.keyinit_users.min(args.users) * 256;
+                // The phases' worth: the creates, the single-client ones,
+                // the keyinit users' 256 each, and the incremental 1,000.
+                let need = args.users + 200 + args.keyinit_users.min(args.users) * 256 + 1000;
                 let started = Instant::now();
                 mint(issuer, need as usize)?;
                 println!(

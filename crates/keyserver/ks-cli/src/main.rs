@@ -71,6 +71,14 @@ enum Command {
         /// `keyserver@<domain>:<hex H_0>`, as keyserverd printed it.
         #[arg(long)]
         pin: String,
+        /// Accept only checkpoints cosigned by this witness (its vkey, as
+        /// `tlogd --witness-for` wrote it to `witness-vkey`); repeat for
+        /// more. Without any, a split view goes unnoticed until gossip.
+        #[arg(long = "witness", value_name = "VKEY")]
+        witnesses: Vec<String>,
+        /// How many of the witnesses must cosign [default: all].
+        #[arg(long, requires = "witnesses")]
+        witness_quorum: Option<usize>,
     },
     /// Brings the local chain up to the latest checkpoint.
     Sync,
@@ -229,6 +237,7 @@ impl From<ClientError> for Failure {
             | ClientError::Evidence { .. }
             | ClientError::BadKeyInit(_) => 4,
             ClientError::PaymentRequired { .. } => 5,
+            ClientError::Unwitnessed(_) => 1,
             ClientError::Usage(_) => 2,
             ClientError::Transport(_) | ClientError::Storage(_) => 1,
         };
@@ -247,6 +256,9 @@ impl From<anyhow::Error> for Failure {
         }
     }
 }
+
+const NO_WITNESSES: &str = "warning: no witnesses required (init --witness): checkpoints are \
+trusted on the keyserver's signature alone, so a split view goes unnoticed until gossip";
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -392,11 +404,22 @@ fn run_cmd(
     tls: &http_tls::ClientTls,
 ) -> Result<(), CmdError> {
     let path = path.to_path_buf();
-    if let Command::Init { server, pin } = &command {
+    if let Command::Init {
+        server,
+        pin,
+        witnesses,
+        witness_quorum,
+    } = &command
+    {
         let pin = Pin::parse(pin)
             .ok_or_else(|| anyhow::anyhow!("the pin is keyserver@<domain>:<64 hex digits>"))?;
         let mut client = Client::open(&path, Some(server), Some(pin))?;
         client.set_tls(tls);
+        if !witnesses.is_empty() {
+            client.require_witnesses(witnesses, witness_quorum.unwrap_or(witnesses.len()))?;
+        } else {
+            eprintln!("{NO_WITNESSES}");
+        }
         let synced = client.sync()?;
         let caps = client.capabilities()?;
         print(
@@ -411,6 +434,9 @@ fn run_cmd(
     }
     let mut client = Client::open(&path, None, None)?;
     client.set_tls(tls);
+    if !client.requires_witnesses() && !matches!(command, Command::Tokens { .. }) {
+        eprintln!("{NO_WITNESSES}");
+    }
     match command {
         Command::Init { .. } | Command::VerifyEvidence { .. } => unreachable!("handled above"),
         Command::CheckCheckpoint { file } => {

@@ -346,3 +346,152 @@ fn the_keyserver_over_tls_and_mutual_tls() {
         assert!(stderr.contains(reason), "{extra:?}: {stderr}");
     }
 }
+
+/// keyserver.md §6.2 step 4 and §10: `keyserverd --submit-to` a real
+/// `tlogd` witness publishes only cosigned checkpoints, and `ks-cli init
+/// --witness` accepts only those. A client requiring a witness that never
+/// cosigned this log refuses the keyserver (and keeps nothing), as it
+/// would a split view shown to it alone.
+#[test]
+fn a_witnessed_keyserver_and_clients_that_require_the_witness() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server_dir = root.path().join("server");
+    let log_key = std::process::Command::new(workspace_binary("keyserverd"))
+        .args(["--data-dir", server_dir.to_str().expect("utf-8"), "log-key"])
+        .output()
+        .expect("keyserverd log-key");
+    assert!(
+        log_key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&log_key.stderr)
+    );
+    let log_vkey = String::from_utf8(log_key.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    let witness =
+        lk_testkit::tlogd::start_with(&root.path().join("witness"), &["--witness-for", &log_vkey]);
+    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let server = Keyserverd::start(
+        &workspace_binary("keyserverd"),
+        &server_dir,
+        0,
+        &[
+            "--no-rate-limits",
+            "--tokens",
+            "disabled",
+            "--submit-to",
+            &submit,
+        ],
+    );
+    assert!(server.log().contains(&log_vkey), "the log key is printed");
+    let (url, pin) = (server.url.as_str(), server.pin.as_str());
+
+    let alice = root.path().join("alice");
+    ok(
+        &alice,
+        &[
+            "init",
+            "--server",
+            url,
+            "--pin",
+            pin,
+            "--witness",
+            &witness_vkey,
+        ],
+    );
+    let reg = json(&alice, &["register", "alice@localhost"]);
+    let confirmed = json(
+        &alice,
+        &[
+            "confirm",
+            "alice@localhost",
+            "--escrow-printed",
+            "--max-wait",
+            "30",
+        ],
+    );
+    assert_eq!(confirmed["position"], reg["position"]);
+    let cp = ok(&alice, &["checkpoint"]);
+    assert!(
+        cp.lines()
+            .any(|l| l.starts_with("— localhost/tlogd/witness ")),
+        "the kept checkpoint carries the witness's cosignature:\n{cp}"
+    );
+    let caps = json(&alice, &["capabilities"]);
+    assert_eq!(
+        caps["CAPABILITIES"]["WITNESSES"][0],
+        witness_vkey.as_str(),
+        "{caps}"
+    );
+
+    // A witness that never cosigned this log: refused, nothing kept.
+    let stranger = tlog_core::note::SignerKey::from_seed(
+        "elsewhere/witness",
+        tlog_core::note::KeyType::Cosignature,
+        &[9; 32],
+    )
+    .expect("key")
+    .verifier()
+    .to_string();
+    let bob = root.path().join("bob");
+    let o = ks_cli(
+        &bob,
+        &[
+            "init",
+            "--server",
+            url,
+            "--pin",
+            pin,
+            "--witness",
+            &stranger,
+        ],
+    );
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("not witnessed"), "{}", o.stderr);
+    let both = [
+        "init",
+        "--server",
+        url,
+        "--pin",
+        pin,
+        "--witness",
+        &witness_vkey,
+        "--witness",
+        &stranger,
+    ];
+    let mut all = both.to_vec();
+    all.extend(["--witness-quorum", "2"]);
+    assert_eq!(
+        ks_cli(&bob, &all).code,
+        1,
+        "two of two: the stranger never signs"
+    );
+    let mut one = both.to_vec();
+    one.extend(["--witness-quorum", "1"]);
+    ok(&bob, &one);
+    let found = json(&bob, &["lookup", "alice@localhost"]);
+    assert_eq!(found["position"], reg["position"]);
+    // Not a witness key, or a quorum beyond the list: usage errors.
+    assert_eq!(
+        ks_cli(
+            &root.path().join("carol"),
+            &[
+                "init",
+                "--server",
+                url,
+                "--pin",
+                pin,
+                "--witness",
+                &log_vkey
+            ]
+        )
+        .code,
+        2
+    );
+    drop(server);
+}

@@ -60,6 +60,9 @@ pub enum ClientError {
         /// `data.index`: which of the call's tokens (token errors).
         index: Option<u64>,
     },
+    /// The checkpoint lacks the cosignatures the witness policy requires.
+    #[error("the checkpoint is not witnessed as required: {0}")]
+    Unwitnessed(String),
     /// Not enough payment tokens in the wallet (`ks-cli tokens request`).
     #[error(
         "payment required: {needed} token(s) needed, {have} in the wallet (ks-cli tokens request)"
@@ -122,6 +125,10 @@ pub enum ClientError {
     #[error("local state: {0}")]
     Storage(String),
 }
+
+/// How old the witnesses' cosignatures may be (keyserver.md §6.2 step 4:
+/// `max_checkpoint_age`).
+pub const MAX_CHECKPOINT_AGE: u64 = 3600;
 
 /// What a client pins: `keyserver@<domain>` and H_0.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +221,9 @@ pub struct Client {
     one_time_seen: BTreeSet<String>,
     /// Verified Capabilities.
     capabilities: Option<SignedCapabilities>,
+    /// The witnesses' part of the tlog-policy (witness, group and quorum
+    /// lines), if checkpoints must be cosigned.
+    witness_policy: Option<String>,
     /// The token wallet (§5).
     tokens: BTreeSet<String>,
     /// Token requests awaiting the issuer, by batch id.
@@ -259,6 +269,7 @@ impl Client {
             schedule: Vec::new(),
             one_time_seen: BTreeSet::new(),
             capabilities: None,
+            witness_policy: None,
             tokens: BTreeSet::new(),
             batches: Default::default(),
             file: None,
@@ -316,6 +327,7 @@ impl Client {
             c.entries.push(e);
         }
         c.origin = text("origin");
+        c.witness_policy = text("policy").filter(|p| !p.is_empty());
         c.note = loaded.meta.get("note").cloned();
         for (p, k) in loaded.schedule {
             let key =
@@ -557,11 +569,7 @@ impl Client {
             .find(|(p, _)| *p < n)
             .map(|(_, k)| *k)
             .ok_or_else(|| bad("no scheduled key for the checkpoint"))?;
-        let verifier = VerifierKey::new(&cp.origin, KeyType::Ed25519, log_key)
-            .map_err(|e| bad(e.to_string()))?;
-        let verified = note
-            .verify(&[verifier])
-            .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")))?;
+        let verified = self.acceptable(&note, &cp, log_key)?;
         // Everything verified: keep it (one transaction in the state file).
         if let Some(file) = &self.file {
             let raw: Vec<[u8; ks_core::entry::ENTRY_LEN]> = new.iter().map(|e| e.0).collect();
@@ -579,6 +587,10 @@ impl Client {
                         format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)).into_bytes(),
                     ),
                     ("url", self.url.clone().into_bytes()),
+                    (
+                        "policy",
+                        self.witness_policy.clone().unwrap_or_default().into_bytes(),
+                    ),
                 ],
             })?;
         }
@@ -598,13 +610,90 @@ impl Client {
         let key = self
             .signer(cp.size.saturating_sub(1))
             .ok_or_else(|| bad("no scheduled key"))?;
-        let verifier =
-            VerifierKey::new(&cp.origin, KeyType::Ed25519, key).map_err(|e| bad(e.to_string()))?;
-        let verified = note
-            .verify(&[verifier])
-            .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")))?;
+        let verified = self.acceptable(note, cp, key)?;
         self.note = Some(verified.to_bytes());
         Ok(())
+    }
+
+    /// §6.2 step 4: the checkpoint is signed by `log_key`, the key the
+    /// schedule gives its size, and, under a witness policy, cosigned by
+    /// its quorum within [`MAX_CHECKPOINT_AGE`]. The note with only its
+    /// verified lines.
+    fn acceptable(
+        &self,
+        note: &Note,
+        cp: &Checkpoint,
+        log_key: VerifyingKey,
+    ) -> Result<Note, ClientError> {
+        let verifier = VerifierKey::new(&cp.origin, KeyType::Ed25519, log_key)
+            .map_err(|e| bad(e.to_string()))?;
+        let Some(witnesses) = &self.witness_policy else {
+            return note
+                .verify(&[verifier])
+                .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")));
+        };
+        let policy = tlog_core::Policy::parse(&format!("log {verifier}\n{witnesses}"))
+            .map_err(|e| ClientError::Storage(format!("the witness policy: {e}")))?
+            .max_age(MAX_CHECKPOINT_AGE);
+        match policy.verify(&note.to_bytes(), now()) {
+            Ok(v) => Ok(v.note),
+            Err(e) => {
+                // Signed by the scheduled key but short of cosignatures:
+                // refused, not misbehaviour (a witness may be slow).
+                note.verify(&[verifier])
+                    .map_err(|e| bad(format!("checkpoint not signed by the scheduled key: {e}")))?;
+                Err(ClientError::Unwitnessed(e.to_string()))
+            }
+        }
+    }
+
+    /// Requires every checkpoint to carry cosignatures of `quorum` of the
+    /// witnesses `vkeys` (tlog.md §5.4; `ks-cli init --witness`). Kept
+    /// with the next verified sync.
+    pub fn require_witnesses(
+        &mut self,
+        vkeys: &[String],
+        quorum: usize,
+    ) -> Result<(), ClientError> {
+        if vkeys.is_empty() || quorum == 0 || quorum > vkeys.len() {
+            return Err(ClientError::Usage(format!(
+                "a quorum of 1 to {} witnesses",
+                vkeys.len()
+            )));
+        }
+        let mut text = String::new();
+        let mut names = Vec::new();
+        for (i, v) in vkeys.iter().enumerate() {
+            let key = VerifierKey::parse(v)
+                .map_err(|e| ClientError::Usage(format!("witness key {v:?}: {e}")))?;
+            if key.key_type() != KeyType::Cosignature {
+                return Err(ClientError::Usage(format!(
+                    "{v:?} is not a witness (cosignature) key"
+                )));
+            }
+            text.push_str(&format!("witness w{i} {v}\n"));
+            names.push(format!("w{i}"));
+        }
+        text.push_str(&format!(
+            "group witnesses {quorum} {}\nquorum witnesses\n",
+            names.join(" ")
+        ));
+        // The whole file must parse (with any log key in its place).
+        let any = VerifierKey::new(
+            "check",
+            KeyType::Ed25519,
+            SigningKey::from_bytes(&[1; 32]).verifying_key(),
+        )
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+        tlog_core::Policy::parse(&format!("log {any}\n{text}"))
+            .map_err(|e| ClientError::Usage(format!("witness policy: {e}")))?;
+        self.witness_policy = Some(text);
+        Ok(())
+    }
+
+    /// Whether checkpoints must be witnessed.
+    pub fn requires_witnesses(&self) -> bool {
+        self.witness_policy.is_some()
     }
 
     /// The keyserver's UID chain over `entries`, verified: each key signs

@@ -2201,3 +2201,112 @@ pub mod browser {
         }
     }
 }
+
+/// A real `tlogd` for tests: the transparency-log daemon, or a witness
+/// (`--witness-for`) that other daemons submit checkpoints to.
+pub mod tlogd {
+    use std::io::{BufRead, BufReader};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use crate::process::workspace_binary;
+
+    /// A running tlogd; killed when dropped.
+    pub struct Tlogd {
+        /// The process.
+        pub child: Child,
+        /// `http://127.0.0.1:PORT` (no trailing slash).
+        pub url: String,
+        /// Its data directory.
+        pub dir: PathBuf,
+        /// Everything it logged so far.
+        pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    }
+
+    impl Tlogd {
+        /// Waits until the daemon logs `text` (up to 30 s).
+        pub fn wait_log(&self, text: &str) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !self.log.lock().expect("lock").contains(text) {
+                if Instant::now() >= deadline {
+                    let log = self.log.lock().expect("lock");
+                    let tail = &log[log.len().saturating_sub(4000)..];
+                    panic!("{text:?} never logged; the log ends with:\n{tail}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for Tlogd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A port free at the time of asking.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port")
+    }
+
+    /// The workspace's tlogd on `dir` with defaults.
+    pub fn start(dir: &Path) -> Tlogd {
+        start_with(dir, &[])
+    }
+
+    /// The workspace's tlogd on `dir` (a free port, 100 ms checkpoints, the
+    /// sync port on any free port unless given) with `extra` arguments; waits
+    /// until it listens.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
+        let port = free_port();
+        let mut child = Command::new(workspace_binary("tlogd"))
+            .args(["--data-dir", dir.to_str().expect("utf8")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--checkpoint-interval-ms", "100"])
+            .args(if extra.contains(&"--sync-listen") {
+                &[][..]
+            } else {
+                &["--sync-listen", "127.0.0.1:0"][..]
+            })
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tlogd");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Every line is kept, those before the daemon listens included.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        loop {
+            assert!(Instant::now() < deadline, "tlogd did not start");
+            let line = lines.next().expect("tlogd exited").expect("read");
+            let mut kept = log.lock().expect("lock");
+            kept.push_str(&line);
+            kept.push('\n');
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = sink.lock().expect("lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Tlogd {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+}

@@ -87,6 +87,57 @@ impl Publish {
     }
 }
 
+/// Why `--submit-to` targets or a quorum are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Not `<vkey>@<url>`.
+    #[error("--submit-to {0:?} must be <witness vkey>@<url prefix>")]
+    Syntax(String),
+    /// The vkey does not parse.
+    #[error("--submit-to {target:?}: {problem}")]
+    Key {
+        /// The target.
+        target: String,
+        /// What is wrong with its key.
+        problem: String,
+    },
+    /// More required than given.
+    #[error("--publish-quorum {quorum} is more than the {count} witnesses given")]
+    Quorum {
+        /// Asked.
+        quorum: usize,
+        /// Given.
+        count: usize,
+    },
+}
+
+/// The witnesses of `--submit-to <witness vkey>@<url prefix>` (each
+/// daemon's flag of that name) and how many must cosign (default: all).
+pub fn witness_targets(
+    targets: &[String],
+    quorum: Option<usize>,
+) -> Result<(Vec<WitnessTarget>, usize), TargetError> {
+    let mut witnesses = Vec::with_capacity(targets.len());
+    for target in targets {
+        let (key, url) = target
+            .split_once('@')
+            .ok_or_else(|| TargetError::Syntax(target.clone()))?;
+        let key = VerifierKey::parse(key).map_err(|e| TargetError::Key {
+            target: target.clone(),
+            problem: e.to_string(),
+        })?;
+        witnesses.push(WitnessTarget::new(key, url.to_string()));
+    }
+    let quorum = quorum.unwrap_or(witnesses.len());
+    if quorum > witnesses.len() {
+        return Err(TargetError::Quorum {
+            quorum,
+            count: witnesses.len(),
+        });
+    }
+    Ok((witnesses, quorum))
+}
+
 /// tlog.md §5.2's `republish_interval`.
 pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(600);
 

@@ -246,21 +246,8 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
                 dedup: args.dedup,
                 index_leaves: args.dedup,
             };
-            let mut witnesses = Vec::new();
-            for target in &args.submit_to {
-                let (wkey, url) = target.split_once('@').ok_or_else(|| {
-                    anyhow::anyhow!("--submit-to {target:?} must be <witness vkey>@<url>")
-                })?;
-                let wkey = tlog_core::note::VerifierKey::parse(wkey)
-                    .map_err(|e| anyhow::anyhow!("--submit-to {target:?}: {e}"))?;
-                witnesses.push(tlog_node::submit::WitnessTarget::new(wkey, url.to_string()));
-            }
-            let quorum = args.publish_quorum.unwrap_or(witnesses.len());
-            anyhow::ensure!(
-                quorum <= witnesses.len(),
-                "--publish-quorum {quorum} is more than the {} witnesses given",
-                witnesses.len()
-            );
+            let (witnesses, quorum) =
+                tlog_node::submit::witness_targets(&args.submit_to, args.publish_quorum)?;
             let cosigners = trusted_cosigners(&args.trust_cosigner)?;
             anyhow::ensure!(
                 args.cosigner_quorum <= cosigners.len(),

@@ -2,102 +2,15 @@
 //! and the check of served data by libraries nobody here wrote.
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use lk_testkit::process::workspace_binary;
 use tlog_tiles::tile::{Tile, TileHashReader, TileReader};
 use tlog_tiles::tlog;
 
-pub struct Tlogd {
-    pub child: Child,
-    pub url: String,
-    pub dir: PathBuf,
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Tlogd {
-    /// Waits until the daemon logs `text` (up to 30 s).
-    pub fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.log.lock().expect("lock").contains(text) {
-            if Instant::now() >= deadline {
-                let log = self.log.lock().expect("lock");
-                let tail = &log[log.len().saturating_sub(4000)..];
-                panic!("{text:?} never logged; the log ends with:\n{tail}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Tlogd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-pub fn start(dir: &Path) -> Tlogd {
-    start_with(dir, &[])
-}
-
-pub fn start_with(dir: &Path, extra: &[&str]) -> Tlogd {
-    let port = free_port();
-    let mut child = Command::new(workspace_binary("tlogd"))
-        .args(["--data-dir", dir.to_str().expect("utf8")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--checkpoint-interval-ms", "100"])
-        .args(if extra.contains(&"--sync-listen") {
-            &[][..]
-        } else {
-            &["--sync-listen", "127.0.0.1:0"][..]
-        })
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tlogd");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Every line is kept, those before the daemon listens included.
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    loop {
-        assert!(Instant::now() < deadline, "tlogd did not start");
-        let line = lines.next().expect("tlogd exited").expect("read");
-        let mut kept = log.lock().expect("lock");
-        kept.push_str(&line);
-        kept.push('\n');
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let mut log = sink.lock().expect("lock");
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    Tlogd {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir: dir.to_path_buf(),
-        log,
-    }
-}
+#[allow(unused_imports)] // each test binary uses its own part
+pub use lk_testkit::tlogd::{free_port, start, start_with, Tlogd};
 
 pub fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tlog-cli"))
