@@ -71,6 +71,10 @@ pub struct Keyserver {
     /// `test-faults`: LookupUID leaves out the newest position.
     #[cfg(feature = "test-faults")]
     omit_lookup: std::sync::atomic::AtomicBool,
+    /// `test-faults`: FetchKeyInit keeps one-time KeyInits it says it
+    /// deleted.
+    #[cfg(feature = "test-faults")]
+    keep_one_time: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(e: StoreError) -> RpcError {
@@ -111,6 +115,8 @@ impl Keyserver {
             capabilities: Mutex::new(None),
             #[cfg(feature = "test-faults")]
             omit_lookup: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-faults")]
+            keep_one_time: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -239,6 +245,15 @@ impl Keyserver {
                 self.omit_lookup
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 object([("Omitting", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
+            "Test.KeepOneTime" => {
+                // A repository that serves one-time KeyInits again while
+                // signing that it deleted them.
+                p.finish()?;
+                self.keep_one_time
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                object([("Keeping", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
             "Test.ForgeReply" => {
@@ -649,6 +664,10 @@ impl Keyserver {
         self.store.submit(Job::FetchKeyInit {
             sig_key_hash,
             now: now(),
+            #[cfg(feature = "test-faults")]
+            keep: self
+                .keep_one_time
+                .load(std::sync::atomic::Ordering::Relaxed),
             reply: tx,
         })?;
         let (ki, receipt, signature) = answer(rx).await?;

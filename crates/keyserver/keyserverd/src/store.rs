@@ -131,6 +131,9 @@ pub enum Job {
         sig_key_hash: String,
         /// The clock.
         now: u64,
+        /// Keep what it says it deleted (feature `test-faults` only).
+        #[cfg(feature = "test-faults")]
+        keep: bool,
         /// The KeyInit, the receipt and its signature.
         reply: oneshot::Sender<Result<(KeyInit, DispersalReceipt, String), RpcError>>,
     },
@@ -502,8 +505,14 @@ impl Sequencer {
             Job::FetchKeyInit {
                 sig_key_hash,
                 now,
+                #[cfg(feature = "test-faults")]
+                keep,
                 reply,
-            } => Answer::Fetch(reply, self.fetch_key_init(txn, &sig_key_hash, now)),
+            } => {
+                #[cfg(not(feature = "test-faults"))]
+                let keep = false;
+                Answer::Fetch(reply, self.fetch_key_init(txn, &sig_key_hash, now, keep))
+            }
             Job::Flush {
                 req,
                 sig_pub,
@@ -827,6 +836,7 @@ impl Sequencer {
         txn: &redb::WriteTransaction,
         hash: &str,
         now: u64,
+        keep: bool,
     ) -> Result<(KeyInit, DispersalReceipt, String), RpcError> {
         let mut table = txn.open_table(KEYINIT).map_err(storage)?;
         let (lo, hi) = prefix_range(hash);
@@ -853,7 +863,7 @@ impl Sequencer {
             Some(v) => KeyInit::from_lcj(v.value()).map_err(storage)?,
             None => return Err(storage("a KeyInit vanished inside its transaction")),
         };
-        if d.delete {
+        if d.delete && !keep {
             table.remove(key.as_slice()).map_err(storage)?;
         }
         let receipt = DispersalReceipt {

@@ -414,3 +414,78 @@ fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
     moved.position = evidence.lookup[0].tree_size;
     refused(&moved, "beyond.json");
 }
+
+/// keyserver.md §6.5, §10: a repository that serves a one-time KeyInit
+/// again after signing that serving it deleted it. Bob's second
+/// `session-start` that gets it exits 4 with `keyinit-reuse` evidence (the
+/// two signed receipts) that verifies offline; reordered or altered
+/// receipts prove nothing.
+#[test]
+fn a_one_time_keyinit_served_twice_is_caught() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let url = server.url.as_str();
+    let pin = server.process.pin.clone();
+    ok(&alice, &["init", "--server", url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(
+        &alice,
+        &[
+            "keyinit",
+            "publish",
+            "alice@localhost",
+            "--count",
+            "2",
+            "--fallback",
+            "0",
+            "--mixaddress",
+            "mix.localhost",
+            "--nymaddress",
+            "bnltYWRkcmVzcw==",
+        ],
+    );
+    ok(&bob, &["init", "--server", url, "--pin", &pin]);
+    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
+    ok(&bob, &["session-start", "alice@localhost"]);
+
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.KeepOneTime", "params": {}});
+    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+    assert_eq!(v["result"]["Keeping"], true, "{v}");
+    // The second one-time KeyInit, "deleted" but kept; then it again.
+    ok(&bob, &["session-start", "alice@localhost"]);
+    let o = ks_cli(&bob, &["session-start", "alice@localhost"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("keyinit-reuse"), "{}", o.stderr);
+    let file = evidence_path(&o.stderr);
+    let stranger = root.path().join("stranger");
+    let out = ok(&stranger, &["verify-evidence", &file]);
+    assert!(out.contains("served it again"), "{out}");
+
+    let evidence =
+        Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
+    let refused = |e: &Evidence, name: &str| {
+        let f = root.path().join(name);
+        std::fs::write(&f, e.to_file()).expect("write");
+        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
+        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
+    };
+    let mut swapped = evidence.clone();
+    swapped.dispersals.reverse();
+    if swapped.dispersals[0].receipt.timestamp == swapped.dispersals[1].receipt.timestamp {
+        // Same second: the order alone proves nothing either way; make the
+        // first say it was not deleted instead.
+        swapped.dispersals[0].receipt.one_time = false;
+    }
+    refused(&swapped, "swapped.json");
+    let mut unsigned = evidence.clone();
+    unsigned.dispersals[1].receipt.timestamp += 1;
+    refused(&unsigned, "unsigned.json");
+    let mut one = evidence.clone();
+    one.dispersals.pop();
+    refused(&one, "one.json");
+}

@@ -219,6 +219,8 @@ pub struct Client {
     schedule: Vec<(u64, VerifyingKey)>,
     /// KEYINITHASHes this client was served with ONETIME set.
     one_time_seen: BTreeSet<String>,
+    /// Their signed receipts (evidence if one is served again).
+    one_time_receipts: HashMap<String, ks_core::keyinit::SignedDispersal>,
     /// Verified Capabilities.
     capabilities: Option<SignedCapabilities>,
     /// The witnesses' part of the tlog-policy (witness, group and quorum
@@ -268,6 +270,7 @@ impl Client {
             note: None,
             schedule: Vec::new(),
             one_time_seen: BTreeSet::new(),
+            one_time_receipts: HashMap::new(),
             capabilities: None,
             witness_policy: None,
             tokens: BTreeSet::new(),
@@ -335,6 +338,7 @@ impl Client {
             c.schedule.push((p, key));
         }
         c.one_time_seen = loaded.seen.into_iter().collect();
+        c.one_time_receipts = loaded.receipts.into_iter().collect();
         c.tokens = loaded.tokens.into_iter().collect();
         c.batches = loaded.batches.into_iter().collect();
         // The pin and URL are stored with the first verified sync, so a
@@ -833,14 +837,11 @@ impl Client {
                             replies: vec![earlier, later],
                             ..Default::default()
                         };
-                        match ks_core::evidence::verify(&evidence) {
-                            Ok(proves) => Err(ClientError::Evidence {
-                                failure: failure.to_string(),
-                                proves,
-                                evidence: Box::new(evidence),
-                            }),
-                            Err(_) => Err(ClientError::Misbehaviour(failure)),
-                        }
+                        Err(proven(
+                            evidence,
+                            failure.to_string(),
+                            ClientError::Misbehaviour(failure),
+                        ))
                     }
                     _ => Err(ClientError::Misbehaviour(failure)),
                 }
@@ -1010,7 +1011,11 @@ impl Client {
         evidence.identity = identity.to_string();
         evidence.replies = vec![reply.clone()];
         evidence.entry = b64::encode(&actual.0);
-        proven(evidence, failure)
+        proven(
+            evidence,
+            failure.to_string(),
+            ClientError::Misbehaviour(failure),
+        )
     }
 
     /// An evidence file of `kind` with the pin, the key schedule, the
@@ -1094,7 +1099,11 @@ impl Client {
             evidence.identity = ident;
             evidence.lookup = vec![reply];
             evidence.lookup_signature = signature;
-            return Err(proven(evidence, failure));
+            return Err(proven(
+                evidence,
+                failure.to_string(),
+                ClientError::Misbehaviour(failure),
+            ));
         }
         if ours != reply.hc_positions {
             return Err(bad(
@@ -1305,17 +1314,22 @@ impl Client {
             }
         }
         let hash = ki.hash();
+        let served = ks_core::keyinit::SignedDispersal {
+            receipt: receipt.clone(),
+            signature,
+        };
         if self.one_time_seen.contains(&hash) {
-            return Err(reject("keyinit-reuse: a one-time KeyInit served twice"));
+            return Err(self.keyinit_reuse(&alice.message.content.identity, &hash, served));
         }
         if ki.contents.fallback && alice.message.content.preferences.forward_sec == "strict" {
             return Err(ClientError::NoOneTimeKeyInit);
         }
         if receipt.one_time {
             if let Some(file) = &self.file {
-                file.seen(&hash)?;
+                file.seen(&hash, &served)?;
             }
             self.one_time_seen.insert(hash.clone());
+            self.one_time_receipts.insert(hash.clone(), served);
         }
         Ok(SessionStart {
             identity: alice.message.content.identity.clone(),
@@ -1328,6 +1342,34 @@ impl Client {
             fallback: ki.contents.fallback,
             receipt,
         })
+    }
+
+    /// A one-time KeyInit served again: `keyinit-reuse` evidence from the
+    /// first serving's signed receipt and this one.
+    fn keyinit_reuse(
+        &self,
+        identity: &str,
+        hash: &str,
+        again: ks_core::keyinit::SignedDispersal,
+    ) -> ClientError {
+        let failure =
+            ClientError::BadKeyInit("keyinit-reuse: a one-time KeyInit served twice".into());
+        let Some(first) = self.one_time_receipts.get(hash) else {
+            return failure;
+        };
+        let Ok(key_schedule) = self.schedule_replies() else {
+            return failure;
+        };
+        let evidence = ks_core::evidence::Evidence {
+            kind: ks_core::evidence::KEYINIT_REUSE.into(),
+            origin: self.origin.clone().unwrap_or_default(),
+            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+            key_schedule,
+            identity: identity.to_string(),
+            dispersals: vec![first.clone(), again],
+            ..Default::default()
+        };
+        proven(evidence, failure.to_string(), failure)
     }
 
     /// §4.5: deletes all of `own`'s KeyInits with a fresh nonce.
@@ -1387,15 +1429,19 @@ fn own_of(r: store::OwnRecord) -> Result<OwnIdentity, ClientError> {
 }
 
 /// `failure` with its evidence file if the file proves it (checked here
-/// exactly as `ks-cli verify-evidence` will), else without.
-fn proven(evidence: ks_core::evidence::Evidence, failure: Failure) -> ClientError {
+/// exactly as `ks-cli verify-evidence` will), else `otherwise`.
+fn proven(
+    evidence: ks_core::evidence::Evidence,
+    failure: String,
+    otherwise: ClientError,
+) -> ClientError {
     match ks_core::evidence::verify(&evidence) {
         Ok(proves) => ClientError::Evidence {
-            failure: failure.to_string(),
+            failure,
             proves,
             evidence: Box::new(evidence),
         },
-        Err(_) => ClientError::Misbehaviour(failure),
+        Err(_) => otherwise,
     }
 }
 

@@ -22,6 +22,9 @@ const SCHEDULE: TableDefinition<u64, &[u8]> = TableDefinition::new("schedule");
 const OWN: TableDefinition<&str, &[u8]> = TableDefinition::new("own");
 /// KEYINITHASH → 1 for one-time KeyInits this client was served.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen_one_time");
+/// KEYINITHASH → LCJ(SignedDispersal): the signed receipt of each one-time
+/// KeyInit served here, kept as evidence should it be served again.
+const ONE_TIME_RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("one_time_receipts");
 /// The token wallet (§5): b64 token → 1. Bearer money: the file is 0600.
 const TOKENS: TableDefinition<&str, u64> = TableDefinition::new("tokens");
 /// Token requests awaiting the issuer's response: batch id → the issuer
@@ -94,6 +97,8 @@ pub struct Loaded {
     pub schedule: Vec<(u64, [u8; 32])>,
     /// One-time KEYINITHASHes seen.
     pub seen: Vec<String>,
+    /// Their signed receipts (those served since receipts were kept).
+    pub receipts: Vec<(String, ks_core::keyinit::SignedDispersal)>,
     /// The token wallet.
     pub tokens: Vec<String>,
     /// Pending token request batches by id.
@@ -133,6 +138,7 @@ impl StateFile {
         txn.open_table(SEEN).map_err(storage)?;
         txn.open_table(TOKENS).map_err(storage)?;
         txn.open_table(PENDING).map_err(storage)?;
+        txn.open_table(ONE_TIME_RECEIPTS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(StateFile { db })
     }
@@ -185,6 +191,17 @@ impl StateFile {
         {
             seen.push(row.map_err(storage)?.0.value().to_string());
         }
+        let mut receipts = Vec::new();
+        for row in txn
+            .open_table(ONE_TIME_RECEIPTS)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (k, v) = row.map_err(storage)?;
+            let r = ks_core::keyinit::SignedDispersal::from_lcj(v.value()).map_err(storage)?;
+            receipts.push((k.value().to_string(), r));
+        }
         let mut tokens = Vec::new();
         for row in txn
             .open_table(TOKENS)
@@ -210,6 +227,7 @@ impl StateFile {
             entries,
             schedule,
             seen,
+            receipts,
             tokens,
             batches,
         })
@@ -235,12 +253,20 @@ impl StateFile {
         txn.commit().map_err(storage)
     }
 
-    /// Remembers a one-time KEYINITHASH.
-    pub fn seen(&self, hash: &str) -> Result<(), ClientError> {
+    /// Remembers a one-time KEYINITHASH and its signed receipt.
+    pub fn seen(
+        &self,
+        hash: &str,
+        receipt: &ks_core::keyinit::SignedDispersal,
+    ) -> Result<(), ClientError> {
         let txn = self.db.begin_write().map_err(storage)?;
         txn.open_table(SEEN)
             .map_err(storage)?
             .insert(hash, 1)
+            .map_err(storage)?;
+        txn.open_table(ONE_TIME_RECEIPTS)
+            .map_err(storage)?
+            .insert(hash, &receipt.to_lcj()[..])
             .map_err(storage)?;
         txn.commit().map_err(storage)
     }

@@ -35,6 +35,9 @@ pub const FORK: &str = "fork";
 /// The `TYPE` of a file showing a signed LookupUID answer that leaves out
 /// an entry of the identity below its TREESIZE.
 pub const OMITTED_LOOKUP: &str = "omitted-lookup";
+/// The `TYPE` of a file showing a one-time KeyInit served again after the
+/// server signed that serving it deleted it.
+pub const KEYINIT_REUSE: &str = "keyinit-reuse";
 
 lcj_record! {
     /// An evidence file.
@@ -68,6 +71,9 @@ lcj_record! {
         lookup_signature: String = "LOOKUPSIGNATURE",
         /// `omitted-lookup`: the position of ENTRY, left out of the answer.
         position: u64 = "POSITION",
+        /// `keyinit-reuse`: the signed DispersalReceipts, in serving order
+        /// ([] otherwise).
+        dispersals: Vec<crate::keyinit::SignedDispersal> = "DISPERSALS",
     }
 }
 
@@ -159,6 +165,9 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
     }
     if e.kind == OMITTED_LOOKUP {
         return verify_omitted_lookup(e);
+    }
+    if e.kind == KEYINIT_REUSE {
+        return verify_keyinit_reuse(e);
     }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
@@ -283,6 +292,53 @@ fn entry_in_checkpoint(
         |x| EvidenceError::NotProven(format!("the entry is not at {p} in the checkpoint: {x}")),
     )?;
     Ok((entry, cp.size))
+}
+
+/// `keyinit-reuse`: two DispersalReceipts of this origin for one
+/// KEYINITHASH, each signed by a key of the schedule; the first says ONETIME
+/// (the server deleted the KeyInit when serving it), the second is no
+/// earlier. An honest server never serves a KEYINITHASH again after that:
+/// the deleted KeyInit is gone, and a re-upload of it is answered from the
+/// seen table without storing it.
+fn verify_keyinit_reuse(e: &Evidence) -> Result<String, EvidenceError> {
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let format = |why: &str| EvidenceError::Format(why.to_string());
+    let [first, again] = e.dispersals.as_slice() else {
+        return Err(format("keyinit-reuse names two receipts"));
+    };
+    for (i, d) in [first, again].into_iter().enumerate() {
+        let signed = keys.iter().any(|(_, k)| {
+            crate::sig::verify(
+                k,
+                crate::sig::Ctx::KeyinitDispersal,
+                &d.receipt,
+                &d.signature,
+            )
+        });
+        if !signed {
+            return Err(EvidenceError::Unsigned(i));
+        }
+        if d.receipt.origin != e.origin {
+            return Err(format("a receipt of another origin"));
+        }
+    }
+    let not = |why: &str| EvidenceError::NotProven(why.to_string());
+    let (a, b) = (&first.receipt, &again.receipt);
+    if a.key_init_hash != b.key_init_hash || a.sig_key_hash != b.sig_key_hash {
+        return Err(not("the receipts are for different KeyInits"));
+    }
+    if !a.one_time {
+        return Err(not(
+            "the first receipt does not say the KeyInit was deleted",
+        ));
+    }
+    if b.timestamp < a.timestamp {
+        return Err(not("the second receipt is the earlier one"));
+    }
+    Ok(format!(
+        "the server signed at {} that serving one-time KeyInit {} deleted it, and served it again at {}",
+        a.timestamp, a.key_init_hash, b.timestamp
+    ))
 }
 
 /// `omitted-lookup`: a LookupReply signed by the key of TREESIZE − 1 lists

@@ -92,6 +92,17 @@ lcj_record! {
 }
 
 lcj_record! {
+    /// A DispersalReceipt with the server's signature, as a client keeps
+    /// it (evidence, §6.6).
+    pub struct SignedDispersal {
+        /// The receipt.
+        receipt: DispersalReceipt = "RECEIPT",
+        /// Its signature (ctx `keyinit-dispersal`).
+        signature: String = "SIGNATURE",
+    }
+}
+
+lcj_record! {
     /// The server's receipt for a served KeyInit.
     pub struct DispersalReceipt {
         /// b64(SHA-256(LCJ(KeyInit))).
