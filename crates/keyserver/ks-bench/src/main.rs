@@ -47,10 +47,15 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Pay with tokens (keyserver.md §5) as a public deployment does: the
-    /// in-process server requires them, and they are minted before the
-    /// clock starts (in-process server only).
-    #[arg(long, conflicts_with = "url")]
+    /// in-process server requires them (a `--url` server must run with
+    /// tokens required and give `--server-dir`), and they are minted
+    /// before the clock starts.
+    #[arg(long)]
     tokens: bool,
+    /// The `--url` server's data directory, whose issuer key mints the
+    /// tokens (with `--tokens`).
+    #[arg(long, requires = "url")]
+    server_dir: Option<std::path::PathBuf>,
 }
 
 /// Minted tokens the paid calls spend (empty: tokens disabled).
@@ -131,6 +136,19 @@ fn report(name: &str, count: u64, unit: &str, elapsed: Duration, mut lat: Vec<Du
         pct(0.99),
         pct(1.0),
     );
+}
+
+/// Mints the phases' worth of tokens: the creates, the single-client ones,
+/// the keyinit users' 256 each, and the incremental 1,000.
+fn mint_for(args: &Args, issuer: &Arc<ks_core::token::IssuerSecret>) -> anyhow::Result<()> {
+    let need = args.users + 200 + args.keyinit_users.min(args.users) * 256 + 1000;
+    let started = Instant::now();
+    mint(issuer, need as usize)?;
+    println!(
+        "minted {need} tokens in {:.1} s (setup, not measured)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Fills the token pool with `n` tokens of `issuer`, on every core.
@@ -256,19 +274,15 @@ fn main() -> anyhow::Result<()> {
                     publish_quorum: None,
                 }))?;
             if let Some(issuer) = &running.issuer {
-                // The phases' worth: the creates, the single-client ones,
-                // the keyinit users' 256 each, and the incremental 1,000.
-                let need = args.users + 200 + args.keyinit_users.min(args.users) * 256 + 1000;
-                let started = Instant::now();
-                mint(issuer, need as usize)?;
-                println!(
-                    "minted {need} tokens in {:.1} s (setup, not measured)",
-                    started.elapsed().as_secs_f64()
-                );
+                mint_for(&args, issuer)?;
             }
             (format!("http://{}/", running.addr), running.pin.clone())
         }
     };
+    if let (true, Some(dir)) = (args.tokens, &args.server_dir) {
+        let issuer = keyserverd::tokens::load_or_create_issuer(dir)?;
+        mint_for(&args, &Arc::new(issuer))?;
+    }
     let pin = Pin::parse(&pin).context("pin")?;
     let skip = |p: &str| args.skip.iter().any(|s| s == p);
     // LASTENTRY for every submission: the newest published entry.
