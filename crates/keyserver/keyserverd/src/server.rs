@@ -75,6 +75,9 @@ pub struct Keyserver {
     /// deleted.
     #[cfg(feature = "test-faults")]
     keep_one_time: std::sync::atomic::AtomicBool,
+    /// `test-faults`: FetchKeyInit serves KeyInits of its own making.
+    #[cfg(feature = "test-faults")]
+    substitute: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable(e: StoreError) -> RpcError {
@@ -117,6 +120,8 @@ impl Keyserver {
             omit_lookup: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-faults")]
             keep_one_time: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-faults")]
+            substitute: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -254,6 +259,15 @@ impl Keyserver {
                 self.keep_one_time
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 object([("Keeping", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
+            "Test.SubstituteKeyInits" => {
+                // A repository that hands out KeyInits with PF keys of its
+                // own (it cannot sign them as their owner).
+                p.finish()?;
+                self.substitute
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                object([("Substituting", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
             "Test.ForgeReply" => {
@@ -668,6 +682,8 @@ impl Keyserver {
             keep: self
                 .keep_one_time
                 .load(std::sync::atomic::Ordering::Relaxed),
+            #[cfg(feature = "test-faults")]
+            substitute: self.substitute.load(std::sync::atomic::Ordering::Relaxed),
             reply: tx,
         })?;
         let (ki, receipt, signature) = answer(rx).await?;

@@ -134,6 +134,9 @@ pub enum Job {
         /// Keep what it says it deleted (feature `test-faults` only).
         #[cfg(feature = "test-faults")]
         keep: bool,
+        /// Serve a KeyInit of its own making (feature `test-faults` only).
+        #[cfg(feature = "test-faults")]
+        substitute: bool,
         /// The KeyInit, the receipt and its signature.
         reply: oneshot::Sender<Result<(KeyInit, DispersalReceipt, String), RpcError>>,
     },
@@ -507,11 +510,16 @@ impl Sequencer {
                 now,
                 #[cfg(feature = "test-faults")]
                 keep,
+                #[cfg(feature = "test-faults")]
+                substitute,
                 reply,
             } => {
                 #[cfg(not(feature = "test-faults"))]
-                let keep = false;
-                Answer::Fetch(reply, self.fetch_key_init(txn, &sig_key_hash, now, keep))
+                let (keep, substitute) = (false, false);
+                Answer::Fetch(
+                    reply,
+                    self.fetch_key_init(txn, &sig_key_hash, now, keep, substitute),
+                )
             }
             Job::Flush {
                 req,
@@ -837,6 +845,7 @@ impl Sequencer {
         hash: &str,
         now: u64,
         keep: bool,
+        substitute: bool,
     ) -> Result<(KeyInit, DispersalReceipt, String), RpcError> {
         let mut table = txn.open_table(KEYINIT).map_err(storage)?;
         let (lo, hi) = prefix_range(hash);
@@ -866,6 +875,25 @@ impl Sequencer {
         if d.delete && !keep {
             table.remove(key.as_slice()).map_err(storage)?;
         }
+        let ki = if substitute {
+            // A PF key the server holds, in an anchor it can seal (SIGKEY
+            // is public), signed by the only key it has: its own.
+            let c = &ki.contents;
+            let mut forged = ks_core::author::key_init(
+                &self.config.signer,
+                &c.repo_uri,
+                &ks_core::author::anchor(&[9; 32], "mix.evil", "ZXZpbA=="),
+                &[7; 16],
+                c.msg_count,
+                c.fallback,
+                c.not_before,
+                c.not_after,
+            );
+            forged.contents.sig_key_hash = c.sig_key_hash.clone();
+            forged
+        } else {
+            ki
+        };
         let receipt = DispersalReceipt {
             key_init_hash: ki.hash(),
             one_time: d.one_time,

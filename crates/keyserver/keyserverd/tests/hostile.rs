@@ -489,3 +489,84 @@ fn a_one_time_keyinit_served_twice_is_caught() {
     one.dispersals.pop();
     refused(&one, "one.json");
 }
+
+/// keyserver.md §6.5, §10: a repository that hands Bob a KeyInit with a
+/// PF key of its own (which it cannot sign as Alice). `session-start`
+/// refuses it with exit 4 and `bad-keyinit` evidence (the signed receipt,
+/// the KeyInit, Alice's UID reply) that verifies offline; the file with
+/// Alice's genuine KeyInit, or another owner's UID, proves nothing.
+#[test]
+fn a_substituted_keyinit_is_caught() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let url = server.url.as_str();
+    let pin = server.process.pin.clone();
+    ok(&alice, &["init", "--server", url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(
+        &alice,
+        &[
+            "keyinit",
+            "publish",
+            "alice@localhost",
+            "--count",
+            "3",
+            "--fallback",
+            "0",
+            "--mixaddress",
+            "mix.localhost",
+            "--nymaddress",
+            "bnltYWRkcmVzcw==",
+        ],
+    );
+    ok(&bob, &["init", "--server", url, "--pin", &pin]);
+    ok(&bob, &["register", "bob@localhost"]);
+    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
+    let genuine = ks_cli(&bob, &["--json", "session-start", "alice@localhost"]);
+    assert_eq!(genuine.code, 0, "{}", genuine.stderr);
+
+    let body =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "Test.SubstituteKeyInits", "params": {}});
+    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+    assert_eq!(v["result"]["Substituting"], true, "{v}");
+    let o = ks_cli(&bob, &["session-start", "alice@localhost"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains("bad-keyinit") || o.stderr.contains("fails the owner"),
+        "{}",
+        o.stderr
+    );
+    let file = evidence_path(&o.stderr);
+    let stranger = root.path().join("stranger");
+    let out = ok(&stranger, &["verify-evidence", &file]);
+    assert!(out.contains("fails the owner's checks"), "{out}");
+
+    let evidence =
+        Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
+    let refused = |e: &Evidence, name: &str| {
+        let f = root.path().join(name);
+        std::fs::write(&f, e.to_file()).expect("write");
+        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
+        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
+    };
+    // The receipt does not bind another KeyInit in its place.
+    let mut other_ki = evidence.clone();
+    other_ki.key_inits[0].contents.msg_count += 1;
+    refused(&other_ki, "other-keyinit.json");
+    // Bob's own UID is not the receipt's owner.
+    let mut bob_client =
+        ks_client::Client::open(&bob.join("state.redb"), None, None).expect("open");
+    let bob_uid = bob_client
+        .lookup("bob@localhost")
+        .expect("lookup")
+        .expect("bob");
+    let mut other_owner = evidence.clone();
+    other_owner.identity = "bob@localhost".into();
+    other_owner.replies = vec![bob_uid.reply];
+    refused(&other_owner, "other-owner.json");
+}

@@ -1296,14 +1296,22 @@ impl Client {
             .sig_key
             .verifying_key()
             .ok_or_else(|| reject("no SIGKEY"))?;
-        let checked = check_keyinit(
+        let checked = match check_keyinit(
             &ki,
             &sig_key,
             &alice.message.content.repo_uris,
             Window::Fetch,
             now(),
-        )
-        .map_err(|e| reject(&e.to_string()))?;
+        ) {
+            Ok(c) => c,
+            Err(why) => {
+                let served = ks_core::keyinit::SignedDispersal {
+                    receipt: receipt.clone(),
+                    signature: signature.clone(),
+                };
+                return Err(self.bad_keyinit(&alice, ki, served, &why.to_string()));
+            }
+        };
         if let Some(c) = &self.capabilities {
             if !c
                 .capabilities
@@ -1342,6 +1350,34 @@ impl Client {
             fallback: ki.contents.fallback,
             receipt,
         })
+    }
+
+    /// A served KeyInit that fails §6.5: `bad-keyinit` evidence (the
+    /// receipt, the KeyInit and the owner's UID reply) if it is provable at
+    /// the receipt's time, else a plain refusal.
+    fn bad_keyinit(
+        &self,
+        owner: &Verified,
+        ki: KeyInit,
+        served: ks_core::keyinit::SignedDispersal,
+        why: &str,
+    ) -> ClientError {
+        let failure = ClientError::BadKeyInit(why.to_string());
+        let Ok(key_schedule) = self.schedule_replies() else {
+            return failure;
+        };
+        let evidence = ks_core::evidence::Evidence {
+            kind: ks_core::evidence::BAD_KEYINIT.into(),
+            origin: self.origin.clone().unwrap_or_default(),
+            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+            key_schedule,
+            identity: owner.message.content.identity.clone(),
+            replies: vec![owner.reply.clone()],
+            dispersals: vec![served],
+            key_inits: vec![ki],
+            ..Default::default()
+        };
+        proven(evidence, failure.to_string(), failure)
     }
 
     /// A one-time KeyInit served again: `keyinit-reuse` evidence from the

@@ -38,6 +38,9 @@ pub const OMITTED_LOOKUP: &str = "omitted-lookup";
 /// The `TYPE` of a file showing a one-time KeyInit served again after the
 /// server signed that serving it deleted it.
 pub const KEYINIT_REUSE: &str = "keyinit-reuse";
+/// The `TYPE` of a file showing a KeyInit served under the server's
+/// receipt that fails the owner's checks (§6.5) at the receipt's time.
+pub const BAD_KEYINIT: &str = "bad-keyinit";
 
 lcj_record! {
     /// An evidence file.
@@ -71,9 +74,11 @@ lcj_record! {
         lookup_signature: String = "LOOKUPSIGNATURE",
         /// `omitted-lookup`: the position of ENTRY, left out of the answer.
         position: u64 = "POSITION",
-        /// `keyinit-reuse`: the signed DispersalReceipts, in serving order
-        /// ([] otherwise).
+        /// `keyinit-reuse`: the signed DispersalReceipts, in serving order;
+        /// `bad-keyinit`: the one receipt ([] otherwise).
         dispersals: Vec<crate::keyinit::SignedDispersal> = "DISPERSALS",
+        /// `bad-keyinit`: the KeyInit served ([] otherwise).
+        key_inits: Vec<crate::keyinit::KeyInit> = "KEYINITS",
     }
 }
 
@@ -168,6 +173,9 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
     }
     if e.kind == KEYINIT_REUSE {
         return verify_keyinit_reuse(e);
+    }
+    if e.kind == BAD_KEYINIT {
+        return verify_bad_keyinit(e);
     }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
@@ -339,6 +347,67 @@ fn verify_keyinit_reuse(e: &Evidence) -> Result<String, EvidenceError> {
         "the server signed at {} that serving one-time KeyInit {} deleted it, and served it again at {}",
         a.timestamp, a.key_init_hash, b.timestamp
     ))
+}
+
+/// `bad-keyinit`: a DispersalReceipt signed by a schedule key binds a
+/// KeyInit (KEYINITHASH) to an owner (SIGKEYHASH); the owner's UID reply,
+/// signed by the key of its position, gives the SIGKEY with that hash and
+/// the owner's repositories; and the KeyInit fails §6.5 against them at the
+/// receipt's TIMESTAMP (a signature not the owner's, another key's KeyInit,
+/// outside its window, a bad anchor). The server checks all of that when a
+/// KeyInit is published, so serving one that fails is its doing.
+fn verify_bad_keyinit(e: &Evidence) -> Result<String, EvidenceError> {
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+    let format = |why: &str| EvidenceError::Format(why.to_string());
+    let not = |why: &str| EvidenceError::NotProven(why.to_string());
+    let ([served], [ki], [owner]) = (
+        e.dispersals.as_slice(),
+        e.key_inits.as_slice(),
+        e.replies.as_slice(),
+    ) else {
+        return Err(format(
+            "bad-keyinit names one receipt, one KeyInit and one UID reply",
+        ));
+    };
+    let r = &served.receipt;
+    let signed = keys.iter().any(|(_, k)| {
+        crate::sig::verify(k, crate::sig::Ctx::KeyinitDispersal, r, &served.signature)
+    });
+    if !signed || r.origin != e.origin {
+        return Err(EvidenceError::Unsigned(0));
+    }
+    if r.key_init_hash != ki.hash() {
+        return Err(not("the receipt is for another KeyInit"));
+    }
+    let key = signer(owner.entry.hashchain_pos).ok_or(EvidenceError::Unsigned(1))?;
+    if !owner.signed_by(&key) || owner.entry.origin != e.origin {
+        return Err(EvidenceError::Unsigned(1));
+    }
+    let (_, msg) = owner
+        .open_for(&e.identity)
+        .map_err(|x| not(&format!("the UID reply: {x}")))?;
+    let sig_key = msg
+        .content
+        .sig_key
+        .verifying_key()
+        .ok_or_else(|| not("the UID has no SIGKEY"))?;
+    if crate::keyinit::sig_key_hash(sig_key.as_bytes()) != r.sig_key_hash {
+        return Err(not("the UID's SIGKEY is not the receipt's owner"));
+    }
+    match crate::keyinit::check_keyinit(
+        ki,
+        &sig_key,
+        &msg.content.repo_uris,
+        crate::keyinit::Window::Fetch,
+        r.timestamp,
+    ) {
+        Err(why) => Ok(format!(
+            "the server served, as {}'s, a KeyInit that fails the owner's checks at its own time: {why}",
+            e.identity
+        )),
+        Ok(_) => Err(not("the KeyInit passes every check")),
+    }
 }
 
 /// `omitted-lookup`: a LookupReply signed by the key of TREESIZE − 1 lists
