@@ -78,6 +78,9 @@ pub struct Keyserver {
     /// `test-faults`: FetchKeyInit serves KeyInits of its own making.
     #[cfg(feature = "test-faults")]
     substitute: std::sync::atomic::AtomicBool,
+    /// `test-faults`: how Capabilities lie (see `Test.CapabilitiesFault`).
+    #[cfg(feature = "test-faults")]
+    caps_fault: Mutex<Option<String>>,
 }
 
 fn unavailable(e: StoreError) -> RpcError {
@@ -122,6 +125,8 @@ impl Keyserver {
             keep_one_time: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-faults")]
             substitute: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-faults")]
+            caps_fault: Mutex::new(None),
         }
     }
 
@@ -270,6 +275,19 @@ impl Keyserver {
                 object([("Substituting", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
+            "Test.CapabilitiesFault" => {
+                // Capabilities that are `unsigned`, signed by an
+                // `unscheduled` key, with TKNPUBKEY altered after signing
+                // (`tknpubkey`, a man in the middle), or naming another
+                // chain entry, signed (`entry`).
+                let kind = p.string("Kind")?;
+                p.finish()?;
+                if let Ok(mut f) = self.caps_fault.lock() {
+                    *f = Some(kind);
+                }
+                object([("Fault", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
             "Test.ForgeReply" => {
                 // A keyserver that lies about inclusion: a signed reply for
                 // the next position, with nothing appended.
@@ -406,6 +424,12 @@ impl Keyserver {
     }
 
     async fn capabilities(&self) -> Result<Value, RpcError> {
+        #[cfg(feature = "test-faults")]
+        let fault = self.caps_fault.lock().ok().and_then(|f| f.clone());
+        #[cfg(feature = "test-faults")]
+        if let Some(kind) = fault {
+            return self.faulty_capabilities(&kind).await;
+        }
         if let Ok(cached) = self.capabilities.lock() {
             if let Some((at, v)) = cached.as_ref() {
                 if at.elapsed() < Duration::from_secs(60) {
@@ -474,6 +498,39 @@ impl Keyserver {
             *cached = Some((Instant::now(), v.clone()));
         }
         Ok(v)
+    }
+
+    #[cfg(feature = "test-faults")]
+    async fn faulty_capabilities(&self, kind: &str) -> Result<Value, RpcError> {
+        if let Ok(mut c) = self.capabilities.lock() {
+            *c = None;
+        }
+        let saved = take_fault(&self.caps_fault);
+        let honest = Box::pin(self.capabilities()).await;
+        if let Ok(mut f) = self.caps_fault.lock() {
+            *f = saved;
+        }
+        let honest = honest?;
+        let mut signed = SignedCapabilities::from_value(honest).map_err(|_| RpcError::Internal)?;
+        match kind {
+            "unsigned" => signed.signature = b64::encode(&[0; 64]),
+            "unscheduled" => {
+                let other = SigningKey::from_bytes(&[0x66; 32]);
+                signed.signature = sign(&other, Ctx::Capabilities, &signed.capabilities);
+            }
+            "tknpubkey" => signed.capabilities.tkn_pub_key = b64::encode(&[1; 300]),
+            "entry" => {
+                let genesis = self.entries(0, 1).await?;
+                signed.capabilities.key_hash_chain_entry =
+                    b64::encode(genesis.first().ok_or(RpcError::Internal)?);
+                signed.signature = sign(&self.signer, Ctx::Capabilities, &signed.capabilities);
+            }
+            _ => return Err(RpcError::params("Kind", "unknown fault")),
+        }
+        if let Ok(mut c) = self.capabilities.lock() {
+            *c = None;
+        }
+        Ok(signed.to_value())
     }
 
     /// Bare entries `[start, end)` of the committed log.
@@ -715,6 +772,11 @@ impl Keyserver {
             ("Signature", Value::String(signature)),
         ]))
     }
+}
+
+#[cfg(feature = "test-faults")]
+fn take_fault(f: &Mutex<Option<String>>) -> Option<String> {
+    f.lock().ok().and_then(|mut f| f.take())
 }
 
 fn optional_integer(p: &mut Fields, name: &str) -> Result<Option<u64>, RpcError> {

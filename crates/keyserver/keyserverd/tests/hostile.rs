@@ -40,6 +40,11 @@ fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> CliOut {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let o = ks_cli(dir, &["--json", "lookup", identity]);
+        if o.code == 3 && std::time::Instant::now() < deadline {
+            // Not in a published checkpoint yet.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
         if o.code != 0 {
             return o;
         }
@@ -569,4 +574,81 @@ fn a_substituted_keyinit_is_caught() {
     other_owner.identity = "bob@localhost".into();
     other_owner.replies = vec![bob_uid.reply];
     refused(&other_owner, "other-owner.json");
+}
+
+/// keyserver.md §3.7, §10: Capabilities that are unsigned, signed by a key
+/// the chain never scheduled, or altered after signing (TKNPUBKEY) are
+/// refused; signed ones naming another entry than the chain's at
+/// KEYHASHCHAINPOS are `bad-capabilities` evidence that verifies offline.
+#[test]
+fn lying_capabilities_are_refused_or_proven() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
+    let alice = root.path().join("alice");
+    let url = server.url.as_str();
+    let pin = server.process.pin.clone();
+    ok(&alice, &["init", "--server", url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    // Published (confirm waits for it), so the chain has grown past genesis.
+    ok(
+        &alice,
+        &[
+            "confirm",
+            "alice@localhost",
+            "--escrow-printed",
+            "--max-wait",
+            "30",
+        ],
+    );
+    ok(&alice, &["capabilities"]);
+    let fault = |kind: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.CapabilitiesFault",
+            "params": {"Kind": kind}});
+        let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+        assert_eq!(v["result"]["Fault"], true, "{v}");
+    };
+    for kind in ["unsigned", "unscheduled", "tknpubkey"] {
+        fault(kind);
+        let o = ks_cli(&alice, &["capabilities"]);
+        assert_eq!(o.code, 4, "{kind}: {}{}", o.stdout, o.stderr);
+        assert!(
+            !o.stderr.contains("evidence written"),
+            "{kind}: {}",
+            o.stderr
+        );
+    }
+    fault("entry");
+    let o = ks_cli(&alice, &["capabilities"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let stranger = root.path().join("stranger");
+    let out = ok(&stranger, &["verify-evidence", &file]);
+    assert!(out.contains("Capabilities name another entry"), "{out}");
+
+    let evidence =
+        Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
+    let refused = |e: &Evidence, name: &str| {
+        let f = root.path().join(name);
+        std::fs::write(&f, e.to_file()).expect("write");
+        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
+        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
+    };
+    // With the chain's true entry named, the same signature fails; with
+    // the entry in the file swapped for the named one, the proof fails.
+    let mut honest = evidence.clone();
+    honest.capabilities[0].capabilities.key_hash_chain_entry = evidence.entry.clone();
+    refused(&honest, "honest.json");
+    let mut swapped = evidence.clone();
+    swapped.entry = evidence.capabilities[0]
+        .capabilities
+        .key_hash_chain_entry
+        .clone();
+    refused(&swapped, "swapped.json");
+    let mut moved = evidence.clone();
+    moved.position = 0;
+    refused(&moved, "moved.json");
 }

@@ -778,9 +778,15 @@ impl Client {
             .entry(c.key_hash_chain_pos)
             .ok_or_else(|| bad("KEYHASHCHAINPOS beyond the chain"))?;
         if b64::encode(&ours.0) != c.key_hash_chain_entry {
-            return Err(bad(
-                "KEYHASHCHAINENTRY is not the chain's entry (bad-capabilities)",
-            ));
+            let failure = "KEYHASHCHAINENTRY is not the chain's entry (bad-capabilities)";
+            let Some(mut evidence) =
+                self.entry_evidence(ks_core::evidence::BAD_CAPABILITIES, c.key_hash_chain_pos)
+            else {
+                return Err(bad(failure));
+            };
+            evidence.identity = self.pin.identity.clone();
+            evidence.capabilities = vec![signed.clone()];
+            return Err(proven(evidence, failure.to_string(), bad(failure)));
         }
         self.capabilities = Some(signed.clone());
         Ok(signed)

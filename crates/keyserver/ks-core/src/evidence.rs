@@ -41,6 +41,9 @@ pub const KEYINIT_REUSE: &str = "keyinit-reuse";
 /// The `TYPE` of a file showing a KeyInit served under the server's
 /// receipt that fails the owner's checks (§6.5) at the receipt's time.
 pub const BAD_KEYINIT: &str = "bad-keyinit";
+/// The `TYPE` of a file showing signed Capabilities whose KEYHASHCHAINENTRY
+/// is not the entry the server's own checkpoint has at KEYHASHCHAINPOS.
+pub const BAD_CAPABILITIES: &str = "bad-capabilities";
 
 lcj_record! {
     /// An evidence file.
@@ -79,6 +82,8 @@ lcj_record! {
         dispersals: Vec<crate::keyinit::SignedDispersal> = "DISPERSALS",
         /// `bad-keyinit`: the KeyInit served ([] otherwise).
         key_inits: Vec<crate::keyinit::KeyInit> = "KEYINITS",
+        /// `bad-capabilities`: the signed Capabilities ([] otherwise).
+        capabilities: Vec<crate::capabilities::SignedCapabilities> = "CAPABILITIES",
     }
 }
 
@@ -176,6 +181,9 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
     }
     if e.kind == BAD_KEYINIT {
         return verify_bad_keyinit(e);
+    }
+    if e.kind == BAD_CAPABILITIES {
+        return verify_bad_capabilities(e);
     }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
@@ -408,6 +416,41 @@ fn verify_bad_keyinit(e: &Evidence) -> Result<String, EvidenceError> {
         )),
         Ok(_) => Err(not("the KeyInit passes every check")),
     }
+}
+
+/// `bad-capabilities`: Capabilities signed by the key the schedule gives
+/// SIGNINGPOS name KEYHASHCHAINENTRY as the entry at KEYHASHCHAINPOS; the
+/// server's checkpoint and PROOF put another ENTRY there.
+fn verify_bad_capabilities(e: &Evidence) -> Result<String, EvidenceError> {
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+    let [signed] = e.capabilities.as_slice() else {
+        return Err(EvidenceError::Format(
+            "bad-capabilities names one Capabilities object".into(),
+        ));
+    };
+    let c = &signed.capabilities;
+    let key = signer(c.signing_pos).ok_or(EvidenceError::Unsigned(0))?;
+    if !crate::sig::verify(&key, crate::sig::Ctx::Capabilities, c, &signed.signature)
+        || c.origin != e.origin
+    {
+        return Err(EvidenceError::Unsigned(0));
+    }
+    let p = c.key_hash_chain_pos;
+    if e.position != p {
+        return Err(EvidenceError::Format(
+            "POSITION is not KEYHASHCHAINPOS".into(),
+        ));
+    }
+    let (entry, size) = entry_in_checkpoint(e, p, &signer)?;
+    if crate::b64::encode(&entry.0) == c.key_hash_chain_entry {
+        return Err(EvidenceError::NotProven(
+            "KEYHASHCHAINENTRY is the entry in the log".into(),
+        ));
+    }
+    Ok(format!(
+        "the server's signed Capabilities name another entry at {p} than its tree of size {size} holds"
+    ))
 }
 
 /// `omitted-lookup`: a LookupReply signed by the key of TREESIZE − 1 lists
