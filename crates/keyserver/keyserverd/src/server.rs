@@ -78,6 +78,9 @@ pub struct Keyserver {
     /// `test-faults`: FetchKeyInit serves KeyInits of its own making.
     #[cfg(feature = "test-faults")]
     substitute: std::sync::atomic::AtomicBool,
+    /// `test-faults`: FetchUID serves replies with another UID, signed.
+    #[cfg(feature = "test-faults")]
+    corrupt_uids: std::sync::atomic::AtomicBool,
     /// `test-faults`: how Capabilities lie (see `Test.CapabilitiesFault`).
     #[cfg(feature = "test-faults")]
     caps_fault: Mutex<Option<String>>,
@@ -127,6 +130,8 @@ impl Keyserver {
             substitute: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-faults")]
             caps_fault: Mutex::new(None),
+            #[cfg(feature = "test-faults")]
+            corrupt_uids: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -273,6 +278,15 @@ impl Keyserver {
                 self.substitute
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 object([("Substituting", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
+            "Test.CorruptUIDs" => {
+                // FetchUID answers with a UID other than the entry's,
+                // sealed and signed by the server.
+                p.finish()?;
+                self.corrupt_uids
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                object([("Corrupting", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
             "Test.CapabilitiesFault" => {
@@ -500,6 +514,31 @@ impl Keyserver {
         Ok(v)
     }
 
+    /// `test-faults`: the reply with a UID of the server's own making in
+    /// place of the one its entry commits to, sealed and signed (the
+    /// keyserver's own genesis UID is left alone, so clients still start).
+    #[cfg(feature = "test-faults")]
+    fn corrupted(
+        &self,
+        mut reply: ks_core::uid::UidMessageReply,
+    ) -> Result<ks_core::uid::UidMessageReply, RpcError> {
+        if reply.entry.hashchain_pos == 0 {
+            return Ok(reply);
+        }
+        let thief = SigningKey::from_bytes(&[0x77; 32]);
+        let keys = ks_core::author::UidKeys {
+            sig_key: &thief,
+            escrow: None,
+            static_key: [9; 32],
+        };
+        let content =
+            ks_core::author::content("mallory@localhost", &keys, 0, None, "strict", now());
+        let msg = ks_core::author::sign_create(content, &keys);
+        reply.entry.uid_message_encrypted = ks_core::uid::seal(&msg, &[0x5d; 16]);
+        reply.server_signature = sign(&self.signer, Ctx::UidReply, &reply.entry);
+        Ok(reply)
+    }
+
     #[cfg(feature = "test-faults")]
     async fn faulty_capabilities(&self, kind: &str) -> Result<Value, RpcError> {
         if let Ok(mut c) = self.capabilities.lock() {
@@ -629,6 +668,12 @@ impl Keyserver {
             .ok_or(RpcError::NotFound)?;
         let reply =
             ks_core::uid::UidMessageReply::from_lcj(&raw).map_err(|_| RpcError::Internal)?;
+        #[cfg(feature = "test-faults")]
+        let reply = if self.corrupt_uids.load(std::sync::atomic::Ordering::Relaxed) {
+            self.corrupted(reply)?
+        } else {
+            reply
+        };
         Ok(object([("UIDMessageReply", reply.to_value())]))
     }
 

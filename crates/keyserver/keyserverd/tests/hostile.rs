@@ -652,3 +652,52 @@ fn lying_capabilities_are_refused_or_proven() {
     moved.position = 0;
     refused(&moved, "moved.json");
 }
+
+/// keyserver.md §6.3, §10: FetchUID answers for Alice's entry with a UID
+/// that is not the one the entry commits to, sealed and signed by the
+/// server. Bob's lookup exits 4 with `bad-uid` evidence that verifies
+/// offline; named for another identity, it proves nothing.
+#[test]
+fn a_uid_that_is_not_its_entrys_is_caught() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(
+        &root.path().join("server"),
+        0,
+        &["--no-rate-limits", "--tokens", "disabled"],
+    );
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let url = server.url.as_str();
+    let pin = server.process.pin.clone();
+    ok(&alice, &["init", "--server", url, "--pin", &pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(
+        &alice,
+        &[
+            "confirm",
+            "alice@localhost",
+            "--escrow-printed",
+            "--max-wait",
+            "30",
+        ],
+    );
+    ok(&bob, &["init", "--server", url, "--pin", &pin]);
+
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.CorruptUIDs", "params": {}});
+    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+    assert_eq!(v["result"]["Corrupting"], true, "{v}");
+    let o = ks_cli(&bob, &["lookup", "alice@localhost"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let stranger = root.path().join("stranger");
+    let out = ok(&stranger, &["verify-evidence", &file]);
+    assert!(out.contains("whose UID is not that entry's"), "{out}");
+
+    let evidence =
+        Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
+    let mut other = evidence.clone();
+    other.identity = "bob@localhost".into();
+    let f = root.path().join("other.json");
+    std::fs::write(&f, other.to_file()).expect("write");
+    let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+}

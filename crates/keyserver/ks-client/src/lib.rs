@@ -852,6 +852,29 @@ impl Client {
                     _ => Err(ClientError::Misbehaviour(failure)),
                 }
             }
+            Err(failure @ Failure::BadUid { pos, .. }) => {
+                let reply = replies
+                    .iter()
+                    .find(|(p, _, _)| *p == pos)
+                    .and_then(|(_, _, r)| r.clone());
+                let (Some(reply), Ok(key_schedule)) = (reply, self.schedule_replies()) else {
+                    return Err(ClientError::Misbehaviour(failure));
+                };
+                let evidence = ks_core::evidence::Evidence {
+                    kind: ks_core::evidence::BAD_UID.into(),
+                    origin: self.origin.clone().unwrap_or_default(),
+                    pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+                    key_schedule,
+                    identity: ident.clone(),
+                    replies: vec![reply],
+                    ..Default::default()
+                };
+                Err(proven(
+                    evidence,
+                    failure.to_string(),
+                    ClientError::Misbehaviour(failure),
+                ))
+            }
             r => r.map_err(ClientError::Misbehaviour),
         }
     }

@@ -41,6 +41,9 @@ pub const KEYINIT_REUSE: &str = "keyinit-reuse";
 /// The `TYPE` of a file showing a KeyInit served under the server's
 /// receipt that fails the owner's checks (§6.5) at the receipt's time.
 pub const BAD_KEYINIT: &str = "bad-keyinit";
+/// The `TYPE` of a file showing a signed reply whose UID does not match the
+/// identity's chain entry it names.
+pub const BAD_UID: &str = "bad-uid";
 /// The `TYPE` of a file showing signed Capabilities whose KEYHASHCHAINENTRY
 /// is not the entry the server's own checkpoint has at KEYHASHCHAINPOS.
 pub const BAD_CAPABILITIES: &str = "bad-capabilities";
@@ -184,6 +187,9 @@ pub fn verify(e: &Evidence) -> Result<String, EvidenceError> {
     }
     if e.kind == BAD_CAPABILITIES {
         return verify_bad_capabilities(e);
+    }
+    if e.kind == BAD_UID {
+        return verify_bad_uid(e);
     }
     if e.kind != TAKEOVER {
         return Err(EvidenceError::Format(format!(
@@ -416,6 +422,49 @@ fn verify_bad_keyinit(e: &Evidence) -> Result<String, EvidenceError> {
         )),
         Ok(_) => Err(not("the KeyInit passes every check")),
     }
+}
+
+/// `bad-uid`: a reply signed by the key of its position names an entry of
+/// IDENTITY (its HashID and IDKEY unlock it), and its UID is not that
+/// entry's: the blob's prefix is not the entry's UIDIndex, its plaintext
+/// does not hash to U or is not canonical, or the UID inside is another
+/// identity's or not self-signed. The server builds the entry from the UID
+/// it accepted, so none of that happens honestly.
+fn verify_bad_uid(e: &Evidence) -> Result<String, EvidenceError> {
+    let keys = verify_schedule(&e.pin, &e.key_schedule)?;
+    let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
+    let not = |why: &str| EvidenceError::NotProven(why.to_string());
+    let [reply] = e.replies.as_slice() else {
+        return Err(EvidenceError::Format("bad-uid names one reply".into()));
+    };
+    let p = reply.entry.hashchain_pos;
+    let key = signer(p).ok_or(EvidenceError::Unsigned(0))?;
+    if !reply.signed_by(&key) || reply.entry.origin != e.origin {
+        return Err(EvidenceError::Unsigned(0));
+    }
+    let entry = reply
+        .chain_entry()
+        .map_err(|x| not(&format!("the reply's entry: {x}")))?;
+    entry
+        .unlock(&e.identity)
+        .map_err(|_| not("the entry is not the identity's"))?;
+    let why = match reply.open_for(&e.identity) {
+        Err(x) => x.to_string(),
+        Ok((_, msg)) if msg.content.identity != e.identity => {
+            format!("it holds a UID of {}", msg.content.identity)
+        }
+        Ok((_, msg)) => match msg.check_profile() {
+            Err(x) => format!("its UID breaks the v1 profile: {x}"),
+            Ok(profiled) if !msg.signed_by(&profiled.sig_key, &msg.self_signature) => {
+                "its UID is not self-signed".into()
+            }
+            Ok(_) => return Err(not("the reply binds a valid UID to its entry")),
+        },
+    };
+    Ok(format!(
+        "the server signed a reply for {}'s entry at {p} whose UID is not that entry's: {why}",
+        e.identity
+    ))
 }
 
 /// `bad-capabilities`: Capabilities signed by the key the schedule gives
