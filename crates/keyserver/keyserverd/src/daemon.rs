@@ -113,22 +113,283 @@ fn load_or_create_key(dir: &Path, origin: &str) -> Result<SignerKey, StartError>
         .map_err(|e| StartError::Config(e.to_string()))
 }
 
-/// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.
-pub async fn start(opts: Options) -> Result<Running, StartError> {
-    let domain = ks_core::identity::map(&format!("keyserver@{}", opts.domain))
-        .map_err(|e| StartError::Config(format!("domain {}: {e}", opts.domain)))
+/// The domain in canonical form (what `--domain` must already be).
+fn canonical_domain(domain: &str) -> Result<String, StartError> {
+    let mapped = ks_core::identity::map(&format!("keyserver@{domain}"))
+        .map_err(|e| StartError::Config(format!("domain {domain}: {e}")))
         .map(|m| ks_core::identity::domain(&m).to_string())?;
-    if domain != opts.domain {
+    if mapped != domain {
         return Err(StartError::Config(format!(
-            "domain {} is not in canonical form ({domain})",
-            opts.domain
+            "domain {domain} is not in canonical form ({mapped})"
         )));
     }
+    Ok(mapped)
+}
+
+/// The log and the keyserver tables of a data directory, opened, with the
+/// sequencer running under the key the chain schedules now.
+struct Opened {
+    domain: String,
+    origin: String,
+    key: SignerKey,
+    store: Arc<tlog_store::RedbLogStore>,
+    log: tlog_store::LogId,
+    ks_store: KsStore,
+    /// The keyserver's newest UID row (none before genesis).
+    keyserver_row: Option<crate::store::IdentityRow>,
+}
+
+const KEY_FILE: &str = "server_sigkey";
+/// A rotation's new key, written before its UID is submitted: if the UID
+/// committed, the next start installs it.
+const NEXT_KEY_FILE: &str = "server_sigkey.next";
+
+fn storage(e: impl std::fmt::Display) -> StartError {
+    StartError::Storage(e.to_string())
+}
+
+async fn open(dir: &Path, domain: &str) -> Result<Opened, StartError> {
+    let domain = canonical_domain(domain)?;
     let origin = origin(&domain);
-    std::fs::create_dir_all(&opts.data_dir)
-        .map_err(|e| StartError::Io(format!("{}: {e}", opts.data_dir.display())))?;
-    let key = load_or_create_key(&opts.data_dir, &origin)?;
+    std::fs::create_dir_all(dir).map_err(|e| StartError::Io(format!("{}: {e}", dir.display())))?;
+    let mut key = load_or_create_key(dir, &origin)?;
+    let path = dir.join("keyserver.redb");
+    let db = Arc::new(
+        redb::Database::create(&path).map_err(|e| storage(format!("{}: {e}", path.display())))?,
+    );
+    let store =
+        Arc::new(tlog_store::RedbLogStore::open_shared(db.clone(), &path).map_err(storage)?);
+    let log = store
+        .create_log(&origin, tlog_store::LogOptions::default())
+        .await
+        .map_err(storage)?;
+    let identity = format!("keyserver@{domain}");
+    let start_sequencer = |key: &SignerKey, size: u64, h_last: [u8; 32]| {
+        KsStore::start(
+            db.clone(),
+            SequencerConfig {
+                origin: origin.clone(),
+                log,
+                signer: key.signing_key().clone(),
+                policy: ks_core::rules::Policy::for_domains(vec![domain.clone()]),
+            },
+            size,
+            h_last,
+        )
+        .map_err(storage)
+    };
+    let (size, h_last) = head(&store, log).await?;
+    let ks_store = start_sequencer(&key, size, h_last)?;
+    let keyserver_row = ks_store.reader().identity(&identity).map_err(storage)?;
+    // The chain decides which key is ours: its newest keyserver UID's.
+    if let Some(row) = &keyserver_row {
+        let scheduled = row.uid.content.sig_key.verifying_key();
+        if scheduled != Some(key.signing_key().verifying_key()) {
+            let next = durable_file::read(&dir.join(NEXT_KEY_FILE))
+                .ok()
+                .flatten()
+                .and_then(|b| SignerKey::parse(&String::from_utf8_lossy(&b)).ok())
+                .filter(|k| k.name() == origin && k.key_type() == KeyType::Ed25519)
+                .filter(|k| scheduled == Some(k.signing_key().verifying_key()));
+            let Some(next) = next else {
+                return Err(StartError::Config(format!(
+                    "the chain's newest keyserver UID (position {}) names another key than {}: \
+                     restore the matching server_sigkey",
+                    row.pos,
+                    dir.join(KEY_FILE).display()
+                )));
+            };
+            // A rotation committed before its key was installed: finish it.
+            install_key(dir, &next)?;
+            tracing::warn!(position = row.pos, "finished an interrupted key rotation");
+            key = next;
+            drop(ks_store);
+            let ks_store = start_sequencer(&key, size, h_last)?;
+            return Ok(Opened {
+                domain,
+                origin,
+                key,
+                store,
+                log,
+                ks_store,
+                keyserver_row,
+            });
+        }
+    }
+    Ok(Opened {
+        domain,
+        origin,
+        key,
+        store,
+        log,
+        ks_store,
+        keyserver_row,
+    })
+}
+
+/// The committed size and the last entry's H.
+async fn head(
+    store: &tlog_store::RedbLogStore,
+    log: tlog_store::LogId,
+) -> Result<(u64, [u8; 32]), StartError> {
+    let state = store.state(log).await.map_err(storage)?;
+    if state.size == 0 {
+        return Ok((0, ks_core::entry::GENESIS_PREV));
+    }
+    let leaf = store
+        .entries(log, state.size - 1, state.size)
+        .await
+        .map_err(storage)?;
+    let entry = leaf
+        .first()
+        .and_then(|l| Entry::from_leaf(l).ok())
+        .ok_or_else(|| StartError::Storage("the last log entry is not a keyserver entry".into()))?;
+    Ok((state.size, *entry.hash()))
+}
+
+fn install_key(dir: &Path, key: &SignerKey) -> Result<(), StartError> {
+    let path = dir.join(KEY_FILE);
+    durable_file::replace(
+        &path,
+        format!("{}\n", key.to_private_line()).as_bytes(),
+        0o600,
+    )
+    .map_err(|e| StartError::Io(format!("{}: {e}", path.display())))?;
+    let _ = std::fs::remove_file(dir.join(NEXT_KEY_FILE));
+    Ok(())
+}
+
+/// What authorises a rotation of the server's key (§3.8).
+pub enum Rotation {
+    /// The current key (USERSIGNATURE).
+    ByKey,
+    /// The escrow key from paper, when the current key is lost
+    /// (ESCROWSIGNATURE; no overlap for witnesses).
+    ByEscrow(Box<SigningKey>),
+}
+
+/// A finished rotation.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The position of the keyserver UID with the new key.
+    pub position: u64,
+    /// The log's new verifier key (for witnesses' `--witness-for`).
+    pub vkey: String,
+}
+
+/// `keyserverd rotate-key` (§3.8): an UpdateUID of the keyserver's own
+/// identity with a fresh SIGKEY, authorised by the current key or the
+/// escrow key, committed in a batch of its own and signed by the new key,
+/// which then signs everything from that position on. Run with the server
+/// stopped. The new key is written to `server_sigkey.next` before the UID
+/// is submitted and installed after it committed; a crash in between is
+/// finished by the next start.
+pub async fn rotate_key(dir: &Path, domain: &str, by: Rotation) -> Result<Rotated, StartError> {
+    let opened = open(dir, domain).await?;
+    let Some(row) = opened.keyserver_row.clone() else {
+        return Err(StartError::Config(
+            "no genesis yet: start the keyserver once before rotating its key".into(),
+        ));
+    };
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let new = SignerKey::from_seed(&opened.origin, KeyType::Ed25519, &seed)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let next_path = dir.join(NEXT_KEY_FILE);
+    durable_file::replace(
+        &next_path,
+        format!("{}\n", new.to_private_line()).as_bytes(),
+        0o600,
+    )
+    .map_err(|e| StartError::Io(format!("{}: {e}", next_path.display())))?;
+    let static_key = row
+        .uid
+        .content
+        .pubkeys
+        .first()
+        .and_then(|k| ks_core::b64::exact::<32>(&k.pubkey))
+        .ok_or_else(|| StartError::Storage("the keyserver UID has no static key".into()))?;
+    let (size, _) = head(&opened.store, opened.log).await?;
+    let last = opened
+        .store
+        .entries(opened.log, size - 1, size)
+        .await
+        .map_err(storage)?
+        .first()
+        .and_then(|l| Entry::from_leaf(l).ok())
+        .ok_or_else(|| StartError::Storage("no last entry".into()))?;
+    let keys = UidKeys {
+        sig_key: new.signing_key(),
+        escrow: None,
+        static_key,
+    };
+    let now = crate::server::now();
+    let mut content = author::content(
+        &row.uid.content.identity,
+        &keys,
+        row.uid.content.msg_count + 1,
+        Some(&last),
+        &row.uid.content.preferences.forward_sec,
+        now,
+    );
+    content.sig_escrow = row.uid.content.sig_escrow.clone();
+    let msg = match &by {
+        Rotation::ByKey => author::sign_update(
+            content,
+            new.signing_key(),
+            author::Authority::User(opened.key.signing_key()),
+        ),
+        Rotation::ByEscrow(escrow) => author::sign_update(
+            content,
+            new.signing_key(),
+            author::Authority::Escrow(escrow),
+        ),
+    };
+    let policy = ks_core::rules::Policy::for_domains(vec![opened.domain.clone()]);
+    let profiled = ks_core::rules::check_stateless(Kind::Update, &msg, now, &policy, true)
+        .map_err(|e| StartError::Config(format!("the rotation UID: {e}")))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    opened
+        .ks_store
+        .submit(crate::store::Job::Uid {
+            kind: Kind::Update,
+            msg: Box::new(msg),
+            profiled: Box::new(profiled),
+            token: None,
+            keyserver: true,
+            forced: false,
+            reply_key: Some(new.signing_key().clone()),
+            now,
+            reply: tx,
+        })
+        .map_err(storage)?;
+    let reply = rx
+        .await
+        .map_err(|_| StartError::Storage("the sequencer stopped".into()))?
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&next_path);
+            StartError::Config(format!("the rotation was refused: {e}"))
+        })?;
+    install_key(dir, &new)?;
+    Ok(Rotated {
+        position: reply.entry.hashchain_pos,
+        vkey: new.verifier().to_string(),
+    })
+}
+
+/// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.
+pub async fn start(opts: Options) -> Result<Running, StartError> {
+    let Opened {
+        domain,
+        origin,
+        key,
+        store,
+        log,
+        ks_store,
+        keyserver_row,
+    } = open(&opts.data_dir, &opts.domain).await?;
     let signer = key.signing_key().clone();
+    let signing_pos = keyserver_row.as_ref().map_or(0, |r| r.pos);
     let vkey = key.verifier().to_string();
     let _ = durable_file::replace(
         &opts.data_dir.join("vkey"),
@@ -144,43 +405,18 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         quorum,
         ..Default::default()
     };
-    let path = opts.data_dir.join("keyserver.redb");
-    let tlog_node::shared::SharedRedbLog {
-        db,
-        store,
-        node,
-        state,
-    } = tlog_node::shared::open(&path, key, opts.checkpoint_interval, publish)
-        .await
-        .map_err(StartError::Storage)?;
-    let log = node.log_id();
-    let h_last = if state.size == 0 {
-        ks_core::entry::GENESIS_PREV
-    } else {
-        let leaf = store
-            .entries(log, state.size - 1, state.size)
-            .await
-            .map_err(|e| StartError::Storage(e.to_string()))?;
-        let entry = leaf
-            .first()
-            .and_then(|l| Entry::from_leaf(l).ok())
-            .ok_or_else(|| {
-                StartError::Storage("the last log entry is not a keyserver entry".into())
-            })?;
-        *entry.hash()
-    };
-    let ks_store = KsStore::start(
-        db,
-        SequencerConfig {
-            origin: origin.clone(),
-            log,
-            signer: signer.clone(),
-            policy: ks_core::rules::Policy::for_domains(vec![domain.clone()]),
-        },
-        state.size,
-        h_last,
+    // The node starts after any rotation finished, so every checkpoint it
+    // signs is of a size whose scheduled key is this one.
+    let node = tlog_node::LogNode::start(
+        store.clone(),
+        key,
+        tlog_store::LogOptions::default(),
+        opts.checkpoint_interval,
+        publish,
     )
-    .map_err(|e| StartError::Storage(e.to_string()))?;
+    .await
+    .map_err(storage)?;
+    let state = store.state(log).await.map_err(storage)?;
     let (issuer, tokens) = if opts.tokens_required {
         let (secret, policy) =
             crate::tokens::policy(&opts.data_dir, &domain, &origin, crate::server::now())
@@ -209,7 +445,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         ks_store,
         node.clone(),
         signer.clone(),
-        0,
+        signing_pos,
         opts.limits,
     ));
     let mut escrow = None;

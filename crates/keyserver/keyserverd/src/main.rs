@@ -119,6 +119,16 @@ enum Command {
     /// Print the log's verifier key (for witnesses), creating the server
     /// key on first use.
     LogKey(LogKey),
+    /// Rotate the server's own key (keyserver.md §3.8) with the server
+    /// stopped: an update of its identity, signed by the current key (or
+    /// the escrow key from paper), after which the new key signs
+    /// everything. Clients follow it from the chain; give witnesses the
+    /// new log key printed here.
+    RotateKey {
+        /// The paper escrow key (a file), when the current key is lost.
+        #[arg(long, value_name = "FILE")]
+        escrow_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -249,6 +259,28 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Tokens(cmd)) => {
             std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
             return tokens_command(cmd, &data_dir, &args.domain);
+        }
+        Some(Command::RotateKey { escrow_file }) => {
+            let by = match escrow_file {
+                None => keyserverd::daemon::Rotation::ByKey,
+                Some(file) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| file.display().to_string())?;
+                    let secret = ks_core::paper::decode(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    keyserverd::daemon::Rotation::ByEscrow(Box::new(
+                        ed25519_dalek::SigningKey::from_bytes(&secret),
+                    ))
+                }
+            };
+            let rotated = keyserverd::daemon::rotate_key(&data_dir, &args.domain, by)
+                .await
+                .with_context(|| format!("rotating the key in {}", data_dir.display()))?;
+            eprintln!(
+                "rotated: the keyserver UID at position {} names the new key; log key: {}",
+                rotated.position, rotated.vkey
+            );
+            return Ok(());
         }
         Some(Command::LogKey(_)) => {
             std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;

@@ -247,6 +247,7 @@ impl Keyserver {
                     token: None,
                     keyserver: false,
                     forced: true,
+                    reply_key: None,
                     now: now(),
                     reply: tx,
                 })?;
@@ -431,6 +432,7 @@ impl Keyserver {
             token,
             keyserver,
             forced: false,
+            reply_key: None,
             now,
             reply: tx,
         })?;

@@ -105,6 +105,9 @@ pub enum Job {
         keyserver: bool,
         /// Skip §4.2 (feature `test-faults` only: a keyserver that forges).
         forced: bool,
+        /// Sign the reply with this key (a rotation of the server's key:
+        /// each key signs from its own position on, §3.8).
+        reply_key: Option<SigningKey>,
         /// The clock.
         now: u64,
         /// The answer.
@@ -352,6 +355,7 @@ struct UidArgs<'a> {
     token: Option<SpendId>,
     keyserver: bool,
     forced: bool,
+    reply_key: Option<&'a SigningKey>,
     now: u64,
 }
 
@@ -478,6 +482,7 @@ impl Sequencer {
                 token,
                 keyserver,
                 forced,
+                reply_key,
                 now,
                 reply,
             } => Answer::Uid(
@@ -491,6 +496,7 @@ impl Sequencer {
                         token,
                         keyserver,
                         forced,
+                        reply_key: reply_key.as_ref(),
                         now,
                     },
                 ),
@@ -567,6 +573,7 @@ impl Sequencer {
             token,
             keyserver,
             forced,
+            reply_key,
             now,
         } = *args;
         let u = msg.uid_hash();
@@ -649,7 +656,11 @@ impl Sequencer {
             uid_message_encrypted: uid::seal(msg, &iv2),
         };
         let reply = UidMessageReply {
-            server_signature: sign(&self.config.signer, Ctx::UidReply, &reply_entry),
+            server_signature: sign(
+                reply_key.unwrap_or(&self.config.signer),
+                Ctx::UidReply,
+                &reply_entry,
+            ),
             entry: reply_entry,
         };
         uids.insert(&index[..], &reply.to_lcj()[..])
