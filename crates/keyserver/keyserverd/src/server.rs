@@ -81,6 +81,10 @@ pub struct Keyserver {
     /// `test-faults`: FetchUID serves replies with another UID, signed.
     #[cfg(feature = "test-faults")]
     corrupt_uids: std::sync::atomic::AtomicBool,
+    /// `test-faults`: how FetchHashChain tampers (`drop` the first or
+    /// `change` the last entry of each chunk).
+    #[cfg(feature = "test-faults")]
+    chain_fault: Mutex<Option<String>>,
     /// `test-faults`: how Capabilities lie (see `Test.CapabilitiesFault`).
     #[cfg(feature = "test-faults")]
     caps_fault: Mutex<Option<String>>,
@@ -132,6 +136,8 @@ impl Keyserver {
             caps_fault: Mutex::new(None),
             #[cfg(feature = "test-faults")]
             corrupt_uids: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-faults")]
+            chain_fault: Mutex::new(None),
         }
     }
 
@@ -279,6 +285,17 @@ impl Keyserver {
                 self.substitute
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 object([("Substituting", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
+            "Test.TamperChain" => {
+                // FetchHashChain drops the first entry of each chunk or
+                // changes the last (the checkpoint stays honest).
+                let kind = p.string("Kind")?;
+                p.finish()?;
+                if let Ok(mut f) = self.chain_fault.lock() {
+                    *f = Some(kind);
+                }
+                object([("Tampering", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
             "Test.CorruptUIDs" => {
@@ -646,7 +663,27 @@ impl Keyserver {
             return Err(RpcError::OutOfRange { size });
         }
         let last = end.min(start + MAX_CHUNK - 1).min(size - 1);
-        let entries = self.entries(start, last + 1).await?;
+        #[allow(unused_mut)]
+        let mut entries = self.entries(start, last + 1).await?;
+        #[cfg(feature = "test-faults")]
+        match self
+            .chain_fault
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .as_deref()
+        {
+            Some("drop") if entries.len() > 1 => {
+                // HCFirstPos still says `start`.
+                entries.remove(0);
+            }
+            Some("change") => {
+                if let Some(e) = entries.last_mut() {
+                    e[50] ^= 1;
+                }
+            }
+            _ => {}
+        }
         Ok(object([
             (
                 "HCEntries",

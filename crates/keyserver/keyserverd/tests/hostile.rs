@@ -701,3 +701,100 @@ fn a_uid_that_is_not_its_entrys_is_caught() {
     let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
     assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
 }
+
+/// keyserver.md §6.2 and §10: chunks with an entry dropped or changed do
+/// not reach the checkpoint's root (or do not link), and a rollback to an
+/// older state (a restored backup) shows a smaller tree: each is refused
+/// and the client keeps exactly what it had verified.
+#[test]
+fn tampered_chunks_and_a_rollback_are_refused_and_nothing_is_kept() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("server");
+    let args = ["--no-rate-limits", "--tokens", "disabled"];
+    let server = Keyserverd::start(&dir, 0, &args);
+    let (url, pin) = (server.url.clone(), server.pin.clone());
+    let port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut writer = ks_client::Client::new(&url, pin.clone());
+    writer.sync().expect("sync");
+    for name in ["alice", "bob", "carol"] {
+        writer
+            .register(&format!("{name}@localhost"), "strict")
+            .expect("register");
+    }
+    let mut bob = ks_client::Client::new(&url, pin.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bob.size() < 4 {
+        bob.sync().expect("sync");
+        assert!(std::time::Instant::now() < deadline, "never published");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let held = bob.size();
+    // A backup of this state, taken with the server stopped.
+    server.kill();
+    let backup = root.path().join("backup");
+    std::fs::create_dir_all(&backup).expect("backup dir");
+    for f in std::fs::read_dir(&dir).expect("dir") {
+        let f = f.expect("entry");
+        std::fs::copy(f.path(), backup.join(f.file_name())).expect("copy");
+    }
+    let server = Keyserverd::start(&dir, port, &args);
+    for name in ["dave", "erin"] {
+        writer
+            .register(&format!("{name}@localhost"), "strict")
+            .expect("register");
+    }
+
+    for kind in ["drop", "change"] {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.TamperChain",
+            "params": {"Kind": kind}});
+        let (_, v) = post_raw(&url, "application/json", body.to_string().as_bytes());
+        assert_eq!(v["result"]["Tampering"], true, "{v}");
+        let mut fresh = ks_client::Client::new(&url, pin.clone());
+        match fresh.sync() {
+            Err(ks_client::ClientError::BadData(_)) => {}
+            other => panic!("{kind}: a tampered chunk must be refused: {other:?}"),
+        }
+        assert_eq!(fresh.size(), 0, "{kind}: nothing kept");
+        let before = bob.size();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match bob.sync() {
+                Err(ks_client::ClientError::BadData(_)) => break,
+                Ok(_) => {
+                    // The new entries were not published yet.
+                    assert_eq!(bob.size(), before, "{kind}: tampered data was kept");
+                    assert!(std::time::Instant::now() < deadline, "never published");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{kind}: {e}"),
+            }
+        }
+        assert_eq!(bob.size(), before, "{kind}: nothing kept");
+    }
+    drop(server);
+    // An honest restart (the faults are gone): Bob verifies the new entries.
+    let server = Keyserverd::start(&dir, port, &args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while bob.size() < held + 2 {
+        bob.sync().expect("honest again");
+        assert!(std::time::Instant::now() < deadline, "never published");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let held = bob.size();
+    drop(server);
+
+    // The operator restores the backup: a smaller tree than Bob verified.
+    std::fs::remove_dir_all(&dir).expect("remove");
+    std::fs::rename(&backup, &dir).expect("restore");
+    let _server = Keyserverd::start(&dir, port, &args);
+    match bob.sync() {
+        Err(ks_client::ClientError::Rollback { have, .. }) => assert_eq!(have, held),
+        other => panic!("a rollback must be refused: {other:?}"),
+    }
+    assert_eq!(bob.size(), held, "the verified state is kept");
+}
