@@ -1,5 +1,5 @@
-//! `statechain-bench`: the co-signing rows of statechain.md §8 against a
-//! real `statechaind`. It starts the release `statechaind` next to itself
+//! `statechain-bench`: the co-signing and complete-transfer rows of
+//! statechain.md §8 against a real `statechaind`. It starts the release `statechaind` next to itself
 //! (optionally pinned with `taskset` to `--server-cpu`) or uses `--url`
 //! with `--server-pid`, and reports latency percentiles, signatures per
 //! second and the SE's CPU per signature from `/proc`.
@@ -42,6 +42,95 @@ struct Args {
     /// Signatures per coin in the parallel phase.
     #[arg(long, default_value_t = 15)]
     per_coin: u32,
+    /// Complete transfers per coin (send by one wallet, receive with the
+    /// whole history verified by another, back and forth), over `--coins`
+    /// coins in parallel; 0 skips the phase.
+    #[arg(long, default_value_t = 10)]
+    transfers: u32,
+}
+
+/// One mock chain (statechain.md §4.6) shared by every wallet of the run:
+/// the funding transactions are confirmed in it.
+struct SharedChain(std::sync::Arc<statechain_client::chain::MockChain>);
+
+impl statechain_client::chain::ChainSource for SharedChain {
+    fn tip_height(&self) -> Result<u32, statechain_client::chain::ChainError> {
+        self.0.tip_height()
+    }
+    fn confirmations(
+        &self,
+        txid: &bitcoin::Txid,
+    ) -> Result<Option<u32>, statechain_client::chain::ChainError> {
+        self.0.confirmations(txid)
+    }
+    fn is_unspent(
+        &self,
+        outpoint: &bitcoin::OutPoint,
+    ) -> Result<bool, statechain_client::chain::ChainError> {
+        self.0.is_unspent(outpoint)
+    }
+    fn broadcast(
+        &self,
+        package: &[bitcoin::Transaction],
+    ) -> Result<(), statechain_client::chain::ChainError> {
+        self.0.broadcast(package)
+    }
+}
+
+const TIP: u32 = 500;
+const VALUE: u64 = 100_000;
+
+/// A funding transaction paying `VALUE` to `address` (`tag` keeps Tx0s
+/// apart).
+fn tx0(address: &str, tag: u64) -> anyhow::Result<bitcoin::Transaction> {
+    use bitcoin::{absolute::LockTime, transaction::Version};
+    use std::str::FromStr;
+    let script = bitcoin::Address::from_str(address)?
+        .require_network(bitcoin::Network::Regtest)?
+        .script_pubkey();
+    let mut tag_script = vec![0x51];
+    tag_script.extend_from_slice(&tag.to_be_bytes());
+    Ok(bitcoin::Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::null(),
+            script_sig: bitcoin::ScriptBuf::from_bytes(tag_script),
+            sequence: bitcoin::Sequence::MAX,
+            witness: bitcoin::Witness::new(),
+        }],
+        output: vec![bitcoin::TxOut {
+            value: bitcoin::Amount::from_sat(VALUE),
+            script_pubkey: script,
+        }],
+    })
+}
+
+/// Two wallets pinned to the SE and a deposited coin held by the first.
+fn transfer_pair(
+    url: &str,
+    dir: &std::path::Path,
+    chain: &std::sync::Arc<statechain_client::chain::MockChain>,
+    n: u64,
+) -> anyhow::Result<(statechain_client::Wallet, statechain_client::Wallet, String)> {
+    let open = |name: &str| -> anyhow::Result<statechain_client::Wallet> {
+        let d = dir.join(format!("{name}{n}"));
+        statechain_client::Wallet::create(&d, "regtest")?;
+        let mut w = statechain_client::Wallet::open(&d, Box::new(SharedChain(chain.clone())))?;
+        w.pin(url)?;
+        Ok(w)
+    };
+    let (a, b) = (open("a")?, open("b")?);
+    let (id, address) = a.deposit_new(VALUE, None)?;
+    let tx = tx0(&address, n)?;
+    a.deposit_sign(
+        &id,
+        &hex::encode(bitcoin::consensus::encode::serialize(&tx)),
+    )?;
+    chain.update(|s| {
+        s.confirmed.insert(tx.compute_txid().to_string(), TIP);
+    })?;
+    Ok((a, b, id))
 }
 
 fn report(name: &str, count: u64, elapsed: Duration, mut lat: Vec<Duration>, cpu: Option<f64>) {
@@ -217,6 +306,71 @@ fn main() -> anyhow::Result<()> {
         lat,
         cpu().zip(c0).map(|(a, b)| a - b),
     );
+
+    if args.transfers > 0 {
+        // Complete transfers: each coin goes back and forth between its
+        // two wallets; a transfer is `send` plus the receiver's `receive`.
+        let chain = std::sync::Arc::new(statechain_client::chain::MockChain::new(
+            statechain_client::chain::MockState {
+                tip: TIP,
+                ..Default::default()
+            },
+        ));
+        let wallets = tempfile::tempdir()?;
+        let pairs = (0..args.coins as u64)
+            .map(|n| transfer_pair(&url, wallets.path(), &chain, 1000 + n))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        chain.update(|s| s.tip = TIP + 5)?;
+        let per = args.transfers;
+        let (t, c0) = (Instant::now(), cpu());
+        let lat: Vec<Duration> = std::thread::scope(|s| {
+            let hs: Vec<_> = pairs
+                .into_iter()
+                .map(|(a, b, id)| {
+                    s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                        let mut lat = Vec::new();
+                        for i in 0..per {
+                            let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                            let address = to.new_address()?;
+                            let t = Instant::now();
+                            from.send(&id, &address)?;
+                            let got = to.receive()?;
+                            anyhow::ensure!(
+                                got.iter().any(|r| r.statechain_id == id),
+                                "the coin did not arrive"
+                            );
+                            lat.push(t.elapsed());
+                        }
+                        Ok(lat)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().map_err(|_| anyhow::anyhow!("wallet panicked"))?)
+                .collect::<anyhow::Result<Vec<Vec<_>>>>()
+        })?
+        .into_iter()
+        .flatten()
+        .collect();
+        let count = args.coins as u64 * per as u64;
+        let elapsed = t.elapsed();
+        let se = cpu().zip(c0).map(|(a, b)| a - b);
+        let mut lat = lat;
+        lat.sort();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "complete transfers ({} coins x {per}): {count} in {:.2} s = {:.0}/s; send+receive p50 {:.1} ms, p99 {:.1} ms; SE CPU per transfer {}",
+            args.coins,
+            elapsed.as_secs_f64(),
+            count as f64 / elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            se.map_or("-".into(), |c| format!("{:.0} µs", c * 1e6 / count as f64)),
+        );
+    }
     if let Some(c) = child.as_mut() {
         let _ = c.kill();
         let _ = c.wait();
