@@ -179,7 +179,7 @@ async fn open(dir: &Path, domain: &str) -> Result<Opened, StartError> {
         .map_err(storage)
     };
     let (size, h_last) = head(&store, log).await?;
-    let ks_store = start_sequencer(&key, size, h_last)?;
+    let mut ks_store = start_sequencer(&key, size, h_last)?;
     let keyserver_row = ks_store.reader().identity(&identity).map_err(storage)?;
     // The chain decides which key is ours: its newest keyserver UID's.
     if let Some(row) = &keyserver_row {
@@ -204,16 +204,7 @@ async fn open(dir: &Path, domain: &str) -> Result<Opened, StartError> {
             tracing::warn!(position = row.pos, "finished an interrupted key rotation");
             key = next;
             drop(ks_store);
-            let ks_store = start_sequencer(&key, size, h_last)?;
-            return Ok(Opened {
-                domain,
-                origin,
-                key,
-                store,
-                log,
-                ks_store,
-                keyserver_row,
-            });
+            ks_store = start_sequencer(&key, size, h_last)?;
         }
     }
     Ok(Opened {

@@ -75,13 +75,7 @@ fn five_kills_under_create_load_lose_no_acknowledged_registration() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server =
         Keyserverd::start(dir.path(), 0, &["--no-rate-limits", "--tokens", "disabled"]);
-    let port: u16 = server
-        .url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = server.port();
     let mut client = Client::new(&server.url, server.pin.clone());
     client.sync().expect("sync");
     let head = *client.entry(0).expect("genesis");

@@ -36,6 +36,55 @@ fn evidence_path(stderr: &str) -> String {
         .to_string()
 }
 
+/// A keyserverd built with `test-faults`, tokens disabled and no rate
+/// limits (the attacks, not payment, are under test), plus `extra` flags.
+fn hostile_server(extra: &[&str]) -> (tempfile::TempDir, Keyserverd) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut args = vec!["--no-rate-limits", "--tokens", "disabled"];
+    args.extend_from_slice(extra);
+    let server = Keyserverd::start(&root.path().join("server"), 0, &args);
+    (root, server)
+}
+
+/// Turns on a `test-faults` misbehaviour; its result.
+fn fault(url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
+    assert!(v["result"].is_object(), "{method}: {v}");
+    v["result"].clone()
+}
+
+/// `ks-cli keyinit publish` of `count` one-time KeyInits for Alice.
+fn publish(alice: &Path, count: u32) {
+    ok(
+        alice,
+        &[
+            "keyinit",
+            "publish",
+            "alice@localhost",
+            "--count",
+            &count.to_string(),
+            "--fallback",
+            "0",
+            "--mixaddress",
+            "mix.localhost",
+            "--nymaddress",
+            "bnltYWRkcmVzcw==",
+        ],
+    );
+}
+
+/// An altered evidence file proves nothing: `verify-evidence` exits 1.
+fn refused(root: &Path, e: &Evidence, name: &str) {
+    let f = root.join(name);
+    std::fs::write(&f, e.to_file()).expect("write");
+    let o = ks_cli(
+        &root.join("stranger"),
+        &["verify-evidence", f.to_str().expect("utf8")],
+    );
+    assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
+}
+
 fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> CliOut {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
@@ -60,12 +109,7 @@ fn wait_published(dir: &Path, identity: &str, msgcount: u64) -> CliOut {
 
 #[test]
 fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     assert!(
         server.log().contains("test-faults"),
         "the forging build runs: {}",
@@ -197,12 +241,7 @@ fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
 /// offline; the same file with the honest entry proves nothing.
 #[test]
 fn a_reply_the_log_does_not_hold_is_caught_at_confirm() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     let mut client = ks_client::Client::new(&server.url, server.pin.clone());
     client.sync().expect("sync");
     // Alice registers; the server answers with a forged reply instead.
@@ -281,12 +320,7 @@ fn a_reply_the_log_does_not_hold_is_caught_at_confirm() {
 /// honest checkpoint checks out.
 #[test]
 fn a_second_tree_of_one_size_is_a_fork_with_evidence() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     let pin = format!(
         "{}:{}",
         server.pin.identity,
@@ -353,17 +387,7 @@ fn a_second_tree_of_one_size_is_a_fork_with_evidence() {
 /// nothing.
 #[test]
 fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &[
-            "--no-rate-limits",
-            "--tokens",
-            "disabled",
-            "--enable-lookup",
-        ],
-    );
+    let (root, server) = hostile_server(&["--enable-lookup"]);
     let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
     let url = server.url.as_str();
     let pin = server.process.pin.clone();
@@ -388,9 +412,7 @@ fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
     );
 
     // The server starts hiding Alice's newest entry.
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.OmitLookups", "params": {}});
-    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
-    assert_eq!(v["result"]["Omitting"], true, "{v}");
+    assert_eq!(fault(url, "Test.OmitLookups", json!({}))["Omitting"], true);
     let o = ks_cli(&bob, &["lookup", "alice@localhost", "--at-server"]);
     assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
     assert!(o.stderr.contains("omitted-lookup"), "{}", o.stderr);
@@ -402,12 +424,7 @@ fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
     // Altered files prove nothing.
     let evidence =
         Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
-    let refused = |e: &Evidence, name: &str| {
-        let f = root.path().join(name);
-        std::fs::write(&f, e.to_file()).expect("write");
-        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
-        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
-    };
+    let refused = |e: &Evidence, name: &str| refused(root.path(), e, name);
     let mut listed = evidence.clone();
     listed.lookup[0].hc_positions.push(evidence.position);
     refused(&listed, "listed.json");
@@ -427,40 +444,18 @@ fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
 /// receipts prove nothing.
 #[test]
 fn a_one_time_keyinit_served_twice_is_caught() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
     let url = server.url.as_str();
     let pin = server.process.pin.clone();
     ok(&alice, &["init", "--server", url, "--pin", &pin]);
     ok(&alice, &["register", "alice@localhost"]);
-    ok(
-        &alice,
-        &[
-            "keyinit",
-            "publish",
-            "alice@localhost",
-            "--count",
-            "2",
-            "--fallback",
-            "0",
-            "--mixaddress",
-            "mix.localhost",
-            "--nymaddress",
-            "bnltYWRkcmVzcw==",
-        ],
-    );
+    publish(&alice, 2);
     ok(&bob, &["init", "--server", url, "--pin", &pin]);
     assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
     ok(&bob, &["session-start", "alice@localhost"]);
 
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.KeepOneTime", "params": {}});
-    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
-    assert_eq!(v["result"]["Keeping"], true, "{v}");
+    assert_eq!(fault(url, "Test.KeepOneTime", json!({}))["Keeping"], true);
     // The second one-time KeyInit, "deleted" but kept; then it again.
     ok(&bob, &["session-start", "alice@localhost"]);
     let o = ks_cli(&bob, &["session-start", "alice@localhost"]);
@@ -473,12 +468,7 @@ fn a_one_time_keyinit_served_twice_is_caught() {
 
     let evidence =
         Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
-    let refused = |e: &Evidence, name: &str| {
-        let f = root.path().join(name);
-        std::fs::write(&f, e.to_file()).expect("write");
-        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
-        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
-    };
+    let refused = |e: &Evidence, name: &str| refused(root.path(), e, name);
     let mut swapped = evidence.clone();
     swapped.dispersals.reverse();
     if swapped.dispersals[0].receipt.timestamp == swapped.dispersals[1].receipt.timestamp {
@@ -502,33 +492,13 @@ fn a_one_time_keyinit_served_twice_is_caught() {
 /// Alice's genuine KeyInit, or another owner's UID, proves nothing.
 #[test]
 fn a_substituted_keyinit_is_caught() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
     let url = server.url.as_str();
     let pin = server.process.pin.clone();
     ok(&alice, &["init", "--server", url, "--pin", &pin]);
     ok(&alice, &["register", "alice@localhost"]);
-    ok(
-        &alice,
-        &[
-            "keyinit",
-            "publish",
-            "alice@localhost",
-            "--count",
-            "3",
-            "--fallback",
-            "0",
-            "--mixaddress",
-            "mix.localhost",
-            "--nymaddress",
-            "bnltYWRkcmVzcw==",
-        ],
-    );
+    publish(&alice, 3);
     ok(&bob, &["init", "--server", url, "--pin", &pin]);
     ok(&bob, &["register", "bob@localhost"]);
     assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
@@ -553,12 +523,7 @@ fn a_substituted_keyinit_is_caught() {
 
     let evidence =
         Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
-    let refused = |e: &Evidence, name: &str| {
-        let f = root.path().join(name);
-        std::fs::write(&f, e.to_file()).expect("write");
-        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
-        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
-    };
+    let refused = |e: &Evidence, name: &str| refused(root.path(), e, name);
     // The receipt does not bind another KeyInit in its place.
     let mut other_ki = evidence.clone();
     other_ki.key_inits[0].contents.msg_count += 1;
@@ -582,12 +547,7 @@ fn a_substituted_keyinit_is_caught() {
 /// KEYHASHCHAINPOS are `bad-capabilities` evidence that verifies offline.
 #[test]
 fn lying_capabilities_are_refused_or_proven() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     let alice = root.path().join("alice");
     let url = server.url.as_str();
     let pin = server.process.pin.clone();
@@ -606,10 +566,10 @@ fn lying_capabilities_are_refused_or_proven() {
     );
     ok(&alice, &["capabilities"]);
     let fault = |kind: &str| {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.CapabilitiesFault",
-            "params": {"Kind": kind}});
-        let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
-        assert_eq!(v["result"]["Fault"], true, "{v}");
+        assert_eq!(
+            fault(url, "Test.CapabilitiesFault", json!({ "Kind": kind }))["Fault"],
+            true
+        )
     };
     for kind in ["unsigned", "unscheduled", "tknpubkey"] {
         fault(kind);
@@ -631,12 +591,7 @@ fn lying_capabilities_are_refused_or_proven() {
 
     let evidence =
         Evidence::from_lcj(&std::fs::read(&file).expect("read")).expect("an evidence file");
-    let refused = |e: &Evidence, name: &str| {
-        let f = root.path().join(name);
-        std::fs::write(&f, e.to_file()).expect("write");
-        let o = ks_cli(&stranger, &["verify-evidence", f.to_str().expect("utf8")]);
-        assert_eq!(o.code, 1, "{name}: {}{}", o.stdout, o.stderr);
-    };
+    let refused = |e: &Evidence, name: &str| refused(root.path(), e, name);
     // With the chain's true entry named, the same signature fails; with
     // the entry in the file swapped for the named one, the proof fails.
     let mut honest = evidence.clone();
@@ -659,12 +614,7 @@ fn lying_capabilities_are_refused_or_proven() {
 /// offline; named for another identity, it proves nothing.
 #[test]
 fn a_uid_that_is_not_its_entrys_is_caught() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(
-        &root.path().join("server"),
-        0,
-        &["--no-rate-limits", "--tokens", "disabled"],
-    );
+    let (root, server) = hostile_server(&[]);
     let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
     let url = server.url.as_str();
     let pin = server.process.pin.clone();
@@ -682,9 +632,10 @@ fn a_uid_that_is_not_its_entrys_is_caught() {
     );
     ok(&bob, &["init", "--server", url, "--pin", &pin]);
 
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.CorruptUIDs", "params": {}});
-    let (_, v) = post_raw(url, "application/json", body.to_string().as_bytes());
-    assert_eq!(v["result"]["Corrupting"], true, "{v}");
+    assert_eq!(
+        fault(url, "Test.CorruptUIDs", json!({}))["Corrupting"],
+        true
+    );
     let o = ks_cli(&bob, &["lookup", "alice@localhost"]);
     assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
     let file = evidence_path(&o.stderr);
@@ -713,12 +664,7 @@ fn tampered_chunks_and_a_rollback_are_refused_and_nothing_is_kept() {
     let args = ["--no-rate-limits", "--tokens", "disabled"];
     let server = Keyserverd::start(&dir, 0, &args);
     let (url, pin) = (server.url.clone(), server.pin.clone());
-    let port: u16 = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = server.port();
     let mut writer = ks_client::Client::new(&url, pin.clone());
     writer.sync().expect("sync");
     for name in ["alice", "bob", "carol"] {
@@ -750,10 +696,8 @@ fn tampered_chunks_and_a_rollback_are_refused_and_nothing_is_kept() {
     }
 
     for kind in ["drop", "change"] {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.TamperChain",
-            "params": {"Kind": kind}});
-        let (_, v) = post_raw(&url, "application/json", body.to_string().as_bytes());
-        assert_eq!(v["result"]["Tampering"], true, "{v}");
+        let tampering = fault(&url, "Test.TamperChain", json!({ "Kind": kind }));
+        assert_eq!(tampering["Tampering"], true);
         let mut fresh = ks_client::Client::new(&url, pin.clone());
         match fresh.sync() {
             Err(ks_client::ClientError::BadData(_)) => {}

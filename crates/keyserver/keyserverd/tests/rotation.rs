@@ -22,14 +22,6 @@ fn keyserverd(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("run keyserverd")
 }
 
-fn port_of(url: &str) -> u16 {
-    url.trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 /// Syncs until the chain reaches `size` (checkpoints every 100 ms).
 fn sync_to(client: &mut Client, size: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -54,7 +46,7 @@ fn the_server_key_rotates_and_clients_follow_it_from_the_chain() {
     let paper = root.path().join("escrow.txt");
     std::fs::write(&paper, server.escrow.clone().expect("the escrow key")).expect("paper");
     let (url, pin) = (server.url.clone(), server.pin.clone());
-    let port = port_of(&url);
+    let port = server.port();
 
     let mut alice_client = Client::new(&url, pin.clone());
     alice_client.sync().expect("sync");

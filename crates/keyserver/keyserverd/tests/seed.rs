@@ -184,12 +184,7 @@ fn alice_and_bob_the_whole_seed_use_case() {
     // SIGKILL and restart: the state is whole, syncs are incremental, and
     // a retried Create returns the stored reply (idempotent).
     let before = bob.size();
-    let port: u16 = url
-        .trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = server.port();
     server.kill();
     let server = Keyserverd::start(dir.path(), port, NO_LIMITS);
     assert!(server.escrow.is_none(), "no new genesis on restart");

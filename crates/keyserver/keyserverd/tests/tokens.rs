@@ -37,14 +37,6 @@ fn create_call(url: &str, m: &UidMessage, token: Option<&str>) -> Value {
     call(url, "KeyRepository.CreateUID", params)
 }
 
-fn port_of(url: &str) -> u16 {
-    url.trim_end_matches('/')
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 #[test]
 fn paid_calls_cannot_skip_forge_import_or_reuse_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,7 +207,7 @@ fn a_rotated_issuer_key_keeps_bought_tokens_redeemable() {
     assert_eq!(old_caps.tkn_accepted.len(), 1);
     let old = mint_tokens(dir.path(), 2);
     let head = *before.entry(before.size() - 1).expect("head");
-    let port = port_of(&url);
+    let port = server.port();
     server.kill();
 
     operator(dir.path(), &["rotate"]);

@@ -17,6 +17,14 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     o.stdout
 }
 
+/// `confirm` with the escrow key on paper, waiting up to 30 s.
+fn confirm(dir: &Path, identity: &str) -> serde_json::Value {
+    json(
+        dir,
+        &["confirm", identity, "--escrow-printed", "--max-wait", "30"],
+    )
+}
+
 fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
@@ -92,16 +100,7 @@ fn alice_and_bob_with_the_command_line() {
         ],
     );
     assert_eq!(published["published"], 3);
-    let confirmed = json(
-        &alice,
-        &[
-            "confirm",
-            "alice@localhost",
-            "--escrow-printed",
-            "--max-wait",
-            "30",
-        ],
-    );
+    let confirmed = confirm(&alice, "alice@localhost");
     assert_eq!(confirmed["position"], reg["position"]);
 
     // Bob: a wrong pin is refused with "misbehaviour" (4), the right one works.
@@ -405,16 +404,7 @@ fn a_witnessed_keyserver_and_clients_that_require_the_witness() {
         ],
     );
     let reg = json(&alice, &["register", "alice@localhost"]);
-    let confirmed = json(
-        &alice,
-        &[
-            "confirm",
-            "alice@localhost",
-            "--escrow-printed",
-            "--max-wait",
-            "30",
-        ],
-    );
+    let confirmed = confirm(&alice, "alice@localhost");
     assert_eq!(confirmed["position"], reg["position"]);
     let cp = ok(&alice, &["checkpoint"]);
     assert!(

@@ -835,13 +835,10 @@ impl Client {
                 match (earlier, later) {
                     (Some(earlier), Some(later)) => {
                         let evidence = ks_core::evidence::Evidence {
-                            kind: ks_core::evidence::TAKEOVER.into(),
-                            origin: self.origin.clone().unwrap_or_default(),
-                            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
                             key_schedule: self.schedule_replies()?,
                             identity: ident.clone(),
                             replies: vec![earlier, later],
-                            ..Default::default()
+                            ..self.evidence_head(ks_core::evidence::TAKEOVER)
                         };
                         Err(proven(
                             evidence,
@@ -861,13 +858,10 @@ impl Client {
                     return Err(ClientError::Misbehaviour(failure));
                 };
                 let evidence = ks_core::evidence::Evidence {
-                    kind: ks_core::evidence::BAD_UID.into(),
-                    origin: self.origin.clone().unwrap_or_default(),
-                    pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
                     key_schedule,
                     identity: ident.clone(),
                     replies: vec![reply],
-                    ..Default::default()
+                    ..self.evidence_head(ks_core::evidence::BAD_UID)
                 };
                 Err(proven(
                     evidence,
@@ -1047,6 +1041,17 @@ impl Client {
         )
     }
 
+    /// The part of an evidence file of `kind` every type carries but the
+    /// key schedule: the origin and the pin.
+    fn evidence_head(&self, kind: &str) -> ks_core::evidence::Evidence {
+        ks_core::evidence::Evidence {
+            kind: kind.into(),
+            origin: self.origin.clone().unwrap_or_default(),
+            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+            ..Default::default()
+        }
+    }
+
     /// An evidence file of `kind` with the pin, the key schedule, the
     /// verified checkpoint and the local entry at `pos` with its inclusion
     /// proof (computed from the verified chain); `None` if the schedule's
@@ -1060,15 +1065,12 @@ impl Client {
             return None;
         };
         Some(ks_core::evidence::Evidence {
-            kind: kind.into(),
-            origin: self.origin.clone().unwrap_or_default(),
-            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
             key_schedule: self.schedule_replies().ok()?,
             checkpoint: b64::encode(self.note.as_ref()?),
             entry: b64::encode(&self.entry(pos)?.0),
             proof: proof.iter().map(|h| b64::encode(h)).collect(),
             position: pos,
-            ..Default::default()
+            ..self.evidence_head(kind)
         })
     }
 
@@ -1396,15 +1398,12 @@ impl Client {
             return failure;
         };
         let evidence = ks_core::evidence::Evidence {
-            kind: ks_core::evidence::BAD_KEYINIT.into(),
-            origin: self.origin.clone().unwrap_or_default(),
-            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
             key_schedule,
             identity: owner.message.content.identity.clone(),
             replies: vec![owner.reply.clone()],
             dispersals: vec![served],
             key_inits: vec![ki],
-            ..Default::default()
+            ..self.evidence_head(ks_core::evidence::BAD_KEYINIT)
         };
         proven(evidence, failure.to_string(), failure)
     }
@@ -1426,13 +1425,10 @@ impl Client {
             return failure;
         };
         let evidence = ks_core::evidence::Evidence {
-            kind: ks_core::evidence::KEYINIT_REUSE.into(),
-            origin: self.origin.clone().unwrap_or_default(),
-            pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
             key_schedule,
             identity: identity.to_string(),
             dispersals: vec![first.clone(), again],
-            ..Default::default()
+            ..self.evidence_head(ks_core::evidence::KEYINIT_REUSE)
         };
         proven(evidence, failure.to_string(), failure)
     }

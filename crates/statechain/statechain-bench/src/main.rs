@@ -47,6 +47,11 @@ struct Args {
     /// coins in parallel; 0 skips the phase.
     #[arg(long, default_value_t = 10)]
     transfers: u32,
+    /// The started SE's checkpoint interval, in ms [default: statechaind's].
+    /// A receive waits for its entries to be published, so this bounds a
+    /// transfer's latency.
+    #[arg(long)]
+    checkpoint_interval_ms: Option<u64>,
 }
 
 /// One mock chain (statechain.md §4.6) shared by every wallet of the run:
@@ -133,12 +138,16 @@ fn transfer_pair(
     Ok((a, b, id))
 }
 
+/// The `p` quantile of sorted latencies, in ms.
+fn quantile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 fn report(name: &str, count: u64, elapsed: Duration, mut lat: Vec<Duration>, cpu: Option<f64>) {
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let pct = |p: f64| quantile_ms(&lat, p);
     let cpu = cpu.map_or(String::from("-"), |c| {
         format!("{:.0} µs", c * 1e6 / count as f64)
     });
@@ -209,7 +218,11 @@ fn sign(client: &SeClient, se_id: &SeId, coin: &mut Coin, n: u64) -> anyhow::Res
     Ok(took)
 }
 
-fn start_server(cpu: Option<u32>, dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+fn start_server(
+    cpu: Option<u32>,
+    dir: &std::path::Path,
+    interval_ms: Option<u64>,
+) -> anyhow::Result<(Child, String)> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("bin dir")?.join("statechaind");
     let mut cmd = match cpu {
@@ -230,6 +243,11 @@ fn start_server(cpu: Option<u32>, dir: &std::path::Path) -> anyhow::Result<(Chil
             "127.0.0.1:0",
         ])
         .args(["--max-signatures", "100000"])
+        .args(
+            interval_ms
+                .map(|ms| vec!["--checkpoint-interval-ms".to_string(), ms.to_string()])
+                .unwrap_or_default(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -250,7 +268,7 @@ fn main() -> anyhow::Result<()> {
     let (mut child, url, pid) = match &args.url {
         Some(u) => (None, u.clone(), args.server_pid),
         None => {
-            let (c, u) = start_server(args.server_cpu, dir.path())?;
+            let (c, u) = start_server(args.server_cpu, dir.path(), args.checkpoint_interval_ms)?;
             let pid = Some(c.id());
             (Some(c), u, pid)
         }
@@ -357,10 +375,7 @@ fn main() -> anyhow::Result<()> {
         let se = cpu().zip(c0).map(|(a, b)| a - b);
         let mut lat = lat;
         lat.sort();
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-        };
+        let pct = |p: f64| quantile_ms(&lat, p);
         println!(
             "complete transfers ({} coins x {per}): {count} in {:.2} s = {:.0}/s; send+receive p50 {:.1} ms, p99 {:.1} ms; SE CPU per transfer {}",
             args.coins,

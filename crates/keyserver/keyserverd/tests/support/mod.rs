@@ -41,6 +41,16 @@ impl Keyserverd {
         self.process.log()
     }
 
+    /// The port it listens on (to restart it on the same one).
+    pub fn port(&self) -> u16 {
+        self.url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the URL")
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(self) {
         self.process.kill()
