@@ -673,8 +673,9 @@ impl Keyserver {
             .and_then(|f| f.clone())
             .as_deref()
         {
-            Some("drop") if entries.len() > 1 => {
-                // HCFirstPos still says `start`.
+            Some("drop") if !entries.is_empty() => {
+                // HCFirstPos still says `start` (a chunk of one is left
+                // empty).
                 entries.remove(0);
             }
             Some("change") => {

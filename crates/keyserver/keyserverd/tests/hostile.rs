@@ -74,6 +74,23 @@ fn publish(alice: &Path, count: u32) {
     );
 }
 
+/// Alice (`root/alice`) registers and publishes `keyinits` one-time
+/// KeyInits; Bob (`root/bob`) pins the server and sees her published.
+fn alice_publishes_bob_looks(
+    root: &Path,
+    server: &Keyserverd,
+    keyinits: u32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    let (url, pin) = (server.url.as_str(), server.process.pin.as_str());
+    ok(&alice, &["init", "--server", url, "--pin", pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    publish(&alice, keyinits);
+    ok(&bob, &["init", "--server", url, "--pin", pin]);
+    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
+    (alice, bob)
+}
+
 /// An altered evidence file proves nothing: `verify-evidence` exits 1.
 fn refused(root: &Path, e: &Evidence, name: &str) {
     let f = root.join(name);
@@ -445,14 +462,8 @@ fn a_lookup_answer_that_leaves_an_entry_out_is_caught() {
 #[test]
 fn a_one_time_keyinit_served_twice_is_caught() {
     let (root, server) = hostile_server(&[]);
-    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let (_alice, bob) = alice_publishes_bob_looks(root.path(), &server, 2);
     let url = server.url.as_str();
-    let pin = server.process.pin.clone();
-    ok(&alice, &["init", "--server", url, "--pin", &pin]);
-    ok(&alice, &["register", "alice@localhost"]);
-    publish(&alice, 2);
-    ok(&bob, &["init", "--server", url, "--pin", &pin]);
-    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
     ok(&bob, &["session-start", "alice@localhost"]);
 
     assert_eq!(fault(url, "Test.KeepOneTime", json!({}))["Keeping"], true);
@@ -493,15 +504,9 @@ fn a_one_time_keyinit_served_twice_is_caught() {
 #[test]
 fn a_substituted_keyinit_is_caught() {
     let (root, server) = hostile_server(&[]);
-    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
-    let url = server.url.as_str();
-    let pin = server.process.pin.clone();
-    ok(&alice, &["init", "--server", url, "--pin", &pin]);
-    ok(&alice, &["register", "alice@localhost"]);
-    publish(&alice, 3);
-    ok(&bob, &["init", "--server", url, "--pin", &pin]);
+    let (_alice, bob) = alice_publishes_bob_looks(root.path(), &server, 3);
     ok(&bob, &["register", "bob@localhost"]);
-    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
+    let url = server.url.as_str();
     let genuine = ks_cli(&bob, &["--json", "session-start", "alice@localhost"]);
     assert_eq!(genuine.code, 0, "{}", genuine.stderr);
 
