@@ -1,8 +1,9 @@
 //! Every ks-core decoder on arbitrary bytes: LCJ (canonical and relaxed)
 //! and the typed records (UIDMessage, reply, KeyInit, Capabilities,
-//! receipts), hash-chain entries and leaves, sealed UIDs and the identity
-//! mapping. No panic; canonical input re-encodes to itself; a profile or
-//! KeyInit check on whatever decodes never panics either.
+//! receipts, evidence files with `verify-evidence`'s check), hash-chain
+//! entries and leaves, sealed UIDs and the identity mapping. No panic;
+//! canonical input re-encodes to itself; a profile or KeyInit check on
+//! whatever decodes never panics either.
 #![no_main]
 
 use ks_core::capabilities::SignedCapabilities;
@@ -38,7 +39,12 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = SignedCapabilities::from_value(v.clone());
         let _ = FlushRequest::from_value(v.clone());
-        let _ = LookupReply::from_value(v);
+        let _ = LookupReply::from_value(v.clone());
+        // `ks-cli verify-evidence` on whatever decodes as an evidence file:
+        // it never panics, and nothing random proves misbehaviour.
+        if let Ok(e) = ks_core::evidence::Evidence::from_value(v) {
+            let _ = ks_core::evidence::verify(&e);
+        }
     }
     if let Ok(e) = Entry::from_leaf(data) {
         assert_eq!(&e.leaf()[..], data);
