@@ -1041,6 +1041,29 @@ impl Wallet {
         }
     }
 
+    /// Polls the SE's published checkpoint (unverified: it only says when
+    /// to fetch again, and what is fetched then is verified) until its size
+    /// reaches `size` or `deadline` passes.
+    fn wait_for_checkpoint(client: &SeClient, origin: &str, size: u64, deadline: Instant) {
+        let path = origin
+            .split_once('/')
+            .map_or(String::new(), |(_, p)| format!("/{p}"));
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let published = client
+                .get_text(&format!("{path}/checkpoint"))
+                .ok()
+                .and_then(|t| {
+                    let note = tlog_core::note::Note::parse(t.as_bytes()).ok()?;
+                    tlog_core::Checkpoint::parse(note.text()).ok()
+                })
+                .map(|c| c.size);
+            if published.is_some_and(|n| n >= size) {
+                return;
+            }
+        }
+    }
+
     /// Fetches the coin's entries and checks them under a checkpoint signed
     /// by the pinned log key (waiting for entries newer than the published
     /// checkpoint when `wait`), then rebuilds its state with the members'
@@ -1066,7 +1089,17 @@ impl Wallet {
                 .ok_or_else(|| log_err("no entries"))?;
             if entries.iter().any(|e| e["proof"].is_null()) {
                 if Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Wait on the checkpoint alone (a few hundred bytes)
+                    // until it covers them, then fetch the coin once: the
+                    // whole history with proofs is not the SE's work per
+                    // poll.
+                    let need = entries
+                        .iter()
+                        .filter(|e| e["proof"].is_null())
+                        .filter_map(|e| e["index"].as_u64())
+                        .max()
+                        .map_or(0, |i| i + 1);
+                    Self::wait_for_checkpoint(client, vkey.name(), need, deadline);
                     continue;
                 }
                 if wait {
