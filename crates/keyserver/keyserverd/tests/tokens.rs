@@ -319,3 +319,33 @@ fn the_admin_listener_issues_only_to_its_bearer() {
         r.body_mut().read_to_string()
     );
 }
+
+/// docs/keyserver.md: no token is lost to a network error. A paid call that
+/// never reaches the server keeps its tokens in the wallet; once the server
+/// is back, the same tokens pay.
+#[test]
+fn a_call_that_fails_in_transit_keeps_its_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Keyserverd::start(dir.path(), 0, &["--no-rate-limits"]);
+    let (url, port) = (server.url.clone(), server.port());
+    let mut alice = Client::new(&url, server.pin.clone());
+    alice.sync().expect("sync");
+    let minted = mint_tokens(dir.path(), 3);
+    alice
+        .finalize_tokens(&json!({ "Tokens": minted }))
+        .expect("finalize");
+    let mut me = alice.register("alice@localhost", "strict").expect("alice");
+    assert_eq!(alice.token_balance(), 2);
+    server.kill();
+    // AddKeyInit goes straight to the paid call (Capabilities are cached).
+    match alice.publish_key_inits(&mut me, 2, 0, "mix.localhost", "bnltYWRkcmVzcw==") {
+        Err(ClientError::Transport(_)) => {}
+        other => panic!("no server: {other:?}"),
+    }
+    assert_eq!(alice.token_balance(), 2, "the tokens stay in the wallet");
+    let _server = Keyserverd::start(dir.path(), port, &["--no-rate-limits"]);
+    alice
+        .publish_key_inits(&mut me, 2, 0, "mix.localhost", "bnltYWRkcmVzcw==")
+        .expect("paid with the same tokens");
+    assert_eq!(alice.token_balance(), 0);
+}
