@@ -394,6 +394,23 @@ fn a_second_tree_of_one_size_is_a_fork_with_evidence() {
         ks_cli(&bob, &["check-checkpoint", bad.to_str().expect("utf8")]).code,
         4
     );
+    // A conflicting tree signed by a key the chain never scheduled (a
+    // stolen-looking key of the same name): refused, and no evidence file,
+    // since it proves nothing about the keyserver.
+    let stranger_key = tlog_core::note::SignerKey::from_seed(
+        "localhost/kt/v1",
+        tlog_core::note::KeyType::Ed25519,
+        &[5; 32],
+    )
+    .expect("key");
+    let text = tlog_core::Checkpoint::new("localhost/kt/v1", 2, [7; 32]).to_text();
+    let mut unscheduled = tlog_core::note::Note::new(&text).expect("note");
+    unscheduled.add(stranger_key.sign(&text, now()));
+    let file = root.path().join("unscheduled.note");
+    std::fs::write(&file, unscheduled.to_bytes()).expect("write");
+    let o = ks_cli(&bob, &["check-checkpoint", file.to_str().expect("utf8")]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    assert!(!o.stderr.contains("evidence written"), "{}", o.stderr);
 }
 
 /// keyserver.md §4.6, §10: a server serving LookupUID that leaves one of
