@@ -2243,6 +2243,11 @@ pub mod tlogd {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            // A failing test shows what each daemon said.
+            if std::thread::panicking() {
+                let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+                eprintln!("--- tlogd at {} ---\n{log}", self.url);
+            }
         }
     }
 
@@ -2274,7 +2279,11 @@ pub mod tlogd {
                 &["--sync-listen", "127.0.0.1:0"][..]
             })
             .args(extra)
-            .env("RUST_LOG", "info")
+            // `LK_TLOGD_LOG=info,tlog_node=debug` to see more when debugging.
+            .env(
+                "RUST_LOG",
+                std::env::var("LK_TLOGD_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

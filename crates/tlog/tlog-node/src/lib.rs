@@ -103,6 +103,10 @@ pub struct LogNode<S> {
     publish: submit::Publish,
     /// When the witnesses last got a submission.
     last_submitted: std::sync::Mutex<Option<std::time::Instant>>,
+    /// One `publish_stored` at a time: two interleaved could each read
+    /// the store and send what they read, the older last, and the watches
+    /// would step back to a note that lacks a merged cosignature.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 impl<S: LogStore> LogNode<S> {
@@ -171,6 +175,7 @@ impl<S: LogStore> LogNode<S> {
             refreshed,
             publish,
             last_submitted: std::sync::Mutex::new(None),
+            publishing: tokio::sync::Mutex::new(()),
         });
         node.publish_stored().await?;
         Ok(node)
@@ -180,6 +185,7 @@ impl<S: LogStore> LogNode<S> {
     /// published one (a mirror, after its follower stored one) and meets
     /// the publish policy (a sequencer's); peers hear of it either way.
     pub async fn publish_stored(&self) -> Result<(), StoreError> {
+        let _one = self.publishing.lock().await;
         let Some(note) = self.store.checkpoint(self.log, None).await? else {
             return Ok(());
         };
@@ -332,6 +338,13 @@ impl<S: LogStore> LogNode<S> {
             Err(e) => return Err(e),
         }
         if self.publish.witnesses.is_empty() {
+            // Announcing it to the federation cosigners is their
+            // submission: the first refresh comes `republish` after it.
+            if !self.publish.cosigners.is_empty() {
+                if let Ok(mut at) = self.last_submitted.lock() {
+                    *at = Some(std::time::Instant::now());
+                }
+            }
             // No HTTP witnesses: published now under `quorum none`, else
             // once federation cosignatures merged over LKTL/1 meet it.
             return self.publish_stored().await;

@@ -73,11 +73,27 @@ const MAX_UNANSWERED: u32 = 3;
 /// per second, tlog.md §7.9).
 const INV_SPACING: Duration = Duration::from_millis(200);
 
-/// How old this node's cosignature on a checkpoint must be before a peer's
-/// new announcement of that same checkpoint makes it cosign again (the
-/// origin's refresh of an idle log, tlog.md §5.2). Timestamps are whole
-/// seconds, so this is the finest refresh there is.
+/// How old this node's cosignature on a checkpoint must be before the
+/// sequencer's refresh of that same checkpoint (an idle log, tlog.md §5.2)
+/// makes it cosign again. Timestamps are whole seconds, so this is the
+/// finest refresh there is; it also bounds what a peer claiming to be the
+/// sequencer can make this node sign.
 pub const RECOSIGN_AFTER: Duration = Duration::from_secs(1);
+
+/// Which Inv [`inv_to`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    /// Our checkpoint, to a peer that showed a smaller one.
+    IfBehind,
+    /// Our checkpoint whatever the peer showed (at connection, and when
+    /// cosignatures merged into it travel on).
+    Always,
+    /// The sequencer's refresh of an idle log: the latest checkpoint with
+    /// `old_size` 0 and no proof, which peers holding it take as the one
+    /// signal to cosign it anew. Relays of merged lines are `Always`, never
+    /// this, so renewals cannot feed each other: one round per refresh.
+    Refresh,
+}
 
 /// Limits and timers (tlog.md §7.9 defaults).
 #[derive(Debug, Clone)]
@@ -390,6 +406,9 @@ struct Conn {
     /// The origin prefixes its Hello said it follows: a log of ours under
     /// one becomes common when it appears here later.
     prefixes: Vec<String>,
+    /// The common logs its Hello said it sequences: only their refreshes
+    /// renew our cosignatures.
+    sequences: HashSet<LogId>,
     kill: Notify,
     killed: AtomicBool,
     /// Requests unanswered in a row.
@@ -861,6 +880,11 @@ impl<S: LogStore> Peer<S> {
                 .filter(|l| l.prefix)
                 .map(|l| l.origin.clone())
                 .collect(),
+            sequences: theirs
+                .iter()
+                .filter(|l| !l.prefix && l.roles & 1 != 0)
+                .map(|l| tlog_core::log_id(&l.origin))
+                .collect(),
             kill: Notify::new(),
             killed: AtomicBool::new(false),
             unanswered: AtomicU32::new(0),
@@ -882,7 +906,7 @@ impl<S: LogStore> Peer<S> {
                     conn.send(0, Message::Evidence(blob)).await;
                 }
             } else {
-                inv_to(log, &conn, true).await;
+                inv_to(log, &conn, Announce::Always).await;
             }
         }
         // For each log we witness that the peer serves or follows, our
@@ -1199,15 +1223,15 @@ impl<S: LogStore> Peer<S> {
         loop {
             // A refresh goes to peers that hold the checkpoint too, so
             // they cosign it anew (tlog.md §5.2).
-            let again = tokio::select! {
+            let mode = tokio::select! {
                 changed = signed.changed() => match changed {
-                    Ok(()) => false,
+                    Ok(()) => Announce::IfBehind,
                     Err(_) => break,
                 },
                 changed = refreshed.changed() => match changed {
                     Ok(()) => {
                         refreshed.borrow_and_update();
-                        true
+                        Announce::Refresh
                     }
                     Err(_) => break,
                 },
@@ -1227,7 +1251,7 @@ impl<S: LogStore> Peer<S> {
             }
             let conns: Vec<_> = self.conns.lock().expect("lock").values().cloned().collect();
             for conn in conns {
-                inv_to(&log, &conn, again).await;
+                inv_to(&log, &conn, mode).await;
             }
         }
     }
@@ -1318,17 +1342,21 @@ impl<S: LogStore> Log<S> {
         let target = match follow::judge_note(&local, n, &root, ours_at_n, inv) {
             follow::Verdict::Known => {
                 // Keep the extra cosignatures (relayed on if they are new);
-                // tell a peer that is behind. The latest checkpoint
-                // announced again (an idle log refreshing its cosignatures,
-                // tlog.md §5.2) is cosigned anew once ours on it has aged.
+                // tell a peer that is behind. The sequencer's refresh of
+                // the latest checkpoint (an idle log, tlog.md §5.2) is
+                // cosigned anew once ours on it has aged; nothing else is,
+                // or every relay of a renewed line would renew the others'
+                // and the note would never settle.
                 if n == state.checkpoint_size {
                     let merged = self.node.merge_cosignatures(n, root, &theirs.note).await?;
-                    let recosigned = self.recosign(n, root).await?;
+                    let refresh = matches!(&inv_proof, Some((0, proof)) if proof.is_empty())
+                        && conn.sequences.contains(&log);
+                    let recosigned = refresh && self.recosign(n, root).await?;
                     if merged || recosigned {
                         self.relay(peer).await;
                     }
                 }
-                inv_to(self, conn, false).await;
+                inv_to(self, conn, Announce::IfBehind).await;
                 return Ok(());
             }
             follow::Verdict::Forked => return self.fork_below(peer, theirs).await,
@@ -1712,7 +1740,7 @@ impl<S: LogStore> Log<S> {
     async fn relay(&self, peer: &Peer<S>) {
         let conns: Vec<_> = peer.conns.lock().expect("lock").values().cloned().collect();
         for conn in conns {
-            inv_to(self, &conn, true).await;
+            inv_to(self, &conn, Announce::Always).await;
         }
     }
 
@@ -1765,11 +1793,10 @@ impl<S: LogStore> Log<S> {
 }
 
 /// Sends `conn` our signed checkpoint if it showed a smaller one, or,
-/// with `always` (at connection, and when an idle log refreshes its
-/// cosignatures), whatever the sizes: so a peer holding an equal or larger
-/// tree checks ours against its own at our size, and a fork is caught at
-/// every connection (one Inv per connection).
-async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, always: bool) {
+/// unless `IfBehind`, whatever the sizes: so a peer holding an equal or
+/// larger tree checks ours against its own at our size, and a fork is
+/// caught at every connection (one Inv per connection).
+async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, mode: Announce) {
     let id = log.node.log_id();
     let theirs = match conn.announced(&id) {
         Some(theirs) => theirs,
@@ -1788,11 +1815,15 @@ async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, always: bool) {
     let Some(published) = log.node.signed().borrow().clone() else {
         return;
     };
-    if theirs >= published.size && !always {
+    if theirs >= published.size && mode == Announce::IfBehind {
         return;
     }
     // A proof from their size when it is within ours, else none.
-    let old_size = if theirs <= published.size { theirs } else { 0 };
+    let old_size = if theirs <= published.size && mode != Announce::Refresh {
+        theirs
+    } else {
+        0
+    };
     let proof = if old_size == 0 {
         Vec::new()
     } else {

@@ -225,10 +225,30 @@ struct Federation {
 
 /// Origin A (with `entries` entries appended before the peers start) and
 /// mirrors B and C, every pair linked both ways through the network.
-async fn federation(entries: u64, faults: Faults, seed: u64) -> Federation {
+/// With `cosigning` (A's refresh interval), B and C cosign as mirror
+/// cosigners and A publishes only what both cosigned.
+async fn federation(
+    entries: u64,
+    faults: Faults,
+    seed: u64,
+    cosigning: Option<Duration>,
+) -> Federation {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = SignerKey::from_seed(ORIGIN, KeyType::Ed25519, &[7; 32]).expect("key");
     let vkey = key.verifier();
+    let cosigners: Vec<Arc<SignerKey>> = match cosigning {
+        Some(_) => [("b.example/mirror", 8), ("c.example/mirror", 9)]
+            .into_iter()
+            .map(|(name, seed)| {
+                Arc::new(
+                    SignerKey::from_seed(name, KeyType::Cosignature, &[seed; 32])
+                        .expect("cosigner key"),
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let trusted: Vec<_> = cosigners.iter().map(|k| k.verifier()).collect();
     let store =
         |name: &str| Arc::new(RedbLogStore::open(&dir.path().join(name)).expect("open store"));
     let a = LogNode::start(
@@ -236,11 +256,18 @@ async fn federation(entries: u64, faults: Faults, seed: u64) -> Federation {
         key,
         LogOptions::default(),
         Duration::from_millis(100),
-        tlog_node::submit::Publish::default(),
+        tlog_node::submit::Publish {
+            republish: cosigning.unwrap_or(Duration::from_secs(600)),
+            cosigners: trusted.clone(),
+            cosigner_quorum: trusted.len(),
+            ..Default::default()
+        },
     )
     .await
     .expect("origin");
-    append(&a, 0, entries).await;
+    if entries > 0 {
+        append(&a, 0, entries).await;
+    }
     let b = LogNode::mirror(store("b.redb"), ORIGIN).await.expect("b");
     let c = LogNode::mirror(store("c.redb"), ORIGIN).await.expect("c");
     let net = Net {
@@ -285,8 +312,8 @@ async fn federation(entries: u64, faults: Faults, seed: u64) -> Federation {
                 node.clone(),
                 Follow {
                     key: vkey.clone(),
-                    witnesses: Vec::new(),
-                    cosigner: None,
+                    witnesses: trusted.clone(),
+                    cosigner: i.checked_sub(1).and_then(|k| cosigners.get(k).cloned()),
                     validator: None,
                     validating: None,
                 },
@@ -368,6 +395,57 @@ impl Federation {
         }
     }
 
+    /// The stored latest note of A, B and C.
+    async fn notes(&self) -> [Option<Vec<u8>>; 3] {
+        let mut notes = [None, None, None];
+        for (i, n) in [&self.a, &self.b, &self.c].into_iter().enumerate() {
+            notes[i] = n
+                .node
+                .store()
+                .checkpoint(n.node.log_id(), None)
+                .await
+                .expect("checkpoint");
+        }
+        notes
+    }
+
+    /// Waits until A, B and C store the same note of size `size`, with
+    /// both cosigners' lines at least as new as `since` (Unix seconds);
+    /// returns it.
+    async fn settled(&self, size: u64, since: u64, within: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + within;
+        let mut waits = [
+            self.a.node.signed(),
+            self.b.node.signed(),
+            self.c.node.signed(),
+        ];
+        loop {
+            let notes = self.notes().await;
+            if let [Some(a), Some(b), Some(c)] = &notes {
+                let fresh = ["b.example/mirror", "c.example/mirror"]
+                    .iter()
+                    .all(|name| cosigned_at(a, name).is_some_and(|t| t >= since));
+                if a == b && a == c && fresh && note_size(a) == size {
+                    return a.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the copies never settled: {:?}",
+                notes.map(|n| n.map(|n| String::from_utf8_lossy(&n).into_owned()))
+            );
+            let [wa, wb, wc] = &mut waits;
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                tokio::select! {
+                    _ = wa.changed() => {},
+                    _ = wb.changed() => {},
+                    _ = wc.changed() => {},
+                }
+            })
+            .await;
+        }
+    }
+
     /// Nobody holds evidence, no log is Equivocated, and nobody banned
     /// anyone.
     async fn clean(&self) {
@@ -404,6 +482,92 @@ impl Federation {
     }
 }
 
+/// The cosignature time of `name`'s line on `note`.
+fn cosigned_at(note: &[u8], name: &str) -> Option<u64> {
+    tlog_core::note::Note::parse(note)
+        .ok()?
+        .signatures()
+        .iter()
+        .find(|l| l.name == name)
+        .and_then(|l| l.cosignature_time())
+}
+
+fn note_size(note: &[u8]) -> u64 {
+    let note = tlog_core::note::Note::parse(note).expect("note");
+    tlog_core::checkpoint::Checkpoint::parse(note.text())
+        .expect("checkpoint")
+        .size
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A network slower than [`tlog_node::peer::RECOSIGN_AFTER`] per frame.
+const SLOW: Faults = Faults {
+    max_delay_us: 1_200_000,
+    duplicate: 0,
+    reset: 0,
+};
+
+/// Cosigned checkpoints settle: once A, B and C hold the same note with
+/// both cosignatures, nothing changes it until A refreshes or appends,
+/// even when every hop takes longer than a renewal's minimum age. (Before,
+/// every relay of a renewed line made the other cosigners renew theirs, so
+/// over a slow network the note never stopped moving and the copies never
+/// agreed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cosignatures_settle_over_a_slow_network() {
+    let fed = federation(0, SLOW, 0xc051, Some(Duration::from_secs(3_600))).await;
+    let started = now_secs();
+    append(&fed.a.node, 0, 10).await;
+    let note = fed.settled(10, started, Duration::from_secs(120)).await;
+    // Any change of any node's latest note ends the wait at once.
+    let mut waits = [
+        fed.a.node.signed(),
+        fed.b.node.signed(),
+        fed.c.node.signed(),
+    ];
+    let [wa, wb, wc] = &mut waits;
+    let changed = tokio::time::timeout(Duration::from_secs(6), async {
+        tokio::select! {
+            _ = wa.changed() => "a",
+            _ = wb.changed() => "b",
+            _ = wc.changed() => "c",
+        }
+    })
+    .await;
+    assert!(changed.is_err(), "{changed:?} changed a settled note");
+    assert_eq!(
+        fed.notes().await,
+        [Some(note.clone()), Some(note.clone()), Some(note)]
+    );
+    fed.clean().await;
+}
+
+/// A's refresh of its idle log (tlog.md §5.2) renews both cosignatures,
+/// and the copies agree again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_renews_the_cosignatures_and_the_copies_settle_again() {
+    let fed = federation(0, SLOW, 0x2e4e, Some(Duration::from_secs(3))).await;
+    let started = now_secs();
+    append(&fed.a.node, 0, 10).await;
+    let first = fed.settled(10, started, Duration::from_secs(120)).await;
+    let newest = ["b.example/mirror", "c.example/mirror"]
+        .iter()
+        .filter_map(|name| cosigned_at(&first, name))
+        .max()
+        .expect("cosigned");
+    let renewed = fed.settled(10, newest + 2, Duration::from_secs(120)).await;
+    let origin_line = |n: &[u8]| n.split(|&b| b == b'\n').next().map(<[u8]>::to_vec);
+    assert_eq!(origin_line(&first), origin_line(&renewed), "the same log");
+    assert_ne!(first, renewed, "renewed lines");
+    fed.clean().await;
+}
+
 fn entries_from_env() -> u64 {
     std::env::var("LK_SIMNET_ENTRIES")
         .ok()
@@ -423,7 +587,7 @@ async fn a_large_log_converges_over_a_lossy_network() {
         reset: 5_000,
     };
     let started = Instant::now();
-    let fed = federation(n, faults, 0x5eed).await;
+    let fed = federation(n, faults, 0x5eed, None).await;
     let appended = started.elapsed();
     let (size, _) = fed.converged(Duration::from_secs(900)).await;
     assert_eq!(size, n);
@@ -454,7 +618,7 @@ async fn a_partition_heals_and_the_federation_converges() {
         duplicate: 200_000,
         reset: 2_000,
     };
-    let fed = federation(3_000, faults, 0xfeed).await;
+    let fed = federation(3_000, faults, 0xfeed, None).await;
     let (before, _) = fed.converged(Duration::from_secs(120)).await;
     assert_eq!(before, 3_000);
 
