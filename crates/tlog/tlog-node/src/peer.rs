@@ -88,10 +88,12 @@ enum Announce {
     /// Our checkpoint whatever the peer showed (at connection, and when
     /// cosignatures merged into it travel on).
     Always,
-    /// The sequencer's refresh of an idle log: the latest checkpoint with
-    /// `old_size` 0 and no proof, which peers holding it take as the one
-    /// signal to cosign it anew. Relays of merged lines are `Always`, never
-    /// this, so renewals cannot feed each other: one round per refresh.
+    /// The sequencer's refresh of an idle log: the latest checkpoint to
+    /// every peer, with the log's signatures only. A peer holding it (the
+    /// Inv's `old_size` is its size) takes that as the one signal to cosign
+    /// it anew. Nothing else looks like it: a first announcement has a
+    /// smaller `old_size`, and relays carry the merged cosignatures, so
+    /// renewals cannot feed each other: one round per refresh.
     Refresh,
 }
 
@@ -1349,8 +1351,10 @@ impl<S: LogStore> Log<S> {
                 // and the note would never settle.
                 if n == state.checkpoint_size {
                     let merged = self.node.merge_cosignatures(n, root, &theirs.note).await?;
-                    let refresh = matches!(&inv_proof, Some((0, proof)) if proof.is_empty())
-                        && conn.sequences.contains(&log);
+                    let origin = self.node.origin();
+                    let refresh = matches!(&inv_proof, Some((old, proof)) if *old == n && proof.is_empty())
+                        && conn.sequences.contains(&log)
+                        && theirs.note.signatures().iter().all(|l| l.name == origin);
                     let recosigned = refresh && self.recosign(n, root).await?;
                     if merged || recosigned {
                         self.relay(peer).await;
@@ -1819,11 +1823,7 @@ async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, mode: Announce) {
         return;
     }
     // A proof from their size when it is within ours, else none.
-    let old_size = if theirs <= published.size && mode != Announce::Refresh {
-        theirs
-    } else {
-        0
-    };
+    let old_size = if theirs <= published.size { theirs } else { 0 };
     let proof = if old_size == 0 {
         Vec::new()
     } else {
@@ -1837,16 +1837,36 @@ async fn inv_to<S: LogStore>(log: &Log<S>, conn: &Conn, mode: Announce) {
             Err(_) => return,
         }
     };
+    let note = if mode == Announce::Refresh {
+        log_signatures_only(&published.note, log.node.origin())
+    } else {
+        published.note
+    };
     conn.send(
         0,
         Message::Inv {
             log_id: log.node.log_id(),
-            note: published.note,
+            note,
             old_size,
             proof,
         },
     )
     .await;
+}
+
+/// `note` with only the log's own signature lines (named after `origin`):
+/// the form of a refresh.
+fn log_signatures_only(note: &[u8], origin: &str) -> Vec<u8> {
+    let Ok(parsed) = Note::parse(note) else {
+        return note.to_vec();
+    };
+    let Ok(mut bare) = Note::new(parsed.text()) else {
+        return note.to_vec();
+    };
+    for line in parsed.signatures().iter().filter(|l| l.name == origin) {
+        bare.add(line.clone());
+    }
+    bare.to_bytes()
 }
 
 async fn read_ident<R: AsyncRead + Unpin>(
