@@ -298,6 +298,24 @@ impl Keyserver {
                 object([("Tampering", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
+            "Test.StaleKeyInits" => {
+                // A repository that serves KeyInits it should have deleted:
+                // those of a SIGKEY a later update replaced, as the new
+                // key's (`previous-sigkey`), or expired ones (`expired`).
+                let kind = p.string("Kind")?;
+                p.finish()?;
+                if kind != "previous-sigkey" && kind != "expired" {
+                    return Err(RpcError::params(
+                        "Kind",
+                        "is neither previous-sigkey nor expired",
+                    ));
+                }
+                if let Ok(mut f) = self.store.faults().stale.lock() {
+                    *f = Some(kind);
+                }
+                object([("Stale", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
             "Test.CorruptUIDs" => {
                 // FetchUID answers with a UID other than the entry's,
                 // sealed and signed by the server.
@@ -748,6 +766,17 @@ impl Keyserver {
 
     fn store_reader(&self) -> crate::store::Reader {
         self.store.reader()
+    }
+
+    /// The newest row of `identity` (a read on the blocking pool).
+    pub async fn identity_row(
+        &self,
+        identity: &str,
+    ) -> Result<Option<crate::store::IdentityRow>, RpcError> {
+        let (reader, identity) = (self.store_reader(), identity.to_string());
+        tokio::task::spawn_blocking(move || reader.identity(&identity))
+            .await
+            .map_err(|_| RpcError::Internal)?
     }
 
     async fn add_key_inits(

@@ -160,6 +160,21 @@ pub enum Job {
 pub struct KsStore {
     db: Arc<Database>,
     jobs: mpsc::Sender<Job>,
+    #[cfg(feature = "test-faults")]
+    faults: Arc<Faults>,
+}
+
+/// What a `test-faults` keyserver's repository does wrong on request,
+/// shared by the handler that arms it and the sequencer that does it.
+#[cfg(feature = "test-faults")]
+#[derive(Default)]
+pub struct Faults {
+    /// `Test.StaleKeyInits`: `previous-sigkey` keeps the KeyInits of a
+    /// SIGKEY an update replaced and serves them as the new key's;
+    /// `expired` serves an expired KeyInit instead of deleting it.
+    pub stale: std::sync::Mutex<Option<String>>,
+    /// New SigKeyHash → the replaced one whose KeyInits were kept.
+    moved: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Who the sequencer is.
@@ -201,6 +216,8 @@ impl KsStore {
             t.ok_or_else(|| storage("the log and the keyserver tables disagree on the size"))?
         };
         let (jobs, rx) = mpsc::channel();
+        #[cfg(feature = "test-faults")]
+        let faults = Arc::new(Faults::default());
         let mut seq = Sequencer {
             db: db.clone(),
             config,
@@ -208,12 +225,25 @@ impl KsStore {
             h_last,
             last_time,
             leaves: Vec::new(),
+            #[cfg(feature = "test-faults")]
+            faults: faults.clone(),
         };
         std::thread::Builder::new()
             .name("ks-sequencer".into())
             .spawn(move || seq.run(rx))
             .map_err(storage)?;
-        Ok(KsStore { db, jobs })
+        Ok(KsStore {
+            db,
+            jobs,
+            #[cfg(feature = "test-faults")]
+            faults,
+        })
+    }
+
+    /// The repository's faults, to arm (feature `test-faults` only).
+    #[cfg(feature = "test-faults")]
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Forgets spent tokens of keys no longer accepted (§5: a token of a
@@ -370,6 +400,8 @@ struct Sequencer {
     last_time: u64,
     /// This batch's leaves, appended just before the commit.
     leaves: Vec<Vec<u8>>,
+    #[cfg(feature = "test-faults")]
+    faults: Arc<Faults>,
 }
 
 /// A job's answer, sent only after the commit.
@@ -415,6 +447,39 @@ impl Answer {
 }
 
 impl Sequencer {
+    /// The armed `Test.StaleKeyInits` kind (never without `test-faults`).
+    fn stale(&self) -> Option<String> {
+        #[cfg(feature = "test-faults")]
+        return self.faults.stale.lock().ok().and_then(|s| s.clone());
+        #[cfg(not(feature = "test-faults"))]
+        None
+    }
+
+    /// Remembers that `new`'s KeyInits are served from `old`'s.
+    #[cfg(feature = "test-faults")]
+    fn keep_moved(&self, new: &str, old: &str) {
+        if let Ok(mut m) = self.faults.moved.lock() {
+            m.insert(new.to_string(), old.to_string());
+        }
+    }
+
+    /// Where `hash`'s KeyInits are read from.
+    fn source_of(&self, hash: &str) -> String {
+        #[cfg(feature = "test-faults")]
+        if self.stale().as_deref() == Some("previous-sigkey") {
+            if let Some(old) = self
+                .faults
+                .moved
+                .lock()
+                .ok()
+                .and_then(|m| m.get(hash).cloned())
+            {
+                return old;
+            }
+        }
+        hash.to_string()
+    }
+
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
@@ -712,7 +777,12 @@ impl Sequencer {
             if old != new_hash {
                 // A new SIGKEY (or a reclaim): the old key's KeyInits go.
                 sigkeys.remove(old.as_str()).map_err(storage)?;
-                delete_key_inits(txn, &old)?;
+                if self.stale().as_deref() == Some("previous-sigkey") {
+                    #[cfg(feature = "test-faults")]
+                    self.keep_moved(&new_hash, &old);
+                } else {
+                    delete_key_inits(txn, &old)?;
+                }
             }
         }
         sigkeys
@@ -859,7 +929,7 @@ impl Sequencer {
         substitute: bool,
     ) -> Result<(KeyInit, DispersalReceipt, String), RpcError> {
         let mut table = txn.open_table(KEYINIT).map_err(storage)?;
-        let (lo, hi) = prefix_range(hash);
+        let (lo, hi) = prefix_range(&self.source_of(hash));
         let mut keys = Vec::new();
         let mut expired = Vec::new();
         for row in table.range(lo.as_slice()..hi.as_slice()).map_err(storage)? {
@@ -872,12 +942,27 @@ impl Sequencer {
                 keys.push((k, st));
             }
         }
-        for k in expired {
-            table.remove(k.as_slice()).map_err(storage)?;
+        let serve_expired = self.stale().as_deref() == Some("expired");
+        if !serve_expired {
+            for k in &expired {
+                table.remove(k.as_slice()).map_err(storage)?;
+            }
         }
         let stored: Vec<Stored> = keys.iter().map(|(_, st)| st.clone()).collect();
         let draws = [rand::rngs::OsRng.next_u64(), rand::rngs::OsRng.next_u64()];
-        let d = disperse(&stored, now, draws).ok_or(RpcError::NoKeyinit)?;
+        let d = match expired.first() {
+            // A faulty repository serves what it should have deleted.
+            Some(k) if serve_expired => {
+                let st = stored_of_key(k).ok_or_else(|| storage("a KeyInit key is malformed"))?;
+                keys = vec![(k.clone(), st)];
+                ks_core::keyinit::Dispersal {
+                    serve: 0,
+                    delete: false,
+                    one_time: false,
+                }
+            }
+            _ => disperse(&stored, now, draws).ok_or(RpcError::NoKeyinit)?,
+        };
         let key = keys.swap_remove(d.serve).0;
         let ki = match table.get(key.as_slice()).map_err(storage)? {
             Some(v) => KeyInit::from_lcj(v.value()).map_err(storage)?,

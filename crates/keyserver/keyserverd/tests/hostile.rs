@@ -563,6 +563,85 @@ fn a_substituted_keyinit_is_caught() {
     refused(&other_owner, "other-owner.json");
 }
 
+/// keyserver.md §10: a repository that kept Alice's KeyInits when she
+/// replaced her SIGKEY serves one of them as her new key's: Bob refuses it
+/// (its SIGKEYHASH is not her current key's) with `bad-keyinit` evidence
+/// that a stranger verifies offline.
+#[test]
+fn a_keyinit_under_alices_previous_sigkey_is_caught() {
+    let (root, server) = hostile_server(&[]);
+    let (alice, bob) = alice_publishes_bob_looks(root.path(), &server, 3);
+    let url = server.url.as_str();
+    assert_eq!(
+        fault(
+            url,
+            "Test.StaleKeyInits",
+            json!({"Kind": "previous-sigkey"})
+        )["Stale"],
+        true
+    );
+    ok(&alice, &["update", "alice@localhost"]);
+    assert_eq!(wait_published(&bob, "alice@localhost", 1).code, 0);
+    let o = ks_cli(&bob, &["session-start", "alice@localhost"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let out = ok(&root.path().join("stranger"), &["verify-evidence", &file]);
+    assert!(
+        out.contains("fails the owner's checks") && out.contains("SIGKEYHASH"),
+        "{out}"
+    );
+}
+
+/// keyserver.md §10: a repository that serves an expired KeyInit instead
+/// of deleting it: Bob refuses it (outside its window at the receipt's
+/// own time) with `bad-keyinit` evidence.
+#[test]
+fn an_expired_keyinit_is_caught() {
+    let (root, server) = hostile_server(&[]);
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let (url, pin) = (server.url.as_str(), server.process.pin.as_str());
+    ok(&alice, &["init", "--server", url, "--pin", pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    let published_at = now();
+    ok(
+        &alice,
+        &[
+            "keyinit",
+            "publish",
+            "alice@localhost",
+            "--count",
+            "1",
+            "--fallback",
+            "0",
+            "--mixaddress",
+            "mix.localhost",
+            "--nymaddress",
+            "bnltYWRkcmVzcw==",
+            "--valid-for-secs",
+            "2",
+        ],
+    );
+    ok(&bob, &["init", "--server", url, "--pin", pin]);
+    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
+    assert_eq!(
+        fault(url, "Test.StaleKeyInits", json!({"Kind": "expired"}))["Stale"],
+        true
+    );
+    // Its NOTAFTER is at most published_at + 2: wait until the clock
+    // passed it.
+    while now() <= published_at + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = ks_cli(&bob, &["session-start", "alice@localhost"]);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let out = ok(&root.path().join("stranger"), &["verify-evidence", &file]);
+    assert!(
+        out.contains("fails the owner's checks") && out.contains("time window"),
+        "{out}"
+    );
+}
+
 /// keyserver.md §3.7, §10: Capabilities that are unsigned, signed by a key
 /// the chain never scheduled, or altered after signing (TKNPUBKEY) are
 /// refused; signed ones naming another entry than the chain's at

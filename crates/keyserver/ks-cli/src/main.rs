@@ -201,6 +201,11 @@ enum KeyinitCommand {
         /// NYMADDRESS (base64).
         #[arg(long)]
         nymaddress: String,
+        /// How long they are valid, in seconds (the server accepts up to
+        /// 90 days; never beyond the UID's NOTAFTER).
+        #[arg(long, default_value_t = ks_client::KEYINIT_LIFETIME,
+              value_parser = clap::value_parser!(u64).range(1..=90 * 86_400))]
+        valid_for_secs: u64,
     },
     /// Counts the forward-secret keys held.
     List {
@@ -538,10 +543,17 @@ fn run_cmd(
                 fallback,
                 mixaddress,
                 nymaddress,
+                valid_for_secs,
             } => {
                 let mut me = own(&client, &identity)?;
-                let receipts =
-                    client.publish_key_inits(&mut me, count, fallback, &mixaddress, &nymaddress)?;
+                let receipts = client.publish_key_inits_for(
+                    &mut me,
+                    count,
+                    fallback,
+                    &mixaddress,
+                    &nymaddress,
+                    valid_for_secs,
+                )?;
                 client.save_own(&me)?;
                 print(
                     json,

@@ -130,6 +130,10 @@ pub enum ClientError {
 /// `max_checkpoint_age`).
 pub const MAX_CHECKPOINT_AGE: u64 = 3600;
 
+/// How long published KeyInits are valid by default (30 days: a month of
+/// session starts; the server accepts up to 90).
+pub const KEYINIT_LIFETIME: u64 = 30 * 86_400;
+
 /// What a client pins: `keyserver@<domain>` and H_0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pin {
@@ -1211,7 +1215,7 @@ impl Client {
     }
 
     /// §6.4 step 3: publishes `count` one-time and `fallbacks` fallback
-    /// KeyInits; verifies every receipt.
+    /// KeyInits valid for [`KEYINIT_LIFETIME`]; verifies every receipt.
     pub fn publish_key_inits(
         &mut self,
         own: &mut OwnIdentity,
@@ -1219,6 +1223,28 @@ impl Client {
         fallbacks: usize,
         mix_address: &str,
         nym_address: &str,
+    ) -> Result<Vec<KeyInitReceipt>, ClientError> {
+        self.publish_key_inits_for(
+            own,
+            count,
+            fallbacks,
+            mix_address,
+            nym_address,
+            KEYINIT_LIFETIME,
+        )
+    }
+
+    /// [`Client::publish_key_inits`] with KeyInits valid for `lifetime`
+    /// seconds from now (at most the UID's NOTAFTER; the server refuses
+    /// more than 90 days).
+    pub fn publish_key_inits_for(
+        &mut self,
+        own: &mut OwnIdentity,
+        count: usize,
+        fallbacks: usize,
+        mix_address: &str,
+        nym_address: &str,
+        lifetime: u64,
     ) -> Result<Vec<KeyInitReceipt>, ClientError> {
         let repo = own
             .uid
@@ -1228,7 +1254,7 @@ impl Client {
             .cloned()
             .unwrap_or_default();
         let now = now();
-        let not_after = (now + 30 * 86_400).min(own.uid.content.not_after);
+        let not_after = (now + lifetime.max(1)).min(own.uid.content.not_after);
         let mut key_inits = Vec::new();
         let mut secrets = Vec::new();
         for i in 0..count + fallbacks {
