@@ -51,6 +51,9 @@ pub struct Options {
     pub submit_to: Vec<String>,
     /// See `submit_to`.
     pub publish_quorum: Option<usize>,
+    /// How long a new genesis UID is valid, in seconds (`None`: a year
+    /// less a day). Shorter only to test the renewal (`test-faults`).
+    pub genesis_lifetime_secs: Option<u64>,
 }
 
 /// Why the keyserver cannot start.
@@ -143,6 +146,54 @@ const KEY_FILE: &str = "server_sigkey";
 /// A rotation's new key, written before its UID is submitted: if the UID
 /// committed, the next start installs it.
 const NEXT_KEY_FILE: &str = "server_sigkey.next";
+/// The key a rotation by key replaced, and when its overlap ends (§3.8):
+/// the key file's line, then `overlap-until <Unix seconds>`. Checkpoints
+/// carry its signature too until then; the first start after that
+/// deletes the file.
+const PREVIOUS_KEY_FILE: &str = "server_sigkey.previous";
+
+fn write_previous(dir: &Path, key: &SignerKey, until: u64) -> Result<(), StartError> {
+    let path = dir.join(PREVIOUS_KEY_FILE);
+    durable_file::replace(
+        &path,
+        format!("{}\noverlap-until {until}\n", key.to_private_line()).as_bytes(),
+        0o600,
+    )
+    .map_err(|e| StartError::Io(format!("{}: {e}", path.display())))
+}
+
+/// The previous key and the end of its overlap; an unreadable file is an
+/// error (the operator decides: remove it to start without the overlap).
+fn read_previous(dir: &Path, origin: &str) -> Result<Option<(SignerKey, u64)>, StartError> {
+    let path = dir.join(PREVIOUS_KEY_FILE);
+    let Some(bytes) = durable_file::read(&path)
+        .map_err(|e| StartError::Io(format!("{}: {e}", path.display())))?
+    else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        StartError::Config(format!(
+            "{}: {why}; remove it to start without the previous key's overlap",
+            path.display()
+        ))
+    };
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
+    let mut lines = text.lines();
+    let key = lines
+        .next()
+        .and_then(|l| SignerKey::parse(l).ok())
+        .filter(|k| k.name() == origin && k.key_type() == KeyType::Ed25519)
+        .ok_or_else(|| bad("not a log key of this origin"))?;
+    let until = lines
+        .next()
+        .and_then(|l| l.strip_prefix("overlap-until "))
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| bad("no `overlap-until <Unix seconds>` line"))?;
+    if lines.next().is_some() {
+        return Err(bad("more than two lines"));
+    }
+    Ok(Some((key, until)))
+}
 
 fn storage(e: impl std::fmt::Display) -> StartError {
     StartError::Storage(e.to_string())
@@ -238,6 +289,15 @@ async fn head(
     Ok((state.size, *entry.hash()))
 }
 
+fn remove_previous(dir: &Path) -> Result<(), StartError> {
+    let path = dir.join(PREVIOUS_KEY_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StartError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
 fn install_key(dir: &Path, key: &SignerKey) -> Result<(), StartError> {
     let path = dir.join(KEY_FILE);
     durable_file::replace(
@@ -293,49 +353,29 @@ pub async fn rotate_key(dir: &Path, domain: &str, by: Rotation) -> Result<Rotate
         0o600,
     )
     .map_err(|e| StartError::Io(format!("{}: {e}", next_path.display())))?;
-    let static_key = row
-        .uid
-        .content
-        .pubkeys
-        .first()
-        .and_then(|k| ks_core::b64::exact::<32>(&k.pubkey))
-        .ok_or_else(|| StartError::Storage("the keyserver UID has no static key".into()))?;
-    let (size, _) = head(&opened.store, opened.log).await?;
-    let last = opened
-        .store
-        .entries(opened.log, size - 1, size)
-        .await
-        .map_err(storage)?
-        .first()
-        .and_then(|l| Entry::from_leaf(l).ok())
-        .ok_or_else(|| StartError::Storage("no last entry".into()))?;
-    let keys = UidKeys {
-        sig_key: new.signing_key(),
-        escrow: None,
-        static_key,
-    };
+    // The old key keeps signing checkpoints for the overlap; after an
+    // escrow rotation there is none (the old key is lost, or not to be
+    // trusted), and no older key may sign on either.
     let now = crate::server::now();
-    let mut content = author::content(
-        &row.uid.content.identity,
-        &keys,
-        row.uid.content.msg_count + 1,
-        Some(&last),
-        &row.uid.content.preferences.forward_sec,
-        now,
-    );
-    content.sig_escrow = row.uid.content.sig_escrow.clone();
-    let msg = match &by {
-        Rotation::ByKey => author::sign_update(
-            content,
-            new.signing_key(),
-            author::Authority::User(opened.key.signing_key()),
-        ),
-        Rotation::ByEscrow(escrow) => author::sign_update(
-            content,
-            new.signing_key(),
-            author::Authority::Escrow(escrow),
-        ),
+    match &by {
+        Rotation::ByKey => {
+            write_previous(dir, &opened.key, now + ks_core::rules::ROTATION_OVERLAP)?
+        }
+        Rotation::ByEscrow(_) => remove_previous(dir)?,
+    }
+    let authority = match &by {
+        Rotation::ByKey => author::Authority::User(opened.key.signing_key()),
+        Rotation::ByEscrow(escrow) => author::Authority::Escrow(escrow),
     };
+    let msg = own_update(
+        &opened.store,
+        opened.log,
+        &row,
+        new.signing_key(),
+        authority,
+        now,
+    )
+    .await?;
     let policy = ks_core::rules::Policy::for_domains(vec![opened.domain.clone()]);
     let profiled = ks_core::rules::check_stateless(Kind::Update, &msg, now, &policy, true)
         .map_err(|e| StartError::Config(format!("the rotation UID: {e}")))?;
@@ -359,6 +399,7 @@ pub async fn rotate_key(dir: &Path, domain: &str, by: Rotation) -> Result<Rotate
         .map_err(|_| StartError::Storage("the sequencer stopped".into()))?
         .map_err(|e| {
             let _ = std::fs::remove_file(&next_path);
+            let _ = remove_previous(dir);
             StartError::Config(format!("the rotation was refused: {e}"))
         })?;
     install_key(dir, &new)?;
@@ -366,6 +407,80 @@ pub async fn rotate_key(dir: &Path, domain: &str, by: Rotation) -> Result<Rotate
         position: reply.entry.hashchain_pos,
         vkey: new.verifier().to_string(),
     })
+}
+
+/// The next UID of the keyserver's own identity, `row`: SIGKEY
+/// `sig_key` (the current key to renew, a fresh one to rotate), the
+/// escrow and static keys kept, LASTENTRY the log's last entry, signed
+/// under `authority`.
+async fn own_update(
+    store: &tlog_store::RedbLogStore,
+    log: tlog_store::LogId,
+    row: &crate::store::IdentityRow,
+    sig_key: &SigningKey,
+    authority: author::Authority<'_>,
+    now: u64,
+) -> Result<ks_core::uid::UidMessage, StartError> {
+    let static_key = row
+        .uid
+        .content
+        .pubkeys
+        .first()
+        .and_then(|k| ks_core::b64::exact::<32>(&k.pubkey))
+        .ok_or_else(|| StartError::Storage("the keyserver UID has no static key".into()))?;
+    let (size, _) = head(store, log).await?;
+    let last = store
+        .entries(log, size - 1, size)
+        .await
+        .map_err(storage)?
+        .first()
+        .and_then(|l| Entry::from_leaf(l).ok())
+        .ok_or_else(|| StartError::Storage("no last entry".into()))?;
+    let keys = UidKeys {
+        sig_key,
+        escrow: None,
+        static_key,
+    };
+    let mut content = author::content(
+        &row.uid.content.identity,
+        &keys,
+        row.uid.content.msg_count + 1,
+        Some(&last),
+        &row.uid.content.preferences.forward_sec,
+        now,
+    );
+    content.sig_escrow = row.uid.content.sig_escrow.clone();
+    Ok(author::sign_update(content, sig_key, authority))
+}
+
+/// How long before its NOTAFTER the server renews its own UID (§3.8).
+pub const RENEW_BEFORE: u64 = 30 * 86_400;
+/// How often the server checks whether its UID is due.
+const RENEW_CHECK: Duration = Duration::from_secs(3600);
+
+/// §3.8: when fewer than [`RENEW_BEFORE`] of its UID's NOTAFTER remain,
+/// the server updates its UID, keeping SIGKEY (signed by it), so the
+/// identity never lapses. Whether it renewed.
+async fn renew_if_due(
+    keyserver: &Keyserver,
+    store: &tlog_store::RedbLogStore,
+    log: tlog_store::LogId,
+    identity: &str,
+    key: &SigningKey,
+) -> Result<Option<u64>, StartError> {
+    let Some(row) = keyserver.identity_row(identity).await.map_err(storage)? else {
+        return Ok(None);
+    };
+    let now = crate::server::now();
+    if row.uid.content.not_after >= now.saturating_add(RENEW_BEFORE) {
+        return Ok(None);
+    }
+    let msg = own_update(store, log, &row, key, author::Authority::User(key), now).await?;
+    let reply = keyserver
+        .submit_uid(Kind::Update, msg, None, true)
+        .await
+        .map_err(|e| StartError::Storage(format!("renewing the server's UID: {e}")))?;
+    Ok(Some(reply.entry.hashchain_pos))
 }
 
 /// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.
@@ -407,6 +522,21 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     )
     .await
     .map_err(storage)?;
+    // A rotation by key: the old key signs checkpoints too until its
+    // overlap ends (§3.8). A file of the current key is a rotation that
+    // never committed.
+    if let Some((previous, until)) = read_previous(&opts.data_dir, &origin)? {
+        let current = previous.verifier().to_string() == vkey;
+        if !current && crate::server::now() < until {
+            tracing::info!(previous = %previous.verifier(), until,
+                "checkpoints also carry the previous key's signature until its overlap ends");
+            node.sign_also_with(previous, until)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        } else {
+            remove_previous(&opts.data_dir)?;
+            tracing::info!("the previous key's overlap is over: its file is deleted");
+        }
+    }
     let state = store.state(log).await.map_err(storage)?;
     let (issuer, tokens) = if opts.tokens_required {
         let (secret, policy) =
@@ -449,7 +579,11 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             static_key,
         };
         let identity = format!("keyserver@{domain}");
-        let content = author::content(&identity, &keys, 0, None, "strict", crate::server::now());
+        let now = crate::server::now();
+        let mut content = author::content(&identity, &keys, 0, None, "strict", now);
+        if let Some(lifetime) = opts.genesis_lifetime_secs {
+            content.not_after = now + lifetime;
+        }
         let msg = author::sign_create(content, &keys);
         keyserver
             .submit_uid(Kind::Create, msg, None, true)
@@ -457,6 +591,22 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             .map_err(|e| StartError::Storage(format!("genesis: {e}")))?;
         node.checkpoint_once().await;
         escrow = Some(escrow_key);
+    }
+    {
+        let (keyserver, store, signer) = (keyserver.clone(), store.clone(), signer.clone());
+        let identity = format!("keyserver@{domain}");
+        tokio::spawn(async move {
+            loop {
+                match renew_if_due(&keyserver, &store, log, &identity, &signer).await {
+                    Ok(Some(position)) => {
+                        tracing::info!(position, "renewed the server's UID before its NOTAFTER")
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "the server's UID is due for renewal"),
+                }
+                tokio::time::sleep(RENEW_CHECK).await;
+            }
+        });
     }
     let genesis = store
         .entries(log, 0, 1)

@@ -103,6 +103,10 @@ struct Args {
     /// cosigned it [default: all of them].
     #[arg(long, env = "KEYSERVERD_PUBLISH_QUORUM")]
     publish_quorum: Option<usize>,
+    /// A genesis UID valid this long, in seconds (tests of the renewal).
+    #[cfg(feature = "test-faults")]
+    #[arg(long, hide = true)]
+    test_genesis_lifetime_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -304,6 +308,10 @@ async fn main() -> anyhow::Result<()> {
         admin_listen: (!args.no_admin).then_some(args.admin_listen),
         submit_to: args.submit_to,
         publish_quorum: args.publish_quorum,
+        #[cfg(feature = "test-faults")]
+        genesis_lifetime_secs: args.test_genesis_lifetime_secs,
+        #[cfg(not(feature = "test-faults"))]
+        genesis_lifetime_secs: None,
     })
     .await
     .with_context(|| format!("starting the keyserver in {}", data_dir.display()))?;

@@ -202,3 +202,176 @@ fn the_server_key_rotates_and_clients_follow_it_from_the_chain() {
         "no stray key file is made"
     );
 }
+
+/// keyserver.md §3.8, tlog.md §3.5: after a rotation by key, checkpoints
+/// carry the old key's signature too for ROTATION_OVERLAP, so a plain
+/// witness that knows only the old key keeps cosigning and publication
+/// goes on (before, it refused every checkpoint after the rotation and
+/// nothing new was published). An escrow rotation has no overlap.
+#[test]
+fn a_plain_witness_keeps_cosigning_through_the_overlap() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("server");
+    let out = keyserverd(&dir, &["log-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_vkey = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    let witness =
+        lk_testkit::tlogd::start_with(&root.path().join("witness"), &["--witness-for", &old_vkey]);
+    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let mut args = ARGS.to_vec();
+    args.extend(["--submit-to", &submit, "--publish-quorum", "1"]);
+    let server = Keyserverd::start(&dir, 0, &args);
+    let paper = root.path().join("escrow.txt");
+    std::fs::write(&paper, server.escrow.clone().expect("the escrow key")).expect("paper");
+    let (url, pin, port) = (server.url.clone(), server.pin.clone(), server.port());
+    let mut client = Client::new(&url, pin);
+    sync_to(&mut client, 1);
+    server.kill();
+
+    let out = keyserverd(&dir, &["rotate-key"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Keyserverd::start(&dir, port, &args);
+    assert!(
+        server.log().contains("previous key's signature"),
+        "{}",
+        server.log()
+    );
+    // The rotation and an entry after it are published: the witness
+    // cosigned checkpoints the new key signed.
+    sync_to(&mut client, 2);
+    let alice = client.register("alice@localhost", "strict").expect("alice");
+    sync_to(&mut client, alice.reply.entry.hashchain_pos + 1);
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let note = agent
+        .get(format!("{url}kt/v1/checkpoint"))
+        .call()
+        .expect("checkpoint")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    let log_lines = note
+        .lines()
+        .filter(|l| l.starts_with("— localhost/kt/v1 "))
+        .count();
+    assert_eq!(log_lines, 2, "signed by the new and the old key:\n{note}");
+    assert!(
+        note.lines()
+            .any(|l| l.starts_with("— localhost/tlogd/witness ")),
+        "cosigned by the witness that knows only the old key:\n{note}"
+    );
+    server.kill();
+
+    // The escrow rotation: the key it replaces signs nothing more.
+    let out = keyserverd(
+        &dir,
+        &[
+            "rotate-key",
+            "--escrow-file",
+            paper.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.join("server_sigkey.previous").exists(),
+        "no overlap after an escrow rotation"
+    );
+}
+
+/// A previous-key file that does not parse stops the start with a clear
+/// error naming it (never a panic, never a silent start without the
+/// overlap); removing it lets the server start.
+#[test]
+fn an_unreadable_previous_key_file_is_refused_with_its_name() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("server");
+    let server = Keyserverd::start(&dir, 0, ARGS);
+    let port = server.port();
+    server.kill();
+    let previous = dir.join("server_sigkey.previous");
+    for garbage in [
+        &b"not a key\noverlap-until 1\n"[..],
+        &b"\xff\xfe\n"[..],
+        &std::fs::read(dir.join("server_sigkey")).expect("key")[..],
+    ] {
+        std::fs::write(&previous, garbage).expect("garbage");
+        let out = keyserverd(
+            &dir,
+            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        );
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("server_sigkey.previous"), "{said}");
+        assert!(!said.contains("panicked"), "{said}");
+    }
+    // A well-formed file whose overlap is over is deleted at start.
+    let key = std::fs::read_to_string(dir.join("server_sigkey")).expect("key");
+    std::fs::write(&previous, format!("{}\noverlap-until 1\n", key.trim())).expect("write");
+    let server = Keyserverd::start(&dir, port, ARGS);
+    assert!(server.log().contains("overlap is over"), "{}", server.log());
+    assert!(!previous.exists(), "deleted");
+    server.kill();
+}
+
+/// keyserver.md §3.8: when fewer than 30 days of its UID's NOTAFTER
+/// remain, the server updates its UID, keeping SIGKEY, so its identity
+/// never lapses; clients follow the renewal from the chain, and a renewed
+/// UID is not renewed again at the next start.
+#[test]
+fn the_server_renews_its_uid_before_it_lapses() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("server");
+    let ten_days = (10 * 86_400).to_string();
+    let mut args = ARGS.to_vec();
+    args.extend(["--test-genesis-lifetime-secs", ten_days.as_str()]);
+    let server = Keyserverd::start(&dir, 0, &args);
+    let (url, pin, port) = (server.url.clone(), server.pin.clone(), server.port());
+    let mut client = Client::new(&url, pin);
+    // The genesis, then the renewal.
+    sync_to(&mut client, 2);
+    let own = client
+        .lookup("keyserver@localhost")
+        .expect("lookup")
+        .expect("the server's identity");
+    assert_eq!(own.message.content.msg_count, 1, "renewed once");
+    assert!(
+        own.message.content.not_after > support::now() + 300 * 86_400,
+        "valid for about a year again"
+    );
+    assert_eq!(client.signer(1), client.signer(0), "SIGKEY kept");
+    assert!(
+        server.log().contains("renewed the server's UID"),
+        "{}",
+        server.log()
+    );
+    server.kill();
+
+    let server = Keyserverd::start(&dir, port, ARGS);
+    let alice = client.register("alice@localhost", "strict").expect("alice");
+    assert_eq!(
+        alice.reply.entry.hashchain_pos, 2,
+        "nothing renewed again before Alice's entry"
+    );
+    client
+        .capabilities()
+        .expect("Capabilities under the same key");
+    server.kill();
+}

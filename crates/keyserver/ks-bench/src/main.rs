@@ -272,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                     admin_listen: None,
                     submit_to: Vec::new(),
                     publish_quorum: None,
+                    genesis_lifetime_secs: None,
                 }))?;
             if let Some(issuer) = &running.issuer {
                 mint_for(&args, issuer)?;

@@ -13,6 +13,10 @@ use crate::uid::{KeyEntry, ProfiledUid, UidMessage};
 pub const ROLLOVER: u64 = 31_536_000;
 /// Clocks are trusted to agree within this.
 pub const CLOCK_SKEW: u64 = 300;
+/// After a rotation of the server's key by the old key, checkpoints carry
+/// the old key's signature too for this long (7 days, §3.8), so plain
+/// witnesses keep cosigning until their operators add the new key.
+pub const ROTATION_OVERLAP: u64 = 7 * 24 * 3600;
 /// LASTENTRY must be at most this old (or the newest entry).
 pub const LASTENTRY_WINDOW: u64 = 3600;
 

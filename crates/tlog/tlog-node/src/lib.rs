@@ -41,7 +41,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tlog_core::note::{b64encode, Note, SignerKey};
+use tlog_core::note::{b64encode, KeyType, Note, SignerKey};
 use tlog_core::tile::{self, TileId};
 use tlog_core::Checkpoint;
 use tlog_store::{Appended, LogId, LogOptions, LogStore, Status, StoreError};
@@ -61,6 +61,12 @@ pub enum NodeError {
         /// The origin.
         origin: String,
     },
+    /// A transition key for a node that signs nothing (a mirror).
+    #[error("a mirror signs no checkpoints")]
+    Mirror,
+    /// A transition key that is not an Ed25519 log key.
+    #[error("the previous key {0} is not an Ed25519 log key")]
+    NotALogKey(String),
 }
 
 /// Lowercase hex.
@@ -107,6 +113,11 @@ pub struct LogNode<S> {
     /// the store and send what they read, the older last, and the watches
     /// would step back to a note that lacks a merged cosignature.
     publishing: tokio::sync::Mutex<()>,
+    /// A previous log key that also signs new checkpoints until a Unix
+    /// time: a key rotation's transition (tlog.md §3.5), so witnesses that
+    /// know only the old key keep cosigning while their operators add the
+    /// new one.
+    transition: std::sync::Mutex<Option<(SignerKey, u64)>>,
 }
 
 impl<S: LogStore> LogNode<S> {
@@ -176,6 +187,7 @@ impl<S: LogStore> LogNode<S> {
             publish,
             last_submitted: std::sync::Mutex::new(None),
             publishing: tokio::sync::Mutex::new(()),
+            transition: std::sync::Mutex::new(None),
         });
         node.publish_stored().await?;
         Ok(node)
@@ -208,6 +220,29 @@ impl<S: LogStore> LogNode<S> {
         }
         if newer(&self.published.borrow()) {
             self.published.send_replace(Some(stored));
+        }
+        Ok(())
+    }
+
+    /// Signs every checkpoint from now on with `previous` too (after the
+    /// log key's signature), until the Unix time `until` (tlog.md §3.5's
+    /// transition after a key rotation). Refused for a key of another
+    /// name, or on a mirror.
+    pub fn sign_also_with(&self, previous: SignerKey, until: u64) -> Result<(), NodeError> {
+        if self.key.is_none() {
+            return Err(NodeError::Mirror);
+        }
+        if previous.name() != self.origin {
+            return Err(NodeError::KeyName {
+                key: previous.name().to_string(),
+                origin: self.origin.clone(),
+            });
+        }
+        if previous.key_type() != KeyType::Ed25519 {
+            return Err(NodeError::NotALogKey(previous.name().to_string()));
+        }
+        if let Ok(mut t) = self.transition.lock() {
+            *t = Some((previous, until));
         }
         Ok(())
     }
@@ -324,6 +359,15 @@ impl<S: LogStore> LogNode<S> {
         let text = Checkpoint::new(&self.origin, state.size, state.root).to_text();
         let mut note = Note::new(&text).map_err(|e| StoreError::BadNote(e.to_string()))?;
         note.add(key.sign(note.text(), 0));
+        if let Ok(mut transition) = self.transition.lock() {
+            match transition.as_ref() {
+                Some((previous, until)) if now_secs() < *until => {
+                    note.add(previous.sign(note.text(), 0));
+                }
+                Some(_) => *transition = None,
+                None => {}
+            }
+        }
         let bytes = note.to_bytes();
         match self
             .store
