@@ -38,6 +38,7 @@ fn fixture() -> &'static Fixture {
                 admin_listen: None,
                 submit_to: Vec::new(),
                 publish_quorum: None,
+                genesis_lifetime_secs: None,
             }))
             .expect("keyserver");
         Fixture {
