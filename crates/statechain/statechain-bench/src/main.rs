@@ -7,6 +7,9 @@
 //! ```sh
 //! cargo build --release -p statechaind -p statechain-bench
 //! taskset -c 0 target/release/statechain-bench --server-cpu 1
+//! # receive to finality with three members and 500 ms checkpoints
+//! target/release/statechain-bench --members 3 --checkpoint-interval-ms 500 \
+//!     --single 10 --per-coin 1 --transfers 10
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -52,6 +55,13 @@ struct Args {
     /// transfer's latency.
     #[arg(long)]
     checkpoint_interval_ms: Option<u64>,
+    /// Federation members to start next to the SE (statechain.md §8
+    /// "receive to finality": 3 with 500 ms checkpoints). A checkpoint is
+    /// then published only once a majority of them validated and cosigned
+    /// it, and wallets cross-check coins with them; the transfer phase
+    /// reports the receive (to finality) separately.
+    #[arg(long, default_value_t = 0)]
+    members: u32,
 }
 
 /// One mock chain (statechain.md §4.6) shared by every wallet of the run:
@@ -218,11 +228,36 @@ fn sign(client: &SeClient, se_id: &SeId, coin: &mut Coin, n: u64) -> anyhow::Res
     Ok(took)
 }
 
-fn start_server(
+/// A started `statechaind` and what it printed before listening.
+struct Started {
+    child: Child,
+    url: String,
+    printed: Vec<String>,
+}
+
+impl Started {
+    /// The value of the printed line `prefix: value`.
+    fn printed(&self, prefix: &str) -> anyhow::Result<String> {
+        self.printed
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+            .with_context(|| format!("statechaind printed no {prefix:?} line"))
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the release `statechaind` next to this binary on `dir` (with
+/// `taskset -c cpu` when given), any free ports, and `extra` arguments.
+fn start_statechaind(
     cpu: Option<u32>,
     dir: &std::path::Path,
-    interval_ms: Option<u64>,
-) -> anyhow::Result<(Child, String)> {
+    extra: &[String],
+) -> anyhow::Result<Started> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("bin dir")?.join("statechaind");
     let mut cmd = match cpu {
@@ -242,35 +277,80 @@ fn start_server(
             "--sync-listen",
             "127.0.0.1:0",
         ])
-        .args(["--max-signatures", "100000"])
-        .args(
-            interval_ms
-                .map(|ms| vec!["--checkpoint-interval-ms".to_string(), ms.to_string()])
-                .unwrap_or_default(),
-        )
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let out = child.stdout.take().context("stdout")?;
+    let mut printed = Vec::new();
     for line in BufReader::new(out).lines() {
         let line = line?;
         if let Some(url) = line.strip_prefix("statechaind listening on ") {
-            return Ok((child, url.trim_end_matches('/').to_string()));
+            let url = url.trim_end_matches('/').to_string();
+            return Ok(Started {
+                child,
+                url,
+                printed,
+            });
         }
+        printed.push(line);
     }
     anyhow::bail!("statechaind exited before listening")
+}
+
+/// The SE (and its members, started first: the SE dials them); the SE's
+/// URL.
+fn start_federation(args: &Args, dir: &std::path::Path) -> anyhow::Result<(Started, Vec<Started>)> {
+    let mut se_args: Vec<String> = vec!["--max-signatures".into(), "100000".into()];
+    if let Some(ms) = args.checkpoint_interval_ms {
+        se_args.extend(["--checkpoint-interval-ms".into(), ms.to_string()]);
+    }
+    let se_dir = dir.join("se");
+    let mut members = Vec::new();
+    if args.members > 0 {
+        // A first start makes the SE's log key, which members follow.
+        let first = start_statechaind(None, &se_dir, &se_args)?;
+        let vkey = first.printed("log vkey:")?;
+        first.stop();
+        for i in 0..args.members {
+            let m = start_statechaind(
+                None,
+                &dir.join(format!("member{i}")),
+                &[
+                    "--role".into(),
+                    "member".into(),
+                    "--follow".into(),
+                    vkey.clone(),
+                    "--member-name".into(),
+                    format!("m{i}"),
+                ],
+            )?;
+            se_args.extend([
+                "--member".into(),
+                format!(
+                    "{}@{}@{}/",
+                    m.printed("validating vkey:")?,
+                    m.printed("sync (LKTL/1) on")?,
+                    m.url
+                ),
+            ]);
+            members.push(m);
+        }
+    }
+    let se = start_statechaind(args.server_cpu, &se_dir, &se_args)?;
+    Ok((se, members))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let (mut child, url, pid) = match &args.url {
+    let (started, url, pid) = match &args.url {
         Some(u) => (None, u.clone(), args.server_pid),
         None => {
-            let (c, u) = start_server(args.server_cpu, dir.path(), args.checkpoint_interval_ms)?;
-            let pid = Some(c.id());
-            (Some(c), u, pid)
+            let (se, members) = start_federation(&args, dir.path())?;
+            let (url, pid) = (se.url.clone(), Some(se.child.id()));
+            (Some((se, members)), url, pid)
         }
     };
     let client = SeClient::new(&url);
@@ -341,23 +421,25 @@ fn main() -> anyhow::Result<()> {
         chain.update(|s| s.tip = TIP + 5)?;
         let per = args.transfers;
         let (t, c0) = (Instant::now(), cpu());
-        let lat: Vec<Duration> = std::thread::scope(|s| {
+        // (send + receive, receive alone) per transfer.
+        let both: Vec<(Duration, Duration)> = std::thread::scope(|s| {
             let hs: Vec<_> = pairs
                 .into_iter()
                 .map(|(a, b, id)| {
-                    s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    s.spawn(move || -> anyhow::Result<Vec<(Duration, Duration)>> {
                         let mut lat = Vec::new();
                         for i in 0..per {
                             let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
                             let address = to.new_address()?;
                             let t = Instant::now();
                             from.send(&id, &address)?;
+                            let r = Instant::now();
                             let got = to.receive()?;
                             anyhow::ensure!(
                                 got.iter().any(|r| r.statechain_id == id),
                                 "the coin did not arrive"
                             );
-                            lat.push(t.elapsed());
+                            lat.push((t.elapsed(), r.elapsed()));
                         }
                         Ok(lat)
                     })
@@ -370,6 +452,8 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
+        let (lat, mut receive): (Vec<Duration>, Vec<Duration>) = both.into_iter().unzip();
+        receive.sort();
         let count = args.coins as u64 * per as u64;
         let elapsed = t.elapsed();
         let se = cpu().zip(c0).map(|(a, b)| a - b);
@@ -385,10 +469,17 @@ fn main() -> anyhow::Result<()> {
             pct(0.99),
             se.map_or("-".into(), |c| format!("{:.0} µs", c * 1e6 / count as f64)),
         );
+        println!(
+            "receive to finality ({} members): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            args.members,
+            quantile_ms(&receive, 0.5),
+            quantile_ms(&receive, 0.99),
+            quantile_ms(&receive, 1.0),
+        );
     }
-    if let Some(c) = child.as_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
+    if let Some((se, members)) = started {
+        se.stop();
+        members.into_iter().for_each(Started::stop);
     }
     Ok(())
 }
