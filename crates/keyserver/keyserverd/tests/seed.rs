@@ -17,10 +17,13 @@ use ks_client::{Client, ClientError, OwnIdentity};
 use ks_core::lcj::Lcj;
 use support::Keyserverd;
 
-/// The seed plays 16 registrations and 23 KeyInit fetches from one address
+/// The seed plays 50 registrations and 23 KeyInit fetches from one address
 /// within seconds, which §4.6's limits would (rightly) stop; they are
 /// tested on their own in `refusals.rs`.
 const NO_LIMITS: &[&str] = &["--no-rate-limits"];
+
+/// Concurrent filler users (keyserver.md §10).
+const FILLERS: usize = 50;
 
 /// Syncs until the chain covers `pos` (the checkpointer publishes every
 /// 100 ms); the event awaited is the published checkpoint.
@@ -71,8 +74,9 @@ fn alice_and_bob_the_whole_seed_use_case() {
     support::buy_tokens(dir.path(), &mut alice_client, 26);
     assert_eq!(caps.capabilities.keyserver_identity, pin.identity);
 
-    // Filler users, concurrently (group commit; each reply verified).
-    let tokens = support::mint_tokens(dir.path(), 16);
+    // 50 filler users, concurrently (keyserver.md §10; group commit; each
+    // reply verified).
+    let tokens = support::mint_tokens(dir.path(), FILLERS);
     let fillers: Vec<_> = tokens
         .into_iter()
         .enumerate()
@@ -94,7 +98,7 @@ fn alice_and_bob_the_whole_seed_use_case() {
         .into_iter()
         .map(|t| t.join().expect("filler"))
         .collect();
-    assert_eq!(fillers.len(), 16);
+    assert_eq!(fillers.len(), FILLERS);
 
     // Alice registers, publishes KeyInits and confirms.
     let mut alice = alice_client
@@ -120,7 +124,7 @@ fn alice_and_bob_the_whole_seed_use_case() {
     let mut bob = Client::new(&url, pin.clone());
     let synced = bob.sync().expect("bob syncs");
     assert_eq!(synced.from, 0);
-    assert!(synced.to > 17);
+    assert!(synced.to > FILLERS as u64 + 1);
     bob.capabilities().expect("bob verifies the capabilities");
     let found = bob
         .lookup("alice@localhost")
