@@ -1,7 +1,8 @@
 //! keyserver.md §10 "the seed" end to end with a real `keyserverd`
 //! process: Capabilities, a chunked verified sync, concurrent filler users,
 //! Alice registers (SIGKEY + SIGESCROW) and publishes 20 one-time and 2
-//! fallback KeyInits, confirms against the published chain; Bob syncs,
+//! fallback KeyInits, confirms against the published chain, which a
+//! `tlogd` witness process cosigned (both clients require it); Bob syncs,
 //! looks her up and starts sessions until only fallbacks are left (which
 //! `strict` refuses); after a Flush nothing is served. Then Alice rotates
 //! her key and recovers with her escrow key, the server is SIGKILLed and
@@ -54,13 +55,39 @@ fn register(url: &str, pin: &ks_client::Pin, name: &str, token: String) -> (Clie
 #[test]
 fn alice_and_bob_the_whole_seed_use_case() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Keyserverd::start(dir.path(), 0, NO_LIMITS);
+    // A tlog.md witness process for the log's key, which the keyserver
+    // submits every checkpoint to and publishes only once it cosigned.
+    let log_key = std::process::Command::new(env!("CARGO_BIN_EXE_keyserverd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("log-key")
+        .output()
+        .expect("keyserverd log-key");
+    assert!(log_key.status.success());
+    let log_vkey = String::from_utf8(log_key.stdout).expect("utf-8");
+    let witness_dir = tempfile::tempdir().expect("tempdir");
+    let witness = lk_testkit::tlogd::start_with(
+        &witness_dir.path().join("witness"),
+        &["--witness-for", log_vkey.trim()],
+    );
+    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
+        .expect("witness vkey")
+        .trim()
+        .to_string();
+    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let mut args = NO_LIMITS.to_vec();
+    args.extend(["--submit-to", submit.as_str()]);
+    let server = Keyserverd::start(dir.path(), 0, &args);
     assert!(server.escrow.is_some(), "first start prints the escrow key");
     let url = server.url.clone();
     let pin = server.pin.clone();
 
-    // Capabilities verify under the genesis key, after a sync from the pin.
+    // Capabilities verify under the genesis key, after a sync from the pin
+    // (Alice accepts only checkpoints the witness cosigned).
     let mut alice_client = Client::new(&url, pin.clone());
+    alice_client
+        .require_witnesses(std::slice::from_ref(&witness_vkey), 1)
+        .expect("witness policy");
     alice_client.sync().expect("first sync");
     let caps = alice_client.capabilities().expect("capabilities");
     assert_eq!(caps.capabilities.tokens, "required");
@@ -122,6 +149,8 @@ fn alice_and_bob_the_whole_seed_use_case() {
 
     // Bob: a fresh client, a full verified sync, lookup, session start.
     let mut bob = Client::new(&url, pin.clone());
+    bob.require_witnesses(std::slice::from_ref(&witness_vkey), 1)
+        .expect("witness policy");
     let synced = bob.sync().expect("bob syncs");
     assert_eq!(synced.from, 0);
     assert!(synced.to > FILLERS as u64 + 1);
@@ -190,7 +219,7 @@ fn alice_and_bob_the_whole_seed_use_case() {
     let before = bob.size();
     let port = server.port();
     server.kill();
-    let server = Keyserverd::start(dir.path(), port, NO_LIMITS);
+    let server = Keyserverd::start(dir.path(), port, &args);
     assert!(server.escrow.is_none(), "no new genesis on restart");
     assert_eq!(server.pin, pin, "same pin");
     let again = bob.sync().expect("incremental sync after the crash");
