@@ -390,6 +390,7 @@ pub async fn rotate_key(dir: &Path, domain: &str, by: Rotation) -> Result<Rotate
             keyserver: true,
             forced: false,
             reply_key: Some(new.signing_key().clone()),
+            plaintext: None,
             now,
             reply: tx,
         })

@@ -242,9 +242,21 @@ impl Keyserver {
                 // A keyserver that forges: appends and signs a UID without
                 // §4.2 (only the v1 profile is checked), as a compromised
                 // server would. Built only with feature `test-faults`.
+                // `NonCanonical`: its sealed plaintext is not canonical LCJ
+                // (a space after the first brace), and U is its hash.
                 let msg: UidMessage = p.nested("UIDMessage")?;
+                let non_canonical = match p.take("NonCanonical") {
+                    Err(_) => false,
+                    Ok(Value::Bool(b)) => b,
+                    Ok(_) => return Err(RpcError::params("NonCanonical", "expected a boolean")),
+                };
                 p.finish()?;
                 let profiled = msg.check_profile()?;
+                let plaintext = non_canonical.then(|| {
+                    let mut plain = msg.to_lcj();
+                    plain.insert(1, b' ');
+                    plain
+                });
                 let (tx, rx) = oneshot::channel();
                 self.store.submit(Job::Uid {
                     kind: Kind::Update,
@@ -254,6 +266,7 @@ impl Keyserver {
                     keyserver: false,
                     forced: true,
                     reply_key: None,
+                    plaintext,
                     now: now(),
                     reply: tx,
                 })?;
@@ -468,6 +481,7 @@ impl Keyserver {
             keyserver,
             forced: false,
             reply_key: None,
+            plaintext: None,
             now,
             reply: tx,
         })?;

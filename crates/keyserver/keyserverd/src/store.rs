@@ -108,6 +108,9 @@ pub enum Job {
         /// Sign the reply with this key (a rotation of the server's key:
         /// each key signs from its own position on, §3.8).
         reply_key: Option<SigningKey>,
+        /// Seal these bytes instead of the UID's LCJ (feature
+        /// `test-faults` only: a forger's non-canonical encoding).
+        plaintext: Option<Vec<u8>>,
         /// The clock.
         now: u64,
         /// The answer.
@@ -386,6 +389,7 @@ struct UidArgs<'a> {
     keyserver: bool,
     forced: bool,
     reply_key: Option<&'a SigningKey>,
+    plaintext: Option<&'a [u8]>,
     now: u64,
 }
 
@@ -548,6 +552,7 @@ impl Sequencer {
                 keyserver,
                 forced,
                 reply_key,
+                plaintext,
                 now,
                 reply,
             } => Answer::Uid(
@@ -562,6 +567,7 @@ impl Sequencer {
                         keyserver,
                         forced,
                         reply_key: reply_key.as_ref(),
+                        plaintext: plaintext.as_deref(),
                         now,
                     },
                 ),
@@ -639,9 +645,13 @@ impl Sequencer {
             keyserver,
             forced,
             reply_key,
+            plaintext,
             now,
         } = *args;
-        let u = msg.uid_hash();
+        let u = match plaintext {
+            Some(p) => uid::uid_hash_of(p),
+            None => msg.uid_hash(),
+        };
         let index = uid_index(&u);
         let mut uids = txn.open_table(UID).map_err(storage)?;
         // A retry of a committed request gets the stored reply.
@@ -718,7 +728,10 @@ impl Sequencer {
             hashchain_pos: pos,
             origin: self.config.origin.clone(),
             timestamp,
-            uid_message_encrypted: uid::seal(msg, &iv2),
+            uid_message_encrypted: match plaintext {
+                Some(p) => uid::seal_plaintext(p.to_vec(), &iv2),
+                None => uid::seal(msg, &iv2),
+            },
         };
         let reply = UidMessageReply {
             server_signature: sign(

@@ -563,6 +563,57 @@ fn a_substituted_keyinit_is_caught() {
     refused(&other_owner, "other-owner.json");
 }
 
+/// keyserver.md §10: a UID blob whose plaintext hashes to the entry's U
+/// but is not canonical LCJ (a forger's encoding, a space after the first
+/// brace) is `bad-uid`: Bob's lookup exits 4 with evidence a stranger
+/// verifies, naming the non-canonical plaintext.
+#[test]
+fn a_non_canonical_uid_plaintext_is_caught() {
+    let (root, server) = hostile_server(&[]);
+    let (alice, bob) = (root.path().join("alice"), root.path().join("bob"));
+    let (url, pin) = (server.url.as_str(), server.process.pin.as_str());
+    ok(&alice, &["init", "--server", url, "--pin", pin]);
+    ok(&alice, &["register", "alice@localhost"]);
+    ok(&bob, &["init", "--server", url, "--pin", pin]);
+    assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
+
+    let mut client = ks_client::Client::new(url, server.pin.clone());
+    client.sync().expect("sync");
+    let honest = client
+        .lookup("alice@localhost")
+        .expect("lookup")
+        .expect("alice");
+    let forger = SigningKey::from_bytes(&[0x67; 32]);
+    let keys = UidKeys {
+        sig_key: &forger,
+        escrow: None,
+        static_key: [9; 32],
+    };
+    let mut content = author::content(
+        "alice@localhost",
+        &keys,
+        1,
+        client.entry(client.size() - 1),
+        "strict",
+        now(),
+    );
+    content.sig_escrow = honest.message.content.sig_escrow.clone();
+    let forged = author::sign_update(content, &forger, Authority::User(&forger));
+    let uid = serde_json::from_slice::<serde_json::Value>(&forged.to_lcj()).expect("json");
+    let v = fault(
+        url,
+        "Test.ForgeUID",
+        json!({"UIDMessage": uid, "NonCanonical": true}),
+    );
+    assert!(v["UIDMessageReply"].is_object(), "{v}");
+
+    let o = wait_published(&bob, "alice@localhost", 1);
+    assert_eq!(o.code, 4, "{}{}", o.stdout, o.stderr);
+    let file = evidence_path(&o.stderr);
+    let out = ok(&root.path().join("stranger"), &["verify-evidence", &file]);
+    assert!(out.contains("not a canonical UIDMessage"), "{out}");
+}
+
 /// keyserver.md §10: a repository that kept Alice's KeyInits when she
 /// replaced her SIGKEY serves one of them as her new key's: Bob refuses it
 /// (its SIGKEYHASH is not her current key's) with `bad-keyinit` evidence

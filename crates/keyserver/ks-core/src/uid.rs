@@ -216,7 +216,7 @@ pub struct ProfiledUid {
 impl UidMessage {
     /// UIDHash U = SHA-256(LCJ(UIDMessage)).
     pub fn uid_hash(&self) -> [u8; 32] {
-        Sha256::digest(self.to_lcj()).into()
+        uid_hash_of(&self.to_lcj())
     }
 
     /// Checks the v1 profile and every KeyEntry (§3.2); -32602 with the
@@ -354,10 +354,20 @@ pub enum BindError {
     Plaintext(String),
 }
 
+/// U of a UID's plaintext: SHA-256 of it (of its LCJ for a valid UID).
+pub fn uid_hash_of(plain: &[u8]) -> [u8; 32] {
+    Sha256::digest(plain).into()
+}
+
 /// Seals a UID for storage: b64(UIDIndex ‖ IV2 ‖ AES-256-CTR(U, IV2, LCJ)).
 pub fn seal(msg: &UidMessage, iv2: &[u8; 16]) -> String {
-    let plain = msg.to_lcj();
-    let u: [u8; 32] = Sha256::digest(&plain).into();
+    seal_plaintext(msg.to_lcj(), iv2)
+}
+
+/// [`seal`] of given plaintext bytes, U = SHA-256 of them (a faulty
+/// server's non-canonical encoding in tests; [`open`] refuses it).
+pub fn seal_plaintext(plain: Vec<u8>, iv2: &[u8; 16]) -> String {
+    let u = uid_hash_of(&plain);
     let mut out = Vec::with_capacity(48 + plain.len());
     out.extend_from_slice(&uid_index(&u));
     out.extend_from_slice(iv2);
