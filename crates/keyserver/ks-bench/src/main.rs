@@ -56,6 +56,64 @@ struct Args {
     /// tokens (with `--tokens`).
     #[arg(long, requires = "url")]
     server_dir: Option<std::path::PathBuf>,
+    /// Measure "CreateUID → witnessed published checkpoint" over this
+    /// many registrations, one at a time: the in-process server submits
+    /// every checkpoint to a `tlogd --witness-for` process (the release
+    /// binary next to this one) and publishes only what it cosigned.
+    #[arg(long, default_value_t = 0, conflicts_with = "url")]
+    witnessed: u64,
+}
+
+/// A `tlogd --witness-for <log vkey>` process (the binary next to this
+/// one) on a free port: the process and `<witness vkey>@<its URL>/witness`.
+fn start_witness(
+    dir: &std::path::Path,
+    log_vkey: &str,
+) -> anyhow::Result<(std::process::Child, String)> {
+    use std::io::BufRead as _;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().context("bin dir")?.join("tlogd");
+    let mut child = std::process::Command::new(&bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--witness-for", log_vkey])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().context("tlogd exited")??;
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let vkey = std::fs::read_to_string(dir.join("witness-vkey"))?;
+    Ok((
+        child,
+        format!("{}@http://127.0.0.1:{port}/witness", vkey.trim()),
+    ))
+}
+
+/// The size of the keyserver's published checkpoint (`kt/v1/checkpoint`).
+fn published_size(agent: &ureq::Agent, url: &str) -> anyhow::Result<u64> {
+    let note = agent
+        .get(format!("{url}kt/v1/checkpoint"))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .context("a checkpoint's size line")
 }
 
 /// Minted tokens the paid calls spend (empty: tokens disabled).
@@ -253,9 +311,17 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     let _dir = tempfile::tempdir()?;
+    let mut witness = None;
     let (url, pin) = match (&args.url, &args.pin) {
         (Some(u), Some(p)) => (u.clone(), p.clone()),
         _ => {
+            let mut submit_to = Vec::new();
+            if args.witnessed > 0 {
+                let log_vkey = keyserverd::daemon::log_key(_dir.path(), "localhost")?;
+                let (child, target) = start_witness(&_dir.path().join("witness"), &log_vkey)?;
+                submit_to.push(target);
+                witness = Some(child);
+            }
             let running =
                 runtime.block_on(keyserverd::daemon::start(keyserverd::daemon::Options {
                     data_dir: _dir.path().to_path_buf(),
@@ -270,7 +336,7 @@ fn main() -> anyhow::Result<()> {
                     tokens_required: args.tokens,
                     lookup: false,
                     admin_listen: None,
-                    submit_to: Vec::new(),
+                    submit_to,
                     publish_quorum: None,
                     genesis_lifetime_secs: None,
                 }))?;
@@ -297,6 +363,51 @@ fn main() -> anyhow::Result<()> {
         let raw = b64::decode(v["HCEntry"].as_str().context("HCEntry")?).context("b64")?;
         Entry::from_bytes(&raw)?
     };
+
+    if args.witnessed > 0 {
+        // One registration at a time, each timed from the call to the
+        // first published (so witnessed) checkpoint that covers it.
+        let agent = agent();
+        let mut lat = Vec::new();
+        let started = Instant::now();
+        for i in 0..args.witnessed {
+            let key = user_key(1_000_000_000 + i);
+            let keys = UidKeys {
+                sig_key: &key,
+                escrow: None,
+                static_key: x25519([7; 32]),
+            };
+            let c = author::content(
+                &user_name(1_000_000_000 + i),
+                &keys,
+                0,
+                Some(&head),
+                "strict",
+                now(),
+            );
+            let mut params =
+                serde_json::json!({"UIDMessage": json_of(&author::sign_create(c, &keys))});
+            if let Some(mut t) = pay(1)? {
+                params["Token"] = serde_json::Value::String(t.remove(0));
+            }
+            let t = Instant::now();
+            let r = call(&agent, &url, "KeyRepository.CreateUID", params)?;
+            let pos = r["UIDMessageReply"]["ENTRY"]["HASHCHAINPOS"]
+                .as_u64()
+                .context("HASHCHAINPOS")?;
+            while published_size(&agent, &url)? <= pos {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            lat.push(t.elapsed());
+        }
+        report(
+            "CreateUID → witnessed published checkpoint",
+            args.witnessed,
+            "creates",
+            started.elapsed(),
+            lat,
+        );
+    }
 
     if !skip("create") {
         let (url2, head2) = (url.clone(), head);
@@ -509,6 +620,10 @@ fn main() -> anyhow::Result<()> {
             s.from,
             t.elapsed().as_secs_f64() * 1e3
         );
+    }
+    if let Some(mut w) = witness {
+        let _ = w.kill();
+        let _ = w.wait();
     }
     Ok(())
 }
