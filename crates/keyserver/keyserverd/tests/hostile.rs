@@ -91,6 +91,33 @@ fn alice_publishes_bob_looks(
     (alice, bob)
 }
 
+/// An update of Alice's UID (MSGCOUNT 1, her escrow and static keys kept)
+/// signed by `forger`, a key that is not hers: what a compromised server
+/// appends. `client` syncs first.
+fn forged_update(client: &mut ks_client::Client, forger: &SigningKey) -> ks_core::uid::UidMessage {
+    client.sync().expect("sync");
+    let honest = client
+        .lookup("alice@localhost")
+        .expect("lookup")
+        .expect("alice");
+    let keys = UidKeys {
+        sig_key: forger,
+        escrow: None,
+        static_key: [9; 32],
+    };
+    let mut content = author::content(
+        "alice@localhost",
+        &keys,
+        1,
+        client.entry(client.size() - 1),
+        "strict",
+        now(),
+    );
+    content.sig_escrow = honest.message.content.sig_escrow.clone();
+    content.pubkeys = honest.message.content.pubkeys.clone();
+    author::sign_update(content, forger, Authority::User(forger))
+}
+
 /// An altered evidence file proves nothing: `verify-evidence` exits 1.
 fn refused(root: &Path, e: &Evidence, name: &str) {
     let f = root.join(name);
@@ -150,28 +177,7 @@ fn a_forged_update_is_caught_with_evidence_anyone_can_check() {
 
     // The server forges an update of Alice's UID with a key of its own.
     let mut client = ks_client::Client::new(&server.url, server.pin.clone());
-    client.sync().expect("sync");
-    let honest = client
-        .lookup("alice@localhost")
-        .expect("lookup")
-        .expect("alice");
-    let thief = SigningKey::from_bytes(&[0x66; 32]);
-    let keys = UidKeys {
-        sig_key: &thief,
-        escrow: None,
-        static_key: [9; 32],
-    };
-    let mut content = author::content(
-        "alice@localhost",
-        &keys,
-        1,
-        client.entry(client.size() - 1),
-        "strict",
-        now(),
-    );
-    content.sig_escrow = honest.message.content.sig_escrow.clone();
-    content.pubkeys = honest.message.content.pubkeys.clone();
-    let forged = author::sign_update(content, &thief, Authority::User(&thief));
+    let forged = forged_update(&mut client, &SigningKey::from_bytes(&[0x66; 32]));
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.ForgeUID",
         "params": {"UIDMessage": serde_json::from_slice::<serde_json::Value>(&forged.to_lcj()).expect("json")}});
     let (status, v) = post_raw(&server.url, "application/json", body.to_string().as_bytes());
@@ -578,27 +584,7 @@ fn a_non_canonical_uid_plaintext_is_caught() {
     assert_eq!(wait_published(&bob, "alice@localhost", 0).code, 0);
 
     let mut client = ks_client::Client::new(url, server.pin.clone());
-    client.sync().expect("sync");
-    let honest = client
-        .lookup("alice@localhost")
-        .expect("lookup")
-        .expect("alice");
-    let forger = SigningKey::from_bytes(&[0x67; 32]);
-    let keys = UidKeys {
-        sig_key: &forger,
-        escrow: None,
-        static_key: [9; 32],
-    };
-    let mut content = author::content(
-        "alice@localhost",
-        &keys,
-        1,
-        client.entry(client.size() - 1),
-        "strict",
-        now(),
-    );
-    content.sig_escrow = honest.message.content.sig_escrow.clone();
-    let forged = author::sign_update(content, &forger, Authority::User(&forger));
+    let forged = forged_update(&mut client, &SigningKey::from_bytes(&[0x67; 32]));
     let uid = serde_json::from_slice::<serde_json::Value>(&forged.to_lcj()).expect("json");
     let v = fault(
         url,

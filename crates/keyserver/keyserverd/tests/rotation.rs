@@ -212,23 +212,12 @@ fn the_server_key_rotates_and_clients_follow_it_from_the_chain() {
 fn a_plain_witness_keeps_cosigning_through_the_overlap() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("server");
-    let out = keyserverd(&dir, &["log-key"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let witness = lk_testkit::keyserverd::witness(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyserverd")),
+        &dir,
+        &root.path().join("witness"),
     );
-    let old_vkey = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string();
-    let witness =
-        lk_testkit::tlogd::start_with(&root.path().join("witness"), &["--witness-for", &old_vkey]);
-    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
-        .expect("witness vkey")
-        .trim()
-        .to_string();
-    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let submit = witness.submit_to.clone();
     let mut args = ARGS.to_vec();
     args.extend(["--submit-to", &submit, "--publish-quorum", "1"]);
     let server = Keyserverd::start(&dir, 0, &args);

@@ -57,24 +57,13 @@ fn alice_and_bob_the_whole_seed_use_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A tlog.md witness process for the log's key, which the keyserver
     // submits every checkpoint to and publishes only once it cosigned.
-    let log_key = std::process::Command::new(env!("CARGO_BIN_EXE_keyserverd"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("log-key")
-        .output()
-        .expect("keyserverd log-key");
-    assert!(log_key.status.success());
-    let log_vkey = String::from_utf8(log_key.stdout).expect("utf-8");
     let witness_dir = tempfile::tempdir().expect("tempdir");
-    let witness = lk_testkit::tlogd::start_with(
+    let witness = lk_testkit::keyserverd::witness(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyserverd")),
+        dir.path(),
         &witness_dir.path().join("witness"),
-        &["--witness-for", log_vkey.trim()],
     );
-    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
-        .expect("witness vkey")
-        .trim()
-        .to_string();
-    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let (submit, witness_vkey) = (witness.submit_to.clone(), witness.vkey.clone());
     let mut args = NO_LIMITS.to_vec();
     args.extend(["--submit-to", submit.as_str()]);
     let server = Keyserverd::start(dir.path(), 0, &args);

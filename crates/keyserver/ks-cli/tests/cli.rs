@@ -355,26 +355,13 @@ fn the_keyserver_over_tls_and_mutual_tls() {
 fn a_witnessed_keyserver_and_clients_that_require_the_witness() {
     let root = tempfile::tempdir().expect("tempdir");
     let server_dir = root.path().join("server");
-    let log_key = std::process::Command::new(workspace_binary("keyserverd"))
-        .args(["--data-dir", server_dir.to_str().expect("utf-8"), "log-key"])
-        .output()
-        .expect("keyserverd log-key");
-    assert!(
-        log_key.status.success(),
-        "{}",
-        String::from_utf8_lossy(&log_key.stderr)
+    let witness = lk_testkit::keyserverd::witness(
+        &workspace_binary("keyserverd"),
+        &server_dir,
+        &root.path().join("witness"),
     );
-    let log_vkey = String::from_utf8(log_key.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string();
-    let witness =
-        lk_testkit::tlogd::start_with(&root.path().join("witness"), &["--witness-for", &log_vkey]);
-    let witness_vkey = std::fs::read_to_string(witness.dir.join("witness-vkey"))
-        .expect("witness vkey")
-        .trim()
-        .to_string();
-    let submit = format!("{witness_vkey}@{}/witness", witness.url);
+    let (log_vkey, witness_vkey) = (witness.log_vkey.clone(), witness.vkey.clone());
+    let submit = witness.submit_to.clone();
     let server = Keyserverd::start(
         &workspace_binary("keyserverd"),
         &server_dir,

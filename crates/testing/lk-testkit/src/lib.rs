@@ -1665,6 +1665,52 @@ pub mod keyserverd {
         pub stderr: String,
     }
 
+    /// A `tlogd --witness-for` process for the log key of the keyserver
+    /// whose data directory is `server_dir` (made by the keyserverd
+    /// binary `bin`'s `log-key`, before that keyserver first starts).
+    pub struct Witness {
+        /// The tlogd process.
+        pub tlogd: crate::tlogd::Tlogd,
+        /// The witness's verifier key (`ks-cli init --witness`).
+        pub vkey: String,
+        /// `<vkey>@<url>/witness`, for `keyserverd --submit-to`.
+        pub submit_to: String,
+        /// The keyserver's log key it witnesses.
+        pub log_vkey: String,
+    }
+
+    /// Starts a [`Witness`] in `witness_dir` for the keyserver in
+    /// `server_dir`.
+    pub fn witness(bin: &Path, server_dir: &Path, witness_dir: &Path) -> Witness {
+        let out = Command::new(bin)
+            .arg("--data-dir")
+            .arg(server_dir)
+            .arg("log-key")
+            .output()
+            .expect("keyserverd log-key");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log_vkey = String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
+        let tlogd = crate::tlogd::start_with(witness_dir, &["--witness-for", &log_vkey]);
+        let vkey = std::fs::read_to_string(tlogd.dir.join("witness-vkey"))
+            .expect("witness vkey")
+            .trim()
+            .to_string();
+        let submit_to = format!("{vkey}@{}/witness", tlogd.url);
+        Witness {
+            tlogd,
+            vkey,
+            submit_to,
+            log_vkey,
+        }
+    }
+
     /// Runs the `ks-cli` binary `bin` with `--dir dir` and `args`.
     pub fn ks_cli(bin: &Path, dir: &Path, args: &[&str]) -> CliOut {
         let out = Command::new(bin)
