@@ -39,6 +39,7 @@ fn fixture() -> &'static Fixture {
                 submit_to: Vec::new(),
                 publish_quorum: None,
                 genesis_lifetime_secs: None,
+                    sync_listen: None,
             }))
             .expect("keyserver");
         Fixture {
@@ -65,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let ks = &f.running.keyserver;
     let check = |body: &[u8]| {
-        if let Some(out) = f.runtime.block_on(keyserverd::rpc::respond(ks, body, None)) {
+        if let Some(out) = f.runtime.block_on(keyserverd::rpc::respond(&**ks, body, None)) {
             let v: serde_json::Value = serde_json::from_slice(&out).expect("a JSON response");
             assert_eq!(v["jsonrpc"], "2.0");
             assert!(v.get("result").is_some() != v.get("error").is_some());

@@ -32,6 +32,8 @@ pub struct Options {
     pub domain: String,
     /// The public listener (JSON-RPC and the log).
     pub listen: SocketAddr,
+    /// LKTL/1 (tlog.md §7) for mirrors (§8), `--sync-listen`; `None`: none.
+    pub sync_listen: Option<SocketAddr>,
     /// Checkpoint interval.
     pub checkpoint_interval: Duration,
     /// Rate limits (§4.6).
@@ -90,6 +92,8 @@ pub struct Running {
     pub serving: tokio::task::JoinHandle<()>,
     /// The admin listener's bound address.
     pub admin_addr: Option<SocketAddr>,
+    /// The LKTL/1 listener's bound address.
+    pub sync_addr: Option<SocketAddr>,
 }
 
 /// The log origin for a domain: `<domain>/kt/v1`.
@@ -562,6 +566,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         lookup: opts.lookup,
         witnesses: witness_keys,
     };
+    let reader = ks_store.reader();
     let keyserver = Arc::new(Keyserver::new(
         config,
         ks_store,
@@ -623,17 +628,14 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         format!("{pin}\n").as_bytes(),
         0o644,
     );
-    let path_prefix = origin
-        .split_once('/')
-        .map_or(String::new(), |(_, p)| format!("/{p}"));
-    let app =
-        crate::rpc::router(keyserver.clone()).nest(&path_prefix, node.clone().router(None, 200));
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .map_err(|e| StartError::Io(format!("listen on {}: {e}", opts.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Io(e.to_string()))?;
+    let (addr, serving) = serve_public(
+        keyserver.clone(),
+        &node,
+        &origin,
+        opts.listen,
+        opts.tls.clone(),
+    )
+    .await?;
     let admin_addr = match opts.admin_listen {
         None => None,
         Some(at) => {
@@ -655,13 +657,44 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             Some(bound)
         }
     };
-    let tls = opts.tls.clone();
-    let serving = tokio::spawn(async move {
-        let app = app.layer(metrics_endpoint::http_layer());
-        if let Err(e) = http_tls::serve(listener, app, tls).await {
-            tracing::error!(error = %e, "keyserver listener failed");
+    let sync_addr = match opts.sync_listen {
+        None => None,
+        Some(at) => {
+            let sync = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+                StartError::Io(format!(
+                    "{at} is not available ({e}); set --sync-listen (KEYSERVERD_SYNC_LISTEN)"
+                ))
+            })?;
+            let bound = sync
+                .local_addr()
+                .map_err(|e| StartError::Io(e.to_string()))?;
+            let key = tlog_core::note::VerifierKey::parse(&vkey)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            // Mirrors hold notes of earlier keys (§3.8): those are ours.
+            let previous = earlier_keys(&store, log, reader, &origin, &domain, &key).await?;
+            // Mirrors dial in; this node only serves its own log.
+            let peer = tlog_node::peer::Peer::new(
+                tlog_node::peer::Config {
+                    name: origin.clone(),
+                    peers: Vec::new(),
+                    limits: tlog_node::peer::Limits::default(),
+                },
+                vec![(
+                    node.clone(),
+                    tlog_node::peer::Follow {
+                        key,
+                        previous,
+                        witnesses: Vec::new(),
+                        cosigner: None,
+                        validator: None,
+                        validating: None,
+                    },
+                )],
+            );
+            tokio::spawn(peer.run(sync));
+            Some(bound)
         }
-    });
+    };
     Ok(Running {
         addr,
         pin,
@@ -671,7 +704,85 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         issuer,
         serving,
         admin_addr,
+        sync_addr,
     })
+}
+
+/// Serves `methods` (JSON-RPC on `POST /`) and `node`'s checkpoint and
+/// tiles under the origin's path (§2.3) on `listen`: the bound address and
+/// the task that ends when the listener fails.
+pub(crate) async fn serve_public<M: crate::rpc::Methods>(
+    methods: Arc<M>,
+    node: &Arc<tlog_node::LogNode<tlog_store::RedbLogStore>>,
+    origin: &str,
+    listen: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), StartError> {
+    let path_prefix = origin
+        .split_once('/')
+        .map_or(String::new(), |(_, p)| format!("/{p}"));
+    let app = crate::rpc::router(methods).nest(&path_prefix, node.clone().router(None, 200));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| StartError::Io(format!("listen on {listen}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Io(e.to_string()))?;
+    let serving = tokio::spawn(async move {
+        let app = app.layer(metrics_endpoint::http_layer());
+        if let Err(e) = http_tls::serve(listener, app, tls).await {
+            tracing::error!(error = %e, "the public listener failed");
+        }
+    });
+    Ok((addr, serving))
+}
+
+/// The log keys of the server's earlier UIDs (its key schedule, §3.8)
+/// other than `current`.
+async fn earlier_keys(
+    store: &tlog_store::RedbLogStore,
+    log: tlog_store::LogId,
+    reader: crate::store::Reader,
+    origin: &str,
+    domain: &str,
+    current: &tlog_core::note::VerifierKey,
+) -> Result<Vec<tlog_core::note::VerifierKey>, StartError> {
+    let identity = format!("keyserver@{domain}");
+    let name = identity.clone();
+    let positions =
+        tokio::task::spawn_blocking(move || reader.positions(&name).map(|p| (p, reader)))
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?
+            .map_err(|e| StartError::Storage(format!("the server's positions: {e}")))?;
+    let (positions, reader) = positions;
+    let mut keys = Vec::new();
+    for pos in positions {
+        let leaf = store
+            .entries(log, pos, pos + 1)
+            .await
+            .map_err(|e| StartError::Storage(format!("entry {pos}: {e}")))?
+            .pop()
+            .ok_or_else(|| StartError::Storage(format!("entry {pos} is missing")))?;
+        let entry = Entry::from_leaf(&leaf)
+            .map_err(|e| StartError::Storage(format!("entry {pos}: {e}")))?;
+        let raw = reader
+            .uid(entry.uid_index())
+            .map_err(|e| StartError::Storage(format!("the UID of entry {pos}: {e}")))?
+            .ok_or_else(|| StartError::Storage(format!("the UID of entry {pos} is missing")))?;
+        let key = <ks_core::uid::UidMessageReply as ks_core::lcj::Lcj>::from_lcj(&raw)
+            .ok()
+            .and_then(|r| r.open_for(&identity).ok())
+            .and_then(|(_, msg)| msg.content.sig_key.verifying_key())
+            .ok_or_else(|| {
+                StartError::Storage(format!("the server's UID at {pos} names no key"))
+            })?;
+        let vkey = tlog_core::note::VerifierKey::new(origin, KeyType::Ed25519, key)
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+        if &vkey != current && !keys.contains(&vkey) {
+            keys.push(vkey);
+        }
+    }
+    Ok(keys)
 }
 
 fn x25519_public(secret: &[u8; 32]) -> [u8; 32] {

@@ -10,13 +10,18 @@
 //! - [`limits`]: rate limits per client address and per SigKeyHash (§4.6).
 //! - [`tokens`]: payment tokens (§5): issuer key files, issuance.
 //! - [`admin`]: the admin listener (token issuance, stats).
-//! - [`daemon`]: data directory, keys, genesis and the listener.
+//! - [`chain`]: the chain's read calls, shared by the primary and mirrors.
+//! - [`daemon`]: data directory, keys, genesis and the listeners.
+//! - [`mirror`]: `keyserverd mirror` (§8): the log over LKTL/1 with every
+//!   leaf and UID checked, the read calls served from the replica.
 //!
 //! The rules themselves are `ks-core`'s; this crate moves bytes and time.
 
 pub mod admin;
+pub mod chain;
 pub mod daemon;
 pub mod limits;
+pub mod mirror;
 pub mod rpc;
 pub mod server;
 pub mod store;

@@ -50,6 +50,18 @@ struct Args {
     /// clients). Needs --tls-cert and --tls-key.
     #[arg(long, env = "KEYSERVERD_TLS_CLIENT_CA", value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    /// LKTL/1 (tlog.md §7) for mirrors (`keyserverd mirror --sync`).
+    /// Plaintext: a non-loopback address needs --danger-plaintext
+    /// (everything on it is signed).
+    #[arg(
+        long,
+        env = "KEYSERVERD_SYNC_LISTEN",
+        default_value = "127.0.0.1:55562"
+    )]
+    sync_listen: SocketAddr,
+    /// No LKTL/1 listener (no mirrors).
+    #[arg(long, env = "KEYSERVERD_NO_SYNC", conflicts_with = "sync_listen")]
+    no_sync: bool,
     /// Allow a non-loopback listener without TLS (behind a TLS proxy).
     /// Integrity never depends on TLS (everything relied on is signed).
     #[arg(long, env = "KEYSERVERD_DANGER_PLAINTEXT")]
@@ -133,6 +145,45 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         escrow_file: Option<PathBuf>,
     },
+    /// Follow a keyserver's log over LKTL/1 and serve its chain, UIDs and
+    /// tiles (keyserver.md §8), every leaf and UID checked before it is
+    /// stored. Data in --data-dir [default: ~/.lightkeeper/keyserverd-mirror].
+    Mirror(MirrorArgs),
+}
+
+#[derive(clap::Args)]
+struct MirrorArgs {
+    /// The primary's JSON-RPC endpoint (UIDs, Capabilities, relayed calls).
+    #[arg(long, env = "KEYSERVERD_MIRROR_FROM", value_name = "URL")]
+    from: String,
+    /// The primary's --sync-listen, HOST:PORT.
+    #[arg(long, env = "KEYSERVERD_MIRROR_SYNC", value_name = "HOST:PORT")]
+    sync: String,
+    /// The pin clients use: keyserver@<domain>:<hex H_0>.
+    #[arg(long, env = "KEYSERVERD_MIRROR_PIN")]
+    pin: String,
+    /// The mirror's listener (JSON-RPC and tiles).
+    #[arg(
+        long = "listen",
+        env = "KEYSERVERD_MIRROR_LISTEN",
+        default_value = "127.0.0.1:55563"
+    )]
+    listen: SocketAddr,
+    /// Its LKTL/1 listener, for mirrors of this mirror.
+    #[arg(
+        long = "sync-listen",
+        env = "KEYSERVERD_MIRROR_SYNC_LISTEN",
+        default_value = "127.0.0.1:55564"
+    )]
+    sync_listen: SocketAddr,
+    /// Relay writes, LookupUID and the KeyInit repository to the primary
+    /// (otherwise -32060 read_only naming it).
+    #[arg(long, env = "KEYSERVERD_MIRROR_PROXY_WRITES")]
+    proxy_writes: bool,
+    /// Keep this witness's cosignatures on mirrored checkpoints (its
+    /// verifier key); repeat for more.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -246,7 +297,13 @@ async fn main() -> anyhow::Result<()> {
         args.tls_key.as_deref(),
         args.tls_client_ca.as_deref(),
     )?;
-    http_tls::check_plaintext(args.listen, tls.is_some(), args.danger_plaintext)?;
+    if !matches!(args.command, Some(Command::Mirror(_))) {
+        http_tls::check_plaintext(args.listen, tls.is_some(), args.danger_plaintext)?;
+        if !args.no_sync {
+            tlog_node::peer::check_sync_listen(args.sync_listen, args.danger_plaintext)
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
     if !args.no_admin {
         http_tls::check_plaintext(args.admin_listen, tls.is_some(), args.danger_plaintext)
             .context("--admin-listen")?;
@@ -255,11 +312,46 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => {
+            let dir = match args.command {
+                Some(Command::Mirror(_)) => ".lightkeeper/keyserverd-mirror",
+                _ => ".lightkeeper/keyserverd",
+            };
             PathBuf::from(std::env::var_os("HOME").context("HOME is not set; pass --data-dir")?)
-                .join(".lightkeeper/keyserverd")
+                .join(dir)
         }
     };
     match args.command {
+        Some(Command::Mirror(m)) => {
+            http_tls::check_plaintext(m.listen, tls.is_some(), args.danger_plaintext)?;
+            tlog_node::peer::check_sync_listen(m.sync_listen, args.danger_plaintext)
+                .map_err(anyhow::Error::msg)?;
+            let running = keyserverd::mirror::start_mirror(keyserverd::mirror::MirrorOptions {
+                data_dir: data_dir.clone(),
+                from: m.from,
+                sync: m.sync,
+                pin: m.pin,
+                listen: m.listen,
+                sync_listen: m.sync_listen,
+                proxy_writes: m.proxy_writes,
+                witnesses: m.witnesses,
+                tls,
+            })
+            .await
+            .with_context(|| format!("starting the mirror in {}", data_dir.display()))?;
+            eprintln!(
+                "mirroring {} ({} entries held); sync on {}",
+                running.origin, running.size, running.sync_addr
+            );
+            eprintln!(
+                "keyserverd mirror listening on {scheme}://{}/",
+                running.addr
+            );
+            tokio::select! {
+                _ = running.serving => anyhow::bail!("the listener stopped"),
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return Ok(());
+        }
         Some(Command::Tokens(cmd)) => {
             std::fs::create_dir_all(&data_dir).with_context(|| data_dir.display().to_string())?;
             return tokens_command(cmd, &data_dir, &args.domain);
@@ -297,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         domain: args.domain,
         listen: args.listen,
+        sync_listen: (!args.no_sync).then_some(args.sync_listen),
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
         limits: keyserverd::limits::LimitsConfig {
             enabled: !args.no_rate_limits,
@@ -326,6 +419,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("log key: {}", running.vkey);
     if let Some(admin) = running.admin_addr {
         eprintln!("keyserverd admin on {scheme}://{admin}/ (token in admin_token)");
+    }
+    if let Some(sync) = running.sync_addr {
+        eprintln!("keyserverd sync (LKTL/1) on {sync}");
     }
     eprintln!("keyserverd listening on {scheme}://{}/", running.addr);
     tokio::select! {

@@ -15,18 +15,52 @@ use axum::Router;
 use ks_core::error::{DataValue, RpcError};
 use ks_core::lcj::{self, Value};
 
-use crate::server::{Keyserver, MAX_REQUEST_BYTES};
+use crate::server::MAX_REQUEST_BYTES;
 
-/// The JSON-RPC router (only `POST /`; other methods get 405).
-pub fn router(ks: Arc<Keyserver>) -> Router {
-    Router::new()
-        .route("/", post(handle))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(ks)
+/// What answers the methods: the keyserver, or a mirror of one.
+pub trait Methods: Send + Sync + 'static {
+    /// Runs `method` for `client` (its address, for rate limits).
+    fn call(
+        &self,
+        method: &str,
+        params: Value,
+        client: Option<std::net::IpAddr>,
+    ) -> impl std::future::Future<Output = Result<Value, RpcError>> + Send;
+
+    /// The primary's answer to this body, byte for byte, when `method` is
+    /// relayed there rather than answered here (a mirror's Capabilities
+    /// and `--proxy-writes`), or why it could not be; `None`: answered by
+    /// [`Methods::call`].
+    fn relay(
+        &self,
+        _method: &str,
+        _body: Bytes,
+    ) -> impl std::future::Future<Output = Option<Result<Vec<u8>, RpcError>>> + Send {
+        std::future::ready(None)
+    }
 }
 
-async fn handle(
-    State(ks): State<Arc<Keyserver>>,
+impl Methods for crate::server::Keyserver {
+    fn call(
+        &self,
+        method: &str,
+        params: Value,
+        client: Option<std::net::IpAddr>,
+    ) -> impl std::future::Future<Output = Result<Value, RpcError>> + Send {
+        crate::server::Keyserver::call(self, method, params, client)
+    }
+}
+
+/// The JSON-RPC router (only `POST /`; other methods get 405).
+pub fn router<M: Methods>(methods: Arc<M>) -> Router {
+    Router::new()
+        .route("/", post(handle::<M>))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(methods)
+}
+
+async fn handle<M: Methods>(
+    State(methods): State<Arc<M>>,
     ConnectInfo(client): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -43,7 +77,19 @@ async fn handle(
         )
             .into_response();
     }
-    match respond(&ks, &body, Some(client.ip())).await {
+    if let Ok((Some(id), method, _)) = envelope(&body) {
+        match methods.relay(&method, body.clone()).await {
+            None => {}
+            Some(Ok(bytes)) => {
+                return ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+            }
+            Some(Err(e)) => {
+                let bytes = response(Some(id), Err(e));
+                return ([(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+            }
+        }
+    }
+    match respond(&*methods, &body, Some(client.ip())).await {
         None => StatusCode::NO_CONTENT.into_response(),
         Some(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
     }
@@ -51,8 +97,8 @@ async fn handle(
 
 /// Answers one JSON-RPC body: the response bytes, or `None` for a
 /// notification (HTTP 204). The fuzz target drives this directly.
-pub async fn respond(
-    ks: &Keyserver,
+pub async fn respond<M: Methods>(
+    ks: &M,
     body: &[u8],
     client: Option<std::net::IpAddr>,
 ) -> Option<Vec<u8>> {
@@ -64,12 +110,17 @@ pub async fn respond(
             (Some(id), out)
         }
     };
+    Some(response(id, outcome))
+}
+
+/// A response's bytes.
+fn response(id: Option<serde_json::Value>, outcome: Result<Value, RpcError>) -> Vec<u8> {
     let id = id.unwrap_or(serde_json::Value::Null);
     let body = match outcome {
         Ok(result) => serde_json::json!({"jsonrpc": "2.0", "id": id, "result": to_json(&result)}),
         Err(e) => serde_json::json!({"jsonrpc": "2.0", "id": id, "error": error_json(&e)}),
     };
-    Some(serde_json::to_vec(&body).unwrap_or_default())
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 type Envelope = (Option<serde_json::Value>, String, Value);

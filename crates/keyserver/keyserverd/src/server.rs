@@ -10,7 +10,6 @@ use ks_core::b64;
 use ks_core::capabilities::{
     Capabilities, Limits as CapLimits, Prices, SignedCapabilities, METHODS,
 };
-use ks_core::entry::{ENTRY_LEN, LEAF_LEN};
 use ks_core::error::RpcError;
 use ks_core::keyinit::{
     check_flush, check_keyinit, FlushRequest, KeyInit, Window, MAX_KEYINITS, MAX_KEYINITS_PER_CALL,
@@ -20,9 +19,10 @@ use ks_core::rules::{self, Kind, Policy};
 use ks_core::sig::{sign, Ctx};
 use ks_core::uid::UidMessage;
 use tlog_node::LogNode;
-use tlog_store::{LogStore, RedbLogStore, StoreError};
+use tlog_store::RedbLogStore;
 use tokio::sync::oneshot;
 
+use crate::chain::ReadCall;
 use crate::limits::{Limits, LimitsConfig};
 use crate::store::{Job, KsStore, SpendId};
 use crate::tokens::TokenPolicy;
@@ -88,11 +88,6 @@ pub struct Keyserver {
     /// `test-faults`: how Capabilities lie (see `Test.CapabilitiesFault`).
     #[cfg(feature = "test-faults")]
     caps_fault: Mutex<Option<String>>,
-}
-
-fn unavailable(e: StoreError) -> RpcError {
-    tracing::warn!(error = %e, "log store failed");
-    RpcError::Unavailable
 }
 
 /// The wall clock in unix seconds (the one clock the rules are given).
@@ -175,24 +170,11 @@ impl Keyserver {
                 p.finish()?;
                 self.capabilities().await?
             }
-            "KeyRepository.FetchLastHashChain" | "KeyHashchain.FetchLastHashChain" => {
-                let known = optional_integer(&mut p, "KnownSize")?;
-                p.finish()?;
-                self.fetch_last(known.unwrap_or(0)).await?
-            }
-            "KeyRepository.FetchHashChain" | "KeyHashchain.FetchHashChain" => {
-                let start = p.integer("StartPosition")?;
-                let end = optional_integer(&mut p, "EndPosition")?;
-                p.finish()?;
-                self.fetch_chain(start, end.unwrap_or(start)).await?
-            }
-            "KeyRepository.FetchUID" => {
-                let index = p.string("UIDIndex")?;
-                p.finish()?;
-                let index = b64::exact::<32>(&index)
-                    .ok_or_else(|| RpcError::params("UIDIndex", "is not b64(32)"))?;
-                self.fetch_uid(&index).await?
-            }
+            m if crate::chain::is_read(m) => match crate::chain::read_call(m, p)? {
+                ReadCall::Last { known } => crate::chain::fetch_last(&self.node, known).await?,
+                ReadCall::Chain { start, end } => self.fetch_chain(start, end).await?,
+                ReadCall::Uid { index } => self.fetch_uid(&index).await?,
+            },
             "KeyRepository.CreateUID" | "KeyRepository.UpdateUID" => {
                 let msg: UidMessage = p.nested("UIDMessage")?;
                 let token = p.take("Token").ok();
@@ -432,6 +414,8 @@ impl Keyserver {
 
     #[cfg(feature = "test-faults")]
     async fn forge_reply(&self, msg: &UidMessage) -> Result<Value, RpcError> {
+        use crate::chain::unavailable;
+        use tlog_store::LogStore as _;
         let log = self.node.log_id();
         let size = self
             .node
@@ -440,7 +424,7 @@ impl Keyserver {
             .await
             .map_err(unavailable)?
             .size;
-        let last = self.entries(size - 1, size).await?;
+        let last = crate::chain::entries(&self.node, size - 1, size).await?;
         let prev: [u8; 32] = last[0][..32].try_into().map_err(|_| RpcError::Internal)?;
         let u = msg.uid_hash();
         let entry =
@@ -503,7 +487,7 @@ impl Keyserver {
             }
         }
         let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
-        let last = self.entries(size - 1, size).await?;
+        let last = crate::chain::entries(&self.node, size - 1, size).await?;
         let entry = last.first().ok_or(RpcError::Unavailable)?;
         let domains = self.config.domains.clone();
         let caps = Capabilities {
@@ -610,7 +594,7 @@ impl Keyserver {
             }
             "tknpubkey" => signed.capabilities.tkn_pub_key = b64::encode(&[1; 300]),
             "entry" => {
-                let genesis = self.entries(0, 1).await?;
+                let genesis = crate::chain::entries(&self.node, 0, 1).await?;
                 signed.capabilities.key_hash_chain_entry =
                     b64::encode(genesis.first().ok_or(RpcError::Internal)?);
                 signed.signature = sign(&self.signer, Ctx::Capabilities, &signed.capabilities);
@@ -623,80 +607,9 @@ impl Keyserver {
         Ok(signed.to_value())
     }
 
-    /// Bare entries `[start, end)` of the committed log.
-    async fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, RpcError> {
-        let mut out = Vec::with_capacity((end - start) as usize);
-        let mut at = start;
-        while at < end {
-            let leaves = self
-                .node
-                .store()
-                .entries(self.node.log_id(), at, end)
-                .await
-                .map_err(unavailable)?;
-            if leaves.is_empty() {
-                return Err(RpcError::Unavailable);
-            }
-            for leaf in leaves {
-                if leaf.len() != LEAF_LEN {
-                    return Err(RpcError::Internal);
-                }
-                out.push(leaf[5..5 + ENTRY_LEN].to_vec());
-                at += 1;
-            }
-        }
-        Ok(out)
-    }
-
-    async fn fetch_last(&self, known: u64) -> Result<Value, RpcError> {
-        let published = self.node.published().borrow().clone();
-        let published = published.ok_or(RpcError::Unavailable)?;
-        let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
-        if known > size {
-            return Err(RpcError::OutOfRange { size });
-        }
-        let entry = self.entries(size - 1, size).await?;
-        let log = self.node.log_id();
-        let store = self.node.store();
-        let inclusion = store
-            .inclusion_proof(log, size - 1, size)
-            .await
-            .map_err(unavailable)?;
-        let mut members = vec![
-            ("HCEntry", Value::String(b64::encode(&entry[0]))),
-            ("HCPos", Value::Integer(size - 1)),
-            (
-                "Checkpoint",
-                Value::String(String::from_utf8_lossy(&published.note).into_owned()),
-            ),
-            ("InclusionProof", hashes(&inclusion)),
-        ];
-        if known > 0 && known < size {
-            let consistency = store
-                .consistency_proof(log, known, size)
-                .await
-                .map_err(unavailable)?;
-            members.push(("ConsistencyProof", hashes(&consistency)));
-        }
-        Ok(Value::Object(
-            members
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        ))
-    }
-
     async fn fetch_chain(&self, start: u64, end: u64) -> Result<Value, RpcError> {
-        if end < start {
-            return Err(RpcError::params("EndPosition", "is before StartPosition"));
-        }
-        let (size, _) = self.node.published_head().ok_or(RpcError::Unavailable)?;
-        if start >= size {
-            return Err(RpcError::OutOfRange { size });
-        }
-        let last = end.min(start + MAX_CHUNK - 1).min(size - 1);
         #[allow(unused_mut)]
-        let mut entries = self.entries(start, last + 1).await?;
+        let mut entries = crate::chain::range(&self.node, start, end).await?;
         #[cfg(feature = "test-faults")]
         match self
             .chain_fault
@@ -717,29 +630,11 @@ impl Keyserver {
             }
             _ => {}
         }
-        Ok(object([
-            (
-                "HCEntries",
-                Value::Array(
-                    entries
-                        .iter()
-                        .map(|e| Value::String(b64::encode(e)))
-                        .collect(),
-                ),
-            ),
-            ("HCFirstPos", Value::Integer(start)),
-        ]))
+        Ok(crate::chain::chunk_value(start, &entries))
     }
 
     async fn fetch_uid(&self, index: &[u8; 32]) -> Result<Value, RpcError> {
-        let index = *index;
-        let store = self.store_reader();
-        let raw = tokio::task::spawn_blocking(move || store.uid(&index))
-            .await
-            .map_err(|_| RpcError::Internal)??
-            .ok_or(RpcError::NotFound)?;
-        let reply =
-            ks_core::uid::UidMessageReply::from_lcj(&raw).map_err(|_| RpcError::Internal)?;
+        let reply = crate::chain::uid_reply(self.store_reader(), index).await?;
         #[cfg(feature = "test-faults")]
         let reply = if self.corrupt_uids.load(std::sync::atomic::Ordering::Relaxed) {
             self.corrupted(reply)?
@@ -907,19 +802,7 @@ fn take_fault(f: &Mutex<Option<String>>) -> Option<String> {
     f.lock().ok().and_then(|mut f| f.take())
 }
 
-fn optional_integer(p: &mut Fields, name: &str) -> Result<Option<u64>, RpcError> {
-    match p.take(name) {
-        Err(_) => Ok(None),
-        Ok(Value::Integer(n)) => Ok(Some(n)),
-        Ok(_) => Err(RpcError::params(name, "expected an integer")),
-    }
-}
-
 fn verifying_key(s: &str, field: &str) -> Result<VerifyingKey, RpcError> {
     let bytes = b64::exact::<32>(s).ok_or_else(|| RpcError::params(field, "is not b64(32)"))?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| RpcError::params(field, "is not an Ed25519 key"))
-}
-
-fn hashes(h: &[[u8; 32]]) -> Value {
-    Value::Array(h.iter().map(|h| Value::String(b64::encode(h))).collect())
 }

@@ -302,6 +302,12 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// Reads `db` (a mirror's file, whose `uid` table it fills with
+    /// [`put_uids`]).
+    pub fn new(db: Arc<Database>) -> Reader {
+        Reader { db }
+    }
+
     /// The stored reply for a UIDIndex.
     pub fn uid(&self, index: &[u8; 32]) -> Result<Option<Vec<u8>>, RpcError> {
         let read = self.db.begin_read().map_err(storage)?;
@@ -1149,4 +1155,22 @@ fn delete_key_inits(txn: &redb::WriteTransaction, hash: &str) -> Result<u64, Rpc
         table.remove(k.as_slice()).map_err(storage)?;
     }
     Ok(keys.len() as u64)
+}
+
+/// Stores replicated `uid` rows (UIDIndex → LCJ(UIDMessageReply)) in one
+/// durable transaction: a mirror's, before the entries they belong to are
+/// imported (keyserver.md §8). Rows are immutable, so a row written again
+/// is the same bytes.
+pub fn put_uids(db: &Database, rows: &[([u8; 32], Vec<u8>)]) -> Result<(), RpcError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut t = txn.open_table(UID).map_err(storage)?;
+        for (index, reply) in rows {
+            t.insert(&index[..], reply.as_slice()).map_err(storage)?;
+        }
+    }
+    txn.commit().map_err(storage)
 }

@@ -189,7 +189,14 @@ fn the_server_key_rotates_and_clients_follow_it_from_the_chain() {
     std::fs::write(&key_file, &old).expect("a stale key");
     let out = keyserverd(
         &dir,
-        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--sync-listen",
+            "127.0.0.1:0",
+        ],
     );
     assert!(!out.status.success());
     assert!(
@@ -304,7 +311,14 @@ fn an_unreadable_previous_key_file_is_refused_with_its_name() {
         std::fs::write(&previous, garbage).expect("garbage");
         let out = keyserverd(
             &dir,
-            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--sync-listen",
+                "127.0.0.1:0",
+            ],
         );
         assert!(!out.status.success());
         let said = String::from_utf8_lossy(&out.stderr);

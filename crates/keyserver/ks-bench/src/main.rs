@@ -339,6 +339,7 @@ fn main() -> anyhow::Result<()> {
                     submit_to,
                     publish_quorum: None,
                     genesis_lifetime_secs: None,
+                    sync_listen: None,
                 }))?;
             if let Some(issuer) = &running.issuer {
                 mint_for(&args, issuer)?;

@@ -412,24 +412,36 @@ impl Client {
             "params": serde_json::from_slice::<serde_json::Value>(&ks_core::lcj::encode(&params))
                 .map_err(|e| ClientError::Transport(e.to_string()))?,
         });
-        let mut response = self
-            .agent
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .send(serde_json::to_vec(&body).unwrap_or_default().as_slice())
-            .map_err(|e| ClientError::Transport(format!("POST {}: {e}", self.url)))?;
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let text = self.forward(&serde_json::to_vec(&body).unwrap_or_default())?;
         let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ClientError::Transport(e.to_string()))?;
+            serde_json::from_slice(&text).map_err(|e| ClientError::Transport(e.to_string()))?;
         if let Some(e) = v.get("error") {
             return Err(rpc_error(e));
         }
         Ok(v["result"].clone())
+    }
+
+    /// POSTs a JSON-RPC body as it is; the response body as it is (a
+    /// mirror's `--proxy-writes`; at most 64 MiB).
+    pub fn forward(&self, body: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut response = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|e| ClientError::Transport(format!("POST {}: {e}", self.url)))?;
+        response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    /// The verified key schedule: (position, SIGKEY) of each keyserver UID
+    /// in chain order (signer(p) is the last at or before p).
+    pub fn schedule(&self) -> &[(u64, VerifyingKey)] {
+        &self.schedule
     }
 
     /// The verified size.
@@ -743,7 +755,9 @@ impl Client {
         Ok(keys)
     }
 
-    fn fetch_uid(&self, index: &[u8; 32]) -> Result<Option<UidMessageReply>, ClientError> {
+    /// FetchUID: the reply for a UIDIndex as served, unverified (`None`
+    /// when the server has none).
+    pub fn fetch_uid(&self, index: &[u8; 32]) -> Result<Option<UidMessageReply>, ClientError> {
         match self.call(
             "KeyRepository.FetchUID",
             object([("UIDIndex", Value::String(b64::encode(index)))]),

@@ -292,6 +292,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             node.clone(),
             tlog_node::peer::Follow {
                 key: verifier,
+                previous: Vec::new(),
                 // The members' validating cosignatures, merged into the
                 // stored note as they arrive.
                 witnesses: opts.members.iter().map(|m| m.key.clone()).collect(),

@@ -186,11 +186,8 @@ async fn main() -> anyhow::Result<()> {
         args.tls_client_ca.as_deref(),
     )?;
     http_tls::check_plaintext(args.listen, tls.is_some(), args.danger_plaintext)?;
-    anyhow::ensure!(
-        args.sync_listen.ip().is_loopback() || args.danger_plaintext,
-        "--sync-listen {} is not loopback: LKTL/1 is plaintext (everything on it is signed), so a public sync listener needs --danger-plaintext",
-        args.sync_listen
-    );
+    tlog_node::peer::check_sync_listen(args.sync_listen, args.danger_plaintext)
+        .map_err(anyhow::Error::msg)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let data_dir = match args.data_dir.clone() {
         Some(d) => d,

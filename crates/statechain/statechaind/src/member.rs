@@ -288,6 +288,7 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
             node.clone(),
             tlog_node::peer::Follow {
                 key: key.clone(),
+                previous: Vec::new(),
                 witnesses: Vec::new(),
                 cosigner: None,
                 validator: Some(replica.clone()),

@@ -1568,70 +1568,50 @@ pub mod keyserverd {
         pub escrow: Option<String>,
         /// `http://ADDR/` of its admin listener (on a free port).
         pub admin_url: Option<String>,
+        /// `127.0.0.1:PORT` of its LKTL/1 listener (on a free port).
+        pub sync: Option<String>,
         log: Arc<Mutex<String>>,
     }
 
     impl Keyserverd {
         /// Starts the keyserverd binary `bin` on `dir` (port `port`, 0 for any) with `extra`
-        /// arguments and waits for its pin and listening lines.
+        /// arguments (its LKTL/1 listener on a free port unless they name
+        /// one) and waits for its pin and listening lines.
         pub fn start(bin: &Path, dir: &Path, port: u16, extra: &[&str]) -> Keyserverd {
-            let mut child = Command::new(bin)
+            let mut command = Command::new(bin);
+            command
                 .args(extra)
                 .args(["--data-dir", dir.to_str().expect("utf8")])
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--checkpoint-interval-ms", "100"])
-                .args(["--admin-listen", "127.0.0.1:0"])
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn keyserverd");
-            let stderr = child.stderr.take().expect("stderr");
-            let log = Arc::new(Mutex::new(String::new()));
-            let sink = log.clone();
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut pin = None;
-                let mut escrow = None;
-                let mut admin = None;
-                let mut next_is_escrow = false;
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().expect("log").push_str(&format!("{line}\n"));
-                    if next_is_escrow {
-                        escrow = Some(line.trim().to_string());
-                        next_is_escrow = false;
-                    }
-                    if line.starts_with("escrow key of ") {
-                        next_is_escrow = true;
-                    }
-                    if let Some(p) = line.strip_prefix("pin: ") {
-                        pin = Some(p.to_string());
-                    }
-                    if let Some(rest) = line.strip_prefix("keyserverd admin on ") {
-                        admin = rest.split_whitespace().next().map(str::to_string);
-                    }
-                    if let Some(url) = line.strip_prefix("keyserverd listening on ") {
-                        let _ =
-                            tx.send((url.to_string(), pin.clone(), escrow.clone(), admin.clone()));
-                    }
-                }
-            });
-            let (url, pin, escrow, admin_url) = match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(found) => found,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("keyserverd did not start:\n{}", log.lock().expect("log"));
-                }
+                .args(["--admin-listen", "127.0.0.1:0"]);
+            if !extra.contains(&"--sync-listen") {
+                command.args(["--sync-listen", "127.0.0.1:0"]);
+            }
+            let (child, log) = spawn_until(command, "keyserverd listening on ");
+            let text = log.lock().expect("log").clone();
+            let after = |prefix: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .map(|rest| {
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
             };
-            let pin = pin.expect("a pin line");
+            let escrow = text
+                .lines()
+                .skip_while(|l| !l.starts_with("escrow key of "))
+                .nth(1)
+                .map(|l| l.trim().to_string());
             Keyserverd {
                 child,
-                url,
-                pin,
+                url: after("keyserverd listening on ").expect("a listening line"),
+                pin: after("pin: ").expect("a pin line"),
                 escrow,
-                admin_url,
+                admin_url: after("keyserverd admin on "),
+                sync: after("keyserverd sync (LKTL/1) on "),
                 log,
             }
         }
@@ -1649,6 +1629,95 @@ pub mod keyserverd {
     }
 
     impl Drop for Keyserverd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Runs `command` (RUST_LOG=info, stderr kept) until it logs a line
+    /// starting with `ready`; panics with its log if it exits or takes a
+    /// minute.
+    fn spawn_until(mut command: Command, ready: &'static str) -> (Child, Arc<Mutex<String>>) {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("log").push_str(&format!("{line}\n"));
+                // Only after the line is in the log: the caller reads it.
+                if line.starts_with(ready) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not start:\n{}", log.lock().expect("log"));
+        }
+        (child, log)
+    }
+
+    /// A running `keyserverd mirror`; killed (SIGKILL) when dropped.
+    pub struct Mirror {
+        child: Child,
+        /// `http://ADDR/` of its JSON-RPC listener.
+        pub url: String,
+        log: Arc<Mutex<String>>,
+    }
+
+    impl Mirror {
+        /// Starts `bin mirror` on `dir` following `primary` (its URL, sync
+        /// address and pin) on free ports, with `extra` arguments of the
+        /// subcommand, and waits for its listening line (it verified the
+        /// primary's chain from the pin by then).
+        pub fn start(bin: &Path, dir: &Path, primary: &Keyserverd, extra: &[&str]) -> Mirror {
+            let sync = primary
+                .sync
+                .as_deref()
+                .expect("the primary's sync listener");
+            let mut command = Command::new(bin);
+            command
+                .args(["--data-dir", dir.to_str().expect("utf8"), "mirror"])
+                .args([
+                    "--from",
+                    &primary.url,
+                    "--sync",
+                    sync,
+                    "--pin",
+                    &primary.pin,
+                ])
+                .args(["--listen", "127.0.0.1:0", "--sync-listen", "127.0.0.1:0"])
+                .args(extra);
+            let ready = "keyserverd mirror listening on ";
+            let (child, log) = spawn_until(command, ready);
+            let url = log
+                .lock()
+                .expect("log")
+                .lines()
+                .find_map(|l| l.strip_prefix(ready))
+                .map(|u| u.trim().to_string())
+                .expect("a listening line");
+            Mirror { child, url, log }
+        }
+
+        /// Everything it logged.
+        pub fn log(&self) -> String {
+            self.log.lock().expect("log").clone()
+        }
+    }
+
+    impl Drop for Mirror {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();

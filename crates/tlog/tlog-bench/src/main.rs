@@ -294,6 +294,7 @@ async fn mirror(args: &Args) -> anyhow::Result<()> {
     };
     let follow = tlog_node::peer::Follow {
         key: vkey.clone(),
+        previous: Vec::new(),
         witnesses: Vec::new(),
         cosigner: None,
         validator: None,

@@ -159,6 +159,20 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// LKTL/1 is plaintext (everything on it is signed and verified, tlog.md
+/// §7), so a listener off loopback is an explicit choice: `danger_plaintext`
+/// (a daemon's `--danger-plaintext`). The error names the setting.
+pub fn check_sync_listen(
+    sync_listen: std::net::SocketAddr,
+    danger_plaintext: bool,
+) -> Result<(), String> {
+    if sync_listen.ip().is_loopback() || danger_plaintext {
+        Ok(())
+    } else {
+        Err(format!("--sync-listen {sync_listen} is not loopback: LKTL/1 is plaintext (everything on it is signed), so a public sync listener needs --danger-plaintext"))
+    }
+}
+
 /// A service's rules applied to a followed log's entries before they are
 /// stored (tlog.md §7.6): a member of a federation refuses to mirror (and
 /// so to cosign) a history that is well-formed as a log but invalid for
@@ -176,6 +190,20 @@ pub trait Validator: Send + Sync {
     fn check(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), Refused>;
     /// The checked chunk is durable up to `end`.
     fn committed(&self, end: u64);
+    /// Fetches what [`Validator::check`] needs beyond the entries (side
+    /// data LKTL/1 does not carry, tlog.md open question 8: a keyserver
+    /// mirror's UID blobs) for `[start, start + entries.len())`. Runs on
+    /// the blocking pool before `check`. An error is transient (a service
+    /// is unreachable): this sync stops and is retried; nothing is marked.
+    fn prepare(&self, _start: u64, _entries: &[Vec<u8>]) -> Result<(), String> {
+        Ok(())
+    }
+    /// The origin's key for notes from now on, when a committed entry
+    /// changed it (a log-resident key schedule, tlog.md §7.6: a keyserver's
+    /// rotation). Read after each committed chunk; `None`: unchanged.
+    fn log_key(&self) -> Option<VerifierKey> {
+        None
+    }
     /// The log is being marked `Invalid`; `evidence` proves why. Runs on
     /// the blocking pool; the status is stored only once this kept the
     /// evidence (`Ok`).
@@ -225,6 +253,10 @@ pub struct InvalidLog {
 pub struct Follow {
     /// The origin's key: every note of the log must carry its signature.
     pub key: VerifierKey,
+    /// The origin's earlier keys (a log-resident key schedule, tlog.md
+    /// §7.6): notes they signed, of the sizes before a rotation, are the
+    /// origin's too, so a peer that holds one is not taken for a liar.
+    pub previous: Vec<VerifierKey>,
     /// Witnesses whose cosignatures are kept on notes taken from peers
     /// (all other cosignatures are dropped before storing or relaying).
     pub witnesses: Vec<VerifierKey>,
@@ -307,10 +339,10 @@ impl<S> Default for Roles<S> {
 /// One log inside the peer.
 struct Log<S> {
     node: Arc<LogNode<S>>,
-    /// The origin's key.
-    key: VerifierKey,
+    /// The origin's key (a validator may replace it, [`Validator::log_key`]).
+    key: Mutex<VerifierKey>,
     /// Keys notes are checked with: the origin's and the witnesses'.
-    keys: Vec<VerifierKey>,
+    keys: Mutex<Vec<VerifierKey>>,
     /// This node's mirror cosigner key, if it cosigns this log.
     cosigner: Option<Arc<SignerKey>>,
     /// The service's rules for this log's entries.
@@ -531,6 +563,8 @@ fn entropy() -> u64 {
 struct Verified {
     note: Note,
     checkpoint: Checkpoint,
+    /// The note as the peer sent it (checked again when the keys change).
+    raw: Vec<u8>,
 }
 
 impl<S: LogStore> Peer<S> {
@@ -620,6 +654,7 @@ impl<S: LogStore> Peer<S> {
             node,
             Follow {
                 key,
+                previous: Vec::new(),
                 witnesses: prefix.witnesses.clone(),
                 cosigner: prefix.cosigner.clone(),
                 validator: None,
@@ -1262,6 +1297,7 @@ impl<S: LogStore> Peer<S> {
 impl<S: LogStore> Log<S> {
     fn new(node: Arc<LogNode<S>>, follow: Follow) -> Log<S> {
         let mut keys = vec![follow.key.clone()];
+        keys.extend(follow.previous.iter().cloned());
         keys.extend(
             follow
                 .witnesses
@@ -1271,8 +1307,8 @@ impl<S: LogStore> Log<S> {
         );
         Log {
             node,
-            key: follow.key,
-            keys,
+            key: Mutex::new(follow.key),
+            keys: Mutex::new(keys),
             cosigner: follow.cosigner,
             validating: follow.validating.filter(|_| follow.validator.is_some()),
             validator: follow.validator,
@@ -1281,19 +1317,47 @@ impl<S: LogStore> Log<S> {
         }
     }
 
+    /// The origin's key now.
+    fn key(&self) -> VerifierKey {
+        self.key.lock().expect("lock").clone()
+    }
+
+    /// Adopts the key `validator` says the origin signs with from now on.
+    fn adopt_key(&self, validator: &Arc<dyn Validator>) {
+        let Some(new) = validator.log_key() else {
+            return;
+        };
+        let mut key = self.key.lock().expect("lock");
+        if *key == new {
+            return;
+        }
+        tracing::info!(origin = %self.node.origin(), old = %*key, new = %new,
+            "the log's key changed (its service's key schedule); notes are checked with the new key");
+        // The old key stays known: notes it signed before the rotation are
+        // the origin's.
+        let mut keys = self.keys.lock().expect("lock");
+        keys.retain(|k| k != &new);
+        keys.insert(0, new.clone());
+        *key = new;
+    }
+
     /// Checks a note from a peer: the origin's key signed it, it is this
     /// log's, its size is in range.
     fn verify(&self, bytes: &[u8]) -> Result<Verified, PeerError> {
         let bad =
             |why: String| PeerError::Misbehaved(format!("a note that does not verify: {why}"));
         let note = Note::parse(bytes)
-            .and_then(|n| n.verify(&self.keys))
+            .and_then(|n| n.verify(&self.keys.lock().expect("lock")))
             .map_err(|e| bad(e.to_string()))?;
         let checkpoint = Checkpoint::parse(note.text()).map_err(|e| bad(e.to_string()))?;
         if checkpoint.origin != self.node.origin() || checkpoint.size > merkle::MAX_SIZE {
             return Err(bad("another log's checkpoint".into()));
         }
-        Ok(Verified { note, checkpoint })
+        Ok(Verified {
+            note,
+            checkpoint,
+            raw: bytes.to_vec(),
+        })
     }
 
     async fn on_inv(
@@ -1391,7 +1455,7 @@ impl<S: LogStore> Log<S> {
     ) -> Result<(), PeerError> {
         let built = self
             .node
-            .evidence_against(&self.key, &theirs.note, &theirs.checkpoint)
+            .evidence_against(&self.key(), &theirs.note, &theirs.checkpoint)
             .await?;
         match built {
             Some(evidence) => self.record_evidence(peer, evidence).await,
@@ -1462,7 +1526,7 @@ impl<S: LogStore> Log<S> {
                     .map_err(|e| StoreError::Corrupt(format!("stored note: {e}")))?;
                 let (root_b_at_a, proof) =
                     follow::evidence_parts((s, r), (n, root), root_at_s, proof);
-                match Evidence::build(&self.key, &mine, &theirs.note, root_b_at_a, proof) {
+                match Evidence::build(&self.key(), &mine, &theirs.note, root_b_at_a, proof) {
                     Ok(evidence) => self.record_evidence(peer, evidence).await.map(|()| None),
                     Err(e) => Err(PeerError::Misbehaved(format!(
                         "a fork that is not evidence: {e}"
@@ -1544,6 +1608,11 @@ impl<S: LogStore> Log<S> {
             .map_err(|e| PeerError::Misbehaved(e.0))?;
             let short = (entries.len() as u32) < asked.count;
             if let Some(v) = &self.validator {
+                let (prep, chunk_entries) = (v.clone(), entries.clone());
+                tokio::task::spawn_blocking(move || prep.prepare(next, &chunk_entries))
+                    .await
+                    .map_err(|e| PeerError::Protocol(format!("validator task: {e}")))?
+                    .map_err(|e| PeerError::Protocol(format!("the validator's side data: {e}")))?;
                 if let Err(refused) = v.check(next, &entries) {
                     return self
                         .invalid(v, next, entries, &proof, &target, refused)
@@ -1553,6 +1622,7 @@ impl<S: LogStore> Log<S> {
             store.import(log, next, entries).await?;
             if let Some(v) = &self.validator {
                 v.committed(chunk.size());
+                self.adopt_key(v);
             }
             next = chunk.size();
             working = chunk;
@@ -1563,8 +1633,15 @@ impl<S: LogStore> Log<S> {
                 ask = next;
             }
         }
+        // A key the validator adopted during this sync (a rotation's
+        // overlap) signed the note too: keep its line, which the check with
+        // the old key dropped.
+        let target_note = match self.verify(&target.raw) {
+            Ok(v) if v.checkpoint.size == n && v.checkpoint.root == root => v.note,
+            _ => target.note.clone(),
+        };
         store
-            .put_checkpoint(log, n, root, target.note.to_bytes())
+            .put_checkpoint(log, n, root, target_note.to_bytes())
             .await?;
         self.node.publish_stored().await?;
         tracing::debug!(peer = %conn.name, size = n, "mirror up to date");
@@ -1574,7 +1651,7 @@ impl<S: LogStore> Log<S> {
         // service's rules (the replica was built from them at start, and
         // every chunk since was checked before its import).
         let keys = [&self.cosigner, &self.validating];
-        let mut note = target.note.clone();
+        let mut note = target_note;
         let mut signed = false;
         for key in keys.into_iter().flatten() {
             note.add(key.sign(note.text(), crate::now_secs()));
@@ -1721,6 +1798,7 @@ impl<S: LogStore> Log<S> {
             let valid_end = next + entries.len() as u64;
             store.import(log, next, entries).await?;
             validator.committed(valid_end);
+            self.adopt_key(validator);
         }
         // The evidence is kept before the status is: a crash in between
         // refuses the same chunk again at the next start.
@@ -1758,7 +1836,7 @@ impl<S: LogStore> Log<S> {
         if self.evidence_sent.lock().expect("lock").contains(&digest) {
             return Ok(());
         }
-        let evidence = Evidence::verify(&blob, std::slice::from_ref(&self.key))
+        let evidence = Evidence::verify(&blob, std::slice::from_ref(&self.key()))
             .map_err(|e| PeerError::Misbehaved(format!("evidence that does not verify: {e}")))?;
         let origin = Checkpoint::parse(evidence.note_a.text())
             .map(|c| c.origin)

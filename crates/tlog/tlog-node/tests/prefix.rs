@@ -34,6 +34,7 @@ async fn origin_log(
     let key = SignerKey::from_seed(origin, KeyType::Ed25519, &seed).expect("key");
     let follow = Follow {
         key: key.verifier(),
+        previous: Vec::new(),
         witnesses: Vec::new(),
         cosigner: None,
         validator: None,

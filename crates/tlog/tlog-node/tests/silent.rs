@@ -57,6 +57,7 @@ async fn three_unanswered_requests_close_the_connection() {
             mirror.clone(),
             Follow {
                 key: key.verifier(),
+                previous: Vec::new(),
                 witnesses: Vec::new(),
                 cosigner: None,
                 validator: None,

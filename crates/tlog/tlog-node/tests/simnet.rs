@@ -312,6 +312,7 @@ async fn federation(
                 node.clone(),
                 Follow {
                     key: vkey.clone(),
+                    previous: Vec::new(),
                     witnesses: trusted.clone(),
                     cosigner: i.checked_sub(1).and_then(|k| cosigners.get(k).cloned()),
                     validator: None,

@@ -296,6 +296,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
         node.clone(),
         tlog_node::peer::Follow {
             key: origin_key,
+            previous: Vec::new(),
             witnesses: trusted.clone(),
             // The origin signs its own log; a mirror cosigns it.
             cosigner: cosigner.clone().filter(|_| !node.is_sequencer()),
@@ -322,6 +323,7 @@ async fn serve<S: LogStore>(args: Args, dir: PathBuf, store: Arc<S>) -> anyhow::
             mirror,
             tlog_node::peer::Follow {
                 key,
+                previous: Vec::new(),
                 witnesses: trusted.clone(),
                 cosigner: cosigner.clone(),
                 validator: None,
