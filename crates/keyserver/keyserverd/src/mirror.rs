@@ -104,9 +104,15 @@ struct Replica {
     own: Vec<(u64, Entry, UidMessageReply)>,
 }
 
-/// Why an entry is refused: the rule, and earlier entries it was judged
-/// against.
-type Refusal = (String, Vec<u64>);
+/// Why an entry is refused.
+struct Refusal {
+    /// The rule.
+    why: String,
+    /// Earlier entries it was judged against.
+    related: Vec<u64>,
+    /// A signed reply that proves it on its own (`bad-uid`, §6.6).
+    bad_uid: Option<Box<UidMessageReply>>,
+}
 
 /// signer(pos) of a schedule (§3.8).
 fn signer_at(schedule: &[(u64, VerifyingKey)], pos: u64) -> Option<VerifyingKey> {
@@ -127,7 +133,11 @@ impl Replica {
         entry: Entry,
         reply: &UidMessageReply,
     ) -> Result<(), Refusal> {
-        let plain = |why: String| (why, Vec::new());
+        let plain = |why: String| Refusal {
+            why,
+            related: Vec::new(),
+            bad_uid: None,
+        };
         if pos == 0 && (entry.hash() != &pin.h0 || !entry.is_for(&pin.identity)) {
             return Err(plain("entry 0 is not the pinned genesis".into()));
         }
@@ -155,9 +165,12 @@ impl Replica {
             .filter(|b| b.len() >= 48)
             .map(|b| b[..32] == entry.uid_index()[..]);
         if prefix != Some(true) {
-            return Err(plain(format!(
-                "the UID blob of entry {pos} does not start with its UIDIndex"
-            )));
+            return Err(Refusal {
+                bad_uid: Some(Box::new(reply.clone())),
+                ..plain(format!(
+                    "the UID blob of entry {pos} does not start with its UIDIndex"
+                ))
+            });
         }
         let mut schedule = self.schedule.clone();
         let mut own = self.own.clone();
@@ -165,15 +178,19 @@ impl Replica {
             // A keyserver UID: its SIGKEY signs from here on (§3.8), once
             // its update chain verifies as a client's would (§6.3).
             let related: Vec<u64> = own.iter().map(|(p, _, _)| *p).collect();
+            let refused = |why: String| Refusal {
+                why,
+                related: related.clone(),
+                bad_uid: None,
+            };
             let (_, msg) = reply
                 .open_for(&pin.identity)
-                .map_err(|e| (format!("the keyserver UID at {pos}: {e}"), related.clone()))?;
-            let key = msg.content.sig_key.verifying_key().ok_or_else(|| {
-                (
-                    format!("the keyserver UID at {pos} has no SIGKEY"),
-                    related.clone(),
-                )
-            })?;
+                .map_err(|e| refused(format!("the keyserver UID at {pos}: {e}")))?;
+            let key = msg
+                .content
+                .sig_key
+                .verifying_key()
+                .ok_or_else(|| refused(format!("the keyserver UID at {pos} has no SIGKEY")))?;
             schedule.push((pos, key));
             own.push((pos, entry, reply.clone()));
             let matches: Vec<Match<'_>> = own
@@ -191,7 +208,7 @@ impl Replica {
                     .map(|(p, _, _)| *p)
             };
             verify_chain(&pin.identity, &matches, signer, position_of)
-                .map_err(|e| (format!("the keyserver's own chain: {e}"), related))?;
+                .map_err(|e| refused(format!("the keyserver's own chain: {e}")))?;
         }
         let key = signer_at(&schedule, pos)
             .ok_or_else(|| plain(format!("no scheduled key for entry {pos}")))?;
@@ -226,6 +243,8 @@ pub struct KeyserverValidator {
     current: Mutex<Replica>,
     staged: Mutex<Option<Staged>>,
     new_key: Mutex<Option<VerifyingKey>>,
+    /// The signed reply behind a refusal, for [`Validator::invalid`].
+    accused: Mutex<Option<UidMessageReply>>,
 }
 
 impl Validator for KeyserverValidator {
@@ -259,13 +278,13 @@ impl Validator for KeyserverValidator {
                 .fetch_uid(entry.uid_index())
                 .map_err(|e| format!("FetchUID for entry {pos}: {e}"))?
                 .ok_or_else(|| format!("the primary serves no UID for entry {pos}"))?;
-            if let Err((reason, related)) = next.admit(&self.pin, &self.origin, pos, entry, &reply)
-            {
+            if let Err(r) = next.admit(&self.pin, &self.origin, pos, entry, &reply) {
                 refused = Some(Refused {
                     index: pos,
-                    reason,
-                    related,
+                    reason: r.why,
+                    related: r.related,
                 });
+                *self.accused.lock().map_err(|_| "lock poisoned")? = r.bad_uid.map(|b| *b);
                 break;
             }
             rows.push((*entry.uid_index(), reply.to_lcj()));
@@ -342,6 +361,37 @@ impl Validator for KeyserverValidator {
             })).collect::<Vec<_>>(),
         });
         let bytes = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
+        let dir = self
+            .invalid_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        // A refusal a signed reply proves on its own becomes an evidence
+        // file anyone checks with the pin (`ks-cli verify-evidence`).
+        let accused = self.accused.lock().map_err(|_| "lock poisoned")?.take();
+        if let Some(reply) = accused {
+            let key_schedule = self
+                .current
+                .lock()
+                .map_err(|_| "lock poisoned")?
+                .own
+                .iter()
+                .map(|(_, _, r)| r.clone())
+                .collect();
+            let file = dir.join(format!(
+                "evidence-{}-{}.json",
+                ks_core::evidence::BAD_UID,
+                reply.entry.hashchain_pos
+            ));
+            let evidence = ks_core::evidence::Evidence {
+                kind: ks_core::evidence::BAD_UID.into(),
+                origin: self.origin.clone(),
+                pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
+                key_schedule,
+                replies: vec![reply],
+                ..Default::default()
+            };
+            durable_file::replace(&file, &evidence.to_file(), 0o644).map_err(|e| e.to_string())?;
+        }
         durable_file::replace(&self.invalid_path, &bytes, 0o644).map_err(|e| e.to_string())
     }
 }
@@ -538,6 +588,7 @@ pub async fn start_mirror(opts: MirrorOptions) -> Result<RunningMirror, StartErr
         current: Mutex::new(replica),
         staged: Mutex::new(None),
         new_key: Mutex::new(None),
+        accused: Mutex::new(None),
     });
     let sync = tokio::net::TcpListener::bind(opts.sync_listen)
         .await

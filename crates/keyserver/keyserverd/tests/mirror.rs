@@ -228,6 +228,31 @@ fn a_mirror_refuses_a_forged_uid_and_keeps_what_proves_it() {
     assert!(kept["checkpoint"]
         .as_str()
         .is_some_and(|c| c.starts_with("localhost/kt/v1\n")));
+    // The signed reply proves it on its own: a `bad-uid` file anyone
+    // checks with the pin; altered, it proves nothing.
+    let evidence = mirror_dir.join(format!("evidence-bad-uid-{forged}.json"));
+    let cli = lk_testkit::process::workspace_binary("ks-cli");
+    let stranger = dir.path().join("stranger");
+    let verify = |file: &Path| {
+        lk_testkit::keyserverd::ks_cli(
+            &cli,
+            &stranger,
+            &["verify-evidence", file.to_str().expect("utf8")],
+        )
+    };
+    let out = verify(&evidence);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("UIDIndex"), "{}", out.stdout);
+    let mut altered: ks_core::evidence::Evidence =
+        ks_core::lcj::Lcj::from_lcj(&std::fs::read(&evidence).expect("read")).expect("parses");
+    altered.replies[0].entry.timestamp += 1;
+    let altered_file = dir.path().join("altered.json");
+    std::fs::write(&altered_file, altered.to_file()).expect("write");
+    assert_eq!(
+        verify(&altered_file).code,
+        1,
+        "an altered reply is unsigned"
+    );
     // Clients of the mirror never get past the last valid entry.
     bob.sync().expect("the mirror's chain still verifies");
     assert!(bob.size() <= forged, "{} > {forged}", bob.size());

@@ -429,7 +429,9 @@ fn verify_bad_keyinit(e: &Evidence) -> Result<String, EvidenceError> {
 /// entry's: the blob's prefix is not the entry's UIDIndex, its plaintext
 /// does not hash to U or is not canonical, or the UID inside is another
 /// identity's or not self-signed. The server builds the entry from the UID
-/// it accepted, so none of that happens honestly.
+/// it accepted, so none of that happens honestly. A file without IDENTITY
+/// (a mirror's, which cannot know it) proves only a blob whose prefix is
+/// not its entry's UIDIndex.
 fn verify_bad_uid(e: &Evidence) -> Result<String, EvidenceError> {
     let keys = verify_schedule(&e.pin, &e.key_schedule)?;
     let signer = |pos: u64| keys.iter().rev().find(|(p, _)| *p <= pos).map(|(_, k)| *k);
@@ -445,6 +447,24 @@ fn verify_bad_uid(e: &Evidence) -> Result<String, EvidenceError> {
     let entry = reply
         .chain_entry()
         .map_err(|x| not(&format!("the reply's entry: {x}")))?;
+    // Without IDENTITY (a mirror's file, keyserver.md §8) only what anyone
+    // can check is proven: the blob starts with another UIDIndex than its
+    // entry's. With it, the file is about that identity's entry.
+    if e.identity.is_empty() {
+        let index = crate::b64::decode(&reply.entry.uid_message_encrypted);
+        if index
+            .filter(|b| b.len() >= 32)
+            .map(|b| b[..32] == entry.uid_index()[..])
+            == Some(true)
+        {
+            return Err(not(
+                "without IDENTITY, only a wrong UIDIndex prefix is proven",
+            ));
+        }
+        return Ok(format!(
+            "the server signed a reply for the entry at {p} whose UID is not that entry's: its blob does not start with the entry's UIDIndex"
+        ));
+    }
     entry
         .unlock(&e.identity)
         .map_err(|_| not("the entry is not the identity's"))?;
