@@ -1635,12 +1635,13 @@ pub mod keyserverd {
         }
     }
 
-    /// Runs `command` (RUST_LOG=info, stderr kept) until it logs a line
-    /// starting with `ready`; panics with its log if it exits or takes a
-    /// minute.
+    /// Runs `command` (RUST_LOG=info, or `LK_KEYSERVERD_LOG` when set;
+    /// stderr kept) until it logs a line starting with `ready`; panics with
+    /// its log if it exits or takes a minute.
     fn spawn_until(mut command: Command, ready: &'static str) -> (Child, Arc<Mutex<String>>) {
+        let level = std::env::var("LK_KEYSERVERD_LOG").unwrap_or_else(|_| "info".into());
         let mut child = command
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1673,6 +1674,8 @@ pub mod keyserverd {
         child: Child,
         /// `http://ADDR/` of its JSON-RPC listener.
         pub url: String,
+        /// Its validating cosigner's verifier key.
+        pub validating_vkey: String,
         log: Arc<Mutex<String>>,
     }
 
@@ -1701,14 +1704,19 @@ pub mod keyserverd {
                 .args(extra);
             let ready = "keyserverd mirror listening on ";
             let (child, log) = spawn_until(command, ready);
-            let url = log
-                .lock()
-                .expect("log")
-                .lines()
-                .find_map(|l| l.strip_prefix(ready))
-                .map(|u| u.trim().to_string())
-                .expect("a listening line");
-            Mirror { child, url, log }
+            let text = log.lock().expect("log").clone();
+            let after = |prefix: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(str::to_string)
+            };
+            Mirror {
+                child,
+                url: after(ready).expect("a listening line"),
+                validating_vkey: after("validating cosigner: ").expect("a cosigner line"),
+                log,
+            }
         }
 
         /// Everything it logged.

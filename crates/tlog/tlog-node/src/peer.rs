@@ -444,6 +444,7 @@ struct Conn {
     /// renew our cosignatures.
     sequences: HashSet<LogId>,
     kill: Notify,
+    /// Closed, or asked to close: jobs and requests on it stop at once.
     killed: AtomicBool,
     /// Requests unanswered in a row.
     unanswered: AtomicU32,
@@ -488,6 +489,12 @@ impl Conn {
             };
             let (tx, rx) = oneshot::channel();
             self.pending.lock().expect("lock").insert(id, tx);
+            // A connection that closed already: nobody would answer (or
+            // clear `pending` again), so do not wait for the timeout.
+            if self.killed.load(Ordering::SeqCst) {
+                self.pending.lock().expect("lock").remove(&id);
+                return Err(PeerError::Protocol("connection closed".into()));
+            }
             self.send(id, message.clone()).await;
             let answer = tokio::time::timeout(timeout, rx).await;
             self.pending.lock().expect("lock").remove(&id);
@@ -961,6 +968,9 @@ impl<S: LogStore> Peer<S> {
         }
         let result = self.read_loop(&conn, reader, buf).await;
         self.conns.lock().expect("lock").remove(&id);
+        // Jobs still queued for it, and requests they would make, end now
+        // rather than holding their log's sync lock until a timeout.
+        conn.killed.store(true, Ordering::SeqCst);
         conn.pending.lock().expect("lock").clear();
         done.notify_one();
         if tokio::time::timeout(Duration::from_secs(1), &mut writer)
@@ -1405,7 +1415,10 @@ impl<S: LogStore> Log<S> {
         let inv = inv_proof
             .as_ref()
             .map(|(old, proof)| (*old, proof.as_slice()));
-        let target = match follow::judge_note(&local, n, &root, ours_at_n, inv) {
+        let verdict = follow::judge_note(&local, n, &root, ours_at_n, inv);
+        tracing::debug!(peer = %conn.name, origin = %self.node.origin(), size = n,
+            tree = state.size, ?verdict, "a peer's note");
+        let target = match verdict {
             follow::Verdict::Known => {
                 // Keep the extra cosignatures (relayed on if they are new);
                 // tell a peer that is behind. The sequencer's refresh of
