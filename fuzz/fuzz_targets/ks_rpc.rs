@@ -40,6 +40,7 @@ fn fixture() -> &'static Fixture {
                 publish_quorum: None,
                 genesis_lifetime_secs: None,
                     sync_listen: None,
+                    mirror_cosigners: Vec::new(),
             }))
             .expect("keyserver");
         Fixture {

@@ -34,6 +34,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// LKTL/1 (tlog.md §7) for mirrors (§8), `--sync-listen`; `None`: none.
     pub sync_listen: Option<SocketAddr>,
+    /// Mirrors' validating cosigner vkeys whose cosignatures are kept on
+    /// the stored and published checkpoints.
+    pub mirror_cosigners: Vec<String>,
     /// Checkpoint interval.
     pub checkpoint_interval: Duration,
     /// Rate limits (§4.6).
@@ -490,6 +493,21 @@ async fn renew_if_due(
 
 /// Opens (or initialises) the keyserver in `opts.data_dir` and serves it.
 pub async fn start(opts: Options) -> Result<Running, StartError> {
+    // Checked before anything is opened: a typo fails fast.
+    let cosigners = opts
+        .mirror_cosigners
+        .iter()
+        .map(|v| {
+            tlog_core::note::VerifierKey::parse(v)
+                .ok()
+                .filter(|k| k.key_type() == KeyType::Cosignature)
+                .ok_or_else(|| {
+                    StartError::Config(format!(
+                        "--mirror-cosigner {v}: not a cosignature verifier key"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let Opened {
         domain,
         origin,
@@ -658,6 +676,11 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         }
     };
     let sync_addr = match opts.sync_listen {
+        None if !opts.mirror_cosigners.is_empty() => {
+            return Err(StartError::Config(
+                "--mirror-cosigner needs the LKTL/1 listener (--sync-listen, not --no-sync)".into(),
+            ))
+        }
         None => None,
         Some(at) => {
             let sync = tokio::net::TcpListener::bind(at).await.map_err(|e| {
@@ -684,7 +707,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
                     tlog_node::peer::Follow {
                         key,
                         previous,
-                        witnesses: Vec::new(),
+                        witnesses: cosigners,
                         cosigner: None,
                         validator: None,
                         validating: None,

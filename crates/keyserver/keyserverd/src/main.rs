@@ -111,6 +111,15 @@ struct Args {
         value_delimiter = ','
     )]
     submit_to: Vec<String>,
+    /// Keep the cosignatures of this mirror's validating cosigner (its
+    /// verifier key, printed by `keyserverd mirror`) on the checkpoints it
+    /// serves, so clients can require them; repeat for more.
+    #[arg(
+        long = "mirror-cosigner",
+        env = "KEYSERVERD_MIRROR_COSIGNERS",
+        value_delimiter = ','
+    )]
+    mirror_cosigners: Vec<String>,
     /// Publish a checkpoint only once this many of those witnesses
     /// cosigned it [default: all of them].
     #[arg(long, env = "KEYSERVERD_PUBLISH_QUORUM")]
@@ -184,6 +193,14 @@ struct MirrorArgs {
     /// verifier key); repeat for more.
     #[arg(long = "witness", value_name = "VKEY")]
     witnesses: Vec<String>,
+    /// Its name on the sync port; its validating cosigner key is
+    /// `<name>/validator` (give every mirror its own).
+    #[arg(
+        long,
+        env = "KEYSERVERD_MIRROR_NAME",
+        default_value = "keyserver-mirror"
+    )]
+    name: String,
 }
 
 #[derive(clap::Subcommand)]
@@ -335,12 +352,17 @@ async fn main() -> anyhow::Result<()> {
                 proxy_writes: m.proxy_writes,
                 witnesses: m.witnesses,
                 tls,
+                name: m.name,
             })
             .await
             .with_context(|| format!("starting the mirror in {}", data_dir.display()))?;
             eprintln!(
                 "mirroring {} ({} entries held); sync on {}",
                 running.origin, running.size, running.sync_addr
+            );
+            eprintln!(
+                "validating cosigner: {} (for the primary's --mirror-cosigner)",
+                running.validating_vkey
             );
             eprintln!(
                 "keyserverd mirror listening on {scheme}://{}/",
@@ -390,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
         domain: args.domain,
         listen: args.listen,
         sync_listen: (!args.no_sync).then_some(args.sync_listen),
+        mirror_cosigners: args.mirror_cosigners,
         checkpoint_interval: Duration::from_millis(args.checkpoint_interval_ms),
         limits: keyserverd::limits::LimitsConfig {
             enabled: !args.no_rate_limits,

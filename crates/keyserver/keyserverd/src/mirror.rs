@@ -76,6 +76,9 @@ pub struct MirrorOptions {
     pub witnesses: Vec<String>,
     /// TLS for the public listener; plain HTTP without.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Its name on the sync port; its validating cosigner key (kept in
+    /// `validator-key`, 0600) is named `<name>/validator`.
+    pub name: String,
 }
 
 /// A running mirror.
@@ -88,6 +91,10 @@ pub struct RunningMirror {
     pub origin: String,
     /// Entries held at start.
     pub size: u64,
+    /// Its validating cosigner's verifier key: it cosigns a size only once
+    /// every entry and UID below it passed the checks (give it to the
+    /// primary's `--mirror-cosigner`, and to clients that require it).
+    pub validating_vkey: String,
     /// Ends when the listener fails.
     pub serving: tokio::task::JoinHandle<()>,
 }
@@ -590,6 +597,21 @@ pub async fn start_mirror(opts: MirrorOptions) -> Result<RunningMirror, StartErr
         new_key: Mutex::new(None),
         accused: Mutex::new(None),
     });
+    // Mirrors witness (§8): a validating cosigner, distinct from any
+    // witness key (tlog.md §5.3).
+    let validating = tlog_node::keyfile::load_or_create(
+        &opts.data_dir.join("validator-key"),
+        &format!("{}/validator", opts.name),
+        KeyType::Cosignature,
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let validating_vkey = validating.verifier().to_string();
+    durable_file::replace(
+        &opts.data_dir.join("validator-vkey"),
+        format!("{validating_vkey}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(|e| StartError::Io(e.to_string()))?;
     let sync = tokio::net::TcpListener::bind(opts.sync_listen)
         .await
         .map_err(|e| StartError::Io(format!("--sync-listen {}: {e}", opts.sync_listen)))?;
@@ -598,7 +620,7 @@ pub async fn start_mirror(opts: MirrorOptions) -> Result<RunningMirror, StartErr
         .map_err(|e| StartError::Io(e.to_string()))?;
     let peer = tlog_node::peer::Peer::new(
         tlog_node::peer::Config {
-            name: format!("{origin} mirror"),
+            name: opts.name.clone(),
             peers: vec![opts.sync.clone()],
             limits: tlog_node::peer::Limits::default(),
         },
@@ -610,7 +632,7 @@ pub async fn start_mirror(opts: MirrorOptions) -> Result<RunningMirror, StartErr
                 witnesses,
                 cosigner: None,
                 validator: Some(validator),
-                validating: None,
+                validating: Some(Arc::new(validating)),
             },
         )],
     );
@@ -629,6 +651,7 @@ pub async fn start_mirror(opts: MirrorOptions) -> Result<RunningMirror, StartErr
         sync_addr,
         origin,
         size,
+        validating_vkey,
         serving,
     })
 }

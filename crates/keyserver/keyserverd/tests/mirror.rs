@@ -312,3 +312,71 @@ fn a_running_mirror_follows_a_rotation_of_the_server_key() {
     );
     assert_eq!(alice_of(&mut bob), alice.uid);
 }
+
+#[test]
+fn a_mirror_cosigns_what_it_checked_and_clients_can_require_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_dir = dir.path().join("primary");
+    let primary = Keyserverd::start(&server_dir, 0, ARGS);
+    let pin = primary.pin.clone();
+    let mirror = Mirror::start(bin(), &dir.path().join("mirror"), &primary.process, &[]);
+    assert!(mirror.validating_vkey.contains("/validator+"));
+    // The operator adds the mirror's cosigner to the primary (a restart on
+    // the same addresses; the mirror reconnects).
+    let (port, sync) = (
+        primary.port(),
+        primary.process.sync.clone().expect("sync address"),
+    );
+    primary.kill();
+    let mut args = ARGS.to_vec();
+    args.extend([
+        "--sync-listen",
+        sync.as_str(),
+        "--mirror-cosigner",
+        mirror.validating_vkey.as_str(),
+    ]);
+    let primary = Keyserverd::start(&server_dir, port, &args);
+    let mut alice_client = Client::new(&primary.url, pin.clone());
+    alice_client.sync().expect("sync");
+    let alice = alice_client
+        .register("alice@localhost", "strict")
+        .expect("register");
+
+    // Bob, at the primary, accepts only checkpoints the mirror cosigned:
+    // it does so only for sizes whose entries and UIDs it checked and
+    // stored, and the primary keeps its line on what it serves.
+    let mut bob = Client::new(&primary.url, pin);
+    bob.require_witnesses(std::slice::from_ref(&mirror.validating_vkey), 1)
+        .expect("policy");
+    let pos = alice.reply.entry.hashchain_pos;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bob.size() <= pos {
+        match bob.sync() {
+            Ok(_) | Err(ClientError::Unwitnessed(_)) => {}
+            Err(e) => panic!("sync: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never cosigned by the mirror:\n{}\nthe primary:\n{}",
+            mirror.log(),
+            primary.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(alice_of(&mut bob), alice.uid);
+    // A cosigner key that is not one is refused at start.
+    let out = std::process::Command::new(bin())
+        .arg("--data-dir")
+        .arg(dir.path().join("misconfigured"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--sync-listen", "127.0.0.1:0"])
+        .args(["--mirror-cosigner", "not-a-key"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--mirror-cosigner"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -340,6 +340,7 @@ fn main() -> anyhow::Result<()> {
                     publish_quorum: None,
                     genesis_lifetime_secs: None,
                     sync_listen: None,
+                    mirror_cosigners: Vec::new(),
                 }))?;
             if let Some(issuer) = &running.issuer {
                 mint_for(&args, issuer)?;
