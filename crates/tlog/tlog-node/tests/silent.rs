@@ -2,7 +2,8 @@
 //! §7.9: a request unanswered within the timeout fails, and three in a row
 //! close the connection: a peer that announces a valid, larger checkpoint
 //! and then never answers the mirror's requests is dropped after its third
-//! silence, and nothing is stored. §5.3: a witness on the sync port
+//! silence, and nothing is stored; a peer that announces and hangs up
+//! does not stall the log. §5.3: a witness on the sync port
 //! cosigns by Inv and bans a forged checkpoint.
 
 use std::sync::Arc;
@@ -245,4 +246,105 @@ async fn a_witness_cosigns_by_inv_and_bans_a_forged_checkpoint() {
     assert!(peer.is_banned("127.0.0.1"));
     let (_, kept) = witness.record(ORIGIN).await.expect("record").expect("kept");
     assert_eq!(kept, before, "the forged checkpoint changed the record");
+}
+
+/// A peer that announces a larger checkpoint twice and hangs up at once
+/// must not stall the log (tlog.md §7.9): the first Inv's request fails
+/// when the connection closes, and the second, which runs only after the
+/// close, ends at once instead of waiting out the request timeout with
+/// the log's sync lock held (an hour here, so the test fails without it).
+/// An honest sequencer that connects next is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_announces_and_hangs_up_does_not_stall_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SignerKey::from_seed(ORIGIN, KeyType::Ed25519, &[5; 32]).expect("key");
+    let store = Arc::new(RedbLogStore::open(&dir.path().join("m.redb")).expect("store"));
+    let mirror = LogNode::mirror(store.clone(), ORIGIN)
+        .await
+        .expect("mirror");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let follow = Follow {
+        key: key.verifier(),
+        previous: Vec::new(),
+        witnesses: Vec::new(),
+        cosigner: None,
+        validator: None,
+        validating: None,
+    };
+    let peer = Peer::new(
+        Config {
+            name: "mirror".into(),
+            peers: Vec::new(),
+            limits: Limits {
+                request_timeout: Duration::from_secs(3600),
+                ..Limits::default()
+            },
+        },
+        vec![(mirror.clone(), follow.clone())],
+    );
+    tokio::spawn(peer.clone().run(listener));
+
+    // The sequencer's log: 10 entries, signed.
+    let seq_store = Arc::new(RedbLogStore::open(&dir.path().join("s.redb")).expect("store"));
+    let sequencer = LogNode::start(
+        seq_store.clone(),
+        SignerKey::from_seed(ORIGIN, KeyType::Ed25519, &[5; 32]).expect("key"),
+        tlog_store::LogOptions::default(),
+        Duration::from_millis(50),
+        tlog_node::submit::Publish::default(),
+    )
+    .await
+    .expect("sequencer");
+    seq_store
+        .append(sequencer.log_id(), (0..10u8).map(|i| vec![i]).collect())
+        .await
+        .expect("append");
+    sequencer.checkpoint_once().await;
+    let note = seq_store
+        .checkpoint(sequencer.log_id(), None)
+        .await
+        .expect("checkpoint")
+        .expect("a signed checkpoint");
+    let inv = Frame {
+        id: 0,
+        message: Message::Inv {
+            log_id: tlog_core::log_id(ORIGIN),
+            note,
+            old_size: 0,
+            proof: Vec::new(),
+        },
+    };
+
+    // The attacker: two announcements, then gone.
+    let (mut s, _) = raw_peer(addr, ORIGIN, 10).await;
+    s.write_all(&inv.encode()).await.expect("inv");
+    s.write_all(&inv.encode()).await.expect("inv");
+    drop(s);
+
+    // The sequencer dials the mirror; the mirror follows it.
+    let seq_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let seq_peer = Peer::new(
+        Config {
+            name: "sequencer".into(),
+            peers: vec![addr.to_string()],
+            limits: Limits::default(),
+        },
+        vec![(sequencer.clone(), follow)],
+    );
+    tokio::spawn(seq_peer.run(seq_listener));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store
+        .state(mirror.log_id())
+        .await
+        .expect("state")
+        .checkpoint_size
+        < 10
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never followed the honest sequencer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
