@@ -117,8 +117,9 @@ struct Refusal {
     why: String,
     /// Earlier entries it was judged against.
     related: Vec<u64>,
-    /// A signed reply that proves it on its own (`bad-uid`, §6.6).
-    bad_uid: Option<Box<UidMessageReply>>,
+    /// The evidence type (§6.6) and the signed reply that, with the
+    /// refused entry and its PATH under the note, proves it.
+    accused: Option<(&'static str, Box<UidMessageReply>)>,
 }
 
 /// signer(pos) of a schedule (§3.8).
@@ -143,7 +144,7 @@ impl Replica {
         let plain = |why: String| Refusal {
             why,
             related: Vec::new(),
-            bad_uid: None,
+            accused: None,
         };
         if pos == 0 && (entry.hash() != &pin.h0 || !entry.is_for(&pin.identity)) {
             return Err(plain("entry 0 is not the pinned genesis".into()));
@@ -158,9 +159,10 @@ impl Replica {
             )));
         }
         if reply.chain_entry().ok() != Some(entry) {
-            return Err(plain(format!(
-                "the UID reply for entry {pos} names another entry"
-            )));
+            return Err(Refusal {
+                accused: Some((ks_core::evidence::REPLY_NOT_IN_LOG, Box::new(reply.clone()))),
+                ..plain(format!("the UID reply for entry {pos} names another entry"))
+            });
         }
         if reply.entry.origin != origin {
             return Err(plain(format!(
@@ -173,7 +175,7 @@ impl Replica {
             .map(|b| b[..32] == entry.uid_index()[..]);
         if prefix != Some(true) {
             return Err(Refusal {
-                bad_uid: Some(Box::new(reply.clone())),
+                accused: Some((ks_core::evidence::BAD_UID, Box::new(reply.clone()))),
                 ..plain(format!(
                     "the UID blob of entry {pos} does not start with its UIDIndex"
                 ))
@@ -188,7 +190,7 @@ impl Replica {
             let refused = |why: String| Refusal {
                 why,
                 related: related.clone(),
-                bad_uid: None,
+                accused: None,
             };
             let (_, msg) = reply
                 .open_for(&pin.identity)
@@ -250,8 +252,9 @@ pub struct KeyserverValidator {
     current: Mutex<Replica>,
     staged: Mutex<Option<Staged>>,
     new_key: Mutex<Option<VerifyingKey>>,
-    /// The signed reply behind a refusal, for [`Validator::invalid`].
-    accused: Mutex<Option<UidMessageReply>>,
+    /// The evidence type and signed reply behind a refusal, for
+    /// [`Validator::invalid`].
+    accused: Mutex<Option<(&'static str, Box<UidMessageReply>)>>,
 }
 
 impl Validator for KeyserverValidator {
@@ -291,7 +294,7 @@ impl Validator for KeyserverValidator {
                     reason: r.why,
                     related: r.related,
                 });
-                *self.accused.lock().map_err(|_| "lock poisoned")? = r.bad_uid.map(|b| *b);
+                *self.accused.lock().map_err(|_| "lock poisoned")? = r.accused;
                 break;
             }
             rows.push((*entry.uid_index(), reply.to_lcj()));
@@ -375,7 +378,7 @@ impl Validator for KeyserverValidator {
         // A refusal a signed reply proves on its own becomes an evidence
         // file anyone checks with the pin (`ks-cli verify-evidence`).
         let accused = self.accused.lock().map_err(|_| "lock poisoned")?.take();
-        if let Some(reply) = accused {
+        if let Some((kind, reply)) = accused {
             let key_schedule = self
                 .current
                 .lock()
@@ -384,20 +387,34 @@ impl Validator for KeyserverValidator {
                 .iter()
                 .map(|(_, _, r)| r.clone())
                 .collect();
-            let file = dir.join(format!(
-                "evidence-{}-{}.json",
-                ks_core::evidence::BAD_UID,
-                reply.entry.hashchain_pos
-            ));
-            let evidence = ks_core::evidence::Evidence {
-                kind: ks_core::evidence::BAD_UID.into(),
+            let mut proof = ks_core::evidence::Evidence {
+                kind: kind.into(),
                 origin: self.origin.clone(),
                 pin: format!("{}:{}", self.pin.identity, hex::encode(self.pin.h0)),
                 key_schedule,
-                replies: vec![reply],
                 ..Default::default()
             };
-            durable_file::replace(&file, &evidence.to_file(), 0o644).map_err(|e| e.to_string())?;
+            let pos = reply.entry.hashchain_pos;
+            if kind == ks_core::evidence::REPLY_NOT_IN_LOG {
+                // The log's entry at the reply's position, with its PATH
+                // under the signed note (the refused entry is the last).
+                let refused = evidence
+                    .entries
+                    .last()
+                    .filter(|e| e.index == pos)
+                    .ok_or("the refused entry is not at the reply's position")?;
+                let entry = Entry::from_leaf(&refused.entry).map_err(|e| e.to_string())?;
+                proof.checkpoint = ks_core::b64::encode(&evidence.note);
+                proof.entry = ks_core::b64::encode(&entry.0);
+                proof.proof = refused
+                    .path
+                    .iter()
+                    .map(|h| ks_core::b64::encode(h))
+                    .collect();
+            }
+            proof.replies = vec![*reply];
+            let file = dir.join(format!("evidence-{kind}-{pos}.json"));
+            durable_file::replace(&file, &proof.to_file(), 0o644).map_err(|e| e.to_string())?;
         }
         durable_file::replace(&self.invalid_path, &bytes, 0o644).map_err(|e| e.to_string())
     }

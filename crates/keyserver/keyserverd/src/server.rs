@@ -81,6 +81,10 @@ pub struct Keyserver {
     /// `test-faults`: FetchUID serves replies with another UID, signed.
     #[cfg(feature = "test-faults")]
     corrupt_uids: std::sync::atomic::AtomicBool,
+    /// `test-faults`: FetchUID serves replies naming the previous
+    /// position's entry, signed.
+    #[cfg(feature = "test-faults")]
+    misplace_uids: std::sync::atomic::AtomicBool,
     /// `test-faults`: how FetchHashChain tampers (`drop` the first or
     /// `change` the last entry of each chunk).
     #[cfg(feature = "test-faults")]
@@ -131,6 +135,8 @@ impl Keyserver {
             caps_fault: Mutex::new(None),
             #[cfg(feature = "test-faults")]
             corrupt_uids: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "test-faults")]
+            misplace_uids: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "test-faults")]
             chain_fault: Mutex::new(None),
         }
@@ -318,6 +324,15 @@ impl Keyserver {
                 self.corrupt_uids
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 object([("Corrupting", Value::Bool(true))])
+            }
+            #[cfg(feature = "test-faults")]
+            "Test.MisplaceUIDs" => {
+                // FetchUID answers for the entry at p with a reply that
+                // names the entry at p − 1 as HASHCHAINENTRY, signed.
+                p.finish()?;
+                self.misplace_uids
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                object([("Misplacing", Value::Bool(true))])
             }
             #[cfg(feature = "test-faults")]
             "Test.CapabilitiesFault" => {
@@ -640,6 +655,22 @@ impl Keyserver {
             self.corrupted(reply)?
         } else {
             reply
+        };
+        #[cfg(feature = "test-faults")]
+        let reply = match reply.entry.hashchain_pos {
+            p if p > 0
+                && self
+                    .misplace_uids
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                let mut reply = reply;
+                let before = crate::chain::entries(&self.node, p - 1, p).await?;
+                reply.entry.hashchain_entry =
+                    b64::encode(before.first().ok_or(RpcError::Internal)?);
+                reply.server_signature = sign(&self.signer, Ctx::UidReply, &reply.entry);
+                reply
+            }
+            _ => reply,
         };
         Ok(object([("UIDMessageReply", reply.to_value())]))
     }

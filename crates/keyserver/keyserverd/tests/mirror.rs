@@ -176,6 +176,28 @@ fn bob_syncs_looks_up_and_starts_a_session_through_a_mirror() {
 
 #[test]
 fn a_mirror_refuses_a_forged_uid_and_keeps_what_proves_it() {
+    // A blob of another UID (its UIDIndex prefix is not the entry's).
+    refused_with_evidence("Test.CorruptUIDs", "bad-uid", "UIDIndex", "UIDIndex");
+}
+
+#[test]
+fn a_mirror_refuses_a_reply_for_another_entry_and_keeps_what_proves_it() {
+    // A reply naming the previous position's entry: the log's signed note
+    // has another entry there.
+    refused_with_evidence(
+        "Test.MisplaceUIDs",
+        "reply-not-in-log",
+        "names another entry",
+        "another entry there",
+    );
+}
+
+/// The primary starts forging FetchUID replies with `fault` after the
+/// mirror caught up; the mirror refuses the next entry with `reason`,
+/// keeps `invalid.json` and a `kind` evidence file that `ks-cli
+/// verify-evidence` accepts (saying `proven`) and refuses once altered,
+/// and its clients never get past the last valid entry.
+fn refused_with_evidence(fault: &str, kind: &str, reason: &str, proven: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let primary = Keyserverd::start(&dir.path().join("primary"), 0, ARGS);
     let pin = primary.pin.clone();
@@ -189,9 +211,9 @@ fn a_mirror_refuses_a_forged_uid_and_keeps_what_proves_it() {
     let mut bob = Client::new(&mirror.url, pin.clone());
     sync_past(&mut bob, alice.reply.entry.hashchain_pos, || mirror.log());
 
-    // From now on the primary's FetchUID serves, for every entry, a UID
-    // other than the one the entry commits to, signed by its key.
-    let v = support::call(&primary.url, "Test.CorruptUIDs", serde_json::json!({}));
+    // From now on the primary's FetchUID forges its replies (`fault`),
+    // signed by its key.
+    let v = support::call(&primary.url, fault, serde_json::json!({}));
     assert!(v.get("error").is_none(), "{v}");
     let (mallet, _) = {
         let mut c = Client::new(&primary.url, pin.clone());
@@ -215,9 +237,7 @@ fn a_mirror_refuses_a_forged_uid_and_keeps_what_proves_it() {
     let kept: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&invalid).expect("read")).expect("json");
     assert!(
-        kept["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("UIDIndex")),
+        kept["reason"].as_str().is_some_and(|r| r.contains(reason)),
         "{kept}"
     );
     let refused = kept["entries"]
@@ -228,9 +248,9 @@ fn a_mirror_refuses_a_forged_uid_and_keeps_what_proves_it() {
     assert!(kept["checkpoint"]
         .as_str()
         .is_some_and(|c| c.starts_with("localhost/kt/v1\n")));
-    // The signed reply proves it on its own: a `bad-uid` file anyone
-    // checks with the pin; altered, it proves nothing.
-    let evidence = mirror_dir.join(format!("evidence-bad-uid-{forged}.json"));
+    // An evidence file anyone checks with the pin; altered, it proves
+    // nothing.
+    let evidence = mirror_dir.join(format!("evidence-{kind}-{forged}.json"));
     let cli = lk_testkit::process::workspace_binary("ks-cli");
     let stranger = dir.path().join("stranger");
     let verify = |file: &Path| {
@@ -242,7 +262,7 @@ fn a_mirror_refuses_a_forged_uid_and_keeps_what_proves_it() {
     };
     let out = verify(&evidence);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("UIDIndex"), "{}", out.stdout);
+    assert!(out.stdout.contains(proven), "{}", out.stdout);
     let mut altered: ks_core::evidence::Evidence =
         ks_core::lcj::Lcj::from_lcj(&std::fs::read(&evidence).expect("read")).expect("parses");
     altered.replies[0].entry.timestamp += 1;
