@@ -616,19 +616,9 @@ pub async fn start_mirror(opts: MirrorOptions) -> Result<RunningMirror, StartErr
     });
     // Mirrors witness (§8): a validating cosigner, distinct from any
     // witness key (tlog.md §5.3).
-    let validating = tlog_node::keyfile::load_or_create(
-        &opts.data_dir.join("validator-key"),
-        &format!("{}/validator", opts.name),
-        KeyType::Cosignature,
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
-    let validating_vkey = validating.verifier().to_string();
-    durable_file::replace(
-        &opts.data_dir.join("validator-vkey"),
-        format!("{validating_vkey}\n").as_bytes(),
-        0o644,
-    )
-    .map_err(|e| StartError::Io(e.to_string()))?;
+    let (validating, validating_vkey) =
+        tlog_node::keyfile::validating_key(&opts.data_dir, &opts.name)
+            .map_err(|e| StartError::Config(e.to_string()))?;
     let sync = tokio::net::TcpListener::bind(opts.sync_listen)
         .await
         .map_err(|e| StartError::Io(format!("--sync-listen {}: {e}", opts.sync_listen)))?;

@@ -259,19 +259,9 @@ pub async fn start_member(opts: MemberOptions) -> Result<RunningMember, StartErr
     }
     // The validating cosigner (statechain.md §6.1): its own key, distinct
     // from any witness or mirror key.
-    let validating = tlog_node::keyfile::load_or_create(
-        &opts.data_dir.join("validator-key"),
-        &format!("{}/validator", opts.node_name),
-        tlog_core::note::KeyType::Cosignature,
-    )
-    .map_err(|e| StartError::Config(e.to_string()))?;
-    let validating_vkey = validating.verifier().to_string();
-    durable_file::replace(
-        &opts.data_dir.join("validator-vkey"),
-        format!("{validating_vkey}\n").as_bytes(),
-        0o644,
-    )
-    .map_err(|e| StartError::Io(e.to_string()))?;
+    let (validating, validating_vkey) =
+        tlog_node::keyfile::validating_key(&opts.data_dir, &opts.node_name)
+            .map_err(|e| StartError::Config(e.to_string()))?;
     let sync = tokio::net::TcpListener::bind(opts.sync_listen)
         .await
         .map_err(|e| StartError::Io(format!("{}: {e}", opts.sync_listen)))?;

@@ -64,3 +64,23 @@ pub fn load_or_create(path: &Path, name: &str, ty: KeyType) -> Result<SignerKey,
     tracing::info!(path = %shown, name, "created a new signing key");
     Ok(key)
 }
+
+/// A mirror's validating cosigner key (tlog.md §5.3), `<name>/validator`,
+/// in `dir/validator-key` (0600), with its verifier key written beside it
+/// in `dir/validator-vkey` for operators to hand out. Returns both.
+pub fn validating_key(dir: &Path, name: &str) -> Result<(SignerKey, String), KeyFileError> {
+    let key = load_or_create(
+        &dir.join("validator-key"),
+        &format!("{name}/validator"),
+        KeyType::Cosignature,
+    )?;
+    let vkey = key.verifier().to_string();
+    let path = dir.join("validator-vkey");
+    durable_file::replace(&path, format!("{vkey}\n").as_bytes(), 0o644).map_err(|e| {
+        KeyFileError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok((key, vkey))
+}
