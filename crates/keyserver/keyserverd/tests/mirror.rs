@@ -400,3 +400,47 @@ fn a_mirror_cosigns_what_it_checked_and_clients_can_require_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_mirror_refuses_to_start_on_a_bad_pin_or_without_a_verified_primary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Keyserverd::start(&dir.path().join("primary"), 0, ARGS);
+    let sync = primary.process.sync.clone().expect("sync address");
+    let other_h0 = format!("keyserver@localhost:{}", "ab".repeat(32));
+    for (from, pin, said) in [
+        (primary.url.as_str(), "keyserver@localhost", "--pin"),
+        (primary.url.as_str(), "not a pin at all", "--pin"),
+        // The pin of another log: the primary's genesis does not match.
+        (
+            primary.url.as_str(),
+            other_h0.as_str(),
+            "verifying the primary's chain",
+        ),
+        // Nobody there.
+        (
+            "http://127.0.0.1:9/",
+            primary.process.pin.as_str(),
+            "verifying the primary's chain",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .arg("--data-dir")
+            .arg(dir.path().join("mirror"))
+            .args([
+                "mirror",
+                "--from",
+                from,
+                "--sync",
+                sync.as_str(),
+                "--pin",
+                pin,
+            ])
+            .args(["--listen", "127.0.0.1:0", "--sync-listen", "127.0.0.1:0"])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{pin}: {stderr}");
+        assert!(stderr.contains(said), "{pin}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
