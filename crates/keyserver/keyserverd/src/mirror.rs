@@ -257,6 +257,41 @@ pub struct KeyserverValidator {
     accused: Mutex<Option<(&'static str, Box<UidMessageReply>)>>,
 }
 
+/// FetchUID calls a mirror keeps in flight while catching up.
+const FETCHERS: usize = 8;
+
+impl KeyserverValidator {
+    /// The primary's reply for each entry, in order, fetched by
+    /// [`FETCHERS`] threads. Unreachable or withheld: an error, so the
+    /// sync is retried, never judged (a withheld blob is not provable
+    /// from here).
+    fn fetch_replies(&self, entries: &[(u64, Entry)]) -> Result<Vec<UidMessageReply>, String> {
+        let fetch = |(pos, entry): &(u64, Entry)| {
+            self.upstream
+                .fetch_uid(entry.uid_index())
+                .map_err(|e| format!("FetchUID for entry {pos}: {e}"))?
+                .ok_or_else(|| format!("the primary serves no UID for entry {pos}"))
+        };
+        if entries.len() < 2 {
+            return entries.iter().map(fetch).collect();
+        }
+        let per = entries.len().div_ceil(FETCHERS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = entries
+                .chunks(per)
+                .map(|part| scope.spawn(move || part.iter().map(fetch).collect::<Vec<_>>()))
+                .collect();
+            let mut out = Vec::with_capacity(entries.len());
+            for w in workers {
+                for r in w.join().map_err(|_| "a FetchUID thread panicked")? {
+                    out.push(r?);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
 impl Validator for KeyserverValidator {
     fn prepare(&self, start: u64, entries: &[Vec<u8>]) -> Result<(), String> {
         let mut next = self.current.lock().map_err(|_| "lock poisoned")?.clone();
@@ -266,12 +301,12 @@ impl Validator for KeyserverValidator {
                 next.size
             ));
         }
-        let mut rows = Vec::new();
         let mut refused = None;
+        let mut parsed = Vec::with_capacity(entries.len());
         for (i, leaf) in entries.iter().enumerate() {
             let pos = start + i as u64;
-            let entry = match Entry::from_leaf(leaf) {
-                Ok(e) => e,
+            match Entry::from_leaf(leaf) {
+                Ok(e) => parsed.push((pos, e)),
                 Err(e) => {
                     refused = Some(Refused {
                         index: pos,
@@ -280,14 +315,11 @@ impl Validator for KeyserverValidator {
                     });
                     break;
                 }
-            };
-            // Unreachable or withheld: retried, never judged (a withheld
-            // blob is not provable from here).
-            let reply = self
-                .upstream
-                .fetch_uid(entry.uid_index())
-                .map_err(|e| format!("FetchUID for entry {pos}: {e}"))?
-                .ok_or_else(|| format!("the primary serves no UID for entry {pos}"))?;
+            }
+        }
+        let replies = self.fetch_replies(&parsed)?;
+        let mut rows = Vec::with_capacity(parsed.len());
+        for ((pos, entry), reply) in parsed.into_iter().zip(replies) {
             if let Err(r) = next.admit(&self.pin, &self.origin, pos, entry, &reply) {
                 refused = Some(Refused {
                     index: pos,
